@@ -1,0 +1,288 @@
+//! Configuration types, defaults with their reasons, validation, and the TOML + `PGDAEMON_*`
+//! environment loader shared by every binary.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, always naming the offending key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: cannot parse: {0}")]
+    Parse(String),
+    #[error("config: environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("config: `{key}` {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.into(), reason: reason.into() }
+    }
+}
+
+/// Synchronous replication mode (Patroni's `synchronous_mode` / `synchronous_mode_strict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Asynchronous replication: failover may lose up to `maximum_lag_on_failover` bytes.
+    #[default]
+    Off,
+    /// Synchronous while a standby is available; degrades to asynchronous (and records it) otherwise.
+    On,
+    /// Synchronous always: commits block rather than degrade when no standby is available.
+    Strict,
+}
+
+/// The dynamic configuration, stored in the cluster record and shared by every member.
+///
+/// Timing defaults and why (detection ~ lease, so they set the RTO):
+/// - `lease_ms` 10 s: Patroni's `ttl` is 30 s; EC2 hosts on one region's network rarely stall
+///   beyond a few seconds, and a shorter lease is the largest single RTO saving.
+/// - `renew_interval_ms` 2 s: five renewal attempts per lease, so one slow store call or a
+///   throttled request never costs the lease.
+/// - `safety_margin_ms` 2 s: a holder stops acting as primary 2 s before any observer may take
+///   over, absorbing clock-rate drift (< 1 % on EC2) and the time a demotion takes.
+/// - `probe_interval_ms` 1 s: heartbeat and lease-watch cadence; detection lags death by at most
+///   one probe after the lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DynamicConfig {
+    pub lease_ms: u64,
+    pub renew_interval_ms: u64,
+    pub safety_margin_ms: u64,
+    pub probe_interval_ms: u64,
+    /// A replica further behind the most advanced one than this many bytes is never promoted
+    /// automatically (Patroni's default, 1 MiB).
+    pub maximum_lag_on_failover: u64,
+    pub synchronous_mode: SyncMode,
+    /// How many synchronous standbys the primary keeps (`ANY n (...)`).
+    pub synchronous_node_count: u32,
+}
+
+impl Default for DynamicConfig {
+    fn default() -> Self {
+        DynamicConfig {
+            lease_ms: 10_000,
+            renew_interval_ms: 2_000,
+            safety_margin_ms: 2_000,
+            probe_interval_ms: 1_000,
+            maximum_lag_on_failover: 1024 * 1024,
+            synchronous_mode: SyncMode::Off,
+            synchronous_node_count: 1,
+        }
+    }
+}
+
+impl DynamicConfig {
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+    pub fn renew_interval(&self) -> Duration {
+        Duration::from_millis(self.renew_interval_ms)
+    }
+    pub fn safety_margin(&self) -> Duration {
+        Duration::from_millis(self.safety_margin_ms)
+    }
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms)
+    }
+
+    /// Rejects timings that cannot keep a lease safely.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.lease_ms < 1000 {
+            return Err(ConfigError::invalid("lease_ms", format!("is {} ms; must be at least 1000", self.lease_ms)));
+        }
+        if self.renew_interval_ms == 0 || self.renew_interval_ms * 2 > self.lease_ms {
+            return Err(ConfigError::invalid(
+                "renew_interval_ms",
+                format!("is {} ms; must be above 0 and at most half of lease_ms ({} ms)", self.renew_interval_ms, self.lease_ms),
+            ));
+        }
+        if self.safety_margin_ms + self.renew_interval_ms >= self.lease_ms {
+            return Err(ConfigError::invalid(
+                "safety_margin_ms",
+                format!(
+                    "is {} ms; safety_margin_ms + renew_interval_ms must stay below lease_ms ({} ms) or a healthy holder could not keep the lease",
+                    self.safety_margin_ms, self.lease_ms
+                ),
+            ));
+        }
+        if self.safety_margin_ms * 20 < self.lease_ms {
+            return Err(ConfigError::invalid(
+                "safety_margin_ms",
+                format!("is {} ms; must be at least 5% of lease_ms to absorb clock drift", self.safety_margin_ms),
+            ));
+        }
+        if self.probe_interval_ms == 0 || self.probe_interval_ms > self.renew_interval_ms {
+            return Err(ConfigError::invalid(
+                "probe_interval_ms",
+                format!("is {} ms; must be above 0 and at most renew_interval_ms", self.probe_interval_ms),
+            ));
+        }
+        if self.synchronous_mode != SyncMode::Off && self.synchronous_node_count == 0 {
+            return Err(ConfigError::invalid("synchronous_node_count", "must be at least 1 when synchronous_mode is on"));
+        }
+        Ok(())
+    }
+}
+
+/// Which store holds the cluster state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// In-process store: tests and single-process demos only.
+    Memory,
+    Etcd {
+        /// e.g. `["http://127.0.0.1:2379"]`
+        endpoints: Vec<String>,
+        /// Key prefix; items live under `<prefix>/<cluster>/<item>`.
+        #[serde(default = "default_etcd_prefix")]
+        prefix: String,
+    },
+    Dynamodb {
+        #[serde(default = "default_table")]
+        table: String,
+        /// Defaults to the SDK's region chain (`AWS_REGION`, profile, IMDS).
+        #[serde(default)]
+        region: Option<String>,
+        /// Defaults to `AWS_ENDPOINT_URL` (LocalStack / moto) or the real AWS endpoint.
+        #[serde(default)]
+        endpoint_url: Option<String>,
+    },
+}
+
+fn default_etcd_prefix() -> String {
+    "/pgdaemon".into()
+}
+
+fn default_table() -> String {
+    "pgdaemon".into()
+}
+
+impl StoreConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self {
+            StoreConfig::Memory => Ok(()),
+            StoreConfig::Etcd { endpoints, prefix } => {
+                if endpoints.is_empty() {
+                    return Err(ConfigError::invalid("store.endpoints", "must list at least one etcd endpoint"));
+                }
+                if !prefix.starts_with('/') || prefix.ends_with('/') {
+                    return Err(ConfigError::invalid("store.prefix", format!("{prefix:?} must start with '/' and not end with it")));
+                }
+                Ok(())
+            }
+            StoreConfig::Dynamodb { table, .. } => {
+                if table.len() < 3 || table.len() > 255 {
+                    return Err(ConfigError::invalid("store.table", "must be 3 to 255 characters"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Parses `toml_text`, applies `PGDAEMON_*` overrides from `env`, and deserializes into `T`.
+///
+/// An override `PGDAEMON_A__B=value` sets key `b` in table `a` (double underscore separates
+/// levels, names are lower-cased). The value is read as a TOML value when it parses as one
+/// (numbers, booleans, arrays) and as a string otherwise. Unknown keys are rejected by `T`'s
+/// `deny_unknown_fields`, so a typo fails with the key's name instead of being ignored.
+pub fn load_layered<T: DeserializeOwned>(
+    toml_text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError> {
+    let mut root: toml::Table = toml_text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+    let overrides: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+    for (var, raw) in overrides {
+        let path: Vec<String> = var[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Env { var, reason: "empty key segment".into() });
+        }
+        let value = parse_env_value(&raw);
+        let mut table = &mut root;
+        for segment in &path[..path.len() - 1] {
+            let entry = table.entry(segment.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = match entry {
+                toml::Value::Table(t) => t,
+                _ => return Err(ConfigError::Env { var: var.clone(), reason: format!("`{segment}` is not a table") }),
+            };
+        }
+        table.insert(path[path.len() - 1].clone(), value);
+    }
+    T::deserialize(toml::Value::Table(root)).map_err(|e| ConfigError::Parse(e.to_string()))
+}
+
+const ENV_PREFIX: &str = "PGDAEMON_";
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        name: String,
+        #[serde(default)]
+        dynamic: DynamicConfig,
+        store: StoreConfig,
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        DynamicConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn impossible_timings_name_the_key() {
+        let cfg = DynamicConfig { renew_interval_ms: 6000, ..Default::default() };
+        assert!(matches!(cfg.validate(), Err(ConfigError::Invalid { key, .. }) if key == "renew_interval_ms"));
+        let cfg = DynamicConfig { safety_margin_ms: 9000, ..Default::default() };
+        assert!(matches!(cfg.validate(), Err(ConfigError::Invalid { key, .. }) if key == "safety_margin_ms"));
+        let cfg = DynamicConfig { lease_ms: 10, ..Default::default() };
+        assert!(matches!(cfg.validate(), Err(ConfigError::Invalid { key, .. }) if key == "lease_ms"));
+    }
+
+    #[test]
+    fn env_overrides_toml() {
+        let text = "name = \"a\"\n[store]\nbackend = \"etcd\"\nendpoints = [\"http://x\"]\n";
+        let env = vec![
+            ("PGDAEMON_NAME".to_string(), "b".to_string()),
+            ("PGDAEMON_DYNAMIC__LEASE_MS".to_string(), "20000".to_string()),
+            ("OTHER".to_string(), "ignored".to_string()),
+        ];
+        let s: Sample = load_layered(text, env).unwrap();
+        assert_eq!(s.name, "b");
+        assert_eq!(s.dynamic.lease_ms, 20000);
+        assert_eq!(s.store, StoreConfig::Etcd { endpoints: vec!["http://x".into()], prefix: "/pgdaemon".into() });
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let text = "name = \"a\"\nnmae = 1\n[store]\nbackend = \"memory\"\n";
+        let err = load_layered::<Sample>(text, vec![]).unwrap_err().to_string();
+        assert!(err.contains("nmae"), "{err}");
+        let text = "name = \"a\"\n[store]\nbackend = \"memory\"\n[dynamic]\nlease = 3\n";
+        let err = load_layered::<Sample>(text, vec![]).unwrap_err().to_string();
+        assert!(err.contains("lease"), "{err}");
+    }
+
+    #[test]
+    fn store_config_validation() {
+        assert!(StoreConfig::Etcd { endpoints: vec![], prefix: "/p".into() }.validate().is_err());
+        assert!(StoreConfig::Etcd { endpoints: vec!["h".into()], prefix: "p/".into() }.validate().is_err());
+        assert!(StoreConfig::Dynamodb { table: "ab".into(), region: None, endpoint_url: None }.validate().is_err());
+    }
+}

@@ -1,0 +1,476 @@
+//! The one conformance suite every [`Store`] backend runs unchanged.
+//!
+//! A backend's test file implements [`Harness`] and expands [`conformance_suite!`], which emits one
+//! `#[tokio::test]` per check with the same names for every backend. Each check works in its own
+//! randomly named cluster, so checks sharing one engine do not interfere; the outage check asks
+//! for an engine of its own.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::clock::ManualClock;
+use crate::lease::{AcquireOutcome, LeaseClient};
+use crate::model::{ClusterRecord, HistoryEntry, LeaseName, MemberStatus, Role, TransitionKind};
+use crate::store::{LeaseClaim, Store, StoreError};
+use crate::{keys, DynamicConfig};
+
+/// What a backend's test setup provides.
+#[async_trait]
+pub trait Harness: Sized + Send + Sync + 'static {
+    type S: Store + 'static;
+
+    /// Connects to a running engine; with `own_engine`, to one no other check uses (it may be
+    /// stopped).
+    async fn start(own_engine: bool) -> Self;
+
+    /// A new client of the engine (contenders use separate clients, as separate hosts would).
+    async fn client(&self) -> Self::S;
+
+    /// Stops the engine so that it no longer answers.
+    async fn stop_engine(&self);
+
+    /// Starts the engine again after [`Harness::stop_engine`].
+    async fn restart_engine(&self);
+
+    /// Stores bytes that do not decode as the record `item` of `cluster`, bypassing the backend's
+    /// encoder.
+    async fn corrupt(&self, cluster: &str, item: &str);
+}
+
+/// Emits the suite's tests for one harness type.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($harness:ty) => {
+        $crate::conformance_suite!(@tests $harness;
+            racing_contenders_exactly_one_wins,
+            renewal_by_non_owner_is_rejected,
+            takeover_waits_for_a_full_lease_of_unchanged_rvn,
+            term_strictly_increases_across_takeovers,
+            released_lease_is_free_at_once,
+            cluster_record_cas_exactly_one_writer_wins,
+            member_heartbeats_in_one_consistent_view,
+            history_appends_once_per_term_in_order,
+            stopped_engine_is_unavailable_never_success,
+            malformed_records_are_named,
+            invalid_requests_change_nothing,
+            clusters_are_isolated,
+        );
+    };
+    (@tests $harness:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::conformance::$name::<$harness>().await;
+            }
+        )*
+    };
+}
+
+const LEASE_MS: u64 = 5_000;
+/// Upper bound on any single store call in the outage check: a call may fail, never hang.
+const CALL_BOUND: Duration = Duration::from_secs(30);
+
+fn cluster_name(check: &str) -> String {
+    format!("{}-{}", check.replace('_', "-").chars().take(40).collect::<String>(), &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+fn member(name: &str, seq: u64) -> MemberStatus {
+    let mut m = MemberStatus::new(name);
+    m.role = Role::Replica;
+    m.pg_running = true;
+    m.timeline = 1;
+    m.receive_lsn = Some(crate::Lsn(seq * 100));
+    m.seq = seq;
+    m
+}
+
+fn history(term: u64) -> HistoryEntry {
+    HistoryEntry {
+        term,
+        kind: TransitionKind::Failover,
+        old_primary: Some("a".into()),
+        new_primary: format!("n{term}"),
+        lsn: Some(crate::Lsn(term)),
+        reason: "test".into(),
+        started_ms: 1,
+        finished_ms: 2,
+        step_ms: Default::default(),
+    }
+}
+
+pub async fn racing_contenders_exactly_one_wins<H: Harness>() {
+    let h = H::start(false).await;
+    let cluster = cluster_name("race");
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(h.client().await);
+    }
+    let attempts = clients.iter().enumerate().map(|(i, s)| {
+        let cluster = cluster.clone();
+        async move { s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, &format!("n{i}"), 1, LEASE_MS).await }
+    });
+    let results = futures_join_all(attempts).await;
+    let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "exactly one contender must win: {results:?}");
+    for r in &results {
+        if let Err(e) = r {
+            assert!(e.is_conflict(), "a loser sees a conflict, not an error: {e}");
+        }
+    }
+    let stored = clients[0].read_lease(&cluster, LeaseName::Leader).await.unwrap().unwrap();
+    assert_eq!(&stored, winners[0]);
+
+    // The coordinator lock is a separate lease with the same rules.
+    let results = futures_join_all(clients.iter().map(|s| {
+        let cluster = cluster.clone();
+        async move { s.acquire_lease(&cluster, LeaseName::Coordinator, LeaseClaim::Free, "coord", 1, LEASE_MS).await }
+    }))
+    .await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+}
+
+pub async fn renewal_by_non_owner_is_rejected<H: Harness>() {
+    let h = H::start(false).await;
+    let s = h.client().await;
+    let cluster = cluster_name("renew");
+    let held = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "a", 1, LEASE_MS).await.unwrap();
+
+    let impostor = crate::LeaderLease { owner: "b".into(), ..held.clone() };
+    let err = s.renew_lease(&cluster, LeaseName::Leader, &impostor).await.unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    let err = s.release_lease(&cluster, LeaseName::Leader, &impostor).await.unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+
+    let renewed = s.renew_lease(&cluster, LeaseName::Leader, &held).await.unwrap();
+    assert_ne!(renewed.rvn, held.rvn, "every renewal writes a new rvn");
+    assert_eq!((renewed.owner.as_str(), renewed.term, renewed.lease_ms), ("a", 1, LEASE_MS));
+
+    // The owner itself cannot renew from a stale rvn (its earlier renewal won, or someone took over).
+    let err = s.renew_lease(&cluster, LeaseName::Leader, &held).await.unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(s.read_lease(&cluster, LeaseName::Leader).await.unwrap(), Some(renewed));
+}
+
+pub async fn takeover_waits_for_a_full_lease_of_unchanged_rvn<H: Harness>() {
+    let h = H::start(false).await;
+    let cluster = cluster_name("takeover");
+    let clock_a = ManualClock::new(0);
+    let clock_b = ManualClock::new(0);
+    let mut a = LeaseClient::new(h.client().await, clock_a.clone(), &cluster, LeaseName::Leader, "a", LEASE_MS);
+    let mut b = LeaseClient::new(h.client().await, clock_b.clone(), &cluster, LeaseName::Leader, "b", LEASE_MS);
+    let AcquireOutcome::Acquired(held_a) = a.try_acquire(Some(1)).await.unwrap() else { panic!("free lease") };
+
+    let outcome = b.try_acquire(Some(2)).await.unwrap();
+    assert!(matches!(outcome, AcquireOutcome::HeldByOther { ref owner, term: 1, .. } if owner == "a"), "{outcome:?}");
+    clock_b.advance(Duration::from_millis(LEASE_MS - 1));
+    assert!(matches!(b.try_acquire(Some(2)).await.unwrap(), AcquireOutcome::HeldByOther { .. }), "refused before a full lease");
+
+    // A renewal restarts the observer's count from the moment it sees the new rvn.
+    let held_a = a.renew(&held_a).await.unwrap();
+    clock_b.advance(Duration::from_millis(LEASE_MS));
+    let outcome = b.try_acquire(Some(2)).await.unwrap();
+    assert!(matches!(outcome, AcquireOutcome::HeldByOther { unchanged_for: Duration::ZERO, .. }), "renewal must restart the count: {outcome:?}");
+    clock_b.advance(Duration::from_millis(LEASE_MS - 1));
+    assert!(matches!(b.try_acquire(Some(2)).await.unwrap(), AcquireOutcome::HeldByOther { .. }), "refused before a full lease");
+    clock_b.advance(Duration::from_millis(1));
+    let AcquireOutcome::Acquired(held_b) = b.try_acquire(Some(2)).await.unwrap() else {
+        panic!("a full lease of unchanged rvn has passed")
+    };
+    assert_eq!((held_b.lease.owner.as_str(), held_b.lease.term), ("b", 2));
+
+    // The old holder's next renewal fails: it has lost the lease.
+    assert!(a.renew(&held_a).await.unwrap_err().is_conflict());
+
+    // A takeover based on a stale observation loses.
+    let s = h.client().await;
+    let err = s
+        .acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Takeover { observed_rvn: &held_a.lease.rvn }, "c", 3, LEASE_MS)
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+}
+
+pub async fn term_strictly_increases_across_takeovers<H: Harness>() {
+    let h = H::start(false).await;
+    let s = h.client().await;
+    let cluster = cluster_name("terms");
+    let mut terms = Vec::new();
+    let mut held = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "n0", 1, LEASE_MS).await.unwrap();
+    terms.push(held.term);
+    for i in 1..5u64 {
+        // A claim that does not raise the term is refused whatever else holds.
+        let err = s
+            .acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Takeover { observed_rvn: &held.rvn }, "x", held.term, LEASE_MS)
+            .await
+            .unwrap_err();
+        assert!(err.is_conflict(), "{err}");
+        held = if i % 2 == 0 {
+            s.release_lease(&cluster, LeaseName::Leader, &held).await.unwrap();
+            let released = s.read_lease(&cluster, LeaseName::Leader).await.unwrap().unwrap();
+            assert!(released.released && released.term == held.term, "release keeps the term: {released:?}");
+            s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, &format!("n{i}"), held.term + 1, LEASE_MS).await.unwrap()
+        } else {
+            s.acquire_lease(
+                &cluster,
+                LeaseName::Leader,
+                LeaseClaim::Takeover { observed_rvn: &held.rvn },
+                &format!("n{i}"),
+                held.term + 1 + i,
+                LEASE_MS,
+            )
+            .await
+            .unwrap()
+        };
+        terms.push(held.term);
+    }
+    assert!(terms.windows(2).all(|w| w[0] < w[1]), "terms must strictly increase: {terms:?}");
+}
+
+pub async fn released_lease_is_free_at_once<H: Harness>() {
+    let h = H::start(false).await;
+    let s = h.client().await;
+    let cluster = cluster_name("release");
+    let held = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "a", 1, LEASE_MS).await.unwrap();
+    let err = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "b", 2, LEASE_MS).await.unwrap_err();
+    assert!(err.is_conflict(), "a held lease is not free: {err}");
+    s.release_lease(&cluster, LeaseName::Leader, &held).await.unwrap();
+    assert!(s.release_lease(&cluster, LeaseName::Leader, &held).await.unwrap_err().is_conflict(), "double release");
+    assert!(s.renew_lease(&cluster, LeaseName::Leader, &held).await.unwrap_err().is_conflict(), "renew after release");
+
+    let clock = ManualClock::new(0);
+    let mut b = LeaseClient::new(h.client().await, clock, &cluster, LeaseName::Leader, "b", LEASE_MS);
+    let AcquireOutcome::Acquired(got) = b.try_acquire(None).await.unwrap() else { panic!("released lease must be free at once") };
+    assert_eq!((got.lease.owner.as_str(), got.lease.term), ("b", 2));
+}
+
+pub async fn cluster_record_cas_exactly_one_writer_wins<H: Harness>() {
+    let h = H::start(false).await;
+    let cluster = cluster_name("cas");
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(h.client().await);
+    }
+    assert_eq!(clients[0].read_cluster(&cluster).await.unwrap(), None);
+
+    // Creation races: exactly one creates.
+    let results = futures_join_all(clients.iter().enumerate().map(|(i, s)| {
+        let cluster = cluster.clone();
+        async move { s.write_cluster(&cluster, None, &ClusterRecord::bootstrap(format!("n{i}"), DynamicConfig::default())).await }
+    }))
+    .await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(StoreError::is_conflict), "{results:?}");
+    let created = results.into_iter().find_map(Result::ok).unwrap();
+    assert_eq!(created.version, 1);
+
+    // Updates race on the same version: exactly one wins, losers see a conflict.
+    let results = futures_join_all(clients.iter().enumerate().map(|(i, s)| {
+        let cluster = cluster.clone();
+        let mut next = created.clone();
+        next.term = 2;
+        next.primary = Some(format!("winner{i}"));
+        async move { s.write_cluster(&cluster, Some(1), &next).await }
+    }))
+    .await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(StoreError::is_conflict), "{results:?}");
+    let winner = results.into_iter().find_map(Result::ok).unwrap();
+    assert_eq!(winner.version, 2);
+    let stored = clients[0].read_cluster(&cluster).await.unwrap().unwrap();
+    assert_eq!(stored, winner);
+
+    // A stale version and a second creation both lose.
+    assert!(clients[1].write_cluster(&cluster, Some(1), &stored).await.unwrap_err().is_conflict());
+    assert!(clients[1].write_cluster(&cluster, None, &stored).await.unwrap_err().is_conflict());
+    assert_eq!(clients[1].read_cluster(&cluster).await.unwrap().unwrap().version, 2);
+}
+
+pub async fn member_heartbeats_in_one_consistent_view<H: Harness>() {
+    let h = H::start(false).await;
+    let s = h.client().await;
+    let cluster = cluster_name("view");
+    let record = s.write_cluster(&cluster, None, &ClusterRecord::bootstrap("m0", DynamicConfig::default())).await.unwrap();
+    let lease = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "m0", 1, LEASE_MS).await.unwrap();
+    for seq in 1..=3 {
+        for name in ["m0", "m1", "m2"] {
+            s.put_member(&cluster, &member(name, seq)).await.unwrap();
+        }
+    }
+    s.append_history(&cluster, &history(1)).await.unwrap();
+    let view = s.read_view(&cluster).await.unwrap();
+    assert_eq!(view.cluster, Some(record));
+    assert_eq!(view.leader, Some(lease));
+    assert_eq!(view.coordinator, None);
+    assert_eq!(view.members.keys().cloned().collect::<Vec<_>>(), ["m0", "m1", "m2"]);
+    assert!(view.members.values().all(|m| m.seq == 3), "every member's latest beat: {view:?}");
+    assert_eq!(view.members["m1"], member("m1", 3));
+
+    s.remove_member(&cluster, "m1").await.unwrap();
+    s.remove_member(&cluster, "m1").await.unwrap();
+    let view = s.read_view(&cluster).await.unwrap();
+    assert_eq!(view.members.keys().cloned().collect::<BTreeSet<_>>(), BTreeSet::from(["m0".to_string(), "m2".to_string()]));
+}
+
+pub async fn history_appends_once_per_term_in_order<H: Harness>() {
+    let h = H::start(false).await;
+    let s = h.client().await;
+    let cluster = cluster_name("history");
+    assert!(s.read_history(&cluster).await.unwrap().is_empty());
+    for term in [3, 1, 12, 2] {
+        s.append_history(&cluster, &history(term)).await.unwrap();
+    }
+    let err = s.append_history(&cluster, &history(12)).await.unwrap_err();
+    assert!(err.is_conflict(), "a second record for one term: {err}");
+    let terms: Vec<u64> = s.read_history(&cluster).await.unwrap().iter().map(|e| e.term).collect();
+    assert_eq!(terms, [1, 2, 3, 12]);
+    assert_eq!(s.read_history(&cluster).await.unwrap()[3], history(12));
+}
+
+pub async fn stopped_engine_is_unavailable_never_success<H: Harness>() {
+    let h = H::start(true).await;
+    let s = h.client().await;
+    let cluster = cluster_name("outage");
+    let record = s.write_cluster(&cluster, None, &ClusterRecord::bootstrap("a", DynamicConfig::default())).await.unwrap();
+    let held = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "a", 1, LEASE_MS).await.unwrap();
+
+    h.stop_engine().await;
+    macro_rules! unavailable {
+        ($call:expr) => {{
+            let result = tokio::time::timeout(CALL_BOUND, $call).await.expect("a call to a stopped engine must fail, not hang");
+            match result {
+                Err(StoreError::Unavailable(_)) => {}
+                other => panic!("{} with the engine stopped gave {:?}", stringify!($call), other),
+            }
+        }};
+    }
+    unavailable!(s.renew_lease(&cluster, LeaseName::Leader, &held));
+    unavailable!(s.read_lease(&cluster, LeaseName::Leader));
+    unavailable!(s.read_view(&cluster));
+    unavailable!(s.acquire_lease(&cluster, LeaseName::Coordinator, LeaseClaim::Free, "c", 1, LEASE_MS));
+    unavailable!(s.write_cluster(&cluster, Some(record.version), &record));
+    unavailable!(s.put_member(&cluster, &member("a", 1)));
+    unavailable!(s.append_history(&cluster, &history(1)));
+    unavailable!(s.read_history(&cluster));
+
+    h.restart_engine().await;
+    // The same client recovers once the engine answers again.
+    let mut recovered = None;
+    for _ in 0..60 {
+        match s.read_view(&cluster).await {
+            Ok(view) => {
+                recovered = Some(view);
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_unavailable(), "only unavailability while restarting: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    assert!(recovered.is_some(), "the client must recover after the engine restarts");
+    s.put_member(&cluster, &member("a", 2)).await.unwrap();
+}
+
+pub async fn malformed_records_are_named<H: Harness>() {
+    let h = H::start(false).await;
+    let s = h.client().await;
+    let cluster = cluster_name("malformed");
+    s.write_cluster(&cluster, None, &ClusterRecord::bootstrap("a", DynamicConfig::default())).await.unwrap();
+    s.put_member(&cluster, &member("a", 1)).await.unwrap();
+
+    fn named(result: Result<impl std::fmt::Debug, StoreError>, item: &str) {
+        match result {
+            Err(StoreError::Malformed { item: got, reason }) => {
+                assert_eq!(got, item);
+                assert!(!reason.is_empty());
+            }
+            other => panic!("expected a decode error naming {item}, got {other:?}"),
+        }
+    }
+
+    h.corrupt(&cluster, keys::LEADER).await;
+    named(s.read_lease(&cluster, LeaseName::Leader).await, keys::LEADER);
+    named(s.read_view(&cluster).await, keys::LEADER);
+    // A corrupt lease is never silently treated as absent, so nobody may claim it.
+    let claim = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "b", 5, LEASE_MS).await;
+    assert!(claim.is_err(), "claiming over an undecodable lease: {claim:?}");
+
+    h.corrupt(&cluster, keys::CLUSTER).await;
+    named(s.read_cluster(&cluster).await, keys::CLUSTER);
+
+    let item = keys::member("b");
+    h.corrupt(&cluster, &item).await;
+    let other = cluster_name("malformed-member");
+    s.put_member(&other, &member("a", 1)).await.unwrap();
+    h.corrupt(&other, &item).await;
+    named(s.read_view(&other).await, &item);
+
+    let item = keys::history(7);
+    h.corrupt(&cluster, &item).await;
+    named(s.read_history(&cluster).await, &item);
+}
+
+pub async fn invalid_requests_change_nothing<H: Harness>() {
+    let h = H::start(false).await;
+    let s = h.client().await;
+    let cluster = cluster_name("invalid");
+    for (owner, term, lease_ms) in [("", 1, LEASE_MS), ("a", 0, LEASE_MS), ("a", 1, 0)] {
+        let err = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, owner, term, lease_ms).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    }
+    assert_eq!(s.read_lease(&cluster, LeaseName::Leader).await.unwrap(), None);
+    let err = s.put_member(&cluster, &member("bad/name", 1)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    let err = s.read_view("bad/cluster").await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    assert!(s.read_view(&cluster).await.unwrap().members.is_empty());
+}
+
+pub async fn clusters_are_isolated<H: Harness>() {
+    let h = H::start(false).await;
+    let s = h.client().await;
+    let (a, b) = (cluster_name("iso-a"), cluster_name("iso-b"));
+    s.acquire_lease(&a, LeaseName::Leader, LeaseClaim::Free, "x", 1, LEASE_MS).await.unwrap();
+    s.put_member(&a, &member("x", 1)).await.unwrap();
+    s.append_history(&a, &history(1)).await.unwrap();
+    let view = s.read_view(&b).await.unwrap();
+    assert_eq!(view, crate::ClusterView::default());
+    assert!(s.read_history(&b).await.unwrap().is_empty());
+    s.acquire_lease(&b, LeaseName::Leader, LeaseClaim::Free, "y", 1, LEASE_MS).await.unwrap();
+}
+
+/// `futures::future::join_all` without the dependency: runs all concurrently on the runtime.
+async fn futures_join_all<F, T>(futures: impl IntoIterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    let futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut results = Vec::with_capacity(futures.len());
+    // Poll all together so the requests really overlap in the engine.
+    let mut pending: Vec<_> = futures.into_iter().map(Some).collect();
+    let mut outputs: Vec<Option<T>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, out) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(fut) = slot {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *out = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    results.extend(outputs.into_iter().map(|o| o.expect("all completed")));
+    results
+}

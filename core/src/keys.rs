@@ -1,0 +1,55 @@
+//! Item names inside a cluster's partition (DynamoDB sort key `item`, etcd key suffix).
+
+pub const LEADER: &str = "leader";
+pub const CLUSTER: &str = "cluster";
+pub const COORDINATOR_LOCK: &str = "lock#coordinator";
+pub const MEMBER_PREFIX: &str = "member#";
+pub const HISTORY_PREFIX: &str = "history#";
+
+pub fn member(name: &str) -> String {
+    format!("{MEMBER_PREFIX}{name}")
+}
+
+/// History items sort by term as strings, so the term is zero-padded to 20 digits (u64::MAX).
+pub fn history(term: u64) -> String {
+    format!("{HISTORY_PREFIX}{term:020}")
+}
+
+/// A cluster name must be usable as a DynamoDB key and an etcd path segment.
+pub fn validate_cluster_name(name: &str) -> Result<(), String> {
+    validate_name("cluster", name)
+}
+
+/// A member name becomes part of item keys, replication slot names and application_name.
+pub fn validate_member_name(name: &str) -> Result<(), String> {
+    validate_name("member", name)
+}
+
+fn validate_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!("{what} name {name:?} must be 1 to 63 characters"));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!("{what} name {name:?} may contain only letters, digits, '_' and '-'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_keys_sort_by_term() {
+        assert!(history(9) < history(10));
+        assert_eq!(member("a"), "member#a");
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_member_name("node-1_a").is_ok());
+        assert!(validate_member_name("").is_err());
+        assert!(validate_member_name("a/b").is_err());
+        assert!(validate_cluster_name(&"x".repeat(64)).is_err());
+    }
+}

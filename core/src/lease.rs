@@ -1,0 +1,234 @@
+//! Lease logic of the DynamoDB lock client, independent of any backend.
+//!
+//! A lease is never judged by comparing wall clocks across hosts. A holder counts its validity
+//! from the monotonic instant *before* its last successful write ([`HeldLease`]); an observer
+//! counts from the monotonic instant *after* the read in which it first saw an `rvn`
+//! ([`LeaseObserver`]). Both instants bracket the write itself, so the holder's deadline always
+//! falls before any observer's expiry, as long as clock rates differ by less than the margin.
+
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::model::{LeaderLease, LeaseName};
+use crate::store::{LeaseClaim, Store, StoreError};
+
+/// What an observer may conclude about a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    /// No lease record exists.
+    Absent,
+    /// Released (or ownerless): may be acquired at once.
+    Free(LeaderLease),
+    /// Held, and its `rvn` changed (or was first seen) `unchanged_for` ago.
+    Held { lease: LeaderLease, unchanged_for: Duration },
+    /// The same `rvn` has been observed for at least the lease's duration: the holder has
+    /// stopped renewing and, if it follows S2, has stopped acting as holder.
+    Expired(LeaderLease),
+}
+
+impl LeaseState {
+    /// The lease may be claimed now, and how.
+    pub fn claim(&self) -> Option<LeaseClaim<'_>> {
+        match self {
+            LeaseState::Absent | LeaseState::Free(_) => Some(LeaseClaim::Free),
+            LeaseState::Expired(lease) => Some(LeaseClaim::Takeover { observed_rvn: &lease.rvn }),
+            LeaseState::Held { .. } => None,
+        }
+    }
+
+    pub fn lease(&self) -> Option<&LeaderLease> {
+        match self {
+            LeaseState::Absent => None,
+            LeaseState::Free(l) | LeaseState::Expired(l) => Some(l),
+            LeaseState::Held { lease, .. } => Some(lease),
+        }
+    }
+}
+
+/// Pure judge of lease expiry from observed changes of `rvn`.
+///
+/// Feed it every read of the lease with the monotonic time taken *after* the read returned.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseObserver {
+    /// The `rvn` last seen and when it was first seen.
+    sighting: Option<(String, Duration)>,
+}
+
+impl LeaseObserver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one observation and judges the lease.
+    pub fn observe(&mut self, lease: Option<&LeaderLease>, observed_at: Duration) -> LeaseState {
+        let Some(lease) = lease else {
+            self.sighting = None;
+            return LeaseState::Absent;
+        };
+        if lease.is_free() {
+            self.sighting = None;
+            return LeaseState::Free(lease.clone());
+        }
+        let first_seen = match &self.sighting {
+            Some((rvn, at)) if *rvn == lease.rvn => *at,
+            _ => {
+                self.sighting = Some((lease.rvn.clone(), observed_at));
+                observed_at
+            }
+        };
+        let unchanged_for = observed_at.saturating_sub(first_seen);
+        if unchanged_for >= Duration::from_millis(lease.lease_ms) {
+            LeaseState::Expired(lease.clone())
+        } else {
+            LeaseState::Held { lease: lease.clone(), unchanged_for }
+        }
+    }
+
+    /// Forgets what was seen (e.g. after this process wrote the lease itself).
+    pub fn reset(&mut self) {
+        self.sighting = None;
+    }
+}
+
+/// A lease this process holds, with the monotonic instant taken before the write that produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLease {
+    pub lease: LeaderLease,
+    /// Monotonic time taken *before* the acquire/renew call that returned `lease`.
+    pub written_from: Duration,
+}
+
+impl HeldLease {
+    /// The last monotonic instant at which the holder may still act as holder: the lease duration
+    /// minus `safety_margin` (which absorbs clock-rate differences and the time a demotion takes).
+    pub fn valid_until(&self, safety_margin: Duration) -> Duration {
+        (self.written_from + Duration::from_millis(self.lease.lease_ms)).saturating_sub(safety_margin)
+    }
+
+    pub fn is_valid(&self, now: Duration, safety_margin: Duration) -> bool {
+        now < self.valid_until(safety_margin)
+    }
+}
+
+/// Result of one acquisition attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcquireOutcome {
+    Acquired(HeldLease),
+    /// Someone holds it and has not yet been seen idle for a full lease duration.
+    HeldByOther { owner: String, term: u64, unchanged_for: Duration },
+}
+
+/// Acquire/renew/release of one lease for one owner, following the lock-client rules over any
+/// [`Store`]: observe, wait out a full lease duration of unchanged `rvn`, then conditionally claim.
+pub struct LeaseClient<S, C> {
+    store: S,
+    clock: C,
+    cluster: String,
+    name: LeaseName,
+    owner: String,
+    lease_ms: u64,
+    observer: LeaseObserver,
+}
+
+impl<S: Store, C: Clock> LeaseClient<S, C> {
+    pub fn new(store: S, clock: C, cluster: impl Into<String>, name: LeaseName, owner: impl Into<String>, lease_ms: u64) -> Self {
+        LeaseClient {
+            store,
+            clock,
+            cluster: cluster.into(),
+            name,
+            owner: owner.into(),
+            lease_ms,
+            observer: LeaseObserver::new(),
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Reads the lease and updates the observer.
+    pub async fn observe(&mut self) -> Result<LeaseState, StoreError> {
+        let lease = self.store.read_lease(&self.cluster, self.name).await?;
+        let now = self.clock.monotonic();
+        Ok(self.observer.observe(lease.as_ref(), now))
+    }
+
+    /// One acquisition attempt. `term`: the fencing token to claim (must exceed the stored one);
+    /// `None` takes the stored term plus one.
+    pub async fn try_acquire(&mut self, term: Option<u64>) -> Result<AcquireOutcome, StoreError> {
+        let state = self.observe().await?;
+        let Some(claim) = state.claim() else {
+            let LeaseState::Held { lease, unchanged_for } = state else { unreachable!("only Held has no claim") };
+            return Ok(AcquireOutcome::HeldByOther { owner: lease.owner, term: lease.term, unchanged_for });
+        };
+        let term = term.unwrap_or_else(|| state.lease().map_or(1, |l| l.term + 1));
+        let written_from = self.clock.monotonic();
+        let lease = self.store.acquire_lease(&self.cluster, self.name, claim, &self.owner, term, self.lease_ms).await?;
+        self.observer.reset();
+        Ok(AcquireOutcome::Acquired(HeldLease { lease, written_from }))
+    }
+
+    /// Renews `held`, timing the new validity from before the call.
+    pub async fn renew(&mut self, held: &HeldLease) -> Result<HeldLease, StoreError> {
+        let written_from = self.clock.monotonic();
+        let lease = self.store.renew_lease(&self.cluster, self.name, &held.lease).await?;
+        Ok(HeldLease { lease, written_from })
+    }
+
+    pub async fn release(&mut self, held: &HeldLease) -> Result<(), StoreError> {
+        self.store.release_lease(&self.cluster, self.name, &held.lease).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(rvn: &str) -> LeaderLease {
+        LeaderLease { owner: "a".into(), term: 1, rvn: rvn.into(), lease_ms: 1000, released: false }
+    }
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn expiry_needs_a_full_duration_of_the_same_rvn() {
+        let mut obs = LeaseObserver::new();
+        assert!(matches!(obs.observe(Some(&lease("r1")), MS(0)), LeaseState::Held { .. }));
+        assert!(matches!(obs.observe(Some(&lease("r1")), MS(999)), LeaseState::Held { .. }));
+        // A renewal restarts the count.
+        assert!(matches!(obs.observe(Some(&lease("r2")), MS(1500)), LeaseState::Held { .. }));
+        assert!(matches!(obs.observe(Some(&lease("r2")), MS(2499)), LeaseState::Held { .. }));
+        assert!(matches!(obs.observe(Some(&lease("r2")), MS(2500)), LeaseState::Expired(_)));
+    }
+
+    #[test]
+    fn absent_and_released_leases_are_claimable_at_once() {
+        let mut obs = LeaseObserver::new();
+        assert_eq!(obs.observe(None, MS(0)), LeaseState::Absent);
+        let released = LeaderLease { released: true, ..lease("r") };
+        assert_eq!(obs.observe(Some(&released), MS(0)), LeaseState::Free(released.clone()));
+        assert_eq!(LeaseState::Free(released).claim(), Some(LeaseClaim::Free));
+    }
+
+    #[test]
+    fn wall_clock_plays_no_part() {
+        // The record carries no timestamp at all; only the observer's own clock counts.
+        let mut obs = LeaseObserver::new();
+        obs.observe(Some(&lease("r")), MS(10_000));
+        assert!(matches!(obs.observe(Some(&lease("r")), MS(10_500)), LeaseState::Held { .. }));
+    }
+
+    #[test]
+    fn holder_deadline_precedes_observer_expiry() {
+        let held = HeldLease { lease: lease("r"), written_from: MS(100) };
+        let margin = MS(200);
+        assert_eq!(held.valid_until(margin), MS(900));
+        assert!(held.is_valid(MS(899), margin));
+        assert!(!held.is_valid(MS(900), margin));
+        // An observer that first saw the write after it began expires it no earlier than 1100.
+        let mut obs = LeaseObserver::new();
+        obs.observe(Some(&lease("r")), MS(101));
+        assert!(matches!(obs.observe(Some(&lease("r")), MS(1100)), LeaseState::Held { .. }));
+    }
+}

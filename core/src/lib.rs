@@ -1,0 +1,24 @@
+//! pgdaemon-core: the cluster model, lease logic, pure decisions and the traits every part of
+//! pgdaemon builds on. No network dependencies: backends live in `pgdaemon-dcs`, AWS calls in
+//! the binaries.
+
+pub mod clock;
+pub mod codec;
+pub mod config;
+pub mod keys;
+pub mod lease;
+pub mod lsn;
+pub mod memory;
+pub mod model;
+pub mod store;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{ConfigError, DynamicConfig, StoreConfig, SyncMode};
+pub use lease::{AcquireOutcome, HeldLease, LeaseClient, LeaseObserver, LeaseState};
+pub use lsn::Lsn;
+pub use memory::MemoryStore;
+pub use model::*;
+pub use store::{LeaseClaim, Store, StoreError};

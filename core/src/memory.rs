@@ -1,0 +1,194 @@
+//! In-process [`Store`] for tests and the simulation. Records are kept encoded, exactly like the
+//! networked backends, so decoding and malformed-record handling are exercised too.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::codec::{self, check_acquire, check_held, decode, encode};
+use crate::keys;
+use crate::model::{ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseName, MemberStatus};
+use crate::store::{LeaseClaim, Store, StoreError};
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    /// (cluster, item) -> encoded record.
+    items: Mutex<BTreeMap<(String, String), String>>,
+    unavailable: AtomicBool,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Simulates an outage: every call fails with `Unavailable` until set back.
+    pub fn set_available(&self, available: bool) {
+        self.unavailable.store(!available, Ordering::SeqCst);
+    }
+
+    /// Writes raw text as an item (tests of malformed records).
+    pub fn put_raw(&self, cluster: &str, item: &str, text: &str) {
+        self.items.lock().unwrap().insert((cluster.into(), item.into()), text.into());
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<(String, String), String>>, StoreError> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("memory store is switched off".into()));
+        }
+        Ok(self.items.lock().unwrap())
+    }
+}
+
+type Items = BTreeMap<(String, String), String>;
+
+fn get<T: serde::de::DeserializeOwned>(items: &Items, cluster: &str, item: &str) -> Result<Option<T>, StoreError> {
+    items.get(&(cluster.to_string(), item.to_string())).map(|t| decode(item, t.as_bytes())).transpose()
+}
+
+fn check_cluster(cluster: &str) -> Result<(), StoreError> {
+    keys::validate_cluster_name(cluster).map_err(StoreError::Invalid)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn read_view(&self, cluster: &str) -> Result<ClusterView, StoreError> {
+        check_cluster(cluster)?;
+        let items = self.lock()?;
+        let mut view = ClusterView {
+            cluster: get(&items, cluster, keys::CLUSTER)?,
+            leader: get(&items, cluster, keys::LEADER)?,
+            coordinator: get(&items, cluster, keys::COORDINATOR_LOCK)?,
+            members: BTreeMap::new(),
+        };
+        for ((c, item), text) in items.range((cluster.to_string(), keys::MEMBER_PREFIX.to_string())..) {
+            if c != cluster || !item.starts_with(keys::MEMBER_PREFIX) {
+                break;
+            }
+            let member: MemberStatus = decode(item, text.as_bytes())?;
+            view.members.insert(member.name.clone(), member);
+        }
+        Ok(view)
+    }
+
+    async fn read_lease(&self, cluster: &str, name: LeaseName) -> Result<Option<LeaderLease>, StoreError> {
+        check_cluster(cluster)?;
+        let items = self.lock()?;
+        get(&items, cluster, name.item_key())
+    }
+
+    async fn acquire_lease(
+        &self,
+        cluster: &str,
+        name: LeaseName,
+        claim: LeaseClaim<'_>,
+        owner: &str,
+        term: u64,
+        lease_ms: u64,
+    ) -> Result<LeaderLease, StoreError> {
+        codec::validate_acquire(cluster, owner, term, lease_ms)?;
+        let mut items = self.lock()?;
+        let item = name.item_key();
+        let current: Option<LeaderLease> = get(&items, cluster, item)?;
+        check_acquire(current.as_ref(), claim, term).map_err(|d| StoreError::conflict(item, d))?;
+        let lease = LeaderLease { owner: owner.into(), term, rvn: codec::new_rvn(), lease_ms, released: false };
+        items.insert((cluster.into(), item.into()), encode(item, &lease)?);
+        Ok(lease)
+    }
+
+    async fn renew_lease(&self, cluster: &str, name: LeaseName, held: &LeaderLease) -> Result<LeaderLease, StoreError> {
+        check_cluster(cluster)?;
+        let mut items = self.lock()?;
+        let item = name.item_key();
+        let current: Option<LeaderLease> = get(&items, cluster, item)?;
+        check_held(current.as_ref(), held).map_err(|d| StoreError::conflict(item, d))?;
+        let lease = LeaderLease { rvn: codec::new_rvn(), ..current.expect("checked") };
+        items.insert((cluster.into(), item.into()), encode(item, &lease)?);
+        Ok(lease)
+    }
+
+    async fn release_lease(&self, cluster: &str, name: LeaseName, held: &LeaderLease) -> Result<(), StoreError> {
+        check_cluster(cluster)?;
+        let mut items = self.lock()?;
+        let item = name.item_key();
+        let current: Option<LeaderLease> = get(&items, cluster, item)?;
+        check_held(current.as_ref(), held).map_err(|d| StoreError::conflict(item, d))?;
+        let lease = LeaderLease { rvn: codec::new_rvn(), released: true, ..current.expect("checked") };
+        items.insert((cluster.into(), item.into()), encode(item, &lease)?);
+        Ok(())
+    }
+
+    async fn read_cluster(&self, cluster: &str) -> Result<Option<ClusterRecord>, StoreError> {
+        check_cluster(cluster)?;
+        let items = self.lock()?;
+        get(&items, cluster, keys::CLUSTER)
+    }
+
+    async fn write_cluster(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        record: &ClusterRecord,
+    ) -> Result<ClusterRecord, StoreError> {
+        check_cluster(cluster)?;
+        let mut items = self.lock()?;
+        let current: Option<ClusterRecord> = get(&items, cluster, keys::CLUSTER)?;
+        let stored_version = current.as_ref().map(|c| c.version);
+        if stored_version != expected_version {
+            return Err(StoreError::conflict(
+                keys::CLUSTER,
+                format!("expected version {expected_version:?}, stored {stored_version:?}"),
+            ));
+        }
+        let stored = ClusterRecord { version: stored_version.unwrap_or(0) + 1, ..record.clone() };
+        items.insert((cluster.into(), keys::CLUSTER.into()), encode(keys::CLUSTER, &stored)?);
+        Ok(stored)
+    }
+
+    async fn put_member(&self, cluster: &str, member: &MemberStatus) -> Result<(), StoreError> {
+        check_cluster(cluster)?;
+        keys::validate_member_name(&member.name).map_err(StoreError::Invalid)?;
+        let item = keys::member(&member.name);
+        let text = encode(&item, member)?;
+        self.lock()?.insert((cluster.into(), item), text);
+        Ok(())
+    }
+
+    async fn remove_member(&self, cluster: &str, name: &str) -> Result<(), StoreError> {
+        check_cluster(cluster)?;
+        self.lock()?.remove(&(cluster.to_string(), keys::member(name)));
+        Ok(())
+    }
+
+    async fn append_history(&self, cluster: &str, entry: &HistoryEntry) -> Result<(), StoreError> {
+        check_cluster(cluster)?;
+        let item = keys::history(entry.term);
+        let text = encode(&item, entry)?;
+        let mut items = self.lock()?;
+        let key = (cluster.to_string(), item.clone());
+        if items.contains_key(&key) {
+            return Err(StoreError::conflict(item, "a history record for this term exists"));
+        }
+        items.insert(key, text);
+        Ok(())
+    }
+
+    async fn read_history(&self, cluster: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        check_cluster(cluster)?;
+        let items = self.lock()?;
+        let mut out = Vec::new();
+        for ((c, item), text) in items.range((cluster.to_string(), keys::HISTORY_PREFIX.to_string())..) {
+            if c != cluster || !item.starts_with(keys::HISTORY_PREFIX) {
+                break;
+            }
+            out.push(decode(item, text.as_bytes())?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,345 @@
+//! The cluster model: what the store holds (DESIGN.md section 2).
+//!
+//! Intent (the [`ClusterRecord`], written only by the coordinator through compare-and-set) is kept
+//! apart from observed state (each agent's [`MemberStatus`] heartbeat and the [`LeaderLease`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::DynamicConfig;
+use crate::lsn::Lsn;
+
+/// What a member's Postgres is doing, as its agent last observed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read-write (not in recovery).
+    Primary,
+    /// In recovery (standby).
+    Replica,
+    /// Postgres does not answer, or its role could not be read.
+    #[default]
+    Unknown,
+}
+
+/// Operator tags on a member (Patroni's `nofailover` and failover priority).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemberTags {
+    /// Never promote this member.
+    pub nofailover: bool,
+    /// Higher wins a tie between equally advanced candidates.
+    pub priority: i32,
+}
+
+/// One member's heartbeat (`member#<name>`), written only by that member's agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberStatus {
+    pub name: String,
+    pub role: Role,
+    /// Postgres answered the last probe.
+    pub pg_running: bool,
+    pub timeline: u32,
+    /// Primary: `pg_current_wal_lsn()`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_lsn: Option<Lsn>,
+    /// Primary: `pg_current_wal_flush_lsn()`; replica: last flushed received position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_lsn: Option<Lsn>,
+    /// Replica: `pg_last_wal_receive_lsn()`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive_lsn: Option<Lsn>,
+    /// Replica: `pg_last_wal_replay_lsn()`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lsn: Option<Lsn>,
+    /// Replica: bytes behind the primary it streams from, as last measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
+    /// Replica: seconds since the last replayed transaction's commit on the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    /// Replica: a WAL receiver is streaming from a primary.
+    #[serde(default)]
+    pub streaming: bool,
+    /// Increments on every heartbeat; observers judge liveness by its change, never by timestamps.
+    pub seq: u64,
+    /// The newest cluster term this agent has seen.
+    #[serde(default)]
+    pub term: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+    #[serde(default)]
+    pub tags: MemberTags,
+    #[serde(default)]
+    pub agent_version: String,
+    /// Base URL of the agent's HTTP API, e.g. `http://10.0.1.5:8008`.
+    #[serde(default)]
+    pub api_url: String,
+    /// libpq host and port other members use to reach this Postgres.
+    #[serde(default)]
+    pub pg_host: String,
+    #[serde(default)]
+    pub pg_port: u16,
+    /// Wall-clock time of the beat in ms since the epoch: shown to humans, never used to judge liveness.
+    #[serde(default)]
+    pub updated_at_ms: u64,
+    /// Unix time (seconds) after which DynamoDB TTL may garbage-collect a dead member's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_at: Option<u64>,
+    /// What this member last saw of the leader lease, timed on its own monotonic clock: the
+    /// evidence a replica offers when it asks the coordinator for a run (fast path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_seen: Option<LeaseSighting>,
+}
+
+/// A member's observation of the leader lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseSighting {
+    pub term: u64,
+    pub rvn: String,
+    /// How long the observer has seen this exact `rvn`, by its own monotonic clock.
+    pub unchanged_ms: u64,
+}
+
+impl MemberStatus {
+    /// A member with nothing observed yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        MemberStatus {
+            name: name.into(),
+            role: Role::Unknown,
+            pg_running: false,
+            timeline: 0,
+            write_lsn: None,
+            flush_lsn: None,
+            receive_lsn: None,
+            replay_lsn: None,
+            lag_bytes: None,
+            lag_seconds: None,
+            streaming: false,
+            seq: 0,
+            term: 0,
+            instance_id: None,
+            availability_zone: None,
+            tags: MemberTags::default(),
+            agent_version: String::new(),
+            api_url: String::new(),
+            pg_host: String::new(),
+            pg_port: 0,
+            updated_at_ms: 0,
+            expire_at: None,
+            leader_seen: None,
+        }
+    }
+
+    /// The furthest WAL position this member holds: its write position as primary, else the
+    /// furthest of received and replayed.
+    pub fn wal_position(&self) -> Option<Lsn> {
+        match self.role {
+            Role::Primary => self.write_lsn.or(self.flush_lsn),
+            _ => match (self.receive_lsn, self.replay_lsn) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+}
+
+/// Which lease item a lease call refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseName {
+    /// `leader`: held by the writable primary.
+    Leader,
+    /// `lock#coordinator`: held by the one coordinator acting on the cluster.
+    Coordinator,
+}
+
+impl LeaseName {
+    pub fn item_key(self) -> &'static str {
+        match self {
+            LeaseName::Leader => crate::keys::LEADER,
+            LeaseName::Coordinator => crate::keys::COORDINATOR_LOCK,
+        }
+    }
+}
+
+/// A lease record (DynamoDB lock-client pattern).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderLease {
+    /// Holder's member (or coordinator) name; empty once released.
+    pub owner: String,
+    /// Fencing token: strictly increases with every acquisition, never with a renewal.
+    pub term: u64,
+    /// Record version number: a new UUID on every write; observers time its changes.
+    pub rvn: String,
+    /// How long a holder may go without renewing before others may take over.
+    pub lease_ms: u64,
+    /// Set by a clean release: the lease may be acquired at once.
+    #[serde(default)]
+    pub released: bool,
+}
+
+impl LeaderLease {
+    pub fn is_free(&self) -> bool {
+        self.released || self.owner.is_empty()
+    }
+}
+
+/// Planned (switchover) or unplanned (failover) change of primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransitionKind {
+    /// The primary was lost (or an operator forced a change); the old primary must be fenced.
+    Failover,
+    /// Planned: the healthy primary hands over after the candidate has caught up; no data loss.
+    Switchover,
+}
+
+/// The steps of a change of primary, in order. Each is recorded in the cluster record before the
+/// next begins, so a new coordinator continues where a dead one stopped (S5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransitionStep {
+    /// The term was bumped; the old primary must now be fenced (or demoted, for a switchover).
+    TermBumped,
+    /// The old primary is confirmed fenced/demoted.
+    Fenced,
+    /// The candidate is named primary for the new term and may acquire the leader lease.
+    Designated,
+    /// The candidate reported read-write under the new term.
+    Promoted,
+    /// The other members were told to follow the new primary.
+    Followed,
+}
+
+/// A change of primary in progress (stored inside the cluster record).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transition {
+    pub kind: TransitionKind,
+    pub step: TransitionStep,
+    /// The term this transition created.
+    pub term: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_primary: Option<String>,
+    pub candidate: String,
+    pub reason: String,
+    /// Wall-clock start (ms since epoch), for history and humans.
+    pub started_ms: u64,
+    /// Wall-clock time each step was reached, by step name.
+    #[serde(default)]
+    pub step_times_ms: BTreeMap<String, u64>,
+    /// The operator asked to skip eligibility checks.
+    #[serde(default)]
+    pub forced: bool,
+}
+
+/// What synchronous replication currently guarantees (recorded by the primary before it relies on it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SyncState {
+    /// The term in which `members` was recorded.
+    pub term: u64,
+    /// Standbys listed in `synchronous_standby_names`.
+    pub members: Vec<String>,
+    /// Mode `on` fell back to asynchronous commits because no standby was available.
+    #[serde(default)]
+    pub degraded: bool,
+}
+
+/// The cluster record (`cluster`): intent. Changed only by compare-and-set on `version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterRecord {
+    /// Compare-and-set version, maintained by the store: callers never set it themselves.
+    #[serde(default)]
+    pub version: u64,
+    /// The current term. The designated `primary` is the only member allowed to be primary in it.
+    pub term: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition: Option<Transition>,
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(default)]
+    pub config: DynamicConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncState>,
+}
+
+impl ClusterRecord {
+    /// A new cluster whose first primary is `primary` in term 1.
+    pub fn bootstrap(primary: impl Into<String>, config: DynamicConfig) -> Self {
+        ClusterRecord {
+            version: 0,
+            term: 1,
+            primary: Some(primary.into()),
+            transition: None,
+            paused: false,
+            config,
+            sync: None,
+        }
+    }
+}
+
+/// One promotion (`history#<term>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryEntry {
+    pub term: u64,
+    pub kind: TransitionKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_primary: Option<String>,
+    pub new_primary: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<Lsn>,
+    pub reason: String,
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    /// Milliseconds from the start to each step.
+    #[serde(default)]
+    pub step_ms: BTreeMap<String, u64>,
+}
+
+/// One consistent read of everything a cluster's decisions need.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClusterView {
+    pub cluster: Option<ClusterRecord>,
+    pub leader: Option<LeaderLease>,
+    pub coordinator: Option<LeaderLease>,
+    /// Heartbeats by member name.
+    pub members: BTreeMap<String, MemberStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_round_trips_and_rejects_unknown_fields() {
+        let mut m = MemberStatus::new("n1");
+        m.role = Role::Replica;
+        m.receive_lsn = Some("0/300".parse().unwrap());
+        m.replay_lsn = Some("0/200".parse().unwrap());
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<MemberStatus>(&json).unwrap(), m);
+        assert_eq!(m.wal_position(), Some("0/300".parse().unwrap()));
+        let bad = json.replacen('{', "{\"surprise\":1,", 1);
+        assert!(serde_json::from_str::<MemberStatus>(&bad).is_err());
+    }
+
+    #[test]
+    fn released_or_ownerless_lease_is_free() {
+        let lease = LeaderLease { owner: "a".into(), term: 3, rvn: "x".into(), lease_ms: 10, released: false };
+        assert!(!lease.is_free());
+        assert!(LeaderLease { released: true, ..lease.clone() }.is_free());
+        assert!(LeaderLease { owner: String::new(), ..lease }.is_free());
+    }
+}

@@ -1,0 +1,182 @@
+//! The state store ("DCS") contract. Every backend (memory, DynamoDB, etcd) implements [`Store`]
+//! and must pass the one conformance suite in [`crate::conformance`].
+
+use async_trait::async_trait;
+
+use crate::model::{ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseName, MemberStatus};
+
+/// Why a store call did not succeed. Callers must treat the three kinds differently: a
+/// [`StoreError::Conflict`] is an answer (someone else won; re-read and decide again), an
+/// [`StoreError::Unavailable`] is the absence of an answer (the write may or may not have happened;
+/// a lease holder must count it as a failed renewal), and [`StoreError::Malformed`] means a record
+/// cannot be trusted, so nothing may be decided from it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A condition did not hold: another writer got there first or the record changed since it
+    /// was read. Patroni's `False` from a DCS write.
+    #[error("lost the race on {item}: {detail}")]
+    Conflict { item: String, detail: String },
+    /// The engine did not answer (down, unreachable, throttled, timed out). Patroni's `DCSError`.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be decoded.
+    #[error("malformed record {item:?}: {reason}")]
+    Malformed { item: String, reason: String },
+    /// The request itself was invalid (bad name, impossible argument); nothing was written.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    pub fn conflict(item: impl Into<String>, detail: impl Into<String>) -> Self {
+        StoreError::Conflict { item: item.into(), detail: detail.into() }
+    }
+
+    pub fn malformed(item: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        StoreError::Malformed { item: item.into(), reason: reason.to_string() }
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// How a lease is being claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseClaim<'a> {
+    /// Only if no lease record exists or it was released.
+    Free,
+    /// Only if the record still carries this `rvn`: the caller has observed it unchanged for a
+    /// full lease duration on its own monotonic clock (see [`crate::lease::LeaseObserver`]).
+    Takeover { observed_rvn: &'a str },
+}
+
+/// The coordination state of many clusters, each in its own partition/prefix.
+///
+/// Obligations common to every method:
+/// - Reads are strongly consistent: they reflect every write that completed before they began.
+/// - A method returns `Ok` only when the write is durable in the engine; on `Unavailable` the
+///   write may or may not have happened and the caller must assume either.
+/// - Conditional writes are atomic compare-and-set in the engine (DynamoDB condition
+///   expressions, etcd transactions), never a read followed by an unconditional write.
+/// - A record that cannot be decoded yields [`StoreError::Malformed`] naming the item, never a
+///   default value and never a panic.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// The backend's name for logs (`memory`, `etcd`, `dynamodb`).
+    fn backend(&self) -> &'static str;
+
+    /// One consistent snapshot of a cluster: its record, both leases and every member heartbeat.
+    /// History is not included. A malformed item fails the whole read.
+    async fn read_view(&self, cluster: &str) -> Result<ClusterView, StoreError>;
+
+    /// Reads one lease record (strongly consistent).
+    async fn read_lease(&self, cluster: &str, name: LeaseName) -> Result<Option<LeaderLease>, StoreError>;
+
+    /// Compare-and-set acquisition. Succeeds only if (a) the claim's condition holds (`Free`: no
+    /// record or a released one; `Takeover`: the record's `rvn` equals the observed one) and (b)
+    /// `term` is strictly greater than the stored record's term, so terms never repeat. Writes a
+    /// fresh `rvn`. A failed condition is `Conflict`.
+    async fn acquire_lease(
+        &self,
+        cluster: &str,
+        name: LeaseName,
+        claim: LeaseClaim<'_>,
+        owner: &str,
+        term: u64,
+        lease_ms: u64,
+    ) -> Result<LeaderLease, StoreError>;
+
+    /// Renews a held lease: succeeds only if the record still has `held.rvn` and `held.owner` and
+    /// is not released; writes a fresh `rvn` (same term, owner and duration). Otherwise `Conflict`.
+    /// Callers take their monotonic timestamp *before* calling (lock-client rule).
+    async fn renew_lease(&self, cluster: &str, name: LeaseName, held: &LeaderLease) -> Result<LeaderLease, StoreError>;
+
+    /// Releases a held lease under the same condition as renewal, keeping its term so the next
+    /// acquisition still increases it. Releasing an already released lease is `Conflict`.
+    async fn release_lease(&self, cluster: &str, name: LeaseName, held: &LeaderLease) -> Result<(), StoreError>;
+
+    /// Reads the cluster record (strongly consistent).
+    async fn read_cluster(&self, cluster: &str) -> Result<Option<ClusterRecord>, StoreError>;
+
+    /// Compare-and-set of the cluster record. `expected_version: None` creates it only if absent;
+    /// `Some(v)` replaces it only if its stored version is `v`. The stored version becomes the
+    /// old one plus one (1 on creation), whatever `record.version` says; the stored record is
+    /// returned. A failed condition is `Conflict`.
+    async fn write_cluster(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        record: &ClusterRecord,
+    ) -> Result<ClusterRecord, StoreError>;
+
+    /// Upserts a member's heartbeat. Unconditional: each member writes only its own record.
+    async fn put_member(&self, cluster: &str, member: &MemberStatus) -> Result<(), StoreError>;
+
+    /// Deletes a member's heartbeat (a member that left the cluster). Deleting nothing is `Ok`.
+    async fn remove_member(&self, cluster: &str, name: &str) -> Result<(), StoreError>;
+
+    /// Appends the history record of a promotion. Conditional on no record existing for
+    /// `entry.term` (`Conflict` otherwise), so a resumed coordinator never writes two.
+    async fn append_history(&self, cluster: &str, entry: &HistoryEntry) -> Result<(), StoreError>;
+
+    /// All history records, ordered by term.
+    async fn read_history(&self, cluster: &str) -> Result<Vec<HistoryEntry>, StoreError>;
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn backend(&self) -> &'static str {
+        (**self).backend()
+    }
+    async fn read_view(&self, cluster: &str) -> Result<ClusterView, StoreError> {
+        (**self).read_view(cluster).await
+    }
+    async fn read_lease(&self, cluster: &str, name: LeaseName) -> Result<Option<LeaderLease>, StoreError> {
+        (**self).read_lease(cluster, name).await
+    }
+    async fn acquire_lease(
+        &self,
+        cluster: &str,
+        name: LeaseName,
+        claim: LeaseClaim<'_>,
+        owner: &str,
+        term: u64,
+        lease_ms: u64,
+    ) -> Result<LeaderLease, StoreError> {
+        (**self).acquire_lease(cluster, name, claim, owner, term, lease_ms).await
+    }
+    async fn renew_lease(&self, cluster: &str, name: LeaseName, held: &LeaderLease) -> Result<LeaderLease, StoreError> {
+        (**self).renew_lease(cluster, name, held).await
+    }
+    async fn release_lease(&self, cluster: &str, name: LeaseName, held: &LeaderLease) -> Result<(), StoreError> {
+        (**self).release_lease(cluster, name, held).await
+    }
+    async fn read_cluster(&self, cluster: &str) -> Result<Option<ClusterRecord>, StoreError> {
+        (**self).read_cluster(cluster).await
+    }
+    async fn write_cluster(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        record: &ClusterRecord,
+    ) -> Result<ClusterRecord, StoreError> {
+        (**self).write_cluster(cluster, expected_version, record).await
+    }
+    async fn put_member(&self, cluster: &str, member: &MemberStatus) -> Result<(), StoreError> {
+        (**self).put_member(cluster, member).await
+    }
+    async fn remove_member(&self, cluster: &str, name: &str) -> Result<(), StoreError> {
+        (**self).remove_member(cluster, name).await
+    }
+    async fn append_history(&self, cluster: &str, entry: &HistoryEntry) -> Result<(), StoreError> {
+        (**self).append_history(cluster, entry).await
+    }
+    async fn read_history(&self, cluster: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        (**self).read_history(cluster).await
+    }
+}

@@ -1,0 +1,1 @@
+//! Networked Store backends (filled in by the foundation work).

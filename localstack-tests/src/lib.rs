@@ -1,0 +1,1 @@
+//! AWS end-to-end tests.
