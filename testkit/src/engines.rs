@@ -1,0 +1,1 @@
+//! etcd and moto server processes (owned by the dcs work).

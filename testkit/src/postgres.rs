@@ -1,0 +1,1 @@
+//! PostgreSQL clusters on loopback (owned by the node-agent work).
