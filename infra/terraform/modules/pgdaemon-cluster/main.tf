@@ -1,0 +1,34 @@
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
+data "aws_caller_identity" "current" {}
+
+locals {
+  name       = "pgdaemon-${var.cluster_name}"
+  table_name = coalesce(var.table_name, local.name)
+  partition  = data.aws_partition.current.partition
+  region     = data.aws_region.current.name
+  account_id = data.aws_caller_identity.current.account_id
+
+  # Every resource carries the cluster tag; on instances it is what the coordinator's IAM
+  # conditions key on, so it must be exactly cluster_name.
+  tags = merge(var.tags, {
+    (var.cluster_tag_key) = var.cluster_name
+    "pgdaemon:component"  = "cluster"
+  })
+
+  # ARN pattern of EC2 instances in this account and region; the tag condition narrows it to
+  # the cluster's own instances.
+  instance_arn_pattern = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance/*"
+
+  coordinator_function_name = "${local.name}-coordinator"
+
+  # Environment contract of the coordinator Lambda (lambda/ reads these).
+  coordinator_environment = {
+    PGDAEMON_TABLE           = local.table_name
+    PGDAEMON_CLUSTERS        = var.cluster_name
+    PGDAEMON_FENCING         = join(",", var.fencing)
+    PGDAEMON_SNS_TOPIC_ARN   = aws_sns_topic.events.arn
+    PGDAEMON_CLUSTER_TAG_KEY = var.cluster_tag_key
+    RUST_LOG                 = "info"
+  }
+}

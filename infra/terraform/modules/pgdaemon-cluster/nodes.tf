@@ -1,0 +1,265 @@
+# The Postgres nodes: one Auto Scaling group of identical instances, each running Postgres and
+# the pgdaemon agent (systemd), registered with SSM so that the coordinator can fence them.
+
+data "aws_ssm_parameter" "al2023" {
+  count = var.ami_id == null ? 1 : 0
+  name  = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${var.agent_architecture}"
+}
+
+locals {
+  ami_id = var.ami_id != null ? var.ami_id : nonsensitive(data.aws_ssm_parameter.al2023[0].value)
+
+  # The unit file lives with the agent's source; the fallback keeps the module usable on its own.
+  agent_unit_path = "${path.module}/../../../../node-agent/systemd/pgdaemon-agent.service"
+  agent_unit      = fileexists(local.agent_unit_path) ? file(local.agent_unit_path) : file("${path.module}/templates/pgdaemon-agent.service")
+
+  agent_config = templatefile("${path.module}/templates/pgdaemon.toml.tftpl", {
+    cluster_name         = var.cluster_name
+    table_name           = local.table_name
+    postgres_port        = var.postgres_port
+    agent_api_port       = var.agent_api_port
+    coordinator_function = local.coordinator_function_name
+  })
+
+  user_data = templatefile("${path.module}/templates/user-data.sh.tftpl", {
+    agent_binary_url = var.agent_binary_url
+    agent_config     = local.agent_config
+    agent_unit       = local.agent_unit
+  })
+}
+
+data "aws_iam_policy_document" "ec2_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "agent" {
+  name               = "${local.name}-agent"
+  description        = "pgdaemon agent on the nodes of cluster ${var.cluster_name}: its own cluster's state items only"
+  assume_role_policy = data.aws_iam_policy_document.ec2_assume.json
+  tags               = local.tags
+}
+
+data "aws_iam_policy_document" "agent" {
+  # Every item of the cluster has partition key = cluster name: the agents can neither read
+  # nor write another cluster's lease, members or history, even in a shared table.
+  statement {
+    sid = "StateTableThisClusterOnly"
+    actions = [
+      "dynamodb:GetItem",
+      "dynamodb:BatchGetItem",
+      "dynamodb:Query",
+      "dynamodb:PutItem",
+      "dynamodb:UpdateItem",
+      "dynamodb:DeleteItem",
+      "dynamodb:ConditionCheckItem",
+    ]
+    resources = [aws_dynamodb_table.state.arn]
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "dynamodb:LeadingKeys"
+      values   = [var.cluster_name]
+    }
+  }
+
+  # The fast path: a replica that sees the lease go stale asks for a coordinator run at once.
+  statement {
+    sid       = "InvokeCoordinator"
+    actions   = ["lambda:InvokeFunction"]
+    resources = [aws_lambda_function.coordinator.arn]
+  }
+}
+
+resource "aws_iam_role_policy" "agent" {
+  name   = "pgdaemon-agent"
+  role   = aws_iam_role.agent.id
+  policy = data.aws_iam_policy_document.agent.json
+}
+
+# Registers the instance with SSM (Session Manager, Run Command for ssm fencing).
+resource "aws_iam_role_policy_attachment" "agent_ssm" {
+  role       = aws_iam_role.agent.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+}
+
+resource "aws_iam_instance_profile" "agent" {
+  name = "${local.name}-agent"
+  role = aws_iam_role.agent.name
+  tags = local.tags
+}
+
+# --- security groups: Postgres and the agent API only inside the cluster and from the NLB ----
+
+resource "aws_security_group" "nodes" {
+  name        = "${local.name}-nodes"
+  description = "pgdaemon nodes: Postgres and agent API only from the cluster, its NLB and its coordinator"
+  vpc_id      = var.vpc_id
+  tags        = local.tags
+}
+
+resource "aws_security_group_rule" "nodes_postgres_from_cluster" {
+  description              = "Postgres replication and pg_rewind between the nodes"
+  type                     = "ingress"
+  security_group_id        = aws_security_group.nodes.id
+  protocol                 = "tcp"
+  from_port                = var.postgres_port
+  to_port                  = var.postgres_port
+  source_security_group_id = aws_security_group.nodes.id
+}
+
+resource "aws_security_group_rule" "nodes_agent_from_cluster" {
+  description              = "Agent API between the nodes"
+  type                     = "ingress"
+  security_group_id        = aws_security_group.nodes.id
+  protocol                 = "tcp"
+  from_port                = var.agent_api_port
+  to_port                  = var.agent_api_port
+  source_security_group_id = aws_security_group.nodes.id
+}
+
+resource "aws_security_group_rule" "nodes_postgres_from_nlb" {
+  description              = "Client connections forwarded by the NLB"
+  type                     = "ingress"
+  security_group_id        = aws_security_group.nodes.id
+  protocol                 = "tcp"
+  from_port                = var.postgres_port
+  to_port                  = var.postgres_port
+  source_security_group_id = aws_security_group.nlb.id
+}
+
+resource "aws_security_group_rule" "nodes_agent_from_nlb" {
+  description              = "NLB health checks on /primary and /replica"
+  type                     = "ingress"
+  security_group_id        = aws_security_group.nodes.id
+  protocol                 = "tcp"
+  from_port                = var.agent_api_port
+  to_port                  = var.agent_api_port
+  source_security_group_id = aws_security_group.nlb.id
+}
+
+resource "aws_security_group_rule" "nodes_agent_from_coordinator" {
+  description              = "Coordinator Lambda calling the agent API (http fencing)"
+  type                     = "ingress"
+  security_group_id        = aws_security_group.nodes.id
+  protocol                 = "tcp"
+  from_port                = var.agent_api_port
+  to_port                  = var.agent_api_port
+  source_security_group_id = aws_security_group.coordinator.id
+}
+
+resource "aws_security_group_rule" "nodes_egress_cluster" {
+  description              = "Replication and agent API towards the other nodes"
+  type                     = "egress"
+  security_group_id        = aws_security_group.nodes.id
+  protocol                 = "tcp"
+  from_port                = 0
+  to_port                  = 65535
+  source_security_group_id = aws_security_group.nodes.id
+}
+
+resource "aws_security_group_rule" "nodes_egress_https" {
+  description       = "HTTPS to the AWS APIs (DynamoDB, Lambda, SSM) and the package repository"
+  type              = "egress"
+  security_group_id = aws_security_group.nodes.id
+  protocol          = "tcp"
+  from_port         = 443
+  to_port           = 443
+  cidr_blocks       = ["0.0.0.0/0"]
+}
+
+# --- launch template and Auto Scaling group -------------------------------------------------
+
+resource "aws_launch_template" "nodes" {
+  name                   = "${local.name}-node"
+  description            = "pgdaemon Postgres node for cluster ${var.cluster_name}"
+  image_id               = local.ami_id
+  instance_type          = var.instance_type
+  vpc_security_group_ids = [aws_security_group.nodes.id]
+  user_data              = base64encode(local.user_data)
+  update_default_version = true
+  ebs_optimized          = true
+
+  iam_instance_profile {
+    arn = aws_iam_instance_profile.agent.arn
+  }
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required" # IMDSv2 only
+    http_put_response_hop_limit = 1
+    instance_metadata_tags      = "disabled"
+  }
+
+  monitoring {
+    enabled = true
+  }
+
+  block_device_mappings {
+    device_name = "/dev/xvda"
+    ebs {
+      volume_size           = 20
+      volume_type           = "gp3"
+      encrypted             = true
+      kms_key_id            = var.kms_key_arn
+      delete_on_termination = true
+    }
+  }
+
+  # PGDATA. Kept on its own volume so that the root volume can be replaced by a new AMI.
+  block_device_mappings {
+    device_name = "/dev/xvdb"
+    ebs {
+      volume_size           = var.data_volume_size_gb
+      volume_type           = "gp3"
+      encrypted             = true
+      kms_key_id            = var.kms_key_arn
+      delete_on_termination = true
+    }
+  }
+
+  tag_specifications {
+    resource_type = "instance"
+    tags          = merge(local.tags, { Name = "${local.name}-node" })
+  }
+
+  tag_specifications {
+    resource_type = "volume"
+    tags          = local.tags
+  }
+
+  tags = local.tags
+}
+
+resource "aws_autoscaling_group" "nodes" {
+  name                = "${local.name}-nodes"
+  min_size            = var.node_count
+  max_size            = var.node_count
+  desired_capacity    = var.node_count
+  vpc_zone_identifier = var.subnet_ids
+  target_group_arns   = [aws_lb_target_group.writer.arn, aws_lb_target_group.readers.arn]
+
+  # EC2 health only: every replica is "unhealthy" in the writer target group by design, so ELB
+  # health would have the group replace healthy replicas. A fenced (stopped) old primary is
+  # replaced by a fresh node, which joins as a replica (pg_basebackup).
+  health_check_type         = "EC2"
+  health_check_grace_period = 300
+
+  launch_template {
+    id      = aws_launch_template.nodes.id
+    version = aws_launch_template.nodes.latest_version
+  }
+
+  dynamic "tag" {
+    for_each = local.tags
+    content {
+      key                 = tag.key
+      value               = tag.value
+      propagate_at_launch = true
+    }
+  }
+}

@@ -1,0 +1,69 @@
+output "table_name" {
+  description = "DynamoDB state table (PGDAEMON_TABLE of the coordinator, store.table of the agents)."
+  value       = aws_dynamodb_table.state.name
+}
+
+output "table_arn" {
+  description = "ARN of the DynamoDB state table."
+  value       = aws_dynamodb_table.state.arn
+}
+
+output "coordinator_function_name" {
+  description = "Coordinator Lambda; invoke it for status, failover or switchover (see infra/README.md)."
+  value       = aws_lambda_function.coordinator.function_name
+}
+
+output "coordinator_function_arn" {
+  description = "ARN of the coordinator Lambda."
+  value       = aws_lambda_function.coordinator.arn
+}
+
+output "coordinator_role_arn" {
+  description = "Execution role of the coordinator Lambda."
+  value       = aws_iam_role.coordinator.arn
+}
+
+output "agent_role_arn" {
+  description = "Instance role of the Postgres nodes (agents)."
+  value       = aws_iam_role.agent.arn
+}
+
+output "events_topic_arn" {
+  description = "SNS topic of failover events; subscribe your alerting to it."
+  value       = aws_sns_topic.events.arn
+}
+
+output "schedule_rule_name" {
+  description = "EventBridge rule that runs the coordinator every minute."
+  value       = aws_cloudwatch_event_rule.schedule.name
+}
+
+output "autoscaling_group_name" {
+  description = "Auto Scaling group of the Postgres nodes."
+  value       = aws_autoscaling_group.nodes.name
+}
+
+output "node_security_group_id" {
+  description = "Security group of the Postgres nodes."
+  value       = aws_security_group.nodes.id
+}
+
+output "nlb_dns_name" {
+  description = "DNS name of the internal NLB."
+  value       = aws_lb.this.dns_name
+}
+
+output "writer_endpoint" {
+  description = "host:port clients use for reads and writes (always the current primary)."
+  value       = "${aws_lb.this.dns_name}:${var.postgres_port}"
+}
+
+output "reader_endpoint" {
+  description = "host:port balanced over the streaming replicas."
+  value       = "${aws_lb.this.dns_name}:${var.reader_port}"
+}
+
+output "cluster_tag" {
+  description = "The tag (key = value) that makes an instance fenceable by this cluster's coordinator."
+  value       = { (var.cluster_tag_key) = var.cluster_name }
+}

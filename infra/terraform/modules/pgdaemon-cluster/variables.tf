@@ -1,0 +1,271 @@
+variable "cluster_name" {
+  description = "Name of the Postgres cluster. It is the DynamoDB partition key of every state item, the value of the cluster tag on its instances, and part of every resource name."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}[a-z0-9]$", var.cluster_name))
+    error_message = "cluster_name must be 3-32 characters of lower-case letters, digits and '-', starting with a letter and not ending with '-'."
+  }
+}
+
+variable "table_name" {
+  description = "Name of the DynamoDB state table. Defaults to \"pgdaemon-<cluster_name>\"."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.table_name == null || can(regex("^[A-Za-z0-9_.-]{3,255}$", var.table_name))
+    error_message = "table_name must be 3-255 characters of letters, digits, '_', '-' and '.'."
+  }
+}
+
+variable "cluster_tag_key" {
+  description = "Tag key that marks an EC2 instance as a member of this cluster (value = cluster_name). The coordinator may stop, and send SSM commands to, only instances carrying it."
+  type        = string
+  default     = "pgdaemon:cluster"
+
+  validation {
+    condition     = length(var.cluster_tag_key) > 0 && length(var.cluster_tag_key) <= 128 && !startswith(lower(var.cluster_tag_key), "aws:")
+    error_message = "cluster_tag_key must be 1-128 characters and must not start with the reserved prefix \"aws:\"."
+  }
+}
+
+variable "vpc_id" {
+  description = "VPC that holds the Postgres nodes, the coordinator Lambda and the internal NLB."
+  type        = string
+
+  validation {
+    condition     = can(regex("^vpc-[0-9a-f]+$", var.vpc_id))
+    error_message = "vpc_id must look like vpc-0123abcd."
+  }
+}
+
+variable "subnet_ids" {
+  description = "Private subnets, one per availability zone, for the nodes, the coordinator Lambda and the NLB. They need a route to the DynamoDB, EC2, SSM, SNS and CloudWatch Logs APIs (NAT gateway or VPC endpoints)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.subnet_ids) >= 2 && alltrue([for s in var.subnet_ids : can(regex("^subnet-[0-9a-f]+$", s))])
+    error_message = "subnet_ids must list at least two subnets (subnet-...), so that a replica survives the loss of an availability zone."
+  }
+}
+
+variable "node_count" {
+  description = "Number of Postgres nodes (one primary, the rest replicas). Odd numbers spread best over three zones."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.node_count >= 2 && var.node_count <= 9 && floor(var.node_count) == var.node_count
+    error_message = "node_count must be a whole number from 2 to 9: failover needs at least one replica."
+  }
+}
+
+variable "instance_type" {
+  description = "EC2 instance type of the Postgres nodes. Its architecture must match ami_id and the agent binary."
+  type        = string
+  default     = "m6i.large"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.instance_type))
+    error_message = "instance_type must look like m6i.large."
+  }
+}
+
+variable "ami_id" {
+  description = "AMI of the Postgres nodes. Defaults to the latest Amazon Linux 2023 for the architecture of agent_architecture (read from the public SSM parameter)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.ami_id == null || can(regex("^ami-[0-9a-f]+$", var.ami_id))
+    error_message = "ami_id must look like ami-0123abcd."
+  }
+}
+
+variable "agent_architecture" {
+  description = "CPU architecture of the nodes (and so of the agent binary and the default AMI): x86_64 or arm64."
+  type        = string
+  default     = "x86_64"
+
+  validation {
+    condition     = contains(["x86_64", "arm64"], var.agent_architecture)
+    error_message = "agent_architecture must be x86_64 or arm64."
+  }
+}
+
+variable "agent_binary_url" {
+  description = "HTTPS or S3 presigned URL the user data downloads the pgdaemon-agent binary from. Empty: the binary is expected at /usr/local/bin/pgdaemon-agent in the AMI."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.agent_binary_url == "" || startswith(var.agent_binary_url, "https://")
+    error_message = "agent_binary_url must be empty or an https:// URL."
+  }
+}
+
+variable "data_volume_size_gb" {
+  description = "Size of each node's encrypted gp3 data volume (PGDATA), in GiB."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.data_volume_size_gb >= 10 && var.data_volume_size_gb <= 16384
+    error_message = "data_volume_size_gb must be from 10 to 16384."
+  }
+}
+
+variable "postgres_port" {
+  description = "Port Postgres listens on, on every node; also the NLB's writer listener port."
+  type        = number
+  default     = 5432
+
+  validation {
+    condition     = var.postgres_port > 1023 && var.postgres_port < 65536
+    error_message = "postgres_port must be an unprivileged port (1024-65535)."
+  }
+}
+
+variable "reader_port" {
+  description = "NLB listener port that balances over the healthy replicas."
+  type        = number
+  default     = 5433
+
+  validation {
+    condition     = var.reader_port > 1023 && var.reader_port < 65536
+    error_message = "reader_port must be an unprivileged port (1024-65535)."
+  }
+}
+
+variable "agent_api_port" {
+  description = "Port of the agent's HTTP API (Patroni-compatible /primary, /replica, /health)."
+  type        = number
+  default     = 8008
+
+  validation {
+    condition     = var.agent_api_port > 1023 && var.agent_api_port < 65536
+    error_message = "agent_api_port must be an unprivileged port (1024-65535)."
+  }
+}
+
+variable "client_cidr_blocks" {
+  description = "CIDR blocks of the clients allowed to reach the NLB listeners. Nothing else may reach the nodes' Postgres port."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.client_cidr_blocks : can(cidrhost(c, 0)) && c != "0.0.0.0/0"])
+    error_message = "client_cidr_blocks must be valid CIDR blocks, and 0.0.0.0/0 is refused: the endpoint is internal."
+  }
+}
+
+variable "client_security_group_ids" {
+  description = "Security groups of the clients allowed to reach the NLB listeners."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for s in var.client_security_group_ids : can(regex("^sg-[0-9a-f]+$", s))])
+    error_message = "client_security_group_ids must look like sg-0123abcd."
+  }
+}
+
+variable "lambda_zip_path" {
+  description = "Path of the coordinator package built by scripts/lambda-zip (a zip with the `bootstrap` executable at its root)."
+  type        = string
+
+  validation {
+    condition     = endswith(var.lambda_zip_path, ".zip")
+    error_message = "lambda_zip_path must name a .zip file."
+  }
+}
+
+variable "lambda_architecture" {
+  description = "Architecture the coordinator zip was built for: x86_64 (scripts/lambda-zip default) or arm64 (scripts/lambda-zip --arm64)."
+  type        = string
+  default     = "x86_64"
+
+  validation {
+    condition     = contains(["x86_64", "arm64"], var.lambda_architecture)
+    error_message = "lambda_architecture must be x86_64 or arm64."
+  }
+}
+
+variable "coordinator_timeout_seconds" {
+  description = "Coordinator Lambda timeout. It must cover one full failover: a lease_duration of observation, fencing (EC2 stop, SSM, agent HTTP) and promotion."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.coordinator_timeout_seconds >= 120 && var.coordinator_timeout_seconds <= 900
+    error_message = "coordinator_timeout_seconds must be from 120 (one failover) to 900 (the Lambda maximum)."
+  }
+}
+
+variable "coordinator_memory_mb" {
+  description = "Coordinator Lambda memory (MB); it needs little, CPU share grows with it."
+  type        = number
+  default     = 256
+
+  validation {
+    condition     = var.coordinator_memory_mb >= 128 && var.coordinator_memory_mb <= 10240
+    error_message = "coordinator_memory_mb must be from 128 to 10240."
+  }
+}
+
+variable "schedule_expression" {
+  description = "EventBridge schedule of the coordinator's safety-net run. The fast path is the agents invoking it directly."
+  type        = string
+  default     = "rate(1 minute)"
+
+  validation {
+    condition     = can(regex("^(rate|cron)\\(.+\\)$", var.schedule_expression))
+    error_message = "schedule_expression must be a rate(...) or cron(...) expression."
+  }
+}
+
+variable "fencing" {
+  description = "Fencing methods the coordinator tries in order before promoting: ec2 (StopInstances), ssm (RunCommand stopping Postgres), http (agent demote API)."
+  type        = list(string)
+  default     = ["ec2", "ssm", "http"]
+
+  validation {
+    condition     = length(var.fencing) > 0 && length(distinct(var.fencing)) == length(var.fencing) && alltrue([for f in var.fencing : contains(["ec2", "ssm", "http"], f)])
+    error_message = "fencing must list distinct methods out of ec2, ssm and http (at least one; S3 fence-before-promote)."
+  }
+}
+
+variable "log_retention_days" {
+  description = "Retention of the coordinator's CloudWatch log group."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be a value CloudWatch Logs accepts (1, 3, 5, 7, 14, 30, ..., 365, ..., 3653)."
+  }
+}
+
+variable "kms_key_arn" {
+  description = "Customer-managed KMS key for the table, the SNS topic, the log group and the EBS volumes. Null: the AWS-managed keys (aws/dynamodb, aws/sns, aws/ebs)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:", var.kms_key_arn))
+    error_message = "kms_key_arn must be a KMS key ARN."
+  }
+}
+
+variable "deletion_protection" {
+  description = "Protect the state table and the NLB from deletion. Turn off only for throw-away clusters and tests."
+  type        = bool
+  default     = true
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+}
