@@ -84,6 +84,11 @@ impl LeaseObserver {
         }
     }
 
+    /// The `rvn` being timed and the monotonic instant it was first seen (evidence for reports).
+    pub fn sighting(&self) -> Option<(&str, Duration)> {
+        self.sighting.as_ref().map(|(rvn, at)| (rvn.as_str(), *at))
+    }
+
     /// Forgets what was seen (e.g. after this process wrote the lease itself).
     pub fn reset(&mut self) {
         self.sighting = None;

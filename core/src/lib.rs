@@ -2,14 +2,18 @@
 //! pgdaemon builds on. No network dependencies: backends live in `pgdaemon-dcs`, AWS calls in
 //! the binaries.
 
+pub mod agent;
 pub mod clock;
 pub mod codec;
 pub mod config;
+pub mod coordinator;
+pub mod fence;
 pub mod keys;
 pub mod lease;
 pub mod lsn;
 pub mod memory;
 pub mod model;
+pub mod pg;
 pub mod store;
 
 #[cfg(feature = "conformance")]

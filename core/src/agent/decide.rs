@@ -1,0 +1,1067 @@
+//! The pure per-loop decision of a node agent.
+
+use std::time::Duration;
+
+use crate::config::DynamicConfig;
+use crate::lease::{HeldLease, LeaseState};
+use crate::model::{ClusterView, LeaderLease, LeaseSighting, MemberStatus, MemberTags, Role};
+use crate::pg::{slot_name, DataDirState, PgProbe, PrimaryTarget};
+
+/// Who this agent is: fixed for the life of the process.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AgentIdentity {
+    pub cluster: String,
+    pub member: String,
+    /// libpq host and port other members use to reach this node's Postgres.
+    pub pg_host: String,
+    pub pg_port: u16,
+    /// Base URL of this agent's HTTP API.
+    pub api_url: String,
+    pub instance_id: Option<String>,
+    pub availability_zone: Option<String>,
+    pub tags: MemberTags,
+    pub agent_version: String,
+}
+
+/// The outcome of this loop's read of the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreRead {
+    Ok(ClusterView),
+    /// No answer: nothing is known about the cluster; only the agent's own lease clock counts.
+    Unavailable(String),
+    /// A record could not be decoded (or the request was refused): nothing may be decided from it.
+    Malformed(String),
+}
+
+/// How a rejoin was attempted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejoinMethod {
+    Rewind,
+    Basebackup,
+}
+
+/// The last rejoin attempt failed (reported by the runtime; drives the basebackup fallback).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejoinFailure {
+    pub method: RejoinMethod,
+    /// Member name of the source it was attempted from.
+    pub source: String,
+    pub error: String,
+}
+
+/// Everything one decision looks at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentInput {
+    pub identity: AgentIdentity,
+    /// This agent's monotonic clock now (after the store read).
+    pub now: Duration,
+    /// Wall clock, only for the heartbeat's human-readable timestamp and TTL.
+    pub wall_ms: u64,
+    pub probe: PgProbe,
+    pub store: StoreRead,
+    /// The lease observer's verdict on the leader lease read in `store` (`None` when not read).
+    pub lease_state: Option<LeaseState>,
+    /// The leader lease this agent holds, timed from before the write that produced it.
+    pub held: Option<HeldLease>,
+    /// Dynamic configuration: the cluster record's, or the last valid one known.
+    pub config: DynamicConfig,
+    /// Sequence number for this loop's heartbeat.
+    pub seq: u64,
+    /// The highest term this agent has held the leader lease for.
+    pub max_term_held: u64,
+    /// The agent was told to demote for this term: it refuses the lease for any term at or below.
+    pub fenced_through: u64,
+    pub last_rejoin_failure: Option<RejoinFailure>,
+    /// When (monotonic) this agent last asked for a coordinator run.
+    pub last_run_request: Option<Duration>,
+    /// What this agent has seen of the leader lease (for the heartbeat and the fast path).
+    pub leader_seen: Option<LeaseSighting>,
+}
+
+/// One thing to do. The runtime executes them in order; see [`super::AgentRuntime::tick`] for what
+/// a failure skips.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentAction {
+    /// Renew the held lease (conditional on its `rvn`).
+    RenewLease,
+    /// Claim the leader lease for `term`: `takeover_rvn` is the rvn observed unchanged for a full
+    /// lease duration (`None`: the lease is absent or released).
+    AcquireLease {
+        term: u64,
+        takeover_rvn: Option<String>,
+    },
+    /// The stored lease is this member's for the current term but this process does not hold it
+    /// (it restarted): renew that exact record to hold it again.
+    AdoptLease {
+        lease: LeaderLease,
+    },
+    /// Release the held lease so a successor may take it at once.
+    ReleaseLease,
+    /// Stop counting on the held lease (it is no longer valid by this agent's clock).
+    ForgetLease,
+    /// Start Postgres in whatever role its data directory says.
+    Start,
+    /// Promote to read-write for `term` (runtime re-checks the lease just before).
+    Promote {
+        term: u64,
+    },
+    /// Self-fence: stop accepting writes now.
+    Demote,
+    Follow(PrimaryTarget),
+    Rewind(PrimaryTarget),
+    Basebackup(PrimaryTarget),
+    /// Create replication slots for these members (on the primary).
+    EnsureSlots(Vec<String>),
+    /// Ask for a coordinator run now (fast path): the leader lease looks dead.
+    RequestCoordinatorRun {
+        evidence: LeaseSighting,
+    },
+    PublishHeartbeat(MemberStatus),
+}
+
+impl AgentAction {
+    /// Changes the role or data of Postgres (skipped after an earlier role action failed).
+    pub fn is_role_change(&self) -> bool {
+        matches!(
+            self,
+            AgentAction::Start
+                | AgentAction::Promote { .. }
+                | AgentAction::Follow(_)
+                | AgentAction::Rewind(_)
+                | AgentAction::Basebackup(_)
+                | AgentAction::EnsureSlots(_)
+        )
+    }
+
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AgentAction::RenewLease => "renew_lease",
+            AgentAction::AcquireLease { .. } => "acquire_lease",
+            AgentAction::AdoptLease { .. } => "adopt_lease",
+            AgentAction::ReleaseLease => "release_lease",
+            AgentAction::ForgetLease => "forget_lease",
+            AgentAction::Start => "start",
+            AgentAction::Promote { .. } => "promote",
+            AgentAction::Demote => "demote",
+            AgentAction::Follow(_) => "follow",
+            AgentAction::Rewind(_) => "rewind",
+            AgentAction::Basebackup(_) => "basebackup",
+            AgentAction::EnsureSlots(_) => "ensure_slots",
+            AgentAction::RequestCoordinatorRun { .. } => "request_coordinator_run",
+            AgentAction::PublishHeartbeat(_) => "publish_heartbeat",
+        }
+    }
+}
+
+/// What to do this loop, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentDecision {
+    pub actions: Vec<AgentAction>,
+    pub reason: String,
+}
+
+impl AgentDecision {
+    pub fn names(&self) -> Vec<&'static str> {
+        self.actions.iter().map(AgentAction::name).collect()
+    }
+}
+
+/// Heartbeat records expire (DynamoDB TTL garbage collection only) a day after the last beat.
+const HEARTBEAT_TTL_S: u64 = 24 * 3600;
+
+/// The decision of one loop (S2 rules, DESIGN.md section 3).
+///
+/// - A held lease that is no longer valid by this agent's monotonic clock (lease - safety margin
+///   since before the last successful write) is forgotten and a running primary demotes at once,
+///   whatever the store says.
+/// - With the store unreadable (or a record malformed) nothing else changes: the held lease is
+///   renewed (a conditional write, safe to attempt) and the heartbeat is published.
+/// - Only the member the cluster record names primary for the current term may hold the lease or
+///   run read-write; it acquires the lease with `term = record.term` only if that term is newer
+///   than any it held and not fenced, then promotes (or keeps running as primary).
+/// - Everyone else releases a held lease, demotes a running primary, and follows the designated
+///   primary: re-point a standby, rewind a former primary (basebackup when the rewind failed),
+///   basebackup an empty data directory.
+/// - A non-holder that sees the leader lease unchanged for a full lease duration asks for a
+///   coordinator run (at most once per lease duration).
+/// - A paused cluster gets no role changes other than the S2 demotion.
+/// - A heartbeat is always published last.
+pub fn decide(input: &AgentInput) -> AgentDecision {
+    let mut d = Decider {
+        input,
+        actions: Vec::new(),
+        reasons: Vec::new(),
+        demoting: false,
+    };
+    d.run();
+    let heartbeat = heartbeat(input);
+    d.actions.push(AgentAction::PublishHeartbeat(heartbeat));
+    AgentDecision {
+        actions: d.actions,
+        reason: d.reasons.join("; "),
+    }
+}
+
+struct Decider<'a> {
+    input: &'a AgentInput,
+    actions: Vec<AgentAction>,
+    reasons: Vec<String>,
+    demoting: bool,
+}
+
+impl Decider<'_> {
+    fn push(&mut self, action: AgentAction) {
+        if action == AgentAction::Demote {
+            if self.demoting {
+                return;
+            }
+            self.demoting = true;
+        }
+        self.actions.push(action);
+    }
+
+    fn why(&mut self, reason: impl Into<String>) {
+        self.reasons.push(reason.into());
+    }
+
+    fn run(&mut self) {
+        let input = self.input;
+        let probe = &input.probe;
+        let margin = input.config.safety_margin();
+
+        // S2 first: a lease not renewed within lease - margin (by our own clock) is gone.
+        let mut held = input.held.clone();
+        if let Some(h) = &held {
+            if !h.is_valid(input.now, margin) {
+                self.push(AgentAction::ForgetLease);
+                let late = input.now.saturating_sub(h.written_from).as_millis();
+                self.why(format!(
+                    "leader lease term {} not renewed for {late} ms (valid for {} ms minus {} ms margin)",
+                    h.lease.term,
+                    h.lease.lease_ms,
+                    margin.as_millis()
+                ));
+                if probe.is_primary() {
+                    self.push(AgentAction::Demote);
+                    self.why("demoting: a primary without a valid lease must stop accepting writes (S2)");
+                }
+                held = None;
+            } else if h.lease.term <= input.fenced_through {
+                self.push(AgentAction::ReleaseLease);
+                self.why(format!(
+                    "releasing lease term {}: told to demote through term {}",
+                    h.lease.term, input.fenced_through
+                ));
+                held = None;
+            }
+        }
+
+        let view = match &input.store {
+            StoreRead::Ok(view) => view,
+            StoreRead::Unavailable(e) | StoreRead::Malformed(e) => {
+                let what = if matches!(input.store, StoreRead::Unavailable(_)) {
+                    "store unavailable"
+                } else {
+                    "store record unusable"
+                };
+                self.why(format!("{what}: {e}"));
+                if held.is_some() {
+                    self.push(AgentAction::RenewLease);
+                    self.why("renewing the held lease; no other change without a usable view");
+                } else if probe.is_primary() {
+                    self.push(AgentAction::Demote);
+                    self.why("demoting: running as primary without a lease (S2)");
+                } else {
+                    self.why("no other change without a usable view");
+                }
+                return;
+            }
+        };
+
+        let me = input.identity.member.as_str();
+        let record = view.cluster.as_ref();
+        let term = record.map_or(0, |r| r.term);
+        let paused = record.is_some_and(|r| r.paused);
+        let designated = record.and_then(|r| r.primary.as_deref()) == Some(me);
+
+        if designated && term > input.fenced_through {
+            self.as_designated(view, term, held, paused);
+        } else {
+            if held.is_some() {
+                self.push(AgentAction::ReleaseLease);
+                self.why("releasing the leader lease: this member is not the designated primary");
+            }
+            if probe.is_primary() {
+                self.push(AgentAction::Demote);
+                match record {
+                    None => self.why("demoting: no cluster record names this member primary (S2)"),
+                    Some(r) if designated => self.why(format!(
+                        "demoting: told to demote through term {} (record term {})",
+                        input.fenced_through, r.term
+                    )),
+                    Some(r) => self.why(format!(
+                        "demoting: the cluster record names {} primary for term {}",
+                        r.primary.as_deref().unwrap_or("no member"),
+                        r.term
+                    )),
+                }
+            }
+            if paused {
+                self.why("cluster paused: no role changes");
+            } else if !self.demoting {
+                self.as_follower(view);
+            }
+            self.fast_path();
+        }
+    }
+
+    /// This member is the designated primary for `term`.
+    fn as_designated(&mut self, view: &ClusterView, term: u64, held: Option<HeldLease>, paused: bool) {
+        let input = self.input;
+        let me = input.identity.member.as_str();
+        let probe = &input.probe;
+        let will_hold = match &held {
+            Some(h) if h.lease.term == term => {
+                self.push(AgentAction::RenewLease);
+                true
+            }
+            Some(h) => {
+                // An older term of ours: hand it back and claim the new term in the same loop.
+                self.push(AgentAction::ReleaseLease);
+                self.why(format!("replacing lease term {} with term {term}", h.lease.term));
+                self.claim(term, None, true)
+            }
+            None => match &view.leader {
+                Some(l) if l.owner == me && l.term == term && !l.released => {
+                    self.push(AgentAction::AdoptLease { lease: l.clone() });
+                    self.why(format!("re-taking this member's own lease for term {term} (agent restarted)"));
+                    true
+                }
+                _ => self.claim(term, input.lease_state.as_ref(), false),
+            },
+        };
+        if !will_hold {
+            if probe.is_primary() {
+                self.push(AgentAction::Demote);
+                self.why("demoting: running as primary without the lease for the current term (S2)");
+            }
+            return;
+        }
+        if paused {
+            self.why("cluster paused: no role changes");
+            return;
+        }
+        let others: Vec<String> = view.members.keys().filter(|m| m.as_str() != me).cloned().collect();
+        let missing_slots = others.iter().any(|m| !probe.slots.contains(&slot_name(m)));
+        if probe.is_primary() {
+            self.why(format!("primary for term {term}"));
+            if missing_slots {
+                self.push(AgentAction::EnsureSlots(others));
+            }
+        } else if probe.is_replica() {
+            self.push(AgentAction::Promote { term });
+            self.push(AgentAction::EnsureSlots(others));
+            self.why(format!("promoting: named primary for term {term}"));
+        } else if probe.running {
+            self.why("postgres answers but its role is unknown; waiting");
+        } else {
+            match probe.data {
+                DataDirState::Empty => self.why(format!("named primary for term {term} but the data directory is empty")),
+                DataDirState::Primary | DataDirState::Standby => {
+                    self.push(AgentAction::Start);
+                    self.why(format!("starting postgres: named primary for term {term}"));
+                }
+            }
+        }
+    }
+
+    /// Decides how to claim the lease for `term`; returns whether the loop will hold it (if the
+    /// write succeeds). `after_release`: our own older lease is being released in this loop.
+    fn claim(&mut self, term: u64, state: Option<&LeaseState>, after_release: bool) -> bool {
+        let input = self.input;
+        if term <= input.max_term_held {
+            self.why(format!(
+                "named primary for term {term}, but this agent already held term {}: waiting for a new term",
+                input.max_term_held
+            ));
+            return false;
+        }
+        if after_release {
+            self.push(AgentAction::AcquireLease { term, takeover_rvn: None });
+            return true;
+        }
+        match state {
+            None | Some(LeaseState::Absent) | Some(LeaseState::Free(_)) => {
+                self.push(AgentAction::AcquireLease { term, takeover_rvn: None });
+                self.why(format!("acquiring the free leader lease for term {term}"));
+                true
+            }
+            Some(LeaseState::Expired(l)) => {
+                self.push(AgentAction::AcquireLease {
+                    term,
+                    takeover_rvn: Some(l.rvn.clone()),
+                });
+                self.why(format!(
+                    "taking over the expired leader lease of {} (term {}) for term {term}",
+                    l.owner, l.term
+                ));
+                true
+            }
+            Some(LeaseState::Held { lease, unchanged_for }) => {
+                self.why(format!(
+                    "named primary for term {term}; waiting for the lease of {} (term {}) to expire: unchanged for {} of {} ms",
+                    lease.owner,
+                    lease.term,
+                    unchanged_for.as_millis(),
+                    lease.lease_ms
+                ));
+                false
+            }
+        }
+    }
+
+    /// This member must not be primary: follow the designated one.
+    fn as_follower(&mut self, view: &ClusterView) {
+        let input = self.input;
+        let probe = &input.probe;
+        let Some(record) = view.cluster.as_ref() else {
+            self.why("no cluster record yet");
+            return;
+        };
+        let Some(primary) = record.primary.as_deref().filter(|p| *p != input.identity.member) else {
+            self.why(format!("no primary to follow in term {}", record.term));
+            return;
+        };
+        let target = match view.members.get(primary) {
+            Some(m) if !m.pg_host.is_empty() && m.pg_port != 0 => PrimaryTarget {
+                name: primary.to_string(),
+                host: m.pg_host.clone(),
+                port: m.pg_port,
+            },
+            _ => {
+                self.why(format!("primary {primary} has published no address yet"));
+                return;
+            }
+        };
+        let own_slot = slot_name(&input.identity.member);
+        if probe.is_replica() {
+            let ok = probe.upstream.as_ref().is_some_and(|u| u.matches(&target, &own_slot));
+            if ok {
+                self.why(format!("replica of {target}"));
+            } else {
+                self.why(format!("re-pointing to {target}"));
+                self.push(AgentAction::Follow(target));
+            }
+            return;
+        }
+        if probe.running {
+            self.why("postgres answers but its role is unknown; waiting");
+            return;
+        }
+        match probe.data {
+            DataDirState::Empty => {
+                self.why(format!("empty data directory: bootstrapping from {target}"));
+                self.push(AgentAction::Basebackup(target));
+            }
+            DataDirState::Standby => {
+                self.why(format!("starting as a standby of {target}"));
+                self.push(AgentAction::Follow(target));
+            }
+            DataDirState::Primary => {
+                let rewind_failed = input
+                    .last_rejoin_failure
+                    .as_ref()
+                    .is_some_and(|f| f.source == target.name && f.method == RejoinMethod::Rewind);
+                if rewind_failed {
+                    let err = input.last_rejoin_failure.as_ref().map(|f| f.error.as_str()).unwrap_or_default();
+                    self.why(format!("rewind from {target} failed ({err}): falling back to a basebackup"));
+                    self.push(AgentAction::Basebackup(target));
+                } else {
+                    self.why(format!("former primary: rejoining {target} through pg_rewind"));
+                    self.push(AgentAction::Rewind(target));
+                }
+            }
+        }
+    }
+
+    /// A non-holder that sees the leader lease expired asks for a coordinator run.
+    fn fast_path(&mut self) {
+        let input = self.input;
+        let Some(LeaseState::Expired(lease)) = &input.lease_state else {
+            return;
+        };
+        if lease.owner == input.identity.member {
+            return;
+        }
+        let due = input
+            .last_run_request
+            .is_none_or(|at| input.now.saturating_sub(at) >= Duration::from_millis(lease.lease_ms));
+        let evidence = input.leader_seen.clone().unwrap_or(LeaseSighting {
+            term: lease.term,
+            rvn: lease.rvn.clone(),
+            unchanged_ms: lease.lease_ms,
+        });
+        self.why(format!(
+            "leader lease of {} (term {}) unchanged for {} ms",
+            lease.owner, lease.term, evidence.unchanged_ms
+        ));
+        if due {
+            self.push(AgentAction::RequestCoordinatorRun { evidence });
+        }
+    }
+}
+
+/// The heartbeat for this loop, from the probe (state before this loop's actions).
+fn heartbeat(input: &AgentInput) -> MemberStatus {
+    let id = &input.identity;
+    let probe = &input.probe;
+    let mut m = MemberStatus::new(id.member.clone());
+    m.role = if probe.running { probe.role } else { Role::Unknown };
+    m.pg_running = probe.running;
+    m.timeline = probe.timeline;
+    m.write_lsn = probe.write_lsn;
+    m.receive_lsn = probe.receive_lsn;
+    m.replay_lsn = probe.replay_lsn;
+    m.streaming = probe.streaming;
+    m.seq = input.seq;
+    m.instance_id = id.instance_id.clone();
+    m.availability_zone = id.availability_zone.clone();
+    m.tags = id.tags.clone();
+    m.agent_version = id.agent_version.clone();
+    m.api_url = id.api_url.clone();
+    m.pg_host = id.pg_host.clone();
+    m.pg_port = id.pg_port;
+    m.updated_at_ms = input.wall_ms;
+    m.expire_at = Some(input.wall_ms / 1000 + HEARTBEAT_TTL_S);
+    let mut term = input.held.as_ref().map_or(0, |h| h.lease.term);
+    if let StoreRead::Ok(view) = &input.store {
+        term = term.max(view.cluster.as_ref().map_or(0, |c| c.term));
+    }
+    m.term = term;
+    if m.role == Role::Replica {
+        m.flush_lsn = probe.receive_lsn;
+        m.lag_seconds = probe.replay_age.map(|a| a.as_secs_f64());
+        // Bytes behind the primary's last published write position.
+        if let (StoreRead::Ok(view), Some(pos)) = (&input.store, m.wal_position()) {
+            let primary = view.cluster.as_ref().and_then(|c| c.primary.as_deref());
+            if let Some(p) = primary.and_then(|p| view.members.get(p)).filter(|p| p.role == Role::Primary) {
+                m.lag_bytes = p.write_lsn.map(|w| w.bytes_ahead_of(pos));
+            }
+        }
+    } else {
+        m.flush_lsn = probe.flush_lsn;
+    }
+    let holds = input.held.is_some();
+    m.leader_seen = if holds { None } else { input.leader_seen.clone() };
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ClusterRecord;
+    use crate::pg::UpstreamConfig;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn lease(owner: &str, term: u64, rvn: &str) -> LeaderLease {
+        LeaderLease {
+            owner: owner.into(),
+            term,
+            rvn: rvn.into(),
+            lease_ms: 10_000,
+            released: false,
+        }
+    }
+
+    fn member(name: &str, port: u16, role: Role) -> MemberStatus {
+        let mut m = MemberStatus::new(name);
+        m.pg_host = "127.0.0.1".into();
+        m.pg_port = port;
+        m.role = role;
+        m
+    }
+
+    fn view(term: u64, primary: &str, leader: Option<LeaderLease>) -> ClusterView {
+        let mut v = ClusterView {
+            cluster: Some(ClusterRecord {
+                term,
+                ..ClusterRecord::bootstrap(primary, DynamicConfig::default())
+            }),
+            leader,
+            ..Default::default()
+        };
+        for (n, port) in [("n1", 5001), ("n2", 5002), ("n3", 5003)] {
+            let role = if n == primary { Role::Primary } else { Role::Replica };
+            v.members.insert(n.into(), member(n, port, role));
+        }
+        v
+    }
+
+    fn primary_probe() -> PgProbe {
+        PgProbe {
+            running: true,
+            role: Role::Primary,
+            data: DataDirState::Primary,
+            slots: vec!["n2".into(), "n3".into()],
+            ..Default::default()
+        }
+    }
+
+    fn replica_probe(upstream_port: u16) -> PgProbe {
+        PgProbe {
+            running: true,
+            role: Role::Replica,
+            data: DataDirState::Standby,
+            upstream: Some(UpstreamConfig {
+                host: Some("127.0.0.1".into()),
+                port: Some(upstream_port),
+                application_name: None,
+                slot: Some("me".into()),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn input(me: &str, probe: PgProbe, store: StoreRead, held: Option<HeldLease>) -> AgentInput {
+        let lease_state = match &store {
+            StoreRead::Ok(v) => Some(match &v.leader {
+                None => LeaseState::Absent,
+                Some(l) if l.is_free() => LeaseState::Free(l.clone()),
+                Some(l) => LeaseState::Held {
+                    lease: l.clone(),
+                    unchanged_for: MS(100),
+                },
+            }),
+            _ => None,
+        };
+        AgentInput {
+            identity: AgentIdentity {
+                cluster: "c".into(),
+                member: me.into(),
+                pg_host: "127.0.0.1".into(),
+                pg_port: 5009,
+                ..Default::default()
+            },
+            now: MS(20_000),
+            wall_ms: 1_000_000,
+            probe,
+            store,
+            lease_state,
+            held,
+            config: DynamicConfig::default(),
+            seq: 7,
+            max_term_held: 0,
+            fenced_through: 0,
+            last_rejoin_failure: None,
+            last_run_request: None,
+            leader_seen: None,
+        }
+    }
+
+    fn held(owner: &str, term: u64, rvn: &str, written_from_ms: u64) -> Option<HeldLease> {
+        Some(HeldLease {
+            lease: lease(owner, term, rvn),
+            written_from: MS(written_from_ms),
+        })
+    }
+
+    fn target(name: &str, port: u16) -> PrimaryTarget {
+        PrimaryTarget {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    /// One named situation: input, expected action names, and a word the reason must contain.
+    struct Case {
+        name: &'static str,
+        input: AgentInput,
+        expect: Vec<&'static str>,
+        reason_has: &'static str,
+    }
+
+    fn cases() -> Vec<Case> {
+        let mut v = vec![];
+        // --- primary side ---
+        v.push(Case {
+            name: "healthy primary renews each loop",
+            input: input(
+                "n1",
+                primary_probe(),
+                StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
+                held("n1", 3, "r", 19_000),
+            ),
+            expect: vec!["renew_lease", "publish_heartbeat"],
+            reason_has: "primary for term 3",
+        });
+        v.push(Case {
+            name: "primary whose lease ran out demotes even with the store down",
+            input: input(
+                "n1",
+                primary_probe(),
+                StoreRead::Unavailable("timeout".into()),
+                held("n1", 3, "r", 11_000),
+            ),
+            expect: vec!["forget_lease", "demote", "publish_heartbeat"],
+            reason_has: "not renewed",
+        });
+        v.push(Case {
+            name: "primary with a still-valid lease and the store down keeps trying to renew",
+            input: input(
+                "n1",
+                primary_probe(),
+                StoreRead::Unavailable("timeout".into()),
+                held("n1", 3, "r", 15_000),
+            ),
+            expect: vec!["renew_lease", "publish_heartbeat"],
+            reason_has: "store unavailable",
+        });
+        v.push(Case {
+            name: "malformed record changes nothing but the lease check",
+            input: input(
+                "n1",
+                primary_probe(),
+                StoreRead::Malformed("cluster: bad json".into()),
+                held("n1", 3, "r", 15_000),
+            ),
+            expect: vec!["renew_lease", "publish_heartbeat"],
+            reason_has: "unusable",
+        });
+        v.push(Case {
+            name: "primary not designated any more (new term elsewhere) releases and demotes",
+            input: input(
+                "n1",
+                primary_probe(),
+                StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "r")))),
+                held("n1", 3, "r", 19_000),
+            ),
+            expect: vec!["release_lease", "demote", "publish_heartbeat"],
+            reason_has: "names n2 primary for term 4",
+        });
+        v.push(Case {
+            name: "primary without any lease demotes (S2)",
+            input: {
+                let mut i = input("n1", primary_probe(), StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))), None);
+                i.max_term_held = 3;
+                i
+            },
+            expect: vec!["demote", "publish_heartbeat"],
+            reason_has: "names n2",
+        });
+        v.push(Case {
+            name: "fenced primary releases its lease and demotes",
+            input: {
+                let mut i = input(
+                    "n1",
+                    primary_probe(),
+                    StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
+                    held("n1", 3, "r", 19_000),
+                );
+                i.fenced_through = 3;
+                i
+            },
+            expect: vec!["release_lease", "demote", "publish_heartbeat"],
+            reason_has: "demote through term 3",
+        });
+        v.push(Case {
+            name: "restarted agent re-takes its own lease and keeps running",
+            input: input("n1", primary_probe(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None),
+            expect: vec!["adopt_lease", "publish_heartbeat"],
+            reason_has: "agent restarted",
+        });
+        v.push(Case {
+            name: "primary creates missing slots",
+            input: {
+                let mut p = primary_probe();
+                p.slots = vec!["n2".into()];
+                input(
+                    "n1",
+                    p,
+                    StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
+                    held("n1", 3, "r", 19_000),
+                )
+            },
+            expect: vec!["renew_lease", "ensure_slots", "publish_heartbeat"],
+            reason_has: "primary",
+        });
+        v.push(Case {
+            name: "fresh cluster: the designated primary takes the absent lease",
+            input: input("n1", primary_probe(), StoreRead::Ok(view(1, "n1", None)), None),
+            expect: vec!["acquire_lease", "publish_heartbeat"],
+            reason_has: "free leader lease",
+        });
+        v.push(Case {
+            name: "no cluster record: a running primary demotes",
+            input: input("n1", primary_probe(), StoreRead::Ok(ClusterView::default()), None),
+            expect: vec!["demote", "publish_heartbeat"],
+            reason_has: "no cluster record",
+        });
+        // --- replica side ---
+        v.push(Case {
+            name: "replica never promotes on its own when the lease is expired",
+            input: {
+                let mut i = input(
+                    "n2",
+                    replica_probe(5001),
+                    StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
+                    None,
+                );
+                i.lease_state = Some(LeaseState::Expired(lease("n1", 3, "r")));
+                i.identity.member = "n2".into();
+                i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
+                i
+            },
+            expect: vec!["request_coordinator_run", "publish_heartbeat"],
+            reason_has: "unchanged",
+        });
+        v.push(Case {
+            name: "fast path is rate limited to once per lease duration",
+            input: {
+                let mut i = input(
+                    "n2",
+                    replica_probe(5001),
+                    StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
+                    None,
+                );
+                i.lease_state = Some(LeaseState::Expired(lease("n1", 3, "r")));
+                i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
+                i.last_run_request = Some(MS(15_000));
+                i
+            },
+            expect: vec!["publish_heartbeat"],
+            reason_has: "unchanged",
+        });
+        v.push(Case {
+            name: "designated replica waits while the old lease is still held",
+            input: input(
+                "n2",
+                replica_probe(5001),
+                StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "r")))),
+                None,
+            ),
+            expect: vec!["publish_heartbeat"],
+            reason_has: "waiting for the lease of n1",
+        });
+        v.push(Case {
+            name: "designated replica takes over an expired lease and promotes",
+            input: {
+                let mut i = input(
+                    "n2",
+                    replica_probe(5001),
+                    StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "r")))),
+                    None,
+                );
+                i.lease_state = Some(LeaseState::Expired(lease("n1", 3, "r")));
+                i
+            },
+            expect: vec!["acquire_lease", "promote", "ensure_slots", "publish_heartbeat"],
+            reason_has: "promoting",
+        });
+        v.push(Case {
+            name: "designated replica does not re-take a term it held before",
+            input: {
+                let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(4, "n2", None)), None);
+                i.max_term_held = 4;
+                i
+            },
+            expect: vec!["publish_heartbeat"],
+            reason_has: "already held term 4",
+        });
+        v.push(Case {
+            name: "fenced member refuses the lease for its fenced term",
+            input: {
+                let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(4, "n2", None)), None);
+                i.fenced_through = 4;
+                i
+            },
+            expect: vec!["publish_heartbeat"],
+            reason_has: "",
+        });
+        v.push(Case {
+            name: "paused cluster: designated replica is not promoted",
+            input: {
+                let mut vw = view(4, "n2", None);
+                vw.cluster.as_mut().unwrap().paused = true;
+                input("n2", replica_probe(5001), StoreRead::Ok(vw), None)
+            },
+            expect: vec!["acquire_lease", "publish_heartbeat"],
+            reason_has: "paused",
+        });
+        v.push(Case {
+            name: "replica following the right primary does nothing",
+            input: {
+                let mut i = input(
+                    "n2",
+                    replica_probe(5001),
+                    StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
+                    None,
+                );
+                i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
+                i
+            },
+            expect: vec!["publish_heartbeat"],
+            reason_has: "replica of n1",
+        });
+        v.push(Case {
+            name: "replica re-points to the new primary",
+            input: {
+                let mut i = input(
+                    "n3",
+                    replica_probe(5001),
+                    StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))),
+                    None,
+                );
+                i.probe.upstream.as_mut().unwrap().slot = Some("n3".into());
+                i
+            },
+            expect: vec!["follow", "publish_heartbeat"],
+            reason_has: "re-pointing",
+        });
+        v.push(Case {
+            name: "stopped former primary rejoins with pg_rewind",
+            input: input(
+                "n1",
+                PgProbe::stopped(DataDirState::Primary),
+                StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))),
+                None,
+            ),
+            expect: vec!["rewind", "publish_heartbeat"],
+            reason_has: "pg_rewind",
+        });
+        v.push(Case {
+            name: "failed rewind falls back to basebackup",
+            input: {
+                let mut i = input(
+                    "n1",
+                    PgProbe::stopped(DataDirState::Primary),
+                    StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))),
+                    None,
+                );
+                i.last_rejoin_failure = Some(RejoinFailure {
+                    method: RejoinMethod::Rewind,
+                    source: "n2".into(),
+                    error: "boom".into(),
+                });
+                i
+            },
+            expect: vec!["basebackup", "publish_heartbeat"],
+            reason_has: "falling back",
+        });
+        v.push(Case {
+            name: "empty data directory bootstraps from the primary",
+            input: input(
+                "n4",
+                PgProbe::stopped(DataDirState::Empty),
+                StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
+                None,
+            ),
+            expect: vec!["basebackup", "publish_heartbeat"],
+            reason_has: "bootstrapping",
+        });
+        v.push(Case {
+            name: "stopped standby starts following",
+            input: input(
+                "n2",
+                PgProbe::stopped(DataDirState::Standby),
+                StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
+                None,
+            ),
+            expect: vec!["follow", "publish_heartbeat"],
+            reason_has: "standby",
+        });
+        v.push(Case {
+            name: "stopped designated primary with its lease starts postgres",
+            input: input(
+                "n1",
+                PgProbe::stopped(DataDirState::Primary),
+                StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
+                held("n1", 3, "r", 19_000),
+            ),
+            expect: vec!["renew_lease", "start", "publish_heartbeat"],
+            reason_has: "starting",
+        });
+        v.push(Case {
+            name: "store down, replica: heartbeat attempt only",
+            input: input("n2", replica_probe(5001), StoreRead::Unavailable("down".into()), None),
+            expect: vec!["publish_heartbeat"],
+            reason_has: "store unavailable",
+        });
+        v
+    }
+
+    #[test]
+    fn named_situations() {
+        let mut failures = vec![];
+        for case in cases() {
+            let d = decide(&case.input);
+            if d.names() != case.expect || !d.reason.contains(case.reason_has) {
+                failures.push(format!(
+                    "{}: got {:?} ({:?}), want {:?} containing {:?}",
+                    case.name,
+                    d.names(),
+                    d.reason,
+                    case.expect,
+                    case.reason_has
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn takeover_carries_the_observed_rvn_and_the_record_term() {
+        let mut i = input(
+            "n2",
+            replica_probe(5001),
+            StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "old")))),
+            None,
+        );
+        i.lease_state = Some(LeaseState::Expired(lease("n1", 3, "old")));
+        let d = decide(&i);
+        assert_eq!(
+            d.actions[0],
+            AgentAction::AcquireLease {
+                term: 4,
+                takeover_rvn: Some("old".into())
+            }
+        );
+        assert_eq!(d.actions[1], AgentAction::Promote { term: 4 });
+    }
+
+    #[test]
+    fn re_point_targets_the_designated_primary_address() {
+        let mut i = input("n3", replica_probe(5001), StoreRead::Ok(view(4, "n2", None)), None);
+        i.probe.upstream.as_mut().unwrap().slot = Some("n3".into());
+        assert_eq!(decide(&i).actions[0], AgentAction::Follow(target("n2", 5002)));
+    }
+
+    #[test]
+    fn heartbeat_reports_lsns_lag_seq_and_sighting() {
+        let mut vw = view(3, "n1", Some(lease("n1", 3, "r")));
+        vw.members.get_mut("n1").unwrap().write_lsn = Some("0/5000".parse().unwrap());
+        let mut p = replica_probe(5001);
+        p.receive_lsn = Some("0/4000".parse().unwrap());
+        p.replay_lsn = Some("0/3000".parse().unwrap());
+        p.replay_age = Some(MS(1500));
+        let mut i = input("n2", p, StoreRead::Ok(vw), None);
+        i.leader_seen = Some(LeaseSighting {
+            term: 3,
+            rvn: "r".into(),
+            unchanged_ms: 100,
+        });
+        let d = decide(&i);
+        let Some(AgentAction::PublishHeartbeat(m)) = d.actions.last() else {
+            panic!("no heartbeat")
+        };
+        assert_eq!(m.seq, 7);
+        assert_eq!(m.term, 3);
+        assert_eq!(m.role, Role::Replica);
+        assert_eq!(m.lag_bytes, Some(0x1000));
+        assert_eq!(m.lag_seconds, Some(1.5));
+        assert_eq!(m.leader_seen.as_ref().unwrap().rvn, "r");
+        assert_eq!(m.pg_port, 5009);
+    }
+}

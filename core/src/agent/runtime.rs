@@ -1,0 +1,598 @@
+//! The agent's loop body: gather one snapshot, decide, execute, report.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::lock::Mutex as AsyncMutex;
+
+use super::decide::{decide, AgentAction, AgentIdentity, AgentInput, RejoinFailure, RejoinMethod, StoreRead};
+use crate::clock::Clock;
+use crate::config::DynamicConfig;
+use crate::lease::{HeldLease, LeaseObserver, LeaseState};
+use crate::model::{ClusterView, LeaseName, LeaseSighting, Role};
+use crate::pg::{DataDirState, PgControl, PgError, PgProbe};
+use crate::store::{LeaseClaim, Store, StoreError};
+
+/// Why a coordinator run could not be requested.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("coordinator trigger: {0}")]
+pub struct TriggerError(pub String);
+
+/// Asks for a coordinator run now (the replica fast path, DESIGN.md section 4).
+///
+/// Obligations: best effort (a failure is logged and the scheduled run remains the safety net);
+/// returns quickly (fire-and-forget: an asynchronous Lambda invoke or a send on a local channel,
+/// never waiting for the run itself); safe to call repeatedly (the coordinator is idempotent).
+#[async_trait]
+pub trait CoordinatorTrigger: Send + Sync {
+    async fn request_run(&self, cluster: &str, evidence: &LeaseSighting) -> Result<(), TriggerError>;
+}
+
+/// Counters since the agent started (for metrics).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentCounters {
+    pub ticks: u64,
+    pub lease_acquisitions: u64,
+    pub lease_renewals: u64,
+    pub lease_renew_failures: u64,
+    pub demotions: u64,
+    pub promotions: u64,
+    pub coordinator_requests: u64,
+    pub heartbeat_failures: u64,
+    pub action_failures: u64,
+}
+
+/// A read-only picture of the agent for the HTTP API and metrics, updated at the end of each tick.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentSnapshot {
+    pub cluster: String,
+    pub member: String,
+    /// Role from the last probe (`Unknown` when Postgres did not answer).
+    pub role: Role,
+    pub pg_running: bool,
+    /// The agent holds the leader lease (as of the end of the last tick).
+    pub holds_lease: bool,
+    pub lease_term: Option<u64>,
+    /// Monotonic instant (agent clock) until which the held lease is valid (lease - margin).
+    pub lease_valid_until: Option<Duration>,
+    /// The newest cluster term seen in the store.
+    pub term: u64,
+    pub fenced_through: u64,
+    pub last_probe: Option<PgProbe>,
+    pub last_view: Option<ClusterView>,
+    /// The last store read failed with this error.
+    pub store_error: Option<String>,
+    pub last_reason: String,
+    pub last_errors: Vec<String>,
+    pub last_loop_duration: Duration,
+    pub seq: u64,
+    pub config: DynamicConfig,
+    pub counters: AgentCounters,
+}
+
+/// What happened to one action of a tick.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionOutcome {
+    pub action: AgentAction,
+    /// `None`: done; `Some`: failed or skipped, and why.
+    pub error: Option<String>,
+}
+
+/// The result of one loop iteration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TickReport {
+    pub reason: String,
+    pub outcomes: Vec<ActionOutcome>,
+    pub errors: Vec<String>,
+    pub duration: Duration,
+}
+
+impl TickReport {
+    /// Names of the actions that completed.
+    pub fn done(&self) -> Vec<&'static str> {
+        self.outcomes
+            .iter()
+            .filter(|o| o.error.is_none())
+            .map(|o| o.action.name())
+            .collect()
+    }
+
+    pub fn did(&self, name: &str) -> bool {
+        self.done().contains(&name)
+    }
+}
+
+/// Why an external demotion request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DemoteError {
+    #[error("demotion failed: {0}")]
+    Pg(#[from] PgError),
+    #[error("postgres still accepts writes after the demotion")]
+    StillPrimary,
+}
+
+/// State shared between the loop and handles (HTTP API, fencing endpoint).
+struct Shared {
+    /// Highest term the agent was told to demote for, and why.
+    fence: Mutex<(u64, String)>,
+    /// Serializes every state-changing Postgres call, so a role raise decided before a fence can
+    /// never run after it.
+    pg_lock: AsyncMutex<()>,
+    snapshot: Mutex<AgentSnapshot>,
+    /// Demotions done through [`AgentHandle::demote_now`].
+    external_demotions: AtomicU64,
+}
+
+impl Shared {
+    fn fenced_through(&self) -> u64 {
+        self.fence.lock().unwrap().0
+    }
+}
+
+/// A cheap, cloneable handle to a running agent: its snapshot and the "demote now" request.
+#[derive(Clone)]
+pub struct AgentHandle {
+    shared: Arc<Shared>,
+    pg: Arc<dyn PgControl>,
+    clock: Arc<dyn Clock>,
+}
+
+impl AgentHandle {
+    pub fn snapshot(&self) -> AgentSnapshot {
+        self.shared.snapshot.lock().unwrap().clone()
+    }
+
+    /// The agent holds a leader lease still valid now by its own clock and Postgres was primary
+    /// at the last probe (Patroni's `/primary` 200).
+    pub fn is_leader(&self) -> bool {
+        let s = self.shared.snapshot.lock().unwrap();
+        s.role == Role::Primary && s.lease_valid_until.is_some_and(|until| self.clock.monotonic() < until)
+    }
+
+    /// Demotes now for `term` (the coordinator's fencer): from now on the agent refuses the leader
+    /// lease for any term at or below `term` and releases one it holds at its next loop. Returns
+    /// `Ok` only once Postgres no longer accepts writes (stopped, verified by a probe).
+    pub async fn demote_now(&self, term: u64, reason: &str) -> Result<(), DemoteError> {
+        {
+            let mut fence = self.shared.fence.lock().unwrap();
+            if term >= fence.0 {
+                *fence = (term, reason.to_string());
+            }
+        }
+        tracing::warn!(term, reason, "demotion requested");
+        let _guard = self.shared.pg_lock.lock().await;
+        self.pg.demote().await?;
+        let probe = self.pg.probe().await;
+        if probe.is_primary() {
+            return Err(DemoteError::StillPrimary);
+        }
+        self.shared.external_demotions.fetch_add(1, Ordering::Relaxed);
+        let mut s = self.shared.snapshot.lock().unwrap();
+        s.fenced_through = s.fenced_through.max(term);
+        s.counters.demotions += 1;
+        Ok(())
+    }
+}
+
+/// One agent: the loop state around [`decide`].
+///
+/// [`AgentRuntime::tick`] is one iteration and never sleeps, spawns tasks or uses tokio timers;
+/// the caller (the agent's `main`, a test, the simulation) decides when the next one runs, normally
+/// [`AgentRuntime::interval`] later. All time comes from the injected clock; the lease timestamp is
+/// taken before every lease write (lock-client rule).
+pub struct AgentRuntime<S, P, C> {
+    store: S,
+    pg: Arc<P>,
+    clock: C,
+    identity: AgentIdentity,
+    trigger: Option<Arc<dyn CoordinatorTrigger>>,
+    config: DynamicConfig,
+    observer: LeaseObserver,
+    held: Option<HeldLease>,
+    seq: u64,
+    max_term_held: u64,
+    last_rejoin_failure: Option<RejoinFailure>,
+    last_run_request: Option<Duration>,
+    counters: AgentCounters,
+    shared: Arc<Shared>,
+}
+
+impl<S, P, C> AgentRuntime<S, P, C>
+where
+    S: Store,
+    P: PgControl + 'static,
+    C: Clock + Clone + 'static,
+{
+    /// `config`: the dynamic configuration to use until the cluster record provides one.
+    pub fn new(store: S, pg: P, clock: C, identity: AgentIdentity, config: DynamicConfig) -> Self {
+        let snapshot = AgentSnapshot {
+            cluster: identity.cluster.clone(),
+            member: identity.member.clone(),
+            config: config.clone(),
+            ..Default::default()
+        };
+        AgentRuntime {
+            store,
+            pg: Arc::new(pg),
+            clock,
+            identity,
+            trigger: None,
+            config,
+            observer: LeaseObserver::new(),
+            held: None,
+            seq: 0,
+            max_term_held: 0,
+            last_rejoin_failure: None,
+            last_run_request: None,
+            counters: AgentCounters::default(),
+            shared: Arc::new(Shared {
+                fence: Mutex::new((0, String::new())),
+                pg_lock: AsyncMutex::new(()),
+                snapshot: Mutex::new(snapshot),
+                external_demotions: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Where fast-path coordinator requests go (none: only the schedule triggers runs).
+    pub fn with_trigger(mut self, trigger: Arc<dyn CoordinatorTrigger>) -> Self {
+        self.trigger = Some(trigger);
+        self
+    }
+
+    pub fn handle(&self) -> AgentHandle {
+        AgentHandle {
+            shared: self.shared.clone(),
+            pg: self.pg.clone(),
+            clock: Arc::new(self.clock.clone()),
+        }
+    }
+
+    /// How long to wait before the next tick (the probe interval of the current configuration).
+    pub fn interval(&self) -> Duration {
+        self.config.probe_interval()
+    }
+
+    pub fn held_lease(&self) -> Option<&HeldLease> {
+        self.held.as_ref()
+    }
+
+    pub fn pg(&self) -> &P {
+        &self.pg
+    }
+
+    /// One loop iteration: probe -> read view -> decide -> execute -> report.
+    ///
+    /// Execution rules: lease writes, the demotion, coordinator requests and the heartbeat always
+    /// run; the first failed role change (start, promote, follow, rewind, basebackup, slots)
+    /// skips the later ones. Promote (and starting a primary's data directory) runs only while the
+    /// lease for that term is held and valid by this agent's clock and the term is above any fence.
+    /// Whatever the decision, a tick never ends with a writable Postgres and no valid lease: if a
+    /// lease write failed this loop, the primary is demoted before returning (S2).
+    pub async fn tick(&mut self) -> TickReport {
+        let started = self.clock.monotonic();
+        let fenced_through = self.shared.fenced_through();
+        let probe = self.pg.probe().await;
+        let read = self.store.read_view(&self.identity.cluster).await;
+        let after_read = self.clock.monotonic();
+        let mut store_error = None;
+        let (store, lease_state) = match read {
+            Ok(view) => {
+                let state = self.observer.observe(view.leader.as_ref(), after_read);
+                if let Some(rec) = &view.cluster {
+                    match rec.config.validate() {
+                        Ok(()) => self.config = rec.config.clone(),
+                        Err(e) => tracing::warn!(error = %e, "cluster record has invalid dynamic config; keeping the last valid one"),
+                    }
+                }
+                if let Some(own) = view.members.get(&self.identity.member) {
+                    // Continue the sequence across agent restarts: observers look for change.
+                    self.seq = self.seq.max(own.seq);
+                }
+                (StoreRead::Ok(view), Some(state))
+            }
+            Err(e) => {
+                store_error = Some(e.to_string());
+                match e {
+                    StoreError::Unavailable(m) => (StoreRead::Unavailable(m), None),
+                    other => (StoreRead::Malformed(other.to_string()), None),
+                }
+            }
+        };
+        self.seq += 1;
+        let leader_seen = self.sighting(&lease_state, after_read);
+        let input = AgentInput {
+            identity: self.identity.clone(),
+            now: after_read,
+            wall_ms: self.clock.wall_ms(),
+            probe: probe.clone(),
+            store,
+            lease_state,
+            held: self.held.clone(),
+            config: self.config.clone(),
+            seq: self.seq,
+            max_term_held: self.max_term_held,
+            fenced_through,
+            last_rejoin_failure: self.last_rejoin_failure.clone(),
+            last_run_request: self.last_run_request,
+            leader_seen,
+        };
+        let decision = decide(&input);
+        tracing::debug!(reason = %decision.reason, actions = ?decision.names(), "decided");
+
+        let mut outcomes = Vec::with_capacity(decision.actions.len());
+        let mut role_failed = false;
+        let mut demoted = false;
+        for action in decision.actions {
+            let result = if role_failed && action.is_role_change() {
+                Err("skipped: an earlier role change failed".to_string())
+            } else {
+                self.execute(&action, &probe).await
+            };
+            if let Err(e) = &result {
+                if action.is_role_change() {
+                    role_failed = true;
+                }
+                if !matches!(action, AgentAction::PublishHeartbeat(_)) {
+                    self.counters.action_failures += 1;
+                }
+                tracing::warn!(action = action.name(), error = %e, "agent action failed");
+            } else if action == AgentAction::Demote {
+                demoted = true;
+            }
+            outcomes.push(ActionOutcome {
+                action,
+                error: result.err(),
+            });
+        }
+
+        // S2 safety net: the decision assumed its lease writes would succeed.
+        if probe.is_primary() && !demoted && !self.holds_valid_lease() {
+            let result = self.execute(&AgentAction::Demote, &probe).await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "demotion after losing the lease failed");
+            }
+            outcomes.push(ActionOutcome {
+                action: AgentAction::Demote,
+                error: result.err(),
+            });
+        }
+
+        let errors: Vec<String> = store_error
+            .iter()
+            .cloned()
+            .chain(
+                outcomes
+                    .iter()
+                    .filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.action.name()))),
+            )
+            .collect();
+        let duration = self.clock.monotonic().saturating_sub(started);
+        self.counters.ticks += 1;
+        let report = TickReport {
+            reason: decision.reason,
+            outcomes,
+            errors,
+            duration,
+        };
+        self.publish_snapshot(&input, &report, store_error);
+        report
+    }
+
+    fn holds_valid_lease(&self) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|h| h.is_valid(self.clock.monotonic(), self.config.safety_margin()))
+    }
+
+    fn sighting(&self, state: &Option<LeaseState>, now: Duration) -> Option<LeaseSighting> {
+        let lease = match state {
+            Some(LeaseState::Held { lease, .. }) | Some(LeaseState::Expired(lease)) => lease,
+            _ => return None,
+        };
+        let (rvn, first_seen) = self.observer.sighting()?;
+        (rvn == lease.rvn).then(|| LeaseSighting {
+            term: lease.term,
+            rvn: lease.rvn.clone(),
+            unchanged_ms: now.saturating_sub(first_seen).as_millis() as u64,
+        })
+    }
+
+    /// Checks, under the Postgres lock, that a role raise for `term` is still allowed.
+    fn may_raise(&self, term: u64) -> Result<(), String> {
+        let fence = self.shared.fenced_through();
+        if term <= fence {
+            return Err(format!("refused: told to demote through term {fence}"));
+        }
+        match &self.held {
+            Some(h) if h.lease.term == term && h.is_valid(self.clock.monotonic(), self.config.safety_margin()) => Ok(()),
+            Some(h) if h.lease.term == term => Err("refused: the lease is no longer valid".into()),
+            _ => Err(format!("refused: the lease for term {term} is not held")),
+        }
+    }
+
+    async fn execute(&mut self, action: &AgentAction, probe: &PgProbe) -> Result<(), String> {
+        let cluster = self.identity.cluster.clone();
+        match action {
+            AgentAction::RenewLease => {
+                let Some(held) = self.held.clone() else {
+                    return Err("no lease held".into());
+                };
+                let written_from = self.clock.monotonic();
+                match self.store.renew_lease(&cluster, LeaseName::Leader, &held.lease).await {
+                    Ok(lease) => {
+                        self.held = Some(HeldLease { lease, written_from });
+                        self.counters.lease_renewals += 1;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.counters.lease_renew_failures += 1;
+                        if e.is_conflict() {
+                            // Someone else wrote the lease: it is certainly gone.
+                            self.held = None;
+                        }
+                        Err(e.to_string())
+                    }
+                }
+            }
+            AgentAction::AcquireLease { term, takeover_rvn } => {
+                let fence = self.shared.fenced_through();
+                if *term <= fence {
+                    return Err(format!("refused: told to demote through term {fence}"));
+                }
+                let claim = match takeover_rvn {
+                    Some(rvn) => LeaseClaim::Takeover { observed_rvn: rvn },
+                    None => LeaseClaim::Free,
+                };
+                let written_from = self.clock.monotonic();
+                let owner = self.identity.member.clone();
+                match self
+                    .store
+                    .acquire_lease(&cluster, LeaseName::Leader, claim, &owner, *term, self.config.lease_ms)
+                    .await
+                {
+                    Ok(lease) => {
+                        tracing::info!(term, "acquired the leader lease");
+                        self.held = Some(HeldLease { lease, written_from });
+                        self.max_term_held = self.max_term_held.max(*term);
+                        self.observer.reset();
+                        self.counters.lease_acquisitions += 1;
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            AgentAction::AdoptLease { lease } => {
+                let written_from = self.clock.monotonic();
+                match self.store.renew_lease(&cluster, LeaseName::Leader, lease).await {
+                    Ok(lease) => {
+                        self.max_term_held = self.max_term_held.max(lease.term);
+                        self.held = Some(HeldLease { lease, written_from });
+                        self.counters.lease_renewals += 1;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.counters.lease_renew_failures += 1;
+                        Err(e.to_string())
+                    }
+                }
+            }
+            AgentAction::ReleaseLease => {
+                // We stop counting on it whatever the store says.
+                let Some(held) = self.held.take() else { return Ok(()) };
+                self.store
+                    .release_lease(&cluster, LeaseName::Leader, &held.lease)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            AgentAction::ForgetLease => {
+                self.held = None;
+                Ok(())
+            }
+            AgentAction::Start => {
+                let _guard = self.shared.pg_lock.lock().await;
+                if probe.data == DataDirState::Primary {
+                    // Starting a primary's data directory makes it writable: same rule as promote.
+                    let term = self.held.as_ref().map_or(0, |h| h.lease.term);
+                    self.may_raise(term)?;
+                }
+                self.pg.start().await.map_err(|e| e.to_string())
+            }
+            AgentAction::Promote { term } => {
+                let _guard = self.shared.pg_lock.lock().await;
+                self.may_raise(*term)?;
+                let result = self.pg.promote().await.map_err(|e| e.to_string());
+                if result.is_ok() {
+                    tracing::info!(term, "promoted");
+                    self.counters.promotions += 1;
+                }
+                result
+            }
+            AgentAction::Demote => {
+                let _guard = self.shared.pg_lock.lock().await;
+                let result = self.pg.demote().await.map_err(|e| e.to_string());
+                if result.is_ok() {
+                    tracing::warn!("demoted (postgres stopped)");
+                    self.counters.demotions += 1;
+                }
+                result
+            }
+            AgentAction::Follow(target) => {
+                let _guard = self.shared.pg_lock.lock().await;
+                self.pg.follow(target).await.map_err(|e| e.to_string())
+            }
+            AgentAction::Rewind(target) => {
+                let _guard = self.shared.pg_lock.lock().await;
+                let result = self.pg.rewind(target).await.map_err(|e| e.to_string());
+                self.last_rejoin_failure = result.as_ref().err().map(|e| RejoinFailure {
+                    method: RejoinMethod::Rewind,
+                    source: target.name.clone(),
+                    error: e.clone(),
+                });
+                result
+            }
+            AgentAction::Basebackup(target) => {
+                let _guard = self.shared.pg_lock.lock().await;
+                let result = self.pg.basebackup(target).await.map_err(|e| e.to_string());
+                self.last_rejoin_failure = result.as_ref().err().map(|e| RejoinFailure {
+                    method: RejoinMethod::Basebackup,
+                    source: target.name.clone(),
+                    error: e.clone(),
+                });
+                result
+            }
+            AgentAction::EnsureSlots(members) => {
+                let _guard = self.shared.pg_lock.lock().await;
+                self.pg.ensure_slots(members).await.map_err(|e| e.to_string())
+            }
+            AgentAction::RequestCoordinatorRun { evidence } => {
+                self.last_run_request = Some(self.clock.monotonic());
+                self.counters.coordinator_requests += 1;
+                match &self.trigger {
+                    Some(t) => t.request_run(&cluster, evidence).await.map_err(|e| e.to_string()),
+                    None => Ok(()),
+                }
+            }
+            AgentAction::PublishHeartbeat(status) => {
+                let result = self.store.put_member(&cluster, status).await.map_err(|e| e.to_string());
+                if result.is_err() {
+                    self.counters.heartbeat_failures += 1;
+                }
+                result
+            }
+        }
+    }
+
+    fn publish_snapshot(&self, input: &AgentInput, report: &TickReport, store_error: Option<String>) {
+        let margin = self.config.safety_margin();
+        let (fence, view) = (
+            self.shared.fenced_through(),
+            match &input.store {
+                StoreRead::Ok(v) => Some(v.clone()),
+                _ => None,
+            },
+        );
+        let mut s = self.shared.snapshot.lock().unwrap();
+        s.role = if input.probe.running { input.probe.role } else { Role::Unknown };
+        s.pg_running = input.probe.running;
+        s.holds_lease = self.held.is_some();
+        s.lease_term = self.held.as_ref().map(|h| h.lease.term);
+        s.lease_valid_until = self.held.as_ref().map(|h| h.valid_until(margin));
+        if let Some(v) = &view {
+            s.term = s.term.max(v.cluster.as_ref().map_or(0, |c| c.term));
+            s.last_view = view;
+        }
+        s.fenced_through = fence;
+        s.last_probe = Some(input.probe.clone());
+        s.store_error = store_error;
+        s.last_reason = report.reason.clone();
+        s.last_errors = report.errors.clone();
+        s.last_loop_duration = report.duration;
+        s.seq = self.seq;
+        s.config = self.config.clone();
+        s.counters = self.counters.clone();
+        s.counters.demotions += self.shared.external_demotions.load(Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,283 @@
+//! The narrow control surface over one local PostgreSQL server ([`PgControl`]), and what a probe
+//! of it reports ([`PgProbe`]). The real implementation (tokio-postgres + pg_ctl, pg_rewind,
+//! pg_basebackup) lives in the agent crate; the simulation implements it in memory.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::lsn::Lsn;
+use crate::model::Role;
+
+/// How to stop Postgres (`pg_ctl stop -m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopMode {
+    /// Wait for clients to disconnect.
+    Smart,
+    /// Abort transactions, disconnect clients, clean shutdown checkpoint (the demotion default).
+    Fast,
+    /// No checkpoint: crash-like; recovery runs at the next start.
+    Immediate,
+}
+
+/// The primary a standby should stream from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PrimaryTarget {
+    /// Member name of the primary (for logs and slot bookkeeping).
+    pub name: String,
+    /// libpq host and port of the primary's Postgres.
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for PrimaryTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}:{})", self.name, self.host, self.port)
+    }
+}
+
+/// Where a standby is configured to stream from (`primary_conninfo`, `primary_slot_name`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UpstreamConfig {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub application_name: Option<String>,
+    pub slot: Option<String>,
+}
+
+impl UpstreamConfig {
+    /// The configuration points at `target` with this node's own slot.
+    pub fn matches(&self, target: &PrimaryTarget, own_slot: &str) -> bool {
+        self.host.as_deref() == Some(target.host.as_str())
+            && self.port.unwrap_or(5432) == target.port
+            && self.slot.as_deref() == Some(own_slot)
+    }
+}
+
+/// One row of `pg_stat_replication` on a primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationRow {
+    pub application_name: String,
+    /// `streaming`, `catchup`, `startup`, ...
+    pub state: String,
+    /// `async`, `sync`, `potential`, `quorum`.
+    pub sync_state: String,
+    pub flush_lsn: Option<Lsn>,
+    pub replay_lsn: Option<Lsn>,
+}
+
+/// What is on disk in the data directory (readable whether Postgres runs or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DataDirState {
+    /// Missing or empty: the node must be bootstrapped (basebackup).
+    #[default]
+    Empty,
+    /// An initialized cluster without `standby.signal`: it starts as a primary.
+    Primary,
+    /// An initialized cluster with `standby.signal`: it starts as a standby.
+    Standby,
+}
+
+/// One observation of the local Postgres. Fields that do not apply to the current role are `None`
+/// or empty; every field is best effort except `running`, `role` and `data`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PgProbe {
+    /// Postgres accepted a connection and answered (pg_isready plus one query).
+    pub running: bool,
+    /// `pg_is_in_recovery()`: `Replica` when true, `Primary` when false, `Unknown` when not running.
+    pub role: Role,
+    pub data: DataDirState,
+    /// Current timeline (0 when unknown).
+    pub timeline: u32,
+    /// Primary: `pg_current_wal_lsn()`.
+    pub write_lsn: Option<Lsn>,
+    /// Primary: `pg_current_wal_flush_lsn()`.
+    pub flush_lsn: Option<Lsn>,
+    /// Primary: `pg_stat_replication`.
+    pub replication: Vec<ReplicationRow>,
+    /// Primary: names of the physical replication slots.
+    pub slots: Vec<String>,
+    /// Replica: `pg_last_wal_receive_lsn()`.
+    pub receive_lsn: Option<Lsn>,
+    /// Replica: `pg_last_wal_replay_lsn()`.
+    pub replay_lsn: Option<Lsn>,
+    /// Replica: age of `pg_last_xact_replay_timestamp()`, zero when everything received is replayed.
+    pub replay_age: Option<Duration>,
+    /// Replica: the WAL receiver is streaming.
+    pub streaming: bool,
+    /// Replica: `host:port` the WAL receiver streams from.
+    pub streaming_from: Option<String>,
+    /// Replica: the configured upstream.
+    pub upstream: Option<UpstreamConfig>,
+    /// Why the probe could not connect or query (for logs and the snapshot).
+    pub error: Option<String>,
+}
+
+impl PgProbe {
+    /// Postgres answers and is read-write.
+    pub fn is_primary(&self) -> bool {
+        self.running && self.role == Role::Primary
+    }
+
+    /// Postgres answers and is in recovery.
+    pub fn is_replica(&self) -> bool {
+        self.running && self.role == Role::Replica
+    }
+
+    /// A probe of a stopped server with the given data directory state.
+    pub fn stopped(data: DataDirState) -> Self {
+        PgProbe {
+            data,
+            ..Default::default()
+        }
+    }
+}
+
+/// The physical replication slot a member streams through: member names may contain `-` and
+/// capitals, slot names only lower-case letters, digits and `_`.
+pub fn slot_name(member: &str) -> String {
+    member
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect()
+}
+
+/// Why a Postgres operation failed. Each variant says what is known about the server afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PgError {
+    /// Could not connect or a query failed.
+    #[error("postgres query failed: {0}")]
+    Query(String),
+    /// A tool (pg_ctl, pg_rewind, pg_basebackup) failed; `output` is its last lines.
+    #[error("{tool} failed: {output}")]
+    Tool { tool: String, output: String },
+    /// The operation ran but the verification afterwards did not see the expected state.
+    #[error("not verified: {0}")]
+    NotVerified(String),
+    /// The server is in a role or state the operation does not apply to; nothing was changed.
+    #[error("wrong state: {0}")]
+    WrongState(String),
+    /// Local files (data directory, configuration) could not be read or written.
+    #[error("io: {0}")]
+    Io(String),
+    /// The call took longer than allowed; the server's state is unknown until the next probe.
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+/// Control of the one local PostgreSQL server an agent is responsible for.
+///
+/// Obligations common to every method:
+/// - Idempotent: calling it again after success (or after a partial failure) converges to the same
+///   end state and succeeds.
+/// - Verified: `Ok` only after the end state was observed (a query or `pg_ctl status`), never
+///   merely because a command exited 0.
+/// - Bounded: every wait inside a call has a timeout; the agent's loop never waits outside them.
+/// - Safe to call concurrently with `probe` and with [`PgControl::demote`] (the runtime serializes
+///   state-changing calls itself, but a probe may overlap with anything).
+#[async_trait]
+pub trait PgControl: Send + Sync {
+    /// Observes the server: never fails; a server that does not answer is `running: false` with
+    /// `error` set. Reads the data directory state even when the server is down.
+    async fn probe(&self) -> PgProbe;
+
+    /// Starts the server in whatever role its data directory says (standby when
+    /// `standby.signal` exists). `Ok` once it accepts connections. Already running: `Ok`.
+    async fn start(&self) -> Result<(), PgError>;
+
+    /// Stops the server. `Ok` once no postmaster runs on the data directory. Not running: `Ok`.
+    async fn stop(&self, mode: StopMode) -> Result<(), PgError>;
+
+    /// Promotes a standby (`pg_promote`) and waits until it is read-write, verified with
+    /// `pg_is_in_recovery() = false`. Already primary: `Ok`. Not running: `WrongState`.
+    async fn promote(&self) -> Result<(), PgError>;
+
+    /// Self-fence: the server stops accepting writes at once. A fast stop (immediate if the fast
+    /// one does not finish in time); the server is left stopped, so a diverged former primary
+    /// can be rewound before it serves again. `Ok` only once no postmaster runs. Stopped: `Ok`.
+    async fn demote(&self) -> Result<(), PgError>;
+
+    /// Points this standby at `primary`, streaming through this member's own slot with this
+    /// member's `application_name`. Running standby: `ALTER SYSTEM` + `pg_reload_conf()` without
+    /// a restart, verified through `SHOW`. Stopped: writes the settings and `standby.signal`,
+    /// then starts. Running primary: `WrongState` (a former primary must be rewound).
+    async fn follow(&self, primary: &PrimaryTarget) -> Result<(), PgError>;
+
+    /// Rejoins a diverged former primary: `CHECKPOINT` on the source, stop (fast) if running,
+    /// `pg_rewind` from the source, restore this node's own configuration files (pg_rewind copies
+    /// the source's), write the standby settings for `source` and `standby.signal`, start, and
+    /// verify it runs in recovery.
+    async fn rewind(&self, source: &PrimaryTarget) -> Result<(), PgError>;
+
+    /// Replaces the data directory with a fresh copy of `source` (`pg_basebackup`, WAL streamed,
+    /// `application_name` in the connection string), configured as a standby of `source`; starts
+    /// and verifies it runs in recovery. Destroys whatever the data directory held.
+    async fn basebackup(&self, source: &PrimaryTarget) -> Result<(), PgError>;
+
+    /// On a running primary, creates a physical replication slot ([`slot_name`]) for each of
+    /// `members` that lacks one; never drops slots. Verified by reading `pg_replication_slots`.
+    async fn ensure_slots(&self, members: &[String]) -> Result<(), PgError>;
+}
+
+#[async_trait]
+impl<P: PgControl + ?Sized> PgControl for std::sync::Arc<P> {
+    async fn probe(&self) -> PgProbe {
+        (**self).probe().await
+    }
+    async fn start(&self) -> Result<(), PgError> {
+        (**self).start().await
+    }
+    async fn stop(&self, mode: StopMode) -> Result<(), PgError> {
+        (**self).stop(mode).await
+    }
+    async fn promote(&self) -> Result<(), PgError> {
+        (**self).promote().await
+    }
+    async fn demote(&self) -> Result<(), PgError> {
+        (**self).demote().await
+    }
+    async fn follow(&self, primary: &PrimaryTarget) -> Result<(), PgError> {
+        (**self).follow(primary).await
+    }
+    async fn rewind(&self, source: &PrimaryTarget) -> Result<(), PgError> {
+        (**self).rewind(source).await
+    }
+    async fn basebackup(&self, source: &PrimaryTarget) -> Result<(), PgError> {
+        (**self).basebackup(source).await
+    }
+    async fn ensure_slots(&self, members: &[String]) -> Result<(), PgError> {
+        (**self).ensure_slots(members).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_are_postgres_safe() {
+        assert_eq!(slot_name("Node-1_a"), "node_1_a");
+    }
+
+    #[test]
+    fn upstream_matching_needs_host_port_and_slot() {
+        let t = PrimaryTarget {
+            name: "n1".into(),
+            host: "10.0.0.1".into(),
+            port: 5432,
+        };
+        let mut u = UpstreamConfig {
+            host: Some("10.0.0.1".into()),
+            port: None,
+            application_name: None,
+            slot: Some("n2".into()),
+        };
+        assert!(u.matches(&t, "n2"));
+        assert!(!u.matches(&t, "n3"));
+        u.port = Some(5433);
+        assert!(!u.matches(&t, "n2"));
+    }
+}
