@@ -83,11 +83,13 @@ data "aws_iam_policy_document" "coordinator" {
     }
   }
 
-  # ...and only the stock shell document (a document is not tagged with the cluster).
+  # ...and only the stock shell document (a document is not tagged with the cluster). The
+  # account is "*" because AWS-owned documents have an empty account in their ARN; the "AWS-"
+  # name prefix is reserved for Amazon, so no other account can publish a look-alike.
   statement {
     sid       = "RunCommandDocument"
     actions   = ["ssm:SendCommand"]
-    resources = ["arn:${local.partition}:ssm:${local.region}::document/AWS-RunShellScript"]
+    resources = ["arn:${local.partition}:ssm:${local.region}:*:document/AWS-RunShellScript"]
   }
 
   # Describe* and GetCommandInvocation have no resource-level permissions in IAM: they accept
@@ -142,7 +144,7 @@ resource "aws_security_group_rule" "coordinator_to_aws_apis" {
   protocol          = "tcp"
   from_port         = 443
   to_port           = 443
-  cidr_blocks       = ["0.0.0.0/0"] #tfsec:ignore:aws-ec2-no-public-egress-sgr
+  cidr_blocks       = ["0.0.0.0/0"]
 }
 
 resource "aws_security_group_rule" "coordinator_to_agents" {

@@ -1,0 +1,37 @@
+#!/usr/bin/env node
+// CDK app: one pgdaemon cluster per stack. All inputs come from context (-c key=value or
+// cdk.context.json), so that `cdk synth` runs offline (no fromLookup).
+//   cdk synth -c vpcId=vpc-0abc -c subnetIds=subnet-1,subnet-2 -c availabilityZones=eu-west-1a,eu-west-1b
+import * as path from 'node:path';
+import { App } from 'aws-cdk-lib';
+import { PgdaemonClusterStack } from '../lib/pgdaemon-stack';
+
+const app = new App();
+const ctx = (key: string): string | undefined => {
+  const v = app.node.tryGetContext(key);
+  return v === undefined || v === '' ? undefined : String(v);
+};
+const required = (key: string): string => {
+  const v = ctx(key);
+  if (v === undefined) {
+    throw new Error(`pgdaemon: context "${key}" is required (cdk synth -c ${key}=...); see infra/README.md`);
+  }
+  return v;
+};
+const list = (v: string | undefined) => (v ?? '').split(',').map((x) => x.trim()).filter((x) => x !== '');
+
+const clusterName = ctx('clusterName') ?? 'main';
+new PgdaemonClusterStack(app, `pgdaemon-${clusterName}`, {
+  env: { account: ctx('account') ?? process.env.CDK_DEFAULT_ACCOUNT, region: ctx('region') ?? process.env.CDK_DEFAULT_REGION },
+  clusterName,
+  vpcId: required('vpcId'),
+  subnetIds: list(required('subnetIds')),
+  availabilityZones: list(required('availabilityZones')),
+  lambdaZipPath: ctx('lambdaZip') ?? path.resolve(__dirname, '..', '..', '..', '..', 'target', 'lambda', 'bootstrap.zip'),
+  lambdaArchitecture: ctx('lambdaArchitecture') === 'arm64' ? 'arm64' : 'x86_64',
+  nodeCount: ctx('nodeCount') ? Number(ctx('nodeCount')) : undefined,
+  amiId: ctx('amiId'),
+  agentBinaryUrl: ctx('agentBinaryUrl'),
+  clientCidrBlocks: list(ctx('clientCidrBlocks') ?? '10.0.0.0/8'),
+  deletionProtection: ctx('deletionProtection') !== 'false',
+});

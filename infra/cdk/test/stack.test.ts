@@ -1,0 +1,180 @@
+// Assertions on the synthesized template: the same properties scripts/check-infra asserts on
+// what Terraform created in moto.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Match } from 'aws-cdk-lib/assertions';
+import { App } from 'aws-cdk-lib';
+import { PgdaemonClusterStack } from '../lib/pgdaemon-stack';
+import { renderTemplate } from '../lib/template';
+import { CLUSTER, TAG_KEY, baseProps, rolePolicies, synth } from './support';
+
+const t = synth();
+const name = `pgdaemon-${CLUSTER}`;
+
+test('state table: cluster/item string keys, on-demand, PITR, encrypted, TTL on expire_at', () => {
+  t.hasResourceProperties('AWS::DynamoDB::Table', {
+    TableName: name,
+    KeySchema: [
+      { AttributeName: 'cluster', KeyType: 'HASH' },
+      { AttributeName: 'item', KeyType: 'RANGE' },
+    ],
+    AttributeDefinitions: Match.arrayWith([
+      { AttributeName: 'cluster', AttributeType: 'S' },
+      { AttributeName: 'item', AttributeType: 'S' },
+    ]),
+    BillingMode: 'PAY_PER_REQUEST',
+    PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true },
+    SSESpecification: { SSEEnabled: true },
+    TimeToLiveSpecification: { AttributeName: 'expire_at', Enabled: true },
+    DeletionProtectionEnabled: true,
+  });
+});
+
+test('coordinator: provided.al2023, reserved concurrency 1, failover-sized timeout, in the VPC, env contract', () => {
+  t.hasResourceProperties('AWS::Lambda::Function', {
+    FunctionName: `${name}-coordinator`,
+    Runtime: 'provided.al2023',
+    Handler: 'bootstrap',
+    Architectures: ['x86_64'],
+    ReservedConcurrentExecutions: 1,
+    Timeout: 300,
+    VpcConfig: { SubnetIds: Match.arrayWith(['subnet-0123456789abcdef1']) },
+    Environment: {
+      Variables: {
+        PGDAEMON_TABLE: name,
+        PGDAEMON_CLUSTERS: CLUSTER,
+        PGDAEMON_FENCING: 'ec2,ssm,http',
+        PGDAEMON_SNS_TOPIC_ARN: Match.objectLike({ Ref: Match.stringLikeRegexp('^Events') }),
+        PGDAEMON_CLUSTER_TAG_KEY: TAG_KEY,
+        RUST_LOG: 'info',
+      },
+    },
+  });
+});
+
+test('schedule: rate(1 minute) targeting the coordinator, which allows that rule only', () => {
+  t.hasResourceProperties('AWS::Events::Rule', {
+    ScheduleExpression: 'rate(1 minute)',
+    State: 'ENABLED',
+    Targets: [Match.objectLike({ Arn: { 'Fn::GetAtt': [Match.stringLikeRegexp('^Coordinator'), 'Arn'] } })],
+  });
+  t.hasResourceProperties('AWS::Lambda::Permission', {
+    Action: 'lambda:InvokeFunction',
+    Principal: 'events.amazonaws.com',
+    SourceArn: { 'Fn::GetAtt': [Match.stringLikeRegexp('^Schedule'), 'Arn'] },
+  });
+});
+
+test('failover events topic is encrypted', () => {
+  t.hasResourceProperties('AWS::SNS::Topic', {
+    TopicName: `${name}-events`,
+    KmsMasterKeyId: { 'Fn::Join': ['', Match.arrayWith([Match.stringLikeRegexp(':alias/aws/sns$')])] },
+  });
+});
+
+test('coordinator policy: StopInstances only with the cluster tag condition', () => {
+  const stmts = rolePolicies(t, `${name}-coordinator`).flatMap((d) => d.Statement);
+  const stop = stmts.filter((s) => [s.Action].flat().includes('ec2:StopInstances'));
+  assert.equal(stop.length, 1);
+  assert.deepEqual(stop[0].Condition, { StringEquals: { [`aws:ResourceTag/${TAG_KEY}`]: CLUSTER } });
+  assert.match(stop[0].Resource, /^arn:aws:ec2:eu-west-1:123456789012:instance\/\*$/);
+  const sendOnInstances = stmts.filter((s) => [s.Action].flat().includes('ssm:SendCommand') && /:instance\//.test(s.Resource));
+  assert.equal(sendOnInstances.length, 1);
+  assert.deepEqual(sendOnInstances[0].Condition, stop[0].Condition);
+  for (const s of stmts) {
+    assert.ok(![s.Action].flat().some((a: string) => a === '*' || a.endsWith(':*')), `no wildcard actions: ${JSON.stringify(s.Action)}`);
+  }
+});
+
+test('agent policy: leading-key condition on every DynamoDB statement, invoke only the coordinator', () => {
+  const stmts = rolePolicies(t, `${name}-agent`).flatMap((d) => d.Statement);
+  const dyn = stmts.filter((s) => [s.Action].flat().some((a: string) => a.startsWith('dynamodb:')));
+  assert.ok(dyn.length >= 1);
+  for (const s of dyn) {
+    assert.deepEqual(s.Condition, { 'ForAllValues:StringEquals': { 'dynamodb:LeadingKeys': [CLUSTER] } });
+  }
+  const invoke = stmts.filter((s) => [s.Action].flat().includes('lambda:InvokeFunction'));
+  assert.equal(invoke.length, 1);
+  assert.equal(invoke[0].Resource, `arn:aws:lambda:eu-west-1:123456789012:function:${name}-coordinator`);
+  t.hasResourceProperties('AWS::IAM::Role', {
+    RoleName: `${name}-agent`,
+    ManagedPolicyArns: Match.arrayWith([{ 'Fn::Join': ['', Match.arrayWith([Match.stringLikeRegexp('AmazonSSMManagedInstanceCore')])] }]),
+  });
+});
+
+test('nodes: IMDSv2, encrypted volumes, user data installs the agent service and its config', () => {
+  const lt = Object.values(t.findResources('AWS::EC2::LaunchTemplate'))[0].Properties.LaunchTemplateData;
+  assert.equal(lt.MetadataOptions.HttpTokens, 'required');
+  assert.ok(lt.BlockDeviceMappings.every((b: any) => b.Ebs.Encrypted === true)); // eslint-disable-line @typescript-eslint/no-explicit-any
+  const userData = Buffer.from(lt.UserData['Fn::Base64'], 'utf8').toString();
+  assert.match(userData, /systemctl enable --now pgdaemon-agent\.service/);
+  assert.match(userData, new RegExp(`table = "${name}"`));
+  assert.match(userData, new RegExp(`cluster = "${CLUSTER}"`));
+  assert.match(userData, /amazon-ssm-agent/);
+  t.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
+    MinSize: '3',
+    MaxSize: '3',
+    HealthCheckType: 'EC2',
+    TargetGroupARNs: Match.arrayWith([{ Ref: Match.stringLikeRegexp('^Writer') }, { Ref: Match.stringLikeRegexp('^Readers') }]),
+    Tags: Match.arrayWith([{ Key: TAG_KEY, Value: CLUSTER, PropagateAtLaunch: true }]),
+  });
+});
+
+test('internal NLB: writer on /primary, readers on /replica, listeners 5432/5433', () => {
+  t.hasResourceProperties('AWS::ElasticLoadBalancingV2::LoadBalancer', { Type: 'network', Scheme: 'internal' });
+  for (const [path, tg] of [['/primary', 'Writer'], ['/replica', 'Readers']]) {
+    t.hasResourceProperties('AWS::ElasticLoadBalancingV2::TargetGroup', {
+      Protocol: 'TCP',
+      Port: 5432,
+      HealthCheckProtocol: 'HTTP',
+      HealthCheckPort: '8008',
+      HealthCheckPath: path,
+      Matcher: { HttpCode: '200' },
+    });
+    t.hasResourceProperties('AWS::ElasticLoadBalancingV2::Listener', {
+      Port: tg === 'Writer' ? 5432 : 5433,
+      Protocol: 'TCP',
+      DefaultActions: [{ Type: 'forward', TargetGroupArn: { Ref: Match.stringLikeRegexp(`^${tg}`) } }],
+    });
+  }
+});
+
+test('security groups: Postgres and agent API only from the cluster, the NLB (and the coordinator)', () => {
+  const ingress = Object.values(t.findResources('AWS::EC2::SecurityGroupIngress')).map((r) => r.Properties);
+  const res = t.toJSON().Resources;
+  const sgName = (ref: any) => res[ref['Fn::GetAtt'][0]].Properties.GroupName; // eslint-disable-line @typescript-eslint/no-explicit-any
+  const into = (port: number) =>
+    ingress
+      .filter((r) => sgName(r.GroupId) === `${name}-nodes` && r.FromPort <= port && port <= r.ToPort)
+      .map((r) => (r.SourceSecurityGroupId ? sgName(r.SourceSecurityGroupId) : r.CidrIp))
+      .sort();
+  assert.deepEqual(into(5432), [`${name}-nlb`, `${name}-nodes`]);
+  assert.deepEqual(into(8008), [`${name}-coordinator`, `${name}-nlb`, `${name}-nodes`]);
+  // No CIDR rule on the nodes at all; clients reach only the NLB's listeners.
+  assert.ok(Object.values(t.findResources('AWS::EC2::SecurityGroup')).every((g) => (g.Properties.SecurityGroupIngress ?? []).length === 0 || g.Properties.GroupName === `${name}-nlb`));
+});
+
+test('bad input is refused with a clear error and builds nothing', () => {
+  const bad: [string, Partial<Parameters<typeof baseProps>[0]>, RegExp][] = [
+    ['cluster name', { clusterName: 'Bad_Name' }, /clusterName/],
+    ['one subnet', { subnetIds: ['subnet-0123456789abcdef1'], availabilityZones: ['eu-west-1a'] }, /subnetIds/],
+    ['fencing', { fencing: ['ec2', 'reboot' as never] }, /fencing/],
+    ['node count', { nodeCount: 1 }, /nodeCount/],
+    ['timeout', { coordinatorTimeoutSeconds: 30 }, /coordinatorTimeoutSeconds/],
+    ['open cidr', { clientCidrBlocks: ['0.0.0.0/0'] }, /clientCidrBlocks/],
+    ['reserved tag', { clusterTagKey: 'aws:cluster' }, /clusterTagKey/],
+    ['missing zip', { lambdaZipPath: '/nonexistent/bootstrap.zip' }, /lambdaZipPath/],
+  ];
+  for (const [what, props, msg] of bad) {
+    const app = new App();
+    assert.throws(() => new PgdaemonClusterStack(app, 'Bad', baseProps(props)), msg, what);
+    assert.equal(app.node.findAll().filter((c) => c.node.id === 'State').length, 0, `${what}: nothing built`);
+  }
+});
+
+test('template renderer: interpolation, optional blocks, unknown names refused', () => {
+  const tpl = 'a=${a}\n%{ if url != "" ~}\nget ${url}\n%{ endif ~}\nend\n';
+  assert.equal(renderTemplate(tpl, { a: 1, url: '' }), 'a=1\nend\n');
+  assert.equal(renderTemplate(tpl, { a: 1, url: 'https://x' }), 'a=1\nget https://x\nend\n');
+  assert.throws(() => renderTemplate(tpl, { a: 1 }), /"url"/);
+});
