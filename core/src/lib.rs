@@ -7,6 +7,8 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod coordinator;
+pub mod coordinator;
+pub mod fence;
 pub mod fence;
 pub mod keys;
 pub mod lease;

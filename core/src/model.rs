@@ -226,6 +226,9 @@ pub struct Transition {
     pub step: TransitionStep,
     /// The term this transition created.
     pub term: u64,
+    /// The term before the transition (the one whose synchronous standbys are eligible).
+    #[serde(default)]
+    pub from_term: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_primary: Option<String>,
     pub candidate: String,
@@ -238,6 +241,82 @@ pub struct Transition {
     /// The operator asked to skip eligibility checks.
     #[serde(default)]
     pub forced: bool,
+    /// Fencing of the old primary still awaiting confirmation (e.g. an SSM command id), so a
+    /// resumed coordinator re-checks it instead of starting over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<FenceProgress>,
+    /// How the old primary was confirmed fenced (fencer name and its evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_by: Option<String>,
+    /// Switchover: the old primary's last WAL position after its demotion; the candidate is
+    /// designated only once it has replayed up to here (zero data loss).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_lsn: Option<Lsn>,
+    /// The candidate's WAL position when it first reported read-write in this term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_lsn: Option<Lsn>,
+}
+
+/// Fencing in flight: which fencer answered "pending" with which handle, and which fencers this
+/// transition has given up on (timed out), so the chain moves on to the next one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FenceProgress {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingFence>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip: Vec<String>,
+}
+
+/// A fencer's "pending" answer, recorded so the next run asks the same fencer about the same handle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingFence {
+    pub fencer: String,
+    pub handle: String,
+}
+
+/// What an operator can ask the coordinator for through the cluster record (`pgdctl` on etcd, or
+/// the Lambda's JSON actions). Written by compare-and-set into [`ClusterRecord::request`]; the
+/// coordinator takes it, acts or refuses, clears it and records a [`RequestOutcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestAction {
+    /// Forced change of primary: fences the current primary. `candidate` optional.
+    Failover,
+    /// Planned change of primary without data loss: demote, catch up, promote.
+    Switchover,
+    /// Stop automatic failover.
+    Pause,
+    /// Resume automatic failover.
+    Resume,
+}
+
+/// A manual request waiting for the coordinator (`ClusterRecord.request`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualRequest {
+    /// Caller-chosen id (e.g. a UUID) so the caller can find its outcome in `last_request`.
+    pub id: String,
+    pub action: RequestAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
+    /// Accept a candidate that fails the eligibility checks (S4 still logged in the reason).
+    #[serde(default)]
+    pub force: bool,
+    /// Wall-clock time of the request, for humans.
+    #[serde(default)]
+    pub requested_ms: u64,
+}
+
+/// What became of the last manual request (`ClusterRecord.last_request`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestOutcome {
+    pub id: String,
+    pub action: RequestAction,
+    pub accepted: bool,
+    pub reason: String,
 }
 
 /// What synchronous replication currently guarantees (recorded by the primary before it relies on it).
@@ -272,6 +351,13 @@ pub struct ClusterRecord {
     pub config: DynamicConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncState>,
+    /// A manual request (failover/switchover/pause/resume) waiting for the coordinator; see
+    /// [`ManualRequest`]. Writers must use compare-and-set and must not replace a pending one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<ManualRequest>,
+    /// The coordinator's answer to the last request it took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<RequestOutcome>,
 }
 
 impl ClusterRecord {
@@ -285,6 +371,8 @@ impl ClusterRecord {
             paused: false,
             config,
             sync: None,
+            request: None,
+            last_request: None,
         }
     }
 }

@@ -1,0 +1,693 @@
+//! The coordinator's decisions: a pure function of one consistent snapshot ([`ClusterView`]),
+//! this coordinator's own observations ([`Observations`]) and its configuration. It returns the
+//! actions to take and the reason, and never performs I/O; the driver carries the actions out.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::config::SyncMode;
+use crate::lease::LeaseState;
+use crate::lsn::Lsn;
+use crate::model::{
+    ClusterRecord, ClusterView, FenceProgress, HistoryEntry, ManualRequest, MemberStatus, PendingFence, RequestAction,
+    RequestOutcome, Role, Transition, TransitionKind, TransitionStep,
+};
+
+use super::observe::{Liveness, LockStatus, Observations};
+use super::{CoordinatorConfig, FencingPolicy};
+
+/// One step the driver must carry out. Everything except [`Action::Fence`] is a single
+/// compare-and-set of the cluster record (see [`apply`]); `Fence` runs the fencer and, once it
+/// confirms, records [`TransitionStep::Fenced`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Bump the term, name nobody primary, record the transition (and answer the request that
+    /// asked for it, if any).
+    Begin { transition: Transition, answer: Option<RequestOutcome> },
+    /// Answer a manual request without starting a transition (pause/resume, or a refusal).
+    Answer { outcome: RequestOutcome, paused: Option<bool> },
+    /// Fence (failover) or demote (switchover) the old primary. `pending` is the handle of the
+    /// fencer's last "pending" answer in this transition.
+    Fence { member: String, term: u64, kind: TransitionKind, reason: String, skip: Vec<String>, pending: Option<String> },
+    /// Give up on a fencer that stayed pending too long; the chain moves on to the next.
+    SkipFencer { fencer: String },
+    /// Record the old primary as fenced without a fencer (fencing off and its lease observed
+    /// expired or released, or no old primary).
+    MarkFenced { by: String, final_lsn: Option<Lsn> },
+    /// Replace the not yet designated candidate (the chosen one became ineligible).
+    ChangeCandidate { candidate: String, why: String },
+    /// Name the candidate primary of the transition's term: it may now take the lease and promote.
+    Designate,
+    /// The candidate reported read-write under the new term.
+    MarkPromoted { lsn: Option<Lsn> },
+    /// The other members are told (through the record) to follow the new primary.
+    MarkFollowed { members: Vec<String> },
+    /// Append the history record, then clear the transition.
+    Finish(HistoryEntry),
+}
+
+/// The overall verdict, for reports and runners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to do (healthy, paused, no record, another coordinator in charge).
+    Idle,
+    /// Actions to carry out.
+    Act,
+    /// Something is under way or not yet observable; come back on the next run.
+    Wait,
+    /// Something should happen but cannot (e.g. no eligible candidate); the reason says why.
+    Blocked,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub actions: Vec<Action>,
+    pub reason: String,
+}
+
+impl Decision {
+    fn idle(reason: impl Into<String>) -> Self {
+        Decision { verdict: Verdict::Idle, actions: vec![], reason: reason.into() }
+    }
+    fn wait(reason: impl Into<String>) -> Self {
+        Decision { verdict: Verdict::Wait, actions: vec![], reason: reason.into() }
+    }
+    fn blocked(reason: impl Into<String>) -> Self {
+        Decision { verdict: Verdict::Blocked, actions: vec![], reason: reason.into() }
+    }
+    fn act(action: Action, reason: impl Into<String>) -> Self {
+        Decision { verdict: Verdict::Act, actions: vec![action], reason: reason.into() }
+    }
+}
+
+/// Step names used in `step_times_ms` and history.
+pub fn step_name(step: TransitionStep) -> &'static str {
+    match step {
+        TransitionStep::TermBumped => "term_bumped",
+        TransitionStep::Fenced => "fenced",
+        TransitionStep::Designated => "designated",
+        TransitionStep::Promoted => "promoted",
+        TransitionStep::Followed => "followed",
+    }
+}
+
+/// Decides what to do next for one cluster.
+pub fn evaluate(view: &ClusterView, obs: &Observations, config: &CoordinatorConfig) -> Decision {
+    let Some(record) = view.cluster.as_ref() else {
+        return Decision::idle("no cluster record: nothing to coordinate until the cluster is bootstrapped");
+    };
+    if let LockStatus::Other { owner } = &obs.lock {
+        return Decision::idle(format!("coordinator {owner} holds the coordinator lock; not acting"));
+    }
+    if let Some(t) = &record.transition {
+        // Pause and resume never wait for a transition; other requests do.
+        if let Some(req) = &record.request {
+            if matches!(req.action, RequestAction::Pause | RequestAction::Resume) {
+                return answer_pause(req);
+            }
+        }
+        // A transition in progress is finished even when paused: stopping halfway would leave
+        // the cluster without a primary.
+        return continue_transition(view, record, t, obs, config);
+    }
+    if let Some(req) = &record.request {
+        return handle_request(view, record, req, obs, config);
+    }
+    if record.paused {
+        return Decision::idle("cluster is paused: no automatic failover");
+    }
+    check_primary(view, record, obs, config)
+}
+
+fn answer_pause(req: &ManualRequest) -> Decision {
+    let pause = req.action == RequestAction::Pause;
+    let reason = if pause { "paused: no automatic failover until resumed" } else { "resumed: automatic failover enabled" };
+    Decision::act(
+        Action::Answer {
+            outcome: RequestOutcome { id: req.id.clone(), action: req.action, accepted: true, reason: reason.into() },
+            paused: Some(pause),
+        },
+        reason,
+    )
+}
+
+fn refuse(req: &ManualRequest, reason: String) -> Decision {
+    Decision::act(
+        Action::Answer {
+            outcome: RequestOutcome { id: req.id.clone(), action: req.action, accepted: false, reason: reason.clone() },
+            paused: None,
+        },
+        format!("refused {:?} request {}: {reason}", req.action, req.id).to_lowercase(),
+    )
+}
+
+fn handle_request(view: &ClusterView, record: &ClusterRecord, req: &ManualRequest, obs: &Observations, config: &CoordinatorConfig) -> Decision {
+    let kind = match req.action {
+        RequestAction::Pause | RequestAction::Resume => return answer_pause(req),
+        RequestAction::Failover => TransitionKind::Failover,
+        RequestAction::Switchover => TransitionKind::Switchover,
+    };
+    if record.paused {
+        // Agents make no role changes while paused, so a designated candidate would never promote.
+        return refuse(req, "the cluster is paused: resume it first (agents make no role changes while paused)".into());
+    }
+    let primary = record.primary.clone();
+    if kind == TransitionKind::Switchover {
+        let Some(p) = primary.as_deref() else {
+            return refuse(req, "switchover needs a running primary and none is designated; use failover".into());
+        };
+        if let Err(why) = primary_healthy(view, record, p, obs) {
+            return refuse(req, format!("switchover needs a healthy primary: {why}; use failover"));
+        }
+    }
+    let exclude: Vec<&str> = primary.iter().map(String::as_str).collect();
+    let candidate = match &req.candidate {
+        Some(c) => {
+            if Some(c) == primary.as_ref() {
+                return refuse(req, format!("{c} is already the primary"));
+            }
+            let Some(status) = view.members.get(c) else {
+                return refuse(req, format!("{c} is not a member of the cluster (no heartbeat record)"));
+            };
+            let ctx = Eligibility::new(view, record, obs, config, record.term, &exclude);
+            if let Err(why) = ctx.check(status) {
+                if !req.force {
+                    return refuse(req, format!("candidate {c} is not eligible: {why} (use force to override)"));
+                }
+            }
+            c.clone()
+        }
+        None => match Eligibility::new(view, record, obs, config, record.term, &exclude).best() {
+            Ok(c) => c,
+            Err(why) => return refuse(req, format!("no eligible candidate: {why}")),
+        },
+    };
+    let reason = format!(
+        "manual {} requested ({}){}",
+        if kind == TransitionKind::Failover { "failover" } else { "switchover" },
+        req.id,
+        if req.force { ", forced" } else { "" }
+    );
+    let transition = new_transition(view, record, kind, primary, candidate.clone(), reason.clone(), req.force, obs.now_wall_ms);
+    let answer = RequestOutcome {
+        id: req.id.clone(),
+        action: req.action,
+        accepted: true,
+        reason: format!("started: {} -> {candidate} in term {}", transition.old_primary.as_deref().unwrap_or("(none)"), transition.term),
+    };
+    Decision::act(Action::Begin { transition, answer: Some(answer) }, format!("{reason}: candidate {candidate}"))
+}
+
+/// Whether the designated primary is up: holding the lease (by our observation) with a fresh,
+/// running, read-write heartbeat.
+fn primary_healthy(view: &ClusterView, record: &ClusterRecord, p: &str, obs: &Observations) -> Result<(), String> {
+    match &obs.leader {
+        LeaseState::Held { lease, .. } if lease.owner == p => {}
+        LeaseState::Held { lease, .. } => return Err(format!("the leader lease is held by {}, not {p}", lease.owner)),
+        LeaseState::Expired(_) => return Err(format!("{p}'s leader lease expired")),
+        LeaseState::Free(_) | LeaseState::Absent => return Err(format!("{p} holds no leader lease")),
+    }
+    let Some(status) = view.members.get(p) else { return Err(format!("{p} has no heartbeat record")) };
+    if !obs.member(p).is_fresh() {
+        return Err(format!("{p}'s heartbeat is not fresh"));
+    }
+    if !status.pg_running || status.role != Role::Primary {
+        return Err(format!("{p} reports Postgres {}", if status.pg_running { "not read-write" } else { "down" }));
+    }
+    let _ = record;
+    Ok(())
+}
+
+fn new_transition(
+    view: &ClusterView,
+    record: &ClusterRecord,
+    kind: TransitionKind,
+    old_primary: Option<String>,
+    candidate: String,
+    reason: String,
+    forced: bool,
+    now_ms: u64,
+) -> Transition {
+    // Above every term seen anywhere, so the candidate's lease acquisition always increases it.
+    let lease_term = view.leader.as_ref().map_or(0, |l| l.term);
+    let term = record.term.max(lease_term) + 1;
+    Transition {
+        kind,
+        step: TransitionStep::TermBumped,
+        term,
+        from_term: record.term,
+        old_primary,
+        candidate,
+        reason,
+        started_ms: now_ms,
+        step_times_ms: BTreeMap::from([(step_name(TransitionStep::TermBumped).to_string(), now_ms)]),
+        forced,
+        fence: None,
+        fenced_by: None,
+        final_lsn: None,
+        promote_lsn: None,
+    }
+}
+
+/// No transition, not paused: is the designated primary alive?
+fn check_primary(view: &ClusterView, record: &ClusterRecord, obs: &Observations, config: &CoordinatorConfig) -> Decision {
+    let Some(p) = record.primary.clone() else {
+        let holder = obs.leader.lease().filter(|l| !l.is_free()).map(|l| l.owner.clone());
+        return start_failover(view, record, obs, config, holder, "no primary is designated".into());
+    };
+    let lease_ms = record.config.lease_ms;
+    let why_down = match &obs.leader {
+        LeaseState::Expired(lease) => Some(format!(
+            "leader lease of {} (term {}) observed unchanged for at least {} ms",
+            lease.owner, lease.term, lease.lease_ms
+        )),
+        LeaseState::Held { lease, unchanged_for } => {
+            // A replica's own observation of the same rvn is evidence too (the rvn never
+            // repeats), but only where fencing will confirm before anything is promoted.
+            let sighting = (config.fencing == FencingPolicy::Required)
+                .then(|| {
+                    view.members.values().find_map(|m| {
+                        m.leader_seen
+                            .as_ref()
+                            .filter(|s| s.rvn == lease.rvn && s.unchanged_ms >= lease.lease_ms)
+                            .map(|s| (m.name.clone(), s.unchanged_ms))
+                    })
+                })
+                .flatten();
+            if let Some((who, ms)) = sighting {
+                Some(format!("{who} observed the leader lease of {} (term {}) unchanged for {ms} ms", lease.owner, lease.term))
+            } else if lease.owner != p {
+                return Decision::wait(format!(
+                    "leader lease held by {} (term {}) but {p} is the designated primary; waiting for it to lapse ({} of {lease_ms} ms)",
+                    lease.owner,
+                    lease.term,
+                    unchanged_for.as_millis()
+                ));
+            } else {
+                let o = obs.member(&p);
+                let down_for = o.pg_down_for.filter(|d| o.is_fresh() && *d >= config.stale_after(&record.config));
+                match down_for {
+                    Some(d) => Some(format!("{p} reports Postgres down for {} ms", d.as_millis())),
+                    None => return Decision::idle(format!("primary {p} healthy (term {}, lease held)", record.term)),
+                }
+            }
+        }
+        LeaseState::Free(_) | LeaseState::Absent => {
+            let o = obs.member(&p);
+            let status = view.members.get(&p);
+            match (o.liveness, status) {
+                (Liveness::Unknown, _) => {
+                    return Decision::wait(format!("{p} holds no leader lease; watching its heartbeat before deciding"));
+                }
+                (Liveness::Fresh, Some(s)) if s.pg_running && s.role == Role::Primary => {
+                    return Decision::wait(format!("{p} is read-write but holds no leader lease yet (acquiring?)"));
+                }
+                (Liveness::Fresh, Some(s)) if s.pg_running && s.role == Role::Unknown => {
+                    return Decision::wait(format!("{p} holds no leader lease and its role is not known yet"));
+                }
+                (Liveness::Fresh, Some(s)) => Some(format!(
+                    "{p} holds no leader lease and reports {}",
+                    if s.pg_running { "itself in recovery" } else { "Postgres down" }
+                )),
+                _ => Some(format!("{p} holds no leader lease and its heartbeat is stale")),
+            }
+        }
+    };
+    let why = why_down.expect("every branch without a reason returned");
+    start_failover(view, record, obs, config, Some(p), why)
+}
+
+fn start_failover(
+    view: &ClusterView,
+    record: &ClusterRecord,
+    obs: &Observations,
+    config: &CoordinatorConfig,
+    old: Option<String>,
+    why: String,
+) -> Decision {
+    let exclude: Vec<&str> = old.iter().map(String::as_str).collect();
+    let ctx = Eligibility::new(view, record, obs, config, record.term, &exclude);
+    let unknown = ctx.unknown_members();
+    if !unknown.is_empty() {
+        return Decision::wait(format!("{why}; watching heartbeats of {} before choosing a candidate", unknown.join(", ")));
+    }
+    match ctx.best() {
+        Ok(candidate) => {
+            let reason = format!("failover: {why}");
+            let t = new_transition(view, record, TransitionKind::Failover, old, candidate.clone(), reason.clone(), false, obs.now_wall_ms);
+            Decision::act(Action::Begin { transition: t, answer: None }, format!("{reason}; candidate {candidate}"))
+        }
+        Err(none) => Decision::blocked(format!("{why}; no promotion: no eligible candidate ({none})")),
+    }
+}
+
+fn continue_transition(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs: &Observations, config: &CoordinatorConfig) -> Decision {
+    if let Some(req) = &record.request {
+        // Leave the request pending? No: answer it, so the operator is not left guessing.
+        return refuse(
+            req,
+            format!("a {:?} to {} in term {} is in progress ({})", t.kind, t.candidate, t.term, step_name(t.step)).to_lowercase(),
+        );
+    }
+    let age = obs.step_age.unwrap_or_default();
+    match t.step {
+        TransitionStep::TermBumped => fence_step(view, record, t, obs, config, age),
+        TransitionStep::Fenced => designate_step(view, record, t, obs, config),
+        TransitionStep::Designated => promoted_step(view, record, t, obs, config, age),
+        TransitionStep::Promoted => {
+            let others: Vec<String> = view.members.keys().filter(|n| **n != t.candidate).cloned().collect();
+            Decision::act(
+                Action::MarkFollowed { members: others.clone() },
+                format!("{} is primary in term {}; members told to follow: {}", t.candidate, t.term, others.join(", ")),
+            )
+        }
+        TransitionStep::Followed => {
+            let entry = history_entry(t, obs.now_wall_ms);
+            Decision::act(Action::Finish(entry), format!("{:?} to {} in term {} complete", t.kind, t.candidate, t.term).to_lowercase())
+        }
+    }
+}
+
+fn fence_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs: &Observations, config: &CoordinatorConfig, age: Duration) -> Decision {
+    let Some(old) = &t.old_primary else {
+        return Decision::act(Action::MarkFenced { by: "no old primary to fence".into(), final_lsn: None }, "no old primary: nothing to fence");
+    };
+    if config.fencing == FencingPolicy::Off {
+        // S3 without fencing: only this coordinator's own observation of the lease counts.
+        let old_status = view.members.get(old);
+        let final_lsn = |s: Option<&MemberStatus>| s.and_then(|s| s.wal_position());
+        return match &obs.leader {
+            LeaseState::Expired(l) => Decision::act(
+                Action::MarkFenced {
+                    by: format!("fencing off: lease of {} (term {}) observed unchanged for {} ms", l.owner, l.term, l.lease_ms),
+                    final_lsn: if t.kind == TransitionKind::Switchover { final_lsn(old_status) } else { None },
+                },
+                format!("{old}'s lease expired by observation (fencing off)"),
+            ),
+            LeaseState::Free(_) | LeaseState::Absent => {
+                if t.kind == TransitionKind::Switchover {
+                    // Zero data loss needs the demoted primary's final position.
+                    match old_status {
+                        Some(s) if s.role != Role::Primary && obs.member(old).is_fresh() && s.term >= t.term => {
+                            return Decision::act(
+                                Action::MarkFenced { by: format!("fencing off: {old} released its lease and left read-write"), final_lsn: s.wal_position() },
+                                format!("{old} demoted itself"),
+                            );
+                        }
+                        _ => return Decision::wait(format!("switchover: waiting for {old} to demote itself (fencing off)")),
+                    }
+                }
+                Decision::act(
+                    Action::MarkFenced { by: format!("fencing off: {old} holds no leader lease"), final_lsn: None },
+                    format!("{old} released the leader lease"),
+                )
+            }
+            LeaseState::Held { lease, unchanged_for } => Decision::wait(format!(
+                "fencing off: waiting for {}'s lease to be seen unchanged for {} ms ({} ms so far)",
+                lease.owner,
+                lease.lease_ms,
+                unchanged_for.as_millis()
+            )),
+        };
+    }
+    let progress = t.fence.clone().unwrap_or_default();
+    if let Some(p) = &progress.pending {
+        if age >= config.fence_pending_timeout() {
+            return Decision::act(
+                Action::SkipFencer { fencer: p.fencer.clone() },
+                format!("fencer {} still pending after {} ms; trying the next", p.fencer, age.as_millis()),
+            );
+        }
+    }
+    let verb = if t.kind == TransitionKind::Switchover { "demote" } else { "fence" };
+    let _ = record;
+    Decision::act(
+        Action::Fence {
+            member: old.clone(),
+            term: t.term,
+            kind: t.kind,
+            reason: t.reason.clone(),
+            skip: progress.skip.clone(),
+            pending: progress.pending.as_ref().map(|p: &PendingFence| p.handle.clone()),
+        },
+        format!("{verb} {old} for term {}", t.term),
+    )
+}
+
+fn designate_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs: &Observations, config: &CoordinatorConfig) -> Decision {
+    let mut exclude: Vec<&str> = t.old_primary.iter().map(String::as_str).collect();
+    let ctx = Eligibility::new(view, record, obs, config, t.from_term, &exclude);
+    if !t.forced {
+        let check = match view.members.get(&t.candidate) {
+            Some(s) => ctx.check(s),
+            None => Err("its heartbeat record is gone".into()),
+        };
+        if let Err(why) = check {
+            if obs.member(&t.candidate).liveness == Liveness::Unknown {
+                return Decision::wait(format!("watching {}'s heartbeat before designating it", t.candidate));
+            }
+            exclude.push(&t.candidate);
+            let ctx = Eligibility::new(view, record, obs, config, t.from_term, &exclude);
+            return match ctx.best() {
+                Ok(other) if t.kind == TransitionKind::Failover => Decision::act(
+                    Action::ChangeCandidate { candidate: other.clone(), why: why.clone() },
+                    format!("candidate {} no longer eligible ({why}); choosing {other}", t.candidate),
+                ),
+                _ => Decision::blocked(format!("candidate {} is not eligible ({why}) and no other candidate qualifies", t.candidate)),
+            };
+        }
+    }
+    if t.kind == TransitionKind::Switchover {
+        let Some(target) = t.final_lsn else {
+            return Decision::blocked(format!("switchover: the final LSN of {} is unknown", t.old_primary.as_deref().unwrap_or("?")));
+        };
+        let replayed = view.members.get(&t.candidate).and_then(|s| s.replay_lsn);
+        if replayed.is_none_or(|r| r < target) {
+            return Decision::wait(format!(
+                "switchover: waiting for {} to replay up to {target} (at {})",
+                t.candidate,
+                replayed.map_or("unknown".to_string(), |l| l.to_string())
+            ));
+        }
+    }
+    Decision::act(Action::Designate, format!("designate {} primary for term {}", t.candidate, t.term))
+}
+
+fn promoted_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs: &Observations, config: &CoordinatorConfig, age: Duration) -> Decision {
+    let status = view.members.get(&t.candidate);
+    let holds_lease = obs.leader.lease().is_some_and(|l| !l.is_free() && l.owner == t.candidate && l.term >= t.term);
+    let read_write = status.is_some_and(|s| s.role == Role::Primary && s.pg_running && s.term >= t.term);
+    if holds_lease && read_write {
+        let lsn = status.and_then(|s| s.write_lsn.or(s.flush_lsn));
+        return Decision::act(Action::MarkPromoted { lsn }, format!("{} reports read-write in term {}", t.candidate, t.term));
+    }
+    let o = obs.member(&t.candidate);
+    let gone = matches!(o.liveness, Liveness::Stale { .. }) || o.pg_down_for.is_some_and(|d| d >= config.stale_after(&record.config));
+    if age >= config.promote_timeout() && gone {
+        // The designated candidate died before promoting: it may have promoted unseen, so it
+        // becomes the old primary of a new transition (fenced like any other).
+        return start_failover(
+            view,
+            record,
+            obs,
+            config,
+            Some(t.candidate.clone()),
+            format!("designated candidate {} did not report read-write within {} ms and looks down", t.candidate, age.as_millis()),
+        );
+    }
+    Decision::wait(format!(
+        "waiting for {} to report read-write in term {} ({}{})",
+        t.candidate,
+        t.term,
+        if holds_lease { "holds the lease" } else { "lease not yet taken" },
+        if read_write { ", read-write" } else { "" }
+    ))
+}
+
+/// The history record of a finished transition.
+pub fn history_entry(t: &Transition, now_ms: u64) -> HistoryEntry {
+    HistoryEntry {
+        term: t.term,
+        kind: t.kind,
+        old_primary: t.old_primary.clone(),
+        new_primary: t.candidate.clone(),
+        lsn: t.promote_lsn,
+        reason: match &t.fenced_by {
+            Some(f) => format!("{} (fenced: {f})", t.reason),
+            None => t.reason.clone(),
+        },
+        started_ms: t.started_ms,
+        finished_ms: now_ms,
+        step_ms: t.step_times_ms.iter().map(|(k, v)| (k.clone(), v.saturating_sub(t.started_ms))).collect(),
+    }
+}
+
+/// S4: which members may be promoted, and the best of them.
+pub struct Eligibility<'a> {
+    view: &'a ClusterView,
+    record: &'a ClusterRecord,
+    obs: &'a Observations,
+    config: &'a CoordinatorConfig,
+    sync_term: u64,
+    exclude: &'a [&'a str],
+    timeline: u32,
+    most_advanced: Option<Lsn>,
+}
+
+impl<'a> Eligibility<'a> {
+    /// `sync_term`: the term whose synchronous standbys are eligible in synchronous mode (the
+    /// current one before a transition, the transition's `from_term` during one).
+    pub fn new(
+        view: &'a ClusterView,
+        record: &'a ClusterRecord,
+        obs: &'a Observations,
+        config: &'a CoordinatorConfig,
+        sync_term: u64,
+        exclude: &'a [&'a str],
+    ) -> Self {
+        let reachable = |m: &&MemberStatus| obs.member(&m.name).is_fresh() && m.pg_running && m.role == Role::Replica;
+        // The current timeline: the old primary's last reported one, or the newest any
+        // reachable replica reports.
+        let primary_tl = record.primary.as_ref().and_then(|p| view.members.get(p)).map_or(0, |s| s.timeline);
+        let timeline = view.members.values().filter(reachable).map(|m| m.timeline).fold(primary_tl, u32::max);
+        let most_advanced = view.members.values().filter(reachable).filter_map(|m| m.wal_position()).max();
+        Eligibility { view, record, obs, config, sync_term, exclude, timeline, most_advanced }
+    }
+
+    /// Members not yet observed long enough to judge (excluded ones aside).
+    pub fn unknown_members(&self) -> Vec<String> {
+        self.view
+            .members
+            .keys()
+            .filter(|n| !self.exclude.contains(&n.as_str()) && self.obs.member(n).liveness == Liveness::Unknown)
+            .cloned()
+            .collect()
+    }
+
+    /// Why `m` may not be promoted, if it may not.
+    pub fn check(&self, m: &MemberStatus) -> Result<(), String> {
+        if self.exclude.contains(&m.name.as_str()) {
+            return Err("it is the primary being replaced".into());
+        }
+        match self.obs.member(&m.name).liveness {
+            Liveness::Fresh => {}
+            Liveness::Unknown => return Err("heartbeat not yet observed changing".into()),
+            Liveness::Stale { unchanged_for } => return Err(format!("heartbeat stale for {} ms", unchanged_for.as_millis())),
+        }
+        if !m.pg_running {
+            return Err("Postgres not running".into());
+        }
+        if m.role != Role::Replica {
+            return Err(format!("not in recovery (role {:?})", m.role).to_lowercase());
+        }
+        if m.tags.nofailover {
+            return Err("tagged nofailover".into());
+        }
+        if m.timeline < self.timeline {
+            return Err(format!("on timeline {} behind the current {}", m.timeline, self.timeline));
+        }
+        if self.record.config.synchronous_mode != SyncMode::Off {
+            let listed = self.record.sync.as_ref().is_some_and(|s| s.term == self.sync_term && s.members.iter().any(|n| *n == m.name));
+            if !listed {
+                return Err(format!("synchronous mode: not a synchronous standby of term {}", self.sync_term));
+            }
+        }
+        let Some(pos) = m.wal_position() else { return Err("reports no WAL position".into()) };
+        if let Some(best) = self.most_advanced {
+            let behind = best.bytes_ahead_of(pos);
+            let max = self.record.config.maximum_lag_on_failover;
+            if behind > max {
+                return Err(format!("{behind} bytes behind the most advanced replica (maximum_lag_on_failover {max})"));
+            }
+        }
+        let _ = self.config;
+        Ok(())
+    }
+
+    /// The best eligible member (S4 ties: received LSN, replayed LSN, priority, name), or why
+    /// there is none (every member's reason).
+    pub fn best(&self) -> Result<String, String> {
+        let mut eligible = Vec::new();
+        let mut why = Vec::new();
+        for m in self.view.members.values() {
+            if self.exclude.contains(&m.name.as_str()) {
+                continue;
+            }
+            match self.check(m) {
+                Ok(()) => eligible.push(m),
+                Err(e) => why.push(format!("{}: {e}", m.name)),
+            }
+        }
+        eligible
+            .into_iter()
+            .max_by(|a, b| {
+                let key = |m: &MemberStatus| (m.receive_lsn.or(m.replay_lsn), m.replay_lsn, m.tags.priority);
+                key(a).cmp(&key(b)).then_with(|| b.name.cmp(&a.name))
+            })
+            .map(|m| m.name.clone())
+            .ok_or_else(|| if why.is_empty() { "no other members".to_string() } else { why.join("; ") })
+    }
+}
+
+/// The cluster record after a record-only action (everything but [`Action::Fence`]).
+/// Returns `None` for `Fence`, whose record change depends on the fencer's answer.
+pub fn apply(record: &ClusterRecord, action: &Action, now_ms: u64) -> Option<ClusterRecord> {
+    let mut r = record.clone();
+    let stamp = |t: &mut Transition, step: TransitionStep| {
+        t.step = step;
+        t.step_times_ms.insert(step_name(step).to_string(), now_ms);
+    };
+    match action {
+        Action::Fence { .. } => return None,
+        Action::Begin { transition, answer } => {
+            r.term = transition.term;
+            r.primary = None;
+            r.transition = Some(transition.clone());
+            if let Some(a) = answer {
+                r.request = None;
+                r.last_request = Some(a.clone());
+            }
+        }
+        Action::Answer { outcome, paused } => {
+            r.request = None;
+            r.last_request = Some(outcome.clone());
+            if let Some(p) = paused {
+                r.paused = *p;
+            }
+        }
+        Action::SkipFencer { fencer } => {
+            let t = r.transition.as_mut()?;
+            let f = t.fence.get_or_insert_with(FenceProgress::default);
+            f.pending = None;
+            if !f.skip.contains(fencer) {
+                f.skip.push(fencer.clone());
+            }
+        }
+        Action::MarkFenced { by, final_lsn } => {
+            let t = r.transition.as_mut()?;
+            t.fenced_by = Some(by.clone());
+            t.final_lsn = *final_lsn;
+            if let Some(f) = t.fence.as_mut() {
+                f.pending = None;
+            }
+            stamp(t, TransitionStep::Fenced);
+        }
+        Action::ChangeCandidate { candidate, .. } => {
+            r.transition.as_mut()?.candidate = candidate.clone();
+        }
+        Action::Designate => {
+            let t = r.transition.as_mut()?;
+            r.primary = Some(t.candidate.clone());
+            stamp(t, TransitionStep::Designated);
+        }
+        Action::MarkPromoted { lsn } => {
+            let t = r.transition.as_mut()?;
+            t.promote_lsn = *lsn;
+            stamp(t, TransitionStep::Promoted);
+        }
+        Action::MarkFollowed { .. } => stamp(r.transition.as_mut()?, TransitionStep::Followed),
+        Action::Finish(_) => r.transition = None,
+    }
+    Some(r)
+}

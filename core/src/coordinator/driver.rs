@@ -1,0 +1,291 @@
+//! The coordinator driver: holds the coordinator lock, observes, evaluates, and carries out the
+//! next step(s) of one cluster per call. No sleeping, spawning or timers inside.
+
+use std::collections::BTreeMap;
+
+use crate::clock::Clock;
+use crate::fence::{FenceStatus, FenceTarget, Fencer};
+use crate::lease::{AcquireOutcome, HeldLease, LeaseClient};
+use crate::model::{ClusterRecord, ClusterView, FenceProgress, LeaseName, PendingFence, TransitionKind};
+use crate::store::{Store, StoreError};
+
+use super::decide::{apply, evaluate, Action, Verdict};
+use super::observe::{LockStatus, Watch};
+use super::CoordinatorConfig;
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Nothing to do (healthy, paused, no record).
+    Idle,
+    /// At least one step was recorded this run; more may follow.
+    Progressed,
+    /// Waiting on something (fencing pending, a promotion, observations); come back later.
+    Waiting,
+    /// Something should happen and cannot (no eligible candidate, fencing not confirmed).
+    Blocked,
+    /// Another coordinator holds the lock, or ours lapsed.
+    NotInCharge,
+    /// The store failed or holds a malformed record; nothing was decided.
+    Error,
+}
+
+/// What one `run_once` saw and did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunReport {
+    pub cluster: String,
+    pub outcome: Outcome,
+    /// Why the run ended where it did (the last decision's reason).
+    pub reason: String,
+    /// Each step carried out, in order, with its reason.
+    pub steps: Vec<String>,
+    /// The cluster record as last read or written.
+    pub record: Option<ClusterRecord>,
+}
+
+impl RunReport {
+    /// No transition or request is in flight and the last decision needed nothing.
+    pub fn settled(&self) -> bool {
+        self.outcome == Outcome::Idle && self.record.as_ref().is_none_or(|r| r.transition.is_none() && r.request.is_none())
+    }
+}
+
+struct ClusterState<S, C> {
+    lock: LeaseClient<S, C>,
+    held: Option<HeldLease>,
+    watch: Watch,
+}
+
+/// One coordinator process's view of the clusters it coordinates.
+///
+/// `owner` names this coordinator in the coordinator lock (unique per process: a restarted
+/// coordinator is a new owner and waits out the old one's lock unless it was released).
+pub struct Coordinator<S: Store + Clone, F: Fencer, C: Clock + Clone> {
+    store: S,
+    fencer: F,
+    clock: C,
+    config: CoordinatorConfig,
+    owner: String,
+    clusters: BTreeMap<String, ClusterState<S, C>>,
+}
+
+enum StepResult {
+    /// Recorded; evaluate again.
+    Progressed(String),
+    /// Nothing more this run.
+    Stop(Outcome, String),
+}
+
+impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
+    pub fn new(store: S, fencer: F, clock: C, config: CoordinatorConfig, owner: impl Into<String>) -> Self {
+        Coordinator { store, fencer, clock, config, owner: owner.into(), clusters: BTreeMap::new() }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// One evaluation and at most `max_steps_per_run` recorded steps. Returns at the first wait.
+    pub async fn run_once(&mut self, cluster: &str) -> RunReport {
+        let mut report = RunReport { cluster: cluster.to_string(), outcome: Outcome::Idle, reason: String::new(), steps: vec![], record: None };
+        let lock = match self.ensure_lock(cluster).await {
+            Ok(l) => l,
+            Err(e) => {
+                report.outcome = Outcome::Error;
+                report.reason = format!("coordinator lock: {e}");
+                return report;
+            }
+        };
+        for _ in 0..self.config.max_steps_per_run {
+            let view = match self.store.read_view(cluster).await {
+                Ok(v) => v,
+                Err(e) => {
+                    report.outcome = Outcome::Error;
+                    report.reason = format!("reading the cluster: {e}");
+                    return report;
+                }
+            };
+            report.record = view.cluster.clone();
+            let now = self.clock.monotonic();
+            let dynamic = view.cluster.as_ref().map(|c| c.config.clone()).unwrap_or_default();
+            let stale_after = self.config.stale_after(&dynamic);
+            let wall = self.clock.wall_ms();
+            let state = self.clusters.get_mut(cluster).expect("ensure_lock created it");
+            let obs = state.watch.observe(&view, now, stale_after, wall, lock.clone());
+            let held = state.held.clone();
+            let decision = evaluate(&view, &obs, &self.config);
+            tracing::debug!(cluster, verdict = ?decision.verdict, reason = %decision.reason, "coordinator decision");
+            if decision.actions.is_empty() {
+                report.reason = decision.reason;
+                report.outcome = match (decision.verdict, lock == LockStatus::Held) {
+                    (_, false) => Outcome::NotInCharge,
+                    (Verdict::Idle, _) if !report.steps.is_empty() => Outcome::Progressed,
+                    (Verdict::Idle, _) => Outcome::Idle,
+                    (Verdict::Wait, _) | (Verdict::Act, _) => Outcome::Waiting,
+                    (Verdict::Blocked, _) => Outcome::Blocked,
+                };
+                return report;
+            }
+            for action in decision.actions {
+                // Act only while the lock is ours by our own clock (checked before each write).
+                let valid = held.as_ref().is_some_and(|h| h.is_valid(self.clock.monotonic(), self.config.lock_margin()));
+                if !valid {
+                    report.outcome = Outcome::NotInCharge;
+                    report.reason = "the coordinator lock lapsed before acting; not acting".into();
+                    return report;
+                }
+                match self.execute(cluster, &view, action, &decision.reason).await {
+                    StepResult::Progressed(step) => {
+                        tracing::info!(cluster, step = %step, "coordinator step");
+                        report.steps.push(step);
+                    }
+                    StepResult::Stop(outcome, reason) => {
+                        if let Ok(Some(r)) = self.store.read_cluster(cluster).await {
+                            report.record = Some(r);
+                        }
+                        report.outcome = if outcome == Outcome::Waiting && !report.steps.is_empty() { Outcome::Progressed } else { outcome };
+                        report.reason = reason;
+                        return report;
+                    }
+                }
+            }
+        }
+        report.outcome = Outcome::Progressed;
+        report.reason = format!("took {} steps this run", report.steps.len());
+        if let Ok(Some(r)) = self.store.read_cluster(cluster).await {
+            report.record = Some(r);
+        }
+        report
+    }
+
+    /// Releases the coordinator lock of `cluster` if held (a runner ending its invocation), so
+    /// the next coordinator may take over at once.
+    pub async fn release(&mut self, cluster: &str) -> Result<(), StoreError> {
+        if let Some(state) = self.clusters.get_mut(cluster) {
+            if let Some(held) = state.held.take() {
+                return state.lock.release(&held).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Renews or acquires the coordinator lock.
+    async fn ensure_lock(&mut self, cluster: &str) -> Result<LockStatus, StoreError> {
+        let state = self.clusters.entry(cluster.to_string()).or_insert_with(|| ClusterState {
+            lock: LeaseClient::new(
+                self.store.clone(),
+                self.clock.clone(),
+                cluster,
+                LeaseName::Coordinator,
+                self.owner.clone(),
+                self.config.lock_lease_ms,
+            ),
+            held: None,
+            watch: Watch::new(),
+        });
+        if let Some(held) = state.held.take() {
+            if held.is_valid(self.clock.monotonic(), self.config.lock_margin()) {
+                match state.lock.renew(&held).await {
+                    Ok(h) => {
+                        state.held = Some(h);
+                        return Ok(LockStatus::Held);
+                    }
+                    Err(e) if e.is_conflict() => tracing::warn!(cluster, error = %e, "coordinator lock lost"),
+                    Err(e) => {
+                        // Unknown whether the renewal happened: keep counting on the old write only.
+                        state.held = Some(held);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        match state.lock.try_acquire(None).await? {
+            AcquireOutcome::Acquired(h) => {
+                tracing::info!(cluster, owner = %self.owner, term = h.lease.term, "coordinator lock acquired");
+                state.held = Some(h);
+                Ok(LockStatus::Held)
+            }
+            AcquireOutcome::HeldByOther { owner, .. } => Ok(LockStatus::Other { owner }),
+        }
+    }
+
+    async fn write(&self, cluster: &str, view: &ClusterView, next: ClusterRecord, step: String) -> StepResult {
+        let expected = view.cluster.as_ref().map(|c| c.version);
+        match self.store.write_cluster(cluster, expected, &next).await {
+            Ok(_) => StepResult::Progressed(step),
+            Err(e) if e.is_conflict() => StepResult::Stop(Outcome::Waiting, format!("lost the race writing the cluster record ({e}); re-reading next run")),
+            Err(e) => StepResult::Stop(Outcome::Error, format!("writing the cluster record: {e}")),
+        }
+    }
+
+    async fn execute(&self, cluster: &str, view: &ClusterView, action: Action, reason: &str) -> StepResult {
+        let record = view.cluster.as_ref().expect("actions are only decided from a record");
+        let now_ms = self.clock.wall_ms();
+        match action {
+            Action::Fence { member, term, kind, reason: why, skip, pending } => {
+                let mut target = FenceTarget::new(cluster, &member, view.members.get(&member), term, kind, &why);
+                target.skip = skip;
+                let answer = self.fencer.fence(&target, pending.as_deref()).await;
+                let verb = if kind == TransitionKind::Switchover { "demotion" } else { "fencing" };
+                match answer {
+                    FenceStatus::Confirmed { detail, lsn } => {
+                        let mark = Action::MarkFenced { by: detail.clone(), final_lsn: lsn };
+                        let next = apply(record, &mark, now_ms).expect("record-only action");
+                        self.write(cluster, view, next, format!("{member} {verb} confirmed: {detail}")).await
+                    }
+                    FenceStatus::Pending { handle, detail } => {
+                        if pending.as_deref() != Some(handle.as_str()) {
+                            let fencer = handle.split_once(':').map_or(self.fencer.name(), |(n, _)| n).to_string();
+                            let mut next = record.clone();
+                            if let Some(t) = next.transition.as_mut() {
+                                t.fence.get_or_insert_with(FenceProgress::default).pending = Some(PendingFence { fencer, handle: handle.clone() });
+                            }
+                            if let StepResult::Stop(o, r) = self.write(cluster, view, next, String::new()).await {
+                                return StepResult::Stop(o, r);
+                            }
+                        }
+                        StepResult::Stop(Outcome::Waiting, format!("{verb} of {member} pending: {detail}"))
+                    }
+                    FenceStatus::Failed { detail } | FenceStatus::Refused { detail } => {
+                        // Start over with the first fencer next run.
+                        if pending.is_some() {
+                            let mut next = record.clone();
+                            if let Some(f) = next.transition.as_mut().and_then(|t| t.fence.as_mut()) {
+                                f.pending = None;
+                            }
+                            let _ = self.write(cluster, view, next, String::new()).await;
+                        }
+                        StepResult::Stop(Outcome::Blocked, format!("{verb} of {member} not confirmed: {detail}; retrying next run"))
+                    }
+                }
+            }
+            Action::Finish(entry) => {
+                match self.store.append_history(cluster, &entry).await {
+                    Ok(()) => {}
+                    // A resumed coordinator finds the entry written by its predecessor.
+                    Err(e) if e.is_conflict() => {}
+                    Err(e) => return StepResult::Stop(Outcome::Error, format!("writing history: {e}")),
+                }
+                let next = apply(record, &Action::Finish(entry), now_ms).expect("record-only action");
+                self.write(cluster, view, next, reason.to_string()).await
+            }
+            other => {
+                let next = apply(record, &other, now_ms).expect("record-only action");
+                self.write(cluster, view, next, reason.to_string()).await
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! What the coordinator has *observed* on its own monotonic clock: lease changes (rvn) and
+//! heartbeat changes (seq). Liveness is judged only by observed change, never by timestamps
+//! written on other hosts (S3).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::lease::{LeaseObserver, LeaseState};
+use crate::model::ClusterView;
+
+/// How a member's heartbeat looks to this coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Its `seq` changed while observed, most recently less than the stale threshold ago.
+    Fresh,
+    /// Its `seq` has not changed for at least the stale threshold (or it has no heartbeat record
+    /// at all, `unchanged_for` zero then).
+    Stale { unchanged_for: Duration },
+    /// Watched for less than the stale threshold without a change yet: no conclusion possible.
+    Unknown,
+}
+
+/// One member as observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberObservation {
+    pub liveness: Liveness,
+    /// How long its heartbeats have continuously reported Postgres not running.
+    pub pg_down_for: Option<Duration>,
+}
+
+impl MemberObservation {
+    pub fn fresh() -> Self {
+        MemberObservation { liveness: Liveness::Fresh, pg_down_for: None }
+    }
+    pub fn is_fresh(&self) -> bool {
+        self.liveness == Liveness::Fresh
+    }
+}
+
+/// Whether this coordinator holds the coordinator lock for the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockStatus {
+    Held,
+    Other { owner: String },
+}
+
+/// Everything `evaluate` needs besides the store snapshot, all taken by this coordinator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observations {
+    /// Wall clock, only for records shown to humans (transition and history times).
+    pub now_wall_ms: u64,
+    /// The leader lease judged by this coordinator's own observer.
+    pub leader: LeaseState,
+    /// Members by name (members without a heartbeat record are absent).
+    pub members: BTreeMap<String, MemberObservation>,
+    /// How long this coordinator has seen the current transition in its current step (with the
+    /// same pending fence handle); `None` when no transition is in progress.
+    pub step_age: Option<Duration>,
+    pub lock: LockStatus,
+}
+
+impl Observations {
+    /// The observation of `name`; a member without a heartbeat record counts as stale.
+    pub fn member(&self, name: &str) -> MemberObservation {
+        self.members
+            .get(name)
+            .copied()
+            .unwrap_or(MemberObservation { liveness: Liveness::Stale { unchanged_for: Duration::ZERO }, pg_down_for: None })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SeqWatch {
+    seq: u64,
+    first_seen: Duration,
+    last_change: Option<Duration>,
+    pg_down_since: Option<Duration>,
+}
+
+/// Turns successive snapshots of one cluster into [`Observations`].
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    leader: LeaseObserver,
+    members: BTreeMap<String, SeqWatch>,
+    step: Option<(String, Duration)>,
+}
+
+impl Watch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one snapshot read that returned at monotonic time `now`.
+    pub fn observe(&mut self, view: &ClusterView, now: Duration, stale_after: Duration, now_wall_ms: u64, lock: LockStatus) -> Observations {
+        let leader = self.leader.observe(view.leader.as_ref(), now);
+        self.members.retain(|name, _| view.members.contains_key(name));
+        let mut members = BTreeMap::new();
+        for (name, status) in &view.members {
+            let w = self.members.entry(name.clone()).or_insert_with(|| SeqWatch {
+                seq: status.seq,
+                first_seen: now,
+                last_change: None,
+                pg_down_since: None,
+            });
+            if status.seq != w.seq {
+                w.seq = status.seq;
+                w.last_change = Some(now);
+            }
+            if status.pg_running {
+                w.pg_down_since = None;
+            } else if w.pg_down_since.is_none() {
+                w.pg_down_since = Some(now);
+            }
+            let unchanged_for = now.saturating_sub(w.last_change.unwrap_or(w.first_seen));
+            let liveness = if unchanged_for >= stale_after {
+                Liveness::Stale { unchanged_for }
+            } else if w.last_change.is_some() {
+                Liveness::Fresh
+            } else {
+                Liveness::Unknown
+            };
+            let pg_down_for = w.pg_down_since.map(|s| now.saturating_sub(s));
+            members.insert(name.clone(), MemberObservation { liveness, pg_down_for });
+        }
+        let step_age = view.cluster.as_ref().and_then(|c| c.transition.as_ref()).map(|t| {
+            let key = format!(
+                "{}/{:?}/{:?}",
+                t.term,
+                t.step,
+                t.fence.as_ref().and_then(|f| f.pending.as_ref()).map(|p| &p.handle)
+            );
+            match &self.step {
+                Some((k, since)) if *k == key => now.saturating_sub(*since),
+                _ => {
+                    self.step = Some((key, now));
+                    Duration::ZERO
+                }
+            }
+        });
+        if step_age.is_none() {
+            self.step = None;
+        }
+        Observations { now_wall_ms, leader, members, step_age, lock }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MemberStatus;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn view(seq: u64, running: bool) -> ClusterView {
+        let mut m = MemberStatus::new("n1");
+        m.seq = seq;
+        m.pg_running = running;
+        let mut v = ClusterView::default();
+        v.members.insert("n1".into(), m);
+        v
+    }
+
+    #[test]
+    fn liveness_needs_an_observed_change() {
+        let mut w = Watch::new();
+        let stale = MS(3000);
+        let o = |w: &mut Watch, seq, at| w.observe(&view(seq, true), MS(at), stale, 0, LockStatus::Held).member("n1").liveness;
+        assert_eq!(o(&mut w, 5, 0), Liveness::Unknown);
+        assert_eq!(o(&mut w, 5, 2999), Liveness::Unknown);
+        assert_eq!(o(&mut w, 6, 3100), Liveness::Fresh);
+        assert_eq!(o(&mut w, 6, 6099), Liveness::Fresh);
+        assert_eq!(o(&mut w, 6, 6100), Liveness::Stale { unchanged_for: MS(3000) });
+        let mut w2 = Watch::new();
+        assert_eq!(o(&mut w2, 1, 0), Liveness::Unknown);
+        assert_eq!(o(&mut w2, 1, 3000), Liveness::Stale { unchanged_for: MS(3000) });
+    }
+
+    #[test]
+    fn pg_down_duration_resets_when_it_runs_again() {
+        let mut w = Watch::new();
+        let stale = MS(3000);
+        w.observe(&view(1, false), MS(0), stale, 0, LockStatus::Held);
+        let o = w.observe(&view(2, false), MS(1000), stale, 0, LockStatus::Held);
+        assert_eq!(o.member("n1").pg_down_for, Some(MS(1000)));
+        let o = w.observe(&view(3, true), MS(2000), stale, 0, LockStatus::Held);
+        assert_eq!(o.member("n1").pg_down_for, None);
+    }
+}

@@ -1,0 +1,241 @@
+//! Fencing: making sure an old primary can no longer accept writes before another member is
+//! promoted (S3). Implementations (EC2 StopInstances, SSM RunCommand, the agent's HTTP demote, a
+//! local command) live with their clients; this module holds the contract and the ordered chain.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::lsn::Lsn;
+use crate::model::{MemberStatus, TransitionKind};
+
+/// The member to fence and everything a fencer may need to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceTarget {
+    pub cluster: String,
+    pub member: String,
+    /// The new term: the fenced member must not act as primary in any term below it.
+    pub term: u64,
+    pub kind: TransitionKind,
+    pub reason: String,
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// The member's agent API base URL (may be empty).
+    #[serde(default)]
+    pub api_url: String,
+    #[serde(default)]
+    pub pg_host: String,
+    #[serde(default)]
+    pub pg_port: u16,
+    /// Fencers this transition has given up on (timed out while pending): a chain skips them.
+    #[serde(default)]
+    pub skip: Vec<String>,
+}
+
+impl FenceTarget {
+    /// A target built from the member's last heartbeat (or from its name alone when none exists).
+    pub fn new(cluster: &str, member: &str, status: Option<&MemberStatus>, term: u64, kind: TransitionKind, reason: &str) -> Self {
+        FenceTarget {
+            cluster: cluster.to_string(),
+            member: member.to_string(),
+            term,
+            kind,
+            reason: reason.to_string(),
+            instance_id: status.and_then(|s| s.instance_id.clone()),
+            api_url: status.map(|s| s.api_url.clone()).unwrap_or_default(),
+            pg_host: status.map(|s| s.pg_host.clone()).unwrap_or_default(),
+            pg_port: status.map_or(0, |s| s.pg_port),
+            skip: Vec::new(),
+        }
+    }
+}
+
+/// A fencer's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FenceStatus {
+    /// The target can no longer accept writes, confirmed (instance stopping/stopped, stop
+    /// command succeeded, agent confirmed demotion). `lsn`: the target's last WAL position when
+    /// the fencer learnt it (a clean demotion reports it; a stopped instance cannot).
+    Confirmed { detail: String, lsn: Option<Lsn> },
+    /// Started but not yet confirmed; ask again with this `handle` (e.g. an SSM command id).
+    Pending { handle: String, detail: String },
+    /// Tried and failed (API error, command failed, agent unreachable): try the next fencer.
+    Failed { detail: String },
+    /// Not applicable to this target or not allowed (no instance id, instance not tagged with
+    /// the cluster's id): nothing was done.
+    Refused { detail: String },
+}
+
+impl FenceStatus {
+    pub fn is_confirmed(&self) -> bool {
+        matches!(self, FenceStatus::Confirmed { .. })
+    }
+}
+
+/// One way of fencing a member.
+///
+/// Obligations:
+/// - Return `Confirmed` only when the target is confirmed unable to accept writes; anything
+///   short of confirmation is `Pending` (will be asked again) or `Failed`.
+/// - Idempotent: fencing an already fenced target confirms again; `pending` is the handle of a
+///   previous `Pending` answer from this fencer for the same target, and the fencer must check
+///   that operation rather than start another.
+/// - Never act on a target it is not allowed to touch (cloud fencers check the instance carries
+///   the cluster's tag first) — answer `Refused` instead.
+/// - Never sleep for long: wait at most a short bounded time for an API and return `Pending`
+///   rather than poll; the coordinator comes back on its next run.
+#[async_trait]
+pub trait Fencer: Send + Sync {
+    /// Stable name used in records, logs and `skip` lists (`ec2`, `ssm`, `http`, `command`).
+    fn name(&self) -> &str;
+
+    async fn fence(&self, target: &FenceTarget, pending: Option<&str>) -> FenceStatus;
+}
+
+#[async_trait]
+impl<F: Fencer + ?Sized> Fencer for std::sync::Arc<F> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    async fn fence(&self, target: &FenceTarget, pending: Option<&str>) -> FenceStatus {
+        (**self).fence(target, pending).await
+    }
+}
+
+#[async_trait]
+impl<F: Fencer + ?Sized> Fencer for Box<F> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    async fn fence(&self, target: &FenceTarget, pending: Option<&str>) -> FenceStatus {
+        (**self).fence(target, pending).await
+    }
+}
+
+/// Fencers tried in a configured order until one confirms.
+///
+/// A pending answer is returned with the handle prefixed by the fencer's name
+/// (`ssm:<command-id>`), so the next call goes back to the same fencer. Fencers listed in
+/// `target.skip` are passed over. An empty chain refuses: "fencing off" is a separate, explicit
+/// setting ([`crate::coordinator::FencingPolicy::Off`]), never an empty list.
+pub struct FenceChain {
+    fencers: Vec<Box<dyn Fencer>>,
+}
+
+impl FenceChain {
+    pub fn new(fencers: Vec<Box<dyn Fencer>>) -> Self {
+        FenceChain { fencers }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.fencers.iter().map(|f| f.name().to_string()).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fencers.is_empty()
+    }
+}
+
+#[async_trait]
+impl Fencer for FenceChain {
+    fn name(&self) -> &str {
+        "chain"
+    }
+
+    async fn fence(&self, target: &FenceTarget, pending: Option<&str>) -> FenceStatus {
+        if self.fencers.is_empty() {
+            return FenceStatus::Refused { detail: "no fencer configured".into() };
+        }
+        // Resume a pending fencer first: starting another would act twice.
+        let resume = pending.and_then(|p| p.split_once(':'));
+        let mut notes = Vec::new();
+        for fencer in &self.fencers {
+            let name = fencer.name();
+            if target.skip.iter().any(|s| s == name) {
+                notes.push(format!("{name}: skipped (gave up earlier)"));
+                continue;
+            }
+            let inner = match resume {
+                Some((n, h)) if n == name => Some(h),
+                _ => None,
+            };
+            match fencer.fence(target, inner).await {
+                FenceStatus::Confirmed { detail, lsn } => {
+                    return FenceStatus::Confirmed { detail: format!("{name}: {detail}"), lsn };
+                }
+                FenceStatus::Pending { handle, detail } => {
+                    return FenceStatus::Pending { handle: format!("{name}:{handle}"), detail: format!("{name}: {detail}") };
+                }
+                FenceStatus::Failed { detail } | FenceStatus::Refused { detail } => notes.push(format!("{name}: {detail}")),
+            }
+        }
+        FenceStatus::Failed { detail: notes.join("; ") }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Scripted {
+        name: &'static str,
+        answers: Mutex<Vec<FenceStatus>>,
+        calls: Mutex<Vec<Option<String>>>,
+    }
+
+    impl Scripted {
+        fn new(name: &'static str, answers: Vec<FenceStatus>) -> Self {
+            Scripted { name, answers: Mutex::new(answers), calls: Mutex::new(vec![]) }
+        }
+    }
+
+    #[async_trait]
+    impl Fencer for Scripted {
+        fn name(&self) -> &str {
+            self.name
+        }
+        async fn fence(&self, _t: &FenceTarget, pending: Option<&str>) -> FenceStatus {
+            self.calls.lock().unwrap().push(pending.map(str::to_string));
+            self.answers.lock().unwrap().remove(0)
+        }
+    }
+
+    fn target() -> FenceTarget {
+        FenceTarget::new("c", "n1", None, 2, TransitionKind::Failover, "test")
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn chain_moves_on_after_failure_and_prefixes_pending_handles() {
+        let a = std::sync::Arc::new(Scripted::new("a", vec![FenceStatus::Failed { detail: "down".into() }, FenceStatus::Refused { detail: "x".into() }]));
+        let b = std::sync::Arc::new(Scripted::new(
+            "b",
+            vec![
+                FenceStatus::Pending { handle: "h1".into(), detail: "sent".into() },
+                FenceStatus::Confirmed { detail: "ok".into(), lsn: None },
+            ],
+        ));
+        let chain = FenceChain::new(vec![Box::new(a.clone()), Box::new(b.clone())]);
+        let first = block_on(chain.fence(&target(), None));
+        assert_eq!(first, FenceStatus::Pending { handle: "b:h1".into(), detail: "b: sent".into() });
+        let second = block_on(chain.fence(&target(), Some("b:h1")));
+        assert!(second.is_confirmed());
+        assert_eq!(*b.calls.lock().unwrap(), vec![None, Some("h1".to_string())]);
+        // `a` was asked fresh both times (its handle is never passed to another fencer).
+        assert_eq!(*a.calls.lock().unwrap(), vec![None, None]);
+    }
+
+    #[test]
+    fn skipped_and_empty_chains_never_confirm() {
+        let a = Scripted::new("a", vec![FenceStatus::Confirmed { detail: "ok".into(), lsn: None }]);
+        let chain = FenceChain::new(vec![Box::new(a)]);
+        let mut t = target();
+        t.skip.push("a".into());
+        assert!(matches!(block_on(chain.fence(&t, None)), FenceStatus::Failed { .. }));
+        let empty = FenceChain::new(vec![]);
+        assert!(matches!(block_on(empty.fence(&target(), None)), FenceStatus::Refused { .. }));
+    }
+}
