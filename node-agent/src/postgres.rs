@@ -1,0 +1,798 @@
+//! The real [`PgControl`]: tokio-postgres for queries, `pg_ctl`, `pg_rewind` and `pg_basebackup`
+//! for everything that changes the server. When the agent runs as root, every Postgres tool runs
+//! as the data directory's OS user through `runuser -u <user> --` (they refuse to run as root).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pgdaemon_core::pg::{slot_name, DataDirState, PgControl, PgError, PgProbe, PrimaryTarget, ReplicationRow, StopMode, UpstreamConfig};
+use pgdaemon_core::{Lsn, Role};
+use tokio::process::Command;
+
+/// Credentials standbys use to stream from the primary (`primary_conninfo`, `pg_basebackup`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReplicationAuth {
+    pub user: String,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ReplicationAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        f.debug_struct("ReplicationAuth")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// Where the local Postgres lives and how to reach and run it.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    /// This member's name: its `application_name` and (via [`slot_name`]) its slot on the primary.
+    pub member: String,
+    /// Directory of `pg_ctl`, `pg_rewind`, `pg_basebackup` (e.g. `/usr/lib/postgresql/15/bin`).
+    pub bin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// Local superuser connection: a unix socket directory (e.g. `/var/run/postgresql`) or a
+    /// loopback address.
+    pub connect_host: String,
+    pub port: u16,
+    pub superuser: String,
+    pub superuser_password: Option<String>,
+    pub database: String,
+    /// Streaming credentials (`primary_conninfo`, `pg_basebackup`). The superuser above (same on
+    /// every member) is used for pg_rewind's source and the CHECKPOINT before it.
+    pub replication: ReplicationAuth,
+    /// OS user to run the Postgres tools as; `None`: the agent's own user. Defaults to `postgres`
+    /// when the agent runs as root.
+    pub run_as: Option<String>,
+    /// Server settings passed at every start (`-c name=value`), e.g. `listen_addresses`. They win
+    /// over files that pg_rewind/pg_basebackup copy from another member.
+    pub server_options: Vec<(String, String)>,
+    /// Server log file for `pg_ctl -l` (must be writable by the run-as user); `None`: discard
+    /// pg_ctl's output and rely on `logging_collector`.
+    pub log_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub start_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub promote_timeout: Duration,
+    /// Bound for pg_rewind and pg_basebackup.
+    pub copy_timeout: Duration,
+}
+
+impl PgSettings {
+    /// Defaults for a Debian-style PostgreSQL 15 host.
+    pub fn new(member: impl Into<String>, data_dir: impl Into<PathBuf>, port: u16) -> Self {
+        PgSettings {
+            member: member.into(),
+            bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
+            data_dir: data_dir.into(),
+            connect_host: "/var/run/postgresql".into(),
+            port,
+            superuser: "postgres".into(),
+            superuser_password: None,
+            database: "postgres".into(),
+            replication: ReplicationAuth {
+                user: "replicator".into(),
+                password: None,
+            },
+            run_as: if running_as_root() { Some("postgres".into()) } else { None },
+            server_options: Vec::new(),
+            log_file: None,
+            connect_timeout: Duration::from_secs(3),
+            start_timeout: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(30),
+            promote_timeout: Duration::from_secs(30),
+            copy_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The process runs as root (uid 0).
+pub fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+/// [`PgControl`] over one local PostgreSQL server.
+#[derive(Debug, Clone)]
+pub struct LocalPostgres {
+    settings: PgSettings,
+}
+
+/// Configuration files that belong to this node and that pg_rewind/pg_basebackup overwrite.
+const OWN_CONFIG_FILES: [&str; 4] = ["postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf"];
+
+impl LocalPostgres {
+    pub fn new(settings: PgSettings) -> Self {
+        LocalPostgres { settings }
+    }
+
+    pub fn settings(&self) -> &PgSettings {
+        &self.settings
+    }
+
+    fn data(&self) -> &Path {
+        &self.settings.data_dir
+    }
+
+    fn data_state(&self) -> DataDirState {
+        if !self.data().join("PG_VERSION").exists() {
+            DataDirState::Empty
+        } else if self.data().join("standby.signal").exists() {
+            DataDirState::Standby
+        } else {
+            DataDirState::Primary
+        }
+    }
+
+    /// A command for a Postgres tool (or any program) as the run-as user.
+    fn command(&self, program: &str) -> Command {
+        let path = if program.contains('/') || !self.settings.bin_dir.join(program).exists() {
+            PathBuf::from(program)
+        } else {
+            self.settings.bin_dir.join(program)
+        };
+        let mut cmd = match &self.settings.run_as {
+            Some(user) if running_as_root() => {
+                let mut c = Command::new("runuser");
+                c.arg("-u").arg(user).arg("--").arg(path);
+                c
+            }
+            _ => Command::new(path),
+        };
+        cmd.kill_on_drop(true).stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a tool to completion within `timeout`; `Err` carries the tail of its output.
+    async fn run(&self, tool: &str, mut cmd: Command, timeout: Duration) -> Result<String, PgError> {
+        tracing::debug!(tool, ?cmd, "running");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let out = match tokio::time::timeout(timeout, cmd.output()).await {
+            Err(_) => return Err(PgError::Timeout(format!("{tool} did not finish within {timeout:?}"))),
+            Ok(Err(e)) => {
+                return Err(PgError::Tool {
+                    tool: tool.into(),
+                    output: e.to_string(),
+                })
+            }
+            Ok(Ok(out)) => out,
+        };
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(PgError::Tool {
+                tool: tool.into(),
+                output: format!("{}: {}", out.status, tail(&text)),
+            })
+        }
+    }
+
+    async fn connect_to(&self, host: &str, port: u16, password: Option<&str>) -> Result<tokio_postgres::Client, PgError> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(host)
+            .port(port)
+            .user(&self.settings.superuser)
+            .dbname(&self.settings.database)
+            .application_name("pgdaemon-agent")
+            .connect_timeout(self.settings.connect_timeout);
+        if let Some(p) = password {
+            cfg.password(p);
+        }
+        let connect = cfg.connect(tokio_postgres::NoTls);
+        let (client, connection) = tokio::time::timeout(self.settings.connect_timeout, connect)
+            .await
+            .map_err(|_| PgError::Timeout(format!("connecting to {host}:{port}")))?
+            .map_err(|e| PgError::Query(format!("connect {host}:{port}: {}", pg_err(&e))))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
+        self.connect_to(
+            &self.settings.connect_host,
+            self.settings.port,
+            self.settings.superuser_password.as_deref(),
+        )
+        .await
+    }
+
+    /// A postmaster runs on the data directory (`pg_ctl status`).
+    async fn postmaster_running(&self) -> Result<bool, PgError> {
+        if !self.data().join("postmaster.pid").exists() {
+            return Ok(false);
+        }
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("status").arg("-D").arg(self.data());
+        match self.run("pg_ctl status", cmd, Duration::from_secs(10)).await {
+            Ok(_) => Ok(true),
+            Err(PgError::Tool { output, .. }) if output.contains("no server running") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn in_recovery(&self) -> Result<bool, PgError> {
+        let client = self.connect().await?;
+        let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(query_err)?;
+        Ok(row.get(0))
+    }
+
+    /// Waits (bounded) until the server answers with the wanted recovery state.
+    async fn wait_for(&self, want_recovery: Option<bool>, timeout: Duration) -> Result<(), PgError> {
+        let deadline = Instant::now() + timeout;
+        let mut last: String;
+        loop {
+            match self.in_recovery().await {
+                Ok(r) if want_recovery.is_none_or(|w| w == r) => return Ok(()),
+                Ok(r) => last = format!("pg_is_in_recovery() = {r}"),
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                return Err(PgError::NotVerified(format!("after {timeout:?}: {last}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn conninfo(&self, target: &PrimaryTarget) -> String {
+        let mut parts = vec![
+            format!("host={}", conn_quote(&target.host)),
+            format!("port={}", target.port),
+            format!("user={}", conn_quote(&self.settings.replication.user)),
+            format!("application_name={}", conn_quote(&self.settings.member)),
+        ];
+        if let Some(p) = &self.settings.replication.password {
+            parts.push(format!("password={}", conn_quote(p)));
+        }
+        parts.join(" ")
+    }
+
+    /// Sets this node's file ownership to the data directory's owner (we may be root).
+    fn own(&self, path: &Path) -> Result<(), PgError> {
+        let meta = std::fs::metadata(self.data()).map_err(io_err)?;
+        std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid())).map_err(io_err)
+    }
+
+    /// Writes the standby settings into `postgresql.auto.conf` and creates `standby.signal`
+    /// (server stopped).
+    fn write_standby_files(&self, target: &PrimaryTarget) -> Result<(), PgError> {
+        let auto = self.data().join("postgresql.auto.conf");
+        let old = std::fs::read_to_string(&auto).unwrap_or_default();
+        let mut lines: Vec<String> = old
+            .lines()
+            .filter(|l| {
+                let t = l.trim_start();
+                !(t.starts_with("primary_conninfo") || t.starts_with("primary_slot_name"))
+            })
+            .map(str::to_string)
+            .collect();
+        lines.push(format!("primary_conninfo = {}", conf_quote(&self.conninfo(target))));
+        lines.push(format!("primary_slot_name = {}", conf_quote(&slot_name(&self.settings.member))));
+        std::fs::write(&auto, lines.join("\n") + "\n").map_err(io_err)?;
+        self.own(&auto)?;
+        let signal = self.data().join("standby.signal");
+        std::fs::write(&signal, b"").map_err(io_err)?;
+        self.own(&signal)
+    }
+
+    fn save_own_config(&self) -> Vec<(&'static str, Vec<u8>)> {
+        OWN_CONFIG_FILES
+            .iter()
+            .filter_map(|f| std::fs::read(self.data().join(f)).ok().map(|b| (*f, b)))
+            .collect()
+    }
+
+    fn restore_own_config(&self, saved: &[(&'static str, Vec<u8>)]) -> Result<(), PgError> {
+        for (name, bytes) in saved {
+            let path = self.data().join(name);
+            std::fs::write(&path, bytes).map_err(io_err)?;
+            self.own(&path)?;
+        }
+        Ok(())
+    }
+
+    async fn checkpoint_source(&self, source: &PrimaryTarget) -> Result<(), PgError> {
+        let client = self
+            .connect_to(&source.host, source.port, self.settings.superuser_password.as_deref())
+            .await?;
+        client.batch_execute("CHECKPOINT").await.map_err(query_err)
+    }
+
+    /// Empties (or creates) the data directory, keeping the directory itself and its ownership.
+    async fn clear_data_dir(&self) -> Result<(), PgError> {
+        let data = self.data().to_path_buf();
+        if !data.exists() {
+            let mut cmd = self.command("mkdir");
+            cmd.arg("-p").arg(&data);
+            self.run("mkdir", cmd, Duration::from_secs(10)).await?;
+        } else {
+            for entry in std::fs::read_dir(&data).map_err(io_err)? {
+                let path = entry.map_err(io_err)?.path();
+                let result = if path.is_dir() && !path.is_symlink() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                result.map_err(io_err)?;
+            }
+        }
+        let mut cmd = self.command("chmod");
+        cmd.arg("0700").arg(&data);
+        self.run("chmod", cmd, Duration::from_secs(10)).await.map(|_| ())
+    }
+
+    async fn start_inner(&self) -> Result<(), PgError> {
+        if self.data_state() == DataDirState::Empty {
+            return Err(PgError::WrongState("the data directory is empty".into()));
+        }
+        if !self.postmaster_running().await? {
+            let mut opts = format!("-p {}", self.settings.port);
+            for (k, v) in &self.settings.server_options {
+                opts.push_str(&format!(" -c {}", shell_quote(&format!("{k}={v}"))));
+            }
+            let mut cmd = self.command("pg_ctl");
+            cmd.arg("start")
+                .arg("-D")
+                .arg(self.data())
+                .arg("-w")
+                .arg("-t")
+                .arg(self.settings.start_timeout.as_secs().max(1).to_string());
+            cmd.arg("-o").arg(opts);
+            if let Some(log) = &self.settings.log_file {
+                cmd.arg("-l").arg(log);
+                self.run("pg_ctl start", cmd, self.settings.start_timeout + Duration::from_secs(5))
+                    .await?;
+            } else {
+                // The postmaster inherits pg_ctl's output: never a pipe we would wait on.
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+                let status = tokio::time::timeout(self.settings.start_timeout + Duration::from_secs(5), cmd.status())
+                    .await
+                    .map_err(|_| PgError::Timeout("pg_ctl start".into()))?
+                    .map_err(io_err)?;
+                if !status.success() {
+                    return Err(PgError::Tool {
+                        tool: "pg_ctl start".into(),
+                        output: status.to_string(),
+                    });
+                }
+            }
+        }
+        self.wait_for(None, self.settings.start_timeout).await
+    }
+
+    async fn stop_inner(&self, mode: StopMode) -> Result<(), PgError> {
+        if self.postmaster_running().await? {
+            let m = match mode {
+                StopMode::Smart => "smart",
+                StopMode::Fast => "fast",
+                StopMode::Immediate => "immediate",
+            };
+            let mut cmd = self.command("pg_ctl");
+            cmd.arg("stop").arg("-D").arg(self.data()).arg("-m").arg(m).arg("-w");
+            cmd.arg("-t").arg(self.settings.stop_timeout.as_secs().max(1).to_string());
+            let result = self
+                .run("pg_ctl stop", cmd, self.settings.stop_timeout + Duration::from_secs(5))
+                .await;
+            if let Err(e) = result {
+                if self.postmaster_running().await? {
+                    return Err(e);
+                }
+            }
+        }
+        if self.postmaster_running().await? {
+            return Err(PgError::NotVerified("a postmaster still runs on the data directory".into()));
+        }
+        Ok(())
+    }
+
+    async fn start_as_standby_verified(&self) -> Result<(), PgError> {
+        self.start_inner().await?;
+        self.wait_for(Some(true), self.settings.start_timeout).await
+    }
+
+    async fn probe_running(&self, client: &tokio_postgres::Client, probe: &mut PgProbe) -> Result<(), PgError> {
+        let recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(query_err)?.get(0);
+        probe.running = true;
+        probe.role = if recovery { Role::Replica } else { Role::Primary };
+        if !recovery {
+            let row = client
+                .query_one(
+                    "SELECT pg_current_wal_lsn()::text, pg_current_wal_flush_lsn()::text, \
+                     ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int",
+                    &[],
+                )
+                .await
+                .map_err(query_err)?;
+            probe.write_lsn = lsn(row.get(0));
+            probe.flush_lsn = lsn(row.get(1));
+            probe.timeline = row.get::<_, i32>(2) as u32;
+            let rows = client
+                .query(
+                    "SELECT COALESCE(application_name, ''), COALESCE(state, ''), COALESCE(sync_state, ''), \
+                     flush_lsn::text, replay_lsn::text FROM pg_stat_replication",
+                    &[],
+                )
+                .await
+                .map_err(query_err)?;
+            probe.replication = rows
+                .iter()
+                .map(|r| ReplicationRow {
+                    application_name: r.get(0),
+                    state: r.get(1),
+                    sync_state: r.get(2),
+                    flush_lsn: lsn(r.get(3)),
+                    replay_lsn: lsn(r.get(4)),
+                })
+                .collect();
+            let slots = client
+                .query("SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'", &[])
+                .await
+                .map_err(query_err)?;
+            probe.slots = slots.iter().map(|r| r.get(0)).collect();
+        } else {
+            let row = client
+                .query_one(
+                    "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
+                     CASE WHEN pg_last_wal_receive_lsn() IS NULL OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0::float8 \
+                          ELSE COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) END, \
+                     current_setting('primary_conninfo'), current_setting('primary_slot_name'), \
+                     (SELECT timeline_id FROM pg_control_checkpoint())::int",
+                    &[],
+                )
+                .await
+                .map_err(query_err)?;
+            probe.receive_lsn = lsn(row.get(0));
+            probe.replay_lsn = lsn(row.get(1));
+            probe.replay_age = Some(Duration::from_secs_f64(row.get::<_, f64>(2).max(0.0)));
+            let mut upstream = parse_conninfo(row.get::<_, String>(3).as_str());
+            let slot: String = row.get(4);
+            upstream.slot = (!slot.is_empty()).then_some(slot);
+            probe.upstream = Some(upstream);
+            probe.timeline = row.get::<_, i32>(5) as u32;
+            let rows = client
+                .query(
+                    "SELECT status, sender_host, sender_port, received_tli FROM pg_stat_wal_receiver",
+                    &[],
+                )
+                .await
+                .map_err(query_err)?;
+            if let Some(r) = rows.first() {
+                let status: Option<String> = r.get(0);
+                probe.streaming = status.as_deref() == Some("streaming");
+                let host: Option<String> = r.get(1);
+                let port: Option<i32> = r.get(2);
+                probe.streaming_from = host.map(|h| format!("{h}:{}", port.unwrap_or(5432)));
+                if let Some(tli) = r.get::<_, Option<i32>>(3) {
+                    probe.timeline = probe.timeline.max(tli as u32);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PgControl for LocalPostgres {
+    async fn probe(&self) -> PgProbe {
+        let mut probe = PgProbe::stopped(self.data_state());
+        let client = match self.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                probe.error = Some(e.to_string());
+                return probe;
+            }
+        };
+        if let Err(e) = self.probe_running(&client, &mut probe).await {
+            // Answered but a query failed (starting up, shutting down): report it as not usable.
+            probe = PgProbe {
+                error: Some(e.to_string()),
+                ..PgProbe::stopped(self.data_state())
+            };
+        }
+        probe
+    }
+
+    async fn start(&self) -> Result<(), PgError> {
+        self.start_inner().await
+    }
+
+    async fn stop(&self, mode: StopMode) -> Result<(), PgError> {
+        self.stop_inner(mode).await
+    }
+
+    async fn promote(&self) -> Result<(), PgError> {
+        let client = self.connect().await.map_err(|e| PgError::WrongState(format!("not running: {e}")))?;
+        let recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(query_err)?.get(0);
+        if recovery {
+            let secs = self.settings.promote_timeout.as_secs().max(1) as i32;
+            let done: bool = client
+                .query_one("SELECT pg_promote(true, $1)", &[&secs])
+                .await
+                .map_err(query_err)?
+                .get(0);
+            if !done {
+                return Err(PgError::NotVerified(format!("pg_promote did not finish within {secs} s")));
+            }
+        }
+        self.wait_for(Some(false), self.settings.promote_timeout).await
+    }
+
+    async fn demote(&self) -> Result<(), PgError> {
+        match self.stop_inner(StopMode::Fast).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "fast stop failed; stopping immediately");
+                self.stop_inner(StopMode::Immediate).await
+            }
+        }
+    }
+
+    async fn follow(&self, primary: &PrimaryTarget) -> Result<(), PgError> {
+        let conninfo = self.conninfo(primary);
+        let slot = slot_name(&self.settings.member);
+        match self.connect().await {
+            Ok(client) => {
+                let recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(query_err)?.get(0);
+                if !recovery {
+                    return Err(PgError::WrongState(
+                        "running as primary: it must be demoted and rewound first".into(),
+                    ));
+                }
+                // ALTER SYSTEM cannot run in a transaction block: one statement per call.
+                client
+                    .batch_execute(&format!("ALTER SYSTEM SET primary_conninfo = {}", sql_quote(&conninfo)))
+                    .await
+                    .map_err(query_err)?;
+                client
+                    .batch_execute(&format!("ALTER SYSTEM SET primary_slot_name = {}", sql_quote(&slot)))
+                    .await
+                    .map_err(query_err)?;
+                client.batch_execute("SELECT pg_reload_conf()").await.map_err(query_err)?;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let row = client
+                        .query_one(
+                            "SELECT current_setting('primary_conninfo'), current_setting('primary_slot_name')",
+                            &[],
+                        )
+                        .await
+                        .map_err(query_err)?;
+                    if row.get::<_, String>(0) == conninfo && row.get::<_, String>(1) == slot {
+                        return Ok(());
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(PgError::NotVerified("the reloaded primary_conninfo did not take effect".into()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Err(_) if self.postmaster_running().await? => Err(PgError::WrongState("postgres runs but does not answer yet".into())),
+            Err(_) => {
+                if self.data_state() == DataDirState::Empty {
+                    return Err(PgError::WrongState("the data directory is empty: it needs a basebackup".into()));
+                }
+                self.write_standby_files(primary)?;
+                self.start_as_standby_verified().await
+            }
+        }
+    }
+
+    async fn rewind(&self, source: &PrimaryTarget) -> Result<(), PgError> {
+        if self.data_state() == DataDirState::Empty {
+            return Err(PgError::WrongState("the data directory is empty: nothing to rewind".into()));
+        }
+        self.checkpoint_source(source).await?;
+        self.stop_inner(StopMode::Fast).await?;
+        let saved = self.save_own_config();
+        let mut src = format!(
+            "host={} port={} user={} dbname={}",
+            conn_quote(&source.host),
+            source.port,
+            conn_quote(&self.settings.superuser),
+            conn_quote(&self.settings.database)
+        );
+        if let Some(p) = &self.settings.superuser_password {
+            src.push_str(&format!(" password={}", conn_quote(p)));
+        }
+        let mut cmd = self.command("pg_rewind");
+        cmd.arg("-D").arg(self.data()).arg(format!("--source-server={src}"));
+        let out = self.run("pg_rewind", cmd, self.settings.copy_timeout).await;
+        // Whatever happened, this node's own configuration goes back in place.
+        let restored = self.restore_own_config(&saved);
+        let out = out?;
+        restored?;
+        tracing::info!(output = %tail(&out), "pg_rewind finished");
+        self.write_standby_files(source)?;
+        self.start_as_standby_verified().await
+    }
+
+    async fn basebackup(&self, source: &PrimaryTarget) -> Result<(), PgError> {
+        self.stop_inner(StopMode::Immediate).await?;
+        let saved = self.save_own_config();
+        self.clear_data_dir().await?;
+        let mut cmd = self.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(self.data())
+            .arg("-d")
+            .arg(self.conninfo(source))
+            .args(["-X", "stream", "-c", "fast", "--no-sync"]);
+        self.run("pg_basebackup", cmd, self.settings.copy_timeout).await?;
+        self.restore_own_config(&saved)?;
+        self.write_standby_files(source)?;
+        self.start_as_standby_verified().await
+    }
+
+    async fn ensure_slots(&self, members: &[String]) -> Result<(), PgError> {
+        let client = self.connect().await?;
+        let own = slot_name(&self.settings.member);
+        let wanted: Vec<String> = members.iter().map(|m| slot_name(m)).filter(|s| *s != own).collect();
+        for slot in &wanted {
+            client
+                .execute(
+                    "SELECT pg_create_physical_replication_slot($1::text::name) \
+                     WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1::text::name)",
+                    &[slot],
+                )
+                .await
+                .map_err(query_err)?;
+        }
+        let rows = client
+            .query("SELECT slot_name::text FROM pg_replication_slots", &[])
+            .await
+            .map_err(query_err)?;
+        let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        match wanted.iter().find(|s| !have.contains(s)) {
+            Some(missing) => Err(PgError::NotVerified(format!("slot {missing} missing after creation"))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn lsn(text: Option<String>) -> Option<Lsn> {
+    text.and_then(|t| t.parse().ok())
+}
+
+fn pg_err(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+fn query_err(e: tokio_postgres::Error) -> PgError {
+    PgError::Query(pg_err(&e))
+}
+
+fn io_err(e: std::io::Error) -> PgError {
+    PgError::Io(e.to_string())
+}
+
+/// The last few lines of a tool's output.
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(6)..].join(" | ")
+}
+
+/// A libpq connection-string value.
+fn conn_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A SQL string literal (standard_conforming_strings on).
+fn sql_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// A postgresql.conf string value.
+fn conf_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// A word for the shell pg_ctl passes `-o` through.
+fn shell_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "'\\''"))
+}
+
+/// Parses a libpq `key=value` connection string (values optionally single-quoted).
+pub fn parse_conninfo(s: &str) -> UpstreamConfig {
+    let mut out = UpstreamConfig::default();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if key.is_empty() {
+            break;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') {
+            break;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                if c == '\\' {
+                    chars.next();
+                    value.extend(chars.next());
+                    continue;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        match key.as_str() {
+            "host" => out.host = Some(value),
+            "port" => out.port = value.parse().ok(),
+            "application_name" => out.application_name = Some(value),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_round_trips_through_the_parser() {
+        let pg = LocalPostgres::new(PgSettings {
+            replication: ReplicationAuth {
+                user: "rep".into(),
+                password: Some("p'w\\d".into()),
+            },
+            ..PgSettings::new("node-2", "/tmp/x", 5432)
+        });
+        let target = PrimaryTarget {
+            name: "n1".into(),
+            host: "10.0.0.1".into(),
+            port: 5433,
+        };
+        let parsed = parse_conninfo(&pg.conninfo(&target));
+        assert_eq!(parsed.host.as_deref(), Some("10.0.0.1"));
+        assert_eq!(parsed.port, Some(5433));
+        assert_eq!(parsed.application_name.as_deref(), Some("node-2"));
+        let unquoted = parse_conninfo("user=x host=h port=1 sslmode=prefer");
+        assert_eq!((unquoted.host.as_deref(), unquoted.port), (Some("h"), Some(1)));
+        assert!(!format!("{:?}", pg.settings().replication).contains("p'w"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(sql_quote("a'b"), "'a''b'");
+        assert_eq!(conf_quote("a'b\\c"), "'a''b\\\\c'");
+        assert_eq!(shell_quote("a'b"), "'a'\\''b'");
+    }
+}
