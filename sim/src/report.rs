@@ -1,0 +1,150 @@
+//! Many seeds: run them (in parallel threads, each run single-threaded and deterministic) and
+//! summarize faults, violations and failover times.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::run::{run, Options, RunResult};
+use crate::world::{Us, MS};
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub seeds: u64,
+    pub faults: BTreeMap<String, u64>,
+    /// Failed runs (violation or simulator error), ordered by seed.
+    pub failures: Vec<RunResult>,
+    pub detect_to_writable: Vec<Us>,
+    pub write_outages: Vec<Us>,
+    pub recovery_after_heal: Vec<Us>,
+    pub events: u64,
+    pub writes: u64,
+    pub promotions: u64,
+    pub ec2_stops: u64,
+    pub sim_time: Us,
+}
+
+impl Summary {
+    fn add(&mut self, r: RunResult) {
+        self.seeds += 1;
+        for (k, v) in &r.counters.faults {
+            *self.faults.entry(k.clone()).or_default() += v;
+        }
+        self.detect_to_writable.extend(&r.detect_to_writable);
+        self.write_outages.extend(&r.write_outages);
+        self.recovery_after_heal.extend(r.recovery_after_heal);
+        self.events += r.counters.events;
+        self.writes += r.counters.writes;
+        self.promotions += r.counters.promotions;
+        self.ec2_stops += r.counters.ec2_stops;
+        self.sim_time += r.sim_time;
+        if r.failed() {
+            self.failures.push(r);
+        }
+    }
+
+    pub fn violations(&self) -> usize {
+        self.failures.len()
+    }
+
+    /// The report printed by the CLI.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "seeds run:            {}", self.seeds);
+        let _ = writeln!(
+            s,
+            "simulated time:       {:.1} h",
+            self.sim_time as f64 / 3.6e9
+        );
+        let _ = writeln!(s, "events:               {}", self.events);
+        let _ = writeln!(s, "client writes:        {}", self.writes);
+        let _ = writeln!(s, "promotions:           {}", self.promotions);
+        let _ = writeln!(s, "EC2 stops by fencer:  {}", self.ec2_stops);
+        let _ = writeln!(
+            s,
+            "faults injected by kind ({} total):",
+            self.faults.values().sum::<u64>()
+        );
+        for (k, v) in &self.faults {
+            let _ = writeln!(s, "  {k:<30} {v}");
+        }
+        let _ = writeln!(s, "invariant violations: {}", self.violations());
+        for r in self.failures.iter().take(10) {
+            let what = r
+                .violation
+                .as_deref()
+                .or(r.sim_error.as_deref())
+                .unwrap_or("?");
+            let _ = writeln!(s, "  seed {}: {what}", r.seed);
+        }
+        let _ = writeln!(
+            s,
+            "failover time, detection (failover recorded) -> new primary writable: {}",
+            dist(&self.detect_to_writable)
+        );
+        let _ = writeln!(
+            s,
+            "write outage, last write on the old primary's watch -> new primary writable: {}",
+            dist(&self.write_outages)
+        );
+        let _ = writeln!(
+            s,
+            "last fault healed -> writable primary: {}",
+            dist(&self.recovery_after_heal)
+        );
+        s
+    }
+}
+
+/// `n=…, median …, p99 …, max …` in seconds.
+pub fn dist(v: &[Us]) -> String {
+    if v.is_empty() {
+        return "n=0".into();
+    }
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    let sec = |x: Us| x as f64 / (1000.0 * MS as f64);
+    format!(
+        "n={}, median {:.2}s, p99 {:.2}s, max {:.2}s",
+        v.len(),
+        sec(q(0.5)),
+        sec(q(0.99)),
+        sec(*v.last().unwrap())
+    )
+}
+
+/// Runs seeds `first..first+count` with `template` (its seed replaced), on `jobs` threads.
+pub fn run_seeds(template: &Options, first: u64, count: u64, jobs: usize) -> Summary {
+    let jobs = jobs.max(1);
+    let mut results: Vec<RunResult> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|j| {
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    let mut seed = first + j as u64;
+                    while seed < first + count {
+                        let mut o = template.clone();
+                        o.seed = seed;
+                        let mut r = run(&o);
+                        if !r.failed() {
+                            r.trace.clear();
+                        }
+                        out.push(r);
+                        seed += jobs as u64;
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a simulation thread panicked"))
+            .collect()
+    });
+    results.sort_by_key(|r| r.seed);
+    let mut summary = Summary::default();
+    for r in results {
+        summary.add(r);
+    }
+    summary
+}
