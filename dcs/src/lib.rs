@@ -1,1 +1,62 @@
-//! Networked Store backends (filled in by the foundation work).
+//! pgdaemon-dcs: the networked [`Store`] backends (DynamoDB, etcd), each behind a cargo feature,
+//! and [`connect`], which builds the backend a [`StoreConfig`] names.
+//!
+//! Both backends keep the same items as the in-memory store (DESIGN.md section 2, names from
+//! [`pgdaemon_core::keys`]) and apply the same lease rules ([`pgdaemon_core::codec`]); they differ
+//! only in how a check-and-write is made atomic in the engine. Every call is bounded in time, so a
+//! stopped engine gives [`StoreError::Unavailable`] within seconds, never a hang.
+
+use std::sync::Arc;
+
+use pgdaemon_core::{MemoryStore, Store, StoreConfig, StoreError};
+
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
+#[cfg(feature = "etcd")]
+pub mod etcd;
+
+#[cfg(feature = "dynamodb")]
+pub use dynamodb::{create_table, DynamoDbStore, TableOutcome};
+#[cfg(feature = "etcd")]
+pub use etcd::EtcdStore;
+
+/// Builds the store `config` names. Validates the config first (bad input changes nothing).
+/// Networked backends connect lazily: an engine that is down now makes the first calls fail
+/// with `Unavailable`, not this function.
+pub async fn connect(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    config.validate().map_err(|e| StoreError::Invalid(e.to_string()))?;
+    match config {
+        StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
+        #[cfg(feature = "etcd")]
+        StoreConfig::Etcd { endpoints, prefix } => Ok(Arc::new(EtcdStore::connect(endpoints, prefix).await?)),
+        #[cfg(not(feature = "etcd"))]
+        StoreConfig::Etcd { .. } => {
+            Err(StoreError::Invalid("this build has no etcd backend (cargo feature `etcd`)".into()))
+        }
+        #[cfg(feature = "dynamodb")]
+        StoreConfig::Dynamodb { table, region, endpoint_url } => {
+            Ok(Arc::new(DynamoDbStore::connect(table, region.as_deref(), endpoint_url.as_deref()).await))
+        }
+        #[cfg(not(feature = "dynamodb"))]
+        StoreConfig::Dynamodb { .. } => {
+            Err(StoreError::Invalid("this build has no DynamoDB backend (cargo feature `dynamodb`)".into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_config_builds_a_memory_store() {
+        let store = connect(&StoreConfig::Memory).await.unwrap();
+        assert_eq!(store.backend(), "memory");
+    }
+
+    #[tokio::test]
+    async fn invalid_config_is_refused() {
+        let err = connect(&StoreConfig::Etcd { endpoints: vec![], prefix: "/pgdaemon".into() }).await.err().unwrap();
+        assert!(matches!(err, StoreError::Invalid(ref m) if m.contains("endpoints")), "{err}");
+    }
+}
