@@ -14,6 +14,8 @@ use pgdaemon_core::{MemoryStore, Store, StoreConfig, StoreError};
 pub mod dynamodb;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+/// HTTP-demote and local-command fencers (no cloud SDK needed).
+pub mod fence;
 
 #[cfg(feature = "dynamodb")]
 pub use dynamodb::{create_table, DynamoDbStore, TableOutcome};

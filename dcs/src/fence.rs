@@ -1,0 +1,201 @@
+//! Fencers that need no cloud SDK: the agent's HTTP demote endpoint and a local command.
+//! (EC2 and SSM fencers live in the Lambda crate, the only one allowed the heavy SDKs.)
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer};
+use pgdaemon_core::Lsn;
+
+/// Asks the old primary's agent to demote: `POST <api_url>/demote` with
+/// `{"term": T, "reason": "..."}`. The agent answers 200 `{"demoted": true, ...}` only once
+/// Postgres stopped accepting writes; anything else (refused connection, timeout, 503, a body
+/// without `demoted: true`) is a failure, never a confirmation. An `lsn` field in the answer,
+/// when present, is taken as the old primary's final WAL position (switchover catch-up).
+#[derive(Debug, Clone)]
+pub struct HttpDemoteFencer {
+    client: reqwest::Client,
+}
+
+impl HttpDemoteFencer {
+    /// `timeout` bounds the whole request, including the agent's demotion (a fast shutdown with
+    /// a checkpoint; tens of seconds at worst on a busy primary).
+    pub fn new(timeout: Duration) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .build()
+            .expect("a plain HTTP client always builds");
+        HttpDemoteFencer { client }
+    }
+}
+
+#[async_trait]
+impl Fencer for HttpDemoteFencer {
+    fn name(&self) -> &str {
+        "http"
+    }
+
+    async fn fence(&self, target: &FenceTarget, _pending: Option<&str>) -> FenceStatus {
+        if target.api_url.is_empty() {
+            return FenceStatus::Refused { detail: format!("{} reports no agent API URL", target.member) };
+        }
+        let url = format!("{}/demote", target.api_url.trim_end_matches('/'));
+        let body = serde_json::json!({ "term": target.term, "reason": target.reason });
+        let resp = match self.client.post(&url).json(&body).send().await {
+            Ok(r) => r,
+            Err(e) => return FenceStatus::Failed { detail: format!("POST {url}: {e}") },
+        };
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return FenceStatus::Failed { detail: format!("POST {url}: HTTP {status}: {}", text.chars().take(300).collect::<String>()) };
+        }
+        let json: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => return FenceStatus::Failed { detail: format!("POST {url}: answer is not JSON: {e}") },
+        };
+        if json.get("demoted") != Some(&serde_json::Value::Bool(true)) {
+            return FenceStatus::Failed { detail: format!("POST {url}: agent did not confirm the demotion: {json}") };
+        }
+        let lsn = ["lsn", "final_lsn"].iter().find_map(|k| json.get(*k)?.as_str()?.parse::<Lsn>().ok());
+        FenceStatus::Confirmed { detail: format!("agent at {} confirmed demotion for term {}", target.api_url, target.term), lsn }
+    }
+}
+
+/// Runs `sh -c <command>` on the coordinator's host (tests, and hosts without a cloud API).
+///
+/// The command learns its target from the environment: `PGDAEMON_FENCE_CLUSTER`,
+/// `PGDAEMON_FENCE_MEMBER`, `PGDAEMON_FENCE_TERM`, `PGDAEMON_FENCE_KIND`,
+/// `PGDAEMON_FENCE_INSTANCE_ID`, `PGDAEMON_FENCE_API_URL`, `PGDAEMON_FENCE_PG_HOST`,
+/// `PGDAEMON_FENCE_PG_PORT`. Exit status 0 means "confirmed: the target cannot accept writes";
+/// any other status, a signal or the timeout is a failure (the process is killed on timeout).
+/// The command must therefore verify, not just attempt (e.g. stop, then check nothing listens).
+#[derive(Debug, Clone)]
+pub struct CommandFencer {
+    command: String,
+    timeout: Duration,
+}
+
+impl CommandFencer {
+    pub fn new(command: impl Into<String>, timeout: Duration) -> Self {
+        CommandFencer { command: command.into(), timeout }
+    }
+}
+
+#[async_trait]
+impl Fencer for CommandFencer {
+    fn name(&self) -> &str {
+        "command"
+    }
+
+    async fn fence(&self, target: &FenceTarget, _pending: Option<&str>) -> FenceStatus {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(&self.command)
+            .env("PGDAEMON_FENCE_CLUSTER", &target.cluster)
+            .env("PGDAEMON_FENCE_MEMBER", &target.member)
+            .env("PGDAEMON_FENCE_TERM", target.term.to_string())
+            .env("PGDAEMON_FENCE_KIND", format!("{:?}", target.kind).to_lowercase())
+            .env("PGDAEMON_FENCE_INSTANCE_ID", target.instance_id.as_deref().unwrap_or(""))
+            .env("PGDAEMON_FENCE_API_URL", &target.api_url)
+            .env("PGDAEMON_FENCE_PG_HOST", &target.pg_host)
+            .env("PGDAEMON_FENCE_PG_PORT", target.pg_port.to_string())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let run = cmd.output();
+        let out = match tokio::time::timeout(self.timeout, run).await {
+            Err(_) => return FenceStatus::Failed { detail: format!("command timed out after {} ms", self.timeout.as_millis()) },
+            Ok(Err(e)) => return FenceStatus::Failed { detail: format!("cannot run the fence command: {e}") },
+            Ok(Ok(out)) => out,
+        };
+        let tail = |b: &[u8]| String::from_utf8_lossy(b).trim().chars().rev().take(300).collect::<String>().chars().rev().collect::<String>();
+        if out.status.success() {
+            FenceStatus::Confirmed { detail: format!("fence command succeeded: {}", tail(&out.stdout)), lsn: None }
+        } else {
+            FenceStatus::Failed { detail: format!("fence command failed ({}): {}", out.status, tail(&out.stderr)) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgdaemon_core::TransitionKind;
+
+    fn target(api_url: &str) -> FenceTarget {
+        let mut t = FenceTarget::new("c1", "n1", None, 7, TransitionKind::Failover, "lease expired");
+        t.api_url = api_url.to_string();
+        t.pg_port = 5432;
+        t
+    }
+
+    #[tokio::test]
+    async fn command_exit_status_decides_and_sees_the_target() {
+        let ok = CommandFencer::new("test \"$PGDAEMON_FENCE_MEMBER/$PGDAEMON_FENCE_TERM/$PGDAEMON_FENCE_PG_PORT\" = n1/7/5432 && echo stopped", Duration::from_secs(5));
+        match ok.fence(&target(""), None).await {
+            FenceStatus::Confirmed { detail, .. } => assert!(detail.contains("stopped"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+        let bad = CommandFencer::new("echo still running >&2; exit 3", Duration::from_secs(5));
+        match bad.fence(&target(""), None).await {
+            FenceStatus::Failed { detail } => assert!(detail.contains("still running"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+        let slow = CommandFencer::new("sleep 5", Duration::from_millis(200));
+        assert!(matches!(slow.fence(&target(""), None).await, FenceStatus::Failed { .. }));
+    }
+
+    /// A one-shot HTTP server answering every request with `status` and `body`.
+    async fn serve(status: u16, body: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 8192];
+            let mut got = Vec::new();
+            // Read headers and the (small) body.
+            loop {
+                let n = sock.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + len || n == 0 {
+                        break;
+                    }
+                }
+            }
+            let resp = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            sock.write_all(resp.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&got).to_string()
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn http_demote_confirms_only_on_demoted_true() {
+        let f = HttpDemoteFencer::new(Duration::from_secs(5));
+        let (url, task) = serve(200, r#"{"demoted":true,"term":7,"lsn":"0/3000060"}"#).await;
+        match f.fence(&target(&url), None).await {
+            FenceStatus::Confirmed { lsn, .. } => assert_eq!(lsn, Some("0/3000060".parse().unwrap())),
+            other => panic!("{other:?}"),
+        }
+        let request = task.await.unwrap();
+        assert!(request.starts_with("POST /demote "), "{request}");
+        assert!(request.contains(r#""term":7"#) && request.contains("lease expired"), "{request}");
+
+        let (url, _t) = serve(503, r#"{"demoted":false,"error":"still primary"}"#).await;
+        assert!(matches!(f.fence(&target(&url), None).await, FenceStatus::Failed { detail } if detail.contains("503")));
+        let (url, _t) = serve(200, r#"{"demoted":false}"#).await;
+        assert!(matches!(f.fence(&target(&url), None).await, FenceStatus::Failed { .. }));
+        // Nobody listening.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert!(matches!(f.fence(&target(&format!("http://127.0.0.1:{port}")), None).await, FenceStatus::Failed { .. }));
+        assert!(matches!(f.fence(&target(""), None).await, FenceStatus::Refused { .. }));
+    }
+}
