@@ -1,1 +1,116 @@
-fn main() {}
+//! `pgdaemon-agent`: parse arguments, load the configuration, set up logging, hand over to the
+//! library's `run::start`. Everything else lives in the library (thin binary).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use pgdaemon_agent::config::{self, AgentConfig, LogFormat};
+use pgdaemon_agent::{logging, run, secrets};
+
+#[derive(Debug, Parser)]
+#[command(name = "pgdaemon-agent", version, about = "pgdaemon node agent: one per PostgreSQL host")]
+struct Cli {
+    /// Configuration file (TOML). `PGDAEMON_<SECTION>__<KEY>` environment variables override it.
+    #[arg(long, short = 'c', global = true, default_value_os_t = config::default_config_path())]
+    config: PathBuf,
+    /// Log format (overrides `[log] format`).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<CliLogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CliLogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Validate the configuration (values and paths) and print it; the password is never printed.
+    CheckConfig {
+        /// Also read the replication password (file or SSM) to prove it is reachable.
+        #[arg(long)]
+        fetch_secrets: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgdaemon-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let env = config::process_env();
+    let cfg = AgentConfig::load(&cli.config, &env)?;
+    let format = match cli.log_format {
+        Some(CliLogFormat::Human) => LogFormat::Human,
+        Some(CliLogFormat::Json) => LogFormat::Json,
+        None => cfg.log.format,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig { fetch_secrets } => rt.block_on(check_config(&cli.config, &cfg, &env, fetch_secrets)),
+        Command::Run => {
+            logging::init(format, &cfg.log.level)?;
+            for var in config::ignored_env_vars(&env) {
+                tracing::warn!(%var, "environment variable ignored: it names no configuration section");
+            }
+            rt.block_on(run::start(cfg)).map(|_| ())
+        }
+    }
+}
+
+async fn check_config(path: &std::path::Path, cfg: &AgentConfig, env: &[(String, String)], fetch: bool) -> anyhow::Result<()> {
+    println!("# {}: valid", path.display());
+    for var in config::ignored_env_vars(env) {
+        println!("# note: {var} is not applied (it names no configuration section)");
+    }
+    let source = match (&cfg.postgres.password_file, &cfg.postgres.ssm_parameter) {
+        (Some(f), _) => format!("file {}", f.display()),
+        (None, Some(p)) => format!("SSM parameter {p}"),
+        (None, None) => "none (trust or certificate authentication)".to_string(),
+    };
+    if fetch || cfg.postgres.password_file.is_some() {
+        // Reading proves the source works; the value itself is never printed.
+        let secret = secrets::load_replication_password(&cfg.postgres).await?;
+        println!("# replication password: {source}: {}", if secret.is_some() { "read (redacted)" } else { "not used" });
+    } else {
+        println!("# replication password: {source} (not fetched; --fetch-secrets reads it)");
+    }
+    print!("{}", cfg.to_toml());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_subcommands_and_flags() {
+        let cli = Cli::try_parse_from(["pgdaemon-agent", "--config", "/x.toml", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.config, PathBuf::from("/x.toml"));
+        assert!(matches!(cli.log_format, Some(CliLogFormat::Json)));
+        assert!(cli.command.is_none());
+        let cli = Cli::try_parse_from(["pgdaemon-agent", "check-config", "-c", "/y.toml", "--fetch-secrets"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::CheckConfig { fetch_secrets: true })));
+        assert!(Cli::try_parse_from(["pgdaemon-agent", "--log-format", "xml"]).is_err());
+    }
+}

@@ -1,0 +1,408 @@
+//! The agent's configuration: one TOML file plus `PGDAEMON_*` environment overrides (double
+//! underscore for nesting, e.g. `PGDAEMON_NODE__NAME=pg-2`), validated at start. Every rejection
+//! names the offending key, and a rejected configuration starts nothing.
+//!
+//! The file never holds a password: the replication password comes from a file or an SSM
+//! parameter (see [`crate::secrets`]), so the configuration can be printed and logged as it is.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use pgdaemon_core::config::load_layered;
+use pgdaemon_core::keys::{validate_cluster_name, validate_member_name};
+use pgdaemon_core::{ConfigError, DynamicConfig, MemberTags, StoreConfig};
+use serde::{Deserialize, Serialize};
+
+/// The whole agent configuration (the top level of the TOML file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Cluster name: the DynamoDB partition / etcd path segment shared by all members.
+    pub cluster: String,
+    pub node: NodeConfig,
+    pub postgres: PostgresConfig,
+    pub store: StoreConfig,
+    /// Written into the cluster record only when this agent bootstraps the cluster; afterwards
+    /// the record's copy (changed with `pgdctl`) is the one every member follows.
+    #[serde(default)]
+    pub dynamic: DynamicConfig,
+    #[serde(default)]
+    pub coordinator: CoordinatorConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// This member's identity and how peers reach it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Member name: part of store keys, replication slot names and `application_name`.
+    pub name: String,
+    /// Where the HTTP API listens (Patroni's `restapi.listen`).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The API's URL as other hosts and load balancers reach it. Default: `http://<pg_host>:<listen port>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// Host name or address peers use to reach this Postgres (Patroni's `postgresql.connect_address`).
+    pub pg_host: String,
+    /// Port peers use to reach this Postgres. Default: `postgres.port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_port: Option<u16>,
+    /// EC2 instance id. Set it on hosts without IMDS; on EC2 it is read from IMDSv2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Availability zone. Set it on hosts without IMDS; on EC2 it is read from IMDSv2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+    /// Ask the EC2 instance metadata service (IMDSv2) for whatever is not set above.
+    #[serde(default = "default_true")]
+    pub imds: bool,
+    /// IMDS base URL (tests point it at a local server).
+    #[serde(default = "default_imds_endpoint")]
+    pub imds_endpoint: String,
+    #[serde(default)]
+    pub tags: MemberTags,
+}
+
+/// The local Postgres and how the agent controls it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Directory holding `pg_ctl`, `postgres`, `initdb`, `pg_basebackup`, `pg_rewind`.
+    pub bin_dir: PathBuf,
+    /// The data directory (created by bootstrap or pg_basebackup when absent).
+    pub data_dir: PathBuf,
+    /// The port Postgres listens on.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Where the agent connects to its own Postgres: a Unix socket directory or a host name.
+    #[serde(default = "default_connect_host")]
+    pub connect_host: String,
+    /// Superuser the agent connects as (local trust/peer authentication expected).
+    #[serde(default = "default_superuser")]
+    pub superuser: String,
+    /// Database the agent connects to.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Role replicas use to stream from the primary.
+    #[serde(default = "default_replication_user")]
+    pub replication_user: String,
+    /// File holding the replication password (mode 0600 or stricter; a trailing newline is trimmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// SSM Parameter Store name of a SecureString holding the replication password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssm_parameter: Option<String>,
+    /// OS user the Postgres tools run as (they refuse root). Default: `postgres` when the agent
+    /// runs as root, else the agent's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
+    /// Server log file for `pg_ctl -l` (writable by `run_as`). Default: none (use `logging_collector`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<PathBuf>,
+    /// Server settings passed at every start (`-c name=value`); they win over the configuration
+    /// files pg_rewind and pg_basebackup copy from another member (e.g. `listen_addresses`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, ParamValue>,
+}
+
+/// A server setting's value as written in TOML (`max_connections = 100`, `wal_level = "replica"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl std::fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParamValue::Bool(b) => write!(f, "{}", if *b { "on" } else { "off" }),
+            ParamValue::Int(i) => write!(f, "{i}"),
+            ParamValue::Float(x) => write!(f, "{x}"),
+            ParamValue::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// The agent-hosted coordinator, for deployments without the Lambda.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Run the coordinator inside this agent (see `coordinator_mode`). Off by default: the
+    /// Lambda is the coordinator.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `pgdaemon_agent=debug,info`); `RUST_LOG` overrides it.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Human, level: default_level() }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8008".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_imds_endpoint() -> String {
+    "http://169.254.169.254".into()
+}
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_connect_host() -> String {
+    "/var/run/postgresql".into()
+}
+fn default_superuser() -> String {
+    "postgres".into()
+}
+fn default_database() -> String {
+    "postgres".into()
+}
+fn default_replication_user() -> String {
+    "replicator".into()
+}
+fn default_level() -> String {
+    "info".into()
+}
+
+/// Top-level keys an environment override may address. Other `PGDAEMON_*` variables (the
+/// Makefile's `PGDAEMON_VENV`, say) are not configuration and are left alone.
+const SECTIONS: [&str; 7] = ["cluster", "node", "postgres", "store", "dynamic", "coordinator", "log"];
+
+/// Programs a node needs in `postgres.bin_dir` for every role change it may carry out.
+pub const REQUIRED_PROGRAMS: [&str; 5] = ["pg_ctl", "postgres", "initdb", "pg_basebackup", "pg_rewind"];
+
+/// Environment variables that look like overrides but address no configuration section. They are
+/// not applied; the caller logs them so a typo (`PGDAEMON_NDOE__NAME`) does not go unnoticed.
+pub fn ignored_env_vars(env: &[(String, String)]) -> Vec<String> {
+    env.iter().filter(|(k, _)| k.starts_with("PGDAEMON_") && !is_config_var(k)).map(|(k, _)| k.clone()).collect()
+}
+
+fn is_config_var(var: &str) -> bool {
+    let rest = &var["PGDAEMON_".len()..];
+    let first = rest.split("__").next().unwrap_or_default().to_ascii_lowercase();
+    SECTIONS.contains(&first.as_str())
+}
+
+impl AgentConfig {
+    /// Parses and validates the configuration without touching the filesystem.
+    pub fn parse(toml_text: &str, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let overrides = env.iter().filter(|(k, _)| k.starts_with("PGDAEMON_") && is_config_var(k)).cloned();
+        let cfg: AgentConfig = load_layered(toml_text, overrides)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads `path`, applies `env` overrides, validates values and checks the paths it names.
+    pub fn load(path: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Parse(format!("cannot read {}: {e}", path.display())))?;
+        let cfg = Self::parse(&text, env)?;
+        cfg.check_paths()?;
+        Ok(cfg)
+    }
+
+    /// Value checks (no filesystem access).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_cluster_name(&self.cluster).map_err(|r| ConfigError::invalid("cluster", r))?;
+        let node = &self.node;
+        validate_member_name(&node.name).map_err(|r| ConfigError::invalid("node.name", r))?;
+        node.listen_addr()?;
+        if let Some(url) = &node.api_url {
+            check_http_url("node.api_url", url)?;
+        }
+        if node.pg_host.trim().is_empty() || node.pg_host.contains(char::is_whitespace) {
+            return Err(ConfigError::invalid("node.pg_host", format!("{:?} must be a host name or address", node.pg_host)));
+        }
+        if node.pg_port == Some(0) {
+            return Err(ConfigError::invalid("node.pg_port", "must be between 1 and 65535"));
+        }
+        for (key, value) in [("node.instance_id", &node.instance_id), ("node.availability_zone", &node.availability_zone)] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(ConfigError::invalid(key, "must not be empty (leave it out to read it from IMDS)"));
+            }
+        }
+        check_http_url("node.imds_endpoint", &node.imds_endpoint)?;
+
+        let pg = &self.postgres;
+        if pg.port == 0 {
+            return Err(ConfigError::invalid("postgres.port", "must be between 1 and 65535"));
+        }
+        for (key, value) in [
+            ("postgres.connect_host", &pg.connect_host),
+            ("postgres.superuser", &pg.superuser),
+            ("postgres.database", &pg.database),
+            ("postgres.replication_user", &pg.replication_user),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::invalid(key, "must not be empty"));
+            }
+        }
+        if pg.run_as.as_deref().is_some_and(|u| u.trim().is_empty()) {
+            return Err(ConfigError::invalid("postgres.run_as", "must not be empty (leave it out for the default)"));
+        }
+        if let Some(path) = pg.log_file.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(ConfigError::invalid("postgres.log_file", format!("{} must be an absolute path", path.display())));
+        }
+        for name in pg.parameters.keys() {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                return Err(ConfigError::invalid(format!("postgres.parameters.{name}"), "is not a PostgreSQL setting name"));
+            }
+        }
+        if !pg.bin_dir.is_absolute() {
+            return Err(ConfigError::invalid("postgres.bin_dir", format!("{} must be an absolute path", pg.bin_dir.display())));
+        }
+        if !pg.data_dir.is_absolute() {
+            return Err(ConfigError::invalid("postgres.data_dir", format!("{} must be an absolute path", pg.data_dir.display())));
+        }
+        match (&pg.password_file, &pg.ssm_parameter) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "postgres.ssm_parameter",
+                    "set either postgres.password_file or postgres.ssm_parameter, not both",
+                ))
+            }
+            (_, Some(name)) => {
+                if !cfg!(feature = "ssm") {
+                    return Err(ConfigError::invalid(
+                        "postgres.ssm_parameter",
+                        "this agent was built without the `ssm` feature; use postgres.password_file",
+                    ));
+                }
+                let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+                if name.is_empty() || name.len() > 2048 || !ok_chars {
+                    return Err(ConfigError::invalid("postgres.ssm_parameter", format!("{name:?} is not an SSM parameter name")));
+                }
+            }
+            (Some(path), None) if !path.is_absolute() => {
+                return Err(ConfigError::invalid("postgres.password_file", format!("{} must be an absolute path", path.display())));
+            }
+            _ => {}
+        }
+
+        self.dynamic.validate().map_err(|e| prefix_key("dynamic", e))?;
+        self.store.validate()?;
+        crate::logging::validate_filter(&self.log.level).map_err(|r| ConfigError::invalid("log.level", r))?;
+        Ok(())
+    }
+
+    /// Filesystem checks: the programs in `bin_dir`, a usable `data_dir`, the password file.
+    pub fn check_paths(&self) -> Result<(), ConfigError> {
+        let pg = &self.postgres;
+        if !pg.bin_dir.is_dir() {
+            return Err(ConfigError::invalid("postgres.bin_dir", format!("{} is not a directory", pg.bin_dir.display())));
+        }
+        for program in REQUIRED_PROGRAMS {
+            let path = pg.bin_dir.join(program);
+            if !is_executable(&path) {
+                return Err(ConfigError::invalid(
+                    "postgres.bin_dir",
+                    format!("{} has no executable {program}", pg.bin_dir.display()),
+                ));
+            }
+        }
+        if pg.data_dir.exists() {
+            if !pg.data_dir.is_dir() {
+                return Err(ConfigError::invalid("postgres.data_dir", format!("{} exists and is not a directory", pg.data_dir.display())));
+            }
+        } else if !pg.data_dir.parent().is_some_and(Path::is_dir) {
+            return Err(ConfigError::invalid(
+                "postgres.data_dir",
+                format!("neither {} nor its parent directory exists", pg.data_dir.display()),
+            ));
+        }
+        if let Some(path) = &pg.password_file {
+            if !path.is_file() {
+                return Err(ConfigError::invalid("postgres.password_file", format!("{} is not a readable file", path.display())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The port peers use to reach this Postgres.
+    pub fn advertised_pg_port(&self) -> u16 {
+        self.node.pg_port.unwrap_or(self.postgres.port)
+    }
+
+    /// The API URL written into the heartbeat.
+    pub fn advertised_api_url(&self) -> String {
+        match &self.node.api_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => {
+                let port = self.node.listen_addr().map(|a| a.port()).unwrap_or(8008);
+                let host = if self.node.pg_host.contains(':') { format!("[{}]", self.node.pg_host) } else { self.node.pg_host.clone() };
+                format!("http://{host}:{port}")
+            }
+        }
+    }
+
+    /// The configuration as TOML, for `check-config`. It holds no secret values (only where
+    /// they are read from), so nothing needs masking.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+impl NodeConfig {
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen
+            .parse()
+            .map_err(|_| ConfigError::invalid("node.listen", format!("{:?} is not an address:port like 0.0.0.0:8008", self.listen)))
+    }
+}
+
+fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') && !url.contains(char::is_whitespace) => Ok(()),
+        _ => Err(ConfigError::invalid(key, format!("{url:?} must be an http:// or https:// URL with a host"))),
+    }
+}
+
+fn prefix_key(section: &str, e: ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Invalid { key, reason } => ConfigError::Invalid { key: format!("{section}.{key}"), reason },
+        other => other,
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The process environment as pairs, for [`AgentConfig::parse`].
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
+}
+
+/// A config file path relative to the working directory, as given on the command line.
+pub fn default_config_path() -> PathBuf {
+    PathBuf::from("/etc/pgdaemon/pgdaemon.toml")
+}

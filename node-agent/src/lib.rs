@@ -1,0 +1,11 @@
+//! pgdaemon node agent library: everything but argument parsing lives here (thin binary).
+
+pub mod postgres;
+// Agent shell (config, identity, secrets, HTTP API, run loop).
+pub mod config;
+pub mod identity;
+pub mod logging;
+pub mod secrets;
+pub mod http;
+pub mod metrics;
+pub mod run;

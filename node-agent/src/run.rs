@@ -1,0 +1,265 @@
+//! The agent process: builds the parts once, then loops [`AgentRuntime::tick`] every probe
+//! interval while serving the HTTP API, until a shutdown signal.
+//!
+//! Clean shutdown (SIGTERM/SIGINT), chosen to match Patroni: a primary first stops accepting
+//! writes (the same verified demotion the coordinator's fencer uses), then one last loop releases
+//! the leader lease and publishes a heartbeat, so the coordinator can promote a replica at once
+//! instead of waiting out the lease. The order matters: releasing first would let a successor be
+//! promoted while this Postgres still takes writes. A replica leaves its Postgres running (it
+//! serves reads and cannot diverge); the next agent start adopts it. A shutdown never interrupts
+//! a loop in progress: it is observed between loops.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pgdaemon_core::agent::{AgentHandle, AgentIdentity, AgentRuntime, AgentSnapshot, CoordinatorTrigger, DemoteError, TickReport};
+use pgdaemon_core::pg::PgControl;
+use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Role, Store, StoreError, SystemClock};
+use tokio::time::MissedTickBehavior;
+
+use crate::config::AgentConfig;
+use crate::postgres::{LocalPostgres, PgSettings, ReplicationAuth};
+use crate::http::{AgentApi, ApiState};
+use crate::identity::Identity;
+use crate::metrics::LoopStats;
+use crate::secrets::Secret;
+
+/// The agent version written into heartbeats and the API.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long the final loop of a clean shutdown may take (store calls are bounded anyway).
+const FINAL_TICK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`AgentApi`] over a running agent: the runtime's handle plus the store for `/cluster` and
+/// `/history`.
+pub struct LiveApi {
+    pub handle: AgentHandle,
+    pub store: Arc<dyn Store>,
+    pub cluster: String,
+}
+
+#[async_trait]
+impl AgentApi for LiveApi {
+    fn snapshot(&self) -> AgentSnapshot {
+        self.handle.snapshot()
+    }
+
+    async fn demote(&self, term: u64, reason: &str) -> Result<(), DemoteError> {
+        self.handle.demote_now(term, reason).await
+    }
+
+    async fn cluster_view(&self) -> Result<ClusterView, StoreError> {
+        self.store.read_view(&self.cluster).await
+    }
+
+    async fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.store.read_history(&self.cluster).await
+    }
+}
+
+/// What the loop did, returned when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub ticks: u64,
+    /// A primary was demoted and its lease handed back on the way out.
+    pub demoted_on_exit: bool,
+}
+
+/// The member identity the runtime publishes, from the configuration and the resolved host identity.
+pub fn agent_identity(cfg: &AgentConfig, host: &Identity) -> AgentIdentity {
+    AgentIdentity {
+        cluster: cfg.cluster.clone(),
+        member: cfg.node.name.clone(),
+        pg_host: cfg.node.pg_host.clone(),
+        pg_port: cfg.advertised_pg_port(),
+        api_url: cfg.advertised_api_url(),
+        instance_id: host.instance_id.clone(),
+        availability_zone: host.availability_zone.clone(),
+        tags: cfg.node.tags.clone(),
+        agent_version: VERSION.to_string(),
+    }
+}
+
+/// Runs the loop and the HTTP API on `listener` until `shutdown` resolves, then shuts down cleanly
+/// (see the module docs). Generic over the runtime's parts so tests and the bench drive it with
+/// any store, Postgres and clock.
+pub async fn run<S, P, C>(
+    mut runtime: AgentRuntime<S, P, C>,
+    store: Arc<dyn Store>,
+    clock: C,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<RunSummary>
+where
+    S: Store,
+    P: PgControl + 'static,
+    C: Clock + Clone + 'static,
+{
+    let handle = runtime.handle();
+    let stats = Arc::new(LoopStats::new(clock.monotonic()));
+    let cluster = handle.snapshot().cluster;
+    let state = ApiState {
+        api: Arc::new(LiveApi { handle: handle.clone(), store, cluster }),
+        clock: Arc::new(clock.clone()),
+        stats: stats.clone(),
+        version: VERSION.to_string(),
+    };
+    let addr = listener.local_addr().context("listener address")?;
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::http::serve(listener, state, async move {
+        let _ = http_stopped.await;
+    }));
+    tracing::info!(%addr, "HTTP API listening");
+
+    let mut period = runtime.interval();
+    let mut ticker = new_interval(period);
+    let mut last_reason = String::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            // `biased`: a pending shutdown wins over a due tick.
+            biased;
+            _ = &mut shutdown => break,
+            _ = ticker.tick() => {
+                // The tick itself is never raced against the shutdown: a role change runs to its end.
+                let report = runtime.tick().await;
+                stats.record_tick(clock.monotonic(), report.duration);
+                log_report(&report, &mut last_reason);
+                if runtime.interval() != period {
+                    period = runtime.interval();
+                    tracing::info!(probe_interval_ms = period.as_millis() as u64, "probe interval changed");
+                    ticker = new_interval(period);
+                }
+            }
+        }
+    }
+
+    tracing::info!("shutting down");
+    let mut summary = RunSummary { ticks: stats.ticks(), demoted_on_exit: false };
+    let snap = handle.snapshot();
+    if snap.holds_lease || snap.role == Role::Primary {
+        let term = snap.lease_term.unwrap_or(snap.term);
+        match handle.demote_now(term, "agent shutting down").await {
+            Ok(()) => {
+                // This loop sees the fence and releases the lease (and publishes the heartbeat).
+                match tokio::time::timeout(FINAL_TICK_TIMEOUT, runtime.tick()).await {
+                    Ok(report) => log_report(&report, &mut last_reason),
+                    Err(_) => tracing::warn!("final loop timed out; the lease will expire instead of being released"),
+                }
+                summary.demoted_on_exit = true;
+            }
+            // Still writable: keep the lease rather than hand it over while writes are accepted;
+            // it expires on its own and the coordinator fences this node.
+            Err(e) => tracing::error!(error = %e, "demotion on shutdown failed; leaving the lease to expire"),
+        }
+    }
+    let _ = stop_http.send(());
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+        _ => {}
+    }
+    summary.ticks = stats.ticks();
+    tracing::info!(ticks = summary.ticks, demoted = summary.demoted_on_exit, "stopped");
+    Ok(summary)
+}
+
+fn new_interval(period: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(period);
+    // After a slow loop (a basebackup, a stalled store), wait a full period instead of bursting.
+    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    t
+}
+
+/// One line per loop that did something (or whose reason changed); quiet loops log at debug.
+fn log_report(report: &TickReport, last_reason: &mut String) {
+    let done = report.done();
+    let routine = done.iter().all(|a| matches!(*a, "publish_heartbeat" | "renew_lease"));
+    let failed: Vec<String> =
+        report.outcomes.iter().filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.action.name()))).collect();
+    let ms = report.duration.as_millis() as u64;
+    if !failed.is_empty() || !report.errors.is_empty() {
+        tracing::warn!(reason = %report.reason, actions = ?done, failed = ?failed, errors = ?report.errors, loop_ms = ms, "loop");
+    } else if !routine || report.reason != *last_reason {
+        tracing::info!(reason = %report.reason, actions = ?done, loop_ms = ms, "loop");
+    } else {
+        tracing::debug!(reason = %report.reason, loop_ms = ms, "loop");
+    }
+    last_reason.clone_from(&report.reason);
+}
+
+/// Resolves when the process gets SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// The agent-hosted coordinator hook (`[coordinator] enabled = true`): the one call site that
+/// starts it. Returns the trigger the runtime uses for fast-path runs (a local channel to the
+/// hosted coordinator), `None` when disabled.
+pub async fn start_coordinator(
+    cfg: &AgentConfig,
+    _store: Arc<dyn Store>,
+) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
+    if !cfg.coordinator.enabled {
+        return Ok(None);
+    }
+    // The coordinator work adds `crate::coordinator_mode::start(cfg, store)` here.
+    anyhow::bail!("[coordinator] enabled = true, but this build has no agent-hosted coordinator yet")
+}
+
+/// Builds this node's Postgres control from the configuration.
+pub fn build_pg(cfg: &AgentConfig, replication_password: Option<Secret>) -> LocalPostgres {
+    let pg = &cfg.postgres;
+    let mut s = PgSettings::new(cfg.node.name.clone(), pg.data_dir.clone(), pg.port);
+    s.bin_dir = pg.bin_dir.clone();
+    s.connect_host = pg.connect_host.clone();
+    s.superuser = pg.superuser.clone();
+    s.database = pg.database.clone();
+    // The one place the password leaves its redacting wrapper: libpq needs it in `primary_conninfo`
+    // (ReplicationAuth's Debug redacts it again).
+    s.replication = ReplicationAuth { user: pg.replication_user.clone(), password: replication_password.map(|p| p.expose().to_string()) };
+    if let Some(user) = &pg.run_as {
+        s.run_as = Some(user.clone());
+    }
+    s.log_file = pg.log_file.clone();
+    s.server_options = pg.parameters.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+    LocalPostgres::new(s)
+}
+
+/// Everything `main` does after parsing arguments and installing logging: resolve identity, read
+/// the replication password, connect the store, build the runtime, start the hosted coordinator
+/// if enabled, bind the API, and run until a signal.
+pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
+    let (host, imds_error) = crate::identity::resolve(&cfg.node, crate::identity::IMDS_TIMEOUT).await;
+    if let Some(e) = imds_error {
+        tracing::warn!(error = %e, "no EC2 identity from IMDS (set node.instance_id/availability_zone on non-EC2 hosts)");
+    }
+    tracing::info!(instance_id = ?host.instance_id, availability_zone = ?host.availability_zone, "host identity");
+    let password = crate::secrets::load_replication_password(&cfg.postgres).await.context("replication password")?;
+    let store = pgdaemon_dcs::connect(&cfg.store).await.context("store")?;
+    let pg = build_pg(&cfg, password);
+    let clock = SystemClock::new();
+    let mut runtime = AgentRuntime::new(store.clone(), pg, clock.clone(), agent_identity(&cfg, &host), cfg.dynamic.clone());
+    if let Some(trigger) = start_coordinator(&cfg, store.clone()).await? {
+        runtime = runtime.with_trigger(trigger);
+    }
+    let listen = cfg.node.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(cluster = %cfg.cluster, member = %cfg.node.name, store = store.backend(), version = VERSION, "agent starting");
+    run(runtime, store, clock, listener, shutdown_signal()).await
+}
