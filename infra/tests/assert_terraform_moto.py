@@ -40,13 +40,26 @@ def action_matches(pattern: str, action: str) -> bool:
     return fnmatch.fnmatchcase(action.lower(), pattern.lower())
 
 
+def expect_destroyed(client, prefix: str) -> int:
+    print("Nothing left after destroy")
+    check(prefix not in client("dynamodb").list_tables()["TableNames"], "table deleted")
+    check(not [f for f in client("lambda").list_functions()["Functions"] if f["FunctionName"].startswith(prefix)], "function deleted")
+    check(not [r for r in client("iam").list_roles()["Roles"] if r["RoleName"].startswith(prefix)], "roles deleted")
+    check(not client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"], "Auto Scaling group deleted")
+    check(not client("elbv2").describe_load_balancers()["LoadBalancers"], "NLB deleted")
+    check(not client("events").list_rules(NamePrefix=prefix)["Rules"], "schedule deleted")
+    print(f"{len(FAILURES)} failed")
+    return 1 if FAILURES else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--endpoint", required=True)
     ap.add_argument("--region", required=True)
     ap.add_argument("--cluster", required=True)
     ap.add_argument("--tag-key", required=True)
-    ap.add_argument("--policies-out", required=True)
+    ap.add_argument("--policies-out")
+    ap.add_argument("--expect-destroyed", action="store_true", help="check that destroy left nothing behind")
     a = ap.parse_args()
 
     def client(name):
@@ -60,6 +73,11 @@ def main() -> int:
 
     prefix = f"pgdaemon-{a.cluster}"
     tag = f"aws:ResourceTag/{a.tag_key}"
+
+    if a.expect_destroyed:
+        return expect_destroyed(client, prefix)
+    if not a.policies_out:
+        ap.error("--policies-out is required")
 
     print("DynamoDB table")
     ddb = client("dynamodb")
