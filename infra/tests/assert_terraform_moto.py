@@ -59,6 +59,7 @@ def main() -> int:
     ap.add_argument("--cluster", required=True)
     ap.add_argument("--tag-key", required=True)
     ap.add_argument("--policies-out")
+    ap.add_argument("--user-data-out", help="write the nodes' decoded user data here")
     ap.add_argument("--expect-destroyed", action="store_true", help="check that destroy left nothing behind")
     a = ap.parse_args()
 
@@ -182,6 +183,12 @@ def main() -> int:
     check(len(inv) == 1 and as_list(inv[0]["Resource"]) == [fn_arn], "agents may invoke the coordinator (only)")
     check(not any(a_.startswith("ec2:") or a_.startswith("ssm:SendCommand") for s in agent_stmts for a_ in as_list(s["Action"])), "agents cannot stop instances or run commands")
     check(any(p.endswith("/AmazonSSMManagedInstanceCore") for p in agent_attached), "agents registered with SSM")
+    params = [s for s in agent_stmts if any(x.startswith("ssm:") for x in as_list(s["Action"]))]
+    check(
+        len(params) == 1 and as_list(params[0]["Action"]) == ["ssm:GetParameter"]
+        and as_list(params[0]["Resource"]) == [f"arn:aws:ssm:{a.region}:{fn_arn.split(':')[4]}:parameter/pgdaemon/{a.cluster}/replication-password"],
+        "agents read only the replication password parameter",
+    )
 
     print("IAM simulation in moto")
     try:
@@ -195,17 +202,29 @@ def main() -> int:
     ec2 = client("ec2")
     lt = ec2.describe_launch_template_versions(LaunchTemplateName=f"{prefix}-node", Versions=["$Latest"])["LaunchTemplateVersions"][0]["LaunchTemplateData"]
     check(lt.get("MetadataOptions", {}).get("HttpTokens") == "required", "IMDSv2 required")
+    check(lt.get("IamInstanceProfile", {}).get("Arn", "").endswith(f"/{prefix}-agent"), f"nodes run with the agent's instance profile: {lt.get('IamInstanceProfile')}")
     check(all(b["Ebs"].get("Encrypted") for b in lt.get("BlockDeviceMappings", [])), "EBS volumes encrypted")
     ud = base64.b64decode(lt.get("UserData", "")).decode()
     check("systemctl enable --now pgdaemon-agent.service" in ud, "user data enables pgdaemon-agent.service")
     check("/etc/pgdaemon/pgdaemon.toml" in ud and f'table = "{prefix}"' in ud and f'cluster = "{a.cluster}"' in ud, "user data writes the agent config")
     check("amazon-ssm-agent" in ud, "user data enables the SSM agent")
+    if a.user_data_out:
+        with open(a.user_data_out, "w") as f:
+            f.write(ud)
     asg_client = client("autoscaling")
     asg = asg_client.describe_auto_scaling_groups(AutoScalingGroupNames=[f"{prefix}-nodes"])["AutoScalingGroups"][0]
     check(asg["MinSize"] == asg["MaxSize"] == asg["DesiredCapacity"] == 3, "3 nodes, fixed size")
     check(asg["HealthCheckType"] == "EC2", "EC2 health checks (replicas fail /primary by design)")
     check(len(asg.get("TargetGroupARNs", [])) == 2, "registered in both target groups")
     check(any(t["Key"] == a.tag_key and t["Value"] == a.cluster and t["PropagateAtLaunch"] for t in asg["Tags"]), "instances get the cluster tag")
+
+    instances = [
+        i
+        for r in ec2.describe_instances(Filters=[{"Name": f"tag:{a.tag_key}", "Values": [a.cluster]}])["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] in ("pending", "running")
+    ]
+    check(len(instances) == 3, f"the group launched 3 instances carrying the cluster tag: {len(instances)}")
 
     print("Internal NLB and target groups")
     elb = client("elbv2")

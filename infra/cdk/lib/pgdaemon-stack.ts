@@ -46,6 +46,8 @@ export interface PgdaemonClusterProps extends StackProps {
   readonly fencing?: Fencing[];
   readonly logRetention?: logs.RetentionDays;
   readonly deletionProtection?: boolean;
+  /** SSM SecureString with the replication password; default "/pgdaemon/<cluster>/replication-password". */
+  readonly replicationPasswordParameter?: string;
   /** Customer-managed KMS key for the table, topic, log group and EBS volumes; default: AWS-managed keys. */
   readonly kmsKeyArn?: string;
 }
@@ -62,6 +64,7 @@ interface Settings {
   agentApiPort: number;
   timeout: number;
   fencing: Fencing[];
+  replicationPasswordParameter: string;
 }
 
 export function validate(props: PgdaemonClusterProps): Settings {
@@ -97,6 +100,9 @@ export function validate(props: PgdaemonClusterProps): Settings {
   for (const c of props.clientCidrBlocks ?? []) {
     if (!/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(c) || c === '0.0.0.0/0') fail(`clientCidrBlocks entry ${c} (0.0.0.0/0 refused: internal endpoint)`);
   }
+  if (props.replicationPasswordParameter !== undefined && !/^\/[A-Za-z0-9_./-]{1,1010}$/.test(props.replicationPasswordParameter)) {
+    fail('replicationPasswordParameter: an absolute SSM parameter name (starting with "/")');
+  }
   if (props.kmsKeyArn && !/^arn:aws[a-z-]*:kms:/.test(props.kmsKeyArn)) fail('kmsKeyArn: must be a KMS key ARN');
   if (props.agentBinaryUrl && !props.agentBinaryUrl.startsWith('https://')) fail('agentBinaryUrl: must be https://');
   if (!props.lambdaZipPath.endsWith('.zip') || !fs.existsSync(props.lambdaZipPath)) {
@@ -114,6 +120,7 @@ export function validate(props: PgdaemonClusterProps): Settings {
     agentApiPort: port('agentApiPort', props.agentApiPort ?? 8008),
     timeout,
     fencing,
+    replicationPasswordParameter: props.replicationPasswordParameter ?? `/pgdaemon/${props.clusterName}/replication-password`,
   };
 }
 
@@ -326,6 +333,12 @@ export class PgdaemonClusterStack extends Stack {
         policyName: 'pgdaemon-agent',
         statements: [
           new iam.PolicyStatement({ sid: 'StateTableThisClusterOnly', actions: itemActions, resources: [this.table.tableArn], conditions: leadingKeys }),
+          // The replication password and no other parameter (aws/ssm-encrypted: no kms grant needed).
+          new iam.PolicyStatement({
+            sid: 'ReadReplicationPassword',
+            actions: ['ssm:GetParameter'],
+            resources: [this.formatArn({ service: 'ssm', resource: 'parameter', resourceName: s.replicationPasswordParameter.slice(1) })],
+          }),
           new iam.PolicyStatement({ sid: 'InvokeCoordinator', actions: ['lambda:InvokeFunction'], resources: [this.coordinator.functionArn] }),
         ],
       }),
@@ -343,7 +356,7 @@ export class PgdaemonClusterStack extends Stack {
       table_name: s.tableName,
       postgres_port: s.postgresPort,
       agent_api_port: s.agentApiPort,
-      coordinator_function: functionName,
+      replication_password_parameter: s.replicationPasswordParameter,
     });
     const userData = renderTemplate(readTemplate('user-data.sh.tftpl'), {
       agent_binary_url: props.agentBinaryUrl ?? '',

@@ -68,6 +68,14 @@ export function registerIamCases(label: string, load: () => IamSubject): void {
     assert.equal(await simulate(s.agent, 'dynamodb:Scan', s.tableArn), 'ImplicitlyDenied');
   });
 
+  test(`${label}: agents read the replication password parameter and no other`, async () => {
+    const s = load();
+    const param = (name: string) => `arn:aws:ssm:${s.region}:${s.account}:parameter/pgdaemon/${name}/replication-password`;
+    assert.equal(await simulate(s.agent, 'ssm:GetParameter', param(s.cluster)), 'Allowed');
+    assert.equal(await simulate(s.agent, 'ssm:GetParameter', param('someone-else')), 'ImplicitlyDenied');
+    assert.equal(await simulate(s.agent, 'ssm:PutParameter', param(s.cluster)), 'ImplicitlyDenied');
+  });
+
   test(`${label}: agents may invoke the coordinator, and nothing that fences`, async () => {
     const s = load();
     assert.equal(await simulate(s.agent, 'lambda:InvokeFunction', s.functionArn), 'Allowed');

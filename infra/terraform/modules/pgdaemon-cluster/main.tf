@@ -22,6 +22,8 @@ locals {
 
   coordinator_function_name = "${local.name}-coordinator"
 
+  replication_password_parameter = coalesce(var.replication_password_parameter, "/pgdaemon/${var.cluster_name}/replication-password")
+
   # Environment contract of the coordinator Lambda (lambda/ reads these).
   coordinator_environment = {
     PGDAEMON_TABLE           = local.table_name

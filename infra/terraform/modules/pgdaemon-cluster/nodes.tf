@@ -14,11 +14,11 @@ locals {
   agent_unit      = fileexists(local.agent_unit_path) ? file(local.agent_unit_path) : file("${path.module}/templates/pgdaemon-agent.service")
 
   agent_config = templatefile("${path.module}/templates/pgdaemon.toml.tftpl", {
-    cluster_name         = var.cluster_name
-    table_name           = local.table_name
-    postgres_port        = var.postgres_port
-    agent_api_port       = var.agent_api_port
-    coordinator_function = local.coordinator_function_name
+    cluster_name                   = var.cluster_name
+    table_name                     = local.table_name
+    postgres_port                  = var.postgres_port
+    agent_api_port                 = var.agent_api_port
+    replication_password_parameter = local.replication_password_parameter
   })
 
   user_data = templatefile("${path.module}/templates/user-data.sh.tftpl", {
@@ -65,6 +65,14 @@ data "aws_iam_policy_document" "agent" {
       variable = "dynamodb:LeadingKeys"
       values   = [var.cluster_name]
     }
+  }
+
+  # The replication password, and no other parameter. (SecureStrings under the AWS-managed
+  # aws/ssm key need no kms grant; with a customer key, grant kms:Decrypt on it.)
+  statement {
+    sid       = "ReadReplicationPassword"
+    actions   = ["ssm:GetParameter"]
+    resources = ["arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter${local.replication_password_parameter}"]
   }
 
   # The fast path: a replica that sees the lease go stale asks for a coordinator run at once.

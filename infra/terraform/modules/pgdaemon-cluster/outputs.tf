@@ -28,6 +28,11 @@ output "agent_role_arn" {
   value       = aws_iam_role.agent.arn
 }
 
+output "replication_password_parameter" {
+  description = "SSM SecureString the agents read the replication password from (create it before the nodes boot)."
+  value       = local.replication_password_parameter
+}
+
 output "events_topic_arn" {
   description = "SNS topic of failover events; subscribe your alerting to it."
   value       = aws_sns_topic.events.arn

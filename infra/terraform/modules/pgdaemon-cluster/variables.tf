@@ -105,6 +105,17 @@ variable "agent_binary_url" {
   }
 }
 
+variable "replication_password_parameter" {
+  description = "SSM parameter (SecureString) holding the Postgres replication password; the agents may read this one parameter. Defaults to \"/pgdaemon/<cluster_name>/replication-password\". Create it before the nodes boot."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.replication_password_parameter == null || can(regex("^/[A-Za-z0-9_./-]{1,1010}$", var.replication_password_parameter))
+    error_message = "replication_password_parameter must be an absolute SSM parameter name (starting with '/')."
+  }
+}
+
 variable "data_volume_size_gb" {
   description = "Size of each node's encrypted gp3 data volume (PGDATA), in GiB."
   type        = number

@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Extracts the agent config a node would write at boot from the user data of either stack.
+
+Input: the decoded user data script (Terraform, read back from moto's launch template) or the
+synthesized CloudFormation template (CDK). Output: /etc/pgdaemon/pgdaemon.toml as the user data's
+sed would write it on an instance with the given identity, for `pgdaemon-agent check-config`.
+Also checks that the user data installs and enables the agent's unit.
+
+Usage: agent_config.py (--user-data FILE | --cfn-template FILE) --out FILE
+"""
+import argparse
+import json
+import re
+import sys
+
+# What IMDS would answer on a node.
+IDENTITY = {"@INSTANCE_ID@": "i-0123456789abcdef0", "@PRIVATE_IP@": "10.20.1.10", "@REGION@": "eu-west-1"}
+
+
+def user_data_from_template(path: str) -> str:
+    t = json.load(open(path))
+    lts = [r for r in t["Resources"].values() if r["Type"] == "AWS::EC2::LaunchTemplate"]
+    if len(lts) != 1:
+        sys.exit(f"expected one launch template, found {len(lts)}")
+    ud = lts[0]["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]
+    if not isinstance(ud, str):
+        sys.exit("the user data holds unresolved CloudFormation tokens; it must be a plain script")
+    return ud
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--user-data")
+    src.add_argument("--cfn-template")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    ud = open(a.user_data).read() if a.user_data else user_data_from_template(a.cfn_template)
+
+    m = re.search(r"<<'PGDAEMON_CONFIG'\n(.*?)\nPGDAEMON_CONFIG\n", ud, re.S)
+    if not m:
+        sys.exit("no PGDAEMON_CONFIG heredoc in the user data")
+    config = m.group(1)
+    for k, v in IDENTITY.items():
+        config = config.replace(k, v)
+    leftover = re.findall(r"@[A-Z_]+@|\$\{[^}]*\}", config)
+    if leftover:
+        sys.exit(f"unfilled placeholders in the config: {leftover}")
+    unit = re.search(r"<<'PGDAEMON_UNIT'\n(.*?)\nPGDAEMON_UNIT\n", ud, re.S)
+    if not unit or "ExecStart=" not in unit.group(1) or "systemctl enable --now pgdaemon-agent.service" not in ud:
+        sys.exit("the user data does not install and enable pgdaemon-agent.service")
+    with open(a.out, "w") as f:
+        f.write(config + "\n")
+    print(f"agent config written to {a.out} ({len(config.splitlines())} lines); unit installed and enabled")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
