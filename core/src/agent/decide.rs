@@ -269,7 +269,7 @@ impl Decider<'_> {
                 if held.is_some() {
                     self.push(AgentAction::RenewLease);
                     self.why("renewing the held lease; no other change without a usable view");
-                } else if probe.is_primary() {
+                } else if probe.is_primary() && !self.demoting {
                     self.push(AgentAction::Demote);
                     self.why("demoting: running as primary without a lease (S2)");
                 } else {

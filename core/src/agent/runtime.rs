@@ -596,3 +596,303 @@ where
         s.counters.demotions += self.shared.external_demotions.load(Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::memory::MemoryStore;
+    use crate::model::ClusterRecord;
+    use crate::pg::{PrimaryTarget, StopMode, UpstreamConfig};
+
+    /// A Postgres double for runtime tests: a role, a data directory state and a call log.
+    #[derive(Default)]
+    struct FakePg {
+        state: Mutex<(PgProbe, Vec<String>)>,
+    }
+
+    impl FakePg {
+        fn with(probe: PgProbe) -> Self {
+            FakePg {
+                state: Mutex::new((probe, vec![])),
+            }
+        }
+        fn log(&self, call: &str) {
+            self.state.lock().unwrap().1.push(call.to_string());
+        }
+        fn calls(&self) -> Vec<String> {
+            self.state.lock().unwrap().1.clone()
+        }
+        fn set(&self, f: impl FnOnce(&mut PgProbe)) {
+            f(&mut self.state.lock().unwrap().0)
+        }
+    }
+
+    #[async_trait]
+    impl PgControl for FakePg {
+        async fn probe(&self) -> PgProbe {
+            self.state.lock().unwrap().0.clone()
+        }
+        async fn start(&self) -> Result<(), PgError> {
+            self.log("start");
+            self.set(|p| {
+                p.running = true;
+                p.role = if p.data == DataDirState::Standby {
+                    Role::Replica
+                } else {
+                    Role::Primary
+                };
+            });
+            Ok(())
+        }
+        async fn stop(&self, _mode: StopMode) -> Result<(), PgError> {
+            self.log("stop");
+            self.set(|p| p.running = false);
+            Ok(())
+        }
+        async fn promote(&self) -> Result<(), PgError> {
+            self.log("promote");
+            self.set(|p| {
+                p.role = Role::Primary;
+                p.data = DataDirState::Primary;
+            });
+            Ok(())
+        }
+        async fn demote(&self) -> Result<(), PgError> {
+            self.log("demote");
+            self.set(|p| {
+                p.running = false;
+                p.role = Role::Unknown;
+            });
+            Ok(())
+        }
+        async fn follow(&self, primary: &PrimaryTarget) -> Result<(), PgError> {
+            self.log(&format!("follow {}", primary.name));
+            let up = UpstreamConfig {
+                host: Some(primary.host.clone()),
+                port: Some(primary.port),
+                application_name: None,
+                slot: None,
+            };
+            self.set(|p| p.upstream = Some(up));
+            Ok(())
+        }
+        async fn rewind(&self, source: &PrimaryTarget) -> Result<(), PgError> {
+            self.log(&format!("rewind {}", source.name));
+            Err(PgError::Tool {
+                tool: "pg_rewind".into(),
+                output: "could not find common ancestor".into(),
+            })
+        }
+        async fn basebackup(&self, source: &PrimaryTarget) -> Result<(), PgError> {
+            self.log(&format!("basebackup {}", source.name));
+            Ok(())
+        }
+        async fn ensure_slots(&self, members: &[String]) -> Result<(), PgError> {
+            self.log(&format!("slots {}", members.join(",")));
+            let slots: Vec<String> = members.iter().map(|m| crate::pg::slot_name(m)).collect();
+            self.set(|p| p.slots = slots);
+            Ok(())
+        }
+    }
+
+    struct Trigger(Mutex<Vec<LeaseSighting>>);
+
+    #[async_trait]
+    impl CoordinatorTrigger for Trigger {
+        async fn request_run(&self, _cluster: &str, evidence: &LeaseSighting) -> Result<(), TriggerError> {
+            self.0.lock().unwrap().push(evidence.clone());
+            Ok(())
+        }
+    }
+
+    fn config() -> DynamicConfig {
+        DynamicConfig {
+            lease_ms: 4000,
+            renew_interval_ms: 1000,
+            safety_margin_ms: 1500,
+            probe_interval_ms: 500,
+            ..Default::default()
+        }
+    }
+
+    fn identity(member: &str, port: u16) -> AgentIdentity {
+        AgentIdentity {
+            cluster: "c1".into(),
+            member: member.into(),
+            pg_host: "127.0.0.1".into(),
+            pg_port: port,
+            ..Default::default()
+        }
+    }
+
+    fn primary() -> PgProbe {
+        PgProbe {
+            running: true,
+            role: Role::Primary,
+            data: DataDirState::Primary,
+            ..Default::default()
+        }
+    }
+
+    fn replica() -> PgProbe {
+        PgProbe {
+            running: true,
+            role: Role::Replica,
+            data: DataDirState::Standby,
+            ..Default::default()
+        }
+    }
+
+    type Rt = AgentRuntime<Arc<MemoryStore>, FakePg, ManualClock>;
+
+    async fn setup(member: &str, probe: PgProbe) -> (Arc<MemoryStore>, ManualClock, Rt) {
+        let store = Arc::new(MemoryStore::new());
+        if store.read_cluster("c1").await.unwrap().is_none() {
+            store
+                .write_cluster("c1", None, &ClusterRecord::bootstrap("n1", config()))
+                .await
+                .unwrap();
+        }
+        let clock = ManualClock::new(1_000_000);
+        let rt = AgentRuntime::new(store.clone(), FakePg::with(probe), clock.clone(), identity(member, 5001), config());
+        (store, clock, rt)
+    }
+
+    #[tokio::test]
+    async fn primary_renews_then_demotes_within_the_lease_when_the_store_goes_away() {
+        let (store, clock, mut rt) = setup("n1", primary()).await;
+        let r = rt.tick().await;
+        assert_eq!(r.done(), vec!["acquire_lease", "publish_heartbeat"], "{}", r.reason);
+        clock.advance(Duration::from_millis(500));
+        assert!(rt.tick().await.did("renew_lease"));
+        let last_renewal = clock.monotonic();
+        store.set_available(false);
+        let mut demoted_at = None;
+        for _ in 0..20 {
+            clock.advance(Duration::from_millis(500));
+            if rt.tick().await.did("demote") {
+                demoted_at = Some(clock.monotonic());
+                break;
+            }
+        }
+        let at = demoted_at.expect("never demoted");
+        // Renewed at `last_renewal` (timestamp taken before the call): valid for 4000 - 1500 ms.
+        assert!(at - last_renewal >= Duration::from_millis(2500) && at - last_renewal < Duration::from_millis(4000));
+        assert_eq!(rt.pg().calls().last().unwrap(), "demote");
+        let snap = rt.handle().snapshot();
+        assert!(!snap.holds_lease && snap.counters.lease_renew_failures >= 4 && snap.counters.demotions == 1);
+    }
+
+    #[tokio::test]
+    async fn a_lost_renewal_race_demotes_in_the_same_tick() {
+        let (store, clock, mut rt) = setup("n1", primary()).await;
+        rt.tick().await;
+        // Someone else takes the lease (a coordinator/operator forced it).
+        let held = rt.held_lease().unwrap().lease.clone();
+        store.release_lease("c1", LeaseName::Leader, &held).await.unwrap();
+        store
+            .acquire_lease("c1", LeaseName::Leader, LeaseClaim::Free, "n2", 2, 4000)
+            .await
+            .unwrap();
+        clock.advance(Duration::from_millis(500));
+        let r = rt.tick().await;
+        assert!(r.did("demote"), "{r:?}");
+        assert!(rt.held_lease().is_none());
+    }
+
+    #[tokio::test]
+    async fn replica_promotes_only_after_taking_the_lease_for_the_named_term() {
+        let (store, clock, mut r1) = setup("n1", primary()).await;
+        r1.tick().await;
+        let mut r2 = AgentRuntime::new(
+            store.clone(),
+            FakePg::with(replica()),
+            clock.clone(),
+            identity("n2", 5002),
+            config(),
+        );
+        let trigger = Arc::new(Trigger(Mutex::new(vec![])));
+        r2 = r2.with_trigger(trigger.clone());
+        r2.tick().await;
+        assert!(r2.pg().calls().iter().any(|c| c == "follow n1"));
+        // n1's agent dies; n2 sees the lease unchanged for a full duration and asks for a run.
+        for _ in 0..9 {
+            clock.advance(Duration::from_millis(500));
+            let r = r2.tick().await;
+            assert!(!r.did("promote") && !r.did("acquire_lease"), "promoted on its own: {}", r.reason);
+        }
+        let asked = trigger.0.lock().unwrap().clone();
+        assert_eq!(asked.len(), 1, "exactly one request per lease duration");
+        assert!(asked[0].unchanged_ms >= 4000 && asked[0].term == 1);
+        let hb = store.read_view("c1").await.unwrap().members["n2"].clone();
+        assert!(hb.leader_seen.is_some_and(|s| s.unchanged_ms >= 4000));
+        // The coordinator names n2 for term 2.
+        let rec = store.read_cluster("c1").await.unwrap().unwrap();
+        store
+            .write_cluster(
+                "c1",
+                Some(rec.version),
+                &ClusterRecord {
+                    term: 2,
+                    primary: Some("n2".into()),
+                    ..rec
+                },
+            )
+            .await
+            .unwrap();
+        clock.advance(Duration::from_millis(500));
+        let r = r2.tick().await;
+        assert_eq!(
+            r.done(),
+            vec!["acquire_lease", "promote", "ensure_slots", "publish_heartbeat"],
+            "{}",
+            r.reason
+        );
+        assert_eq!(r2.held_lease().unwrap().lease.term, 2);
+        // The old primary's agent comes back: not designated, lease gone -> demote, then rewind,
+        // and when the rewind fails, a basebackup.
+        clock.advance(Duration::from_millis(500));
+        let r = r1.tick().await;
+        assert!(r.did("demote"), "{}", r.reason);
+        let r = r1.tick().await;
+        assert!(r.outcomes.iter().any(|o| o.action.name() == "rewind" && o.error.is_some()), "{r:?}");
+        let r = r1.tick().await;
+        assert!(r.did("basebackup"), "{}", r.reason);
+    }
+
+    #[tokio::test]
+    async fn demote_now_fences_and_refuses_the_lease_for_that_term() {
+        let (store, clock, mut rt) = setup("n1", primary()).await;
+        rt.tick().await;
+        let handle = rt.handle();
+        assert!(handle.is_leader());
+        handle.demote_now(1, "fencer").await.unwrap();
+        assert!(!handle.is_leader() || !rt.pg().probe().await.running);
+        clock.advance(Duration::from_millis(500));
+        let r = rt.tick().await;
+        assert!(r.did("release_lease"), "{}", r.reason);
+        assert!(store.read_lease("c1", LeaseName::Leader).await.unwrap().unwrap().released);
+        for _ in 0..4 {
+            clock.advance(Duration::from_millis(500));
+            let r = rt.tick().await;
+            assert!(!r.did("acquire_lease") && !r.did("start") && !r.did("promote"), "{}", r.reason);
+        }
+        assert_eq!(rt.handle().snapshot().fenced_through, 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_cluster_record_changes_nothing_but_the_lease_check_applies() {
+        let (store, clock, mut rt) = setup("n1", primary()).await;
+        rt.tick().await;
+        store.put_raw("c1", crate::keys::CLUSTER, "{not json");
+        for _ in 0..3 {
+            clock.advance(Duration::from_millis(500));
+            let r = rt.tick().await;
+            assert!(r.reason.contains("unusable"), "{}", r.reason);
+            assert!(!r.did("demote"));
+        }
+        assert!(rt.held_lease().is_some(), "renewals go on: the lease item itself is fine");
+        assert!(!rt.pg().calls().iter().any(|c| c == "demote"));
+    }
+}
