@@ -84,3 +84,81 @@ impl Harness for Dynamo {
 mod dynamodb {
     pgdaemon_core::conformance_suite!(super::Dynamo);
 }
+
+/// DynamoDB-specific: the table's shape and how records look in it.
+mod dynamodb_items {
+    use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
+    use pgdaemon_core::conformance::Harness;
+    use pgdaemon_core::{keys, ClusterRecord, DynamicConfig, LeaseClaim, LeaseName, MemberStatus, Store, StoreError};
+    use pgdaemon_dcs::dynamodb::attrs;
+    use pgdaemon_dcs::{create_table, DynamoDbStore, TableOutcome};
+
+    use super::{Dynamo, TABLE};
+
+    fn cluster(check: &str) -> String {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        format!("{check}-{}-{nanos}", std::process::id())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_are_native_attributes() {
+        let h = Dynamo::start(false).await;
+        let s = h.client().await;
+        let cluster = cluster("native");
+        s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "a", 3, 5000).await.unwrap();
+        s.write_cluster(&cluster, None, &ClusterRecord::bootstrap("a", DynamicConfig::default())).await.unwrap();
+        let mut m = MemberStatus::new("a");
+        m.expire_at = Some(4_000_000_000);
+        s.put_member(&cluster, &m).await.unwrap();
+
+        let raw = |item: &'static str| {
+            let client = h.sdk_client();
+            let cluster = cluster.clone();
+            async move {
+                let out = client
+                    .get_item()
+                    .table_name(TABLE)
+                    .set_key(Some(attrs::key(&cluster, item)))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .unwrap();
+                out.item.expect("item exists")
+            }
+        };
+        let leader = raw(keys::LEADER).await;
+        assert_eq!(leader["term"], AttributeValue::N("3".into()));
+        assert_eq!(leader["owner"], AttributeValue::S("a".into()));
+        assert_eq!(leader["released"], AttributeValue::Bool(false));
+        let record = raw(keys::CLUSTER).await;
+        assert_eq!(record["version"], AttributeValue::N("1".into()));
+        assert_eq!(record["primary"], AttributeValue::S("a".into()));
+        let AttributeValue::M(config) = &record["config"] else { panic!("config is a map: {:?}", record["config"]) };
+        assert_eq!(config["lease_ms"], AttributeValue::N("10000".into()));
+        let member = raw("member#a").await;
+        assert_eq!(member["expire_at"], AttributeValue::N("4000000000".into()), "the TTL attribute is a number");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn create_table_is_idempotent_and_enables_ttl() {
+        let h = Dynamo::start(false).await;
+        let client = h.sdk_client();
+        let name = cluster("table");
+        assert_eq!(create_table(&client, &name).await.unwrap(), TableOutcome::Created);
+        assert_eq!(create_table(&client, &name).await.unwrap(), TableOutcome::AlreadyExisted);
+        let ttl = client.describe_time_to_live().table_name(&name).send().await.unwrap();
+        let ttl = ttl.time_to_live_description().expect("ttl description");
+        assert_eq!(ttl.attribute_name(), Some("expire_at"));
+        assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_table_is_unavailable_and_says_how_to_fix_it() {
+        let h = Dynamo::start(false).await;
+        let s = DynamoDbStore::new(h.sdk_client(), "no-such-table");
+        match s.read_view(&cluster("missing")).await {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains("create-table"), "{m}"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+}

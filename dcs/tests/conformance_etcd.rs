@@ -64,3 +64,63 @@ impl Harness for Etcd {
 mod etcd {
     pgdaemon_core::conformance_suite!(super::Etcd);
 }
+
+/// etcd-specific lease behaviour: the key of a holder that stops renewing expires with its etcd
+/// lease, yet the term stays, so terms keep increasing.
+mod etcd_leases {
+    use std::time::{Duration, Instant};
+
+    use pgdaemon_core::conformance::Harness;
+    use pgdaemon_core::{LeaseClaim, LeaseName, Store};
+
+    use super::Etcd;
+
+    const LEASE_MS: u64 = 1000;
+
+    fn cluster(check: &str) -> String {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        format!("{check}-{}-{nanos}", std::process::id())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_lease_is_free_but_keeps_its_term() {
+        let h = Etcd::start(false).await;
+        let s = h.client().await;
+        let cluster = cluster("expiry");
+        let started = Instant::now();
+        let held = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "a", 5, LEASE_MS).await.unwrap();
+        let expired = loop {
+            let lease = s.read_lease(&cluster, LeaseName::Leader).await.unwrap().expect("record or its term");
+            if lease.is_free() {
+                break lease;
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "an unrenewed etcd lease must expire");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // The holder counts from before its call; the key must outlive that by the full lease.
+        assert!(started.elapsed() >= Duration::from_millis(LEASE_MS), "expired after {:?}", started.elapsed());
+        assert_eq!((expired.owner.as_str(), expired.term, expired.released), ("", 5, false));
+        assert_eq!(s.read_view(&cluster).await.unwrap().leader, Some(expired));
+
+        let err = s.renew_lease(&cluster, LeaseName::Leader, &held).await.unwrap_err();
+        assert!(err.is_conflict(), "the old holder lost the lease: {err}");
+        let err = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "b", 5, LEASE_MS).await.unwrap_err();
+        assert!(err.is_conflict(), "a repeated term is refused after expiry: {err}");
+        let b = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "b", 6, LEASE_MS).await.unwrap();
+        assert_eq!(s.read_lease(&cluster, LeaseName::Leader).await.unwrap(), Some(b));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renewals_keep_the_lease_alive_past_its_ttl() {
+        let h = Etcd::start(false).await;
+        let s = h.client().await;
+        let cluster = cluster("keepalive");
+        let mut held = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "a", 1, LEASE_MS).await.unwrap();
+        // 4 s of renewals every 400 ms: several TTLs (etcd's minimum TTL included).
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            held = s.renew_lease(&cluster, LeaseName::Leader, &held).await.unwrap();
+        }
+        assert_eq!(s.read_lease(&cluster, LeaseName::Leader).await.unwrap(), Some(held));
+    }
+}
