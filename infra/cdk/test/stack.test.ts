@@ -178,3 +178,23 @@ test('template renderer: interpolation, optional blocks, unknown names refused',
   assert.equal(renderTemplate(tpl, { a: 1, url: 'https://x' }), 'a=1\nget https://x\nend\n');
   assert.throws(() => renderTemplate(tpl, { a: 1 }), /"url"/);
 });
+
+test('options: customer key everywhere, arm64 coordinator, own fencing order and password parameter', () => {
+  const key = 'arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555';
+  const o = synth({ kmsKeyArn: key, lambdaArchitecture: 'arm64', fencing: ['ssm', 'ec2'], replicationPasswordParameter: '/db/orders/repl' });
+  o.hasResourceProperties('AWS::DynamoDB::Table', { SSESpecification: { SSEEnabled: true, SSEType: 'KMS', KMSMasterKeyId: key } });
+  o.hasResourceProperties('AWS::SNS::Topic', { KmsMasterKeyId: key });
+  o.hasResourceProperties('AWS::Logs::LogGroup', { KmsKeyId: key });
+  o.hasResourceProperties('AWS::Lambda::Function', {
+    Architectures: ['arm64'],
+    Environment: { Variables: Match.objectLike({ PGDAEMON_FENCING: 'ssm,ec2' }) },
+  });
+  const lt = Object.values(o.findResources('AWS::EC2::LaunchTemplate'))[0].Properties.LaunchTemplateData;
+  assert.ok(lt.BlockDeviceMappings.every((b: any) => b.Ebs.KmsKeyId === key)); // eslint-disable-line @typescript-eslint/no-explicit-any
+  assert.match(lt.UserData['Fn::Base64'], /ssm_parameter = "\/db\/orders\/repl"/);
+  const agent = rolePolicies(o, `${name}-agent`).flatMap((d) => d.Statement);
+  assert.deepEqual(agent.find((s) => s.Sid === 'ReadReplicationPassword').Resource, 'arn:aws:ssm:eu-west-1:123456789012:parameter/db/orders/repl');
+  // With a customer key there is nothing to suppress.
+  const table = Object.values(o.findResources('AWS::DynamoDB::Table'))[0];
+  assert.equal(table.Metadata?.checkov, undefined);
+});
