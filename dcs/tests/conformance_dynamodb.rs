@@ -161,4 +161,31 @@ mod dynamodb_items {
             other => panic!("expected Unavailable, got {other:?}"),
         }
     }
+
+    /// A hung endpoint (suspended moto: connections accepted, no answers) must give
+    /// `Unavailable` within the operation timeout, and the same client must recover.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frozen_engine_is_unavailable_within_seconds() {
+        let h = Dynamo::start(true).await;
+        let s = h.client().await;
+        let cluster = cluster("frozen");
+        let held = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "a", 1, 5000).await.unwrap();
+        h.server().freeze();
+        let started = std::time::Instant::now();
+        let err = s.renew_lease(&cluster, LeaseName::Leader, &held).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        let err = s.read_view(&cluster).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(15), "two calls took {:?}", started.elapsed());
+        h.server().thaw();
+        let mut recovered = false;
+        for _ in 0..40 {
+            if s.read_lease(&cluster, LeaseName::Leader).await.is_ok() {
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        assert!(recovered, "the client must recover after the engine answers again");
+    }
 }

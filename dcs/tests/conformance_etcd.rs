@@ -123,4 +123,34 @@ mod etcd_leases {
         }
         assert_eq!(s.read_lease(&cluster, LeaseName::Leader).await.unwrap(), Some(held));
     }
+
+    /// A hung etcd (suspended: connections open, no answers) must give `Unavailable` within
+    /// seconds, not hang, and the same client must recover once it answers again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frozen_engine_is_unavailable_within_seconds() {
+        let server = tokio::task::spawn_blocking(pgdaemon_testkit::engines::EtcdServer::start)
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("cannot start etcd: {e:#}"));
+        let s = pgdaemon_dcs::EtcdStore::connect(&[server.endpoint()], super::PREFIX).await.unwrap();
+        let cluster = cluster("frozen");
+        let held = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "a", 1, 5000).await.unwrap();
+        server.freeze();
+        let started = Instant::now();
+        let err = s.renew_lease(&cluster, LeaseName::Leader, &held).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        let err = s.read_view(&cluster).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(15), "two calls took {:?}", started.elapsed());
+        server.thaw();
+        let mut recovered = false;
+        for _ in 0..40 {
+            if s.read_lease(&cluster, LeaseName::Leader).await.is_ok() {
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert!(recovered, "the client must recover after the engine answers again");
+    }
 }

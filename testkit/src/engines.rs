@@ -95,6 +95,16 @@ impl EtcdServer {
     pub fn restart(&self) -> anyhow::Result<()> {
         self.engine.spawn()
     }
+
+    /// Suspends the process (SIGSTOP): connections stay open but nothing answers, as in a
+    /// network partition or a stalled host. [`EtcdServer::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.engine.signal(libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.engine.signal(libc::SIGCONT);
+    }
 }
 
 /// A moto server (AWS API emulator from the project's virtualenv). Its state is in memory only:
@@ -151,6 +161,15 @@ impl MotoServer {
     /// Starts moto again on the same port, empty.
     pub fn restart(&self) -> anyhow::Result<()> {
         self.engine.spawn()
+    }
+
+    /// Suspends the process (SIGSTOP): requests hang instead of being refused.
+    pub fn freeze(&self) {
+        self.engine.signal(libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.engine.signal(libc::SIGCONT);
     }
 }
 
@@ -226,6 +245,14 @@ impl Engine {
         if let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` to the running process, if any.
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(child) = self.child.lock().unwrap().as_ref() {
+            // SAFETY: kill(2) on the PID of our own child, which has not been reaped (we hold it).
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         }
     }
 
