@@ -117,6 +117,7 @@ def main() -> int:
     check(env.get("PGDAEMON_FENCING") == "ec2,ssm,http", f"PGDAEMON_FENCING: {env.get('PGDAEMON_FENCING')}")
     check(env.get("PGDAEMON_SNS_TOPIC_ARN") == topic_arn, "PGDAEMON_SNS_TOPIC_ARN is the events topic")
     check(env.get("PGDAEMON_CLUSTER_TAG_KEY") == a.tag_key, f"PGDAEMON_CLUSTER_TAG_KEY: {env.get('PGDAEMON_CLUSTER_TAG_KEY')}")
+    check(env.get("PGDAEMON_RUN_BUDGET_MS") == str((fn["Timeout"] - 30) * 1000), f"PGDAEMON_RUN_BUDGET_MS below the timeout: {env.get('PGDAEMON_RUN_BUDGET_MS')}")
     check(len(fn.get("VpcConfig", {}).get("SubnetIds", [])) >= 2, "runs in the VPC (reaches the agents)")
     conc = lam.get_function_concurrency(FunctionName=fn_name).get("ReservedConcurrentExecutions")
     check(conc == 1, f"reserved concurrency 1 (runs never overlap): {conc}")

@@ -1,3 +1,4 @@
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Annotations, CfnResource, Duration, RemovalPolicy, Stack, StackProps, Tags } from 'aws-cdk-lib';
@@ -122,6 +123,14 @@ export function validate(props: PgdaemonClusterProps): Settings {
     fencing,
     replicationPasswordParameter: props.replicationPasswordParameter ?? `/pgdaemon/${props.clusterName}/replication-password`,
   };
+}
+
+/**
+ * Load balancer and target group names: at most 32 characters, unique in the region. Long ones
+ * keep a readable head and get a hash of the full name (the Terraform module's rule, same result).
+ */
+export function elbName(full: string): string {
+  return full.length <= 32 ? full : `${full.slice(0, 25)}-${crypto.createHash('md5').update(full).digest('hex').slice(0, 6)}`;
 }
 
 /** Adds a checkov suppression, with its reason, to the resource's CloudFormation metadata. */
@@ -299,6 +308,8 @@ export class PgdaemonClusterStack extends Stack {
         PGDAEMON_FENCING: s.fencing.join(','),
         PGDAEMON_SNS_TOPIC_ARN: topic.topicArn,
         PGDAEMON_CLUSTER_TAG_KEY: s.tagKey,
+        // One invocation may drive a transition to its end, leaving 30 s of the timeout to finish.
+        PGDAEMON_RUN_BUDGET_MS: String((s.timeout - 30) * 1000),
         RUST_LOG: 'info',
       },
     });
@@ -397,7 +408,7 @@ export class PgdaemonClusterStack extends Stack {
 
     // --- internal NLB -------------------------------------------------------------------------------
     this.nlb = new elbv2.NetworkLoadBalancer(this, 'Nlb', {
-      loadBalancerName: `${s.name}-nlb`.slice(0, 32),
+      loadBalancerName: elbName(`${s.name}-nlb`),
       vpc,
       vpcSubnets: subnets,
       internetFacing: false,
@@ -410,7 +421,7 @@ export class PgdaemonClusterStack extends Stack {
     });
     const targetGroup = (id: string, healthPath: string, deregistration: number) =>
       new elbv2.NetworkTargetGroup(this, id, {
-        targetGroupName: `${s.name}-${id.toLowerCase()}`.slice(0, 32),
+        targetGroupName: elbName(`${s.name}-${id.toLowerCase()}`),
         vpc,
         port: s.postgresPort,
         protocol: elbv2.Protocol.TCP,

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Match } from 'aws-cdk-lib/assertions';
 import { App } from 'aws-cdk-lib';
-import { PgdaemonClusterStack } from '../lib/pgdaemon-stack';
+import { PgdaemonClusterStack, elbName } from '../lib/pgdaemon-stack';
 import { renderTemplate } from '../lib/template';
 import { CLUSTER, TAG_KEY, baseProps, rolePolicies, synth } from './support';
 
@@ -46,6 +46,7 @@ test('coordinator: provided.al2023, reserved concurrency 1, failover-sized timeo
         PGDAEMON_FENCING: 'ec2,ssm,http',
         PGDAEMON_SNS_TOPIC_ARN: Match.objectLike({ Ref: Match.stringLikeRegexp('^Events') }),
         PGDAEMON_CLUSTER_TAG_KEY: TAG_KEY,
+        PGDAEMON_RUN_BUDGET_MS: '270000',
         RUST_LOG: 'info',
       },
     },
@@ -170,6 +171,16 @@ test('bad input is refused with a clear error and builds nothing', () => {
     assert.throws(() => new PgdaemonClusterStack(app, 'Bad', baseProps(props)), msg, what);
     assert.equal(app.node.findAll().filter((c) => c.node.id === 'State').length, 0, `${what}: nothing built`);
   }
+});
+
+test('load balancer names fit 32 characters and stay distinct (same rule as Terraform)', () => {
+  assert.equal(elbName('pgdaemon-orders-readers'), 'pgdaemon-orders-readers');
+  const long = 'pgdaemon-abcdefghijklmnopqrstuvwxyz-12345';
+  // The value Terraform's expression gives for the same name (md5 of the full name).
+  assert.equal(elbName(`${long}-writer`), 'pgdaemon-abcdefghijklmnop-e8e089');
+  const names = ['nlb', 'writer', 'readers'].map((k) => elbName(`${long}-${k}`));
+  assert.ok(names.every((n) => n.length <= 32));
+  assert.equal(new Set(names).size, 3);
 });
 
 test('template renderer: interpolation, optional blocks, unknown names refused', () => {

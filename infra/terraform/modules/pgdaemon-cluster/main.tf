@@ -22,6 +22,16 @@ locals {
 
   coordinator_function_name = "${local.name}-coordinator"
 
+  # Load balancer and target group names are limited to 32 characters and must be unique in the
+  # region: long ones keep a readable head and get a hash of the full name.
+  elb_names = {
+    for k, n in {
+      nlb     = "${local.name}-nlb"
+      writer  = "${local.name}-writer"
+      readers = "${local.name}-readers"
+    } : k => length(n) <= 32 ? n : "${substr(n, 0, 25)}-${substr(md5(n), 0, 6)}"
+  }
+
   replication_password_parameter = coalesce(var.replication_password_parameter, "/pgdaemon/${var.cluster_name}/replication-password")
 
   # Environment contract of the coordinator Lambda (lambda/ reads these).
@@ -31,6 +41,8 @@ locals {
     PGDAEMON_FENCING         = join(",", var.fencing)
     PGDAEMON_SNS_TOPIC_ARN   = aws_sns_topic.events.arn
     PGDAEMON_CLUSTER_TAG_KEY = var.cluster_tag_key
-    RUST_LOG                 = "info"
+    # One invocation may drive a transition to its end, leaving 30 s of the timeout to finish.
+    PGDAEMON_RUN_BUDGET_MS = tostring((var.coordinator_timeout_seconds - 30) * 1000)
+    RUST_LOG               = "info"
   }
 }

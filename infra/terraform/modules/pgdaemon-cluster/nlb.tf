@@ -77,7 +77,7 @@ resource "aws_lb" "this" {
   # checkov:skip=CKV_AWS_91:The listeners are plain TCP; NLB access logs exist only for TLS listeners.
   # checkov:skip=CKV2_AWS_20:TCP pass-through to Postgres, which negotiates TLS itself (sslmode); no HTTP listener to redirect.
   # checkov:skip=CKV2_AWS_28:A WAF cannot be attached to a Network Load Balancer.
-  name                             = substr("${local.name}-nlb", 0, 32)
+  name                             = local.elb_names.nlb
   internal                         = true
   load_balancer_type               = "network"
   subnets                          = var.subnet_ids
@@ -88,7 +88,7 @@ resource "aws_lb" "this" {
 }
 
 resource "aws_lb_target_group" "writer" {
-  name                 = substr("${local.name}-writer", 0, 32)
+  name                 = local.elb_names.writer
   port                 = var.postgres_port
   protocol             = "TCP"
   target_type          = "instance"
@@ -113,7 +113,7 @@ resource "aws_lb_target_group" "writer" {
 }
 
 resource "aws_lb_target_group" "readers" {
-  name                 = substr("${local.name}-readers", 0, 32)
+  name                 = local.elb_names.readers
   port                 = var.postgres_port
   protocol             = "TCP"
   target_type          = "instance"
