@@ -208,6 +208,7 @@ def main() -> int:
     ud = base64.b64decode(lt.get("UserData", "")).decode()
     check("systemctl enable --now pgdaemon-agent.service" in ud, "user data enables pgdaemon-agent.service")
     check("/etc/pgdaemon/pgdaemon.toml" in ud and f'table = "{prefix}"' in ud and f'cluster = "{a.cluster}"' in ud, "user data writes the agent config")
+    check(f'lambda_function = "{fn_name}"' in ud, "agents know the coordinator for the fast path")
     check("amazon-ssm-agent" in ud, "user data enables the SSM agent")
     if a.user_data_out:
         with open(a.user_data_out, "w") as f:

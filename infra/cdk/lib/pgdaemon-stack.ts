@@ -368,6 +368,7 @@ export class PgdaemonClusterStack extends Stack {
       postgres_port: s.postgresPort,
       agent_api_port: s.agentApiPort,
       replication_password_parameter: s.replicationPasswordParameter,
+      coordinator_function: functionName,
     });
     const userData = renderTemplate(readTemplate('user-data.sh.tftpl'), {
       agent_binary_url: props.agentBinaryUrl ?? '',

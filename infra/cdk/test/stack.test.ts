@@ -112,6 +112,7 @@ test('nodes: IMDSv2, encrypted volumes, user data installs the agent service and
   assert.match(userData, new RegExp(`table = "${name}"`));
   assert.match(userData, new RegExp(`cluster = "${CLUSTER}"`));
   assert.match(userData, /amazon-ssm-agent/);
+  assert.match(userData, new RegExp(`lambda_function = "${name}-coordinator"`));
   t.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
     MinSize: '3',
     MaxSize: '3',

@@ -19,6 +19,7 @@ locals {
     postgres_port                  = var.postgres_port
     agent_api_port                 = var.agent_api_port
     replication_password_parameter = local.replication_password_parameter
+    coordinator_function           = local.coordinator_function_name
   })
 
   user_data = templatefile("${path.module}/templates/user-data.sh.tftpl", {
