@@ -137,6 +137,22 @@ pub struct CoordinatorConfig {
     /// Lambda is the coordinator.
     #[serde(default)]
     pub enabled: bool,
+    /// Hosted coordinator's fencers, in order: `http` (the old primary's agent `POST /demote`),
+    /// `command` (needs `fence_command`), or `["off"]` (promote only after the old primary's
+    /// lease was observed unchanged for a full lease). Empty means `["http"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fencing: Vec<String>,
+    /// Shell command of the `command` fencer (exit 0 = confirmed fenced; target in
+    /// `PGDAEMON_FENCE_*` environment variables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_command: Option<String>,
+    /// Hosted coordinator's evaluation interval without a trigger (ms). 0 means 1000.
+    #[serde(default)]
+    pub interval_ms: u64,
+    /// Not hosting: fast-path runs go to this Lambda function (name or ARN) by asynchronous
+    /// invoke. Unset and not hosting: no fast path (the schedule alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_function: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

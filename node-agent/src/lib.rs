@@ -9,3 +9,5 @@ pub mod secrets;
 pub mod http;
 pub mod metrics;
 pub mod run;
+// The agent-hosted coordinator and the fast-path triggers.
+pub mod coordinator_mode;

@@ -213,13 +213,10 @@ pub async fn shutdown_signal() {
 /// hosted coordinator), `None` when disabled.
 pub async fn start_coordinator(
     cfg: &AgentConfig,
-    _store: Arc<dyn Store>,
+    store: Arc<dyn Store>,
 ) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
-    if !cfg.coordinator.enabled {
-        return Ok(None);
-    }
-    // The coordinator work adds `crate::coordinator_mode::start(cfg, store)` here.
-    anyhow::bail!("[coordinator] enabled = true, but this build has no agent-hosted coordinator yet")
+    // Hosted coordinator (`enabled`), Lambda fast path (`lambda_function`), or nothing.
+    crate::coordinator_mode::start_from_hook(cfg, store).await
 }
 
 /// Builds this node's Postgres control from the configuration.

@@ -1,0 +1,211 @@
+//! The coordinator hosted in the agent (deployments without the Lambda, e.g. on etcd), and the
+//! two fast-path triggers the agent runtime calls when a replica sees the leader lease expire:
+//!
+//! - [`HostedTrigger`]: a local channel that makes the hosted coordinator run at once;
+//! - [`LambdaTrigger`] (cargo feature `lambda-trigger`): an asynchronous Lambda invoke
+//!   (`InvocationType=Event`) of `{"action":"evaluate","cluster":...}`.
+//!
+//! Every agent of a cluster may host a coordinator; the coordinator lock makes exactly one of
+//! them act, and another takes over when its host dies (after the lock's lease).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use pgdaemon_core::agent::{CoordinatorTrigger, TriggerError};
+use pgdaemon_core::coordinator::{Coordinator, CoordinatorConfig, FencingPolicy, Outcome};
+use pgdaemon_core::fence::{FenceChain, Fencer};
+use pgdaemon_core::{Clock, LeaseSighting, Store, SystemClock};
+use pgdaemon_dcs::fence::{CommandFencer, HttpDemoteFencer};
+use tokio::sync::mpsc;
+
+use crate::config::AgentConfig;
+
+/// How long a hosted fencer may take (HTTP demote includes the old primary's shutdown checkpoint).
+const FENCE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pause between runs while a transition is under way (the agents act within one probe).
+const BUSY_POLL: Duration = Duration::from_millis(200);
+
+/// Fencing policy and chain from the `[coordinator]` section. Rejects unknown fencers and a
+/// `command` fencer without a command.
+pub fn fencing(cfg: &AgentConfig) -> anyhow::Result<(FencingPolicy, FenceChain)> {
+    let c = &cfg.coordinator;
+    let names: Vec<&str> = if c.fencing.is_empty() { vec!["http"] } else { c.fencing.iter().map(String::as_str).collect() };
+    if names == ["off"] {
+        return Ok((FencingPolicy::Off, FenceChain::new(vec![])));
+    }
+    let mut fencers: Vec<Box<dyn Fencer>> = Vec::new();
+    for name in names {
+        match name {
+            "http" => fencers.push(Box::new(HttpDemoteFencer::new(FENCE_TIMEOUT))),
+            "command" => {
+                let Some(cmd) = c.fence_command.clone().filter(|s| !s.trim().is_empty()) else {
+                    bail!("config: `coordinator.fencing` lists \"command\" but `coordinator.fence_command` is not set");
+                };
+                fencers.push(Box::new(CommandFencer::new(cmd, FENCE_TIMEOUT)));
+            }
+            "off" => bail!("config: `coordinator.fencing`: \"off\" must be the only entry"),
+            other => bail!("config: `coordinator.fencing`: unknown fencer {other:?} (expected http, command, or off)"),
+        }
+    }
+    Ok((FencingPolicy::Required, FenceChain::new(fencers)))
+}
+
+/// Starts what `[coordinator]` asks for and returns the trigger for the agent runtime:
+/// a hosted coordinator (`enabled = true`), a Lambda trigger (`lambda_function`), or nothing.
+pub async fn start(cfg: &AgentConfig, store: Arc<dyn Store>) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
+    let c = &cfg.coordinator;
+    if c.enabled {
+        let (policy, chain) = fencing(cfg)?;
+        // The lock lease follows the leader lease: when the host of the acting coordinator dies
+        // with the primary, another agent takes the lock while the leader lease runs out anyway.
+        let config = CoordinatorConfig { fencing: policy, lock_lease_ms: cfg.dynamic.lease_ms.max(1000), ..CoordinatorConfig::default() };
+        config.validate()?;
+        let interval = Duration::from_millis(if c.interval_ms == 0 { 1000 } else { c.interval_ms });
+        let owner = format!("agent-{}-{}", cfg.node.name, &pgdaemon_core::codec::new_rvn()[..8]);
+        let coordinator = Coordinator::new(store, Arc::new(chain), SystemClock::new(), config, owner.clone());
+        let (trigger, rx) = HostedTrigger::new();
+        tokio::spawn(hosted_loop(coordinator, cfg.cluster.clone(), rx, interval));
+        tracing::info!(owner, interval_ms = interval.as_millis() as u64, "hosted coordinator started");
+        return Ok(Some(Arc::new(trigger)));
+    }
+    if let Some(function) = &c.lambda_function {
+        return lambda_trigger(function).await.map(Some);
+    }
+    Ok(None)
+}
+
+#[cfg(feature = "lambda-trigger")]
+async fn lambda_trigger(function: &str) -> anyhow::Result<Arc<dyn CoordinatorTrigger>> {
+    Ok(Arc::new(LambdaTrigger::from_env(function).await))
+}
+
+#[cfg(not(feature = "lambda-trigger"))]
+async fn lambda_trigger(_function: &str) -> anyhow::Result<Arc<dyn CoordinatorTrigger>> {
+    bail!("config: `coordinator.lambda_function` is set but this build has no Lambda client (cargo feature `lambda-trigger`)")
+}
+
+/// Runs the hosted coordinator forever: every `interval`, at once when triggered, and every
+/// [`BUSY_POLL`] while a transition is under way. Never releases the lock while alive (it renews
+/// it on every run); when the host dies, another agent's coordinator takes over after the lease.
+pub async fn hosted_loop<S, F, C>(mut coordinator: Coordinator<S, F, C>, cluster: String, mut rx: mpsc::Receiver<()>, interval: Duration)
+where
+    S: Store + Clone,
+    F: Fencer,
+    C: Clock + Clone,
+{
+    let mut last_reason = String::new();
+    loop {
+        let report = coordinator.run_once(&cluster).await;
+        for step in &report.steps {
+            tracing::info!(cluster, step = %step, "coordinator step");
+        }
+        if report.reason != last_reason {
+            match report.outcome {
+                Outcome::Idle | Outcome::NotInCharge => tracing::debug!(cluster, outcome = ?report.outcome, reason = %report.reason, "coordinator"),
+                Outcome::Error | Outcome::Blocked => tracing::warn!(cluster, outcome = ?report.outcome, reason = %report.reason, "coordinator"),
+                _ => tracing::info!(cluster, outcome = ?report.outcome, reason = %report.reason, "coordinator"),
+            }
+            last_reason = report.reason.clone();
+        }
+        let busy = matches!(report.outcome, Outcome::Progressed | Outcome::Waiting) || !report.settled() && report.outcome != Outcome::NotInCharge;
+        let wait = if busy { BUSY_POLL } else { interval };
+        tokio::select! {
+            got = rx.recv() => if got.is_none() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Fast path to the hosted coordinator: a send on a one-slot channel (a run already requested
+/// counts as requested).
+#[derive(Clone)]
+pub struct HostedTrigger {
+    tx: mpsc::Sender<()>,
+}
+
+impl HostedTrigger {
+    pub fn new() -> (Self, mpsc::Receiver<()>) {
+        let (tx, rx) = mpsc::channel(1);
+        (HostedTrigger { tx }, rx)
+    }
+}
+
+#[async_trait]
+impl CoordinatorTrigger for HostedTrigger {
+    async fn request_run(&self, cluster: &str, evidence: &LeaseSighting) -> Result<(), TriggerError> {
+        tracing::info!(cluster, term = evidence.term, unchanged_ms = evidence.unchanged_ms, "asking the hosted coordinator for a run");
+        match self.tx.try_send(()) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(())) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(TriggerError("the hosted coordinator has stopped".into())),
+        }
+    }
+}
+
+/// Fast path to the Lambda coordinator: asynchronous invoke of `{"action":"evaluate","cluster":...}`.
+#[cfg(feature = "lambda-trigger")]
+pub struct LambdaTrigger {
+    client: aws_sdk_lambda::Client,
+    function: String,
+}
+
+#[cfg(feature = "lambda-trigger")]
+impl LambdaTrigger {
+    pub fn new(client: aws_sdk_lambda::Client, function: impl Into<String>) -> Self {
+        LambdaTrigger { client, function: function.into() }
+    }
+
+    /// A client from the SDK's default chains (region, credentials, `AWS_ENDPOINT_URL`).
+    pub async fn from_env(function: &str) -> Self {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        Self::new(aws_sdk_lambda::Client::new(&sdk), function)
+    }
+
+    /// The invoke payload for `cluster`.
+    pub fn payload(cluster: &str) -> Vec<u8> {
+        serde_json::json!({ "action": "evaluate", "cluster": cluster }).to_string().into_bytes()
+    }
+}
+
+#[cfg(feature = "lambda-trigger")]
+#[async_trait]
+impl CoordinatorTrigger for LambdaTrigger {
+    async fn request_run(&self, cluster: &str, evidence: &LeaseSighting) -> Result<(), TriggerError> {
+        tracing::info!(cluster, term = evidence.term, unchanged_ms = evidence.unchanged_ms, function = %self.function, "invoking the coordinator Lambda");
+        let call = self
+            .client
+            .invoke()
+            .function_name(&self.function)
+            .invocation_type(aws_sdk_lambda::types::InvocationType::Event)
+            .payload(aws_sdk_lambda::primitives::Blob::new(Self::payload(cluster)))
+            .send();
+        match tokio::time::timeout(Duration::from_secs(3), call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(TriggerError(format!("Lambda invoke: {}", aws_sdk_lambda::error::DisplayErrorContext(e)))),
+            Err(_) => Err(TriggerError("Lambda invoke timed out after 3 s".into())),
+        }
+    }
+}
+
+/// Used by the hook in `run.rs`; kept here so the hook stays one line.
+pub async fn start_from_hook(cfg: &AgentConfig, store: Arc<dyn Store>) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
+    start(cfg, store).await.context("coordinator")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hosted_trigger_coalesces_and_reports_a_stopped_coordinator() {
+        let (t, mut rx) = HostedTrigger::new();
+        let ev = LeaseSighting { term: 1, rvn: "r".into(), unchanged_ms: 10_000 };
+        t.request_run("c", &ev).await.unwrap();
+        t.request_run("c", &ev).await.unwrap();
+        assert_eq!(rx.recv().await, Some(()));
+        assert!(rx.try_recv().is_err(), "two requests coalesce into one run");
+        drop(rx);
+        assert!(t.request_run("c", &ev).await.is_err());
+    }
+}
