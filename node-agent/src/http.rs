@@ -451,7 +451,12 @@ pub struct DemoteRequest {
 /// writes; 400 for a malformed body (nothing is changed); 503 when the demotion failed or could
 /// not be verified (the caller must not treat the node as fenced).
 async fn demote(State(st): State<ApiState>, body: Bytes) -> Response {
-    let req: DemoteRequest = match serde_json::from_slice(&body) {
+    // Through `Value` first: serde would also accept a struct written as an array (`[4]`).
+    let parsed = serde_json::from_slice::<Value>(&body).and_then(|v| match v {
+        Value::Object(_) => serde_json::from_value::<DemoteRequest>(v),
+        _ => Err(serde::de::Error::custom("expected a JSON object")),
+    });
+    let req = match parsed {
         Ok(r) => r,
         Err(e) => {
             return error_response(
