@@ -129,20 +129,14 @@ impl PgProbe {
 
     /// A probe of a stopped server with the given data directory state.
     pub fn stopped(data: DataDirState) -> Self {
-        PgProbe {
-            data,
-            ..Default::default()
-        }
+        PgProbe { data, ..Default::default() }
     }
 }
 
 /// The physical replication slot a member streams through: member names may contain `-` and
 /// capitals, slot names only lower-case letters, digits and `_`.
 pub fn slot_name(member: &str) -> String {
-    member
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-        .collect()
+    member.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
 }
 
 /// Why a Postgres operation failed. Each variant says what is known about the server afterwards.
@@ -264,17 +258,8 @@ mod tests {
 
     #[test]
     fn upstream_matching_needs_host_port_and_slot() {
-        let t = PrimaryTarget {
-            name: "n1".into(),
-            host: "10.0.0.1".into(),
-            port: 5432,
-        };
-        let mut u = UpstreamConfig {
-            host: Some("10.0.0.1".into()),
-            port: None,
-            application_name: None,
-            slot: Some("n2".into()),
-        };
+        let t = PrimaryTarget { name: "n1".into(), host: "10.0.0.1".into(), port: 5432 };
+        let mut u = UpstreamConfig { host: Some("10.0.0.1".into()), port: None, application_name: None, slot: Some("n2".into()) };
         assert!(u.matches(&t, "n2"));
         assert!(!u.matches(&t, "n3"));
         u.port = Some(5433);

@@ -22,10 +22,7 @@ pub struct ReplicationAuth {
 impl std::fmt::Debug for ReplicationAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the password.
-        f.debug_struct("ReplicationAuth")
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .finish()
+        f.debug_struct("ReplicationAuth").field("user", &self.user).field("password", &self.password.as_ref().map(|_| "***")).finish()
     }
 }
 
@@ -76,10 +73,7 @@ impl PgSettings {
             superuser: "postgres".into(),
             superuser_password: None,
             database: "postgres".into(),
-            replication: ReplicationAuth {
-                user: "replicator".into(),
-                password: None,
-            },
+            replication: ReplicationAuth { user: "replicator".into(), password: None },
             run_as: if running_as_root() { Some("postgres".into()) } else { None },
             server_options: Vec::new(),
             log_file: None,
@@ -154,22 +148,14 @@ impl LocalPostgres {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let out = match tokio::time::timeout(timeout, cmd.output()).await {
             Err(_) => return Err(PgError::Timeout(format!("{tool} did not finish within {timeout:?}"))),
-            Ok(Err(e)) => {
-                return Err(PgError::Tool {
-                    tool: tool.into(),
-                    output: e.to_string(),
-                })
-            }
+            Ok(Err(e)) => return Err(PgError::Tool { tool: tool.into(), output: e.to_string() }),
             Ok(Ok(out)) => out,
         };
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         if out.status.success() {
             Ok(text)
         } else {
-            Err(PgError::Tool {
-                tool: tool.into(),
-                output: format!("{}: {}", out.status, tail(&text)),
-            })
+            Err(PgError::Tool { tool: tool.into(), output: format!("{}: {}", out.status, tail(&text)) })
         }
     }
 
@@ -196,12 +182,7 @@ impl LocalPostgres {
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
-        self.connect_to(
-            &self.settings.connect_host,
-            self.settings.port,
-            self.settings.superuser_password.as_deref(),
-        )
-        .await
+        self.connect_to(&self.settings.connect_host, self.settings.port, self.settings.superuser_password.as_deref()).await
     }
 
     /// A postmaster runs on the data directory (`pg_ctl status`).
@@ -283,10 +264,7 @@ impl LocalPostgres {
     }
 
     fn save_own_config(&self) -> Vec<(&'static str, Vec<u8>)> {
-        OWN_CONFIG_FILES
-            .iter()
-            .filter_map(|f| std::fs::read(self.data().join(f)).ok().map(|b| (*f, b)))
-            .collect()
+        OWN_CONFIG_FILES.iter().filter_map(|f| std::fs::read(self.data().join(f)).ok().map(|b| (*f, b))).collect()
     }
 
     fn restore_own_config(&self, saved: &[(&'static str, Vec<u8>)]) -> Result<(), PgError> {
@@ -299,9 +277,7 @@ impl LocalPostgres {
     }
 
     async fn checkpoint_source(&self, source: &PrimaryTarget) -> Result<(), PgError> {
-        let client = self
-            .connect_to(&source.host, source.port, self.settings.superuser_password.as_deref())
-            .await?;
+        let client = self.connect_to(&source.host, source.port, self.settings.superuser_password.as_deref()).await?;
         client.batch_execute("CHECKPOINT").await.map_err(query_err)
     }
 
@@ -315,11 +291,7 @@ impl LocalPostgres {
         } else {
             for entry in std::fs::read_dir(&data).map_err(io_err)? {
                 let path = entry.map_err(io_err)?.path();
-                let result = if path.is_dir() && !path.is_symlink() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
+                let result = if path.is_dir() && !path.is_symlink() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
                 result.map_err(io_err)?;
             }
         }
@@ -338,17 +310,11 @@ impl LocalPostgres {
                 opts.push_str(&format!(" -c {}", shell_quote(&format!("{k}={v}"))));
             }
             let mut cmd = self.command("pg_ctl");
-            cmd.arg("start")
-                .arg("-D")
-                .arg(self.data())
-                .arg("-w")
-                .arg("-t")
-                .arg(self.settings.start_timeout.as_secs().max(1).to_string());
+            cmd.arg("start").arg("-D").arg(self.data()).arg("-w").arg("-t").arg(self.settings.start_timeout.as_secs().max(1).to_string());
             cmd.arg("-o").arg(opts);
             if let Some(log) = &self.settings.log_file {
                 cmd.arg("-l").arg(log);
-                self.run("pg_ctl start", cmd, self.settings.start_timeout + Duration::from_secs(5))
-                    .await?;
+                self.run("pg_ctl start", cmd, self.settings.start_timeout + Duration::from_secs(5)).await?;
             } else {
                 // The postmaster inherits pg_ctl's output: never a pipe we would wait on.
                 cmd.stdout(Stdio::null()).stderr(Stdio::null());
@@ -357,10 +323,7 @@ impl LocalPostgres {
                     .map_err(|_| PgError::Timeout("pg_ctl start".into()))?
                     .map_err(io_err)?;
                 if !status.success() {
-                    return Err(PgError::Tool {
-                        tool: "pg_ctl start".into(),
-                        output: status.to_string(),
-                    });
+                    return Err(PgError::Tool { tool: "pg_ctl start".into(), output: status.to_string() });
                 }
             }
         }
@@ -377,9 +340,7 @@ impl LocalPostgres {
             let mut cmd = self.command("pg_ctl");
             cmd.arg("stop").arg("-D").arg(self.data()).arg("-m").arg(m).arg("-w");
             cmd.arg("-t").arg(self.settings.stop_timeout.as_secs().max(1).to_string());
-            let result = self
-                .run("pg_ctl stop", cmd, self.settings.stop_timeout + Duration::from_secs(5))
-                .await;
+            let result = self.run("pg_ctl stop", cmd, self.settings.stop_timeout + Duration::from_secs(5)).await;
             if let Err(e) = result {
                 if self.postmaster_running().await? {
                     return Err(e);
@@ -457,10 +418,7 @@ impl LocalPostgres {
             probe.upstream = Some(upstream);
             probe.timeline = row.get::<_, i32>(5) as u32;
             let rows = client
-                .query(
-                    "SELECT status, sender_host, sender_port, received_tli FROM pg_stat_wal_receiver",
-                    &[],
-                )
+                .query("SELECT status, sender_host, sender_port, received_tli FROM pg_stat_wal_receiver", &[])
                 .await
                 .map_err(query_err)?;
             if let Some(r) = rows.first() {
@@ -491,10 +449,7 @@ impl PgControl for LocalPostgres {
         };
         if let Err(e) = self.probe_running(&client, &mut probe).await {
             // Answered but a query failed (starting up, shutting down): report it as not usable.
-            probe = PgProbe {
-                error: Some(e.to_string()),
-                ..PgProbe::stopped(self.data_state())
-            };
+            probe = PgProbe { error: Some(e.to_string()), ..PgProbe::stopped(self.data_state()) };
         }
         probe
     }
@@ -512,11 +467,7 @@ impl PgControl for LocalPostgres {
         let recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(query_err)?.get(0);
         if recovery {
             let secs = self.settings.promote_timeout.as_secs().max(1) as i32;
-            let done: bool = client
-                .query_one("SELECT pg_promote(true, $1)", &[&secs])
-                .await
-                .map_err(query_err)?
-                .get(0);
+            let done: bool = client.query_one("SELECT pg_promote(true, $1)", &[&secs]).await.map_err(query_err)?.get(0);
             if !done {
                 return Err(PgError::NotVerified(format!("pg_promote did not finish within {secs} s")));
             }
@@ -541,27 +492,16 @@ impl PgControl for LocalPostgres {
             Ok(client) => {
                 let recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(query_err)?.get(0);
                 if !recovery {
-                    return Err(PgError::WrongState(
-                        "running as primary: it must be demoted and rewound first".into(),
-                    ));
+                    return Err(PgError::WrongState("running as primary: it must be demoted and rewound first".into()));
                 }
                 // ALTER SYSTEM cannot run in a transaction block: one statement per call.
-                client
-                    .batch_execute(&format!("ALTER SYSTEM SET primary_conninfo = {}", sql_quote(&conninfo)))
-                    .await
-                    .map_err(query_err)?;
-                client
-                    .batch_execute(&format!("ALTER SYSTEM SET primary_slot_name = {}", sql_quote(&slot)))
-                    .await
-                    .map_err(query_err)?;
+                client.batch_execute(&format!("ALTER SYSTEM SET primary_conninfo = {}", sql_quote(&conninfo))).await.map_err(query_err)?;
+                client.batch_execute(&format!("ALTER SYSTEM SET primary_slot_name = {}", sql_quote(&slot))).await.map_err(query_err)?;
                 client.batch_execute("SELECT pg_reload_conf()").await.map_err(query_err)?;
                 let deadline = Instant::now() + Duration::from_secs(10);
                 loop {
                     let row = client
-                        .query_one(
-                            "SELECT current_setting('primary_conninfo'), current_setting('primary_slot_name')",
-                            &[],
-                        )
+                        .query_one("SELECT current_setting('primary_conninfo'), current_setting('primary_slot_name')", &[])
                         .await
                         .map_err(query_err)?;
                     if row.get::<_, String>(0) == conninfo && row.get::<_, String>(1) == slot {
@@ -618,11 +558,7 @@ impl PgControl for LocalPostgres {
         let saved = self.save_own_config();
         self.clear_data_dir().await?;
         let mut cmd = self.command("pg_basebackup");
-        cmd.arg("-D")
-            .arg(self.data())
-            .arg("-d")
-            .arg(self.conninfo(source))
-            .args(["-X", "stream", "-c", "fast", "--no-sync"]);
+        cmd.arg("-D").arg(self.data()).arg("-d").arg(self.conninfo(source)).args(["-X", "stream", "-c", "fast", "--no-sync"]);
         self.run("pg_basebackup", cmd, self.settings.copy_timeout).await?;
         self.restore_own_config(&saved)?;
         self.write_standby_files(source)?;
@@ -643,10 +579,7 @@ impl PgControl for LocalPostgres {
                 .await
                 .map_err(query_err)?;
         }
-        let rows = client
-            .query("SELECT slot_name::text FROM pg_replication_slots", &[])
-            .await
-            .map_err(query_err)?;
+        let rows = client.query("SELECT slot_name::text FROM pg_replication_slots", &[]).await.map_err(query_err)?;
         let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         match wanted.iter().find(|s| !have.contains(s)) {
             Some(missing) => Err(PgError::NotVerified(format!("slot {missing} missing after creation"))),
@@ -769,17 +702,10 @@ mod tests {
     #[test]
     fn conninfo_round_trips_through_the_parser() {
         let pg = LocalPostgres::new(PgSettings {
-            replication: ReplicationAuth {
-                user: "rep".into(),
-                password: Some("p'w\\d".into()),
-            },
+            replication: ReplicationAuth { user: "rep".into(), password: Some("p'w\\d".into()) },
             ..PgSettings::new("node-2", "/tmp/x", 5432)
         });
-        let target = PrimaryTarget {
-            name: "n1".into(),
-            host: "10.0.0.1".into(),
-            port: 5433,
-        };
+        let target = PrimaryTarget { name: "n1".into(), host: "10.0.0.1".into(), port: 5433 };
         let parsed = parse_conninfo(&pg.conninfo(&target));
         assert_eq!(parsed.host.as_deref(), Some("10.0.0.1"));
         assert_eq!(parsed.port, Some(5433));

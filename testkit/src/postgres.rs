@@ -15,9 +15,7 @@ use crate::ports::free_port;
 
 /// The default Debian/Ubuntu location of PostgreSQL 15; override with `PGDAEMON_PG_BIN`.
 pub fn default_bin_dir() -> PathBuf {
-    std::env::var_os("PGDAEMON_PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+    std::env::var_os("PGDAEMON_PG_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
 /// PostgreSQL binaries are installed (tests skip with a message otherwise).
@@ -50,10 +48,7 @@ pub struct PgCluster {
 impl PgCluster {
     /// An empty cluster directory (owned by `postgres` when running as root).
     pub fn new() -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("pgdaemon-pg-")
-            .tempdir_in(std::env::temp_dir())
-            .context("temp dir")?;
+        let dir = tempfile::Builder::new().prefix("pgdaemon-pg-").tempdir_in(std::env::temp_dir()).context("temp dir")?;
         let run_as = running_as_root().then(|| "postgres".to_string());
         if let Some(user) = &run_as {
             let status = Command::new("chown").arg(format!("{user}:")).arg(dir.path()).status()?;
@@ -63,17 +58,9 @@ impl PgCluster {
         }
         std::fs::create_dir_all(dir.path().join("sock"))?;
         if let Some(user) = &run_as {
-            Command::new("chown")
-                .arg(format!("{user}:"))
-                .arg(dir.path().join("sock"))
-                .status()?;
+            Command::new("chown").arg(format!("{user}:")).arg(dir.path().join("sock")).status()?;
         }
-        Ok(PgCluster {
-            dir,
-            bin_dir: default_bin_dir(),
-            run_as,
-            nodes: Vec::new(),
-        })
+        Ok(PgCluster { dir, bin_dir: default_bin_dir(), run_as, nodes: Vec::new() })
     }
 
     pub fn bin_dir(&self) -> &Path {
@@ -94,10 +81,7 @@ impl PgCluster {
     }
 
     pub fn node(&self, name: &str) -> &PgNode {
-        self.nodes
-            .iter()
-            .find(|n| n.name == name)
-            .unwrap_or_else(|| panic!("no node {name}"))
+        self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
     }
 
     /// Server settings every start passes on the command line (the agent passes the same), so
@@ -124,12 +108,7 @@ impl PgCluster {
     fn run(&self, what: &str, mut cmd: Command) -> Result<Output> {
         let out = cmd.output().with_context(|| format!("running {what}"))?;
         if !out.status.success() {
-            bail!(
-                "{what} failed ({}): {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("{what} failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         }
         Ok(out)
     }
@@ -147,9 +126,7 @@ impl PgCluster {
     pub fn init_primary(&mut self, name: &str) -> Result<PgNode> {
         let node = self.new_node(name);
         let mut cmd = self.tool("initdb");
-        cmd.arg("-D")
-            .arg(&node.data_dir)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"]);
+        cmd.arg("-D").arg(&node.data_dir).args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"]);
         self.run("initdb", cmd)?;
         let sock = self.dir.path().join("sock");
         let conf = format!(
@@ -202,15 +179,7 @@ impl PgCluster {
             opts.push_str(&format!(" -c {k}={v}"));
         }
         let mut cmd = self.tool("pg_ctl");
-        cmd.arg("start")
-            .arg("-D")
-            .arg(&node.data_dir)
-            .arg("-w")
-            .args(["-t", "60"])
-            .arg("-l")
-            .arg(&node.log_file)
-            .arg("-o")
-            .arg(opts);
+        cmd.arg("start").arg("-D").arg(&node.data_dir).arg("-w").args(["-t", "60"]).arg("-l").arg(&node.log_file).arg("-o").arg(opts);
         self.run("pg_ctl start", cmd).map(|_| ())
     }
 
@@ -243,10 +212,7 @@ impl PgCluster {
     pub fn try_sql(&self, name: &str, sql: &str) -> std::result::Result<String, String> {
         let node = self.node(name);
         let out = Command::new(self.bin_dir.join("psql"))
-            .arg(format!(
-                "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=3",
-                node.port
-            ))
+            .arg(format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=3", node.port))
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .env("PGOPTIONS", "-c statement_timeout=10000")
             .stdin(Stdio::null())
@@ -297,11 +263,7 @@ fn alive(pid: u32) -> bool {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stderr(Stdio::null()).status();
 }
 
 fn wait_gone(pid: u32, timeout: Duration) -> Result<()> {

@@ -188,19 +188,11 @@ const HEARTBEAT_TTL_S: u64 = 24 * 3600;
 /// - A paused cluster gets no role changes other than the S2 demotion.
 /// - A heartbeat is always published last.
 pub fn decide(input: &AgentInput) -> AgentDecision {
-    let mut d = Decider {
-        input,
-        actions: Vec::new(),
-        reasons: Vec::new(),
-        demoting: false,
-    };
+    let mut d = Decider { input, actions: Vec::new(), reasons: Vec::new(), demoting: false };
     d.run();
     let heartbeat = heartbeat(input);
     d.actions.push(AgentAction::PublishHeartbeat(heartbeat));
-    AgentDecision {
-        actions: d.actions,
-        reason: d.reasons.join("; "),
-    }
+    AgentDecision { actions: d.actions, reason: d.reasons.join("; ") }
 }
 
 struct Decider<'a> {
@@ -249,10 +241,7 @@ impl Decider<'_> {
                 held = None;
             } else if h.lease.term <= input.fenced_through {
                 self.push(AgentAction::ReleaseLease);
-                self.why(format!(
-                    "releasing lease term {}: told to demote through term {}",
-                    h.lease.term, input.fenced_through
-                ));
+                self.why(format!("releasing lease term {}: told to demote through term {}", h.lease.term, input.fenced_through));
                 held = None;
             }
         }
@@ -260,11 +249,7 @@ impl Decider<'_> {
         let view = match &input.store {
             StoreRead::Ok(view) => view,
             StoreRead::Unavailable(e) | StoreRead::Malformed(e) => {
-                let what = if matches!(input.store, StoreRead::Unavailable(_)) {
-                    "store unavailable"
-                } else {
-                    "store record unusable"
-                };
+                let what = if matches!(input.store, StoreRead::Unavailable(_)) { "store unavailable" } else { "store record unusable" };
                 self.why(format!("{what}: {e}"));
                 if held.is_some() {
                     self.push(AgentAction::RenewLease);
@@ -296,10 +281,9 @@ impl Decider<'_> {
                 self.push(AgentAction::Demote);
                 match record {
                     None => self.why("demoting: no cluster record names this member primary (S2)"),
-                    Some(r) if designated => self.why(format!(
-                        "demoting: told to demote through term {} (record term {})",
-                        input.fenced_through, r.term
-                    )),
+                    Some(r) if designated => {
+                        self.why(format!("demoting: told to demote through term {} (record term {})", input.fenced_through, r.term))
+                    }
                     Some(r) => self.why(format!(
                         "demoting: the cluster record names {} primary for term {}",
                         r.primary.as_deref().unwrap_or("no member"),
@@ -398,14 +382,8 @@ impl Decider<'_> {
                 true
             }
             Some(LeaseState::Expired(l)) => {
-                self.push(AgentAction::AcquireLease {
-                    term,
-                    takeover_rvn: Some(l.rvn.clone()),
-                });
-                self.why(format!(
-                    "taking over the expired leader lease of {} (term {}) for term {term}",
-                    l.owner, l.term
-                ));
+                self.push(AgentAction::AcquireLease { term, takeover_rvn: Some(l.rvn.clone()) });
+                self.why(format!("taking over the expired leader lease of {} (term {}) for term {term}", l.owner, l.term));
                 true
             }
             Some(LeaseState::Held { lease, unchanged_for }) => {
@@ -434,11 +412,9 @@ impl Decider<'_> {
             return;
         };
         let target = match view.members.get(primary) {
-            Some(m) if !m.pg_host.is_empty() && m.pg_port != 0 => PrimaryTarget {
-                name: primary.to_string(),
-                host: m.pg_host.clone(),
-                port: m.pg_port,
-            },
+            Some(m) if !m.pg_host.is_empty() && m.pg_port != 0 => {
+                PrimaryTarget { name: primary.to_string(), host: m.pg_host.clone(), port: m.pg_port }
+            }
             _ => {
                 self.why(format!("primary {primary} has published no address yet"));
                 return;
@@ -469,10 +445,8 @@ impl Decider<'_> {
                 self.push(AgentAction::Follow(target));
             }
             DataDirState::Primary => {
-                let rewind_failed = input
-                    .last_rejoin_failure
-                    .as_ref()
-                    .is_some_and(|f| f.source == target.name && f.method == RejoinMethod::Rewind);
+                let rewind_failed =
+                    input.last_rejoin_failure.as_ref().is_some_and(|f| f.source == target.name && f.method == RejoinMethod::Rewind);
                 if rewind_failed {
                     let err = input.last_rejoin_failure.as_ref().map(|f| f.error.as_str()).unwrap_or_default();
                     self.why(format!("rewind from {target} failed ({err}): falling back to a basebackup"));
@@ -494,18 +468,10 @@ impl Decider<'_> {
         if lease.owner == input.identity.member {
             return;
         }
-        let due = input
-            .last_run_request
-            .is_none_or(|at| input.now.saturating_sub(at) >= Duration::from_millis(lease.lease_ms));
-        let evidence = input.leader_seen.clone().unwrap_or(LeaseSighting {
-            term: lease.term,
-            rvn: lease.rvn.clone(),
-            unchanged_ms: lease.lease_ms,
-        });
-        self.why(format!(
-            "leader lease of {} (term {}) unchanged for {} ms",
-            lease.owner, lease.term, evidence.unchanged_ms
-        ));
+        let due = input.last_run_request.is_none_or(|at| input.now.saturating_sub(at) >= Duration::from_millis(lease.lease_ms));
+        let evidence =
+            input.leader_seen.clone().unwrap_or(LeaseSighting { term: lease.term, rvn: lease.rvn.clone(), unchanged_ms: lease.lease_ms });
+        self.why(format!("leader lease of {} (term {}) unchanged for {} ms", lease.owner, lease.term, evidence.unchanged_ms));
         if due {
             self.push(AgentAction::RequestCoordinatorRun { evidence });
         }
@@ -566,13 +532,7 @@ mod tests {
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
     fn lease(owner: &str, term: u64, rvn: &str) -> LeaderLease {
-        LeaderLease {
-            owner: owner.into(),
-            term,
-            rvn: rvn.into(),
-            lease_ms: 10_000,
-            released: false,
-        }
+        LeaderLease { owner: owner.into(), term, rvn: rvn.into(), lease_ms: 10_000, released: false }
     }
 
     fn member(name: &str, port: u16, role: Role) -> MemberStatus {
@@ -585,10 +545,7 @@ mod tests {
 
     fn view(term: u64, primary: &str, leader: Option<LeaderLease>) -> ClusterView {
         let mut v = ClusterView {
-            cluster: Some(ClusterRecord {
-                term,
-                ..ClusterRecord::bootstrap(primary, DynamicConfig::default())
-            }),
+            cluster: Some(ClusterRecord { term, ..ClusterRecord::bootstrap(primary, DynamicConfig::default()) }),
             leader,
             ..Default::default()
         };
@@ -629,10 +586,7 @@ mod tests {
             StoreRead::Ok(v) => Some(match &v.leader {
                 None => LeaseState::Absent,
                 Some(l) if l.is_free() => LeaseState::Free(l.clone()),
-                Some(l) => LeaseState::Held {
-                    lease: l.clone(),
-                    unchanged_for: MS(100),
-                },
+                Some(l) => LeaseState::Held { lease: l.clone(), unchanged_for: MS(100) },
             }),
             _ => None,
         };
@@ -661,18 +615,11 @@ mod tests {
     }
 
     fn held(owner: &str, term: u64, rvn: &str, written_from_ms: u64) -> Option<HeldLease> {
-        Some(HeldLease {
-            lease: lease(owner, term, rvn),
-            written_from: MS(written_from_ms),
-        })
+        Some(HeldLease { lease: lease(owner, term, rvn), written_from: MS(written_from_ms) })
     }
 
     fn target(name: &str, port: u16) -> PrimaryTarget {
-        PrimaryTarget {
-            name: name.into(),
-            host: "127.0.0.1".into(),
-            port,
-        }
+        PrimaryTarget { name: name.into(), host: "127.0.0.1".into(), port }
     }
 
     /// One named situation: input, expected action names, and a word the reason must contain.
@@ -688,56 +635,31 @@ mod tests {
         // --- primary side ---
         v.push(Case {
             name: "healthy primary renews each loop",
-            input: input(
-                "n1",
-                primary_probe(),
-                StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
-                held("n1", 3, "r", 19_000),
-            ),
+            input: input("n1", primary_probe(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000)),
             expect: vec!["renew_lease", "publish_heartbeat"],
             reason_has: "primary for term 3",
         });
         v.push(Case {
             name: "primary whose lease ran out demotes even with the store down",
-            input: input(
-                "n1",
-                primary_probe(),
-                StoreRead::Unavailable("timeout".into()),
-                held("n1", 3, "r", 11_000),
-            ),
+            input: input("n1", primary_probe(), StoreRead::Unavailable("timeout".into()), held("n1", 3, "r", 11_000)),
             expect: vec!["forget_lease", "demote", "publish_heartbeat"],
             reason_has: "not renewed",
         });
         v.push(Case {
             name: "primary with a still-valid lease and the store down keeps trying to renew",
-            input: input(
-                "n1",
-                primary_probe(),
-                StoreRead::Unavailable("timeout".into()),
-                held("n1", 3, "r", 15_000),
-            ),
+            input: input("n1", primary_probe(), StoreRead::Unavailable("timeout".into()), held("n1", 3, "r", 15_000)),
             expect: vec!["renew_lease", "publish_heartbeat"],
             reason_has: "store unavailable",
         });
         v.push(Case {
             name: "malformed record changes nothing but the lease check",
-            input: input(
-                "n1",
-                primary_probe(),
-                StoreRead::Malformed("cluster: bad json".into()),
-                held("n1", 3, "r", 15_000),
-            ),
+            input: input("n1", primary_probe(), StoreRead::Malformed("cluster: bad json".into()), held("n1", 3, "r", 15_000)),
             expect: vec!["renew_lease", "publish_heartbeat"],
             reason_has: "unusable",
         });
         v.push(Case {
             name: "primary not designated any more (new term elsewhere) releases and demotes",
-            input: input(
-                "n1",
-                primary_probe(),
-                StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "r")))),
-                held("n1", 3, "r", 19_000),
-            ),
+            input: input("n1", primary_probe(), StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000)),
             expect: vec!["release_lease", "demote", "publish_heartbeat"],
             reason_has: "names n2 primary for term 4",
         });
@@ -754,12 +676,8 @@ mod tests {
         v.push(Case {
             name: "fenced primary releases its lease and demotes",
             input: {
-                let mut i = input(
-                    "n1",
-                    primary_probe(),
-                    StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
-                    held("n1", 3, "r", 19_000),
-                );
+                let mut i =
+                    input("n1", primary_probe(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000));
                 i.fenced_through = 3;
                 i
             },
@@ -777,12 +695,7 @@ mod tests {
             input: {
                 let mut p = primary_probe();
                 p.slots = vec!["n2".into()];
-                input(
-                    "n1",
-                    p,
-                    StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
-                    held("n1", 3, "r", 19_000),
-                )
+                input("n1", p, StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000))
             },
             expect: vec!["renew_lease", "ensure_slots", "publish_heartbeat"],
             reason_has: "primary",
@@ -803,12 +716,7 @@ mod tests {
         v.push(Case {
             name: "replica never promotes on its own when the lease is expired",
             input: {
-                let mut i = input(
-                    "n2",
-                    replica_probe(5001),
-                    StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
-                    None,
-                );
+                let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None);
                 i.lease_state = Some(LeaseState::Expired(lease("n1", 3, "r")));
                 i.identity.member = "n2".into();
                 i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
@@ -820,12 +728,7 @@ mod tests {
         v.push(Case {
             name: "fast path is rate limited to once per lease duration",
             input: {
-                let mut i = input(
-                    "n2",
-                    replica_probe(5001),
-                    StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
-                    None,
-                );
+                let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None);
                 i.lease_state = Some(LeaseState::Expired(lease("n1", 3, "r")));
                 i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
                 i.last_run_request = Some(MS(15_000));
@@ -836,24 +739,14 @@ mod tests {
         });
         v.push(Case {
             name: "designated replica waits while the old lease is still held",
-            input: input(
-                "n2",
-                replica_probe(5001),
-                StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "r")))),
-                None,
-            ),
+            input: input("n2", replica_probe(5001), StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "r")))), None),
             expect: vec!["publish_heartbeat"],
             reason_has: "waiting for the lease of n1",
         });
         v.push(Case {
             name: "designated replica takes over an expired lease and promotes",
             input: {
-                let mut i = input(
-                    "n2",
-                    replica_probe(5001),
-                    StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "r")))),
-                    None,
-                );
+                let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "r")))), None);
                 i.lease_state = Some(LeaseState::Expired(lease("n1", 3, "r")));
                 i
             },
@@ -893,12 +786,7 @@ mod tests {
         v.push(Case {
             name: "replica following the right primary does nothing",
             input: {
-                let mut i = input(
-                    "n2",
-                    replica_probe(5001),
-                    StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
-                    None,
-                );
+                let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None);
                 i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
                 i
             },
@@ -908,12 +796,7 @@ mod tests {
         v.push(Case {
             name: "replica re-points to the new primary",
             input: {
-                let mut i = input(
-                    "n3",
-                    replica_probe(5001),
-                    StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))),
-                    None,
-                );
+                let mut i = input("n3", replica_probe(5001), StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))), None);
                 i.probe.upstream.as_mut().unwrap().slot = Some("n3".into());
                 i
             },
@@ -922,29 +805,16 @@ mod tests {
         });
         v.push(Case {
             name: "stopped former primary rejoins with pg_rewind",
-            input: input(
-                "n1",
-                PgProbe::stopped(DataDirState::Primary),
-                StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))),
-                None,
-            ),
+            input: input("n1", PgProbe::stopped(DataDirState::Primary), StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))), None),
             expect: vec!["rewind", "publish_heartbeat"],
             reason_has: "pg_rewind",
         });
         v.push(Case {
             name: "failed rewind falls back to basebackup",
             input: {
-                let mut i = input(
-                    "n1",
-                    PgProbe::stopped(DataDirState::Primary),
-                    StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))),
-                    None,
-                );
-                i.last_rejoin_failure = Some(RejoinFailure {
-                    method: RejoinMethod::Rewind,
-                    source: "n2".into(),
-                    error: "boom".into(),
-                });
+                let mut i =
+                    input("n1", PgProbe::stopped(DataDirState::Primary), StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))), None);
+                i.last_rejoin_failure = Some(RejoinFailure { method: RejoinMethod::Rewind, source: "n2".into(), error: "boom".into() });
                 i
             },
             expect: vec!["basebackup", "publish_heartbeat"],
@@ -952,23 +822,13 @@ mod tests {
         });
         v.push(Case {
             name: "empty data directory bootstraps from the primary",
-            input: input(
-                "n4",
-                PgProbe::stopped(DataDirState::Empty),
-                StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
-                None,
-            ),
+            input: input("n4", PgProbe::stopped(DataDirState::Empty), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None),
             expect: vec!["basebackup", "publish_heartbeat"],
             reason_has: "bootstrapping",
         });
         v.push(Case {
             name: "stopped standby starts following",
-            input: input(
-                "n2",
-                PgProbe::stopped(DataDirState::Standby),
-                StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
-                None,
-            ),
+            input: input("n2", PgProbe::stopped(DataDirState::Standby), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None),
             expect: vec!["follow", "publish_heartbeat"],
             reason_has: "standby",
         });
@@ -1013,21 +873,10 @@ mod tests {
 
     #[test]
     fn takeover_carries_the_observed_rvn_and_the_record_term() {
-        let mut i = input(
-            "n2",
-            replica_probe(5001),
-            StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "old")))),
-            None,
-        );
+        let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "old")))), None);
         i.lease_state = Some(LeaseState::Expired(lease("n1", 3, "old")));
         let d = decide(&i);
-        assert_eq!(
-            d.actions[0],
-            AgentAction::AcquireLease {
-                term: 4,
-                takeover_rvn: Some("old".into())
-            }
-        );
+        assert_eq!(d.actions[0], AgentAction::AcquireLease { term: 4, takeover_rvn: Some("old".into()) });
         assert_eq!(d.actions[1], AgentAction::Promote { term: 4 });
     }
 
@@ -1047,15 +896,9 @@ mod tests {
         p.replay_lsn = Some("0/3000".parse().unwrap());
         p.replay_age = Some(MS(1500));
         let mut i = input("n2", p, StoreRead::Ok(vw), None);
-        i.leader_seen = Some(LeaseSighting {
-            term: 3,
-            rvn: "r".into(),
-            unchanged_ms: 100,
-        });
+        i.leader_seen = Some(LeaseSighting { term: 3, rvn: "r".into(), unchanged_ms: 100 });
         let d = decide(&i);
-        let Some(AgentAction::PublishHeartbeat(m)) = d.actions.last() else {
-            panic!("no heartbeat")
-        };
+        let Some(AgentAction::PublishHeartbeat(m)) = d.actions.last() else { panic!("no heartbeat") };
         assert_eq!(m.seq, 7);
         assert_eq!(m.term, 3);
         assert_eq!(m.role, Role::Replica);

@@ -92,11 +92,7 @@ pub struct TickReport {
 impl TickReport {
     /// Names of the actions that completed.
     pub fn done(&self) -> Vec<&'static str> {
-        self.outcomes
-            .iter()
-            .filter(|o| o.error.is_none())
-            .map(|o| o.action.name())
-            .collect()
+        self.outcomes.iter().filter(|o| o.error.is_none()).map(|o| o.action.name()).collect()
     }
 
     pub fn did(&self, name: &str) -> bool {
@@ -123,6 +119,9 @@ struct Shared {
     snapshot: Mutex<AgentSnapshot>,
     /// Demotions done through [`AgentHandle::demote_now`].
     external_demotions: AtomicU64,
+    /// Term and validity deadline (agent monotonic clock) of the held lease, updated the moment a
+    /// lease write succeeds or the lease is dropped (not only at the end of a tick).
+    lease_deadline: Mutex<Option<(u64, Duration)>>,
 }
 
 impl Shared {
@@ -151,9 +150,31 @@ impl AgentHandle {
         s.role == Role::Primary && s.lease_valid_until.is_some_and(|until| self.clock.monotonic() < until)
     }
 
+    /// Lease watchdog, for a task separate from the loop (e.g. every probe interval): if the held
+    /// lease's validity (lease - safety margin from before its last successful write) has passed
+    /// by this agent's clock while a loop is stuck (a store call hanging), and Postgres is
+    /// read-write, demote now. Returns whether it demoted. The loop itself checks the same
+    /// deadline each tick; this covers a tick that does not come back in time.
+    pub async fn enforce_lease_deadline(&self) -> Result<bool, DemoteError> {
+        let Some((term, until)) = *self.shared.lease_deadline.lock().unwrap() else {
+            return Ok(false);
+        };
+        if self.clock.monotonic() < until || !self.pg.probe().await.is_primary() {
+            return Ok(false);
+        }
+        // Re-check: a renewal may have landed while probing.
+        let still = (*self.shared.lease_deadline.lock().unwrap()).is_some_and(|(t, u)| t == term && self.clock.monotonic() >= u);
+        if !still {
+            return Ok(false);
+        }
+        self.demote_now(term, "lease deadline passed while the agent loop was stuck").await?;
+        Ok(true)
+    }
+
     /// Demotes now for `term` (the coordinator's fencer): from now on the agent refuses the leader
     /// lease for any term at or below `term` and releases one it holds at its next loop. Returns
-    /// `Ok` only once Postgres no longer accepts writes (stopped, verified by a probe).
+    /// `Ok` only once Postgres no longer accepts writes (stopped, verified by a probe). Waits for
+    /// a Postgres operation of the loop already in progress (they are serialized).
     pub async fn demote_now(&self, term: u64, reason: &str) -> Result<(), DemoteError> {
         {
             let mut fence = self.shared.fence.lock().unwrap();
@@ -181,7 +202,9 @@ impl AgentHandle {
 /// [`AgentRuntime::tick`] is one iteration and never sleeps, spawns tasks or uses tokio timers;
 /// the caller (the agent's `main`, a test, the simulation) decides when the next one runs, normally
 /// [`AgentRuntime::interval`] later. All time comes from the injected clock; the lease timestamp is
-/// taken before every lease write (lock-client rule).
+/// taken before every lease write (lock-client rule). Because a tick can only check the lease
+/// when it runs, the process should also run [`AgentHandle::enforce_lease_deadline`] from a
+/// separate task, which demotes when a stuck tick (a hanging store call) outlives the lease.
 pub struct AgentRuntime<S, P, C> {
     store: S,
     pg: Arc<P>,
@@ -232,6 +255,7 @@ where
                 pg_lock: AsyncMutex::new(()),
                 snapshot: Mutex::new(snapshot),
                 external_demotions: AtomicU64::new(0),
+                lease_deadline: Mutex::new(None),
             }),
         }
     }
@@ -243,11 +267,7 @@ where
     }
 
     pub fn handle(&self) -> AgentHandle {
-        AgentHandle {
-            shared: self.shared.clone(),
-            pg: self.pg.clone(),
-            clock: Arc::new(self.clock.clone()),
-        }
+        AgentHandle { shared: self.shared.clone(), pg: self.pg.clone(), clock: Arc::new(self.clock.clone()) }
     }
 
     /// How long to wait before the next tick (the probe interval of the current configuration).
@@ -329,7 +349,9 @@ where
             let result = if role_failed && action.is_role_change() {
                 Err("skipped: an earlier role change failed".to_string())
             } else {
-                self.execute(&action, &probe).await
+                let r = self.execute(&action, &probe).await;
+                self.sync_lease_deadline();
+                r
             };
             if let Err(e) = &result {
                 if action.is_role_change() {
@@ -342,10 +364,7 @@ where
             } else if action == AgentAction::Demote {
                 demoted = true;
             }
-            outcomes.push(ActionOutcome {
-                action,
-                error: result.err(),
-            });
+            outcomes.push(ActionOutcome { action, error: result.err() });
         }
 
         // S2 safety net: the decision assumed its lease writes would succeed.
@@ -354,37 +373,33 @@ where
             if let Err(e) = &result {
                 tracing::error!(error = %e, "demotion after losing the lease failed");
             }
-            outcomes.push(ActionOutcome {
-                action: AgentAction::Demote,
-                error: result.err(),
-            });
+            outcomes.push(ActionOutcome { action: AgentAction::Demote, error: result.err() });
         }
 
         let errors: Vec<String> = store_error
             .iter()
             .cloned()
-            .chain(
-                outcomes
-                    .iter()
-                    .filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.action.name()))),
-            )
+            .chain(outcomes.iter().filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.action.name()))))
             .collect();
         let duration = self.clock.monotonic().saturating_sub(started);
         self.counters.ticks += 1;
-        let report = TickReport {
-            reason: decision.reason,
-            outcomes,
-            errors,
-            duration,
-        };
-        self.publish_snapshot(&input, &report, store_error);
+        // After a role change the snapshot (HTTP API, metrics) shows the new state, not the probe
+        // taken before it.
+        let changed = outcomes.iter().any(|o| o.error.is_none() && (o.action.is_role_change() || o.action == AgentAction::Demote));
+        let probe_after = if changed { Some(self.pg.probe().await) } else { None };
+        let report = TickReport { reason: decision.reason, outcomes, errors, duration };
+        self.publish_snapshot(&input, probe_after, &report, store_error);
         report
     }
 
+    /// Publishes the held lease's deadline for [`AgentHandle::enforce_lease_deadline`].
+    fn sync_lease_deadline(&self) {
+        let margin = self.config.safety_margin();
+        *self.shared.lease_deadline.lock().unwrap() = self.held.as_ref().map(|h| (h.lease.term, h.valid_until(margin)));
+    }
+
     fn holds_valid_lease(&self) -> bool {
-        self.held
-            .as_ref()
-            .is_some_and(|h| h.is_valid(self.clock.monotonic(), self.config.safety_margin()))
+        self.held.as_ref().is_some_and(|h| h.is_valid(self.clock.monotonic(), self.config.safety_margin()))
     }
 
     fn sighting(&self, state: &Option<LeaseState>, now: Duration) -> Option<LeaseSighting> {
@@ -448,11 +463,7 @@ where
                 };
                 let written_from = self.clock.monotonic();
                 let owner = self.identity.member.clone();
-                match self
-                    .store
-                    .acquire_lease(&cluster, LeaseName::Leader, claim, &owner, *term, self.config.lease_ms)
-                    .await
-                {
+                match self.store.acquire_lease(&cluster, LeaseName::Leader, claim, &owner, *term, self.config.lease_ms).await {
                     Ok(lease) => {
                         tracing::info!(term, "acquired the leader lease");
                         self.held = Some(HeldLease { lease, written_from });
@@ -482,10 +493,7 @@ where
             AgentAction::ReleaseLease => {
                 // We stop counting on it whatever the store says.
                 let Some(held) = self.held.take() else { return Ok(()) };
-                self.store
-                    .release_lease(&cluster, LeaseName::Leader, &held.lease)
-                    .await
-                    .map_err(|e| e.to_string())
+                self.store.release_lease(&cluster, LeaseName::Leader, &held.lease).await.map_err(|e| e.to_string())
             }
             AgentAction::ForgetLease => {
                 self.held = None;
@@ -565,7 +573,8 @@ where
         }
     }
 
-    fn publish_snapshot(&self, input: &AgentInput, report: &TickReport, store_error: Option<String>) {
+    fn publish_snapshot(&self, input: &AgentInput, probe_after: Option<PgProbe>, report: &TickReport, store_error: Option<String>) {
+        let probe = probe_after.unwrap_or_else(|| input.probe.clone());
         let margin = self.config.safety_margin();
         let (fence, view) = (
             self.shared.fenced_through(),
@@ -575,8 +584,8 @@ where
             },
         );
         let mut s = self.shared.snapshot.lock().unwrap();
-        s.role = if input.probe.running { input.probe.role } else { Role::Unknown };
-        s.pg_running = input.probe.running;
+        s.role = if probe.running { probe.role } else { Role::Unknown };
+        s.pg_running = probe.running;
         s.holds_lease = self.held.is_some();
         s.lease_term = self.held.as_ref().map(|h| h.lease.term);
         s.lease_valid_until = self.held.as_ref().map(|h| h.valid_until(margin));
@@ -585,7 +594,7 @@ where
             s.last_view = view;
         }
         s.fenced_through = fence;
-        s.last_probe = Some(input.probe.clone());
+        s.last_probe = Some(probe);
         s.store_error = store_error;
         s.last_reason = report.reason.clone();
         s.last_errors = report.errors.clone();
@@ -613,9 +622,7 @@ mod tests {
 
     impl FakePg {
         fn with(probe: PgProbe) -> Self {
-            FakePg {
-                state: Mutex::new((probe, vec![])),
-            }
+            FakePg { state: Mutex::new((probe, vec![])) }
         }
         fn log(&self, call: &str) {
             self.state.lock().unwrap().1.push(call.to_string());
@@ -637,11 +644,7 @@ mod tests {
             self.log("start");
             self.set(|p| {
                 p.running = true;
-                p.role = if p.data == DataDirState::Standby {
-                    Role::Replica
-                } else {
-                    Role::Primary
-                };
+                p.role = if p.data == DataDirState::Standby { Role::Replica } else { Role::Primary };
             });
             Ok(())
         }
@@ -668,21 +671,13 @@ mod tests {
         }
         async fn follow(&self, primary: &PrimaryTarget) -> Result<(), PgError> {
             self.log(&format!("follow {}", primary.name));
-            let up = UpstreamConfig {
-                host: Some(primary.host.clone()),
-                port: Some(primary.port),
-                application_name: None,
-                slot: None,
-            };
+            let up = UpstreamConfig { host: Some(primary.host.clone()), port: Some(primary.port), application_name: None, slot: None };
             self.set(|p| p.upstream = Some(up));
             Ok(())
         }
         async fn rewind(&self, source: &PrimaryTarget) -> Result<(), PgError> {
             self.log(&format!("rewind {}", source.name));
-            Err(PgError::Tool {
-                tool: "pg_rewind".into(),
-                output: "could not find common ancestor".into(),
-            })
+            Err(PgError::Tool { tool: "pg_rewind".into(), output: "could not find common ancestor".into() })
         }
         async fn basebackup(&self, source: &PrimaryTarget) -> Result<(), PgError> {
             self.log(&format!("basebackup {}", source.name));
@@ -707,41 +702,19 @@ mod tests {
     }
 
     fn config() -> DynamicConfig {
-        DynamicConfig {
-            lease_ms: 4000,
-            renew_interval_ms: 1000,
-            safety_margin_ms: 1500,
-            probe_interval_ms: 500,
-            ..Default::default()
-        }
+        DynamicConfig { lease_ms: 4000, renew_interval_ms: 1000, safety_margin_ms: 1500, probe_interval_ms: 500, ..Default::default() }
     }
 
     fn identity(member: &str, port: u16) -> AgentIdentity {
-        AgentIdentity {
-            cluster: "c1".into(),
-            member: member.into(),
-            pg_host: "127.0.0.1".into(),
-            pg_port: port,
-            ..Default::default()
-        }
+        AgentIdentity { cluster: "c1".into(), member: member.into(), pg_host: "127.0.0.1".into(), pg_port: port, ..Default::default() }
     }
 
     fn primary() -> PgProbe {
-        PgProbe {
-            running: true,
-            role: Role::Primary,
-            data: DataDirState::Primary,
-            ..Default::default()
-        }
+        PgProbe { running: true, role: Role::Primary, data: DataDirState::Primary, ..Default::default() }
     }
 
     fn replica() -> PgProbe {
-        PgProbe {
-            running: true,
-            role: Role::Replica,
-            data: DataDirState::Standby,
-            ..Default::default()
-        }
+        PgProbe { running: true, role: Role::Replica, data: DataDirState::Standby, ..Default::default() }
     }
 
     type Rt = AgentRuntime<Arc<MemoryStore>, FakePg, ManualClock>;
@@ -749,10 +722,7 @@ mod tests {
     async fn setup(member: &str, probe: PgProbe) -> (Arc<MemoryStore>, ManualClock, Rt) {
         let store = Arc::new(MemoryStore::new());
         if store.read_cluster("c1").await.unwrap().is_none() {
-            store
-                .write_cluster("c1", None, &ClusterRecord::bootstrap("n1", config()))
-                .await
-                .unwrap();
+            store.write_cluster("c1", None, &ClusterRecord::bootstrap("n1", config())).await.unwrap();
         }
         let clock = ManualClock::new(1_000_000);
         let rt = AgentRuntime::new(store.clone(), FakePg::with(probe), clock.clone(), identity(member, 5001), config());
@@ -791,10 +761,7 @@ mod tests {
         // Someone else takes the lease (a coordinator/operator forced it).
         let held = rt.held_lease().unwrap().lease.clone();
         store.release_lease("c1", LeaseName::Leader, &held).await.unwrap();
-        store
-            .acquire_lease("c1", LeaseName::Leader, LeaseClaim::Free, "n2", 2, 4000)
-            .await
-            .unwrap();
+        store.acquire_lease("c1", LeaseName::Leader, LeaseClaim::Free, "n2", 2, 4000).await.unwrap();
         clock.advance(Duration::from_millis(500));
         let r = rt.tick().await;
         assert!(r.did("demote"), "{r:?}");
@@ -805,13 +772,7 @@ mod tests {
     async fn replica_promotes_only_after_taking_the_lease_for_the_named_term() {
         let (store, clock, mut r1) = setup("n1", primary()).await;
         r1.tick().await;
-        let mut r2 = AgentRuntime::new(
-            store.clone(),
-            FakePg::with(replica()),
-            clock.clone(),
-            identity("n2", 5002),
-            config(),
-        );
+        let mut r2 = AgentRuntime::new(store.clone(), FakePg::with(replica()), clock.clone(), identity("n2", 5002), config());
         let trigger = Arc::new(Trigger(Mutex::new(vec![])));
         r2 = r2.with_trigger(trigger.clone());
         r2.tick().await;
@@ -829,26 +790,10 @@ mod tests {
         assert!(hb.leader_seen.is_some_and(|s| s.unchanged_ms >= 4000));
         // The coordinator names n2 for term 2.
         let rec = store.read_cluster("c1").await.unwrap().unwrap();
-        store
-            .write_cluster(
-                "c1",
-                Some(rec.version),
-                &ClusterRecord {
-                    term: 2,
-                    primary: Some("n2".into()),
-                    ..rec
-                },
-            )
-            .await
-            .unwrap();
+        store.write_cluster("c1", Some(rec.version), &ClusterRecord { term: 2, primary: Some("n2".into()), ..rec }).await.unwrap();
         clock.advance(Duration::from_millis(500));
         let r = r2.tick().await;
-        assert_eq!(
-            r.done(),
-            vec!["acquire_lease", "promote", "ensure_slots", "publish_heartbeat"],
-            "{}",
-            r.reason
-        );
+        assert_eq!(r.done(), vec!["acquire_lease", "promote", "ensure_slots", "publish_heartbeat"], "{}", r.reason);
         assert_eq!(r2.held_lease().unwrap().lease.term, 2);
         // The old primary's agent comes back: not designated, lease gone -> demote, then rewind,
         // and when the rewind fails, a basebackup.
@@ -879,6 +824,20 @@ mod tests {
             assert!(!r.did("acquire_lease") && !r.did("start") && !r.did("promote"), "{}", r.reason);
         }
         assert_eq!(rt.handle().snapshot().fenced_through, 1);
+    }
+
+    #[tokio::test]
+    async fn watchdog_demotes_when_the_loop_does_not_come_back_in_time() {
+        let (_store, clock, mut rt) = setup("n1", primary()).await;
+        rt.tick().await;
+        let handle = rt.handle();
+        clock.advance(Duration::from_millis(2000));
+        assert!(!handle.enforce_lease_deadline().await.unwrap(), "still valid: 2000 < 4000 - 1500 ms");
+        // No tick runs (a store call hangs); the lease runs out by the agent's clock.
+        clock.advance(Duration::from_millis(600));
+        assert!(handle.enforce_lease_deadline().await.unwrap());
+        assert_eq!(rt.pg().calls().last().unwrap(), "demote");
+        assert_eq!(handle.snapshot().fenced_through, 1);
     }
 
     #[tokio::test]
