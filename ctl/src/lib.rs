@@ -1,65 +1,368 @@
 //! pgdctl's commands. `main` only parses and sets up logging; everything else is here, so tests
 //! call [`run`] (or the binary) directly.
+//!
+//! Exit codes (scripts may rely on them; see [`CtlError::exit_code`]):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | done: the read succeeded, or the coordinator accepted (and finished) the action |
+//! | 1 | refused: by the coordinator or by pgdctl's own checks; the message says why |
+//! | 2 | usage or bad input (unknown flag, bad `key=value`, invalid config); nothing was changed |
+//! | 3 | the store (or the Lambda) is unavailable, or holds a record that cannot be read |
+//! | 4 | timed out: no coordinator answered (the request was withdrawn), or the change it started did not finish within `--timeout` |
+
+pub mod dynconfig;
+pub mod invoke;
+pub mod request;
+pub mod store_opts;
+pub mod table;
 
 use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use pgdaemon_core::{RequestAction, Store, StoreError};
 use pgdaemon_dcs::dynamodb::client_from_env;
 use pgdaemon_dcs::{create_table, TableOutcome};
 
-/// Operate pgdaemon clusters.
+pub use store_opts::StoreOpts;
+
+/// Operate pgdaemon clusters: the member table, history, planned and forced changes of primary,
+/// pause/resume, the dynamic configuration, and the same actions through the Lambda.
+///
+/// Exit codes: 0 ok, 1 refused (the message says why), 2 usage/bad input, 3 store unavailable,
+/// 4 timed out.
 #[derive(Debug, Parser)]
-#[command(name = "pgdctl", version, about)]
+#[command(name = "pgdctl", version, about, long_about = None)]
 pub struct Cmd {
+    #[command(flatten)]
+    pub store: StoreOpts,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The member table: name, host, role, state, timeline, lag in MB, tags.
+    List(ListArgs),
+    /// Every promotion so far (term, kind, old and new primary, LSN, duration, reason).
+    History(JsonArgs),
+    /// Planned change of primary without data loss: the primary is demoted, the candidate
+    /// catches up and is promoted. Waits for the outcome.
+    Switchover(SwitchoverArgs),
+    /// Forced change of primary: the current primary is fenced and the candidate (or the most
+    /// advanced eligible replica) promoted. Waits for the outcome.
+    Failover(FailoverArgs),
+    /// Stop automatic failover (agents keep their roles). Waits for the coordinator's answer.
+    Pause(WaitArgs),
+    /// Resume automatic failover. Waits for the coordinator's answer.
+    Resume(WaitArgs),
+    /// Print the cluster's dynamic configuration (timings, lag limit, synchronous mode).
+    ShowConfig(JsonArgs),
+    /// Change the dynamic configuration: `--set key=value`, validated, written by compare-and-set.
+    EditConfig(EditConfigArgs),
+    /// Send an action to the coordinator Lambda (payload as `aws lambda invoke` takes it).
+    Invoke(invoke::InvokeArgs),
+    /// Create the cluster record naming the first primary (its Postgres must already run there):
+    /// agents only follow a record, they never invent one. Refused if the record exists.
+    Bootstrap(BootstrapArgs),
     /// Create the DynamoDB table pgdaemon keeps its state in (on-demand billing, TTL on
-    /// `expire_at`). Succeeds without change when the table exists.
-    CreateTable(CreateTableArgs),
+    /// `expire_at`). Succeeds without change when the table exists. Uses `--table`,
+    /// `--endpoint-url`, `--region`.
+    CreateTable,
 }
 
 #[derive(Debug, Args)]
-pub struct CreateTableArgs {
-    /// Table name.
-    #[arg(long, default_value = "pgdaemon")]
-    pub table: String,
-    /// DynamoDB endpoint (LocalStack, moto). Defaults to `AWS_ENDPOINT_URL`, else AWS itself.
+pub struct ListArgs {
+    /// Redraw the table every `--interval` seconds until interrupted (or `--count` draws).
+    #[arg(long, short = 'w')]
+    pub watch: bool,
+    /// Seconds between redraws with `--watch`.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_positive_secs)]
+    pub interval: f64,
+    /// Stop after this many draws with `--watch`.
     #[arg(long)]
-    pub endpoint_url: Option<String>,
-    /// AWS region. Defaults to the SDK's chain (`AWS_REGION`, profile).
+    pub count: Option<u64>,
+    /// Machine-readable output (the cluster record and every heartbeat).
     #[arg(long)]
-    pub region: Option<String>,
+    pub json: bool,
 }
 
-/// Runs one command, writing its human-readable result to `out`.
-pub async fn run(cmd: Cmd, out: &mut impl Write) -> anyhow::Result<()> {
-    match cmd.command {
-        Command::CreateTable(args) => create_table_cmd(args, out).await,
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Seconds to wait for the coordinator's answer (and, for switchover/failover, for the new
+    /// primary). An unanswered request is withdrawn when the wait ends.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_positive_secs)]
+    pub timeout: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct SwitchoverArgs {
+    /// The member to promote (default: the coordinator picks the most advanced eligible replica).
+    #[arg(long)]
+    pub candidate: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// The member to promote (default: the coordinator picks the most advanced eligible replica).
+    #[arg(long)]
+    pub candidate: Option<String>,
+    /// Promote the candidate even if it fails the eligibility checks (lag, timeline, tags):
+    /// data written after its position is lost.
+    #[arg(long, requires = "candidate")]
+    pub force: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// The member whose Postgres is the first primary.
+    #[arg(long)]
+    pub primary: String,
+    /// Dynamic config settings (`key=value`, repeatable) instead of the defaults.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EditConfigArgs {
+    /// `key=value`, repeatable (e.g. `--set lease_ms=15000 --set synchronous_mode=on`).
+    #[arg(long = "set", value_name = "KEY=VALUE", required = true)]
+    pub sets: Vec<String>,
+    /// Validate and show the change without writing it.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn parse_positive_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v > 0.0 && v <= 86_400.0) {
+        return Err(format!("{s} must be above 0 and at most 86400 seconds"));
+    }
+    Ok(v)
+}
+
+/// Why a command did not succeed; each kind has its own exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The coordinator or pgdctl's own checks refused the action.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Bad input; nothing was changed.
+    #[error("{0}")]
+    Usage(String),
+    /// The store (or Lambda) did not answer, or answered with a record that cannot be read.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The wait ended first.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl CtlError {
+    /// The process exit code (see the crate docs).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Refused(_) | CtlError::Other(_) => 1,
+            CtlError::Usage(_) => 2,
+            CtlError::Unavailable(_) => 3,
+            CtlError::Timeout(_) => 4,
+        }
     }
 }
 
-async fn create_table_cmd(args: CreateTableArgs, out: &mut impl Write) -> anyhow::Result<()> {
-    validate_table_name(&args.table)?;
-    let client = client_from_env(args.region.as_deref(), args.endpoint_url.as_deref()).await;
-    let outcome =
-        create_table(&client, &args.table).await.with_context(|| format!("creating table {:?}", args.table))?;
+impl From<StoreError> for CtlError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) | StoreError::Malformed { .. } => CtlError::Unavailable(e.to_string()),
+            StoreError::Invalid(m) => CtlError::Usage(m),
+            StoreError::Conflict { .. } => CtlError::Refused(e.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for CtlError {
+    fn from(e: std::io::Error) -> Self {
+        CtlError::Other(e.into())
+    }
+}
+
+/// Runs one command, writing its human-readable result to `out`.
+pub async fn run(cmd: Cmd, out: &mut impl Write) -> Result<(), CtlError> {
+    match cmd.command {
+        Command::CreateTable => create_table_cmd(&cmd.store, out).await,
+        Command::Invoke(args) => invoke::run(&cmd.store, args, out).await,
+        command => {
+            let (config, cluster) = cmd.store.resolve()?;
+            let store = pgdaemon_dcs::connect(&config).await?;
+            run_store_command(store, &cluster, command, out).await
+        }
+    }
+}
+
+/// The commands that talk to the store of one cluster.
+pub async fn run_store_command(
+    store: Arc<dyn Store>,
+    cluster: &str,
+    command: Command,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let store = store.as_ref();
+    match command {
+        Command::List(args) => list_cmd(store, cluster, args, out).await,
+        Command::History(args) => {
+            let history = store.read_history(cluster).await?;
+            if args.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&history).map_err(anyhow::Error::from)?
+                )?;
+            } else {
+                write!(out, "{}", table::history_table(&history))?;
+            }
+            Ok(())
+        }
+        Command::Switchover(args) => {
+            request::act(
+                store,
+                cluster,
+                RequestAction::Switchover,
+                args.candidate,
+                false,
+                secs(args.wait.timeout),
+                out,
+            )
+            .await
+        }
+        Command::Failover(args) => {
+            request::act(
+                store,
+                cluster,
+                RequestAction::Failover,
+                args.candidate,
+                args.force,
+                secs(args.wait.timeout),
+                out,
+            )
+            .await
+        }
+        Command::Pause(args) => {
+            request::act(
+                store,
+                cluster,
+                RequestAction::Pause,
+                None,
+                false,
+                secs(args.timeout),
+                out,
+            )
+            .await
+        }
+        Command::Resume(args) => {
+            request::act(
+                store,
+                cluster,
+                RequestAction::Resume,
+                None,
+                false,
+                secs(args.timeout),
+                out,
+            )
+            .await
+        }
+        Command::ShowConfig(args) => dynconfig::show(store, cluster, args.json, out).await,
+        Command::EditConfig(args) => dynconfig::edit(store, cluster, &args.sets, args.dry_run, out).await,
+        Command::Bootstrap(args) => dynconfig::bootstrap(store, cluster, &args.primary, &args.sets, out).await,
+        Command::Invoke(_) | Command::CreateTable => unreachable!("handled before connecting to the store"),
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+async fn list_cmd(store: &dyn Store, cluster: &str, args: ListArgs, out: &mut impl Write) -> Result<(), CtlError> {
+    if !args.watch {
+        let view = store.read_view(cluster).await?;
+        return print_view(cluster, &view, args.json, out);
+    }
+    let mut drawn = 0u64;
+    loop {
+        // Clear the screen and home the cursor, like `watch`.
+        write!(out, "\x1b[2J\x1b[H")?;
+        match store.read_view(cluster).await {
+            Ok(view) => print_view(cluster, &view, args.json, out)?,
+            Err(e) => writeln!(out, "{} {e}", table::now_hms())?,
+        }
+        out.flush()?;
+        drawn += 1;
+        if args.count.is_some_and(|c| drawn >= c) {
+            return Ok(());
+        }
+        tokio::time::sleep(secs(args.interval)).await;
+    }
+}
+
+fn print_view(
+    cluster: &str,
+    view: &pgdaemon_core::ClusterView,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    if json {
+        let doc = table::view_json(cluster, view);
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(anyhow::Error::from)?
+        )?;
+    } else {
+        write!(out, "{}", table::member_table(cluster, view, table::now_ms()))?;
+    }
+    Ok(())
+}
+
+async fn create_table_cmd(opts: &StoreOpts, out: &mut impl Write) -> Result<(), CtlError> {
+    let table = opts.table.clone().unwrap_or_else(|| "pgdaemon".into());
+    validate_table_name(&table)?;
+    let client = client_from_env(opts.region.as_deref(), opts.endpoint_url.as_deref()).await;
+    let outcome = create_table(&client, &table)
+        .await
+        .map_err(|e| match CtlError::from(e) {
+            CtlError::Unavailable(m) => CtlError::Unavailable(format!("creating table {table:?}: {m}")),
+            other => other,
+        })?;
     match outcome {
-        TableOutcome::Created => writeln!(out, "created table {} (TTL on expire_at)", args.table)?,
-        TableOutcome::AlreadyExisted => writeln!(out, "table {} already exists; nothing to do", args.table)?,
+        TableOutcome::Created => writeln!(out, "created table {table} (TTL on expire_at)")?,
+        TableOutcome::AlreadyExisted => writeln!(out, "table {table} already exists; nothing to do")?,
     }
     Ok(())
 }
 
 /// DynamoDB's naming rule, checked before any request (bad input changes nothing).
-fn validate_table_name(name: &str) -> anyhow::Result<()> {
-    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+fn validate_table_name(name: &str) -> Result<(), CtlError> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if !(3..=255).contains(&name.len()) || !ok_chars {
-        anyhow::bail!("table name {name:?} must be 3 to 255 characters of letters, digits, '_', '-' and '.'");
+        return Err(CtlError::Usage(format!(
+            "table name {name:?} must be 3 to 255 characters of letters, digits, '_', '-' and '.'"
+        )));
     }
     Ok(())
 }
@@ -75,19 +378,55 @@ mod tests {
     }
 
     #[test]
+    fn every_command_has_help() {
+        let cmd = Cmd::command();
+        for sub in cmd.get_subcommands() {
+            assert!(sub.get_about().is_some(), "{} has no help text", sub.get_name());
+            let help = Cmd::try_parse_from(["pgdctl", sub.get_name(), "--help"]).unwrap_err();
+            assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp, "{}", sub.get_name());
+        }
+    }
+
+    #[test]
     fn create_table_defaults() {
         let cmd = Cmd::try_parse_from(["pgdctl", "create-table"]).unwrap();
-        let Command::CreateTable(args) = cmd.command;
-        assert_eq!(args.table, "pgdaemon");
-        assert_eq!(args.endpoint_url, None);
+        assert!(matches!(cmd.command, Command::CreateTable));
+        assert_eq!(cmd.store.table, None);
+        assert_eq!(cmd.store.endpoint_url, None);
+    }
+
+    #[test]
+    fn force_needs_a_candidate_and_timeouts_must_be_positive() {
+        assert!(Cmd::try_parse_from(["pgdctl", "failover", "--force"]).is_err());
+        assert!(Cmd::try_parse_from(["pgdctl", "failover", "--force", "--candidate", "b"]).is_ok());
+        assert!(Cmd::try_parse_from(["pgdctl", "pause", "--timeout", "0"]).is_err());
+        assert!(
+            Cmd::try_parse_from(["pgdctl", "edit-config"]).is_err(),
+            "--set is required"
+        );
     }
 
     #[tokio::test]
     async fn bad_table_name_is_refused_before_any_request() {
-        let cmd =
-            Cmd::try_parse_from(["pgdctl", "create-table", "--table", "a/b", "--endpoint-url", "http://127.0.0.1:1"])
-                .unwrap();
+        let cmd = Cmd::try_parse_from([
+            "pgdctl",
+            "create-table",
+            "--table",
+            "a/b",
+            "--endpoint-url",
+            "http://127.0.0.1:1",
+        ])
+        .unwrap();
         let err = run(cmd, &mut Vec::new()).await.unwrap_err();
+        assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("table name"), "{err:#}");
+    }
+
+    #[test]
+    fn store_errors_map_to_documented_exit_codes() {
+        assert_eq!(CtlError::from(StoreError::Unavailable("x".into())).exit_code(), 3);
+        assert_eq!(CtlError::from(StoreError::malformed("cluster", "bad")).exit_code(), 3);
+        assert_eq!(CtlError::from(StoreError::Invalid("x".into())).exit_code(), 2);
+        assert_eq!(CtlError::from(StoreError::conflict("cluster", "x")).exit_code(), 1);
     }
 }
