@@ -76,6 +76,12 @@ pub enum FaultKind {
         action: RequestAction,
         candidate: Option<Target>,
     },
+    /// A replica's WAL receiver stalls (slow disk or network): its lag grows past
+    /// `maximum_lag_on_failover`, which tests candidate eligibility (S4).
+    ReplicaStall {
+        target: Target,
+        for_: Us,
+    },
 }
 
 impl FaultKind {
@@ -105,6 +111,7 @@ impl FaultKind {
                 ..
             } => "manual_failover",
             FaultKind::ManualRequest { .. } => "manual_pause_resume",
+            FaultKind::ReplicaStall { .. } => "replica_stall",
         }
     }
 }
@@ -138,7 +145,7 @@ pub fn script(rng: &mut Rng, nodes: usize, plan: &FaultPlan) -> Vec<(Us, FaultKi
     for _ in 0..plan.count {
         let at = plan.start + rng.below(plan.window.max(1));
         let t = target(rng, nodes);
-        let kind = match rng.below(21) {
+        let kind = match rng.below(23) {
             0..=1 => FaultKind::AgentCrash {
                 target: t,
                 down_for: secs(rng, 1, 30),
@@ -199,6 +206,10 @@ pub fn script(rng: &mut Rng, nodes: usize, plan: &FaultPlan) -> Vec<(Us, FaultKi
             17 => FaultKind::CoordinatorKill,
             18 => FaultKind::TwoCoordinators {
                 for_: secs(rng, 10, 120),
+            },
+            19..=20 => FaultKind::ReplicaStall {
+                target: Target::Replica,
+                for_: secs(rng, 30, 240),
             },
             _ => {
                 let action = match rng.below(6) {

@@ -89,6 +89,20 @@ impl RunResult {
     pub fn failed(&self) -> bool {
         self.violation.is_some() || self.sim_error.is_some()
     }
+
+    /// A safety invariant was violated (S1/S2, terms, S4, lost writes), as opposed to liveness
+    /// (S5, no writable primary after the faults healed).
+    pub fn safety_violation(&self) -> Option<&str> {
+        self.violation.as_deref().filter(|v| !is_liveness(v))
+    }
+
+    pub fn liveness_violation(&self) -> Option<&str> {
+        self.violation.as_deref().filter(|v| is_liveness(v))
+    }
+}
+
+fn is_liveness(v: &str) -> bool {
+    v.starts_with("S5") || v.starts_with("liveness")
 }
 
 enum SlotState {
@@ -202,6 +216,7 @@ impl Sim {
                     last_beat: None,
                     stopping: None,
                     stopped_by_fence: false,
+                    stalled: false,
                 }
             })
             .collect();
@@ -323,8 +338,10 @@ impl Sim {
             },
             agent_version: "sim".into(),
         };
-        let slow = if self.opts.broken == Broken::SlowAgentClock {
-            60
+        // Broken on purpose: the first primary's clock crawls, so its own lease check lets it
+        // act as primary long after others may take over.
+        let slow = if self.opts.broken == Broken::SlowAgentClock && i == 0 {
+            25
         } else {
             100
         };
@@ -549,6 +566,9 @@ impl Sim {
                 w.nodes[j].pg.streaming = false;
                 continue;
             }
+            if w.nodes[j].stalled {
+                continue;
+            }
             let src_len = w.nodes[u].pg.wal.len();
             let lag = if w.rng.chance(0.1) {
                 w.rng.range(0, 20) as usize
@@ -668,6 +688,18 @@ impl Sim {
                     down_for / SEC
                 ));
                 self.heal_at(&mut w, down_for, Heal::AgentStart(i));
+                if fencing_off {
+                    // Without fencing only a watchdog stops the Postgres of a dead agent (the
+                    // agent does not implement one; the simulation assumes it).
+                    let at = w.now + 5 * SEC;
+                    w.schedule(
+                        at,
+                        Event::Boot {
+                            node: usize::MAX - i,
+                            after_fence: false,
+                        },
+                    );
+                }
                 drop(w);
                 self.kill_slot(i);
             }
@@ -817,6 +849,16 @@ impl Sim {
                 self.invoke_coordinator(0);
                 self.invoke_coordinator(1);
             }
+            FaultKind::ReplicaStall { target, for_ } => {
+                let i = self.resolve(&mut w, target);
+                let name = w.nodes[i].name.clone();
+                w.log(format!(
+                    "FAULT WAL receiver of {name} stalls for {}s",
+                    for_ / SEC
+                ));
+                w.nodes[i].stalled = true;
+                self.heal_at(&mut w, for_, Heal::Unstall(i));
+            }
             FaultKind::ManualRequest { action, candidate } => {
                 let candidate = candidate.map(|t| {
                     let i = self.resolve(&mut w, t);
@@ -913,6 +955,7 @@ impl Sim {
                 w.log("HEAL store available");
             }
             Heal::MsgDelayOff => w.msg_delay = 0,
+            Heal::Unstall(i) => w.nodes[i].stalled = false,
             Heal::ClockRate(i) => w.clocks[i].set_rate(now, 0),
             Heal::TwoCoordinatorsOff => {
                 drop(w);

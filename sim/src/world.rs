@@ -93,6 +93,7 @@ pub enum Heal {
     StoreUp,
     MsgDelayOff,
     ClockRate(usize),
+    Unstall(usize),
     TwoCoordinatorsOff,
     Resume,
 }
@@ -159,6 +160,8 @@ pub struct Node {
     /// A fencer's EC2 stop in flight: (handle, completes at).
     pub stopping: Option<(String, Us)>,
     pub stopped_by_fence: bool,
+    /// The WAL receiver makes no progress (lag grows).
+    pub stalled: bool,
 }
 
 /// Counters reported per run and summed over seeds.
@@ -179,7 +182,8 @@ pub enum Broken {
     None,
     /// Every fencer answers "confirmed" without touching the node (promote without fencing).
     FenceLies,
-    /// The agent's clock runs 40 % slow, so its own lease check (S2) is worthless.
+    /// The first primary's agent clock runs at a quarter of real speed, so its own lease check
+    /// (S2) is worthless.
     SlowAgentClock,
     /// Promotion requests are carried out even when the simulated Postgres would refuse them
     /// because another server is still writable (replaces the candidate's knowledge).

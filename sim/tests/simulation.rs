@@ -1,0 +1,140 @@
+//! The simulation as a test: a few hundred seeds of the real agent and coordinator code under
+//! random faults, and proof that the checker fails when a safety rule is broken on purpose.
+
+use pgdaemon_core::coordinator::FencingPolicy;
+use pgdaemon_sim::{run, run_seeds, Broken, Options, RunResult};
+
+fn jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn describe(r: &RunResult) -> String {
+    let what = r
+        .violation
+        .as_deref()
+        .or(r.sim_error.as_deref())
+        .unwrap_or("?");
+    let tail: Vec<&str> = r
+        .trace
+        .lines()
+        .rev()
+        .take(80)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!(
+        "seed {}: {what}\n--- last trace lines ---\n{}",
+        r.seed,
+        tail.join("\n")
+    )
+}
+
+#[test]
+fn seeds_keep_every_safety_invariant() {
+    let summary = run_seeds(&Options::new(0), 0, 300, jobs());
+    assert_eq!(summary.seeds, 300);
+    // The faults really happen (a run without faults proves nothing).
+    assert!(
+        summary.faults.values().sum::<u64>() >= 300,
+        "{}",
+        summary.render()
+    );
+    assert!(
+        summary.promotions > 50,
+        "failovers must actually occur: {}",
+        summary.render()
+    );
+    let bad: Vec<&RunResult> = summary
+        .failures
+        .iter()
+        .filter(|r| r.sim_error.is_some() || r.safety_violation().is_some())
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} seeds broke safety; first:\n{}",
+        bad.len(),
+        describe(bad[0])
+    );
+}
+
+/// Liveness and S5 (a started failover finishes or is rolled back; a writable primary within the
+/// bound after the last heal). Ignored until the real code fixes the deadlocks this finds (see
+/// the simulation's README section on findings); run with `--ignored` to see them.
+#[test]
+#[ignore = "finds open liveness bugs in the agent/coordinator (F1, F2); un-ignore once fixed"]
+fn seeds_recover_after_faults_heal() {
+    let summary = run_seeds(&Options::new(0), 0, 300, jobs());
+    let bad: Vec<&RunResult> = summary
+        .failures
+        .iter()
+        .filter(|r| r.liveness_violation().is_some())
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} seeds did not recover; first:\n{}",
+        bad.len(),
+        describe(bad[0])
+    );
+}
+
+/// Each broken variant must be caught as a safety violation within a bounded number of seeds.
+fn caught(broken: Broken, fencing: FencingPolicy, seeds: u64) -> RunResult {
+    let mut o = Options::new(0);
+    o.broken = broken;
+    o.fencing = Some(fencing);
+    let summary = run_seeds(&o, 0, seeds, jobs());
+    let hit = summary
+        .failures
+        .iter()
+        .find(|r| r.safety_violation().is_some());
+    match hit {
+        Some(r) => r.clone(),
+        None => panic!(
+            "{broken:?} with fencing {fencing:?} was not caught in {seeds} seeds:\n{}",
+            summary.render()
+        ),
+    }
+}
+
+#[test]
+fn promoting_without_fencing_is_caught() {
+    let r = caught(Broken::FenceLies, FencingPolicy::Required, 100);
+    assert!(
+        r.safety_violation().unwrap().starts_with("S1/S2"),
+        "{}",
+        describe(&r)
+    );
+}
+
+#[test]
+fn skipping_the_lease_check_is_caught() {
+    let r = caught(Broken::SkipLeaseCheck, FencingPolicy::Off, 100);
+    assert!(
+        r.safety_violation().unwrap().starts_with("S1/S2"),
+        "{}",
+        describe(&r)
+    );
+}
+
+#[test]
+fn a_primary_clock_far_off_is_caught() {
+    let r = caught(Broken::SlowAgentClock, FencingPolicy::Off, 200);
+    assert!(
+        r.safety_violation().unwrap().starts_with("S1/S2"),
+        "{}",
+        describe(&r)
+    );
+}
+
+#[test]
+fn a_seed_reproduces_its_run_exactly() {
+    for seed in [3, 59, 172] {
+        let a = run(&Options::new(seed));
+        let b = run(&Options::new(seed));
+        assert_eq!(a.trace, b.trace, "seed {seed}");
+        assert_eq!(a.counters.events, b.counters.events);
+        assert_eq!(a.violation, b.violation);
+    }
+    assert_ne!(run(&Options::new(1)).trace, run(&Options::new(2)).trace);
+}
