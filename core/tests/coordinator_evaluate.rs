@@ -563,6 +563,12 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
     ));
 
     rows.push((
+        "manual request before heartbeats were observed -> wait, not refuse",
+        { let mut w = World::healthy(); w.set_live("n2", Liveness::Unknown); w.request(RequestAction::Failover, Some("n2"), false); w },
+        Wait("watching heartbeats of n2 before acting on request req-1"),
+    ));
+
+    rows.push((
         "pause request",
         { let mut w = World::healthy(); w.request(RequestAction::Pause, None, false); w },
         Answer { accepted: true, paused: Some(true), reason: "paused" },

@@ -148,6 +148,16 @@ fn handle_request(view: &ClusterView, record: &ClusterRecord, req: &ManualReques
         RequestAction::Failover => TransitionKind::Failover,
         RequestAction::Switchover => TransitionKind::Switchover,
     };
+    // A fresh coordinator has not yet seen heartbeats change: judging eligibility now would
+    // refuse good candidates. The wait is bounded by the stale threshold.
+    let unknown: Vec<&String> = view.members.keys().filter(|n| obs.member(n).liveness == Liveness::Unknown).collect();
+    if !unknown.is_empty() {
+        return Decision::wait(format!(
+            "watching heartbeats of {} before acting on request {}",
+            unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+            req.id
+        ));
+    }
     if record.paused {
         // Agents make no role changes while paused, so a designated candidate would never promote.
         return refuse(req, "the cluster is paused: resume it first (agents make no role changes while paused)".into());
@@ -463,7 +473,9 @@ fn designate_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, ob
             return Decision::blocked(format!("switchover: the final LSN of {} is unknown", t.old_primary.as_deref().unwrap_or("?")));
         };
         let replayed = view.members.get(&t.candidate).and_then(|s| s.replay_lsn);
-        if replayed.is_none_or(|r| r < target) {
+        let received = view.members.get(&t.candidate).and_then(|s| s.receive_lsn);
+        // Everything the old primary wrote, and everything the candidate received of it.
+        if replayed.is_none_or(|r| r < target || received.is_some_and(|rc| r < rc)) {
             return Decision::wait(format!(
                 "switchover: waiting for {} to replay up to {target} (at {})",
                 t.candidate,

@@ -242,6 +242,13 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
                 let verb = if kind == TransitionKind::Switchover { "demotion" } else { "fencing" };
                 match answer {
                     FenceStatus::Confirmed { detail, lsn } => {
+                        // A demotion that did not report its final position: the old primary's
+                        // last reported write position (read just before the demotion) is the
+                        // floor; a clean shutdown ships the rest to streaming standbys, which the
+                        // designate step waits to see replayed.
+                        let lsn = lsn.or_else(|| {
+                            view.members.get(&member).filter(|s| s.role == crate::model::Role::Primary).and_then(|s| s.write_lsn)
+                        });
                         let mark = Action::MarkFenced { by: detail.clone(), final_lsn: lsn };
                         let next = apply(record, &mark, now_ms).expect("record-only action");
                         self.write(cluster, view, next, format!("{member} {verb} confirmed: {detail}")).await

@@ -1,0 +1,211 @@
+//! The Lambda's configuration, from environment variables only (validated at cold start; a bad
+//! value fails the init with the variable's name, so nothing runs on a bad configuration).
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `PGDAEMON_TABLE` | `pgdaemon` | DynamoDB table |
+//! | `PGDAEMON_CLUSTERS` | (required) | comma-separated cluster names evaluated on the schedule |
+//! | `PGDAEMON_FENCING` | `ec2,ssm,http` | fencers in order (`ec2`, `ssm`, `http`), or `off` (S3 by lease expiry only) |
+//! | `PGDAEMON_CLUSTER_TAG_KEY` | `pgdaemon:cluster` | EC2 tag that must equal the cluster name before an instance is fenced |
+//! | `PGDAEMON_SSM_COMMAND` | stop agent and Postgres, verify | shell run by SSM `AWS-RunShellScript` |
+//! | `PGDAEMON_HTTP_TIMEOUT_MS` | 15000 | agent `POST /demote` timeout |
+//! | `PGDAEMON_FENCE_TIMEOUT_MS` | 60000 | give up on a fencer pending this long |
+//! | `PGDAEMON_PROMOTE_TIMEOUT_MS` | 30000 | replace a designated candidate that died before promoting |
+//! | `PGDAEMON_LOCK_LEASE_MS` | 10000 | coordinator lock lease |
+//! | `PGDAEMON_HEARTBEAT_STALE_MS` | derived | heartbeat age (by observed seq) that counts as down |
+//! | `PGDAEMON_RUN_BUDGET_MS` | 50000 | time one invocation spends driving a cluster (keep below the function timeout) |
+//! | `PGDAEMON_POLL_MS` | 500 | pause between runs while a transition is under way |
+//! | `PGDAEMON_CONCURRENCY` | 4 | clusters evaluated at once on the schedule |
+//! | `PGDAEMON_SNS_TOPIC_ARN` | (none) | SNS topic for change-of-primary events (see `events`) |
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pgdaemon_core::coordinator::{CoordinatorConfig, FencingPolicy};
+use pgdaemon_core::keys::validate_cluster_name;
+use pgdaemon_core::ConfigError;
+
+/// Default SSM fencing script: stop the agent (so it cannot restart Postgres) and Postgres, then
+/// succeed only if no postgres process is left.
+pub const DEFAULT_SSM_COMMAND: &str = "systemctl stop pgdaemon-agent postgresql || true; \
+pkill -9 -x postgres || true; sleep 1; if pgrep -x postgres >/dev/null; then echo 'postgres still running' >&2; exit 1; fi; echo fenced";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FencerKind {
+    Ec2,
+    Ssm,
+    Http,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LambdaConfig {
+    pub table: String,
+    pub clusters: Vec<String>,
+    /// Empty when fencing is off.
+    pub fencers: Vec<FencerKind>,
+    pub cluster_tag_key: String,
+    pub ssm_command: String,
+    pub http_timeout: Duration,
+    pub coordinator: CoordinatorConfig,
+    pub run_budget: Duration,
+    pub poll: Duration,
+    pub concurrency: usize,
+}
+
+const KNOWN: &[&str] = &[
+    "PGDAEMON_TABLE",
+    "PGDAEMON_CLUSTERS",
+    "PGDAEMON_FENCING",
+    "PGDAEMON_CLUSTER_TAG_KEY",
+    "PGDAEMON_SSM_COMMAND",
+    "PGDAEMON_HTTP_TIMEOUT_MS",
+    "PGDAEMON_FENCE_TIMEOUT_MS",
+    "PGDAEMON_PROMOTE_TIMEOUT_MS",
+    "PGDAEMON_LOCK_LEASE_MS",
+    "PGDAEMON_HEARTBEAT_STALE_MS",
+    "PGDAEMON_RUN_BUDGET_MS",
+    "PGDAEMON_POLL_MS",
+    "PGDAEMON_CONCURRENCY",
+    // Read by `events` (SNS topic of change-of-primary events; unset: none published).
+    "PGDAEMON_SNS_TOPIC_ARN",
+];
+
+fn env_err(var: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Env { var: var.to_string(), reason: reason.into() }
+}
+
+impl LambdaConfig {
+    /// Reads and validates the configuration from `vars` (normally `std::env::vars()`).
+    /// Unknown `PGDAEMON_*` variables are rejected, so a typo is named instead of ignored.
+    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let vars: BTreeMap<String, String> = vars.into_iter().filter(|(k, _)| k.starts_with("PGDAEMON_")).collect();
+        if let Some(unknown) = vars.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(env_err(unknown, format!("unknown setting; known: {}", KNOWN.join(", "))));
+        }
+        let get = |k: &str| vars.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let ms = |k: &str, default: u64, min: u64| -> Result<u64, ConfigError> {
+            match get(k) {
+                None => Ok(default),
+                Some(v) => {
+                    let n: u64 = v.parse().map_err(|_| env_err(k, format!("{v:?} is not a whole number of milliseconds")))?;
+                    if n < min {
+                        return Err(env_err(k, format!("{n} is below the minimum {min}")));
+                    }
+                    Ok(n)
+                }
+            }
+        };
+        let table = get("PGDAEMON_TABLE").unwrap_or_else(|| "pgdaemon".into());
+        if table.len() < 3 || table.len() > 255 {
+            return Err(env_err("PGDAEMON_TABLE", "must be 3 to 255 characters"));
+        }
+        let clusters_raw = get("PGDAEMON_CLUSTERS").ok_or_else(|| env_err("PGDAEMON_CLUSTERS", "is required: comma-separated cluster names"))?;
+        let mut clusters = Vec::new();
+        for c in clusters_raw.split(',').map(str::trim) {
+            validate_cluster_name(c).map_err(|e| env_err("PGDAEMON_CLUSTERS", e))?;
+            if clusters.iter().any(|x| x == c) {
+                return Err(env_err("PGDAEMON_CLUSTERS", format!("{c:?} is listed twice")));
+            }
+            clusters.push(c.to_string());
+        }
+        let fencing_raw = get("PGDAEMON_FENCING").unwrap_or_else(|| "ec2,ssm,http".into());
+        let mut fencers = Vec::new();
+        let mut policy = FencingPolicy::Required;
+        if fencing_raw == "off" {
+            policy = FencingPolicy::Off;
+        } else {
+            for f in fencing_raw.split(',').map(str::trim) {
+                let kind = match f {
+                    "ec2" => FencerKind::Ec2,
+                    "ssm" => FencerKind::Ssm,
+                    "http" => FencerKind::Http,
+                    other => {
+                        return Err(env_err("PGDAEMON_FENCING", format!("unknown fencer {other:?}: expected ec2, ssm, http (in order) or off")))
+                    }
+                };
+                if fencers.contains(&kind) {
+                    return Err(env_err("PGDAEMON_FENCING", format!("{f:?} is listed twice")));
+                }
+                fencers.push(kind);
+            }
+        }
+        let cluster_tag_key = get("PGDAEMON_CLUSTER_TAG_KEY").unwrap_or_else(|| "pgdaemon:cluster".into());
+        if cluster_tag_key.len() > 128 {
+            return Err(env_err("PGDAEMON_CLUSTER_TAG_KEY", "EC2 tag keys are at most 128 characters"));
+        }
+        let ssm_command = get("PGDAEMON_SSM_COMMAND").unwrap_or_else(|| DEFAULT_SSM_COMMAND.into());
+        let coordinator = CoordinatorConfig {
+            fencing: policy,
+            lock_lease_ms: ms("PGDAEMON_LOCK_LEASE_MS", 10_000, 1000)?,
+            heartbeat_stale_ms: match get("PGDAEMON_HEARTBEAT_STALE_MS") {
+                None => None,
+                Some(_) => Some(ms("PGDAEMON_HEARTBEAT_STALE_MS", 0, 100)?),
+            },
+            fence_pending_timeout_ms: ms("PGDAEMON_FENCE_TIMEOUT_MS", 60_000, 1000)?,
+            promote_timeout_ms: ms("PGDAEMON_PROMOTE_TIMEOUT_MS", 30_000, 1000)?,
+            max_steps_per_run: 8,
+        };
+        coordinator.validate()?;
+        let run_budget = Duration::from_millis(ms("PGDAEMON_RUN_BUDGET_MS", 50_000, 1000)?);
+        if run_budget > Duration::from_secs(890) {
+            return Err(env_err("PGDAEMON_RUN_BUDGET_MS", "must stay below the 900 s Lambda maximum"));
+        }
+        let poll = Duration::from_millis(ms("PGDAEMON_POLL_MS", 500, 50)?);
+        let concurrency = ms("PGDAEMON_CONCURRENCY", 4, 1)? as usize;
+        Ok(LambdaConfig {
+            table,
+            clusters,
+            fencers,
+            cluster_tag_key,
+            ssm_command,
+            http_timeout: Duration::from_millis(ms("PGDAEMON_HTTP_TIMEOUT_MS", 15_000, 100)?),
+            coordinator,
+            run_budget,
+            poll,
+            concurrency,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_with_clusters() {
+        let c = LambdaConfig::from_env(env(&[("PGDAEMON_CLUSTERS", "a, b"), ("PATH", "/bin")])).unwrap();
+        assert_eq!(c.clusters, vec!["a", "b"]);
+        assert_eq!(c.fencers, vec![FencerKind::Ec2, FencerKind::Ssm, FencerKind::Http]);
+        assert_eq!(c.coordinator.fencing, FencingPolicy::Required);
+        assert_eq!(c.table, "pgdaemon");
+    }
+
+    #[test]
+    fn fencing_off_is_explicit() {
+        let c = LambdaConfig::from_env(env(&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_FENCING", "off")])).unwrap();
+        assert!(c.fencers.is_empty());
+        assert_eq!(c.coordinator.fencing, FencingPolicy::Off);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "PGDAEMON_CLUSTERS"),
+            (&[("PGDAEMON_CLUSTERS", "a,,b")], "PGDAEMON_CLUSTERS"),
+            (&[("PGDAEMON_CLUSTERS", "a,a")], "listed twice"),
+            (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_FENCING", "ec2,stonith")], "stonith"),
+            (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_POLL_MS", "fast")], "PGDAEMON_POLL_MS"),
+            (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_LOCK_LEASE_MS", "10")], "PGDAEMON_LOCK_LEASE_MS"),
+            (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_TABEL", "x")], "PGDAEMON_TABEL"),
+            (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_RUN_BUDGET_MS", "1000000")], "900 s"),
+        ];
+        for (vars, needle) in cases {
+            let err = LambdaConfig::from_env(env(vars)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{vars:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The Lambda handler, generic over the store, the fencer and the clock so tests call it with
+//! `LambdaEvent` values over the in-memory store and a scripted fencer.
+//!
+//! Events:
+//! - an EventBridge scheduled event (`"detail-type": "Scheduled Event"`): evaluate every
+//!   configured cluster, at most `concurrency` at once;
+//! - `{"action": "status"|"evaluate"|"failover"|"switchover"|"pause"|"resume", "cluster": ...,
+//!   "candidate": ..., "force": bool, "id": ...}`. `status` and `evaluate` without `cluster`
+//!   cover every configured cluster; the others need one. Manual actions are written into the
+//!   cluster record as a request (compare-and-set) and carried out by the coordinator run that
+//!   follows - the same path `pgdctl` uses - so they are refused or accepted by the same rules.
+//!
+//! Anything else (unknown action, unknown field, wrong type, unconfigured cluster) is an error
+//! naming the problem, and nothing is written.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use lambda_runtime::LambdaEvent;
+use pgdaemon_core::coordinator::{run_until_settled, Coordinator, RunReport};
+use pgdaemon_core::fence::Fencer;
+use pgdaemon_core::keys::{validate_cluster_name, validate_member_name};
+use pgdaemon_core::{Clock, ManualRequest, RequestAction, Store, StoreError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::LambdaConfig;
+
+/// Why an event was not handled. Nothing was changed in either case.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("bad event: {0}")]
+    BadEvent(String),
+    #[error("{cluster}: {error}")]
+    Store { cluster: String, error: StoreError },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A validated request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Scheduled,
+    Status { cluster: Option<String> },
+    Evaluate { cluster: Option<String> },
+    Manual { cluster: String, action: RequestAction, candidate: Option<String>, force: bool, id: Option<String> },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionPayload {
+    action: String,
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default)]
+    candidate: Option<String>,
+    #[serde(default)]
+    force: Option<bool>,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+const ACTIONS: &str = "status, evaluate, failover, switchover, pause, resume";
+
+/// Parses and validates an event against the configuration.
+pub fn parse_event(event: &Value, config: &LambdaConfig) -> Result<Request, HandlerError> {
+    let bad = |m: String| HandlerError::BadEvent(m);
+    let Some(obj) = event.as_object() else {
+        return Err(bad(format!("expected a JSON object, got {}", short(event))));
+    };
+    if obj.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
+        if obj.get("source").and_then(Value::as_str).is_some_and(|s| s != "aws.events" && s != "aws.scheduler") {
+            return Err(bad(format!("scheduled event from unexpected source {}", short(&obj["source"]))));
+        }
+        return Ok(Request::Scheduled);
+    }
+    if !obj.contains_key("action") {
+        return Err(bad(format!("expected an EventBridge scheduled event or {{\"action\": one of {ACTIONS}, ...}}; got {}", short(event))));
+    }
+    let p: ActionPayload = serde_json::from_value(event.clone()).map_err(|e| bad(format!("invalid action payload: {e}")))?;
+    if let Some(c) = &p.cluster {
+        validate_cluster_name(c).map_err(|e| bad(format!("cluster: {e}")))?;
+        if !config.clusters.contains(c) {
+            return Err(bad(format!("cluster {c:?} is not configured here (PGDAEMON_CLUSTERS: {})", config.clusters.join(", "))));
+        }
+    }
+    if let Some(c) = &p.candidate {
+        validate_member_name(c).map_err(|e| bad(format!("candidate: {e}")))?;
+    }
+    if let Some(id) = &p.id {
+        if id.is_empty() || id.len() > 128 {
+            return Err(bad("id must be 1 to 128 characters".into()));
+        }
+    }
+    let manual = |action: RequestAction, allow_candidate: bool| -> Result<Request, HandlerError> {
+        let Some(cluster) = p.cluster.clone() else {
+            return Err(bad(format!("action {:?} needs \"cluster\"", p.action)));
+        };
+        if !allow_candidate && (p.candidate.is_some() || p.force.is_some()) {
+            return Err(bad(format!("action {:?} takes no \"candidate\" or \"force\"", p.action)));
+        }
+        Ok(Request::Manual { cluster, action, candidate: p.candidate.clone(), force: p.force.unwrap_or(false), id: p.id.clone() })
+    };
+    let no_extras = |what: &str| -> Result<(), HandlerError> {
+        if p.candidate.is_some() || p.force.is_some() || p.id.is_some() {
+            return Err(bad(format!("action {what:?} takes only \"cluster\"")));
+        }
+        Ok(())
+    };
+    match p.action.as_str() {
+        "status" => no_extras("status").map(|_| Request::Status { cluster: p.cluster.clone() }),
+        "evaluate" => no_extras("evaluate").map(|_| Request::Evaluate { cluster: p.cluster.clone() }),
+        "failover" => manual(RequestAction::Failover, true),
+        "switchover" => manual(RequestAction::Switchover, true),
+        "pause" => manual(RequestAction::Pause, false),
+        "resume" => manual(RequestAction::Resume, false),
+        other => Err(bad(format!("unknown action {other:?}: expected one of {ACTIONS}"))),
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 200 {
+        format!("{}...", &s[..s.char_indices().take_while(|(i, _)| *i < 200).last().map_or(0, |(i, c)| i + c.len_utf8())])
+    } else {
+        s
+    }
+}
+
+type Shared<S, F, C> = Arc<tokio::sync::Mutex<Coordinator<S, F, C>>>;
+
+/// The Lambda's state: clients built once per cold start, one coordinator per configured
+/// cluster (kept across warm invocations, so their observations carry over).
+pub struct Handler<S: Store + Clone, F: Fencer, C: Clock + Clone> {
+    store: S,
+    clock: C,
+    config: LambdaConfig,
+    coordinators: BTreeMap<String, Shared<S, F, C>>,
+}
+
+impl<S, F, C> Handler<S, F, C>
+where
+    S: Store + Clone + 'static,
+    F: Fencer + Clone + 'static,
+    C: Clock + Clone + 'static,
+{
+    /// `owner`: this container's name in the coordinator locks (unique per cold start).
+    pub fn new(store: S, fencer: F, clock: C, config: LambdaConfig, owner: &str) -> Self {
+        let coordinators = config
+            .clusters
+            .iter()
+            .map(|c| {
+                let coordinator = Coordinator::new(store.clone(), fencer.clone(), clock.clone(), config.coordinator.clone(), owner);
+                (c.clone(), Arc::new(tokio::sync::Mutex::new(coordinator)))
+            })
+            .collect();
+        Handler { store, clock, config, coordinators }
+    }
+
+    pub fn config(&self) -> &LambdaConfig {
+        &self.config
+    }
+
+    /// Handles one event; the JSON answer carries each cluster's outcome and reason.
+    pub async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
+        let request = parse_event(&event.payload, &self.config)?;
+        tracing::info!(request_id = %event.context.request_id, ?request, "event");
+        match request {
+            Request::Scheduled => Ok(json!({ "action": "scheduled", "results": self.evaluate_all(self.config.clusters.clone()).await })),
+            Request::Evaluate { cluster } => {
+                let clusters = cluster.map_or_else(|| self.config.clusters.clone(), |c| vec![c]);
+                Ok(json!({ "action": "evaluate", "results": self.evaluate_all(clusters).await }))
+            }
+            Request::Status { cluster } => {
+                let clusters = cluster.map_or_else(|| self.config.clusters.clone(), |c| vec![c]);
+                let mut out = Vec::new();
+                for c in clusters {
+                    out.push(self.status(&c).await);
+                }
+                Ok(json!({ "action": "status", "clusters": out }))
+            }
+            Request::Manual { cluster, action, candidate, force, id } => self.manual(&cluster, action, candidate, force, id).await,
+        }
+    }
+
+    async fn evaluate_all(&self, clusters: Vec<String>) -> Vec<Value> {
+        let mut results: Vec<Value> = futures::stream::iter(clusters)
+            .map(|c| async move { report_json(&self.drive(&c).await) })
+            .buffer_unordered(self.config.concurrency)
+            .collect()
+            .await;
+        results.sort_by(|a, b| a["cluster"].as_str().cmp(&b["cluster"].as_str()));
+        results
+    }
+
+    /// Runs the cluster's coordinator until settled or out of budget, then hands the lock back.
+    async fn drive(&self, cluster: &str) -> RunReport {
+        let coordinator = self.coordinators[cluster].clone();
+        let mut c = coordinator.lock().await;
+        let report = run_until_settled(&mut c, cluster, self.config.run_budget, self.config.poll, tokio::time::sleep).await;
+        if let Err(e) = c.release(cluster).await {
+            tracing::warn!(cluster, error = %e, "releasing the coordinator lock");
+        }
+        tracing::info!(cluster, outcome = ?report.outcome, reason = %report.reason, steps = ?report.steps, "coordinator run");
+        report
+    }
+
+    async fn manual(
+        &self,
+        cluster: &str,
+        action: RequestAction,
+        candidate: Option<String>,
+        force: bool,
+        id: Option<String>,
+    ) -> Result<Value, HandlerError> {
+        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let request = ManualRequest { id: id.clone(), action, candidate, force, requested_ms: self.clock.wall_ms() };
+        submit_request(&self.store, cluster, &request).await?;
+        let report = self.drive(cluster).await;
+        let mut out = report_json(&report);
+        let answered = report.record.as_ref().and_then(|r| r.last_request.as_ref()).filter(|o| o.id == id);
+        out["action"] = json!(format!("{action:?}").to_lowercase());
+        out["request_id"] = json!(id);
+        match answered {
+            Some(o) => {
+                out["accepted"] = json!(o.accepted);
+                out["request_reason"] = json!(o.reason);
+            }
+            None => {
+                out["accepted"] = Value::Null;
+                out["request_reason"] = json!("queued: not yet taken by a coordinator (see the reason)");
+            }
+        }
+        Ok(out)
+    }
+
+    async fn status(&self, cluster: &str) -> Value {
+        let view = match self.store.read_view(cluster).await {
+            Ok(v) => v,
+            Err(e) => return json!({ "cluster": cluster, "error": e.to_string() }),
+        };
+        let history = self.store.read_history(cluster).await.unwrap_or_default();
+        let tail: Vec<_> = history.iter().rev().take(5).collect();
+        json!({
+            "cluster": cluster,
+            "record": view.cluster,
+            "leader": view.leader,
+            "coordinator_lock": view.coordinator,
+            "members": view.members.values().collect::<Vec<_>>(),
+            "history": tail,
+        })
+    }
+}
+
+/// Writes `request` into the cluster record by compare-and-set. Refuses (changing nothing) when
+/// the cluster has no record or another request is still waiting.
+pub async fn submit_request<S: Store>(store: &S, cluster: &str, request: &ManualRequest) -> Result<(), HandlerError> {
+    let err = |error| HandlerError::Store { cluster: cluster.to_string(), error };
+    for _ in 0..5 {
+        let Some(mut record) = store.read_cluster(cluster).await.map_err(err)? else {
+            return Err(HandlerError::Refused(format!("{cluster}: no cluster record (the cluster is not bootstrapped)")));
+        };
+        if let Some(pending) = &record.request {
+            return Err(HandlerError::Refused(format!(
+                "{cluster}: request {} ({:?}) is still waiting for a coordinator",
+                pending.id, pending.action
+            )));
+        }
+        record.request = Some(request.clone());
+        match store.write_cluster(cluster, Some(record.version), &record).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Err(HandlerError::Refused(format!("{cluster}: the cluster record kept changing; try again")))
+}
+
+fn report_json(r: &RunReport) -> Value {
+    json!({
+        "cluster": r.cluster,
+        "outcome": r.outcome,
+        "reason": r.reason,
+        "steps": r.steps,
+        "term": r.record.as_ref().map(|c| c.term),
+        "primary": r.record.as_ref().and_then(|c| c.primary.clone()),
+        "paused": r.record.as_ref().map(|c| c.paused),
+        "transition": r.record.as_ref().and_then(|c| c.transition.clone()),
+    })
+}
