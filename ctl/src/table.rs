@@ -96,7 +96,7 @@ fn state(m: &MemberStatus, age_ms: u64, stale_ms: u64) -> String {
         (true, _) => "running",
     };
     if m.updated_at_ms > 0 && age_ms > stale_ms {
-        format!("{base}, no heartbeat for {}s", age_ms / 1000)
+        format!("no heartbeat for {}s (last: {base})", age_ms / 1000)
     } else {
         base.to_string()
     }
@@ -293,7 +293,7 @@ mod tests {
         assert_eq!(rows[1].lag_mb, "1.5");
         assert_eq!(rows[1].tags, "nofailover");
         assert_eq!(rows[1].state, "streaming");
-        assert_eq!(rows[2].state, "stopped, no heartbeat for 10s");
+        assert_eq!(rows[2].state, "no heartbeat for 10s (last: stopped)");
         let text = member_table("demo", &view, 11_000);
         assert!(text.contains("term 1 | primary a | lease a (term 1)"), "{text}");
         assert!(text.contains("| 127.0.0.1:5433 |"), "{text}");
