@@ -189,7 +189,7 @@ fn main() -> Result<()> {
         println!("agent_bench: PostgreSQL binaries not found; skipped");
         return Ok(());
     }
-    let seconds = env_u64("BENCH_SECONDS", 10);
+    let seconds = env_u64("BENCH_SECONDS", 20);
     let runs = env_u64("BENCH_RUNS", 5).max(1);
     let agent_bin = PathBuf::from(env!("CARGO_BIN_EXE_pgdaemon-agent"));
     let dynamic = DynamicConfig::default();

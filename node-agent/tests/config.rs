@@ -241,3 +241,36 @@ fn printed_config_parses_back_identically() {
     let printed = cfg.to_toml();
     assert_eq!(AgentConfig::parse(&printed, &[]).unwrap(), cfg, "{printed}");
 }
+
+#[test]
+fn check_config_prints_the_config_but_never_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = bin_dir(dir.path(), &REQUIRED_PROGRAMS);
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "topsecret-value\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = paths_config(&full, &dir.path().join("data"))
+        .replace("[postgres]\n", &format!("[postgres]\npassword_file = \"{}\"\n", pw.display()));
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, &text).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgdaemon-agent"))
+            .args(args)
+            .env("PGDAEMON_NODE__PG_PORT", "6001")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["check-config", "--config", path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("read (redacted)"), "{stdout}");
+    assert!(stdout.contains("pg_port = 6001"), "{stdout}");
+    assert!(!stdout.contains("topsecret"), "{stdout}");
+    // A loose password file fails the check and still never shows the value.
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&["check-config", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(!stderr.contains("topsecret") && !String::from_utf8_lossy(&out.stdout).contains("topsecret"));
+}
