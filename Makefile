@@ -7,15 +7,22 @@ VENV ?= $(or $(PGDAEMON_VENV),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/pgdaemon/ve
 export PGDAEMON_VENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
+STORE ?= etcd
+ARCH ?= x86_64
 
-.PHONY: help setup build test test-unit test-rust test-infra demo demo-stop lambda-zip bench localstack-test
+.PHONY: help setup build test test-unit test-rust test-infra localstack-test demo demo-stop \
+        lambda-zip bench-failover bench-sim bench-agent
 
 help:
-	@echo "make demo        start a local 3-node cluster and run a failover drill"
-	@echo "make demo-stop   stop the demo cluster"
-	@echo "make test        install dependencies, then run every test (Rust, simulation, infrastructure)"
-	@echo "make test-unit   the fast suite: pure logic and the in-memory store, no engines"
-	@echo "make lambda-zip  build the coordinator Lambda package (ARCH=x86_64|arm64)"
+	@echo "make demo            start a local 3-node cluster and run a failover drill (STORE=etcd|dynamodb)"
+	@echo "make demo-stop       stop everything the demo started"
+	@echo "make test            install dependencies, then run every test"
+	@echo "make test-unit       the fast suite: pure logic and the in-memory store, no engines"
+	@echo "make localstack-test the AWS path end to end (moto server, or AWS_ENDPOINT_URL=LocalStack)"
+	@echo "make lambda-zip      build the coordinator Lambda package (ARCH=x86_64|arm64)"
+	@echo "make bench-failover  unplanned-failover drill N times (N=5): RTO medians and p95"
+	@echo "make bench-sim       simulation over many seeds (SEEDS=10000)"
+	@echo "make bench-agent     agent memory and CPU per probe loop on an idle 3-node cluster"
 
 setup:
 	scripts/setup
@@ -25,9 +32,37 @@ build: setup
 
 # Fast feedback while iterating: no external engines needed.
 test-unit:
-	$(CARGO) test -p pgdaemon-core
+	$(CARGO) test -p pgdaemon-core -p pgdaemon-sim
 
+# Every Rust test: unit, store conformance (memory, etcd, DynamoDB on moto), real-Postgres agent
+# tests, coordinator and Lambda handler tests, simulation seeds, pgdctl, and the drills.
 test-rust: setup
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test --workspace --exclude pgdaemon-localstack-tests --no-fail-fast
 
-test: test-rust
+test-infra: setup
+	scripts/check-infra
+
+localstack-test: setup
+	scripts/localstack-test
+
+test: test-rust test-infra localstack-test
+
+demo: setup
+	STORE=$(STORE) scripts/demo
+
+demo-stop:
+	scripts/demo-stop
+
+lambda-zip: setup
+	scripts/lambda-zip --$(ARCH)
+
+N ?= 5
+bench-failover: setup
+	N=$(N) scripts/bench-failover
+
+SEEDS ?= 10000
+bench-sim:
+	$(CARGO) run -p pgdaemon-sim --release -- --seeds $(SEEDS)
+
+bench-agent: setup
+	$(CARGO) bench -p pgdaemon-agent --bench agent_bench
