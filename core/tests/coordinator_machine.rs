@@ -16,18 +16,21 @@ use pgdaemon_core::{
 
 const CLUSTER: &str = "machine";
 
+/// (member, term, pending handle) of one fence call.
+type FenceCall = (String, u64, Option<String>);
+
 /// A fencer that answers from a script (then confirms forever) and records every call.
 #[derive(Clone, Default)]
 struct ScriptedFencer {
     script: Arc<Mutex<Vec<FenceStatus>>>,
-    calls: Arc<Mutex<Vec<(String, u64, Option<String>)>>>,
+    calls: Arc<Mutex<Vec<FenceCall>>>,
 }
 
 impl ScriptedFencer {
     fn with(script: Vec<FenceStatus>) -> Self {
         ScriptedFencer { script: Arc::new(Mutex::new(script)), calls: Arc::default() }
     }
-    fn calls(&self) -> Vec<(String, u64, Option<String>)> {
+    fn calls(&self) -> Vec<FenceCall> {
         self.calls.lock().unwrap().clone()
     }
 }

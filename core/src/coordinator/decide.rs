@@ -229,6 +229,7 @@ fn primary_healthy(view: &ClusterView, record: &ClusterRecord, p: &str, obs: &Ob
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // one call per field of a new transition, all needed
 fn new_transition(
     view: &ClusterView,
     record: &ClusterRecord,
@@ -600,7 +601,7 @@ impl<'a> Eligibility<'a> {
             return Err(format!("on timeline {} behind the current {}", m.timeline, self.timeline));
         }
         if self.record.config.synchronous_mode != SyncMode::Off {
-            let listed = self.record.sync.as_ref().is_some_and(|s| s.term == self.sync_term && s.members.iter().any(|n| *n == m.name));
+            let listed = self.record.sync.as_ref().is_some_and(|s| s.term == self.sync_term && s.members.contains(&m.name));
             if !listed {
                 return Err(format!("synchronous mode: not a synchronous standby of term {}", self.sync_term));
             }
