@@ -25,9 +25,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
+use axum::handler::Handler;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::handler::Handler;
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use pgdaemon_core::agent::{AgentSnapshot, DemoteError};
@@ -97,7 +97,9 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// The health-check query string. Unknown parameters (Patroni's `tag_*`, `mode`) are ignored.
@@ -110,7 +112,9 @@ impl CheckQuery {
     fn max_lag(&self) -> Result<Option<u64>, Response> {
         match &self.lag {
             None => Ok(None),
-            Some(v) => parse_lag(v).map(Some).map_err(|e| error_response(StatusCode::BAD_REQUEST, &e)),
+            Some(v) => parse_lag(v)
+                .map(Some)
+                .map_err(|e| error_response(StatusCode::BAD_REQUEST, &e)),
         }
     }
 }
@@ -119,9 +123,13 @@ impl CheckQuery {
 /// PostgreSQL memory units `B`, `kB`, `MB`, `GB`, `TB` (powers of 1024), e.g. `16kB`, `1.5 MB`.
 pub fn parse_lag(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (number, unit) = (&t[..split], t[split..].trim());
-    let bad = || format!("lag {text:?} must be bytes or a number with a unit (B, kB, MB, GB, TB), like 16MB");
+    let bad = || {
+        format!("lag {text:?} must be bytes or a number with a unit (B, kB, MB, GB, TB), like 16MB")
+    };
     if number.is_empty() || number.starts_with('.') || number.matches('.').count() > 1 {
         return Err(bad());
     }
@@ -141,7 +149,11 @@ pub fn parse_lag(text: &str) -> Result<u64, String> {
         }
         Ok(bytes as u64)
     } else {
-        number.parse::<u64>().ok().and_then(|n| n.checked_mul(factor)).ok_or_else(bad)
+        number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(factor))
+            .ok_or_else(bad)
     }
 }
 
@@ -157,7 +169,11 @@ struct Checks<'a> {
 
 impl Checks<'_> {
     fn lease_valid(&self) -> bool {
-        self.s.holds_lease && self.s.lease_valid_until.is_some_and(|until| self.now < until)
+        self.s.holds_lease
+            && self
+                .s
+                .lease_valid_until
+                .is_some_and(|until| self.now < until)
     }
 
     fn primary(&self) -> bool {
@@ -165,7 +181,9 @@ impl Checks<'_> {
     }
 
     fn streaming_replica(&self) -> bool {
-        self.s.pg_running && self.s.role == Role::Replica && self.s.last_probe.as_ref().is_some_and(|p| p.streaming)
+        self.s.pg_running
+            && self.s.role == Role::Replica
+            && self.s.last_probe.as_ref().is_some_and(|p| p.streaming)
     }
 
     fn within(&self, max_lag: Option<u64>) -> bool {
@@ -181,14 +199,20 @@ impl Checks<'_> {
 /// (Patroni uses the leader's last position in the DCS the same way, so health checks never
 /// query the primary). `None` when not a replica or the position is unknown.
 pub fn lag_bytes(s: &AgentSnapshot) -> Option<u64> {
-    let probe = s.last_probe.as_ref().filter(|p| p.running && p.role == Role::Replica)?;
+    let probe = s
+        .last_probe
+        .as_ref()
+        .filter(|p| p.running && p.role == Role::Replica)?;
     let mine = match (probe.receive_lsn, probe.replay_lsn) {
         (Some(a), Some(b)) => a.max(b),
         (a, b) => a.or(b)?,
     };
     let view = s.last_view.as_ref()?;
     let primary = view.cluster.as_ref()?.primary.as_deref()?;
-    let member = view.members.get(primary).filter(|m| m.role == Role::Primary && m.name != s.member)?;
+    let member = view
+        .members
+        .get(primary)
+        .filter(|m| m.role == Role::Primary && m.name != s.member)?;
     Some(member.write_lsn?.bytes_ahead_of(mine))
 }
 
@@ -196,7 +220,10 @@ fn status_document(st: &ApiState, s: &AgentSnapshot, now: Duration) -> Value {
     let checks = Checks { s, now };
     let probe = s.last_probe.as_ref();
     let mut doc = serde_json::Map::new();
-    doc.insert("state".into(), json!(if s.pg_running { "running" } else { "stopped" }));
+    doc.insert(
+        "state".into(),
+        json!(if s.pg_running { "running" } else { "stopped" }),
+    );
     doc.insert("role".into(), json!(role_name(s.role)));
     if let Some(p) = probe.filter(|p| p.running) {
         doc.insert("timeline".into(), json!(p.timeline));
@@ -224,11 +251,20 @@ fn status_document(st: &ApiState, s: &AgentSnapshot, now: Duration) -> Value {
     if unlocked {
         doc.insert("cluster_unlocked".into(), json!(true));
     }
-    if view.and_then(|v| v.cluster.as_ref()).is_some_and(|c| c.paused) {
+    if view
+        .and_then(|v| v.cluster.as_ref())
+        .is_some_and(|c| c.paused)
+    {
         doc.insert("pause".into(), json!(true));
     }
-    doc.insert("patroni".into(), json!({ "version": st.version, "scope": s.cluster, "name": s.member }));
-    let valid_for_ms = s.lease_valid_until.filter(|_| checks.lease_valid()).map(|u| u.saturating_sub(now).as_millis() as u64);
+    doc.insert(
+        "patroni".into(),
+        json!({ "version": st.version, "scope": s.cluster, "name": s.member }),
+    );
+    let valid_for_ms = s
+        .lease_valid_until
+        .filter(|_| checks.lease_valid())
+        .map(|u| u.saturating_sub(now).as_millis() as u64);
     doc.insert(
         "pgdaemon".into(),
         json!({
@@ -252,7 +288,11 @@ fn answer(st: &ApiState, check: impl FnOnce(&Checks) -> bool) -> Response {
     let now = st.clock.monotonic();
     let checks = Checks { s: &s, now };
     let ok = check(&checks);
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(status_document(st, &s, now))).into_response()
 }
 
@@ -277,7 +317,9 @@ async fn read_only(State(st): State<ApiState>, Query(q): Query<CheckQuery>) -> R
         Ok(m) => m,
         Err(r) => return r,
     };
-    answer(&st, |c| c.primary() || (c.streaming_replica() && c.within(max)))
+    answer(&st, |c| {
+        c.primary() || (c.streaming_replica() && c.within(max))
+    })
 }
 
 async fn health_check(State(st): State<ApiState>) -> Response {
@@ -289,7 +331,9 @@ async fn readiness(State(st): State<ApiState>, Query(q): Query<CheckQuery>) -> R
         Ok(m) => m,
         Err(r) => return r,
     };
-    answer(&st, |c| c.primary() || (c.streaming_replica() && c.within(max)))
+    answer(&st, |c| {
+        c.primary() || (c.streaming_replica() && c.within(max))
+    })
 }
 
 async fn patroni(State(st): State<ApiState>) -> Response {
@@ -301,9 +345,17 @@ async fn liveness(State(st): State<ApiState>) -> Response {
     let s = st.api.snapshot();
     let now = st.clock.monotonic();
     let lease = s.config.lease();
-    let allowed = if s.role == Role::Primary { lease } else { lease * 2 };
+    let allowed = if s.role == Role::Primary {
+        lease
+    } else {
+        lease * 2
+    };
     let idle = st.stats.idle_for(now);
-    let code = if idle <= allowed { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if idle <= allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(json!({ "loop_idle_ms": idle.as_millis() as u64, "allowed_ms": allowed.as_millis() as u64, "ticks": st.stats.ticks() })))
         .into_response()
 }
@@ -325,9 +377,18 @@ async fn cluster(State(st): State<ApiState>) -> Response {
 
 pub fn cluster_document(scope: &str, view: &ClusterView) -> Value {
     let record = view.cluster.as_ref();
-    let leader = view.leader.as_ref().filter(|l| !l.is_free()).map(|l| l.owner.as_str());
-    let sync: Vec<&str> = record.and_then(|r| r.sync.as_ref()).map(|s| s.members.iter().map(String::as_str).collect()).unwrap_or_default();
-    let primary_pos = leader.and_then(|l| view.members.get(l)).and_then(|m| m.write_lsn);
+    let leader = view
+        .leader
+        .as_ref()
+        .filter(|l| !l.is_free())
+        .map(|l| l.owner.as_str());
+    let sync: Vec<&str> = record
+        .and_then(|r| r.sync.as_ref())
+        .map(|s| s.members.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    let primary_pos = leader
+        .and_then(|l| view.members.get(l))
+        .and_then(|m| m.write_lsn);
     let members: Vec<Value> = view
         .members
         .values()
@@ -360,11 +421,19 @@ pub fn cluster_document(scope: &str, view: &ClusterView) -> Value {
             let o = doc.as_object_mut().expect("object");
             if m.role == Role::Replica {
                 let pos = m.wal_position();
-                let lag = m.lag_bytes.or_else(|| Some(primary_pos?.bytes_ahead_of(pos?)));
+                let lag = m
+                    .lag_bytes
+                    .or_else(|| Some(primary_pos?.bytes_ahead_of(pos?)));
                 o.insert("lag".into(), json!(lag));
                 o.insert("lsn".into(), json!(pos.map(|l| l.to_string())));
-                o.insert("receive_lsn".into(), json!(m.receive_lsn.map(|l| l.to_string())));
-                o.insert("replay_lsn".into(), json!(m.replay_lsn.map(|l| l.to_string())));
+                o.insert(
+                    "receive_lsn".into(),
+                    json!(m.receive_lsn.map(|l| l.to_string())),
+                );
+                o.insert(
+                    "replay_lsn".into(),
+                    json!(m.replay_lsn.map(|l| l.to_string())),
+                );
             } else if let Some(l) = m.write_lsn {
                 o.insert("lsn".into(), json!(l.to_string()));
             }
@@ -386,11 +455,17 @@ pub fn cluster_document(scope: &str, view: &ClusterView) -> Value {
             o.insert("pause".into(), json!(true));
         }
         if let Some(t) = &r.transition {
-            o.insert("transition".into(), serde_json::to_value(t).unwrap_or(Value::Null));
+            o.insert(
+                "transition".into(),
+                serde_json::to_value(t).unwrap_or(Value::Null),
+            );
         }
     }
     if let Some(l) = &view.leader {
-        o.insert("leader".into(), json!({ "owner": l.owner, "term": l.term, "released": l.released }));
+        o.insert(
+            "leader".into(),
+            json!({ "owner": l.owner, "term": l.term, "released": l.released }),
+        );
     }
     doc
 }
@@ -408,7 +483,15 @@ pub fn history_document(entries: &[HistoryEntry]) -> Value {
     Value::Array(
         entries
             .iter()
-            .map(|e| json!([e.term, e.lsn.map(|l| l.0), e.reason, iso8601_utc(e.finished_ms), e.new_primary]))
+            .map(|e| {
+                json!([
+                    e.term,
+                    e.lsn.map(|l| l.0),
+                    e.reason,
+                    iso8601_utc(e.finished_ms),
+                    e.new_primary
+                ])
+            })
             .collect(),
     )
 }
@@ -428,13 +511,25 @@ pub fn iso8601_utc(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+00:00", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+00:00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 async fn metrics_text(State(st): State<ApiState>) -> Response {
     let s = st.api.snapshot();
     let body = metrics::render(&s, &st.stats, st.clock.monotonic(), lag_bytes(&s));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// `POST /demote` body.
@@ -471,7 +566,11 @@ async fn demote(State(st): State<ApiState>, body: Bytes) -> Response {
     if req.reason.len() > 1024 {
         return error_response(StatusCode::BAD_REQUEST, "reason must be at most 1024 bytes");
     }
-    let reason = if req.reason.is_empty() { "demotion requested over HTTP".to_string() } else { req.reason.clone() };
+    let reason = if req.reason.is_empty() {
+        "demotion requested over HTTP".to_string()
+    } else {
+        req.reason.clone()
+    };
     let member = st.api.snapshot().member;
     match st.api.demote(req.term, &reason).await {
         Ok(()) => {
@@ -507,7 +606,17 @@ mod tests {
         assert_eq!(parse_lag("16 kB"), Ok(16 << 10));
         assert_eq!(parse_lag("1.5MB"), Ok(3 << 19));
         assert_eq!(parse_lag("0"), Ok(0));
-        for bad in ["", "kB", "10mb", "10KB", "-5", "1.2.3", "ten", "99999999999999999999", "20000000TB"] {
+        for bad in [
+            "",
+            "kB",
+            "10mb",
+            "10KB",
+            "-5",
+            "1.2.3",
+            "ten",
+            "99999999999999999999",
+            "20000000TB",
+        ] {
             assert!(parse_lag(bad).is_err(), "{bad:?} should be refused");
         }
     }

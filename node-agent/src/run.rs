@@ -15,16 +15,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use pgdaemon_core::agent::{AgentHandle, AgentIdentity, AgentRuntime, AgentSnapshot, CoordinatorTrigger, DemoteError, TickReport};
+use pgdaemon_core::agent::{
+    AgentHandle, AgentIdentity, AgentRuntime, AgentSnapshot, CoordinatorTrigger, DemoteError,
+    TickReport,
+};
 use pgdaemon_core::pg::PgControl;
 use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Role, Store, StoreError, SystemClock};
 use tokio::time::MissedTickBehavior;
 
 use crate::config::AgentConfig;
-use crate::postgres::{LocalPostgres, PgSettings, ReplicationAuth};
 use crate::http::{AgentApi, ApiState};
 use crate::identity::Identity;
 use crate::metrics::LoopStats;
+use crate::postgres::{LocalPostgres, PgSettings, ReplicationAuth};
 use crate::secrets::Secret;
 
 /// The agent version written into heartbeats and the API.
@@ -102,7 +105,11 @@ where
     let stats = Arc::new(LoopStats::new(clock.monotonic()));
     let cluster = handle.snapshot().cluster;
     let state = ApiState {
-        api: Arc::new(LiveApi { handle: handle.clone(), store, cluster }),
+        api: Arc::new(LiveApi {
+            handle: handle.clone(),
+            store,
+            cluster,
+        }),
         clock: Arc::new(clock.clone()),
         stats: stats.clone(),
         version: VERSION.to_string(),
@@ -138,7 +145,10 @@ where
     }
 
     tracing::info!("shutting down");
-    let mut summary = RunSummary { ticks: stats.ticks(), demoted_on_exit: false };
+    let mut summary = RunSummary {
+        ticks: stats.ticks(),
+        demoted_on_exit: false,
+    };
     let snap = handle.snapshot();
     if snap.holds_lease || snap.role == Role::Primary {
         let term = snap.lease_term.unwrap_or(snap.term);
@@ -147,13 +157,17 @@ where
                 // This loop sees the fence and releases the lease (and publishes the heartbeat).
                 match tokio::time::timeout(FINAL_TICK_TIMEOUT, runtime.tick()).await {
                     Ok(report) => log_report(&report, &mut last_reason),
-                    Err(_) => tracing::warn!("final loop timed out; the lease will expire instead of being released"),
+                    Err(_) => tracing::warn!(
+                        "final loop timed out; the lease will expire instead of being released"
+                    ),
                 }
                 summary.demoted_on_exit = true;
             }
             // Still writable: keep the lease rather than hand it over while writes are accepted;
             // it expires on its own and the coordinator fences this node.
-            Err(e) => tracing::error!(error = %e, "demotion on shutdown failed; leaving the lease to expire"),
+            Err(e) => {
+                tracing::error!(error = %e, "demotion on shutdown failed; leaving the lease to expire")
+            }
         }
     }
     let _ = stop_http.send(());
@@ -163,7 +177,11 @@ where
         _ => {}
     }
     summary.ticks = stats.ticks();
-    tracing::info!(ticks = summary.ticks, demoted = summary.demoted_on_exit, "stopped");
+    tracing::info!(
+        ticks = summary.ticks,
+        demoted = summary.demoted_on_exit,
+        "stopped"
+    );
     Ok(summary)
 }
 
@@ -177,9 +195,18 @@ fn new_interval(period: Duration) -> tokio::time::Interval {
 /// One line per loop that did something (or whose reason changed); quiet loops log at debug.
 fn log_report(report: &TickReport, last_reason: &mut String) {
     let done = report.done();
-    let routine = done.iter().all(|a| matches!(*a, "publish_heartbeat" | "renew_lease"));
-    let failed: Vec<String> =
-        report.outcomes.iter().filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.action.name()))).collect();
+    let routine = done
+        .iter()
+        .all(|a| matches!(*a, "publish_heartbeat" | "renew_lease"));
+    let failed: Vec<String> = report
+        .outcomes
+        .iter()
+        .filter_map(|o| {
+            o.error
+                .as_ref()
+                .map(|e| format!("{}: {e}", o.action.name()))
+        })
+        .collect();
     let ms = report.duration.as_millis() as u64;
     if !failed.is_empty() || !report.errors.is_empty() {
         tracing::warn!(reason = %report.reason, actions = ?done, failed = ?failed, errors = ?report.errors, loop_ms = ms, "loop");
@@ -229,12 +256,19 @@ pub fn build_pg(cfg: &AgentConfig, replication_password: Option<Secret>) -> Loca
     s.database = pg.database.clone();
     // The one place the password leaves its redacting wrapper: libpq needs it in `primary_conninfo`
     // (ReplicationAuth's Debug redacts it again).
-    s.replication = ReplicationAuth { user: pg.replication_user.clone(), password: replication_password.map(|p| p.expose().to_string()) };
+    s.replication = ReplicationAuth {
+        user: pg.replication_user.clone(),
+        password: replication_password.map(|p| p.expose().to_string()),
+    };
     if let Some(user) = &pg.run_as {
         s.run_as = Some(user.clone());
     }
     s.log_file = pg.log_file.clone();
-    s.server_options = pg.parameters.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+    s.server_options = pg
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect();
     LocalPostgres::new(s)
 }
 
@@ -242,21 +276,32 @@ pub fn build_pg(cfg: &AgentConfig, replication_password: Option<Secret>) -> Loca
 /// the replication password, connect the store, build the runtime, start the hosted coordinator
 /// if enabled, bind the API, and run until a signal.
 pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
-    let (host, imds_error) = crate::identity::resolve(&cfg.node, crate::identity::IMDS_TIMEOUT).await;
+    let (host, imds_error) =
+        crate::identity::resolve(&cfg.node, crate::identity::IMDS_TIMEOUT).await;
     if let Some(e) = imds_error {
         tracing::warn!(error = %e, "no EC2 identity from IMDS (set node.instance_id/availability_zone on non-EC2 hosts)");
     }
     tracing::info!(instance_id = ?host.instance_id, availability_zone = ?host.availability_zone, "host identity");
-    let password = crate::secrets::load_replication_password(&cfg.postgres).await.context("replication password")?;
+    let password = crate::secrets::load_replication_password(&cfg.postgres)
+        .await
+        .context("replication password")?;
     let store = pgdaemon_dcs::connect(&cfg.store).await.context("store")?;
     let pg = build_pg(&cfg, password);
     let clock = SystemClock::new();
-    let mut runtime = AgentRuntime::new(store.clone(), pg, clock.clone(), agent_identity(&cfg, &host), cfg.dynamic.clone());
+    let mut runtime = AgentRuntime::new(
+        store.clone(),
+        pg,
+        clock.clone(),
+        agent_identity(&cfg, &host),
+        cfg.dynamic.clone(),
+    );
     if let Some(trigger) = start_coordinator(&cfg, store.clone()).await? {
         runtime = runtime.with_trigger(trigger);
     }
     let listen = cfg.node.listen_addr()?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(cluster = %cfg.cluster, member = %cfg.node.name, store = store.backend(), version = VERSION, "agent starting");
     run(runtime, store, clock, listener, shutdown_signal()).await
 }
