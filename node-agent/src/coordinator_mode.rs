@@ -208,4 +208,28 @@ mod tests {
         drop(rx);
         assert!(t.request_run("c", &ev).await.is_err());
     }
+
+    /// The Lambda trigger really calls Invoke (moto answers for a function that does not exist:
+    /// moto cannot run functions without Docker) and reports the failure instead of hiding it.
+    #[cfg(feature = "lambda-trigger")]
+    #[tokio::test]
+    async fn lambda_trigger_invokes_and_reports_failures() {
+        use aws_sdk_lambda::config::{BehaviorVersion, Credentials, Region};
+        use pgdaemon_testkit::engines::MotoServer;
+        let payload: serde_json::Value = serde_json::from_slice(&LambdaTrigger::payload("prod")).unwrap();
+        assert_eq!(payload, serde_json::json!({"action": "evaluate", "cluster": "prod"}));
+        let moto = MotoServer::shared();
+        let conf = aws_sdk_lambda::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(MotoServer::REGION))
+            .endpoint_url(moto.endpoint())
+            .credentials_provider(Credentials::new(MotoServer::ACCESS_KEY_ID, MotoServer::SECRET_ACCESS_KEY, None, None, "test"))
+            .build();
+        let trigger = LambdaTrigger::new(aws_sdk_lambda::Client::from_conf(conf), "pgdaemon-missing");
+        let ev = LeaseSighting { term: 1, rvn: "r".into(), unchanged_ms: 10_000 };
+        let started = std::time::Instant::now();
+        let err = trigger.request_run("prod", &ev).await.unwrap_err();
+        assert!(err.0.contains("pgdaemon-missing") || err.0.contains("ResourceNotFound"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(4), "the trigger must return quickly");
+    }
 }
