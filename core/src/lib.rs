@@ -7,8 +7,6 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod coordinator;
-pub mod coordinator;
-pub mod fence;
 pub mod fence;
 pub mod keys;
 pub mod lease;
