@@ -1,0 +1,372 @@
+//! Drill harness: a three-node cluster of real PostgreSQL 15 instances, each managed by a real
+//! `pgdaemon-agent` process, on a real store (etcd or moto's DynamoDB). Every agent hosts a
+//! coordinator (the lock lets one act) with the fencing chain a single host needs: HTTP demote, then a local command that
+//! stops the target's Postgres by the PID in `postmaster.pid` and confirms only once its port is
+//! dead. Every process started here is stopped by PID when the [`Drill`] is dropped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use pgdaemon_core::{ClusterView, Role, Store, StoreConfig};
+use pgdaemon_testkit::engines::{EtcdServer, MotoServer};
+use pgdaemon_testkit::ports::free_port;
+use pgdaemon_testkit::postgres::PgCluster;
+
+/// Which store backend a drill runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Etcd,
+    Dynamodb,
+}
+
+/// Short timings for drills (lease 3 s); `bench` uses the defaults.
+pub fn drill_sets() -> Vec<String> {
+    [
+        "lease_ms=3000",
+        "renew_interval_ms=1000",
+        "safety_margin_ms=500",
+        "probe_interval_ms=500",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The built agent binary (built on demand; `CARGO_BIN_EXE_*` only exists inside its own package).
+pub fn agent_binary() -> Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "pgdaemon-agent",
+            "--bin",
+            "pgdaemon-agent",
+        ])
+        .current_dir(&root)
+        .status()
+        .context("cargo build -p pgdaemon-agent")?;
+    if !status.success() {
+        bail!("building pgdaemon-agent failed");
+    }
+    Ok(target.join("debug/pgdaemon-agent"))
+}
+
+struct Agent {
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Drill {
+    pub cluster: String,
+    pub store: Arc<dyn Store>,
+    pub store_config: StoreConfig,
+    pub pg: PgCluster,
+    agents: BTreeMap<String, Agent>,
+    agent_bin: PathBuf,
+    _etcd: Option<EtcdServer>,
+    _moto: Option<MotoServer>,
+}
+
+impl Drill {
+    /// Starts the store, `initdb`s pg-1, writes the cluster record (drill timings), and starts
+    /// three agents; returns once pg-1 leads and both replicas stream.
+    pub async fn start(backend: Backend, name: &str) -> Result<Drill> {
+        let agent_bin = agent_binary()?;
+        let cluster = format!("{name}-{}", std::process::id());
+        let (etcd, moto, store_config) = match backend {
+            Backend::Etcd => {
+                let e = EtcdServer::start()?;
+                let cfg = StoreConfig::Etcd {
+                    endpoints: vec![e.endpoint()],
+                    prefix: "/pgdaemon".into(),
+                };
+                (Some(e), None, cfg)
+            }
+            Backend::Dynamodb => {
+                let m = MotoServer::start()?;
+                std::env::set_var("AWS_ACCESS_KEY_ID", MotoServer::ACCESS_KEY_ID);
+                std::env::set_var("AWS_SECRET_ACCESS_KEY", MotoServer::SECRET_ACCESS_KEY);
+                std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+                let client = pgdaemon_dcs::dynamodb::emulator_client(
+                    &m.endpoint(),
+                    MotoServer::REGION,
+                    MotoServer::ACCESS_KEY_ID,
+                    MotoServer::SECRET_ACCESS_KEY,
+                );
+                pgdaemon_dcs::create_table(&client, "pgdaemon-drills").await?;
+                let cfg = StoreConfig::Dynamodb {
+                    table: "pgdaemon-drills".into(),
+                    region: Some(MotoServer::REGION.into()),
+                    endpoint_url: Some(m.endpoint()),
+                };
+                (None, Some(m), cfg)
+            }
+        };
+        let store = pgdaemon_dcs::connect(&store_config).await?;
+        let mut pg = PgCluster::new()?;
+        pg.init_primary("pg-1")?;
+        pg.add_empty("pg-2")?;
+        pg.add_empty("pg-3")?;
+        let mut out = Vec::new();
+        pgdaemon_ctl::dynconfig::bootstrap(
+            store.as_ref(),
+            &cluster,
+            "pg-1",
+            &drill_sets(),
+            &mut out,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
+        let mut drill = Drill {
+            cluster,
+            store,
+            store_config,
+            pg,
+            agents: BTreeMap::new(),
+            agent_bin,
+            _etcd: etcd,
+            _moto: moto,
+        };
+        drill.write_fence_script()?;
+        for n in ["pg-1", "pg-2", "pg-3"] {
+            drill.write_agent_config(n)?;
+            drill.start_agent(n)?;
+        }
+        drill.wait_healthy(2, Duration::from_secs(120)).await?;
+        Ok(drill)
+    }
+
+    fn fence_script(&self) -> PathBuf {
+        self.pg.dir().join("fence.sh")
+    }
+
+    fn write_fence_script(&self) -> Result<()> {
+        let bin = self.pg.bin_dir().display().to_string();
+        let run_as = self
+            .pg
+            .run_as()
+            .map(|u| format!("runuser -u {u} -- "))
+            .unwrap_or_default();
+        let text = format!(
+            "#!/bin/sh\nD=\"{dir}/$PGDAEMON_FENCE_MEMBER\"\n\
+             if [ -f \"$D/postmaster.pid\" ]; then pid=$(head -1 \"$D/postmaster.pid\"); \
+             if kill -0 \"$pid\" 2>/dev/null; then {run_as}{bin}/pg_ctl stop -D \"$D\" -m immediate -w -t 10 >/dev/null 2>&1 || kill -9 \"$pid\"; fi; fi\n\
+             {bin}/pg_isready -h 127.0.0.1 -p \"$PGDAEMON_FENCE_PG_PORT\" -t 2 >/dev/null 2>&1\n\
+             if [ $? -lt 2 ]; then echo still answering >&2; exit 1; fi\necho stopped\n",
+            dir = self.pg.dir().display()
+        );
+        std::fs::write(self.fence_script(), text)?;
+        Command::new("chmod")
+            .arg("755")
+            .arg(self.fence_script())
+            .status()?;
+        Ok(())
+    }
+
+    fn write_agent_config(&mut self, n: &str) -> Result<()> {
+        let node = self.pg.node(n).clone();
+        let dir = self.pg.dir();
+        let store = match &self.store_config {
+            StoreConfig::Etcd { endpoints, .. } => format!("backend = \"etcd\"\nendpoints = [\"{}\"]\n", endpoints[0]),
+            StoreConfig::Dynamodb { table, region, endpoint_url } => format!(
+                "backend = \"dynamodb\"\ntable = \"{table}\"\nregion = \"{}\"\nendpoint_url = \"{}\"\n",
+                region.clone().unwrap_or_default(),
+                endpoint_url.clone().unwrap_or_default()
+            ),
+            StoreConfig::Memory => bail!("drills need a networked store"),
+        };
+        // Every agent hosts a coordinator (the coordinator lock lets one act), so a drill may
+        // kill any member's agent and another coordinator carries on.
+        let coordinator = format!(
+            "enabled = true\nfencing = [\"http\", \"command\"]\nfence_command = \"{}\"\ninterval_ms = 500\n",
+            self.fence_script().display()
+        );
+        let text = format!(
+            "cluster = \"{cluster}\"\n[node]\nname = \"{n}\"\nlisten = \"127.0.0.1:{api}\"\npg_host = \"127.0.0.1\"\nimds = false\n\
+             instance_id = \"local-{n}\"\navailability_zone = \"local\"\n\
+             [postgres]\nbin_dir = \"{bin}\"\ndata_dir = \"{data}\"\nport = {port}\nconnect_host = \"{dir}/sock\"\n\
+             replication_user = \"postgres\"\nlog_file = \"{log}\"\n\
+             [postgres.parameters]\nlisten_addresses = \"127.0.0.1\"\nunix_socket_directories = \"{dir}/sock\"\nwal_log_hints = true\n\
+             hot_standby = true\nwal_keep_size = \"256MB\"\nshared_buffers = \"16MB\"\nfsync = false\n\
+             [store]\n{store}[coordinator]\n{coordinator}[log]\nlevel = \"info\"\n",
+            cluster = self.cluster,
+            api = free_port(),
+            bin = self.pg.bin_dir().display(),
+            data = node.data_dir.display(),
+            port = node.port,
+            dir = dir.display(),
+            log = node.log_file.display(),
+        );
+        let config = dir.join(format!("{n}.toml"));
+        std::fs::write(&config, text)?;
+        self.agents.insert(
+            n.to_string(),
+            Agent {
+                config,
+                log: dir.join(format!("{n}.agent.log")),
+                child: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts (or restarts) a member's agent process.
+    pub fn start_agent(&mut self, n: &str) -> Result<()> {
+        let bin = self.agent_bin.clone();
+        let a = self.agents.get_mut(n).context("no such agent")?;
+        if a.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&a.log)?;
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&a.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn pgdaemon-agent")?;
+        a.child = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9` of a member's agent (its Postgres keeps running).
+    pub fn kill_agent(&mut self, n: &str) {
+        if let Some(mut c) = self.agents.get_mut(n).and_then(|a| a.child.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `kill -9` of a member's postmaster and of its agent (a host crash).
+    pub fn crash(&mut self, n: &str) -> Result<()> {
+        self.kill_agent(n);
+        self.pg.kill9(n)
+    }
+
+    pub async fn view(&self) -> Result<ClusterView> {
+        Ok(self.store.read_view(&self.cluster).await?)
+    }
+
+    /// The designated primary once it holds the lease, runs read-write, no transition is in
+    /// progress and at least `replicas` others stream from it.
+    pub fn healthy_primary(view: &ClusterView, replicas: usize) -> Option<String> {
+        let r = view.cluster.as_ref()?;
+        let p = r.primary.clone()?;
+        let lease = view.leader.as_ref()?;
+        if r.transition.is_some() || lease.owner != p || lease.released {
+            return None;
+        }
+        let m = view.members.get(&p)?;
+        if m.role != Role::Primary || !m.pg_running {
+            return None;
+        }
+        // Streaming on the primary's timeline: a replica still on the old one after a switchover
+        // is not yet eligible for promotion, so the cluster is not healthy yet.
+        let streaming = view
+            .members
+            .values()
+            .filter(|r| {
+                r.name != p && r.role == Role::Replica && r.streaming && r.timeline >= m.timeline
+            })
+            .count();
+        (streaming >= replicas).then_some(p)
+    }
+
+    pub async fn wait_healthy(&self, replicas: usize, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(v) = self.view().await {
+                if let Some(p) = Self::healthy_primary(&v, replicas) {
+                    return Ok(p);
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "cluster not healthy within {timeout:?}: {:#?}\n{}",
+                    self.view().await.ok(),
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Members whose Postgres accepts a write right now.
+    pub fn writable(&self) -> Vec<String> {
+        self.pg
+            .nodes()
+            .iter()
+            .filter(|n| {
+                self.pg.try_sql(&n.name, "CREATE TABLE IF NOT EXISTS drill_probe (x int); INSERT INTO drill_probe VALUES (1)").is_ok()
+            })
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// Agent logs and server logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for (n, a) in &self.agents {
+            let text = std::fs::read_to_string(&a.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            s.push_str(&format!(
+                "--- {n} agent log (tail)\n{}\n",
+                lines[lines.len().saturating_sub(25)..].join("\n")
+            ));
+        }
+        s
+    }
+
+    /// Runs a pgdctl command in-process against this drill's store.
+    pub async fn pgdctl(
+        &self,
+        args: &[&str],
+    ) -> std::result::Result<String, pgdaemon_ctl::CtlError> {
+        use clap_free::parse;
+        let cmd = parse(args)?;
+        let mut out = Vec::new();
+        pgdaemon_ctl::run_store_command(self.store.clone(), &self.cluster, cmd, &mut out).await?;
+        Ok(String::from_utf8_lossy(&out).to_string())
+    }
+}
+
+/// Parses pgdctl arguments without a store (the drill supplies it).
+mod clap_free {
+    use pgdaemon_ctl::{Cmd, Command, CtlError};
+
+    pub fn parse(args: &[&str]) -> Result<Command, CtlError> {
+        use clap::Parser;
+        let cmd = Cmd::try_parse_from(std::iter::once("pgdctl").chain(args.iter().copied()))
+            .map_err(|e| CtlError::Usage(e.to_string()))?;
+        Ok(cmd.command)
+    }
+}
+
+impl Drop for Drill {
+    fn drop(&mut self) {
+        for a in self.agents.values_mut() {
+            if let Some(mut c) = a.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        // PgCluster's own Drop stops every postmaster on its data directories.
+    }
+}
