@@ -67,8 +67,36 @@ impl Summary {
         for (k, v) in &self.faults {
             let _ = writeln!(s, "  {k:<30} {v}");
         }
-        let _ = writeln!(s, "invariant violations: {}", self.violations());
-        for r in self.failures.iter().take(10) {
+        let safety: Vec<&RunResult> = self
+            .failures
+            .iter()
+            .filter(|r| r.safety_violation().is_some())
+            .collect();
+        let liveness = self
+            .failures
+            .iter()
+            .filter(|r| r.liveness_violation().is_some())
+            .count();
+        let sim_errors = self
+            .failures
+            .iter()
+            .filter(|r| r.sim_error.is_some())
+            .count();
+        let _ = writeln!(
+            s,
+            "invariant violations: {} (safety {}, liveness/S5 {}, simulator errors {})",
+            self.violations(),
+            safety.len(),
+            liveness,
+            sim_errors
+        );
+        let mut shown: Vec<&RunResult> = safety.clone();
+        shown.extend(
+            self.failures
+                .iter()
+                .filter(|r| r.safety_violation().is_none()),
+        );
+        for r in shown.iter().take(10) {
             let what = r
                 .violation
                 .as_deref()
