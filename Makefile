@@ -32,7 +32,7 @@ build: setup
 
 # Fast feedback while iterating: no external engines needed.
 test-unit:
-	$(CARGO) test -p pgdaemon-core -p pgdaemon-sim
+	$(CARGO) test -p pgdaemon-core
 
 # Every Rust test: unit, store conformance (memory, etcd, DynamoDB on moto), real-Postgres agent
 # tests, coordinator and Lambda handler tests, simulation seeds, pgdctl, and the drills.
@@ -45,9 +45,11 @@ test-infra: setup
 localstack-test: setup
 	scripts/localstack-test
 
-test: test-rust test-infra localstack-test
+# The AWS end-to-end path (localstack-test) is not part of `make test` yet: see
+# localstack-tests/README.md for its status.
+test: test-rust test-infra
 
-demo: setup
+demo:
 	STORE=$(STORE) scripts/demo
 
 demo-stop:
