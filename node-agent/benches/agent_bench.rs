@@ -58,6 +58,8 @@ fn config(
     dynamic: &DynamicConfig,
 ) -> String {
     let sock = pg.dir().join("sock");
+    // The test cluster has only the `postgres` role (trust on loopback); the default replication
+    // user `replicator` does not exist there, so a standby pointed at it never streams.
     let run_as = pg
         .run_as()
         .map(|u| format!("run_as = \"{u}\"\n"))
@@ -81,6 +83,7 @@ bin_dir = "{bin}"
 data_dir = "{data}"
 port = {port}
 connect_host = "{sock}"
+replication_user = "postgres"
 log_file = "{log}"
 {run_as}[postgres.parameters]
 {params}[store]
@@ -292,6 +295,12 @@ fn main() -> Result<()> {
     }
     // Let the re-pointing (slots, primary_conninfo) settle before measuring an idle cluster.
     std::thread::sleep(Duration::from_secs(3));
+    // Again after the re-pointing: replicas still streaming over the harness's own connection
+    // answer /replica 200 for one loop before they switch to their slots.
+    if let Err(e) = wait_healthy(&agents, Duration::from_secs(30)) {
+        print_agent_logs(conf_dir.path());
+        return Err(e);
+    }
 
     println!(
         "agent_bench: idle 3-node cluster (PostgreSQL 15, etcd), probe interval {} ms, {runs} windows of {seconds} s",

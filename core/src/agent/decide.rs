@@ -424,7 +424,13 @@ impl Decider<'_> {
         if probe.is_replica() {
             let ok = probe.upstream.as_ref().is_some_and(|u| u.matches(&target, &own_slot));
             if ok {
-                self.why(format!("replica of {target}"));
+                if probe.streaming {
+                    self.why(format!("replica of {target}"));
+                } else {
+                    // Configured right but no WAL arrives: the cause is in Postgres's log (the
+                    // walreceiver's connection error); say so instead of looking healthy.
+                    self.why(format!("replica of {target}, not streaming (see the postgres log)"));
+                }
             } else {
                 self.why(format!("re-pointing to {target}"));
                 self.push(AgentAction::Follow(target));
@@ -788,10 +794,22 @@ mod tests {
             input: {
                 let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None);
                 i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
+                i.probe.streaming = true;
                 i
             },
             expect: vec!["publish_heartbeat"],
             reason_has: "replica of n1",
+        });
+        v.push(Case {
+            name: "replica configured right but not streaming says so",
+            input: {
+                let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None);
+                i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
+                i.probe.streaming = false;
+                i
+            },
+            expect: vec!["publish_heartbeat"],
+            reason_has: "not streaming",
         });
         v.push(Case {
             name: "replica re-points to the new primary",
