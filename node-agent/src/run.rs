@@ -120,6 +120,7 @@ where
         let _ = http_stopped.await;
     }));
     tracing::info!(%addr, "HTTP API listening");
+    let watchdog = tokio::spawn(lease_watchdog(handle.clone()));
 
     let mut period = runtime.interval();
     let mut ticker = new_interval(period);
@@ -145,6 +146,7 @@ where
     }
 
     tracing::info!("shutting down");
+    watchdog.abort();
     let mut summary = RunSummary {
         ticks: stats.ticks(),
         demoted_on_exit: false,
@@ -183,6 +185,23 @@ where
         "stopped"
     );
     Ok(summary)
+}
+
+/// How often the lease watchdog checks the held lease's deadline.
+const WATCHDOG_PERIOD: Duration = Duration::from_millis(200);
+
+/// S2 for a loop that does not come back (a store call hanging beyond the lease): a tick can only
+/// check its lease when it runs, so this task demotes a primary whose lease deadline has passed.
+async fn lease_watchdog(handle: AgentHandle) {
+    let mut every = new_interval(WATCHDOG_PERIOD);
+    loop {
+        every.tick().await;
+        match handle.enforce_lease_deadline().await {
+            Ok(true) => tracing::warn!("lease deadline passed while the loop was stuck: demoted"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "lease watchdog could not demote"),
+        }
+    }
 }
 
 fn new_interval(period: Duration) -> tokio::time::Interval {

@@ -400,6 +400,17 @@ impl Decider<'_> {
     }
 
     /// This member must not be primary: follow the designated one.
+    /// A stopped standby starts even while there is no primary to follow: during a failover the
+    /// coordinator waits for candidates to run (it judges their WAL from their heartbeats), so
+    /// staying down would deadlock both (found by the simulation). A standby cannot take writes.
+    fn start_stopped_standby(&mut self) {
+        let probe = &self.input.probe;
+        if !probe.running && probe.data == DataDirState::Standby {
+            self.why("starting the stopped standby meanwhile");
+            self.push(AgentAction::Start);
+        }
+    }
+
     fn as_follower(&mut self, view: &ClusterView) {
         let input = self.input;
         let probe = &input.probe;
@@ -409,6 +420,7 @@ impl Decider<'_> {
         };
         let Some(primary) = record.primary.as_deref().filter(|p| *p != input.identity.member) else {
             self.why(format!("no primary to follow in term {}", record.term));
+            self.start_stopped_standby();
             return;
         };
         let target = match view.members.get(primary) {
@@ -417,6 +429,7 @@ impl Decider<'_> {
             }
             _ => {
                 self.why(format!("primary {primary} has published no address yet"));
+                self.start_stopped_standby();
                 return;
             }
         };
@@ -849,6 +862,26 @@ mod tests {
             input: input("n2", PgProbe::stopped(DataDirState::Standby), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None),
             expect: vec!["follow", "publish_heartbeat"],
             reason_has: "standby",
+        });
+        v.push(Case {
+            name: "stopped standby starts while a failover names no primary yet",
+            input: {
+                let mut vw = view(4, "n1", None);
+                vw.cluster.as_mut().unwrap().primary = None;
+                input("n2", PgProbe::stopped(DataDirState::Standby), StoreRead::Ok(vw), None)
+            },
+            expect: vec!["start", "publish_heartbeat"],
+            reason_has: "no primary to follow",
+        });
+        v.push(Case {
+            name: "stopped former primary stays down while no primary is named",
+            input: {
+                let mut vw = view(4, "n1", None);
+                vw.cluster.as_mut().unwrap().primary = None;
+                input("n2", PgProbe::stopped(DataDirState::Primary), StoreRead::Ok(vw), None)
+            },
+            expect: vec!["publish_heartbeat"],
+            reason_has: "no primary to follow",
         });
         v.push(Case {
             name: "stopped designated primary with its lease starts postgres",
