@@ -564,7 +564,12 @@ impl<'a> Eligibility<'a> {
         // reachable replica reports.
         let primary_tl = record.primary.as_ref().and_then(|p| view.members.get(p)).map_or(0, |s| s.timeline);
         let timeline = view.members.values().filter(reachable).map(|m| m.timeline).fold(primary_tl, u32::max);
-        let most_advanced = view.members.values().filter(reachable).filter_map(|m| m.wal_position()).max();
+        // A replica whose heartbeat is not yet judged may be alive: its position counts, so a
+        // cold coordinator never promotes past what it may hold (S4); judging takes seconds.
+        let maybe_reachable = |m: &&MemberStatus| {
+            !matches!(obs.member(&m.name).liveness, Liveness::Stale { .. }) && m.pg_running && m.role == Role::Replica
+        };
+        let most_advanced = view.members.values().filter(maybe_reachable).filter_map(|m| m.wal_position()).max();
         Eligibility { view, record, obs, config, sync_term, exclude, timeline, most_advanced }
     }
 
