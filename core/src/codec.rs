@@ -48,9 +48,14 @@ pub fn new_rvn() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// Every backend refuses a cluster name that cannot be a key, before touching the engine.
+pub fn check_cluster(cluster: &str) -> Result<(), StoreError> {
+    crate::keys::validate_cluster_name(cluster).map_err(StoreError::Invalid)
+}
+
 /// Argument checks shared by every backend: refused before anything is written.
 pub fn validate_acquire(cluster: &str, owner: &str, term: u64, lease_ms: u64) -> Result<(), StoreError> {
-    crate::keys::validate_cluster_name(cluster).map_err(StoreError::Invalid)?;
+    check_cluster(cluster)?;
     if owner.is_empty() {
         return Err(StoreError::Invalid("lease owner must not be empty".into()));
     }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::codec::{self, check_acquire, check_held, decode, encode};
+use crate::codec::{self, check_acquire, check_cluster, check_held, decode, encode};
 use crate::keys;
 use crate::model::{ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseName, MemberStatus};
 use crate::store::{LeaseClaim, Store, StoreError};
@@ -46,10 +46,6 @@ type Items = BTreeMap<(String, String), String>;
 
 fn get<T: serde::de::DeserializeOwned>(items: &Items, cluster: &str, item: &str) -> Result<Option<T>, StoreError> {
     items.get(&(cluster.to_string(), item.to_string())).map(|t| decode(item, t.as_bytes())).transpose()
-}
-
-fn check_cluster(cluster: &str) -> Result<(), StoreError> {
-    keys::validate_cluster_name(cluster).map_err(StoreError::Invalid)
 }
 
 #[async_trait]

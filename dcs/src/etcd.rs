@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
-use pgdaemon_core::codec::{self, check_acquire, decode, encode};
+use pgdaemon_core::codec::{self, check_acquire, check_cluster, decode, encode};
 use pgdaemon_core::{
     keys, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus, Store, StoreError,
 };
@@ -205,10 +205,6 @@ fn map_error(what: &str, e: etcd_client::Error) -> StoreError {
         }
         _ => StoreError::Unavailable(format!("etcd {what}: {e}")),
     }
-}
-
-fn check_cluster(cluster: &str) -> Result<(), StoreError> {
-    keys::validate_cluster_name(cluster).map_err(StoreError::Invalid)
 }
 
 #[async_trait]

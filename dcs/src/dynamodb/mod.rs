@@ -25,7 +25,7 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
-use pgdaemon_core::codec::{self, check_acquire};
+use pgdaemon_core::codec::{self, check_acquire, check_cluster};
 use pgdaemon_core::{
     keys, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus, Store, StoreError,
 };
@@ -244,10 +244,6 @@ where
         };
     }
     StoreError::Unavailable(format!("dynamodb {op} {item}: {}", DisplayErrorContext(&err)))
-}
-
-fn check_cluster(cluster: &str) -> Result<(), StoreError> {
-    keys::validate_cluster_name(cluster).map_err(StoreError::Invalid)
 }
 
 #[async_trait]
