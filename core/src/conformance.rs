@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::join_all;
 
 use crate::clock::ManualClock;
 use crate::lease::{AcquireOutcome, LeaseClient};
@@ -111,7 +112,7 @@ pub async fn racing_contenders_exactly_one_wins<H: Harness>() {
         let cluster = cluster.clone();
         async move { s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, &format!("n{i}"), 1, LEASE_MS).await }
     });
-    let results = futures_join_all(attempts).await;
+    let results = join_all(attempts).await;
     let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert_eq!(winners.len(), 1, "exactly one contender must win: {results:?}");
     for r in &results {
@@ -123,7 +124,7 @@ pub async fn racing_contenders_exactly_one_wins<H: Harness>() {
     assert_eq!(&stored, winners[0]);
 
     // The coordinator lock is a separate lease with the same rules.
-    let results = futures_join_all(clients.iter().map(|s| {
+    let results = join_all(clients.iter().map(|s| {
         let cluster = cluster.clone();
         async move { s.acquire_lease(&cluster, LeaseName::Coordinator, LeaseClaim::Free, "coord", 1, LEASE_MS).await }
     }))
@@ -255,7 +256,7 @@ pub async fn cluster_record_cas_exactly_one_writer_wins<H: Harness>() {
     assert_eq!(clients[0].read_cluster(&cluster).await.unwrap(), None);
 
     // Creation races: exactly one creates.
-    let results = futures_join_all(clients.iter().enumerate().map(|(i, s)| {
+    let results = join_all(clients.iter().enumerate().map(|(i, s)| {
         let cluster = cluster.clone();
         async move { s.write_cluster(&cluster, None, &ClusterRecord::bootstrap(format!("n{i}"), DynamicConfig::default())).await }
     }))
@@ -266,7 +267,7 @@ pub async fn cluster_record_cas_exactly_one_writer_wins<H: Harness>() {
     assert_eq!(created.version, 1);
 
     // Updates race on the same version: exactly one wins, losers see a conflict.
-    let results = futures_join_all(clients.iter().enumerate().map(|(i, s)| {
+    let results = join_all(clients.iter().enumerate().map(|(i, s)| {
         let cluster = cluster.clone();
         let mut next = created.clone();
         next.term = 2;
@@ -439,38 +440,4 @@ pub async fn clusters_are_isolated<H: Harness>() {
     assert_eq!(view, crate::ClusterView::default());
     assert!(s.read_history(&b).await.unwrap().is_empty());
     s.acquire_lease(&b, LeaseName::Leader, LeaseClaim::Free, "y", 1, LEASE_MS).await.unwrap();
-}
-
-/// `futures::future::join_all` without the dependency: runs all concurrently on the runtime.
-async fn futures_join_all<F, T>(futures: impl IntoIterator<Item = F>) -> Vec<T>
-where
-    F: std::future::Future<Output = T>,
-{
-    let futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut results = Vec::with_capacity(futures.len());
-    // Poll all together so the requests really overlap in the engine.
-    let mut pending: Vec<_> = futures.into_iter().map(Some).collect();
-    let mut outputs: Vec<Option<T>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (slot, out) in pending.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(fut) = slot {
-                match fut.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *out = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    results.extend(outputs.into_iter().map(|o| o.expect("all completed")));
-    results
 }
