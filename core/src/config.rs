@@ -134,8 +134,9 @@ impl DynamicConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StoreConfig {
-    /// In-process store: tests and single-process demos only.
-    Memory,
+    /// In-process store: tests and single-process demos only. A struct variant (not a unit one) so
+    /// that `deny_unknown_fields` rejects stray keys here too.
+    Memory {},
     Etcd {
         /// e.g. `["http://127.0.0.1:2379"]`
         endpoints: Vec<String>,
@@ -166,7 +167,7 @@ fn default_table() -> String {
 impl StoreConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
-            StoreConfig::Memory => Ok(()),
+            StoreConfig::Memory {} => Ok(()),
             StoreConfig::Etcd { endpoints, prefix } => {
                 if endpoints.is_empty() {
                     return Err(ConfigError::invalid("store.endpoints", "must list at least one etcd endpoint"));
@@ -277,6 +278,10 @@ mod tests {
         let text = "name = \"a\"\n[store]\nbackend = \"memory\"\n[dynamic]\nlease = 3\n";
         let err = load_layered::<Sample>(text, vec![]).unwrap_err().to_string();
         assert!(err.contains("lease"), "{err}");
+        // A key that belongs to another backend is a mistake, not something to ignore.
+        let text = "name = \"a\"\n[store]\nbackend = \"memory\"\ntable = \"t\"\n";
+        let err = load_layered::<Sample>(text, vec![]).unwrap_err().to_string();
+        assert!(err.contains("table"), "{err}");
     }
 
     #[test]

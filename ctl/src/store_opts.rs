@@ -76,7 +76,7 @@ impl StoreOpts {
                 )
             })?,
         };
-        if matches!(store, StoreConfig::Memory) {
+        if matches!(store, StoreConfig::Memory {}) {
             return Err(CtlError::Usage(
                 "the memory store lives inside one process; pgdctl cannot reach it".into(),
             ));

@@ -28,7 +28,7 @@ pub use etcd::EtcdStore;
 pub async fn connect(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     config.validate().map_err(|e| StoreError::Invalid(e.to_string()))?;
     match config {
-        StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
+        StoreConfig::Memory {} => Ok(Arc::new(MemoryStore::new())),
         #[cfg(feature = "etcd")]
         StoreConfig::Etcd { endpoints, prefix } => Ok(Arc::new(EtcdStore::connect(endpoints, prefix).await?)),
         #[cfg(not(feature = "etcd"))]
@@ -52,7 +52,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_config_builds_a_memory_store() {
-        let store = connect(&StoreConfig::Memory).await.unwrap();
+        let store = connect(&StoreConfig::Memory {}).await.unwrap();
         assert_eq!(store.backend(), "memory");
     }
 

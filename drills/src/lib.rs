@@ -186,7 +186,7 @@ impl Drill {
                 region.clone().unwrap_or_default(),
                 endpoint_url.clone().unwrap_or_default()
             ),
-            StoreConfig::Memory => bail!("drills need a networked store"),
+            StoreConfig::Memory {} => bail!("drills need a networked store"),
         };
         // Every agent hosts a coordinator (the coordinator lock lets one act), so a drill may
         // kill any member's agent and another coordinator carries on.
