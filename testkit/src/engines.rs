@@ -26,7 +26,6 @@ const START_ATTEMPTS: usize = 3;
 /// A local single-member etcd with its data in a temporary directory.
 pub struct EtcdServer {
     engine: Engine,
-    client_port: u16,
 }
 
 impl EtcdServer {
@@ -61,7 +60,7 @@ impl EtcdServer {
             ];
             let engine = Engine::new("etcd", program.clone(), args, dir, client_port, "/health");
             match engine.spawn() {
-                Ok(()) => return Ok(EtcdServer { engine, client_port }),
+                Ok(()) => return Ok(EtcdServer { engine }),
                 Err(e) => last_err = Some(e),
             }
         }
@@ -79,31 +78,7 @@ impl EtcdServer {
 
     /// The client URL, e.g. `http://127.0.0.1:23791`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.engine.pid()
-    }
-
-    /// Kills the process (by PID) and waits for it to exit.
-    pub fn stop(&self) {
-        self.engine.stop();
-    }
-
-    /// Starts etcd again on the same ports with the same data (so its contents survive).
-    pub fn restart(&self) -> anyhow::Result<()> {
-        self.engine.spawn()
-    }
-
-    /// Suspends the process (SIGSTOP): connections stay open but nothing answers, as in a
-    /// network partition or a stalled host. [`EtcdServer::thaw`] resumes it.
-    pub fn freeze(&self) {
-        self.engine.signal(libc::SIGSTOP);
-    }
-
-    pub fn thaw(&self) {
-        self.engine.signal(libc::SIGCONT);
+        format!("http://127.0.0.1:{}", self.engine.port)
     }
 }
 
@@ -111,7 +86,6 @@ impl EtcdServer {
 /// a restart starts empty.
 pub struct MotoServer {
     engine: Engine,
-    port: u16,
 }
 
 impl MotoServer {
@@ -129,7 +103,7 @@ impl MotoServer {
             let args = vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()];
             let engine = Engine::new("moto_server", program.clone(), args, dir, port, "/moto-api/");
             match engine.spawn() {
-                Ok(()) => return Ok(MotoServer { engine, port }),
+                Ok(()) => return Ok(MotoServer { engine }),
                 Err(e) => last_err = Some(e),
             }
         }
@@ -147,34 +121,28 @@ impl MotoServer {
 
     /// The endpoint URL for AWS SDK clients, e.g. `http://127.0.0.1:50321`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.engine.pid()
-    }
-
-    pub fn stop(&self) {
-        self.engine.stop();
-    }
-
-    /// Starts moto again on the same port, empty.
-    pub fn restart(&self) -> anyhow::Result<()> {
-        self.engine.spawn()
-    }
-
-    /// Suspends the process (SIGSTOP): requests hang instead of being refused.
-    pub fn freeze(&self) {
-        self.engine.signal(libc::SIGSTOP);
-    }
-
-    pub fn thaw(&self) {
-        self.engine.signal(libc::SIGCONT);
+        format!("http://127.0.0.1:{}", self.engine.port)
     }
 }
 
-/// One engine process, restartable with the same arguments.
-struct Engine {
+impl std::ops::Deref for EtcdServer {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Moto keeps its state in memory only: [`Engine::restart`] starts it empty.
+impl std::ops::Deref for MotoServer {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// One engine process, restartable with the same arguments. [`EtcdServer`] and [`MotoServer`]
+/// dereference to it for `pid`, `stop`, `restart`, `freeze` and `thaw`.
+pub struct Engine {
     name: &'static str,
     program: PathBuf,
     args: Vec<String>,
@@ -197,8 +165,24 @@ impl Engine {
         Engine { name, program, args, dir, port, ready_path, child: Mutex::new(None) }
     }
 
-    fn pid(&self) -> Option<u32> {
+    pub fn pid(&self) -> Option<u32> {
         self.child.lock().unwrap().as_ref().map(Child::id)
+    }
+
+    /// Starts the process again with the same arguments, ports and data directory (etcd's
+    /// contents survive; moto's do not).
+    pub fn restart(&self) -> anyhow::Result<()> {
+        self.spawn()
+    }
+
+    /// Suspends the process (SIGSTOP): connections stay open but nothing answers, as in a
+    /// network partition or a stalled host. [`Engine::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
     }
 
     /// Starts the process (if not running) and waits until it answers on its port.
@@ -241,7 +225,7 @@ impl Engine {
     }
 
     /// Kills the process by PID (SIGKILL: an abrupt stop, as a crash or power loss) and reaps it.
-    fn stop(&self) {
+    pub fn stop(&self) {
         if let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -365,7 +349,9 @@ fn is_executable(path: &Path) -> bool {
 /// Whether `GET path` on the loopback port answers 200.
 fn http_ok(port: u16, path: &str) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
     if write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").is_err() {
@@ -397,11 +383,11 @@ mod tests {
     fn etcd_stops_restarts_with_its_data_and_is_gone_after_drop() {
         let etcd = EtcdServer::start().expect("etcd (run scripts/setup)");
         let pid = etcd.pid().unwrap();
-        assert!(http_ok(etcd.client_port, "/health"));
+        assert!(http_ok(etcd.engine.port, "/health"));
         etcd.stop();
-        assert!(!http_ok(etcd.client_port, "/health"), "stopped etcd must not answer");
+        assert!(!http_ok(etcd.engine.port, "/health"), "stopped etcd must not answer");
         etcd.restart().unwrap();
-        assert!(http_ok(etcd.client_port, "/health"));
+        assert!(http_ok(etcd.engine.port, "/health"));
         let new_pid = etcd.pid().unwrap();
         assert_ne!(pid, new_pid);
         let dir = etcd.engine.dir.clone();
