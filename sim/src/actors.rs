@@ -28,15 +28,19 @@ impl Actor for AgentActor {
     fn step(mut self: Box<Self>) -> Task {
         Box::pin(async move {
             let report = self.rt.tick().await;
+            // PGDAEMON_SIM_VERBOSE=1 also traces renewals, heartbeats and store errors.
+            let verbose = std::env::var_os("PGDAEMON_SIM_VERBOSE").is_some();
             let done: Vec<&str> = report
                 .done()
                 .into_iter()
-                .filter(|a| !matches!(*a, "renew_lease" | "publish_heartbeat"))
+                .filter(|a| verbose || !matches!(*a, "renew_lease" | "publish_heartbeat"))
                 .collect();
             let errors: Vec<&String> = report
                 .errors
                 .iter()
-                .filter(|e| !e.starts_with("publish_heartbeat") && !e.contains("simulated"))
+                .filter(|e| {
+                    verbose || (!e.starts_with("publish_heartbeat") && !e.contains("simulated"))
+                })
                 .collect();
             if !done.is_empty() || !errors.is_empty() {
                 let mut w = self.world.lock();
@@ -50,6 +54,34 @@ impl Actor for AgentActor {
             StepEnd {
                 actor: Some(self as Box<dyn Actor>),
                 next_in: Some(next),
+            }
+        })
+    }
+}
+
+/// The agent process's lease watchdog task (node-agent runs it every 200 ms beside the loop):
+/// demotes a read-write Postgres whose lease deadline passed while a tick is stuck in store calls.
+pub struct WatchdogActor {
+    pub handle: AgentHandle,
+    pub world: World,
+    pub node: usize,
+}
+
+/// node-agent's `WATCHDOG_PERIOD`.
+pub const WATCHDOG_EVERY: u64 = 200 * MS;
+
+impl Actor for WatchdogActor {
+    fn step(self: Box<Self>) -> Task {
+        Box::pin(async move {
+            let result = self.handle.enforce_lease_deadline().await;
+            if !matches!(result, Ok(false)) {
+                let mut w = self.world.lock();
+                let name = w.nodes[self.node].name.clone();
+                w.log(format!("agent {name}: lease watchdog: {result:?}"));
+            }
+            StepEnd {
+                actor: Some(self as Box<dyn Actor>),
+                next_in: Some(WATCHDOG_EVERY),
             }
         })
     }

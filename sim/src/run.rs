@@ -12,7 +12,9 @@ use pgdaemon_core::{
     SyncMode,
 };
 
-use crate::actors::{fence_chain, instance_id, trigger, AgentActor, CoordActor};
+use crate::actors::{
+    fence_chain, instance_id, trigger, AgentActor, CoordActor, WatchdogActor, WATCHDOG_EVERY,
+};
 use crate::check::Checker;
 use crate::faults::{script, FaultKind, FaultPlan, Target};
 use crate::pgctl::{SimPgControl, PG_PORT};
@@ -236,7 +238,8 @@ impl Sim {
             .expect("memory store answers at once")
             .expect("bootstrap record");
 
-        let slots = (0..n + COORD_SLOTS)
+        // Agents, coordinators, then each agent process's lease watchdog task.
+        let slots = (0..n + COORD_SLOTS + n)
             .map(|_| Slot {
                 inc: 0,
                 state: SlotState::Down,
@@ -356,8 +359,26 @@ impl Sim {
             world: self.world.clone(),
             node: i,
         }));
+        let ws = self.watchdog_slot(i);
+        let wd = &mut self.slots[ws];
+        wd.inc += 1;
+        wd.hung = false;
+        wd.deferred.clear();
+        wd.wake_at = None;
+        wd.parked = false;
+        wd.state = SlotState::Idle(Box::new(WatchdogActor {
+            handle: handle.clone(),
+            world: self.world.clone(),
+            node: i,
+        }));
+        let wd_id = ActorId {
+            slot: ws,
+            inc: wd.inc,
+        };
         let mut w = self.world.lock();
         w.agent_handles[i] = Some(handle);
+        let at = w.now + WATCHDOG_EVERY;
+        w.schedule(at, Event::Step(wd_id));
         if schedule {
             let at = w.now + w.rng.range(100 * MS, 1000 * MS);
             w.schedule(at, Event::Step(ActorId { slot: i, inc }));
@@ -365,7 +386,22 @@ impl Sim {
         }
     }
 
+    /// The slot of agent `i`'s lease watchdog task (same process: killed and hung with it).
+    fn watchdog_slot(&self, i: usize) -> usize {
+        self.n + COORD_SLOTS + i
+    }
+
     fn kill_slot(&mut self, s: usize) {
+        if s < self.n {
+            let ws = self.watchdog_slot(s);
+            let wd = &mut self.slots[ws];
+            wd.inc += 1;
+            wd.state = SlotState::Down;
+            wd.hung = false;
+            wd.deferred.clear();
+            wd.wake_at = None;
+            wd.parked = false;
+        }
         let slot = &mut self.slots[s];
         slot.inc += 1;
         slot.state = SlotState::Down;
@@ -525,7 +561,11 @@ impl Sim {
             return;
         }
         self.slots[i].hung = hung;
-        let deferred = std::mem::take(&mut self.slots[i].deferred);
+        let mut deferred = std::mem::take(&mut self.slots[i].deferred);
+        // The whole agent process hangs, its watchdog task with it.
+        let ws = self.watchdog_slot(i);
+        self.slots[ws].hung = hung;
+        deferred.extend(std::mem::take(&mut self.slots[ws].deferred));
         let mut w = self.world.lock();
         w.nodes[i].agent_hung = hung;
         let now = w.now;
