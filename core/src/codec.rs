@@ -67,3 +67,10 @@ pub fn validate_acquire(cluster: &str, owner: &str, term: u64, lease_ms: u64) ->
     }
     Ok(())
 }
+
+/// Checks an event before any backend writes it, and returns its item key.
+pub fn event_item(cluster: &str, event: &crate::events::Event) -> Result<String, StoreError> {
+    check_cluster(cluster)?;
+    event.validate(cluster).map_err(StoreError::Invalid)?;
+    Ok(crate::keys::event(event.time_ms, &event.id))
+}

@@ -53,6 +53,7 @@ macro_rules! conformance_suite {
             cluster_record_cas_exactly_one_writer_wins,
             member_heartbeats_in_one_consistent_view,
             history_appends_once_per_term_in_order,
+            events_log_once_in_order_apart_from_the_view,
             stopped_engine_is_unavailable_never_success,
             malformed_records_are_named,
             invalid_requests_change_nothing,
@@ -329,6 +330,42 @@ pub async fn history_appends_once_per_term_in_order<H: Harness>() {
     assert_eq!(s.read_history(&cluster).await.unwrap()[3], history(12));
 }
 
+pub async fn events_log_once_in_order_apart_from_the_view<H: Harness>() {
+    use crate::events::{Event, EventKind};
+    let h = H::start(false).await;
+    let s = h.client().await;
+    let cluster = cluster_name("events");
+    assert!(s.read_events(&cluster, 0).await.unwrap().is_empty());
+    s.write_cluster(&cluster, None, &ClusterRecord::bootstrap("a", DynamicConfig::default())).await.unwrap();
+    let ev = |kind, t| Event::new(kind, cluster.as_str(), t, format!("at {t}")).member("a").term(1).source("test");
+    let (late, early, same_time) = (ev(EventKind::MemberDown, 2_000), ev(EventKind::MemberUp, 1_000), ev(EventKind::Fenced, 2_000));
+    for e in [&late, &early, &same_time] {
+        s.append_event(&cluster, e).await.unwrap();
+    }
+    // A retried append (same id and time) is accepted and logs nothing new.
+    s.append_event(&cluster, &late).await.unwrap();
+    let all = s.read_events(&cluster, 0).await.unwrap();
+    let mut at_2000 = vec![late.clone(), same_time.clone()];
+    at_2000.sort_by(|a, b| a.id.cmp(&b.id));
+    let expected: Vec<Event> = std::iter::once(early.clone()).chain(at_2000.clone()).collect();
+    assert_eq!(all, expected, "once each, by time then id");
+    assert_eq!(s.read_events(&cluster, 1_001).await.unwrap(), at_2000, "since_ms filters");
+    assert!(s.read_events(&cluster, 2_001).await.unwrap().is_empty());
+
+    // The log is not part of the view, and another cluster's log is separate.
+    let view = s.read_view(&cluster).await.unwrap();
+    assert!(view.members.is_empty() && view.cluster.is_some());
+    let other = cluster_name("events-other");
+    assert!(s.read_events(&other, 0).await.unwrap().is_empty());
+
+    // Bad events change nothing.
+    let err = s.append_event(&other, &early).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "an event of another cluster: {err}");
+    let bad_id = Event { id: "x/y".into(), ..early.clone() };
+    assert!(matches!(s.append_event(&cluster, &bad_id).await, Err(StoreError::Invalid(_))));
+    assert_eq!(s.read_events(&cluster, 0).await.unwrap().len(), 3);
+}
+
 pub async fn stopped_engine_is_unavailable_never_success<H: Harness>() {
     let h = H::start(true).await;
     let s = h.client().await;
@@ -354,6 +391,7 @@ pub async fn stopped_engine_is_unavailable_never_success<H: Harness>() {
     unavailable!(s.put_member(&cluster, &member("a", 1)));
     unavailable!(s.append_history(&cluster, &history(1)));
     unavailable!(s.read_history(&cluster));
+    unavailable!(s.read_events(&cluster, 0));
 
     h.restart_engine().await;
     // The same client recovers once the engine answers again.

@@ -5,6 +5,7 @@ pub const CLUSTER: &str = "cluster";
 pub const COORDINATOR_LOCK: &str = "lock#coordinator";
 pub const MEMBER_PREFIX: &str = "member#";
 pub const HISTORY_PREFIX: &str = "history#";
+pub const EVENT_PREFIX: &str = "event#";
 
 pub fn member(name: &str) -> String {
     format!("{MEMBER_PREFIX}{name}")
@@ -13,6 +14,18 @@ pub fn member(name: &str) -> String {
 /// History items sort by term as strings, so the term is zero-padded to 20 digits (u64::MAX).
 pub fn history(term: u64) -> String {
     format!("{HISTORY_PREFIX}{term:020}")
+}
+
+/// Events sort by time, then id: `event#<ms, 20 digits>#<id>`.
+pub fn event(time_ms: u64, id: &str) -> String {
+    format!("{EVENT_PREFIX}{time_ms:020}#{id}")
+}
+
+/// The partition (DynamoDB) / path segment (etcd) holding a cluster's event log, apart from the
+/// cluster's own items so that `read_view` never reads a growing log. `#` is not allowed in
+/// cluster names, so it cannot collide with a cluster.
+pub fn events_partition(cluster: &str) -> String {
+    format!("{cluster}#events")
 }
 
 /// A cluster name must be usable as a DynamoDB key and an etcd path segment.

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod coordinator;
+pub mod events;
 pub mod fence;
 pub mod keys;
 pub mod lease;

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::codec::{self, check_acquire, check_cluster, check_held, decode, encode};
+use crate::events::Event;
 use crate::keys;
 use crate::model::{ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseName, MemberStatus};
 use crate::store::{LeaseClaim, Store, StoreError};
@@ -181,6 +182,28 @@ impl Store for MemoryStore {
         let mut out = Vec::new();
         for ((c, item), text) in items.range((cluster.to_string(), keys::HISTORY_PREFIX.to_string())..) {
             if c != cluster || !item.starts_with(keys::HISTORY_PREFIX) {
+                break;
+            }
+            out.push(decode(item, text.as_bytes())?);
+        }
+        Ok(out)
+    }
+
+    async fn append_event(&self, cluster: &str, event: &Event) -> Result<(), StoreError> {
+        let item = codec::event_item(cluster, event)?;
+        let text = encode(&item, event)?;
+        // Already logged (a retried append): keep the first copy.
+        self.lock()?.entry((keys::events_partition(cluster), item)).or_insert(text);
+        Ok(())
+    }
+
+    async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<Event>, StoreError> {
+        check_cluster(cluster)?;
+        let part = keys::events_partition(cluster);
+        let items = self.lock()?;
+        let mut out = Vec::new();
+        for ((c, item), text) in items.range((part.clone(), keys::event(since_ms, ""))..) {
+            if *c != part || !item.starts_with(keys::EVENT_PREFIX) {
                 break;
             }
             out.push(decode(item, text.as_bytes())?);

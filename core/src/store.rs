@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 
+use crate::events::Event;
 use crate::model::{ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseName, MemberStatus};
 
 /// Why a store call did not succeed. Callers must treat the three kinds differently: a
@@ -126,6 +127,16 @@ pub trait Store: Send + Sync {
 
     /// All history records, ordered by term.
     async fn read_history(&self, cluster: &str) -> Result<Vec<HistoryEntry>, StoreError>;
+
+    /// Appends an event to the cluster's event log ([`crate::keys::event`], kept apart from the
+    /// cluster's items so `read_view` never reads it). Idempotent by `(time_ms, id)`: appending
+    /// an event that is already logged is `Ok` and stores nothing (a retry after `Unavailable`
+    /// never logs it twice). An event whose id cannot be a key, or of another cluster, is
+    /// `Invalid` and nothing is written.
+    async fn append_event(&self, cluster: &str, event: &Event) -> Result<(), StoreError>;
+
+    /// The logged events with `time_ms >= since_ms`, ordered by time then id.
+    async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<Event>, StoreError>;
 }
 
 #[async_trait]
@@ -178,5 +189,11 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn read_history(&self, cluster: &str) -> Result<Vec<HistoryEntry>, StoreError> {
         (**self).read_history(cluster).await
+    }
+    async fn append_event(&self, cluster: &str, event: &Event) -> Result<(), StoreError> {
+        (**self).append_event(cluster, event).await
+    }
+    async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<Event>, StoreError> {
+        (**self).read_events(cluster, since_ms).await
     }
 }

@@ -18,6 +18,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
 use pgdaemon_core::codec::{self, check_acquire, check_cluster, decode, encode};
+use pgdaemon_core::events::Event;
 use pgdaemon_core::{
     keys, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus, Store, StoreError,
 };
@@ -402,6 +403,35 @@ impl Store for EtcdStore {
                 client.get(format!("{base}{}", keys::HISTORY_PREFIX), Some(GetOptions::new().with_prefix())),
             )
             .await?;
+        resp.take_kvs()
+            .iter()
+            .map(|kv| {
+                let item = String::from_utf8_lossy(&kv.key()[base.len()..]).into_owned();
+                decode(&item, kv.value())
+            })
+            .collect()
+    }
+
+    async fn append_event(&self, cluster: &str, event: &Event) -> Result<(), StoreError> {
+        let item = codec::event_item(cluster, event)?;
+        let key = self.key(&keys::events_partition(cluster), &item);
+        // Put only if absent: a retried append of a logged event changes nothing and is `Ok`.
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, encode(&item, event)?, None)]);
+        self.txn(&format!("append {item}"), txn).await?;
+        Ok(())
+    }
+
+    async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<Event>, StoreError> {
+        check_cluster(cluster)?;
+        let part = keys::events_partition(cluster);
+        let base = self.cluster_prefix(&part);
+        let mut client = self.client.clone();
+        // `$` sorts right after `#`: the range covers every `event#...` key from `since_ms` on.
+        let from = self.key(&part, &keys::event(since_ms, ""));
+        let end = self.key(&part, "event$");
+        let mut resp = self.call("read events", client.get(from, Some(GetOptions::new().with_range(end)))).await?;
         resp.take_kvs()
             .iter()
             .map(|kv| {

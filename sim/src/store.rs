@@ -279,6 +279,26 @@ impl Store for SimStore {
         let r = self.inner.read_history(cluster).await;
         self.end(plan, r, None).await
     }
+
+    async fn append_event(
+        &self,
+        cluster: &str,
+        event: &pgdaemon_core::events::Event,
+    ) -> Result<(), StoreError> {
+        let plan = self.begin().await?;
+        let r = self.inner.append_event(cluster, event).await;
+        self.end(plan, r, None).await
+    }
+
+    async fn read_events(
+        &self,
+        cluster: &str,
+        since_ms: u64,
+    ) -> Result<Vec<pgdaemon_core::events::Event>, StoreError> {
+        let plan = self.begin().await?;
+        let r = self.inner.read_events(cluster, since_ms).await;
+        self.end(plan, r, None).await
+    }
 }
 
 /// One line summarizing a cluster record for the trace.

@@ -26,6 +26,7 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 use pgdaemon_core::codec::{self, check_acquire, check_cluster};
+use pgdaemon_core::events::Event;
 use pgdaemon_core::{
     keys, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus, Store, StoreError,
 };
@@ -444,5 +445,58 @@ impl Store for DynamoDbStore {
             .iter()
             .map(|item| from_item(item_name(item).unwrap_or(keys::HISTORY_PREFIX), item))
             .collect()
+    }
+
+    async fn append_event(&self, cluster: &str, event: &Event) -> Result<(), StoreError> {
+        let item = codec::event_item(cluster, event)?;
+        // Its own partition, so the cluster's `read_view` query never pages through the log.
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(&keys::events_partition(cluster), &item, event)?))
+            .condition_expression("attribute_not_exists(#item)")
+            .expression_attribute_names("#item", SK)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Already logged (a retried append): nothing to do.
+            Err(e) if failed_put_condition(&e).is_some() => Ok(()),
+            Err(e) => Err(sdk_error("append", &item, e)),
+        }
+    }
+
+    async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<Event>, StoreError> {
+        check_cluster(cluster)?;
+        let part = keys::events_partition(cluster);
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                // `$` sorts right after `#`: every `event#...` key from `since_ms` on.
+                .key_condition_expression("#c = :c AND #i BETWEEN :from AND :to")
+                .expression_attribute_names("#c", PK)
+                .expression_attribute_names("#i", SK)
+                .expression_attribute_values(":c", AttributeValue::S(part.clone()))
+                .expression_attribute_values(":from", AttributeValue::S(keys::event(since_ms, "")))
+                .expression_attribute_values(":to", AttributeValue::S("event$".into()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("query", &part, e))?;
+            for item in page.items.unwrap_or_default() {
+                out.push(from_item(item_name(&item).unwrap_or(keys::EVENT_PREFIX), &item)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+        Err(StoreError::Unavailable(format!("dynamodb query of {part}: more than {MAX_PAGES} pages")))
     }
 }

@@ -1,0 +1,469 @@
+//! Events: every state change worth telling a human or another system about (a member going
+//! down, a failover starting, a primary being fenced, ...), as one [`Event`] type shared by the
+//! coordinator, the agent and the monitor.
+//!
+//! The flow is the same everywhere: code at a transition calls [`EventEmitter::emit`], which
+//! never blocks and never fails; the emitter (the agent's dispatcher, the Lambda's collector)
+//! then delivers the event to each configured [`EventSink`] (the store's event log, an SNS topic,
+//! a webhook, a local command), retrying a failing sink with backoff. Delivery is therefore
+//! at-least-once per sink; every event carries a unique `id` so a receiver can drop a retried
+//! duplicate, which makes it exactly-once for a receiver that does.
+//!
+//! Health changes (member up/down, lag over threshold, role changes) are not emitted at a single
+//! code site but derived by the pure [`derive_events`] from two successive [`HealthView`]s, so the
+//! coordinator (member heartbeats) and the monitor (probes of unmanaged hosts) apply one rule.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::model::Role;
+use crate::store::{Store, StoreError};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A member (or monitored endpoint) became reachable and healthy.
+    MemberUp,
+    /// A member stopped answering (Postgres down, heartbeat stale or gone).
+    MemberDown,
+    /// A replica's lag rose above the configured threshold.
+    LagOverThreshold,
+    /// A replica's lag fell back to or below the threshold.
+    LagRecovered,
+    /// A member's observed role changed (replica -> primary or back) outside a known transition.
+    RoleChanged,
+    /// The primary's agent could not renew its leader lease (it demotes itself).
+    LeaseLost,
+    /// The coordinator began an unplanned change of primary (term bumped).
+    FailoverStarted,
+    /// The coordinator began a planned change of primary (term bumped).
+    SwitchoverStarted,
+    /// The old primary was confirmed fenced (failover) or demoted (switchover).
+    Fenced,
+    /// The new primary reported read-write (coordinator) / this node promoted itself (agent).
+    Promoted,
+    /// This node's Postgres stopped accepting writes (agent).
+    Demoted,
+    /// A change of primary completed and was recorded in history.
+    Finished,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::MemberUp => "member_up",
+            EventKind::MemberDown => "member_down",
+            EventKind::LagOverThreshold => "lag_over_threshold",
+            EventKind::LagRecovered => "lag_recovered",
+            EventKind::RoleChanged => "role_changed",
+            EventKind::LeaseLost => "lease_lost",
+            EventKind::FailoverStarted => "failover_started",
+            EventKind::SwitchoverStarted => "switchover_started",
+            EventKind::Fenced => "fenced",
+            EventKind::Promoted => "promoted",
+            EventKind::Demoted => "demoted",
+            EventKind::Finished => "finished",
+        }
+    }
+
+    /// Role changes of the local node: what a command hook configured as Patroni's
+    /// `on_role_change` wants to hear.
+    pub fn is_role_change(self) -> bool {
+        matches!(self, EventKind::Promoted | EventKind::Demoted | EventKind::LeaseLost | EventKind::RoleChanged)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event. Serialized as JSON for every sink (webhook body, command stdin, SNS message,
+/// store record).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Unique per event (a UUID); receivers deduplicate retried deliveries by it.
+    pub id: String,
+    pub kind: EventKind,
+    pub cluster: String,
+    /// The member (or monitored endpoint) the event is about, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// The cluster term the emitter knew when it emitted (0 when it knows none, e.g. the monitor).
+    #[serde(default)]
+    pub term: u64,
+    /// Wall-clock time of the change, ms since the epoch (for humans and ordering in the log).
+    pub time_ms: u64,
+    /// Who emitted it: `coordinator`, `agent`, `monitor`.
+    #[serde(default)]
+    pub source: String,
+    /// What happened, in words (includes the reason where there is one).
+    #[serde(default)]
+    pub detail: String,
+    /// Unix time (s) after which DynamoDB TTL may delete the logged event; set by the store sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_at: Option<u64>,
+}
+
+impl Event {
+    /// A new event with a fresh id.
+    pub fn new(kind: EventKind, cluster: impl Into<String>, time_ms: u64, detail: impl Into<String>) -> Self {
+        Event {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind,
+            cluster: cluster.into(),
+            member: None,
+            term: 0,
+            time_ms,
+            source: String::new(),
+            detail: detail.into(),
+            expire_at: None,
+        }
+    }
+
+    pub fn member(mut self, member: impl Into<String>) -> Self {
+        self.member = Some(member.into());
+        self
+    }
+
+    pub fn term(mut self, term: u64) -> Self {
+        self.term = term;
+        self
+    }
+
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = source.into();
+        self
+    }
+
+    /// Checks what a store needs of an event before it is written (S6): an id usable in a key
+    /// and the cluster it is logged under.
+    pub fn validate(&self, cluster: &str) -> Result<(), String> {
+        if self.id.is_empty() || self.id.len() > 64 || !self.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(format!("event id {:?} must be 1 to 64 letters, digits, '-' or '_'", self.id));
+        }
+        if self.cluster != cluster {
+            return Err(format!("event of cluster {:?} cannot be logged under {cluster:?}", self.cluster));
+        }
+        Ok(())
+    }
+
+    /// One line for logs and subjects: `failover_started pg-1 (term 4): reason`.
+    pub fn summary(&self) -> String {
+        let member = self.member.as_deref().map(|m| format!(" {m}")).unwrap_or_default();
+        format!("{}{member} (term {}): {}", self.kind, self.term, self.detail)
+    }
+}
+
+/// Where the events go once emitted. Implemented by the agent's dispatcher (asynchronous
+/// delivery) and by [`Collector`] (the Lambda delivers before its invocation ends).
+///
+/// Obligations: `emit` returns at once whatever happens to the event later: it must not wait
+/// for any sink, must not fail, and must not panic. Callers emit from failover paths, which an
+/// events problem must never delay (issue 9: "never blocks failover").
+pub trait EventEmitter: Send + Sync {
+    fn emit(&self, event: Event);
+}
+
+/// An emitter that keeps events in memory until [`Collector::drain`].
+#[derive(Debug, Default)]
+pub struct Collector {
+    events: Mutex<Vec<Event>>,
+}
+
+impl Collector {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes every event emitted so far, in emission order.
+    pub fn drain(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl EventEmitter for Collector {
+    fn emit(&self, event: Event) {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+    }
+}
+
+/// Why a delivery failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    /// Worth another attempt (timeouts, 5xx, throttling); `false` for errors that will not go
+    /// away by themselves (a 4xx, an event the receiver rejects).
+    pub retryable: bool,
+    pub message: String,
+}
+
+impl SinkError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        SinkError { retryable: true, message: message.into() }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SinkError { retryable: false, message: message.into() }
+    }
+}
+
+/// One destination of events (store log, SNS, webhook, command hook).
+///
+/// Obligations:
+/// - `deliver` returns `Ok` only once the receiver has accepted the event (HTTP 2xx, exit 0,
+///   durable write), and within a bounded time of its own (each sink has a timeout); it never
+///   hangs.
+/// - It may be called again with the same event after an `Err` (the dispatcher retries), so the
+///   receiver may see an event twice; the event's `id` lets it deduplicate.
+/// - It performs exactly one attempt: retrying and backoff are the caller's ([`RetryPolicy`]).
+#[async_trait]
+pub trait EventSink: Send + Sync {
+    /// The sink's name for logs (`store`, `webhook`, `command`, `sns`).
+    fn name(&self) -> &str;
+
+    /// Whether this sink wants `event` at all (e.g. a command hook only for role changes).
+    fn accepts(&self, _event: &Event) -> bool {
+        true
+    }
+
+    async fn deliver(&self, event: &Event) -> Result<(), SinkError>;
+}
+
+/// Bounded retries with exponential backoff for one sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all (the first one included); at least 1.
+    pub attempts: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 5 attempts, 200 ms doubling to at most 5 s: about 3 s of retrying, enough for a webhook
+    /// receiver restart or a throttled API, short enough that a dead sink does not hold the
+    /// queue of later events for long.
+    fn default() -> Self {
+        RetryPolicy { attempts: 5, first_delay: Duration::from_millis(200), max_delay: Duration::from_secs(5) }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `n` (1-based; attempt 1 is immediate), or `None` once the
+    /// attempts are used up.
+    pub fn delay_before(&self, n: u32) -> Option<Duration> {
+        if n == 0 || n > self.attempts.max(1) {
+            return None;
+        }
+        if n == 1 {
+            return Some(Duration::ZERO);
+        }
+        let factor = 1u32.checked_shl(n - 2).unwrap_or(u32::MAX);
+        Some(self.first_delay.saturating_mul(factor).min(self.max_delay))
+    }
+}
+
+/// The store's event log as a sink ([`Store::append_event`]). Logged events get a TTL of
+/// `retention` (DynamoDB deletes them after it; other backends keep them).
+pub struct StoreSink<S> {
+    store: S,
+    retention: Duration,
+}
+
+impl<S: Store> StoreSink<S> {
+    pub fn new(store: S, retention: Duration) -> Self {
+        StoreSink { store, retention }
+    }
+}
+
+/// Default retention of logged events: 30 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[async_trait]
+impl<S: Store> EventSink for StoreSink<S> {
+    fn name(&self) -> &str {
+        "store"
+    }
+
+    async fn deliver(&self, event: &Event) -> Result<(), SinkError> {
+        let mut e = event.clone();
+        if e.expire_at.is_none() {
+            e.expire_at = Some(e.time_ms / 1000 + self.retention.as_secs());
+        }
+        match self.store.append_event(&event.cluster, &e).await {
+            Ok(()) => Ok(()),
+            Err(err @ StoreError::Unavailable(_)) => Err(SinkError::retryable(err.to_string())),
+            Err(err) => Err(SinkError::permanent(err.to_string())),
+        }
+    }
+}
+
+/// The health of one member or monitored endpoint, as one observer sees it at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberHealth {
+    /// Reachable and answering (Postgres running, heartbeat fresh).
+    pub up: bool,
+    pub role: Role,
+    /// Replication lag in bytes, if known.
+    pub lag_bytes: Option<u64>,
+}
+
+/// Health of every member by name.
+pub type HealthView = BTreeMap<String, MemberHealth>;
+
+/// The events between two successive health views of one cluster (pure).
+///
+/// - a member seen for the first time: `member_up` or `member_down` ("first seen");
+/// - a member gone from the view: `member_down`;
+/// - up <-> down: `member_up` / `member_down`;
+/// - both up with different known roles: `role_changed`;
+/// - with a threshold, a lag crossing it upward: `lag_over_threshold`; back down (or the member
+///   no longer lagging): `lag_recovered`.
+///
+/// A caller that wants a silent start (the coordinator after a cold start) keeps its first view
+/// as the baseline instead of diffing it against an empty one. Events come out sorted by member
+/// name, in the order of the rules above.
+pub fn derive_events(
+    cluster: &str,
+    term: u64,
+    prev: &HealthView,
+    next: &HealthView,
+    lag_threshold_bytes: Option<u64>,
+    now_ms: u64,
+) -> Vec<Event> {
+    let mut out = Vec::new();
+    let ev = |kind, member: &str, detail: String| Event::new(kind, cluster, now_ms, detail).member(member).term(term);
+    let over = |h: &MemberHealth| match (lag_threshold_bytes, h.lag_bytes) {
+        (Some(t), Some(l)) => h.up && l > t,
+        _ => false,
+    };
+    for (name, n) in next {
+        match prev.get(name) {
+            None => {
+                let kind = if n.up { EventKind::MemberUp } else { EventKind::MemberDown };
+                out.push(ev(kind, name, format!("first seen {} ({})", if n.up { "up" } else { "down" }, role_name(n.role))));
+            }
+            Some(p) => {
+                if p.up && !n.up {
+                    out.push(ev(EventKind::MemberDown, name, format!("was up as {}", role_name(p.role))));
+                } else if !p.up && n.up {
+                    out.push(ev(EventKind::MemberUp, name, format!("up as {}", role_name(n.role))));
+                } else if p.up && n.up && p.role != n.role && p.role != Role::Unknown && n.role != Role::Unknown {
+                    out.push(ev(EventKind::RoleChanged, name, format!("{} -> {}", role_name(p.role), role_name(n.role))));
+                }
+            }
+        }
+        let was_over = prev.get(name).is_some_and(over);
+        if over(n) && !was_over {
+            let t = lag_threshold_bytes.unwrap_or(0);
+            out.push(ev(EventKind::LagOverThreshold, name, format!("lag {} bytes > {t}", n.lag_bytes.unwrap_or(0))));
+        } else if was_over && !over(n) && n.up {
+            let lag = n.lag_bytes.map_or("unknown".to_string(), |l| format!("{l} bytes"));
+            out.push(ev(EventKind::LagRecovered, name, format!("lag {lag}")));
+        }
+    }
+    for (name, p) in prev {
+        if !next.contains_key(name) && p.up {
+            out.push(ev(EventKind::MemberDown, name, "no longer reported".into()));
+        }
+    }
+    out
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Primary => "primary",
+        Role::Replica => "replica",
+        Role::Unknown => "unknown role",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(up: bool, role: Role, lag: Option<u64>) -> MemberHealth {
+        MemberHealth { up, role, lag_bytes: lag }
+    }
+
+    fn kinds(events: &[Event]) -> Vec<(String, EventKind)> {
+        events.iter().map(|e| (e.member.clone().unwrap_or_default(), e.kind)).collect()
+    }
+
+    #[test]
+    fn health_changes_become_events_once() {
+        let a = HealthView::from([("a".into(), h(true, Role::Primary, None)), ("b".into(), h(true, Role::Replica, Some(10)))]);
+        assert!(derive_events("c", 1, &a, &a, Some(100), 5).is_empty(), "no change, no event");
+
+        let first = derive_events("c", 1, &HealthView::new(), &a, None, 5);
+        assert_eq!(kinds(&first), vec![("a".into(), EventKind::MemberUp), ("b".into(), EventKind::MemberUp)]);
+
+        let mut b = a.clone();
+        b.insert("a".into(), h(false, Role::Unknown, None));
+        b.insert("b".into(), h(true, Role::Replica, Some(500)));
+        let ev = derive_events("c", 2, &a, &b, Some(100), 9);
+        assert_eq!(kinds(&ev), vec![("a".into(), EventKind::MemberDown), ("b".into(), EventKind::LagOverThreshold)]);
+        assert!(ev.iter().all(|e| e.term == 2 && e.time_ms == 9 && e.cluster == "c"));
+        assert_ne!(ev[0].id, ev[1].id);
+
+        // b promoted while a is gone; lag no longer reported.
+        let mut c = b.clone();
+        c.remove("a");
+        c.insert("b".into(), h(true, Role::Primary, None));
+        let ev = derive_events("c", 3, &b, &c, Some(100), 10);
+        assert_eq!(kinds(&ev), vec![("b".into(), EventKind::RoleChanged), ("b".into(), EventKind::LagRecovered)]);
+        assert!(ev[0].detail.contains("replica -> primary"), "{}", ev[0].detail);
+
+        // A member removed while down is not "down" twice.
+        assert!(derive_events("c", 3, &b, &c, None, 10).iter().all(|e| e.kind != EventKind::MemberDown));
+        let back = derive_events("c", 3, &c, &a, None, 11);
+        assert_eq!(kinds(&back), vec![("a".into(), EventKind::MemberUp), ("b".into(), EventKind::RoleChanged)]);
+    }
+
+    #[test]
+    fn retry_policy_backs_off_and_stops() {
+        let p = RetryPolicy { attempts: 4, first_delay: Duration::from_millis(100), max_delay: Duration::from_millis(250) };
+        let delays: Vec<_> = (1..=5).map(|n| p.delay_before(n)).collect();
+        assert_eq!(
+            delays,
+            vec![
+                Some(Duration::ZERO),
+                Some(Duration::from_millis(100)),
+                Some(Duration::from_millis(200)),
+                Some(Duration::from_millis(250)),
+                None
+            ]
+        );
+        let long = RetryPolicy { attempts: 100, ..p };
+        assert_eq!(long.delay_before(80), Some(Duration::from_millis(250)), "no overflow on long schedules");
+    }
+
+    #[test]
+    fn events_round_trip_and_bad_ones_are_refused() {
+        let e = Event::new(EventKind::FailoverStarted, "c1", 42, "primary lost").member("pg-1").term(3).source("coordinator");
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains("\"kind\":\"failover_started\""), "{json}");
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
+        assert!(e.validate("c1").is_ok());
+        assert!(e.validate("c2").is_err());
+        assert!(Event { id: "a/b".into(), ..e.clone() }.validate("c1").is_err());
+        assert!(Event { id: String::new(), ..e.clone() }.validate("c1").is_err());
+        assert_eq!(e.summary(), "failover_started pg-1 (term 3): primary lost");
+    }
+
+    #[test]
+    fn collector_keeps_order() {
+        let c = Collector::new();
+        c.emit(Event::new(EventKind::MemberUp, "x", 1, ""));
+        c.emit(Event::new(EventKind::MemberDown, "x", 2, ""));
+        let got = c.drain();
+        assert_eq!(got.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![EventKind::MemberUp, EventKind::MemberDown]);
+        assert!(c.drain().is_empty());
+    }
+}
