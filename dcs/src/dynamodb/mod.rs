@@ -45,6 +45,20 @@ pub const MAX_ATTEMPTS: u32 = 3;
 /// Pages of one partition query before giving up (1 MiB each: far beyond any cluster).
 const MAX_PAGES: usize = 100;
 
+/// The attribute holding a logged event's JSON. An event has a `cluster` field, which is the
+/// table's partition key name, so it is stored whole as one string rather than field by field.
+const EVENT_ATTR: &str = "event";
+
+/// The DynamoDB item of a logged event: its JSON, plus `expire_at` as a number for TTL.
+fn event_item(cluster: &str, item: &str, event: &Event) -> Result<Item, StoreError> {
+    let mut out = key(&keys::events_partition(cluster), item);
+    out.insert(EVENT_ATTR.into(), AttributeValue::S(codec::encode(item, event)?));
+    if let Some(t) = event.expire_at {
+        out.insert("expire_at".into(), AttributeValue::N(t.to_string()));
+    }
+    Ok(out)
+}
+
 /// Timeouts applied to every DynamoDB client built here.
 pub fn timeout_config() -> TimeoutConfig {
     TimeoutConfig::builder()
@@ -454,7 +468,7 @@ impl Store for DynamoDbStore {
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(to_item(&keys::events_partition(cluster), &item, event)?))
+            .set_item(Some(event_item(cluster, &item, event)?))
             .condition_expression("attribute_not_exists(#item)")
             .expression_attribute_names("#item", SK)
             .send()
@@ -490,7 +504,9 @@ impl Store for DynamoDbStore {
                 .await
                 .map_err(|e| sdk_error("query", &part, e))?;
             for item in page.items.unwrap_or_default() {
-                out.push(from_item(item_name(&item).unwrap_or(keys::EVENT_PREFIX), &item)?);
+                let name = item_name(&item).unwrap_or(keys::EVENT_PREFIX);
+                let text = item.get(EVENT_ATTR).and_then(|a| a.as_s().ok()).ok_or_else(|| StoreError::malformed(name, "no event attribute"))?;
+                out.push(codec::decode(name, text.as_bytes())?);
             }
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
