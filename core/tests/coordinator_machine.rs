@@ -474,3 +474,40 @@ impl Secs for ManualClock {
         self.monotonic().as_secs()
     }
 }
+
+#[tokio::test]
+async fn a_failover_emits_each_event_once_in_order() {
+    use pgdaemon_core::events::{Collector, EventKind};
+    let mut sim = Sim::new().await;
+    let events = Arc::new(Collector::new());
+    let mut c = sim.coordinator("c1", ScriptedFencer::default()).with_events(events.clone());
+    // Two coordinators that do not hold the lock emit nothing.
+    let mut idle = sim.coordinator("c2", ScriptedFencer::default()).with_events(events.clone());
+    sim.second(&mut c).await;
+    sim.second(&mut idle).await;
+    assert!(events.drain().is_empty(), "a healthy start is the baseline, not news");
+    sim.agents.kill("n1");
+    for _ in 0..60 {
+        sim.second(&mut c).await;
+        sim.second(&mut idle).await;
+        if sim.record().await.transition.is_none() && sim.record().await.term == 2 {
+            break;
+        }
+    }
+    assert_failed_over_to_n2(&sim).await;
+    let got: Vec<(EventKind, Option<String>)> = events.drain().into_iter().map(|e| (e.kind, e.member)).collect();
+    let transition: Vec<_> = got.iter().filter(|(k, _)| !matches!(k, EventKind::MemberDown | EventKind::MemberUp | EventKind::RoleChanged)).cloned().collect();
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(
+        transition,
+        vec![
+            (EventKind::FailoverStarted, some("n2")),
+            (EventKind::Fenced, some("n1")),
+            (EventKind::Promoted, some("n2")),
+            (EventKind::Finished, some("n2")),
+        ],
+        "{got:?}"
+    );
+    assert_eq!(got.iter().filter(|(k, m)| *k == EventKind::MemberDown && m.as_deref() == Some("n1")).count(), 1, "{got:?}");
+    assert!(got.iter().any(|(k, m)| *k == EventKind::RoleChanged && m.as_deref() == Some("n2")), "{got:?}");
+}

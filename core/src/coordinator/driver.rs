@@ -2,15 +2,17 @@
 //! next step(s) of one cluster per call. No sleeping, spawning or timers inside.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::clock::Clock;
+use crate::events::{derive_events, Event, EventEmitter, EventKind, HealthView, MemberHealth};
 use crate::fence::{FenceStatus, FenceTarget, Fencer};
 use crate::lease::{AcquireOutcome, HeldLease, LeaseClient};
 use crate::model::{ClusterRecord, ClusterView, FenceProgress, LeaseName, PendingFence, TransitionKind};
 use crate::store::{Store, StoreError};
 
 use super::decide::{apply, evaluate, Action, Verdict};
-use super::observe::{LockStatus, Watch};
+use super::observe::{Liveness, LockStatus, Observations, Watch};
 use super::CoordinatorConfig;
 
 /// How a run ended.
@@ -55,6 +57,8 @@ struct ClusterState<S, C> {
     lock: LeaseClient<S, C>,
     held: Option<HeldLease>,
     watch: Watch,
+    /// Member health at the last run this coordinator acted in (the baseline for events).
+    health: Option<HealthView>,
 }
 
 /// One coordinator process's view of the clusters it coordinates.
@@ -68,6 +72,7 @@ pub struct Coordinator<S: Store + Clone, F: Fencer, C: Clock + Clone> {
     config: CoordinatorConfig,
     owner: String,
     clusters: BTreeMap<String, ClusterState<S, C>>,
+    events: Option<Arc<dyn EventEmitter>>,
 }
 
 enum StepResult {
@@ -79,7 +84,16 @@ enum StepResult {
 
 impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
     pub fn new(store: S, fencer: F, clock: C, config: CoordinatorConfig, owner: impl Into<String>) -> Self {
-        Coordinator { store, fencer, clock, config, owner: owner.into(), clusters: BTreeMap::new() }
+        Coordinator { store, fencer, clock, config, owner: owner.into(), clusters: BTreeMap::new(), events: None }
+    }
+
+    /// Where this coordinator's events go: the start and each step of a change of primary, and
+    /// member health changes (up/down, lag over `maximum_lag_on_failover`, role) derived from
+    /// successive views. Only the coordinator holding the lock emits, so a cluster with several
+    /// hosted coordinators reports each change once.
+    pub fn with_events(mut self, events: Arc<dyn EventEmitter>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     pub fn owner(&self) -> &str {
@@ -125,6 +139,16 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
             let wall = self.clock.wall_ms();
             let state = self.clusters.get_mut(cluster).expect("ensure_lock created it");
             let obs = state.watch.observe(&view, now, stale_after, wall, lock.clone());
+            if let (Some(events), LockStatus::Held, 0) = (&self.events, &lock, report.steps.len()) {
+                let next = health_view(&view, &obs);
+                if let Some(prev) = state.health.replace(next.clone()) {
+                    let term = view.cluster.as_ref().map_or(0, |c| c.term);
+                    let threshold = view.cluster.as_ref().map(|c| c.config.maximum_lag_on_failover);
+                    for e in derive_events(cluster, term, &prev, &next, threshold, wall) {
+                        events.emit(e.source("coordinator"));
+                    }
+                }
+            }
             let held = state.held.clone();
             let decision = evaluate(&view, &obs, &self.config);
             tracing::debug!(cluster, verdict = ?decision.verdict, reason = %decision.reason, "coordinator decision");
@@ -147,9 +171,13 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
                     report.reason = "the coordinator lock lapsed before acting; not acting".into();
                     return report;
                 }
+                let event = self.events.as_ref().and_then(|_| step_event(cluster, &view, &action, &decision.reason, self.clock.wall_ms()));
                 match self.execute(cluster, &view, action, &decision.reason).await {
                     StepResult::Progressed(step) => {
                         tracing::info!(cluster, step = %step, "coordinator step");
+                        if let (Some(events), Some(e)) = (&self.events, event) {
+                            events.emit(e);
+                        }
                         report.steps.push(step);
                     }
                     StepResult::Stop(outcome, reason) => {
@@ -195,6 +223,7 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
             ),
             held: None,
             watch: Watch::new(),
+            health: None,
         });
         if let Some(held) = state.held.take() {
             if held.is_valid(self.clock.monotonic(), self.config.lock_margin()) {
@@ -295,4 +324,58 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
             }
         }
     }
+}
+
+/// Member health as this coordinator judges it: up while Postgres runs and the heartbeat is not
+/// stale (a member watched too briefly to tell counts by what its heartbeat says).
+fn health_view(view: &ClusterView, obs: &Observations) -> HealthView {
+    view.members
+        .iter()
+        .map(|(name, m)| {
+            let stale = matches!(obs.member(name).liveness, Liveness::Stale { .. });
+            (name.clone(), MemberHealth { up: m.pg_running && !stale, role: m.role, lag_bytes: m.lag_bytes })
+        })
+        .collect()
+}
+
+/// The event a step reports once it is recorded (`None` for bookkeeping steps).
+fn step_event(cluster: &str, view: &ClusterView, action: &Action, reason: &str, now_ms: u64) -> Option<Event> {
+    let t = view.cluster.as_ref().and_then(|c| c.transition.as_ref());
+    let old = |t: &crate::model::Transition| t.old_primary.clone().unwrap_or_else(|| "-".into());
+    let e = match action {
+        Action::Begin { transition: t, .. } => {
+            let kind = match t.kind {
+                TransitionKind::Failover => EventKind::FailoverStarted,
+                TransitionKind::Switchover => EventKind::SwitchoverStarted,
+            };
+            Event::new(kind, cluster, now_ms, format!("{} -> {}: {}", old(t), t.candidate, t.reason)).member(t.candidate.clone()).term(t.term)
+        }
+        Action::Fence { member, term, .. } => Event::new(EventKind::Fenced, cluster, now_ms, format!("{member} fenced: {reason}")).member(member.clone()).term(*term),
+        Action::MarkFenced { by, .. } => {
+            let t = t?;
+            Event::new(EventKind::Fenced, cluster, now_ms, format!("{} fenced: {by}", old(t))).member(old(t)).term(t.term)
+        }
+        Action::MarkPromoted { lsn } => {
+            let t = t?;
+            let at = lsn.map(|l| format!(" at {l}")).unwrap_or_default();
+            Event::new(EventKind::Promoted, cluster, now_ms, format!("{} is primary{at}", t.candidate)).member(t.candidate.clone()).term(t.term)
+        }
+        Action::Finish(h) => Event::new(
+            EventKind::Finished,
+            cluster,
+            now_ms,
+            format!(
+                "{} {} -> {} done in {} ms: {}",
+                if h.kind == TransitionKind::Failover { "failover" } else { "switchover" },
+                h.old_primary.as_deref().unwrap_or("-"),
+                h.new_primary,
+                h.finished_ms.saturating_sub(h.started_ms),
+                h.reason
+            ),
+        )
+        .member(h.new_primary.clone())
+        .term(h.term),
+        _ => return None,
+    };
+    Some(e.source("coordinator"))
 }
