@@ -58,16 +58,29 @@ pub async fn start(cfg: &AgentConfig, store: Arc<dyn Store>) -> anyhow::Result<O
     let c = &cfg.coordinator;
     if c.enabled {
         let (policy, chain) = fencing(cfg)?;
-        // The lock lease follows the leader lease: when the host of the acting coordinator dies
-        // with the primary, another agent takes the lock while the leader lease runs out anyway.
-        let config = CoordinatorConfig { fencing: policy, lock_lease_ms: cfg.dynamic.lease_ms.max(1000), ..CoordinatorConfig::default() };
-        config.validate()?;
+        let base = CoordinatorConfig { fencing: policy, ..CoordinatorConfig::default() };
+        base.validate()?;
+        // The lock lease follows the cluster's leader lease (the record's config, which every
+        // member shares; the local `[dynamic]` only stands in until the record exists): when the
+        // host of the acting coordinator dies with the primary, another agent takes the lock
+        // while the leader lease runs out anyway.
+        let lease_ms = match tokio::time::timeout(Duration::from_secs(5), store.read_cluster(&cfg.cluster)).await {
+            Ok(Ok(Some(record))) => record.config.lease_ms,
+            _ => cfg.dynamic.lease_ms,
+        };
         let interval = Duration::from_millis(if c.interval_ms == 0 { 1000 } else { c.interval_ms });
         let owner = format!("agent-{}-{}", cfg.node.name, &pgdaemon_core::codec::new_rvn()[..8]);
-        let coordinator = Coordinator::new(store, Arc::new(chain), SystemClock::new(), config, owner.clone());
+        let chain = Arc::new(chain);
+        let make = {
+            let owner = owner.clone();
+            move |lease_ms: u64| {
+                let config = CoordinatorConfig { lock_lease_ms: lock_lease_ms(lease_ms), ..base.clone() };
+                Coordinator::new(store.clone(), chain.clone(), SystemClock::new(), config, owner.clone())
+            }
+        };
         let (trigger, rx) = HostedTrigger::new();
-        tokio::spawn(hosted_loop(coordinator, cfg.cluster.clone(), rx, interval));
-        tracing::info!(owner, interval_ms = interval.as_millis() as u64, "hosted coordinator started");
+        tokio::spawn(hosted_loop_following_lease(make, lease_ms, cfg.cluster.clone(), rx, interval));
+        tracing::info!(owner, interval_ms = interval.as_millis() as u64, lock_lease_ms = lock_lease_ms(lease_ms), "hosted coordinator started");
         return Ok(Some(Arc::new(trigger)));
     }
     if let Some(function) = &c.lambda_function {
@@ -86,18 +99,59 @@ async fn lambda_trigger(_function: &str) -> anyhow::Result<Arc<dyn CoordinatorTr
     bail!("config: `coordinator.lambda_function` is set but this build has no Lambda client (cargo feature `lambda-trigger`)")
 }
 
+/// The coordinator lock lease for a cluster leader lease of `lease_ms` (at least the minimum
+/// [`CoordinatorConfig::validate`] accepts).
+fn lock_lease_ms(lease_ms: u64) -> u64 {
+    lease_ms.max(1000)
+}
+
 /// Runs the hosted coordinator forever: every `interval`, at once when triggered, and every
 /// [`BUSY_POLL`] while a transition is under way. Never releases the lock while alive (it renews
 /// it on every run); when the host dies, another agent's coordinator takes over after the lease.
-pub async fn hosted_loop<S, F, C>(mut coordinator: Coordinator<S, F, C>, cluster: String, mut rx: mpsc::Receiver<()>, interval: Duration)
+pub async fn hosted_loop<S, F, C>(coordinator: Coordinator<S, F, C>, cluster: String, rx: mpsc::Receiver<()>, interval: Duration)
 where
     S: Store + Clone,
     F: Fencer,
     C: Clock + Clone,
 {
+    run_hosted(coordinator, None::<fn(u64) -> Coordinator<S, F, C>>, cluster, rx, interval).await
+}
+
+/// [`hosted_loop`] whose lock lease follows the cluster record's `lease_ms`: `make(lease_ms)`
+/// builds the coordinator (same owner); when the record's lease differs from the one in use, the
+/// lock is released and the coordinator rebuilt (an operator's `edit-config` takes effect).
+pub async fn hosted_loop_following_lease<S, F, C, M>(make: M, lease_ms: u64, cluster: String, rx: mpsc::Receiver<()>, interval: Duration)
+where
+    S: Store + Clone,
+    F: Fencer,
+    C: Clock + Clone,
+    M: Fn(u64) -> Coordinator<S, F, C>,
+{
+    let coordinator = make(lease_ms);
+    run_hosted(coordinator, Some(make), cluster, rx, interval).await
+}
+
+async fn run_hosted<S, F, C, M>(mut coordinator: Coordinator<S, F, C>, make: Option<M>, cluster: String, mut rx: mpsc::Receiver<()>, interval: Duration)
+where
+    S: Store + Clone,
+    F: Fencer,
+    C: Clock + Clone,
+    M: Fn(u64) -> Coordinator<S, F, C>,
+{
     let mut last_reason = String::new();
     loop {
         let report = coordinator.run_once(&cluster).await;
+        if let (Some(make), Some(record)) = (&make, &report.record) {
+            let want = lock_lease_ms(record.config.lease_ms);
+            if want != coordinator.config().lock_lease_ms {
+                tracing::info!(cluster, from_ms = coordinator.config().lock_lease_ms, to_ms = want, "coordinator lock lease follows the cluster's lease_ms");
+                if let Err(e) = coordinator.release(&cluster).await {
+                    tracing::warn!(cluster, error = %e, "releasing the coordinator lock before changing its lease");
+                }
+                coordinator = make(record.config.lease_ms);
+                continue;
+            }
+        }
         for step in &report.steps {
             tracing::info!(cluster, step = %step, "coordinator step");
         }
@@ -207,6 +261,40 @@ mod tests {
         assert!(rx.try_recv().is_err(), "two requests coalesce into one run");
         drop(rx);
         assert!(t.request_run("c", &ev).await.is_err());
+    }
+
+    /// The lock lease is the cluster record's `lease_ms`, not the one the loop started with
+    /// (the agent's local `[dynamic]`), and follows an edit of the record.
+    #[tokio::test]
+    async fn lock_lease_follows_the_cluster_record() {
+        use pgdaemon_core::memory::MemoryStore;
+        use pgdaemon_core::{ClusterRecord, DynamicConfig, LeaseName};
+        let store = Arc::new(MemoryStore::new());
+        let dynamic = DynamicConfig { lease_ms: 3000, renew_interval_ms: 1000, safety_margin_ms: 500, ..Default::default() };
+        let record = store.write_cluster("c", None, &ClusterRecord::bootstrap("n1", dynamic)).await.unwrap();
+        let make = {
+            let store = store.clone();
+            move |lease_ms: u64| {
+                let config = CoordinatorConfig { lock_lease_ms: lock_lease_ms(lease_ms), ..CoordinatorConfig::default() };
+                Coordinator::new(store.clone(), Arc::new(FenceChain::new(vec![])), SystemClock::new(), config, "agent-test")
+            }
+        };
+        let (_trigger, rx) = HostedTrigger::new();
+        let task = tokio::spawn(hosted_loop_following_lease(make, 10_000, "c".into(), rx, Duration::from_millis(50)));
+        let lock_ms = || async { store.read_lease("c", LeaseName::Coordinator).await.unwrap().filter(|l| !l.released).map(|l| l.lease_ms) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lock_ms().await != Some(3000) {
+            assert!(std::time::Instant::now() < deadline, "lock lease {:?}, want 3000", lock_ms().await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut edited = record.clone();
+        edited.config.lease_ms = 5000;
+        store.write_cluster("c", Some(record.version), &edited).await.unwrap();
+        while lock_ms().await != Some(5000) {
+            assert!(std::time::Instant::now() < deadline, "lock lease {:?}, want 5000", lock_ms().await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        task.abort();
     }
 
     /// The Lambda trigger really calls Invoke (moto answers for a function that does not exist:
