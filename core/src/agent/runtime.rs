@@ -167,8 +167,21 @@ impl AgentHandle {
         if !still {
             return Ok(false);
         }
-        self.demote_now(term, "lease deadline passed while the agent loop was stuck").await?;
+        // Not a fence: nobody else asked, and the loop may re-take this member's own lease for
+        // `term` (as after its own self-demotion) instead of forcing a failover that loses data.
+        tracing::warn!(term, "lease deadline passed while the agent loop was stuck: demoting");
+        self.demote_locked().await?;
         Ok(true)
+    }
+
+    /// Demotes under the Postgres lock and verifies Postgres no longer accepts writes.
+    async fn demote_locked(&self) -> Result<(), DemoteError> {
+        let _guard = self.shared.pg_lock.lock().await;
+        self.pg.demote().await?;
+        if self.pg.probe().await.is_primary() {
+            return Err(DemoteError::StillPrimary);
+        }
+        Ok(())
     }
 
     /// Demotes now for `term` (the coordinator's fencer): from now on the agent refuses the leader
@@ -183,12 +196,7 @@ impl AgentHandle {
             }
         }
         tracing::warn!(term, reason, "demotion requested");
-        let _guard = self.shared.pg_lock.lock().await;
-        self.pg.demote().await?;
-        let probe = self.pg.probe().await;
-        if probe.is_primary() {
-            return Err(DemoteError::StillPrimary);
-        }
+        self.demote_locked().await?;
         self.shared.external_demotions.fetch_add(1, Ordering::Relaxed);
         let mut s = self.shared.snapshot.lock().unwrap();
         s.fenced_through = s.fenced_through.max(term);
@@ -837,7 +845,8 @@ mod tests {
         clock.advance(Duration::from_millis(600));
         assert!(handle.enforce_lease_deadline().await.unwrap());
         assert_eq!(rt.pg().calls().last().unwrap(), "demote");
-        assert_eq!(handle.snapshot().fenced_through, 1);
+        // Its own deadline is no fence: the loop may re-take its lease for the same term.
+        assert_eq!(handle.snapshot().fenced_through, 0);
     }
 
     #[tokio::test]
