@@ -97,6 +97,10 @@ pub struct LocalPostgres {
     settings: PgSettings,
 }
 
+/// `wal_keep_size` written to `postgresql.auto.conf` unless `[postgres.parameters]` sets one: a
+/// backstop to the replication slots, so a rewind or a lagging replica still finds its WAL.
+const DEFAULT_WAL_KEEP_SIZE: &str = "256MB";
+
 /// Configuration files that belong to this node and that pg_rewind/pg_basebackup overwrite.
 const OWN_CONFIG_FILES: [&str; 4] = ["postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf"];
 
@@ -263,6 +267,34 @@ impl LocalPostgres {
         self.own(&signal)
     }
 
+    /// Settings that must be in this node's own files, not only on `pg_ctl`'s command line:
+    /// pg_rewind's crash-recovery pass starts the server in single-user mode from the files
+    /// alone, and a rewind needs `wal_log_hints` (the target's pg_control records the setting
+    /// the server last ran with) and the WAL since the fork point on the source.
+    fn persisted_settings(&self) -> Vec<(&'static str, String)> {
+        let configured = |name: &str| self.settings.server_options.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        vec![
+            ("wal_log_hints", "on".to_string()),
+            ("wal_keep_size", configured("wal_keep_size").unwrap_or_else(|| DEFAULT_WAL_KEEP_SIZE.to_string())),
+        ]
+    }
+
+    /// Writes [`Self::persisted_settings`] into `postgresql.auto.conf` (which `ALTER SYSTEM`
+    /// keeps) when they are missing or differ. No-op on an empty data directory.
+    fn ensure_persisted_settings(&self) -> Result<(), PgError> {
+        if self.data_state() == DataDirState::Empty {
+            return Ok(());
+        }
+        let auto = self.data().join("postgresql.auto.conf");
+        let old = std::fs::read_to_string(&auto).unwrap_or_default();
+        let new = with_settings(&old, &self.persisted_settings());
+        if new != old {
+            std::fs::write(&auto, &new).map_err(io_err)?;
+            self.own(&auto)?;
+        }
+        Ok(())
+    }
+
     fn save_own_config(&self) -> Vec<(&'static str, Vec<u8>)> {
         OWN_CONFIG_FILES.iter().filter_map(|f| std::fs::read(self.data().join(f)).ok().map(|b| (*f, b))).collect()
     }
@@ -305,6 +337,7 @@ impl LocalPostgres {
             return Err(PgError::WrongState("the data directory is empty".into()));
         }
         if !self.postmaster_running().await? {
+            self.ensure_persisted_settings()?;
             let mut opts = format!("-p {}", self.settings.port);
             for (k, v) in &self.settings.server_options {
                 opts.push_str(&format!(" -c {}", shell_quote(&format!("{k}={v}"))));
@@ -356,6 +389,20 @@ impl LocalPostgres {
     async fn start_as_standby_verified(&self) -> Result<(), PgError> {
         self.start_inner().await?;
         self.wait_for(Some(true), self.settings.start_timeout).await
+    }
+
+    /// The newest timeline among the WAL segments in `pg_wal` (0 if unknown, e.g. without the
+    /// right to list pg_wal: superuser or pg_monitor).
+    async fn received_wal_timeline(&self, client: &tokio_postgres::Client) -> u32 {
+        let q = "SELECT COALESCE(max(('x' || substr(name, 1, 8))::bit(32)::int), 0) \
+                 FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'";
+        match client.query_one(q, &[]).await {
+            Ok(row) => row.get::<_, i32>(0) as u32,
+            Err(e) => {
+                tracing::debug!(error = %pg_err(&e), "listing pg_wal for the received timeline");
+                0
+            }
+        }
     }
 
     async fn probe_running(&self, client: &tokio_postgres::Client, probe: &mut PgProbe) -> Result<(), PgError> {
@@ -431,6 +478,12 @@ impl LocalPostgres {
                     probe.timeline = probe.timeline.max(tli as u32);
                 }
             }
+            // The checkpoint's timeline above only moves at a restartpoint (minutes after a
+            // switchover) and the walreceiver's row is gone as soon as the primary dies: a replica
+            // that followed the new timeline would then report the old one, and the coordinator
+            // would rule it out as "behind" exactly when it is needed. The newest WAL segment it
+            // received into pg_wal names the timeline it reached and survives both.
+            probe.timeline = probe.timeline.max(self.received_wal_timeline(client).await);
         }
         Ok(())
     }
@@ -530,6 +583,7 @@ impl PgControl for LocalPostgres {
         }
         self.checkpoint_source(source).await?;
         self.stop_inner(StopMode::Fast).await?;
+        self.ensure_persisted_settings()?;
         let saved = self.save_own_config();
         let mut src = format!(
             "host={} port={} user={} dbname={}",
@@ -586,6 +640,24 @@ impl PgControl for LocalPostgres {
             None => Ok(()),
         }
     }
+}
+
+/// `conf` (postgresql.conf syntax) with each of `settings` set once, at the end, replacing
+/// earlier lines for the same names; every other line is kept as it is.
+fn with_settings(conf: &str, settings: &[(&str, String)]) -> String {
+    let names: Vec<&str> = settings.iter().map(|(k, _)| *k).collect();
+    let mut lines: Vec<String> = conf
+        .lines()
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            !names.iter().any(|n| key.eq_ignore_ascii_case(n))
+        })
+        .map(str::to_string)
+        .collect();
+    for (k, v) in settings {
+        lines.push(format!("{k} = {}", conf_quote(v)));
+    }
+    lines.join("\n") + "\n"
 }
 
 fn lsn(text: Option<String>) -> Option<Lsn> {
@@ -713,6 +785,16 @@ mod tests {
         let unquoted = parse_conninfo("user=x host=h port=1 sslmode=prefer");
         assert_eq!((unquoted.host.as_deref(), unquoted.port), (Some("h"), Some(1)));
         assert!(!format!("{:?}", pg.settings().replication).contains("p'w"));
+    }
+
+    #[test]
+    fn persisted_settings_replace_earlier_lines_and_keep_the_rest() {
+        let set = [("wal_log_hints", "on".to_string()), ("wal_keep_size", "256MB".to_string())];
+        let conf = "# Do not edit\nwal_keep_size = '1GB'\nprimary_conninfo = 'host=x'\n";
+        let once = with_settings(conf, &set);
+        assert_eq!(once, "# Do not edit\nprimary_conninfo = 'host=x'\nwal_log_hints = 'on'\nwal_keep_size = '256MB'\n");
+        assert_eq!(with_settings(&once, &set), once, "idempotent");
+        assert_eq!(with_settings("", &set), "wal_log_hints = 'on'\nwal_keep_size = '256MB'\n");
     }
 
     #[test]
