@@ -100,6 +100,10 @@ pub struct PgProbe {
     pub replication: Vec<ReplicationRow>,
     /// Primary: names of the physical replication slots.
     pub slots: Vec<String>,
+    /// Primary: `synchronous_standby_names` as in effect for the probing session, read before
+    /// `flush_lsn` and `replication` (the synchronous-mode catch-up check relies on that order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_standby_names: Option<String>,
     /// Replica: `pg_last_wal_receive_lsn()`.
     pub receive_lsn: Option<Lsn>,
     /// Replica: `pg_last_wal_replay_lsn()`.
@@ -137,6 +141,107 @@ impl PgProbe {
 /// capitals, slot names only lower-case letters, digits and `_`.
 pub fn slot_name(member: &str) -> String {
     member.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
+}
+
+/// `synchronous_standby_names` as pgdaemon sets it: `ANY count (names)`, or empty (commits do not
+/// wait for any standby). Names are member names, which equal the standbys' `application_name`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SyncStandbys {
+    pub count: u32,
+    pub names: Vec<String>,
+}
+
+impl SyncStandbys {
+    /// Asynchronous commits (the empty setting).
+    pub fn none() -> Self {
+        SyncStandbys::default()
+    }
+
+    /// `ANY count (names)`.
+    pub fn any(count: u32, names: Vec<String>) -> Self {
+        SyncStandbys { count, names }
+    }
+
+    /// Commits wait for no standby.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0 || self.names.is_empty()
+    }
+
+    /// The setting's text, e.g. `ANY 2 ("n2", "n3")`, or `""`. Every name is double-quoted (a
+    /// `"` inside doubled), so any member name is one case-preserved identifier.
+    pub fn to_setting(&self) -> String {
+        if self.is_empty() {
+            return String::new();
+        }
+        let names: Vec<String> = self.names.iter().map(|n| format!("\"{}\"", n.replace('"', "\"\""))).collect();
+        format!("ANY {} ({})", self.count, names.join(", "))
+    }
+
+    /// Parses a `synchronous_standby_names` value: `ANY n (..)`, `FIRST n (..)`, `n (..)`, a
+    /// plain list (one synchronous standby) or empty. FIRST is read as ANY: callers only use the
+    /// result to see which names are listed, and compare the text with [`Self::to_setting`].
+    /// `None`: not parseable.
+    pub fn parse(text: &str) -> Option<SyncStandbys> {
+        let t = text.trim();
+        if t.is_empty() {
+            return Some(SyncStandbys::none());
+        }
+        let (count, list) = match t.find('(') {
+            Some(open) => {
+                let head = t[..open].trim();
+                let list = t[open + 1..].trim_end().strip_suffix(')')?;
+                let num = match head.split_whitespace().collect::<Vec<_>>().as_slice() {
+                    [kw, n] if kw.eq_ignore_ascii_case("any") || kw.eq_ignore_ascii_case("first") => *n,
+                    [n] => *n,
+                    _ => return None,
+                };
+                (num.parse::<u32>().ok()?, list)
+            }
+            None => (1, t),
+        };
+        let mut names = Vec::new();
+        let mut chars = list.chars().peekable();
+        loop {
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+            let mut name = String::new();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                loop {
+                    match chars.next()? {
+                        '"' if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            name.push('"');
+                        }
+                        '"' => break,
+                        c => name.push(c),
+                    }
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if c == ',' || c.is_whitespace() {
+                        break;
+                    }
+                    name.push(c);
+                    chars.next();
+                }
+                if name.is_empty() {
+                    return None;
+                }
+            }
+            names.push(name);
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+            match chars.next() {
+                None => break,
+                Some(',') => continue,
+                Some(_) => return None,
+            }
+        }
+        Some(SyncStandbys { count, names })
+    }
 }
 
 /// Why a Postgres operation failed. Each variant says what is known about the server afterwards.
@@ -214,6 +319,12 @@ pub trait PgControl: Send + Sync {
     /// On a running primary, creates a physical replication slot ([`slot_name`]) for each of
     /// `members` that lacks one; never drops slots. Verified by reading `pg_replication_slots`.
     async fn ensure_slots(&self, members: &[String]) -> Result<(), PgError>;
+
+    /// Sets `synchronous_standby_names` to `names` (empty: commits wait for no standby), so that
+    /// it survives a restart (`ALTER SYSTEM`) and applies without one (`pg_reload_conf()`);
+    /// verified by reading the setting back. Works on a standby too (it applies once promoted).
+    /// Not running: `WrongState`.
+    async fn set_sync_standbys(&self, names: &SyncStandbys) -> Result<(), PgError>;
 }
 
 #[async_trait]
@@ -245,6 +356,9 @@ impl<P: PgControl + ?Sized> PgControl for std::sync::Arc<P> {
     async fn ensure_slots(&self, members: &[String]) -> Result<(), PgError> {
         (**self).ensure_slots(members).await
     }
+    async fn set_sync_standbys(&self, names: &SyncStandbys) -> Result<(), PgError> {
+        (**self).set_sync_standbys(names).await
+    }
 }
 
 #[cfg(test)]
@@ -254,6 +368,20 @@ mod tests {
     #[test]
     fn slot_names_are_postgres_safe() {
         assert_eq!(slot_name("Node-1_a"), "node_1_a");
+    }
+
+    #[test]
+    fn sync_standbys_round_trip_and_quote_names() {
+        let s = SyncStandbys::any(2, vec!["n2".into(), "Node \"3\"".into()]);
+        assert_eq!(s.to_setting(), r#"ANY 2 ("n2", "Node ""3""")"#);
+        assert_eq!(SyncStandbys::parse(&s.to_setting()), Some(s));
+        assert_eq!(SyncStandbys::none().to_setting(), "");
+        assert_eq!(SyncStandbys::parse(""), Some(SyncStandbys::none()));
+        assert_eq!(SyncStandbys::parse("first 1 (a, b)"), Some(SyncStandbys::any(1, vec!["a".into(), "b".into()])));
+        assert_eq!(SyncStandbys::parse("a,b"), Some(SyncStandbys::any(1, vec!["a".into(), "b".into()])));
+        assert_eq!(SyncStandbys::parse("2 (*)"), Some(SyncStandbys::any(2, vec!["*".into()])));
+        assert_eq!(SyncStandbys::parse("ANY x (a)"), None);
+        assert_eq!(SyncStandbys::parse("ANY 1 (\"a)"), None);
     }
 
     #[test]

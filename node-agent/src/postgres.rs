@@ -8,7 +8,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pgdaemon_core::pg::{slot_name, DataDirState, PgControl, PgError, PgProbe, PrimaryTarget, ReplicationRow, StopMode, UpstreamConfig};
+use pgdaemon_core::pg::{
+    slot_name, DataDirState, PgControl, PgError, PgProbe, PrimaryTarget, ReplicationRow, StopMode, SyncStandbys, UpstreamConfig,
+};
 use pgdaemon_core::{Lsn, Role};
 use tokio::process::Command;
 
@@ -412,15 +414,19 @@ impl LocalPostgres {
         if !recovery {
             let row = client
                 .query_one(
-                    "SELECT pg_current_wal_lsn()::text, pg_current_wal_flush_lsn()::text, \
+                    // The setting is read before the flush position, and pg_stat_replication
+                    // after both: the synchronous-mode catch-up check relies on that order.
+                    "SELECT current_setting('synchronous_standby_names'), pg_current_wal_lsn()::text, \
+                     pg_current_wal_flush_lsn()::text, \
                      ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int",
                     &[],
                 )
                 .await
                 .map_err(query_err)?;
-            probe.write_lsn = lsn(row.get(0));
-            probe.flush_lsn = lsn(row.get(1));
-            probe.timeline = row.get::<_, i32>(2) as u32;
+            probe.sync_standby_names = Some(row.get(0));
+            probe.write_lsn = lsn(row.get(1));
+            probe.flush_lsn = lsn(row.get(2));
+            probe.timeline = row.get::<_, i32>(3) as u32;
             let rows = client
                 .query(
                     "SELECT COALESCE(application_name, ''), COALESCE(state, ''), COALESCE(sync_state, ''), \
@@ -638,6 +644,30 @@ impl PgControl for LocalPostgres {
         match wanted.iter().find(|s| !have.contains(s)) {
             Some(missing) => Err(PgError::NotVerified(format!("slot {missing} missing after creation"))),
             None => Ok(()),
+        }
+    }
+
+    async fn set_sync_standbys(&self, names: &SyncStandbys) -> Result<(), PgError> {
+        let client = self.connect().await.map_err(|e| PgError::WrongState(format!("not running: {e}")))?;
+        // Names are double-quoted identifiers inside the value (SyncStandbys::to_setting), and
+        // the value is one SQL string literal: no member name can inject anything.
+        let value = names.to_setting();
+        client
+            .batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = {}", sql_quote(&value)))
+            .await
+            .map_err(query_err)?;
+        client.batch_execute("SELECT pg_reload_conf()").await.map_err(query_err)?;
+        // The reload is asynchronous: this session sees the new value once it handled SIGHUP.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let row = client.query_one("SELECT current_setting('synchronous_standby_names')", &[]).await.map_err(query_err)?;
+            if row.get::<_, String>(0) == value {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(PgError::NotVerified("the reloaded synchronous_standby_names did not take effect".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

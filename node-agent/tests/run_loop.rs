@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pgdaemon_agent::run::{run, RunSummary};
 use pgdaemon_core::agent::{AgentIdentity, AgentRuntime};
-use pgdaemon_core::pg::{DataDirState, PgControl, PgError, PgProbe, PrimaryTarget, StopMode};
+use pgdaemon_core::pg::{DataDirState, PgControl, PgError, PgProbe, PrimaryTarget, StopMode, SyncStandbys};
 use pgdaemon_core::{
     ClusterRecord, DynamicConfig, LeaseName, MemoryStore, Role, Store, SystemClock,
 };
@@ -64,6 +64,9 @@ impl PgControl for FakePg {
     }
     async fn ensure_slots(&self, _members: &[String]) -> Result<(), PgError> {
         Ok(())
+    }
+    async fn set_sync_standbys(&self, _names: &SyncStandbys) -> Result<(), PgError> {
+        Err(PgError::WrongState("not in this test".into()))
     }
 }
 

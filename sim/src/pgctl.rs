@@ -7,11 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pgdaemon_core::pg::{
     slot_name, DataDirState, PgControl, PgError, PgProbe, PrimaryTarget, ReplicationRow, StopMode,
-    UpstreamConfig,
+    SyncStandbys, UpstreamConfig,
 };
 use pgdaemon_core::Role;
 
-use crate::simpg::PgRole;
+use crate::simpg::{PgRole, SyncNames};
 use crate::world::{Shared, Us, World, MS, SEC};
 
 pub const PG_PORT: u16 = 5432;
@@ -153,9 +153,13 @@ pub fn on_promote(w: &mut Shared, node: usize) {
         }
     }
     let lease_us = w.lease_ms * MS;
+    // The timeline the candidate was promoted from. A replica on an older timeline is no measure:
+    // its WAL past that timeline's switch point was discarded by an earlier failover (checked
+    // then), and below it it is behind the candidate anyway.
+    let from_tl = w.nodes[node].pg.timeline.saturating_sub(1);
     for j in 0..w.nodes.len() {
         let o = &w.nodes[j];
-        if j == node || !o.up || !o.pg.running || o.pg.role != PgRole::Replica {
+        if j == node || !o.up || !o.pg.running || o.pg.role != PgRole::Replica || o.pg.timeline < from_tl {
             continue;
         }
         if let Some((at, Some(pos))) = o.last_beat {
@@ -197,6 +201,11 @@ impl PgControl for SimPgControl {
                 p.write_lsn = Some(pg.end_lsn());
                 p.flush_lsn = Some(pg.end_lsn());
                 p.slots = pg.slots.clone();
+                let mut listed: Vec<String> = pg.sync.members.iter().map(|&j| w.nodes[j].name.clone()).collect();
+                if pg.sync.any {
+                    listed.push("*".into());
+                }
+                p.sync_standby_names = Some(SyncStandbys::any(pg.sync.count, listed).to_setting());
                 for (j, o) in w.nodes.iter().enumerate() {
                     if j != self.node
                         && o.up
@@ -400,6 +409,29 @@ impl PgControl for SimPgControl {
                 pg.slots.push(s);
             }
         }
+        Ok(())
+    }
+
+    async fn set_sync_standbys(&self, names: &SyncStandbys) -> Result<(), PgError> {
+        self.take(MS, 20 * MS).await;
+        let mut w = self.world.lock();
+        if !w.nodes[self.node].pg.running {
+            return Err(PgError::WrongState("not running".into()));
+        }
+        let mut members = Vec::new();
+        let mut any = false;
+        for n in &names.names {
+            match w.node_index(n) {
+                Some(i) => members.push(i),
+                None if n == "*" => any = true,
+                // A name no standby uses: it can never confirm (as in Postgres).
+                None => {}
+            }
+        }
+        let sync = SyncNames { count: if names.is_empty() { 0 } else { names.count }, members, any };
+        let name = w.nodes[self.node].name.clone();
+        w.log(format!("pg {name}: synchronous_standby_names = '{}'", names.to_setting()));
+        w.nodes[self.node].pg.sync = sync;
         Ok(())
     }
 }

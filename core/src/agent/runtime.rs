@@ -697,6 +697,12 @@ mod tests {
             self.set(|p| p.slots = slots);
             Ok(())
         }
+        async fn set_sync_standbys(&self, names: &crate::pg::SyncStandbys) -> Result<(), PgError> {
+            self.log(&format!("sync '{}'", names.to_setting()));
+            let text = names.to_setting();
+            self.set(|p| p.sync_standby_names = Some(text));
+            Ok(())
+        }
     }
 
     struct Trigger(Mutex<Vec<LeaseSighting>>);
