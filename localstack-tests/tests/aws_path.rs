@@ -89,6 +89,13 @@ impl World {
         self.pg.try_sql(node, "select pg_is_in_recovery()").is_ok_and(|s| s == "f")
     }
 
+    /// The node's WAL receiver is streaming and has received WAL of `timeline`, by asking Postgres.
+    fn streams_timeline(&self, node: &str, timeline: u32) -> bool {
+        self.pg
+            .try_sql(node, "select status || ':' || received_tli from pg_stat_wal_receiver")
+            .is_ok_and(|s| s == format!("streaming:{timeline}"))
+    }
+
     /// `node` holds the lease in the record's term, says so on `/primary`, and its Postgres writes.
     async fn is_primary(&self, node: &str) -> bool {
         let Ok(view) = self.view().await else { return false };
@@ -131,7 +138,12 @@ impl World {
             let Ok(view) = this.view().await else { return false };
             let Some(timeline) = view.members.get(primary).map(|m| m.timeline) else { return false };
             for r in replicas {
-                if view.members.get(*r).is_none_or(|m| m.timeline != timeline || m.receive_lsn.is_none()) {
+                // The agent's heartbeat says it streams on the primary's timeline...
+                if view.members.get(*r).is_none_or(|m| m.timeline != timeline || !m.streaming || m.receive_lsn.is_none()) {
+                    return false;
+                }
+                // ...and Postgres agrees: its WAL receiver streams that timeline.
+                if !this.streams_timeline(r, timeline) {
                     return false;
                 }
                 if this.status(r, "/replica").await != Some(200) || this.writable(r) {
