@@ -11,3 +11,5 @@ pub mod metrics;
 pub mod run;
 // The agent-hosted coordinator and the fast-path triggers.
 pub mod coordinator_mode;
+// Event delivery (store log, webhook, command hook) and the monitor-only mode.
+pub mod events;

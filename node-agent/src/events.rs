@@ -1,0 +1,485 @@
+//! Event delivery in the agent process (`[events]` section): a [`Dispatcher`] that takes events
+//! from the agent loop, the hosted coordinator and the monitor without ever blocking them, and
+//! delivers each to every configured sink from a task of its own:
+//!
+//! - `store`: the cluster's event log in the store (on by default);
+//! - `webhook_url`: an HTTP POST of the event as JSON (header `X-Pgdaemon-Event-Id`);
+//! - `command`: a shell command with the event as JSON on stdin and `PGDAEMON_EVENT_*` in its
+//!   environment (Patroni's `on_role_change`; by default only for role changes of this node).
+//!
+//! Each sink has a bounded queue; when a sink falls behind so far that its queue is full, the
+//! oldest waiting event is dropped with a warning (a stalled webhook must not grow memory without
+//! bound). A failed delivery is retried with backoff ([`RetryPolicy`]), then logged and given up.
+//! Sinks are independent: a dead webhook delays nothing but its own queue.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use pgdaemon_core::events::{Event, EventEmitter, EventSink, RetryPolicy, SinkError, StoreSink, DEFAULT_RETENTION};
+use pgdaemon_core::Store;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+
+/// The `[events]` configuration section (agent and monitor).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Append events to the store's event log (`pgdctl`/the API can show them later).
+    #[serde(default = "default_true")]
+    pub store: bool,
+    /// Days a logged event is kept (DynamoDB TTL; other stores keep events until deleted).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
+    /// POST every event as JSON to this `http://` or `https://` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub webhook_timeout_ms: u64,
+    /// Run this shell command (`sh -c`) with the event JSON on stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// `role_changes` (promoted, demoted, lease lost, role changed: Patroni's `on_role_change`)
+    /// or `all`.
+    #[serde(default)]
+    pub command_events: CommandEvents,
+    #[serde(default = "default_command_timeout_ms")]
+    pub command_timeout_ms: u64,
+    /// Events waiting per sink before the oldest is dropped.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Delivery attempts per event and sink (first one included).
+    #[serde(default = "default_retry_attempts")]
+    pub retry_attempts: u32,
+    #[serde(default = "default_retry_first_delay_ms")]
+    pub retry_first_delay_ms: u64,
+    #[serde(default = "default_retry_max_delay_ms")]
+    pub retry_max_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandEvents {
+    #[default]
+    RoleChanges,
+    All,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            store: true,
+            retention_days: default_retention_days(),
+            webhook_url: None,
+            webhook_timeout_ms: default_webhook_timeout_ms(),
+            command: None,
+            command_events: CommandEvents::default(),
+            command_timeout_ms: default_command_timeout_ms(),
+            queue_capacity: default_queue_capacity(),
+            retry_attempts: default_retry_attempts(),
+            retry_first_delay_ms: default_retry_first_delay_ms(),
+            retry_max_delay_ms: default_retry_max_delay_ms(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_retention_days() -> u64 {
+    DEFAULT_RETENTION.as_secs() / 86_400
+}
+fn default_webhook_timeout_ms() -> u64 {
+    5_000
+}
+fn default_command_timeout_ms() -> u64 {
+    10_000
+}
+fn default_queue_capacity() -> usize {
+    1_000
+}
+fn default_retry_attempts() -> u32 {
+    RetryPolicy::default().attempts
+}
+fn default_retry_first_delay_ms() -> u64 {
+    RetryPolicy::default().first_delay.as_millis() as u64
+}
+fn default_retry_max_delay_ms() -> u64 {
+    RetryPolicy::default().max_delay.as_millis() as u64
+}
+
+impl EventsConfig {
+    /// Rejects values that cannot work, naming the key (`events.<key>`).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.webhook_url {
+            let parsed = reqwest::Url::parse(url).with_context(|| format!("config: `events.webhook_url`: {url:?} is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("config: `events.webhook_url`: {url:?} must be http:// or https://");
+            }
+        }
+        if self.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            bail!("config: `events.command` is empty (leave it out to run no command)");
+        }
+        for (key, v) in [("webhook_timeout_ms", self.webhook_timeout_ms), ("command_timeout_ms", self.command_timeout_ms), ("retry_first_delay_ms", self.retry_first_delay_ms)] {
+            if v == 0 {
+                bail!("config: `events.{key}` must be above 0");
+            }
+        }
+        if self.queue_capacity == 0 {
+            bail!("config: `events.queue_capacity` must be at least 1");
+        }
+        if self.retry_attempts == 0 || self.retry_attempts > 100 {
+            bail!("config: `events.retry_attempts` must be 1 to 100");
+        }
+        if self.retry_max_delay_ms < self.retry_first_delay_ms {
+            bail!("config: `events.retry_max_delay_ms` must not be below `events.retry_first_delay_ms`");
+        }
+        Ok(())
+    }
+
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempts: self.retry_attempts,
+            first_delay: Duration::from_millis(self.retry_first_delay_ms),
+            max_delay: Duration::from_millis(self.retry_max_delay_ms),
+        }
+    }
+
+    /// The configured sinks (`store` only when a store is given).
+    pub fn sinks(&self, store: Option<Arc<dyn Store>>) -> anyhow::Result<Vec<Arc<dyn EventSink>>> {
+        self.validate()?;
+        let mut sinks: Vec<Arc<dyn EventSink>> = Vec::new();
+        if let (true, Some(store)) = (self.store, store) {
+            sinks.push(Arc::new(StoreSink::new(store, Duration::from_secs(self.retention_days.max(1) * 86_400))));
+        }
+        if let Some(url) = &self.webhook_url {
+            sinks.push(Arc::new(WebhookSink::new(url, Duration::from_millis(self.webhook_timeout_ms))?));
+        }
+        if let Some(cmd) = &self.command {
+            let only_roles = self.command_events == CommandEvents::RoleChanges;
+            sinks.push(Arc::new(CommandSink::new(cmd, Duration::from_millis(self.command_timeout_ms), only_roles)));
+        }
+        Ok(sinks)
+    }
+
+    /// Validates, builds the sinks and starts a dispatcher over them (needs a tokio runtime).
+    pub fn start(&self, store: Option<Arc<dyn Store>>) -> anyhow::Result<Arc<Dispatcher>> {
+        Ok(Dispatcher::start(self.sinks(store)?, self.queue_capacity, self.retry()))
+    }
+}
+
+/// Delivery counters of one sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkStats {
+    pub delivered: u64,
+    /// Retried attempts (each failed attempt that was followed by another).
+    pub retries: u64,
+    /// Events given up after the last attempt.
+    pub failed: u64,
+    /// Events dropped unsent because the queue was full.
+    pub dropped: u64,
+}
+
+struct SinkQueue {
+    sink: Arc<dyn EventSink>,
+    queue: Mutex<VecDeque<Event>>,
+    capacity: usize,
+    wake: Notify,
+    busy: AtomicBool,
+    delivered: AtomicU64,
+    retries: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl SinkQueue {
+    fn push(&self, event: Event) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= self.capacity {
+            if let Some(old) = q.pop_front() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sink = self.sink.name(), event_id = %old.id, event = %old.summary(), capacity = self.capacity, "event queue full: dropped the oldest event");
+            }
+        }
+        q.push_back(event);
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    fn pop(&self) -> Option<Event> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let e = q.pop_front();
+        // Marked busy under the lock, so `idle` never sees an empty queue with an event in hand.
+        self.busy.store(e.is_some(), Ordering::SeqCst);
+        e
+    }
+
+    fn idle(&self) -> bool {
+        let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.is_empty() && !self.busy.load(Ordering::SeqCst)
+    }
+
+    fn stats(&self) -> SinkStats {
+        SinkStats {
+            delivered: self.delivered.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Asynchronous, bounded, retrying delivery to a set of sinks (see the module docs).
+/// `emit` never waits; dropping the last handle stops the delivery tasks.
+pub struct Dispatcher {
+    queues: Vec<Arc<SinkQueue>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Dispatcher {
+    /// Starts one delivery task per sink on the current tokio runtime.
+    pub fn start(sinks: Vec<Arc<dyn EventSink>>, capacity: usize, retry: RetryPolicy) -> Arc<Dispatcher> {
+        let queues: Vec<Arc<SinkQueue>> = sinks
+            .into_iter()
+            .map(|sink| {
+                Arc::new(SinkQueue {
+                    sink,
+                    queue: Mutex::new(VecDeque::new()),
+                    capacity: capacity.max(1),
+                    wake: Notify::new(),
+                    busy: AtomicBool::new(false),
+                    delivered: AtomicU64::new(0),
+                    retries: AtomicU64::new(0),
+                    failed: AtomicU64::new(0),
+                    dropped: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        let tasks = queues.iter().map(|q| tokio::spawn(deliver_loop(q.clone(), retry))).collect();
+        Arc::new(Dispatcher { queues, tasks })
+    }
+
+    /// Sink names, in configuration order.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.queues.iter().map(|q| q.sink.name().to_string()).collect()
+    }
+
+    /// Counters per sink, in configuration order.
+    pub fn stats(&self) -> Vec<(String, SinkStats)> {
+        self.queues.iter().map(|q| (q.sink.name().to_string(), q.stats())).collect()
+    }
+
+    /// Waits until every queue is empty and no delivery is in flight, at most `timeout`.
+    /// Returns whether everything was handed over (delivered or given up).
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.queues.iter().all(|q| q.idle()) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl EventEmitter for Dispatcher {
+    fn emit(&self, event: Event) {
+        tracing::info!(event_id = %event.id, kind = %event.kind, cluster = %event.cluster, member = event.member.as_deref().unwrap_or("-"), term = event.term, detail = %event.detail, "event");
+        for q in &self.queues {
+            if q.sink.accepts(&event) {
+                q.push(event.clone());
+            }
+        }
+    }
+}
+
+async fn deliver_loop(q: Arc<SinkQueue>, retry: RetryPolicy) {
+    loop {
+        let Some(event) = q.pop() else {
+            q.wake.notified().await;
+            continue;
+        };
+        let mut attempt = 1;
+        loop {
+            match q.sink.deliver(&event).await {
+                Ok(()) => {
+                    q.delivered.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(sink = q.sink.name(), event_id = %event.id, attempt, "event delivered");
+                    break;
+                }
+                Err(e) => {
+                    let next = if e.retryable { retry.delay_before(attempt + 1) } else { None };
+                    match next {
+                        Some(delay) => {
+                            q.retries.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(sink = q.sink.name(), event_id = %event.id, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "event delivery failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            attempt += 1;
+                        }
+                        None => {
+                            q.failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(sink = q.sink.name(), event_id = %event.id, event = %event.summary(), attempt, error = %e, "event delivery given up");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        q.busy.store(false, Ordering::SeqCst);
+    }
+}
+
+/// POSTs each event as JSON. 2xx is delivered; 408, 429 and 5xx (and no answer) are retried;
+/// other statuses are permanent failures (the receiver refuses this event).
+pub struct WebhookSink {
+    url: reqwest::Url,
+    client: reqwest::Client,
+}
+
+impl WebhookSink {
+    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(url).with_context(|| format!("webhook URL {url:?}"))?;
+        let client = reqwest::Client::builder().timeout(timeout).build().context("HTTP client")?;
+        Ok(WebhookSink { url, client })
+    }
+}
+
+#[async_trait]
+impl EventSink for WebhookSink {
+    fn name(&self) -> &str {
+        "webhook"
+    }
+
+    async fn deliver(&self, event: &Event) -> Result<(), SinkError> {
+        let resp = self
+            .client
+            .post(self.url.clone())
+            .header("X-Pgdaemon-Event-Id", &event.id)
+            .json(event)
+            .send()
+            .await
+            .map_err(|e| SinkError::retryable(format!("POST {}: {e}", redact(&self.url))))?;
+        let status = resp.status();
+        if status.is_success() {
+            Ok(())
+        } else if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+            Err(SinkError::retryable(format!("POST {}: HTTP {status}", redact(&self.url))))
+        } else {
+            Err(SinkError::permanent(format!("POST {}: HTTP {status}", redact(&self.url))))
+        }
+    }
+}
+
+/// The URL without credentials or query (tokens often live there) for logs.
+fn redact(url: &reqwest::Url) -> String {
+    format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or(""), url.port().map(|p| format!(":{p}")).unwrap_or_default()) + url.path()
+}
+
+/// Runs `sh -c <command>` per event: the event JSON on stdin, and `PGDAEMON_EVENT_KIND`,
+/// `PGDAEMON_EVENT_ID`, `PGDAEMON_CLUSTER`, `PGDAEMON_MEMBER`, `PGDAEMON_TERM` in the
+/// environment. Exit 0 is delivered; anything else (or the timeout, which kills it) is retried.
+pub struct CommandSink {
+    command: String,
+    timeout: Duration,
+    only_role_changes: bool,
+}
+
+impl CommandSink {
+    pub fn new(command: impl Into<String>, timeout: Duration, only_role_changes: bool) -> Self {
+        CommandSink { command: command.into(), timeout, only_role_changes }
+    }
+}
+
+#[async_trait]
+impl EventSink for CommandSink {
+    fn name(&self) -> &str {
+        "command"
+    }
+
+    fn accepts(&self, event: &Event) -> bool {
+        !self.only_role_changes || event.kind.is_role_change()
+    }
+
+    async fn deliver(&self, event: &Event) -> Result<(), SinkError> {
+        let json = serde_json::to_vec(event).map_err(|e| SinkError::permanent(format!("encoding the event: {e}")))?;
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&self.command)
+            .env("PGDAEMON_EVENT_KIND", event.kind.as_str())
+            .env("PGDAEMON_EVENT_ID", &event.id)
+            .env("PGDAEMON_CLUSTER", &event.cluster)
+            .env("PGDAEMON_MEMBER", event.member.as_deref().unwrap_or(""))
+            .env("PGDAEMON_TERM", event.term.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| SinkError::retryable(format!("starting the event command: {e}")))?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let run = async move {
+            // A command that does not read its stdin must not fail the delivery.
+            let _ = stdin.write_all(&json).await;
+            drop(stdin);
+            child.wait_with_output().await
+        };
+        match tokio::time::timeout(self.timeout, run).await {
+            Err(_) => Err(SinkError::retryable(format!("event command did not finish within {:?} (killed)", self.timeout))),
+            Ok(Err(e)) => Err(SinkError::retryable(format!("event command: {e}"))),
+            Ok(Ok(out)) if out.status.success() => Ok(()),
+            Ok(Ok(out)) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                Err(SinkError::retryable(format!("event command exited with {}: {}", out.status, stderr.trim().chars().take(200).collect::<String>())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_rejections_name_the_key() {
+        let c: EventsConfig = toml::from_str("").unwrap();
+        assert_eq!(c, EventsConfig::default());
+        assert!(c.store && c.webhook_url.is_none() && c.command.is_none());
+        assert!(c.validate().is_ok());
+        for (text, key) in [
+            ("webhook_url = \"ftp://x\"", "webhook_url"),
+            ("webhook_url = \"not a url\"", "webhook_url"),
+            ("command = \"  \"", "command"),
+            ("queue_capacity = 0", "queue_capacity"),
+            ("retry_attempts = 0", "retry_attempts"),
+            ("retry_first_delay_ms = 500\nretry_max_delay_ms = 100", "retry_max_delay_ms"),
+        ] {
+            let c: EventsConfig = toml::from_str(text).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("events.{key}")), "{text}: {err}");
+        }
+        assert!(toml::from_str::<EventsConfig>("surprise = 1").is_err());
+        assert!(toml::from_str::<EventsConfig>("command_events = \"some\"").is_err());
+    }
+
+    #[test]
+    fn redacts_credentials_and_query() {
+        let u = reqwest::Url::parse("https://user:secret@hooks.example:8443/p/x?token=abc").unwrap();
+        assert_eq!(redact(&u), "https://hooks.example:8443/p/x");
+    }
+}
