@@ -142,6 +142,8 @@ enum Expect {
     SkipFencer(&'static str),
     MarkFenced(&'static str),
     ChangeCandidate(&'static str),
+    /// Reason fragment.
+    ContinueAsFailover(&'static str),
     Designate,
     MarkPromoted(Option<Lsn>),
     MarkFollowed,
@@ -191,6 +193,7 @@ fn check(name: &str, d: &Decision, expect: &Expect) {
                 (Expect::SkipFencer(f), Action::SkipFencer { fencer }) => assert_eq!(fencer, f, "{ctx}"),
                 (Expect::MarkFenced(by), Action::MarkFenced { by: b, .. }) => assert!(b.contains(by), "{ctx}"),
                 (Expect::ChangeCandidate(c), Action::ChangeCandidate { candidate, .. }) => assert_eq!(candidate, c, "{ctx}"),
+                (Expect::ContinueAsFailover(why), Action::ContinueAsFailover { why: w }) => assert!(w.contains(why), "{ctx}"),
                 (Expect::Designate, Action::Designate) => {}
                 (Expect::MarkPromoted(l), Action::MarkPromoted { lsn }) => assert_eq!(lsn, l, "{ctx}"),
                 (Expect::MarkFollowed, Action::MarkFollowed { .. }) => {}
@@ -474,6 +477,63 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
             w
         },
         Wait("replay up to 0/5000"),
+    ));
+
+    rows.push((
+        "switchover whose old primary's final LSN is unknown continues as a failover (S5)",
+        World::healthy().in_transition(SO, Fenced),
+        ContinueAsFailover("the final LSN of n1 is unknown"),
+    ));
+
+    rows.push((
+        "switchover: candidate never received the final LSN within the promote timeout -> failover rules",
+        {
+            let mut w = World::healthy().in_transition(SO, Fenced);
+            w.transition().final_lsn = lsn(0x5000);
+            w.obs.step_age = Some(MS(30_000));
+            w
+        },
+        ContinueAsFailover("did not receive up to n1's final LSN 0/5000"),
+    ));
+
+    rows.push((
+        "switchover: candidate received the final LSN, replay slow past the timeout -> still wait",
+        {
+            let mut w = World::healthy().in_transition(SO, Fenced);
+            w.transition().final_lsn = lsn(0x5000);
+            w.member("n2").receive_lsn = lsn(0x5000);
+            w.obs.step_age = Some(MS(60_000));
+            w
+        },
+        Wait("replay up to 0/5000"),
+    ));
+
+    rows.push((
+        "switchover whose candidate became ineligible continues as a failover",
+        { let mut w = World::healthy().in_transition(SO, Fenced); w.set_live("n2", Liveness::Stale { unchanged_for: MS(5000) }); w },
+        ContinueAsFailover("candidate n2 is not eligible"),
+    ));
+
+    rows.push((
+        "a stale replica's last reported position still bounds the candidate's lag (S4)",
+        {
+            let mut w = World::primary_dead();
+            w.member("n2").receive_lsn = lsn(0x20_0000);
+            w.set_live("n2", Liveness::Stale { unchanged_for: MS(5000) });
+            w
+        },
+        Blocked("n3: 2084864 bytes behind the most advanced replica"),
+    ));
+
+    rows.push((
+        "a replica on an old timeline does not count as most advanced",
+        {
+            let mut w = World::primary_dead();
+            w.member("n2").receive_lsn = lsn(0x20_0000);
+            w.member("n2").timeline = 2;
+            w
+        },
+        Begin { kind: FO, candidate: "n3", old: Some("n1"), reason: "unchanged for at least 10000 ms" },
     ));
 
     rows.push((

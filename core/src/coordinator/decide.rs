@@ -36,6 +36,11 @@ pub enum Action {
     MarkFenced { by: String, final_lsn: Option<Lsn> },
     /// Replace the not yet designated candidate (the chosen one became ineligible).
     ChangeCandidate { candidate: String, why: String },
+    /// A switchover that cannot finish losslessly (the old primary's final LSN is unknown, the
+    /// candidate cannot replay up to it, or it became ineligible) continues under failover rules:
+    /// the kind becomes failover and the reason says why, so history shows it was not lossless.
+    /// The old primary is already fenced, so going on is the only way to a primary again (S5).
+    ContinueAsFailover { why: String },
     /// Name the candidate primary of the transition's term: it may now take the lease and promote.
     Designate,
     /// The candidate reported read-write under the new term.
@@ -364,7 +369,7 @@ fn continue_transition(view: &ClusterView, record: &ClusterRecord, t: &Transitio
     let age = obs.step_age.unwrap_or_default();
     match t.step {
         TransitionStep::TermBumped => fence_step(view, record, t, obs, config, age),
-        TransitionStep::Fenced => designate_step(view, record, t, obs, config),
+        TransitionStep::Fenced => designate_step(view, record, t, obs, config, age),
         TransitionStep::Designated => promoted_step(view, record, t, obs, config, age),
         TransitionStep::Promoted => {
             let others: Vec<String> = view.members.keys().filter(|n| **n != t.candidate).cloned().collect();
@@ -446,7 +451,10 @@ fn fence_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs: &
     )
 }
 
-fn designate_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs: &Observations, config: &CoordinatorConfig) -> Decision {
+fn designate_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs: &Observations, config: &CoordinatorConfig, age: Duration) -> Decision {
+    let as_failover = |why: String| {
+        Decision::act(Action::ContinueAsFailover { why: why.clone() }, format!("switchover to {} continues as a failover: {why}", t.candidate))
+    };
     let mut exclude: Vec<&str> = t.old_primary.iter().map(String::as_str).collect();
     let ctx = Eligibility::new(view, record, obs, config, t.from_term, &exclude);
     if !t.forced {
@@ -457,6 +465,9 @@ fn designate_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, ob
         if let Err(why) = check {
             if obs.member(&t.candidate).liveness == Liveness::Unknown {
                 return Decision::wait(format!("watching {}'s heartbeat before designating it", t.candidate));
+            }
+            if t.kind == TransitionKind::Switchover {
+                return as_failover(format!("candidate {} is not eligible ({why})", t.candidate));
             }
             exclude.push(&t.candidate);
             let ctx = Eligibility::new(view, record, obs, config, t.from_term, &exclude);
@@ -471,12 +482,22 @@ fn designate_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, ob
     }
     if t.kind == TransitionKind::Switchover {
         let Some(target) = t.final_lsn else {
-            return Decision::blocked(format!("switchover: the final LSN of {} is unknown", t.old_primary.as_deref().unwrap_or("?")));
+            return as_failover(format!("the final LSN of {} is unknown", t.old_primary.as_deref().unwrap_or("?")));
         };
         let replayed = view.members.get(&t.candidate).and_then(|s| s.replay_lsn);
         let received = view.members.get(&t.candidate).and_then(|s| s.receive_lsn);
         // Everything the old primary wrote, and everything the candidate received of it.
         if replayed.is_none_or(|r| r < target || received.is_some_and(|rc| r < rc)) {
+            // WAL the candidate has not received by now will never come: the old primary is
+            // stopped. Past the promote timeout, give up on losslessness rather than on a primary.
+            if age >= config.promote_timeout() && received.is_none_or(|rc| rc < target) {
+                return as_failover(format!(
+                    "{} did not receive up to {}'s final LSN {target} within {} ms",
+                    t.candidate,
+                    t.old_primary.as_deref().unwrap_or("?"),
+                    age.as_millis()
+                ));
+            }
             return Decision::wait(format!(
                 "switchover: waiting for {} to replay up to {target} (at {})",
                 t.candidate,
@@ -564,12 +585,22 @@ impl<'a> Eligibility<'a> {
         // reachable replica reports.
         let primary_tl = record.primary.as_ref().and_then(|p| view.members.get(p)).map_or(0, |s| s.timeline);
         let timeline = view.members.values().filter(reachable).map(|m| m.timeline).fold(primary_tl, u32::max);
-        // A replica whose heartbeat is not yet judged may be alive: its position counts, so a
-        // cold coordinator never promotes past what it may hold (S4); judging takes seconds.
-        let maybe_reachable = |m: &&MemberStatus| {
-            !matches!(obs.member(&m.name).liveness, Liveness::Stale { .. }) && m.pg_running && m.role == Role::Replica
-        };
-        let most_advanced = view.members.values().filter(maybe_reachable).filter_map(|m| m.wal_position()).max();
+        // Every replica's last reported position counts, whatever its liveness: one not yet
+        // judged may be alive, and a stale heartbeat means its agent stopped reporting, not that
+        // its Postgres lost the WAL it reported (it usually keeps running). Promoting further
+        // behind it would lose that WAL silently (S4); an operator's forced failover, or the
+        // member reporting again, ends the wait. Old timelines are left out just below, so a
+        // member that stopped reporting long ago never holds back a later failover.
+        let maybe_reachable = |m: &&MemberStatus| m.pg_running && m.role == Role::Replica;
+        // Only the current timeline's positions compare: WAL an old-timeline replica holds past
+        // the switch point was discarded by an earlier failover, and before it it is just behind.
+        let most_advanced = view
+            .members
+            .values()
+            .filter(maybe_reachable)
+            .filter(|m| m.timeline >= timeline)
+            .filter_map(|m| m.wal_position())
+            .max();
         Eligibility { view, record, obs, config, sync_term, exclude, timeline, most_advanced }
     }
 
@@ -693,6 +724,11 @@ pub fn apply(record: &ClusterRecord, action: &Action, now_ms: u64) -> Option<Clu
         }
         Action::ChangeCandidate { candidate, .. } => {
             r.transition.as_mut()?.candidate = candidate.clone();
+        }
+        Action::ContinueAsFailover { why } => {
+            let t = r.transition.as_mut()?;
+            t.kind = TransitionKind::Failover;
+            t.reason = format!("{}; continued as a failover, not lossless: {why}", t.reason);
         }
         Action::Designate => {
             let t = r.transition.as_mut()?;
