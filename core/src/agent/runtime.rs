@@ -10,6 +10,7 @@ use futures::lock::Mutex as AsyncMutex;
 use super::decide::{decide, AgentAction, AgentIdentity, AgentInput, RejoinFailure, RejoinMethod, StoreRead};
 use crate::clock::Clock;
 use crate::config::DynamicConfig;
+use crate::events::{Event, EventEmitter, EventKind};
 use crate::lease::{HeldLease, LeaseObserver, LeaseState};
 use crate::model::{ClusterView, LeaseName, LeaseSighting, Role};
 use crate::pg::{DataDirState, PgControl, PgError, PgProbe};
@@ -110,22 +111,24 @@ pub enum DemoteError {
 }
 
 /// State shared between the loop and handles (HTTP API, fencing endpoint).
-struct Shared {
+pub(super) struct Shared {
     /// Highest term the agent was told to demote for, and why.
     fence: Mutex<(u64, String)>,
     /// Serializes every state-changing Postgres call, so a role raise decided before a fence can
     /// never run after it.
     pg_lock: AsyncMutex<()>,
-    snapshot: Mutex<AgentSnapshot>,
+    pub(super) snapshot: Mutex<AgentSnapshot>,
     /// Demotions done through [`AgentHandle::demote_now`].
     external_demotions: AtomicU64,
     /// Term and validity deadline (agent monotonic clock) of the held lease, updated the moment a
     /// lease write succeeds or the lease is dropped (not only at the end of a tick).
-    lease_deadline: Mutex<Option<(u64, Duration)>>,
+    pub(super) lease_deadline: Mutex<Option<(u64, Duration)>>,
+    /// Failsafe acknowledgements and promises (see `super::failsafe`).
+    pub(super) failsafe: Mutex<FailsafeState>,
 }
 
 impl Shared {
-    fn fenced_through(&self) -> u64 {
+    pub(super) fn fenced_through(&self) -> u64 {
         self.fence.lock().unwrap().0
     }
 }
@@ -133,9 +136,9 @@ impl Shared {
 /// A cheap, cloneable handle to a running agent: its snapshot and the "demote now" request.
 #[derive(Clone)]
 pub struct AgentHandle {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     pg: Arc<dyn PgControl>,
-    clock: Arc<dyn Clock>,
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 impl AgentHandle {
@@ -159,11 +162,14 @@ impl AgentHandle {
         let Some((term, until)) = *self.shared.lease_deadline.lock().unwrap() else {
             return Ok(false);
         };
+        // Failsafe: every member's acknowledgement extends the deadline (docs/failsafe.md).
+        let until = self.deadline_with_failsafe(term, until);
         if self.clock.monotonic() < until || !self.pg.probe().await.is_primary() {
             return Ok(false);
         }
         // Re-check: a renewal may have landed while probing.
-        let still = (*self.shared.lease_deadline.lock().unwrap()).is_some_and(|(t, u)| t == term && self.clock.monotonic() >= u);
+        let now_deadline = *self.shared.lease_deadline.lock().unwrap();
+        let still = now_deadline.is_some_and(|(t, u)| t == term && self.clock.monotonic() >= self.deadline_with_failsafe(t, u));
         if !still {
             return Ok(false);
         }
@@ -228,6 +234,12 @@ pub struct AgentRuntime<S, P, C> {
     last_run_request: Option<Duration>,
     counters: AgentCounters,
     shared: Arc<Shared>,
+    /// Where this node's role-change events go (lease lost, promoted, demoted).
+    events: Option<Arc<dyn EventEmitter>>,
+    /// External demotions already reported as events.
+    external_demotions_reported: u64,
+    /// The term of the lease this agent held valid at the end of its last tick (events).
+    lease_valid_after_last_tick: Option<u64>,
 }
 
 impl<S, P, C> AgentRuntime<S, P, C>
@@ -264,8 +276,20 @@ where
                 snapshot: Mutex::new(snapshot),
                 external_demotions: AtomicU64::new(0),
                 lease_deadline: Mutex::new(None),
+                failsafe: Mutex::new(FailsafeState::default()),
             }),
+            events: None,
+            external_demotions_reported: 0,
+            lease_valid_after_last_tick: None,
         }
+    }
+
+    /// Where this node's role changes are reported: `lease_lost` (a held lease stopped being
+    /// valid without a release), `promoted`, `demoted` (by the loop, or on request through
+    /// [`AgentHandle::demote_now`], reported at the next tick).
+    pub fn with_events(mut self, events: Arc<dyn EventEmitter>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Where fast-path coordinator requests go (none: only the schedule triggers runs).
@@ -319,10 +343,18 @@ where
                     // Continue the sequence across agent restarts: observers look for change.
                     self.seq = self.seq.max(own.seq);
                 }
+                if let Some(h) = &self.held {
+                    self.shared.failsafe.lock().unwrap().note_view(&self.identity.member, h.lease.term, &view);
+                }
                 (StoreRead::Ok(view), Some(state))
             }
             Err(e) => {
                 store_error = Some(e.to_string());
+                if self.config.failsafe_mode {
+                    // A primary in failsafe cannot renew during an outage: an rvn unchanged across
+                    // it is no evidence that it stopped, so lease watching starts over afterwards.
+                    self.observer.reset();
+                }
                 match e {
                     StoreError::Unavailable(m) => (StoreRead::Unavailable(m), None),
                     other => (StoreRead::Malformed(other.to_string()), None),
@@ -346,6 +378,11 @@ where
             last_rejoin_failure: self.last_rejoin_failure.clone(),
             last_run_request: self.last_run_request,
             leader_seen,
+            failsafe: self.shared.failsafe.lock().unwrap().input(
+                after_read,
+                self.config.failsafe_mode,
+                self.held.as_ref().map(|h| h.lease.term),
+            ),
         };
         let decision = decide(&input);
         tracing::debug!(reason = %decision.reason, actions = ?decision.names(), "decided");
@@ -395,6 +432,7 @@ where
         // taken before it.
         let changed = outcomes.iter().any(|o| o.error.is_none() && (o.action.is_role_change() || o.action == AgentAction::Demote));
         let probe_after = if changed { Some(self.pg.probe().await) } else { None };
+        self.emit_role_events(&outcomes, &decision.reason);
         let report = TickReport { reason: decision.reason, outcomes, errors, duration };
         self.publish_snapshot(&input, probe_after, &report, store_error);
         report
@@ -404,6 +442,35 @@ where
     fn sync_lease_deadline(&self) {
         let margin = self.config.safety_margin();
         *self.shared.lease_deadline.lock().unwrap() = self.held.as_ref().map(|h| (h.lease.term, h.valid_until(margin)));
+    }
+
+    /// Reports this tick's role changes (see [`AgentRuntime::with_events`]).
+    fn emit_role_events(&mut self, outcomes: &[ActionOutcome], reason: &str) {
+        let had_lease = self.lease_valid_after_last_tick.take();
+        self.lease_valid_after_last_tick = self.holds_valid_lease().then(|| self.held.as_ref().map_or(0, |h| h.lease.term));
+        let Some(events) = self.events.clone() else { return };
+        let external = self.shared.external_demotions.load(Ordering::Relaxed);
+        let new_external = external > self.external_demotions_reported;
+        self.external_demotions_reported = external;
+        let now = self.clock.wall_ms();
+        let (cluster, member) = (self.identity.cluster.clone(), self.identity.member.clone());
+        let ev = |kind, term: u64, detail: String| Event::new(kind, cluster.as_str(), now, detail).member(member.as_str()).term(term).source("agent");
+        let lease_term = had_lease.unwrap_or(self.max_term_held);
+        let released = outcomes.iter().any(|o| o.error.is_none() && o.action == AgentAction::ReleaseLease);
+        if had_lease.is_some() && self.lease_valid_after_last_tick.is_none() && !released {
+            events.emit(ev(EventKind::LeaseLost, lease_term, format!("leader lease of term {lease_term} not renewed: {reason}")));
+        }
+        if new_external {
+            let (term, why) = self.shared.fence.lock().unwrap().clone();
+            events.emit(ev(EventKind::Demoted, term, format!("demoted on request: {why}")));
+        }
+        for o in outcomes.iter().filter(|o| o.error.is_none()) {
+            match &o.action {
+                AgentAction::Promote { term } => events.emit(ev(EventKind::Promoted, *term, format!("promoted in term {term}"))),
+                AgentAction::Demote => events.emit(ev(EventKind::Demoted, lease_term, format!("demoted: {reason}"))),
+                _ => {}
+            }
+        }
     }
 
     fn holds_valid_lease(&self) -> bool {
@@ -562,6 +629,16 @@ where
             AgentAction::EnsureSlots(members) => {
                 let _guard = self.shared.pg_lock.lock().await;
                 self.pg.ensure_slots(members).await.map_err(|e| e.to_string())
+            }
+            AgentAction::RecordSync(record) => {
+                // Compare-and-set on the version the decision read: a coordinator that changed the
+                // term (or anything else) since then wins, and the Postgres change after this is
+                // skipped (see agent::sync for the order).
+                self.store.write_cluster(&cluster, Some(record.version), record).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            AgentAction::SetSyncStandbys(names) => {
+                let _guard = self.shared.pg_lock.lock().await;
+                self.pg.set_sync_standbys(names).await.map_err(|e| e.to_string())
             }
             AgentAction::RequestCoordinatorRun { evidence } => {
                 self.last_run_request = Some(self.clock.monotonic());
@@ -838,6 +915,46 @@ mod tests {
             assert!(!r.did("acquire_lease") && !r.did("start") && !r.did("promote"), "{}", r.reason);
         }
         assert_eq!(rt.handle().snapshot().fenced_through, 1);
+    }
+
+    #[tokio::test]
+    async fn role_changes_are_reported_once_each() {
+        use crate::events::{Collector, EventKind};
+        let events = Arc::new(Collector::new());
+        let (store, clock, rt) = setup("n1", primary()).await;
+        let mut rt = rt.with_events(events.clone());
+        for _ in 0..3 {
+            rt.tick().await;
+            clock.advance(Duration::from_millis(500));
+        }
+        assert!(events.drain().is_empty(), "holding and renewing the lease is not news");
+        store.set_available(false);
+        for _ in 0..20 {
+            clock.advance(Duration::from_millis(500));
+            if rt.tick().await.did("demote") {
+                break;
+            }
+        }
+        let got: Vec<_> = events.drain().into_iter().map(|e| (e.kind, e.member.unwrap_or_default(), e.term, e.source)).collect();
+        let n1 = || "n1".to_string();
+        let agent = || "agent".to_string();
+        assert_eq!(got, vec![(EventKind::LeaseLost, n1(), 1, agent()), (EventKind::Demoted, n1(), 1, agent())]);
+        for _ in 0..3 {
+            clock.advance(Duration::from_millis(500));
+            rt.tick().await;
+        }
+        assert!(events.drain().is_empty(), "reported once, not every tick");
+
+        // A demotion on request (the coordinator's fencer) is reported at the next tick, and a
+        // clean release of the lease is no "lease lost".
+        let (_store, clock, rt) = setup("n1", primary()).await;
+        let mut rt = rt.with_events(events.clone());
+        rt.tick().await;
+        rt.handle().demote_now(1, "fenced by coordinator").await.unwrap();
+        clock.advance(Duration::from_millis(500));
+        assert!(rt.tick().await.did("release_lease"));
+        let got: Vec<_> = events.drain().into_iter().map(|e| (e.kind, e.detail)).collect();
+        assert_eq!(got, vec![(EventKind::Demoted, "demoted on request: fenced by coordinator".to_string())]);
     }
 
     #[tokio::test]
