@@ -61,6 +61,10 @@ pub struct DynamicConfig {
     pub synchronous_mode: SyncMode,
     /// How many synchronous standbys the primary keeps (`ANY n (...)`).
     pub synchronous_node_count: u32,
+    /// Failsafe mode (Patroni's `failsafe_mode`, off by default as there): while the store is
+    /// unreachable, a primary keeps running past its lease only while every member of its last
+    /// known view acknowledges it over the peer endpoint (see docs/failsafe.md).
+    pub failsafe_mode: bool,
 }
 
 impl Default for DynamicConfig {
@@ -73,6 +77,7 @@ impl Default for DynamicConfig {
             maximum_lag_on_failover: 1024 * 1024,
             synchronous_mode: SyncMode::Off,
             synchronous_node_count: 1,
+            failsafe_mode: false,
         }
     }
 }

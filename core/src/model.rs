@@ -94,6 +94,10 @@ pub struct MemberStatus {
     /// evidence a replica offers when it asks the coordinator for a run (fast path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader_seen: Option<LeaseSighting>,
+    /// Primary in failsafe mode: the members whose acknowledgement it needs to run on without the
+    /// store. A member not listed here must never take over this primary's lease (docs/failsafe.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failsafe_members: Option<Vec<String>>,
 }
 
 /// A member's observation of the leader lease.
@@ -133,6 +137,7 @@ impl MemberStatus {
             updated_at_ms: 0,
             expire_at: None,
             leader_seen: None,
+            failsafe_members: None,
         }
     }
 

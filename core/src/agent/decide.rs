@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::failsafe::FailsafeInput;
 use crate::config::DynamicConfig;
 use crate::lease::{HeldLease, LeaseState};
 use crate::model::{ClusterView, LeaderLease, LeaseSighting, MemberStatus, MemberTags, Role};
@@ -76,6 +77,8 @@ pub struct AgentInput {
     pub last_run_request: Option<Duration>,
     /// What this agent has seen of the leader lease (for the heartbeat and the fast path).
     pub leader_seen: Option<LeaseSighting>,
+    /// Failsafe acknowledgements held and promises given (docs/failsafe.md).
+    pub failsafe: FailsafeInput,
 }
 
 /// One thing to do. The runtime executes them in order; see [`super::AgentRuntime::tick`] for what
@@ -224,8 +227,16 @@ impl Decider<'_> {
 
         // S2 first: a lease not renewed within lease - margin (by our own clock) is gone.
         let mut held = input.held.clone();
+        let failsafe_until = input.failsafe.until.filter(|u| input.now < *u);
         if let Some(h) = &held {
-            if !h.is_valid(input.now, margin) {
+            if !h.is_valid(input.now, margin) && failsafe_until.is_some() {
+                // Every member promised not to take over: keep running on their acknowledgements.
+                let left = failsafe_until.unwrap_or_default().saturating_sub(input.now).as_millis();
+                self.why(format!(
+                    "failsafe: leader lease term {} not renewed, kept for {left} ms on every member's acknowledgement",
+                    h.lease.term
+                ));
+            } else if !h.is_valid(input.now, margin) {
                 self.push(AgentAction::ForgetLease);
                 let late = input.now.saturating_sub(h.written_from).as_millis();
                 self.why(format!(
@@ -364,6 +375,15 @@ impl Decider<'_> {
     /// write succeeds). `after_release`: our own older lease is being released in this loop.
     fn claim(&mut self, term: u64, state: Option<&LeaseState>, after_release: bool) -> bool {
         let input = self.input;
+        if let Some(p) = input.failsafe.promise.as_ref().filter(|p| input.now < p.until) {
+            self.why(format!(
+                "named primary for term {term}, but this member acknowledged {}'s failsafe for term {}: waiting {} ms",
+                p.leader,
+                p.term,
+                (p.until - input.now).as_millis()
+            ));
+            return false;
+        }
         if term <= input.max_term_held {
             self.why(format!(
                 "named primary for term {term}, but this agent already held term {}: waiting for a new term",
@@ -381,6 +401,13 @@ impl Decider<'_> {
                 self.why(format!("acquiring the free leader lease for term {term}"));
                 true
             }
+            Some(LeaseState::Expired(l)) if !self.may_take_over(l) => {
+                self.why(format!(
+                    "named primary for term {term}, but {} (term {}) runs in failsafe mode without asking this member: it may still be primary",
+                    l.owner, l.term
+                ));
+                false
+            }
             Some(LeaseState::Expired(l)) => {
                 self.push(AgentAction::AcquireLease { term, takeover_rvn: Some(l.rvn.clone()) });
                 self.why(format!("taking over the expired leader lease of {} (term {}) for term {term}", l.owner, l.term));
@@ -396,6 +423,17 @@ impl Decider<'_> {
                 ));
                 false
             }
+        }
+    }
+
+    /// A primary in failsafe mode lists the members it asks for acknowledgements; only those have
+    /// promised not to take its lease while it runs on them, so nobody else may take it over.
+    fn may_take_over(&self, lease: &LeaderLease) -> bool {
+        let me = self.input.identity.member.as_str();
+        let StoreRead::Ok(view) = &self.input.store else { return false };
+        match view.members.get(&lease.owner).and_then(|m| m.failsafe_members.as_ref()) {
+            Some(listed) => lease.owner == me || listed.iter().any(|m| m == me),
+            None => true,
         }
     }
 
@@ -539,6 +577,7 @@ fn heartbeat(input: &AgentInput) -> MemberStatus {
     }
     let holds = input.held.is_some();
     m.leader_seen = if holds { None } else { input.leader_seen.clone() };
+    m.failsafe_members = if holds { input.failsafe.members.clone() } else { None };
     m
 }
 
@@ -630,6 +669,7 @@ mod tests {
             last_rejoin_failure: None,
             last_run_request: None,
             leader_seen: None,
+            failsafe: FailsafeInput::default(),
         }
     }
 

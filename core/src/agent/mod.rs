@@ -7,9 +7,14 @@
 //! [`crate::Clock`], so a deterministic simulation can drive it in virtual time.
 
 mod decide;
+mod failsafe;
 mod runtime;
 
 pub use decide::{decide, AgentAction, AgentDecision, AgentIdentity, AgentInput, RejoinFailure, RejoinMethod, StoreRead};
+pub use failsafe::{
+    combine as combine_failsafe_replies, judge_request as judge_failsafe_request, FailsafeInput, FailsafePeers, FailsafePromise,
+    FailsafeReply, FailsafeRequest, PeerFacts, RoundOutcome,
+};
 pub use runtime::{
     ActionOutcome, AgentCounters, AgentHandle, AgentRuntime, AgentSnapshot, CoordinatorTrigger, DemoteError, TickReport, TriggerError,
 };

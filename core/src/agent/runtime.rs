@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use futures::lock::Mutex as AsyncMutex;
 
 use super::decide::{decide, AgentAction, AgentIdentity, AgentInput, RejoinFailure, RejoinMethod, StoreRead};
+use super::failsafe::FailsafeState;
 use crate::clock::Clock;
 use crate::config::DynamicConfig;
 use crate::events::{Event, EventEmitter, EventKind};
@@ -442,6 +443,10 @@ where
     fn sync_lease_deadline(&self) {
         let margin = self.config.safety_margin();
         *self.shared.lease_deadline.lock().unwrap() = self.held.as_ref().map(|h| (h.lease.term, h.valid_until(margin)));
+        // After the deadline: an acknowledgement is refused while a lease is held or being claimed.
+        let mut fs = self.shared.failsafe.lock().unwrap();
+        fs.note_lease(self.held.as_ref().map(|h| h.lease.term));
+        fs.end_claim();
     }
 
     /// Reports this tick's role changes (see [`AgentRuntime::with_events`]).
@@ -473,8 +478,12 @@ where
         }
     }
 
+    /// The held lease is valid by this agent's clock, or extended by failsafe acknowledgements.
     fn holds_valid_lease(&self) -> bool {
-        self.held.as_ref().is_some_and(|h| h.is_valid(self.clock.monotonic(), self.config.safety_margin()))
+        let now = self.clock.monotonic();
+        self.held.as_ref().is_some_and(|h| {
+            h.is_valid(now, self.config.safety_margin()) || self.shared.failsafe.lock().unwrap().extension(h.lease.term, now).is_some()
+        })
     }
 
     fn sighting(&self, state: &Option<LeaseState>, now: Duration) -> Option<LeaseSighting> {
@@ -532,6 +541,8 @@ where
                 if *term <= fence {
                     return Err(format!("refused: told to demote through term {fence}"));
                 }
+                // A failsafe promise to another primary forbids the claim (ended by sync_lease_deadline).
+                self.shared.failsafe.lock().unwrap().begin_claim(self.clock.monotonic())?;
                 let claim = match takeover_rvn {
                     Some(rvn) => LeaseClaim::Takeover { observed_rvn: rvn },
                     None => LeaseClaim::Free,
@@ -551,6 +562,7 @@ where
                 }
             }
             AgentAction::AdoptLease { lease } => {
+                self.shared.failsafe.lock().unwrap().begin_claim(self.clock.monotonic())?;
                 let written_from = self.clock.monotonic();
                 match self.store.renew_lease(&cluster, LeaseName::Leader, lease).await {
                     Ok(lease) => {
@@ -652,6 +664,9 @@ where
                 let result = self.store.put_member(&cluster, status).await.map_err(|e| e.to_string());
                 if result.is_err() {
                     self.counters.heartbeat_failures += 1;
+                } else if let (Some(_), Some(h)) = (&status.failsafe_members, &self.held) {
+                    // Candidates can now see whom this primary asks (docs/failsafe.md).
+                    self.shared.failsafe.lock().unwrap().note_published(h.lease.term);
                 }
                 result
             }
