@@ -29,6 +29,9 @@ pub struct AgentConfig {
     pub dynamic: DynamicConfig,
     #[serde(default)]
     pub coordinator: CoordinatorConfig,
+    /// Where events go (store log, webhook, command hook); see `crate::events`.
+    #[serde(default)]
+    pub events: crate::events::EventsConfig,
     #[serde(default)]
     pub log: LogConfig,
 }
@@ -212,13 +215,14 @@ fn default_level() -> String {
 
 /// Top-level keys an environment override may address. Other `PGDAEMON_*` variables (the
 /// Makefile's `PGDAEMON_VENV`, say) are not configuration and are left alone.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "cluster",
     "node",
     "postgres",
     "store",
     "dynamic",
     "coordinator",
+    "events",
     "log",
 ];
 
@@ -269,6 +273,7 @@ impl AgentConfig {
     /// Value checks (no filesystem access).
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_cluster_name(&self.cluster).map_err(|r| ConfigError::invalid("cluster", r))?;
+        self.events.validate()?;
         let node = &self.node;
         validate_member_name(&node.name).map_err(|r| ConfigError::invalid("node.name", r))?;
         node.listen_addr()?;

@@ -54,7 +54,12 @@ pub fn fencing(cfg: &AgentConfig) -> anyhow::Result<(FencingPolicy, FenceChain)>
 
 /// Starts what `[coordinator]` asks for and returns the trigger for the agent runtime:
 /// a hosted coordinator (`enabled = true`), a Lambda trigger (`lambda_function`), or nothing.
-pub async fn start(cfg: &AgentConfig, store: Arc<dyn Store>) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
+/// `events`: where the hosted coordinator reports failovers and member health (none: nowhere).
+pub async fn start(
+    cfg: &AgentConfig,
+    store: Arc<dyn Store>,
+    events: Option<Arc<dyn pgdaemon_core::events::EventEmitter>>,
+) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
     let c = &cfg.coordinator;
     if c.enabled {
         let (policy, chain) = fencing(cfg)?;
@@ -75,7 +80,11 @@ pub async fn start(cfg: &AgentConfig, store: Arc<dyn Store>) -> anyhow::Result<O
             let owner = owner.clone();
             move |lease_ms: u64| {
                 let config = CoordinatorConfig { lock_lease_ms: lock_lease_ms(lease_ms), ..base.clone() };
-                Coordinator::new(store.clone(), chain.clone(), SystemClock::new(), config, owner.clone())
+                let c = Coordinator::new(store.clone(), chain.clone(), SystemClock::new(), config, owner.clone());
+                match &events {
+                    Some(events) => c.with_events(events.clone()),
+                    None => c,
+                }
             }
         };
         let (trigger, rx) = HostedTrigger::new();
@@ -243,8 +252,12 @@ impl CoordinatorTrigger for LambdaTrigger {
 }
 
 /// Used by the hook in `run.rs`; kept here so the hook stays one line.
-pub async fn start_from_hook(cfg: &AgentConfig, store: Arc<dyn Store>) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
-    start(cfg, store).await.context("coordinator")
+pub async fn start_from_hook(
+    cfg: &AgentConfig,
+    store: Arc<dyn Store>,
+    events: Option<Arc<dyn pgdaemon_core::events::EventEmitter>>,
+) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
+    start(cfg, store, events).await.context("coordinator")
 }
 
 #[cfg(test)]

@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use async_trait::async_trait;
 use pgdaemon_core::events::{Event, EventEmitter, EventSink, RetryPolicy, SinkError, StoreSink, DEFAULT_RETENTION};
-use pgdaemon_core::Store;
+use pgdaemon_core::{ConfigError, Store};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
@@ -115,29 +115,34 @@ fn default_retry_max_delay_ms() -> u64 {
 
 impl EventsConfig {
     /// Rejects values that cannot work, naming the key (`events.<key>`).
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.webhook_url {
-            let parsed = reqwest::Url::parse(url).with_context(|| format!("config: `events.webhook_url`: {url:?} is not a URL"))?;
+            let parsed = reqwest::Url::parse(url).map_err(|e| ConfigError::invalid("events.webhook_url", format!("{url:?} is not a URL: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                bail!("config: `events.webhook_url`: {url:?} must be http:// or https://");
+                return Err(ConfigError::invalid("events.webhook_url", format!("{url:?} must be http:// or https://")));
             }
         }
         if self.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
-            bail!("config: `events.command` is empty (leave it out to run no command)");
+            return Err(ConfigError::invalid("events.command", "is empty (leave it out to run no command)"));
         }
-        for (key, v) in [("webhook_timeout_ms", self.webhook_timeout_ms), ("command_timeout_ms", self.command_timeout_ms), ("retry_first_delay_ms", self.retry_first_delay_ms)] {
+        for (key, v) in [
+            ("events.webhook_timeout_ms", self.webhook_timeout_ms),
+            ("events.command_timeout_ms", self.command_timeout_ms),
+            ("events.retry_first_delay_ms", self.retry_first_delay_ms),
+            ("events.retention_days", self.retention_days),
+        ] {
             if v == 0 {
-                bail!("config: `events.{key}` must be above 0");
+                return Err(ConfigError::invalid(key, "must be above 0"));
             }
         }
         if self.queue_capacity == 0 {
-            bail!("config: `events.queue_capacity` must be at least 1");
+            return Err(ConfigError::invalid("events.queue_capacity", "must be at least 1"));
         }
         if self.retry_attempts == 0 || self.retry_attempts > 100 {
-            bail!("config: `events.retry_attempts` must be 1 to 100");
+            return Err(ConfigError::invalid("events.retry_attempts", "must be 1 to 100"));
         }
         if self.retry_max_delay_ms < self.retry_first_delay_ms {
-            bail!("config: `events.retry_max_delay_ms` must not be below `events.retry_first_delay_ms`");
+            return Err(ConfigError::invalid("events.retry_max_delay_ms", "must not be below events.retry_first_delay_ms"));
         }
         Ok(())
     }
@@ -155,7 +160,7 @@ impl EventsConfig {
         self.validate()?;
         let mut sinks: Vec<Arc<dyn EventSink>> = Vec::new();
         if let (true, Some(store)) = (self.store, store) {
-            sinks.push(Arc::new(StoreSink::new(store, Duration::from_secs(self.retention_days.max(1) * 86_400))));
+            sinks.push(Arc::new(StoreSink::new(store, Duration::from_secs(self.retention_days * 86_400))));
         }
         if let Some(url) = &self.webhook_url {
             sinks.push(Arc::new(WebhookSink::new(url, Duration::from_millis(self.webhook_timeout_ms))?));

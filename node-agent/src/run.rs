@@ -260,9 +260,10 @@ pub async fn shutdown_signal() {
 pub async fn start_coordinator(
     cfg: &AgentConfig,
     store: Arc<dyn Store>,
+    events: Option<Arc<dyn pgdaemon_core::events::EventEmitter>>,
 ) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
     // Hosted coordinator (`enabled`), Lambda fast path (`lambda_function`), or nothing.
-    crate::coordinator_mode::start_from_hook(cfg, store).await
+    crate::coordinator_mode::start_from_hook(cfg, store, events).await
 }
 
 /// Builds this node's Postgres control from the configuration.
@@ -314,7 +315,11 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
         agent_identity(&cfg, &host),
         cfg.dynamic.clone(),
     );
-    if let Some(trigger) = start_coordinator(&cfg, store.clone()).await? {
+    // Events (store log, webhook, command hook) from the loop and the hosted coordinator.
+    let events = cfg.events.start(Some(store.clone())).context("events")?;
+    tracing::info!(sinks = ?events.sink_names(), "event sinks");
+    runtime = runtime.with_events(events.clone());
+    if let Some(trigger) = start_coordinator(&cfg, store.clone(), Some(events.clone())).await? {
         runtime = runtime.with_trigger(trigger);
     }
     let listen = cfg.node.listen_addr()?;
@@ -322,5 +327,13 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(cluster = %cfg.cluster, member = %cfg.node.name, store = store.backend(), version = VERSION, "agent starting");
-    run(runtime, store, clock, listener, shutdown_signal()).await
+    let summary = run(runtime, store, clock, listener, shutdown_signal()).await;
+    // The last events (a demotion on the way out) get a few seconds to reach their sinks.
+    if !events.flush(EVENTS_FLUSH_TIMEOUT).await {
+        tracing::warn!(stats = ?events.stats(), "events still undelivered at exit");
+    }
+    summary
 }
+
+/// How long a stopping agent waits for queued events.
+const EVENTS_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
