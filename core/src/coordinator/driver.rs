@@ -118,6 +118,9 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
         let lock = match self.ensure_lock(cluster).await {
             Ok(l) => l,
             Err(e) => {
+                if let Some(state) = self.clusters.get_mut(cluster) {
+                    state.watch.lost_sight();
+                }
                 report.outcome = Outcome::Error;
                 report.reason = format!("coordinator lock: {e}");
                 return report;
@@ -127,6 +130,9 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
             let view = match self.store.read_view(cluster).await {
                 Ok(v) => v,
                 Err(e) => {
+                    if let Some(state) = self.clusters.get_mut(cluster) {
+                        state.watch.lost_sight();
+                    }
                     report.outcome = Outcome::Error;
                     report.reason = format!("reading the cluster: {e}");
                     return report;

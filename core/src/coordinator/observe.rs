@@ -81,6 +81,8 @@ struct SeqWatch {
 #[derive(Debug, Clone, Default)]
 pub struct Watch {
     leader: LeaseObserver,
+    /// Failsafe mode in the last cluster record read (see [`Watch::lost_sight`]).
+    failsafe: bool,
     members: BTreeMap<String, SeqWatch>,
     step: Option<(String, Duration)>,
 }
@@ -90,9 +92,20 @@ impl Watch {
         Self::default()
     }
 
+    /// A read of the cluster failed. In failsafe mode the primary cannot renew its lease while the
+    /// store is unreachable yet legitimately keeps running on its peers' acknowledgements, so an
+    /// rvn seen unchanged across the outage proves nothing: lease watching starts over (one more
+    /// lease duration before a failover after an outage, instead of a needless one).
+    pub fn lost_sight(&mut self) {
+        if self.failsafe {
+            self.leader.reset();
+        }
+    }
+
     /// Records one snapshot read that returned at monotonic time `now`.
     pub fn observe(&mut self, view: &ClusterView, now: Duration, stale_after: Duration, now_wall_ms: u64, lock: LockStatus) -> Observations {
         let leader = self.leader.observe(view.leader.as_ref(), now);
+        self.failsafe = view.cluster.as_ref().is_some_and(|c| c.config.failsafe_mode);
         self.members.retain(|name, _| view.members.contains_key(name));
         let mut members = BTreeMap::new();
         for (name, status) in &view.members {
@@ -173,6 +186,24 @@ mod tests {
         let mut w2 = Watch::new();
         assert_eq!(o(&mut w2, 1, 0), Liveness::Unknown);
         assert_eq!(o(&mut w2, 1, 3000), Liveness::Stale { unchanged_for: MS(3000) });
+    }
+
+    #[test]
+    fn in_failsafe_mode_a_failed_read_restarts_lease_watching() {
+        use crate::config::DynamicConfig;
+        use crate::model::{ClusterRecord, LeaderLease};
+        let stale = MS(3000);
+        let lease = LeaderLease { owner: "n1".into(), term: 1, rvn: "r".into(), lease_ms: 4000, released: false };
+        for failsafe in [false, true] {
+            let mut v = view(1, true);
+            v.cluster = Some(ClusterRecord::bootstrap("n1", DynamicConfig { failsafe_mode: failsafe, ..Default::default() }));
+            v.leader = Some(lease.clone());
+            let mut w = Watch::new();
+            w.observe(&v, MS(0), stale, 0, LockStatus::Held);
+            w.lost_sight(); // the store was unreachable for a while
+            let o = w.observe(&v, MS(10_000), stale, 0, LockStatus::Held);
+            assert_eq!(matches!(o.leader, LeaseState::Expired(_)), !failsafe, "failsafe {failsafe}: {:?}", o.leader);
+        }
     }
 
     #[test]
