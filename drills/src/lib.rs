@@ -308,6 +308,35 @@ impl Drill {
         }
     }
 
+    /// Waits until every other running member has replayed the primary's current WAL position
+    /// (asynchronous replication: only then may a drill expect a failover to keep every row).
+    pub async fn wait_replayed(&self, primary: &str, timeout: Duration) -> Result<()> {
+        let lsn = self.pg.sql(primary, "SELECT pg_current_wal_lsn()")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let behind: Vec<String> = self
+                .pg
+                .nodes()
+                .iter()
+                .filter(|n| n.name != primary && self.pg.pid(&n.name).is_some())
+                .filter(|n| {
+                    let q = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+                    self.pg
+                        .try_sql(&n.name, &q)
+                        .map_or(true, |r| r.trim() != "t")
+                })
+                .map(|n| n.name.clone())
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("{behind:?} did not replay {primary}'s WAL up to {lsn} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Members whose Postgres accepts a write right now.
     pub fn writable(&self) -> Vec<String> {
         self.pg

@@ -1,12 +1,23 @@
 //! Failure drills on real Postgres with real agent processes, once on etcd and once on DynamoDB
 //! (moto). Each test runs its drills in sequence on one cluster (setting up a cluster is the
 //! expensive part): replica loss and return, planned switchover with zero lost rows, pause ->
-//! kill primary -> no failover -> resume -> failover, rejoin through pg_rewind, and kill -9 of the
-//! primary's agent alone (fencing must stop its Postgres: never two writable primaries).
+//! kill primary -> no failover -> resume -> failover, rejoin through pg_rewind, unplanned
+//! failover (kill -9 of the primary's postmaster and agent), and kill -9 of the primary's agent
+//! alone (fencing must stop its Postgres: never two writable primaries). Each drill prints how
+//! long it took.
 
 use std::time::{Duration, Instant};
 
 use pgdaemon_drills::{Backend, Drill};
+
+/// Prints how long the drill that began at `*since` took and starts the next one's clock.
+fn lap(backend: Backend, what: &str, since: &mut Instant) {
+    eprintln!(
+        "[{backend:?}] {what}: {:.1} s",
+        since.elapsed().as_secs_f64()
+    );
+    *since = Instant::now();
+}
 
 fn rows(d: &Drill, member: &str) -> i64 {
     d.pg.sql(member, "SELECT count(*) FROM drill_rows")
@@ -20,7 +31,9 @@ async fn drills(backend: Backend, name: &str) {
         eprintln!("PostgreSQL 15 not installed: drill skipped");
         return;
     }
+    let mut t = Instant::now();
     let mut d = Drill::start(backend, name).await.expect("cluster up");
+    lap(backend, "cluster up (3 nodes streaming)", &mut t);
     d.pg.sql("pg-1", "CREATE TABLE drill_rows (id int PRIMARY KEY)")
         .unwrap();
     d.pg.sql(
@@ -48,6 +61,7 @@ async fn drills(backend: Backend, name: &str) {
         d.wait_healthy(2, Duration::from_secs(60)).await.unwrap(),
         "pg-1"
     );
+    lap(backend, "1 replica loss and return", &mut t);
 
     // 2. Planned switchover under writes: zero lost rows.
     // A member just restarted may look stale to the coordinator for a beat on a loaded machine:
@@ -74,6 +88,7 @@ async fn drills(backend: Backend, name: &str) {
     assert_eq!(rows(&d, "pg-2"), 200, "switchover lost rows");
     assert_eq!(d.writable(), vec!["pg-2".to_string()]);
     d.wait_healthy(2, Duration::from_secs(60)).await.unwrap();
+    lap(backend, "2 planned switchover", &mut t);
 
     // 3. Pause -> kill the primary -> no automatic failover -> resume -> failover.
     let out = d.pgdctl(&["pause", "--timeout", "30"]).await;
@@ -91,16 +106,56 @@ async fn drills(backend: Backend, name: &str) {
     let p = d.wait_healthy(1, Duration::from_secs(60)).await.unwrap();
     assert_ne!(p, "pg-2");
     assert_eq!(rows(&d, &p), 200, "failover lost rows that were replicated");
+    lap(backend, "3 pause, kill primary, resume, failover", &mut t);
 
     // 4. The old primary rejoins through pg_rewind once its agent is back.
     d.start_agent("pg-2").unwrap();
     let p = d.wait_healthy(2, Duration::from_secs(90)).await.unwrap();
+    lap(backend, "4 old primary rejoins (pg_rewind)", &mut t);
 
-    // 5. kill -9 of the primary's agent only: its Postgres keeps running until fenced; at no
+    // 5. Unplanned failover: kill -9 of the primary's postmaster and agent (a host crash). A
+    // replica takes over with every row it had; the old node then rejoins.
+    d.pg.sql(
+        &p,
+        "INSERT INTO drill_rows SELECT generate_series(201, 250)",
+    )
+    .unwrap();
+    let old = p.clone();
+    d.wait_replayed(&old, Duration::from_secs(30))
+        .await
+        .unwrap();
+    d.crash(&old).unwrap();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(60);
+    let p = loop {
+        if let Ok(v) = d.view().await {
+            if let Some(n) = Drill::healthy_primary(&v, 1).filter(|n| *n != old) {
+                if d.writable() == vec![n.clone()] {
+                    break n;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover within 60 s of the crash\n{}",
+            d.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "[{backend:?}] unplanned failover: {old} -> {p}, writable after {:.1} s",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(rows(&d, &p), 250, "unplanned failover lost replicated rows");
+    d.start_agent(&old).unwrap();
+    let p = d.wait_healthy(2, Duration::from_secs(90)).await.unwrap();
+    lap(backend, "5 unplanned failover and rejoin", &mut t);
+
+    // 6. kill -9 of the primary's agent only: its Postgres keeps running until fenced; at no
     // moment may two members accept writes.
     d.pg.sql(
         &p,
-        "INSERT INTO drill_rows SELECT generate_series(201, 300)",
+        "INSERT INTO drill_rows SELECT generate_series(251, 300)",
     )
     .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -129,7 +184,8 @@ async fn drills(backend: Backend, name: &str) {
     );
     assert_eq!(rows(&d, &new), 300);
     let history = d.pgdctl(&["history"]).await.unwrap();
-    assert!(history.lines().count() >= 4, "{history}");
+    assert!(history.lines().count() >= 5, "{history}");
+    lap(backend, "6 agent-only kill, fencing, failover", &mut t);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,9 @@ use super::failsafe::FailsafeInput;
 use crate::config::DynamicConfig;
 use crate::lease::{HeldLease, LeaseState};
 use crate::model::{ClusterView, LeaderLease, LeaseSighting, MemberStatus, MemberTags, Role};
-use crate::pg::{slot_name, DataDirState, PgProbe, PrimaryTarget};
+use crate::pg::{slot_name, DataDirState, PgProbe, PrimaryTarget, SyncStandbys};
+use crate::model::ClusterRecord;
+use super::sync::{self, SyncInput, SyncStep};
 
 /// Who this agent is: fixed for the life of the process.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -115,6 +117,11 @@ pub enum AgentAction {
     Basebackup(PrimaryTarget),
     /// Create replication slots for these members (on the primary).
     EnsureSlots(Vec<String>),
+    /// Synchronous mode: write this cluster record (the read one with a new `sync`),
+    /// conditional on its `version`.
+    RecordSync(ClusterRecord),
+    /// Synchronous mode: set `synchronous_standby_names`.
+    SetSyncStandbys(SyncStandbys),
     /// Ask for a coordinator run now (fast path): the leader lease looks dead.
     RequestCoordinatorRun {
         evidence: LeaseSighting,
@@ -133,6 +140,8 @@ impl AgentAction {
                 | AgentAction::Rewind(_)
                 | AgentAction::Basebackup(_)
                 | AgentAction::EnsureSlots(_)
+                | AgentAction::RecordSync(_)
+                | AgentAction::SetSyncStandbys(_)
         )
     }
 
@@ -151,6 +160,8 @@ impl AgentAction {
             AgentAction::Rewind(_) => "rewind",
             AgentAction::Basebackup(_) => "basebackup",
             AgentAction::EnsureSlots(_) => "ensure_slots",
+            AgentAction::RecordSync(_) => "record_sync",
+            AgentAction::SetSyncStandbys(_) => "set_sync_standbys",
             AgentAction::RequestCoordinatorRun { .. } => "request_coordinator_run",
             AgentAction::PublishHeartbeat(_) => "publish_heartbeat",
         }
@@ -345,6 +356,9 @@ impl Decider<'_> {
         }
         if paused {
             self.why("cluster paused: no role changes");
+            if probe.is_primary() {
+                self.sync_replication(view);
+            }
             return;
         }
         let others: Vec<String> = view.members.keys().filter(|m| m.as_str() != me).cloned().collect();
@@ -354,7 +368,12 @@ impl Decider<'_> {
             if missing_slots {
                 self.push(AgentAction::EnsureSlots(others));
             }
+            self.sync_replication(view);
         } else if probe.is_replica() {
+            if let Some(names) = sync::before_promote(me, input.config.synchronous_mode, &view.members) {
+                // Strict: no commit of the new term is acknowledged before a standby has it.
+                self.push(AgentAction::SetSyncStandbys(names));
+            }
             self.push(AgentAction::Promote { term });
             self.push(AgentAction::EnsureSlots(others));
             self.why(format!("promoting: named primary for term {term}"));
@@ -367,6 +386,29 @@ impl Decider<'_> {
                     self.push(AgentAction::Start);
                     self.why(format!("starting postgres: named primary for term {term}"));
                 }
+            }
+        }
+    }
+
+    /// The primary keeps `synchronous_standby_names` and the recorded set in step (agent::sync).
+    fn sync_replication(&mut self, view: &ClusterView) {
+        let input = self.input;
+        let Some(record) = view.cluster.as_ref() else { return };
+        let plan = sync::plan(&SyncInput {
+            me: &input.identity.member,
+            mode: input.config.synchronous_mode,
+            node_count: input.config.synchronous_node_count,
+            record,
+            members: &view.members,
+            probe: &input.probe,
+        });
+        if !plan.reason.is_empty() {
+            self.why(plan.reason);
+        }
+        for step in plan.steps {
+            match step {
+                SyncStep::Record(state) => self.push(AgentAction::RecordSync(ClusterRecord { sync: state, ..record.clone() })),
+                SyncStep::Set(names) => self.push(AgentAction::SetSyncStandbys(names)),
             }
         }
     }

@@ -9,6 +9,7 @@
 mod decide;
 mod failsafe;
 mod runtime;
+pub mod sync;
 
 pub use decide::{decide, AgentAction, AgentDecision, AgentIdentity, AgentInput, RejoinFailure, RejoinMethod, StoreRead};
 pub use failsafe::{

@@ -636,9 +636,15 @@ impl<'a> Eligibility<'a> {
         if m.timeline < self.timeline {
             return Err(format!("on timeline {} behind the current {}", m.timeline, self.timeline));
         }
-        if self.record.config.synchronous_mode != SyncMode::Off {
-            let listed = self.record.sync.as_ref().is_some_and(|s| s.term == self.sync_term && s.members.contains(&m.name));
-            if !listed {
+        let mode = self.record.config.synchronous_mode;
+        if mode != SyncMode::Off {
+            // Every recorded member holds every acknowledged commit (agent::sync keeps it so).
+            // Mode `on` with a degraded record for that term acknowledged commits asynchronously:
+            // the asynchronous rules (maximum_lag_on_failover, below) apply instead.
+            let recorded = self.record.sync.as_ref().filter(|s| s.term == self.sync_term);
+            let degraded = mode == SyncMode::On && recorded.is_some_and(|s| s.degraded);
+            let listed = recorded.is_some_and(|s| s.members.contains(&m.name));
+            if !listed && !degraded {
                 return Err(format!("synchronous mode: not a synchronous standby of term {}", self.sync_term));
             }
         }
