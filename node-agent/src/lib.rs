@@ -13,3 +13,6 @@ pub mod run;
 pub mod coordinator_mode;
 // Event delivery (store log, webhook, command hook) and the monitor-only mode.
 pub mod events;
+// Failsafe mode: peer acknowledgements while the store is unreachable.
+pub mod failsafe;
+pub mod monitor;

@@ -42,6 +42,10 @@ enum Command {
         #[arg(long)]
         fetch_secrets: bool,
     },
+    /// Monitor-only mode: probe the Postgres endpoints listed in the file's `[monitor]` section
+    /// (not managed by pgdaemon) and report their health changes as events; never fences or
+    /// promotes. The file is a monitor configuration, not an agent one (see node-agent/README.md).
+    Monitor,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +61,10 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     let env = config::process_env();
+    // The monitor reads a configuration of its own, not an agent's.
+    if matches!(cli.command, Some(Command::Monitor)) {
+        return monitor_main(&cli.config, cli.log_format, &env);
+    }
     let cfg = AgentConfig::load(&cli.config, &env)?;
     let format = match cli.log_format {
         Some(CliLogFormat::Human) => LogFormat::Human,
@@ -79,7 +87,24 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             rt.block_on(run::start(cfg)).map(|_| ())
         }
+        Command::Monitor => monitor_main(&cli.config, cli.log_format, &env),
     }
+}
+
+fn monitor_main(path: &std::path::Path, log_format: Option<CliLogFormat>, env: &[(String, String)]) -> anyhow::Result<()> {
+    let cfg = pgdaemon_agent::monitor::MonitorConfig::load(path, env)?;
+    let format = match log_format {
+        Some(CliLogFormat::Human) => LogFormat::Human,
+        Some(CliLogFormat::Json) => LogFormat::Json,
+        None => cfg.log.format,
+    };
+    logging::init(format, &cfg.log.level)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(pgdaemon_agent::monitor::start(cfg, run::shutdown_signal()))
 }
 
 async fn check_config(
@@ -153,5 +178,7 @@ mod tests {
             })
         ));
         assert!(Cli::try_parse_from(["pgdaemon-agent", "--log-format", "xml"]).is_err());
+        let cli = Cli::try_parse_from(["pgdaemon-agent", "monitor", "-c", "/m.toml"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Monitor)));
     }
 }
