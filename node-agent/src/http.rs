@@ -13,7 +13,8 @@
 //! | `/patroni` | always (the status document) |
 //!
 //! Otherwise 503. `/cluster`, `/history` and `/metrics` report; `POST /demote` is the
-//! coordinator's HTTP fencer (200 only once Postgres stopped accepting writes).
+//! coordinator's HTTP fencer (200 only once Postgres stopped accepting writes); `POST /failsafe`
+//! is failsafe mode's peer endpoint (200 acknowledged, 409 refused).
 //!
 //! Lease validity is evaluated at request time, not copied from the last loop: if the loop stalls,
 //! `/primary` turns 503 at the moment the lease stops being valid, which is what a load balancer
@@ -30,7 +31,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
-use pgdaemon_core::agent::{AgentSnapshot, DemoteError};
+use pgdaemon_core::agent::{AgentSnapshot, DemoteError, FailsafeReply, FailsafeRequest};
 use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Role, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -49,6 +50,17 @@ pub trait AgentApi: Send + Sync + 'static {
     async fn demote(&self, term: u64, reason: &str) -> Result<(), DemoteError>;
     async fn cluster_view(&self) -> Result<ClusterView, StoreError>;
     async fn history(&self) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// The member side of failsafe mode (`POST /failsafe`): judge and, when acknowledging, record
+    /// the promise before answering; never blocks on I/O. Default: refuse (no failsafe support).
+    fn failsafe(&self, req: &FailsafeRequest) -> FailsafeReply {
+        FailsafeReply {
+            member: self.snapshot().member,
+            ack: false,
+            valid_ms: 0,
+            term: self.snapshot().term,
+            reason: format!("{} does not take part in failsafe mode", req.cluster),
+        }
+    }
 }
 
 /// Shared state of the router.
@@ -79,6 +91,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/history", get(history))
         .route("/metrics", get(metrics_text))
         .route("/demote", post(demote))
+        .route("/failsafe", post(failsafe))
         .with_state(state)
 }
 
@@ -590,6 +603,29 @@ async fn demote(State(st): State<ApiState>, body: Bytes) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
+}
+
+/// Failsafe mode's peer endpoint: a primary that cannot reach the store asks each member to
+/// acknowledge it (docs/failsafe.md). 200 with the reply when acknowledged (the member promised
+/// not to take the leader lease for `valid_ms`), 409 with the reply when refused, 400 for a
+/// malformed body (nothing is promised).
+async fn failsafe(State(st): State<ApiState>, body: Bytes) -> Response {
+    let parsed = serde_json::from_slice::<Value>(&body).and_then(|v| match v {
+        Value::Object(_) => serde_json::from_value::<FailsafeRequest>(v),
+        _ => Err(serde::de::Error::custom("expected a JSON object")),
+    });
+    let req = match parsed {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("body must be JSON like {{\"cluster\": \"c\", \"leader\": \"pg-1\", \"term\": 3, \"valid_ms\": 10000}}: {e}"),
+            )
+        }
+    };
+    let reply = st.api.failsafe(&req);
+    let status = if reply.ack { StatusCode::OK } else { StatusCode::CONFLICT };
+    (status, Json(reply)).into_response()
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use pgdaemon_core::agent::{
+    FailsafeReply, FailsafeRequest,
     AgentHandle, AgentIdentity, AgentRuntime, AgentSnapshot, CoordinatorTrigger, DemoteError,
     TickReport,
 };
@@ -60,6 +61,10 @@ impl AgentApi for LiveApi {
 
     async fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
         self.store.read_history(&self.cluster).await
+    }
+
+    fn failsafe(&self, req: &FailsafeRequest) -> FailsafeReply {
+        self.handle.failsafe_ack(req)
     }
 }
 
@@ -121,6 +126,11 @@ where
     }));
     tracing::info!(%addr, "HTTP API listening");
     let watchdog = tokio::spawn(lease_watchdog(handle.clone()));
+    // Failsafe rounds (they do nothing unless `failsafe_mode` is on and the lease is overdue).
+    let failsafe = tokio::spawn(crate::failsafe::failsafe_task(
+        handle.clone(),
+        Arc::new(crate::failsafe::HttpPeers::new()),
+    ));
 
     let mut period = runtime.interval();
     let mut ticker = new_interval(period);
@@ -147,6 +157,7 @@ where
 
     tracing::info!("shutting down");
     watchdog.abort();
+    failsafe.abort();
     let mut summary = RunSummary {
         ticks: stats.ticks(),
         demoted_on_exit: false,

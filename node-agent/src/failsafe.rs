@@ -1,0 +1,118 @@
+//! Failsafe mode in the agent process: asking peers over HTTP (`POST <api_url>/failsafe`) and the
+//! task that runs the rounds beside the loop. The rules are in `pgdaemon_core::agent` (failsafe
+//! module) and `docs/failsafe.md`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pgdaemon_core::agent::{
+    AgentHandle, FailsafePeers, FailsafeReply, FailsafeRequest, RoundOutcome,
+};
+
+/// [`FailsafePeers`] over the members' HTTP APIs.
+pub struct HttpPeers {
+    client: reqwest::Client,
+}
+
+impl HttpPeers {
+    pub fn new() -> Self {
+        // No client-wide timeout: each request carries the round's own bound.
+        HttpPeers {
+            client: reqwest::Client::builder().build().unwrap_or_default(),
+        }
+    }
+}
+
+impl Default for HttpPeers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl FailsafePeers for HttpPeers {
+    async fn ask(
+        &self,
+        api_url: &str,
+        request: &FailsafeRequest,
+        timeout: Duration,
+    ) -> Result<FailsafeReply, String> {
+        let url = format!("{}/failsafe", api_url.trim_end_matches('/'));
+        let call = async {
+            let resp = self
+                .client
+                .post(&url)
+                .json(request)
+                .send()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            let status = resp.status();
+            let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+            // A refusal is a 409 with a reply body; anything else without one is no answer.
+            serde_json::from_slice::<FailsafeReply>(&body).map_err(|e| {
+                format!(
+                    "{url}: HTTP {status}, unreadable reply ({e}): {}",
+                    String::from_utf8_lossy(&body)
+                )
+            })
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "{url}: no answer within {} ms",
+                timeout.as_millis()
+            )),
+        }
+    }
+}
+
+/// How often the task checks whether a round is due (a round itself runs at most once per probe
+/// interval, see [`AgentHandle::failsafe_round`]).
+const CHECK_PERIOD: Duration = Duration::from_millis(100);
+
+/// Runs failsafe rounds for the life of the agent. Separate from the loop and from the lease
+/// watchdog: a loop stuck in store calls is exactly when acknowledgements are needed, and a round
+/// waiting on a slow peer must not delay the watchdog's demotion.
+pub async fn failsafe_task(handle: AgentHandle, peers: Arc<dyn FailsafePeers>) {
+    let mut every = tokio::time::interval(CHECK_PERIOD);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<String> = None;
+    loop {
+        every.tick().await;
+        let Some(outcome) = handle.failsafe_round(peers.as_ref()).await else {
+            continue;
+        };
+        // Log changes of outcome kind, not every round.
+        let kind = match &outcome {
+            RoundOutcome::Granted { .. } => "granted",
+            RoundOutcome::Refused { .. } => "refused",
+            RoundOutcome::Unanswered { .. } => "unanswered",
+        };
+        if last.as_deref() != Some(kind) {
+            match &outcome {
+                RoundOutcome::Granted { members, .. } => {
+                    tracing::warn!(
+                        ?members,
+                        "failsafe: store unreachable; every member acknowledged, staying primary"
+                    )
+                }
+                RoundOutcome::Refused { member, reason } => {
+                    tracing::warn!(
+                        member,
+                        reason,
+                        "failsafe: refused; the lease deadline applies"
+                    )
+                }
+                RoundOutcome::Unanswered { member, error } => {
+                    tracing::warn!(
+                        member,
+                        error,
+                        "failsafe: a member did not answer; the lease deadline applies"
+                    )
+                }
+            }
+            last = Some(kind.to_string());
+        }
+    }
+}
