@@ -391,9 +391,23 @@ where
         let mut outcomes = Vec::with_capacity(decision.actions.len());
         let mut role_failed = false;
         let mut demoted = false;
-        for action in decision.actions {
+        // Stop writes before giving the lease up: once it is released, a coordinator with
+        // fencing off may promote another member at once (S2; found by the sim, seed 4678).
+        let mut actions = decision.actions;
+        let release = actions.iter().position(|a| *a == AgentAction::ReleaseLease);
+        let demote = actions.iter().position(|a| *a == AgentAction::Demote);
+        if let (Some(r), Some(d)) = (release, demote) {
+            if d > r {
+                let a = actions.remove(d);
+                actions.insert(r, a);
+            }
+        }
+        let mut demote_failed = false;
+        for action in actions {
             let result = if role_failed && action.is_role_change() {
                 Err("skipped: an earlier role change failed".to_string())
+            } else if demote_failed && action == AgentAction::ReleaseLease {
+                Err("skipped: the demotion failed; the lease is kept until it lapses (S2)".to_string())
             } else {
                 let r = self.execute(&action, &probe).await;
                 self.sync_lease_deadline();
@@ -402,6 +416,9 @@ where
             if let Err(e) = &result {
                 if action.is_role_change() {
                     role_failed = true;
+                }
+                if action == AgentAction::Demote {
+                    demote_failed = true;
                 }
                 if !matches!(action, AgentAction::PublishHeartbeat(_)) {
                     self.counters.action_failures += 1;
