@@ -532,9 +532,35 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
     ));
 
     rows.push((
-        "switchover whose candidate became ineligible continues as a failover",
-        { let mut w = World::healthy().in_transition(SO, Fenced); w.set_live("n2", Liveness::Stale { unchanged_for: MS(5000) }); w },
+        "switchover whose candidate just became ineligible waits (a restart is brief)",
+        { let mut w = World::healthy().in_transition(SO, Fenced); w.member("n2").pg_running = false; w },
+        Wait("switchover: candidate n2 is not eligible yet (Postgres not running)"),
+    ));
+
+    rows.push((
+        "switchover whose candidate stays ineligible past the promote timeout continues as a failover",
+        {
+            let mut w = World::healthy().in_transition(SO, Fenced);
+            w.set_live("n2", Liveness::Stale { unchanged_for: MS(35_000) });
+            w.obs.step_age = Some(MS(30_000));
+            w
+        },
         ContinueAsFailover("candidate n2 is not eligible"),
+    ));
+
+    rows.push((
+        "a replica whose Postgres is down still bounds the lag with the position seen before (S4)",
+        {
+            let mut w = World::primary_dead();
+            let n2 = w.member("n2");
+            n2.pg_running = false;
+            n2.role = Role::Unknown;
+            n2.receive_lsn = None;
+            n2.replay_lsn = None;
+            w.obs.members.get_mut("n2").unwrap().last_replica_position = Some((3, Lsn(0x20_0000)));
+            w
+        },
+        Blocked("n3: 2084864 bytes behind the most advanced replica"),
     ));
 
     rows.push((

@@ -467,7 +467,12 @@ fn designate_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, ob
                 return Decision::wait(format!("watching {}'s heartbeat before designating it", t.candidate));
             }
             if t.kind == TransitionKind::Switchover {
-                return as_failover(format!("candidate {} is not eligible ({why})", t.candidate));
+                // Often brief (a Postgres restart): wait as long as a promotion may take, then
+                // go on under failover rules rather than stay without a primary.
+                if age < config.promote_timeout() {
+                    return Decision::wait(format!("switchover: candidate {} is not eligible yet ({why})", t.candidate));
+                }
+                return as_failover(format!("candidate {} is not eligible ({why}) for {} ms", t.candidate, age.as_millis()));
             }
             exclude.push(&t.candidate);
             let ctx = Eligibility::new(view, record, obs, config, t.from_term, &exclude);
@@ -594,13 +599,17 @@ impl<'a> Eligibility<'a> {
         let maybe_reachable = |m: &&MemberStatus| m.pg_running && m.role == Role::Replica;
         // Only the current timeline's positions compare: WAL an old-timeline replica holds past
         // the switch point was discarded by an earlier failover, and before it it is just behind.
-        let most_advanced = view
+        let reported = view.members.values().filter(maybe_reachable).filter(|m| m.timeline >= timeline).filter_map(|m| m.wal_position());
+        // A replica whose Postgres is down (a crash, a restart) reports no position; the one
+        // this coordinator saw before still holds, the WAL being on its disk.
+        let remembered = view
             .members
             .values()
-            .filter(maybe_reachable)
-            .filter(|m| m.timeline >= timeline)
-            .filter_map(|m| m.wal_position())
-            .max();
+            .filter(|m| !m.pg_running)
+            .filter_map(|m| obs.member(&m.name).last_replica_position)
+            .filter(|(tl, _)| *tl >= timeline)
+            .map(|(_, pos)| pos);
+        let most_advanced = reported.chain(remembered).max();
         Eligibility { view, record, obs, config, sync_term, exclude, timeline, most_advanced }
     }
 

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::lease::{LeaseObserver, LeaseState};
-use crate::model::ClusterView;
+use crate::lsn::Lsn;
+use crate::model::{ClusterView, Role};
 
 /// How a member's heartbeat looks to this coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,11 +27,15 @@ pub struct MemberObservation {
     pub liveness: Liveness,
     /// How long its heartbeats have continuously reported Postgres not running.
     pub pg_down_for: Option<Duration>,
+    /// While its Postgres is down: the timeline and WAL position it last reported as a running
+    /// replica (seen by this coordinator). The WAL is still on its disk, so it still bounds a
+    /// candidate's lag (S4) although the heartbeat carries no position now.
+    pub last_replica_position: Option<(u32, Lsn)>,
 }
 
 impl MemberObservation {
     pub fn fresh() -> Self {
-        MemberObservation { liveness: Liveness::Fresh, pg_down_for: None }
+        MemberObservation { liveness: Liveness::Fresh, pg_down_for: None, last_replica_position: None }
     }
     pub fn is_fresh(&self) -> bool {
         self.liveness == Liveness::Fresh
@@ -65,7 +70,7 @@ impl Observations {
         self.members
             .get(name)
             .copied()
-            .unwrap_or(MemberObservation { liveness: Liveness::Stale { unchanged_for: Duration::ZERO }, pg_down_for: None })
+            .unwrap_or(MemberObservation { liveness: Liveness::Stale { unchanged_for: Duration::ZERO }, pg_down_for: None, last_replica_position: None })
     }
 }
 
@@ -75,6 +80,7 @@ struct SeqWatch {
     first_seen: Duration,
     last_change: Option<Duration>,
     pg_down_since: Option<Duration>,
+    last_replica_position: Option<(u32, Lsn)>,
 }
 
 /// Turns successive snapshots of one cluster into [`Observations`].
@@ -114,6 +120,7 @@ impl Watch {
                 first_seen: now,
                 last_change: None,
                 pg_down_since: None,
+                last_replica_position: None,
             });
             if status.seq != w.seq {
                 w.seq = status.seq;
@@ -121,6 +128,10 @@ impl Watch {
             }
             if status.pg_running {
                 w.pg_down_since = None;
+                w.last_replica_position = match (status.role, status.wal_position()) {
+                    (Role::Replica, Some(pos)) => Some((status.timeline, pos)),
+                    _ => None,
+                };
             } else if w.pg_down_since.is_none() {
                 w.pg_down_since = Some(now);
             }
@@ -133,7 +144,8 @@ impl Watch {
                 Liveness::Unknown
             };
             let pg_down_for = w.pg_down_since.map(|s| now.saturating_sub(s));
-            members.insert(name.clone(), MemberObservation { liveness, pg_down_for });
+            let last_replica_position = if status.pg_running { None } else { w.last_replica_position };
+            members.insert(name.clone(), MemberObservation { liveness, pg_down_for, last_replica_position });
         }
         let step_age = view.cluster.as_ref().and_then(|c| c.transition.as_ref()).map(|t| {
             let key = format!(
@@ -204,6 +216,25 @@ mod tests {
             let o = w.observe(&v, MS(10_000), stale, 0, LockStatus::Held);
             assert_eq!(matches!(o.leader, LeaseState::Expired(_)), !failsafe, "failsafe {failsafe}: {:?}", o.leader);
         }
+    }
+
+    #[test]
+    fn a_replica_position_is_remembered_while_its_postgres_is_down() {
+        let mut w = Watch::new();
+        let stale = MS(3000);
+        let mut v = view(1, true);
+        let m = v.members.get_mut("n1").unwrap();
+        m.role = Role::Replica;
+        m.timeline = 2;
+        m.receive_lsn = Some(Lsn(0x5000));
+        assert_eq!(w.observe(&v, MS(0), stale, 0, LockStatus::Held).member("n1").last_replica_position, None, "running: its heartbeat says it");
+        let o = w.observe(&view(2, false), MS(1000), stale, 0, LockStatus::Held);
+        assert_eq!(o.member("n1").last_replica_position, Some((2, Lsn(0x5000))));
+        // Running again (here as a primary): the old replica position no longer applies.
+        let mut p = view(3, true);
+        p.members.get_mut("n1").unwrap().role = Role::Primary;
+        w.observe(&p, MS(2000), stale, 0, LockStatus::Held);
+        assert_eq!(w.observe(&view(4, false), MS(3000), stale, 0, LockStatus::Held).member("n1").last_replica_position, None);
     }
 
     #[test]
