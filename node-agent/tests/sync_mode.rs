@@ -1,0 +1,312 @@
+//! Synchronous mode end to end (issue 9): three real PostgreSQL 15 servers, three agents (each
+//! with its HTTP API and an agent-hosted coordinator, in a runtime of its own like a separate
+//! host), real etcd, `synchronous_mode = on` (`PGDAEMON_SYNC_MODE=strict` for strict).
+//!
+//! A client writes without pause through a read-write connection to whichever node is primary,
+//! each row with a unique id, and records every id whose COMMIT was acknowledged. The primary's
+//! host is killed (agent and coordinator gone, postmaster SIGKILL) several times in a row, each
+//! time once the primary has recorded a synchronous standby for its term; the killed node is
+//! restarted (its agent rewinds it and it follows the new primary) before the next round. At the
+//! end every acknowledged id must be on the final primary: lost must be 0. Prints the number of
+//! acknowledged commits checked and lost, and the write-unavailability window of each failover
+//! (last acknowledged commit before the kill to the first one after it).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgdaemon_agent::coordinator_mode::{hosted_loop, HostedTrigger};
+use pgdaemon_agent::postgres::{LocalPostgres, PgSettings, ReplicationAuth};
+use pgdaemon_agent::run::run;
+use pgdaemon_core::agent::{AgentIdentity, AgentRuntime};
+use pgdaemon_core::coordinator::{Coordinator, CoordinatorConfig};
+use pgdaemon_core::fence::{FenceChain, Fencer};
+use pgdaemon_core::{ClusterRecord, ClusterView, DynamicConfig, Role, Store, SyncMode, SystemClock};
+use pgdaemon_dcs::fence::{CommandFencer, HttpDemoteFencer};
+use pgdaemon_dcs::EtcdStore;
+use pgdaemon_testkit::engines::EtcdServer;
+use pgdaemon_testkit::postgres::{postgres_available, PgCluster, PgNode};
+use tokio::runtime::Runtime;
+
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+fn sync_mode() -> SyncMode {
+    match std::env::var("PGDAEMON_SYNC_MODE").as_deref() {
+        Ok("strict") => SyncMode::Strict,
+        _ => SyncMode::On,
+    }
+}
+
+fn config() -> DynamicConfig {
+    let c = DynamicConfig {
+        lease_ms: 4000,
+        renew_interval_ms: 1000,
+        safety_margin_ms: 1500,
+        probe_interval_ms: 500,
+        synchronous_mode: sync_mode(),
+        synchronous_node_count: 1,
+        ..Default::default()
+    };
+    c.validate().unwrap();
+    c
+}
+
+fn settings(pg: &PgCluster, node: &PgNode) -> PgSettings {
+    PgSettings {
+        bin_dir: pg.bin_dir().to_path_buf(),
+        connect_host: "127.0.0.1".into(),
+        replication: ReplicationAuth { user: "postgres".into(), password: None },
+        run_as: pg.run_as().map(str::to_string),
+        server_options: pg.server_options(),
+        log_file: Some(node.log_file.clone()),
+        start_timeout: Duration::from_secs(30),
+        stop_timeout: Duration::from_secs(10),
+        promote_timeout: Duration::from_secs(10),
+        copy_timeout: Duration::from_secs(60),
+        ..PgSettings::new(&node.name, &node.data_dir, node.port)
+    }
+}
+
+/// One "host": agent loop + HTTP API + hosted coordinator in a runtime of its own; dropping it
+/// stops all of them at once (nothing released cleanly, like a crash).
+struct Host {
+    rt: Option<Runtime>,
+}
+
+impl Host {
+    fn start(pg: &PgCluster, node: &PgNode, etcd: &str, cluster: &str) -> Host {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let store: Arc<dyn Store> = Arc::new(rt.block_on(EtcdStore::connect(&[etcd.to_string()], "/pgdaemon")).unwrap());
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let identity = AgentIdentity {
+            cluster: cluster.into(),
+            member: node.name.clone(),
+            pg_host: "127.0.0.1".into(),
+            pg_port: node.port,
+            api_url: format!("http://{}", listener.local_addr().unwrap()),
+            agent_version: "sync-e2e".into(),
+            ..Default::default()
+        };
+        // The old primary's agent first; if it is gone, a command confirming its Postgres no
+        // longer answers on its port (pg_isready exit 2 = no response).
+        let isready = pg.bin_dir().join("pg_isready");
+        let check = format!("{} -q -h 127.0.0.1 -p \"$PGDAEMON_FENCE_PG_PORT\" -t 2; test $? -eq 2", isready.display());
+        let fencers: Vec<Box<dyn Fencer>> =
+            vec![Box::new(HttpDemoteFencer::new(Duration::from_secs(5))), Box::new(CommandFencer::new(check, Duration::from_secs(5)))];
+        let ccfg = CoordinatorConfig { lock_lease_ms: config().lease_ms, ..CoordinatorConfig::default() };
+        let coordinator =
+            Coordinator::new(store.clone(), Arc::new(FenceChain::new(fencers)), SystemClock::new(), ccfg, format!("agent-{}", node.name));
+        let (trigger, rx) = HostedTrigger::new();
+        rt.spawn(hosted_loop(coordinator, cluster.to_string(), rx, Duration::from_millis(500)));
+        let runtime = AgentRuntime::new(store.clone(), LocalPostgres::new(settings(pg, node)), SystemClock::new(), identity, config())
+            .with_trigger(Arc::new(trigger));
+        rt.spawn(async move {
+            if let Err(e) = run(runtime, store, SystemClock::new(), listener, std::future::pending::<()>()).await {
+                eprintln!("agent stopped: {e:#}");
+            }
+        });
+        Host { rt: Some(rt) }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Acknowledged commits: (id, when the COMMIT returned).
+type Acks = Arc<Mutex<Vec<(i64, Instant)>>>;
+
+/// The client: one connection to whichever node accepts writes (`target_session_attrs =
+/// read-write` over all three), one row per transaction, a fresh id per attempt. An attempt that
+/// errors or takes over 3 s is not acknowledged and the connection is dropped.
+struct Writer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Writer {
+    fn start(ports: Vec<u16>, acks: Acks) -> Writer {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let mut cfg = tokio_postgres::Config::new();
+                for p in &ports {
+                    cfg.host("127.0.0.1").port(*p);
+                }
+                cfg.user("postgres")
+                    .dbname("postgres")
+                    .application_name("sync-writer")
+                    .connect_timeout(Duration::from_secs(1))
+                    .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+                let mut client: Option<tokio_postgres::Client> = None;
+                let mut next_id = 0i64;
+                let mut attempts = 0u64;
+                // Bounded load: at most ~200 commits a second.
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    if client.is_none() {
+                        match tokio::time::timeout(Duration::from_secs(3), cfg.connect(tokio_postgres::NoTls)).await {
+                            Ok(Ok((c, conn))) => {
+                                tokio::spawn(async move {
+                                    let _ = conn.await;
+                                });
+                                client = Some(c);
+                            }
+                            _ => {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                continue;
+                            }
+                        }
+                    }
+                    next_id += 1;
+                    attempts += 1;
+                    let c = client.as_ref().unwrap();
+                    let id = next_id;
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+                    let insert = c.execute("INSERT INTO acked (id) VALUES ($1)", &params);
+                    match tokio::time::timeout(Duration::from_secs(3), insert).await {
+                        Ok(Ok(1)) => acks.lock().unwrap().push((next_id, Instant::now())),
+                        _ => client = None,
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                attempts
+            })
+        });
+        Writer { stop, thread: Some(thread) }
+    }
+
+    fn finish(&mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().map(|t| t.join().unwrap()).unwrap_or(0)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The primary of the settled current term, with a recorded (non-degraded) synchronous standby,
+/// every other member streaming as a replica.
+fn settled_sync(v: &ClusterView) -> Option<(String, Vec<String>, u64)> {
+    let r = v.cluster.as_ref()?;
+    let p = r.primary.clone()?;
+    let s = r.sync.as_ref()?;
+    let lease_ok = v.leader.as_ref().is_some_and(|l| l.owner == p && l.term == r.term && !l.released);
+    let replicas_ok = NODES.iter().filter(|n| **n != p).all(|n| v.members.get(*n).is_some_and(|m| m.role == Role::Replica && m.streaming));
+    (r.transition.is_none() && lease_ok && replicas_ok && s.term == r.term && !s.degraded && !s.members.is_empty())
+        .then(|| (p, s.members.clone(), r.term))
+}
+
+#[test]
+fn acknowledged_commits_survive_repeated_primary_kills_in_synchronous_mode() {
+    if !postgres_available() {
+        eprintln!("skipped: PostgreSQL binaries not found");
+        return;
+    }
+    let rounds: usize = std::env::var("PGDAEMON_SYNC_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).clamp(1, 10);
+    let started = Instant::now();
+    let etcd = EtcdServer::start().expect("etcd");
+    let cluster = format!("sync-{}", std::process::id());
+    let mut pg = PgCluster::new().unwrap();
+    pg.init_primary("n1").unwrap();
+    pg.sql("n1", "CREATE TABLE acked (id bigint PRIMARY KEY)").unwrap();
+    pg.add_replica("n2", "n1").unwrap();
+    pg.add_replica("n3", "n1").unwrap();
+    let main = Runtime::new().unwrap();
+    let store = main.block_on(EtcdStore::connect(&[etcd.endpoint()], "/pgdaemon")).unwrap();
+    main.block_on(store.write_cluster(&cluster, None, &ClusterRecord::bootstrap("n1", config()))).unwrap();
+    let mut hosts: Vec<Option<Host>> = NODES.iter().map(|n| Some(Host::start(&pg, pg.node(n), &etcd.endpoint(), &cluster))).collect();
+    let view = || main.block_on(store.read_view(&cluster)).unwrap();
+
+    let acks: Acks = Arc::new(Mutex::new(Vec::new()));
+    let ports: Vec<u16> = NODES.iter().map(|n| pg.node(n).port).collect();
+    let mut writer = Writer::start(ports, acks.clone());
+    let acked_count = || acks.lock().unwrap().len();
+
+    let mut windows = Vec::new();
+    for round in 1..=rounds {
+        let mut settled = None;
+        wait_until(
+            &format!("round {round}: a primary with a recorded synchronous standby, all replicas streaming"),
+            Duration::from_secs(60),
+            || {
+                settled = settled_sync(&view());
+                settled.is_some()
+            },
+        );
+        let (primary, sync_set, term) = settled.unwrap();
+        let setting = pg.sql(&primary, "SHOW synchronous_standby_names").unwrap();
+        assert!(sync_set.iter().all(|s| setting.contains(&format!("\"{s}\""))), "recorded {sync_set:?} but Postgres lists {setting}");
+        // Commits flow synchronously, and every coordinator has watched the heartbeats beat.
+        let before = acked_count();
+        wait_until("commits acknowledged under the synchronous setting", Duration::from_secs(20), || acked_count() >= before + 50);
+        std::thread::sleep(Duration::from_secs(3));
+
+        let idx = NODES.iter().position(|n| *n == primary).unwrap();
+        hosts[idx] = None;
+        let killed = Instant::now();
+        pg.kill9(&primary).unwrap();
+        let last_before = acks.lock().unwrap().iter().rev().find(|(_, at)| *at <= killed).map(|(_, at)| *at).unwrap();
+        let mut first_after = None;
+        wait_until(&format!("round {round}: a commit acknowledged after killing {primary}"), Duration::from_secs(90), || {
+            first_after = acks.lock().unwrap().iter().find(|(_, at)| *at > killed).map(|(_, at)| *at);
+            first_after.is_some()
+        });
+        let first_after = first_after.unwrap();
+        let v = view();
+        let new_primary = v.cluster.as_ref().and_then(|c| c.primary.clone()).unwrap_or_default();
+        let window = first_after - last_before;
+        eprintln!(
+            "round {round}: killed {primary} (term {term}, synchronous standby {sync_set:?}, '{setting}'); new primary {new_primary}; \
+             unavailable {:.2} s (kill -> first ack {:.2} s)",
+            window.as_secs_f64(),
+            (first_after - killed).as_secs_f64()
+        );
+        assert!(sync_set.contains(&new_primary), "promoted {new_primary}, not the synchronous standby {sync_set:?}");
+        windows.push(window);
+        // The killed node comes back: its agent rewinds it and it follows the new primary.
+        hosts[idx] = Some(Host::start(&pg, pg.node(&primary), &etcd.endpoint(), &cluster));
+    }
+    wait_until("the last failover settled (synchronous standby recorded, everyone streaming)", Duration::from_secs(60), || {
+        settled_sync(&view()).is_some()
+    });
+    let attempts = writer.finish();
+    let final_primary = view().cluster.and_then(|c| c.primary).unwrap();
+    let acked: Vec<i64> = acks.lock().unwrap().iter().map(|(id, _)| *id).collect();
+    let present: std::collections::HashSet<i64> =
+        pg.sql(&final_primary, "SELECT id FROM acked").unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let lost: Vec<i64> = acked.iter().copied().filter(|id| !present.contains(id)).collect();
+    let mut sorted = windows.clone();
+    sorted.sort();
+    eprintln!(
+        "synchronous_mode {:?}: {} failovers; acknowledged commits checked {}, lost {} (of {} attempts, {} rows on {final_primary}); \
+         unavailability per failover {:?} (median {:.2} s); test took {:.0} s",
+        sync_mode(),
+        rounds,
+        acked.len(),
+        lost.len(),
+        attempts,
+        present.len(),
+        windows.iter().map(|w| format!("{:.2}s", w.as_secs_f64())).collect::<Vec<_>>(),
+        sorted[sorted.len() / 2].as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(acked.len() > 100 * rounds, "too few commits to mean anything: {}", acked.len());
+    assert!(lost.is_empty(), "acknowledged commits lost: {} (first {:?})", lost.len(), &lost[..lost.len().min(10)]);
+    drop(hosts);
+}
