@@ -162,6 +162,18 @@ where
         &self.config
     }
 
+    /// Every cluster's coordinator reports its events to `events` (see `crate::events`).
+    pub fn with_events(mut self, events: Arc<dyn pgdaemon_core::events::EventEmitter>) -> Self {
+        self.coordinators = std::mem::take(&mut self.coordinators)
+            .into_iter()
+            .map(|(name, c)| {
+                let c = Arc::try_unwrap(c).ok().expect("coordinators are not shared before the handler is").into_inner();
+                (name, Arc::new(tokio::sync::Mutex::new(c.with_events(events.clone()))))
+            })
+            .collect();
+        self
+    }
+
     /// Handles one event; the JSON answer carries each cluster's outcome and reason.
     pub async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
         let request = parse_event(&event.payload, &self.config)?;

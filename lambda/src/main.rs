@@ -23,7 +23,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let fencer = pgdaemon_lambda::build_fencer(&config, SdkEc2(aws_sdk_ec2::Client::new(&sdk)), SdkSsm(aws_sdk_ssm::Client::new(&sdk)));
     let owner = format!("lambda-{}", uuid::Uuid::new_v4());
     let events = Arc::new(pgdaemon_lambda::events::Events::from_env(&sdk, store.clone()).context("invalid configuration")?);
-    let handler = Arc::new(Handler::new(store, fencer, SystemClock::new(), config, &owner));
+    let handler = Arc::new(Handler::new(store, fencer, SystemClock::new(), config, &owner).with_events(events.emitter()));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let (handler, events) = (handler.clone(), events.clone());
         async move { pgdaemon_lambda::events::handle_and_publish(&handler, &events, event).await.map_err(lambda_runtime::Error::from) }
