@@ -337,4 +337,10 @@ dsn = "host=127.0.0.1 port=5432 user=monitor dbname=postgres"
         assert!(err.contains("monitor.targets"), "{err}");
         assert!(MonitorConfig::parse(&format!("{GOOD}surprise = 1\n"), &[]).is_err());
     }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let c = MonitorConfig::parse(include_str!("../config/monitor.example.toml"), &[]).unwrap();
+        assert_eq!(c.monitor.targets.len(), 2);
+    }
 }
