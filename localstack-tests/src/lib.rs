@@ -270,27 +270,38 @@ impl LocalLambda {
     /// A synchronous invoke: `Ok` is the function's answer, `Err` its error (function error or
     /// transport), as `aws lambda invoke` reports them.
     pub async fn invoke(&mut self, payload: &Value) -> Result<Value> {
-        let url = format!("{}/2015-03-31/functions/{}/invocations", self.url(), self.function);
-        let resp = self
-            .http
-            .post(&url)
-            .header("X-Amz-Invocation-Type", "RequestResponse")
-            .body(payload.to_string())
-            .timeout(Duration::from_secs(90))
-            .send()
-            .await
-            .context("invoke")?;
-        let status = resp.status();
-        let function_error = resp.headers().get("x-amz-function-error").is_some();
-        let text = resp.text().await.unwrap_or_default();
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
-        if !status.is_success() || function_error || body.get("errorType").is_some() || body.get("errorMessage").is_some() {
+        let r = self.invoke_detached(payload).await;
+        if let Err(e) = &r {
             if !self.bootstrap.alive() {
-                bail!("function died: {text}\n{}", self.bootstrap.log_tail(20));
+                bail!("function died: {e:#}\n{}", self.bootstrap.log_tail(20));
             }
-            bail!("function error ({status}): {text}");
         }
-        Ok(body)
+        r
+    }
+
+    /// The same invoke as a future that borrows nothing (to spawn it and keep checking the
+    /// cluster while the function runs).
+    pub fn invoke_detached(&self, payload: &Value) -> impl std::future::Future<Output = Result<Value>> + Send + 'static {
+        let url = format!("{}/2015-03-31/functions/{}/invocations", self.url(), self.function);
+        let (http, body) = (self.http.clone(), payload.to_string());
+        async move {
+            let resp = http
+                .post(&url)
+                .header("X-Amz-Invocation-Type", "RequestResponse")
+                .body(body)
+                .timeout(Duration::from_secs(90))
+                .send()
+                .await
+                .context("invoke")?;
+            let status = resp.status();
+            let function_error = resp.headers().get("x-amz-function-error").is_some();
+            let text = resp.text().await.unwrap_or_default();
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+            if !status.is_success() || function_error || body.get("errorType").is_some() || body.get("errorMessage").is_some() {
+                bail!("function error ({status}): {text}");
+            }
+            Ok(body)
+        }
     }
 }
 
