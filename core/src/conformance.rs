@@ -352,9 +352,14 @@ pub async fn events_log_once_in_order_apart_from_the_view<H: Harness>() {
     assert_eq!(s.read_events(&cluster, 1_001).await.unwrap(), at_2000, "since_ms filters");
     assert!(s.read_events(&cluster, 2_001).await.unwrap().is_empty());
 
-    // The log is not part of the view, and another cluster's log is separate.
+    // The log is not part of the view (which still holds every other item), and another
+    // cluster's log is separate.
+    s.put_member(&cluster, &member("a", 1)).await.unwrap();
+    s.append_history(&cluster, &history(1)).await.unwrap();
     let view = s.read_view(&cluster).await.unwrap();
-    assert!(view.members.is_empty() && view.cluster.is_some());
+    assert!(view.cluster.is_some() && view.members.keys().eq(["a"]), "{view:?}");
+    assert_eq!(s.read_history(&cluster).await.unwrap(), vec![history(1)], "history is no event");
+    assert_eq!(s.read_events(&cluster, 0).await.unwrap().len(), 3, "heartbeats and history are no events");
     let other = cluster_name("events-other");
     assert!(s.read_events(&other, 0).await.unwrap().is_empty());
 

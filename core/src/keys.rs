@@ -5,7 +5,12 @@ pub const CLUSTER: &str = "cluster";
 pub const COORDINATOR_LOCK: &str = "lock#coordinator";
 pub const MEMBER_PREFIX: &str = "member#";
 pub const HISTORY_PREFIX: &str = "history#";
-pub const EVENT_PREFIX: &str = "event#";
+/// `~` sorts after every other item name (names are letters, digits, `_`, `-`, `#`), so the
+/// event log is the tail of a cluster's partition and [`VIEW_END`] bounds everything else.
+pub const EVENT_PREFIX: &str = "~event#";
+/// Every item but the event log sorts below this: `read_view` reads `[start, VIEW_END)` and so
+/// never pages through a growing log.
+pub const VIEW_END: &str = "~";
 
 pub fn member(name: &str) -> String {
     format!("{MEMBER_PREFIX}{name}")
@@ -16,17 +21,13 @@ pub fn history(term: u64) -> String {
     format!("{HISTORY_PREFIX}{term:020}")
 }
 
-/// Events sort by time, then id: `event#<ms, 20 digits>#<id>`.
+/// Events sort by time, then id: `~event#<ms, 20 digits>#<id>`.
 pub fn event(time_ms: u64, id: &str) -> String {
     format!("{EVENT_PREFIX}{time_ms:020}#{id}")
 }
 
-/// The partition (DynamoDB) / path segment (etcd) holding a cluster's event log, apart from the
-/// cluster's own items so that `read_view` never reads a growing log. `#` is not allowed in
-/// cluster names, so it cannot collide with a cluster.
-pub fn events_partition(cluster: &str) -> String {
-    format!("{cluster}#events")
-}
+/// The (exclusive) end of the event log's key range: `$` sorts right after `#`.
+pub const EVENT_END: &str = "~event$";
 
 /// A cluster name must be usable as a DynamoDB key and an etcd path segment.
 pub fn validate_cluster_name(name: &str) -> Result<(), String> {
@@ -56,6 +57,10 @@ mod tests {
     fn history_keys_sort_by_term() {
         assert!(history(9) < history(10));
         assert_eq!(member("a"), "member#a");
+        for item in [CLUSTER, LEADER, COORDINATOR_LOCK, &member("z"), &history(u64::MAX), "term#leader"] {
+            assert!(item < VIEW_END && VIEW_END < event(0, "").as_str(), "{item}");
+        }
+        assert!(event(u64::MAX, "zzz").as_str() < EVENT_END);
     }
 
     #[test]

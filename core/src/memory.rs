@@ -193,17 +193,16 @@ impl Store for MemoryStore {
         let item = codec::event_item(cluster, event)?;
         let text = encode(&item, event)?;
         // Already logged (a retried append): keep the first copy.
-        self.lock()?.entry((keys::events_partition(cluster), item)).or_insert(text);
+        self.lock()?.entry((cluster.to_string(), item)).or_insert(text);
         Ok(())
     }
 
     async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<Event>, StoreError> {
         check_cluster(cluster)?;
-        let part = keys::events_partition(cluster);
         let items = self.lock()?;
         let mut out = Vec::new();
-        for ((c, item), text) in items.range((part.clone(), keys::event(since_ms, ""))..) {
-            if *c != part || !item.starts_with(keys::EVENT_PREFIX) {
+        for ((c, item), text) in items.range((cluster.to_string(), keys::event(since_ms, ""))..) {
+            if c != cluster || !item.starts_with(keys::EVENT_PREFIX) {
                 break;
             }
             out.push(decode(item, text.as_bytes())?);

@@ -219,7 +219,9 @@ impl Store for EtcdStore {
         let base = self.cluster_prefix(cluster);
         // One range read is one revision: a consistent snapshot of the whole cluster.
         let mut client = self.client.clone();
-        let mut resp = self.call("read view", client.get(base.clone(), Some(GetOptions::new().with_prefix()))).await?;
+        // Up to `VIEW_END`: everything but the event log, which only grows.
+        let end = format!("{base}{}", keys::VIEW_END);
+        let mut resp = self.call("read view", client.get(base.clone(), Some(GetOptions::new().with_range(end)))).await?;
         let mut view = ClusterView::default();
         let (mut last_leader, mut last_coordinator) = (None, None);
         let (leader_term, coordinator_term) = (term_item(keys::LEADER), term_item(keys::COORDINATOR_LOCK));
@@ -414,7 +416,7 @@ impl Store for EtcdStore {
 
     async fn append_event(&self, cluster: &str, event: &Event) -> Result<(), StoreError> {
         let item = codec::event_item(cluster, event)?;
-        let key = self.key(&keys::events_partition(cluster), &item);
+        let key = self.key(cluster, &item);
         // Put only if absent: a retried append of a logged event changes nothing and is `Ok`.
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -425,12 +427,10 @@ impl Store for EtcdStore {
 
     async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<Event>, StoreError> {
         check_cluster(cluster)?;
-        let part = keys::events_partition(cluster);
-        let base = self.cluster_prefix(&part);
+        let base = self.cluster_prefix(cluster);
         let mut client = self.client.clone();
-        // `$` sorts right after `#`: the range covers every `event#...` key from `since_ms` on.
-        let from = self.key(&part, &keys::event(since_ms, ""));
-        let end = self.key(&part, "event$");
+        let from = self.key(cluster, &keys::event(since_ms, ""));
+        let end = self.key(cluster, keys::EVENT_END);
         let mut resp = self.call("read events", client.get(from, Some(GetOptions::new().with_range(end)))).await?;
         resp.take_kvs()
             .iter()

@@ -49,9 +49,10 @@ const MAX_PAGES: usize = 100;
 /// table's partition key name, so it is stored whole as one string rather than field by field.
 const EVENT_ATTR: &str = "event";
 
-/// The DynamoDB item of a logged event: its JSON, plus `expire_at` as a number for TTL.
+/// The DynamoDB item of a logged event: its JSON, plus `expire_at` as a number for TTL. It lives
+/// in the cluster's partition (the IAM `LeadingKeys` condition covers it) after every other item.
 fn event_item(cluster: &str, item: &str, event: &Event) -> Result<Item, StoreError> {
-    let mut out = key(&keys::events_partition(cluster), item);
+    let mut out = key(cluster, item);
     out.insert(EVENT_ATTR.into(), AttributeValue::S(codec::encode(item, event)?));
     if let Some(t) = event.expire_at {
         out.insert("expire_at".into(), AttributeValue::N(t.to_string()));
@@ -161,7 +162,11 @@ impl DynamoDbStore {
                     .key_condition_expression("#c = :c AND begins_with(#i, :p)")
                     .expression_attribute_names("#i", SK)
                     .expression_attribute_values(":p", AttributeValue::S(prefix.into())),
-                None => req.key_condition_expression("#c = :c"),
+                // Everything but the event log (the partition's tail, which only grows).
+                None => req
+                    .key_condition_expression("#c = :c AND #i < :end")
+                    .expression_attribute_names("#i", SK)
+                    .expression_attribute_values(":end", AttributeValue::S(keys::VIEW_END.into())),
             };
             let out = req.send().await.map_err(|e| sdk_error("query", cluster, e))?;
             items.extend(out.items.unwrap_or_default());
@@ -463,7 +468,6 @@ impl Store for DynamoDbStore {
 
     async fn append_event(&self, cluster: &str, event: &Event) -> Result<(), StoreError> {
         let item = codec::event_item(cluster, event)?;
-        // Its own partition, so the cluster's `read_view` query never pages through the log.
         let result = self
             .client
             .put_item()
@@ -483,7 +487,6 @@ impl Store for DynamoDbStore {
 
     async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<Event>, StoreError> {
         check_cluster(cluster)?;
-        let part = keys::events_partition(cluster);
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
         for _ in 0..MAX_PAGES {
@@ -492,17 +495,17 @@ impl Store for DynamoDbStore {
                 .query()
                 .table_name(&self.table)
                 .consistent_read(true)
-                // `$` sorts right after `#`: every `event#...` key from `since_ms` on.
+                // Every event from `since_ms` on (`BETWEEN` includes the end; no key equals it).
                 .key_condition_expression("#c = :c AND #i BETWEEN :from AND :to")
                 .expression_attribute_names("#c", PK)
                 .expression_attribute_names("#i", SK)
-                .expression_attribute_values(":c", AttributeValue::S(part.clone()))
+                .expression_attribute_values(":c", AttributeValue::S(cluster.into()))
                 .expression_attribute_values(":from", AttributeValue::S(keys::event(since_ms, "")))
-                .expression_attribute_values(":to", AttributeValue::S("event$".into()))
+                .expression_attribute_values(":to", AttributeValue::S(keys::EVENT_END.into()))
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| sdk_error("query", &part, e))?;
+                .map_err(|e| sdk_error("query", cluster, e))?;
             for item in page.items.unwrap_or_default() {
                 let name = item_name(&item).unwrap_or(keys::EVENT_PREFIX);
                 let text = item.get(EVENT_ATTR).and_then(|a| a.as_s().ok()).ok_or_else(|| StoreError::malformed(name, "no event attribute"))?;
@@ -513,6 +516,6 @@ impl Store for DynamoDbStore {
                 _ => return Ok(out),
             }
         }
-        Err(StoreError::Unavailable(format!("dynamodb query of {part}: more than {MAX_PAGES} pages")))
+        Err(StoreError::Unavailable(format!("dynamodb query of {cluster} events: more than {MAX_PAGES} pages")))
     }
 }
