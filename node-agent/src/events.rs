@@ -44,8 +44,8 @@ pub struct EventsConfig {
     /// Run this shell command (`sh -c`) with the event JSON on stdin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
-    /// `role_changes` (promoted, demoted, lease lost, role changed: Patroni's `on_role_change`)
-    /// or `all`.
+    /// `role_changes` (this node's own promoted / demoted / lease lost, and a monitored
+    /// target's role change: Patroni's `on_role_change`) or `all`.
     #[serde(default)]
     pub command_events: CommandEvents,
     #[serde(default = "default_command_timeout_ms")]
@@ -417,8 +417,12 @@ impl EventSink for CommandSink {
         "command"
     }
 
+    /// Role changes of the local node are the events its own agent loop emits (source `agent`);
+    /// the hosted coordinator's events about the cluster are not. The monitor's `role_changed`
+    /// of a watched target counts too.
     fn accepts(&self, event: &Event) -> bool {
-        !self.only_role_changes || event.kind.is_role_change()
+        !self.only_role_changes
+            || (event.kind.is_role_change() && (event.source == "agent" || event.source == "monitor"))
     }
 
     async fn deliver(&self, event: &Event) -> Result<(), SinkError> {

@@ -108,11 +108,13 @@ async fn a_failing_webhook_is_retried_without_blocking_anything() {
         ..EventsConfig::default()
     };
     let dispatcher = cfg.start(None).unwrap();
-    let promoted = event(EventKind::Promoted, 1);
+    // A role change of this node (its agent loop's event): the command hook's default diet.
+    let promoted = event(EventKind::Promoted, 1).source("agent");
     let started = Instant::now();
     dispatcher.emit(promoted.clone());
-    // Not a role change: the default command hook (role changes only) does not get it.
+    // Not this node's role change: the default command hook (role changes only) gets neither.
     dispatcher.emit(event(EventKind::LagOverThreshold, 2));
+    dispatcher.emit(event(EventKind::Promoted, 3).source("coordinator"));
     assert!(started.elapsed() < Duration::from_millis(50), "emit waited for a sink: {:?}", started.elapsed());
 
     // The command hook is done long before the webhook's retries are (2 x 300 ms).
@@ -131,11 +133,11 @@ async fn a_failing_webhook_is_retried_without_blocking_anything() {
 
     let got = recv.got.lock().unwrap().clone();
     let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
-    assert_eq!(ids.len(), 4, "3 attempts for the first event, 1 for the second: {ids:?}");
+    assert_eq!(ids.len(), 5, "3 attempts for the first event, 1 for each other: {ids:?}");
     assert!(ids[..3].iter().all(|id| *id == promoted.id), "retries carry the same id so the receiver can dedupe: {ids:?}");
     let stats = dispatcher.stats();
     assert_eq!(stats[0].0, "webhook");
-    assert_eq!((stats[0].1.delivered, stats[0].1.retries, stats[0].1.failed), (2, 2, 0));
+    assert_eq!((stats[0].1.delivered, stats[0].1.retries, stats[0].1.failed), (3, 2, 0));
     assert_eq!(hook_file(&file), vec![promoted], "the hook got the role change once");
 }
 
