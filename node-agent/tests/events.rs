@@ -1,7 +1,8 @@
 //! Event delivery with real sinks: a webhook to an HTTP server on 127.0.0.1, a shell command hook
 //! writing its stdin to a file, and the store's event log. Each event reaches each sink once; a
 //! failing webhook is retried with the same event id and never holds up the caller or the other
-//! sinks; a full queue drops its oldest event.
+//! sinks; a full queue drops its oldest event. End to end: two real agents (hosted coordinators)
+//! on real Postgres and etcd fail over, and every event reaches the log and the webhook once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -191,3 +192,176 @@ async fn a_full_queue_drops_the_oldest_event() {
     let s = dispatcher.stats()[0].1;
     assert_eq!((s.delivered, s.dropped), (3, 2));
 }
+
+/// A `pgdaemon-agent` process, killed by its PID when dropped.
+struct AgentProcess(Option<std::process::Child>);
+
+impl AgentProcess {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Two real agents (hosted coordinators, fencing off) on real Postgres and etcd, with a webhook
+/// and a command hook each. The primary's host dies; the failover's events reach the event log
+/// and the webhook once each, and the new primary's command hook hears of its promotion once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_reaches_every_sink_once() {
+    use pgdaemon_core::{ClusterRecord, DynamicConfig, Role};
+    use pgdaemon_dcs::EtcdStore;
+    use pgdaemon_testkit::engines::EtcdServer;
+    use pgdaemon_testkit::postgres::{postgres_available, PgCluster};
+
+    if !postgres_available() {
+        eprintln!("skipped: PostgreSQL binaries not found (set PGDAEMON_PG_BIN)");
+        return;
+    }
+    let (pg, etcd) = tokio::task::spawn_blocking(|| {
+        let mut pg = PgCluster::new().unwrap();
+        pg.init_primary("pg-1").unwrap();
+        pg.add_replica("pg-2", "pg-1").unwrap();
+        (pg, EtcdServer::shared())
+    })
+    .await
+    .unwrap();
+    const PREFIX: &str = "/pgdaemon-events-e2e";
+    let cluster = format!("events-e2e-{}", std::process::id());
+    let store = EtcdStore::connect(&[etcd.endpoint()], PREFIX).await.unwrap();
+    let dynamic = DynamicConfig { lease_ms: 4000, renew_interval_ms: 1000, safety_margin_ms: 1500, probe_interval_ms: 500, ..Default::default() };
+    store.write_cluster(&cluster, None, &ClusterRecord::bootstrap("pg-1", dynamic)).await.unwrap();
+    let (recv, url) = receiver(0).await;
+
+    let dir = pg.dir().to_path_buf();
+    let mut agents = Vec::new();
+    for n in ["pg-1", "pg-2"] {
+        let node = pg.node(n).clone();
+        let api_port = pgdaemon_testkit::ports::free_port();
+        let hook = dir.join(format!("{n}.hook"));
+        let text = format!(
+            "cluster = \"{cluster}\"\n[node]\nname = \"{n}\"\nlisten = \"127.0.0.1:{api_port}\"\npg_host = \"127.0.0.1\"\nimds = false\n\
+             instance_id = \"local-{n}\"\navailability_zone = \"local\"\n\
+             [postgres]\nbin_dir = \"{bin}\"\ndata_dir = \"{data}\"\nport = {port}\nconnect_host = \"{dir}/sock\"\n\
+             replication_user = \"postgres\"\nlog_file = \"{log}\"\n\
+             [postgres.parameters]\nlisten_addresses = \"127.0.0.1\"\nunix_socket_directories = \"{dir}/sock\"\nwal_log_hints = true\n\
+             hot_standby = true\nwal_keep_size = \"256MB\"\nshared_buffers = \"16MB\"\nfsync = false\n\
+             [store]\nbackend = \"etcd\"\nendpoints = [\"{etcd}\"]\nprefix = \"{PREFIX}\"\n\
+             [coordinator]\nenabled = true\nfencing = [\"off\"]\ninterval_ms = 500\n\
+             [events]\nwebhook_url = \"{url}\"\ncommand = \"cat >> '{hook}'; echo >> '{hook}'\"\n[log]\nlevel = \"info\"\n",
+            bin = pg.bin_dir().display(),
+            data = node.data_dir.display(),
+            port = node.port,
+            dir = dir.display(),
+            log = node.log_file.display(),
+            etcd = etcd.endpoint(),
+            hook = hook.display(),
+        );
+        let config = dir.join(format!("{n}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(dir.join(format!("{n}.agent.log"))).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgdaemon-agent"))
+            .arg("--config")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn pgdaemon-agent");
+        agents.push(AgentProcess(Some(child)));
+    }
+    let logs = || {
+        ["pg-1", "pg-2"]
+            .iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(dir.join(format!("{n}.agent.log"))).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!("--- {n}\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    async fn wait<F: Fn(&pgdaemon_core::ClusterView) -> bool>(store: &EtcdStore, cluster: &str, within: Duration, ok: F) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if store.read_view(cluster).await.is_ok_and(|v| ok(&v)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    }
+    let healthy = wait(&store, &cluster, Duration::from_secs(60), |v| {
+        v.leader.as_ref().is_some_and(|l| l.owner == "pg-1" && !l.released)
+            && v.members.get("pg-1").is_some_and(|m| m.role == Role::Primary)
+            && v.members.get("pg-2").is_some_and(|m| m.role == Role::Replica && m.pg_running)
+    })
+    .await;
+    assert!(healthy, "cluster never healthy\n{}", logs());
+    // Let both coordinators see the healthy cluster (their baseline).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The primary's host dies: its agent and its Postgres.
+    let died = Instant::now();
+    agents[0].kill();
+    pg.kill9("pg-1").unwrap();
+    let failed_over = wait(&store, &cluster, Duration::from_secs(90), |v| {
+        v.cluster.as_ref().is_some_and(|r| r.primary.as_deref() == Some("pg-2") && r.transition.is_none() && r.term == 2)
+    })
+    .await;
+    assert!(failed_over, "no failover to pg-2\n{}", logs());
+    let failover_s = died.elapsed().as_secs_f64();
+
+    // Delivery is asynchronous: wait (bounded) until the webhook has every logged event.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut logged;
+    loop {
+        logged = store.read_events(&cluster, 0).await.unwrap();
+        let hooked = recv.got.lock().unwrap().len();
+        let finished = logged.iter().any(|e| e.kind == EventKind::Finished);
+        if (finished && hooked >= logged.len()) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    logged = store.read_events(&cluster, 0).await.unwrap();
+    let summary: Vec<String> = logged.iter().map(|e| format!("{} {} {}", e.source, e.kind, e.member.as_deref().unwrap_or("-"))).collect();
+
+    let from = |source: &str, kind: EventKind| logged.iter().filter(|e| e.source == source && e.kind == kind).collect::<Vec<_>>();
+    for kind in [EventKind::FailoverStarted, EventKind::Fenced, EventKind::Promoted, EventKind::Finished] {
+        let got = from("coordinator", kind);
+        assert_eq!(got.len(), 1, "coordinator {kind}: {summary:#?}\n{}", logs());
+        assert_eq!(got[0].term, 2);
+    }
+    assert_eq!(from("coordinator", EventKind::Fenced)[0].member.as_deref(), Some("pg-1"));
+    let promoted = from("agent", EventKind::Promoted);
+    assert_eq!(promoted.len(), 1, "{summary:#?}");
+    assert_eq!((promoted[0].member.as_deref(), promoted[0].term), (Some("pg-2"), 2));
+    assert!(from("coordinator", EventKind::MemberDown).len() <= 1, "{summary:#?}");
+
+    // The webhook got every logged event exactly once (no failures, so no retries), and nothing else.
+    let mut hook_ids: Vec<String> = recv.got.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+    let mut log_ids: Vec<String> = logged.iter().map(|e| e.id.clone()).collect();
+    hook_ids.sort();
+    log_ids.sort();
+    assert_eq!(hook_ids, log_ids, "{summary:#?}");
+    let unique: std::collections::BTreeSet<&String> = log_ids.iter().collect();
+    assert_eq!(unique.len(), log_ids.len());
+
+    // pg-2's command hook heard of its own promotion once; pg-1's never ran (no role change).
+    let hooked = hook_file(&dir.join("pg-2.hook"));
+    assert_eq!(hooked.iter().map(|e| (e.kind, e.source.as_str())).collect::<Vec<_>>(), vec![(EventKind::Promoted, "agent")], "{hooked:#?}");
+    assert!(hook_file(&dir.join("pg-1.hook")).is_empty());
+    eprintln!("failover in {failover_s:.1}s; {} events logged and posted once each: {summary:?}", logged.len());
+    drop(agents);
+    drop(pg);
+}
+
