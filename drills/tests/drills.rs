@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use pgdaemon_core::LeaseName;
 use pgdaemon_drills::{Backend, Drill};
 
 /// Prints how long the drill that began at `*since` took and starts the next one's clock.
@@ -34,6 +35,15 @@ async fn drills(backend: Backend, name: &str) {
     let mut t = Instant::now();
     let mut d = Drill::start(backend, name).await.expect("cluster up");
     lap(backend, "cluster up (3 nodes streaming)", &mut t);
+    // The hosted coordinators' lock lease is the cluster record's lease_ms (3 s here), not the
+    // agents' local default (10 s).
+    let lock = d
+        .store
+        .read_lease(&d.cluster, LeaseName::Coordinator)
+        .await
+        .unwrap()
+        .expect("a hosted coordinator holds the lock");
+    assert_eq!(lock.lease_ms, 3000, "coordinator lock: {lock:?}");
     d.pg.sql("pg-1", "CREATE TABLE drill_rows (id int PRIMARY KEY)")
         .unwrap();
     d.pg.sql(
