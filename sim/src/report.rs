@@ -20,6 +20,7 @@ pub struct Summary {
     pub writes: u64,
     pub promotions: u64,
     pub ec2_stops: u64,
+    pub blocked_by_lag: u64,
     pub sim_time: Us,
 }
 
@@ -36,6 +37,7 @@ impl Summary {
         self.writes += r.counters.writes;
         self.promotions += r.counters.promotions;
         self.ec2_stops += r.counters.ec2_stops;
+        self.blocked_by_lag += r.counters.blocked_by_lag;
         self.sim_time += r.sim_time;
         if r.failed() {
             self.failures.push(r);
@@ -59,6 +61,11 @@ impl Summary {
         let _ = writeln!(s, "client writes:        {}", self.writes);
         let _ = writeln!(s, "promotions:           {}", self.promotions);
         let _ = writeln!(s, "EC2 stops by fencer:  {}", self.ec2_stops);
+        let _ = writeln!(
+            s,
+            "ended blocked by maximum_lag_on_failover (by design, not a violation): {}",
+            self.blocked_by_lag
+        );
         let _ = writeln!(
             s,
             "faults injected by kind ({} total):",

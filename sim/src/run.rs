@@ -9,7 +9,7 @@ use pgdaemon_core::agent::{AgentIdentity, AgentRuntime};
 use pgdaemon_core::coordinator::{Coordinator, CoordinatorConfig, FencingPolicy};
 use pgdaemon_core::{
     ClusterRecord, DynamicConfig, ManualRequest, MemberTags, MemoryStore, RequestAction, Store,
-    SyncMode,
+    SyncMode, TransitionStep,
 };
 
 use crate::actors::{
@@ -1110,8 +1110,12 @@ impl Sim {
                 Event::KillCoordinator(k) => {
                     let s = self.n + k;
                     if !matches!(self.slots[s].state, SlotState::Down) {
-                        self.world.lock().log(format!("coord{k}: KILLED"));
-                        self.world.lock().count_fault("coordinator_kill");
+                        let mut w = self.world.lock();
+                        w.log(format!("coord{k}: KILLED"));
+                        w.count_fault("coordinator_kill");
+                        // A fault like any other: liveness is judged from its end (at once).
+                        w.last_heal = w.now;
+                        drop(w);
                         self.kill_slot(s);
                     }
                 }
@@ -1211,6 +1215,15 @@ impl Sim {
             return;
         };
         if let Some(t) = &record.transition {
+            if t.step == TransitionStep::Fenced {
+                if let Some(why) = blocked_by_lag(&w) {
+                    w.counters.blocked_by_lag += 1;
+                    w.log(format!(
+                        "END: failover blocked by maximum_lag_on_failover, as configured: {why}"
+                    ));
+                    return;
+                }
+            }
             w.violate(format!(
                 "S5: a {:?} to {} (term {}, step {:?}) neither finished nor rolled back {bound}s after the last heal",
                 t.kind, t.candidate, t.term, t.step
@@ -1241,4 +1254,43 @@ impl Sim {
             sim_time: w.now,
         }
     }
+}
+
+/// Ground truth for a failover left blocked: every member that may be promoted (up, a replica,
+/// not tagged nofailover) lacks more than `maximum_lag_on_failover` of WAL that another replica
+/// holds on the same history. Promoting any of them would lose that WAL (S4), so waiting for an
+/// operator is the configured behaviour, not a liveness failure.
+fn blocked_by_lag(w: &Shared) -> Option<String> {
+    let max_records = w.max_lag / crate::simpg::REC_BYTES;
+    let candidates: Vec<usize> = (0..w.nodes.len())
+        .filter(|&i| {
+            let n = &w.nodes[i];
+            n.up && !n.nofailover && n.pg.role == crate::simpg::PgRole::Replica
+        })
+        .collect();
+    for (j, holder) in w.nodes.iter().enumerate() {
+        // A holder that may itself be promoted is no excuse for staying blocked.
+        if holder.pg.role != crate::simpg::PgRole::Replica || candidates.contains(&j) {
+            continue;
+        }
+        let ahead_of_all = candidates.iter().all(|&c| {
+            let cand = &w.nodes[c].pg;
+            cand.is_prefix_of(&holder.pg.wal)
+                && holder.pg.wal.len() as u64 > cand.wal.len() as u64 + max_records
+        });
+        if ahead_of_all && !candidates.is_empty() {
+            return Some(format!(
+                "{}{} holds {} records, every candidate more than {} fewer",
+                holder.name,
+                if holder.nofailover {
+                    " (nofailover)"
+                } else {
+                    ""
+                },
+                holder.pg.wal.len(),
+                max_records
+            ));
+        }
+    }
+    None
 }

@@ -173,6 +173,10 @@ pub struct Counters {
     pub acked: u64,
     pub promotions: u64,
     pub ec2_stops: u64,
+    /// Runs that ended with a failover blocked by `maximum_lag_on_failover`: every candidate is
+    /// further behind a replica that really holds the newer WAL than allowed (S4 over S5, by
+    /// configuration; an operator's forced failover is the way out).
+    pub blocked_by_lag: u64,
 }
 
 /// Rules of the game that a test may deliberately break to prove the checker can fail.
