@@ -15,9 +15,10 @@
 //! A sampler writes to every node every ~100 ms throughout and the tests assert that no two
 //! nodes ever accepted a write in the same sample.
 //!
-//! The partitions match the agent process by its cgroup (v2 `-m cgroup --path`): on one machine
-//! every loopback connection has the source address 127.0.0.1, so only the process identifies
-//! the partitioned node's outgoing traffic. Rules are removed by exact spec in a Drop guard.
+//! The partitions match the agent process by its cgroup (v2 `-m cgroup --path`; each agent is
+//! started inside a cgroup of its own): on one machine every loopback connection has the source
+//! address 127.0.0.1, so only the process identifies the partitioned node's outgoing traffic.
+//! Rules are removed by exact spec in a Drop guard.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,7 @@ struct Agent {
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    cgroup: NodeCgroup,
 }
 
 /// Samples of which nodes accepted a write, taken by a background thread.
@@ -195,6 +197,7 @@ impl Cluster {
                     config,
                     log: dir.join(format!("{n}.agent.log")),
                     child: None,
+                    cgroup: NodeCgroup::new(n),
                 },
             );
         }
@@ -225,8 +228,12 @@ impl Cluster {
             .append(true)
             .open(&a.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pgdaemon-agent"))
-            .arg("--config")
+        // Into its cgroup first, then exec: every socket it (or its Postgres) opens belongs to it.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$1\" --config \"$2\"")
+            .arg(a.cgroup.path.join("cgroup.procs"))
+            .arg(env!("CARGO_BIN_EXE_pgdaemon-agent"))
             .arg(&a.config)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -236,8 +243,29 @@ impl Cluster {
         a.child = Some(child);
     }
 
-    fn agent_pid(&self, n: &str) -> u32 {
-        self.agents[n].child.as_ref().unwrap().id()
+    /// Drops `n`'s agent's TCP to the store and, with `peers`, to the other agents' APIs and
+    /// everyone's TCP to `n`'s API: iptables on `lo`, matched by the agent's cgroup.
+    fn cut(&self, n: &str, peers: bool) -> Partition {
+        let a = &self.agents[n];
+        let cg = a.cgroup.name.as_str();
+        let store = self.store_port.to_string();
+        let from_agent = |addr: &str, port: &str| {
+            rule(&[
+                "OUTPUT", "-o", "lo", "-p", "tcp", "-m", "cgroup", "--path", cg, "-d", addr,
+                "--dport", port, "-j", "DROP",
+            ])
+        };
+        let mut rules = vec![from_agent("127.0.0.1", &store)];
+        if peers {
+            for (_, b) in self.agents.iter().filter(|(m, _)| m.as_str() != n) {
+                rules.push(from_agent(&b.addr, &b.api_port.to_string()));
+            }
+            let api = a.api_port.to_string();
+            rules.push(rule(&[
+                "OUTPUT", "-o", "lo", "-p", "tcp", "-d", &a.addr, "--dport", &api, "-j", "DROP",
+            ]));
+        }
+        Partition::new(rules)
     }
 
     async fn view(&self) -> Option<ClusterView> {
@@ -307,12 +335,23 @@ impl Cluster {
             .expect("config change");
     }
 
+    /// Over the Unix socket: no iptables rule of these tests applies to it.
     fn writable(pg: &PgCluster, n: &str) -> bool {
-        pg.try_sql(
-            n,
-            "CREATE TABLE IF NOT EXISTS fs_probe (x int); INSERT INTO fs_probe VALUES (1)",
-        )
-        .is_ok()
+        let conn = format!(
+            "host={}/sock port={} user=postgres dbname=postgres connect_timeout=3",
+            pg.dir().display(),
+            pg.node(n).port
+        );
+        let sql = "CREATE TABLE IF NOT EXISTS fs_probe (x int); INSERT INTO fs_probe VALUES (1)";
+        Command::new(pg.bin_dir().join("psql"))
+            .arg(conn)
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGOPTIONS", "-c statement_timeout=5000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// Starts writing to every node in the background (see [`Samples`]).
@@ -393,35 +432,63 @@ impl Drop for Cluster {
     }
 }
 
-/// iptables rules on `lo` matching one agent process by its cgroup, removed by exact spec (and
-/// the cgroup emptied and removed) on drop.
-struct Partition {
-    rules: Vec<Vec<String>>,
-    cgroup: PathBuf,
-}
-
 const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
 
-impl Partition {
-    /// Moves `pid` into a fresh cgroup and drops its outgoing TCP on `lo` as `rules_for` says.
-    fn new(tag: &str, pid: u32, rules_for: impl FnOnce(&str) -> Vec<Vec<String>>) -> Partition {
+/// A cgroup (v2) of its own for one agent, created before the agent starts: iptables matches a
+/// socket by the cgroup its creator was in *when it was created*, so the agent (and everything
+/// it starts) must be in it from the beginning. Emptied (processes moved back to the root) and
+/// removed on drop.
+struct NodeCgroup {
+    name: String,
+    path: PathBuf,
+}
+
+impl NodeCgroup {
+    fn new(node: &str) -> NodeCgroup {
         let root = if Path::new(CGROUP2_ROOT).join("cgroup.procs").exists() {
             CGROUP2_ROOT
         } else {
             "/sys/fs/cgroup"
         };
-        let name = format!("pgdaemon-failsafe-{tag}-{}", std::process::id());
-        let cgroup = Path::new(root).join(&name);
-        std::fs::create_dir_all(&cgroup).expect("create cgroup (needs root and cgroup v2)");
-        let mut p = Partition {
-            rules: vec![],
-            cgroup,
-        };
-        std::fs::write(p.cgroup.join("cgroup.procs"), pid.to_string())
-            .expect("move the agent into the cgroup");
-        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        assert!(own.contains(&name), "agent {pid} not in {name}: {own}");
-        for rule in rules_for(&name) {
+        let name = format!(
+            "pgdaemon-failsafe-{}-{}-{node}",
+            std::process::id(),
+            CGROUP_SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let path = Path::new(root).join(&name);
+        std::fs::create_dir_all(&path).expect("create a cgroup (needs root and cgroup v2)");
+        NodeCgroup { name, path }
+    }
+}
+
+static CGROUP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Drop for NodeCgroup {
+    fn drop(&mut self) {
+        let root_procs = self.path.parent().unwrap().join("cgroup.procs");
+        for _ in 0..50 {
+            let pids = std::fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
+            for pid in pids.split_whitespace() {
+                let _ = std::fs::write(&root_procs, pid);
+            }
+            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("could not remove cgroup {}", self.path.display());
+    }
+}
+
+/// iptables rules on `lo`, removed by exact spec on [`Partition::heal`] or drop.
+struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl Partition {
+    fn new(rules: Vec<Vec<String>>) -> Partition {
+        let mut p = Partition { rules: vec![] };
+        for rule in rules {
             let out = Command::new("iptables")
                 .arg("-A")
                 .args(&rule)
@@ -444,20 +511,6 @@ impl Partition {
                 eprintln!("could not remove iptables rule {rule:?}");
             }
         }
-        // Processes the agent started meanwhile are in the cgroup too: move all back, then remove it.
-        let root_procs = self.cgroup.parent().unwrap().join("cgroup.procs");
-        for _ in 0..50 {
-            let pids =
-                std::fs::read_to_string(self.cgroup.join("cgroup.procs")).unwrap_or_default();
-            for pid in pids.split_whitespace() {
-                let _ = std::fs::write(&root_procs, pid);
-            }
-            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("could not remove cgroup {}", self.cgroup.display());
     }
 }
 
@@ -600,22 +653,9 @@ async fn partitioned_primary_demotes_within_the_lease() {
     let term = c.record().await.term;
     c.start_sampling();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (addr, api) = (
-        c.agents["pg-1"].addr.clone(),
-        c.agents["pg-1"].api_port.to_string(),
-    );
-    // pg-1's agent reaches only its own address (its Postgres); nobody reaches its API.
-    let mut cut = Partition::new("full", c.agent_pid("pg-1"), |cg| {
-        vec![
-            rule(&[
-                "OUTPUT", "-o", "lo", "-p", "tcp", "-m", "cgroup", "--path", cg, "!", "-d", &addr,
-                "-j", "DROP",
-            ]),
-            rule(&[
-                "OUTPUT", "-o", "lo", "-p", "tcp", "-d", &addr, "--dport", &api, "-j", "DROP",
-            ]),
-        ]
-    });
+    // pg-1's agent reaches neither the store nor its peers' APIs; nobody reaches its API.
+    // Postgres traffic (replication, the sampler's Unix socket) is left alone.
+    let mut cut = c.cut("pg-1", true);
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(60);
     let mut demoted = None;
@@ -656,27 +696,8 @@ async fn primary_cut_from_the_store_only_runs_until_a_failover_starts() {
     let term = c.record().await.term;
     c.start_sampling();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let store_port = c.store_port.to_string();
     // pg-1's agent cannot reach the store; its peers (and the coordinators) still can.
-    let mut cut = Partition::new("store", c.agent_pid("pg-1"), |cg| {
-        vec![rule(&[
-            "OUTPUT",
-            "-o",
-            "lo",
-            "-p",
-            "tcp",
-            "-m",
-            "cgroup",
-            "--path",
-            cg,
-            "-d",
-            "127.0.0.1",
-            "--dport",
-            &store_port,
-            "-j",
-            "DROP",
-        ])]
-    });
+    let mut cut = c.cut("pg-1", false);
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(90);
     let mut promoted = None;
