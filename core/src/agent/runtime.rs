@@ -930,6 +930,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_primary_no_longer_designated_demotes_before_releasing_its_lease() {
+        // With fencing off a released lease lets the coordinator promote at once (S2).
+        let (store, clock, mut rt) = setup("n1", primary()).await;
+        assert!(rt.tick().await.did("acquire_lease"));
+        let rec = store.read_cluster("c1").await.unwrap().unwrap();
+        store.write_cluster("c1", Some(rec.version), &ClusterRecord { term: 2, primary: Some("n2".into()), ..rec }).await.unwrap();
+        clock.advance(Duration::from_millis(500));
+        let r = rt.tick().await;
+        let order: Vec<&str> = r.done().into_iter().filter(|a| matches!(*a, "demote" | "release_lease")).collect();
+        assert_eq!(order, vec!["demote", "release_lease"], "{}", r.reason);
+    }
+
+    #[tokio::test]
     async fn demote_now_fences_and_refuses_the_lease_for_that_term() {
         let (store, clock, mut rt) = setup("n1", primary()).await;
         rt.tick().await;
