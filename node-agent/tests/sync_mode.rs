@@ -196,6 +196,23 @@ impl Drop for Writer {
     }
 }
 
+/// A process stopped with SIGSTOP, continued when dropped (also when the test panics).
+struct Frozen(u32);
+
+impl Frozen {
+    fn new(pid: u32) -> Frozen {
+        let ok = std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "could not stop {pid}");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+    }
+}
+
 fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
@@ -259,6 +276,20 @@ fn acknowledged_commits_survive_repeated_primary_kills_in_synchronous_mode() {
         // Commits flow synchronously, and every coordinator has watched the heartbeats beat.
         let before = acked_count();
         wait_until("commits acknowledged under the synchronous setting", Duration::from_secs(20), || acked_count() >= before + 50);
+        if round == 1 {
+            // Commits are synchronous: with the synchronous standby's WAL receiver frozen, nothing
+            // is acknowledged (one commit may already have been confirmed when it stopped).
+            let pid: u32 = pg.sql(&sync_set[0], "SELECT pid FROM pg_stat_wal_receiver").unwrap().parse().unwrap();
+            let frozen = Frozen::new(pid);
+            let at_stop = acked_count();
+            std::thread::sleep(Duration::from_secs(2));
+            let during = acked_count() - at_stop;
+            drop(frozen);
+            eprintln!("{} WAL receiver frozen 2 s: {during} commit(s) acknowledged meanwhile", sync_set[0]);
+            assert!(during <= 1, "{during} commits acknowledged while the synchronous standby could not confirm them");
+            let resumed = acked_count();
+            wait_until("commits resume once the standby is back", Duration::from_secs(10), || acked_count() > resumed + 10);
+        }
         std::thread::sleep(Duration::from_secs(3));
 
         let idx = NODES.iter().position(|n| *n == primary).unwrap();
