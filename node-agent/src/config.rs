@@ -34,6 +34,9 @@ pub struct AgentConfig {
     pub events: crate::events::EventsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Hardware watchdog (`/dev/watchdog`), off by default.
+    #[serde(default)]
+    pub watchdog: crate::watchdog::WatchdogConfig,
 }
 
 /// This member's identity and how peers reach it.

@@ -15,6 +15,6 @@ pub mod coordinator_mode;
 pub mod events;
 // Failsafe mode: peer acknowledgements while the store is unreachable.
 pub mod failsafe;
-// Failsafe mode: peer acknowledgements while the store is unreachable.
-pub mod failsafe;
+// Hardware watchdog (Patroni's `watchdog`).
+pub mod watchdog;
 pub mod monitor;

@@ -25,6 +25,7 @@ use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Role, Store, StoreError, S
 use tokio::time::MissedTickBehavior;
 
 use crate::config::AgentConfig;
+use crate::watchdog::{Watchdog, WatchdogConfig, WatchdogMode};
 use crate::http::{AgentApi, ApiState};
 use crate::identity::Identity;
 use crate::metrics::LoopStats;
@@ -95,11 +96,30 @@ pub fn agent_identity(cfg: &AgentConfig, host: &Identity) -> AgentIdentity {
 /// (see the module docs). Generic over the runtime's parts so tests and the bench drive it with
 /// any store, Postgres and clock.
 pub async fn run<S, P, C>(
+    runtime: AgentRuntime<S, P, C>,
+    store: Arc<dyn Store>,
+    clock: C,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<RunSummary>
+where
+    S: Store,
+    P: PgControl + 'static,
+    C: Clock + Clone + 'static,
+{
+    let off = Watchdog::new(WatchdogConfig::default());
+    run_with_watchdog(runtime, store, clock, listener, shutdown, off).await
+}
+
+/// [`run`] with a hardware watchdog (see [`crate::watchdog`]): armed and petted by the lease
+/// watchdog task while the lease (or failsafe) is valid, disarmed otherwise and on the way out.
+pub async fn run_with_watchdog<S, P, C>(
     mut runtime: AgentRuntime<S, P, C>,
     store: Arc<dyn Store>,
     clock: C,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
+    device: Watchdog,
 ) -> anyhow::Result<RunSummary>
 where
     S: Store,
@@ -125,7 +145,7 @@ where
         let _ = http_stopped.await;
     }));
     tracing::info!(%addr, "HTTP API listening");
-    let watchdog = tokio::spawn(lease_watchdog(handle.clone()));
+    let watchdog = tokio::spawn(lease_watchdog(handle.clone(), device));
     // Failsafe rounds (they do nothing unless `failsafe_mode` is on and the lease is overdue).
     let failsafe = tokio::spawn(crate::failsafe::failsafe_task(
         handle.clone(),
@@ -203,7 +223,9 @@ const WATCHDOG_PERIOD: Duration = Duration::from_millis(200);
 
 /// S2 for a loop that does not come back (a store call hanging beyond the lease): a tick can only
 /// check its lease when it runs, so this task demotes a primary whose lease deadline has passed.
-async fn lease_watchdog(handle: AgentHandle) {
+/// Also drives the hardware watchdog: petted only while the lease (or failsafe) is valid, so a
+/// hung process stops the pets; dropped (magic close) when the task is aborted at shutdown.
+async fn lease_watchdog(handle: AgentHandle, mut device: Watchdog) {
     let mut every = new_interval(WATCHDOG_PERIOD);
     loop {
         every.tick().await;
@@ -211,6 +233,11 @@ async fn lease_watchdog(handle: AgentHandle) {
             Ok(true) => tracing::warn!("lease deadline passed while the loop was stuck: demoted"),
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e, "lease watchdog could not demote"),
+        }
+        let cfg = handle.snapshot().config;
+        let window = cfg.lease().saturating_sub(cfg.safety_margin());
+        if let Err(e) = device.update(handle.lease_valid_now(), window) {
+            tracing::error!(error = %e, "hardware watchdog");
         }
     }
 }
@@ -338,7 +365,14 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(cluster = %cfg.cluster, member = %cfg.node.name, store = store.backend(), version = VERSION, "agent starting");
-    let summary = run(runtime, store, clock, listener, shutdown_signal()).await;
+    let mut device = Watchdog::new(cfg.watchdog.clone());
+    if cfg.watchdog.mode == WatchdogMode::Required {
+        let d = &cfg.dynamic;
+        device
+            .check(d.lease().saturating_sub(d.safety_margin()))
+            .context("watchdog mode is required")?;
+    }
+    let summary = run_with_watchdog(runtime, store, clock, listener, shutdown_signal(), device).await;
     // The last events (a demotion on the way out) get a few seconds to reach their sinks.
     if !events.flush(EVENTS_FLUSH_TIMEOUT).await {
         tracing::warn!(stats = ?events.stats(), "events still undelivered at exit");

@@ -410,6 +410,13 @@ impl AgentHandle {
         Some(outcome)
     }
 
+    /// This agent may act as primary now: it holds a leader lease still valid by its own clock,
+    /// or extended by failsafe acknowledgements (what a hardware watchdog is petted on).
+    pub fn lease_valid_now(&self) -> bool {
+        let deadline = *self.shared.lease_deadline.lock().unwrap();
+        deadline.is_some_and(|(term, until)| self.clock.monotonic() < self.deadline_with_failsafe(term, until))
+    }
+
     /// `until` (the held lease's own deadline for `term`) pushed out by failsafe acknowledgements.
     pub(super) fn deadline_with_failsafe(&self, term: u64, until: Duration) -> Duration {
         let now = self.clock.monotonic();
