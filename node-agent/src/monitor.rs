@@ -20,8 +20,9 @@
 //! connect_timeout_ms = 3000
 //! [[monitor.targets]]
 //! name = "orders"
-//! dsn = "host=orders.abc.eu-west-1.rds.amazonaws.com port=5432 user=monitor dbname=postgres"
+//! dsn = "host=orders.abc.eu-west-1.rds.amazonaws.com port=5432 user=monitor dbname=postgres sslmode=require"
 //! password_file = "/etc/pgdaemon/monitor.pass"
+//! ca_file = "/etc/pgdaemon/rds-global-bundle.pem"   # TLS verified against it (default: system roots)
 //! [events]
 //! webhook_url = "https://hooks.example/pg"
 //! ```
@@ -37,6 +38,7 @@ use pgdaemon_core::events::{derive_events, EventEmitter, HealthView, MemberHealt
 use pgdaemon_core::keys::{validate_cluster_name, validate_member_name};
 use pgdaemon_core::{Clock, ConfigError, Role, StoreConfig, SystemClock};
 use serde::{Deserialize, Serialize};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::LogConfig;
 use crate::events::EventsConfig;
@@ -81,6 +83,10 @@ pub struct MonitorTarget {
     /// File holding the password (a trailing newline is trimmed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// PEM file of the CA certificate(s) the server's certificate must chain to (e.g. the RDS
+    /// global bundle). Default: the system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_interval_ms() -> u64 {
@@ -156,10 +162,40 @@ pub enum ProbeResult {
     Down(String),
 }
 
-/// One target ready to probe (password read once at start).
+/// One target ready to probe (password and CA file read once at start).
 struct Target {
     name: String,
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+/// The TLS connector of the probes: server certificates are verified (chain and host name)
+/// against `ca_file`, or the system's roots without one. Whether TLS is used at all follows the
+/// DSN's `sslmode`: `disable`, `prefer` (the default: TLS when the server offers it) or `require`.
+pub fn tls_connector(ca_file: Option<&Path>) -> anyhow::Result<MakeRustlsConnect> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("CA file {}", path.display()))?
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("CA file {}", path.display()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            anyhow::ensure!(added > 0, "CA file {} holds no usable certificate", path.display());
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    // An explicit provider: the process may have more than one compiled in.
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("TLS configuration")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 /// The monitor: probes every target, keeps the last view, emits what changed.
@@ -189,7 +225,8 @@ impl Monitor {
                 let p = std::fs::read_to_string(file).with_context(|| format!("monitor target {}: password file {}", t.name, file.display()))?;
                 config.password(p.trim_end_matches(['\n', '\r']));
             }
-            targets.push(Target { name: t.name.clone(), config });
+            let tls = tls_connector(t.ca_file.as_deref()).with_context(|| format!("monitor target {}", t.name))?;
+            targets.push(Target { name: t.name.clone(), config, tls });
         }
         Ok(Monitor { cluster: cfg.cluster.clone(), targets, timeout, events, clock: SystemClock::new(), last: HealthView::new(), down_reasons: Default::default() })
     }
@@ -204,8 +241,8 @@ impl Monitor {
     pub async fn round(&mut self) -> usize {
         let mut probes = tokio::task::JoinSet::new();
         for (i, t) in self.targets.iter().enumerate() {
-            let (config, timeout) = (t.config.clone(), self.timeout);
-            probes.spawn(async move { (i, probe(&config, timeout).await) });
+            let (config, tls, timeout) = (t.config.clone(), t.tls.clone(), self.timeout);
+            probes.spawn(async move { (i, probe(&config, tls, timeout).await) });
         }
         let mut next = HealthView::new();
         while let Some(joined) = probes.join_next().await {
@@ -257,9 +294,9 @@ impl Monitor {
 }
 
 /// Connects, asks `pg_is_in_recovery()`, disconnects; bounded by `timeout` as a whole.
-pub async fn probe(config: &tokio_postgres::Config, timeout: Duration) -> ProbeResult {
+pub async fn probe(config: &tokio_postgres::Config, tls: MakeRustlsConnect, timeout: Duration) -> ProbeResult {
     let attempt = async {
-        let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(|e| format!("connect: {}", chain(&e)))?;
+        let (client, conn) = config.connect(tls).await.map_err(|e| format!("connect: {}", chain(&e)))?;
         let conn = tokio::spawn(conn);
         let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| format!("query: {}", chain(&e)));
         drop(client);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
-use pgdaemon_agent::monitor::{probe, ProbeResult};
+use pgdaemon_agent::monitor::{probe, tls_connector, ProbeResult};
 use pgdaemon_core::events::{Event, EventKind};
 use pgdaemon_core::{Role, Store};
 use pgdaemon_dcs::EtcdStore;
@@ -67,10 +67,11 @@ async fn monitor_records_down_and_up_of_an_unmanaged_postgres() {
 
     // The probe itself, directly: roles and a refused connection.
     let config = |port: u16| dsn(port).parse::<tokio_postgres::Config>().unwrap();
-    assert_eq!(probe(&config(db), Duration::from_secs(5)).await, ProbeResult::Up(Role::Primary));
-    assert_eq!(probe(&config(replica), Duration::from_secs(5)).await, ProbeResult::Up(Role::Replica));
+    let tls = tls_connector(None).unwrap();
+    assert_eq!(probe(&config(db), tls.clone(), Duration::from_secs(5)).await, ProbeResult::Up(Role::Primary));
+    assert_eq!(probe(&config(replica), tls.clone(), Duration::from_secs(5)).await, ProbeResult::Up(Role::Replica));
     let closed = pgdaemon_testkit::ports::free_port();
-    assert!(matches!(probe(&config(closed), Duration::from_secs(5)).await, ProbeResult::Down(_)));
+    assert!(matches!(probe(&config(closed), tls, Duration::from_secs(5)).await, ProbeResult::Down(_)));
 
     // A webhook receiver on loopback gets the same events.
     let hooked: Arc<Mutex<Vec<Event>>> = Arc::default();
@@ -149,5 +150,71 @@ async fn monitor_records_down_and_up_of_an_unmanaged_postgres() {
     let view = store.read_view(&cluster).await.unwrap();
     assert!(view.cluster.is_none() && view.leader.is_none() && view.members.is_empty(), "the monitor wrote state: {view:?}");
     assert!(store.read_history(&cluster).await.unwrap().is_empty());
+    drop(pg);
+}
+
+/// A server that requires TLS (as RDS with `rds.force_ssl`): probed with `sslmode=require`, it is
+/// up when its certificate chains to `ca_file`, and down (certificate refused) against the
+/// system's roots, so the probe really verifies what it talks to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_verified_against_the_ca_file() {
+    if !postgres_available() {
+        eprintln!("skipped: PostgreSQL binaries not found (set PGDAEMON_PG_BIN)");
+        return;
+    }
+    let (pg, cert) = tokio::task::spawn_blocking(|| {
+        let mut pg = PgCluster::new().unwrap();
+        let node = pg.init_primary("tls").unwrap();
+        let (cert, key) = (node.data_dir.join("server.crt"), node.data_dir.join("server.key"));
+        // A test CA, and a server certificate for 127.0.0.1 signed by it.
+        let dir = pg.dir().to_path_buf();
+        let (ca, ca_key, csr, ext) = (dir.join("ca.crt"), dir.join("ca.key"), dir.join("server.csr"), dir.join("server.ext"));
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n").unwrap();
+        let openssl = |args: Vec<&std::ffi::OsStr>| {
+            let ok = Command::new("openssl").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+            assert!(ok.success(), "openssl failed");
+        };
+        let s = |t: &'static str| std::ffi::OsStr::new(t);
+        openssl(vec![s("req"), s("-x509"), s("-newkey"), s("rsa:2048"), s("-nodes"), s("-days"), s("1"), s("-subj"), s("/CN=pgdaemon-test-ca"), s("-keyout"), ca_key.as_os_str(), s("-out"), ca.as_os_str()]);
+        openssl(vec![s("req"), s("-newkey"), s("rsa:2048"), s("-nodes"), s("-subj"), s("/CN=localhost"), s("-keyout"), key.as_os_str(), s("-out"), csr.as_os_str()]);
+        openssl(vec![
+            s("x509"), s("-req"), s("-in"), csr.as_os_str(), s("-CA"), ca.as_os_str(), s("-CAkey"), ca_key.as_os_str(), s("-CAcreateserial"),
+            s("-days"), s("1"), s("-extfile"), ext.as_os_str(), s("-out"), cert.as_os_str(),
+        ]);
+        if let Some(user) = pg.run_as() {
+            assert!(Command::new("chown").arg(format!("{user}:")).arg(&cert).arg(&key).status().unwrap().success());
+        }
+        assert!(Command::new("chmod").arg("600").arg(&key).status().unwrap().success());
+        // TLS on, and plaintext TCP refused (hostnossl reject), as a server that forces SSL.
+        let conf = node.data_dir.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\n");
+        std::fs::write(&conf, text).unwrap();
+        let hba = node.data_dir.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("hostnossl all all 127.0.0.1/32 reject\n{text}")).unwrap();
+        pg.stop("tls").unwrap();
+        pg.start("tls").unwrap();
+        (pg, ca)
+    })
+    .await
+    .unwrap();
+    let port = pg.node("tls").port;
+    let timeout = Duration::from_secs(5);
+    let config = |mode: &str| format!("{} sslmode={mode}", dsn(port)).parse::<tokio_postgres::Config>().unwrap();
+
+    let trusted = tls_connector(Some(&cert)).unwrap();
+    assert_eq!(probe(&config("require"), trusted.clone(), timeout).await, ProbeResult::Up(Role::Primary));
+    assert_eq!(probe(&config("prefer"), trusted, timeout).await, ProbeResult::Up(Role::Primary));
+    let system = tls_connector(None).unwrap();
+    match probe(&config("require"), system.clone(), timeout).await {
+        ProbeResult::Down(why) => assert!(why.to_lowercase().contains("certificate"), "{why}"),
+        up => panic!("an unknown certificate was accepted: {up:?}"),
+    }
+    // Without TLS the server refuses the connection.
+    assert!(matches!(probe(&config("disable"), system, timeout).await, ProbeResult::Down(_)));
+    // A CA file that holds no certificate is a configuration error.
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    assert!(tls_connector(Some(empty.path())).is_err());
     drop(pg);
 }
