@@ -180,13 +180,17 @@ impl Cluster {
                  replication_user = \"postgres\"\nlog_file = \"{log}\"\n\
                  [postgres.parameters]\nlisten_addresses = \"127.0.0.1,{addr}\"\nunix_socket_directories = \"{dir}/sock\"\nwal_log_hints = true\n\
                  hot_standby = true\nwal_keep_size = \"256MB\"\nshared_buffers = \"16MB\"\nfsync = false\n\
-                 [store]\n{store_text}[coordinator]\nenabled = true\nfencing = [\"off\"]\ninterval_ms = 500\n[log]\nlevel = \"info\"\n",
+                 [store]\n{store_text}[coordinator]\nenabled = true\nfencing = [\"off\"]\ninterval_ms = 500\n[log]\nlevel = \"info\"\n\
+                 [watchdog]\nmode = \"automatic\"\ndevice = \"{dir}/{n}.watchdog\"\n",
                 bin = pg.bin_dir().display(),
                 data = node.data_dir.display(),
                 port = node.port,
                 dir = dir.display(),
                 log = node.log_file.display(),
             );
+            // A regular file standing in for the watchdog device: it records pets ('1') and the
+            // magic close ('V'). Never a real /dev/watchdog (it would reset the machine).
+            std::fs::write(dir.join(format!("{n}.watchdog")), b"").unwrap();
             let config = dir.join(format!("{n}.toml"));
             std::fs::write(&config, text).unwrap();
             agents.insert(
@@ -609,6 +613,17 @@ async fn outage_keeps_the_primary(backend: Backend) {
         );
     }
 
+    // The watchdog was petted all along (failsafe counts as a valid lease) and never disarmed;
+    // replicas never armed theirs.
+    let dir = c.pg.dir().to_path_buf();
+    let dog = |n: &str| std::fs::read_to_string(dir.join(format!("{n}.watchdog"))).unwrap();
+    let pets = dog("pg-1");
+    assert!(
+        pets.len() > 50 && !pets.contains('V'),
+        "pg-1 watchdog: {pets:?}"
+    );
+    assert_eq!((dog("pg-2"), dog("pg-3")), (String::new(), String::new()));
+
     // The same long outage with failsafe mode off demotes the primary (the test can fail).
     c.set_failsafe(false).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -630,6 +645,12 @@ async fn outage_keeps_the_primary(backend: Backend) {
     assert!(
         demoted.duration_since(t0) < Duration::from_millis(LEASE_MS),
         "demoted within the lease"
+    );
+    // Its lease lapsed: the watchdog was disarmed with the magic close.
+    assert!(
+        dog("pg-1").contains('V'),
+        "pg-1 watchdog: {:?}",
+        dog("pg-1")
     );
 }
 

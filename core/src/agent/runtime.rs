@@ -516,6 +516,24 @@ where
         })
     }
 
+    /// After a renewal conflict: a renewal that timed out may have landed after all (a stalled
+    /// store processes queued requests when it resumes, seen with DynamoDB after an outage), so
+    /// the record is still this member's, same term, with an rvn it never saw. Only this member
+    /// writes a lease record it owns for its term, so renewing exactly that record (conditional
+    /// on its rvn) is safe; observers restarted their watch when that rvn appeared, and validity
+    /// counts from before this write.
+    async fn retake_landed_renewal(&self, held: &HeldLease) -> Option<HeldLease> {
+        let cluster = &self.identity.cluster;
+        let stored = self.store.read_lease(cluster, LeaseName::Leader).await.ok()??;
+        if stored.owner != self.identity.member || stored.term != held.lease.term || stored.is_free() {
+            return None;
+        }
+        let written_from = self.clock.monotonic();
+        let lease = self.store.renew_lease(cluster, LeaseName::Leader, &stored).await.ok()?;
+        tracing::warn!(term = lease.term, "a renewal that timed out had landed; re-took the lease record");
+        Some(HeldLease { lease, written_from })
+    }
+
     /// Checks, under the Postgres lock, that a role raise for `term` is still allowed.
     fn may_raise(&self, term: u64) -> Result<(), String> {
         let fence = self.shared.fenced_through();
@@ -546,6 +564,11 @@ where
                     Err(e) => {
                         self.counters.lease_renew_failures += 1;
                         if e.is_conflict() {
+                            if let Some(h) = self.retake_landed_renewal(&held).await {
+                                self.held = Some(h);
+                                self.counters.lease_renewals += 1;
+                                return Ok(());
+                            }
                             // Someone else wrote the lease: it is certainly gone.
                             self.held = None;
                         }
@@ -875,6 +898,22 @@ mod tests {
         assert_eq!(rt.pg().calls().last().unwrap(), "demote");
         let snap = rt.handle().snapshot();
         assert!(!snap.holds_lease && snap.counters.lease_renew_failures >= 4 && snap.counters.demotions == 1);
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_renewal_that_landed_is_re_taken_not_demoted() {
+        let (store, clock, mut rt) = setup("n1", primary()).await;
+        rt.tick().await;
+        // The store applied a renewal whose answer never arrived: same owner and term, new rvn.
+        let held = rt.held_lease().unwrap().lease.clone();
+        let landed = store.renew_lease("c1", LeaseName::Leader, &held).await.unwrap();
+        clock.advance(Duration::from_millis(500));
+        let r = rt.tick().await;
+        assert!(r.did("renew_lease") && !r.did("demote"), "{r:?}");
+        let now = rt.held_lease().unwrap().lease.clone();
+        assert_eq!((now.owner.as_str(), now.term), ("n1", held.term));
+        assert_ne!(now.rvn, landed.rvn, "re-took the landed record with a fresh write");
+        assert!(!rt.pg().calls().iter().any(|c| c == "demote"));
     }
 
     #[tokio::test]
