@@ -366,22 +366,10 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
     ));
 
     rows.push((
-        "synchronous mode on, degraded in this term: asynchronous rules",
+        "synchronous mode on, degraded in this term: no automatic failover (RPO 0, as Patroni)",
         {
             let mut w = World::primary_dead();
             w.record().config.synchronous_mode = SyncMode::On;
-            w.record().sync = Some(SyncState { term: 5, members: vec![], degraded: true });
-            w.member("n3").receive_lsn = lsn(0x9100);
-            w
-        },
-        Begin { kind: FO, candidate: "n3", old: Some("n1"), reason: "candidate n3" },
-    ));
-
-    rows.push((
-        "strict ignores a degraded record: no candidate",
-        {
-            let mut w = World::primary_dead();
-            w.record().config.synchronous_mode = SyncMode::Strict;
             w.record().sync = Some(SyncState { term: 5, members: vec![], degraded: true });
             w
         },

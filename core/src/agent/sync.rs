@@ -25,8 +25,10 @@
 //! `strict` never leaves commits unprotected: with no candidate it keeps the current list (commits
 //! wait), and a primary with an empty list lists every other member (`ANY 1 (...)`) until one
 //! streams; nothing is recorded for such a list, because no single member of it has every commit.
-//! `on` with no candidate records `degraded` first, then clears the list: from then on the
-//! coordinator applies the asynchronous rules (`maximum_lag_on_failover`) to this term.
+//! `on` with no candidate records `degraded` (no member) first, then clears the list, so commits
+//! go on asynchronously; the coordinator promotes nobody out of such a term (S4, as Patroni: "when
+//! the primary fails in this mode no standby will be promoted"), the primary resumes when it
+//! returns, or an operator forces a failover.
 
 use std::collections::BTreeMap;
 

@@ -645,15 +645,13 @@ impl<'a> Eligibility<'a> {
         if m.timeline < self.timeline {
             return Err(format!("on timeline {} behind the current {}", m.timeline, self.timeline));
         }
-        let mode = self.record.config.synchronous_mode;
-        if mode != SyncMode::Off {
-            // Every recorded member holds every acknowledged commit (agent::sync keeps it so).
-            // Mode `on` with a degraded record for that term acknowledged commits asynchronously:
-            // the asynchronous rules (maximum_lag_on_failover, below) apply instead.
-            let recorded = self.record.sync.as_ref().filter(|s| s.term == self.sync_term);
-            let degraded = mode == SyncMode::On && recorded.is_some_and(|s| s.degraded);
-            let listed = recorded.is_some_and(|s| s.members.contains(&m.name));
-            if !listed && !degraded {
+        if self.record.config.synchronous_mode != SyncMode::Off {
+            // Every recorded member holds every acknowledged commit (agent::sync keeps it so). A
+            // term recorded `degraded` (mode `on`, commits acknowledged asynchronously) has no
+            // member: no automatic failover out of it (S4, as Patroni); the old primary resumes
+            // when it returns, or an operator forces a failover.
+            let listed = self.record.sync.as_ref().is_some_and(|s| s.term == self.sync_term && s.members.contains(&m.name));
+            if !listed {
                 return Err(format!("synchronous mode: not a synchronous standby of term {}", self.sync_term));
             }
         }
