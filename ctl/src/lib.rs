@@ -48,6 +48,9 @@ pub enum Command {
     List(ListArgs),
     /// Every promotion so far (term, kind, old and new primary, LSN, duration, reason).
     History(JsonArgs),
+    /// The cluster's event log (member up/down, lag, lease lost, failover steps, role changes),
+    /// oldest first.
+    Events(EventsArgs),
     /// Planned change of primary without data loss: the primary is demoted, the candidate
     /// catches up and is promoted. Waits for the outcome.
     Switchover(SwitchoverArgs),
@@ -92,6 +95,16 @@ pub struct ListArgs {
 #[derive(Debug, Args)]
 pub struct JsonArgs {
     /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events from the last this many seconds.
+    #[arg(long, default_value_t = 3600.0, value_parser = parse_positive_secs)]
+    pub since: f64,
+    /// Machine-readable output (one JSON array).
     #[arg(long)]
     pub json: bool,
 }
@@ -234,6 +247,16 @@ pub async fn run_store_command(
                 )?;
             } else {
                 write!(out, "{}", table::history_table(&history))?;
+            }
+            Ok(())
+        }
+        Command::Events(args) => {
+            let since_ms = table::now_ms().saturating_sub(secs(args.since).as_millis() as u64);
+            let events = store.read_events(cluster, since_ms).await?;
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&events).map_err(anyhow::Error::from)?)?;
+            } else {
+                write!(out, "{}", table::events_table(&events))?;
             }
             Ok(())
         }
@@ -420,6 +443,30 @@ mod tests {
         let err = run(cmd, &mut Vec::new()).await.unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("table name"), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn events_lists_the_log_and_rejects_a_bad_window() {
+        use pgdaemon_core::events::{Event, EventKind};
+        use pgdaemon_core::MemoryStore;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let now = table::now_ms();
+        let old = Event::new(EventKind::MemberDown, "demo", now - 7_200_000, "two hours ago");
+        let recent = Event::new(EventKind::Promoted, "demo", now - 1_000, "pg-2 is writable");
+        store.append_event("demo", &old).await.unwrap();
+        store.append_event("demo", &recent).await.unwrap();
+        let cmd = Cmd::try_parse_from(["pgdctl", "events"]).unwrap();
+        let mut out = Vec::new();
+        run_store_command(store.clone(), "demo", cmd.command, &mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("promoted") && text.contains("pg-2 is writable"), "{text}");
+        assert!(!text.contains("two hours ago"), "outside the default hour: {text}");
+        let cmd = Cmd::try_parse_from(["pgdctl", "events", "--since", "86400", "--json"]).unwrap();
+        let mut out = Vec::new();
+        run_store_command(store, "demo", cmd.command, &mut out).await.unwrap();
+        let events: Vec<Event> = serde_json::from_slice(&out).unwrap();
+        assert_eq!(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [old.id.as_str(), recent.id.as_str()]);
+        assert!(Cmd::try_parse_from(["pgdctl", "events", "--since", "-5"]).is_err());
     }
 
     #[test]

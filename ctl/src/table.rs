@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use pgdaemon_core::events::Event;
 use pgdaemon_core::{ClusterView, HistoryEntry, MemberStatus, Role, TransitionKind};
 use serde_json::json;
 
@@ -240,6 +241,32 @@ pub fn history_table(history: &[HistoryEntry]) -> String {
             h.lsn.map_or("-".to_string(), |l| l.to_string()),
             h.finished_ms.saturating_sub(h.started_ms) as f64 / 1000.0,
             h.reason
+        );
+    }
+    s
+}
+
+/// The event log, oldest first, with UTC times of day.
+pub fn events_table(events: &[Event]) -> String {
+    let mut s = String::new();
+    if events.is_empty() {
+        s.push_str("no events in this window\n");
+        return s;
+    }
+    let _ = writeln!(s, "{:<8}  {:<20}  {:<12}  {:>5}  {:<11}  detail", "time", "event", "member", "term", "source");
+    for e in events {
+        let secs = e.time_ms / 1000;
+        let _ = writeln!(
+            s,
+            "{:02}:{:02}:{:02}  {:<20}  {:<12}  {:>5}  {:<11}  {}",
+            (secs / 3600) % 24,
+            (secs / 60) % 60,
+            secs % 60,
+            e.kind.as_str(),
+            e.member.as_deref().unwrap_or("-"),
+            e.term,
+            e.source,
+            e.detail
         );
     }
     s
