@@ -747,3 +747,110 @@ async fn primary_cut_from_the_store_only_runs_until_a_failover_starts() {
     assert!(demoted < promoted_at);
     assert!(c.record().await.term > term);
 }
+
+/// The peer endpoint's HTTP contract, over a real listener with a recording [`AgentApi`].
+mod endpoint {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use pgdaemon_agent::http::{serve, AgentApi, ApiState};
+    use pgdaemon_agent::metrics::LoopStats;
+    use pgdaemon_core::agent::{AgentSnapshot, DemoteError, FailsafeReply, FailsafeRequest};
+    use pgdaemon_core::{Clock, ClusterView, HistoryEntry, StoreError, SystemClock};
+
+    #[derive(Default)]
+    struct Api {
+        asked: Mutex<Vec<FailsafeRequest>>,
+    }
+
+    #[async_trait]
+    impl AgentApi for Api {
+        fn snapshot(&self) -> AgentSnapshot {
+            AgentSnapshot {
+                member: "pg-2".into(),
+                term: 3,
+                ..Default::default()
+            }
+        }
+        async fn demote(&self, _term: u64, _reason: &str) -> Result<(), DemoteError> {
+            unreachable!("not used")
+        }
+        async fn cluster_view(&self) -> Result<ClusterView, StoreError> {
+            Err(StoreError::Unavailable("not used".into()))
+        }
+        async fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
+            Ok(vec![])
+        }
+        fn failsafe(&self, req: &FailsafeRequest) -> FailsafeReply {
+            self.asked.lock().unwrap().push(req.clone());
+            let ack = req.term >= 3;
+            FailsafeReply {
+                member: "pg-2".into(),
+                ack,
+                valid_ms: if ack { 4000 } else { 0 },
+                term: 3,
+                reason: "r".into(),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledges_with_200_refuses_with_409_and_rejects_malformed_bodies() {
+        let api = std::sync::Arc::new(Api::default());
+        let clock = SystemClock::new();
+        let state = ApiState {
+            api: api.clone(),
+            clock: std::sync::Arc::new(clock.clone()),
+            stats: std::sync::Arc::new(LoopStats::new(clock.monotonic())),
+            version: "test".into(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/failsafe", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let post = |body: String| {
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+        };
+
+        let ok = post(r#"{"cluster":"c","leader":"pg-1","term":3,"valid_ms":4000}"#.into())
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+        let reply: FailsafeReply = ok.json().await.unwrap();
+        assert!(reply.ack && reply.valid_ms == 4000 && reply.member == "pg-2");
+
+        let refused = post(r#"{"cluster":"c","leader":"pg-1","term":2,"valid_ms":4000}"#.into())
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 409);
+        assert!(!refused.json::<FailsafeReply>().await.unwrap().ack);
+
+        for bad in [
+            "[3]",
+            "not json",
+            r#"{"cluster":"c","leader":"pg-1","term":3}"#,
+            r#"{"cluster":"c","leader":"pg-1","term":3,"valid_ms":4000,"extra":1}"#,
+            r#"{"cluster":"c","leader":"pg-1","term":"3","valid_ms":4000}"#,
+        ] {
+            let r = post(bad.into()).await.unwrap();
+            assert_eq!(r.status(), 400, "{bad}");
+        }
+        assert_eq!(
+            api.asked.lock().unwrap().len(),
+            2,
+            "malformed requests promise nothing"
+        );
+        let _ = stop.send(());
+        let _ = server.await;
+    }
+}
