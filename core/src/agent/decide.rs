@@ -558,11 +558,16 @@ impl Decider<'_> {
         }
     }
 
-    /// A non-holder that sees the leader lease expired asks for a coordinator run.
+    /// A non-holder that sees the leader lease expired, or released by the designated primary
+    /// outside any transition (its agent shut down cleanly), asks for a coordinator run. Without
+    /// the second case a clean restart of the primary's agent left the cluster without a primary
+    /// until the coordinator's next scheduled run (a minute on AWS).
     fn fast_path(&mut self) {
         let input = self.input;
-        let Some(LeaseState::Expired(lease)) = &input.lease_state else {
-            return;
+        let (lease, why) = match &input.lease_state {
+            Some(LeaseState::Expired(lease)) => (lease, "unchanged for"),
+            Some(LeaseState::Free(lease)) if self.released_by_designated_primary(lease) => (lease, "released; last seen unchanged for"),
+            _ => return,
         };
         if lease.owner == input.identity.member {
             return;
@@ -570,10 +575,19 @@ impl Decider<'_> {
         let due = input.last_run_request.is_none_or(|at| input.now.saturating_sub(at) >= Duration::from_millis(lease.lease_ms));
         let evidence =
             input.leader_seen.clone().unwrap_or(LeaseSighting { term: lease.term, rvn: lease.rvn.clone(), unchanged_ms: lease.lease_ms });
-        self.why(format!("leader lease of {} (term {}) unchanged for {} ms", lease.owner, lease.term, evidence.unchanged_ms));
+        self.why(format!("leader lease of {} (term {}) {why} {} ms", lease.owner, lease.term, evidence.unchanged_ms));
         if due {
             self.push(AgentAction::RequestCoordinatorRun { evidence });
         }
+    }
+
+    /// The released lease is the designated primary's own for the record's term, and no
+    /// transition is under way (a switchover's old primary releases on purpose).
+    fn released_by_designated_primary(&self, lease: &LeaderLease) -> bool {
+        let StoreRead::Ok(view) = &self.input.store else { return false };
+        view.cluster.as_ref().is_some_and(|r| {
+            r.transition.is_none() && r.term == lease.term && r.primary.as_deref() == Some(lease.owner.as_str())
+        })
     }
 }
 
@@ -825,6 +839,28 @@ mod tests {
             },
             expect: vec!["request_coordinator_run", "publish_heartbeat"],
             reason_has: "unchanged",
+        });
+        v.push(Case {
+            name: "a lease released by the designated primary outside a transition asks for a run",
+            input: {
+                let released = LeaderLease { released: true, ..lease("n1", 3, "r") };
+                let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(3, "n1", Some(released))), None);
+                i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
+                i
+            },
+            expect: vec!["request_coordinator_run", "publish_heartbeat"],
+            reason_has: "released",
+        });
+        v.push(Case {
+            name: "a released lease of an older term is not the designated primary's",
+            input: {
+                let released = LeaderLease { released: true, ..lease("n1", 2, "r") };
+                let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(3, "n1", Some(released))), None);
+                i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
+                i
+            },
+            expect: vec!["publish_heartbeat"],
+            reason_has: "",
         });
         v.push(Case {
             name: "fast path is rate limited to once per lease duration",
