@@ -35,7 +35,8 @@ test-unit:
 	$(CARGO) test -p pgdaemon-core
 
 # Every Rust test: unit, store conformance (memory, etcd, DynamoDB on moto), real-Postgres agent
-# tests, coordinator and Lambda handler tests, simulation seeds, pgdctl, and the drills.
+# tests (incl. synchronous mode, failsafe, events, monitor), coordinator and Lambda handler tests,
+# simulation seeds, pgdctl, and the drills.
 test-rust: setup
 	$(CARGO) test --workspace --exclude pgdaemon-localstack-tests --no-fail-fast
 
@@ -45,9 +46,8 @@ test-infra: setup
 localstack-test: setup
 	scripts/localstack-test
 
-# The AWS end-to-end path (localstack-test) is not part of `make test` yet: see
-# localstack-tests/README.md for its status.
-test: test-rust test-infra
+# localstack-test comes after test-rust so that its build is all in cargo's cache already.
+test: test-rust test-infra localstack-test
 
 demo:
 	STORE=$(STORE) scripts/demo
