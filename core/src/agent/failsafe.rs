@@ -414,7 +414,9 @@ impl AgentHandle {
     /// or extended by failsafe acknowledgements (what a hardware watchdog is petted on).
     pub fn lease_valid_now(&self) -> bool {
         let deadline = *self.shared.lease_deadline.lock().unwrap();
-        deadline.is_some_and(|(term, until)| self.clock.monotonic() < self.deadline_with_failsafe(term, until))
+        deadline.is_some_and(|(term, until)| {
+            self.clock.monotonic() < self.deadline_with_failsafe(term, until)
+        })
     }
 
     /// `until` (the held lease's own deadline for `term`) pushed out by failsafe acknowledgements.
@@ -447,20 +449,21 @@ mod tests {
     }
 
     fn view(term: u64, primary: &str, lease_term: u64) -> ClusterView {
-        let mut v = ClusterView::default();
-        v.cluster = Some(ClusterRecord {
-            term,
-            primary: Some(primary.into()),
-            ..ClusterRecord::bootstrap(primary, DynamicConfig::default())
-        });
-        v.leader = Some(LeaderLease {
-            owner: primary.into(),
-            term: lease_term,
-            rvn: "r".into(),
-            lease_ms: 4000,
-            released: false,
-        });
-        v
+        ClusterView {
+            cluster: Some(ClusterRecord {
+                term,
+                primary: Some(primary.into()),
+                ..ClusterRecord::bootstrap(primary, DynamicConfig::default())
+            }),
+            leader: Some(LeaderLease {
+                owner: primary.into(),
+                term: lease_term,
+                rvn: "r".into(),
+                lease_ms: 4000,
+                released: false,
+            }),
+            ..Default::default()
+        }
     }
 
     fn facts(v: &ClusterView) -> PeerFacts<'_> {
@@ -487,7 +490,8 @@ mod tests {
     #[test]
     fn member_refuses_what_it_must_not_promise() {
         let v = view(3, "n1", 3);
-        let cases: Vec<(&str, FailsafeRequest, Box<dyn Fn(&mut PeerFacts)>, &str)> = vec![
+        type Tweak = Box<dyn Fn(&mut PeerFacts)>;
+        let cases: Vec<(&str, FailsafeRequest, Tweak, &str)> = vec![
             ("newer term seen", req(2), Box::new(|_| {}), "seen term 3"),
             (
                 "other cluster",
