@@ -5,11 +5,14 @@
 //! coordinator by writing the cluster record. Timings are short (lease 4 s) and every wait is
 //! bounded.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgdaemon_agent::postgres::{LocalPostgres, PgSettings, ReplicationAuth};
+use common::pg_settings;
+use pgdaemon_agent::postgres::LocalPostgres;
 use pgdaemon_core::agent::{AgentHandle, AgentIdentity, AgentRuntime, AgentSnapshot};
 use pgdaemon_core::{ClusterRecord, DynamicConfig, LeaseName, MemoryStore, Role, Store, SystemClock};
 use pgdaemon_testkit::postgres::{postgres_available, PgCluster, PgNode};
@@ -53,22 +56,6 @@ impl Drop for RunningAgent {
     }
 }
 
-fn settings(pg: &PgCluster, node: &PgNode) -> PgSettings {
-    PgSettings {
-        bin_dir: pg.bin_dir().to_path_buf(),
-        connect_host: "127.0.0.1".into(),
-        replication: ReplicationAuth { user: "postgres".into(), password: None },
-        run_as: pg.run_as().map(str::to_string),
-        server_options: pg.server_options(),
-        log_file: Some(node.log_file.clone()),
-        start_timeout: Duration::from_secs(30),
-        stop_timeout: Duration::from_secs(10),
-        promote_timeout: Duration::from_secs(10),
-        copy_timeout: Duration::from_secs(60),
-        ..PgSettings::new(&node.name, &node.data_dir, node.port)
-    }
-}
-
 fn spawn_agent<S: Store + 'static>(pg: &PgCluster, node: &PgNode, store: S, cluster: &str) -> RunningAgent {
     let identity = AgentIdentity {
         cluster: cluster.into(),
@@ -79,7 +66,7 @@ fn spawn_agent<S: Store + 'static>(pg: &PgCluster, node: &PgNode, store: S, clus
         agent_version: "test".into(),
         ..Default::default()
     };
-    let mut rt = AgentRuntime::new(store, LocalPostgres::new(settings(pg, node)), SystemClock::new(), identity, config());
+    let mut rt = AgentRuntime::new(store, LocalPostgres::new(pg_settings(pg, node)), SystemClock::new(), identity, config());
     let handle = rt.handle();
     let paused = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));

@@ -4,28 +4,15 @@
 //! old one blocks exactly the failover that is needed), and the settings pg_rewind's
 //! single-user pass needs are in the node's own files.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use pgdaemon_agent::postgres::{LocalPostgres, PgSettings, ReplicationAuth};
+use common::pg_settings;
+use pgdaemon_agent::postgres::LocalPostgres;
 use pgdaemon_core::pg::{PgControl, PgProbe, PrimaryTarget};
 use pgdaemon_core::Role;
 use pgdaemon_testkit::postgres::{postgres_available, PgCluster, PgNode};
-
-fn settings(pg: &PgCluster, node: &PgNode) -> PgSettings {
-    PgSettings {
-        bin_dir: pg.bin_dir().to_path_buf(),
-        connect_host: "127.0.0.1".into(),
-        replication: ReplicationAuth { user: "postgres".into(), password: None },
-        run_as: pg.run_as().map(str::to_string),
-        server_options: pg.server_options(),
-        log_file: Some(node.log_file.clone()),
-        start_timeout: Duration::from_secs(30),
-        stop_timeout: Duration::from_secs(10),
-        promote_timeout: Duration::from_secs(10),
-        copy_timeout: Duration::from_secs(60),
-        ..PgSettings::new(&node.name, &node.data_dir, node.port)
-    }
-}
 
 fn target(node: &PgNode) -> PrimaryTarget {
     PrimaryTarget { name: node.name.clone(), host: "127.0.0.1".into(), port: node.port }
@@ -55,7 +42,7 @@ async fn a_replica_keeps_reporting_the_new_timeline_after_the_new_primary_dies()
     let n2 = pg.add_empty("pg-2").unwrap();
     let n3 = pg.add_empty("pg-3").unwrap();
     let (p1, p2, p3) =
-        (LocalPostgres::new(settings(&pg, &n1)), LocalPostgres::new(settings(&pg, &n2)), LocalPostgres::new(settings(&pg, &n3)));
+        (LocalPostgres::new(pg_settings(&pg, &n1)), LocalPostgres::new(pg_settings(&pg, &n2)), LocalPostgres::new(pg_settings(&pg, &n3)));
     let members: Vec<String> = ["pg-1", "pg-2", "pg-3"].map(String::from).to_vec();
     p1.ensure_slots(&members).await.unwrap();
     p2.basebackup(&target(&n1)).await.unwrap();

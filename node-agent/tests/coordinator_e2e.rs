@@ -6,105 +6,21 @@
 //! Prints the time from the kill to the first successful write on the new primary. Runs once by
 //! default; `PGDAEMON_E2E_RUNS=5` repeats it (fresh cluster each time) and prints the median.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use pgdaemon_agent::coordinator_mode::{hosted_loop, HostedTrigger};
-use pgdaemon_agent::postgres::{LocalPostgres, PgSettings, ReplicationAuth};
-use pgdaemon_agent::run::run;
-use pgdaemon_core::agent::{AgentIdentity, AgentRuntime};
-use pgdaemon_core::coordinator::{Coordinator, CoordinatorConfig};
-use pgdaemon_core::fence::{FenceChain, Fencer};
-use pgdaemon_core::{ClusterRecord, DynamicConfig, LeaseName, Role, Store, SystemClock, TransitionKind};
-use pgdaemon_dcs::fence::{CommandFencer, HttpDemoteFencer};
+use common::{wait_until, Host};
+use pgdaemon_core::{ClusterRecord, DynamicConfig, LeaseName, Role, Store, TransitionKind};
 use pgdaemon_dcs::EtcdStore;
 use pgdaemon_testkit::engines::EtcdServer;
-use pgdaemon_testkit::postgres::{postgres_available, PgCluster, PgNode};
+use pgdaemon_testkit::postgres::{postgres_available, PgCluster};
 use tokio::runtime::Runtime;
 
 fn config() -> DynamicConfig {
     let c = DynamicConfig { lease_ms: 4000, renew_interval_ms: 1000, safety_margin_ms: 1500, probe_interval_ms: 500, ..Default::default() };
     c.validate().unwrap();
     c
-}
-
-fn settings(pg: &PgCluster, node: &PgNode) -> PgSettings {
-    PgSettings {
-        bin_dir: pg.bin_dir().to_path_buf(),
-        connect_host: "127.0.0.1".into(),
-        replication: ReplicationAuth { user: "postgres".into(), password: None },
-        run_as: pg.run_as().map(str::to_string),
-        server_options: pg.server_options(),
-        log_file: Some(node.log_file.clone()),
-        start_timeout: Duration::from_secs(30),
-        stop_timeout: Duration::from_secs(10),
-        promote_timeout: Duration::from_secs(10),
-        copy_timeout: Duration::from_secs(60),
-        ..PgSettings::new(&node.name, &node.data_dir, node.port)
-    }
-}
-
-/// One "host": an agent loop + HTTP API + hosted coordinator in a runtime of its own, so
-/// stopping the host stops all of them at once (nothing is released cleanly, like a crash).
-struct Host {
-    rt: Option<Runtime>,
-}
-
-impl Host {
-    fn start(pg: &PgCluster, node: &PgNode, etcd: &str, cluster: &str) -> Host {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let store: Arc<dyn Store> = Arc::new(rt.block_on(EtcdStore::connect(&[etcd.to_string()], "/pgdaemon")).unwrap());
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let api_url = format!("http://{}", listener.local_addr().unwrap());
-        let identity = AgentIdentity {
-            cluster: cluster.into(),
-            member: node.name.clone(),
-            pg_host: "127.0.0.1".into(),
-            pg_port: node.port,
-            api_url,
-            agent_version: "e2e".into(),
-            ..Default::default()
-        };
-        // Fencing: the old primary's agent first; if it is gone, a command that confirms its
-        // Postgres no longer answers on its port (pg_isready exit 2 = no response).
-        let isready = pg.bin_dir().join("pg_isready");
-        let check = format!("{} -q -h 127.0.0.1 -p \"$PGDAEMON_FENCE_PG_PORT\" -t 2; test $? -eq 2", isready.display());
-        let fencers: Vec<Box<dyn Fencer>> =
-            vec![Box::new(HttpDemoteFencer::new(Duration::from_secs(5))), Box::new(CommandFencer::new(check, Duration::from_secs(5)))];
-        let ccfg = CoordinatorConfig { lock_lease_ms: config().lease_ms, ..CoordinatorConfig::default() };
-        let coordinator = Coordinator::new(store.clone(), Arc::new(FenceChain::new(fencers)), SystemClock::new(), ccfg, format!("agent-{}", node.name));
-        let (trigger, rx) = HostedTrigger::new();
-        rt.spawn(hosted_loop(coordinator, cluster.to_string(), rx, Duration::from_millis(500)));
-        let runtime = AgentRuntime::new(store.clone(), LocalPostgres::new(settings(pg, node)), SystemClock::new(), identity, config())
-            .with_trigger(Arc::new(trigger));
-        rt.spawn(async move {
-            if let Err(e) = run(runtime, store, SystemClock::new(), listener, std::future::pending::<()>()).await {
-                eprintln!("agent stopped: {e:#}");
-            }
-        });
-        Host { rt: Some(rt) }
-    }
-
-    /// The host dies: every task of the agent and its coordinator stops at once.
-    fn kill(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn one_failover(etcd: &EtcdServer, run: usize) -> Duration {
@@ -116,7 +32,7 @@ fn one_failover(etcd: &EtcdServer, run: usize) -> Duration {
     let main = Runtime::new().unwrap();
     let store = main.block_on(EtcdStore::connect(&[etcd.endpoint()], "/pgdaemon")).unwrap();
     main.block_on(store.write_cluster(&cluster, None, &ClusterRecord::bootstrap("n1", config()))).unwrap();
-    let mut hosts: Vec<Host> = [&n1, &n2, &n3].iter().map(|n| Host::start(&pg, n, &etcd.endpoint(), &cluster)).collect();
+    let mut hosts: Vec<Host> = [&n1, &n2, &n3].iter().map(|n| Host::start(&pg, n, &etcd.endpoint(), &cluster, config(), "e2e")).collect();
 
     let view = |store: &EtcdStore| main.block_on(store.read_view(&cluster)).unwrap();
     wait_until("n1 holds the lease; n2 and n3 stream from it", Duration::from_secs(60), || {

@@ -11,20 +11,16 @@
 //! acknowledged commits checked and lost, and the write-unavailability window of each failover
 //! (last acknowledged commit before the kill to the first one after it).
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgdaemon_agent::coordinator_mode::{hosted_loop, HostedTrigger};
-use pgdaemon_agent::postgres::{LocalPostgres, PgSettings, ReplicationAuth};
-use pgdaemon_agent::run::run;
-use pgdaemon_core::agent::{AgentIdentity, AgentRuntime};
-use pgdaemon_core::coordinator::{Coordinator, CoordinatorConfig};
-use pgdaemon_core::fence::{FenceChain, Fencer};
-use pgdaemon_core::{ClusterRecord, ClusterView, DynamicConfig, Role, Store, SyncMode, SystemClock};
-use pgdaemon_dcs::fence::{CommandFencer, HttpDemoteFencer};
+use common::{wait_until, Host};
+use pgdaemon_core::{ClusterRecord, ClusterView, DynamicConfig, Role, Store, SyncMode};
 use pgdaemon_dcs::EtcdStore;
 use pgdaemon_testkit::engines::EtcdServer;
-use pgdaemon_testkit::postgres::{postgres_available, PgCluster, PgNode};
+use pgdaemon_testkit::postgres::{postgres_available, PgCluster};
 use tokio::runtime::Runtime;
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -48,72 +44,6 @@ fn config() -> DynamicConfig {
     };
     c.validate().unwrap();
     c
-}
-
-fn settings(pg: &PgCluster, node: &PgNode) -> PgSettings {
-    PgSettings {
-        bin_dir: pg.bin_dir().to_path_buf(),
-        connect_host: "127.0.0.1".into(),
-        replication: ReplicationAuth { user: "postgres".into(), password: None },
-        run_as: pg.run_as().map(str::to_string),
-        server_options: pg.server_options(),
-        log_file: Some(node.log_file.clone()),
-        start_timeout: Duration::from_secs(30),
-        stop_timeout: Duration::from_secs(10),
-        promote_timeout: Duration::from_secs(10),
-        copy_timeout: Duration::from_secs(60),
-        ..PgSettings::new(&node.name, &node.data_dir, node.port)
-    }
-}
-
-/// One "host": agent loop + HTTP API + hosted coordinator in a runtime of its own; dropping it
-/// stops all of them at once (nothing released cleanly, like a crash).
-struct Host {
-    rt: Option<Runtime>,
-}
-
-impl Host {
-    fn start(pg: &PgCluster, node: &PgNode, etcd: &str, cluster: &str) -> Host {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let store: Arc<dyn Store> = Arc::new(rt.block_on(EtcdStore::connect(&[etcd.to_string()], "/pgdaemon")).unwrap());
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let identity = AgentIdentity {
-            cluster: cluster.into(),
-            member: node.name.clone(),
-            pg_host: "127.0.0.1".into(),
-            pg_port: node.port,
-            api_url: format!("http://{}", listener.local_addr().unwrap()),
-            agent_version: "sync-e2e".into(),
-            ..Default::default()
-        };
-        // The old primary's agent first; if it is gone, a command confirming its Postgres no
-        // longer answers on its port (pg_isready exit 2 = no response).
-        let isready = pg.bin_dir().join("pg_isready");
-        let check = format!("{} -q -h 127.0.0.1 -p \"$PGDAEMON_FENCE_PG_PORT\" -t 2; test $? -eq 2", isready.display());
-        let fencers: Vec<Box<dyn Fencer>> =
-            vec![Box::new(HttpDemoteFencer::new(Duration::from_secs(5))), Box::new(CommandFencer::new(check, Duration::from_secs(5)))];
-        let ccfg = CoordinatorConfig { lock_lease_ms: config().lease_ms, ..CoordinatorConfig::default() };
-        let coordinator =
-            Coordinator::new(store.clone(), Arc::new(FenceChain::new(fencers)), SystemClock::new(), ccfg, format!("agent-{}", node.name));
-        let (trigger, rx) = HostedTrigger::new();
-        rt.spawn(hosted_loop(coordinator, cluster.to_string(), rx, Duration::from_millis(500)));
-        let runtime = AgentRuntime::new(store.clone(), LocalPostgres::new(settings(pg, node)), SystemClock::new(), identity, config())
-            .with_trigger(Arc::new(trigger));
-        rt.spawn(async move {
-            if let Err(e) = run(runtime, store, SystemClock::new(), listener, std::future::pending::<()>()).await {
-                eprintln!("agent stopped: {e:#}");
-            }
-        });
-        Host { rt: Some(rt) }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
 }
 
 /// Acknowledged commits: (id, when the COMMIT returned, port of the server that acknowledged it).
@@ -213,14 +143,6 @@ impl Drop for Frozen {
     }
 }
 
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The primary of the settled current term, with a recorded (non-degraded) synchronous standby,
 /// every other member streaming as a replica.
 fn settled_sync(v: &ClusterView) -> Option<(String, Vec<String>, u64)> {
@@ -251,7 +173,7 @@ fn acknowledged_commits_survive_repeated_primary_kills_in_synchronous_mode() {
     let main = Runtime::new().unwrap();
     let store = main.block_on(EtcdStore::connect(&[etcd.endpoint()], "/pgdaemon")).unwrap();
     main.block_on(store.write_cluster(&cluster, None, &ClusterRecord::bootstrap("n1", config()))).unwrap();
-    let mut hosts: Vec<Option<Host>> = NODES.iter().map(|n| Some(Host::start(&pg, pg.node(n), &etcd.endpoint(), &cluster))).collect();
+    let mut hosts: Vec<Option<Host>> = NODES.iter().map(|n| Some(Host::start(&pg, pg.node(n), &etcd.endpoint(), &cluster, config(), "sync-e2e"))).collect();
     let view = || main.block_on(store.read_view(&cluster)).unwrap();
 
     let acks: Acks = Arc::new(Mutex::new(Vec::new()));
@@ -323,7 +245,7 @@ fn acknowledged_commits_survive_repeated_primary_kills_in_synchronous_mode() {
         assert!(sync_set.contains(&new_primary), "promoted {new_primary}, not the synchronous standby {sync_set:?}");
         windows.push(window);
         // The killed node comes back: its agent rewinds it and it follows the new primary.
-        hosts[idx] = Some(Host::start(&pg, pg.node(&primary), &etcd.endpoint(), &cluster));
+        hosts[idx] = Some(Host::start(&pg, pg.node(&primary), &etcd.endpoint(), &cluster, config(), "sync-e2e"));
     }
     wait_until("the last failover settled (synchronous standby recorded, everyone streaming)", Duration::from_secs(60), || {
         settled_sync(&view()).is_some()
