@@ -299,6 +299,16 @@ pub trait PgControl: Send + Sync {
     /// can be rewound before it serves again. `Ok` only once no postmaster runs. Stopped: `Ok`.
     async fn demote(&self) -> Result<(), PgError>;
 
+    /// The final WAL position of a server that was last stopped cleanly as a primary: the start
+    /// of its shutdown checkpoint record (`pg_controldata`'s "Latest checkpoint location").
+    /// Everything it ever acknowledged precedes it, and a standby that streamed until the
+    /// shutdown replays past it (to the record's end), so a switchover may wait for it. `None`
+    /// when running, stopped by a crash or an immediate stop, stopped as a standby, or unknown.
+    /// Read-only. Default: `None` (a demotion then reports no position).
+    async fn final_position(&self) -> Option<Lsn> {
+        None
+    }
+
     /// Points this standby at `primary`, streaming through this member's own slot with this
     /// member's `application_name`. Running standby: `ALTER SYSTEM` + `pg_reload_conf()` without
     /// a restart, verified through `SHOW`. Stopped: writes the settings and `standby.signal`,
@@ -343,6 +353,9 @@ impl<P: PgControl + ?Sized> PgControl for std::sync::Arc<P> {
     }
     async fn demote(&self) -> Result<(), PgError> {
         (**self).demote().await
+    }
+    async fn final_position(&self) -> Option<Lsn> {
+        (**self).final_position().await
     }
     async fn follow(&self, primary: &PrimaryTarget) -> Result<(), PgError> {
         (**self).follow(primary).await

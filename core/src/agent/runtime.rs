@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::DynamicConfig;
 use crate::events::{Event, EventEmitter, EventKind};
 use crate::lease::{HeldLease, LeaseObserver, LeaseState};
+use crate::lsn::Lsn;
 use crate::model::{ClusterView, LeaseName, LeaseSighting, Role};
 use crate::pg::{DataDirState, PgControl, PgError, PgProbe};
 use crate::store::{LeaseClaim, Store, StoreError};
@@ -177,18 +178,20 @@ impl AgentHandle {
         // Not a fence: nobody else asked, and the loop may re-take this member's own lease for
         // `term` (as after its own self-demotion) instead of forcing a failover that loses data.
         tracing::warn!(term, "lease deadline passed while the agent loop was stuck: demoting");
-        self.demote_locked().await?;
+        self.demote_locked(false).await?;
         Ok(true)
     }
 
-    /// Demotes under the Postgres lock and verifies Postgres no longer accepts writes.
-    async fn demote_locked(&self) -> Result<(), DemoteError> {
+    /// Demotes under the Postgres lock and verifies Postgres no longer accepts writes. With
+    /// `report`, also reads the stopped server's final position under the same lock (nothing can
+    /// restart it in between).
+    async fn demote_locked(&self, report: bool) -> Result<Option<Lsn>, DemoteError> {
         let _guard = self.shared.pg_lock.lock().await;
         self.pg.demote().await?;
         if self.pg.probe().await.is_primary() {
             return Err(DemoteError::StillPrimary);
         }
-        Ok(())
+        Ok(if report { self.pg.final_position().await } else { None })
     }
 
     /// Demotes now for `term` (the coordinator's fencer): from now on the agent refuses the leader
@@ -196,6 +199,13 @@ impl AgentHandle {
     /// `Ok` only once Postgres no longer accepts writes (stopped, verified by a probe). Waits for
     /// a Postgres operation of the loop already in progress (they are serialized).
     pub async fn demote_now(&self, term: u64, reason: &str) -> Result<(), DemoteError> {
+        self.demote_now_with_position(term, reason).await.map(|_| ())
+    }
+
+    /// [`Self::demote_now`], also returning the demoted server's final WAL position
+    /// ([`PgControl::final_position`]) when it is known: what a switchover waits for the
+    /// candidate to replay.
+    pub async fn demote_now_with_position(&self, term: u64, reason: &str) -> Result<Option<Lsn>, DemoteError> {
         {
             let mut fence = self.shared.fence.lock().unwrap();
             if term >= fence.0 {
@@ -203,12 +213,12 @@ impl AgentHandle {
             }
         }
         tracing::warn!(term, reason, "demotion requested");
-        self.demote_locked().await?;
+        let lsn = self.demote_locked(true).await?;
         self.shared.external_demotions.fetch_add(1, Ordering::Relaxed);
         let mut s = self.shared.snapshot.lock().unwrap();
         s.fenced_through = s.fenced_through.max(term);
         s.counters.demotions += 1;
-        Ok(())
+        Ok(lsn)
     }
 }
 
