@@ -411,9 +411,57 @@ pub struct ClusterView {
     pub members: BTreeMap<String, MemberStatus>,
 }
 
+impl ClusterView {
+    /// The designated primary once the cluster has settled around it: no transition in progress,
+    /// it holds the (unreleased) leader lease, runs read-write, and at least `replicas` others
+    /// stream from it on its timeline (a replica still on an older timeline is not yet a
+    /// candidate for the next failover). For tests, drills and operators' scripts.
+    pub fn healthy_primary(&self, replicas: usize) -> Option<&str> {
+        let r = self.cluster.as_ref()?;
+        let p = r.primary.as_deref()?;
+        let lease = self.leader.as_ref()?;
+        if r.transition.is_some() || lease.owner != p || lease.released {
+            return None;
+        }
+        let m = self.members.get(p)?;
+        if m.role != Role::Primary || !m.pg_running {
+            return None;
+        }
+        let streaming = self
+            .members
+            .values()
+            .filter(|r| r.name != p && r.role == Role::Replica && r.streaming && r.timeline >= m.timeline)
+            .count();
+        (streaming >= replicas).then_some(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healthy_primary_needs_lease_role_and_streaming_replicas_on_its_timeline() {
+        let mut v = ClusterView {
+            cluster: Some(ClusterRecord::bootstrap("a", crate::config::DynamicConfig::default())),
+            leader: Some(LeaderLease { owner: "a".into(), term: 1, rvn: "r".into(), lease_ms: 10_000, released: false }),
+            ..Default::default()
+        };
+        for (name, role) in [("a", Role::Primary), ("b", Role::Replica), ("c", Role::Replica)] {
+            let mut m = MemberStatus::new(name);
+            m.role = role;
+            m.pg_running = true;
+            m.streaming = role == Role::Replica;
+            m.timeline = 2;
+            v.members.insert(name.into(), m);
+        }
+        assert_eq!(v.healthy_primary(2), Some("a"));
+        v.members.get_mut("c").unwrap().timeline = 1;
+        assert_eq!(v.healthy_primary(2), None, "a replica on an older timeline does not count");
+        assert_eq!(v.healthy_primary(1), Some("a"));
+        v.leader.as_mut().unwrap().released = true;
+        assert_eq!(v.healthy_primary(0), None, "a released lease is not held");
+    }
 
     #[test]
     fn member_round_trips_and_rejects_unknown_fields() {

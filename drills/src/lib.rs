@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use pgdaemon_core::{ClusterView, Role, Store, StoreConfig};
+use pgdaemon_core::{ClusterView, Store, StoreConfig};
 use pgdaemon_testkit::engines::{EtcdServer, MotoServer};
 use pgdaemon_testkit::ports::free_port;
 use pgdaemon_testkit::postgres::PgCluster;
@@ -264,36 +264,11 @@ impl Drill {
         Ok(self.store.read_view(&self.cluster).await?)
     }
 
-    /// The designated primary once it holds the lease, runs read-write, no transition is in
-    /// progress and at least `replicas` others stream from it.
-    pub fn healthy_primary(view: &ClusterView, replicas: usize) -> Option<String> {
-        let r = view.cluster.as_ref()?;
-        let p = r.primary.clone()?;
-        let lease = view.leader.as_ref()?;
-        if r.transition.is_some() || lease.owner != p || lease.released {
-            return None;
-        }
-        let m = view.members.get(&p)?;
-        if m.role != Role::Primary || !m.pg_running {
-            return None;
-        }
-        // Streaming on the primary's timeline: a replica still on the old one after a switchover
-        // is not yet eligible for promotion, so the cluster is not healthy yet.
-        let streaming = view
-            .members
-            .values()
-            .filter(|r| {
-                r.name != p && r.role == Role::Replica && r.streaming && r.timeline >= m.timeline
-            })
-            .count();
-        (streaming >= replicas).then_some(p)
-    }
-
     pub async fn wait_healthy(&self, replicas: usize, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(v) = self.view().await {
-                if let Some(p) = Self::healthy_primary(&v, replicas) {
+                if let Some(p) = v.healthy_primary(replicas).map(str::to_string) {
                     return Ok(p);
                 }
             }

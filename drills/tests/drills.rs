@@ -139,7 +139,7 @@ async fn drills(backend: Backend, name: &str) {
     let deadline = killed + Duration::from_secs(60);
     let p = loop {
         if let Ok(v) = d.view().await {
-            if let Some(n) = Drill::healthy_primary(&v, 1).filter(|n| *n != old) {
+            if let Some(n) = v.healthy_primary(1).map(str::to_string).filter(|n| *n != old) {
                 if d.writable() == vec![n.clone()] {
                     break n;
                 }
@@ -175,7 +175,7 @@ async fn drills(backend: Backend, name: &str) {
         let w = d.writable();
         assert!(w.len() <= 1, "two writable primaries: {w:?}\n{}", d.logs());
         if let Ok(v) = d.view().await {
-            if let Some(n) = Drill::healthy_primary(&v, 1).filter(|n| *n != p) {
+            if let Some(n) = v.healthy_primary(1).map(str::to_string).filter(|n| *n != p) {
                 if w == vec![n.clone()] {
                     break n;
                 }

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgdaemon_core::{ClusterRecord, ClusterView, DynamicConfig, Role, Store, StoreConfig};
+use pgdaemon_core::{ClusterRecord, ClusterView, DynamicConfig, Store, StoreConfig};
 use pgdaemon_testkit::engines::{EtcdServer, MotoServer};
 use pgdaemon_testkit::ports::free_port;
 use pgdaemon_testkit::postgres::{postgres_available, PgCluster};
@@ -279,31 +279,10 @@ impl Cluster {
             .ok()
     }
 
-    /// The designated primary once it holds the lease, runs read-write, no transition is in
-    /// progress and both replicas stream from it.
-    fn healthy_primary(view: &ClusterView) -> Option<String> {
-        let r = view.cluster.as_ref()?;
-        let p = r.primary.clone()?;
-        let lease = view.leader.as_ref()?;
-        if r.transition.is_some() || lease.owner != p || lease.released {
-            return None;
-        }
-        let m = view.members.get(&p)?;
-        if m.role != Role::Primary || !m.pg_running {
-            return None;
-        }
-        let streaming = view
-            .members
-            .values()
-            .filter(|r| r.name != p && r.role == Role::Replica && r.streaming)
-            .count();
-        (streaming == 2).then_some(p)
-    }
-
     async fn wait_healthy(&self, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(p) = self.view().await.as_ref().and_then(Self::healthy_primary) {
+            if let Some(p) = self.view().await.as_ref().and_then(|v| v.healthy_primary(2).map(str::to_string)) {
                 return p;
             }
             assert!(
