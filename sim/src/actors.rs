@@ -164,7 +164,7 @@ impl Fencer for SimHttpFencer {
     }
 
     async fn fence(&self, target: &FenceTarget, _pending: Option<&str>) -> FenceStatus {
-        let (handle, node, delay, hung) = {
+        let (handle, delay, hung) = {
             let mut w = self.world.lock();
             let Some(node) = w.node_index(&target.member) else {
                 return FenceStatus::Refused {
@@ -183,7 +183,7 @@ impl Fencer for SimHttpFencer {
             } else {
                 None
             };
-            (handle, node, delay, w.nodes[node].agent_hung)
+            (handle, delay, w.nodes[node].agent_hung)
         };
         let Some(handle) = handle else {
             self.world.sleep(delay).await;
@@ -200,13 +200,10 @@ impl Fencer for SimHttpFencer {
         }
         self.world.sleep(delay).await;
         let reason = format!("{:?} for term {}", target.kind, target.term);
-        match handle.demote_now(target.term, &reason).await {
-            Ok(()) => {
+        match handle.demote_now_with_position(target.term, &reason).await {
+            Ok(lsn) => {
+                // The agent's `/demote` answer: a clean demotion reports the final WAL position.
                 self.world.sleep(delay).await;
-                let w = self.world.lock();
-                let pg = &w.nodes[node].pg;
-                // A clean demotion reports the last WAL position (the agent reads pg_controldata).
-                let lsn = (!pg.running).then(|| pg.end_lsn());
                 FenceStatus::Confirmed {
                     detail: "agent demoted".into(),
                     lsn,

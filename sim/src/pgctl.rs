@@ -304,6 +304,15 @@ impl PgControl for SimPgControl {
         Ok(())
     }
 
+    async fn final_position(&self) -> Option<pgdaemon_core::Lsn> {
+        // pg_controldata of a stopped primary. The simulation does not tell a crash from a clean
+        // stop here; the end of its WAL is what its standbys got if the stop was clean.
+        self.take(MS, 10 * MS).await;
+        let w = self.world.lock();
+        let pg = &w.nodes[self.node].pg;
+        (!pg.running && pg.role == PgRole::Primary).then(|| pg.end_lsn())
+    }
+
     async fn follow(&self, primary: &PrimaryTarget) -> Result<(), PgError> {
         let running = {
             let w = self.world.lock();
