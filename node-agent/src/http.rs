@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use pgdaemon_core::agent::{AgentSnapshot, DemoteError, FailsafeReply, FailsafeRequest};
-use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Role, StoreError};
+use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Lsn, Role, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -48,6 +48,11 @@ use crate::metrics::{self, role_name, LoopStats};
 pub trait AgentApi: Send + Sync + 'static {
     fn snapshot(&self) -> AgentSnapshot;
     async fn demote(&self, term: u64, reason: &str) -> Result<(), DemoteError>;
+    /// [`Self::demote`], also returning the stopped server's final WAL position when known
+    /// (`PgControl::final_position`). Default: `demote` and no position.
+    async fn demote_with_position(&self, term: u64, reason: &str) -> Result<Option<Lsn>, DemoteError> {
+        self.demote(term, reason).await.map(|()| None)
+    }
     async fn cluster_view(&self) -> Result<ClusterView, StoreError>;
     async fn history(&self) -> Result<Vec<HistoryEntry>, StoreError>;
     /// The member side of failsafe mode (`POST /failsafe`): judge and, when acknowledging, record
@@ -556,7 +561,8 @@ pub struct DemoteRequest {
 }
 
 /// The coordinator's HTTP fencer. 200 `{"demoted":true}` only once Postgres stopped accepting
-/// writes; 400 for a malformed body (nothing is changed); 503 when the demotion failed or could
+/// writes, with `"lsn"` the final WAL position when known (a clean stop; the switchover waits for
+/// the candidate to replay it); 400 for a malformed body (nothing is changed); 503 when the demotion failed or could
 /// not be verified (the caller must not treat the node as fenced).
 async fn demote(State(st): State<ApiState>, body: Bytes) -> Response {
     // Through `Value` first: serde would also accept a struct written as an array (`[4]`).
@@ -585,16 +591,19 @@ async fn demote(State(st): State<ApiState>, body: Bytes) -> Response {
         req.reason.clone()
     };
     let member = st.api.snapshot().member;
-    match st.api.demote(req.term, &reason).await {
-        Ok(()) => {
+    match st.api.demote_with_position(req.term, &reason).await {
+        Ok(lsn) => {
             let s = st.api.snapshot();
-            let body = json!({
+            let mut body = json!({
                 "demoted": true,
                 "term": req.term,
                 "member": member,
                 "role": role_name(s.role),
                 "fenced_through": s.fenced_through.max(req.term),
             });
+            if let Some(lsn) = lsn {
+                body["lsn"] = json!(lsn.to_string());
+            }
             (StatusCode::OK, Json(body)).into_response()
         }
         Err(e) => {

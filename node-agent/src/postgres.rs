@@ -544,6 +544,22 @@ impl PgControl for LocalPostgres {
         }
     }
 
+    async fn final_position(&self) -> Option<Lsn> {
+        if self.postmaster_running().await.unwrap_or(true) {
+            return None;
+        }
+        let mut cmd = self.command("pg_controldata");
+        // The labels are translated: read them in the C locale.
+        cmd.arg(self.data()).env("LC_ALL", "C").env("LANG", "C");
+        match self.run("pg_controldata", cmd, Duration::from_secs(10)).await {
+            Ok(text) => final_position_from_controldata(&text),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the final WAL position");
+                None
+            }
+        }
+    }
+
     async fn follow(&self, primary: &PrimaryTarget) -> Result<(), PgError> {
         let conninfo = self.conninfo(primary);
         let slot = slot_name(&self.settings.member);
@@ -690,6 +706,24 @@ fn with_settings(conf: &str, settings: &[(&str, String)]) -> String {
     lines.join("\n") + "\n"
 }
 
+/// The final WAL position from `pg_controldata` output (C locale): "Latest checkpoint location"
+/// when "Database cluster state" is `shut down` (a clean stop of a primary; its last checkpoint
+/// is the shutdown checkpoint, written after every other record). Any other state (`in
+/// production` after a crash or an immediate stop, `shut down in recovery` for a standby, whose
+/// checkpoint is a restartpoint) or an unparseable value: `None`.
+pub fn final_position_from_controldata(text: &str) -> Option<Lsn> {
+    let field = |label: &str| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == label).then(|| v.trim())
+        })
+    };
+    if field("Database cluster state")? != "shut down" {
+        return None;
+    }
+    field("Latest checkpoint location")?.parse().ok()
+}
+
 fn lsn(text: Option<String>) -> Option<Lsn> {
     text.and_then(|t| t.parse().ok())
 }
@@ -800,6 +834,24 @@ pub fn parse_conninfo(s: &str) -> UpstreamConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn final_position_only_after_a_clean_primary_shutdown() {
+        let out = |state: &str, loc: &str| {
+            format!(
+                "pg_control version number:            1300\nDatabase cluster state:               {state}\n\
+                 pg_control last modified:             Sun 22 Nov 2026 05:10:00 AM UTC\n\
+                 Latest checkpoint location:           {loc}\nLatest checkpoint's REDO location:    0/3000028\n"
+            )
+        };
+        assert_eq!(final_position_from_controldata(&out("shut down", "0/3025A70")), Some("0/3025A70".parse().unwrap()));
+        assert_eq!(final_position_from_controldata(&out("shut down", "1A/FF000028")), Some("1A/FF000028".parse().unwrap()));
+        assert_eq!(final_position_from_controldata(&out("in production", "0/3025A70")), None);
+        assert_eq!(final_position_from_controldata(&out("shut down in recovery", "0/3025A70")), None);
+        assert_eq!(final_position_from_controldata(&out("shut down", "garbage")), None);
+        assert_eq!(final_position_from_controldata("Database cluster state: shut down\n"), None);
+        assert_eq!(final_position_from_controldata(""), None);
+    }
 
     #[test]
     fn conninfo_round_trips_through_the_parser() {

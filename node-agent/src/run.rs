@@ -21,7 +21,7 @@ use pgdaemon_core::agent::{
     TickReport,
 };
 use pgdaemon_core::pg::PgControl;
-use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Role, Store, StoreError, SystemClock};
+use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Lsn, Role, Store, StoreError, SystemClock};
 use tokio::time::MissedTickBehavior;
 
 use crate::config::AgentConfig;
@@ -54,6 +54,10 @@ impl AgentApi for LiveApi {
 
     async fn demote(&self, term: u64, reason: &str) -> Result<(), DemoteError> {
         self.handle.demote_now(term, reason).await
+    }
+
+    async fn demote_with_position(&self, term: u64, reason: &str) -> Result<Option<Lsn>, DemoteError> {
+        self.handle.demote_now_with_position(term, reason).await
     }
 
     async fn cluster_view(&self) -> Result<ClusterView, StoreError> {

@@ -24,6 +24,8 @@ struct Fake {
     history: Vec<HistoryEntry>,
     demote_fails: Mutex<bool>,
     demotions: Mutex<Vec<(u64, String)>>,
+    /// What `demote_with_position` reports after a successful demotion.
+    final_lsn: Mutex<Option<Lsn>>,
 }
 
 #[async_trait]
@@ -44,6 +46,10 @@ impl AgentApi for Fake {
         s.pg_running = false;
         s.fenced_through = term;
         Ok(())
+    }
+    async fn demote_with_position(&self, term: u64, reason: &str) -> Result<Option<Lsn>, DemoteError> {
+        self.demote(term, reason).await?;
+        Ok(*self.final_lsn.lock().unwrap())
     }
     async fn cluster_view(&self) -> Result<ClusterView, StoreError> {
         self.view
@@ -535,10 +541,24 @@ async fn demote_confirms_only_after_postgres_stopped_accepting_writes() {
     assert_eq!(doc["term"], 4);
     assert_eq!(doc["member"], "n1");
     assert_eq!(doc["fenced_through"], 4);
+    assert!(doc.get("lsn").is_none(), "no final position known: no lsn field: {doc}");
     assert_eq!(
         *api.fake.demotions.lock().unwrap(),
         vec![(4, "failover to n2".to_string())]
     );
+}
+
+#[tokio::test]
+async fn demote_reports_the_final_wal_position_when_known() {
+    let api = Api::start(primary_snapshot()).await;
+    *api.fake.final_lsn.lock().unwrap() = Some("1A/3025A70".parse().unwrap());
+    let (code, doc) = api.post("/demote", r#"{"term": 5}"#).await;
+    assert_eq!(code, 200, "{doc}");
+    assert_eq!(doc["demoted"], true);
+    assert_eq!(doc["term"], 5);
+    assert_eq!(doc["lsn"], "1A/3025A70");
+    // The coordinator's fencer reads it back as the same position.
+    assert_eq!(doc["lsn"].as_str().unwrap().parse::<Lsn>().unwrap(), Lsn(0x1A_0302_5A70));
 }
 
 #[tokio::test]
