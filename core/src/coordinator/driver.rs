@@ -281,10 +281,18 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
                         // last reported write position (read just before the demotion) is the
                         // floor; a clean shutdown ships the rest to streaming standbys, which the
                         // designate step waits to see replayed.
+                        let reported = lsn.is_some();
                         let lsn = lsn.or_else(|| {
                             view.members.get(&member).filter(|s| s.role == crate::model::Role::Primary).and_then(|s| s.write_lsn)
                         });
-                        let mark = Action::MarkFenced { by: detail.clone(), final_lsn: lsn };
+                        // History keeps `by`: say which final position the switchover waited for.
+                        let by = match lsn {
+                            Some(l) if kind == TransitionKind::Switchover => {
+                                format!("{detail}; final LSN {l} ({})", if reported { "reported" } else { "last heartbeat" })
+                            }
+                            _ => detail.clone(),
+                        };
+                        let mark = Action::MarkFenced { by, final_lsn: lsn };
                         let next = apply(record, &mark, now_ms).expect("record-only action");
                         self.write(cluster, view, next, format!("{member} {verb} confirmed: {detail}")).await
                     }
