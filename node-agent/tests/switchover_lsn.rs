@@ -86,7 +86,9 @@ fn switchover_waits_for_the_demoted_primarys_reported_final_lsn_and_loses_no_wri
                 let out = std::process::Command::new(bin.join("psql"))
                     .arg(format!("host=127.0.0.1 port={pg_port} user=postgres dbname=postgres connect_timeout=3"))
                     .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
-                    .arg(format!("INSERT INTO t VALUES ({}); SELECT pg_current_wal_lsn()", acked + 1))
+                    .arg(format!("INSERT INTO t VALUES ({})", acked + 1))
+                    // A second `-c` runs after the first committed: the WAL end includes its commit.
+                    .args(["-c", "SELECT pg_current_wal_insert_lsn()"])
                     .stdin(std::process::Stdio::null())
                     .output()
                     .unwrap();
@@ -200,4 +202,67 @@ fn switchover_waits_for_the_demoted_primarys_reported_final_lsn_and_loses_no_wri
     assert!(n2_lsn > reported, "{n2_lsn} <= {reported}");
     drop(hosts);
     drop(main);
+}
+
+/// `LocalPostgres::final_position` on PG15: the shutdown checkpoint of a fast stop (after every
+/// acknowledged write; a streaming standby replays past it), nothing while running, after an
+/// immediate stop or for a standby.
+#[test]
+fn final_position_is_the_shutdown_checkpoint_that_a_standby_replays_past() {
+    use pgdaemon_agent::postgres::LocalPostgres;
+    use pgdaemon_core::pg::{PgControl, StopMode};
+    if !postgres_available() {
+        eprintln!("skipped: PostgreSQL binaries not found");
+        return;
+    }
+    let mut pg = PgCluster::new().unwrap();
+    let n1 = pg.init_primary("n1").unwrap();
+    let n2 = pg.add_replica("n2", "n1").unwrap();
+    let rt = Runtime::new().unwrap();
+    let primary = LocalPostgres::new(common::pg_settings(&pg, &n1));
+    let standby = LocalPostgres::new(common::pg_settings(&pg, &n2));
+    assert_eq!(rt.block_on(primary.final_position()), None, "running");
+    pg.sql("n1", "CREATE TABLE t AS SELECT generate_series(1, 5000) i")
+        .unwrap();
+    let written: Lsn = pg
+        .sql("n1", "SELECT pg_current_wal_insert_lsn()")
+        .unwrap()
+        .parse()
+        .unwrap();
+    rt.block_on(primary.demote()).unwrap();
+    let fin = rt
+        .block_on(primary.final_position())
+        .expect("a fast stop reports its final position");
+    assert!(fin >= written, "final {fin} < last write {written}");
+    let replica_at = |f: &str| {
+        pg.sql("n2", &format!("SELECT {f}()"))
+            .unwrap()
+            .parse::<Lsn>()
+            .unwrap()
+    };
+    wait_until(
+        "the standby replays past the final position",
+        Duration::from_secs(10),
+        || replica_at("pg_last_wal_replay_lsn") > fin,
+    );
+    let (received, replayed) = (
+        replica_at("pg_last_wal_receive_lsn"),
+        replica_at("pg_last_wal_replay_lsn"),
+    );
+    eprintln!("wrote up to {written}; final position {fin}; standby received {received}, replayed {replayed}");
+    assert_eq!(pg.sql("n2", "SELECT count(*) FROM t").unwrap(), "5000");
+
+    rt.block_on(standby.stop(StopMode::Fast)).unwrap();
+    assert_eq!(
+        rt.block_on(standby.final_position()),
+        None,
+        "a standby's checkpoint is a restartpoint"
+    );
+    rt.block_on(primary.start()).unwrap();
+    rt.block_on(primary.stop(StopMode::Immediate)).unwrap();
+    assert_eq!(
+        rt.block_on(primary.final_position()),
+        None,
+        "an immediate stop has no shutdown checkpoint"
+    );
 }
