@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pgdaemon_core::agent::{AgentHandle, AgentRuntime, CoordinatorTrigger, TriggerError};
+use pgdaemon_core::agent::{
+    AgentHandle, AgentRuntime, CoordinatorTrigger, FailsafePeers, FailsafeReply, FailsafeRequest,
+    RoundOutcome, TriggerError,
+};
 use pgdaemon_core::coordinator::{run_until_settled, Coordinator};
 use pgdaemon_core::fence::{FenceChain, FenceStatus, FenceTarget, Fencer};
 use pgdaemon_core::LeaseSighting;
@@ -28,6 +31,9 @@ impl Actor for AgentActor {
     fn step(mut self: Box<Self>) -> Task {
         Box::pin(async move {
             let report = self.rt.tick().await;
+            if report.reason.contains("on every member's acknowledgement") {
+                self.world.lock().counters.failsafe_kept_ticks += 1;
+            }
             // PGDAEMON_SIM_VERBOSE=1 also traces renewals, heartbeats and store errors.
             let verbose = std::env::var_os("PGDAEMON_SIM_VERBOSE").is_some();
             let done: Vec<&str> = report
@@ -84,6 +90,157 @@ impl Actor for WatchdogActor {
                 next_in: Some(WATCHDOG_EVERY),
             }
         })
+    }
+}
+
+/// The agent process's failsafe task (node-agent's `failsafe_task`, every 100 ms beside the loop):
+/// asks every required member to acknowledge a held lease that was not renewed in time.
+pub struct FailsafeActor {
+    pub handle: AgentHandle,
+    pub peers: SimFailsafePeers,
+    pub world: World,
+    pub node: usize,
+    /// Kind of the last outcome logged (node-agent logs changes, not every round).
+    pub last: Option<&'static str>,
+}
+
+/// node-agent's failsafe `CHECK_PERIOD`.
+pub const FAILSAFE_EVERY: u64 = 100 * MS;
+
+impl Actor for FailsafeActor {
+    fn step(mut self: Box<Self>) -> Task {
+        Box::pin(async move {
+            if let Some(outcome) = self.handle.failsafe_round(&self.peers).await {
+                let kind = match &outcome {
+                    RoundOutcome::Granted { .. } => "granted",
+                    RoundOutcome::Refused { .. } => "refused",
+                    RoundOutcome::Unanswered { .. } => "unanswered",
+                };
+                let verbose = std::env::var_os("PGDAEMON_SIM_VERBOSE").is_some();
+                if verbose || self.last != Some(kind) {
+                    let mut w = self.world.lock();
+                    let name = w.nodes[self.node].name.clone();
+                    let detail = match &outcome {
+                        RoundOutcome::Granted { until, members } => format!(
+                            "granted by {members:?} until {} ms (own clock)",
+                            until.as_millis()
+                        ),
+                        RoundOutcome::Refused { member, reason } => {
+                            format!("refused by {member}: {reason}")
+                        }
+                        RoundOutcome::Unanswered { member, error } => {
+                            format!("{member} did not answer: {error}")
+                        }
+                    };
+                    w.log(format!("agent {name}: failsafe round {detail}"));
+                }
+                self.last = Some(kind);
+                let mut w = self.world.lock();
+                match kind {
+                    "granted" => w.counters.failsafe_granted += 1,
+                    "refused" => w.counters.failsafe_refused += 1,
+                    _ => w.counters.failsafe_unanswered += 1,
+                }
+            }
+            StepEnd {
+                actor: Some(self as Box<dyn Actor>),
+                next_in: Some(FAILSAFE_EVERY),
+            }
+        })
+    }
+}
+
+/// `POST /failsafe` over the simulated network: subject to node-node cuts, message delay, the
+/// target's node and agent being down or hung. The request can land (and the promise be made)
+/// although the reply comes too late for the asker, as over HTTP.
+pub struct SimFailsafePeers {
+    pub world: World,
+    /// The asking node.
+    pub node: usize,
+}
+
+impl SimFailsafePeers {
+    /// The target can take the request now: node up, agent running and not hung, no cut.
+    fn reachable(&self, target: usize) -> Option<AgentHandle> {
+        let w = self.world.lock();
+        let n = &w.nodes[target];
+        if !n.up || n.agent_hung || w.cut_between(self.node, target) {
+            return None;
+        }
+        w.agent_handles[target].clone()
+    }
+}
+
+#[async_trait]
+impl FailsafePeers for SimFailsafePeers {
+    async fn ask(
+        &self,
+        api_url: &str,
+        request: &FailsafeRequest,
+        timeout: Duration,
+    ) -> Result<FailsafeReply, String> {
+        let (start, deadline, target, there, back) = {
+            let mut w = self.world.lock();
+            let start = w.now;
+            let deadline = start + timeout.as_micros() as u64;
+            let target = w
+                .nodes
+                .iter()
+                .position(|n| format!("http://{}:8008", n.name) == api_url);
+            let there = w.rng.range(MS, 20 * MS) + w.msg_delay;
+            let back = w.rng.range(MS, 20 * MS) + w.msg_delay;
+            (start, deadline, target, there, back)
+        };
+        let Some(target) = target else {
+            return Err(format!("{api_url}: unknown host"));
+        };
+        let timed_out = || format!("{api_url}: no answer within {} ms", timeout.as_millis());
+        if start + there >= deadline {
+            self.world.sleep_until(deadline).await;
+            return Err(timed_out());
+        }
+        self.world.sleep(there).await;
+        let Some(handle) = self.reachable(target) else {
+            // Down, hung or cut off: the request goes unanswered until the client gives up.
+            self.world.sleep_until(deadline).await;
+            return Err(timed_out());
+        };
+        let lie = self.world.lock().broken == Broken::FailsafeLies;
+        let reply = if lie {
+            FailsafeReply {
+                member: self.world.lock().nodes[target].name.clone(),
+                ack: true,
+                valid_ms: request.valid_ms,
+                term: request.term,
+                reason: "simulated lie: nothing promised".into(),
+            }
+        } else {
+            handle.failsafe_ack(request)
+        };
+        {
+            let mut w = self.world.lock();
+            if reply.ack {
+                w.counters.failsafe_acks += 1;
+            }
+            let name = w.nodes[target].name.clone();
+            if reply.ack || std::env::var_os("PGDAEMON_SIM_VERBOSE").is_some() {
+                w.log(format!(
+                    "agent {name}: failsafe ack {} to {} term {}: {} ms ({})",
+                    reply.ack, request.leader, request.term, reply.valid_ms, reply.reason
+                ));
+            }
+        }
+        let now = self.world.now();
+        if now + back >= deadline {
+            self.world.sleep_until(deadline).await;
+            return Err(timed_out());
+        }
+        self.world.sleep(back).await;
+        if self.world.lock().cut_between(self.node, target) {
+            self.world.sleep_until(deadline).await;
+            return Err(timed_out());
+        }
+        Ok(reply)
     }
 }
 

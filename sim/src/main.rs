@@ -13,6 +13,7 @@ enum BrokenArg {
     FenceLies,
     SlowAgentClock,
     SkipLeaseCheck,
+    FailsafeLies,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -20,6 +21,13 @@ enum FencingArg {
     Seeded,
     Required,
     Off,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FailsafeArg {
+    Off,
+    On,
+    Random,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -54,6 +62,9 @@ struct Cli {
     /// Synchronous replication mode of the cluster.
     #[arg(long, value_enum, default_value = "off")]
     sync: SyncArg,
+    /// Failsafe mode (docs/failsafe.md) in the dynamic configuration (random: drawn per seed).
+    #[arg(long, value_enum, default_value = "off")]
+    failsafe: FailsafeArg,
     /// Cluster size (default: drawn per seed, 2 to 5).
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..=9))]
     nodes: Option<u64>,
@@ -69,6 +80,7 @@ fn options(cli: &Cli) -> Options {
         BrokenArg::FenceLies => Broken::FenceLies,
         BrokenArg::SlowAgentClock => Broken::SlowAgentClock,
         BrokenArg::SkipLeaseCheck => Broken::SkipLeaseCheck,
+        BrokenArg::FailsafeLies => Broken::FailsafeLies,
     };
     o.fencing = match cli.fencing {
         FencingArg::Seeded => None,
@@ -79,6 +91,11 @@ fn options(cli: &Cli) -> Options {
         SyncArg::Off => SyncMode::Off,
         SyncArg::On => SyncMode::On,
         SyncArg::Strict => SyncMode::Strict,
+    };
+    o.failsafe = match cli.failsafe {
+        FailsafeArg::Off => Some(false),
+        FailsafeArg::On => Some(true),
+        FailsafeArg::Random => None,
     };
     o.nodes = cli.nodes.map(|n| n as usize);
     o
@@ -129,7 +146,7 @@ fn real_main() -> Result<()> {
         if cli.show_trace {
             println!("\ntrace of seed {}:\n{}", first.seed, first.trace);
         } else {
-            println!("replay one: pgdaemon-sim --seed {} (add the same --broken/--fencing/--sync/--nodes)", first.seed);
+            println!("replay one: pgdaemon-sim --seed {} (add the same --broken/--fencing/--sync/--failsafe/--nodes)", first.seed);
         }
         bail!("{} seed(s) violated an invariant", summary.violations());
     }

@@ -22,6 +22,15 @@ pub struct Summary {
     pub ec2_stops: u64,
     pub blocked_by_lag: u64,
     pub sim_time: Us,
+    /// Runs with failsafe mode on, and those where it kept a primary past its lease.
+    pub failsafe_runs: u64,
+    pub failsafe_kept_runs: u64,
+    pub failsafe_granted: u64,
+    pub failsafe_refused: u64,
+    pub failsafe_unanswered: u64,
+    pub failsafe_acks: u64,
+    /// Failover times of the failsafe runs alone.
+    pub failsafe_detect_to_writable: Vec<Us>,
 }
 
 impl Summary {
@@ -39,6 +48,16 @@ impl Summary {
         self.ec2_stops += r.counters.ec2_stops;
         self.blocked_by_lag += r.counters.blocked_by_lag;
         self.sim_time += r.sim_time;
+        if r.failsafe {
+            self.failsafe_runs += 1;
+            self.failsafe_kept_runs += u64::from(r.counters.failsafe_kept_ticks > 0);
+            self.failsafe_granted += r.counters.failsafe_granted;
+            self.failsafe_refused += r.counters.failsafe_refused;
+            self.failsafe_unanswered += r.counters.failsafe_unanswered;
+            self.failsafe_acks += r.counters.failsafe_acks;
+            self.failsafe_detect_to_writable
+                .extend(&r.detect_to_writable);
+        }
         if r.failed() {
             self.failures.push(r);
         }
@@ -66,6 +85,18 @@ impl Summary {
             "ended blocked by maximum_lag_on_failover (by design, not a violation): {}",
             self.blocked_by_lag
         );
+        if self.failsafe_runs > 0 {
+            let _ = writeln!(
+                s,
+                "failsafe mode on in {} runs; it kept a primary past its lease in {} runs; rounds granted {}, refused {}, unanswered {}; acknowledgements {}",
+                self.failsafe_runs,
+                self.failsafe_kept_runs,
+                self.failsafe_granted,
+                self.failsafe_refused,
+                self.failsafe_unanswered,
+                self.failsafe_acks
+            );
+        }
         let _ = writeln!(
             s,
             "faults injected by kind ({} total):",
@@ -116,6 +147,13 @@ impl Summary {
             "failover time, detection (failover recorded) -> new primary writable: {}",
             dist(&self.detect_to_writable)
         );
+        if self.failsafe_runs > 0 && self.failsafe_runs < self.seeds {
+            let _ = writeln!(
+                s,
+                "  of which failsafe runs: {}",
+                dist(&self.failsafe_detect_to_writable)
+            );
+        }
         let _ = writeln!(
             s,
             "write outage, last write on the old primary's watch -> new primary writable: {}",

@@ -13,7 +13,8 @@ use pgdaemon_core::{
 };
 
 use crate::actors::{
-    fence_chain, instance_id, trigger, AgentActor, CoordActor, WatchdogActor, WATCHDOG_EVERY,
+    fence_chain, instance_id, trigger, AgentActor, CoordActor, FailsafeActor, SimFailsafePeers,
+    WatchdogActor, FAILSAFE_EVERY, WATCHDOG_EVERY,
 };
 use crate::check::Checker;
 use crate::faults::{script, FaultKind, FaultPlan, Target};
@@ -42,6 +43,9 @@ pub struct Options {
     /// Fencing policy (default: drawn from the seed, mostly `Required`).
     pub fencing: Option<FencingPolicy>,
     pub sync_mode: SyncMode,
+    /// Failsafe mode (docs/failsafe.md) in the dynamic configuration (default: off; `None`:
+    /// drawn from the seed, half the seeds).
+    pub failsafe: Option<bool>,
     /// Number of faults (default: drawn from the seed, 1 to 10).
     pub faults: Option<usize>,
     /// After the last fault heals, a writable designated primary must exist within this long.
@@ -59,6 +63,7 @@ impl Options {
             nodes: None,
             fencing: None,
             sync_mode: SyncMode::Off,
+            failsafe: Some(false),
             faults: None,
             liveness_bound: 180 * SEC,
             max_drift_ppm: 10_000,
@@ -73,6 +78,7 @@ pub struct RunResult {
     pub seed: u64,
     pub nodes: usize,
     pub fencing: FencingPolicy,
+    pub failsafe: bool,
     pub violation: Option<String>,
     /// The simulator itself failed (e.g. a future pending on something that is not virtual time).
     pub sim_error: Option<String>,
@@ -189,8 +195,13 @@ impl Sim {
             max_drift_ppm: opts.max_drift_ppm,
         };
         let script = script(&mut rng, n, &plan);
+        // Drawn from its own stream so that adding the option left every other draw unchanged.
+        let failsafe_mode = opts
+            .failsafe
+            .unwrap_or_else(|| Rng::new(opts.seed ^ 0xfa11_5afe).chance(0.5));
         let config = DynamicConfig {
             synchronous_mode: opts.sync_mode,
+            failsafe_mode,
             ..DynamicConfig::default()
         };
         let coord_config = CoordinatorConfig {
@@ -238,8 +249,9 @@ impl Sim {
             .expect("memory store answers at once")
             .expect("bootstrap record");
 
-        // Agents, coordinators, then each agent process's lease watchdog task.
-        let slots = (0..n + COORD_SLOTS + n)
+        // Agents, coordinators, then each agent process's lease watchdog task, then its failsafe
+        // task.
+        let slots = (0..n + COORD_SLOTS + n + n)
             .map(|_| Slot {
                 inc: 0,
                 state: SlotState::Down,
@@ -284,12 +296,13 @@ impl Sim {
                 })
                 .collect();
             let line = format!(
-                "seed {}: {} nodes {:?}, fencing {:?}, sync {:?}, {} faults, coordinator kill after write p={}",
+                "seed {}: {} nodes {:?}, fencing {:?}, sync {:?}, failsafe {}, {} faults, coordinator kill after write p={}",
                 sim.opts.seed,
                 n,
                 names,
                 fencing,
                 sim.opts.sync_mode,
+                sim.config.failsafe_mode,
                 sim.script.len(),
                 w.coord_kill_after_write
             );
@@ -375,10 +388,39 @@ impl Sim {
             slot: ws,
             inc: wd.inc,
         };
+        let fs_id = if self.config.failsafe_mode {
+            let fss = self.failsafe_slot(i);
+            let fs = &mut self.slots[fss];
+            fs.inc += 1;
+            fs.hung = false;
+            fs.deferred.clear();
+            fs.wake_at = None;
+            fs.parked = false;
+            fs.state = SlotState::Idle(Box::new(FailsafeActor {
+                handle: handle.clone(),
+                peers: SimFailsafePeers {
+                    world: self.world.clone(),
+                    node: i,
+                },
+                world: self.world.clone(),
+                node: i,
+                last: None,
+            }));
+            Some(ActorId {
+                slot: fss,
+                inc: fs.inc,
+            })
+        } else {
+            None
+        };
         let mut w = self.world.lock();
         w.agent_handles[i] = Some(handle);
         let at = w.now + WATCHDOG_EVERY;
         w.schedule(at, Event::Step(wd_id));
+        if let Some(id) = fs_id {
+            let at = w.now + FAILSAFE_EVERY;
+            w.schedule(at, Event::Step(id));
+        }
         if schedule {
             let at = w.now + w.rng.range(100 * MS, 1000 * MS);
             w.schedule(at, Event::Step(ActorId { slot: i, inc }));
@@ -391,16 +433,22 @@ impl Sim {
         self.n + COORD_SLOTS + i
     }
 
+    /// The slot of agent `i`'s failsafe task (same process: killed and hung with it).
+    fn failsafe_slot(&self, i: usize) -> usize {
+        self.n + COORD_SLOTS + self.n + i
+    }
+
     fn kill_slot(&mut self, s: usize) {
         if s < self.n {
-            let ws = self.watchdog_slot(s);
-            let wd = &mut self.slots[ws];
-            wd.inc += 1;
-            wd.state = SlotState::Down;
-            wd.hung = false;
-            wd.deferred.clear();
-            wd.wake_at = None;
-            wd.parked = false;
+            for ts in [self.watchdog_slot(s), self.failsafe_slot(s)] {
+                let t = &mut self.slots[ts];
+                t.inc += 1;
+                t.state = SlotState::Down;
+                t.hung = false;
+                t.deferred.clear();
+                t.wake_at = None;
+                t.parked = false;
+            }
         }
         let slot = &mut self.slots[s];
         slot.inc += 1;
@@ -562,10 +610,11 @@ impl Sim {
         }
         self.slots[i].hung = hung;
         let mut deferred = std::mem::take(&mut self.slots[i].deferred);
-        // The whole agent process hangs, its watchdog task with it.
-        let ws = self.watchdog_slot(i);
-        self.slots[ws].hung = hung;
-        deferred.extend(std::mem::take(&mut self.slots[ws].deferred));
+        // The whole agent process hangs, its watchdog and failsafe tasks with it.
+        for ts in [self.watchdog_slot(i), self.failsafe_slot(i)] {
+            self.slots[ts].hung = hung;
+            deferred.extend(std::mem::take(&mut self.slots[ts].deferred));
+        }
         let mut w = self.world.lock();
         w.nodes[i].agent_hung = hung;
         let now = w.now;
@@ -1244,6 +1293,7 @@ impl Sim {
             seed: self.opts.seed,
             nodes: self.n,
             fencing: self.coord_config.fencing,
+            failsafe: self.config.failsafe_mode,
             violation: w.violation.clone(),
             sim_error: w.sim_error.clone(),
             trace: w.trace.render(),

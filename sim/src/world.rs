@@ -177,6 +177,13 @@ pub struct Counters {
     /// further behind a replica that really holds the newer WAL than allowed (S4 over S5, by
     /// configuration; an operator's forced failover is the way out).
     pub blocked_by_lag: u64,
+    /// Failsafe rounds by outcome, acknowledgements given (promises), and agent ticks that kept
+    /// a primary past its own lease deadline on acknowledgements.
+    pub failsafe_granted: u64,
+    pub failsafe_refused: u64,
+    pub failsafe_unanswered: u64,
+    pub failsafe_acks: u64,
+    pub failsafe_kept_ticks: u64,
 }
 
 /// Rules of the game that a test may deliberately break to prove the checker can fail.
@@ -192,6 +199,10 @@ pub enum Broken {
     /// Promotion requests are carried out even when the simulated Postgres would refuse them
     /// because another server is still writable (replaces the candidate's knowledge).
     SkipLeaseCheck,
+    /// Members answer failsafe requests with an acknowledgement without promising anything (the
+    /// request never reaches their agent): a primary cut off from the store keeps running while
+    /// a replacement may take over.
+    FailsafeLies,
 }
 
 /// The world every handle (store wrapper, clock, Postgres control, fencer) shares.
@@ -377,7 +388,9 @@ impl Future for Sleep {
             w.sim_error
                 .get_or_insert_with(|| "a sleep was polled outside any actor".into());
         }
-        w.wake_req = Some(self.until);
+        // Several sleeps polled at once (e.g. `join_all` over peers): wake at the earliest.
+        let until = w.wake_req.map_or(self.until, |at| at.min(self.until));
+        w.wake_req = Some(until);
         Poll::Pending
     }
 }

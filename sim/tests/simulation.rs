@@ -32,10 +32,15 @@ fn describe(r: &RunResult) -> String {
     )
 }
 
-/// The default 300 seeds, run once and judged by both tests below.
+/// The default 300 seeds, run once and judged by both tests below. Failsafe mode is drawn per
+/// seed (about half the runs).
 fn default_seeds() -> &'static Summary {
     static SUMMARY: OnceLock<Summary> = OnceLock::new();
-    SUMMARY.get_or_init(|| run_seeds(&Options::new(0), 0, 300, jobs()))
+    SUMMARY.get_or_init(|| {
+        let mut o = Options::new(0);
+        o.failsafe = None;
+        run_seeds(&o, 0, 300, jobs())
+    })
 }
 
 #[test]
@@ -51,6 +56,12 @@ fn seeds_keep_every_safety_invariant() {
     assert!(
         summary.promotions > 50,
         "failovers must actually occur: {}",
+        summary.render()
+    );
+    // Failsafe really keeps primaries past their lease in some runs.
+    assert!(
+        summary.failsafe_runs > 100 && summary.failsafe_kept_runs > 10,
+        "{}",
         summary.render()
     );
     let bad: Vec<&RunResult> = summary
@@ -91,6 +102,7 @@ fn caught(broken: Broken, fencing: FencingPolicy, seeds: u64) -> RunResult {
     let mut o = Options::new(0);
     o.broken = broken;
     o.fencing = Some(fencing);
+    o.failsafe = Some(broken == Broken::FailsafeLies);
     let batch = 20;
     let mut first = 0;
     while first < seeds {
@@ -137,11 +149,25 @@ fn a_primary_clock_far_off_is_caught() {
     );
 }
 
+/// Failsafe's safety rests on the members' promises: acknowledgements that promise nothing let a
+/// replacement take over while the old primary runs on them.
+#[test]
+fn failsafe_acknowledgements_without_a_promise_are_caught() {
+    let r = caught(Broken::FailsafeLies, FencingPolicy::Off, 200);
+    assert!(
+        r.safety_violation().unwrap().starts_with("S1/S2"),
+        "{}",
+        describe(&r)
+    );
+}
+
 #[test]
 fn a_seed_reproduces_its_run_exactly() {
-    for seed in [3, 59, 172] {
-        let a = run(&Options::new(seed));
-        let b = run(&Options::new(seed));
+    for (seed, failsafe) in [(3, false), (59, false), (172, false), (6, true)] {
+        let mut o = Options::new(seed);
+        o.failsafe = Some(failsafe);
+        let a = run(&o);
+        let b = run(&o);
         assert_eq!(a.trace, b.trace, "seed {seed}");
         assert_eq!(a.counters.events, b.counters.events);
         assert_eq!(a.violation, b.violation);
