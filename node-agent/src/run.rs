@@ -238,9 +238,8 @@ async fn lease_watchdog(handle: AgentHandle, mut device: Watchdog) {
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e, "lease watchdog could not demote"),
         }
-        let cfg = handle.snapshot().config;
-        let window = cfg.lease().saturating_sub(cfg.safety_margin());
-        if let Err(e) = device.update(handle.lease_valid_now(), window) {
+        let margin = handle.snapshot().config.safety_margin();
+        if let Err(e) = device.update(handle.lease_valid_for(), margin) {
             tracing::error!(error = %e, "hardware watchdog");
         }
     }

@@ -4,10 +4,15 @@
 //! (or the demotion itself does), the pets stop and the kernel resets the host before the
 //! primary can outlive its lease by more than the device's timeout.
 //!
-//! The device timeout is set to `lease_ms - safety_margin_ms` (rounded down to whole seconds,
-//! at least 1) with `WDIOC_SETTIMEOUT` when the device is armed. A path that is not a watchdog
-//! (tests use a regular file that records the pets) refuses the ioctl: `automatic` carries on
-//! without a timeout and says so, `required` refuses to arm.
+//! Each pet sets the device to fire no later than half a safety margin after the agent's own
+//! lease (or failsafe) deadline: `WDIOC_SETTIMEOUT` with the time left rounded down to whole
+//! seconds (the ioctl also pings). So a host whose agent died just after a pet is reset before
+//! anyone may take the lease over (that is `safety_margin_ms` after the holder's deadline, S2),
+//! not a full lease later; and a healthy agent has demoted (and disarmed) at its deadline, before
+//! the device fires. When less than a second is left nothing is petted: the last setting already
+//! fires in time. A path that is not a watchdog (tests use a regular file that records the pets)
+//! refuses the ioctl: `automatic` carries on with plain pets and says so, `required` refuses to
+//! arm.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -69,13 +74,19 @@ const WDIOC_SETTIMEOUT: u64 = 0xC004_5706;
 pub struct Watchdog {
     config: WatchdogConfig,
     file: Option<File>,
-    /// The timeout was set on the open device (false: the driver's own timeout applies).
-    timeout_set: bool,
+    /// The timeout last set on the open device, in seconds (`None`: the driver's own applies).
+    timeout_set: Option<u64>,
+}
+
+/// The device timeout for a pet now: the whole seconds until half a safety margin past the
+/// agent's deadline (`left` from now); `None` when that is under a second (do not pet).
+pub fn pet_timeout(left: Duration, safety_margin: Duration) -> Option<u64> {
+    Some((left + safety_margin / 2).as_secs()).filter(|s| *s >= 1)
 }
 
 impl Watchdog {
     pub fn new(config: WatchdogConfig) -> Self {
-        Watchdog { config, file: None, timeout_set: false }
+        Watchdog { config, file: None, timeout_set: None }
     }
 
     pub fn is_armed(&self) -> bool {
@@ -93,18 +104,25 @@ impl Watchdog {
         Ok(())
     }
 
-    /// One call per check: arm and pet while `may_lead`, otherwise disarm. `timeout`: the lease's
-    /// validity window, the longest the host may stay unsupervised.
-    pub fn update(&mut self, may_lead: bool, timeout: Duration) -> Result<(), WatchdogError> {
+    /// One call per check: while the agent may lead for `left` more, arm and pet so that the
+    /// device fires by [`pet_timeout`]; otherwise disarm (magic close).
+    pub fn update(&mut self, left: Option<Duration>, safety_margin: Duration) -> Result<(), WatchdogError> {
         if self.config.mode == WatchdogMode::Off {
             return Ok(());
         }
-        if !may_lead {
+        let Some(left) = left else {
             self.disarm();
             return Ok(());
-        }
+        };
+        let Some(secs) = pet_timeout(left, safety_margin) else {
+            return Ok(()); // the last pet's setting fires in time
+        };
         if self.file.is_none() {
-            self.arm(timeout)?;
+            return self.arm(Duration::from_secs(secs));
+        }
+        if self.timeout_set.is_some_and(|set| set != secs) {
+            // Setting the timeout also pings.
+            return self.set_timeout(secs);
         }
         self.pet()
     }
@@ -119,22 +137,36 @@ impl Watchdog {
             .open(&self.config.device)
             .map_err(|source| WatchdogError::Open { device: self.device(), source })?;
         let secs = timeout.as_secs().max(1);
+        self.file = Some(file);
+        match self.ioctl_set_timeout(secs) {
+            Ok(()) => tracing::info!(device = %self.device(), timeout_s = secs, "watchdog armed"),
+            Err(source) if self.config.mode == WatchdogMode::Required => {
+                self.disarm();
+                return Err(WatchdogError::Timeout { device: self.device(), secs, source });
+            }
+            Err(source) => {
+                tracing::warn!(device = %self.device(), secs, error = %source, "watchdog armed without setting its timeout (the driver's own applies)");
+            }
+        }
+        self.pet()
+    }
+
+    fn set_timeout(&mut self, secs: u64) -> Result<(), WatchdogError> {
+        self.ioctl_set_timeout(secs).map_err(|source| WatchdogError::Timeout { device: self.device(), secs, source })
+    }
+
+    /// `WDIOC_SETTIMEOUT`; records the value on success.
+    fn ioctl_set_timeout(&mut self, secs: u64) -> std::io::Result<()> {
+        let Some(file) = self.file.as_ref() else { return Ok(()) };
         let mut value: libc::c_int = secs as libc::c_int;
         // SAFETY: WDIOC_SETTIMEOUT reads and writes one int through the pointer, which points to
         // a live local; the fd is open for the duration of the call.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut value as *mut libc::c_int) };
-        self.timeout_set = rc == 0;
-        self.file = Some(file);
-        if !self.timeout_set {
-            let source = std::io::Error::last_os_error();
-            if self.config.mode == WatchdogMode::Required {
-                self.disarm();
-                return Err(WatchdogError::Timeout { device: self.device(), secs, source });
-            }
-            tracing::warn!(device = %self.device(), secs, error = %source, "watchdog armed without setting its timeout (the driver's own applies)");
-        } else {
-            tracing::info!(device = %self.device(), timeout_s = value, "watchdog armed");
+        if rc != 0 {
+            self.timeout_set = None;
+            return Err(std::io::Error::last_os_error());
         }
+        self.timeout_set = Some(secs);
         Ok(())
     }
 
@@ -178,18 +210,36 @@ mod tests {
     }
 
     const T: Duration = Duration::from_secs(8);
+    const M: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn the_device_fires_by_half_a_margin_after_the_deadline() {
+        assert_eq!(pet_timeout(Duration::from_millis(7_900), M), Some(8), "7.9 s left + 1 s");
+        assert_eq!(pet_timeout(Duration::from_millis(200), M), Some(1));
+        assert_eq!(pet_timeout(Duration::from_millis(400), Duration::from_millis(1_000)), None, "0.9 s: no pet");
+    }
+
+    #[test]
+    fn no_pet_once_less_than_a_second_is_left() {
+        let (_dir, cfg) = fake();
+        let mut w = Watchdog::new(cfg.clone());
+        w.update(Some(T), M).unwrap();
+        w.update(Some(Duration::from_millis(100)), Duration::from_millis(500)).unwrap();
+        assert!(w.is_armed(), "still armed: the device must fire if the demotion hangs");
+        assert_eq!(std::fs::read_to_string(&cfg.device).unwrap(), "1");
+    }
 
     #[test]
     fn armed_and_petted_only_while_leading_then_magic_closed() {
         let (_dir, cfg) = fake();
         let mut w = Watchdog::new(cfg.clone());
-        w.update(false, T).unwrap();
+        w.update(None, M).unwrap();
         assert!(!w.is_armed(), "nothing to supervise before the lease is held");
         for _ in 0..3 {
-            w.update(true, T).unwrap();
+            w.update(Some(T), M).unwrap();
         }
         assert!(w.is_armed());
-        w.update(false, T).unwrap();
+        w.update(None, M).unwrap();
         assert!(!w.is_armed());
         assert_eq!(std::fs::read_to_string(&cfg.device).unwrap(), "111V");
     }
@@ -198,7 +248,7 @@ mod tests {
     fn off_never_opens_the_device() {
         let cfg = WatchdogConfig { mode: WatchdogMode::Off, device: PathBuf::from("/nonexistent/watchdog") };
         let mut w = Watchdog::new(cfg);
-        w.update(true, T).unwrap();
+        w.update(Some(T), M).unwrap();
         assert!(!w.is_armed());
         w.check(T).unwrap();
     }
@@ -220,7 +270,7 @@ mod tests {
         let (_dir, cfg) = fake();
         {
             let mut w = Watchdog::new(cfg.clone());
-            w.update(true, T).unwrap();
+            w.update(Some(T), M).unwrap();
         }
         assert_eq!(std::fs::read_to_string(&cfg.device).unwrap(), "1V");
     }

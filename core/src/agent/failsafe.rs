@@ -410,13 +410,14 @@ impl AgentHandle {
         Some(outcome)
     }
 
-    /// This agent may act as primary now: it holds a leader lease still valid by its own clock,
-    /// or extended by failsafe acknowledgements (what a hardware watchdog is petted on).
-    pub fn lease_valid_now(&self) -> bool {
+    /// How much longer this agent may act as primary: the time left on its leader lease by its
+    /// own clock, or on failsafe acknowledgements extending it; `None` when neither is valid
+    /// (what a hardware watchdog is petted on, and how far).
+    pub fn lease_valid_for(&self) -> Option<Duration> {
         let deadline = *self.shared.lease_deadline.lock().unwrap();
-        deadline.is_some_and(|(term, until)| {
-            self.clock.monotonic() < self.deadline_with_failsafe(term, until)
-        })
+        let (term, until) = deadline?;
+        let left = self.deadline_with_failsafe(term, until).checked_sub(self.clock.monotonic())?;
+        (!left.is_zero()).then_some(left)
     }
 
     /// `until` (the held lease's own deadline for `term`) pushed out by failsafe acknowledgements.
