@@ -428,6 +428,19 @@ impl Sim {
         }
     }
 
+    /// When the hardware watchdog of node `i` fires if its agent stops petting now, as the node
+    /// agent sets it (node-agent/src/watchdog.rs): half a safety margin past the agent's lease or
+    /// failsafe deadline, in whole seconds (or the previous, earlier setting when that is under
+    /// a second); `None` when the agent may not lead (the device is disarmed).
+    fn watchdog_fires_after(&self, i: usize) -> Option<Us> {
+        let handle = self.world.lock().agent_handles[i].clone()?;
+        let left = handle.lease_valid_for()?;
+        let bound = left + self.config.safety_margin() / 2;
+        let whole = Duration::from_secs(bound.as_secs());
+        let after = if whole.is_zero() { bound } else { whole };
+        Some(after.as_micros() as Us)
+    }
+
     /// The slot of agent `i`'s lease watchdog task (same process: killed and hung with it).
     fn watchdog_slot(&self, i: usize) -> usize {
         self.n + COORD_SLOTS + i
@@ -777,19 +790,16 @@ impl Sim {
                     down_for / SEC
                 ));
                 self.heal_at(&mut w, down_for, Heal::AgentStart(i));
-                if fencing_off {
-                    // Without fencing only a watchdog stops the Postgres of a dead agent (the
-                    // agent does not implement one; the simulation assumes it).
-                    let at = w.now + 5 * SEC;
-                    w.schedule(
-                        at,
-                        Event::Boot {
-                            node: usize::MAX - i,
-                            after_fence: false,
-                        },
-                    );
-                }
                 drop(w);
+                if fencing_off {
+                    // Without fencing only the hardware watchdog stops the Postgres of a dead
+                    // agent ([watchdog] in the node agent, assumed enabled when fencing is off).
+                    if let Some(after) = self.watchdog_fires_after(i) {
+                        let mut w = self.world.lock();
+                        let at = w.now + after;
+                        w.schedule(at, Event::Boot { node: usize::MAX - i, after_fence: false });
+                    }
+                }
                 self.kill_slot(i);
             }
             FaultKind::PgCrash { target } => {
@@ -823,10 +833,12 @@ impl Sim {
                 }
                 let name = w.nodes[i].name.clone();
                 w.log(format!("FAULT agent {name} hangs for {}s", hung_for / SEC));
-                // Without fencing, a hardware watchdog the agent pets every loop is the only thing
-                // that stops a hung primary; it resets the node well within the lease.
-                let watchdog = 5 * SEC;
-                if fencing_off && hung_for > watchdog {
+                // Without fencing, the hardware watchdog the agent pets is the only thing that
+                // stops a hung primary.
+                drop(w);
+                let watchdog = if fencing_off { self.watchdog_fires_after(i) } else { None };
+                let mut w = self.world.lock();
+                if let Some(watchdog) = watchdog.filter(|d| hung_for > *d) {
                     let at = w.now + watchdog;
                     w.schedule(at, Event::Heal(Heal::Unhang(i)));
                     w.schedule(
