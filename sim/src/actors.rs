@@ -71,6 +71,8 @@ pub struct WatchdogActor {
     pub handle: AgentHandle,
     pub world: World,
     pub node: usize,
+    /// The cluster's `safety_margin_ms`: the device fires by half of it past the deadline.
+    pub safety_margin: std::time::Duration,
 }
 
 /// node-agent's `WATCHDOG_PERIOD`.
@@ -80,11 +82,26 @@ impl Actor for WatchdogActor {
     fn step(self: Box<Self>) -> Task {
         Box::pin(async move {
             let result = self.handle.enforce_lease_deadline().await;
+            let left = self.handle.lease_valid_for();
+            let mut w = self.world.lock();
             if !matches!(result, Ok(false)) {
-                let mut w = self.world.lock();
                 let name = w.nodes[self.node].name.clone();
                 w.log(format!("agent {name}: lease watchdog: {result:?}"));
             }
+            // The hardware watchdog as node-agent/src/watchdog.rs drives it: disarmed when this
+            // agent may not lead; else petted to fire by half a margin past its deadline (whole
+            // seconds), and not petted once that is under a second.
+            match left {
+                None => w.watchdog_fires_at[self.node] = None,
+                Some(left) => {
+                    let secs = (left + self.safety_margin / 2).as_secs();
+                    if secs >= 1 {
+                        let at = w.now + secs * SEC;
+                        w.watchdog_fires_at[self.node] = Some(at);
+                    }
+                }
+            }
+            drop(w);
             StepEnd {
                 actor: Some(self as Box<dyn Actor>),
                 next_in: Some(WATCHDOG_EVERY),

@@ -383,6 +383,7 @@ impl Sim {
             handle: handle.clone(),
             world: self.world.clone(),
             node: i,
+            safety_margin: self.config.safety_margin(),
         }));
         let wd_id = ActorId {
             slot: ws,
@@ -428,17 +429,11 @@ impl Sim {
         }
     }
 
-    /// When the hardware watchdog of node `i` fires if its agent stops petting now, as the node
-    /// agent sets it (node-agent/src/watchdog.rs): half a safety margin past the agent's lease or
-    /// failsafe deadline, in whole seconds (or the previous, earlier setting when that is under
-    /// a second); `None` when the agent may not lead (the device is disarmed).
+    /// How long until node `i`'s hardware watchdog fires if its agent stops petting now (as the
+    /// agent's lease watchdog task last set it); `None` when it is disarmed.
     fn watchdog_fires_after(&self, i: usize) -> Option<Us> {
-        let handle = self.world.lock().agent_handles[i].clone()?;
-        let left = handle.lease_valid_for()?;
-        let bound = left + self.config.safety_margin() / 2;
-        let whole = Duration::from_secs(bound.as_secs());
-        let after = if whole.is_zero() { bound } else { whole };
-        Some(after.as_micros() as Us)
+        let w = self.world.lock();
+        w.watchdog_fires_at[i].map(|at| at.saturating_sub(w.now))
     }
 
     /// The slot of agent `i`'s lease watchdog task (same process: killed and hung with it).
@@ -473,6 +468,8 @@ impl Sim {
         if s < self.n {
             let mut w = self.world.lock();
             w.agent_handles[s] = None;
+            // A restarted agent opens the device afresh (the reset already scheduled stands).
+            w.watchdog_fires_at[s] = None;
             w.nodes[s].agent_hung = false;
         }
     }

@@ -245,6 +245,9 @@ pub struct Shared {
     pub lease_ms: u64,
     /// "Demote now" handles of the running agents, by node (the HTTP fencer's way in).
     pub agent_handles: Vec<Option<pgdaemon_core::agent::AgentHandle>>,
+    /// When each node's hardware watchdog fires unless petted again (`None`: disarmed), as the
+    /// node agent's lease watchdog task last set it.
+    pub watchdog_fires_at: Vec<Option<Us>>,
     /// Chance that a coordinator is killed right after each cluster-record write it makes.
     pub coord_kill_after_write: f64,
     /// Time of the last heal (liveness is judged from here).
@@ -281,6 +284,7 @@ impl Shared {
             max_lag: 0,
             lease_ms: 0,
             agent_handles: vec![None; hosts - coordinators],
+            watchdog_fires_at: vec![None; hosts - coordinators],
             coord_kill_after_write: 0.0,
             last_heal: 0,
         }
