@@ -260,8 +260,21 @@ impl Drill {
         self.pg.kill9(n)
     }
 
+    /// The store's view; a read that fails (a connection reset on a loaded machine) is retried
+    /// for a few seconds before the error is returned.
     pub async fn view(&self) -> Result<ClusterView> {
-        Ok(self.store.read_view(&self.cluster).await?)
+        let mut attempts = 0;
+        loop {
+            match self.store.read_view(&self.cluster).await {
+                Ok(v) => return Ok(v),
+                Err(e) if attempts < 10 => {
+                    attempts += 1;
+                    eprintln!("read view (retrying): {e}");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     pub async fn wait_healthy(&self, replicas: usize, timeout: Duration) -> Result<String> {

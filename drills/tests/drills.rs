@@ -74,14 +74,18 @@ async fn drills(backend: Backend, name: &str) {
     lap(backend, "1 replica loss and return", &mut t);
 
     // 2. Planned switchover under writes: zero lost rows.
-    // A member just restarted may look stale to the coordinator for a beat on a loaded machine:
-    // the refusal says so, and a retry is what an operator would do.
+    // A member just restarted may look stale (or still report Postgres down from its first
+    // loop) to the coordinator for a beat on a loaded machine: the refusal says so, and a retry
+    // is what an operator would do.
     let mut out = d
         .pgdctl(&["switchover", "--candidate", "pg-2", "--timeout", "60"])
         .await;
     for _ in 0..5 {
         match &out {
-            Err(e) if e.exit_code() == 1 && e.to_string().contains("stale") => {
+            Err(e)
+                if e.exit_code() == 1
+                    && ["stale", "not running"].iter().any(|m| e.to_string().contains(m)) =>
+            {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 out = d
                     .pgdctl(&["switchover", "--candidate", "pg-2", "--timeout", "60"])

@@ -174,7 +174,18 @@ fn acknowledged_commits_survive_repeated_primary_kills_in_synchronous_mode() {
     let store = main.block_on(EtcdStore::connect(&[etcd.endpoint()], "/pgdaemon")).unwrap();
     main.block_on(store.write_cluster(&cluster, None, &ClusterRecord::bootstrap("n1", config()))).unwrap();
     let mut hosts: Vec<Option<Host>> = NODES.iter().map(|n| Some(Host::start(&pg, pg.node(n), &etcd.endpoint(), &cluster, config(), "sync-e2e"))).collect();
-    let view = || main.block_on(store.read_view(&cluster)).unwrap();
+    // A read may fail for a moment on a loaded machine (an etcd connection reset): retry, bounded.
+    let view = || {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match main.block_on(store.read_view(&cluster)) {
+                Ok(v) => return v,
+                Err(e) if Instant::now() < deadline => eprintln!("read view (retrying): {e}"),
+                Err(e) => panic!("read view: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
 
     let acks: Acks = Arc::new(Mutex::new(Vec::new()));
     let ports: Vec<u16> = NODES.iter().map(|n| pg.node(n).port).collect();
