@@ -560,24 +560,25 @@ pub struct DemoteRequest {
     pub reason: String,
 }
 
+/// A request body that must be one JSON object of type `T`; otherwise a 400 naming `example`.
+fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Result<T, Response> {
+    // Through `Value` first: serde would also accept a struct written as an array (`[4]`).
+    serde_json::from_slice::<Value>(body)
+        .and_then(|v| match v {
+            Value::Object(_) => serde_json::from_value::<T>(v),
+            _ => Err(serde::de::Error::custom("expected a JSON object")),
+        })
+        .map_err(|e| error_response(StatusCode::BAD_REQUEST, &format!("body must be JSON like {example}: {e}")))
+}
+
 /// The coordinator's HTTP fencer. 200 `{"demoted":true}` only once Postgres stopped accepting
 /// writes, with `"lsn"` the final WAL position when known (a clean stop; the switchover waits for
 /// the candidate to replay it); 400 for a malformed body (nothing is changed); 503 when the demotion failed or could
 /// not be verified (the caller must not treat the node as fenced).
 async fn demote(State(st): State<ApiState>, body: Bytes) -> Response {
-    // Through `Value` first: serde would also accept a struct written as an array (`[4]`).
-    let parsed = serde_json::from_slice::<Value>(&body).and_then(|v| match v {
-        Value::Object(_) => serde_json::from_value::<DemoteRequest>(v),
-        _ => Err(serde::de::Error::custom("expected a JSON object")),
-    });
-    let req = match parsed {
+    let req: DemoteRequest = match json_object(&body, r#"{"term": 7, "reason": "..."}"#) {
         Ok(r) => r,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("body must be JSON like {{\"term\": 7, \"reason\": \"...\"}}: {e}"),
-            )
-        }
+        Err(response) => return response,
     };
     if req.term == 0 {
         return error_response(StatusCode::BAD_REQUEST, "term must be at least 1");
@@ -619,19 +620,11 @@ async fn demote(State(st): State<ApiState>, body: Bytes) -> Response {
 /// not to take the leader lease for `valid_ms`), 409 with the reply when refused, 400 for a
 /// malformed body (nothing is promised).
 async fn failsafe(State(st): State<ApiState>, body: Bytes) -> Response {
-    let parsed = serde_json::from_slice::<Value>(&body).and_then(|v| match v {
-        Value::Object(_) => serde_json::from_value::<FailsafeRequest>(v),
-        _ => Err(serde::de::Error::custom("expected a JSON object")),
-    });
-    let req = match parsed {
-        Ok(r) => r,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("body must be JSON like {{\"cluster\": \"c\", \"leader\": \"pg-1\", \"term\": 3, \"valid_ms\": 10000}}: {e}"),
-            )
-        }
-    };
+    let req: FailsafeRequest =
+        match json_object(&body, r#"{"cluster": "c", "leader": "pg-1", "term": 3, "valid_ms": 10000}"#) {
+            Ok(r) => r,
+            Err(response) => return response,
+        };
     let reply = st.api.failsafe(&req);
     let status = if reply.ack { StatusCode::OK } else { StatusCode::CONFLICT };
     (status, Json(reply)).into_response()

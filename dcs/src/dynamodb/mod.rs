@@ -143,6 +143,25 @@ impl DynamoDbStore {
         Ok(out.item)
     }
 
+    /// Writes `record` as item `item` unless one exists: `true` written, `false` already there
+    /// (append-only items: history, the event log).
+    async fn put_if_absent(&self, item: &str, record: Item) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(record))
+            .condition_expression("attribute_not_exists(#item)")
+            .expression_attribute_names("#item", SK)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if failed_put_condition(&e).is_some() => Ok(false),
+            Err(e) => Err(sdk_error("append", item, e)),
+        }
+    }
+
     /// Every item of `cluster` whose sort key starts with `begins_with` (all with `None`), in
     /// sort-key order, strongly consistent, following pagination.
     async fn query(&self, cluster: &str, begins_with: Option<&str>) -> Result<Vec<Item>, StoreError> {
@@ -438,21 +457,10 @@ impl Store for DynamoDbStore {
     async fn append_history(&self, cluster: &str, entry: &HistoryEntry) -> Result<(), StoreError> {
         check_cluster(cluster)?;
         let item = keys::history(entry.term);
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(to_item(cluster, &item, entry)?))
-            .condition_expression("attribute_not_exists(#item)")
-            .expression_attribute_names("#item", SK)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if failed_put_condition(&e).is_some() => {
-                Err(StoreError::conflict(item, "a history record for this term exists"))
-            }
-            Err(e) => Err(sdk_error("append", &item, e)),
+        if self.put_if_absent(&item, to_item(cluster, &item, entry)?).await? {
+            Ok(())
+        } else {
+            Err(StoreError::conflict(item, "a history record for this term exists"))
         }
     }
 
@@ -468,21 +476,8 @@ impl Store for DynamoDbStore {
 
     async fn append_event(&self, cluster: &str, event: &Event) -> Result<(), StoreError> {
         let item = codec::event_item(cluster, event)?;
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(event_item(cluster, &item, event)?))
-            .condition_expression("attribute_not_exists(#item)")
-            .expression_attribute_names("#item", SK)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Already logged (a retried append): nothing to do.
-            Err(e) if failed_put_condition(&e).is_some() => Ok(()),
-            Err(e) => Err(sdk_error("append", &item, e)),
-        }
+        // `false`: already logged (a retried append), nothing to do.
+        self.put_if_absent(&item, event_item(cluster, &item, event)?).await.map(|_| ())
     }
 
     async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<Event>, StoreError> {
