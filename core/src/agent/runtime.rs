@@ -179,7 +179,15 @@ impl AgentHandle {
         // `term` (as after its own self-demotion) instead of forcing a failover that loses data.
         tracing::warn!(term, "lease deadline passed while the agent loop was stuck: demoting");
         self.demote_locked(false).await?;
+        self.count_external_demotion();
         Ok(true)
+    }
+
+    /// A demotion outside the loop (requested, or by the lease watchdog): counted in the
+    /// snapshot now and reported as an event at the loop's next tick.
+    fn count_external_demotion(&self) {
+        self.shared.external_demotions.fetch_add(1, Ordering::Relaxed);
+        self.shared.snapshot.lock().unwrap().counters.demotions += 1;
     }
 
     /// Demotes under the Postgres lock and verifies Postgres no longer accepts writes. With
@@ -214,10 +222,9 @@ impl AgentHandle {
         }
         tracing::warn!(term, reason, "demotion requested");
         let lsn = self.demote_locked(true).await?;
-        self.shared.external_demotions.fetch_add(1, Ordering::Relaxed);
+        self.count_external_demotion();
         let mut s = self.shared.snapshot.lock().unwrap();
         s.fenced_through = s.fenced_through.max(term);
-        s.counters.demotions += 1;
         Ok(lsn)
     }
 }
