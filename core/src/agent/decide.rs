@@ -3,12 +3,11 @@
 use std::time::Duration;
 
 use super::failsafe::FailsafeInput;
+use super::sync::{self, SyncInput, SyncStep};
 use crate::config::DynamicConfig;
 use crate::lease::{HeldLease, LeaseState};
-use crate::model::{ClusterView, LeaderLease, LeaseSighting, MemberStatus, MemberTags, Role};
+use crate::model::{ClusterRecord, ClusterView, LeaderLease, LeaseSighting, MemberStatus, MemberTags, Role};
 use crate::pg::{slot_name, DataDirState, PgProbe, PrimaryTarget, SyncStandbys};
-use crate::model::ClusterRecord;
-use super::sync::{self, SyncInput, SyncStep};
 
 /// Who this agent is: fixed for the life of the process.
 #[derive(Debug, Clone, PartialEq, Default)]
