@@ -198,6 +198,17 @@ impl EtcdStore {
 }
 
 /// Transport and server failures are `Unavailable`: the write may or may not have happened.
+/// Decodes the records of a prefix or range read, each named by its key below `base` (the
+/// cluster's prefix).
+fn decode_items<T: serde::de::DeserializeOwned>(base: &str, kvs: Vec<KeyValue>) -> Result<Vec<T>, StoreError> {
+    kvs.iter()
+        .map(|kv| {
+            let item = String::from_utf8_lossy(&kv.key()[base.len()..]).into_owned();
+            decode(&item, kv.value())
+        })
+        .collect()
+}
+
 fn map_error(what: &str, e: etcd_client::Error) -> StoreError {
     match &e {
         // gRPC INVALID_ARGUMENT (3): etcd refused the request itself (e.g. too large).
@@ -405,13 +416,7 @@ impl Store for EtcdStore {
                 client.get(format!("{base}{}", keys::HISTORY_PREFIX), Some(GetOptions::new().with_prefix())),
             )
             .await?;
-        resp.take_kvs()
-            .iter()
-            .map(|kv| {
-                let item = String::from_utf8_lossy(&kv.key()[base.len()..]).into_owned();
-                decode(&item, kv.value())
-            })
-            .collect()
+        decode_items(&base, resp.take_kvs())
     }
 
     async fn append_event(&self, cluster: &str, event: &Event) -> Result<(), StoreError> {
@@ -432,13 +437,7 @@ impl Store for EtcdStore {
         let from = self.key(cluster, &keys::event(since_ms, ""));
         let end = self.key(cluster, keys::EVENT_END);
         let mut resp = self.call("read events", client.get(from, Some(GetOptions::new().with_range(end)))).await?;
-        resp.take_kvs()
-            .iter()
-            .map(|kv| {
-                let item = String::from_utf8_lossy(&kv.key()[base.len()..]).into_owned();
-                decode(&item, kv.value())
-            })
-            .collect()
+        decode_items(&base, resp.take_kvs())
     }
 }
 

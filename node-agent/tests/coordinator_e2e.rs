@@ -18,9 +18,7 @@ use pgdaemon_testkit::postgres::{postgres_available, PgCluster};
 use tokio::runtime::Runtime;
 
 fn config() -> DynamicConfig {
-    let c = DynamicConfig { lease_ms: 4000, renew_interval_ms: 1000, safety_margin_ms: 1500, probe_interval_ms: 500, ..Default::default() };
-    c.validate().unwrap();
-    c
+    common::short_timings()
 }
 
 fn one_failover(etcd: &EtcdServer, run: usize) -> Duration {

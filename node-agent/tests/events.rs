@@ -4,6 +4,8 @@
 //! sinks; a full queue drops its oldest event. End to end: two real agents (hosted coordinators)
 //! on real Postgres and etcd fail over, and every event reaches the log and the webhook once.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -216,7 +218,7 @@ impl Drop for AgentProcess {
 /// and the webhook once each, and the new primary's command hook hears of its promotion once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_reaches_every_sink_once() {
-    use pgdaemon_core::{ClusterRecord, DynamicConfig, Role};
+    use pgdaemon_core::{ClusterRecord, Role};
     use pgdaemon_dcs::EtcdStore;
     use pgdaemon_testkit::engines::EtcdServer;
     use pgdaemon_testkit::postgres::{postgres_available, PgCluster};
@@ -236,7 +238,7 @@ async fn a_failover_reaches_every_sink_once() {
     const PREFIX: &str = "/pgdaemon-events-e2e";
     let cluster = format!("events-e2e-{}", std::process::id());
     let store = EtcdStore::connect(&[etcd.endpoint()], PREFIX).await.unwrap();
-    let dynamic = DynamicConfig { lease_ms: 4000, renew_interval_ms: 1000, safety_margin_ms: 1500, probe_interval_ms: 500, ..Default::default() };
+    let dynamic = common::short_timings();
     store.write_cluster(&cluster, None, &ClusterRecord::bootstrap("pg-1", dynamic)).await.unwrap();
     let (recv, url) = receiver(0).await;
 

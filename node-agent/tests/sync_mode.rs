@@ -33,15 +33,7 @@ fn sync_mode() -> SyncMode {
 }
 
 fn config() -> DynamicConfig {
-    let c = DynamicConfig {
-        lease_ms: 4000,
-        renew_interval_ms: 1000,
-        safety_margin_ms: 1500,
-        probe_interval_ms: 500,
-        synchronous_mode: sync_mode(),
-        synchronous_node_count: 1,
-        ..Default::default()
-    };
+    let c = DynamicConfig { synchronous_mode: sync_mode(), synchronous_node_count: 1, ..common::short_timings() };
     c.validate().unwrap();
     c
 }
