@@ -48,10 +48,16 @@ impl LeaseState {
 /// Pure judge of lease expiry from observed changes of `rvn`.
 ///
 /// Feed it every read of the lease with the monotonic time taken *after* the read returned.
+/// Time counts only while the observer keeps looking: a gap of more than a lease duration between
+/// two reads starts the watch over. Across such a gap (a store outage, a stalled observer) the
+/// holder may have been unable to renew for the same reason, so the unchanged `rvn` proves only
+/// that nobody wrote, not that the holder is gone (docs/store-outages.md).
 #[derive(Debug, Clone, Default)]
 pub struct LeaseObserver {
     /// The `rvn` last seen and when it was first seen.
     sighting: Option<(String, Duration)>,
+    /// When the last read was fed in.
+    last_read: Option<Duration>,
 }
 
 impl LeaseObserver {
@@ -61,6 +67,10 @@ impl LeaseObserver {
 
     /// Records one observation and judges the lease.
     pub fn observe(&mut self, lease: Option<&LeaderLease>, observed_at: Duration) -> LeaseState {
+        let gap = self.last_read.replace(observed_at).map(|prev| observed_at.saturating_sub(prev));
+        if gap.zip(lease).is_some_and(|(gap, l)| gap > Duration::from_millis(l.lease_ms)) {
+            self.sighting = None;
+        }
         let Some(lease) = lease else {
             self.sighting = None;
             return LeaseState::Absent;
@@ -89,7 +99,7 @@ impl LeaseObserver {
         self.sighting.as_ref().map(|(rvn, at)| (rvn.as_str(), *at))
     }
 
-    /// Forgets what was seen (e.g. after this process wrote the lease itself).
+    /// Forgets what was seen (e.g. after this process wrote the lease itself, or a failed read).
     pub fn reset(&mut self) {
         self.sighting = None;
     }
@@ -205,6 +215,20 @@ mod tests {
         assert!(matches!(obs.observe(Some(&lease("r2")), MS(1500)), LeaseState::Held { .. }));
         assert!(matches!(obs.observe(Some(&lease("r2")), MS(2499)), LeaseState::Held { .. }));
         assert!(matches!(obs.observe(Some(&lease("r2")), MS(2500)), LeaseState::Expired(_)));
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_lease_between_reads_starts_the_watch_over() {
+        let mut obs = LeaseObserver::new();
+        obs.observe(Some(&lease("r")), MS(0));
+        // Not looking for more than a lease (an outage the holder may have been in too).
+        assert!(matches!(obs.observe(Some(&lease("r")), MS(1001)), LeaseState::Held { unchanged_for } if unchanged_for == MS(0)));
+        assert!(matches!(obs.observe(Some(&lease("r")), MS(1900)), LeaseState::Held { .. }));
+        assert!(matches!(obs.observe(Some(&lease("r")), MS(2001)), LeaseState::Expired(_)));
+        // Reads a lease apart at most keep counting.
+        let mut obs = LeaseObserver::new();
+        obs.observe(Some(&lease("r")), MS(0));
+        assert!(matches!(obs.observe(Some(&lease("r")), MS(1000)), LeaseState::Expired(_)));
     }
 
     #[test]

@@ -368,13 +368,15 @@ where
             }
             Err(e) => {
                 store_error = Some(e.to_string());
-                if self.config.failsafe_mode {
-                    // A primary in failsafe cannot renew during an outage: an rvn unchanged across
-                    // it is no evidence that it stopped, so lease watching starts over afterwards.
-                    self.observer.reset();
-                }
                 match e {
-                    StoreError::Unavailable(m) => (StoreRead::Unavailable(m), None),
+                    StoreError::Unavailable(m) => {
+                        // The primary may be cut off by the same outage and unable to renew: an
+                        // rvn unchanged across it is no evidence that it stopped, so lease watching
+                        // starts over once the store answers again (docs/store-outages.md). The
+                        // former primary then re-takes its own lease before anyone may take over.
+                        self.observer.reset();
+                        (StoreRead::Unavailable(m), None)
+                    }
                     other => (StoreRead::Malformed(other.to_string()), None),
                 }
             }
