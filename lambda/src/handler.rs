@@ -12,6 +12,12 @@
 //!
 //! Anything else (unknown action, unknown field, wrong type, unconfigured cluster) is an error
 //! naming the problem, and nothing is written.
+//!
+//! Invoked through the agents' alias ([`AGENT_ALIAS`]), the handler carries out `evaluate` only
+//! and refuses everything else, scheduled events included: the node role may invoke that alias
+//! and nothing else (infra/), so a compromised node can ask for a coordinator run, which decides
+//! by the same rules as the schedule, but cannot request a forced failover, a switchover or a
+//! pause.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -62,6 +68,33 @@ struct ActionPayload {
 }
 
 const ACTIONS: &str = "status, evaluate, failover, switchover, pause, resume";
+
+/// The Lambda alias the agents invoke for the fast path (`[coordinator] lambda_function =
+/// "<function>:agent-evaluate"`); the infrastructure lets the node role invoke only this alias.
+pub const AGENT_ALIAS: &str = "agent-evaluate";
+
+/// Whether an invocation came through [`AGENT_ALIAS`], judged by the ARN Lambda reports in the
+/// context (`arn:aws:lambda:<region>:<account>:function:<name>:agent-evaluate`). A function
+/// itself named like the alias is treated the same way: the check fails towards refusing.
+pub fn via_agent_alias(invoked_function_arn: &str) -> bool {
+    invoked_function_arn.ends_with(&format!(":{AGENT_ALIAS}"))
+}
+
+/// Refuses any request but `evaluate` when invoked through [`AGENT_ALIAS`].
+pub fn check_invoked_via(request: &Request, invoked_function_arn: &str) -> Result<(), HandlerError> {
+    if !via_agent_alias(invoked_function_arn) || matches!(request, Request::Evaluate { .. }) {
+        return Ok(());
+    }
+    let what = match request {
+        Request::Scheduled => "a scheduled event".to_string(),
+        Request::Status { .. } => "\"status\"".to_string(),
+        Request::Manual { action, .. } => format!("{:?}", format!("{action:?}").to_lowercase()),
+        Request::Evaluate { .. } => unreachable!("allowed above"),
+    };
+    Err(HandlerError::Refused(format!(
+        "the {AGENT_ALIAS} alias carries only \"evaluate\": {what} refused (invoke the function itself, with an operator's rights)"
+    )))
+}
 
 /// Parses and validates an event against the configuration.
 pub fn parse_event(event: &Value, config: &LambdaConfig) -> Result<Request, HandlerError> {
@@ -177,6 +210,10 @@ where
     /// Handles one event; the JSON answer carries each cluster's outcome and reason.
     pub async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
         let request = parse_event(&event.payload, &self.config)?;
+        if let Err(e) = check_invoked_via(&request, &event.context.invoked_function_arn) {
+            tracing::warn!(request_id = %event.context.request_id, invoked = %event.context.invoked_function_arn, ?request, "refused: {e}");
+            return Err(e);
+        }
         tracing::info!(request_id = %event.context.request_id, ?request, "event");
         match request {
             Request::Scheduled => Ok(json!({ "action": "scheduled", "results": self.evaluate_all(self.config.clusters.clone()).await })),
