@@ -222,7 +222,7 @@ mod tests {
         let mut obs = LeaseObserver::new();
         obs.observe(Some(&lease("r")), MS(0));
         // Not looking for more than a lease (an outage the holder may have been in too).
-        assert!(matches!(obs.observe(Some(&lease("r")), MS(1001)), LeaseState::Held { unchanged_for } if unchanged_for == MS(0)));
+        assert!(matches!(obs.observe(Some(&lease("r")), MS(1001)), LeaseState::Held { unchanged_for, .. } if unchanged_for == MS(0)));
         assert!(matches!(obs.observe(Some(&lease("r")), MS(1900)), LeaseState::Held { .. }));
         assert!(matches!(obs.observe(Some(&lease("r")), MS(2001)), LeaseState::Expired(_)));
         // Reads a lease apart at most keep counting.
