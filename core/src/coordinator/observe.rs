@@ -207,11 +207,13 @@ mod tests {
             v.cluster = Some(ClusterRecord::bootstrap("n1", DynamicConfig { failsafe_mode: failsafe, ..Default::default() }));
             v.leader = Some(lease.clone());
             let mut w = Watch::new();
-            w.observe(&v, MS(0), stale, 0, LockStatus::Held);
-            // Without a failed read, 10 s of the same rvn is an expired lease.
-            assert!(matches!(w.clone().observe(&v, MS(10_000), stale, 0, LockStatus::Held).leader, LeaseState::Expired(_)));
-            w.lost_sight(); // the store was unreachable for a while
-            let o = w.observe(&v, MS(10_000), stale, 0, LockStatus::Held);
+            for t in 0..=4 {
+                w.observe(&v, MS(t * 1000), stale, 0, LockStatus::Held);
+            }
+            // Read every second without a failure, 4 s of the same rvn is an expired lease.
+            assert!(matches!(w.clone().observe(&v, MS(4000), stale, 0, LockStatus::Held).leader, LeaseState::Expired(_)));
+            w.lost_sight(); // the store was unreachable for a moment
+            let o = w.observe(&v, MS(5000), stale, 0, LockStatus::Held);
             assert!(matches!(o.leader, LeaseState::Held { .. }), "failsafe {failsafe}: {:?}", o.leader);
         }
     }
