@@ -294,11 +294,17 @@ async fn two_coordinators_racing_cannot_both_act() {
     for w in [&mut w1, &mut w2] {
         w.observe(&view, t0, stale, 0, LockStatus::Held);
     }
-    // Both watched for 13 s: n1 silent, n2/n3 beating, the lease unchanged.
-    for _ in 0..13 {
+    // Both watched for 13 s, reading every second: n1 silent, n2/n3 beating, the lease unchanged.
+    for s in 1..13 {
         sim.clock.advance(Duration::from_secs(1));
         sim.agents.tick().await;
+        let v = sim.store.read_view(CLUSTER).await.unwrap();
+        for w in [&mut w1, &mut w2] {
+            w.observe(&v, t0 + Duration::from_secs(s), stale, 0, LockStatus::Held);
+        }
     }
+    sim.clock.advance(Duration::from_secs(1));
+    sim.agents.tick().await;
     let view2 = sim.store.read_view(CLUSTER).await.unwrap();
     let o1 = w1.observe(&view2, t0 + Duration::from_secs(13), stale, 0, LockStatus::Held);
     let o2 = w2.observe(&view2, t0 + Duration::from_secs(13), stale, 0, LockStatus::Held);
