@@ -259,6 +259,11 @@ export class PgdaemonClusterStack extends Stack {
       'dynamodb:DeleteItem',
       'dynamodb:ConditionCheckItem',
     ];
+    // No DeleteItem for the agents: no agent code path deletes an item (member records expire by
+    // TTL). DynamoDB has no condition key on the sort key, so within its own cluster an agent can
+    // still overwrite any item with PutItem/UpdateItem: it can disturb its own cluster, never
+    // another one (docs/security.md).
+    const agentItemActions = itemActions.filter((a) => a !== 'dynamodb:DeleteItem');
     const coordinatorPolicy = new iam.Policy(this, 'CoordinatorPolicy', {
       policyName: 'pgdaemon-coordinator',
       statements: [
@@ -324,6 +329,16 @@ export class PgdaemonClusterStack extends Stack {
       CKV_AWS_50: 'The Rust runtime emits no X-Ray segments; every decision is logged with its reason instead.',
     });
 
+    // The agents' way in (the fast path): the node role may invoke this alias and not the
+    // function itself, and invoked through it the coordinator carries out "evaluate" only
+    // (lambda/src/handler.rs refuses the rest). It points at $LATEST, so agents and the schedule
+    // run the same code; reserved concurrency belongs to the function, so the single slot covers both.
+    const agentAlias = new lambda.Alias(this, 'AgentEvaluateAlias', {
+      aliasName: 'agent-evaluate',
+      description: "pgdaemon agents' fast path: evaluate only",
+      version: this.coordinator.latestVersion,
+    });
+
     new events.Rule(this, 'Schedule', {
       ruleName: `${s.name}-coordinator-schedule`,
       description: `Safety-net run of the pgdaemon coordinator for ${s.clusterName}`,
@@ -337,23 +352,51 @@ export class PgdaemonClusterStack extends Stack {
       roleName: `${s.name}-agent`,
       description: `pgdaemon agent on the nodes of cluster ${s.clusterName}: its own cluster's state items only`,
       assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
-      managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('AmazonSSMManagedInstanceCore')],
+      // No AWS managed AmazonSSMManagedInstanceCore: it also grants ssm:GetParameter(s) on every
+      // parameter of the account (other clusters' passwords). The SSM agent's statements below.
     });
-    this.agentRole.attachInlinePolicy(
-      new iam.Policy(this, 'AgentPolicy', {
-        policyName: 'pgdaemon-agent',
-        statements: [
-          new iam.PolicyStatement({ sid: 'StateTableThisClusterOnly', actions: itemActions, resources: [this.table.tableArn], conditions: leadingKeys }),
-          // The replication password and no other parameter (aws/ssm-encrypted: no kms grant needed).
-          new iam.PolicyStatement({
-            sid: 'ReadReplicationPassword',
-            actions: ['ssm:GetParameter'],
-            resources: [this.formatArn({ service: 'ssm', resource: 'parameter', resourceName: s.replicationPasswordParameter.slice(1) })],
-          }),
-          new iam.PolicyStatement({ sid: 'InvokeCoordinator', actions: ['lambda:InvokeFunction'], resources: [this.coordinator.functionArn] }),
-        ],
-      }),
-    );
+    const agentPolicy = new iam.Policy(this, 'AgentPolicy', {
+      policyName: 'pgdaemon-agent',
+      statements: [
+        new iam.PolicyStatement({ sid: 'StateTableThisClusterOnly', actions: agentItemActions, resources: [this.table.tableArn], conditions: leadingKeys }),
+        // The replication password and no other parameter (aws/ssm-encrypted: no kms grant needed).
+        new iam.PolicyStatement({
+          sid: 'ReadReplicationPassword',
+          actions: ['ssm:GetParameter'],
+          resources: [this.formatArn({ service: 'ssm', resource: 'parameter', resourceName: s.replicationPasswordParameter.slice(1) })],
+        }),
+        // Only the agents' alias (qualified ARN), on which the coordinator takes "evaluate" only;
+        // not the function itself (forced failover, switchover, pause are for operators).
+        new iam.PolicyStatement({ sid: 'InvokeCoordinatorEvaluateOnly', actions: ['lambda:InvokeFunction'], resources: [agentAlias.functionArn] }),
+        // The SSM agent (Run Command for ssm fencing, Session Manager), in place of the AWS managed
+        // AmazonSSMManagedInstanceCore; why these and no more: nodes.tf in the Terraform module.
+        // Registration and heartbeat of the managed instance:
+        new iam.PolicyStatement({ sid: 'SsmAgentRegistration', actions: ['ssm:UpdateInstanceInformation'], resources: ['*'] }),
+        // Command delivery (ec2messages; ssmmessages for newer agents and Session Manager); these
+        // services have no resource-level permissions:
+        new iam.PolicyStatement({
+          sid: 'SsmAgentMessages',
+          actions: [
+            'ec2messages:AcknowledgeMessage',
+            'ec2messages:DeleteMessage',
+            'ec2messages:FailMessage',
+            'ec2messages:GetEndpoint',
+            'ec2messages:GetMessages',
+            'ec2messages:SendReply',
+            'ssmmessages:CreateControlChannel',
+            'ssmmessages:CreateDataChannel',
+            'ssmmessages:OpenControlChannel',
+            'ssmmessages:OpenDataChannel',
+          ],
+          resources: ['*'],
+        }),
+      ],
+    });
+    this.agentRole.attachInlinePolicy(agentPolicy);
+    checkovSkip(agentPolicy, {
+      CKV_AWS_111:
+        'Only the SSM agent\'s statements use "*": ec2messages and ssmmessages have no resource-level permissions, and UpdateInstanceInformation is granted on "*" as in AWS\'s own agent policy (AmazonSSMManagedEC2InstanceDefaultPolicy).',
+    });
 
     // --- nodes ------------------------------------------------------------------------------------
     const arch = props.agentArchitecture ?? 'x86_64';
@@ -368,7 +411,8 @@ export class PgdaemonClusterStack extends Stack {
       postgres_port: s.postgresPort,
       agent_api_port: s.agentApiPort,
       replication_password_parameter: s.replicationPasswordParameter,
-      coordinator_function: functionName,
+      // The agents' alias, not the function: through it the coordinator carries out "evaluate" only.
+      coordinator_function: `${functionName}:${agentAlias.aliasName}`,
     });
     const userData = renderTemplate(readTemplate('user-data.sh.tftpl'), {
       agent_binary_url: props.agentBinaryUrl ?? '',

@@ -192,6 +192,17 @@ resource "aws_lambda_function" "coordinator" {
   ]
 }
 
+# The agents' way in (the fast path): the node role may invoke this alias and not the function
+# itself, and invoked through it the coordinator carries out "evaluate" only (lambda/src/
+# handler.rs refuses the rest). It points at $LATEST, so agents and the schedule run the same
+# code; reserved concurrency belongs to the function, so the single slot covers both.
+resource "aws_lambda_alias" "agent_evaluate" {
+  name             = "agent-evaluate"
+  description      = "pgdaemon agents' fast path: evaluate only"
+  function_name    = aws_lambda_function.coordinator.function_name
+  function_version = "$LATEST"
+}
+
 resource "aws_cloudwatch_event_rule" "schedule" {
   name                = "${local.name}-coordinator-schedule"
   description         = "Safety-net run of the pgdaemon coordinator for ${var.cluster_name}"

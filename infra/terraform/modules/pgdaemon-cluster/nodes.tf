@@ -19,7 +19,8 @@ locals {
     postgres_port                  = var.postgres_port
     agent_api_port                 = var.agent_api_port
     replication_password_parameter = local.replication_password_parameter
-    coordinator_function           = local.coordinator_function_name
+    # The agents' alias, not the function: through it the coordinator carries out "evaluate" only.
+    coordinator_function = "${aws_lambda_alias.agent_evaluate.function_name}:${aws_lambda_alias.agent_evaluate.name}"
   })
 
   user_data = templatefile("${path.module}/templates/user-data.sh.tftpl", {
@@ -47,8 +48,14 @@ resource "aws_iam_role" "agent" {
 }
 
 data "aws_iam_policy_document" "agent" {
+  # checkov:skip=CKV_AWS_111:Only the SSM agent's statements use "*": ec2messages and ssmmessages have no resource-level permissions, and UpdateInstanceInformation is granted on "*" as in AWS's own agent policy (AmazonSSMManagedEC2InstanceDefaultPolicy).
+  # checkov:skip=CKV_AWS_356:ssm:UpdateInstanceInformation on "*", as in AWS's own SSM agent policies: pinning the instance ARN form risks the agent's registration and with it ssm fencing; it only reports instance information.
   # Every item of the cluster has partition key = cluster name: the agents can neither read
   # nor write another cluster's lease, members or history, even in a shared table.
+  # No DeleteItem: no agent code path deletes an item (member records expire by TTL). DynamoDB
+  # has no condition key on the sort key, so within its own cluster an agent can still
+  # overwrite any item with PutItem/UpdateItem (the lease, the cluster record, history): a
+  # compromised node can disturb its own cluster, never another one (docs/security.md).
   statement {
     sid = "StateTableThisClusterOnly"
     actions = [
@@ -57,7 +64,6 @@ data "aws_iam_policy_document" "agent" {
       "dynamodb:Query",
       "dynamodb:PutItem",
       "dynamodb:UpdateItem",
-      "dynamodb:DeleteItem",
       "dynamodb:ConditionCheckItem",
     ]
     resources = [aws_dynamodb_table.state.arn]
@@ -77,10 +83,52 @@ data "aws_iam_policy_document" "agent" {
   }
 
   # The fast path: a replica that sees the lease go stale asks for a coordinator run at once.
+  # Only through the agents' alias (its qualified ARN), on which the coordinator refuses every
+  # action but "evaluate": no forced failover, switchover or pause from a node. The unqualified
+  # function (operators, the schedule) is not granted.
   statement {
-    sid       = "InvokeCoordinator"
+    sid       = "InvokeCoordinatorEvaluateOnly"
     actions   = ["lambda:InvokeFunction"]
-    resources = [aws_lambda_function.coordinator.arn]
+    resources = [aws_lambda_alias.agent_evaluate.arn]
+  }
+
+  # The SSM agent, in place of the AWS managed AmazonSSMManagedInstanceCore: that policy also
+  # grants ssm:GetParameter(s) on every parameter of the account (other clusters' replication
+  # passwords), GetDocument on every document, and the State Manager, Patch Manager, Inventory
+  # and Distributor calls. (AWS's newer AmazonSSMManagedEC2InstanceDefaultPolicy drops the
+  # parameters too; these statements are its subset.) Run Command (ssm fencing) and Session
+  # Manager need only these:
+  # - registration and heartbeat of the managed instance (ping status "Online");
+  statement {
+    sid       = "SsmAgentRegistration"
+    actions   = ["ssm:UpdateInstanceInformation"]
+    resources = ["*"]
+  }
+  # - Run Command delivery: the ec2messages channel (poll, acknowledge, reply), and the
+  #   ssmmessages control channel that newer agents also take commands from, which carries
+  #   Session Manager. No resource-level permissions exist for these two services.
+  # Left out on purpose: ssm:ListInstanceAssociations, DescribeAssociation,
+  # UpdateInstanceAssociationStatus, UpdateAssociationStatus, ListAssociations (State Manager:
+  # the agent logs an access error when it polls for associations, commands still run),
+  # GetDocument/DescribeDocument (a command's document arrives in the message), PutInventory,
+  # PutComplianceItems, GetDeployablePatchSnapshotForInstance, GetManifest,
+  # PutConfigurePackageResult; ssm:DescribeInstanceProperties and DescribeDocumentParameters are
+  # console calls the agent never makes. Add the State Manager ones yourself if you use it.
+  statement {
+    sid = "SsmAgentMessages"
+    actions = [
+      "ec2messages:AcknowledgeMessage",
+      "ec2messages:DeleteMessage",
+      "ec2messages:FailMessage",
+      "ec2messages:GetEndpoint",
+      "ec2messages:GetMessages",
+      "ec2messages:SendReply",
+      "ssmmessages:CreateControlChannel",
+      "ssmmessages:CreateDataChannel",
+      "ssmmessages:OpenControlChannel",
+      "ssmmessages:OpenDataChannel",
+    ]
+    resources = ["*"]
   }
 }
 
@@ -88,12 +136,6 @@ resource "aws_iam_role_policy" "agent" {
   name   = "pgdaemon-agent"
   role   = aws_iam_role.agent.id
   policy = data.aws_iam_policy_document.agent.json
-}
-
-# Registers the instance with SSM (Session Manager, Run Command for ssm fencing).
-resource "aws_iam_role_policy_attachment" "agent_ssm" {
-  role       = aws_iam_role.agent.name
-  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
 }
 
 resource "aws_iam_instance_profile" "agent" {

@@ -18,6 +18,11 @@ output "coordinator_function_arn" {
   value       = aws_lambda_function.coordinator.arn
 }
 
+output "coordinator_agent_alias_arn" {
+  description = "Qualified ARN of the coordinator's agent-evaluate alias: the only thing the nodes may invoke (evaluate only)."
+  value       = aws_lambda_alias.agent_evaluate.arn
+}
+
 output "coordinator_role_arn" {
   description = "Execution role of the coordinator Lambda."
   value       = aws_iam_role.coordinator.arn
