@@ -3,8 +3,8 @@
 
 Queries moto with the real AWS APIs (boto3), checks the properties the issue promises (table key
 schema, Lambda runtime and concurrency, schedule, IAM conditions, NLB health checks, security
-groups), and writes the IAM policy documents it read to --policies-out, for the IAM simulation
-in infra/cdk/test (the same simulator judges both stacks).
+groups), and writes the IAM policy documents it read (inline and attached managed ones) to
+--policies-out, for the IAM simulation in infra/cdk/test (the same simulator judges both stacks).
 
 Usage: assert_terraform_moto.py --endpoint URL --region R --cluster NAME --tag-key KEY --policies-out FILE
 Exits non-zero on the first failed group, printing every failed assertion of that group.
@@ -13,6 +13,7 @@ import argparse
 import base64
 import json
 import sys
+import urllib.parse
 
 import boto3
 from botocore.exceptions import ClientError
@@ -59,6 +60,11 @@ def main() -> int:
     ap.add_argument("--cluster", required=True)
     ap.add_argument("--tag-key", required=True)
     ap.add_argument("--policies-out")
+    ap.add_argument(
+        "--managed-policies",
+        default="infra/cdk/test/aws-managed-policies.json",
+        help="AWS managed policy documents the CDK simulation embeds; checked against moto's copy",
+    )
     ap.add_argument("--user-data-out", help="write the nodes' decoded user data here")
     ap.add_argument("--expect-destroyed", action="store_true", help="check that destroy left nothing behind")
     a = ap.parse_args()
@@ -143,12 +149,24 @@ def main() -> int:
     print("IAM: coordinator role")
     iam = client("iam")
 
+    def managed_document(arn):
+        version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+        doc = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
+        return json.loads(urllib.parse.unquote(doc)) if isinstance(doc, str) else doc
+
     def role_policies(role):
+        """Inline documents, attached policy ARNs, and every document (inline + attached): a
+        role's managed policies grant as much as its inline ones, so the simulation gets both."""
         docs = [iam.get_role_policy(RoleName=role, PolicyName=n)["PolicyDocument"] for n in iam.list_role_policies(RoleName=role)["PolicyNames"]]
         attached = [p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]]
-        return docs, attached
+        return docs, attached, docs + [managed_document(arn) for arn in attached]
 
-    coord_docs, coord_attached = role_policies(f"{prefix}-coordinator")
+    # The AWS managed documents the CDK half of the simulation embeds must be AWS's (moto's copy).
+    fixture = json.load(open(a.managed_policies))["policies"]
+    for arn, p in fixture.items():
+        check(managed_document(arn) == p["document"], f"{a.managed_policies}: {arn.split('/')[-1]} matches moto's copy")
+
+    coord_docs, coord_attached, coord_all = role_policies(f"{prefix}-coordinator")
     coord_stmts = [s for d in coord_docs for s in statements(d)]
     stop = [s for s in coord_stmts if s["Effect"] == "Allow" and any(action_matches(p, "ec2:StopInstances") for p in as_list(s["Action"]))]
     check(len(stop) == 1, f"exactly one statement allows ec2:StopInstances: {len(stop)}")
@@ -172,7 +190,7 @@ def main() -> int:
     check(not any(as_list(s["Action"]) in (["*"], ["ec2:*"], ["ssm:*"]) for s in coord_stmts), "no wildcard service access")
 
     print("IAM: agent role")
-    agent_docs, agent_attached = role_policies(f"{prefix}-agent")
+    agent_docs, agent_attached, agent_all = role_policies(f"{prefix}-agent")
     agent_stmts = [s for d in agent_docs for s in statements(d)]
     dyn = [s for s in agent_stmts if any(p.startswith("dynamodb:") for p in as_list(s["Action"]))]
     check(len(dyn) >= 1, "agents may use the state table")
@@ -180,16 +198,28 @@ def main() -> int:
         all(as_list(s.get("Condition", {}).get("ForAllValues:StringEquals", {}).get("dynamodb:LeadingKeys")) == [a.cluster] for s in dyn),
         "agents: leading-key condition = cluster name on every DynamoDB statement",
     )
-    inv = [s for s in agent_stmts if "lambda:InvokeFunction" in as_list(s["Action"])]
-    check(len(inv) == 1 and as_list(inv[0]["Resource"]) == [fn_arn], "agents may invoke the coordinator (only)")
+    check(not any(any(action_matches(p, "dynamodb:DeleteItem") for p in as_list(s["Action"])) for s in agent_stmts), "agents cannot delete items (no agent code path deletes)")
+    alias = lam.get_alias(FunctionName=fn_name, Name="agent-evaluate")
+    alias_arn = alias["AliasArn"]
+    check(alias_arn == f"{fn_arn}:agent-evaluate" and alias["FunctionVersion"] == "$LATEST", f"agent-evaluate alias on $LATEST: {alias_arn} -> {alias['FunctionVersion']}")
+    inv = [s for s in agent_stmts if any(action_matches(p, "lambda:InvokeFunction") for p in as_list(s["Action"]))]
+    check(len(inv) == 1 and as_list(inv[0]["Resource"]) == [alias_arn], f"agents may invoke the agent-evaluate alias only, not the function: {[s['Resource'] for s in inv]}")
     check(not any(a_.startswith("ec2:") or a_.startswith("ssm:SendCommand") for s in agent_stmts for a_ in as_list(s["Action"])), "agents cannot stop instances or run commands")
-    check(any(p.endswith("/AmazonSSMManagedInstanceCore") for p in agent_attached), "agents registered with SSM")
-    params = [s for s in agent_stmts if any(x.startswith("ssm:") for x in as_list(s["Action"]))]
+    check(agent_attached == [], f"no managed policy on the agent role (AmazonSSMManagedInstanceCore reads every parameter): {agent_attached}")
+    ssm_stmts = [s for s in agent_stmts if any(x.startswith("ssm:") for x in as_list(s["Action"]))]
+    params = [s for s in ssm_stmts if any(x.startswith("ssm:GetParameter") for x in as_list(s["Action"]))]
     check(
         len(params) == 1 and as_list(params[0]["Action"]) == ["ssm:GetParameter"]
         and as_list(params[0]["Resource"]) == [f"arn:aws:ssm:{a.region}:{fn_arn.split(':')[4]}:parameter/pgdaemon/{a.cluster}/replication-password"],
         "agents read only the replication password parameter",
     )
+    check(
+        all(as_list(s["Action"]) == ["ssm:UpdateInstanceInformation"] for s in ssm_stmts if s not in params),
+        f"no other ssm: action than the SSM agent's registration: {[s['Action'] for s in ssm_stmts if s not in params]}",
+    )
+    agent_actions = {x for s in agent_stmts for x in as_list(s["Action"])}
+    needed = {"ssm:UpdateInstanceInformation", "ec2messages:GetMessages", "ec2messages:AcknowledgeMessage", "ec2messages:SendReply", "ssmmessages:OpenControlChannel"}
+    check(needed <= agent_actions, f"the SSM agent can register and take Run Command (ssm fencing): missing {sorted(needed - agent_actions)}")
 
     print("IAM simulation in moto")
     try:
@@ -208,7 +238,7 @@ def main() -> int:
     ud = base64.b64decode(lt.get("UserData", "")).decode()
     check("systemctl enable --now pgdaemon-agent.service" in ud, "user data enables pgdaemon-agent.service")
     check("/etc/pgdaemon/pgdaemon.toml" in ud and f'table = "{prefix}"' in ud and f'cluster = "{a.cluster}"' in ud, "user data writes the agent config")
-    check(f'lambda_function = "{fn_name}"' in ud, "agents know the coordinator for the fast path")
+    check(f'lambda_function = "{fn_name}:agent-evaluate"' in ud, "agents invoke the coordinator through the agent-evaluate alias")
     check("amazon-ssm-agent" in ud, "user data enables the SSM agent")
     if a.user_data_out:
         with open(a.user_data_out, "w") as f:
@@ -265,8 +295,10 @@ def main() -> int:
                 "account": fn_arn.split(":")[4],
                 "tableArn": table["TableArn"],
                 "functionArn": fn_arn,
-                "coordinator": coord_docs,
-                "agent": agent_docs,
+                "agentAliasArn": alias_arn,
+                "coordinator": coord_all,
+                "agent": agent_all,
+                "agentManagedArns": agent_attached,
             },
             f,
             indent=1,

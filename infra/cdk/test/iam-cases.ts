@@ -2,7 +2,9 @@
 // stack produces (CDK: synthesized template; Terraform: the documents read back from moto).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { simulate } from './support';
+import { awsManagedPolicy, simulate } from './support';
+
+const SSM_MANAGED_INSTANCE_CORE = 'arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore';
 
 export interface IamSubject {
   cluster: string;
@@ -11,8 +13,13 @@ export interface IamSubject {
   account: string;
   tableArn: string;
   functionArn: string;
+  /** Qualified ARN of the agents' alias (`<functionArn>:agent-evaluate`). */
+  agentAliasArn: string;
+  /** Every identity policy document of each role: inline, customer managed and AWS managed. */
   coordinator: any[]; // eslint-disable-line @typescript-eslint/no-explicit-any
   agent: any[]; // eslint-disable-line @typescript-eslint/no-explicit-any
+  /** The AWS managed policy ARNs attached to the agent role. */
+  agentManagedArns: string[];
 }
 
 export function registerIamCases(label: string, load: () => IamSubject): void {
@@ -76,11 +83,60 @@ export function registerIamCases(label: string, load: () => IamSubject): void {
     assert.equal(await simulate(s.agent, 'ssm:PutParameter', param(s.cluster)), 'ImplicitlyDenied');
   });
 
-  test(`${label}: agents may invoke the coordinator, and nothing that fences`, async () => {
+  test(`${label}: agents may invoke the coordinator's agent-evaluate alias only, and nothing that fences`, async () => {
     const s = load();
-    assert.equal(await simulate(s.agent, 'lambda:InvokeFunction', s.functionArn), 'Allowed');
+    assert.equal(s.agentAliasArn, `${s.functionArn}:agent-evaluate`);
+    assert.equal(await simulate(s.agent, 'lambda:InvokeFunction', s.agentAliasArn), 'Allowed');
+    // The function itself takes failover (force), switchover and pause: operators only.
+    assert.equal(await simulate(s.agent, 'lambda:InvokeFunction', s.functionArn), 'ImplicitlyDenied');
+    assert.equal(await simulate(s.agent, 'lambda:InvokeFunction', `${s.functionArn}:$LATEST`), 'ImplicitlyDenied');
+    assert.equal(await simulate(s.agent, 'lambda:InvokeFunction', `${s.functionArn}:live`), 'ImplicitlyDenied');
     assert.equal(await simulate(s.agent, 'lambda:InvokeFunction', `arn:aws:lambda:${s.region}:${s.account}:function:other`), 'ImplicitlyDenied');
+    assert.equal(await simulate(s.agent, 'lambda:UpdateAlias', s.agentAliasArn), 'ImplicitlyDenied');
     assert.equal(await simulate(s.agent, 'ec2:StopInstances', instance(s), tag(s, s.cluster)), 'ImplicitlyDenied');
     assert.equal(await simulate(s.agent, 'ssm:SendCommand', instance(s), tag(s, s.cluster)), 'ImplicitlyDenied');
+  });
+
+  test(`${label}: agents cannot delete items, not even their own cluster's`, async () => {
+    const s = load();
+    const keys = (k: string[]) => ({ 'dynamodb:LeadingKeys': k });
+    assert.equal(await simulate(s.agent, 'dynamodb:DeleteItem', s.tableArn, keys([s.cluster])), 'ImplicitlyDenied');
+    assert.equal(await simulate(s.agent, 'dynamodb:DeleteItem', s.tableArn, keys(['someone-else'])), 'ImplicitlyDenied');
+    assert.equal(await simulate(s.agent, 'dynamodb:BatchWriteItem', s.tableArn, keys([s.cluster])), 'ImplicitlyDenied');
+    // The coordinator keeps its rights (it is not the subject of this finding).
+    assert.equal(await simulate(s.coordinator, 'dynamodb:DeleteItem', s.tableArn, keys([s.cluster])), 'Allowed');
+  });
+
+  test(`${label}: agents read no parameter but their cluster's, whatever their managed policies hold`, async () => {
+    const s = load();
+    assert.deepEqual(s.agentManagedArns, [], 'no AWS managed policy on the agent role (AmazonSSMManagedInstanceCore grants every parameter)');
+    const param = (name: string) => `arn:aws:ssm:${s.region}:${s.account}:parameter/${name}`;
+    for (const action of ['ssm:GetParameter', 'ssm:GetParameters', 'ssm:GetParametersByPath']) {
+      assert.equal(await simulate(s.agent, action, param(`pgdaemon/${s.cluster}-other/replication-password`)), 'ImplicitlyDenied', action);
+      assert.equal(await simulate(s.agent, action, param('prod/app/db-password')), 'ImplicitlyDenied', action);
+    }
+    assert.equal(await simulate(s.agent, 'ssm:GetParameters', param(`pgdaemon/${s.cluster}/replication-password`)), 'ImplicitlyDenied', 'GetParameter only');
+    assert.equal(await simulate(s.agent, 'ssm:GetDocument', `arn:aws:ssm:${s.region}:${s.account}:document/anything`), 'ImplicitlyDenied');
+  });
+
+  test(`${label}: regression: the managed SSM policy the nodes carried would let them read any parameter`, async () => {
+    // Proves the simulation sees managed policies: with AmazonSSMManagedInstanceCore attached, as
+    // the agent role once had, another cluster's password is readable.
+    const s = load();
+    const before = [...s.agent, awsManagedPolicy(SSM_MANAGED_INSTANCE_CORE)];
+    const other = `arn:aws:ssm:${s.region}:${s.account}:parameter/pgdaemon/${s.cluster}-other/replication-password`;
+    assert.equal(await simulate(before, 'ssm:GetParameter', other), 'Allowed');
+    assert.equal(await simulate(s.agent, 'ssm:GetParameter', other), 'ImplicitlyDenied');
+  });
+
+  test(`${label}: agents keep what the SSM agent needs for Run Command (ssm fencing) and Session Manager`, async () => {
+    const s = load();
+    const managedInstance = `arn:aws:ec2:${s.region}:${s.account}:instance/i-0123456789abcdef0`;
+    assert.equal(await simulate(s.agent, 'ssm:UpdateInstanceInformation', managedInstance), 'Allowed');
+    for (const action of ['ec2messages:GetMessages', 'ec2messages:AcknowledgeMessage', 'ec2messages:SendReply', 'ec2messages:GetEndpoint',
+      'ec2messages:DeleteMessage', 'ec2messages:FailMessage', 'ssmmessages:CreateControlChannel', 'ssmmessages:OpenControlChannel',
+      'ssmmessages:CreateDataChannel', 'ssmmessages:OpenDataChannel']) {
+      assert.equal(await simulate(s.agent, action, '*'), 'Allowed', action);
+    }
   });
 }

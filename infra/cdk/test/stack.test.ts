@@ -6,7 +6,7 @@ import { Match } from 'aws-cdk-lib/assertions';
 import { App } from 'aws-cdk-lib';
 import { PgdaemonClusterStack, elbName } from '../lib/pgdaemon-stack';
 import { renderTemplate } from '../lib/template';
-import { CLUSTER, TAG_KEY, baseProps, rolePolicies, synth } from './support';
+import { CLUSTER, TAG_KEY, baseProps, roleManagedPolicyArns, rolePolicies, synth } from './support';
 
 const t = synth();
 const name = `pgdaemon-${CLUSTER}`;
@@ -87,20 +87,29 @@ test('coordinator policy: StopInstances only with the cluster tag condition', ()
   }
 });
 
-test('agent policy: leading-key condition on every DynamoDB statement, invoke only the coordinator', () => {
+test('agent policy: leading keys on every DynamoDB statement, no DeleteItem, invoke only the agent alias, no managed policy', () => {
   const stmts = rolePolicies(t, `${name}-agent`).flatMap((d) => d.Statement);
   const dyn = stmts.filter((s) => [s.Action].flat().some((a: string) => a.startsWith('dynamodb:')));
   assert.ok(dyn.length >= 1);
   for (const s of dyn) {
     assert.deepEqual(s.Condition, { 'ForAllValues:StringEquals': { 'dynamodb:LeadingKeys': [CLUSTER] } });
+    assert.ok(![s.Action].flat().includes('dynamodb:DeleteItem'), 'agents never delete an item');
   }
   const invoke = stmts.filter((s) => [s.Action].flat().includes('lambda:InvokeFunction'));
   assert.equal(invoke.length, 1);
-  assert.equal(invoke[0].Resource, `arn:aws:lambda:eu-west-1:123456789012:function:${name}-coordinator`);
-  t.hasResourceProperties('AWS::IAM::Role', {
-    RoleName: `${name}-agent`,
-    ManagedPolicyArns: Match.arrayWith([{ 'Fn::Join': ['', Match.arrayWith([Match.stringLikeRegexp('AmazonSSMManagedInstanceCore')])] }]),
-  });
+  assert.equal(invoke[0].Resource, `arn:aws:lambda:eu-west-1:123456789012:function:${name}-coordinator:agent-evaluate`);
+  t.hasResourceProperties('AWS::Lambda::Alias', { Name: 'agent-evaluate', FunctionVersion: '$LATEST', FunctionName: { Ref: Match.stringLikeRegexp('^Coordinator') } });
+  // Every ssm: action is the scoped GetParameter or the SSM agent's registration; nothing on "*" reads data.
+  for (const s of stmts.filter((x) => [x.Action].flat().some((a: string) => a.startsWith('ssm:')))) {
+    const actions = [s.Action].flat();
+    if (actions.includes('ssm:GetParameter')) {
+      assert.deepEqual(actions, ['ssm:GetParameter']);
+      assert.equal(s.Resource, `arn:aws:ssm:eu-west-1:123456789012:parameter/pgdaemon/${CLUSTER}/replication-password`);
+    } else {
+      assert.deepEqual(actions, ['ssm:UpdateInstanceInformation']);
+    }
+  }
+  assert.deepEqual(roleManagedPolicyArns(t, `${name}-agent`), [], 'no AWS managed policy (AmazonSSMManagedInstanceCore reads every parameter)');
 });
 
 test('nodes: IMDSv2, encrypted volumes, user data installs the agent service and its config', () => {
@@ -112,7 +121,7 @@ test('nodes: IMDSv2, encrypted volumes, user data installs the agent service and
   assert.match(userData, new RegExp(`table = "${name}"`));
   assert.match(userData, new RegExp(`cluster = "${CLUSTER}"`));
   assert.match(userData, /amazon-ssm-agent/);
-  assert.match(userData, new RegExp(`lambda_function = "${name}-coordinator"`));
+  assert.match(userData, new RegExp(`lambda_function = "${name}-coordinator:agent-evaluate"`));
   t.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
     MinSize: '3',
     MaxSize: '3',

@@ -65,6 +65,8 @@ export function resolve(value: Json, resources: Record<string, Json>): Json {
         return `arn:aws:dynamodb:${REGION}:${ACCOUNT}:table/${p.TableName}`;
       case 'AWS::Lambda::Function':
         return `arn:aws:lambda:${REGION}:${ACCOUNT}:function:${p.FunctionName}`;
+      case 'AWS::Lambda::Alias': // Ref of an alias is its qualified ARN
+        return `${resolve(p.FunctionName, resources)}:${p.Name}`;
       case 'AWS::SNS::Topic':
         return `arn:aws:sns:${REGION}:${ACCOUNT}:${p.TopicName}`;
       case 'AWS::Logs::LogGroup':
@@ -87,14 +89,45 @@ export function resolve(value: Json, resources: Record<string, Json>): Json {
   }
 }
 
-/** The inline policy documents attached to a role, resolved to plain JSON. */
+/**
+ * AWS managed policies' documents by ARN (test/aws-managed-policies.json; assert_terraform_moto.py
+ * checks them against moto's copy). A role's managed policies grant as much as its inline ones,
+ * so the simulation must see them: AmazonSSMManagedInstanceCore once gave every node
+ * ssm:GetParameter on every parameter of the account, unseen by an inline-only simulation.
+ */
+export function awsManagedPolicy(arn: string): Json {
+  const file = path.resolve(__dirname, '..', '..', 'test', 'aws-managed-policies.json');
+  const known = JSON.parse(fs.readFileSync(file, 'utf8')).policies as Record<string, { document: Json }>;
+  const p = known[arn];
+  if (!p) throw new Error(`AWS managed policy ${arn} is not in ${file}: add its published document, or the simulation would miss what it grants`);
+  return p.document;
+}
+
+/**
+ * Every identity policy document of a role, resolved to plain JSON: its inline policies, the
+ * customer managed policies attached to it, and the AWS managed policies it lists (documents
+ * from awsManagedPolicy, an unknown one is an error).
+ */
 export function rolePolicies(template: Template, roleName: string): Json[] {
   const resources = template.toJSON().Resources as Record<string, Json>;
   const roleId = Object.keys(resources).find((id) => resources[id].Type === 'AWS::IAM::Role' && resources[id].Properties.RoleName === roleName);
   if (!roleId) throw new Error(`no role ${roleName}`);
-  return Object.values(resources)
-    .filter((r) => r.Type === 'AWS::IAM::Policy' && r.Properties.Roles.some((x: Json) => x.Ref === roleId))
+  const inline = Object.values(resources)
+    .filter((r) => ['AWS::IAM::Policy', 'AWS::IAM::ManagedPolicy'].includes(r.Type) && (r.Properties.Roles ?? []).some((x: Json) => x.Ref === roleId))
     .map((r) => resolve(r.Properties.PolicyDocument, resources));
+  const managed = ((resources[roleId].Properties.ManagedPolicyArns ?? []) as Json[]).map((a) => {
+    if (typeof a === 'object' && a !== null && 'Ref' in a) return resolve(resources[a.Ref].Properties.PolicyDocument, resources);
+    return awsManagedPolicy(resolve(a, resources) as string);
+  });
+  return [...inline, ...managed];
+}
+
+/** The AWS managed policy ARNs a role lists. */
+export function roleManagedPolicyArns(template: Template, roleName: string): string[] {
+  const resources = template.toJSON().Resources as Record<string, Json>;
+  const role = Object.values(resources).find((r) => r.Type === 'AWS::IAM::Role' && r.Properties.RoleName === roleName);
+  if (!role) throw new Error(`no role ${roleName}`);
+  return ((role.Properties.ManagedPolicyArns ?? []) as Json[]).map((a) => resolve(a, resources) as string);
 }
 
 export type Decision = 'Allowed' | 'ExplicitlyDenied' | 'ImplicitlyDenied';
