@@ -40,14 +40,18 @@ test-unit:
 test-rust: setup
 	$(CARGO) test --workspace --exclude pgdaemon-localstack-tests --no-fail-fast
 
-test-infra: setup
+test-infra:
+	scripts/setup --infra
 	scripts/check-infra
 
-localstack-test: setup
+localstack-test:
+	scripts/setup --infra
 	scripts/localstack-test
 
-# localstack-test comes after test-rust so that its build is all in cargo's cache already.
-test: test-rust test-infra localstack-test
+# Every suite: the infrastructure checks beside the Rust build, then the Rust tests alone (they
+# measure time), then the AWS path reusing the build (scripts/test says why in that order).
+test:
+	scripts/test
 
 demo:
 	STORE=$(STORE) scripts/demo
