@@ -11,8 +11,82 @@ pub fn encode<T: Serialize>(item: &str, value: &T) -> Result<String, StoreError>
     serde_json::to_string(value).map_err(|e| StoreError::Invalid(format!("cannot encode {item}: {e}")))
 }
 
+/// The record format this build writes and reads (see docs/upgrading.md, "Record contract").
+///
+/// Every stored record may carry two optional envelope fields, both omitted while they are 1 so
+/// that records stay readable by releases that predate the contract (they refuse unknown fields):
+/// - [`FORMAT_FIELD`]: the format the writer used;
+/// - [`MIN_READER_FIELD`]: the oldest reader format that may act on the record. A writer raises
+///   it only for a change an older reader would misread (not for an added field, which older
+///   readers ignore).
+pub const RECORD_FORMAT: u64 = 1;
+pub const FORMAT_FIELD: &str = "format_version";
+pub const MIN_READER_FIELD: &str = "min_reader_version";
+
+/// Decodes a stored record: unknown fields are ignored (forward compatible), a record that
+/// declares a minimum reader format above [`RECORD_FORMAT`] is refused as malformed with an
+/// error saying so, and so is anything that does not decode as `T`.
 pub fn decode<T: DeserializeOwned>(item: &str, text: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(text).map_err(|e| StoreError::malformed(item, e))
+    let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| StoreError::malformed(item, e))?;
+    decode_value(item, value)
+}
+
+/// [`decode`] of an already parsed JSON value (DynamoDB items become one first).
+pub fn decode_value<T: DeserializeOwned>(item: &str, value: serde_json::Value) -> Result<T, StoreError> {
+    check_reader_version(item, &value)?;
+    serde_json::from_value(value).map_err(|e| StoreError::malformed(item, e))
+}
+
+/// Refuses a record this build may not act on because it declares a newer minimum reader.
+pub fn check_reader_version(item: &str, value: &serde_json::Value) -> Result<(), StoreError> {
+    let Some(declared) = value.get(MIN_READER_FIELD) else { return Ok(()) };
+    match declared.as_u64() {
+        Some(v) if v <= RECORD_FORMAT => Ok(()),
+        Some(v) => Err(StoreError::malformed(
+            item,
+            format!(
+                "written for readers of record format {v} or newer; this pgdaemon {} reads format {RECORD_FORMAT}: \
+                 upgrade it (docs/upgrading.md)",
+                crate::VERSION
+            ),
+        )),
+        None => Err(StoreError::malformed(item, format!("{MIN_READER_FIELD} is not a whole number: {declared}"))),
+    }
+}
+
+/// A member record must be stored under its own name: `member#<name>`. A record under another
+/// key (a copy, a hand edit, a bug) is refused, so it can never stand in for another member.
+pub fn check_member_key(item: &str, member: &crate::model::MemberStatus) -> Result<(), StoreError> {
+    match item.strip_prefix(crate::keys::MEMBER_PREFIX) {
+        Some(name) if name == member.name => Ok(()),
+        _ => Err(StoreError::malformed(
+            item,
+            format!("holds the record of member {:?}: a member record must be stored under its own name", member.name),
+        )),
+    }
+}
+
+/// Decodes a member heartbeat stored as `item` (`member#<name>`), checking key and name agree.
+pub fn decode_member(item: &str, text: &[u8]) -> Result<crate::model::MemberStatus, StoreError> {
+    let member = decode(item, text)?;
+    check_member_key(item, &member)?;
+    Ok(member)
+}
+
+/// Logs an unreadable history or event item that a read skipped.
+pub fn warn_unreadable(cluster: &str, error: &StoreError) {
+    tracing::warn!(cluster, error = %error, "store record unreadable: skipped (docs/upgrading.md)");
+}
+
+/// Records a member, history or event item that could not be read: it is skipped (never
+/// blocking the rest of the read), logged, and returned to the caller to show.
+pub fn skip_unreadable(out: &mut Vec<crate::model::UnreadableItem>, cluster: &str, error: StoreError) {
+    warn_unreadable(cluster, &error);
+    let (item, error) = match error {
+        StoreError::Malformed { item, reason } => (item, reason),
+        other => (String::new(), other.to_string()),
+    };
+    out.push(crate::model::UnreadableItem { item, error });
 }
 
 /// Whether `claim` with `term` may replace `current`. `Err` carries the conflict's detail.

@@ -48,8 +48,12 @@ pub enum SyncMode {
 ///   over, absorbing clock-rate drift (< 1 % on EC2) and the time a demotion takes.
 /// - `probe_interval_ms` 1 s: heartbeat and lease-watch cadence; detection lags death by at most
 ///   one probe after the lease.
+///
+/// Stored inside the cluster record, so decoding ignores unknown keys (a newer coordinator or
+/// `pgdctl` may add settings). Configuration files deserialize it through [`strict`], which
+/// still rejects a key it does not know (a typo).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct DynamicConfig {
     pub lease_ms: u64,
     pub renew_interval_ms: u64,
@@ -225,6 +229,31 @@ pub fn load_layered<T: DeserializeOwned>(
 
 const ENV_PREFIX: &str = "PGDAEMON_";
 
+/// `#[serde(deserialize_with = "pgdaemon_core::config::strict")]` for a configuration-file field
+/// whose type is also stored (and so ignores unknown keys when read from the store):
+/// [`DynamicConfig`], [`crate::model::MemberTags`]. A key the type does not have is an error
+/// naming it. `T`'s keys are the ones its default value serializes, so `T` must serialize every
+/// field (no `skip_serializing_if`).
+pub fn strict<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Serialize + DeserializeOwned + Default,
+{
+    use serde::de::Error;
+    let value = toml::Value::deserialize(deserializer)?;
+    let known = match toml::Value::try_from(T::default()) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => return Err(D::Error::custom("strict: the type does not serialize to a table")),
+    };
+    if let toml::Value::Table(given) = &value {
+        if let Some(key) = given.keys().find(|k| !known.contains_key(k.as_str())) {
+            let expected: Vec<&str> = known.keys().map(String::as_str).collect();
+            return Err(D::Error::custom(format!("unknown field `{key}`, expected one of {}", expected.join(", "))));
+        }
+    }
+    T::deserialize(value).map_err(D::Error::custom)
+}
+
 fn parse_env_value(raw: &str) -> toml::Value {
     format!("v = {raw}")
         .parse::<toml::Table>()
@@ -241,7 +270,7 @@ mod tests {
     #[serde(deny_unknown_fields)]
     struct Sample {
         name: String,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "strict")]
         dynamic: DynamicConfig,
         store: StoreConfig,
     }
@@ -287,6 +316,18 @@ mod tests {
         let text = "name = \"a\"\n[store]\nbackend = \"memory\"\ntable = \"t\"\n";
         let err = load_layered::<Sample>(text, vec![]).unwrap_err().to_string();
         assert!(err.contains("table"), "{err}");
+    }
+
+    #[test]
+    fn stored_dynamic_config_ignores_unknown_keys_but_files_do_not() {
+        let stored: DynamicConfig = serde_json::from_str(r#"{"lease_ms":20000,"future_setting":true}"#).unwrap();
+        assert_eq!(stored, DynamicConfig { lease_ms: 20000, ..Default::default() });
+        let text = "name = \"a\"\n[store]\nbackend = \"memory\"\n[dynamic]\nlease_ms = 20000\nfuture_setting = true\n";
+        let err = load_layered::<Sample>(text, vec![]).unwrap_err().to_string();
+        assert!(err.contains("future_setting"), "{err}");
+        let env = vec![("PGDAEMON_DYNAMIC__LEASE_MSS".to_string(), "1".to_string())];
+        let err = load_layered::<Sample>("name = \"a\"\n[store]\nbackend = \"memory\"\n", env).unwrap_err().to_string();
+        assert!(err.contains("lease_mss"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::clock::ManualClock;
 use crate::lease::{AcquireOutcome, LeaseClient};
 use crate::model::{ClusterRecord, HistoryEntry, LeaseName, MemberStatus, Role, TransitionKind};
 use crate::store::{LeaseClaim, Store, StoreError};
-use crate::{keys, DynamicConfig};
+use crate::{codec, keys, DynamicConfig};
 
 /// What a backend's test setup provides.
 #[async_trait]
@@ -38,6 +38,17 @@ pub trait Harness: Sized + Send + Sync + 'static {
     /// Stores bytes that do not decode as the record `item` of `cluster`, bypassing the backend's
     /// encoder.
     async fn corrupt(&self, cluster: &str, item: &str);
+
+    /// Stores `record` (a JSON object) as item `item` of `cluster` the way the backend stores a
+    /// record of that kind, bypassing the backend's encoder: what a newer (or broken) writer
+    /// would leave behind.
+    async fn put_raw(&self, cluster: &str, item: &str, record: serde_json::Value);
+
+    /// Whether the engine itself removes a lease record whose holder stopped renewing (etcd: the
+    /// key is attached to an etcd lease with a TTL). `false`: the record stays as written until
+    /// someone takes it over or it is released (DynamoDB, memory); only observers' own clocks
+    /// (`rvn` unchanged for a full lease) make it free.
+    const LEASE_EXPIRES_IN_ENGINE: bool;
 }
 
 /// Emits the suite's tests for one harness type.
@@ -56,6 +67,10 @@ macro_rules! conformance_suite {
             events_log_once_in_order_apart_from_the_view,
             stopped_engine_is_unavailable_never_success,
             malformed_records_are_named,
+            records_with_unknown_fields_and_newer_formats_are_read,
+            unreadable_member_history_and_event_items_are_skipped_and_reported,
+            records_for_newer_readers_are_refused_where_they_matter,
+            unrenewed_lease_lapses_only_where_the_engine_expires_it,
             invalid_requests_change_nothing,
             clusters_are_isolated,
         );
@@ -99,6 +114,7 @@ fn history(term: u64) -> HistoryEntry {
         started_ms: 1,
         finished_ms: 2,
         step_ms: Default::default(),
+        coordinator_version: None,
     }
 }
 
@@ -444,16 +460,204 @@ pub async fn malformed_records_are_named<H: Harness>() {
     h.corrupt(&cluster, keys::CLUSTER).await;
     named(s.read_cluster(&cluster).await, keys::CLUSTER);
 
+    // A corrupt member or history item does not fail its read: it is skipped and reported
+    // (see unreadable_member_history_and_event_items_are_skipped_and_reported).
     let item = keys::member("b");
-    h.corrupt(&cluster, &item).await;
     let other = cluster_name("malformed-member");
     s.put_member(&other, &member("a", 1)).await.unwrap();
     h.corrupt(&other, &item).await;
-    named(s.read_view(&other).await, &item);
+    let view = s.read_view(&other).await.unwrap();
+    assert!(view.members.keys().eq(["a"]), "{view:?}");
+    assert_eq!(view.unreadable.iter().map(|u| u.item.as_str()).collect::<Vec<_>>(), [item.as_str()]);
 
     let item = keys::history(7);
-    h.corrupt(&cluster, &item).await;
-    named(s.read_history(&cluster).await, &item);
+    h.corrupt(&other, &item).await;
+    assert!(s.read_history(&other).await.unwrap().is_empty());
+}
+
+/// `record` as JSON with what a newer writer adds: an unknown field (nested too), a newer
+/// format, a minimum reader this build meets.
+fn from_the_future<T: serde::Serialize>(record: &T) -> serde_json::Value {
+    let mut v = serde_json::to_value(record).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.insert("future_field".into(), serde_json::json!({"nested": [1, 2], "flag": true}));
+    o.insert(codec::FORMAT_FIELD.into(), serde_json::json!(codec::RECORD_FORMAT + 1));
+    o.insert(codec::MIN_READER_FIELD.into(), serde_json::json!(codec::RECORD_FORMAT));
+    v
+}
+
+/// `record` declaring a minimum reader format newer than this build's.
+fn for_newer_readers<T: serde::Serialize>(record: &T) -> serde_json::Value {
+    let mut v = serde_json::to_value(record).unwrap();
+    v.as_object_mut().unwrap().insert(codec::MIN_READER_FIELD.into(), serde_json::json!(codec::RECORD_FORMAT + 1));
+    v
+}
+
+fn lease(owner: &str, term: u64) -> crate::LeaderLease {
+    crate::LeaderLease { owner: owner.into(), term, rvn: format!("rvn-{owner}-{term}"), lease_ms: LEASE_MS, released: false }
+}
+
+pub async fn records_with_unknown_fields_and_newer_formats_are_read<H: Harness>() {
+    use crate::events::{Event, EventKind};
+    let h = H::start(false).await;
+    let s = h.client().await;
+    let cluster = cluster_name("future");
+    let mut record = ClusterRecord::bootstrap("a", DynamicConfig::default());
+    record.version = 1;
+    let mut raw_record = from_the_future(&record);
+    raw_record["config"]["future_setting"] = serde_json::json!(5);
+    h.put_raw(&cluster, keys::CLUSTER, raw_record).await;
+    let (leader, lock) = (lease("a", 1), lease("coord", 1));
+    h.put_raw(&cluster, keys::LEADER, from_the_future(&leader)).await;
+    h.put_raw(&cluster, keys::COORDINATOR_LOCK, from_the_future(&lock)).await;
+    let mut a = member("a", 1);
+    a.agent_version = "9.9.9".into();
+    let mut raw_member = from_the_future(&a);
+    raw_member["tags"]["future_tag"] = serde_json::json!("x");
+    h.put_raw(&cluster, &keys::member("a"), raw_member).await;
+    let mut entry = history(1);
+    entry.coordinator_version = Some("9.9.9".into());
+    h.put_raw(&cluster, &keys::history(1), from_the_future(&entry)).await;
+    let event = Event::new(EventKind::MemberUp, cluster.as_str(), 1_000, "up").member("a").term(1).source("agent");
+    h.put_raw(&cluster, &keys::event(event.time_ms, &event.id), from_the_future(&event)).await;
+
+    let view = s.read_view(&cluster).await.unwrap();
+    assert_eq!(view.cluster.as_ref(), Some(&record));
+    assert_eq!(view.leader.as_ref(), Some(&leader));
+    assert_eq!(view.coordinator.as_ref(), Some(&lock));
+    assert_eq!(view.members.get("a"), Some(&a));
+    assert!(view.unreadable.is_empty(), "{:?}", view.unreadable);
+    assert_eq!(s.read_cluster(&cluster).await.unwrap(), Some(record.clone()));
+    assert_eq!(s.read_lease(&cluster, LeaseName::Leader).await.unwrap(), Some(leader.clone()));
+    assert_eq!(s.read_history(&cluster).await.unwrap(), vec![entry]);
+    assert_eq!(s.read_events(&cluster, 0).await.unwrap(), vec![event]);
+
+    // Conditional writes work on them as on this build's own records.
+    let renewed = s.renew_lease(&cluster, LeaseName::Leader, &leader).await.unwrap();
+    assert_eq!((renewed.owner.as_str(), renewed.term), ("a", 1));
+    let mut next = record.clone();
+    next.paused = true;
+    assert_eq!(s.write_cluster(&cluster, Some(1), &next).await.unwrap().version, 2);
+}
+
+pub async fn unreadable_member_history_and_event_items_are_skipped_and_reported<H: Harness>() {
+    use crate::events::{Event, EventKind};
+    let h = H::start(false).await;
+    let s = h.client().await;
+    let cluster = cluster_name("unreadable");
+    let record = s.write_cluster(&cluster, None, &ClusterRecord::bootstrap("a", DynamicConfig::default())).await.unwrap();
+    let held = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "a", 1, LEASE_MS).await.unwrap();
+    s.put_member(&cluster, &member("a", 1)).await.unwrap();
+    s.put_member(&cluster, &member("b", 1)).await.unwrap();
+    h.corrupt(&cluster, &keys::member("garbage")).await;
+    h.put_raw(&cluster, &keys::member("newer"), for_newer_readers(&member("newer", 1))).await;
+    // A record stored under another member's key: it must not stand in for either.
+    h.put_raw(&cluster, &keys::member("c"), serde_json::to_value(member("b", 99)).unwrap()).await;
+
+    let view = s.read_view(&cluster).await.unwrap();
+    assert_eq!(view.cluster, Some(record), "the rest of the view is read");
+    assert_eq!(view.leader, Some(held));
+    assert!(view.members.keys().eq(["a", "b"]), "{:?}", view.members.keys());
+    assert_eq!(view.members["b"], member("b", 1), "the record under the wrong key replaced nothing");
+    let mut unreadable: Vec<_> = view.unreadable.iter().map(|u| (u.item.as_str(), u.error.as_str())).collect();
+    unreadable.sort();
+    assert_eq!(
+        unreadable.iter().map(|u| u.0).collect::<Vec<_>>(),
+        [keys::member("c"), keys::member("garbage"), keys::member("newer")],
+        "{unreadable:?}"
+    );
+    assert!(unreadable[0].1.contains("own name"), "{unreadable:?}");
+    assert!(!unreadable[1].1.is_empty());
+    assert!(unreadable[2].1.contains(&format!("record format {}", codec::RECORD_FORMAT + 1)), "{unreadable:?}");
+
+    // History and the event log skip theirs too.
+    s.append_history(&cluster, &history(1)).await.unwrap();
+    h.corrupt(&cluster, &keys::history(2)).await;
+    h.put_raw(&cluster, &keys::history(3), for_newer_readers(&history(3))).await;
+    s.append_history(&cluster, &history(4)).await.unwrap();
+    assert_eq!(s.read_history(&cluster).await.unwrap(), vec![history(1), history(4)]);
+    let good = Event::new(EventKind::MemberUp, cluster.as_str(), 1_000, "up").source("agent");
+    let newer = Event::new(EventKind::MemberDown, cluster.as_str(), 1_001, "down").source("agent");
+    s.append_event(&cluster, &good).await.unwrap();
+    h.put_raw(&cluster, &keys::event(newer.time_ms, &newer.id), for_newer_readers(&newer)).await;
+    h.corrupt(&cluster, &keys::event(1_002, "garbage")).await;
+    assert_eq!(s.read_events(&cluster, 0).await.unwrap(), vec![good]);
+
+    // Writes go on: a member whose item was unreadable may heartbeat again and is read.
+    s.put_member(&cluster, &member("newer", 2)).await.unwrap();
+    let view = s.read_view(&cluster).await.unwrap();
+    assert!(view.members.keys().eq(["a", "b", "newer"]), "{:?}", view.members.keys());
+    assert_eq!(view.unreadable.len(), 2, "{:?}", view.unreadable);
+}
+
+pub async fn records_for_newer_readers_are_refused_where_they_matter<H: Harness>() {
+    let h = H::start(false).await;
+    let s = h.client().await;
+    let cluster = cluster_name("newer-readers");
+    let mut record = ClusterRecord::bootstrap("a", DynamicConfig::default());
+    record.version = 1;
+    h.put_raw(&cluster, keys::CLUSTER, for_newer_readers(&record)).await;
+    s.put_member(&cluster, &member("a", 1)).await.unwrap();
+    let expect = format!("readers of record format {}", codec::RECORD_FORMAT + 1);
+    let refused = |r: Result<String, StoreError>, item: &str| match r {
+        Err(StoreError::Malformed { item: got, reason }) => {
+            assert_eq!(got, item);
+            assert!(reason.contains(&expect) && reason.contains("upgrade"), "a clear error: {reason}");
+        }
+        other => panic!("expected {item} refused for newer readers, got {other:?}"),
+    };
+    refused(s.read_cluster(&cluster).await.map(|r| format!("{r:?}")), keys::CLUSTER);
+    refused(s.read_view(&cluster).await.map(|v| format!("{v:?}")), keys::CLUSTER);
+    // Nothing is decided on it: a compare-and-set over it does not succeed.
+    let write = s.write_cluster(&cluster, Some(1), &record).await;
+    assert!(write.is_err(), "a write over a record this build cannot read: {write:?}");
+
+    let other = cluster_name("newer-readers-lease");
+    h.put_raw(&other, keys::LEADER, for_newer_readers(&lease("a", 3))).await;
+    refused(s.read_lease(&other, LeaseName::Leader).await.map(|r| format!("{r:?}")), keys::LEADER);
+    refused(s.read_view(&other).await.map(|v| format!("{v:?}")), keys::LEADER);
+    let claim = s.acquire_lease(&other, LeaseName::Leader, LeaseClaim::Free, "b", 9, LEASE_MS).await;
+    assert!(claim.is_err(), "claiming over a lease this build cannot read: {claim:?}");
+}
+
+/// The backends differ here (docs/upgrading.md): etcd removes the record of a holder that
+/// stopped renewing once its etcd lease's TTL runs out (it then reads as free, keeping its term);
+/// DynamoDB and memory keep the record as written forever, and it is free only to a claimant
+/// that observed its `rvn` unchanged for a full lease (a `Takeover`).
+pub async fn unrenewed_lease_lapses_only_where_the_engine_expires_it<H: Harness>() {
+    const SHORT_MS: u64 = 1_000;
+    let h = H::start(false).await;
+    let s = h.client().await;
+    let cluster = cluster_name("lapse");
+    let started = std::time::Instant::now();
+    let held = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "a", 4, SHORT_MS).await.unwrap();
+    if H::LEASE_EXPIRES_IN_ENGINE {
+        let lapsed = loop {
+            let lease = s.read_lease(&cluster, LeaseName::Leader).await.unwrap().expect("the record or its term");
+            if lease.is_free() {
+                break lease;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "an unrenewed lease must lapse in this engine");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(started.elapsed() >= Duration::from_millis(SHORT_MS), "lapsed after {:?}", started.elapsed());
+        assert_eq!((lapsed.owner.as_str(), lapsed.term, lapsed.released), ("", 4, false));
+        assert!(s.renew_lease(&cluster, LeaseName::Leader, &held).await.unwrap_err().is_conflict());
+        let b = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "b", 5, SHORT_MS).await.unwrap();
+        assert_eq!(b.term, 5);
+    } else {
+        tokio::time::sleep(Duration::from_millis(3 * SHORT_MS)).await;
+        assert_eq!(s.read_lease(&cluster, LeaseName::Leader).await.unwrap(), Some(held.clone()), "the record stays as written");
+        let err = s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, "b", 5, SHORT_MS).await.unwrap_err();
+        assert!(err.is_conflict(), "never free by itself: {err}");
+        // The holder may still renew: only an observer's own clock ends a lease here.
+        let renewed = s.renew_lease(&cluster, LeaseName::Leader, &held).await.unwrap();
+        let b = s
+            .acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Takeover { observed_rvn: &renewed.rvn }, "b", 5, SHORT_MS)
+            .await
+            .unwrap();
+        assert_eq!((b.owner.as_str(), b.term), ("b", 5));
+    }
 }
 
 pub async fn invalid_requests_change_nothing<H: Harness>() {

@@ -85,9 +85,9 @@ impl std::fmt::Display for EventKind {
 }
 
 /// One event. Serialized as JSON for every sink (webhook body, command stdin, SNS message,
-/// store record).
+/// store record). Unknown fields are ignored when read: the logged event is a stored record and
+/// follows the record contract (docs/upgrading.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Event {
     /// Unique per event (a UUID); receivers deduplicate retried deliveries by it.
     pub id: String,

@@ -17,6 +17,10 @@ pub mod model;
 pub mod pg;
 pub mod store;
 
+/// The version of this build (all pgdaemon crates share the workspace version): written into
+/// heartbeats by the agent and into history by the coordinator.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 #[cfg(feature = "conformance")]
 pub mod conformance;
 

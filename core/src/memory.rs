@@ -35,6 +35,11 @@ impl MemoryStore {
         self.items.lock().unwrap().insert((cluster.into(), item.into()), text.into());
     }
 
+    /// The raw text of an item, as stored (tests and the simulation's bad-record fault).
+    pub fn get_raw(&self, cluster: &str, item: &str) -> Option<String> {
+        self.items.lock().unwrap().get(&(cluster.to_string(), item.to_string())).cloned()
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<(String, String), String>>, StoreError> {
         if self.unavailable.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("memory store is switched off".into()));
@@ -62,14 +67,19 @@ impl Store for MemoryStore {
             cluster: get(&items, cluster, keys::CLUSTER)?,
             leader: get(&items, cluster, keys::LEADER)?,
             coordinator: get(&items, cluster, keys::COORDINATOR_LOCK)?,
-            members: BTreeMap::new(),
+            ..ClusterView::default()
         };
         for ((c, item), text) in items.range((cluster.to_string(), keys::MEMBER_PREFIX.to_string())..) {
             if c != cluster || !item.starts_with(keys::MEMBER_PREFIX) {
                 break;
             }
-            let member: MemberStatus = decode(item, text.as_bytes())?;
-            view.members.insert(member.name.clone(), member);
+            // An unreadable member is skipped and reported, never failing the view (S6).
+            match codec::decode_member(item, text.as_bytes()) {
+                Ok(member) => {
+                    view.members.insert(member.name.clone(), member);
+                }
+                Err(e) => codec::skip_unreadable(&mut view.unreadable, cluster, e),
+            }
         }
         Ok(view)
     }
@@ -184,7 +194,10 @@ impl Store for MemoryStore {
             if c != cluster || !item.starts_with(keys::HISTORY_PREFIX) {
                 break;
             }
-            out.push(decode(item, text.as_bytes())?);
+            match decode(item, text.as_bytes()) {
+                Ok(entry) => out.push(entry),
+                Err(e) => codec::warn_unreadable(cluster, &e),
+            }
         }
         Ok(out)
     }
@@ -205,7 +218,10 @@ impl Store for MemoryStore {
             if c != cluster || !item.starts_with(keys::EVENT_PREFIX) {
                 break;
             }
-            out.push(decode(item, text.as_bytes())?);
+            match decode(item, text.as_bytes()) {
+                Ok(event) => out.push(event),
+                Err(e) => codec::warn_unreadable(cluster, &e),
+            }
         }
         Ok(out)
     }

@@ -2,6 +2,11 @@
 //!
 //! Intent (the [`ClusterRecord`], written only by the coordinator through compare-and-set) is kept
 //! apart from observed state (each agent's [`MemberStatus`] heartbeat and the [`LeaderLease`]).
+//!
+//! Every stored type here is forward compatible: unknown fields are ignored when read (a newer
+//! version may add fields), and the record-level version check lives in one place,
+//! [`crate::codec::decode`]. The contract is in docs/upgrading.md. Configuration files keep
+//! rejecting unknown keys ([`crate::config::strict`]).
 
 use std::collections::BTreeMap;
 
@@ -25,7 +30,7 @@ pub enum Role {
 
 /// Operator tags on a member (Patroni's `nofailover` and failover priority).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct MemberTags {
     /// Never promote this member.
     pub nofailover: bool,
@@ -35,7 +40,6 @@ pub struct MemberTags {
 
 /// One member's heartbeat (`member#<name>`), written only by that member's agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MemberStatus {
     pub name: String,
     pub role: Role,
@@ -102,7 +106,6 @@ pub struct MemberStatus {
 
 /// A member's observation of the leader lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LeaseSighting {
     pub term: u64,
     pub rvn: String,
@@ -175,7 +178,6 @@ impl LeaseName {
 
 /// A lease record (DynamoDB lock-client pattern).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LeaderLease {
     /// Holder's member (or coordinator) name; empty once released.
     pub owner: String,
@@ -225,7 +227,6 @@ pub enum TransitionStep {
 
 /// A change of primary in progress (stored inside the cluster record).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Transition {
     pub kind: TransitionKind,
     pub step: TransitionStep,
@@ -265,7 +266,6 @@ pub struct Transition {
 /// Fencing in flight: which fencer answered "pending" with which handle, and which fencers this
 /// transition has given up on (timed out), so the chain moves on to the next one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct FenceProgress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<PendingFence>,
@@ -275,7 +275,6 @@ pub struct FenceProgress {
 
 /// A fencer's "pending" answer, recorded so the next run asks the same fencer about the same handle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PendingFence {
     pub fencer: String,
     pub handle: String,
@@ -299,7 +298,6 @@ pub enum RequestAction {
 
 /// A manual request waiting for the coordinator (`ClusterRecord.request`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ManualRequest {
     /// Caller-chosen id (e.g. a UUID) so the caller can find its outcome in `last_request`.
     pub id: String,
@@ -316,7 +314,6 @@ pub struct ManualRequest {
 
 /// What became of the last manual request (`ClusterRecord.last_request`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RequestOutcome {
     pub id: String,
     pub action: RequestAction,
@@ -326,7 +323,6 @@ pub struct RequestOutcome {
 
 /// What synchronous replication currently guarantees (recorded by the primary before it relies on it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct SyncState {
     /// The term in which `members` was recorded.
     pub term: u64,
@@ -339,7 +335,6 @@ pub struct SyncState {
 
 /// The cluster record (`cluster`): intent. Changed only by compare-and-set on `version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ClusterRecord {
     /// Compare-and-set version, maintained by the store: callers never set it themselves.
     #[serde(default)]
@@ -384,7 +379,6 @@ impl ClusterRecord {
 
 /// One promotion (`history#<term>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HistoryEntry {
     pub term: u64,
     pub kind: TransitionKind,
@@ -399,6 +393,19 @@ pub struct HistoryEntry {
     /// Milliseconds from the start to each step.
     #[serde(default)]
     pub step_ms: BTreeMap<String, u64>,
+    /// The version of the coordinator that recorded it (absent in records of releases before
+    /// the record contract, which cannot read it: upgrade `pgdctl` first, docs/upgrading.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_version: Option<String>,
+}
+
+/// A stored item that could not be read (garbage, a record for newer readers, a member record
+/// under another member's key): skipped by the read that met it, and shown to operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadableItem {
+    /// The item's key (`member#x`, `history#...`).
+    pub item: String,
+    pub error: String,
 }
 
 /// One consistent read of everything a cluster's decisions need.
@@ -409,6 +416,10 @@ pub struct ClusterView {
     pub coordinator: Option<LeaderLease>,
     /// Heartbeats by member name.
     pub members: BTreeMap<String, MemberStatus>,
+    /// Member items that could not be read and were skipped (never stored; see
+    /// docs/upgrading.md): an unreadable member counts as one without a heartbeat, it never
+    /// fails the read. An unreadable cluster record or lease still fails the whole read.
+    pub unreadable: Vec<UnreadableItem>,
 }
 
 impl ClusterView {
@@ -464,7 +475,7 @@ mod tests {
     }
 
     #[test]
-    fn member_round_trips_and_rejects_unknown_fields() {
+    fn member_round_trips_and_ignores_unknown_fields() {
         let mut m = MemberStatus::new("n1");
         m.role = Role::Replica;
         m.receive_lsn = Some("0/300".parse().unwrap());
@@ -472,8 +483,11 @@ mod tests {
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<MemberStatus>(&json).unwrap(), m);
         assert_eq!(m.wal_position(), Some("0/300".parse().unwrap()));
-        let bad = json.replacen('{', "{\"surprise\":1,", 1);
-        assert!(serde_json::from_str::<MemberStatus>(&bad).is_err());
+        let newer = json.replacen('{', "{\"surprise\":{\"a\":1},\"format_version\":2,", 1);
+        assert_eq!(crate::codec::decode::<MemberStatus>("member#n1", newer.as_bytes()).unwrap(), m);
+        let too_new = json.replacen('{', "{\"min_reader_version\":2,", 1);
+        let err = crate::codec::decode::<MemberStatus>("member#n1", too_new.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("readers of record format 2"), "{err}");
     }
 
     #[test]

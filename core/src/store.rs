@@ -64,15 +64,21 @@ pub enum LeaseClaim<'a> {
 ///   write may or may not have happened and the caller must assume either.
 /// - Conditional writes are atomic compare-and-set in the engine (DynamoDB condition
 ///   expressions, etcd transactions), never a read followed by an unconditional write.
-/// - A record that cannot be decoded yields [`StoreError::Malformed`] naming the item, never a
-///   default value and never a panic.
+/// - A record that cannot be decoded (garbage, or one declaring a minimum reader format newer
+///   than this build's, see [`crate::codec::decode`]) is never a default value and never a
+///   panic: a lease or the cluster record yields [`StoreError::Malformed`] naming the item; a
+///   member, history or event item is skipped and reported (in [`ClusterView::unreadable`],
+///   or logged), so one bad item never blocks a failover (S6, docs/upgrading.md).
+/// - Unknown fields of a record are ignored (records are forward compatible).
 #[async_trait]
 pub trait Store: Send + Sync {
     /// The backend's name for logs (`memory`, `etcd`, `dynamodb`).
     fn backend(&self) -> &'static str;
 
     /// One consistent snapshot of a cluster: its record, both leases and every member heartbeat.
-    /// History is not included. A malformed item fails the whole read.
+    /// History is not included. A malformed cluster record or lease fails the whole read; an
+    /// unreadable member item (including a record whose `name` is not its key's) is left out of
+    /// `members` and listed in `unreadable`.
     async fn read_view(&self, cluster: &str) -> Result<ClusterView, StoreError>;
 
     /// Reads one lease record (strongly consistent).
@@ -125,7 +131,7 @@ pub trait Store: Send + Sync {
     /// `entry.term` (`Conflict` otherwise), so a resumed coordinator never writes two.
     async fn append_history(&self, cluster: &str, entry: &HistoryEntry) -> Result<(), StoreError>;
 
-    /// All history records, ordered by term.
+    /// All readable history records, ordered by term (unreadable ones are skipped and logged).
     async fn read_history(&self, cluster: &str) -> Result<Vec<HistoryEntry>, StoreError>;
 
     /// Appends an event to the cluster's event log ([`crate::keys::event`], kept apart from the
@@ -135,7 +141,8 @@ pub trait Store: Send + Sync {
     /// `Invalid` and nothing is written.
     async fn append_event(&self, cluster: &str, event: &Event) -> Result<(), StoreError>;
 
-    /// The logged events with `time_ms >= since_ms`, ordered by time then id.
+    /// The logged events with `time_ms >= since_ms`, ordered by time then id (unreadable ones are
+    /// skipped and logged).
     async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<Event>, StoreError>;
 }
 

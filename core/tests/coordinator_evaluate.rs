@@ -59,7 +59,7 @@ impl World {
         let obs_members = members.keys().map(|n| (n.clone(), MemberObservation::fresh())).collect();
         let l = lease("n1", 5);
         World {
-            view: ClusterView { cluster: Some(record), leader: Some(l.clone()), coordinator: None, members },
+            view: ClusterView { cluster: Some(record), leader: Some(l.clone()), coordinator: None, members, ..Default::default() },
             obs: Observations {
                 now_wall_ms: 1_000_000,
                 leader: LeaseState::Held { lease: l, unchanged_for: MS(500) },

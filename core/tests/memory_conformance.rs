@@ -30,6 +30,13 @@ impl Harness for Memory {
     async fn corrupt(&self, cluster: &str, item: &str) {
         self.0.put_raw(cluster, item, "{\"not\": \"a record\"");
     }
+
+    async fn put_raw(&self, cluster: &str, item: &str, record: serde_json::Value) {
+        self.0.put_raw(cluster, item, &record.to_string());
+    }
+
+    /// Nothing expires in memory: a record stays until it is taken over or released.
+    const LEASE_EXPIRES_IN_ENGINE: bool = false;
 }
 
 mod memory {

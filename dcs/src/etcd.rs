@@ -198,13 +198,13 @@ impl EtcdStore {
 }
 
 /// Transport and server failures are `Unavailable`: the write may or may not have happened.
-/// Decodes the records of a prefix or range read, each named by its key below `base` (the
-/// cluster's prefix).
-fn decode_items<T: serde::de::DeserializeOwned>(base: &str, kvs: Vec<KeyValue>) -> Result<Vec<T>, StoreError> {
+/// Decodes the records of a prefix or range read (history, events), each named by its key below
+/// `base` (the cluster's prefix). An unreadable one is skipped and logged.
+fn decode_items<T: serde::de::DeserializeOwned>(cluster: &str, base: &str, kvs: Vec<KeyValue>) -> Vec<T> {
     kvs.iter()
-        .map(|kv| {
+        .filter_map(|kv| {
             let item = String::from_utf8_lossy(&kv.key()[base.len()..]).into_owned();
-            decode(&item, kv.value())
+            decode(&item, kv.value()).map_err(|e| codec::warn_unreadable(cluster, &e)).ok()
         })
         .collect()
 }
@@ -246,10 +246,13 @@ impl Store for EtcdStore {
                 keys::COORDINATOR_LOCK => view.coordinator = Some(decode(item, kv.value())?),
                 i if i == leader_term => last_leader = Some(decode::<LeaderLease>(item, kv.value())?),
                 i if i == coordinator_term => last_coordinator = Some(decode::<LeaderLease>(item, kv.value())?),
-                i if i.starts_with(keys::MEMBER_PREFIX) => {
-                    let member: MemberStatus = decode(item, kv.value())?;
-                    view.members.insert(member.name.clone(), member);
-                }
+                // An unreadable member is skipped and reported, never failing the view (S6).
+                i if i.starts_with(keys::MEMBER_PREFIX) => match codec::decode_member(item, kv.value()) {
+                    Ok(member) => {
+                        view.members.insert(member.name.clone(), member);
+                    }
+                    Err(e) => codec::skip_unreadable(&mut view.unreadable, cluster, e),
+                },
                 // History is not part of the view; unknown items are left for newer versions.
                 _ => {}
             }
@@ -416,7 +419,7 @@ impl Store for EtcdStore {
                 client.get(format!("{base}{}", keys::HISTORY_PREFIX), Some(GetOptions::new().with_prefix())),
             )
             .await?;
-        decode_items(&base, resp.take_kvs())
+        Ok(decode_items(cluster, &base, resp.take_kvs()))
     }
 
     async fn append_event(&self, cluster: &str, event: &Event) -> Result<(), StoreError> {
@@ -437,7 +440,7 @@ impl Store for EtcdStore {
         let from = self.key(cluster, &keys::event(since_ms, ""));
         let end = self.key(cluster, keys::EVENT_END);
         let mut resp = self.call("read events", client.get(from, Some(GetOptions::new().with_range(end)))).await?;
-        decode_items(&base, resp.take_kvs())
+        Ok(decode_items(cluster, &base, resp.take_kvs()))
     }
 }
 

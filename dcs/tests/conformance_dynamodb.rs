@@ -79,6 +79,23 @@ impl Harness for Dynamo {
         raw.insert("owner".into(), AttributeValue::N("1".into()));
         self.sdk_client().put_item().table_name(TABLE).set_item(Some(raw)).send().await.expect("raw put");
     }
+
+    async fn put_raw(&self, cluster: &str, item: &str, record: serde_json::Value) {
+        let mut raw = attrs::key(cluster, item);
+        if item.starts_with(pgdaemon_core::keys::EVENT_PREFIX) {
+            // Logged events are kept whole as one JSON string attribute.
+            raw.insert(pgdaemon_dcs::dynamodb::EVENT_ATTR.into(), AttributeValue::S(record.to_string()));
+        } else {
+            for (name, value) in record.as_object().expect("a record is a JSON object") {
+                raw.insert(name.clone(), attrs::to_attr(value));
+            }
+        }
+        self.sdk_client().put_item().table_name(TABLE).set_item(Some(raw)).send().await.expect("raw put");
+    }
+
+    /// A DynamoDB item never expires by itself (TTL only garbage-collects, within days): a lease
+    /// record stays until it is taken over or released.
+    const LEASE_EXPIRES_IN_ENGINE: bool = false;
 }
 
 mod dynamodb {

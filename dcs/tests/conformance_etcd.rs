@@ -59,6 +59,15 @@ impl Harness for Etcd {
         let mut raw = etcd_client::Client::connect([self.server().endpoint()], None).await.expect("raw etcd client");
         raw.put(format!("{PREFIX}/{cluster}/{item}"), "{\"not\": \"a record\"", None).await.expect("raw put");
     }
+
+    async fn put_raw(&self, cluster: &str, item: &str, record: serde_json::Value) {
+        let mut raw = etcd_client::Client::connect([self.server().endpoint()], None).await.expect("raw etcd client");
+        raw.put(format!("{PREFIX}/{cluster}/{item}"), record.to_string(), None).await.expect("raw put");
+    }
+
+    /// `leader` and `lock#coordinator` are attached to an etcd lease with a TTL: the key of a
+    /// holder that stops renewing is removed by etcd itself.
+    const LEASE_EXPIRES_IN_ENGINE: bool = true;
 }
 
 mod etcd {

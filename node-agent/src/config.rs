@@ -25,7 +25,8 @@ pub struct AgentConfig {
     pub store: StoreConfig,
     /// Written into the cluster record only when this agent bootstraps the cluster; afterwards
     /// the record's copy (changed with `pgdctl`) is the one every member follows.
-    #[serde(default)]
+    /// Strict: the stored copy ignores unknown keys, a file must not (a typo is an error).
+    #[serde(default, deserialize_with = "pgdaemon_core::config::strict")]
     pub dynamic: DynamicConfig,
     #[serde(default)]
     pub coordinator: CoordinatorConfig,
@@ -68,7 +69,8 @@ pub struct NodeConfig {
     /// IMDS base URL (tests point it at a local server).
     #[serde(default = "default_imds_endpoint")]
     pub imds_endpoint: String,
-    #[serde(default)]
+    /// Strict like `dynamic`: stored in heartbeats (lenient there), typed by hand here.
+    #[serde(default, deserialize_with = "pgdaemon_core::config::strict")]
     pub tags: MemberTags,
 }
 

@@ -215,6 +215,7 @@ fn history() -> Vec<HistoryEntry> {
         started_ms: 1_569_257_870_000,
         finished_ms: 1_569_257_877_000,
         step_ms: Default::default(),
+        coordinator_version: None,
     }]
 }
 

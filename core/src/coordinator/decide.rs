@@ -559,6 +559,7 @@ pub fn history_entry(t: &Transition, now_ms: u64) -> HistoryEntry {
         started_ms: t.started_ms,
         finished_ms: now_ms,
         step_ms: t.step_times_ms.iter().map(|(k, v)| (k.clone(), v.saturating_sub(t.started_ms))).collect(),
+        coordinator_version: Some(crate::VERSION.to_string()),
     }
 }
 

@@ -53,7 +53,8 @@ pub fn from_item<T: DeserializeOwned>(item_name: &str, item: &Item) -> Result<T,
         }
         fields.insert(name.clone(), from_attr(item_name, name, attr)?);
     }
-    serde_json::from_value(Value::Object(fields)).map_err(|e| StoreError::malformed(item_name, e))
+    // The record contract (unknown fields ignored, newer minimum readers refused) is codec's.
+    pgdaemon_core::codec::decode_value(item_name, Value::Object(fields))
 }
 
 /// The item's sort key, if it is a string.

@@ -45,9 +45,14 @@ pub const MAX_ATTEMPTS: u32 = 3;
 /// Pages of one partition query before giving up (1 MiB each: far beyond any cluster).
 const MAX_PAGES: usize = 100;
 
+/// Part of every condition that replaces a record this build decided on: the stored record does
+/// not declare a minimum reader newer than this build (`#mrv`, `:format`). A write over one it
+/// cannot read fails its condition and reports the stored item as unreadable, like a read would.
+const READABLE: &str = "(attribute_not_exists(#mrv) OR #mrv <= :format)";
+
 /// The attribute holding a logged event's JSON. An event has a `cluster` field, which is the
 /// table's partition key name, so it is stored whole as one string rather than field by field.
-const EVENT_ATTR: &str = "event";
+pub const EVENT_ATTR: &str = "event";
 
 /// The DynamoDB item of a logged event: its JSON, plus `expire_at` as a number for TTL. It lives
 /// in the cluster's partition (the IAM `LeadingKeys` condition covers it) after every other item.
@@ -302,9 +307,14 @@ impl Store for DynamoDbStore {
                 keys::CLUSTER => view.cluster = Some(from_item(name, &item)?),
                 keys::LEADER => view.leader = Some(from_item(name, &item)?),
                 keys::COORDINATOR_LOCK => view.coordinator = Some(from_item(name, &item)?),
+                // An unreadable member is skipped and reported, never failing the view (S6).
                 n if n.starts_with(keys::MEMBER_PREFIX) => {
-                    let member: MemberStatus = from_item(n, &item)?;
-                    view.members.insert(member.name.clone(), member);
+                    match from_item::<MemberStatus>(n, &item).and_then(|m| codec::check_member_key(n, &m).map(|()| m)) {
+                        Ok(member) => {
+                            view.members.insert(member.name.clone(), member);
+                        }
+                        Err(e) => codec::skip_unreadable(&mut view.unreadable, cluster, e),
+                    }
                 }
                 // History is not part of the view; unknown items are left for newer versions.
                 _ => {}
@@ -338,19 +348,21 @@ impl Store for DynamoDbStore {
             .set_item(Some(to_item(cluster, item, &lease)?))
             .expression_attribute_names("#term", "term")
             .expression_attribute_values(":term", AttributeValue::N(term.to_string()))
+            .expression_attribute_names("#mrv", codec::MIN_READER_FIELD)
+            .expression_attribute_values(":format", AttributeValue::N(codec::RECORD_FORMAT.to_string()))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         let req = match claim {
             LeaseClaim::Free => req
-                .condition_expression(
-                    "attribute_not_exists(#item) OR ((#released = :true OR #owner = :empty) AND #term < :term)",
-                )
+                .condition_expression(format!(
+                    "attribute_not_exists(#item) OR ((#released = :true OR #owner = :empty) AND #term < :term AND {READABLE})"
+                ))
                 .expression_attribute_names("#item", SK)
                 .expression_attribute_names("#released", "released")
                 .expression_attribute_names("#owner", "owner")
                 .expression_attribute_values(":true", AttributeValue::Bool(true))
                 .expression_attribute_values(":empty", AttributeValue::S(String::new())),
             LeaseClaim::Takeover { observed_rvn } => req
-                .condition_expression("#rvn = :observed AND #term < :term")
+                .condition_expression(format!("#rvn = :observed AND #term < :term AND {READABLE}"))
                 .expression_attribute_names("#rvn", "rvn")
                 .expression_attribute_values(":observed", AttributeValue::S(observed_rvn.into())),
         };
@@ -403,7 +415,9 @@ impl Store for DynamoDbStore {
         let req = match expected_version {
             None => req.condition_expression("attribute_not_exists(#item)").expression_attribute_names("#item", SK),
             Some(v) => req
-                .condition_expression("#version = :v")
+                .condition_expression(format!("#version = :v AND {READABLE}"))
+                .expression_attribute_names("#mrv", codec::MIN_READER_FIELD)
+                .expression_attribute_values(":format", AttributeValue::N(codec::RECORD_FORMAT.to_string()))
                 .expression_attribute_names("#version", "version")
                 .expression_attribute_values(":v", AttributeValue::N(v.to_string())),
         };
@@ -467,11 +481,17 @@ impl Store for DynamoDbStore {
     async fn read_history(&self, cluster: &str) -> Result<Vec<HistoryEntry>, StoreError> {
         check_cluster(cluster)?;
         // Sort keys carry the term zero-padded, so the query returns them in term order.
-        self.query(cluster, Some(keys::HISTORY_PREFIX))
+        // An unreadable one is skipped and logged.
+        Ok(self
+            .query(cluster, Some(keys::HISTORY_PREFIX))
             .await?
             .iter()
-            .map(|item| from_item(item_name(item).unwrap_or(keys::HISTORY_PREFIX), item))
-            .collect()
+            .filter_map(|item| {
+                from_item(item_name(item).unwrap_or(keys::HISTORY_PREFIX), item)
+                    .map_err(|e| codec::warn_unreadable(cluster, &e))
+                    .ok()
+            })
+            .collect())
     }
 
     async fn append_event(&self, cluster: &str, event: &Event) -> Result<(), StoreError> {
@@ -503,8 +523,12 @@ impl Store for DynamoDbStore {
                 .map_err(|e| sdk_error("query", cluster, e))?;
             for item in page.items.unwrap_or_default() {
                 let name = item_name(&item).unwrap_or(keys::EVENT_PREFIX);
-                let text = item.get(EVENT_ATTR).and_then(|a| a.as_s().ok()).ok_or_else(|| StoreError::malformed(name, "no event attribute"))?;
-                out.push(codec::decode(name, text.as_bytes())?);
+                let text = item.get(EVENT_ATTR).and_then(|a| a.as_s().ok()).ok_or_else(|| StoreError::malformed(name, "no event attribute"));
+                // An unreadable event is skipped and logged.
+                match text.and_then(|t| codec::decode(name, t.as_bytes())) {
+                    Ok(event) => out.push(event),
+                    Err(e) => codec::warn_unreadable(cluster, &e),
+                }
             }
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
