@@ -82,6 +82,13 @@ pub enum FaultKind {
         target: Target,
         for_: Us,
     },
+    /// Records a newer pgdaemon (or a broken writer) leaves behind appear in the store: the
+    /// target's heartbeat rewritten by a "newer agent" (unknown fields, format 2, readable), and
+    /// unreadable member items (garbage, one for newer readers only, one under another member's
+    /// key), plus newer and garbage history and event items. Nothing may block a failover.
+    BadRecords {
+        target: Target,
+    },
 }
 
 impl FaultKind {
@@ -112,6 +119,7 @@ impl FaultKind {
             } => "manual_failover",
             FaultKind::ManualRequest { .. } => "manual_pause_resume",
             FaultKind::ReplicaStall { .. } => "replica_stall",
+            FaultKind::BadRecords { .. } => "bad_records",
         }
     }
 }
@@ -145,7 +153,7 @@ pub fn script(rng: &mut Rng, nodes: usize, plan: &FaultPlan) -> Vec<(Us, FaultKi
     for _ in 0..plan.count {
         let at = plan.start + rng.below(plan.window.max(1));
         let t = target(rng, nodes);
-        let kind = match rng.below(23) {
+        let kind = match rng.below(24) {
             0..=1 => FaultKind::AgentCrash {
                 target: t,
                 down_for: secs(rng, 1, 30),
@@ -211,6 +219,7 @@ pub fn script(rng: &mut Rng, nodes: usize, plan: &FaultPlan) -> Vec<(Us, FaultKi
                 target: Target::Replica,
                 for_: secs(rng, 30, 240),
             },
+            23 => FaultKind::BadRecords { target: t },
             _ => {
                 let action = match rng.below(6) {
                     0..=2 => RequestAction::Switchover,

@@ -957,6 +957,17 @@ impl Sim {
                 w.nodes[i].stalled = true;
                 self.heal_at(&mut w, for_, Heal::Unstall(i));
             }
+            FaultKind::BadRecords { target } => {
+                let i = self.resolve(&mut w, target);
+                let name = w.nodes[i].name.clone();
+                let id = w.fresh_id();
+                w.log(format!(
+                    "FAULT records of a newer version and garbage appear ({name}'s heartbeat rewritten as format 2, unreadable items zz-*-{id})"
+                ));
+                w.store_dirty = true;
+                drop(w);
+                self.bad_records(&name, id);
+            }
             FaultKind::ManualRequest { action, candidate } => {
                 let candidate = candidate.map(|t| {
                     let i = self.resolve(&mut w, t);
@@ -970,6 +981,42 @@ impl Sim {
                 self.request(action, candidate);
             }
         }
+    }
+
+    /// Writes what a newer version or a broken writer would leave behind (FaultKind::BadRecords),
+    /// straight into the store as another writer would.
+    fn bad_records(&self, name: &str, id: u64) {
+        use pgdaemon_core::keys;
+        let newer_fields = "{\"future_field\":{\"nested\":[1,2]},\"format_version\":2,\"min_reader_version\":1,";
+        let own = keys::member(name);
+        if let Some(text) = self.store.get_raw(CLUSTER, &own) {
+            // Readable: a newer agent's heartbeat of a live member (its agent overwrites it).
+            self.store.put_raw(CLUSTER, &own, &text.replacen('{', newer_fields, 1));
+            // Unreadable: the same record under another member's key.
+            self.store.put_raw(CLUSTER, &keys::member(&format!("zz-stray-{id}")), &text);
+        }
+        self.store.put_raw(CLUSTER, &keys::member(&format!("zz-garbage-{id}")), "{\"name\": \"zz-garbage\", \"role\": ");
+        self.store.put_raw(
+            CLUSTER,
+            &keys::member(&format!("zz-newer-{id}")),
+            &format!("{{\"min_reader_version\":2,\"name\":\"zz-newer-{id}\",\"role\":\"witness\"}}"),
+        );
+        let term = u64::MAX - 2 * id;
+        self.store.put_raw(CLUSTER, &keys::history(term), "not json");
+        self.store.put_raw(
+            CLUSTER,
+            &keys::history(term - 1),
+            &format!(
+                "{newer_fields}\"term\":{},\"kind\":\"failover\",\"new_primary\":\"{name}\",\"reason\":\"newer\",\"started_ms\":0,\"finished_ms\":0}}",
+                term - 1
+            ),
+        );
+        self.store.put_raw(CLUSTER, &keys::event(0, &format!("garbage-{id}")), "[1,");
+        self.store.put_raw(
+            CLUSTER,
+            &keys::event(0, &format!("newer-{id}")),
+            &format!("{{\"min_reader_version\":2,\"id\":\"newer-{id}\",\"kind\":\"witness_joined\"}}"),
+        );
     }
 
     /// An operator's request, written like pgdctl does (compare-and-set), then a coordinator run.
