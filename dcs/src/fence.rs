@@ -10,11 +10,17 @@ use pgdaemon_core::Lsn;
 /// Asks the old primary's agent to demote: `POST <api_url>/demote` with
 /// `{"term": T, "reason": "..."}`. The agent answers 200 `{"demoted": true, ...}` only once
 /// Postgres stopped accepting writes; anything else (refused connection, timeout, 503, a body
-/// without `demoted: true`) is a failure, never a confirmation. An `lsn` field in the answer,
-/// when present, is taken as the old primary's final WAL position (switchover catch-up).
+/// without `demoted: true`) is a failure, never a confirmation. So is an answer naming another
+/// member or another term than the one asked for: a misrouted request (an address reused by
+/// another node) or a confused agent confirms nothing about the target. An `lsn` field in the
+/// answer, when present, is taken as the old primary's final WAL position (switchover catch-up).
+///
+/// Agents require authentication for `/demote` (`[api]` credentials): give the fencer the
+/// `Authorization` header value with [`HttpDemoteFencer::with_authorization`].
 #[derive(Debug, Clone)]
 pub struct HttpDemoteFencer {
     client: reqwest::Client,
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 impl HttpDemoteFencer {
@@ -26,7 +32,17 @@ impl HttpDemoteFencer {
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .build()
             .expect("a plain HTTP client always builds");
-        HttpDemoteFencer { client }
+        HttpDemoteFencer { client, authorization: None }
+    }
+
+    /// Sends `authorization` (`Basic ...` or `Bearer ...`, marked sensitive so it never shows in
+    /// a `Debug`) with every request.
+    pub fn with_authorization(mut self, authorization: Option<reqwest::header::HeaderValue>) -> Self {
+        self.authorization = authorization.map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
+        self
     }
 }
 
@@ -42,7 +58,11 @@ impl Fencer for HttpDemoteFencer {
         }
         let url = format!("{}/demote", target.api_url.trim_end_matches('/'));
         let body = serde_json::json!({ "term": target.term, "reason": target.reason });
-        let resp = match self.client.post(&url).json(&body).send().await {
+        let mut post = self.client.post(&url).json(&body);
+        if let Some(auth) = &self.authorization {
+            post = post.header(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        let resp = match post.send().await {
             Ok(r) => r,
             Err(e) => return FenceStatus::Failed { detail: format!("POST {url}: {e}") },
         };
@@ -57,6 +77,19 @@ impl Fencer for HttpDemoteFencer {
         };
         if json.get("demoted") != Some(&serde_json::Value::Bool(true)) {
             return FenceStatus::Failed { detail: format!("POST {url}: agent did not confirm the demotion: {json}") };
+        }
+        // The confirmation must be about the target and the term asked for.
+        let member = json.get("member").and_then(|m| m.as_str());
+        if member != Some(target.member.as_str()) {
+            return FenceStatus::Failed {
+                detail: format!("POST {url}: the answer names member {member:?}, not {}: not a confirmation", target.member),
+            };
+        }
+        let term = json.get("term").and_then(|t| t.as_u64());
+        if term != Some(target.term) {
+            return FenceStatus::Failed {
+                detail: format!("POST {url}: the answer names term {term:?}, not {}: not a confirmation", target.term),
+            };
         }
         let lsn = ["lsn", "final_lsn"].iter().find_map(|k| json.get(*k)?.as_str()?.parse::<Lsn>().ok());
         FenceStatus::Confirmed { detail: format!("agent at {} confirmed demotion for term {}", target.api_url, target.term), lsn }
@@ -180,7 +213,7 @@ mod tests {
     #[tokio::test]
     async fn http_demote_confirms_only_on_demoted_true() {
         let f = HttpDemoteFencer::new(Duration::from_secs(5));
-        let (url, task) = serve(200, r#"{"demoted":true,"term":7,"lsn":"0/3000060"}"#).await;
+        let (url, task) = serve(200, r#"{"demoted":true,"term":7,"member":"n1","lsn":"0/3000060"}"#).await;
         match f.fence(&target(&url), None).await {
             FenceStatus::Confirmed { lsn, .. } => assert_eq!(lsn, Some("0/3000060".parse().unwrap())),
             other => panic!("{other:?}"),
@@ -188,6 +221,7 @@ mod tests {
         let request = task.await.unwrap();
         assert!(request.starts_with("POST /demote "), "{request}");
         assert!(request.contains(r#""term":7"#) && request.contains("lease expired"), "{request}");
+        assert!(!request.to_ascii_lowercase().contains("authorization:"), "{request}");
 
         let (url, _t) = serve(503, r#"{"demoted":false,"error":"still primary"}"#).await;
         assert!(matches!(f.fence(&target(&url), None).await, FenceStatus::Failed { detail } if detail.contains("503")));
@@ -197,5 +231,37 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         assert!(matches!(f.fence(&target(&format!("http://127.0.0.1:{port}")), None).await, FenceStatus::Failed { .. }));
         assert!(matches!(f.fence(&target(""), None).await, FenceStatus::Refused { .. }));
+    }
+
+    #[tokio::test]
+    async fn http_demote_rejects_a_confirmation_for_another_member_or_term() {
+        let f = HttpDemoteFencer::new(Duration::from_secs(5));
+        for body in [
+            r#"{"demoted":true,"term":7,"member":"n2"}"#,
+            r#"{"demoted":true,"term":8,"member":"n1"}"#,
+            r#"{"demoted":true,"term":6,"member":"n1"}"#,
+            r#"{"demoted":true,"member":"n1"}"#,
+            r#"{"demoted":true,"term":7}"#,
+            r#"{"demoted":true,"term":"7","member":"n1"}"#,
+        ] {
+            let (url, _t) = serve(200, body).await;
+            match f.fence(&target(&url), None).await {
+                FenceStatus::Failed { detail } => assert!(detail.contains("not a confirmation"), "{body}: {detail}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn http_demote_sends_its_credentials_and_reports_a_refusal() {
+        let auth = reqwest::header::HeaderValue::from_static("Bearer t0ken");
+        let f = HttpDemoteFencer::new(Duration::from_secs(5)).with_authorization(Some(auth));
+        assert!(!format!("{f:?}").contains("t0ken"), "the credential must not show in Debug");
+        let (url, task) = serve(200, r#"{"demoted":true,"term":7,"member":"n1"}"#).await;
+        assert!(matches!(f.fence(&target(&url), None).await, FenceStatus::Confirmed { .. }));
+        let request = task.await.unwrap().to_ascii_lowercase();
+        assert!(request.contains("authorization: bearer t0ken"), "{request}");
+        let (url, _t) = serve(401, r#"{"error":"authentication required"}"#).await;
+        assert!(matches!(f.fence(&target(&url), None).await, FenceStatus::Failed { detail } if detail.contains("401")));
     }
 }
