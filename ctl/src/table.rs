@@ -32,6 +32,8 @@ pub struct Row {
     pub timeline: String,
     pub lag_mb: String,
     pub tags: String,
+    /// The member's agent version (from its heartbeat).
+    pub version: String,
 }
 
 /// The rows, in member-name order. `now_ms` only ages heartbeats for display.
@@ -84,9 +86,33 @@ pub fn rows(view: &ClusterView, now_ms: u64) -> Vec<Row> {
                 },
                 lag_mb: lag,
                 tags: tags.join(","),
+                version: if m.agent_version.is_empty() { "-".into() } else { m.agent_version.clone() },
             }
         })
+        .chain(view.unreadable.iter().map(|u| Row {
+            member: u.item.strip_prefix(pgdaemon_core::keys::MEMBER_PREFIX).unwrap_or(&u.item).to_string(),
+            host: "-".into(),
+            role: "unreadable record".into(),
+            state: u.error.clone(),
+            timeline: "-".into(),
+            lag_mb: String::new(),
+            tags: String::new(),
+            version: "?".into(),
+        }))
         .collect()
+}
+
+/// Agent versions by the members running them, when members run more than one (a rolling
+/// upgrade in progress, or one left behind).
+pub fn mixed_versions(view: &ClusterView) -> Option<String> {
+    let mut by_version: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for m in view.members.values() {
+        let v = if m.agent_version.is_empty() { "unknown" } else { m.agent_version.as_str() };
+        by_version.entry(v).or_default().push(&m.name);
+    }
+    (by_version.len() > 1).then(|| {
+        by_version.iter().map(|(v, names)| format!("{v} on {}", names.join(", "))).collect::<Vec<_>>().join("; ")
+    })
 }
 
 fn state(m: &MemberStatus, age_ms: u64, stale_ms: u64) -> String {
@@ -159,6 +185,7 @@ pub fn member_table(cluster: &str, view: &ClusterView, now_ms: u64) -> String {
         timeline: "TL".into(),
         lag_mb: "Lag in MB".into(),
         tags: "Tags".into(),
+        version: "Version".into(),
     };
     let rows = rows(view, now_ms);
     let all: Vec<&Row> = std::iter::once(&header).chain(rows.iter()).collect();
@@ -171,9 +198,10 @@ pub fn member_table(cluster: &str, view: &ClusterView, now_ms: u64) -> String {
         w(|r| &r.timeline),
         w(|r| &r.lag_mb),
         w(|r| &r.tags),
+        w(|r| &r.version),
     ];
     let line = |s: &mut String, r: &Row| {
-        let cells = [&r.member, &r.host, &r.role, &r.state, &r.timeline, &r.lag_mb, &r.tags];
+        let cells = [&r.member, &r.host, &r.role, &r.state, &r.timeline, &r.lag_mb, &r.tags, &r.version];
         let mut text = String::from("|");
         for (c, width) in cells.iter().zip(widths) {
             let _ = write!(text, " {c:<width$} |");
@@ -198,6 +226,16 @@ pub fn member_table(cluster: &str, view: &ClusterView, now_ms: u64) -> String {
     if rows.is_empty() {
         let _ = writeln!(s, "(no member has written a heartbeat)");
     }
+    if let Some(mixed) = mixed_versions(view) {
+        let _ = writeln!(s, "WARNING: mixed agent versions ({mixed}): finish the upgrade or roll back (docs/upgrading.md)");
+    }
+    if !view.unreadable.is_empty() {
+        let _ = writeln!(
+            s,
+            "WARNING: {} unreadable record(s) skipped (they count as members without a heartbeat; docs/upgrading.md)",
+            view.unreadable.len()
+        );
+    }
     s
 }
 
@@ -215,6 +253,7 @@ pub fn view_json(cluster: &str, view: &ClusterView) -> serde_json::Value {
         "record": view.cluster,
         "leader": view.leader,
         "members": view.members.values().collect::<Vec<_>>(),
+        "unreadable": view.unreadable,
     })
 }
 
@@ -240,7 +279,10 @@ pub fn history_table(history: &[HistoryEntry]) -> String {
             h.new_primary,
             h.lsn.map_or("-".to_string(), |l| l.to_string()),
             h.finished_ms.saturating_sub(h.started_ms) as f64 / 1000.0,
-            h.reason
+            match &h.coordinator_version {
+                Some(v) => format!("{} (coordinator {v})", h.reason),
+                None => h.reason.clone(),
+            }
         );
     }
     s
@@ -324,6 +366,39 @@ mod tests {
         let text = member_table("demo", &view, 11_000);
         assert!(text.contains("term 1 | primary a | lease a (term 1)"), "{text}");
         assert!(text.contains("| 127.0.0.1:5433 |"), "{text}");
+    }
+
+    #[test]
+    fn table_shows_versions_mixed_version_warning_and_unreadable_records() {
+        let mut view = ClusterView {
+            cluster: Some(ClusterRecord::bootstrap("a", DynamicConfig::default())),
+            ..Default::default()
+        };
+        for (name, version) in [("a", "0.1.0"), ("b", "0.1.0")] {
+            let mut m = member(name, Role::Replica, Some(0));
+            m.agent_version = version.into();
+            view.members.insert(name.into(), m);
+        }
+        let text = member_table("demo", &view, 11_000);
+        assert!(text.contains("| Version |") && text.contains("| 0.1.0   |"), "{text}");
+        assert!(!text.contains("WARNING"), "one version, nothing unreadable: {text}");
+
+        view.members.get_mut("b").unwrap().agent_version = "0.2.0".into();
+        view.unreadable.push(pgdaemon_core::UnreadableItem {
+            item: "member#zz".into(),
+            error: "unknown variant `witness`".into(),
+        });
+        let rows = rows(&view, 11_000);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[1].version, "0.2.0");
+        assert_eq!((rows[2].member.as_str(), rows[2].role.as_str()), ("zz", "unreadable record"));
+        assert_eq!(rows[2].state, "unknown variant `witness`");
+        let text = member_table("demo", &view, 11_000);
+        assert!(text.contains("| zz "), "{text}");
+        assert!(text.contains("unreadable record"), "{text}");
+        assert!(text.contains("WARNING: mixed agent versions (0.1.0 on a; 0.2.0 on b)"), "{text}");
+        assert!(text.contains("WARNING: 1 unreadable record(s) skipped"), "{text}");
+        assert_eq!(view_json("demo", &view)["unreadable"][0]["item"], "member#zz");
     }
 
     #[test]
