@@ -38,6 +38,9 @@ pub struct AgentConfig {
     /// Hardware watchdog (`/dev/watchdog`), off by default.
     #[serde(default)]
     pub watchdog: crate::watchdog::WatchdogConfig,
+    /// Who may change this node through its HTTP API (see `crate::api_security`).
+    #[serde(default)]
+    pub api: crate::api_security::ApiConfig,
 }
 
 /// This member's identity and how peers reach it.
@@ -220,7 +223,8 @@ fn default_level() -> String {
 
 /// Top-level keys an environment override may address. Other `PGDAEMON_*` variables (the
 /// Makefile's `PGDAEMON_VENV`, say) are not configuration and are left alone.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
+    "api",
     "cluster",
     "node",
     "postgres",
@@ -279,6 +283,7 @@ impl AgentConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_cluster_name(&self.cluster).map_err(|r| ConfigError::invalid("cluster", r))?;
         self.events.validate()?;
+        self.api.validate()?;
         let node = &self.node;
         validate_member_name(&node.name).map_err(|r| ConfigError::invalid("node.name", r))?;
         node.listen_addr()?;

@@ -38,7 +38,13 @@ pub fn fencing(cfg: &AgentConfig) -> anyhow::Result<(FencingPolicy, FenceChain)>
     let mut fencers: Vec<Box<dyn Fencer>> = Vec::new();
     for name in names {
         match name {
-            "http" => fencers.push(Box::new(HttpDemoteFencer::new(FENCE_TIMEOUT))),
+            "http" => {
+                // The agents it fences require the cluster's shared `[api]` credentials.
+                let auth = crate::api_security::ApiSecurity::from_config(&cfg.api)
+                    .context("[api] credentials for the http fencer")?
+                    .client_authorization();
+                fencers.push(Box::new(HttpDemoteFencer::new(FENCE_TIMEOUT).with_authorization(auth)))
+            }
             "command" => {
                 let Some(cmd) = c.fence_command.clone().filter(|s| !s.trim().is_empty()) else {
                     bail!("config: `coordinator.fencing` lists \"command\" but `coordinator.fence_command` is not set");

@@ -13,6 +13,8 @@ use pgdaemon_core::agent::{
 /// [`FailsafePeers`] over the members' HTTP APIs.
 pub struct HttpPeers {
     client: reqwest::Client,
+    /// `Authorization` sent with every request (the cluster's shared `[api]` credentials).
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 impl HttpPeers {
@@ -20,7 +22,14 @@ impl HttpPeers {
         // No client-wide timeout: each request carries the round's own bound.
         HttpPeers {
             client: reqwest::Client::builder().build().unwrap_or_default(),
+            authorization: None,
         }
+    }
+
+    /// Sends `authorization` (see `ApiSecurity::client_authorization`) with every request.
+    pub fn with_authorization(mut self, authorization: Option<reqwest::header::HeaderValue>) -> Self {
+        self.authorization = authorization;
+        self
     }
 }
 
@@ -40,10 +49,11 @@ impl FailsafePeers for HttpPeers {
     ) -> Result<FailsafeReply, String> {
         let url = format!("{}/failsafe", api_url.trim_end_matches('/'));
         let call = async {
-            let resp = self
-                .client
-                .post(&url)
-                .json(request)
+            let mut post = self.client.post(&url).json(request);
+            if let Some(auth) = &self.authorization {
+                post = post.header(reqwest::header::AUTHORIZATION, auth.clone());
+            }
+            let resp = post
                 .send()
                 .await
                 .map_err(|e| format!("{url}: {e}"))?;

@@ -16,27 +16,38 @@
 //! coordinator's HTTP fencer (200 only once Postgres stopped accepting writes); `POST /failsafe`
 //! is failsafe mode's peer endpoint (200 acknowledged, 409 refused).
 //!
+//! The two `POST` endpoints change the node, so they pass [`crate::api_security`] first: peer
+//! allow-list (403), then credentials (401 with `WWW-Authenticate`); with no credentials
+//! configured they are refused (403) unless `[api] insecure = true`. Bodies are limited to
+//! [`MAX_BODY_BYTES`]. The read-only endpoints are open unless `[api] protect_reads = true`.
+//!
 //! Lease validity is evaluated at request time, not copied from the last loop: if the loop stalls,
 //! `/primary` turns 503 at the moment the lease stops being valid, which is what a load balancer
 //! needs to stop sending writes to a node that may already be fenced.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use pgdaemon_core::agent::{AgentSnapshot, DemoteError, FailsafeReply, FailsafeRequest};
 use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Lsn, Role, StoreError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::api_security::{url_host, ApiSecurity, Denied, ServerLimits};
 use crate::metrics::{self, role_name, LoopStats};
+
+/// Largest request body accepted (413 beyond): the requests are small JSON objects.
+pub const MAX_BODY_BYTES: usize = 4096;
 
 /// What the HTTP API needs from a running agent. The real implementation wraps the runtime's
 /// `AgentHandle` and the store (see `run`); tests use a fake.
@@ -55,6 +66,11 @@ pub trait AgentApi: Send + Sync + 'static {
     }
     async fn cluster_view(&self) -> Result<ClusterView, StoreError>;
     async fn history(&self) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// The cluster record's term as the store holds it now (a fresh read; `/demote` checks a
+    /// term ahead of the agent's last view against it). Default: through `cluster_view`.
+    async fn current_term(&self) -> Result<u64, StoreError> {
+        Ok(self.cluster_view().await?.cluster.map_or(0, |c| c.term))
+    }
     /// The member side of failsafe mode (`POST /failsafe`): judge and, when acknowledging, record
     /// the promise before answering; never blocks on I/O. Default: refuse (no failsafe support).
     fn failsafe(&self, req: &FailsafeRequest) -> FailsafeReply {
@@ -78,9 +94,19 @@ pub struct ApiState {
     pub version: String,
 }
 
-/// The API router (routes and state; the caller binds and serves it).
+/// The API router without any access control ([`ApiSecurity::insecure`]): for library callers
+/// and tests that build their own server. The agent process uses [`serve_with`] and the
+/// security built from `[api]`.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    router_with(state, Arc::new(ApiSecurity::insecure()))
+}
+
+/// The API router with `security` applied to the state-changing routes (and to the read-only
+/// ones when `protect_reads`). The peer address comes from a `ConnectInfo<SocketAddr>` request
+/// extension ([`serve_with`] sets it); without one, a configured allow-list refuses the request.
+pub fn router_with(state: ApiState, security: Arc<ApiSecurity>) -> Router {
+    let guard_state = Guard { security: security.clone(), api: state.api.clone() };
+    let reads = Router::new()
         .route("/", health(primary))
         .route("/primary", health(primary))
         .route("/read-write", health(primary))
@@ -94,10 +120,61 @@ pub fn router(state: ApiState) -> Router {
         .route("/patroni", health(patroni))
         .route("/cluster", get(cluster))
         .route("/history", get(history))
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", get(metrics_text));
+    let writes = Router::new()
         .route("/demote", post(demote))
         .route("/failsafe", post(failsafe))
+        .route_layer(middleware::from_fn_with_state(guard_state.clone(), guard));
+    let reads = if security.protect_reads {
+        reads.route_layer(middleware::from_fn_with_state(guard_state, guard))
+    } else {
+        reads
+    };
+    reads
+        .merge(writes)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+#[derive(Clone)]
+struct Guard {
+    security: Arc<ApiSecurity>,
+    api: Arc<dyn AgentApi>,
+}
+
+/// Allow-list (403), then credentials (401): before any handler runs, so a refused request
+/// changes nothing (S6).
+async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let members = if g.security.include_members { member_addresses(g.api.as_ref()).await } else { Vec::new() };
+    let path = req.uri().path().to_string();
+    if !g.security.peer_allowed(peer, &members) {
+        tracing::warn!(?peer, path, "API request refused: peer not in the allow-list");
+        let who = peer.map_or("an unknown peer".to_string(), |p| p.to_string());
+        return g.security.deny(Denied::Forbidden(format!("{who} is not in [api] allowlist")));
+    }
+    if let Err(d) = g.security.authenticate(req.headers()) {
+        tracing::warn!(?peer, path, reason = ?d, "API request refused");
+        return g.security.deny(d);
+    }
+    next.run(req).await
+}
+
+/// The addresses of the cluster members' API hosts in the agent's last view (names resolved,
+/// each lookup bounded to one second).
+async fn member_addresses(api: &dyn AgentApi) -> Vec<IpAddr> {
+    let snapshot = api.snapshot();
+    let Some(view) = snapshot.last_view else { return Vec::new() };
+    let mut out = Vec::new();
+    for m in view.members.values() {
+        let Some(host) = url_host(&m.api_url) else { continue };
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            out.push(ip);
+        } else if let Ok(Ok(addrs)) = tokio::time::timeout(Duration::from_secs(1), tokio::net::lookup_host((host, 0))).await {
+            out.extend(addrs.map(|a| a.ip()));
+        }
+    }
+    out
 }
 
 /// A health-check route: GET (and HEAD) and OPTIONS, as load balancers use either.
@@ -109,15 +186,72 @@ where
     get(handler.clone()).options(handler)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves [`router`] (no access control) on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, state, ApiSecurity::insecure(), ServerLimits::default(), shutdown).await
+}
+
+/// Serves [`router_with`] on `listener` until `shutdown` resolves: HTTP/1.1, at most
+/// `limits.max_connections` connections at once (further ones wait in the listen backlog), and
+/// `limits.read_timeout` for a request's headers and again for its body (a slow client cannot
+/// hold a connection slot forever). The peer address is passed to the router as `ConnectInfo`.
+/// On shutdown, stops accepting and lets requests in flight finish.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    security: ApiSecurity,
+    limits: ServerLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let app = router_with(state, Arc::new(security));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let timeout = limits.read_timeout;
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting an API connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut req = req.map(|b| axum::body::Body::new(tower_http::timeout::TimeoutBody::new(timeout, b)));
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let mut app = app.clone();
+            async move { tower_service::Service::call(&mut app, req).await }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "API connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// The health-check query string. Unknown parameters (Patroni's `tag_*`, `mode`) are ignored.
@@ -551,13 +685,35 @@ async fn metrics_text(State(st): State<ApiState>) -> Response {
 }
 
 /// `POST /demote` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DemoteRequest {
-    /// The new term the coordinator bumped to: the agent refuses the lease for this term and below.
+    /// The new term the coordinator bumped to: the agent refuses the lease for this term and
+    /// below. Must be the cluster record's current term (see [`check_demote_term`]).
     pub term: u64,
     #[serde(default)]
     pub reason: String,
+}
+
+/// `POST /demote` answer (200, 503 and 409 alike; `error` set unless demoted). The fencer checks
+/// `member` and `term` against what it asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DemoteResponse {
+    pub demoted: bool,
+    pub term: u64,
+    pub member: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_through: Option<u64>,
+    /// The stopped server's final WAL position, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The cluster record's term as this agent knows it (on a 409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_term: Option<u64>,
 }
 
 /// A request body that must be one JSON object of type `T`; otherwise a 400 naming `example`.
@@ -571,10 +727,52 @@ fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Re
         .map_err(|e| error_response(StatusCode::BAD_REQUEST, &format!("body must be JSON like {example}: {e}")))
 }
 
+/// How long `/demote` waits for the fresh read of the cluster record (a term ahead of the view).
+const TERM_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether `/demote` may act on `term`: `Ok(())`, or the term the agent holds current.
+///
+/// The accepted term is the cluster record's current term, and nothing else:
+/// - the coordinator fences with the transition's new term, which it wrote into the record
+///   (`Action::Begin` sets `record.term = transition.term`) *before* fencing; so a genuine
+///   request names exactly the record's term. A term below it is a stale or replayed request
+///   (an old fence must not stop the primary of a later term); a term above it was never
+///   written by any coordinator.
+/// - the agent's last view may lag the record by one loop (the coordinator fences at once after
+///   the bump), so a term ahead of the view is checked against a fresh read of the record.
+/// - when that read fails (the agent is cut off from the store: the very case a failover fences
+///   for), only `view + 1` is accepted: the one bump a coordinator can have made before fencing
+///   this node, which must first be fenced before any later transition can start.
+///
+/// Why this bound is safe: a demotion only ever makes a node *refuse* (stop Postgres, refuse the
+/// lease through `term`), so accepting a term never endangers S1-S3; the bound protects liveness.
+/// `fenced_through = u64::MAX` would keep the node from ever being primary again; the largest
+/// term accepted here is at most one above the store's, which the next transition uses anyway.
+pub async fn check_demote_term(api: &dyn AgentApi, term: u64) -> Result<(), u64> {
+    let s = api.snapshot();
+    let known = s.term.max(s.last_view.as_ref().and_then(|v| v.cluster.as_ref()).map_or(0, |c| c.term));
+    if term == known {
+        return Ok(());
+    }
+    if term < known {
+        return Err(known);
+    }
+    match tokio::time::timeout(TERM_READ_TIMEOUT, api.current_term()).await {
+        Ok(Ok(current)) if current == term => Ok(()),
+        Ok(Ok(current)) => Err(current.max(known)),
+        Ok(Err(_)) | Err(_) if term == known + 1 => {
+            tracing::warn!(term, known, "demote: the store cannot be read; accepting the one term after the last one seen");
+            Ok(())
+        }
+        _ => Err(known),
+    }
+}
+
 /// The coordinator's HTTP fencer. 200 `{"demoted":true}` only once Postgres stopped accepting
 /// writes, with `"lsn"` the final WAL position when known (a clean stop; the switchover waits for
-/// the candidate to replay it); 400 for a malformed body (nothing is changed); 503 when the demotion failed or could
-/// not be verified (the caller must not treat the node as fenced).
+/// the candidate to replay it); 400 for a malformed body and 409 for a term that is not the
+/// cluster record's current one (nothing is changed); 503 when the demotion failed or could not
+/// be verified (the caller must not treat the node as fenced).
 async fn demote(State(st): State<ApiState>, body: Bytes) -> Response {
     let req: DemoteRequest = match json_object(&body, r#"{"term": 7, "reason": "..."}"#) {
         Ok(r) => r,
@@ -586,30 +784,54 @@ async fn demote(State(st): State<ApiState>, body: Bytes) -> Response {
     if req.reason.len() > 1024 {
         return error_response(StatusCode::BAD_REQUEST, "reason must be at most 1024 bytes");
     }
+    let member = st.api.snapshot().member;
+    if let Err(current) = check_demote_term(st.api.as_ref(), req.term).await {
+        let which = if req.term < current { "stale" } else { "ahead of the store" };
+        tracing::warn!(term = req.term, current, "demote refused: term is {which}");
+        let body = DemoteResponse {
+            demoted: false,
+            term: req.term,
+            member,
+            role: None,
+            fenced_through: None,
+            lsn: None,
+            error: Some(format!("term {} is {which}: the cluster's current term is {current}; nothing was changed", req.term)),
+            current_term: Some(current),
+        };
+        return (StatusCode::CONFLICT, Json(body)).into_response();
+    }
     let reason = if req.reason.is_empty() {
         "demotion requested over HTTP".to_string()
     } else {
         req.reason.clone()
     };
-    let member = st.api.snapshot().member;
     match st.api.demote_with_position(req.term, &reason).await {
         Ok(lsn) => {
             let s = st.api.snapshot();
-            let mut body = json!({
-                "demoted": true,
-                "term": req.term,
-                "member": member,
-                "role": role_name(s.role),
-                "fenced_through": s.fenced_through.max(req.term),
-            });
-            if let Some(lsn) = lsn {
-                body["lsn"] = json!(lsn.to_string());
-            }
+            let body = DemoteResponse {
+                demoted: true,
+                term: req.term,
+                member,
+                role: Some(role_name(s.role).to_string()),
+                fenced_through: Some(s.fenced_through.max(req.term)),
+                lsn: lsn.map(|l| l.to_string()),
+                error: None,
+                current_term: None,
+            };
             (StatusCode::OK, Json(body)).into_response()
         }
         Err(e) => {
             tracing::error!(term = req.term, error = %e, "requested demotion failed");
-            let body = json!({ "demoted": false, "term": req.term, "member": member, "error": e.to_string() });
+            let body = DemoteResponse {
+                demoted: false,
+                term: req.term,
+                member,
+                role: None,
+                fenced_through: None,
+                lsn: None,
+                error: Some(e.to_string()),
+                current_term: None,
+            };
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod identity;
 pub mod logging;
 pub mod secrets;
+pub mod api_security;
 pub mod http;
 pub mod metrics;
 pub mod run;

@@ -24,6 +24,7 @@ use pgdaemon_core::pg::PgControl;
 use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Lsn, Role, Store, StoreError, SystemClock};
 use tokio::time::MissedTickBehavior;
 
+use crate::api_security::{ApiSecurity, ServerLimits};
 use crate::config::AgentConfig;
 use crate::watchdog::{Watchdog, WatchdogConfig, WatchdogMode};
 use crate::http::{AgentApi, ApiState};
@@ -66,6 +67,10 @@ impl AgentApi for LiveApi {
 
     async fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
         self.store.read_history(&self.cluster).await
+    }
+
+    async fn current_term(&self) -> Result<u64, StoreError> {
+        Ok(self.store.read_cluster(&self.cluster).await?.map_or(0, |c| c.term))
     }
 
     fn failsafe(&self, req: &FailsafeRequest) -> FailsafeReply {
@@ -118,7 +123,7 @@ where
 /// [`run`] with a hardware watchdog (see [`crate::watchdog`]): armed and petted by the lease
 /// watchdog task while the lease (or failsafe) is valid, disarmed otherwise and on the way out.
 pub async fn run_with_watchdog<S, P, C>(
-    mut runtime: AgentRuntime<S, P, C>,
+    runtime: AgentRuntime<S, P, C>,
     store: Arc<dyn Store>,
     clock: C,
     listener: tokio::net::TcpListener,
@@ -130,6 +135,30 @@ where
     P: PgControl + 'static,
     C: Clock + Clone + 'static,
 {
+    // Library callers (tests, the bench) that bind their own loopback listener get the API
+    // without access control, as before; the agent process passes `[api]` (see `start`).
+    run_with_api(runtime, store, clock, listener, shutdown, device, ApiSecurity::insecure(), ServerLimits::default()).await
+}
+
+/// [`run_with_watchdog`] with the API's access control and limits (`[api]`). The failsafe peer
+/// requests this node sends carry the same credentials it requires.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_with_api<S, P, C>(
+    mut runtime: AgentRuntime<S, P, C>,
+    store: Arc<dyn Store>,
+    clock: C,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+    device: Watchdog,
+    security: ApiSecurity,
+    limits: ServerLimits,
+) -> anyhow::Result<RunSummary>
+where
+    S: Store,
+    P: PgControl + 'static,
+    C: Clock + Clone + 'static,
+{
+    let peer_auth = security.client_authorization();
     let handle = runtime.handle();
     let stats = Arc::new(LoopStats::new(clock.monotonic()));
     let cluster = handle.snapshot().cluster;
@@ -145,7 +174,7 @@ where
     };
     let addr = listener.local_addr().context("listener address")?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::http::serve(listener, state, async move {
+    let server = tokio::spawn(crate::http::serve_with(listener, state, security, limits, async move {
         let _ = http_stopped.await;
     }));
     tracing::info!(%addr, "HTTP API listening");
@@ -153,7 +182,7 @@ where
     // Failsafe rounds (they do nothing unless `failsafe_mode` is on and the lease is overdue).
     let failsafe = tokio::spawn(crate::failsafe::failsafe_task(
         handle.clone(),
-        Arc::new(crate::failsafe::HttpPeers::new()),
+        Arc::new(crate::failsafe::HttpPeers::new().with_authorization(peer_auth)),
     ));
 
     let mut period = runtime.interval();
@@ -346,6 +375,16 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
     let password = crate::secrets::load_replication_password(&cfg.postgres)
         .await
         .context("replication password")?;
+    // The API's access control, before anything binds or connects: a loose or missing secret
+    // file, or an unauthenticated API on a non-loopback address, stops the start here.
+    let listen = cfg.node.listen_addr()?;
+    cfg.api.check_listen(listen).map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    let security = ApiSecurity::from_config(&cfg.api).context("[api] credentials")?;
+    if cfg.api.insecure {
+        tracing::warn!(%listen, "[api] insecure = true: /demote and /failsafe accept unauthenticated requests");
+    } else if !security.has_credentials() {
+        tracing::warn!(%listen, "no [api] credentials: /demote and /failsafe are refused (HTTP fencing of this node and failsafe acknowledgements will fail)");
+    }
     let store = pgdaemon_dcs::connect(&cfg.store).await.context("store")?;
     let pg = build_pg(&cfg, password);
     let clock = SystemClock::new();
@@ -363,7 +402,6 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
     if let Some(trigger) = start_coordinator(&cfg, store.clone(), Some(events.clone())).await? {
         runtime = runtime.with_trigger(trigger);
     }
-    let listen = cfg.node.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -375,7 +413,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
             .check(d.lease().saturating_sub(d.safety_margin()))
             .context("watchdog mode is required")?;
     }
-    let summary = run_with_watchdog(runtime, store, clock, listener, shutdown_signal(), device).await;
+    let summary = run_with_api(runtime, store, clock, listener, shutdown_signal(), device, security, cfg.api.limits()).await;
     // The last events (a demotion on the way out) get a few seconds to reach their sinks.
     if !events.flush(EVENTS_FLUSH_TIMEOUT).await {
         tracing::warn!(stats = ?events.stats(), "events still undelivered at exit");

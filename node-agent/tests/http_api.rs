@@ -154,6 +154,12 @@ impl Api {
         (code, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// The coordinator bumped the cluster record to `term` (the agent's last view still shows the
+    /// old one): what a real fence request finds, as `/demote` accepts only the record's term.
+    fn bump_store_term(&self, term: u64) {
+        self.fake.view.lock().unwrap().as_mut().unwrap().cluster.as_mut().unwrap().term = term;
+    }
+
     fn update(&self, f: impl FnOnce(&mut AgentSnapshot)) {
         f(&mut self.fake.snapshot.lock().unwrap());
     }
@@ -534,6 +540,7 @@ async fn cluster_history_and_metrics() {
 #[tokio::test]
 async fn demote_confirms_only_after_postgres_stopped_accepting_writes() {
     let api = Api::start(primary_snapshot()).await;
+    api.bump_store_term(4);
     let (code, doc) = api
         .post("/demote", r#"{"term": 4, "reason": "failover to n2"}"#)
         .await;
@@ -553,6 +560,7 @@ async fn demote_confirms_only_after_postgres_stopped_accepting_writes() {
 async fn demote_reports_the_final_wal_position_when_known() {
     let api = Api::start(primary_snapshot()).await;
     *api.fake.final_lsn.lock().unwrap() = Some("1A/3025A70".parse().unwrap());
+    api.bump_store_term(5);
     let (code, doc) = api.post("/demote", r#"{"term": 5}"#).await;
     assert_eq!(code, 200, "{doc}");
     assert_eq!(doc["demoted"], true);
@@ -596,6 +604,7 @@ async fn demote_rejects_malformed_bodies_and_changes_nothing() {
 async fn failed_demotion_is_not_reported_as_fenced() {
     let api = Api::start(primary_snapshot()).await;
     *api.fake.demote_fails.lock().unwrap() = true;
+    api.bump_store_term(4);
     let (code, doc) = api.post("/demote", r#"{"term": 4}"#).await;
     assert_eq!(code, 503);
     assert_eq!(doc["demoted"], false);

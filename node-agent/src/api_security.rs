@@ -1,0 +1,451 @@
+//! Who may change a node through its HTTP API (`[api]`): authentication (Patroni-compatible HTTP
+//! basic auth and/or a bearer token), an allow-list of peer addresses, and the server's limits.
+//!
+//! State-changing requests (`POST /demote`, `POST /failsafe`) stop a primary or promise not to
+//! take the leader lease, so S6 applies: an unauthenticated request changes nothing. Read-only
+//! health endpoints stay open by default (`protect_reads = false`) so HAProxy and NLB checks work
+//! unchanged. With no credentials configured, state-changing requests are refused (403) unless
+//! `insecure = true` says, explicitly, that the network alone protects the API; and the agent
+//! refuses to start on a non-loopback address without credentials (see [`ApiConfig::check_listen`]).
+//!
+//! Secrets come from files (mode 0600 or stricter, read with [`crate::secrets::read_password_file`],
+//! which refuses group- or world-readable files) and are compared in constant time.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use ipnet::IpNet;
+use pgdaemon_core::ConfigError;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::secrets::{read_password_file, Secret, SecretError};
+
+/// `[api]`: authentication, allow-list and limits of the agent's HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// HTTP basic auth user (Patroni's `restapi.authentication.username`); needs `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the basic-auth password (mode 0600 or stricter; a trailing newline is trimmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// File holding a bearer token (`Authorization: Bearer <token>`), same rules as `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// CIDRs (or single addresses) allowed to send state-changing requests. Empty: any address
+    /// (credentials still required).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowlist: Vec<String>,
+    /// Also allow the cluster members' API hosts (from the last view of the store).
+    #[serde(default)]
+    pub allowlist_include_members: bool,
+    /// Require credentials (and the allow-list) for the read-only endpoints too. Off by default so
+    /// load balancer health checks need no credentials.
+    #[serde(default)]
+    pub protect_reads: bool,
+    /// Accept state-changing requests without credentials (the network alone protects the API).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Connections served at once; further connections wait to be accepted. 0 means 64.
+    #[serde(default)]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and separately its body (ms). 0 means 5000.
+    #[serde(default)]
+    pub read_timeout_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            username: None,
+            password_file: None,
+            token_file: None,
+            allowlist: Vec::new(),
+            allowlist_include_members: false,
+            protect_reads: false,
+            insecure: false,
+            max_connections: 0,
+            read_timeout_ms: 0,
+        }
+    }
+}
+
+/// The server's limits (from `[api]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub max_connections: usize,
+    pub read_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits { max_connections: 64, read_timeout: Duration::from_secs(5) }
+    }
+}
+
+impl ApiConfig {
+    /// Whether credentials (basic auth or a token) are configured.
+    pub fn has_credentials(&self) -> bool {
+        self.password_file.is_some() || self.token_file.is_some()
+    }
+
+    pub fn limits(&self) -> ServerLimits {
+        let d = ServerLimits::default();
+        ServerLimits {
+            max_connections: if self.max_connections == 0 { d.max_connections } else { self.max_connections },
+            read_timeout: if self.read_timeout_ms == 0 { d.read_timeout } else { Duration::from_millis(self.read_timeout_ms) },
+        }
+    }
+
+    /// Value checks (no filesystem access).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.username, &self.password_file) {
+            (Some(u), Some(_)) if u.is_empty() || u.contains(':') => {
+                return Err(ConfigError::invalid("api.username", "must be non-empty and contain no ':'"))
+            }
+            (Some(_), None) => return Err(ConfigError::invalid("api.password_file", "api.username needs api.password_file")),
+            (None, Some(_)) => return Err(ConfigError::invalid("api.username", "api.password_file needs api.username")),
+            _ => {}
+        }
+        for (key, path) in [("api.password_file", &self.password_file), ("api.token_file", &self.token_file)] {
+            if let Some(p) = path.as_ref().filter(|p| !p.is_absolute()) {
+                return Err(ConfigError::invalid(key, format!("{} must be an absolute path", p.display())));
+            }
+        }
+        parse_allowlist(&self.allowlist)?;
+        if self.insecure && self.has_credentials() {
+            return Err(ConfigError::invalid("api.insecure", "credentials are configured: remove insecure = true"));
+        }
+        if self.max_connections > 10_000 {
+            return Err(ConfigError::invalid("api.max_connections", "must be at most 10000"));
+        }
+        Ok(())
+    }
+
+    /// The start-time rule: without credentials (and without `insecure = true`) the API may only
+    /// listen on a loopback address. A cluster whose coordinator fences over HTTP would otherwise
+    /// find out at failover time, and a reachable unauthenticated API is exactly the attack of
+    /// issue 15. On loopback the agent starts, but state-changing requests are still refused.
+    pub fn check_listen(&self, listen: SocketAddr) -> Result<(), String> {
+        if self.has_credentials() || self.insecure || listen.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(format!(
+            "the HTTP API would listen on {listen} without authentication: set [api] username + password_file \
+             and/or token_file (files with mode 0600), or listen on 127.0.0.1, or set [api] insecure = true \
+             to accept unauthenticated /demote and /failsafe requests from the network"
+        ))
+    }
+}
+
+fn parse_allowlist(entries: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    entries
+        .iter()
+        .map(|e| {
+            e.parse::<IpNet>()
+                .or_else(|_| e.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| ConfigError::invalid("api.allowlist", format!("{e:?} is not a CIDR like 10.0.0.0/16 or an address")))
+        })
+        .collect()
+}
+
+/// The checks the API applies, built once from `[api]` (secrets read).
+#[derive(Clone, Default)]
+pub struct ApiSecurity {
+    basic: Option<(String, Secret)>,
+    token: Option<Secret>,
+    allowlist: Vec<IpNet>,
+    pub include_members: bool,
+    pub protect_reads: bool,
+    insecure: bool,
+}
+
+impl std::fmt::Debug for ApiSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSecurity")
+            .field("basic_user", &self.basic.as_ref().map(|(u, _)| u))
+            .field("token", &self.token.is_some())
+            .field("allowlist", &self.allowlist)
+            .field("include_members", &self.include_members)
+            .field("protect_reads", &self.protect_reads)
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+/// Why a request was turned away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// 401: missing or wrong credentials.
+    Unauthenticated(String),
+    /// 403: the peer is not allowed, or state-changing requests are disabled.
+    Forbidden(String),
+}
+
+impl ApiSecurity {
+    /// No checks at all: what `insecure = true` means. Also what [`crate::http::router`] uses
+    /// (library callers and tests that build their own router); the agent process builds its
+    /// security from `[api]` with [`Self::from_config`].
+    pub fn insecure() -> Self {
+        ApiSecurity { insecure: true, ..Default::default() }
+    }
+
+    /// Nothing configured: state-changing requests are refused (403).
+    pub fn disabled() -> Self {
+        ApiSecurity::default()
+    }
+
+    /// Basic auth with `user` / `password` (tests and embedding).
+    pub fn with_basic(mut self, user: &str, password: &str) -> Self {
+        self.basic = Some((user.to_string(), Secret::new(password)));
+        self.insecure = false;
+        self
+    }
+
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(Secret::new(token));
+        self.insecure = false;
+        self
+    }
+
+    pub fn with_allowlist(mut self, cidrs: &[&str]) -> Result<Self, ConfigError> {
+        self.allowlist = parse_allowlist(&cidrs.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        Ok(self)
+    }
+
+    /// Reads the secret files named in `cfg` (refusing group- or world-readable ones).
+    pub fn from_config(cfg: &ApiConfig) -> Result<Self, SecretError> {
+        let basic = match (&cfg.username, &cfg.password_file) {
+            (Some(u), Some(p)) => Some((u.clone(), read_password_file(p)?)),
+            _ => None,
+        };
+        let token = cfg.token_file.as_deref().map(read_password_file).transpose()?;
+        Ok(ApiSecurity {
+            basic,
+            token,
+            // Validated with the configuration.
+            allowlist: parse_allowlist(&cfg.allowlist).unwrap_or_default(),
+            include_members: cfg.allowlist_include_members,
+            protect_reads: cfg.protect_reads,
+            insecure: cfg.insecure && !cfg.has_credentials(),
+        })
+    }
+
+    pub fn has_credentials(&self) -> bool {
+        self.basic.is_some() || self.token.is_some()
+    }
+
+    /// The `Authorization` header this node sends to its peers (failsafe requests) and the
+    /// hosted coordinator sends to the agents it fences: the token if any, else basic auth.
+    /// Every member of a cluster is expected to share the same API credentials.
+    pub fn client_authorization(&self) -> Option<HeaderValue> {
+        let value = match (&self.token, &self.basic) {
+            (Some(t), _) => format!("Bearer {}", t.expose()),
+            (None, Some((u, p))) => {
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{}", p.expose())))
+            }
+            (None, None) => return None,
+        };
+        let mut v = HeaderValue::from_str(&value).ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    }
+
+    /// Whether `peer` may send this request: allowed by the allow-list (or `members`, the
+    /// cluster members' API addresses when `include_members`). No allow-list: everyone.
+    /// An unknown peer address never passes a configured allow-list.
+    pub fn peer_allowed(&self, peer: Option<IpAddr>, members: &[IpAddr]) -> bool {
+        if self.allowlist.is_empty() && !self.include_members {
+            return true;
+        }
+        let Some(ip) = peer.map(canonical) else { return false };
+        self.allowlist.iter().any(|n| n.contains(&ip)) || (self.include_members && members.iter().any(|m| canonical(*m) == ip))
+    }
+
+    /// Checks the credentials of a request (allow-list checked separately, first).
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<(), Denied> {
+        if self.insecure {
+            return Ok(());
+        }
+        if !self.has_credentials() {
+            return Err(Denied::Forbidden(
+                "state-changing requests are disabled: no [api] credentials are configured (set username + password_file or token_file, or insecure = true)".into(),
+            ));
+        }
+        let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            return Err(Denied::Unauthenticated("authentication required".into()));
+        };
+        let (scheme, rest) = auth.split_once(' ').unwrap_or((auth, ""));
+        let rest = rest.trim();
+        let ok = if scheme.eq_ignore_ascii_case("bearer") {
+            self.token.as_ref().is_some_and(|t| ct_eq(t.expose().as_bytes(), rest.as_bytes()))
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            match (&self.basic, base64::engine::general_purpose::STANDARD.decode(rest)) {
+                (Some((user, password)), Ok(decoded)) => {
+                    let (u, p) = match decoded.iter().position(|b| *b == b':') {
+                        Some(i) => (&decoded[..i], &decoded[i + 1..]),
+                        None => (&decoded[..], &b""[..]),
+                    };
+                    // Both compared, always: no early exit on a wrong user name.
+                    let user_ok = ct_eq(user.as_bytes(), u);
+                    let pass_ok = ct_eq(password.expose().as_bytes(), p);
+                    user_ok & pass_ok
+                }
+                _ => false,
+            }
+        } else {
+            false
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Denied::Unauthenticated("wrong credentials".into()))
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge of a 401.
+    pub fn challenge(&self) -> &'static str {
+        if self.basic.is_none() && self.token.is_some() {
+            "Bearer realm=\"pgdaemon\""
+        } else {
+            "Basic realm=\"pgdaemon\", charset=\"UTF-8\""
+        }
+    }
+
+    pub fn deny(&self, d: Denied) -> Response {
+        match d {
+            Denied::Unauthenticated(m) => {
+                let mut r = (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "error": m }))).into_response();
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(self.challenge()));
+                r
+            }
+            Denied::Forbidden(m) => (StatusCode::FORBIDDEN, Json(serde_json::json!({ "error": m }))).into_response(),
+        }
+    }
+}
+
+/// Constant-time equality (the length is not secret: a differing length answers `false` at once).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// IPv4-mapped IPv6 addresses (a dual-stack listener's view of IPv4 peers) as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The host of an `http(s)://host[:port][/...]` URL (brackets of an IPv6 literal removed).
+pub fn url_host(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split_once(']').map(|(h, _)| h);
+    }
+    Some(authority.split(':').next().unwrap_or(authority)).filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(u: &str, p: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")));
+        h.insert(header::AUTHORIZATION, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn credentials_are_checked() {
+        let s = ApiSecurity::disabled().with_basic("patroni", "s3cret").with_token("tok");
+        assert!(s.authenticate(&basic("patroni", "s3cret")).is_ok());
+        assert!(matches!(s.authenticate(&basic("patroni", "s3cre")), Err(Denied::Unauthenticated(_))));
+        assert!(matches!(s.authenticate(&basic("root", "s3cret")), Err(Denied::Unauthenticated(_))));
+        assert!(matches!(s.authenticate(&HeaderMap::new()), Err(Denied::Unauthenticated(_))));
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer tok".parse().unwrap());
+        assert!(s.authenticate(&h).is_ok());
+        h.insert(header::AUTHORIZATION, "Bearer tok2".parse().unwrap());
+        assert!(s.authenticate(&h).is_err());
+        h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
+        assert!(s.authenticate(&h).is_err());
+        // The client header round-trips (token preferred).
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, s.client_authorization().unwrap());
+        assert!(s.authenticate(&h).is_ok());
+        let b = ApiSecurity::disabled().with_basic("u", "p:with:colons");
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, b.client_authorization().unwrap());
+        assert!(b.authenticate(&h).is_ok());
+        assert!(matches!(ApiSecurity::disabled().authenticate(&basic("a", "b")), Err(Denied::Forbidden(_))));
+        assert!(ApiSecurity::insecure().authenticate(&HeaderMap::new()).is_ok());
+    }
+
+    #[test]
+    fn allowlist_and_members() {
+        let s = ApiSecurity::insecure().with_allowlist(&["10.0.0.0/16", "192.168.1.7"]).unwrap();
+        assert!(s.peer_allowed(Some("10.0.3.4".parse().unwrap()), &[]));
+        assert!(s.peer_allowed(Some("::ffff:10.0.3.4".parse().unwrap()), &[]));
+        assert!(s.peer_allowed(Some("192.168.1.7".parse().unwrap()), &[]));
+        assert!(!s.peer_allowed(Some("192.168.1.8".parse().unwrap()), &[]));
+        assert!(!s.peer_allowed(None, &[]));
+        let mut m = s.clone();
+        m.include_members = true;
+        assert!(m.peer_allowed(Some("172.16.0.9".parse().unwrap()), &["172.16.0.9".parse().unwrap()]));
+        assert!(ApiSecurity::insecure().peer_allowed(None, &[]));
+    }
+
+    #[test]
+    fn config_rules() {
+        let mut c = ApiConfig::default();
+        assert!(c.validate().is_ok());
+        assert!(c.check_listen("0.0.0.0:8008".parse().unwrap()).is_err());
+        assert!(c.check_listen("127.0.0.1:8008".parse().unwrap()).is_ok());
+        c.username = Some("u".into());
+        assert!(c.validate().is_err());
+        c.password_file = Some("/etc/pgdaemon/api-password".into());
+        assert!(c.validate().is_ok());
+        assert!(c.check_listen("0.0.0.0:8008".parse().unwrap()).is_ok());
+        c.allowlist = vec!["10.0.0.0/33".into()];
+        assert!(c.validate().is_err());
+        c.allowlist = vec!["10.0.0.0/16".into(), "::1".into()];
+        assert!(c.validate().is_ok());
+        c.token_file = Some("relative".into());
+        assert!(c.validate().is_err());
+        let c = ApiConfig { insecure: true, ..Default::default() };
+        assert!(c.check_listen("0.0.0.0:8008".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn loose_secret_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "tok\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = ApiConfig { token_file: Some(p.clone()), ..Default::default() };
+        assert!(ApiSecurity::from_config(&c).is_err());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let s = ApiSecurity::from_config(&c).unwrap();
+        assert!(s.has_credentials() && !format!("{s:?}").contains("tok\""));
+    }
+
+    #[test]
+    fn hosts_of_urls() {
+        assert_eq!(url_host("http://10.0.0.5:8008"), Some("10.0.0.5"));
+        assert_eq!(url_host("https://pg-1.internal/x"), Some("pg-1.internal"));
+        assert_eq!(url_host("http://[fd00::1]:8008"), Some("fd00::1"));
+        assert_eq!(url_host("ftp://x"), None);
+    }
+}
