@@ -97,13 +97,16 @@ async fn bootstrap(store: &Arc<MemoryStore>, cluster: &str) -> Agents {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    // Wait for the first heartbeats.
+    // Wait (bounded) for the first heartbeats.
+    let mut beating = false;
     for _ in 0..50 {
         if store.read_view(cluster).await.unwrap().members.len() == 3 {
+            beating = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(beating, "the agents of {cluster} never beat");
     Agents { stop, task: Some(task) }
 }
 
@@ -138,7 +141,6 @@ async fn malformed_payloads_are_named_and_change_nothing() {
     let store = Arc::new(MemoryStore::new());
     let _agents = bootstrap(&store, "hm").await;
     let (h, fencer) = handler(&store, "hm");
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let before = store.read_cluster("hm").await.unwrap();
     let cases: Vec<(Value, &str)> = vec![
         (json!("evaluate"), "expected a JSON object"),
@@ -193,7 +195,6 @@ async fn status_reports_members_and_record() {
     let store = Arc::new(MemoryStore::new());
     let _a = bootstrap(&store, "st").await;
     let (h, _) = handler(&store, "st");
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let out = h.handle(event(json!({"action": "status", "cluster": "st"}))).await.unwrap();
     let c = &out["clusters"][0];
     assert_eq!(c["record"]["primary"], "n1");

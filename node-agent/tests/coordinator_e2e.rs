@@ -44,7 +44,10 @@ fn one_failover(etcd: &EtcdServer, run: usize) -> Duration {
         ["n2", "n3"].iter().all(|n| pg.try_sql(n, "SELECT count(*) FROM t").as_deref() == Ok("1000"))
     });
     // Let every coordinator see the heartbeats beat (fresh candidates) before the crash.
-    std::thread::sleep(Duration::from_secs(3));
+    let before = view(&store);
+    wait_until("every member beats twice more (coordinators see fresh heartbeats)", Duration::from_secs(20), || {
+        common::beat_twice_since(&before, &view(&store))
+    });
     let lock_holder = view(&store).coordinator.map(|c| c.owner).unwrap_or_default();
 
     // The primary's host dies: agent (and its coordinator) gone, postmaster killed with SIGKILL.

@@ -308,7 +308,9 @@ async fn a_failover_reaches_every_sink_once() {
     .await;
     assert!(healthy, "cluster never healthy\n{}", logs());
     // Let both coordinators see the healthy cluster (their baseline).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = store.read_view(&cluster).await.unwrap();
+    let beaten = wait(&store, &cluster, Duration::from_secs(20), |v| common::beat_twice_since(&before, v)).await;
+    assert!(beaten, "heartbeats stopped beating\n{}", logs());
 
     // The primary's host dies: its agent and its Postgres.
     let died = Instant::now();

@@ -337,8 +337,9 @@ impl Cluster {
             .is_ok_and(|s| s.success())
     }
 
-    /// Starts writing to every node in the background (see [`Samples`]).
-    fn start_sampling(&mut self) {
+    /// Starts writing to every node in the background (see [`Samples`]); returns once a sample
+    /// saw a node accept a write, so the sampler works and runs before the test injects a fault.
+    async fn start_sampling(&mut self) {
         self.sampling.store(true, Ordering::SeqCst);
         let (pg, samples, on) = (self.pg.clone(), self.samples.clone(), self.sampling.clone());
         self.sampler = Some(std::thread::spawn(move || {
@@ -353,6 +354,11 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.samples.lock().unwrap().rows.iter().any(|(_, w)| !w.is_empty()) {
+            assert!(Instant::now() < deadline, "no node accepted a sampler write within 30 s\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn stop_sampling(&mut self) -> Vec<(Instant, Vec<String>)> {
@@ -554,17 +560,17 @@ async fn outage_keeps_the_primary(backend: Backend) {
         Duration::from_millis(LEASE_MS / 2),
         Duration::from_millis(LEASE_MS * 5 / 2),
     ] {
-        c.start_sampling();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.start_sampling().await;
         let t0 = Instant::now();
         c.store_down();
-        tokio::time::sleep(outage).await;
+        tokio::time::sleep(outage).await; // the fault is held for a fixed time
         c.store_up();
         eprintln!(
             "{backend:?}: store down for {} ms",
             t0.elapsed().as_millis()
         );
         let p = c.wait_healthy(Duration::from_secs(60)).await;
+        // A fixed window after the outage in which pg-1 must stay the only writer.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let samples = c.stop_sampling();
         let logs = c.logs();
@@ -605,13 +611,18 @@ async fn outage_keeps_the_primary(backend: Backend) {
 
     // The same long outage with failsafe mode off demotes the primary (the test can fail).
     c.set_failsafe(false).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    c.start_sampling();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // pg-1's agent has read the change once its heartbeat no longer lists whom it would ask.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.view().await.is_none_or(|v| v.members.get("pg-1").is_none_or(|m| m.failsafe_members.is_some())) {
+        assert!(Instant::now() < deadline, "pg-1 still in failsafe mode\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.start_sampling().await;
     let t0 = Instant::now();
     c.store_down();
-    tokio::time::sleep(Duration::from_millis(LEASE_MS * 5 / 2)).await;
+    tokio::time::sleep(Duration::from_millis(LEASE_MS * 5 / 2)).await; // the fault is held for a fixed time
     c.store_up();
+    // A fixed window after the outage, still sampled for two writers.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let samples = c.stop_sampling();
     assert_one_writer(&samples, &c.logs());
@@ -651,8 +662,7 @@ async fn partitioned_primary_demotes_within_the_lease() {
     }
     let mut c = Cluster::start(Backend::Etcd, "partition", true).await;
     let term = c.record().await.term;
-    c.start_sampling();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.start_sampling().await;
     // pg-1's agent reaches neither the store nor its peers' APIs; nobody reaches its API.
     // Postgres traffic (replication, the sampler's Unix socket) is left alone.
     let mut cut = c.cut("pg-1", true);
@@ -694,8 +704,7 @@ async fn primary_cut_from_the_store_only_runs_until_a_failover_starts() {
     }
     let mut c = Cluster::start(Backend::Etcd, "storecut", true).await;
     let term = c.record().await.term;
-    c.start_sampling();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.start_sampling().await;
     // pg-1's agent cannot reach the store; its peers (and the coordinators) still can.
     let mut cut = c.cut("pg-1", false);
     let t0 = Instant::now();

@@ -62,7 +62,12 @@ fn switchover_waits_for_the_demoted_primarys_reported_final_lsn_and_loses_no_wri
     );
     pg.sql("n1", "CREATE TABLE t (i int PRIMARY KEY)").unwrap();
     // Fresh heartbeats of both before the request (the candidate must be eligible).
-    std::thread::sleep(Duration::from_secs(2));
+    let before = view(&store);
+    wait_until(
+        "n1 and n2 beat twice more (the coordinator sees fresh heartbeats)",
+        Duration::from_secs(20),
+        || common::beat_twice_since(&before, &view(&store)),
+    );
 
     // The client: one autocommitted row per statement until the primary stops taking writes;
     // `acked` rows 1..=acked were acknowledged, `last_lsn` is the WAL end seen after the last.

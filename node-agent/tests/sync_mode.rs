@@ -207,6 +207,7 @@ fn acknowledged_commits_survive_repeated_primary_kills_in_synchronous_mode() {
             let pid: u32 = pg.sql(&sync_set[0], "SELECT pid FROM pg_stat_wal_receiver").unwrap().parse().unwrap();
             let frozen = Frozen::new(pid);
             let at_stop = acked_count();
+            // A fixed window: nothing may be acknowledged in it.
             std::thread::sleep(Duration::from_secs(2));
             let during = acked_count() - at_stop;
             drop(frozen);
@@ -215,7 +216,10 @@ fn acknowledged_commits_survive_repeated_primary_kills_in_synchronous_mode() {
             let resumed = acked_count();
             wait_until("commits resume once the standby is back", Duration::from_secs(10), || acked_count() > resumed + 10);
         }
-        std::thread::sleep(Duration::from_secs(3));
+        let beats = view();
+        wait_until("every member beats twice more (coordinators see fresh heartbeats)", Duration::from_secs(20), || {
+            common::beat_twice_since(&beats, &view())
+        });
 
         let idx = NODES.iter().position(|n| *n == primary).unwrap();
         hosts[idx] = None;

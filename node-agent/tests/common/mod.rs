@@ -10,7 +10,7 @@ use pgdaemon_agent::run::run;
 use pgdaemon_core::agent::{AgentIdentity, AgentRuntime};
 use pgdaemon_core::coordinator::{Coordinator, CoordinatorConfig};
 use pgdaemon_core::fence::{FenceChain, Fencer};
-use pgdaemon_core::{DynamicConfig, Store, SystemClock};
+use pgdaemon_core::{ClusterView, DynamicConfig, Store, SystemClock};
 use pgdaemon_dcs::fence::{CommandFencer, HttpDemoteFencer};
 use pgdaemon_dcs::EtcdStore;
 use pgdaemon_testkit::postgres::{PgCluster, PgNode};
@@ -107,4 +107,12 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every member with a heartbeat in `before` has published at least two more in `now`: a
+/// coordinator reading the store about once per heartbeat (every 500 ms here) has seen each of
+/// them change, so it judges them fresh rather than not yet observed (which it waits out before
+/// choosing a candidate or acting on a request).
+pub fn beat_twice_since(before: &ClusterView, now: &ClusterView) -> bool {
+    before.members.iter().all(|(n, m)| now.members.get(n).is_some_and(|m2| m2.seq >= m.seq + 2))
 }
