@@ -54,6 +54,7 @@ async fn drills(backend: Backend, name: &str) {
 
     // 1. Replica loss and return: the primary stays; the replica rejoins by itself.
     d.crash("pg-2").unwrap();
+    // A fixed window, longer than a 3 s lease, in which no failover may happen.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let v = d.view().await.unwrap();
     assert_eq!(
@@ -108,7 +109,8 @@ async fn drills(backend: Backend, name: &str) {
     let out = d.pgdctl(&["pause", "--timeout", "30"]).await;
     assert!(out.is_ok(), "pause: {out:?}");
     d.crash("pg-2").unwrap();
-    tokio::time::sleep(Duration::from_secs(8)).await; // more than two 3 s leases
+    // A fixed window, more than two 3 s leases, in which the paused cluster must not fail over.
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let v = d.view().await.unwrap();
     let r = v.cluster.as_ref().unwrap();
     assert!(
@@ -172,7 +174,9 @@ async fn drills(backend: Backend, name: &str) {
         "INSERT INTO drill_rows SELECT generate_series(251, 300)",
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    d.wait_replayed(&p, Duration::from_secs(30))
+        .await
+        .unwrap();
     d.kill_agent(&p);
     let deadline = Instant::now() + Duration::from_secs(60);
     let new = loop {

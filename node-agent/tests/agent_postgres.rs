@@ -238,6 +238,7 @@ async fn demote_now_stops_writes_and_refuses_the_lease() {
     wait_until("the lease is released", Duration::from_secs(5), || !a1.snap().holds_lease).await;
     let lease = store.read_lease(&cluster, LeaseName::Leader).await.unwrap().unwrap();
     assert!(lease.released, "{lease:?}");
+    // A fixed window in which the fenced member must not start Postgres again.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(pg.pid("n1").is_none(), "a fenced member started postgres again");
     assert_eq!(a1.snap().fenced_through, 1);
