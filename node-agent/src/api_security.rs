@@ -9,7 +9,9 @@
 //! refuses to start on a non-loopback address without credentials (see [`ApiConfig::check_listen`]).
 //!
 //! Secrets come from files (mode 0600 or stricter, read with [`crate::secrets::read_password_file`],
-//! which refuses group- or world-readable files) and are compared in constant time.
+//! which refuses group- or world-readable files) or, for the token, from an SSM SecureString
+//! (`token_ssm_parameter`, read once at start through [`crate::secrets::load_ssm_secret`], the
+//! path the replication password takes), and are compared in constant time.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -24,7 +26,7 @@ use pgdaemon_core::ConfigError;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::secrets::{read_password_file, Secret, SecretError};
+use crate::secrets::{check_ssm_parameter_name, load_ssm_secret, read_password_file, Secret, SecretError};
 
 /// `[api]`: authentication, allow-list and limits of the agent's HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +41,10 @@ pub struct ApiConfig {
     /// File holding a bearer token (`Authorization: Bearer <token>`), same rules as `password_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// SSM Parameter Store name (absolute, e.g. `/pgdaemon/<cluster>/api-token`) of a SecureString
+    /// holding the bearer token, read once at start. Alternative to `token_file` (not both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ssm_parameter: Option<String>,
     /// CIDRs (or single addresses) allowed to send state-changing requests. Empty: any address
     /// (credentials still required).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -67,6 +73,7 @@ impl Default for ApiConfig {
             username: None,
             password_file: None,
             token_file: None,
+            token_ssm_parameter: None,
             allowlist: Vec::new(),
             allowlist_include_members: false,
             protect_reads: false,
@@ -93,7 +100,7 @@ impl Default for ServerLimits {
 impl ApiConfig {
     /// Whether credentials (basic auth or a token) are configured.
     pub fn has_credentials(&self) -> bool {
-        self.password_file.is_some() || self.token_file.is_some()
+        self.password_file.is_some() || self.token_file.is_some() || self.token_ssm_parameter.is_some()
     }
 
     pub fn limits(&self) -> ServerLimits {
@@ -119,6 +126,19 @@ impl ApiConfig {
                 return Err(ConfigError::invalid(key, format!("{} must be an absolute path", p.display())));
             }
         }
+        if let Some(name) = &self.token_ssm_parameter {
+            let key = "api.token_ssm_parameter";
+            if self.token_file.is_some() {
+                return Err(ConfigError::invalid(key, "set either api.token_file or api.token_ssm_parameter, not both"));
+            }
+            if !cfg!(feature = "ssm") {
+                return Err(ConfigError::invalid(key, "this agent was built without the `ssm` feature; use api.token_file"));
+            }
+            check_ssm_parameter_name(name).map_err(|r| ConfigError::invalid(key, r))?;
+            if !name.starts_with('/') {
+                return Err(ConfigError::invalid(key, format!("{name:?} must be an absolute name like /pgdaemon/<cluster>/api-token")));
+            }
+        }
         parse_allowlist(&self.allowlist)?;
         if self.insecure && self.has_credentials() {
             return Err(ConfigError::invalid("api.insecure", "credentials are configured: remove insecure = true"));
@@ -139,7 +159,7 @@ impl ApiConfig {
         }
         Err(format!(
             "the HTTP API would listen on {listen} without authentication: set [api] username + password_file \
-             and/or token_file (files with mode 0600), or listen on 127.0.0.1, or set [api] insecure = true \
+             and/or token_file (files with mode 0600) or token_ssm_parameter, or listen on 127.0.0.1, or set [api] insecure = true \
              to accept unauthenticated /demote and /failsafe requests from the network"
         ))
     }
@@ -220,13 +240,34 @@ impl ApiSecurity {
         Ok(self)
     }
 
-    /// Reads the secret files named in `cfg` (refusing group- or world-readable ones).
-    pub fn from_config(cfg: &ApiConfig) -> Result<Self, SecretError> {
+    /// Reads the secrets `cfg` names: the files (refusing group- or world-readable ones) and the
+    /// token's SSM parameter (decrypted). Called once at start; the result also gives the
+    /// credentials this node sends ([`Self::client_authorization`]).
+    pub async fn load(cfg: &ApiConfig) -> Result<Self, SecretError> {
         let basic = match (&cfg.username, &cfg.password_file) {
             (Some(u), Some(p)) => Some((u.clone(), read_password_file(p)?)),
             _ => None,
         };
-        let token = cfg.token_file.as_deref().map(read_password_file).transpose()?;
+        let token = match (&cfg.token_file, &cfg.token_ssm_parameter) {
+            (Some(path), _) => Some(read_password_file(path)?),
+            (None, Some(name)) => Some(load_ssm_secret(name).await?),
+            (None, None) => None,
+        };
+        if let Some(t) = &token {
+            // A token this node could not send, or that no request could match (the server trims
+            // the header value), is a configuration error, not a silent 401 at failover time.
+            let sendable = HeaderValue::from_str(&format!("Bearer {}", t.expose())).is_ok();
+            if !sendable || t.expose().trim() != t.expose() {
+                let reason = "the token must be printable characters without leading or trailing whitespace";
+                return Err(match (&cfg.token_file, &cfg.token_ssm_parameter) {
+                    (Some(path), _) => SecretError::Io {
+                        path: path.clone(),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
+                    },
+                    (None, name) => SecretError::Ssm { name: name.clone().unwrap_or_default(), reason: reason.into() },
+                });
+            }
+        }
         Ok(ApiSecurity {
             basic,
             token,
@@ -427,18 +468,52 @@ mod tests {
         assert!(c.check_listen("0.0.0.0:8008".parse().unwrap()).is_ok());
     }
 
-    #[test]
-    fn loose_secret_files_are_refused() {
+    #[tokio::test]
+    async fn loose_secret_files_are_refused() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("token");
         std::fs::write(&p, "tok\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let c = ApiConfig { token_file: Some(p.clone()), ..Default::default() };
-        assert!(ApiSecurity::from_config(&c).is_err());
+        assert!(ApiSecurity::load(&c).await.is_err());
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let s = ApiSecurity::from_config(&c).unwrap();
+        let s = ApiSecurity::load(&c).await.unwrap();
         assert!(s.has_credentials() && !format!("{s:?}").contains("tok\""));
+        // A token no request could match (surrounding whitespace) is refused at start.
+        std::fs::write(&p, " tok\n").unwrap();
+        assert!(ApiSecurity::load(&c).await.is_err());
+    }
+
+    #[test]
+    fn token_ssm_parameter_rules() {
+        let key_of = |c: &ApiConfig| match c.validate() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{other:?}"),
+        };
+        let c = ApiConfig { token_ssm_parameter: Some("/pgdaemon/prod/api-token".into()), ..Default::default() };
+        assert!(c.validate().is_ok());
+        assert!(c.has_credentials());
+        assert!(c.check_listen("0.0.0.0:8008".parse().unwrap()).is_ok(), "credentials: any address");
+        // Both sources of the token: refused, naming the key.
+        let both = ApiConfig { token_file: Some("/etc/pgdaemon/api-token".into()), ..c.clone() };
+        assert_eq!(key_of(&both), "api.token_ssm_parameter");
+        assert!(both.validate().unwrap_err().to_string().contains("not both"));
+        // The name must be absolute and a parameter name.
+        for bad in ["pgdaemon/prod/api-token", "", "/pgdaemon/prod/api token", "/x!"] {
+            let c = ApiConfig { token_ssm_parameter: Some(bad.into()), ..Default::default() };
+            assert_eq!(key_of(&c), "api.token_ssm_parameter", "{bad:?}");
+        }
+        // With basic auth alongside: fine; with insecure: refused (credentials are configured).
+        let c = ApiConfig {
+            username: Some("u".into()),
+            password_file: Some("/etc/pgdaemon/api-password".into()),
+            token_ssm_parameter: Some("/pgdaemon/prod/api-token".into()),
+            ..Default::default()
+        };
+        assert!(c.validate().is_ok());
+        let c = ApiConfig { insecure: true, token_ssm_parameter: Some("/pgdaemon/prod/api-token".into()), ..Default::default() };
+        assert_eq!(key_of(&c), "api.insecure");
     }
 
     #[test]

@@ -382,15 +382,8 @@ impl AgentConfig {
                         "this agent was built without the `ssm` feature; use postgres.password_file",
                     ));
                 }
-                let ok_chars = name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
-                if name.is_empty() || name.len() > 2048 || !ok_chars {
-                    return Err(ConfigError::invalid(
-                        "postgres.ssm_parameter",
-                        format!("{name:?} is not an SSM parameter name"),
-                    ));
-                }
+                crate::secrets::check_ssm_parameter_name(name)
+                    .map_err(|r| ConfigError::invalid("postgres.ssm_parameter", r))?;
             }
             (Some(path), None) if !path.is_absolute() => {
                 return Err(ConfigError::invalid(

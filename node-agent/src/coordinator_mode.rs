@@ -28,8 +28,10 @@ const FENCE_TIMEOUT: Duration = Duration::from_secs(15);
 const BUSY_POLL: Duration = Duration::from_millis(200);
 
 /// Fencing policy and chain from the `[coordinator]` section. Rejects unknown fencers and a
-/// `command` fencer without a command.
-pub fn fencing(cfg: &AgentConfig) -> anyhow::Result<(FencingPolicy, FenceChain)> {
+/// `command` fencer without a command. `authorization`: what the `http` fencer sends, the
+/// cluster's shared `[api]` credentials as read once at start
+/// ([`crate::api_security::ApiSecurity::client_authorization`]).
+pub fn fencing(cfg: &AgentConfig, authorization: Option<reqwest::header::HeaderValue>) -> anyhow::Result<(FencingPolicy, FenceChain)> {
     let c = &cfg.coordinator;
     let names: Vec<&str> = if c.fencing.is_empty() { vec!["http"] } else { c.fencing.iter().map(String::as_str).collect() };
     if names == ["off"] {
@@ -40,10 +42,7 @@ pub fn fencing(cfg: &AgentConfig) -> anyhow::Result<(FencingPolicy, FenceChain)>
         match name {
             "http" => {
                 // The agents it fences require the cluster's shared `[api]` credentials.
-                let auth = crate::api_security::ApiSecurity::from_config(&cfg.api)
-                    .context("[api] credentials for the http fencer")?
-                    .client_authorization();
-                fencers.push(Box::new(HttpDemoteFencer::new(FENCE_TIMEOUT).with_authorization(auth)))
+                fencers.push(Box::new(HttpDemoteFencer::new(FENCE_TIMEOUT).with_authorization(authorization.clone())))
             }
             "command" => {
                 let Some(cmd) = c.fence_command.clone().filter(|s| !s.trim().is_empty()) else {
@@ -61,14 +60,16 @@ pub fn fencing(cfg: &AgentConfig) -> anyhow::Result<(FencingPolicy, FenceChain)>
 /// Starts what `[coordinator]` asks for and returns the trigger for the agent runtime:
 /// a hosted coordinator (`enabled = true`), a Lambda trigger (`lambda_function`), or nothing.
 /// `events`: where the hosted coordinator reports failovers and member health (none: nowhere).
+/// `authorization`: the `http` fencer's credentials (see [`fencing`]).
 pub async fn start(
     cfg: &AgentConfig,
     store: Arc<dyn Store>,
     events: Option<Arc<dyn pgdaemon_core::events::EventEmitter>>,
+    authorization: Option<reqwest::header::HeaderValue>,
 ) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
     let c = &cfg.coordinator;
     if c.enabled {
-        let (policy, chain) = fencing(cfg)?;
+        let (policy, chain) = fencing(cfg, authorization)?;
         let base = CoordinatorConfig { fencing: policy, ..CoordinatorConfig::default() };
         base.validate()?;
         // The lock lease follows the cluster's leader lease (the record's config, which every
@@ -262,8 +263,9 @@ pub async fn start_from_hook(
     cfg: &AgentConfig,
     store: Arc<dyn Store>,
     events: Option<Arc<dyn pgdaemon_core::events::EventEmitter>>,
+    authorization: Option<reqwest::header::HeaderValue>,
 ) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
-    start(cfg, store, events).await.context("coordinator")
+    start(cfg, store, events, authorization).await.context("coordinator")
 }
 
 #[cfg(test)]

@@ -136,6 +136,15 @@ async fn check_config(
     } else {
         println!("# replication password: {source} (not fetched; --fetch-secrets reads it)");
     }
+    if let Some(name) = &cfg.api.token_ssm_parameter {
+        if fetch {
+            // Proves the parameter is readable (and the token usable); never printed.
+            pgdaemon_agent::api_security::ApiSecurity::load(&cfg.api).await.context("[api] credentials")?;
+            println!("# api token: SSM parameter {name}: read (redacted)");
+        } else {
+            println!("# api token: SSM parameter {name} (not fetched; --fetch-secrets reads it)");
+        }
+    }
     print!("{}", cfg.to_toml());
     Ok(())
 }

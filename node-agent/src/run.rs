@@ -327,13 +327,16 @@ pub async fn shutdown_signal() {
 /// The agent-hosted coordinator hook (`[coordinator] enabled = true`): the one call site that
 /// starts it. Returns the trigger the runtime uses for fast-path runs (a local channel to the
 /// hosted coordinator), `None` when disabled.
+/// `authorization`: what the hosted coordinator's `http` fencer sends (this node's `[api]`
+/// credentials, read once at start).
 pub async fn start_coordinator(
     cfg: &AgentConfig,
     store: Arc<dyn Store>,
     events: Option<Arc<dyn pgdaemon_core::events::EventEmitter>>,
+    authorization: Option<reqwest::header::HeaderValue>,
 ) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
     // Hosted coordinator (`enabled`), Lambda fast path (`lambda_function`), or nothing.
-    crate::coordinator_mode::start_from_hook(cfg, store, events).await
+    crate::coordinator_mode::start_from_hook(cfg, store, events, authorization).await
 }
 
 /// Builds this node's Postgres control from the configuration.
@@ -376,10 +379,12 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
         .await
         .context("replication password")?;
     // The API's access control, before anything binds or connects: a loose or missing secret
-    // file, or an unauthenticated API on a non-loopback address, stops the start here.
+    // file, an unreadable token parameter, or an unauthenticated API on a non-loopback address
+    // stops the start here. Read once: the server, the failsafe requests and the hosted
+    // coordinator's http fencer all use these credentials.
     let listen = cfg.node.listen_addr()?;
     cfg.api.check_listen(listen).map_err(|e| anyhow::anyhow!("config: {e}"))?;
-    let security = ApiSecurity::from_config(&cfg.api).context("[api] credentials")?;
+    let security = ApiSecurity::load(&cfg.api).await.context("[api] credentials")?;
     if cfg.api.insecure {
         tracing::warn!(%listen, "[api] insecure = true: /demote and /failsafe accept unauthenticated requests");
     } else if !security.has_credentials() {
@@ -399,7 +404,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
     let events = cfg.events.start(Some(store.clone())).context("events")?;
     tracing::info!(sinks = ?events.sink_names(), "event sinks");
     runtime = runtime.with_events(events.clone());
-    if let Some(trigger) = start_coordinator(&cfg, store.clone(), Some(events.clone())).await? {
+    if let Some(trigger) = start_coordinator(&cfg, store.clone(), Some(events.clone()), security.client_authorization()).await? {
         runtime = runtime.with_trigger(trigger);
     }
     let listener = tokio::net::TcpListener::bind(listen)

@@ -134,6 +134,35 @@ pub async fn ssm_client() -> aws_sdk_ssm::Client {
     aws_sdk_ssm::Client::new(&conf)
 }
 
+/// Reads the SecureString `name`, decrypted, with a client from the SDK's usual chain: the one
+/// path every secret the agent keeps in SSM takes (`[postgres] ssm_parameter`,
+/// `[api] token_ssm_parameter`).
+pub async fn load_ssm_secret(name: &str) -> Result<Secret, SecretError> {
+    #[cfg(feature = "ssm")]
+    {
+        read_ssm_parameter(&ssm_client().await, name).await
+    }
+    #[cfg(not(feature = "ssm"))]
+    {
+        Err(SecretError::Ssm {
+            name: name.to_string(),
+            reason: "built without the `ssm` feature".into(),
+        })
+    }
+}
+
+/// Whether `name` can be an SSM parameter name (characters and length; no AWS call). The
+/// caller adds its own rules (the API token's parameter must be absolute) and names its key.
+pub fn check_ssm_parameter_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+    if name.is_empty() || name.len() > 2048 || !ok_chars {
+        return Err(format!("{name:?} is not an SSM parameter name"));
+    }
+    Ok(())
+}
+
 /// The replication password as configured: `Ok(None)` when neither source is set (trust or
 /// certificate authentication).
 pub async fn load_replication_password(pg: &PostgresConfig) -> Result<Option<Secret>, SecretError> {
@@ -142,15 +171,7 @@ pub async fn load_replication_password(pg: &PostgresConfig) -> Result<Option<Sec
     }
     match &pg.ssm_parameter {
         None => Ok(None),
-        #[cfg(feature = "ssm")]
-        Some(name) => read_ssm_parameter(&ssm_client().await, name)
-            .await
-            .map(Some),
-        #[cfg(not(feature = "ssm"))]
-        Some(name) => Err(SecretError::Ssm {
-            name: name.clone(),
-            reason: "built without the `ssm` feature".into(),
-        }),
+        Some(name) => load_ssm_secret(name).await.map(Some),
     }
 }
 

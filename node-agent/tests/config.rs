@@ -231,6 +231,28 @@ fn password_sources_are_checked() {
 }
 
 #[test]
+fn api_token_sources_are_checked() {
+    let api = |lines: &str| format!("{BASE}\n[api]\n{lines}\n");
+    let ok = AgentConfig::parse(&api("token_ssm_parameter = \"/pgdaemon/c1/api-token\""), &[]).unwrap();
+    assert_eq!(ok.api.token_ssm_parameter.as_deref(), Some("/pgdaemon/c1/api-token"));
+    assert!(ok.api.has_credentials());
+    assert!(ok.to_toml().contains("token_ssm_parameter = \"/pgdaemon/c1/api-token\""));
+    let both = api("token_file = \"/etc/pgdaemon/api-token\"\ntoken_ssm_parameter = \"/pgdaemon/c1/api-token\"");
+    assert_eq!(rejected_key(&both, &[]), "api.token_ssm_parameter");
+    assert_eq!(
+        rejected_key(&api("token_ssm_parameter = \"pgdaemon/c1/api-token\""), &[]),
+        "api.token_ssm_parameter"
+    );
+    // The environment override names the same key.
+    let from_env = AgentConfig::parse(BASE, &env(&[("PGDAEMON_API__TOKEN_SSM_PARAMETER", "/pgdaemon/c1/api-token")])).unwrap();
+    assert_eq!(from_env.api.token_ssm_parameter.as_deref(), Some("/pgdaemon/c1/api-token"));
+    assert_eq!(
+        rejected_key(&api("token_file = \"/etc/pgdaemon/api-token\""), &[("PGDAEMON_API__TOKEN_SSM_PARAMETER", "/pgdaemon/c1/api-token")]),
+        "api.token_ssm_parameter"
+    );
+}
+
+#[test]
 fn server_parameters_take_toml_values() {
     let text = format!("{BASE}\n[postgres.parameters]\nmax_connections = 100\nwal_log_hints = true\nlisten_addresses = \"*\"\n");
     let cfg = AgentConfig::parse(&text, &[]).unwrap();
