@@ -226,7 +226,16 @@ impl Ec2Api for SdkEc2 {
     }
 }
 
-/// [`SsmApi`] over the AWS SDK.
+/// Reads a secret from Parameter Store (the agents' API token, see [`crate::api_token`]).
+///
+/// Obligation: `secure_string` is GetParameter with `WithDecryption`; errors name the parameter's
+/// problem, never a value.
+#[async_trait]
+pub trait ParameterApi: Send + Sync {
+    async fn secure_string(&self, name: &str) -> Result<String, String>;
+}
+
+/// [`SsmApi`] and [`ParameterApi`] over the AWS SDK.
 #[derive(Clone, Debug)]
 pub struct SdkSsm(pub aws_sdk_ssm::Client);
 
@@ -259,6 +268,24 @@ impl SsmApi for SdkSsm {
                 }
                 Err(aws_sdk_ssm::error::DisplayErrorContext(e).to_string())
             }
+        }
+    }
+}
+
+#[async_trait]
+impl ParameterApi for SdkSsm {
+    async fn secure_string(&self, name: &str) -> Result<String, String> {
+        let out = self
+            .0
+            .get_parameter()
+            .name(name)
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(e).to_string())?;
+        match out.parameter().and_then(|p| p.value()) {
+            Some(v) if !v.is_empty() => Ok(v.to_string()),
+            _ => Err("the parameter has no value".into()),
         }
     }
 }

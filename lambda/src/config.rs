@@ -17,6 +17,7 @@
 //! | `PGDAEMON_POLL_MS` | 500 | pause between runs while a transition is under way |
 //! | `PGDAEMON_CONCURRENCY` | 4 | clusters evaluated at once on the schedule |
 //! | `PGDAEMON_SNS_TOPIC_ARN` | (none) | SNS topic for change-of-primary events (see `events`) |
+//! | `PGDAEMON_API_TOKEN_PARAMETER` | (none) | absolute name of the SSM SecureString holding the agents' API bearer token (`/pgdaemon/<cluster>/api-token`, the agents' `[api] token_ssm_parameter`); the `http` fencer sends `Authorization: Bearer <token>`. Read with decryption at the first HTTP fence, never at init; while it cannot be read the `http` fencer fails (the chain moves on). Unset: no credentials, and agents answer 401 |
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub struct LambdaConfig {
     pub run_budget: Duration,
     pub poll: Duration,
     pub concurrency: usize,
+    /// `PGDAEMON_API_TOKEN_PARAMETER`: SSM parameter holding the agents' API bearer token.
+    pub api_token_parameter: Option<String>,
 }
 
 const KNOWN: &[&str] = &[
@@ -68,6 +71,7 @@ const KNOWN: &[&str] = &[
     "PGDAEMON_CONCURRENCY",
     // Read by `events` (SNS topic of change-of-primary events; unset: none published).
     "PGDAEMON_SNS_TOPIC_ARN",
+    "PGDAEMON_API_TOKEN_PARAMETER",
 ];
 
 fn env_err(var: &str, reason: impl Into<String>) -> ConfigError {
@@ -152,6 +156,16 @@ impl LambdaConfig {
         }
         let poll = Duration::from_millis(ms("PGDAEMON_POLL_MS", 500, 50)?);
         let concurrency = ms("PGDAEMON_CONCURRENCY", 4, 1)? as usize;
+        let api_token_parameter = get("PGDAEMON_API_TOKEN_PARAMETER");
+        if let Some(name) = &api_token_parameter {
+            let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+            if !name.starts_with('/') || name.len() > 2048 || !ok_chars {
+                return Err(env_err(
+                    "PGDAEMON_API_TOKEN_PARAMETER",
+                    format!("{name:?} is not an absolute SSM parameter name like /pgdaemon/<cluster>/api-token"),
+                ));
+            }
+        }
         Ok(LambdaConfig {
             table,
             clusters,
@@ -163,6 +177,7 @@ impl LambdaConfig {
             run_budget,
             poll,
             concurrency,
+            api_token_parameter,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! generic over the store and fencer traits. EC2/SSM fencing lives here, the only crate allowed
 //! the heavy AWS SDKs.
 
+pub mod api_token;
 pub mod aws;
 pub mod config;
 pub mod events;
@@ -13,15 +14,22 @@ use std::time::Duration;
 use pgdaemon_core::fence::{FenceChain, Fencer};
 use pgdaemon_dcs::fence::HttpDemoteFencer;
 
-use crate::aws::{Ec2Api, Ec2Fencer, SsmApi, SsmFencer};
+use crate::api_token::TokenHttpFencer;
+use crate::aws::{Ec2Api, Ec2Fencer, ParameterApi, SsmApi, SsmFencer};
 use crate::config::{FencerKind, LambdaConfig};
 
 /// The configured fencers, in order. Generic over the API traits so tests can pass fakes.
+/// `ssm` also reads the agents' API token (`PGDAEMON_API_TOKEN_PARAMETER`) for the `http`
+/// fencer, lazily (see [`api_token`]): building the chain makes no AWS call.
 pub fn build_fencer<E, S>(config: &LambdaConfig, ec2: E, ssm: S) -> Arc<FenceChain>
 where
     E: Ec2Api + Clone + 'static,
-    S: SsmApi + Clone + 'static,
+    S: SsmApi + ParameterApi + Clone + 'static,
 {
+    let http_timeout = config.http_timeout.max(Duration::from_millis(100));
+    if config.fencers.contains(&FencerKind::Http) && config.api_token_parameter.is_none() {
+        tracing::warn!("the http fencer has no credentials (PGDAEMON_API_TOKEN_PARAMETER is unset): agents that require them answer 401");
+    }
     let fencers: Vec<Box<dyn Fencer>> = config
         .fencers
         .iter()
@@ -31,7 +39,10 @@ where
                 FencerKind::Ssm => {
                     Box::new(SsmFencer::new(ssm.clone(), ec2.clone(), config.cluster_tag_key.clone(), config.ssm_command.clone()))
                 }
-                FencerKind::Http => Box::new(HttpDemoteFencer::new(config.http_timeout.max(Duration::from_millis(100)))),
+                FencerKind::Http => match &config.api_token_parameter {
+                    Some(name) => Box::new(TokenHttpFencer::new(ssm.clone(), name.clone(), http_timeout)),
+                    None => Box::new(HttpDemoteFencer::new(http_timeout)),
+                },
             }
         })
         .collect();
