@@ -194,6 +194,18 @@ impl Drill {
             "enabled = true\nfencing = [\"http\", \"command\"]\nfence_command = \"{}\"\ninterval_ms = 500\n",
             self.fence_script().display()
         );
+        // The API's state-changing requests need a token, as in a real deployment: the hosted
+        // coordinators' HTTP fence and the failsafe requests send it.
+        let token = dir.join("api-token");
+        if !token.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&token)?;
+            let mut secret = [0u8; 16];
+            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
+            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            std::io::Write::write_all(&mut f, hex.as_bytes())?;
+        }
+        let api_access = format!("token_file = \"{}\"\nallowlist = [\"127.0.0.0/8\"]\n", token.display());
         let text = format!(
             "cluster = \"{cluster}\"\n[node]\nname = \"{n}\"\nlisten = \"127.0.0.1:{api}\"\npg_host = \"127.0.0.1\"\nimds = false\n\
              instance_id = \"local-{n}\"\navailability_zone = \"local\"\n\
@@ -201,7 +213,7 @@ impl Drill {
              replication_user = \"postgres\"\nlog_file = \"{log}\"\n\
              [postgres.parameters]\nlisten_addresses = \"127.0.0.1\"\nunix_socket_directories = \"{dir}/sock\"\nwal_log_hints = true\n\
              hot_standby = true\nwal_keep_size = \"256MB\"\nshared_buffers = \"16MB\"\nfsync = false\n\
-             [store]\n{store}[coordinator]\n{coordinator}[log]\nlevel = \"info\"\n",
+             [store]\n{store}[api]\n{api_access}[coordinator]\n{coordinator}[log]\nlevel = \"info\"\n",
             cluster = self.cluster,
             api = free_port(),
             bin = self.pg.bin_dir().display(),
