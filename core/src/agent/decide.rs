@@ -543,6 +543,20 @@ impl Decider<'_> {
                 self.push(AgentAction::Follow(target));
             }
             DataDirState::Primary => {
+                // Rewinding from a candidate that is still a standby finds the timelines equal,
+                // changes nothing, and leaves this former primary's extra WAL in place, diverged
+                // from the timeline the candidate is about to start: wait for its promotion.
+                let promoted = view
+                    .members
+                    .get(&target.name)
+                    .is_some_and(|m| m.role == Role::Primary && m.pg_running && m.term >= record.term);
+                if !promoted {
+                    self.why(format!(
+                        "former primary: waiting for {target} to report read-write in term {} before rejoining it",
+                        record.term
+                    ));
+                    return;
+                }
                 let rewind_failed =
                     input.last_rejoin_failure.as_ref().is_some_and(|f| f.source == target.name && f.method == RejoinMethod::Rewind);
                 if rewind_failed {
@@ -664,7 +678,12 @@ mod tests {
         };
         for (n, port) in [("n1", 5001), ("n2", 5002), ("n3", 5003)] {
             let role = if n == primary { Role::Primary } else { Role::Replica };
-            v.members.insert(n.into(), member(n, port, role));
+            let mut m = member(n, port, role);
+            if n == primary {
+                m.pg_running = true;
+                m.term = term;
+            }
+            v.members.insert(n.into(), m);
         }
         v
     }
@@ -956,6 +975,18 @@ mod tests {
             input: input("n1", PgProbe::stopped(DataDirState::Primary), StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))), None),
             expect: vec!["rewind", "publish_heartbeat"],
             reason_has: "pg_rewind",
+        });
+        v.push(Case {
+            name: "former primary waits for the designated candidate to promote before rewinding",
+            input: {
+                let mut vw = view(4, "n2", None);
+                let n2 = vw.members.get_mut("n2").unwrap();
+                n2.role = Role::Replica;
+                n2.term = 3;
+                input("n1", PgProbe::stopped(DataDirState::Primary), StoreRead::Ok(vw), None)
+            },
+            expect: vec!["publish_heartbeat"],
+            reason_has: "waiting for n2",
         });
         v.push(Case {
             name: "failed rewind falls back to basebackup",

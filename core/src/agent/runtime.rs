@@ -976,9 +976,10 @@ mod tests {
         let r = r2.tick().await;
         assert_eq!(r.done(), vec!["acquire_lease", "promote", "ensure_slots", "publish_heartbeat"], "{}", r.reason);
         assert_eq!(r2.held_lease().unwrap().lease.term, 2);
-        // The old primary's agent comes back: not designated, lease gone -> demote, then rewind,
-        // and when the rewind fails, a basebackup.
+        // The old primary's agent comes back: not designated, lease gone -> demote, then (once
+        // n2's heartbeat says it is read-write) rewind, and when the rewind fails, a basebackup.
         clock.advance(Duration::from_millis(500));
+        r2.tick().await;
         let r = r1.tick().await;
         assert!(r.did("demote"), "{}", r.reason);
         let r = r1.tick().await;
