@@ -716,6 +716,13 @@ pub struct DemoteResponse {
     pub current_term: Option<u64>,
 }
 
+impl DemoteResponse {
+    /// Nothing was demoted: `error` says why.
+    fn refused(member: String, term: u64, error: String, current_term: Option<u64>) -> Self {
+        DemoteResponse { demoted: false, term, member, role: None, fenced_through: None, lsn: None, error: Some(error), current_term }
+    }
+}
+
 /// A request body that must be one JSON object of type `T`; otherwise a 400 naming `example`.
 fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Result<T, Response> {
     // Through `Value` first: serde would also accept a struct written as an array (`[4]`).
@@ -788,16 +795,8 @@ async fn demote(State(st): State<ApiState>, body: Bytes) -> Response {
     if let Err(current) = check_demote_term(st.api.as_ref(), req.term).await {
         let which = if req.term < current { "stale" } else { "ahead of the store" };
         tracing::warn!(term = req.term, current, "demote refused: term is {which}");
-        let body = DemoteResponse {
-            demoted: false,
-            term: req.term,
-            member,
-            role: None,
-            fenced_through: None,
-            lsn: None,
-            error: Some(format!("term {} is {which}: the cluster's current term is {current}; nothing was changed", req.term)),
-            current_term: Some(current),
-        };
+        let error = format!("term {} is {which}: the cluster's current term is {current}; nothing was changed", req.term);
+        let body = DemoteResponse::refused(member, req.term, error, Some(current));
         return (StatusCode::CONFLICT, Json(body)).into_response();
     }
     let reason = if req.reason.is_empty() {
@@ -822,16 +821,7 @@ async fn demote(State(st): State<ApiState>, body: Bytes) -> Response {
         }
         Err(e) => {
             tracing::error!(term = req.term, error = %e, "requested demotion failed");
-            let body = DemoteResponse {
-                demoted: false,
-                term: req.term,
-                member,
-                role: None,
-                fenced_through: None,
-                lsn: None,
-                error: Some(e.to_string()),
-                current_term: None,
-            };
+            let body = DemoteResponse::refused(member, req.term, e.to_string(), None);
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
