@@ -8,6 +8,7 @@ pub mod logging;
 pub mod secrets;
 pub mod api_security;
 pub mod http;
+pub mod http_control;
 pub mod metrics;
 pub mod run;
 // The agent-hosted coordinator and the fast-path triggers.

@@ -1,0 +1,175 @@
+//! The API's two state-changing endpoints, behind [`crate::api_security`]'s checks (see
+//! [`crate::http`]): `POST /demote`, the coordinator's HTTP fencer, and `POST /failsafe`, failsafe
+//! mode's peer endpoint. Bodies are typed JSON objects; anything else is a 400 that changes nothing.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use pgdaemon_core::agent::FailsafeRequest;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::http::{error_response, AgentApi, ApiState};
+use crate::metrics::role_name;
+
+/// `POST /demote` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoteRequest {
+    /// The new term the coordinator bumped to: the agent refuses the lease for this term and
+    /// below. Must be the cluster record's current term (see [`check_demote_term`]).
+    pub term: u64,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `POST /demote` answer (200, 503 and 409 alike; `error` set unless demoted). The fencer checks
+/// `member` and `term` against what it asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DemoteResponse {
+    pub demoted: bool,
+    pub term: u64,
+    pub member: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_through: Option<u64>,
+    /// The stopped server's final WAL position, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The cluster record's term as this agent knows it (on a 409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_term: Option<u64>,
+}
+
+impl DemoteResponse {
+    /// Nothing was demoted: `error` says why.
+    fn refused(member: String, term: u64, error: String, current_term: Option<u64>) -> Self {
+        DemoteResponse { demoted: false, term, member, role: None, fenced_through: None, lsn: None, error: Some(error), current_term }
+    }
+}
+
+/// A request body that must be one JSON object of type `T`; otherwise a 400 naming `example`.
+fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Result<T, Response> {
+    // Through `Value` first: serde would also accept a struct written as an array (`[4]`).
+    serde_json::from_slice::<Value>(body)
+        .and_then(|v| match v {
+            Value::Object(_) => serde_json::from_value::<T>(v),
+            _ => Err(serde::de::Error::custom("expected a JSON object")),
+        })
+        .map_err(|e| error_response(StatusCode::BAD_REQUEST, &format!("body must be JSON like {example}: {e}")))
+}
+
+/// How long `/demote` waits for the fresh read of the cluster record (a term ahead of the view).
+const TERM_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether `/demote` may act on `term`: `Ok(())`, or the term the agent holds current.
+///
+/// The accepted term is the cluster record's current term, and nothing else:
+/// - the coordinator fences with the transition's new term, which it wrote into the record
+///   (`Action::Begin` sets `record.term = transition.term`) *before* fencing; so a genuine
+///   request names exactly the record's term. A term below it is a stale or replayed request
+///   (an old fence must not stop the primary of a later term); a term above it was never
+///   written by any coordinator.
+/// - the agent's last view may lag the record by one loop (the coordinator fences at once after
+///   the bump), so a term ahead of the view is checked against a fresh read of the record.
+/// - when that read fails (the agent is cut off from the store: the very case a failover fences
+///   for), only `view + 1` is accepted: the one bump a coordinator can have made before fencing
+///   this node, which must first be fenced before any later transition can start.
+///
+/// Why this bound is safe: a demotion only ever makes a node *refuse* (stop Postgres, refuse the
+/// lease through `term`), so accepting a term never endangers S1-S3; the bound protects liveness.
+/// `fenced_through = u64::MAX` would keep the node from ever being primary again; the largest
+/// term accepted here is at most one above the store's, which the next transition uses anyway.
+pub async fn check_demote_term(api: &dyn AgentApi, term: u64) -> Result<(), u64> {
+    let s = api.snapshot();
+    let known = s.term.max(s.last_view.as_ref().and_then(|v| v.cluster.as_ref()).map_or(0, |c| c.term));
+    if term == known {
+        return Ok(());
+    }
+    if term < known {
+        return Err(known);
+    }
+    match tokio::time::timeout(TERM_READ_TIMEOUT, api.current_term()).await {
+        Ok(Ok(current)) if current == term => Ok(()),
+        Ok(Ok(current)) => Err(current.max(known)),
+        Ok(Err(_)) | Err(_) if term == known + 1 => {
+            tracing::warn!(term, known, "demote: the store cannot be read; accepting the one term after the last one seen");
+            Ok(())
+        }
+        _ => Err(known),
+    }
+}
+
+/// The coordinator's HTTP fencer. 200 `{"demoted":true}` only once Postgres stopped accepting
+/// writes, with `"lsn"` the final WAL position when known (a clean stop; the switchover waits for
+/// the candidate to replay it); 400 for a malformed body and 409 for a term that is not the
+/// cluster record's current one (nothing is changed); 503 when the demotion failed or could not
+/// be verified (the caller must not treat the node as fenced).
+pub(crate) async fn demote(State(st): State<ApiState>, body: Bytes) -> Response {
+    let req: DemoteRequest = match json_object(&body, r#"{"term": 7, "reason": "..."}"#) {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    if req.term == 0 {
+        return error_response(StatusCode::BAD_REQUEST, "term must be at least 1");
+    }
+    if req.reason.len() > 1024 {
+        return error_response(StatusCode::BAD_REQUEST, "reason must be at most 1024 bytes");
+    }
+    let member = st.api.snapshot().member;
+    if let Err(current) = check_demote_term(st.api.as_ref(), req.term).await {
+        let which = if req.term < current { "stale" } else { "ahead of the store" };
+        tracing::warn!(term = req.term, current, "demote refused: term is {which}");
+        let error = format!("term {} is {which}: the cluster's current term is {current}; nothing was changed", req.term);
+        let body = DemoteResponse::refused(member, req.term, error, Some(current));
+        return (StatusCode::CONFLICT, Json(body)).into_response();
+    }
+    let reason = if req.reason.is_empty() {
+        "demotion requested over HTTP".to_string()
+    } else {
+        req.reason.clone()
+    };
+    match st.api.demote_with_position(req.term, &reason).await {
+        Ok(lsn) => {
+            let s = st.api.snapshot();
+            let body = DemoteResponse {
+                demoted: true,
+                term: req.term,
+                member,
+                role: Some(role_name(s.role).to_string()),
+                fenced_through: Some(s.fenced_through.max(req.term)),
+                lsn: lsn.map(|l| l.to_string()),
+                error: None,
+                current_term: None,
+            };
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Err(e) => {
+            tracing::error!(term = req.term, error = %e, "requested demotion failed");
+            let body = DemoteResponse::refused(member, req.term, e.to_string(), None);
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+/// Failsafe mode's peer endpoint: a primary that cannot reach the store asks each member to
+/// acknowledge it (docs/failsafe.md). 200 with the reply when acknowledged (the member promised
+/// not to take the leader lease for `valid_ms`), 409 with the reply when refused, 400 for a
+/// malformed body (nothing is promised).
+pub(crate) async fn failsafe(State(st): State<ApiState>, body: Bytes) -> Response {
+    let req: FailsafeRequest =
+        match json_object(&body, r#"{"cluster": "c", "leader": "pg-1", "term": 3, "valid_ms": 10000}"#) {
+            Ok(r) => r,
+            Err(response) => return response,
+        };
+    let reply = st.api.failsafe(&req);
+    let status = if reply.ack { StatusCode::OK } else { StatusCode::CONFLICT };
+    (status, Json(reply)).into_response()
+}
