@@ -9,9 +9,11 @@ Also checks that the user data installs and enables the agent's unit.
 Usage: agent_config.py (--user-data FILE | --cfn-template FILE) --out FILE
 """
 import argparse
+import ipaddress
 import json
 import re
 import sys
+import tomllib
 
 # What IMDS would answer on a node.
 IDENTITY = {"@INSTANCE_ID@": "i-0123456789abcdef0", "@PRIVATE_IP@": "10.20.1.10", "@REGION@": "eu-west-1"}
@@ -49,9 +51,23 @@ def main() -> int:
     unit = re.search(r"<<'PGDAEMON_UNIT'\n(.*?)\nPGDAEMON_UNIT\n", ud, re.S)
     if not unit or "ExecStart=" not in unit.group(1) or "systemctl enable --now pgdaemon-agent.service" not in ud:
         sys.exit("the user data does not install and enable pgdaemon-agent.service")
+    # The agent's start-time rule (node-agent/src/api_security.rs, ApiConfig::check_listen), which
+    # `check-config` does not apply: off loopback, the API needs credentials or insecure = true. A
+    # deployed node has no secret file, so the token must come from SSM.
+    parsed = tomllib.loads(config)
+    host = parsed.get("node", {}).get("listen", "").rsplit(":", 1)[0].strip("[]")
+    api = parsed.get("api", {})
+    if not ipaddress.ip_address(host).is_loopback:
+        if not api.get("token_ssm_parameter", "").startswith("/"):
+            sys.exit(f"the agent listens on {host} but [api] has no token_ssm_parameter: it would refuse to start")
+        if api.get("insecure"):
+            sys.exit("[api] insecure = true on a deployed node")
+        if not api.get("allowlist_include_members") or not api.get("allowlist"):
+            print(f"note: [api] allowlist {api.get('allowlist')} (members: {api.get('allowlist_include_members')}): POSTs from non-members refused unless listed")
     with open(a.out, "w") as f:
         f.write(config + "\n")
-    print(f"agent config written to {a.out} ({len(config.splitlines())} lines); unit installed and enabled")
+    print(f"agent config written to {a.out} ({len(config.splitlines())} lines); unit installed and enabled; "
+          f"API on {host} with the token from {api.get('token_ssm_parameter')}, allow-list {api.get('allowlist')} + members")
     return 0
 
 

@@ -12,6 +12,7 @@ Exits non-zero on the first failed group, printing every failed assertion of tha
 import argparse
 import base64
 import json
+import re
 import sys
 import urllib.parse
 
@@ -123,6 +124,8 @@ def main() -> int:
     check(env.get("PGDAEMON_FENCING") == "ec2,ssm,http", f"PGDAEMON_FENCING: {env.get('PGDAEMON_FENCING')}")
     check(env.get("PGDAEMON_SNS_TOPIC_ARN") == topic_arn, "PGDAEMON_SNS_TOPIC_ARN is the events topic")
     check(env.get("PGDAEMON_CLUSTER_TAG_KEY") == a.tag_key, f"PGDAEMON_CLUSTER_TAG_KEY: {env.get('PGDAEMON_CLUSTER_TAG_KEY')}")
+    token_param = f"/pgdaemon/{a.cluster}/api-token"
+    check(env.get("PGDAEMON_API_TOKEN_PARAMETER") == token_param, f"PGDAEMON_API_TOKEN_PARAMETER (the agents' API token): {env.get('PGDAEMON_API_TOKEN_PARAMETER')}")
     check(env.get("PGDAEMON_RUN_BUDGET_MS") == str((fn["Timeout"] - 30) * 1000), f"PGDAEMON_RUN_BUDGET_MS below the timeout: {env.get('PGDAEMON_RUN_BUDGET_MS')}")
     check(len(fn.get("VpcConfig", {}).get("SubnetIds", [])) >= 2, "runs in the VPC (reaches the agents)")
     conc = lam.get_function_concurrency(FunctionName=fn_name).get("ReservedConcurrentExecutions")
@@ -188,6 +191,13 @@ def main() -> int:
         "DynamoDB item access only to this cluster's items (LeadingKeys)",
     )
     check(not any(as_list(s["Action"]) in (["*"], ["ec2:*"], ["ssm:*"]) for s in coord_stmts), "no wildcard service access")
+    param_arn = f"arn:aws:ssm:{a.region}:{fn_arn.split(':')[4]}:parameter"
+    coord_params = [s for s in coord_stmts if any(x.startswith("ssm:GetParameter") for x in as_list(s["Action"]))]
+    check(
+        len(coord_params) == 1 and as_list(coord_params[0]["Action"]) == ["ssm:GetParameter"]
+        and as_list(coord_params[0]["Resource"]) == [f"{param_arn}{token_param}"],
+        f"the coordinator reads only the API token parameter: {[(s['Action'], s['Resource']) for s in coord_params]}",
+    )
 
     print("IAM: agent role")
     agent_docs, agent_attached, agent_all = role_policies(f"{prefix}-agent")
@@ -210,8 +220,8 @@ def main() -> int:
     params = [s for s in ssm_stmts if any(x.startswith("ssm:GetParameter") for x in as_list(s["Action"]))]
     check(
         len(params) == 1 and as_list(params[0]["Action"]) == ["ssm:GetParameter"]
-        and as_list(params[0]["Resource"]) == [f"arn:aws:ssm:{a.region}:{fn_arn.split(':')[4]}:parameter/pgdaemon/{a.cluster}/replication-password"],
-        "agents read only the replication password parameter",
+        and sorted(as_list(params[0]["Resource"])) == sorted([f"{param_arn}/pgdaemon/{a.cluster}/replication-password", f"{param_arn}{token_param}"]),
+        f"agents read only the replication password and API token parameters: {[s['Resource'] for s in params]}",
     )
     check(
         all(as_list(s["Action"]) == ["ssm:UpdateInstanceInformation"] for s in ssm_stmts if s not in params),
@@ -240,6 +250,14 @@ def main() -> int:
     check("/etc/pgdaemon/pgdaemon.toml" in ud and f'table = "{prefix}"' in ud and f'cluster = "{a.cluster}"' in ud, "user data writes the agent config")
     check(f'lambda_function = "{fn_name}:agent-evaluate"' in ud, "agents invoke the coordinator through the agent-evaluate alias")
     check("amazon-ssm-agent" in ud, "user data enables the SSM agent")
+    subnet_cidrs = [sn["CidrBlock"] for sn in ec2.describe_subnets(SubnetIds=fn.get("VpcConfig", {}).get("SubnetIds", []))["Subnets"]]
+    api = re.search(r"^\[api\]\n(.*?)\n\n", ud, re.S | re.M)
+    api_keys = dict(line.split(" = ", 1) for line in api.group(1).splitlines() if not line.startswith("#")) if api else {}
+    check(api_keys.get("token_ssm_parameter") == f'"{token_param}"', f"agents' API token from the SSM parameter: {api_keys}")
+    check(
+        sorted(json.loads(api_keys.get("allowlist", "null")) or []) == sorted(subnet_cidrs) and api_keys.get("allowlist_include_members") == "true",
+        f"agents' API allow-list: the subnets' CIDRs {subnet_cidrs} and the members: {api_keys}",
+    )
     if a.user_data_out:
         with open(a.user_data_out, "w") as f:
             f.write(ud)

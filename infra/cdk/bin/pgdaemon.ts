@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // CDK app: one pgdaemon cluster per stack. All inputs come from context (-c key=value or
 // cdk.context.json), so that `cdk synth` runs offline (no fromLookup).
-//   cdk synth -c vpcId=vpc-0abc -c subnetIds=subnet-1,subnet-2 -c availabilityZones=eu-west-1a,eu-west-1b
+//   cdk synth -c vpcId=vpc-0abc -c subnetIds=subnet-1,subnet-2 -c availabilityZones=eu-west-1a,eu-west-1b \
+//     -c subnetCidrBlocks=10.0.1.0/24,10.0.2.0/24
 import * as path from 'node:path';
 import { App } from 'aws-cdk-lib';
 import { PgdaemonClusterStack } from '../lib/pgdaemon-stack';
@@ -27,6 +28,8 @@ new PgdaemonClusterStack(app, `pgdaemon-${clusterName}`, {
   vpcId: required('vpcId'),
   subnetIds: list(required('subnetIds')),
   availabilityZones: list(required('availabilityZones')),
+  // The agents' API allow-list (the coordinator fences over http from these subnets).
+  subnetCidrBlocks: ctx('subnetCidrBlocks') === undefined ? undefined : list(ctx('subnetCidrBlocks')),
   lambdaZipPath: ctx('lambdaZip') ?? path.resolve(__dirname, '..', '..', '..', '..', 'target', 'lambda', 'bootstrap.zip'),
   lambdaArchitecture: ctx('lambdaArchitecture') === 'arm64' ? 'arm64' : 'x86_64',
   nodeCount: ctx('nodeCount') ? Number(ctx('nodeCount')) : undefined,

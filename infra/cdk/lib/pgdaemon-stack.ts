@@ -26,6 +26,12 @@ export interface PgdaemonClusterProps extends StackProps {
   readonly vpcId: string;
   readonly subnetIds: string[];
   readonly availabilityZones: string[];
+  /**
+   * IPv4 CIDR of each subnet, in the order of subnetIds (the Terraform module looks them up). The
+   * agents' API allow-list: the coordinator's ENIs live in these subnets, so without them only the
+   * members may POST /demote and the coordinator's http fencing is refused.
+   */
+  readonly subnetCidrBlocks?: string[];
   /** Coordinator package built by scripts/lambda-zip (`bootstrap` at the zip root). */
   readonly lambdaZipPath: string;
   readonly lambdaArchitecture?: 'x86_64' | 'arm64';
@@ -49,6 +55,8 @@ export interface PgdaemonClusterProps extends StackProps {
   readonly deletionProtection?: boolean;
   /** SSM SecureString with the replication password; default "/pgdaemon/<cluster>/replication-password". */
   readonly replicationPasswordParameter?: string;
+  /** SSM SecureString with the agents' API bearer token (agents and coordinator read it); default "/pgdaemon/<cluster>/api-token". */
+  readonly apiTokenParameter?: string;
   /** Customer-managed KMS key for the table, topic, log group and EBS volumes; default: AWS-managed keys. */
   readonly kmsKeyArn?: string;
 }
@@ -66,6 +74,9 @@ interface Settings {
   timeout: number;
   fencing: Fencing[];
   replicationPasswordParameter: string;
+  apiTokenParameter: string;
+  /** The agents' [api] allow-list besides the members: the subnets' CIDRs, when given. */
+  apiAllowlist: string[];
 }
 
 export function validate(props: PgdaemonClusterProps): Settings {
@@ -104,6 +115,16 @@ export function validate(props: PgdaemonClusterProps): Settings {
   if (props.replicationPasswordParameter !== undefined && !/^\/[A-Za-z0-9_./-]{1,1010}$/.test(props.replicationPasswordParameter)) {
     fail('replicationPasswordParameter: an absolute SSM parameter name (starting with "/")');
   }
+  if (props.apiTokenParameter !== undefined && !/^\/[A-Za-z0-9_./-]{1,1010}$/.test(props.apiTokenParameter)) {
+    fail('apiTokenParameter: an absolute SSM parameter name (starting with "/")');
+  }
+  const cidrs = props.subnetCidrBlocks ?? [];
+  if (props.subnetCidrBlocks !== undefined && cidrs.length !== props.subnetIds.length) {
+    fail('subnetCidrBlocks: one per subnet, in the same order');
+  }
+  for (const c of cidrs) {
+    if (!/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(c)) fail(`subnetCidrBlocks entry ${c}: an IPv4 CIDR`);
+  }
   if (props.kmsKeyArn && !/^arn:aws[a-z-]*:kms:/.test(props.kmsKeyArn)) fail('kmsKeyArn: must be a KMS key ARN');
   if (props.agentBinaryUrl && !props.agentBinaryUrl.startsWith('https://')) fail('agentBinaryUrl: must be https://');
   if (!props.lambdaZipPath.endsWith('.zip') || !fs.existsSync(props.lambdaZipPath)) {
@@ -122,6 +143,8 @@ export function validate(props: PgdaemonClusterProps): Settings {
     timeout,
     fencing,
     replicationPasswordParameter: props.replicationPasswordParameter ?? `/pgdaemon/${props.clusterName}/replication-password`,
+    apiTokenParameter: props.apiTokenParameter ?? `/pgdaemon/${props.clusterName}/api-token`,
+    apiAllowlist: cidrs,
   };
 }
 
@@ -166,6 +189,12 @@ export class PgdaemonClusterStack extends Stack {
       privateSubnetIds: props.subnetIds,
     });
     Annotations.of(this).acknowledgeWarning('@aws-cdk/aws-ec2:noSubnetRouteTableId', 'Subnets are used for placement only; no routes are managed here.');
+    if (s.apiAllowlist.length === 0 && s.fencing.includes('http')) {
+      Annotations.of(this).addWarningV2(
+        'pgdaemon:apiAllowlist',
+        'subnetCidrBlocks is not set: the agents accept POST /demote from the cluster members only, so the coordinator\'s http fencing is refused (403); set it to the subnets\' CIDRs.',
+      );
+    }
     const subnets: ec2.SubnetSelection = { subnets: props.subnetIds.map((id, i) => ec2.Subnet.fromSubnetAttributes(this, `Subnet${i}`, { subnetId: id, availabilityZone: props.availabilityZones[i] })) };
 
     // --- state table (DESIGN.md section 2) ---------------------------------------------------
@@ -247,6 +276,7 @@ export class PgdaemonClusterStack extends Stack {
       // ENI management for running inside the VPC; its actions have no resource-level permissions.
       managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('service-role/AWSLambdaVPCAccessExecutionRole')],
     });
+    const parameterArn = (name: string) => this.formatArn({ service: 'ssm', resource: 'parameter', resourceName: name.slice(1) });
     const instanceArns = this.formatArn({ service: 'ec2', resource: 'instance', resourceName: '*' });
     const tagCondition = { StringEquals: { [`aws:ResourceTag/${s.tagKey}`]: s.clusterName } };
     const leadingKeys = { 'ForAllValues:StringEquals': { 'dynamodb:LeadingKeys': [s.clusterName] } };
@@ -284,6 +314,8 @@ export class PgdaemonClusterStack extends Stack {
           actions: ['ec2:DescribeInstances', 'ec2:DescribeInstanceStatus', 'ssm:GetCommandInvocation'],
           resources: ['*'],
         }),
+        // The agents' API token (http fencing sends it), and no other parameter.
+        new iam.PolicyStatement({ sid: 'ReadAgentApiToken', actions: ['ssm:GetParameter'], resources: [parameterArn(s.apiTokenParameter)] }),
         new iam.PolicyStatement({ sid: 'PublishFailoverEvents', actions: ['sns:Publish'], resources: [topic.topicArn] }),
         new iam.PolicyStatement({ sid: 'OwnLogGroupOnly', actions: ['logs:CreateLogStream', 'logs:PutLogEvents'], resources: [`${logGroup.logGroupArn}`] }),
       ],
@@ -313,6 +345,8 @@ export class PgdaemonClusterStack extends Stack {
         PGDAEMON_FENCING: s.fencing.join(','),
         PGDAEMON_SNS_TOPIC_ARN: topic.topicArn,
         PGDAEMON_CLUSTER_TAG_KEY: s.tagKey,
+        // The agents' API token (SecureString), read at the first http fence.
+        PGDAEMON_API_TOKEN_PARAMETER: s.apiTokenParameter,
         // One invocation may drive a transition to its end, leaving 30 s of the timeout to finish.
         PGDAEMON_RUN_BUDGET_MS: String((s.timeout - 30) * 1000),
         RUST_LOG: 'info',
@@ -359,11 +393,12 @@ export class PgdaemonClusterStack extends Stack {
       policyName: 'pgdaemon-agent',
       statements: [
         new iam.PolicyStatement({ sid: 'StateTableThisClusterOnly', actions: agentItemActions, resources: [this.table.tableArn], conditions: leadingKeys }),
-        // The replication password and no other parameter (aws/ssm-encrypted: no kms grant needed).
+        // The replication password and the agents' API token, no other parameter (aws/ssm-encrypted:
+        // no kms grant needed).
         new iam.PolicyStatement({
           sid: 'ReadReplicationPassword',
           actions: ['ssm:GetParameter'],
-          resources: [this.formatArn({ service: 'ssm', resource: 'parameter', resourceName: s.replicationPasswordParameter.slice(1) })],
+          resources: [parameterArn(s.replicationPasswordParameter), parameterArn(s.apiTokenParameter)],
         }),
         // Only the agents' alias (qualified ARN), on which the coordinator takes "evaluate" only;
         // not the function itself (forced failover, switchover, pause are for operators).
@@ -411,6 +446,8 @@ export class PgdaemonClusterStack extends Stack {
       postgres_port: s.postgresPort,
       agent_api_port: s.agentApiPort,
       replication_password_parameter: s.replicationPasswordParameter,
+      api_token_parameter: s.apiTokenParameter,
+      api_allowlist: JSON.stringify(s.apiAllowlist),
       // The agents' alias, not the function: through it the coordinator carries out "evaluate" only.
       coordinator_function: `${functionName}:${agentAlias.aliasName}`,
     });

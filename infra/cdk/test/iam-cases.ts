@@ -83,6 +83,20 @@ export function registerIamCases(label: string, load: () => IamSubject): void {
     assert.equal(await simulate(s.agent, 'ssm:PutParameter', param(s.cluster)), 'ImplicitlyDenied');
   });
 
+  test(`${label}: agents and coordinator read the API token parameter, not another cluster's`, async () => {
+    const s = load();
+    const param = (name: string, leaf: string) => `arn:aws:ssm:${s.region}:${s.account}:parameter/pgdaemon/${name}/${leaf}`;
+    for (const [who, docs] of [['agent', s.agent], ['coordinator', s.coordinator]] as const) {
+      assert.equal(await simulate(docs, 'ssm:GetParameter', param(s.cluster, 'api-token')), 'Allowed', who);
+      assert.equal(await simulate(docs, 'ssm:GetParameter', param(`${s.cluster}-other`, 'api-token')), 'ImplicitlyDenied', who);
+      assert.equal(await simulate(docs, 'ssm:GetParameter', param('someone-else', 'api-token')), 'ImplicitlyDenied', who);
+      assert.equal(await simulate(docs, 'ssm:GetParameters', param(s.cluster, 'api-token')), 'ImplicitlyDenied', `${who}: GetParameter only`);
+      assert.equal(await simulate(docs, 'ssm:PutParameter', param(s.cluster, 'api-token')), 'ImplicitlyDenied', who);
+    }
+    // The coordinator needs the token, not the replication password.
+    assert.equal(await simulate(s.coordinator, 'ssm:GetParameter', param(s.cluster, 'replication-password')), 'ImplicitlyDenied');
+  });
+
   test(`${label}: agents may invoke the coordinator's agent-evaluate alias only, and nothing that fences`, async () => {
     const s = load();
     assert.equal(s.agentAliasArn, `${s.functionArn}:agent-evaluate`);

@@ -2,7 +2,7 @@
 // what Terraform created in moto.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Match } from 'aws-cdk-lib/assertions';
+import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import { App } from 'aws-cdk-lib';
 import { PgdaemonClusterStack, elbName } from '../lib/pgdaemon-stack';
 import { renderTemplate } from '../lib/template';
@@ -46,6 +46,7 @@ test('coordinator: provided.al2023, reserved concurrency 1, failover-sized timeo
         PGDAEMON_FENCING: 'ec2,ssm,http',
         PGDAEMON_SNS_TOPIC_ARN: Match.objectLike({ Ref: Match.stringLikeRegexp('^Events') }),
         PGDAEMON_CLUSTER_TAG_KEY: TAG_KEY,
+        PGDAEMON_API_TOKEN_PARAMETER: `/pgdaemon/${CLUSTER}/api-token`,
         PGDAEMON_RUN_BUDGET_MS: '270000',
         RUST_LOG: 'info',
       },
@@ -87,6 +88,14 @@ test('coordinator policy: StopInstances only with the cluster tag condition', ()
   }
 });
 
+test('coordinator policy: reads the agents\' API token parameter and no other', () => {
+  const stmts = rolePolicies(t, `${name}-coordinator`).flatMap((d) => d.Statement);
+  const ssmRead = stmts.filter((s) => [s.Action].flat().some((a: string) => a.startsWith('ssm:Get') && a !== 'ssm:GetCommandInvocation'));
+  assert.equal(ssmRead.length, 1);
+  assert.deepEqual([ssmRead[0].Action].flat(), ['ssm:GetParameter']);
+  assert.equal(ssmRead[0].Resource, `arn:aws:ssm:eu-west-1:123456789012:parameter/pgdaemon/${CLUSTER}/api-token`);
+});
+
 test('agent policy: leading keys on every DynamoDB statement, no DeleteItem, invoke only the agent alias, no managed policy', () => {
   const stmts = rolePolicies(t, `${name}-agent`).flatMap((d) => d.Statement);
   const dyn = stmts.filter((s) => [s.Action].flat().some((a: string) => a.startsWith('dynamodb:')));
@@ -104,7 +113,10 @@ test('agent policy: leading keys on every DynamoDB statement, no DeleteItem, inv
     const actions = [s.Action].flat();
     if (actions.includes('ssm:GetParameter')) {
       assert.deepEqual(actions, ['ssm:GetParameter']);
-      assert.equal(s.Resource, `arn:aws:ssm:eu-west-1:123456789012:parameter/pgdaemon/${CLUSTER}/replication-password`);
+      assert.deepEqual(s.Resource, [
+        `arn:aws:ssm:eu-west-1:123456789012:parameter/pgdaemon/${CLUSTER}/replication-password`,
+        `arn:aws:ssm:eu-west-1:123456789012:parameter/pgdaemon/${CLUSTER}/api-token`,
+      ]);
     } else {
       assert.deepEqual(actions, ['ssm:UpdateInstanceInformation']);
     }
@@ -122,6 +134,10 @@ test('nodes: IMDSv2, encrypted volumes, user data installs the agent service and
   assert.match(userData, new RegExp(`cluster = "${CLUSTER}"`));
   assert.match(userData, /amazon-ssm-agent/);
   assert.match(userData, new RegExp(`lambda_function = "${name}-coordinator:agent-evaluate"`));
+  // The API needs credentials off loopback: the token from SSM, POSTs from the subnets and members.
+  assert.match(userData, /\nlisten = "0\.0\.0\.0:8008"\n/);
+  assert.match(userData, new RegExp(`\\[api\\]\\ntoken_ssm_parameter = "/pgdaemon/${CLUSTER}/api-token"\\n`));
+  assert.match(userData, /\nallowlist = \["10\.0\.1\.0\/24","10\.0\.2\.0\/24","10\.0\.3\.0\/24"\]\nallowlist_include_members = true\n/);
   t.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
     MinSize: '3',
     MaxSize: '3',
@@ -175,6 +191,9 @@ test('bad input is refused with a clear error and builds nothing', () => {
     ['open cidr', { clientCidrBlocks: ['0.0.0.0/0'] }, /clientCidrBlocks/],
     ['reserved tag', { clusterTagKey: 'aws:cluster' }, /clusterTagKey/],
     ['missing zip', { lambdaZipPath: '/nonexistent/bootstrap.zip' }, /lambdaZipPath/],
+    ['relative token parameter', { apiTokenParameter: 'pgdaemon/orders/api-token' }, /apiTokenParameter/],
+    ['subnet CIDRs count', { subnetCidrBlocks: ['10.0.1.0/24'] }, /subnetCidrBlocks/],
+    ['subnet CIDR', { subnetCidrBlocks: ['10.0.1.0/24', '10.0.2.0/24', 'subnet-0123456789abcdef3'] }, /subnetCidrBlocks/],
   ];
   for (const [what, props, msg] of bad) {
     const app = new App();
@@ -202,20 +221,41 @@ test('template renderer: interpolation, optional blocks, unknown names refused',
 
 test('options: customer key everywhere, arm64 coordinator, own fencing order and password parameter', () => {
   const key = 'arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555';
-  const o = synth({ kmsKeyArn: key, lambdaArchitecture: 'arm64', fencing: ['ssm', 'ec2'], replicationPasswordParameter: '/db/orders/repl' });
+  const o = synth({
+    kmsKeyArn: key,
+    lambdaArchitecture: 'arm64',
+    fencing: ['ssm', 'ec2'],
+    replicationPasswordParameter: '/db/orders/repl',
+    apiTokenParameter: '/db/orders/api',
+  });
   o.hasResourceProperties('AWS::DynamoDB::Table', { SSESpecification: { SSEEnabled: true, SSEType: 'KMS', KMSMasterKeyId: key } });
   o.hasResourceProperties('AWS::SNS::Topic', { KmsMasterKeyId: key });
   o.hasResourceProperties('AWS::Logs::LogGroup', { KmsKeyId: key });
   o.hasResourceProperties('AWS::Lambda::Function', {
     Architectures: ['arm64'],
-    Environment: { Variables: Match.objectLike({ PGDAEMON_FENCING: 'ssm,ec2' }) },
+    Environment: { Variables: Match.objectLike({ PGDAEMON_FENCING: 'ssm,ec2', PGDAEMON_API_TOKEN_PARAMETER: '/db/orders/api' }) },
   });
   const lt = Object.values(o.findResources('AWS::EC2::LaunchTemplate'))[0].Properties.LaunchTemplateData;
   assert.ok(lt.BlockDeviceMappings.every((b: any) => b.Ebs.KmsKeyId === key)); // eslint-disable-line @typescript-eslint/no-explicit-any
   assert.match(lt.UserData['Fn::Base64'], /ssm_parameter = "\/db\/orders\/repl"/);
   const agent = rolePolicies(o, `${name}-agent`).flatMap((d) => d.Statement);
-  assert.deepEqual(agent.find((s) => s.Sid === 'ReadReplicationPassword').Resource, 'arn:aws:ssm:eu-west-1:123456789012:parameter/db/orders/repl');
+  assert.match(lt.UserData['Fn::Base64'], /token_ssm_parameter = "\/db\/orders\/api"/);
+  assert.deepEqual(agent.find((s) => s.Sid === 'ReadReplicationPassword').Resource, [
+    'arn:aws:ssm:eu-west-1:123456789012:parameter/db/orders/repl',
+    'arn:aws:ssm:eu-west-1:123456789012:parameter/db/orders/api',
+  ]);
+  const coord = rolePolicies(o, `${name}-coordinator`).flatMap((d) => d.Statement);
+  assert.equal(coord.find((s) => s.Sid === 'ReadAgentApiToken').Resource, 'arn:aws:ssm:eu-west-1:123456789012:parameter/db/orders/api');
   // With a customer key there is nothing to suppress.
   const table = Object.values(o.findResources('AWS::DynamoDB::Table'))[0];
   assert.equal(table.Metadata?.checkov, undefined);
+});
+
+test('without subnetCidrBlocks: the agents admit POSTs from the members only, and synth warns', () => {
+  const app = new App();
+  const stack = new PgdaemonClusterStack(app, 'NoCidrs', baseProps({ subnetCidrBlocks: undefined }));
+  const lt = Object.values(Template.fromStack(stack).findResources('AWS::EC2::LaunchTemplate'))[0].Properties.LaunchTemplateData;
+  assert.match(lt.UserData['Fn::Base64'], /\nallowlist = \[\]\nallowlist_include_members = true\n/);
+  const warnings = Annotations.fromStack(stack).findWarning('*', Match.stringLikeRegexp('subnetCidrBlocks is not set'));
+  assert.equal(warnings.length, 1);
 });

@@ -28,6 +28,7 @@ export function baseProps(overrides: Partial<PgdaemonClusterProps> = {}): Pgdaem
     vpcId: 'vpc-0123456789abcdef0',
     subnetIds: ['subnet-0123456789abcdef1', 'subnet-0123456789abcdef2', 'subnet-0123456789abcdef3'],
     availabilityZones: ['eu-west-1a', 'eu-west-1b', 'eu-west-1c'],
+    subnetCidrBlocks: ['10.0.1.0/24', '10.0.2.0/24', '10.0.3.0/24'],
     lambdaZipPath: placeholderZip(),
     clientCidrBlocks: ['10.0.0.0/8'],
     ...overrides,

@@ -27,3 +27,13 @@ output "autoscaling_group_name" {
   description = "Auto Scaling group of the nodes."
   value       = module.cluster.autoscaling_group_name
 }
+
+output "replication_password_parameter" {
+  description = "SSM SecureString to create before the nodes boot: the replication password."
+  value       = module.cluster.replication_password_parameter
+}
+
+output "api_token_parameter" {
+  description = "SSM SecureString to create before the nodes boot: the agents' API token."
+  value       = module.cluster.api_token_parameter
+}

@@ -104,6 +104,13 @@ data "aws_iam_policy_document" "coordinator" {
     resources = ["*"]
   }
 
+  # The agents' API token (http fencing sends it), and no other parameter.
+  statement {
+    sid       = "ReadAgentApiToken"
+    actions   = ["ssm:GetParameter"]
+    resources = ["${local.parameter_arn}${local.api_token_parameter}"]
+  }
+
   statement {
     sid       = "PublishFailoverEvents"
     actions   = ["sns:Publish"]

@@ -33,6 +33,8 @@ locals {
   }
 
   replication_password_parameter = coalesce(var.replication_password_parameter, "/pgdaemon/${var.cluster_name}/replication-password")
+  api_token_parameter            = coalesce(var.api_token_parameter, "/pgdaemon/${var.cluster_name}/api-token")
+  parameter_arn                  = "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter"
 
   # Environment contract of the coordinator Lambda (lambda/ reads these).
   coordinator_environment = {
@@ -41,6 +43,8 @@ locals {
     PGDAEMON_FENCING         = join(",", var.fencing)
     PGDAEMON_SNS_TOPIC_ARN   = aws_sns_topic.events.arn
     PGDAEMON_CLUSTER_TAG_KEY = var.cluster_tag_key
+    # The agents' API token (SecureString), read at the first http fence.
+    PGDAEMON_API_TOKEN_PARAMETER = local.api_token_parameter
     # One invocation may drive a transition to its end, leaving 30 s of the timeout to finish.
     PGDAEMON_RUN_BUDGET_MS = tostring((var.coordinator_timeout_seconds - 30) * 1000)
     RUST_LOG               = "info"

@@ -6,6 +6,13 @@ data "aws_ssm_parameter" "al2023" {
   name  = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${var.agent_architecture}"
 }
 
+# The subnets' address ranges: the nodes and the coordinator's ENIs live in these subnets, so
+# they are the agents' API allow-list (POST /demote, /failsafe) besides the members themselves.
+data "aws_subnet" "nodes" {
+  for_each = toset(var.subnet_ids)
+  id       = each.value
+}
+
 locals {
   ami_id = var.ami_id != null ? var.ami_id : nonsensitive(data.aws_ssm_parameter.al2023[0].value)
 
@@ -19,6 +26,8 @@ locals {
     postgres_port                  = var.postgres_port
     agent_api_port                 = var.agent_api_port
     replication_password_parameter = local.replication_password_parameter
+    api_token_parameter            = local.api_token_parameter
+    api_allowlist                  = jsonencode([for id in var.subnet_ids : data.aws_subnet.nodes[id].cidr_block])
     # The agents' alias, not the function: through it the coordinator carries out "evaluate" only.
     coordinator_function = "${aws_lambda_alias.agent_evaluate.function_name}:${aws_lambda_alias.agent_evaluate.name}"
   })
@@ -74,12 +83,16 @@ data "aws_iam_policy_document" "agent" {
     }
   }
 
-  # The replication password, and no other parameter. (SecureStrings under the AWS-managed
-  # aws/ssm key need no kms grant; with a customer key, grant kms:Decrypt on it.)
+  # The replication password and the agents' API token, and no other parameter. (SecureStrings
+  # under the AWS-managed aws/ssm key need no kms grant; with a customer key, grant kms:Decrypt
+  # on it.)
   statement {
-    sid       = "ReadReplicationPassword"
-    actions   = ["ssm:GetParameter"]
-    resources = ["arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter${local.replication_password_parameter}"]
+    sid     = "ReadReplicationPassword"
+    actions = ["ssm:GetParameter"]
+    resources = [
+      "${local.parameter_arn}${local.replication_password_parameter}",
+      "${local.parameter_arn}${local.api_token_parameter}",
+    ]
   }
 
   # The fast path: a replica that sees the lease go stale asks for a coordinator run at once.

@@ -38,6 +38,11 @@ output "replication_password_parameter" {
   value       = local.replication_password_parameter
 }
 
+output "api_token_parameter" {
+  description = "SSM SecureString holding the agents' API bearer token, read by the agents and the coordinator (create it before the nodes boot)."
+  value       = local.api_token_parameter
+}
+
 output "events_topic_arn" {
   description = "SNS topic of failover events; subscribe your alerting to it."
   value       = aws_sns_topic.events.arn

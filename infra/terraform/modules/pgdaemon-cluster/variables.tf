@@ -116,6 +116,17 @@ variable "replication_password_parameter" {
   }
 }
 
+variable "api_token_parameter" {
+  description = "SSM parameter (SecureString) holding the bearer token of the agents' HTTP API ([api] token_ssm_parameter); the agents and the coordinator may read this one parameter. Defaults to \"/pgdaemon/<cluster_name>/api-token\". Create it before the nodes boot."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.api_token_parameter == null || can(regex("^/[A-Za-z0-9_./-]{1,1010}$", var.api_token_parameter))
+    error_message = "api_token_parameter must be an absolute SSM parameter name (starting with '/')."
+  }
+}
+
 variable "data_volume_size_gb" {
   description = "Size of each node's encrypted gp3 data volume (PGDATA), in GiB."
   type        = number
