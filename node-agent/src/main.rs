@@ -113,6 +113,9 @@ async fn check_config(
     env: &[(String, String)],
     fetch: bool,
 ) -> anyhow::Result<()> {
+    // The start-time rule too: an unauthenticated API on a non-loopback address would not start.
+    let listen = cfg.node.listen_addr()?;
+    cfg.api.check_listen(listen).map_err(|e| anyhow::anyhow!("config: {e}"))?;
     println!("# {}: valid", path.display());
     for var in config::ignored_env_vars(env) {
         println!("# note: {var} is not applied (it names no configuration section)");

@@ -415,13 +415,19 @@ fn check_config_prints_the_config_but_never_the_password() {
     );
     let path = dir.path().join("agent.toml");
     std::fs::write(&path, &text).unwrap();
-    let run = |args: &[&str]| {
+    let run_listening = |listen: &str, args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_pgdaemon-agent"))
             .args(args)
             .env("PGDAEMON_NODE__PG_PORT", "6001")
+            .env("PGDAEMON_NODE__LISTEN", listen)
             .output()
             .unwrap()
     };
+    // An unauthenticated API on a non-loopback address fails the check, as it fails the start.
+    let out = run_listening("0.0.0.0:8008", &["check-config", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without authentication"), "{out:?}");
+    let run = |args: &[&str]| run_listening("127.0.0.1:8008", args);
     let out = run(&["check-config", "--config", path.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
