@@ -51,9 +51,8 @@ def main() -> int:
     unit = re.search(r"<<'PGDAEMON_UNIT'\n(.*?)\nPGDAEMON_UNIT\n", ud, re.S)
     if not unit or "ExecStart=" not in unit.group(1) or "systemctl enable --now pgdaemon-agent.service" not in ud:
         sys.exit("the user data does not install and enable pgdaemon-agent.service")
-    # The agent's start-time rule (node-agent/src/api_security.rs, ApiConfig::check_listen), which
-    # `check-config` does not apply: off loopback, the API needs credentials or insecure = true. A
-    # deployed node has no secret file, so the token must come from SSM.
+    # Beyond the agent's own listen rule (ApiConfig::check_listen, which `check-config` applies too):
+    # a deployed node has no secret file, so the token must come from SSM, and never insecure.
     parsed = tomllib.loads(config)
     host = parsed.get("node", {}).get("listen", "").rsplit(":", 1)[0].strip("[]")
     api = parsed.get("api", {})
