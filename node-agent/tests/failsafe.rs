@@ -167,6 +167,13 @@ impl Cluster {
             ),
             StoreConfig::Memory {} => unreachable!(),
         };
+        // The agents authenticate their failsafe requests to each other, as deployed nodes do.
+        let token = pg.dir().join("api-token");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&token).unwrap();
+            std::io::Write::write_all(&mut f, format!("failsafe-test-{name}").as_bytes()).unwrap();
+        }
         let mut agents = BTreeMap::new();
         for (i, n) in NODES.iter().enumerate() {
             let node = pg.node(n).clone();
@@ -180,13 +187,15 @@ impl Cluster {
                  replication_user = \"postgres\"\nlog_file = \"{log}\"\n\
                  [postgres.parameters]\nlisten_addresses = \"127.0.0.1,{addr}\"\nunix_socket_directories = \"{dir}/sock\"\nwal_log_hints = true\n\
                  hot_standby = true\nwal_keep_size = \"256MB\"\nshared_buffers = \"16MB\"\nfsync = false\n\
-                 [store]\n{store_text}[coordinator]\nenabled = true\nfencing = [\"off\"]\ninterval_ms = 500\n[log]\nlevel = \"info\"\n\
+                 [store]\n{store_text}[api]\ntoken_file = \"{token}\"\nallowlist = [\"127.0.0.0/8\"]\n\
+                 [coordinator]\nenabled = true\nfencing = [\"off\"]\ninterval_ms = 500\n[log]\nlevel = \"info\"\n\
                  [watchdog]\nmode = \"automatic\"\ndevice = \"{dir}/{n}.watchdog\"\n",
                 bin = pg.bin_dir().display(),
                 data = node.data_dir.display(),
                 port = node.port,
                 dir = dir.display(),
                 log = node.log_file.display(),
+                token = token.display(),
             );
             // A regular file standing in for the watchdog device: it records pets ('1') and the
             // magic close ('V'). Never a real /dev/watchdog (it would reset the machine).
