@@ -1,7 +1,11 @@
-//! The cluster model: what the store holds (DESIGN.md section 2).
+//! The cluster model: what the store holds (docs/design.md section 2).
 //!
-//! Intent (the [`ClusterRecord`], written only by the coordinator through compare-and-set) is kept
-//! apart from observed state (each agent's [`MemberStatus`] heartbeat and the [`LeaderLease`]).
+//! Intent (the [`ClusterRecord`]) is kept apart from observed state (each agent's
+//! [`MemberStatus`] heartbeat and the [`LeaderLease`]). The cluster record has four writers, all
+//! through compare-and-set on its `version`: the coordinator (every transition step, pause and
+//! resume, answers to requests), `pgdctl` (`bootstrap`, `edit-config`, writing and withdrawing a
+//! request), the Lambda handler (a manual action's request) and the primary's agent in
+//! synchronous mode (the recorded synchronous set, `ClusterRecord.sync`).
 //!
 //! Every stored type here is forward compatible: unknown fields are ignored when read (a newer
 //! version may add fields), and the record-level version check lives in one place,
@@ -280,9 +284,10 @@ pub struct PendingFence {
     pub handle: String,
 }
 
-/// What an operator can ask the coordinator for through the cluster record (`pgdctl` on etcd, or
-/// the Lambda's JSON actions). Written by compare-and-set into [`ClusterRecord::request`]; the
-/// coordinator takes it, acts or refuses, clears it and records a [`RequestOutcome`].
+/// What an operator can ask the coordinator for through the cluster record (`pgdctl` on either
+/// store, or the Lambda's JSON actions). Written by compare-and-set into
+/// [`ClusterRecord::request`]; the coordinator takes it, acts or refuses, clears it and records a
+/// [`RequestOutcome`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestAction {

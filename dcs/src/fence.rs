@@ -1,5 +1,5 @@
 //! Fencers that need no cloud SDK: the agent's HTTP demote endpoint and a local command.
-//! (EC2 and SSM fencers live in the Lambda crate, the only one allowed the heavy SDKs.)
+//! (The EC2 and SSM fencers live in the Lambda crate, the only crate built with the EC2 SDK.)
 
 use std::time::Duration;
 
@@ -9,11 +9,15 @@ use pgdaemon_core::Lsn;
 
 /// Asks the old primary's agent to demote: `POST <api_url>/demote` with
 /// `{"term": T, "reason": "..."}`. The agent answers 200 `{"demoted": true, ...}` only once
-/// Postgres stopped accepting writes; anything else (refused connection, timeout, 503, a body
-/// without `demoted: true`) is a failure, never a confirmation. So is an answer naming another
-/// member or another term than the one asked for: a misrouted request (an address reused by
-/// another node) or a confused agent confirms nothing about the target. An `lsn` field in the
-/// answer, when present, is taken as the old primary's final WAL position (switchover catch-up).
+/// Postgres stopped accepting writes. Confirmed only by a success status (2xx) whose JSON has
+/// `demoted: true`, `member` equal to the target's name and `term` equal (as a number) to the
+/// term asked for. Everything else is a failure, never a confirmation: a refused connection, a
+/// timeout, any other status (401, 409, 503, ...), a body that is not JSON or lacks
+/// `demoted: true`, and an answer that names another member or term *or leaves either out* (a
+/// misrouted request, e.g. to an address reused by another node, or a confused agent confirms
+/// nothing about the target). A target whose heartbeat has no API URL is refused without a
+/// request. The old primary's final WAL position (switchover catch-up) is read from `lsn`, else
+/// `final_lsn`, when present as a parseable string; otherwise the confirmation carries none.
 ///
 /// Agents require authentication for `/demote` (`[api]` credentials): give the fencer the
 /// `Authorization` header value with [`HttpDemoteFencer::with_authorization`].
