@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::{CtlError, StoreOpts};
 
-/// The Lambda's actions (DESIGN.md section 5).
+/// The Lambda's actions (docs/design.md section 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LambdaAction {

@@ -23,8 +23,8 @@ use pgdaemon_core::{
     keys, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus, Store, StoreError,
 };
 
-/// Per-request gRPC deadline. A few seconds: a lease holder renews every couple of seconds and
-/// must learn of an outage well within its lease.
+/// Per-request gRPC deadline. A few seconds: a lease holder renews once per agent loop (every
+/// probe interval, 1 s by default) and must learn of an outage well within its lease.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on establishing a connection to an endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -1,7 +1,7 @@
 //! pgdaemon-dcs: the networked [`Store`] backends (DynamoDB, etcd), each behind a cargo feature,
 //! and [`connect`], which builds the backend a [`StoreConfig`] names.
 //!
-//! Both backends keep the same items as the in-memory store (DESIGN.md section 2, names from
+//! Both backends keep the same items as the in-memory store (docs/design.md section 2, names from
 //! [`pgdaemon_core::keys`]) and apply the same lease rules ([`pgdaemon_core::codec`]); they differ
 //! only in how a check-and-write is made atomic in the engine. Every call is bounded in time, so a
 //! stopped engine gives [`StoreError::Unavailable`] within seconds, never a hang.

@@ -183,7 +183,7 @@ impl AgentDecision {
 /// Heartbeat records expire (DynamoDB TTL garbage collection only) a day after the last beat.
 const HEARTBEAT_TTL_S: u64 = 24 * 3600;
 
-/// The decision of one loop (S2 rules, DESIGN.md section 3).
+/// The decision of one loop (S2 rules, docs/design.md section 3).
 ///
 /// - A held lease that is no longer valid by this agent's monotonic clock (lease - safety margin
 ///   since before the last successful write) is forgotten and a running primary demotes at once,

@@ -1,7 +1,7 @@
 //! The node agent's brain: a pure decision over one snapshot ([`decide`]) and the runtime that
 //! gathers the snapshot, executes the decision and reports ([`AgentRuntime::tick`]).
 //!
-//! The split follows DESIGN.md section 6: `decide` is a pure function returning actions plus a
+//! The split follows docs/design.md section 6: `decide` is a pure function returning actions plus a
 //! reason (tested table-driven); the runtime owns the mutable state (held lease, lease observer,
 //! heartbeat sequence) and never sleeps, spawns or reads time except through the injected
 //! [`crate::Clock`], so a deterministic simulation can drive it in virtual time.

@@ -23,7 +23,7 @@ use crate::store::{LeaseClaim, Store, StoreError};
 #[error("coordinator trigger: {0}")]
 pub struct TriggerError(pub String);
 
-/// Asks for a coordinator run now (the replica fast path, DESIGN.md section 4).
+/// Asks for a coordinator run now (the replica fast path, docs/design.md section 4).
 ///
 /// Obligations: best effort (a failure is logged and the scheduled run remains the safety net);
 /// returns quickly (fire-and-forget: an asynchronous Lambda invoke or a send on a local channel,

@@ -34,8 +34,9 @@ use pgdaemon_core::{
 use attrs::{from_item, item_name, key, to_item, Item, PK, SK};
 pub use table::{create_table, TableOutcome, TTL_ATTRIBUTE};
 
-/// Bound on one whole store call, retries included. A lease holder renews every couple of
-/// seconds; it must learn of an outage well within its lease, never hang.
+/// Bound on one whole store call, retries included. A lease holder renews once per agent loop
+/// (every probe interval, 1 s by default); it must learn of an outage well within its lease,
+/// never hang.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one attempt: a healthy DynamoDB answers in milliseconds.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
