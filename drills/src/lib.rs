@@ -16,6 +16,8 @@ use pgdaemon_testkit::engines::{EtcdServer, MotoServer};
 use pgdaemon_testkit::ports::free_port;
 use pgdaemon_testkit::postgres::PgCluster;
 
+pub mod writer;
+
 /// Which store backend a drill runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -36,15 +38,82 @@ pub fn drill_sets() -> Vec<String> {
     .collect()
 }
 
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The agent a drill's member runs: its binary, and whether its configuration carries the
+/// `[api]` credentials (releases before the authenticated API refuse that section).
+#[derive(Debug, Clone)]
+pub struct AgentBuild {
+    pub binary: PathBuf,
+    pub api_credentials: bool,
+}
+
+impl AgentBuild {
+    /// This checkout's agent.
+    pub fn current() -> Result<AgentBuild> {
+        Ok(AgentBuild { binary: agent_binary()?, api_credentials: true })
+    }
+
+    /// The agent of an older commit of this repository, built once into
+    /// `<target>/upgrade-from/<commit>/` from `git archive` (its own target directory, so this
+    /// checkout's binaries are never overwritten). Needs the commit in the clone's history.
+    pub fn from_commit(commit: &str) -> Result<AgentBuild> {
+        let dir = target_dir().join("upgrade-from").join(commit);
+        let binary = dir.join("pgdaemon-agent");
+        if !binary.exists() {
+            build_old_agent(commit, &dir, &binary)?;
+        }
+        Ok(AgentBuild { binary, api_credentials: false })
+    }
+}
+
+fn build_old_agent(commit: &str, dir: &Path, binary: &Path) -> Result<()> {
+    let src = dir.join("src");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src)?;
+    let root = workspace_root();
+    let mut git = Command::new("git")
+        .args(["archive", "--format=tar", commit])
+        .current_dir(&root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("git archive")?;
+    let unpacked = Command::new("tar").arg("-x").arg("-C").arg(&src).stdin(git.stdout.take().expect("piped")).status()?;
+    let archived = git.wait_with_output()?;
+    if !archived.status.success() || !unpacked.success() {
+        bail!(
+            "cannot unpack commit {commit} of {}: {} (a shallow clone? `git fetch --unshallow`)",
+            root.display(),
+            String::from_utf8_lossy(&archived.stderr).trim()
+        );
+    }
+    eprintln!("building pgdaemon-agent of {commit} (once, into {})", dir.display());
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "-q", "--locked", "--no-default-features", "-p", "pgdaemon-agent", "--bin", "pgdaemon-agent"])
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .current_dir(&src)
+        .status()
+        .context("cargo build of the older agent")?;
+    if !status.success() {
+        bail!("building pgdaemon-agent of {commit} failed");
+    }
+    let partial = dir.join("pgdaemon-agent.partial");
+    std::fs::copy(dir.join("target/debug/pgdaemon-agent"), &partial)?;
+    std::fs::rename(&partial, binary)?;
+    Ok(())
+}
+
 /// The built agent binary (built on demand; `CARGO_BIN_EXE_*` only exists inside its own package).
 pub fn agent_binary() -> Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let root = workspace_root();
+    let target = target_dir();
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args([
             "build",
@@ -66,6 +135,8 @@ pub fn agent_binary() -> Result<PathBuf> {
 struct Agent {
     config: PathBuf,
     log: PathBuf,
+    api_port: u16,
+    build: AgentBuild,
     child: Option<Child>,
 }
 
@@ -75,7 +146,6 @@ pub struct Drill {
     pub store_config: StoreConfig,
     pub pg: PgCluster,
     agents: BTreeMap<String, Agent>,
-    agent_bin: PathBuf,
     _etcd: Option<EtcdServer>,
     _moto: Option<MotoServer>,
 }
@@ -84,7 +154,12 @@ impl Drill {
     /// Starts the store, `initdb`s pg-1, writes the cluster record (drill timings), and starts
     /// three agents; returns once pg-1 leads and both replicas stream.
     pub async fn start(backend: Backend, name: &str) -> Result<Drill> {
-        let agent_bin = agent_binary()?;
+        Drill::start_with(backend, name, &AgentBuild::current()?, &[]).await
+    }
+
+    /// [`Drill::start`] with every agent on `build` and `sets` added to the drill timings
+    /// (`key=value`, as `pgdctl bootstrap --set`).
+    pub async fn start_with(backend: Backend, name: &str, build: &AgentBuild, sets: &[&str]) -> Result<Drill> {
         let cluster = format!("{name}-{}", std::process::id());
         let (etcd, moto, store_config) = match backend {
             Backend::Etcd => {
@@ -125,7 +200,7 @@ impl Drill {
             store.as_ref(),
             &cluster,
             "pg-1",
-            &drill_sets(),
+            &drill_sets().into_iter().chain(sets.iter().map(|s| s.to_string())).collect::<Vec<_>>(),
             &mut out,
         )
         .await
@@ -136,13 +211,12 @@ impl Drill {
             store_config,
             pg,
             agents: BTreeMap::new(),
-            agent_bin,
             _etcd: etcd,
             _moto: moto,
         };
         drill.write_fence_script()?;
         for n in ["pg-1", "pg-2", "pg-3"] {
-            drill.write_agent_config(n)?;
+            drill.write_agent_config(n, build.clone())?;
             drill.start_agent(n)?;
         }
         drill.wait_healthy(2, Duration::from_secs(120)).await?;
@@ -176,7 +250,7 @@ impl Drill {
         Ok(())
     }
 
-    fn write_agent_config(&mut self, n: &str) -> Result<()> {
+    fn write_agent_config(&mut self, n: &str, build: AgentBuild) -> Result<()> {
         let node = self.pg.node(n).clone();
         let dir = self.pg.dir();
         let store = match &self.store_config {
@@ -205,7 +279,13 @@ impl Drill {
             let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
             std::io::Write::write_all(&mut f, hex.as_bytes())?;
         }
-        let api_access = format!("token_file = \"{}\"\nallowlist = [\"127.0.0.0/8\"]\n", token.display());
+        let api_access = if build.api_credentials {
+            format!("[api]\ntoken_file = \"{}\"\nallowlist = [\"127.0.0.0/8\"]\n", token.display())
+        } else {
+            String::new()
+        };
+        // A member keeps its API address across agent restarts and upgrades.
+        let api_port = self.agents.get(n).map_or_else(free_port, |a| a.api_port);
         let text = format!(
             "cluster = \"{cluster}\"\n[node]\nname = \"{n}\"\nlisten = \"127.0.0.1:{api}\"\npg_host = \"127.0.0.1\"\nimds = false\n\
              instance_id = \"local-{n}\"\navailability_zone = \"local\"\n\
@@ -213,9 +293,9 @@ impl Drill {
              replication_user = \"postgres\"\nlog_file = \"{log}\"\n\
              [postgres.parameters]\nlisten_addresses = \"127.0.0.1\"\nunix_socket_directories = \"{dir}/sock\"\nwal_log_hints = true\n\
              hot_standby = true\nwal_keep_size = \"256MB\"\nshared_buffers = \"16MB\"\nfsync = false\n\
-             [store]\n{store}[api]\n{api_access}[coordinator]\n{coordinator}[log]\nlevel = \"info\"\n",
+             [store]\n{store}{api_access}[coordinator]\n{coordinator}[log]\nlevel = \"info\"\n",
             cluster = self.cluster,
-            api = free_port(),
+            api = api_port,
             bin = self.pg.bin_dir().display(),
             data = node.data_dir.display(),
             port = node.port,
@@ -229,6 +309,8 @@ impl Drill {
             Agent {
                 config,
                 log: dir.join(format!("{n}.agent.log")),
+                api_port,
+                build,
                 child: None,
             },
         );
@@ -237,8 +319,8 @@ impl Drill {
 
     /// Starts (or restarts) a member's agent process.
     pub fn start_agent(&mut self, n: &str) -> Result<()> {
-        let bin = self.agent_bin.clone();
         let a = self.agents.get_mut(n).context("no such agent")?;
+        let bin = a.build.binary.clone();
         if a.child.is_some() {
             return Ok(());
         }
@@ -256,6 +338,25 @@ impl Drill {
             .context("spawn pgdaemon-agent")?;
         a.child = Some(child);
         Ok(())
+    }
+
+    /// Upgrades (or rolls back) a member's agent as an operator does: SIGTERM to the running
+    /// agent, waiting for it to exit, then the other build with its configuration started.
+    pub fn replace_agent(&mut self, n: &str, build: &AgentBuild) -> Result<()> {
+        if let Some(mut c) = self.agents.get_mut(n).and_then(|a| a.child.take()) {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while c.try_wait()?.is_none() {
+                if Instant::now() >= deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    bail!("{n}'s agent did not exit within 60 s of SIGTERM\n{}", self.logs());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.write_agent_config(n, build.clone())?;
+        self.start_agent(n)
     }
 
     /// `kill -9` of a member's agent (its Postgres keeps running).

@@ -8,8 +8,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pgdaemon_core::{keys, StoreConfig};
-use pgdaemon_drills::{Backend, Drill};
+use pgdaemon_core::{keys, Role, StoreConfig, TransitionKind};
+use pgdaemon_drills::writer::{self, Writer};
+use pgdaemon_drills::{AgentBuild, Backend, Drill};
 
 fn rows(d: &Drill, member: &str) -> i64 {
     d.pg.sql(member, "SELECT count(*) FROM upgrade_rows").unwrap().parse().unwrap()
@@ -101,5 +102,158 @@ async fn records_of_a_newer_version_never_freeze_failover_on_etcd() {
         }
         assert!(killed.elapsed() < Duration::from_secs(90), "no history entry naming {recorded:?}:\n{history}");
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The release before the record contract and the authenticated agent API (docs/upgrading.md
+/// "From ab631ed"): the drill's agents start on it.
+const PREVIOUS_RELEASE: &str = "ab631ed18cf46b2dadcf4bcf8e69cfd9cea908ee";
+
+async fn term(d: &Drill) -> u64 {
+    d.view().await.unwrap().cluster.expect("cluster record").term
+}
+
+fn members(d: &Drill) -> Vec<(String, u16)> {
+    d.pg.nodes().iter().map(|n| (n.name.clone(), n.port)).collect()
+}
+
+/// Waits until `n` heartbeats as a streaming replica from an agent of `version`.
+async fn wait_replica_on(d: &Drill, n: &str, version: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(v) = d.view().await {
+            let m = v.members.get(n);
+            if m.is_some_and(|m| m.agent_version == version && m.role == Role::Replica && m.streaming && m.pg_running) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{n} not streaming on agent {version} within 90 s\n{}", d.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the primary has a recorded synchronous standby for the current term: only then
+/// is every acknowledged commit on a member the coordinator may promote (a degraded term is never
+/// failed over automatically, docs/synchronous-mode.md).
+async fn wait_synchronous(d: &Drill) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = d.view().await.unwrap().cluster.unwrap();
+        if c.sync.as_ref().is_some_and(|s| s.term == c.term && !s.degraded && !s.members.is_empty()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no synchronous standby recorded within 60 s: {:?}\n{}", c.sync, d.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Upgrades a replica's agent as docs/upgrading.md says, and checks it caused no failover.
+async fn upgrade_replica(d: &mut Drill, n: &str, new: &AgentBuild) {
+    let (before, primary) = {
+        let c = d.view().await.unwrap().cluster.unwrap();
+        (c.term, c.primary)
+    };
+    assert_ne!(primary.as_deref(), Some(n), "upgrade {n} only as a replica");
+    d.replace_agent(n, new).unwrap();
+    wait_replica_on(d, n, pgdaemon_core::VERSION).await;
+    let c = d.view().await.unwrap().cluster.unwrap();
+    assert_eq!((c.term, &c.primary), (before, &primary), "upgrading {n}'s agent changed the primary");
+}
+
+/// The drill of issue 14 on one store: three members on the previous release, synchronous mode
+/// (an acknowledged commit must survive a failover), a client recording every acknowledged write.
+/// One replica is upgraded, the primary's host dies while versions are mixed (the promoted member
+/// may run either version), the dead host comes back on the old release, then the rest is
+/// upgraded in the documented order: replicas first, then a switchover away from an old primary
+/// before its agent is upgraded. Returns the failover time.
+async fn rolling_upgrade(backend: Backend, name: &str, old: &AgentBuild, new: &AgentBuild) -> Duration {
+    let mut d = Drill::start_with(backend, name, old, &["synchronous_mode=on"]).await.expect("cluster up on the old release");
+    let v = d.view().await.unwrap();
+    let old_version = v.members["pg-1"].agent_version.clone();
+    assert!(
+        v.members.values().all(|m| m.agent_version == old_version && old_version != pgdaemon_core::VERSION),
+        "the old release must report another version: {:?}",
+        v.members
+    );
+    let term0 = term(&d).await;
+    wait_synchronous(&d).await;
+    let writer = Writer::start(members(&d), "pg-1", "rolling_writes", Duration::from_secs(600)).await.unwrap();
+    let mut switchovers = 0;
+
+    upgrade_replica(&mut d, "pg-3", new).await;
+    let list = d.pgdctl(&["list"]).await.unwrap();
+    assert!(list.contains("WARNING: mixed agent versions"), "{list}");
+
+    // The primary's host dies while pg-1 and pg-2 run the old agent and pg-3 the new one.
+    wait_synchronous(&d).await;
+    d.crash("pg-1").unwrap();
+    let killed = Instant::now();
+    let p = loop {
+        if let Ok(v) = d.view().await {
+            let c = v.cluster.unwrap();
+            if let Some(p) = c.primary.filter(|p| p != "pg-1" && c.transition.is_none()) {
+                if d.writable() == vec![p.clone()] {
+                    break p;
+                }
+            }
+        }
+        assert!(killed.elapsed() < Duration::from_secs(90), "no failover within 90 s with mixed versions\n{}", d.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let failover = killed.elapsed();
+    eprintln!("[{backend:?}] mixed versions: pg-1 died, {p} writable after {:.1} s", failover.as_secs_f64());
+    // The host comes back with its old agent, which rejoins it as a replica.
+    d.start_agent("pg-1").unwrap();
+    wait_replica_on(&d, "pg-1", &old_version).await;
+
+    // The rest, replicas first; an old primary is switched away from before its agent stops.
+    let on_old = |v: &pgdaemon_core::ClusterView| -> Vec<String> {
+        v.members.values().filter(|m| m.agent_version == old_version).map(|m| m.name.clone()).collect()
+    };
+    for n in on_old(&d.view().await.unwrap()).into_iter().filter(|n| *n != p) {
+        upgrade_replica(&mut d, &n, new).await;
+    }
+    if on_old(&d.view().await.unwrap()).contains(&p) {
+        d.pgdctl(&["switchover", "--timeout", "60"]).await.expect("switchover away from the old primary");
+        switchovers += 1;
+        d.wait_healthy(2, Duration::from_secs(60)).await.unwrap();
+        upgrade_replica(&mut d, &p, new).await;
+    }
+    let primary = d.wait_healthy(2, Duration::from_secs(60)).await.unwrap();
+    let list = d.pgdctl(&["list"]).await.unwrap();
+    assert!(!list.contains("mixed agent versions"), "every member upgraded:\n{list}");
+
+    let report = writer.stop().await.unwrap();
+    let lost = writer::missing(d.pg.node(&primary).port, "rolling_writes", &report.acknowledged).await.unwrap();
+    eprintln!(
+        "[{backend:?}] writes acknowledged {}, failed attempts {}, longest write gap {:.1} s, lost {}",
+        report.acknowledged.len(),
+        report.failed,
+        report.longest_gap.as_secs_f64(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+
+    // One failover (the crash), the switchovers asked for, and nothing else.
+    let history = d.store.read_history(&d.cluster).await.unwrap();
+    let since: Vec<_> = history.iter().filter(|h| h.term > term0).collect();
+    let failovers = since.iter().filter(|h| h.kind == TransitionKind::Failover).count();
+    assert_eq!(failovers, 1, "the upgrade itself caused a failover: {since:#?}");
+    assert_eq!(since.len(), 1 + switchovers, "{since:#?}");
+    assert_eq!(term(&d).await, term0 + 1 + switchovers as u64, "every term change is accounted for");
+    failover
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_upgrade_from_the_previous_release_on_etcd_and_dynamodb() {
+    if !pgdaemon_testkit::postgres::postgres_available() {
+        eprintln!("PostgreSQL 15 not installed: drill skipped");
+        return;
+    }
+    let old = AgentBuild::from_commit(PREVIOUS_RELEASE).expect("the previous release's agent");
+    let new = AgentBuild::current().unwrap();
+    for (backend, name) in [(Backend::Etcd, "roll-etcd"), (Backend::Dynamodb, "roll-ddb")] {
+        let t = rolling_upgrade(backend, name, &old, &new).await;
+        eprintln!("[{backend:?}] rolling upgrade done; failover with mixed versions {:.1} s", t.as_secs_f64());
     }
 }
