@@ -3,9 +3,11 @@
 //! expensive part): replica loss and return, planned switchover with zero lost rows, pause ->
 //! kill primary -> no failover -> resume -> failover, rejoin through pg_rewind, unplanned
 //! failover (kill -9 of the primary's postmaster and agent), and kill -9 of the primary's agent
-//! alone (fencing must stop its Postgres: never two writable primaries). Each drill prints how
-//! long it took.
+//! alone (fencing must stop its Postgres: never two writable primaries), kill -9 of the primary's
+//! postmaster alone (restart in place), and of an unrestartable one (hand-over). Each drill
+//! prints how long it took.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pgdaemon_core::LeaseName;
@@ -204,6 +206,66 @@ async fn drills(backend: Backend, name: &str) {
     let history = d.pgdctl(&["history"]).await.unwrap();
     assert!(history.lines().count() >= 5, "{history}");
     lap(backend, "6 agent-only kill, fencing, failover", &mut t);
+
+    // 7. kill -9 of the primary's postmaster only (its agent lives): the agent restarts it in
+    // place, or hands its lease over when it cannot (docs/design.md section 4); either way a
+    // writable primary soon, never two, every replicated row.
+    d.start_agent(&p).unwrap();
+    d.wait_healthy(2, Duration::from_secs(90)).await.unwrap();
+    d.pg.sql(&new, "INSERT INTO drill_rows SELECT generate_series(301, 350)").unwrap();
+    d.wait_replayed(&new, Duration::from_secs(30)).await.unwrap();
+    let term = d.view().await.unwrap().cluster.unwrap().term;
+    d.pg.kill9(&new).unwrap();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(60);
+    let serving = loop {
+        let w = d.writable();
+        assert!(w.len() <= 1, "two writable primaries: {w:?}\n{}", d.logs());
+        if let Ok(v) = d.view().await {
+            if let Some(n) = v.healthy_primary(1).map(str::to_string) {
+                if w == vec![n.clone()] {
+                    break n;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no writable primary within 60 s of the postmaster kill\n{}", d.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let after = d.view().await.unwrap().cluster.unwrap().term;
+    let how = if serving == new && after == term { "restarted in place" } else { "handed over" };
+    eprintln!("[{backend:?}] postmaster-only kill of {new}: {how}, {serving} writable after {:.1} s", killed.elapsed().as_secs_f64());
+    assert_eq!(rows(&d, &serving), 350);
+    lap(backend, "7 postmaster-only kill", &mut t);
+
+    // 8. The same, but Postgres cannot start again (its pg_control unreadable): the agent stops
+    // renewing its lease and a replica is promoted once it runs out; the node rejoins when fixed.
+    d.wait_healthy(2, Duration::from_secs(90)).await.unwrap();
+    d.pg.sql(&serving, "INSERT INTO drill_rows SELECT generate_series(351, 400)").unwrap();
+    d.wait_replayed(&serving, Duration::from_secs(30)).await.unwrap();
+    let control = d.pg.node(&serving).data_dir.join("global/pg_control");
+    let chmod = |mode: &str| assert!(Command::new("chmod").arg(mode).arg(&control).status().unwrap().success());
+    chmod("000");
+    d.pg.kill9(&serving).unwrap();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(60);
+    let successor = loop {
+        let w = d.writable();
+        assert!(w.len() <= 1, "two writable primaries: {w:?}\n{}", d.logs());
+        if let Ok(v) = d.view().await {
+            if let Some(n) = v.healthy_primary(1).map(str::to_string).filter(|n| *n != serving) {
+                if w == vec![n.clone()] {
+                    break n;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no failover within 60 s of an unrestartable primary\n{}", d.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("[{backend:?}] unrestartable {serving}: {successor} writable after {:.1} s", killed.elapsed().as_secs_f64());
+    assert_eq!(rows(&d, &successor), 400);
+    chmod("600");
+    d.wait_healthy(2, Duration::from_secs(90)).await.unwrap();
+    lap(backend, "8 unrestartable primary hands over", &mut t);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! pgdaemon node agent library: everything but argument parsing lives here (thin binary).
 
 pub mod postgres;
+mod process;
 // Agent shell (config, identity, secrets, HTTP API, run loop).
 pub mod config;
 pub mod identity;

@@ -14,6 +14,11 @@ use pgdaemon_core::pg::{
 use pgdaemon_core::{Lsn, Role};
 use tokio::process::Command;
 
+use crate::process;
+
+/// How long a start waits for a killed postmaster to be reaped (see `wait_reaped`).
+const ZOMBIE_REAP_WAIT: Duration = Duration::from_secs(5);
+
 /// Credentials standbys use to stream from the primary (`primary_conninfo`, `pg_basebackup`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ReplicationAuth {
@@ -191,10 +196,29 @@ impl LocalPostgres {
         self.connect_to(&self.settings.connect_host, self.settings.port, self.settings.superuser_password.as_deref()).await
     }
 
+    /// The postmaster PID that `postmaster.pid` names, if it names one.
+    fn lock_file_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
+    }
+
     /// A postmaster runs on the data directory (`pg_ctl status`).
     async fn postmaster_running(&self) -> Result<bool, PgError> {
         if !self.data().join("postmaster.pid").exists() {
             return Ok(false);
+        }
+        // A killed postmaster whose parent has not reaped it yet is a zombie: `pg_ctl status`
+        // (kill 0) calls it running, and the loop would wait start_timeout for it to answer.
+        if let Some(pid) = self.lock_file_pid() {
+            match process::state(pid) {
+                process::State::Gone => return Ok(false),
+                process::State::Zombie { parent } => {
+                    if parent == std::process::id() {
+                        process::reap(pid);
+                    }
+                    return Ok(false);
+                }
+                process::State::Alive | process::State::Unknown => {}
+            }
         }
         let mut cmd = self.command("pg_ctl");
         cmd.arg("status").arg("-D").arg(self.data());
@@ -339,6 +363,7 @@ impl LocalPostgres {
             return Err(PgError::WrongState("the data directory is empty".into()));
         }
         if !self.postmaster_running().await? {
+            self.wait_reaped().await?;
             self.ensure_persisted_settings()?;
             let mut opts = format!("-p {}", self.settings.port);
             for (k, v) in &self.settings.server_options {
@@ -363,6 +388,24 @@ impl LocalPostgres {
             }
         }
         self.wait_for(None, self.settings.start_timeout).await
+    }
+
+    /// Postgres refuses to start while its lock file names a PID that exists, and a killed
+    /// postmaster exists as a zombie until its parent (init, usually within a second) reaps it:
+    /// wait a few seconds for that, then give up with the reason (the loop hands over).
+    async fn wait_reaped(&self) -> Result<(), PgError> {
+        let deadline = Instant::now() + ZOMBIE_REAP_WAIT;
+        loop {
+            let Some(pid) = self.lock_file_pid() else { return Ok(()) };
+            let process::State::Zombie { parent } = process::state(pid) else { return Ok(()) };
+            if Instant::now() >= deadline {
+                return Err(PgError::WrongState(format!(
+                    "the postmaster (PID {pid}) exited but its parent (PID {parent}) has not reaped it within \
+                     {ZOMBIE_REAP_WAIT:?}; postgres cannot start while postmaster.pid names it"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn stop_inner(&self, mode: StopMode) -> Result<(), PgError> {

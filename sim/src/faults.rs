@@ -23,8 +23,11 @@ pub enum FaultKind {
         target: Target,
         down_for: Us,
     },
+    /// Postgres dies under a live agent; for `restart_fails_for` it cannot be started again in
+    /// place (a zombie postmaster in the lock file, recovery that cannot finish).
     PgCrash {
         target: Target,
+        restart_fails_for: Us,
     },
     NodeCrash {
         target: Target,
@@ -158,7 +161,10 @@ pub fn script(rng: &mut Rng, nodes: usize, plan: &FaultPlan) -> Vec<(Us, FaultKi
                 target: t,
                 down_for: secs(rng, 1, 30),
             },
-            2..=3 => FaultKind::PgCrash { target: t },
+            2..=3 => FaultKind::PgCrash {
+                target: t,
+                restart_fails_for: if rng.chance(0.5) { secs(rng, 5, 120) } else { 0 },
+            },
             4..=5 => FaultKind::NodeCrash {
                 target: t,
                 down_for: secs(rng, 5, 90),

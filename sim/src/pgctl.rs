@@ -119,6 +119,12 @@ impl SimPgControl {
     async fn start_impl(&self) -> Result<(), PgError> {
         self.take(300 * MS, 2500 * MS).await;
         let mut w = self.world.lock();
+        if w.now < w.nodes[self.node].pg.start_fails_until {
+            return Err(PgError::Tool {
+                tool: "pg_ctl".into(),
+                output: "simulated: lock file names a postmaster that has not been reaped".into(),
+            });
+        }
         if w.rng.chance(0.02) {
             return Err(PgError::Tool {
                 tool: "pg_ctl".into(),

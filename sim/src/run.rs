@@ -799,11 +799,12 @@ impl Sim {
                 }
                 self.kill_slot(i);
             }
-            FaultKind::PgCrash { target } => {
+            FaultKind::PgCrash { target, restart_fails_for } => {
                 let i = self.resolve(&mut w, target);
                 let name = w.nodes[i].name.clone();
-                w.log(format!("FAULT postgres {name} crashes"));
+                w.log(format!("FAULT postgres {name} crashes (cannot restart for {}s)", restart_fails_for / SEC));
                 w.nodes[i].pg.crash();
+                w.nodes[i].pg.start_fails_until = w.now + restart_fails_for;
             }
             FaultKind::NodeCrash { target, down_for } => {
                 let i = self.resolve(&mut w, target);

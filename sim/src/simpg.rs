@@ -55,6 +55,9 @@ pub struct SimPg {
     pub generation: u64,
     /// Physical replication slots (primary).
     pub slots: Vec<String>,
+    /// Starts fail until then (sim time): a crashed postmaster nobody reaped still holds the
+    /// lock file, or recovery cannot finish.
+    pub start_fails_until: u64,
 }
 
 impl SimPg {
@@ -71,6 +74,7 @@ impl SimPg {
             pending: Vec::new(),
             generation: 1,
             slots: Vec::new(),
+            start_fails_until: 0,
         }
     }
 

@@ -51,6 +51,15 @@ pub struct RejoinFailure {
     pub error: String,
 }
 
+/// Starting Postgres as primary failed (reported by the runtime; drives the hand-over).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryStartFailure {
+    pub term: u64,
+    /// Monotonic time of the failure.
+    pub at: Duration,
+    pub error: String,
+}
+
 /// Everything one decision looks at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentInput {
@@ -74,6 +83,8 @@ pub struct AgentInput {
     /// The agent was told to demote for this term: it refuses the lease for any term at or below.
     pub fenced_through: u64,
     pub last_rejoin_failure: Option<RejoinFailure>,
+    /// The last failed start of this member's Postgres as primary, until one succeeds.
+    pub primary_start_failure: Option<PrimaryStartFailure>,
     /// When (monotonic) this agent last asked for a coordinator run.
     pub last_run_request: Option<Duration>,
     /// What this agent has seen of the leader lease (for the heartbeat and the fast path).
@@ -215,7 +226,7 @@ struct Decider<'a> {
     demoting: bool,
 }
 
-impl Decider<'_> {
+impl<'a> Decider<'a> {
     fn push(&mut self, action: AgentAction) {
         if action == AgentAction::Demote {
             if self.demoting {
@@ -326,6 +337,19 @@ impl Decider<'_> {
         let input = self.input;
         let me = input.identity.member.as_str();
         let probe = &input.probe;
+        if let Some(f) = self.handing_over(term, paused) {
+            // Postgres is down and did not restart in place: stop renewing, so the lease runs out
+            // and a replica takes over, rather than hold it over a primary that cannot serve
+            // (docs/design.md section 4). Not a release: this agent may never claim this term
+            // again, while its own unreleased lease can be re-taken after the window when nobody
+            // took over (the coordinator's failover moves the record to a new term first).
+            self.why(format!(
+                "postgres did not restart in place as primary for term {term} ({}): not renewing the leader lease for {} ms",
+                f.error,
+                handover_window(&input.config).as_millis()
+            ));
+            return;
+        }
         let will_hold = match &held {
             Some(h) if h.lease.term == term => {
                 self.push(AgentAction::RenewLease);
@@ -387,6 +411,15 @@ impl Decider<'_> {
                 }
             }
         }
+    }
+
+    /// The failed restart this loop hands over for: this term's, within its window, Postgres still
+    /// down on a primary data directory, the cluster not paused.
+    fn handing_over(&self, term: u64, paused: bool) -> Option<&'a PrimaryStartFailure> {
+        let input = self.input;
+        let f = input.primary_start_failure.as_ref()?;
+        let within = input.now < f.at + handover_window(&input.config);
+        (f.term == term && within && !paused && !input.probe.running && input.probe.data == DataDirState::Primary).then_some(f)
     }
 
     /// The primary keeps `synchronous_standby_names` and the recorded set in step (agent::sync).
@@ -605,6 +638,12 @@ impl Decider<'_> {
 }
 
 /// The heartbeat for this loop, from the probe (state before this loop's actions).
+/// How long a primary whose Postgres did not restart in place leaves its lease to a replica
+/// before it claims it again: two leases, time for a coordinator to notice and fail over.
+pub fn handover_window(config: &DynamicConfig) -> Duration {
+    config.lease() * 2
+}
+
 fn heartbeat(input: &AgentInput) -> MemberStatus {
     let id = &input.identity;
     let probe = &input.probe;
@@ -741,6 +780,7 @@ mod tests {
             max_term_held: 0,
             fenced_through: 0,
             last_rejoin_failure: None,
+            primary_start_failure: None,
             last_run_request: None,
             leader_seen: None,
             failsafe: FailsafeInput::default(),
@@ -822,6 +862,71 @@ mod tests {
             input: input("n1", primary_probe(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None),
             expect: vec!["adopt_lease", "publish_heartbeat"],
             reason_has: "agent restarted",
+        });
+        // Postgres crashed under a live agent and did not restart in place (now = 20 s,
+        // default lease 10 s: the hand-over window is 20 s from the failure).
+        let down = || PgProbe { running: false, ..primary_probe() };
+        let failed = |term, at_ms| Some(PrimaryStartFailure { term, at: MS(at_ms), error: "lock file".into() });
+        v.push(Case {
+            name: "primary whose postgres is down restarts it in place",
+            input: input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000)),
+            expect: vec!["renew_lease", "start", "publish_heartbeat"],
+            reason_has: "starting postgres",
+        });
+        v.push(Case {
+            name: "primary whose restart in place failed stops renewing so a replica takes over",
+            input: {
+                let mut i = input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000));
+                i.primary_start_failure = failed(3, 19_500);
+                i.max_term_held = 3;
+                i
+            },
+            expect: vec!["publish_heartbeat"],
+            reason_has: "not renewing the leader lease",
+        });
+        v.push(Case {
+            name: "once its lease ran out it does not re-take it within the window",
+            input: {
+                let mut i = input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None);
+                i.primary_start_failure = failed(3, 9_000);
+                i.max_term_held = 3;
+                i
+            },
+            expect: vec!["publish_heartbeat"],
+            reason_has: "not renewing the leader lease",
+        });
+        v.push(Case {
+            name: "nobody took over within the window: it re-takes its own lease and tries again",
+            input: {
+                let mut i = input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None);
+                i.primary_start_failure = failed(3, 0);
+                i.max_term_held = 3;
+                i
+            },
+            expect: vec!["adopt_lease", "start", "publish_heartbeat"],
+            reason_has: "starting postgres",
+        });
+        v.push(Case {
+            name: "a failed start of an older term does not hand over this one",
+            input: {
+                let mut i = input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000));
+                i.primary_start_failure = failed(2, 19_500);
+                i
+            },
+            expect: vec!["renew_lease", "start", "publish_heartbeat"],
+            reason_has: "starting postgres",
+        });
+        v.push(Case {
+            name: "paused: no hand-over, the primary keeps its lease",
+            input: {
+                let mut v = view(3, "n1", Some(lease("n1", 3, "r")));
+                v.cluster.as_mut().unwrap().paused = true;
+                let mut i = input("n1", down(), StoreRead::Ok(v), held("n1", 3, "r", 19_000));
+                i.primary_start_failure = failed(3, 19_500);
+                i
+            },
+            expect: vec!["renew_lease", "publish_heartbeat"],
+            reason_has: "paused",
         });
         v.push(Case {
             name: "primary creates missing slots",

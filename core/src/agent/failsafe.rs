@@ -719,6 +719,7 @@ mod tests {
                 max_term_held: held_term.unwrap_or(0),
                 fenced_through: 0,
                 last_rejoin_failure: None,
+                primary_start_failure: None,
                 last_run_request: None,
                 leader_seen: None,
                 failsafe: FailsafeInput::default(),

@@ -11,7 +11,7 @@ mod failsafe;
 mod runtime;
 pub mod sync;
 
-pub use decide::{decide, AgentAction, AgentDecision, AgentIdentity, AgentInput, RejoinFailure, RejoinMethod, StoreRead};
+pub use decide::{decide, AgentAction, AgentDecision, AgentIdentity, AgentInput, PrimaryStartFailure, RejoinFailure, RejoinMethod, StoreRead};
 pub use failsafe::{
     combine as combine_failsafe_replies, judge_request as judge_failsafe_request, FailsafeInput, FailsafePeers, FailsafePromise,
     FailsafeReply, FailsafeRequest, PeerFacts, RoundOutcome,

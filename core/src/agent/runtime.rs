@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::lock::Mutex as AsyncMutex;
 
-use super::decide::{decide, AgentAction, AgentIdentity, AgentInput, RejoinFailure, RejoinMethod, StoreRead};
+use super::decide::{decide, AgentAction, AgentIdentity, AgentInput, PrimaryStartFailure, RejoinFailure, RejoinMethod, StoreRead};
 use super::failsafe::FailsafeState;
 use crate::clock::Clock;
 use crate::config::DynamicConfig;
@@ -133,6 +133,14 @@ impl Shared {
     pub(super) fn fenced_through(&self) -> u64 {
         self.fence.lock().unwrap().0
     }
+
+    /// From now on this agent refuses the leader lease for any term at or below `term`.
+    fn fence_through(&self, term: u64, reason: &str) {
+        let mut fence = self.fence.lock().unwrap();
+        if term >= fence.0 {
+            *fence = (term, reason.to_string());
+        }
+    }
 }
 
 /// A cheap, cloneable handle to a running agent: its snapshot and the "demote now" request.
@@ -214,12 +222,7 @@ impl AgentHandle {
     /// ([`PgControl::final_position`]) when it is known: what a switchover waits for the
     /// candidate to replay.
     pub async fn demote_now_with_position(&self, term: u64, reason: &str) -> Result<Option<Lsn>, DemoteError> {
-        {
-            let mut fence = self.shared.fence.lock().unwrap();
-            if term >= fence.0 {
-                *fence = (term, reason.to_string());
-            }
-        }
+        self.shared.fence_through(term, reason);
         tracing::warn!(term, reason, "demotion requested");
         let lsn = self.demote_locked(true).await?;
         self.count_external_demotion();
@@ -249,6 +252,7 @@ pub struct AgentRuntime<S, P, C> {
     seq: u64,
     max_term_held: u64,
     last_rejoin_failure: Option<RejoinFailure>,
+    primary_start_failure: Option<PrimaryStartFailure>,
     last_run_request: Option<Duration>,
     counters: AgentCounters,
     shared: Arc<Shared>,
@@ -286,6 +290,7 @@ where
             seq: 0,
             max_term_held: 0,
             last_rejoin_failure: None,
+            primary_start_failure: None,
             last_run_request: None,
             counters: AgentCounters::default(),
             shared: Arc::new(Shared {
@@ -396,6 +401,7 @@ where
             max_term_held: self.max_term_held,
             fenced_through,
             last_rejoin_failure: self.last_rejoin_failure.clone(),
+            primary_start_failure: self.primary_start_failure.clone(),
             last_run_request: self.last_run_request,
             leader_seen,
             failsafe: self.shared.failsafe.lock().unwrap().input(
@@ -647,12 +653,21 @@ where
             }
             AgentAction::Start => {
                 let _guard = self.shared.pg_lock.lock().await;
-                if probe.data == DataDirState::Primary {
+                let as_primary = probe.data == DataDirState::Primary;
+                let term = self.held.as_ref().map_or(0, |h| h.lease.term);
+                if as_primary {
                     // Starting a primary's data directory makes it writable: same rule as promote.
-                    let term = self.held.as_ref().map_or(0, |h| h.lease.term);
                     self.may_raise(term)?;
                 }
-                self.pg.start().await.map_err(|e| e.to_string())
+                let result = self.pg.start().await.map_err(|e| e.to_string());
+                if as_primary {
+                    // A failure makes the next loops hand the lease over (decide).
+                    self.primary_start_failure = result.as_ref().err().map(|e| {
+                        tracing::error!(term, error = %e, "postgres did not restart in place as primary");
+                        PrimaryStartFailure { term, at: self.clock.monotonic(), error: e.clone() }
+                    });
+                }
+                result
             }
             AgentAction::Promote { term } => {
                 let _guard = self.shared.pg_lock.lock().await;

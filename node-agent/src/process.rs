@@ -1,0 +1,63 @@
+//! Process states from `kill(pid, 0)` and `/proc` (Linux; elsewhere a process that exists is
+//! `Unknown`), for telling a running postmaster from one that was killed and not yet reaped.
+
+pub enum State {
+    Alive,
+    /// Exited, not yet reaped by `parent`.
+    Zombie { parent: u32 },
+    Gone,
+    Unknown,
+}
+
+pub fn state(pid: u32) -> State {
+    // kill(pid, 0) fails with ESRCH only when no such process exists, zombies included; EPERM
+    // (another user's process) means it exists. /proc may hide other users' processes (hidepid),
+    // so a missing /proc entry alone proves nothing.
+    // SAFETY: signal 0 delivers nothing; it only checks that the PID exists.
+    if unsafe { libc::kill(pid as libc::pid_t, 0) } == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return State::Gone;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return State::Unknown };
+    // `pid (comm) S ppid ...`: comm may contain spaces and parentheses, so split after the last ')'.
+    let mut fields = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace();
+    match (fields.next(), fields.next().and_then(|p| p.parse().ok())) {
+        (Some("Z" | "X"), Some(parent)) => State::Zombie { parent },
+        (Some(_), _) => State::Alive,
+        (None, _) => State::Unknown,
+    }
+}
+
+/// Reaps an exited child of this process (the agent is the parent, or the subreaper, of the
+/// postmasters it started when it runs as a container's init).
+pub fn reap(pid: u32) {
+    // SAFETY: waitpid on one PID that /proc shows as our zombie child; WNOHANG never blocks.
+    unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_a_running_process_from_an_unreaped_and_a_reaped_one() {
+        assert!(matches!(state(std::process::id()), State::Alive));
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not waited for: once it exits it stays a zombie of this process.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match state(pid) {
+                State::Zombie { parent } => {
+                    assert_eq!(parent, std::process::id());
+                    break;
+                }
+                State::Alive => assert!(std::time::Instant::now() < deadline, "`true` did not exit"),
+                _ => panic!("an unreaped child must be a zombie"),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        reap(pid);
+        assert!(matches!(state(pid), State::Gone));
+        drop(child);
+    }
+}
