@@ -3,7 +3,7 @@
 //!
 //! | path | 200 when |
 //! |---|---|
-//! | `/`, `/primary`, `/read-write`, `/master` | Postgres is read-write and this agent holds the leader lease, valid *now* by its own clock |
+//! | `/`, `/primary`, `/read-write`, `/master` | Postgres is read-write and this agent holds the leader lease, valid *now* by its own clock, with no demotion for its term begun |
 //! | `/leader` | the leader lease is held and valid now (whatever Postgres does) |
 //! | `/replica[?lag=]` | Postgres runs in recovery, streams, and is at most `lag` behind (bytes, or `16kB`, `64MB`, `1GB`) |
 //! | `/read-only[?lag=]` | `/primary` or `/replica` would answer 200 |
@@ -328,8 +328,11 @@ impl Checks<'_> {
                 .is_some_and(|until| self.now < until)
     }
 
+    /// A demotion for the lease's term (or a later one) has begun: no longer primary, even while
+    /// Postgres is still shutting down.
     fn primary(&self) -> bool {
-        self.s.pg_running && self.s.role == Role::Primary && self.lease_valid()
+        let fenced = self.s.lease_term.is_some_and(|t| t <= self.s.fenced_through);
+        self.s.pg_running && self.s.role == Role::Primary && self.lease_valid() && !fenced
     }
 
     fn streaming_replica(&self) -> bool {

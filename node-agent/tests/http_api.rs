@@ -339,6 +339,18 @@ async fn primary_stops_answering_200_when_its_lease_runs_out_by_its_own_clock() 
 }
 
 #[tokio::test]
+async fn primary_answers_503_from_the_moment_a_demotion_for_its_term_begins() {
+    let api = Api::start(primary_snapshot()).await;
+    // Postgres still runs and the lease is still valid: only the fence has arrived.
+    api.update(|s| s.fenced_through = 2);
+    assert_eq!(api.status("/primary").await, 200, "a fence for an older term changes nothing");
+    api.update(|s| s.fenced_through = 3);
+    for path in PRIMARY_PATHS {
+        assert_eq!(api.status(path).await, 503, "{path}");
+    }
+}
+
+#[tokio::test]
 async fn writable_postgres_without_the_lease_is_not_primary() {
     let api = Api::start(primary_snapshot()).await;
     api.update(|s| {

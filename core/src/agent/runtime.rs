@@ -152,8 +152,13 @@ pub struct AgentHandle {
 }
 
 impl AgentHandle {
+    /// The last loop's snapshot, with a demotion requested since then already counted in
+    /// `fenced_through` (so `/primary` turns 503 the moment a fence arrives, not a loop later).
     pub fn snapshot(&self) -> AgentSnapshot {
-        self.shared.snapshot.lock().unwrap().clone()
+        let fenced = self.shared.fenced_through();
+        let mut s = self.shared.snapshot.lock().unwrap().clone();
+        s.fenced_through = s.fenced_through.max(fenced);
+        s
     }
 
     /// The agent holds a leader lease still valid now by its own clock and Postgres was primary
