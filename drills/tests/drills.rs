@@ -15,18 +15,31 @@ use pgdaemon_drills::{Backend, Drill};
 
 /// Prints how long the drill that began at `*since` took and starts the next one's clock.
 fn lap(backend: Backend, what: &str, since: &mut Instant) {
-    eprintln!(
-        "[{backend:?}] {what}: {:.1} s",
-        since.elapsed().as_secs_f64()
-    );
+    eprintln!("[{backend:?}] {what}: {:.1} s", since.elapsed().as_secs_f64());
     *since = Instant::now();
 }
 
 fn rows(d: &Drill, member: &str) -> i64 {
-    d.pg.sql(member, "SELECT count(*) FROM drill_rows")
-        .unwrap()
-        .parse()
-        .unwrap()
+    d.pg.sql(member, "SELECT count(*) FROM drill_rows").unwrap().parse().unwrap()
+}
+
+/// Waits up to 60 s for a healthy primary (other than `not`) that is the only member accepting
+/// writes, asserting at every poll that no two members accept writes.
+async fn sole_writable(d: &Drill, not: Option<&str>, after: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let w = d.writable();
+        assert!(w.len() <= 1, "two writable primaries: {w:?}\n{}", d.logs());
+        if let Ok(v) = d.view().await {
+            if let Some(n) = v.healthy_primary(1).filter(|n| Some(*n) != not) {
+                if w == [n] {
+                    return n.to_string();
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no sole writable primary within 60 s of {after}\n{}", d.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn drills(backend: Backend, name: &str) {
@@ -39,69 +52,39 @@ async fn drills(backend: Backend, name: &str) {
     lap(backend, "cluster up (3 nodes streaming)", &mut t);
     // The hosted coordinators' lock lease is the cluster record's lease_ms (3 s here), not the
     // agents' local default (10 s).
-    let lock = d
-        .store
-        .read_lease(&d.cluster, LeaseName::Coordinator)
-        .await
-        .unwrap()
-        .expect("a hosted coordinator holds the lock");
+    let lock =
+        d.store.read_lease(&d.cluster, LeaseName::Coordinator).await.unwrap().expect("a hosted coordinator holds the lock");
     assert_eq!(lock.lease_ms, 3000, "coordinator lock: {lock:?}");
-    d.pg.sql("pg-1", "CREATE TABLE drill_rows (id int PRIMARY KEY)")
-        .unwrap();
-    d.pg.sql(
-        "pg-1",
-        "INSERT INTO drill_rows SELECT generate_series(1, 100)",
-    )
-    .unwrap();
+    d.pg.sql("pg-1", "CREATE TABLE drill_rows (id int PRIMARY KEY)").unwrap();
+    d.pg.sql("pg-1", "INSERT INTO drill_rows SELECT generate_series(1, 100)").unwrap();
 
     // 1. Replica loss and return: the primary stays; the replica rejoins by itself.
     d.crash("pg-2").unwrap();
     // A fixed window, longer than a 3 s lease, in which no failover may happen.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let v = d.view().await.unwrap();
-    assert_eq!(
-        v.cluster.as_ref().unwrap().primary.as_deref(),
-        Some("pg-1"),
-        "losing a replica must not fail over"
-    );
-    d.pg.sql(
-        "pg-1",
-        "INSERT INTO drill_rows SELECT generate_series(101, 200)",
-    )
-    .unwrap();
+    assert_eq!(v.cluster.as_ref().unwrap().primary.as_deref(), Some("pg-1"), "losing a replica must not fail over");
+    d.pg.sql("pg-1", "INSERT INTO drill_rows SELECT generate_series(101, 200)").unwrap();
     d.start_agent("pg-2").unwrap();
-    assert_eq!(
-        d.wait_healthy(2, Duration::from_secs(60)).await.unwrap(),
-        "pg-1"
-    );
+    assert_eq!(d.wait_healthy(2, Duration::from_secs(60)).await.unwrap(), "pg-1");
     lap(backend, "1 replica loss and return", &mut t);
 
     // 2. Planned switchover under writes: zero lost rows.
     // A member just restarted may look stale (or still report Postgres down from its first
     // loop) to the coordinator for a beat on a loaded machine: the refusal says so, and a retry
     // is what an operator would do.
-    let mut out = d
-        .pgdctl(&["switchover", "--candidate", "pg-2", "--timeout", "60"])
-        .await;
+    let mut out = d.pgdctl(&["switchover", "--candidate", "pg-2", "--timeout", "60"]).await;
     for _ in 0..5 {
         match &out {
-            Err(e)
-                if e.exit_code() == 1
-                    && ["stale", "not running"].iter().any(|m| e.to_string().contains(m)) =>
-            {
+            Err(e) if e.exit_code() == 1 && ["stale", "not running"].iter().any(|m| e.to_string().contains(m)) => {
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                out = d
-                    .pgdctl(&["switchover", "--candidate", "pg-2", "--timeout", "60"])
-                    .await;
+                out = d.pgdctl(&["switchover", "--candidate", "pg-2", "--timeout", "60"]).await;
             }
             _ => break,
         }
     }
     assert!(out.is_ok(), "switchover: {out:?}\n{}", d.logs());
-    assert_eq!(
-        d.wait_healthy(1, Duration::from_secs(60)).await.unwrap(),
-        "pg-2"
-    );
+    assert_eq!(d.wait_healthy(1, Duration::from_secs(60)).await.unwrap(), "pg-2");
     assert_eq!(rows(&d, "pg-2"), 200, "switchover lost rows");
     assert_eq!(d.writable(), vec!["pg-2".to_string()]);
     d.wait_healthy(2, Duration::from_secs(60)).await.unwrap();
@@ -115,10 +98,7 @@ async fn drills(backend: Backend, name: &str) {
     tokio::time::sleep(Duration::from_secs(8)).await;
     let v = d.view().await.unwrap();
     let r = v.cluster.as_ref().unwrap();
-    assert!(
-        r.paused && r.primary.as_deref() == Some("pg-2") && r.transition.is_none(),
-        "paused cluster failed over: {r:?}"
-    );
+    assert!(r.paused && r.primary.as_deref() == Some("pg-2") && r.transition.is_none(), "paused cluster failed over: {r:?}");
     let out = d.pgdctl(&["resume", "--timeout", "30"]).await;
     assert!(out.is_ok(), "resume: {out:?}");
     let p = d.wait_healthy(1, Duration::from_secs(60)).await.unwrap();
@@ -133,15 +113,9 @@ async fn drills(backend: Backend, name: &str) {
 
     // 5. Unplanned failover: kill -9 of the primary's postmaster and agent (a host crash). A
     // replica takes over with every row it had; the old node then rejoins.
-    d.pg.sql(
-        &p,
-        "INSERT INTO drill_rows SELECT generate_series(201, 250)",
-    )
-    .unwrap();
+    d.pg.sql(&p, "INSERT INTO drill_rows SELECT generate_series(201, 250)").unwrap();
     let old = p.clone();
-    d.wait_replayed(&old, Duration::from_secs(30))
-        .await
-        .unwrap();
+    d.wait_replayed(&old, Duration::from_secs(30)).await.unwrap();
     d.crash(&old).unwrap();
     let killed = Instant::now();
     let deadline = killed + Duration::from_secs(60);
@@ -153,17 +127,10 @@ async fn drills(backend: Backend, name: &str) {
                 }
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "no failover within 60 s of the crash\n{}",
-            d.logs()
-        );
+        assert!(Instant::now() < deadline, "no failover within 60 s of the crash\n{}", d.logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    eprintln!(
-        "[{backend:?}] unplanned failover: {old} -> {p}, writable after {:.1} s",
-        killed.elapsed().as_secs_f64()
-    );
+    eprintln!("[{backend:?}] unplanned failover: {old} -> {p}, writable after {:.1} s", killed.elapsed().as_secs_f64());
     assert_eq!(rows(&d, &p), 250, "unplanned failover lost replicated rows");
     d.start_agent(&old).unwrap();
     let p = d.wait_healthy(2, Duration::from_secs(90)).await.unwrap();
@@ -171,37 +138,11 @@ async fn drills(backend: Backend, name: &str) {
 
     // 6. kill -9 of the primary's agent only: its Postgres keeps running until fenced; at no
     // moment may two members accept writes.
-    d.pg.sql(
-        &p,
-        "INSERT INTO drill_rows SELECT generate_series(251, 300)",
-    )
-    .unwrap();
-    d.wait_replayed(&p, Duration::from_secs(30))
-        .await
-        .unwrap();
+    d.pg.sql(&p, "INSERT INTO drill_rows SELECT generate_series(251, 300)").unwrap();
+    d.wait_replayed(&p, Duration::from_secs(30)).await.unwrap();
     d.kill_agent(&p);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let new = loop {
-        let w = d.writable();
-        assert!(w.len() <= 1, "two writable primaries: {w:?}\n{}", d.logs());
-        if let Ok(v) = d.view().await {
-            if let Some(n) = v.healthy_primary(1).map(str::to_string).filter(|n| *n != p) {
-                if w == vec![n.clone()] {
-                    break n;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no failover after the agent kill\n{}",
-            d.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert!(
-        d.pg.pid(&p).is_none(),
-        "the old primary's Postgres must have been fenced (stopped)"
-    );
+    let new = sole_writable(&d, Some(&p), "the agent kill").await;
+    assert!(d.pg.pid(&p).is_none(), "the old primary's Postgres must have been fenced (stopped)");
     assert_eq!(rows(&d, &new), 300);
     let history = d.pgdctl(&["history"]).await.unwrap();
     assert!(history.lines().count() >= 5, "{history}");
@@ -217,23 +158,13 @@ async fn drills(backend: Backend, name: &str) {
     let term = d.view().await.unwrap().cluster.unwrap().term;
     d.pg.kill9(&new).unwrap();
     let killed = Instant::now();
-    let deadline = killed + Duration::from_secs(60);
-    let serving = loop {
-        let w = d.writable();
-        assert!(w.len() <= 1, "two writable primaries: {w:?}\n{}", d.logs());
-        if let Ok(v) = d.view().await {
-            if let Some(n) = v.healthy_primary(1).map(str::to_string) {
-                if w == vec![n.clone()] {
-                    break n;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "no writable primary within 60 s of the postmaster kill\n{}", d.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let serving = sole_writable(&d, None, "the postmaster kill").await;
     let after = d.view().await.unwrap().cluster.unwrap().term;
     let how = if serving == new && after == term { "restarted in place" } else { "handed over" };
-    eprintln!("[{backend:?}] postmaster-only kill of {new}: {how}, {serving} writable after {:.1} s", killed.elapsed().as_secs_f64());
+    eprintln!(
+        "[{backend:?}] postmaster-only kill of {new}: {how}, {serving} writable after {:.1} s",
+        killed.elapsed().as_secs_f64()
+    );
     assert_eq!(rows(&d, &serving), 350);
     lap(backend, "7 postmaster-only kill", &mut t);
 
@@ -247,20 +178,7 @@ async fn drills(backend: Backend, name: &str) {
     chmod("000");
     d.pg.kill9(&serving).unwrap();
     let killed = Instant::now();
-    let deadline = killed + Duration::from_secs(60);
-    let successor = loop {
-        let w = d.writable();
-        assert!(w.len() <= 1, "two writable primaries: {w:?}\n{}", d.logs());
-        if let Ok(v) = d.view().await {
-            if let Some(n) = v.healthy_primary(1).map(str::to_string).filter(|n| *n != serving) {
-                if w == vec![n.clone()] {
-                    break n;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "no failover within 60 s of an unrestartable primary\n{}", d.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let successor = sole_writable(&d, Some(&serving), "the kill of an unrestartable primary").await;
     eprintln!("[{backend:?}] unrestartable {serving}: {successor} writable after {:.1} s", killed.elapsed().as_secs_f64());
     assert_eq!(rows(&d, &successor), 400);
     chmod("600");
