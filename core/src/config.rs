@@ -185,7 +185,10 @@ impl StoreConfig {
                     return Err(ConfigError::invalid("store.endpoints", "must list at least one etcd endpoint"));
                 }
                 if !prefix.starts_with('/') || prefix.ends_with('/') {
-                    return Err(ConfigError::invalid("store.prefix", format!("{prefix:?} must start with '/' and not end with it")));
+                    return Err(ConfigError::invalid(
+                        "store.prefix",
+                        format!("{prefix:?} must start with '/' and not end with it"),
+                    ));
                 }
                 Ok(())
             }

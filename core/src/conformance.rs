@@ -90,7 +90,11 @@ const LEASE_MS: u64 = 5_000;
 const CALL_BOUND: Duration = Duration::from_secs(30);
 
 fn cluster_name(check: &str) -> String {
-    format!("{}-{}", check.replace('_', "-").chars().take(40).collect::<String>(), &uuid::Uuid::new_v4().simple().to_string()[..8])
+    format!(
+        "{}-{}",
+        check.replace('_', "-").chars().take(40).collect::<String>(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 fn member(name: &str, seq: u64) -> MemberStatus {
@@ -189,7 +193,10 @@ pub async fn takeover_waits_for_a_full_lease_of_unchanged_rvn<H: Harness>() {
     let held_a = a.renew(&held_a).await.unwrap();
     clock_b.advance(Duration::from_millis(LEASE_MS));
     let outcome = b.try_acquire(Some(2)).await.unwrap();
-    assert!(matches!(outcome, AcquireOutcome::HeldByOther { unchanged_for: Duration::ZERO, .. }), "renewal must restart the count: {outcome:?}");
+    assert!(
+        matches!(outcome, AcquireOutcome::HeldByOther { unchanged_for: Duration::ZERO, .. }),
+        "renewal must restart the count: {outcome:?}"
+    );
     clock_b.advance(Duration::from_millis(LEASE_MS - 1));
     assert!(matches!(b.try_acquire(Some(2)).await.unwrap(), AcquireOutcome::HeldByOther { .. }), "refused before a full lease");
     clock_b.advance(Duration::from_millis(1));
@@ -220,7 +227,14 @@ pub async fn term_strictly_increases_across_takeovers<H: Harness>() {
     for i in 1..5u64 {
         // A claim that does not raise the term is refused whatever else holds.
         let err = s
-            .acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Takeover { observed_rvn: &held.rvn }, "x", held.term, LEASE_MS)
+            .acquire_lease(
+                &cluster,
+                LeaseName::Leader,
+                LeaseClaim::Takeover { observed_rvn: &held.rvn },
+                "x",
+                held.term,
+                LEASE_MS,
+            )
             .await
             .unwrap_err();
         assert!(err.is_conflict(), "{err}");
@@ -228,7 +242,9 @@ pub async fn term_strictly_increases_across_takeovers<H: Harness>() {
             s.release_lease(&cluster, LeaseName::Leader, &held).await.unwrap();
             let released = s.read_lease(&cluster, LeaseName::Leader).await.unwrap().unwrap();
             assert!(released.released && released.term == held.term, "release keeps the term: {released:?}");
-            s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, &format!("n{i}"), held.term + 1, LEASE_MS).await.unwrap()
+            s.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, &format!("n{i}"), held.term + 1, LEASE_MS)
+                .await
+                .unwrap()
         } else {
             s.acquire_lease(
                 &cluster,
@@ -273,11 +289,16 @@ pub async fn cluster_record_cas_exactly_one_writer_wins<H: Harness>() {
     assert_eq!(clients[0].read_cluster(&cluster).await.unwrap(), None);
 
     // Creation races: exactly one creates.
-    let results = join_all(clients.iter().enumerate().map(|(i, s)| {
-        let cluster = cluster.clone();
-        async move { s.write_cluster(&cluster, None, &ClusterRecord::bootstrap(format!("n{i}"), DynamicConfig::default())).await }
-    }))
-    .await;
+    let results =
+        join_all(
+            clients.iter().enumerate().map(|(i, s)| {
+                let cluster = cluster.clone();
+                async move {
+                    s.write_cluster(&cluster, None, &ClusterRecord::bootstrap(format!("n{i}"), DynamicConfig::default())).await
+                }
+            }),
+        )
+        .await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
     assert!(results.iter().filter_map(|r| r.as_ref().err()).all(StoreError::is_conflict), "{results:?}");
     let created = results.into_iter().find_map(Result::ok).unwrap();
@@ -354,7 +375,8 @@ pub async fn events_log_once_in_order_apart_from_the_view<H: Harness>() {
     assert!(s.read_events(&cluster, 0).await.unwrap().is_empty());
     s.write_cluster(&cluster, None, &ClusterRecord::bootstrap("a", DynamicConfig::default())).await.unwrap();
     let ev = |kind, t| Event::new(kind, cluster.as_str(), t, format!("at {t}")).member("a").term(1).source("test");
-    let (late, early, same_time) = (ev(EventKind::MemberDown, 2_000), ev(EventKind::MemberUp, 1_000), ev(EventKind::Fenced, 2_000));
+    let (late, early, same_time) =
+        (ev(EventKind::MemberDown, 2_000), ev(EventKind::MemberUp, 1_000), ev(EventKind::Fenced, 2_000));
     for e in [&late, &early, &same_time] {
         s.append_event(&cluster, e).await.unwrap();
     }

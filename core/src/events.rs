@@ -146,7 +146,8 @@ impl Event {
     /// Checks what a store needs of an event before it is written (S6): an id usable in a key
     /// and the cluster it is logged under.
     pub fn validate(&self, cluster: &str) -> Result<(), String> {
-        if self.id.is_empty() || self.id.len() > 64 || !self.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if self.id.is_empty() || self.id.len() > 64 || !self.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err(format!("event id {:?} must be 1 to 64 letters, digits, '-' or '_'", self.id));
         }
         if self.cluster != cluster {

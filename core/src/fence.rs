@@ -33,7 +33,14 @@ pub struct FenceTarget {
 
 impl FenceTarget {
     /// A target built from the member's last heartbeat (or from its name alone when none exists).
-    pub fn new(cluster: &str, member: &str, status: Option<&MemberStatus>, term: u64, kind: TransitionKind, reason: &str) -> Self {
+    pub fn new(
+        cluster: &str,
+        member: &str,
+        status: Option<&MemberStatus>,
+        term: u64,
+        kind: TransitionKind,
+        reason: &str,
+    ) -> Self {
         FenceTarget {
             cluster: cluster.to_string(),
             member: member.to_string(),
@@ -210,7 +217,10 @@ mod tests {
 
     #[test]
     fn chain_moves_on_after_failure_and_prefixes_pending_handles() {
-        let a = std::sync::Arc::new(Scripted::new("a", vec![FenceStatus::Failed { detail: "down".into() }, FenceStatus::Refused { detail: "x".into() }]));
+        let a = std::sync::Arc::new(Scripted::new(
+            "a",
+            vec![FenceStatus::Failed { detail: "down".into() }, FenceStatus::Refused { detail: "x".into() }],
+        ));
         let b = std::sync::Arc::new(Scripted::new(
             "b",
             vec![

@@ -130,7 +130,11 @@ impl HeldLease {
 pub enum AcquireOutcome {
     Acquired(HeldLease),
     /// Someone holds it and has not yet been seen idle for a full lease duration.
-    HeldByOther { owner: String, term: u64, unchanged_for: Duration },
+    HeldByOther {
+        owner: String,
+        term: u64,
+        unchanged_for: Duration,
+    },
 }
 
 /// Acquire/renew/release of one lease for one owner, following the lock-client rules over any
@@ -147,15 +151,7 @@ pub struct LeaseClient<S, C> {
 
 impl<S: Store, C: Clock> LeaseClient<S, C> {
     pub fn new(store: S, clock: C, cluster: impl Into<String>, name: LeaseName, owner: impl Into<String>, lease_ms: u64) -> Self {
-        LeaseClient {
-            store,
-            clock,
-            cluster: cluster.into(),
-            name,
-            owner: owner.into(),
-            lease_ms,
-            observer: LeaseObserver::new(),
-        }
+        LeaseClient { store, clock, cluster: cluster.into(), name, owner: owner.into(), lease_ms, observer: LeaseObserver::new() }
     }
 
     pub fn owner(&self) -> &str {
@@ -222,7 +218,9 @@ mod tests {
         let mut obs = LeaseObserver::new();
         obs.observe(Some(&lease("r")), MS(0));
         // Not looking for more than a lease (an outage the holder may have been in too).
-        assert!(matches!(obs.observe(Some(&lease("r")), MS(1001)), LeaseState::Held { unchanged_for, .. } if unchanged_for == MS(0)));
+        assert!(
+            matches!(obs.observe(Some(&lease("r")), MS(1001)), LeaseState::Held { unchanged_for, .. } if unchanged_for == MS(0))
+        );
         assert!(matches!(obs.observe(Some(&lease("r")), MS(1900)), LeaseState::Held { .. }));
         assert!(matches!(obs.observe(Some(&lease("r")), MS(2001)), LeaseState::Expired(_)));
         // Reads a lease apart at most keep counting.

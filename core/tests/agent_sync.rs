@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use pgdaemon_core::agent::{AgentIdentity, AgentRuntime};
 use pgdaemon_core::pg::{DataDirState, PgControl, PgError, PgProbe, PrimaryTarget, ReplicationRow, StopMode, SyncStandbys};
-use pgdaemon_core::{ClusterRecord, DynamicConfig, Lsn, ManualClock, MemberStatus, MemoryStore, Role, Store, SyncMode, SyncState};
+use pgdaemon_core::{
+    ClusterRecord, DynamicConfig, Lsn, ManualClock, MemberStatus, MemoryStore, Role, Store, SyncMode, SyncState,
+};
 
 const CLUSTER: &str = "c1";
 
@@ -132,8 +134,13 @@ async fn the_primary_lists_then_records_and_records_then_unlists() {
     replica_heartbeat(&store, "n2").await;
     replica_heartbeat(&store, "n3").await;
     let clock = ManualClock::new(1_000_000);
-    let identity =
-        AgentIdentity { cluster: CLUSTER.into(), member: "n1".into(), pg_host: "127.0.0.1".into(), pg_port: 5001, ..Default::default() };
+    let identity = AgentIdentity {
+        cluster: CLUSTER.into(),
+        member: "n1".into(),
+        pg_host: "127.0.0.1".into(),
+        pg_port: 5001,
+        ..Default::default()
+    };
     let pg = Arc::new(FakePrimary::new());
     let mut rt = AgentRuntime::new(store.clone(), pg.clone(), clock.clone(), identity, config());
     macro_rules! tick {

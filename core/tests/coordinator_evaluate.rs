@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pgdaemon_core::coordinator::{evaluate, Action, CoordinatorConfig, Decision, FencingPolicy, Liveness, LockStatus, MemberObservation, Observations, Verdict};
+use pgdaemon_core::coordinator::{
+    evaluate, Action, CoordinatorConfig, Decision, FencingPolicy, Liveness, LockStatus, MemberObservation, Observations, Verdict,
+};
 use pgdaemon_core::{
-    ClusterRecord, ClusterView, DynamicConfig, FenceProgress, LeaderLease, LeaseSighting, LeaseState, Lsn, ManualRequest, MemberStatus,
-    PendingFence, RequestAction, Role, SyncMode, SyncState, Transition, TransitionKind, TransitionStep,
+    ClusterRecord, ClusterView, DynamicConfig, FenceProgress, LeaderLease, LeaseSighting, LeaseState, Lsn, ManualRequest,
+    MemberStatus, PendingFence, RequestAction, Role, SyncMode, SyncState, Transition, TransitionKind, TransitionStep,
 };
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -59,7 +61,13 @@ impl World {
         let obs_members = members.keys().map(|n| (n.clone(), MemberObservation::fresh())).collect();
         let l = lease("n1", 5);
         World {
-            view: ClusterView { cluster: Some(record), leader: Some(l.clone()), coordinator: None, members, ..Default::default() },
+            view: ClusterView {
+                cluster: Some(record),
+                leader: Some(l.clone()),
+                coordinator: None,
+                members,
+                ..Default::default()
+            },
             obs: Observations {
                 now_wall_ms: 1_000_000,
                 leader: LeaseState::Held { lease: l, unchanged_for: MS(500) },
@@ -121,7 +129,8 @@ impl World {
     }
 
     fn request(&mut self, action: RequestAction, candidate: Option<&str>, force: bool) {
-        self.record().request = Some(ManualRequest { id: "req-1".into(), action, candidate: candidate.map(String::from), force, requested_ms: 0 });
+        self.record().request =
+            Some(ManualRequest { id: "req-1".into(), action, candidate: candidate.map(String::from), force, requested_ms: 0 });
     }
 
     fn eval(&self) -> Decision {
@@ -135,10 +144,22 @@ enum Expect {
     Wait(&'static str),
     Blocked(&'static str),
     /// A new transition of this kind with this candidate and old primary.
-    Begin { kind: TransitionKind, candidate: &'static str, old: Option<&'static str>, reason: &'static str },
+    Begin {
+        kind: TransitionKind,
+        candidate: &'static str,
+        old: Option<&'static str>,
+        reason: &'static str,
+    },
     /// A request answered (accepted?) without a transition; reason fragment.
-    Answer { accepted: bool, paused: Option<bool>, reason: &'static str },
-    Fence { member: &'static str, pending: Option<&'static str> },
+    Answer {
+        accepted: bool,
+        paused: Option<bool>,
+        reason: &'static str,
+    },
+    Fence {
+        member: &'static str,
+        pending: Option<&'static str>,
+    },
     SkipFencer(&'static str),
     MarkFenced(&'static str),
     ChangeCandidate(&'static str),
@@ -147,7 +168,9 @@ enum Expect {
     Designate,
     MarkPromoted(Option<Lsn>),
     MarkFollowed,
-    Finish { new_primary: &'static str },
+    Finish {
+        new_primary: &'static str,
+    },
 }
 
 fn check(name: &str, d: &Decision, expect: &Expect) {
@@ -215,19 +238,39 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
 
     rows.push(("healthy primary", World::healthy(), Idle("primary n1 healthy")));
 
-    rows.push(("no cluster record", { let mut w = World::healthy(); w.view.cluster = None; w }, Idle("no cluster record")));
+    rows.push((
+        "no cluster record",
+        {
+            let mut w = World::healthy();
+            w.view.cluster = None;
+            w
+        },
+        Idle("no cluster record"),
+    ));
 
     rows.push((
         "stale coordinator: another holds the lock",
-        { let mut w = World::primary_dead(); w.obs.lock = LockStatus::Other { owner: "lambda-old".into() }; w },
+        {
+            let mut w = World::primary_dead();
+            w.obs.lock = LockStatus::Other { owner: "lambda-old".into() };
+            w
+        },
         Idle("lambda-old holds the coordinator lock"),
     ));
 
-    rows.push(("primary lease expired -> failover to most advanced", World::primary_dead(), Begin { kind: FO, candidate: "n2", old: Some("n1"), reason: "unchanged for at least 10000 ms" }));
+    rows.push((
+        "primary lease expired -> failover to most advanced",
+        World::primary_dead(),
+        Begin { kind: FO, candidate: "n2", old: Some("n1"), reason: "unchanged for at least 10000 ms" },
+    ));
 
     rows.push((
         "primary lease released and heartbeat stale",
-        { let mut w = World::primary_dead(); w.obs.leader = LeaseState::Free(LeaderLease { released: true, ..lease("n1", 5) }); w },
+        {
+            let mut w = World::primary_dead();
+            w.obs.leader = LeaseState::Free(LeaderLease { released: true, ..lease("n1", 5) });
+            w
+        },
         Begin { kind: FO, candidate: "n2", old: Some("n1"), reason: "holds no leader lease and its heartbeat is stale" },
     ));
 
@@ -244,7 +287,12 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
 
     rows.push((
         "primary lease absent, primary heartbeat not yet judged",
-        { let mut w = World::healthy(); w.obs.leader = LeaseState::Absent; w.set_live("n1", Liveness::Unknown); w },
+        {
+            let mut w = World::healthy();
+            w.obs.leader = LeaseState::Absent;
+            w.set_live("n1", Liveness::Unknown);
+            w
+        },
         Wait("watching its heartbeat"),
     ));
 
@@ -302,11 +350,23 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
         Idle("healthy"),
     ));
 
-    rows.push(("paused cluster with a dead primary", { let mut w = World::primary_dead(); w.record().paused = true; w }, Idle("paused")));
+    rows.push((
+        "paused cluster with a dead primary",
+        {
+            let mut w = World::primary_dead();
+            w.record().paused = true;
+            w
+        },
+        Idle("paused"),
+    ));
 
     rows.push((
         "most advanced is nofailover -> next best",
-        { let mut w = World::primary_dead(); w.member("n2").tags.nofailover = true; w },
+        {
+            let mut w = World::primary_dead();
+            w.member("n2").tags.nofailover = true;
+            w
+        },
         Begin { kind: FO, candidate: "n3", old: Some("n1"), reason: "candidate n3" },
     ));
 
@@ -339,7 +399,11 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
 
     rows.push((
         "candidate on an older timeline is not eligible",
-        { let mut w = World::primary_dead(); w.member("n2").timeline = 2; w },
+        {
+            let mut w = World::primary_dead();
+            w.member("n2").timeline = 2;
+            w
+        },
         Begin { kind: FO, candidate: "n3", old: Some("n1"), reason: "candidate n3" },
     ));
 
@@ -389,7 +453,11 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
 
     rows.push((
         "a replica not yet observed -> wait before choosing",
-        { let mut w = World::primary_dead(); w.set_live("n3", Liveness::Unknown); w },
+        {
+            let mut w = World::primary_dead();
+            w.set_live("n3", Liveness::Unknown);
+            w
+        },
         Wait("watching heartbeats of n3"),
     ));
 
@@ -432,13 +500,20 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
     ));
 
     // Failover in progress, one row per step.
-    rows.push(("in progress: term bumped -> fence old primary", World::primary_dead().in_transition(FO, TermBumped), Fence { member: "n1", pending: None }));
+    rows.push((
+        "in progress: term bumped -> fence old primary",
+        World::primary_dead().in_transition(FO, TermBumped),
+        Fence { member: "n1", pending: None },
+    ));
 
     rows.push((
         "in progress: fencing pending -> ask the same fencer again",
         {
             let mut w = World::primary_dead().in_transition(FO, TermBumped);
-            w.transition().fence = Some(FenceProgress { pending: Some(PendingFence { fencer: "ssm".into(), handle: "ssm:cmd-1".into() }), skip: vec![] });
+            w.transition().fence = Some(FenceProgress {
+                pending: Some(PendingFence { fencer: "ssm".into(), handle: "ssm:cmd-1".into() }),
+                skip: vec![],
+            });
             w
         },
         Fence { member: "n1", pending: Some("ssm:cmd-1") },
@@ -448,7 +523,10 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
         "in progress: fencing pending too long -> skip that fencer",
         {
             let mut w = World::primary_dead().in_transition(FO, TermBumped);
-            w.transition().fence = Some(FenceProgress { pending: Some(PendingFence { fencer: "ssm".into(), handle: "ssm:cmd-1".into() }), skip: vec![] });
+            w.transition().fence = Some(FenceProgress {
+                pending: Some(PendingFence { fencer: "ssm".into(), handle: "ssm:cmd-1".into() }),
+                skip: vec![],
+            });
             w.obs.step_age = Some(MS(61_000));
             w
         },
@@ -468,7 +546,11 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
 
     rows.push((
         "in progress, fencing off: lease observed expired -> fenced",
-        { let mut w = World::primary_dead().in_transition(FO, TermBumped); w.config.fencing = FencingPolicy::Off; w },
+        {
+            let mut w = World::primary_dead().in_transition(FO, TermBumped);
+            w.config.fencing = FencingPolicy::Off;
+            w
+        },
         MarkFenced("fencing off: lease of n1"),
     ));
 
@@ -476,7 +558,11 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
 
     rows.push((
         "in progress: fenced but candidate died -> choose another",
-        { let mut w = World::primary_dead().in_transition(FO, Fenced); w.set_live("n2", Liveness::Stale { unchanged_for: MS(5000) }); w },
+        {
+            let mut w = World::primary_dead().in_transition(FO, Fenced);
+            w.set_live("n2", Liveness::Stale { unchanged_for: MS(5000) });
+            w
+        },
         ChangeCandidate("n3"),
     ));
 
@@ -521,7 +607,11 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
 
     rows.push((
         "switchover whose candidate just became ineligible waits (a restart is brief)",
-        { let mut w = World::healthy().in_transition(SO, Fenced); w.member("n2").pg_running = false; w },
+        {
+            let mut w = World::healthy().in_transition(SO, Fenced);
+            w.member("n2").pg_running = false;
+            w
+        },
         Wait("switchover: candidate n2 is not eligible yet (Postgres not running)"),
     ));
 
@@ -587,7 +677,11 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
 
     rows.push((
         "in progress: designated, not yet read-write -> wait",
-        { let mut w = World::primary_dead().in_transition(FO, Designated); w.obs.leader = LeaseState::Absent; w },
+        {
+            let mut w = World::primary_dead().in_transition(FO, Designated);
+            w.obs.leader = LeaseState::Absent;
+            w
+        },
         Wait("waiting for n2 to report read-write in term 6"),
     ));
 
@@ -618,68 +712,121 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
         Begin { kind: FO, candidate: "n3", old: Some("n2"), reason: "designated candidate n2 did not report read-write" },
     ));
 
-    rows.push(("in progress: promoted -> tell the others to follow", World::primary_dead().in_transition(FO, Promoted), MarkFollowed));
+    rows.push((
+        "in progress: promoted -> tell the others to follow",
+        World::primary_dead().in_transition(FO, Promoted),
+        MarkFollowed,
+    ));
 
-    rows.push(("in progress: followed -> history and finish", World::primary_dead().in_transition(FO, Followed), Finish { new_primary: "n2" }));
+    rows.push((
+        "in progress: followed -> history and finish",
+        World::primary_dead().in_transition(FO, Followed),
+        Finish { new_primary: "n2" },
+    ));
 
     // Manual requests.
     rows.push((
         "manual failover to a nofailover member is refused",
-        { let mut w = World::healthy(); w.member("n3").tags.nofailover = true; w.request(RequestAction::Failover, Some("n3"), false); w },
+        {
+            let mut w = World::healthy();
+            w.member("n3").tags.nofailover = true;
+            w.request(RequestAction::Failover, Some("n3"), false);
+            w
+        },
         Answer { accepted: false, paused: None, reason: "candidate n3 is not eligible: tagged nofailover" },
     ));
 
     rows.push((
         "manual failover to an ineligible member with force",
-        { let mut w = World::healthy(); w.member("n3").tags.nofailover = true; w.request(RequestAction::Failover, Some("n3"), true); w },
+        {
+            let mut w = World::healthy();
+            w.member("n3").tags.nofailover = true;
+            w.request(RequestAction::Failover, Some("n3"), true);
+            w
+        },
         Begin { kind: FO, candidate: "n3", old: Some("n1"), reason: "manual failover requested (req-1), forced" },
     ));
 
     rows.push((
         "manual failover to an unknown member is refused",
-        { let mut w = World::healthy(); w.request(RequestAction::Failover, Some("n9"), true); w },
+        {
+            let mut w = World::healthy();
+            w.request(RequestAction::Failover, Some("n9"), true);
+            w
+        },
         Answer { accepted: false, paused: None, reason: "n9 is not a member" },
     ));
 
     rows.push((
         "manual switchover without candidate picks the best",
-        { let mut w = World::healthy(); w.request(RequestAction::Switchover, None, false); w },
+        {
+            let mut w = World::healthy();
+            w.request(RequestAction::Switchover, None, false);
+            w
+        },
         Begin { kind: SO, candidate: "n2", old: Some("n1"), reason: "manual switchover requested" },
     ));
 
     rows.push((
         "manual switchover with a dead primary is refused",
-        { let mut w = World::primary_dead(); w.request(RequestAction::Switchover, Some("n2"), false); w },
+        {
+            let mut w = World::primary_dead();
+            w.request(RequestAction::Switchover, Some("n2"), false);
+            w
+        },
         Answer { accepted: false, paused: None, reason: "switchover needs a healthy primary" },
     ));
 
     rows.push((
         "manual failover while paused is refused",
-        { let mut w = World::healthy(); w.record().paused = true; w.request(RequestAction::Failover, None, false); w },
+        {
+            let mut w = World::healthy();
+            w.record().paused = true;
+            w.request(RequestAction::Failover, None, false);
+            w
+        },
         Answer { accepted: false, paused: None, reason: "paused" },
     ));
 
     rows.push((
         "manual request before heartbeats were observed -> wait, not refuse",
-        { let mut w = World::healthy(); w.set_live("n2", Liveness::Unknown); w.request(RequestAction::Failover, Some("n2"), false); w },
+        {
+            let mut w = World::healthy();
+            w.set_live("n2", Liveness::Unknown);
+            w.request(RequestAction::Failover, Some("n2"), false);
+            w
+        },
         Wait("watching heartbeats of n2 before acting on request req-1"),
     ));
 
     rows.push((
         "pause request",
-        { let mut w = World::healthy(); w.request(RequestAction::Pause, None, false); w },
+        {
+            let mut w = World::healthy();
+            w.request(RequestAction::Pause, None, false);
+            w
+        },
         Answer { accepted: true, paused: Some(true), reason: "paused" },
     ));
 
     rows.push((
         "resume request during a transition is answered at once",
-        { let mut w = World::primary_dead().in_transition(FO, Designated); w.record().paused = true; w.request(RequestAction::Resume, None, false); w },
+        {
+            let mut w = World::primary_dead().in_transition(FO, Designated);
+            w.record().paused = true;
+            w.request(RequestAction::Resume, None, false);
+            w
+        },
         Answer { accepted: true, paused: Some(false), reason: "resumed" },
     ));
 
     rows.push((
         "failover request during a transition is refused",
-        { let mut w = World::primary_dead().in_transition(FO, Fenced); w.request(RequestAction::Failover, Some("n3"), false); w },
+        {
+            let mut w = World::primary_dead().in_transition(FO, Fenced);
+            w.request(RequestAction::Failover, Some("n3"), false);
+            w
+        },
         Answer { accepted: false, paused: None, reason: "in progress" },
     ));
 

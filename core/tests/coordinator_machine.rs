@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pgdaemon_core::coordinator::{evaluate, apply, run_until_settled, Action, Coordinator, CoordinatorConfig, LockStatus, Outcome, Watch};
+use pgdaemon_core::coordinator::{
+    apply, evaluate, run_until_settled, Action, Coordinator, CoordinatorConfig, LockStatus, Outcome, Watch,
+};
 use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer};
 use pgdaemon_core::{
     ClusterRecord, DynamicConfig, LeaderLease, LeaseClaim, LeaseName, Lsn, ManualClock, ManualRequest, MemberStatus, MemoryStore,
@@ -161,7 +163,10 @@ impl Sim {
     }
 
     /// One second of virtual time: agents beat, then one coordinator run.
-    async fn second(&mut self, c: &mut Coordinator<Arc<MemoryStore>, ScriptedFencer, ManualClock>) -> pgdaemon_core::coordinator::RunReport {
+    async fn second(
+        &mut self,
+        c: &mut Coordinator<Arc<MemoryStore>, ScriptedFencer, ManualClock>,
+    ) -> pgdaemon_core::coordinator::RunReport {
         self.clock.advance(Duration::from_secs(1));
         self.agents.tick().await;
         c.run_once(CLUSTER).await
@@ -410,7 +415,13 @@ async fn switchover_waits_for_catch_up_and_loses_nothing() {
         sim.second(&mut c).await;
     }
     let mut r = sim.record().await;
-    r.request = Some(ManualRequest { id: "s1".into(), action: RequestAction::Switchover, candidate: Some("n2".into()), force: false, requested_ms: 0 });
+    r.request = Some(ManualRequest {
+        id: "s1".into(),
+        action: RequestAction::Switchover,
+        candidate: Some("n2".into()),
+        force: false,
+        requested_ms: 0,
+    });
     sim.store.write_cluster(CLUSTER, Some(r.version), &r).await.unwrap();
     for _ in 0..5 {
         sim.second(&mut c).await;
@@ -454,7 +465,8 @@ async fn runner_loops_until_settled_within_budget() {
     }
     // The agents only move when virtual time does, so the "sleep" advances the clock and ticks.
     let clock = sim.clock.clone();
-    let agents = Arc::new(tokio::sync::Mutex::new(std::mem::replace(&mut sim.agents, Agents::start(Arc::new(MemoryStore::new())).await)));
+    let agents =
+        Arc::new(tokio::sync::Mutex::new(std::mem::replace(&mut sim.agents, Agents::start(Arc::new(MemoryStore::new())).await)));
     let report = run_until_settled(&mut c, CLUSTER, Duration::from_secs(120), Duration::from_millis(500), |d| {
         let clock = clock.clone();
         let agents = agents.clone();
@@ -502,7 +514,11 @@ async fn a_failover_emits_each_event_once_in_order() {
     }
     assert_failed_over_to_n2(&sim).await;
     let got: Vec<(EventKind, Option<String>)> = events.drain().into_iter().map(|e| (e.kind, e.member)).collect();
-    let transition: Vec<_> = got.iter().filter(|(k, _)| !matches!(k, EventKind::MemberDown | EventKind::MemberUp | EventKind::RoleChanged)).cloned().collect();
+    let transition: Vec<_> = got
+        .iter()
+        .filter(|(k, _)| !matches!(k, EventKind::MemberDown | EventKind::MemberUp | EventKind::RoleChanged))
+        .cloned()
+        .collect();
     let some = |s: &str| Some(s.to_string());
     assert_eq!(
         transition,

@@ -26,16 +26,11 @@ fn apply_unvalidated(base: &DynamicConfig, sets: &[String]) -> Result<DynamicCon
         _ => unreachable!("a struct serializes to a table"),
     };
     for set in sets {
-        let (key, raw) = set
-            .split_once('=')
-            .ok_or_else(|| CtlError::Usage(format!("--set {set:?}: expected key=value")))?;
+        let (key, raw) = set.split_once('=').ok_or_else(|| CtlError::Usage(format!("--set {set:?}: expected key=value")))?;
         let key = key.trim();
         if !table.contains_key(key) {
             let known: Vec<&str> = table.keys().map(String::as_str).collect();
-            return Err(CtlError::Usage(format!(
-                "--set {set:?}: unknown key `{key}` (known: {})",
-                known.join(", ")
-            )));
+            return Err(CtlError::Usage(format!("--set {set:?}: unknown key `{key}` (known: {})", known.join(", "))));
         }
         let raw = raw.trim();
         let value = format!("v = {raw}")
@@ -53,9 +48,7 @@ fn apply_unvalidated(base: &DynamicConfig, sets: &[String]) -> Result<DynamicCon
 
 /// `key: old -> new` for every changed key.
 pub fn diff(old: &DynamicConfig, new: &DynamicConfig) -> Vec<String> {
-    let (Ok(toml::Value::Table(a)), Ok(toml::Value::Table(b))) =
-        (toml::Value::try_from(old), toml::Value::try_from(new))
-    else {
+    let (Ok(toml::Value::Table(a)), Ok(toml::Value::Table(b))) = (toml::Value::try_from(old), toml::Value::try_from(new)) else {
         return vec![];
     };
     b.iter()
@@ -65,17 +58,12 @@ pub fn diff(old: &DynamicConfig, new: &DynamicConfig) -> Vec<String> {
 }
 
 pub async fn show(store: &dyn Store, cluster: &str, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    let record = store.read_cluster(cluster).await?.ok_or_else(|| {
-        CtlError::Refused(format!(
-            "cluster {cluster} has no record yet: it was never bootstrapped"
-        ))
-    })?;
+    let record = store
+        .read_cluster(cluster)
+        .await?
+        .ok_or_else(|| CtlError::Refused(format!("cluster {cluster} has no record yet: it was never bootstrapped")))?;
     if json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&record.config).map_err(anyhow::Error::from)?
-        )?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&record.config).map_err(anyhow::Error::from)?)?;
     } else {
         write!(out, "{}", toml::to_string(&record.config).map_err(anyhow::Error::from)?)?;
     }
@@ -93,11 +81,10 @@ pub async fn edit(
     // (Timings are validated against the stored values they combine with, below.)
     apply_unvalidated(&DynamicConfig::default(), sets)?;
     for _ in 0..CAS_ATTEMPTS {
-        let mut record = store.read_cluster(cluster).await?.ok_or_else(|| {
-            CtlError::Refused(format!(
-                "cluster {cluster} has no record yet: it was never bootstrapped"
-            ))
-        })?;
+        let mut record = store
+            .read_cluster(cluster)
+            .await?
+            .ok_or_else(|| CtlError::Refused(format!("cluster {cluster} has no record yet: it was never bootstrapped")))?;
         let new = apply_sets(&record.config, sets)?;
         let changes = diff(&record.config, &new);
         if changes.is_empty() {
@@ -123,9 +110,7 @@ pub async fn edit(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(CtlError::Refused(format!(
-        "the cluster record kept changing; tried {CAS_ATTEMPTS} times"
-    )))
+    Err(CtlError::Refused(format!("the cluster record kept changing; tried {CAS_ATTEMPTS} times")))
 }
 
 /// Creates the cluster record (create-only compare-and-set).
@@ -141,11 +126,7 @@ pub async fn bootstrap(
     let record = pgdaemon_core::ClusterRecord::bootstrap(primary, config);
     match store.write_cluster(cluster, None, &record).await {
         Ok(r) => {
-            writeln!(
-                out,
-                "created cluster {cluster}: {primary} is the primary in term {}",
-                r.term
-            )?;
+            writeln!(out, "created cluster {cluster}: {primary} is the primary in term {}", r.term)?;
             Ok(())
         }
         Err(StoreError::Conflict { .. }) => Err(CtlError::Refused(format!("cluster {cluster} already has a record"))),
@@ -195,21 +176,14 @@ mod tests {
     #[tokio::test]
     async fn edit_writes_by_cas_and_invalid_edit_changes_nothing() {
         let store = MemoryStore::new();
-        store
-            .write_cluster("c", None, &ClusterRecord::bootstrap("a", DynamicConfig::default()))
-            .await
-            .unwrap();
+        store.write_cluster("c", None, &ClusterRecord::bootstrap("a", DynamicConfig::default())).await.unwrap();
         let mut out = Vec::new();
-        edit(&store, "c", &sets(&["maximum_lag_on_failover=2048"]), false, &mut out)
-            .await
-            .unwrap();
+        edit(&store, "c", &sets(&["maximum_lag_on_failover=2048"]), false, &mut out).await.unwrap();
         assert!(String::from_utf8_lossy(&out).contains("maximum_lag_on_failover: 1048576 -> 2048"));
         let r = store.read_cluster("c").await.unwrap().unwrap();
         assert_eq!(r.config.maximum_lag_on_failover, 2048);
         assert_eq!(r.version, 2);
-        assert!(edit(&store, "c", &sets(&["lease_ms=500"]), false, &mut Vec::new())
-            .await
-            .is_err());
+        assert!(edit(&store, "c", &sets(&["lease_ms=500"]), false, &mut Vec::new()).await.is_err());
         assert_eq!(store.read_cluster("c").await.unwrap().unwrap().version, 2);
     }
 
@@ -220,12 +194,7 @@ mod tests {
             &store,
             "b",
             "pg-1",
-            &sets(&[
-                "lease_ms=3000",
-                "renew_interval_ms=1000",
-                "safety_margin_ms=500",
-                "probe_interval_ms=500",
-            ]),
+            &sets(&["lease_ms=3000", "renew_interval_ms=1000", "safety_margin_ms=500", "probe_interval_ms=500"]),
             &mut Vec::new(),
         )
         .await

@@ -57,12 +57,7 @@ pub struct InvokeArgs {
 }
 
 /// Builds and checks the payload (bad input changes nothing: it is never sent).
-pub fn payload(
-    action: LambdaAction,
-    cluster: &str,
-    candidate: Option<&str>,
-    force: bool,
-) -> Result<LambdaPayload, CtlError> {
+pub fn payload(action: LambdaAction, cluster: &str, candidate: Option<&str>, force: bool) -> Result<LambdaPayload, CtlError> {
     pgdaemon_core::keys::validate_cluster_name(cluster).map_err(CtlError::Usage)?;
     let changes_primary = matches!(action, LambdaAction::Failover | LambdaAction::Switchover);
     if let Some(c) = candidate {
@@ -76,12 +71,7 @@ pub fn payload(
     if force && action != LambdaAction::Failover {
         return Err(CtlError::Usage("--force applies only to failover".into()));
     }
-    Ok(LambdaPayload {
-        action,
-        cluster: cluster.to_string(),
-        candidate: candidate.map(str::to_string),
-        force,
-    })
+    Ok(LambdaPayload { action, cluster: cluster.to_string(), candidate: candidate.map(str::to_string), force })
 }
 
 /// How the Lambda's answer reads: `Err(Refused)` when it says `"accepted": false` or the
@@ -130,13 +120,8 @@ pub async fn run(opts: &StoreOpts, args: InvokeArgs, out: &mut impl Write) -> Re
     }
     let sdk = loader.load().await;
     let client = aws_sdk_lambda::Client::new(&sdk);
-    let resp = client
-        .invoke()
-        .function_name(&args.function_name)
-        .payload(Blob::new(json.into_bytes()))
-        .send()
-        .await
-        .map_err(|e| {
+    let resp =
+        client.invoke().function_name(&args.function_name).payload(Blob::new(json.into_bytes())).send().await.map_err(|e| {
             let detail = aws_sdk_lambda::error::DisplayErrorContext(&e).to_string();
             match e.as_service_error() {
                 Some(se) if se.is_resource_not_found_exception() => {
@@ -164,43 +149,17 @@ mod tests {
             serde_json::json!({"action": "failover", "cluster": "main", "candidate": "pg-2", "force": true})
         );
         let p = payload(LambdaAction::Pause, "main", None, false).unwrap();
-        assert_eq!(
-            serde_json::to_string(&p).unwrap(),
-            r#"{"action":"pause","cluster":"main"}"#
-        );
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"action":"pause","cluster":"main"}"#);
         let p = payload(LambdaAction::Evaluate, "main", None, false).unwrap();
-        assert_eq!(
-            serde_json::to_string(&p).unwrap(),
-            r#"{"action":"evaluate","cluster":"main"}"#
-        );
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"action":"evaluate","cluster":"main"}"#);
     }
 
     #[test]
     fn bad_payloads_are_usage_errors() {
-        assert_eq!(
-            payload(LambdaAction::Pause, "main", Some("pg-2"), false)
-                .unwrap_err()
-                .exit_code(),
-            2
-        );
-        assert_eq!(
-            payload(LambdaAction::Switchover, "main", Some("pg-2"), true)
-                .unwrap_err()
-                .exit_code(),
-            2
-        );
-        assert_eq!(
-            payload(LambdaAction::Status, "a b", None, false)
-                .unwrap_err()
-                .exit_code(),
-            2
-        );
-        assert_eq!(
-            payload(LambdaAction::Failover, "main", Some("x/y"), false)
-                .unwrap_err()
-                .exit_code(),
-            2
-        );
+        assert_eq!(payload(LambdaAction::Pause, "main", Some("pg-2"), false).unwrap_err().exit_code(), 2);
+        assert_eq!(payload(LambdaAction::Switchover, "main", Some("pg-2"), true).unwrap_err().exit_code(), 2);
+        assert_eq!(payload(LambdaAction::Status, "a b", None, false).unwrap_err().exit_code(), 2);
+        assert_eq!(payload(LambdaAction::Failover, "main", Some("x/y"), false).unwrap_err().exit_code(), 2);
     }
 
     #[test]
@@ -209,9 +168,6 @@ mod tests {
         assert_eq!(refused.exit_code(), 1);
         assert!(refused.to_string().contains("paused"));
         assert!(interpret_response(None, br#"{"accepted":true}"#).is_ok());
-        assert_eq!(
-            interpret_response(Some("Unhandled"), b"boom").unwrap_err().exit_code(),
-            1
-        );
+        assert_eq!(interpret_response(Some("Unhandled"), b"boom").unwrap_err().exit_code(), 1);
     }
 }

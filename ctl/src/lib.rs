@@ -240,11 +240,7 @@ pub async fn run_store_command(
         Command::History(args) => {
             let history = store.read_history(cluster).await?;
             if args.json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&history).map_err(anyhow::Error::from)?
-                )?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&history).map_err(anyhow::Error::from)?)?;
             } else {
                 write!(out, "{}", table::history_table(&history))?;
             }
@@ -261,53 +257,13 @@ pub async fn run_store_command(
             Ok(())
         }
         Command::Switchover(args) => {
-            request::act(
-                store,
-                cluster,
-                RequestAction::Switchover,
-                args.candidate,
-                false,
-                secs(args.wait.timeout),
-                out,
-            )
-            .await
+            request::act(store, cluster, RequestAction::Switchover, args.candidate, false, secs(args.wait.timeout), out).await
         }
         Command::Failover(args) => {
-            request::act(
-                store,
-                cluster,
-                RequestAction::Failover,
-                args.candidate,
-                args.force,
-                secs(args.wait.timeout),
-                out,
-            )
-            .await
+            request::act(store, cluster, RequestAction::Failover, args.candidate, args.force, secs(args.wait.timeout), out).await
         }
-        Command::Pause(args) => {
-            request::act(
-                store,
-                cluster,
-                RequestAction::Pause,
-                None,
-                false,
-                secs(args.timeout),
-                out,
-            )
-            .await
-        }
-        Command::Resume(args) => {
-            request::act(
-                store,
-                cluster,
-                RequestAction::Resume,
-                None,
-                false,
-                secs(args.timeout),
-                out,
-            )
-            .await
-        }
+        Command::Pause(args) => request::act(store, cluster, RequestAction::Pause, None, false, secs(args.timeout), out).await,
+        Command::Resume(args) => request::act(store, cluster, RequestAction::Resume, None, false, secs(args.timeout), out).await,
         Command::ShowConfig(args) => dynconfig::show(store, cluster, args.json, out).await,
         Command::EditConfig(args) => dynconfig::edit(store, cluster, &args.sets, args.dry_run, out).await,
         Command::Bootstrap(args) => dynconfig::bootstrap(store, cluster, &args.primary, &args.sets, out).await,
@@ -341,19 +297,10 @@ async fn list_cmd(store: &dyn Store, cluster: &str, args: ListArgs, out: &mut im
     }
 }
 
-fn print_view(
-    cluster: &str,
-    view: &pgdaemon_core::ClusterView,
-    json: bool,
-    out: &mut impl Write,
-) -> Result<(), CtlError> {
+fn print_view(cluster: &str, view: &pgdaemon_core::ClusterView, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
     if json {
         let doc = table::view_json(cluster, view);
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&doc).map_err(anyhow::Error::from)?
-        )?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc).map_err(anyhow::Error::from)?)?;
     } else {
         write!(out, "{}", table::member_table(cluster, view, table::now_ms()))?;
     }
@@ -364,12 +311,10 @@ async fn create_table_cmd(opts: &StoreOpts, out: &mut impl Write) -> Result<(), 
     let table = opts.table.clone().unwrap_or_else(|| "pgdaemon".into());
     validate_table_name(&table)?;
     let client = client_from_env(opts.region.as_deref(), opts.endpoint_url.as_deref()).await;
-    let outcome = create_table(&client, &table)
-        .await
-        .map_err(|e| match CtlError::from(e) {
-            CtlError::Unavailable(m) => CtlError::Unavailable(format!("creating table {table:?}: {m}")),
-            other => other,
-        })?;
+    let outcome = create_table(&client, &table).await.map_err(|e| match CtlError::from(e) {
+        CtlError::Unavailable(m) => CtlError::Unavailable(format!("creating table {table:?}: {m}")),
+        other => other,
+    })?;
     match outcome {
         TableOutcome::Created => writeln!(out, "created table {table} (TTL on expire_at)")?,
         TableOutcome::AlreadyExisted => writeln!(out, "table {table} already exists; nothing to do")?,
@@ -379,9 +324,7 @@ async fn create_table_cmd(opts: &StoreOpts, out: &mut impl Write) -> Result<(), 
 
 /// DynamoDB's naming rule, checked before any request (bad input changes nothing).
 fn validate_table_name(name: &str) -> Result<(), CtlError> {
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if !(3..=255).contains(&name.len()) || !ok_chars {
         return Err(CtlError::Usage(format!(
             "table name {name:?} must be 3 to 255 characters of letters, digits, '_', '-' and '.'"
@@ -423,23 +366,13 @@ mod tests {
         assert!(Cmd::try_parse_from(["pgdctl", "failover", "--force"]).is_err());
         assert!(Cmd::try_parse_from(["pgdctl", "failover", "--force", "--candidate", "b"]).is_ok());
         assert!(Cmd::try_parse_from(["pgdctl", "pause", "--timeout", "0"]).is_err());
-        assert!(
-            Cmd::try_parse_from(["pgdctl", "edit-config"]).is_err(),
-            "--set is required"
-        );
+        assert!(Cmd::try_parse_from(["pgdctl", "edit-config"]).is_err(), "--set is required");
     }
 
     #[tokio::test]
     async fn bad_table_name_is_refused_before_any_request() {
-        let cmd = Cmd::try_parse_from([
-            "pgdctl",
-            "create-table",
-            "--table",
-            "a/b",
-            "--endpoint-url",
-            "http://127.0.0.1:1",
-        ])
-        .unwrap();
+        let cmd =
+            Cmd::try_parse_from(["pgdctl", "create-table", "--table", "a/b", "--endpoint-url", "http://127.0.0.1:1"]).unwrap();
         let err = run(cmd, &mut Vec::new()).await.unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("table name"), "{err:#}");

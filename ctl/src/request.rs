@@ -42,11 +42,7 @@ pub fn precheck(view: &ClusterView, action: RequestAction, candidate: Option<&st
     if let Some(t) = &record.transition {
         return Err(format!(
             "a {} to {} (term {}) is already in progress",
-            if t.kind == TransitionKind::Failover {
-                "failover"
-            } else {
-                "switchover"
-            },
+            if t.kind == TransitionKind::Failover { "failover" } else { "switchover" },
             t.candidate,
             t.term
         ));
@@ -60,10 +56,7 @@ pub fn precheck(view: &ClusterView, action: RequestAction, candidate: Option<&st
         }
         if !view.members.contains_key(c) {
             let known: Vec<&str> = view.members.keys().map(String::as_str).collect();
-            return Err(format!(
-                "{c} is not a member of the cluster (members: {})",
-                known.join(", ")
-            ));
+            return Err(format!("{c} is not a member of the cluster (members: {})", known.join(", ")));
         }
     }
     Ok(())
@@ -83,32 +76,21 @@ pub async fn submit(store: &dyn Store, cluster: &str, request: &ManualRequest) -
             Err(e) => return Err(e.into()),
         }
     }
-    Err(CtlError::Refused(format!(
-        "the cluster record kept changing; tried {CAS_ATTEMPTS} times"
-    )))
+    Err(CtlError::Refused(format!("the cluster record kept changing; tried {CAS_ATTEMPTS} times")))
 }
 
 /// Waits for the coordinator's answer to request `id`. On timeout the request is withdrawn (if
 /// still pending) so that a forgotten failover never fires later by surprise.
-pub async fn wait_answer(
-    store: &dyn Store,
-    cluster: &str,
-    id: &str,
-    timeout: Duration,
-) -> Result<RequestOutcome, CtlError> {
+pub async fn wait_answer(store: &dyn Store, cluster: &str, id: &str, timeout: Duration) -> Result<RequestOutcome, CtlError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let record = store
-            .read_cluster(cluster)
-            .await?
-            .ok_or_else(|| CtlError::Refused("the cluster record disappeared".into()))?;
+        let record =
+            store.read_cluster(cluster).await?.ok_or_else(|| CtlError::Refused("the cluster record disappeared".into()))?;
         if let Some(o) = record.last_request.as_ref().filter(|o| o.id == id) {
             return Ok(o.clone());
         }
         if record.request.as_ref().is_none_or(|q| q.id != id) {
-            return Err(CtlError::Refused(format!(
-                "request {id} was removed without an answer (by another operator?)"
-            )));
+            return Err(CtlError::Refused(format!("request {id} was removed without an answer (by another operator?)")));
         }
         if Instant::now() >= deadline {
             return withdraw(store, cluster, id, timeout).await;
@@ -143,10 +125,7 @@ async fn withdraw(store: &dyn Store, cluster: &str, id: &str, timeout: Duration)
             Err(e) => return Err(e.into()),
         }
     }
-    Err(CtlError::Timeout(format!(
-        "no answer to request {id} within {:.0}s",
-        timeout.as_secs_f64()
-    )))
+    Err(CtlError::Timeout(format!("no answer to request {id} within {:.0}s", timeout.as_secs_f64())))
 }
 
 /// After an accepted switchover/failover: waits until the transition it started has finished.
@@ -155,10 +134,8 @@ pub async fn wait_transition(store: &dyn Store, cluster: &str, deadline: Instant
     let mut target_term: Option<u64> = None;
     let mut last_step = None;
     loop {
-        let record = store
-            .read_cluster(cluster)
-            .await?
-            .ok_or_else(|| CtlError::Refused("the cluster record disappeared".into()))?;
+        let record =
+            store.read_cluster(cluster).await?.ok_or_else(|| CtlError::Refused("the cluster record disappeared".into()))?;
         match &record.transition {
             Some(t) if target_term.is_none_or(|term| term == t.term) => {
                 target_term = Some(t.term);
@@ -185,9 +162,7 @@ pub async fn wait_transition(store: &dyn Store, cluster: &str, deadline: Instant
             let where_ = record
                 .transition
                 .as_ref()
-                .map_or("no primary designated yet".to_string(), |t| {
-                    format!("at step {:?} towards {}", t.step, t.candidate)
-                });
+                .map_or("no primary designated yet".to_string(), |t| format!("at step {:?} towards {}", t.step, t.candidate));
             return Err(CtlError::Timeout(format!(
                 "the change of primary started but has not finished ({where_}); watch it with `pgdctl list --watch`"
             )));
@@ -211,13 +186,7 @@ pub async fn act(
     }
     let started = Instant::now();
     let deadline = started + timeout;
-    let request = ManualRequest {
-        id: uuid::Uuid::new_v4().to_string(),
-        action,
-        candidate,
-        force,
-        requested_ms: now_ms(),
-    };
+    let request = ManualRequest { id: uuid::Uuid::new_v4().to_string(), action, candidate, force, requested_ms: now_ms() };
     submit(store, cluster, &request).await?;
     let outcome = wait_answer(store, cluster, &request.id, timeout).await?;
     let verb = format!("{:?}", action).to_lowercase();
@@ -227,11 +196,7 @@ pub async fn act(
     writeln!(out, "{verb} accepted: {}", outcome.reason)?;
     if matches!(action, RequestAction::Failover | RequestAction::Switchover) {
         let (primary, term) = wait_transition(store, cluster, deadline).await?;
-        writeln!(
-            out,
-            "ok: {verb} done: {primary} is the primary in term {term} ({:.1}s)",
-            started.elapsed().as_secs_f64()
-        )?;
+        writeln!(out, "ok: {verb} done: {primary} is the primary in term {term} ({:.1}s)", started.elapsed().as_secs_f64())?;
     } else {
         writeln!(out, "ok: {verb}")?;
     }
@@ -246,10 +211,7 @@ mod tests {
     fn view(paused: bool) -> ClusterView {
         let mut r = ClusterRecord::bootstrap("a", DynamicConfig::default());
         r.paused = paused;
-        let mut v = ClusterView {
-            cluster: Some(r),
-            ..Default::default()
-        };
+        let mut v = ClusterView { cluster: Some(r), ..Default::default() };
         for n in ["a", "b"] {
             v.members.insert(n.into(), MemberStatus::new(n));
         }
@@ -258,40 +220,20 @@ mod tests {
 
     #[test]
     fn precheck_refuses_with_reasons() {
-        assert!(precheck(&ClusterView::default(), RequestAction::Pause, None)
-            .unwrap_err()
-            .contains("bootstrapped"));
-        assert!(precheck(&view(true), RequestAction::Failover, None)
-            .unwrap_err()
-            .contains("paused"));
+        assert!(precheck(&ClusterView::default(), RequestAction::Pause, None).unwrap_err().contains("bootstrapped"));
+        assert!(precheck(&view(true), RequestAction::Failover, None).unwrap_err().contains("paused"));
         assert!(precheck(&view(true), RequestAction::Resume, None).is_ok());
-        assert!(precheck(&view(false), RequestAction::Switchover, Some("a"))
-            .unwrap_err()
-            .contains("already the primary"));
-        assert!(precheck(&view(false), RequestAction::Switchover, Some("zz"))
-            .unwrap_err()
-            .contains("not a member"));
+        assert!(precheck(&view(false), RequestAction::Switchover, Some("a")).unwrap_err().contains("already the primary"));
+        assert!(precheck(&view(false), RequestAction::Switchover, Some("zz")).unwrap_err().contains("not a member"));
         assert!(precheck(&view(false), RequestAction::Switchover, Some("b")).is_ok());
     }
 
     #[tokio::test]
     async fn unanswered_request_times_out_and_is_withdrawn() {
         let store = MemoryStore::new();
-        store
-            .write_cluster("c", None, &ClusterRecord::bootstrap("a", DynamicConfig::default()))
-            .await
-            .unwrap();
-        let err = act(
-            &store,
-            "c",
-            RequestAction::Pause,
-            None,
-            false,
-            Duration::from_millis(300),
-            &mut Vec::new(),
-        )
-        .await
-        .unwrap_err();
+        store.write_cluster("c", None, &ClusterRecord::bootstrap("a", DynamicConfig::default())).await.unwrap();
+        let err =
+            act(&store, "c", RequestAction::Pause, None, false, Duration::from_millis(300), &mut Vec::new()).await.unwrap_err();
         assert_eq!(err.exit_code(), 4, "{err}");
         let record = store.read_cluster("c").await.unwrap().unwrap();
         assert!(record.request.is_none(), "withdrawn");
@@ -301,10 +243,7 @@ mod tests {
     #[tokio::test]
     async fn answered_refusal_exits_1_with_the_reason() {
         let store = std::sync::Arc::new(MemoryStore::new());
-        store
-            .write_cluster("c", None, &ClusterRecord::bootstrap("a", DynamicConfig::default()))
-            .await
-            .unwrap();
+        store.write_cluster("c", None, &ClusterRecord::bootstrap("a", DynamicConfig::default())).await.unwrap();
         // A stand-in coordinator: answers whatever request appears with a refusal.
         let s2 = store.clone();
         let answerer = tokio::spawn(async move {
@@ -324,17 +263,9 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
-        let err = act(
-            store.as_ref(),
-            "c",
-            RequestAction::Failover,
-            None,
-            false,
-            Duration::from_secs(5),
-            &mut Vec::new(),
-        )
-        .await
-        .unwrap_err();
+        let err = act(store.as_ref(), "c", RequestAction::Failover, None, false, Duration::from_secs(5), &mut Vec::new())
+            .await
+            .unwrap_err();
         answerer.await.unwrap();
         assert_eq!(err.exit_code(), 1);
         assert!(err.to_string().contains("no eligible candidate: b: stale"), "{err}");

@@ -49,8 +49,8 @@ impl StoreOpts {
     pub fn resolve(&self) -> Result<(StoreConfig, String), CtlError> {
         let (file_store, file_cluster) = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| CtlError::Usage(format!("cannot read {}: {e}", path.display())))?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| CtlError::Usage(format!("cannot read {}: {e}", path.display())))?;
                 from_config_text(&text).map_err(|e| CtlError::Usage(format!("{}: {e}", path.display())))?
             }
             None => (None, None),
@@ -77,9 +77,7 @@ impl StoreOpts {
             })?,
         };
         if matches!(store, StoreConfig::Memory {}) {
-            return Err(CtlError::Usage(
-                "the memory store lives inside one process; pgdctl cannot reach it".into(),
-            ));
+            return Err(CtlError::Usage("the memory store lives inside one process; pgdctl cannot reach it".into()));
         }
         store.validate().map_err(|e| CtlError::Usage(e.to_string()))?;
         let cluster = self
@@ -123,33 +121,16 @@ mod tests {
         };
         let (store, cluster) = opts.resolve().unwrap();
         assert_eq!(cluster, "demo");
-        assert_eq!(
-            store,
-            StoreConfig::Etcd {
-                endpoints: vec!["http://127.0.0.1:2379".into()],
-                prefix: "/pgdaemon".into()
-            }
-        );
+        assert_eq!(store, StoreConfig::Etcd { endpoints: vec!["http://127.0.0.1:2379".into()], prefix: "/pgdaemon".into() });
     }
 
     #[test]
     fn missing_parts_are_usage_errors() {
-        let no_store = StoreOpts {
-            cluster: Some("demo".into()),
-            ..Default::default()
-        };
+        let no_store = StoreOpts { cluster: Some("demo".into()), ..Default::default() };
         assert_eq!(no_store.resolve().unwrap_err().exit_code(), 2);
-        let no_endpoints = StoreOpts {
-            backend: Some(Backend::Etcd),
-            cluster: Some("d".into()),
-            ..Default::default()
-        };
+        let no_endpoints = StoreOpts { backend: Some(Backend::Etcd), cluster: Some("d".into()), ..Default::default() };
         assert!(no_endpoints.resolve().unwrap_err().to_string().contains("--endpoints"));
-        let bad_cluster = StoreOpts {
-            backend: Some(Backend::Dynamodb),
-            cluster: Some("a/b".into()),
-            ..Default::default()
-        };
+        let bad_cluster = StoreOpts { backend: Some(Backend::Dynamodb), cluster: Some("a/b".into()), ..Default::default() };
         assert_eq!(bad_cluster.resolve().unwrap_err().exit_code(), 2);
     }
 
@@ -160,25 +141,15 @@ mod tests {
         assert_eq!(cluster.as_deref(), Some("main"));
         assert_eq!(
             store,
-            Some(StoreConfig::Dynamodb {
-                table: "tbl".into(),
-                region: None,
-                endpoint_url: Some("http://127.0.0.1:5000".into())
-            })
+            Some(StoreConfig::Dynamodb { table: "tbl".into(), region: None, endpoint_url: Some("http://127.0.0.1:5000".into()) })
         );
         let dir = tempfile_path("pgdctl-config");
         std::fs::write(&dir, text).unwrap();
-        let opts = StoreOpts {
-            config: Some(dir.clone()),
-            cluster: Some("other".into()),
-            ..Default::default()
-        };
+        let opts = StoreOpts { config: Some(dir.clone()), cluster: Some("other".into()), ..Default::default() };
         let (_, cluster) = opts.resolve().unwrap();
         assert_eq!(cluster, "other");
         let _ = std::fs::remove_file(dir);
-        assert!(from_config_text("[store]\nbackend = \"etcd\"\nendpoints = 3\n")
-            .unwrap_err()
-            .contains("[store]"));
+        assert!(from_config_text("[store]\nbackend = \"etcd\"\nendpoints = 3\n").unwrap_err().contains("[store]"));
     }
 
     fn tempfile_path(prefix: &str) -> PathBuf {

@@ -9,9 +9,7 @@ use serde_json::json;
 
 /// Wall-clock now in ms since the epoch (display only: liveness is never judged by it).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `HH:MM:SS` UTC, for progress lines.
@@ -40,9 +38,7 @@ pub struct Row {
 pub fn rows(view: &ClusterView, now_ms: u64) -> Vec<Row> {
     let record = view.cluster.as_ref();
     let lease_owner = view.leader.as_ref().filter(|l| !l.is_free()).map(|l| l.owner.as_str());
-    let stale_ms = record.map_or(4_000, |r| {
-        (3 * r.config.probe_interval_ms).max(2 * r.config.renew_interval_ms)
-    });
+    let stale_ms = record.map_or(4_000, |r| (3 * r.config.probe_interval_ms).max(2 * r.config.renew_interval_ms));
     view.members
         .values()
         .map(|m| {
@@ -72,18 +68,10 @@ pub fn rows(view: &ClusterView, now_ms: u64) -> Vec<Row> {
             }
             Row {
                 member: m.name.clone(),
-                host: if m.pg_host.is_empty() {
-                    "-".into()
-                } else {
-                    format!("{}:{}", m.pg_host, m.pg_port)
-                },
+                host: if m.pg_host.is_empty() { "-".into() } else { format!("{}:{}", m.pg_host, m.pg_port) },
                 role: role.into(),
                 state,
-                timeline: if m.timeline == 0 {
-                    "-".into()
-                } else {
-                    m.timeline.to_string()
-                },
+                timeline: if m.timeline == 0 { "-".into() } else { m.timeline.to_string() },
                 lag_mb: lag,
                 tags: tags.join(","),
                 version: if m.agent_version.is_empty() { "-".into() } else { m.agent_version.clone() },
@@ -110,9 +98,8 @@ pub fn mixed_versions(view: &ClusterView) -> Option<String> {
         let v = if m.agent_version.is_empty() { "unknown" } else { m.agent_version.as_str() };
         by_version.entry(v).or_default().push(&m.name);
     }
-    (by_version.len() > 1).then(|| {
-        by_version.iter().map(|(v, names)| format!("{v} on {}", names.join(", "))).collect::<Vec<_>>().join("; ")
-    })
+    (by_version.len() > 1)
+        .then(|| by_version.iter().map(|(v, names)| format!("{v} on {}", names.join(", "))).collect::<Vec<_>>().join("; "))
 }
 
 fn state(m: &MemberStatus, age_ms: u64, stale_ms: u64) -> String {
@@ -147,11 +134,7 @@ pub fn member_table(cluster: &str, view: &ClusterView, now_ms: u64) -> String {
                 "+ Cluster: {cluster} | term {} | primary {} | {lease}{} +",
                 r.term,
                 r.primary.as_deref().unwrap_or("(none)"),
-                if r.paused {
-                    " | PAUSED (no automatic failover)"
-                } else {
-                    ""
-                }
+                if r.paused { " | PAUSED (no automatic failover)" } else { "" }
             );
             if let Some(t) = &r.transition {
                 let _ = writeln!(
@@ -167,13 +150,7 @@ pub fn member_table(cluster: &str, view: &ClusterView, now_ms: u64) -> String {
                 );
             }
             if let Some(q) = &r.request {
-                let _ = writeln!(
-                    s,
-                    "  request pending: {:?} {} ({})",
-                    q.action,
-                    q.candidate.as_deref().unwrap_or(""),
-                    q.id
-                );
+                let _ = writeln!(s, "  request pending: {:?} {} ({})", q.action, q.candidate.as_deref().unwrap_or(""), q.id);
             }
         }
     }
@@ -264,11 +241,7 @@ pub fn history_table(history: &[HistoryEntry]) -> String {
         s.push_str("no promotions recorded yet\n");
         return s;
     }
-    let _ = writeln!(
-        s,
-        "{:>5}  {:<10}  {:<12}  {:<12}  {:<12}  {:>9}  reason",
-        "term", "kind", "old", "new", "lsn", "took"
-    );
+    let _ = writeln!(s, "{:>5}  {:<10}  {:<12}  {:<12}  {:<12}  {:>9}  reason", "term", "kind", "old", "new", "lsn", "took");
     for h in history {
         let _ = writeln!(
             s,
@@ -336,21 +309,12 @@ mod tests {
     fn table_shows_leader_lag_tags_and_stale_members() {
         let mut view = ClusterView {
             cluster: Some(ClusterRecord::bootstrap("a", DynamicConfig::default())),
-            leader: Some(LeaderLease {
-                owner: "a".into(),
-                term: 1,
-                rvn: "r".into(),
-                lease_ms: 10_000,
-                released: false,
-            }),
+            leader: Some(LeaderLease { owner: "a".into(), term: 1, rvn: "r".into(), lease_ms: 10_000, released: false }),
             ..Default::default()
         };
         view.members.insert("a".into(), member("a", Role::Primary, None));
         let mut b = member("b", Role::Replica, Some(3 * 1024 * 1024 / 2));
-        b.tags = MemberTags {
-            nofailover: true,
-            priority: 0,
-        };
+        b.tags = MemberTags { nofailover: true, priority: 0 };
         view.members.insert("b".into(), b);
         let mut c = member("c", Role::Replica, None);
         c.pg_running = false;
@@ -370,10 +334,8 @@ mod tests {
 
     #[test]
     fn table_shows_versions_mixed_version_warning_and_unreadable_records() {
-        let mut view = ClusterView {
-            cluster: Some(ClusterRecord::bootstrap("a", DynamicConfig::default())),
-            ..Default::default()
-        };
+        let mut view =
+            ClusterView { cluster: Some(ClusterRecord::bootstrap("a", DynamicConfig::default())), ..Default::default() };
         for (name, version) in [("a", "0.1.0"), ("b", "0.1.0")] {
             let mut m = member(name, Role::Replica, Some(0));
             m.agent_version = version.into();
@@ -384,10 +346,8 @@ mod tests {
         assert!(!text.contains("WARNING"), "one version, nothing unreadable: {text}");
 
         view.members.get_mut("b").unwrap().agent_version = "0.2.0".into();
-        view.unreadable.push(pgdaemon_core::UnreadableItem {
-            item: "member#zz".into(),
-            error: "unknown variant `witness`".into(),
-        });
+        view.unreadable
+            .push(pgdaemon_core::UnreadableItem { item: "member#zz".into(), error: "unknown variant `witness`".into() });
         let rows = rows(&view, 11_000);
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[1].version, "0.2.0");

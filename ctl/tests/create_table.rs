@@ -26,11 +26,7 @@ fn create_table_is_idempotent() {
     assert!(String::from_utf8_lossy(&first.stdout).contains("created table pgd-ctl-test"));
     let second = pgdctl(&moto, "pgd-ctl-test");
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
-    assert!(
-        String::from_utf8_lossy(&second.stdout).contains("already exists"),
-        "{}",
-        String::from_utf8_lossy(&second.stdout)
-    );
+    assert!(String::from_utf8_lossy(&second.stdout).contains("already exists"), "{}", String::from_utf8_lossy(&second.stdout));
 }
 
 #[test]
@@ -45,10 +41,6 @@ fn unreachable_endpoint_fails_quickly_with_a_clear_error() {
         .output()
         .expect("run pgdctl");
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("store unavailable"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store unavailable"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
 }

@@ -14,9 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
 use pgdaemon_core::codec::{self, check_acquire, check_cluster, decode, encode};
 use pgdaemon_core::events::Event;
 use pgdaemon_core::{
@@ -212,9 +210,7 @@ fn decode_items<T: serde::de::DeserializeOwned>(cluster: &str, base: &str, kvs: 
 fn map_error(what: &str, e: etcd_client::Error) -> StoreError {
     match &e {
         // gRPC INVALID_ARGUMENT (3): etcd refused the request itself (e.g. too large).
-        etcd_client::Error::GRpcStatus(s) if s.code() as i32 == 3 => {
-            StoreError::Invalid(format!("etcd {what}: {}", s.message()))
-        }
+        etcd_client::Error::GRpcStatus(s) if s.code() as i32 == 3 => StoreError::Invalid(format!("etcd {what}: {}", s.message())),
         _ => StoreError::Unavailable(format!("etcd {what}: {e}")),
     }
 }
@@ -356,10 +352,7 @@ impl Store for EtcdStore {
         let current: Option<ClusterRecord> = kv.as_ref().map(|kv| decode(item, kv.value())).transpose()?;
         let stored_version = current.as_ref().map(|c| c.version);
         if stored_version != expected_version {
-            return Err(StoreError::conflict(
-                item,
-                format!("expected version {expected_version:?}, stored {stored_version:?}"),
-            ));
+            return Err(StoreError::conflict(item, format!("expected version {expected_version:?}, stored {stored_version:?}")));
         }
         let stored = ClusterRecord { version: stored_version.unwrap_or(0) + 1, ..record.clone() };
         let key = self.key(cluster, item);
@@ -414,10 +407,7 @@ impl Store for EtcdStore {
         let mut client = self.client.clone();
         // Keys sort by term: history items carry it zero-padded.
         let mut resp = self
-            .call(
-                "read history",
-                client.get(format!("{base}{}", keys::HISTORY_PREFIX), Some(GetOptions::new().with_prefix())),
-            )
+            .call("read history", client.get(format!("{base}{}", keys::HISTORY_PREFIX), Some(GetOptions::new().with_prefix())))
             .await?;
         Ok(decode_items(cluster, &base, resp.take_kvs()))
     }
@@ -426,9 +416,11 @@ impl Store for EtcdStore {
         let item = codec::event_item(cluster, event)?;
         let key = self.key(cluster, &item);
         // Put only if absent: a retried append of a logged event changes nothing and is `Ok`.
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, encode(&item, event)?, None)]);
+        let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
+            key,
+            encode(&item, event)?,
+            None,
+        )]);
         self.txn(&format!("append {item}"), txn).await?;
         Ok(())
     }

@@ -73,7 +73,9 @@ impl Fencer for HttpDemoteFencer {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {
-            return FenceStatus::Failed { detail: format!("POST {url}: HTTP {status}: {}", text.chars().take(300).collect::<String>()) };
+            return FenceStatus::Failed {
+                detail: format!("POST {url}: HTTP {status}: {}", text.chars().take(300).collect::<String>()),
+            };
         }
         let json: serde_json::Value = match serde_json::from_str(&text) {
             Ok(v) => v,
@@ -146,7 +148,9 @@ impl Fencer for CommandFencer {
             Ok(Err(e)) => return FenceStatus::Failed { detail: format!("cannot run the fence command: {e}") },
             Ok(Ok(out)) => out,
         };
-        let tail = |b: &[u8]| String::from_utf8_lossy(b).trim().chars().rev().take(300).collect::<String>().chars().rev().collect::<String>();
+        let tail = |b: &[u8]| {
+            String::from_utf8_lossy(b).trim().chars().rev().take(300).collect::<String>().chars().rev().collect::<String>()
+        };
         if out.status.success() {
             FenceStatus::Confirmed { detail: format!("fence command succeeded: {}", tail(&out.stdout)), lsn: None }
         } else {
@@ -169,7 +173,10 @@ mod tests {
 
     #[tokio::test]
     async fn command_exit_status_decides_and_sees_the_target() {
-        let ok = CommandFencer::new("test \"$PGDAEMON_FENCE_MEMBER/$PGDAEMON_FENCE_TERM/$PGDAEMON_FENCE_PG_PORT\" = n1/7/5432 && echo stopped", Duration::from_secs(5));
+        let ok = CommandFencer::new(
+            "test \"$PGDAEMON_FENCE_MEMBER/$PGDAEMON_FENCE_TERM/$PGDAEMON_FENCE_PG_PORT\" = n1/7/5432 && echo stopped",
+            Duration::from_secs(5),
+        );
         match ok.fence(&target(""), None).await {
             FenceStatus::Confirmed { detail, .. } => assert!(detail.contains("stopped"), "{detail}"),
             other => panic!("{other:?}"),
@@ -200,14 +207,19 @@ mod tests {
                 if let Some(end) = text.find("\r\n\r\n") {
                     let len = text
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
+                        })
                         .unwrap_or(0);
                     if got.len() >= end + 4 + len || n == 0 {
                         break;
                     }
                 }
             }
-            let resp = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
             sock.write_all(resp.as_bytes()).await.unwrap();
             String::from_utf8_lossy(&got).to_string()
         });

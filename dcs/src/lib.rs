@@ -32,9 +32,7 @@ pub async fn connect(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError>
         #[cfg(feature = "etcd")]
         StoreConfig::Etcd { endpoints, prefix } => Ok(Arc::new(EtcdStore::connect(endpoints, prefix).await?)),
         #[cfg(not(feature = "etcd"))]
-        StoreConfig::Etcd { .. } => {
-            Err(StoreError::Invalid("this build has no etcd backend (cargo feature `etcd`)".into()))
-        }
+        StoreConfig::Etcd { .. } => Err(StoreError::Invalid("this build has no etcd backend (cargo feature `etcd`)".into())),
         #[cfg(feature = "dynamodb")]
         StoreConfig::Dynamodb { table, region, endpoint_url } => {
             Ok(Arc::new(DynamoDbStore::connect(table, region.as_deref(), endpoint_url.as_deref()).await))

@@ -26,12 +26,7 @@ impl Dynamo {
     }
 
     fn sdk_client(&self) -> aws_sdk_dynamodb::Client {
-        emulator_client(
-            &self.server().endpoint(),
-            MotoServer::REGION,
-            MotoServer::ACCESS_KEY_ID,
-            MotoServer::SECRET_ACCESS_KEY,
-        )
+        emulator_client(&self.server().endpoint(), MotoServer::REGION, MotoServer::ACCESS_KEY_ID, MotoServer::SECRET_ACCESS_KEY)
     }
 
     async fn create_table(&self) {

@@ -27,15 +27,10 @@ pub enum Backend {
 
 /// Short timings for drills (lease 3 s); `bench` uses the defaults.
 pub fn drill_sets() -> Vec<String> {
-    [
-        "lease_ms=3000",
-        "renew_interval_ms=1000",
-        "safety_margin_ms=500",
-        "probe_interval_ms=500",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ["lease_ms=3000", "renew_interval_ms=1000", "safety_margin_ms=500", "probe_interval_ms=500"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn workspace_root() -> PathBuf {
@@ -115,14 +110,7 @@ pub fn agent_binary() -> Result<PathBuf> {
     let root = workspace_root();
     let target = target_dir();
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "pgdaemon-agent",
-            "--bin",
-            "pgdaemon-agent",
-        ])
+        .args(["build", "-q", "-p", "pgdaemon-agent", "--bin", "pgdaemon-agent"])
         .current_dir(&root)
         .status()
         .context("cargo build -p pgdaemon-agent")?;
@@ -164,10 +152,7 @@ impl Drill {
         let (etcd, moto, store_config) = match backend {
             Backend::Etcd => {
                 let e = EtcdServer::start()?;
-                let cfg = StoreConfig::Etcd {
-                    endpoints: vec![e.endpoint()],
-                    prefix: "/pgdaemon".into(),
-                };
+                let cfg = StoreConfig::Etcd { endpoints: vec![e.endpoint()], prefix: "/pgdaemon".into() };
                 (Some(e), None, cfg)
             }
             Backend::Dynamodb => {
@@ -205,15 +190,7 @@ impl Drill {
         )
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
-        let mut drill = Drill {
-            cluster,
-            store,
-            store_config,
-            pg,
-            agents: BTreeMap::new(),
-            _etcd: etcd,
-            _moto: moto,
-        };
+        let mut drill = Drill { cluster, store, store_config, pg, agents: BTreeMap::new(), _etcd: etcd, _moto: moto };
         drill.write_fence_script()?;
         for n in ["pg-1", "pg-2", "pg-3"] {
             drill.write_agent_config(n, build.clone())?;
@@ -229,11 +206,7 @@ impl Drill {
 
     fn write_fence_script(&self) -> Result<()> {
         let bin = self.pg.bin_dir().display().to_string();
-        let run_as = self
-            .pg
-            .run_as()
-            .map(|u| format!("runuser -u {u} -- "))
-            .unwrap_or_default();
+        let run_as = self.pg.run_as().map(|u| format!("runuser -u {u} -- ")).unwrap_or_default();
         let text = format!(
             "#!/bin/sh\nD=\"{dir}/$PGDAEMON_FENCE_MEMBER\"\n\
              if [ -f \"$D/postmaster.pid\" ]; then pid=$(head -1 \"$D/postmaster.pid\"); \
@@ -243,10 +216,7 @@ impl Drill {
             dir = self.pg.dir().display()
         );
         std::fs::write(self.fence_script(), text)?;
-        Command::new("chmod")
-            .arg("755")
-            .arg(self.fence_script())
-            .status()?;
+        Command::new("chmod").arg("755").arg(self.fence_script()).status()?;
         Ok(())
     }
 
@@ -304,16 +274,8 @@ impl Drill {
         );
         let config = dir.join(format!("{n}.toml"));
         std::fs::write(&config, text)?;
-        self.agents.insert(
-            n.to_string(),
-            Agent {
-                config,
-                log: dir.join(format!("{n}.agent.log")),
-                api_port,
-                build,
-                child: None,
-            },
-        );
+        self.agents
+            .insert(n.to_string(), Agent { config, log: dir.join(format!("{n}.agent.log")), api_port, build, child: None });
         Ok(())
     }
 
@@ -324,10 +286,7 @@ impl Drill {
         if a.child.is_some() {
             return Ok(());
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&a.log)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&a.log)?;
         let child = Command::new(bin)
             .arg("--config")
             .arg(&a.config)
@@ -399,11 +358,7 @@ impl Drill {
                 }
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "cluster not healthy within {timeout:?}: {:#?}\n{}",
-                    self.view().await.ok(),
-                    self.logs()
-                );
+                bail!("cluster not healthy within {timeout:?}: {:#?}\n{}", self.view().await.ok(), self.logs());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -422,9 +377,7 @@ impl Drill {
                 .filter(|n| n.name != primary && self.pg.pid(&n.name).is_some())
                 .filter(|n| {
                     let q = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
-                    self.pg
-                        .try_sql(&n.name, &q)
-                        .map_or(true, |r| r.trim() != "t")
+                    self.pg.try_sql(&n.name, &q).map_or(true, |r| r.trim() != "t")
                 })
                 .map(|n| n.name.clone())
                 .collect();
@@ -444,7 +397,9 @@ impl Drill {
             .nodes()
             .iter()
             .filter(|n| {
-                self.pg.try_sql(&n.name, "CREATE TABLE IF NOT EXISTS drill_probe (x int); INSERT INTO drill_probe VALUES (1)").is_ok()
+                self.pg
+                    .try_sql(&n.name, "CREATE TABLE IF NOT EXISTS drill_probe (x int); INSERT INTO drill_probe VALUES (1)")
+                    .is_ok()
             })
             .map(|n| n.name.clone())
             .collect()
@@ -456,19 +411,13 @@ impl Drill {
         for (n, a) in &self.agents {
             let text = std::fs::read_to_string(&a.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            s.push_str(&format!(
-                "--- {n} agent log (tail)\n{}\n",
-                lines[lines.len().saturating_sub(25)..].join("\n")
-            ));
+            s.push_str(&format!("--- {n} agent log (tail)\n{}\n", lines[lines.len().saturating_sub(25)..].join("\n")));
         }
         s
     }
 
     /// Runs a pgdctl command in-process against this drill's store.
-    pub async fn pgdctl(
-        &self,
-        args: &[&str],
-    ) -> std::result::Result<String, pgdaemon_ctl::CtlError> {
+    pub async fn pgdctl(&self, args: &[&str]) -> std::result::Result<String, pgdaemon_ctl::CtlError> {
         use clap_free::parse;
         let cmd = parse(args)?;
         let mut out = Vec::new();

@@ -61,7 +61,9 @@ async fn connect(port: u16) -> Result<tokio_postgres::Client> {
 async fn writable(members: &[(String, u16)]) -> Option<tokio_postgres::Client> {
     for (_, port) in members {
         let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(3), connect(*port)).await else { continue };
-        if let Ok(Ok(row)) = tokio::time::timeout(Duration::from_secs(2), client.query_one("SELECT pg_is_in_recovery()", &[])).await {
+        if let Ok(Ok(row)) =
+            tokio::time::timeout(Duration::from_secs(2), client.query_one("SELECT pg_is_in_recovery()", &[])).await
+        {
             if !row.get::<_, bool>(0) {
                 return Some(client);
             }

@@ -51,7 +51,9 @@ impl<P: ParameterApi> TokenHttpFencer<P> {
                 let header = HeaderValue::from_str(&format!("Bearer {token}"))
                     .ok()
                     .filter(|_| !token.is_empty() && token.trim() == token)
-                    .ok_or_else(|| "the value is not a usable token (printable characters, no surrounding whitespace)".to_string())?;
+                    .ok_or_else(|| {
+                        "the value is not a usable token (printable characters, no surrounding whitespace)".to_string()
+                    })?;
                 Ok(HttpDemoteFencer::new(self.timeout).with_authorization(Some(header)))
             })
             .await

@@ -74,13 +74,19 @@ pub trait SsmApi: Send + Sync {
 fn check_tag(info: &InstanceInfo, key: &str, target: &FenceTarget, id: &str) -> Result<(), FenceStatus> {
     match info.tags.get(key) {
         Some(v) if *v == target.cluster => Ok(()),
-        Some(v) => Err(FenceStatus::Refused { detail: format!("instance {id} is tagged {key}={v}, not {}: refusing to touch it", target.cluster) }),
+        Some(v) => Err(FenceStatus::Refused {
+            detail: format!("instance {id} is tagged {key}={v}, not {}: refusing to touch it", target.cluster),
+        }),
         None => Err(FenceStatus::Refused { detail: format!("instance {id} has no {key} tag: refusing to touch it") }),
     }
 }
 
 /// Looks the instance up and checks the cluster tag. `Err` is the fencer's answer.
-async fn tagged_instance<E: Ec2Api + ?Sized>(ec2: &E, tag_key: &str, target: &FenceTarget) -> Result<(String, InstanceInfo), FenceStatus> {
+async fn tagged_instance<E: Ec2Api + ?Sized>(
+    ec2: &E,
+    tag_key: &str,
+    target: &FenceTarget,
+) -> Result<(String, InstanceInfo), FenceStatus> {
     let Some(id) = target.instance_id.clone().filter(|i| !i.is_empty()) else {
         return Err(FenceStatus::Refused { detail: format!("{} reports no instance id", target.member) });
     };
@@ -129,10 +135,16 @@ impl<E: Ec2Api> Fencer for Ec2Fencer<E> {
             return FenceStatus::Failed { detail: format!("StopInstances {id}: {e}") };
         }
         match self.ec2.describe(&id).await {
-            Ok(Some(after)) if is_down(&after.state) => FenceStatus::Confirmed { detail: format!("instance {id} is {}", after.state), lsn: None },
-            Ok(Some(after)) => FenceStatus::Pending { handle: id.clone(), detail: format!("stop requested; instance {id} is {}", after.state) },
+            Ok(Some(after)) if is_down(&after.state) => {
+                FenceStatus::Confirmed { detail: format!("instance {id} is {}", after.state), lsn: None }
+            }
+            Ok(Some(after)) => {
+                FenceStatus::Pending { handle: id.clone(), detail: format!("stop requested; instance {id} is {}", after.state) }
+            }
             Ok(None) => FenceStatus::Failed { detail: format!("instance {id} vanished after StopInstances") },
-            Err(e) => FenceStatus::Pending { handle: id.clone(), detail: format!("stop requested; DescribeInstances failed: {e}") },
+            Err(e) => {
+                FenceStatus::Pending { handle: id.clone(), detail: format!("stop requested; DescribeInstances failed: {e}") }
+            }
         }
     }
 }
@@ -154,13 +166,23 @@ impl<S: SsmApi, E: Ec2Api> SsmFencer<S, E> {
 
     async fn check(&self, command_id: &str, id: &str) -> FenceStatus {
         match self.ssm.invocation(command_id, id).await {
-            Ok(InvocationStatus::Success) => FenceStatus::Confirmed { detail: format!("SSM command {command_id} on {id} succeeded"), lsn: None },
-            Ok(s @ (InvocationStatus::Pending | InvocationStatus::InProgress | InvocationStatus::Delayed | InvocationStatus::NotYetVisible)) => {
-                FenceStatus::Pending { handle: command_id.to_string(), detail: format!("SSM command {command_id} on {id}: {s:?}") }
+            Ok(InvocationStatus::Success) => {
+                FenceStatus::Confirmed { detail: format!("SSM command {command_id} on {id} succeeded"), lsn: None }
             }
+            Ok(
+                s @ (InvocationStatus::Pending
+                | InvocationStatus::InProgress
+                | InvocationStatus::Delayed
+                | InvocationStatus::NotYetVisible),
+            ) => FenceStatus::Pending {
+                handle: command_id.to_string(),
+                detail: format!("SSM command {command_id} on {id}: {s:?}"),
+            },
             Ok(s) => FenceStatus::Failed { detail: format!("SSM command {command_id} on {id} ended {s:?}") },
             // Unknown outcome: keep checking the same command (the pending timeout moves on).
-            Err(e) => FenceStatus::Pending { handle: command_id.to_string(), detail: format!("GetCommandInvocation {command_id}: {e}") },
+            Err(e) => {
+                FenceStatus::Pending { handle: command_id.to_string(), detail: format!("GetCommandInvocation {command_id}: {e}") }
+            }
         }
     }
 }

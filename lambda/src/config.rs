@@ -103,7 +103,8 @@ impl LambdaConfig {
         if table.len() < 3 || table.len() > 255 {
             return Err(env_err("PGDAEMON_TABLE", "must be 3 to 255 characters"));
         }
-        let clusters_raw = get("PGDAEMON_CLUSTERS").ok_or_else(|| env_err("PGDAEMON_CLUSTERS", "is required: comma-separated cluster names"))?;
+        let clusters_raw =
+            get("PGDAEMON_CLUSTERS").ok_or_else(|| env_err("PGDAEMON_CLUSTERS", "is required: comma-separated cluster names"))?;
         let mut clusters = Vec::new();
         for c in clusters_raw.split(',').map(str::trim) {
             validate_cluster_name(c).map_err(|e| env_err("PGDAEMON_CLUSTERS", e))?;
@@ -124,7 +125,10 @@ impl LambdaConfig {
                     "ssm" => FencerKind::Ssm,
                     "http" => FencerKind::Http,
                     other => {
-                        return Err(env_err("PGDAEMON_FENCING", format!("unknown fencer {other:?}: expected ec2, ssm, http (in order) or off")))
+                        return Err(env_err(
+                            "PGDAEMON_FENCING",
+                            format!("unknown fencer {other:?}: expected ec2, ssm, http (in order) or off"),
+                        ))
                     }
                 };
                 if fencers.contains(&kind) {

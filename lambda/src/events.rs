@@ -25,7 +25,8 @@ use serde_json::Value;
 use crate::handler::{Handler, HandlerError};
 
 /// Retries inside one invocation: short, the whole delivery stays within a few seconds.
-const RETRY: RetryPolicy = RetryPolicy { attempts: 3, first_delay: Duration::from_millis(200), max_delay: Duration::from_secs(1) };
+const RETRY: RetryPolicy =
+    RetryPolicy { attempts: 3, first_delay: Duration::from_millis(200), max_delay: Duration::from_secs(1) };
 
 /// Publishes events to one SNS topic.
 pub struct SnsSink {
@@ -94,7 +95,10 @@ impl Events {
     pub fn from_env<S: Store + 'static>(sdk: &aws_config::SdkConfig, store: S) -> anyhow::Result<Self> {
         let topic = std::env::var("PGDAEMON_SNS_TOPIC_ARN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
         if let Some(t) = &topic {
-            anyhow::ensure!(t.starts_with("arn:") && t.contains(":sns:"), "PGDAEMON_SNS_TOPIC_ARN: {t:?} is not an SNS topic ARN");
+            anyhow::ensure!(
+                t.starts_with("arn:") && t.contains(":sns:"),
+                "PGDAEMON_SNS_TOPIC_ARN: {t:?} is not an SNS topic ARN"
+            );
         }
         let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(StoreSink::new(store, DEFAULT_RETENTION))];
         if let Some(t) = topic {

@@ -109,7 +109,10 @@ pub fn parse_event(event: &Value, config: &LambdaConfig) -> Result<Request, Hand
         return Ok(Request::Scheduled);
     }
     if !obj.contains_key("action") {
-        return Err(bad(format!("expected an EventBridge scheduled event or {{\"action\": one of {ACTIONS}, ...}}; got {}", short(event))));
+        return Err(bad(format!(
+            "expected an EventBridge scheduled event or {{\"action\": one of {ACTIONS}, ...}}; got {}",
+            short(event)
+        )));
     }
     let p: ActionPayload = serde_json::from_value(event.clone()).map_err(|e| bad(format!("invalid action payload: {e}")))?;
     if let Some(c) = &p.cluster {
@@ -184,7 +187,8 @@ where
             .clusters
             .iter()
             .map(|c| {
-                let coordinator = Coordinator::new(store.clone(), fencer.clone(), clock.clone(), config.coordinator.clone(), owner);
+                let coordinator =
+                    Coordinator::new(store.clone(), fencer.clone(), clock.clone(), config.coordinator.clone(), owner);
                 (c.clone(), Arc::new(tokio::sync::Mutex::new(coordinator)))
             })
             .collect();
@@ -216,7 +220,9 @@ where
         }
         tracing::info!(request_id = %event.context.request_id, ?request, "event");
         match request {
-            Request::Scheduled => Ok(json!({ "action": "scheduled", "results": self.evaluate_all(self.config.clusters.clone()).await })),
+            Request::Scheduled => {
+                Ok(json!({ "action": "scheduled", "results": self.evaluate_all(self.config.clusters.clone()).await }))
+            }
             Request::Evaluate { cluster } => {
                 let clusters = cluster.map_or_else(|| self.config.clusters.clone(), |c| vec![c]);
                 Ok(json!({ "action": "evaluate", "results": self.evaluate_all(clusters).await }))
@@ -229,7 +235,9 @@ where
                 }
                 Ok(json!({ "action": "status", "clusters": out }))
             }
-            Request::Manual { cluster, action, candidate, force, id } => self.manual(&cluster, action, candidate, force, id).await,
+            Request::Manual { cluster, action, candidate, force, id } => {
+                self.manual(&cluster, action, candidate, force, id).await
+            }
         }
     }
 

@@ -28,7 +28,9 @@ where
 {
     let http_timeout = config.http_timeout.max(Duration::from_millis(100));
     if config.fencers.contains(&FencerKind::Http) && config.api_token_parameter.is_none() {
-        tracing::warn!("the http fencer has no credentials (PGDAEMON_API_TOKEN_PARAMETER is unset): agents that require them answer 401");
+        tracing::warn!(
+            "the http fencer has no credentials (PGDAEMON_API_TOKEN_PARAMETER is unset): agents that require them answer 401"
+        );
     }
     let fencers: Vec<Box<dyn Fencer>> = config
         .fencers

@@ -32,9 +32,14 @@ impl Fencer for RecordingFencer {
 
 fn handler(store: &Arc<MemoryStore>, fencer: &RecordingFencer) -> Handler<Arc<MemoryStore>, RecordingFencer, SystemClock> {
     let config = LambdaConfig::from_env(
-        [("PGDAEMON_CLUSTERS", "al"), ("PGDAEMON_FENCING", "http"), ("PGDAEMON_RUN_BUDGET_MS", "1000"), ("PGDAEMON_POLL_MS", "50")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string())),
+        [
+            ("PGDAEMON_CLUSTERS", "al"),
+            ("PGDAEMON_FENCING", "http"),
+            ("PGDAEMON_RUN_BUDGET_MS", "1000"),
+            ("PGDAEMON_POLL_MS", "50"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string())),
     )
     .unwrap();
     Handler::new(store.clone(), fencer.clone(), SystemClock::new(), config, "lambda-test")

@@ -28,7 +28,9 @@ fn the_variable_is_optional_and_must_be_an_absolute_parameter_name() {
     let c = LambdaConfig::from_env(env(&[("PGDAEMON_CLUSTERS", "prod"), ("PGDAEMON_API_TOKEN_PARAMETER", PARAM)])).unwrap();
     assert_eq!(c.api_token_parameter.as_deref(), Some(PARAM));
     for bad in ["pgdaemon/prod/api-token", "/pgdaemon/prod/api token", "/x!"] {
-        let err = LambdaConfig::from_env(env(&[("PGDAEMON_CLUSTERS", "prod"), ("PGDAEMON_API_TOKEN_PARAMETER", bad)])).unwrap_err().to_string();
+        let err = LambdaConfig::from_env(env(&[("PGDAEMON_CLUSTERS", "prod"), ("PGDAEMON_API_TOKEN_PARAMETER", bad)]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("PGDAEMON_API_TOKEN_PARAMETER"), "{bad:?}: {err}");
     }
 }
@@ -101,7 +103,10 @@ async fn agent() -> (String, Arc<Mutex<Vec<String>>>) {
                 got.extend_from_slice(&buf[..n]);
                 let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
                 if let Some(end) = text.find("\r\n\r\n") {
-                    let len = text.lines().find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())).unwrap_or(0);
+                    let len = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                        .unwrap_or(0);
                     if got.len() >= end + 4 + len || n == 0 {
                         break;
                     }
@@ -112,7 +117,10 @@ async fn agent() -> (String, Arc<Mutex<Vec<String>>>) {
             }
             log.lock().unwrap().push(String::from_utf8_lossy(&got).to_ascii_lowercase());
             let body = r#"{"demoted":true,"term":7,"member":"n1"}"#;
-            let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = sock.write_all(resp.as_bytes()).await;
         }
     });
@@ -137,7 +145,10 @@ async fn the_token_is_read_once_at_the_first_fence_and_sent_as_bearer() {
     assert_eq!(*aws.reads.lock().unwrap(), vec![PARAM.to_string()], "read once, then kept");
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 2);
-    assert!(seen.iter().all(|r| r.starts_with("post /demote ") && r.contains("authorization: bearer t0ken-from-ssm")), "{seen:?}");
+    assert!(
+        seen.iter().all(|r| r.starts_with("post /demote ") && r.contains("authorization: bearer t0ken-from-ssm")),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -168,7 +179,8 @@ async fn an_unreadable_token_fails_the_http_fencer_and_the_chain_goes_on() {
         }
     }
     let broken = FakeAws::new(vec![Err("throttled")]);
-    let chain = FenceChain::new(vec![Box::new(TokenHttpFencer::new(broken.clone(), PARAM, Duration::from_secs(5))), Box::new(Confirms)]);
+    let chain =
+        FenceChain::new(vec![Box::new(TokenHttpFencer::new(broken.clone(), PARAM, Duration::from_secs(5))), Box::new(Confirms)]);
     assert!(chain.fence(&target(&url), None).await.is_confirmed());
     let alone = FenceChain::new(vec![Box::new(TokenHttpFencer::new(broken, PARAM, Duration::from_secs(5)))]);
     assert!(matches!(alone.fence(&target(&url), None).await, FenceStatus::Failed { .. }));
@@ -189,7 +201,12 @@ async fn unusable_token_values_fail_closed() {
 
 #[tokio::test]
 async fn build_fencer_wires_the_parameter_without_reading_it() {
-    let config = LambdaConfig::from_env(env(&[("PGDAEMON_CLUSTERS", "prod"), ("PGDAEMON_FENCING", "http"), ("PGDAEMON_API_TOKEN_PARAMETER", PARAM)])).unwrap();
+    let config = LambdaConfig::from_env(env(&[
+        ("PGDAEMON_CLUSTERS", "prod"),
+        ("PGDAEMON_FENCING", "http"),
+        ("PGDAEMON_API_TOKEN_PARAMETER", PARAM),
+    ]))
+    .unwrap();
     let aws = FakeAws::new(vec![Ok("t0ken")]);
     let chain = pgdaemon_lambda::build_fencer(&config, aws.clone(), aws.clone());
     assert_eq!(chain.names(), vec!["http".to_string()]);

@@ -36,7 +36,10 @@ async fn launch(ec2: &aws_sdk_ec2::Client, cluster: Option<&str>) -> String {
     let mut req = ec2.run_instances().image_id("ami-12c6146b").instance_type(InstanceType::T3Micro).min_count(1).max_count(1);
     if let Some(c) = cluster {
         req = req.tag_specifications(
-            TagSpecification::builder().resource_type(ResourceType::Instance).tags(Tag::builder().key(TAG).value(c).build()).build(),
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .tags(Tag::builder().key(TAG).value(c).build())
+                .build(),
         );
     }
     let out = req.send().await.expect("RunInstances");

@@ -48,7 +48,11 @@ async fn receiver() -> (Arc<Mutex<Vec<String>>>, String) {
                     if let Some(end) = text.find("\r\n\r\n") {
                         let len = text[..end]
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
                             .unwrap_or(0);
                         if buf.len() >= end + 4 + len {
                             keep.lock().unwrap().push(String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned());
@@ -66,7 +70,8 @@ async fn receiver() -> (Arc<Mutex<Vec<String>>>, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_sns_and_the_store_once_each() {
     let client = sns();
-    let topic = client.create_topic().name(format!("pgdaemon-events-{}", std::process::id())).send().await.unwrap().topic_arn.unwrap();
+    let topic =
+        client.create_topic().name(format!("pgdaemon-events-{}", std::process::id())).send().await.unwrap().topic_arn.unwrap();
     let (bodies, url) = receiver().await;
     client.subscribe().topic_arn(&topic).protocol("http").endpoint(&url).send().await.unwrap();
 
@@ -78,7 +83,9 @@ async fn events_reach_sns_and_the_store_once_each() {
     let sent: Vec<Event> = [EventKind::FailoverStarted, EventKind::Fenced, EventKind::Promoted, EventKind::Finished]
         .into_iter()
         .enumerate()
-        .map(|(i, k)| Event::new(k, "prod", 1_700_000_000_000 + i as u64, "pg-1 -> pg-2").member("pg-2").term(5).source("coordinator"))
+        .map(|(i, k)| {
+            Event::new(k, "prod", 1_700_000_000_000 + i as u64, "pg-1 -> pg-2").member("pg-2").term(5).source("coordinator")
+        })
         .collect();
     for e in &sent {
         events.emitter().emit(e.clone());
@@ -109,5 +116,8 @@ async fn a_failing_topic_is_retried_reported_and_isolated() {
     assert_eq!(events.deliver().await, 1, "the SNS delivery is given up and counted");
     // Three attempts with 200 + 400 ms between them: bounded, well inside a Lambda timeout.
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
-    assert_eq!(store.read_events("prod2", 0).await.unwrap(), vec![Event { expire_at: store.read_events("prod2", 0).await.unwrap()[0].expire_at, ..e }]);
+    assert_eq!(
+        store.read_events("prod2", 0).await.unwrap(),
+        vec![Event { expire_at: store.read_events("prod2", 0).await.unwrap()[0].expire_at, ..e }]
+    );
 }

@@ -80,7 +80,9 @@ async fn bootstrap(store: &Arc<MemoryStore>, cluster: &str) -> Agents {
                 if !held.as_ref().is_some_and(|l: &LeaderLease| l.owner == p) {
                     let current = store.read_lease(&cluster, LeaseName::Leader).await.unwrap();
                     if current.as_ref().is_none_or(|l| l.is_free()) {
-                        if let Ok(l) = store.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, &p, record.term, 10_000).await {
+                        if let Ok(l) =
+                            store.acquire_lease(&cluster, LeaseName::Leader, LeaseClaim::Free, &p, record.term, 10_000).await
+                        {
                             held = Some(l);
                             let m = members.get_mut(&p).unwrap();
                             m.role = Role::Primary;

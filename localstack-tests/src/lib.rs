@@ -159,10 +159,7 @@ pub struct Relay {
 impl Relay {
     /// `endpoint`: `http://host:port` of the real endpoint.
     pub async fn new(endpoint: &str) -> Result<Relay> {
-        let target = endpoint
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
+        let target = endpoint.trim_start_matches("http://").trim_end_matches('/').to_string();
         if target.contains('/') || endpoint.starts_with("https://") {
             bail!("the relay handles plain http://host:port endpoints, not {endpoint}");
         }
@@ -259,7 +256,14 @@ impl LocalLambda {
         if !bootstrap.alive() {
             bail!("the coordinator Lambda exited at init:\n{}", bootstrap.log_tail(20));
         }
-        Ok(LocalLambda { port, function: stack.function.clone(), bootstrap, _emulator: emulator, _dir: dir, http: reqwest::Client::new() })
+        Ok(LocalLambda {
+            port,
+            function: stack.function.clone(),
+            bootstrap,
+            _emulator: emulator,
+            _dir: dir,
+            http: reqwest::Client::new(),
+        })
     }
 
     /// The endpoint agents use for the Lambda API (`AWS_ENDPOINT_URL_LAMBDA`).

@@ -36,7 +36,13 @@ use serde_json::{json, Value};
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
 fn dynamic() -> DynamicConfig {
-    let c = DynamicConfig { lease_ms: 4000, renew_interval_ms: 1000, safety_margin_ms: 1500, probe_interval_ms: 500, ..Default::default() };
+    let c = DynamicConfig {
+        lease_ms: 4000,
+        renew_interval_ms: 1000,
+        safety_margin_ms: 1500,
+        probe_interval_ms: 500,
+        ..Default::default()
+    };
     c.validate().expect("test timings are valid");
     c
 }
@@ -256,7 +262,13 @@ level = "info"
         let proc = Proc::spawn(&format!("agent {node}"), cmd, &self.dir.path().join(format!("{node}.agent.log")))?;
         self.agents.insert(
             node.to_string(),
-            Agent { name: node.to_string(), api: format!("http://127.0.0.1:{api_port}"), instance_id: instance_id.to_string(), config, proc: Some(proc) },
+            Agent {
+                name: node.to_string(),
+                api: format!("http://127.0.0.1:{api_port}"),
+                instance_id: instance_id.to_string(),
+                config,
+                proc: Some(proc),
+            },
         );
         Ok(())
     }
@@ -264,7 +276,14 @@ level = "info"
     async fn invoke(&mut self, payload: Value) -> Result<Value> {
         let t = Instant::now();
         let r = self.lambda.invoke(&payload).await;
-        self.log(format!("invoke {payload} -> {} ({:.1}s)", match &r { Ok(v) => v.to_string(), Err(e) => format!("ERROR {e:#}") }, t.elapsed().as_secs_f64()));
+        self.log(format!(
+            "invoke {payload} -> {} ({:.1}s)",
+            match &r {
+                Ok(v) => v.to_string(),
+                Err(e) => format!("ERROR {e:#}"),
+            },
+            t.elapsed().as_secs_f64()
+        ));
         r
     }
 
@@ -327,7 +346,12 @@ async fn aws_path_end_to_end() {
 async fn setup(stack: Stack) -> Result<World> {
     let started = Instant::now();
     let instances: Vec<String> = serde_json::from_value(stack.aws(&["instances", &stack.tag_key, &stack.cluster])?)?;
-    ensure!(instances.len() >= 3, "expected the Auto Scaling group's 3 instances tagged {}={}, found {instances:?}", stack.tag_key, stack.cluster);
+    ensure!(
+        instances.len() >= 3,
+        "expected the Auto Scaling group's 3 instances tagged {}={}, found {instances:?}",
+        stack.tag_key,
+        stack.cluster
+    );
     for id in &instances {
         if stack.instance_state(id)? != "running" {
             stack.aws(&["start", id])?;
@@ -384,7 +408,10 @@ async fn setup(stack: Stack) -> Result<World> {
         world.start_agent(node, id)?;
         world.log(format!("agent {node} on instance {id}"));
     }
-    world.wait_healthy("n1", &["n2", "n3"], Duration::from_secs(60)).await.map_err(|e| anyhow::anyhow!("{e:#}{}", world.failure_context()))?;
+    world
+        .wait_healthy("n1", &["n2", "n3"], Duration::from_secs(60))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}{}", world.failure_context()))?;
     world.log("cluster healthy: n1 primary, n2 and n3 replicas");
     Ok(world)
 }
@@ -412,7 +439,10 @@ async fn scheduled_evaluation_of_a_healthy_cluster_does_nothing(w: &mut World) -
     ensure!(results.len() == 1 && results[0]["cluster"] == w.stack.cluster.as_str(), "{out}");
     ensure!(results[0]["steps"].as_array().is_none_or(|s| s.is_empty()), "steps on a healthy cluster: {out}");
     let after = w.record().await?;
-    ensure!(after.term == before.term && after.primary == before.primary && after.transition.is_none(), "record changed: {after:?}");
+    ensure!(
+        after.term == before.term && after.primary == before.primary && after.transition.is_none(),
+        "record changed: {after:?}"
+    );
     ensure!(w.history().await?.len() == history, "history grew");
     for a in w.agents.values() {
         ensure!(w.stack.instance_state(&a.instance_id)? == "running", "{} was touched", a.instance_id);
@@ -495,7 +525,9 @@ async fn primary_host_dies(w: &mut World) -> Result<()> {
     let state = w.stack.instance_state(&old_instance)?;
     ensure!(state == "stopped" || state == "stopping", "the old primary's instance {old_instance} is {state}, not stopped");
     let invoked = w.agents.values().filter(|a| a.name != old).any(|a| {
-        a.proc.as_ref().is_some_and(|p| std::fs::read_to_string(&p.log).unwrap_or_default().contains("invoking the coordinator Lambda"))
+        a.proc
+            .as_ref()
+            .is_some_and(|p| std::fs::read_to_string(&p.log).unwrap_or_default().contains("invoking the coordinator Lambda"))
     });
     ensure!(invoked, "no agent logged a fast-path invoke");
     // The coordinator writes the history item once it has seen the promotion (S5: the steps up to
@@ -527,7 +559,13 @@ async fn primary_host_dies(w: &mut World) -> Result<()> {
     let followers: Vec<&str> = other.iter().copied().chain([old.as_str()]).collect();
     w.wait_healthy(&new, &followers, Duration::from_secs(90)).await.context("the old primary rejoins")?;
     let log = std::fs::read_to_string(&w.agents[&old].proc.as_ref().context("agent")?.log).unwrap_or_default();
-    let how = if log.contains("pg_rewind") { "pg_rewind" } else if log.contains("basebackup") { "basebackup" } else { "following" };
+    let how = if log.contains("pg_rewind") {
+        "pg_rewind"
+    } else if log.contains("basebackup") {
+        "basebackup"
+    } else {
+        "following"
+    };
     w.log(format!("{old} back as a replica of {new} ({how}) {:.1}s after its host was started", t.elapsed().as_secs_f64()));
     Ok(())
 }
@@ -565,7 +603,14 @@ async fn endpoint_outage_is_safe(w: &mut World) -> Result<()> {
     }
     // The run's answer, before the endpoint comes back (its budget is 10 s).
     let answer = tokio::time::timeout(Duration::from_secs(60), invoke).await.context("the invoke during the outage hung")??;
-    w.log(format!("invoke during the outage -> {} ({:.1}s into it)", match &answer { Ok(v) => v.to_string(), Err(e) => format!("ERROR {e:#}") }, t.elapsed().as_secs_f64()));
+    w.log(format!(
+        "invoke during the outage -> {} ({:.1}s into it)",
+        match &answer {
+            Ok(v) => v.to_string(),
+            Err(e) => format!("ERROR {e:#}"),
+        },
+        t.elapsed().as_secs_f64()
+    ));
     if let Ok(v) = &answer {
         ensure!(v["results"][0]["steps"].as_array().is_none_or(|s| s.is_empty()), "acted during the outage: {v}");
         ensure!(v["results"][0]["outcome"] != "idle", "claims a healthy cluster without a store: {v}");
@@ -576,7 +621,8 @@ async fn endpoint_outage_is_safe(w: &mut World) -> Result<()> {
     w.relay.start().await?;
     let others: Vec<&str> = live.iter().filter(|n| **n != primary).map(String::as_str).collect();
     let t = Instant::now();
-    let now_primary = w.wait_for_primary(&live, Duration::from_secs(60)).await.context("one lease-holding primary after the outage")?;
+    let now_primary =
+        w.wait_for_primary(&live, Duration::from_secs(60)).await.context("one lease-holding primary after the outage")?;
     let writable = live.iter().filter(|n| w.writable(n)).count();
     ensure!(writable == 1, "{writable} writable primaries after the outage");
     // The promise (docs/store-outages.md): every observer starts watching the lease afresh once
@@ -615,7 +661,10 @@ async fn untagged_instance_is_not_fenced(w: &mut World) -> Result<()> {
     {
         let (world, primary, untagged) = (&*w, &primary, &untagged);
         wait_until("the primary's heartbeat names the untagged instance", Duration::from_secs(30), move || async move {
-            world.view().await.is_ok_and(|v| v.members.get(primary).and_then(|m| m.instance_id.clone()).as_deref() == Some(untagged.as_str()))
+            world
+                .view()
+                .await
+                .is_ok_and(|v| v.members.get(primary).and_then(|m| m.instance_id.clone()).as_deref() == Some(untagged.as_str()))
         })
         .await?;
     }

@@ -50,25 +50,12 @@ impl Drop for Agent {
     }
 }
 
-fn config(
-    node: &PgNode,
-    pg: &PgCluster,
-    etcd: &str,
-    api_port: u16,
-    dynamic: &DynamicConfig,
-) -> String {
+fn config(node: &PgNode, pg: &PgCluster, etcd: &str, api_port: u16, dynamic: &DynamicConfig) -> String {
     let sock = pg.dir().join("sock");
     // The test cluster has only the `postgres` role (trust on loopback); the default replication
     // user `replicator` does not exist there, so a standby pointed at it never streams.
-    let run_as = pg
-        .run_as()
-        .map(|u| format!("run_as = \"{u}\"\n"))
-        .unwrap_or_default();
-    let params: String = pg
-        .server_options()
-        .iter()
-        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
-        .collect();
+    let run_as = pg.run_as().map(|u| format!("run_as = \"{u}\"\n")).unwrap_or_default();
+    let params: String = pg.server_options().iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
     format!(
         r#"cluster = "{CLUSTER}"
 [node]
@@ -111,27 +98,12 @@ level = "warn"
 }
 
 fn http_status(url: &str) -> Option<u16> {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-m",
-            "2",
-            "-w",
-            "%{http_code}",
-            url,
-        ])
-        .output()
-        .ok()?;
+    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-m", "2", "-w", "%{http_code}", url]).output().ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 fn http_text(url: &str) -> Result<String> {
-    let out = Command::new("curl")
-        .args(["-sf", "-m", "2", url])
-        .output()
-        .context("curl")?;
+    let out = Command::new("curl").args(["-sf", "-m", "2", url]).output().context("curl")?;
     if !out.status.success() {
         bail!("GET {url} failed");
     }
@@ -189,37 +161,23 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn wait_healthy(agents: &[Agent], timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let primary = http_status(&format!("{}/primary", agents[0].api)) == Some(200);
-        let replicas = agents[1..]
-            .iter()
-            .all(|a| http_status(&format!("{}/replica", a.api)) == Some(200));
+        let replicas = agents[1..].iter().all(|a| http_status(&format!("{}/replica", a.api)) == Some(200));
         if primary && replicas {
             return Ok(());
         }
         if Instant::now() > deadline {
             let states: Vec<String> = agents
                 .iter()
-                .map(|a| {
-                    format!(
-                        "{}: {}",
-                        a.name,
-                        http_text(&format!("{}/patroni", a.api)).unwrap_or_else(|e| e.to_string())
-                    )
-                })
+                .map(|a| format!("{}: {}", a.name, http_text(&format!("{}/patroni", a.api)).unwrap_or_else(|e| e.to_string())))
                 .collect();
-            bail!(
-                "cluster not healthy after {timeout:?}:\n{}",
-                states.join("\n")
-            );
+            bail!("cluster not healthy after {timeout:?}:\n{}", states.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -245,22 +203,11 @@ fn main() -> Result<()> {
     pg.add_replica("n2", "n1")?;
     pg.add_replica("n3", "n1")?;
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let store_cfg = StoreConfig::Etcd {
-        endpoints: vec![etcd.endpoint()],
-        prefix: "/pgdaemon".into(),
-    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let store_cfg = StoreConfig::Etcd { endpoints: vec![etcd.endpoint()], prefix: "/pgdaemon".into() };
     rt.block_on(async {
         let store = pgdaemon_dcs::connect(&store_cfg).await?;
-        store
-            .write_cluster(
-                CLUSTER,
-                None,
-                &ClusterRecord::bootstrap("n1", dynamic.clone()),
-            )
-            .await?;
+        store.write_cluster(CLUSTER, None, &ClusterRecord::bootstrap("n1", dynamic.clone())).await?;
         anyhow::Ok(())
     })?;
 
@@ -270,10 +217,7 @@ fn main() -> Result<()> {
         let node = pg.node(name).clone();
         let api_port = free_port();
         let path = conf_dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            config(&node, &pg, &etcd.endpoint(), api_port, &dynamic),
-        )?;
+        std::fs::write(&path, config(&node, &pg, &etcd.endpoint(), api_port, &dynamic))?;
         let log = std::fs::File::create(conf_dir.path().join(format!("{name}.agent.log")))?;
         let child = Command::new(&agent_bin)
             .arg("--config")
@@ -283,11 +227,7 @@ fn main() -> Result<()> {
             .stderr(log)
             .spawn()
             .with_context(|| format!("spawning {}", agent_bin.display()))?;
-        agents.push(Agent {
-            name: name.to_string(),
-            child,
-            api: format!("http://127.0.0.1:{api_port}"),
-        });
+        agents.push(Agent { name: name.to_string(), child, api: format!("http://127.0.0.1:{api_port}") });
     }
     if let Err(e) = wait_healthy(&agents, Duration::from_secs(90)) {
         print_agent_logs(conf_dir.path());
@@ -308,10 +248,7 @@ fn main() -> Result<()> {
     );
     let mut per_agent: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); agents.len()];
     for run in 0..runs {
-        let start: Vec<(f64, u64)> = agents
-            .iter()
-            .map(|a| Ok((cpu_seconds(a.pid())?, loops(a)?)))
-            .collect::<Result<_>>()?;
+        let start: Vec<(f64, u64)> = agents.iter().map(|a| Ok((cpu_seconds(a.pid())?, loops(a)?))).collect::<Result<_>>()?;
         std::thread::sleep(Duration::from_secs(seconds));
         for (i, a) in agents.iter().enumerate() {
             let (cpu0, loops0) = start[i];
@@ -332,10 +269,7 @@ fn main() -> Result<()> {
         }
     }
     println!("medians:");
-    println!(
-        "  {:<4} {:>10} {:>14} {:>9}",
-        "node", "rss MiB", "cpu ms/loop", "loops/s"
-    );
+    println!("  {:<4} {:>10} {:>14} {:>9}", "node", "rss MiB", "cpu ms/loop", "loops/s");
     let (mut all_rss, mut all_cpu) = (Vec::new(), Vec::new());
     for (a, (rss, cpu, rate)) in agents.iter().zip(&per_agent) {
         println!(
@@ -348,19 +282,14 @@ fn main() -> Result<()> {
         all_rss.extend(rss);
         all_cpu.extend(cpu);
     }
-    println!(
-        "  all  {:>10.1} {:>14.3}   (role: n1 primary, n2/n3 replicas)",
-        median(all_rss) / 1024.0,
-        median(all_cpu)
-    );
+    println!("  all  {:>10.1} {:>14.3}   (role: n1 primary, n2/n3 replicas)", median(all_rss) / 1024.0, median(all_cpu));
     drop(agents);
     Ok(())
 }
 
 fn print_agent_logs(dir: &Path) {
     for name in NODES {
-        let text =
-            std::fs::read_to_string(dir.join(format!("{name}.agent.log"))).unwrap_or_default();
+        let text = std::fs::read_to_string(dir.join(format!("{name}.agent.log"))).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(20).collect();
         eprintln!("--- {name} agent log (last lines) ---");
         for line in tail.into_iter().rev() {

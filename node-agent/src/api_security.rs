@@ -136,7 +136,10 @@ impl ApiConfig {
             }
             check_ssm_parameter_name(name).map_err(|r| ConfigError::invalid(key, r))?;
             if !name.starts_with('/') {
-                return Err(ConfigError::invalid(key, format!("{name:?} must be an absolute name like /pgdaemon/<cluster>/api-token")));
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{name:?} must be an absolute name like /pgdaemon/<cluster>/api-token"),
+                ));
             }
         }
         parse_allowlist(&self.allowlist)?;

@@ -186,10 +186,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Human,
-            level: default_level(),
-        }
+        LogConfig { format: LogFormat::Human, level: default_level() }
     }
 }
 
@@ -223,48 +220,27 @@ fn default_level() -> String {
 
 /// Top-level keys an environment override may address. Other `PGDAEMON_*` variables (the
 /// Makefile's `PGDAEMON_VENV`, say) are not configuration and are left alone.
-const SECTIONS: [&str; 9] = [
-    "api",
-    "cluster",
-    "node",
-    "postgres",
-    "store",
-    "dynamic",
-    "coordinator",
-    "events",
-    "log",
-];
+const SECTIONS: [&str; 9] = ["api", "cluster", "node", "postgres", "store", "dynamic", "coordinator", "events", "log"];
 
 /// Programs a node needs in `postgres.bin_dir` for every role change it may carry out.
-pub const REQUIRED_PROGRAMS: [&str; 5] =
-    ["pg_ctl", "postgres", "initdb", "pg_basebackup", "pg_rewind"];
+pub const REQUIRED_PROGRAMS: [&str; 5] = ["pg_ctl", "postgres", "initdb", "pg_basebackup", "pg_rewind"];
 
 /// Environment variables that look like overrides but address no configuration section. They are
 /// not applied; the caller logs them so a typo (`PGDAEMON_NDOE__NAME`) does not go unnoticed.
 pub fn ignored_env_vars(env: &[(String, String)]) -> Vec<String> {
-    env.iter()
-        .filter(|(k, _)| k.starts_with("PGDAEMON_") && !is_config_var(k))
-        .map(|(k, _)| k.clone())
-        .collect()
+    env.iter().filter(|(k, _)| k.starts_with("PGDAEMON_") && !is_config_var(k)).map(|(k, _)| k.clone()).collect()
 }
 
 fn is_config_var(var: &str) -> bool {
     let rest = &var["PGDAEMON_".len()..];
-    let first = rest
-        .split("__")
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let first = rest.split("__").next().unwrap_or_default().to_ascii_lowercase();
     SECTIONS.contains(&first.as_str())
 }
 
 impl AgentConfig {
     /// Parses and validates the configuration without touching the filesystem.
     pub fn parse(toml_text: &str, env: &[(String, String)]) -> Result<Self, ConfigError> {
-        let overrides = env
-            .iter()
-            .filter(|(k, _)| k.starts_with("PGDAEMON_") && is_config_var(k))
-            .cloned();
+        let overrides = env.iter().filter(|(k, _)| k.starts_with("PGDAEMON_") && is_config_var(k)).cloned();
         let cfg: AgentConfig = load_layered(toml_text, overrides)?;
         cfg.validate()?;
         Ok(cfg)
@@ -272,8 +248,8 @@ impl AgentConfig {
 
     /// Reads `path`, applies `env` overrides, validates values and checks the paths it names.
     pub fn load(path: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Parse(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Parse(format!("cannot read {}: {e}", path.display())))?;
         let cfg = Self::parse(&text, env)?;
         cfg.check_paths()?;
         Ok(cfg)
@@ -291,36 +267,21 @@ impl AgentConfig {
             check_http_url("node.api_url", url)?;
         }
         if node.pg_host.trim().is_empty() || node.pg_host.contains(char::is_whitespace) {
-            return Err(ConfigError::invalid(
-                "node.pg_host",
-                format!("{:?} must be a host name or address", node.pg_host),
-            ));
+            return Err(ConfigError::invalid("node.pg_host", format!("{:?} must be a host name or address", node.pg_host)));
         }
         if node.pg_port == Some(0) {
-            return Err(ConfigError::invalid(
-                "node.pg_port",
-                "must be between 1 and 65535",
-            ));
+            return Err(ConfigError::invalid("node.pg_port", "must be between 1 and 65535"));
         }
-        for (key, value) in [
-            ("node.instance_id", &node.instance_id),
-            ("node.availability_zone", &node.availability_zone),
-        ] {
+        for (key, value) in [("node.instance_id", &node.instance_id), ("node.availability_zone", &node.availability_zone)] {
             if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
-                return Err(ConfigError::invalid(
-                    key,
-                    "must not be empty (leave it out to read it from IMDS)",
-                ));
+                return Err(ConfigError::invalid(key, "must not be empty (leave it out to read it from IMDS)"));
             }
         }
         check_http_url("node.imds_endpoint", &node.imds_endpoint)?;
 
         let pg = &self.postgres;
         if pg.port == 0 {
-            return Err(ConfigError::invalid(
-                "postgres.port",
-                "must be between 1 and 65535",
-            ));
+            return Err(ConfigError::invalid("postgres.port", "must be between 1 and 65535"));
         }
         for (key, value) in [
             ("postgres.connect_host", &pg.connect_host),
@@ -333,40 +294,21 @@ impl AgentConfig {
             }
         }
         if pg.run_as.as_deref().is_some_and(|u| u.trim().is_empty()) {
-            return Err(ConfigError::invalid(
-                "postgres.run_as",
-                "must not be empty (leave it out for the default)",
-            ));
+            return Err(ConfigError::invalid("postgres.run_as", "must not be empty (leave it out for the default)"));
         }
         if let Some(path) = pg.log_file.as_ref().filter(|p| !p.is_absolute()) {
-            return Err(ConfigError::invalid(
-                "postgres.log_file",
-                format!("{} must be an absolute path", path.display()),
-            ));
+            return Err(ConfigError::invalid("postgres.log_file", format!("{} must be an absolute path", path.display())));
         }
         for name in pg.parameters.keys() {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-            {
-                return Err(ConfigError::invalid(
-                    format!("postgres.parameters.{name}"),
-                    "is not a PostgreSQL setting name",
-                ));
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                return Err(ConfigError::invalid(format!("postgres.parameters.{name}"), "is not a PostgreSQL setting name"));
             }
         }
         if !pg.bin_dir.is_absolute() {
-            return Err(ConfigError::invalid(
-                "postgres.bin_dir",
-                format!("{} must be an absolute path", pg.bin_dir.display()),
-            ));
+            return Err(ConfigError::invalid("postgres.bin_dir", format!("{} must be an absolute path", pg.bin_dir.display())));
         }
         if !pg.data_dir.is_absolute() {
-            return Err(ConfigError::invalid(
-                "postgres.data_dir",
-                format!("{} must be an absolute path", pg.data_dir.display()),
-            ));
+            return Err(ConfigError::invalid("postgres.data_dir", format!("{} must be an absolute path", pg.data_dir.display())));
         }
         match (&pg.password_file, &pg.ssm_parameter) {
             (Some(_), Some(_)) => {
@@ -382,8 +324,7 @@ impl AgentConfig {
                         "this agent was built without the `ssm` feature; use postgres.password_file",
                     ));
                 }
-                crate::secrets::check_ssm_parameter_name(name)
-                    .map_err(|r| ConfigError::invalid("postgres.ssm_parameter", r))?;
+                crate::secrets::check_ssm_parameter_name(name).map_err(|r| ConfigError::invalid("postgres.ssm_parameter", r))?;
             }
             (Some(path), None) if !path.is_absolute() => {
                 return Err(ConfigError::invalid(
@@ -394,12 +335,9 @@ impl AgentConfig {
             _ => {}
         }
 
-        self.dynamic
-            .validate()
-            .map_err(|e| prefix_key("dynamic", e))?;
+        self.dynamic.validate().map_err(|e| prefix_key("dynamic", e))?;
         self.store.validate()?;
-        crate::logging::validate_filter(&self.log.level)
-            .map_err(|r| ConfigError::invalid("log.level", r))?;
+        crate::logging::validate_filter(&self.log.level).map_err(|r| ConfigError::invalid("log.level", r))?;
         Ok(())
     }
 
@@ -407,10 +345,7 @@ impl AgentConfig {
     pub fn check_paths(&self) -> Result<(), ConfigError> {
         let pg = &self.postgres;
         if !pg.bin_dir.is_dir() {
-            return Err(ConfigError::invalid(
-                "postgres.bin_dir",
-                format!("{} is not a directory", pg.bin_dir.display()),
-            ));
+            return Err(ConfigError::invalid("postgres.bin_dir", format!("{} is not a directory", pg.bin_dir.display())));
         }
         for program in REQUIRED_PROGRAMS {
             let path = pg.bin_dir.join(program);
@@ -431,18 +366,12 @@ impl AgentConfig {
         } else if !pg.data_dir.parent().is_some_and(Path::is_dir) {
             return Err(ConfigError::invalid(
                 "postgres.data_dir",
-                format!(
-                    "neither {} nor its parent directory exists",
-                    pg.data_dir.display()
-                ),
+                format!("neither {} nor its parent directory exists", pg.data_dir.display()),
             ));
         }
         if let Some(path) = &pg.password_file {
             if !path.is_file() {
-                return Err(ConfigError::invalid(
-                    "postgres.password_file",
-                    format!("{} is not a readable file", path.display()),
-                ));
+                return Err(ConfigError::invalid("postgres.password_file", format!("{} is not a readable file", path.display())));
             }
         }
         Ok(())
@@ -459,11 +388,8 @@ impl AgentConfig {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => {
                 let port = self.node.listen_addr().map(|a| a.port()).unwrap_or(8008);
-                let host = if self.node.pg_host.contains(':') {
-                    format!("[{}]", self.node.pg_host)
-                } else {
-                    self.node.pg_host.clone()
-                };
+                let host =
+                    if self.node.pg_host.contains(':') { format!("[{}]", self.node.pg_host) } else { self.node.pg_host.clone() };
                 format!("http://{host}:{port}")
             }
         }
@@ -472,43 +398,29 @@ impl AgentConfig {
     /// The configuration as TOML, for `check-config`. It holds no secret values (only where
     /// they are read from), so nothing needs masking.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self)
-            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }
 
 impl NodeConfig {
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.listen.parse().map_err(|_| {
-            ConfigError::invalid(
-                "node.listen",
-                format!("{:?} is not an address:port like 0.0.0.0:8008", self.listen),
-            )
+            ConfigError::invalid("node.listen", format!("{:?} is not an address:port like 0.0.0.0:8008", self.listen))
         })
     }
 }
 
 fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
     match rest {
-        Some(r) if !r.is_empty() && !r.starts_with('/') && !url.contains(char::is_whitespace) => {
-            Ok(())
-        }
-        _ => Err(ConfigError::invalid(
-            key,
-            format!("{url:?} must be an http:// or https:// URL with a host"),
-        )),
+        Some(r) if !r.is_empty() && !r.starts_with('/') && !url.contains(char::is_whitespace) => Ok(()),
+        _ => Err(ConfigError::invalid(key, format!("{url:?} must be an http:// or https:// URL with a host"))),
     }
 }
 
 fn prefix_key(section: &str, e: ConfigError) -> ConfigError {
     match e {
-        ConfigError::Invalid { key, reason } => ConfigError::Invalid {
-            key: format!("{section}.{key}"),
-            reason,
-        },
+        ConfigError::Invalid { key, reason } => ConfigError::Invalid { key: format!("{section}.{key}"), reason },
         other => other,
     }
 }
@@ -520,9 +432,7 @@ fn is_executable(path: &Path) -> bool {
 
 /// The process environment as pairs, for [`AgentConfig::parse`].
 pub fn process_env() -> Vec<(String, String)> {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect()
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
 }
 
 /// A config file path relative to the working directory, as given on the command line.

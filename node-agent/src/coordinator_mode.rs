@@ -31,7 +31,10 @@ const BUSY_POLL: Duration = Duration::from_millis(200);
 /// `command` fencer without a command. `authorization`: what the `http` fencer sends, the
 /// cluster's shared `[api]` credentials as read once at start
 /// ([`crate::api_security::ApiSecurity::client_authorization`]).
-pub fn fencing(cfg: &AgentConfig, authorization: Option<reqwest::header::HeaderValue>) -> anyhow::Result<(FencingPolicy, FenceChain)> {
+pub fn fencing(
+    cfg: &AgentConfig,
+    authorization: Option<reqwest::header::HeaderValue>,
+) -> anyhow::Result<(FencingPolicy, FenceChain)> {
     let c = &cfg.coordinator;
     let names: Vec<&str> = if c.fencing.is_empty() { vec!["http"] } else { c.fencing.iter().map(String::as_str).collect() };
     if names == ["off"] {
@@ -96,7 +99,12 @@ pub async fn start(
         };
         let (trigger, rx) = HostedTrigger::new();
         tokio::spawn(hosted_loop_following_lease(make, lease_ms, cfg.cluster.clone(), rx, interval));
-        tracing::info!(owner, interval_ms = interval.as_millis() as u64, lock_lease_ms = lock_lease_ms(lease_ms), "hosted coordinator started");
+        tracing::info!(
+            owner,
+            interval_ms = interval.as_millis() as u64,
+            lock_lease_ms = lock_lease_ms(lease_ms),
+            "hosted coordinator started"
+        );
         return Ok(Some(Arc::new(trigger)));
     }
     if let Some(function) = &c.lambda_function {
@@ -136,8 +144,13 @@ where
 /// [`hosted_loop`] whose lock lease follows the cluster record's `lease_ms`: `make(lease_ms)`
 /// builds the coordinator (same owner); when the record's lease differs from the one in use, the
 /// lock is released and the coordinator rebuilt (an operator's `edit-config` takes effect).
-pub async fn hosted_loop_following_lease<S, F, C, M>(make: M, lease_ms: u64, cluster: String, rx: mpsc::Receiver<()>, interval: Duration)
-where
+pub async fn hosted_loop_following_lease<S, F, C, M>(
+    make: M,
+    lease_ms: u64,
+    cluster: String,
+    rx: mpsc::Receiver<()>,
+    interval: Duration,
+) where
     S: Store + Clone,
     F: Fencer,
     C: Clock + Clone,
@@ -147,8 +160,13 @@ where
     run_hosted(coordinator, Some(make), cluster, rx, interval).await
 }
 
-async fn run_hosted<S, F, C, M>(mut coordinator: Coordinator<S, F, C>, make: Option<M>, cluster: String, mut rx: mpsc::Receiver<()>, interval: Duration)
-where
+async fn run_hosted<S, F, C, M>(
+    mut coordinator: Coordinator<S, F, C>,
+    make: Option<M>,
+    cluster: String,
+    mut rx: mpsc::Receiver<()>,
+    interval: Duration,
+) where
     S: Store + Clone,
     F: Fencer,
     C: Clock + Clone,
@@ -160,7 +178,12 @@ where
         if let (Some(make), Some(record)) = (&make, &report.record) {
             let want = lock_lease_ms(record.config.lease_ms);
             if want != coordinator.config().lock_lease_ms {
-                tracing::info!(cluster, from_ms = coordinator.config().lock_lease_ms, to_ms = want, "coordinator lock lease follows the cluster's lease_ms");
+                tracing::info!(
+                    cluster,
+                    from_ms = coordinator.config().lock_lease_ms,
+                    to_ms = want,
+                    "coordinator lock lease follows the cluster's lease_ms"
+                );
                 if let Err(e) = coordinator.release(&cluster).await {
                     tracing::warn!(cluster, error = %e, "releasing the coordinator lock before changing its lease");
                 }
@@ -173,13 +196,18 @@ where
         }
         if report.reason != last_reason {
             match report.outcome {
-                Outcome::Idle | Outcome::NotInCharge => tracing::debug!(cluster, outcome = ?report.outcome, reason = %report.reason, "coordinator"),
-                Outcome::Error | Outcome::Blocked => tracing::warn!(cluster, outcome = ?report.outcome, reason = %report.reason, "coordinator"),
+                Outcome::Idle | Outcome::NotInCharge => {
+                    tracing::debug!(cluster, outcome = ?report.outcome, reason = %report.reason, "coordinator")
+                }
+                Outcome::Error | Outcome::Blocked => {
+                    tracing::warn!(cluster, outcome = ?report.outcome, reason = %report.reason, "coordinator")
+                }
                 _ => tracing::info!(cluster, outcome = ?report.outcome, reason = %report.reason, "coordinator"),
             }
             last_reason = report.reason.clone();
         }
-        let busy = matches!(report.outcome, Outcome::Progressed | Outcome::Waiting) || !report.settled() && report.outcome != Outcome::NotInCharge;
+        let busy = matches!(report.outcome, Outcome::Progressed | Outcome::Waiting)
+            || !report.settled() && report.outcome != Outcome::NotInCharge;
         let wait = if busy { BUSY_POLL } else { interval };
         tokio::select! {
             got = rx.recv() => if got.is_none() { return },
@@ -205,7 +233,12 @@ impl HostedTrigger {
 #[async_trait]
 impl CoordinatorTrigger for HostedTrigger {
     async fn request_run(&self, cluster: &str, evidence: &LeaseSighting) -> Result<(), TriggerError> {
-        tracing::info!(cluster, term = evidence.term, unchanged_ms = evidence.unchanged_ms, "asking the hosted coordinator for a run");
+        tracing::info!(
+            cluster,
+            term = evidence.term,
+            unchanged_ms = evidence.unchanged_ms,
+            "asking the hosted coordinator for a run"
+        );
         match self.tx.try_send(()) {
             Ok(()) | Err(mpsc::error::TrySendError::Full(())) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(())) => Err(TriggerError("the hosted coordinator has stopped".into())),
@@ -302,7 +335,8 @@ mod tests {
         };
         let (_trigger, rx) = HostedTrigger::new();
         let task = tokio::spawn(hosted_loop_following_lease(make, 10_000, "c".into(), rx, Duration::from_millis(50)));
-        let lock_ms = || async { store.read_lease("c", LeaseName::Coordinator).await.unwrap().filter(|l| !l.released).map(|l| l.lease_ms) };
+        let lock_ms =
+            || async { store.read_lease("c", LeaseName::Coordinator).await.unwrap().filter(|l| !l.released).map(|l| l.lease_ms) };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while lock_ms().await != Some(3000) {
             assert!(std::time::Instant::now() < deadline, "lock lease {:?}, want 3000", lock_ms().await);

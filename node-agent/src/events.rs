@@ -117,7 +117,8 @@ impl EventsConfig {
     /// Rejects values that cannot work, naming the key (`events.<key>`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.webhook_url {
-            let parsed = reqwest::Url::parse(url).map_err(|e| ConfigError::invalid("events.webhook_url", format!("{url:?} is not a URL: {e}")))?;
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| ConfigError::invalid("events.webhook_url", format!("{url:?} is not a URL: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") {
                 return Err(ConfigError::invalid("events.webhook_url", format!("{url:?} must be http:// or https://")));
             }
@@ -393,7 +394,8 @@ impl EventSink for WebhookSink {
 
 /// The URL without credentials or query (tokens often live there) for logs.
 fn redact(url: &reqwest::Url) -> String {
-    format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or(""), url.port().map(|p| format!(":{p}")).unwrap_or_default()) + url.path()
+    format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or(""), url.port().map(|p| format!(":{p}")).unwrap_or_default())
+        + url.path()
 }
 
 /// Runs `sh -c <command>` per event: the event JSON on stdin, and `PGDAEMON_EVENT_KIND`,
@@ -421,8 +423,7 @@ impl EventSink for CommandSink {
     /// the hosted coordinator's events about the cluster are not. The monitor's `role_changed`
     /// of a watched target counts too.
     fn accepts(&self, event: &Event) -> bool {
-        !self.only_role_changes
-            || (event.kind.is_role_change() && (event.source == "agent" || event.source == "monitor"))
+        !self.only_role_changes || (event.kind.is_role_change() && (event.source == "agent" || event.source == "monitor"))
     }
 
     async fn deliver(&self, event: &Event) -> Result<(), SinkError> {
@@ -454,7 +455,11 @@ impl EventSink for CommandSink {
             Ok(Ok(out)) if out.status.success() => Ok(()),
             Ok(Ok(out)) => {
                 let stderr = String::from_utf8_lossy(&out.stderr);
-                Err(SinkError::retryable(format!("event command exited with {}: {}", out.status, stderr.trim().chars().take(200).collect::<String>())))
+                Err(SinkError::retryable(format!(
+                    "event command exited with {}: {}",
+                    out.status,
+                    stderr.trim().chars().take(200).collect::<String>()
+                )))
             }
         }
     }

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pgdaemon_core::agent::{
-    AgentHandle, FailsafePeers, FailsafeReply, FailsafeRequest, RoundOutcome,
-};
+use pgdaemon_core::agent::{AgentHandle, FailsafePeers, FailsafeReply, FailsafeRequest, RoundOutcome};
 
 /// [`FailsafePeers`] over the members' HTTP APIs.
 pub struct HttpPeers {
@@ -20,10 +18,7 @@ pub struct HttpPeers {
 impl HttpPeers {
     pub fn new() -> Self {
         // No client-wide timeout: each request carries the round's own bound.
-        HttpPeers {
-            client: reqwest::Client::builder().build().unwrap_or_default(),
-            authorization: None,
-        }
+        HttpPeers { client: reqwest::Client::builder().build().unwrap_or_default(), authorization: None }
     }
 
     /// Sends `authorization` (see `ApiSecurity::client_authorization`) with every request.
@@ -41,38 +36,23 @@ impl Default for HttpPeers {
 
 #[async_trait]
 impl FailsafePeers for HttpPeers {
-    async fn ask(
-        &self,
-        api_url: &str,
-        request: &FailsafeRequest,
-        timeout: Duration,
-    ) -> Result<FailsafeReply, String> {
+    async fn ask(&self, api_url: &str, request: &FailsafeRequest, timeout: Duration) -> Result<FailsafeReply, String> {
         let url = format!("{}/failsafe", api_url.trim_end_matches('/'));
         let call = async {
             let mut post = self.client.post(&url).json(request);
             if let Some(auth) = &self.authorization {
                 post = post.header(reqwest::header::AUTHORIZATION, auth.clone());
             }
-            let resp = post
-                .send()
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
+            let resp = post.send().await.map_err(|e| format!("{url}: {e}"))?;
             let status = resp.status();
             let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
             // A refusal is a 409 with a reply body; anything else without one is no answer.
-            serde_json::from_slice::<FailsafeReply>(&body).map_err(|e| {
-                format!(
-                    "{url}: HTTP {status}, unreadable reply ({e}): {}",
-                    String::from_utf8_lossy(&body)
-                )
-            })
+            serde_json::from_slice::<FailsafeReply>(&body)
+                .map_err(|e| format!("{url}: HTTP {status}, unreadable reply ({e}): {}", String::from_utf8_lossy(&body)))
         };
         match tokio::time::timeout(timeout, call).await {
             Ok(r) => r,
-            Err(_) => Err(format!(
-                "{url}: no answer within {} ms",
-                timeout.as_millis()
-            )),
+            Err(_) => Err(format!("{url}: no answer within {} ms", timeout.as_millis())),
         }
     }
 }
@@ -102,24 +82,13 @@ pub async fn failsafe_task(handle: AgentHandle, peers: Arc<dyn FailsafePeers>) {
         if last.as_deref() != Some(kind) {
             match &outcome {
                 RoundOutcome::Granted { members, .. } => {
-                    tracing::warn!(
-                        ?members,
-                        "failsafe: store unreachable; every member acknowledged, staying primary"
-                    )
+                    tracing::warn!(?members, "failsafe: store unreachable; every member acknowledged, staying primary")
                 }
                 RoundOutcome::Refused { member, reason } => {
-                    tracing::warn!(
-                        member,
-                        reason,
-                        "failsafe: refused; the lease deadline applies"
-                    )
+                    tracing::warn!(member, reason, "failsafe: refused; the lease deadline applies")
                 }
                 RoundOutcome::Unanswered { member, error } => {
-                    tracing::warn!(
-                        member,
-                        error,
-                        "failsafe: a member did not answer; the lease deadline applies"
-                    )
+                    tracing::warn!(member, error, "failsafe: a member did not answer; the lease deadline applies")
                 }
             }
             last = Some(kind.to_string());

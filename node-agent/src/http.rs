@@ -125,15 +125,9 @@ pub fn router_with(state: ApiState, security: Arc<ApiSecurity>) -> Router {
         .route("/demote", post(http_control::demote))
         .route("/failsafe", post(http_control::failsafe))
         .route_layer(middleware::from_fn_with_state(guard_state.clone(), guard));
-    let reads = if security.protect_reads {
-        reads.route_layer(middleware::from_fn_with_state(guard_state, guard))
-    } else {
-        reads
-    };
-    reads
-        .merge(writes)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+    let reads =
+        if security.protect_reads { reads.route_layer(middleware::from_fn_with_state(guard_state, guard)) } else { reads };
+    reads.merge(writes).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(state)
 }
 
 #[derive(Clone)]
@@ -264,9 +258,7 @@ impl CheckQuery {
     fn max_lag(&self) -> Result<Option<u64>, Response> {
         match &self.lag {
             None => Ok(None),
-            Some(v) => parse_lag(v)
-                .map(Some)
-                .map_err(|e| error_response(StatusCode::BAD_REQUEST, &e)),
+            Some(v) => parse_lag(v).map(Some).map_err(|e| error_response(StatusCode::BAD_REQUEST, &e)),
         }
     }
 }
@@ -275,13 +267,9 @@ impl CheckQuery {
 /// PostgreSQL memory units `B`, `kB`, `MB`, `GB`, `TB` (powers of 1024), e.g. `16kB`, `1.5 MB`.
 pub fn parse_lag(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = (&t[..split], t[split..].trim());
-    let bad = || {
-        format!("lag {text:?} must be bytes or a number with a unit (B, kB, MB, GB, TB), like 16MB")
-    };
+    let bad = || format!("lag {text:?} must be bytes or a number with a unit (B, kB, MB, GB, TB), like 16MB");
     if number.is_empty() || number.starts_with('.') || number.matches('.').count() > 1 {
         return Err(bad());
     }
@@ -301,11 +289,7 @@ pub fn parse_lag(text: &str) -> Result<u64, String> {
         }
         Ok(bytes as u64)
     } else {
-        number
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(factor))
-            .ok_or_else(bad)
+        number.parse::<u64>().ok().and_then(|n| n.checked_mul(factor)).ok_or_else(bad)
     }
 }
 
@@ -321,11 +305,7 @@ struct Checks<'a> {
 
 impl Checks<'_> {
     fn lease_valid(&self) -> bool {
-        self.s.holds_lease
-            && self
-                .s
-                .lease_valid_until
-                .is_some_and(|until| self.now < until)
+        self.s.holds_lease && self.s.lease_valid_until.is_some_and(|until| self.now < until)
     }
 
     /// A demotion for the lease's term (or a later one) has begun: no longer primary, even while
@@ -336,9 +316,7 @@ impl Checks<'_> {
     }
 
     fn streaming_replica(&self) -> bool {
-        self.s.pg_running
-            && self.s.role == Role::Replica
-            && self.s.last_probe.as_ref().is_some_and(|p| p.streaming)
+        self.s.pg_running && self.s.role == Role::Replica && self.s.last_probe.as_ref().is_some_and(|p| p.streaming)
     }
 
     fn within(&self, max_lag: Option<u64>) -> bool {
@@ -354,20 +332,14 @@ impl Checks<'_> {
 /// (Patroni uses the leader's last position in the DCS the same way, so health checks never
 /// query the primary). `None` when not a replica or the position is unknown.
 pub fn lag_bytes(s: &AgentSnapshot) -> Option<u64> {
-    let probe = s
-        .last_probe
-        .as_ref()
-        .filter(|p| p.running && p.role == Role::Replica)?;
+    let probe = s.last_probe.as_ref().filter(|p| p.running && p.role == Role::Replica)?;
     let mine = match (probe.receive_lsn, probe.replay_lsn) {
         (Some(a), Some(b)) => a.max(b),
         (a, b) => a.or(b)?,
     };
     let view = s.last_view.as_ref()?;
     let primary = view.cluster.as_ref()?.primary.as_deref()?;
-    let member = view
-        .members
-        .get(primary)
-        .filter(|m| m.role == Role::Primary && m.name != s.member)?;
+    let member = view.members.get(primary).filter(|m| m.role == Role::Primary && m.name != s.member)?;
     Some(member.write_lsn?.bytes_ahead_of(mine))
 }
 
@@ -375,10 +347,7 @@ fn status_document(st: &ApiState, s: &AgentSnapshot, now: Duration) -> Value {
     let checks = Checks { s, now };
     let probe = s.last_probe.as_ref();
     let mut doc = serde_json::Map::new();
-    doc.insert(
-        "state".into(),
-        json!(if s.pg_running { "running" } else { "stopped" }),
-    );
+    doc.insert("state".into(), json!(if s.pg_running { "running" } else { "stopped" }));
     doc.insert("role".into(), json!(role_name(s.role)));
     if let Some(p) = probe.filter(|p| p.running) {
         doc.insert("timeline".into(), json!(p.timeline));
@@ -406,20 +375,11 @@ fn status_document(st: &ApiState, s: &AgentSnapshot, now: Duration) -> Value {
     if unlocked {
         doc.insert("cluster_unlocked".into(), json!(true));
     }
-    if view
-        .and_then(|v| v.cluster.as_ref())
-        .is_some_and(|c| c.paused)
-    {
+    if view.and_then(|v| v.cluster.as_ref()).is_some_and(|c| c.paused) {
         doc.insert("pause".into(), json!(true));
     }
-    doc.insert(
-        "patroni".into(),
-        json!({ "version": st.version, "scope": s.cluster, "name": s.member }),
-    );
-    let valid_for_ms = s
-        .lease_valid_until
-        .filter(|_| checks.lease_valid())
-        .map(|u| u.saturating_sub(now).as_millis() as u64);
+    doc.insert("patroni".into(), json!({ "version": st.version, "scope": s.cluster, "name": s.member }));
+    let valid_for_ms = s.lease_valid_until.filter(|_| checks.lease_valid()).map(|u| u.saturating_sub(now).as_millis() as u64);
     doc.insert(
         "pgdaemon".into(),
         json!({
@@ -443,11 +403,7 @@ fn answer(st: &ApiState, check: impl FnOnce(&Checks) -> bool) -> Response {
     let now = st.clock.monotonic();
     let checks = Checks { s: &s, now };
     let ok = check(&checks);
-    let code = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(status_document(st, &s, now))).into_response()
 }
 
@@ -472,9 +428,7 @@ async fn read_only(State(st): State<ApiState>, Query(q): Query<CheckQuery>) -> R
         Ok(m) => m,
         Err(r) => return r,
     };
-    answer(&st, |c| {
-        c.primary() || (c.streaming_replica() && c.within(max))
-    })
+    answer(&st, |c| c.primary() || (c.streaming_replica() && c.within(max)))
 }
 
 async fn health_check(State(st): State<ApiState>) -> Response {
@@ -486,9 +440,7 @@ async fn readiness(State(st): State<ApiState>, Query(q): Query<CheckQuery>) -> R
         Ok(m) => m,
         Err(r) => return r,
     };
-    answer(&st, |c| {
-        c.primary() || (c.streaming_replica() && c.within(max))
-    })
+    answer(&st, |c| c.primary() || (c.streaming_replica() && c.within(max)))
 }
 
 async fn patroni(State(st): State<ApiState>) -> Response {
@@ -500,17 +452,9 @@ async fn liveness(State(st): State<ApiState>) -> Response {
     let s = st.api.snapshot();
     let now = st.clock.monotonic();
     let lease = s.config.lease();
-    let allowed = if s.role == Role::Primary {
-        lease
-    } else {
-        lease * 2
-    };
+    let allowed = if s.role == Role::Primary { lease } else { lease * 2 };
     let idle = st.stats.idle_for(now);
-    let code = if idle <= allowed {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let code = if idle <= allowed { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(json!({ "loop_idle_ms": idle.as_millis() as u64, "allowed_ms": allowed.as_millis() as u64, "ticks": st.stats.ticks() })))
         .into_response()
 }
@@ -532,18 +476,10 @@ async fn cluster(State(st): State<ApiState>) -> Response {
 
 pub fn cluster_document(scope: &str, view: &ClusterView) -> Value {
     let record = view.cluster.as_ref();
-    let leader = view
-        .leader
-        .as_ref()
-        .filter(|l| !l.is_free())
-        .map(|l| l.owner.as_str());
-    let sync: Vec<&str> = record
-        .and_then(|r| r.sync.as_ref())
-        .map(|s| s.members.iter().map(String::as_str).collect())
-        .unwrap_or_default();
-    let primary_pos = leader
-        .and_then(|l| view.members.get(l))
-        .and_then(|m| m.write_lsn);
+    let leader = view.leader.as_ref().filter(|l| !l.is_free()).map(|l| l.owner.as_str());
+    let sync: Vec<&str> =
+        record.and_then(|r| r.sync.as_ref()).map(|s| s.members.iter().map(String::as_str).collect()).unwrap_or_default();
+    let primary_pos = leader.and_then(|l| view.members.get(l)).and_then(|m| m.write_lsn);
     let members: Vec<Value> = view
         .members
         .values()
@@ -576,19 +512,11 @@ pub fn cluster_document(scope: &str, view: &ClusterView) -> Value {
             let o = doc.as_object_mut().expect("object");
             if m.role == Role::Replica {
                 let pos = m.wal_position();
-                let lag = m
-                    .lag_bytes
-                    .or_else(|| Some(primary_pos?.bytes_ahead_of(pos?)));
+                let lag = m.lag_bytes.or_else(|| Some(primary_pos?.bytes_ahead_of(pos?)));
                 o.insert("lag".into(), json!(lag));
                 o.insert("lsn".into(), json!(pos.map(|l| l.to_string())));
-                o.insert(
-                    "receive_lsn".into(),
-                    json!(m.receive_lsn.map(|l| l.to_string())),
-                );
-                o.insert(
-                    "replay_lsn".into(),
-                    json!(m.replay_lsn.map(|l| l.to_string())),
-                );
+                o.insert("receive_lsn".into(), json!(m.receive_lsn.map(|l| l.to_string())));
+                o.insert("replay_lsn".into(), json!(m.replay_lsn.map(|l| l.to_string())));
             } else if let Some(l) = m.write_lsn {
                 o.insert("lsn".into(), json!(l.to_string()));
             }
@@ -610,17 +538,11 @@ pub fn cluster_document(scope: &str, view: &ClusterView) -> Value {
             o.insert("pause".into(), json!(true));
         }
         if let Some(t) = &r.transition {
-            o.insert(
-                "transition".into(),
-                serde_json::to_value(t).unwrap_or(Value::Null),
-            );
+            o.insert("transition".into(), serde_json::to_value(t).unwrap_or(Value::Null));
         }
     }
     if let Some(l) = &view.leader {
-        o.insert(
-            "leader".into(),
-            json!({ "owner": l.owner, "term": l.term, "released": l.released }),
-        );
+        o.insert("leader".into(), json!({ "owner": l.owner, "term": l.term, "released": l.released }));
     }
     doc
 }
@@ -638,15 +560,7 @@ pub fn history_document(entries: &[HistoryEntry]) -> Value {
     Value::Array(
         entries
             .iter()
-            .map(|e| {
-                json!([
-                    e.term,
-                    e.lsn.map(|l| l.0),
-                    e.reason,
-                    iso8601_utc(e.finished_ms),
-                    e.new_primary
-                ])
-            })
+            .map(|e| json!([e.term, e.lsn.map(|l| l.0), e.reason, iso8601_utc(e.finished_ms), e.new_primary]))
             .collect(),
     )
 }
@@ -666,25 +580,13 @@ pub fn iso8601_utc(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+00:00",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+00:00", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 async fn metrics_text(State(st): State<ApiState>) -> Response {
     let s = st.api.snapshot();
     let body = metrics::render(&s, &st.stats, st.clock.monotonic(), lag_bytes(&s));
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 #[cfg(test)]
@@ -701,17 +603,7 @@ mod tests {
         assert_eq!(parse_lag("16 kB"), Ok(16 << 10));
         assert_eq!(parse_lag("1.5MB"), Ok(3 << 19));
         assert_eq!(parse_lag("0"), Ok(0));
-        for bad in [
-            "",
-            "kB",
-            "10mb",
-            "10KB",
-            "-5",
-            "1.2.3",
-            "ten",
-            "99999999999999999999",
-            "20000000TB",
-        ] {
+        for bad in ["", "kB", "10mb", "10KB", "-5", "1.2.3", "ten", "99999999999999999999", "20000000TB"] {
             assert!(parse_lag(bad).is_err(), "{bad:?} should be refused");
         }
     }

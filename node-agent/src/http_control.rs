@@ -51,7 +51,16 @@ pub struct DemoteResponse {
 impl DemoteResponse {
     /// Nothing was demoted: `error` says why.
     fn refused(member: String, term: u64, error: String, current_term: Option<u64>) -> Self {
-        DemoteResponse { demoted: false, term, member, role: None, fenced_through: None, lsn: None, error: Some(error), current_term }
+        DemoteResponse {
+            demoted: false,
+            term,
+            member,
+            role: None,
+            fenced_through: None,
+            lsn: None,
+            error: Some(error),
+            current_term,
+        }
     }
 }
 
@@ -131,11 +140,7 @@ pub(crate) async fn demote(State(st): State<ApiState>, body: Bytes) -> Response 
         let body = DemoteResponse::refused(member, req.term, error, Some(current));
         return (StatusCode::CONFLICT, Json(body)).into_response();
     }
-    let reason = if req.reason.is_empty() {
-        "demotion requested over HTTP".to_string()
-    } else {
-        req.reason.clone()
-    };
+    let reason = if req.reason.is_empty() { "demotion requested over HTTP".to_string() } else { req.reason.clone() };
     match st.api.demote_with_position(req.term, &reason).await {
         Ok(lsn) => {
             let s = st.api.snapshot();
@@ -164,11 +169,10 @@ pub(crate) async fn demote(State(st): State<ApiState>, body: Bytes) -> Response 
 /// not to take the leader lease for `valid_ms`), 409 with the reply when refused, 400 for a
 /// malformed body (nothing is promised).
 pub(crate) async fn failsafe(State(st): State<ApiState>, body: Bytes) -> Response {
-    let req: FailsafeRequest =
-        match json_object(&body, r#"{"cluster": "c", "leader": "pg-1", "term": 3, "valid_ms": 10000}"#) {
-            Ok(r) => r,
-            Err(response) => return response,
-        };
+    let req: FailsafeRequest = match json_object(&body, r#"{"cluster": "c", "leader": "pg-1", "term": 3, "valid_ms": 10000}"#) {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
     let reply = st.api.failsafe(&req);
     let status = if reply.ack { StatusCode::OK } else { StatusCode::CONFLICT };
     (status, Json(reply)).into_response()

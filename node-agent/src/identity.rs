@@ -43,17 +43,11 @@ impl ImdsClient {
             .no_proxy()
             .build()
             .expect("a plain HTTP client always builds");
-        ImdsClient {
-            base: base.trim_end_matches('/').to_string(),
-            http,
-        }
+        ImdsClient { base: base.trim_end_matches('/').to_string(), http }
     }
 
     fn err(url: &str, reason: impl ToString) -> IdentityError {
-        IdentityError::Imds {
-            url: url.to_string(),
-            reason: reason.to_string(),
-        }
+        IdentityError::Imds { url: url.to_string(), reason: reason.to_string() }
     }
 
     /// `PUT /latest/api/token`.
@@ -72,13 +66,7 @@ impl ImdsClient {
     /// `GET /latest/meta-data/<path>` with the session token.
     pub async fn get(&self, token: &str, path: &str) -> Result<String, IdentityError> {
         let url = format!("{}/latest/meta-data/{path}", self.base);
-        let resp = self
-            .http
-            .get(&url)
-            .header("X-aws-ec2-metadata-token", token)
-            .send()
-            .await
-            .map_err(|e| Self::err(&url, e))?;
+        let resp = self.http.get(&url).header("X-aws-ec2-metadata-token", token).send().await.map_err(|e| Self::err(&url, e))?;
         Self::text(&url, resp).await
     }
 
@@ -100,28 +88,19 @@ impl ImdsClient {
         let token = self.token().await?;
         let instance_id = self.get(&token, "instance-id").await?;
         let az = self.get(&token, "placement/availability-zone").await?;
-        Ok(Identity {
-            instance_id: Some(instance_id),
-            availability_zone: Some(az),
-        })
+        Ok(Identity { instance_id: Some(instance_id), availability_zone: Some(az) })
     }
 }
 
 /// Configured values win; IMDS fills in what is missing when `node.imds` is on. An IMDS failure
 /// is returned so the caller can log it and continue with what the configuration gave.
 pub async fn resolve(node: &NodeConfig, timeout: Duration) -> (Identity, Option<IdentityError>) {
-    let configured = Identity {
-        instance_id: node.instance_id.clone(),
-        availability_zone: node.availability_zone.clone(),
-    };
+    let configured = Identity { instance_id: node.instance_id.clone(), availability_zone: node.availability_zone.clone() };
     let complete = configured.instance_id.is_some() && configured.availability_zone.is_some();
     if complete || !node.imds {
         return (configured, None);
     }
-    match ImdsClient::new(&node.imds_endpoint, timeout)
-        .identity()
-        .await
-    {
+    match ImdsClient::new(&node.imds_endpoint, timeout).identity().await {
         Ok(found) => (
             Identity {
                 instance_id: configured.instance_id.or(found.instance_id),
@@ -149,20 +128,14 @@ mod tests {
             }
         }
         fn authorized(headers: &HeaderMap) -> Result<(), StatusCode> {
-            match headers
-                .get("x-aws-ec2-metadata-token")
-                .and_then(|v| v.to_str().ok())
-            {
+            match headers.get("x-aws-ec2-metadata-token").and_then(|v| v.to_str().ok()) {
                 Some("tok-123") => Ok(()),
                 _ => Err(StatusCode::UNAUTHORIZED),
             }
         }
         let app = Router::new()
             .route("/latest/api/token", put(token))
-            .route(
-                "/latest/meta-data/instance-id",
-                get(|h: HeaderMap| async move { authorized(&h).map(|_| "i-0abc123\n") }),
-            )
+            .route("/latest/meta-data/instance-id", get(|h: HeaderMap| async move { authorized(&h).map(|_| "i-0abc123\n") }))
             .route(
                 "/latest/meta-data/placement/availability-zone",
                 get(|h: HeaderMap| async move { authorized(&h).map(|_| "eu-west-1b") }),
@@ -176,8 +149,7 @@ mod tests {
     }
 
     fn node(endpoint: &str) -> NodeConfig {
-        let text =
-            format!("name = \"n1\"\npg_host = \"127.0.0.1\"\nimds_endpoint = \"{endpoint}\"\n");
+        let text = format!("name = \"n1\"\npg_host = \"127.0.0.1\"\nimds_endpoint = \"{endpoint}\"\n");
         toml::from_str(&text).unwrap()
     }
 

@@ -3,15 +3,15 @@
 pub mod postgres;
 mod process;
 // Agent shell (config, identity, secrets, HTTP API, run loop).
-pub mod config;
-pub mod identity;
-pub mod logging;
-pub mod secrets;
 pub mod api_security;
+pub mod config;
 pub mod http;
 pub mod http_control;
+pub mod identity;
+pub mod logging;
 pub mod metrics;
 pub mod run;
+pub mod secrets;
 // The agent-hosted coordinator and the fast-path triggers.
 pub mod coordinator_mode;
 // Event delivery (store log, webhook, command hook) and the monitor-only mode.
@@ -19,5 +19,5 @@ pub mod events;
 // Failsafe mode: peer acknowledgements while the store is unreachable.
 pub mod failsafe;
 // Hardware watchdog (Patroni's `watchdog`).
-pub mod watchdog;
 pub mod monitor;
+pub mod watchdog;

@@ -7,29 +7,19 @@ use crate::config::LogFormat;
 
 /// Checks a filter directive such as `info` or `pgdaemon_agent=debug,warn`.
 pub fn validate_filter(directives: &str) -> Result<(), String> {
-    EnvFilter::try_new(directives)
-        .map(|_| ())
-        .map_err(|e| format!("{directives:?} is not a log filter: {e}"))
+    EnvFilter::try_new(directives).map(|_| ()).map_err(|e| format!("{directives:?} is not a log filter: {e}"))
 }
 
 /// Installs the global subscriber. Call once, first thing in `main`.
 pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => {
-            EnvFilter::try_new(&v).map_err(|e| anyhow::anyhow!("RUST_LOG={v:?}: {e}"))?
-        }
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(&v).map_err(|e| anyhow::anyhow!("RUST_LOG={v:?}: {e}"))?,
         _ => EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("log level {level:?}: {e}"))?,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Human => builder.with_target(false).try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
 }

@@ -10,11 +10,7 @@ use pgdaemon_agent::config::{self, AgentConfig, LogFormat};
 use pgdaemon_agent::{logging, run, secrets};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "pgdaemon-agent",
-    version,
-    about = "pgdaemon node agent: one per PostgreSQL host"
-)]
+#[command(name = "pgdaemon-agent", version, about = "pgdaemon node agent: one per PostgreSQL host")]
 struct Cli {
     /// Configuration file (TOML). `PGDAEMON_<SECTION>__<KEY>` environment variables override it.
     #[arg(long, short = 'c', global = true, default_value_os_t = config::default_config_path())]
@@ -71,15 +67,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Some(CliLogFormat::Json) => LogFormat::Json,
         None => cfg.log.format,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig { fetch_secrets } => {
-            rt.block_on(check_config(&cli.config, &cfg, &env, fetch_secrets))
-        }
+        Command::CheckConfig { fetch_secrets } => rt.block_on(check_config(&cli.config, &cfg, &env, fetch_secrets)),
         Command::Run => {
             logging::init(format, &cfg.log.level)?;
             for var in config::ignored_env_vars(&env) {
@@ -99,20 +89,11 @@ fn monitor_main(path: &std::path::Path, log_format: Option<CliLogFormat>, env: &
         None => cfg.log.format,
     };
     logging::init(format, &cfg.log.level)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
     rt.block_on(pgdaemon_agent::monitor::start(cfg, run::shutdown_signal()))
 }
 
-async fn check_config(
-    path: &std::path::Path,
-    cfg: &AgentConfig,
-    env: &[(String, String)],
-    fetch: bool,
-) -> anyhow::Result<()> {
+async fn check_config(path: &std::path::Path, cfg: &AgentConfig, env: &[(String, String)], fetch: bool) -> anyhow::Result<()> {
     // The start-time rule too: an unauthenticated API on a non-loopback address would not start.
     let listen = cfg.node.listen_addr()?;
     cfg.api.check_listen(listen).map_err(|e| anyhow::anyhow!("config: {e}"))?;
@@ -128,14 +109,7 @@ async fn check_config(
     if fetch || cfg.postgres.password_file.is_some() {
         // Reading proves the source works; the value itself is never printed.
         let secret = secrets::load_replication_password(&cfg.postgres).await?;
-        println!(
-            "# replication password: {source}: {}",
-            if secret.is_some() {
-                "read (redacted)"
-            } else {
-                "not used"
-            }
-        );
+        println!("# replication password: {source}: {}", if secret.is_some() { "read (redacted)" } else { "not used" });
     } else {
         println!("# replication password: {source} (not fetched; --fetch-secrets reads it)");
     }
@@ -164,31 +138,12 @@ mod tests {
 
     #[test]
     fn parses_subcommands_and_flags() {
-        let cli = Cli::try_parse_from([
-            "pgdaemon-agent",
-            "--config",
-            "/x.toml",
-            "--log-format",
-            "json",
-        ])
-        .unwrap();
+        let cli = Cli::try_parse_from(["pgdaemon-agent", "--config", "/x.toml", "--log-format", "json"]).unwrap();
         assert_eq!(cli.config, PathBuf::from("/x.toml"));
         assert!(matches!(cli.log_format, Some(CliLogFormat::Json)));
         assert!(cli.command.is_none());
-        let cli = Cli::try_parse_from([
-            "pgdaemon-agent",
-            "check-config",
-            "-c",
-            "/y.toml",
-            "--fetch-secrets",
-        ])
-        .unwrap();
-        assert!(matches!(
-            cli.command,
-            Some(Command::CheckConfig {
-                fetch_secrets: true
-            })
-        ));
+        let cli = Cli::try_parse_from(["pgdaemon-agent", "check-config", "-c", "/y.toml", "--fetch-secrets"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::CheckConfig { fetch_secrets: true })));
         assert!(Cli::try_parse_from(["pgdaemon-agent", "--log-format", "xml"]).is_err());
         let cli = Cli::try_parse_from(["pgdaemon-agent", "monitor", "-c", "/m.toml"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Monitor)));

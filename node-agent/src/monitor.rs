@@ -116,7 +116,8 @@ impl MonitorConfig {
     }
 
     pub fn load(path: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Parse(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Parse(format!("cannot read {}: {e}", path.display())))?;
         Self::parse(&text, env)
     }
 
@@ -143,7 +144,8 @@ impl MonitorConfig {
             if !seen.insert(t.name.clone()) {
                 return Err(ConfigError::invalid(key("name"), format!("{:?} is listed twice", t.name)));
             }
-            let parsed = tokio_postgres::Config::from_str(&t.dsn).map_err(|e| ConfigError::invalid(key("dsn"), format!("is not a libpq connection string: {e}")))?;
+            let parsed = tokio_postgres::Config::from_str(&t.dsn)
+                .map_err(|e| ConfigError::invalid(key("dsn"), format!("is not a libpq connection string: {e}")))?;
             if parsed.get_password().is_some() {
                 return Err(ConfigError::invalid(key("dsn"), "must not hold a password (use password_file)"));
             }
@@ -222,13 +224,22 @@ impl Monitor {
                 config.application_name("pgdaemon-monitor");
             }
             if let Some(file) = &t.password_file {
-                let p = std::fs::read_to_string(file).with_context(|| format!("monitor target {}: password file {}", t.name, file.display()))?;
+                let p = std::fs::read_to_string(file)
+                    .with_context(|| format!("monitor target {}: password file {}", t.name, file.display()))?;
                 config.password(p.trim_end_matches(['\n', '\r']));
             }
             let tls = tls_connector(t.ca_file.as_deref()).with_context(|| format!("monitor target {}", t.name))?;
             targets.push(Target { name: t.name.clone(), config, tls });
         }
-        Ok(Monitor { cluster: cfg.cluster.clone(), targets, timeout, events, clock: SystemClock::new(), last: HealthView::new(), down_reasons: Default::default() })
+        Ok(Monitor {
+            cluster: cfg.cluster.clone(),
+            targets,
+            timeout,
+            events,
+            clock: SystemClock::new(),
+            last: HealthView::new(),
+            down_reasons: Default::default(),
+        })
     }
 
     /// The health found by the last round.

@@ -29,7 +29,10 @@ pub struct ReplicationAuth {
 impl std::fmt::Debug for ReplicationAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the password.
-        f.debug_struct("ReplicationAuth").field("user", &self.user).field("password", &self.password.as_ref().map(|_| "***")).finish()
+        f.debug_struct("ReplicationAuth")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
     }
 }
 
@@ -349,7 +352,11 @@ impl LocalPostgres {
         } else {
             for entry in std::fs::read_dir(&data).map_err(io_err)? {
                 let path = entry.map_err(io_err)?.path();
-                let result = if path.is_dir() && !path.is_symlink() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                let result = if path.is_dir() && !path.is_symlink() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
                 result.map_err(io_err)?;
             }
         }
@@ -370,7 +377,12 @@ impl LocalPostgres {
                 opts.push_str(&format!(" -c {}", shell_quote(&format!("{k}={v}"))));
             }
             let mut cmd = self.command("pg_ctl");
-            cmd.arg("start").arg("-D").arg(self.data()).arg("-w").arg("-t").arg(self.settings.start_timeout.as_secs().max(1).to_string());
+            cmd.arg("start")
+                .arg("-D")
+                .arg(self.data())
+                .arg("-w")
+                .arg("-t")
+                .arg(self.settings.start_timeout.as_secs().max(1).to_string());
             cmd.arg("-o").arg(opts);
             if let Some(log) = &self.settings.log_file {
                 cmd.arg("-l").arg(log);
@@ -613,8 +625,14 @@ impl PgControl for LocalPostgres {
                     return Err(PgError::WrongState("running as primary: it must be demoted and rewound first".into()));
                 }
                 // ALTER SYSTEM cannot run in a transaction block: one statement per call.
-                client.batch_execute(&format!("ALTER SYSTEM SET primary_conninfo = {}", sql_quote(&conninfo))).await.map_err(query_err)?;
-                client.batch_execute(&format!("ALTER SYSTEM SET primary_slot_name = {}", sql_quote(&slot))).await.map_err(query_err)?;
+                client
+                    .batch_execute(&format!("ALTER SYSTEM SET primary_conninfo = {}", sql_quote(&conninfo)))
+                    .await
+                    .map_err(query_err)?;
+                client
+                    .batch_execute(&format!("ALTER SYSTEM SET primary_slot_name = {}", sql_quote(&slot)))
+                    .await
+                    .map_err(query_err)?;
                 client.batch_execute("SELECT pg_reload_conf()").await.map_err(query_err)?;
                 let deadline = Instant::now() + Duration::from_secs(10);
                 loop {
@@ -631,7 +649,9 @@ impl PgControl for LocalPostgres {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-            Err(_) if self.postmaster_running().await? => Err(PgError::WrongState("postgres runs but does not answer yet".into())),
+            Err(_) if self.postmaster_running().await? => {
+                Err(PgError::WrongState("postgres runs but does not answer yet".into()))
+            }
             Err(_) => {
                 if self.data_state() == DataDirState::Empty {
                     return Err(PgError::WrongState("the data directory is empty: it needs a basebackup".into()));

@@ -4,7 +4,9 @@
 pub enum State {
     Alive,
     /// Exited, not yet reaped by `parent`.
-    Zombie { parent: u32 },
+    Zombie {
+        parent: u32,
+    },
     Gone,
     Unknown,
 }

@@ -16,8 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use pgdaemon_core::agent::{
-    FailsafeReply, FailsafeRequest,
-    AgentHandle, AgentIdentity, AgentRuntime, AgentSnapshot, CoordinatorTrigger, DemoteError,
+    AgentHandle, AgentIdentity, AgentRuntime, AgentSnapshot, CoordinatorTrigger, DemoteError, FailsafeReply, FailsafeRequest,
     TickReport,
 };
 use pgdaemon_core::pg::PgControl;
@@ -26,12 +25,12 @@ use tokio::time::MissedTickBehavior;
 
 use crate::api_security::{ApiSecurity, ServerLimits};
 use crate::config::AgentConfig;
-use crate::watchdog::{Watchdog, WatchdogConfig, WatchdogMode};
 use crate::http::{AgentApi, ApiState};
 use crate::identity::Identity;
 use crate::metrics::LoopStats;
 use crate::postgres::{LocalPostgres, PgSettings, ReplicationAuth};
 use crate::secrets::Secret;
+use crate::watchdog::{Watchdog, WatchdogConfig, WatchdogMode};
 
 /// The agent version written into heartbeats and the API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -163,11 +162,7 @@ where
     let stats = Arc::new(LoopStats::new(clock.monotonic()));
     let cluster = handle.snapshot().cluster;
     let state = ApiState {
-        api: Arc::new(LiveApi {
-            handle: handle.clone(),
-            store,
-            cluster,
-        }),
+        api: Arc::new(LiveApi { handle: handle.clone(), store, cluster }),
         clock: Arc::new(clock.clone()),
         stats: stats.clone(),
         version: VERSION.to_string(),
@@ -211,10 +206,7 @@ where
     tracing::info!("shutting down");
     watchdog.abort();
     failsafe.abort();
-    let mut summary = RunSummary {
-        ticks: stats.ticks(),
-        demoted_on_exit: false,
-    };
+    let mut summary = RunSummary { ticks: stats.ticks(), demoted_on_exit: false };
     let snap = handle.snapshot();
     if snap.holds_lease || snap.role == Role::Primary {
         let term = snap.lease_term.unwrap_or(snap.term);
@@ -223,9 +215,7 @@ where
                 // This loop sees the fence and releases the lease (and publishes the heartbeat).
                 match tokio::time::timeout(FINAL_TICK_TIMEOUT, runtime.tick()).await {
                     Ok(report) => log_report(&report, &mut last_reason),
-                    Err(_) => tracing::warn!(
-                        "final loop timed out; the lease will expire instead of being released"
-                    ),
+                    Err(_) => tracing::warn!("final loop timed out; the lease will expire instead of being released"),
                 }
                 summary.demoted_on_exit = true;
             }
@@ -243,11 +233,7 @@ where
         _ => {}
     }
     summary.ticks = stats.ticks();
-    tracing::info!(
-        ticks = summary.ticks,
-        demoted = summary.demoted_on_exit,
-        "stopped"
-    );
+    tracing::info!(ticks = summary.ticks, demoted = summary.demoted_on_exit, "stopped");
     Ok(summary)
 }
 
@@ -284,18 +270,9 @@ fn new_interval(period: Duration) -> tokio::time::Interval {
 /// One line per loop that did something (or whose reason changed); quiet loops log at debug.
 fn log_report(report: &TickReport, last_reason: &mut String) {
     let done = report.done();
-    let routine = done
-        .iter()
-        .all(|a| matches!(*a, "publish_heartbeat" | "renew_lease"));
-    let failed: Vec<String> = report
-        .outcomes
-        .iter()
-        .filter_map(|o| {
-            o.error
-                .as_ref()
-                .map(|e| format!("{}: {e}", o.action.name()))
-        })
-        .collect();
+    let routine = done.iter().all(|a| matches!(*a, "publish_heartbeat" | "renew_lease"));
+    let failed: Vec<String> =
+        report.outcomes.iter().filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.action.name()))).collect();
     let ms = report.duration.as_millis() as u64;
     if !failed.is_empty() || !report.errors.is_empty() {
         tracing::warn!(reason = %report.reason, actions = ?done, failed = ?failed, errors = ?report.errors, loop_ms = ms, "loop");
@@ -349,19 +326,13 @@ pub fn build_pg(cfg: &AgentConfig, replication_password: Option<Secret>) -> Loca
     s.database = pg.database.clone();
     // The one place the password leaves its redacting wrapper: libpq needs it in `primary_conninfo`
     // (ReplicationAuth's Debug redacts it again).
-    s.replication = ReplicationAuth {
-        user: pg.replication_user.clone(),
-        password: replication_password.map(|p| p.expose().to_string()),
-    };
+    s.replication =
+        ReplicationAuth { user: pg.replication_user.clone(), password: replication_password.map(|p| p.expose().to_string()) };
     if let Some(user) = &pg.run_as {
         s.run_as = Some(user.clone());
     }
     s.log_file = pg.log_file.clone();
-    s.server_options = pg
-        .parameters
-        .iter()
-        .map(|(k, v)| (k.clone(), v.to_string()))
-        .collect();
+    s.server_options = pg.parameters.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
     LocalPostgres::new(s)
 }
 
@@ -369,15 +340,12 @@ pub fn build_pg(cfg: &AgentConfig, replication_password: Option<Secret>) -> Loca
 /// the replication password, connect the store, build the runtime, start the hosted coordinator
 /// if enabled, bind the API, and run until a signal.
 pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
-    let (host, imds_error) =
-        crate::identity::resolve(&cfg.node, crate::identity::IMDS_TIMEOUT).await;
+    let (host, imds_error) = crate::identity::resolve(&cfg.node, crate::identity::IMDS_TIMEOUT).await;
     if let Some(e) = imds_error {
         tracing::warn!(error = %e, "no EC2 identity from IMDS (set node.instance_id/availability_zone on non-EC2 hosts)");
     }
     tracing::info!(instance_id = ?host.instance_id, availability_zone = ?host.availability_zone, "host identity");
-    let password = crate::secrets::load_replication_password(&cfg.postgres)
-        .await
-        .context("replication password")?;
+    let password = crate::secrets::load_replication_password(&cfg.postgres).await.context("replication password")?;
     // The API's access control, before anything binds or connects: a loose or missing secret
     // file, an unreadable token parameter, or an unauthenticated API on a non-loopback address
     // stops the start here. Read once: the server, the failsafe requests and the hosted
@@ -393,13 +361,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
     let store = pgdaemon_dcs::connect(&cfg.store).await.context("store")?;
     let pg = build_pg(&cfg, password);
     let clock = SystemClock::new();
-    let mut runtime = AgentRuntime::new(
-        store.clone(),
-        pg,
-        clock.clone(),
-        agent_identity(&cfg, &host),
-        cfg.dynamic.clone(),
-    );
+    let mut runtime = AgentRuntime::new(store.clone(), pg, clock.clone(), agent_identity(&cfg, &host), cfg.dynamic.clone());
     // Events (store log, webhook, command hook) from the loop and the hosted coordinator.
     let events = cfg.events.start(Some(store.clone())).context("events")?;
     tracing::info!(sinks = ?events.sink_names(), "event sinks");
@@ -407,16 +369,12 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
     if let Some(trigger) = start_coordinator(&cfg, store.clone(), Some(events.clone()), security.client_authorization()).await? {
         runtime = runtime.with_trigger(trigger);
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(cluster = %cfg.cluster, member = %cfg.node.name, store = store.backend(), version = VERSION, "agent starting");
     let mut device = Watchdog::new(cfg.watchdog.clone());
     if cfg.watchdog.mode == WatchdogMode::Required {
         let d = &cfg.dynamic;
-        device
-            .check(d.lease().saturating_sub(d.safety_margin()))
-            .context("watchdog mode is required")?;
+        device.check(d.lease().saturating_sub(d.safety_margin())).context("watchdog mode is required")?;
     }
     let summary = run_with_api(runtime, store, clock, listener, shutdown_signal(), device, security, cfg.api.limits()).await;
     // The last events (a demotion on the way out) get a few seconds to reach their sinks.

@@ -52,10 +52,7 @@ impl Serialize for Secret {
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("password file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("password file {path} is not a regular file")]
     NotAFile { path: PathBuf },
     #[error("password file {path} has mode {mode:04o}; group and others must have no access (chmod 600)")]
@@ -71,43 +68,27 @@ pub enum SecretError {
 /// are trimmed (editors add them); every other character, spaces included, is kept.
 pub fn read_password_file(path: &Path) -> Result<Secret, SecretError> {
     use std::os::unix::fs::PermissionsExt;
-    let io = |source| SecretError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| SecretError::Io { path: path.to_path_buf(), source };
     let meta = std::fs::metadata(path).map_err(io)?;
     if !meta.is_file() {
-        return Err(SecretError::NotAFile {
-            path: path.to_path_buf(),
-        });
+        return Err(SecretError::NotAFile { path: path.to_path_buf() });
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(SecretError::Permissions {
-            path: path.to_path_buf(),
-            mode,
-        });
+        return Err(SecretError::Permissions { path: path.to_path_buf(), mode });
     }
     let text = std::fs::read_to_string(path).map_err(io)?;
     let value = text.trim_end_matches(['\n', '\r']);
     if value.is_empty() {
-        return Err(SecretError::Empty {
-            path: path.to_path_buf(),
-        });
+        return Err(SecretError::Empty { path: path.to_path_buf() });
     }
     Ok(Secret::new(value))
 }
 
 /// Reads a SecureString (or String) parameter, decrypted.
 #[cfg(feature = "ssm")]
-pub async fn read_ssm_parameter(
-    client: &aws_sdk_ssm::Client,
-    name: &str,
-) -> Result<Secret, SecretError> {
-    let ssm_err = |reason: String| SecretError::Ssm {
-        name: name.to_string(),
-        reason,
-    };
+pub async fn read_ssm_parameter(client: &aws_sdk_ssm::Client, name: &str) -> Result<Secret, SecretError> {
+    let ssm_err = |reason: String| SecretError::Ssm { name: name.to_string(), reason };
     let out = client
         .get_parameter()
         .name(name)
@@ -115,10 +96,7 @@ pub async fn read_ssm_parameter(
         .send()
         .await
         .map_err(|e| ssm_err(aws_sdk_ssm::error::DisplayErrorContext(e).to_string()))?;
-    let value = out
-        .parameter()
-        .and_then(|p| p.value())
-        .ok_or_else(|| ssm_err("the parameter has no value".into()))?;
+    let value = out.parameter().and_then(|p| p.value()).ok_or_else(|| ssm_err("the parameter has no value".into()))?;
     if value.is_empty() {
         return Err(ssm_err("the parameter is empty".into()));
     }
@@ -128,9 +106,7 @@ pub async fn read_ssm_parameter(
 /// Builds an SSM client from the SDK's usual chain (region, credentials, `AWS_ENDPOINT_URL`).
 #[cfg(feature = "ssm")]
 pub async fn ssm_client() -> aws_sdk_ssm::Client {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     aws_sdk_ssm::Client::new(&conf)
 }
 
@@ -144,19 +120,14 @@ pub async fn load_ssm_secret(name: &str) -> Result<Secret, SecretError> {
     }
     #[cfg(not(feature = "ssm"))]
     {
-        Err(SecretError::Ssm {
-            name: name.to_string(),
-            reason: "built without the `ssm` feature".into(),
-        })
+        Err(SecretError::Ssm { name: name.to_string(), reason: "built without the `ssm` feature".into() })
     }
 }
 
 /// Whether `name` can be an SSM parameter name (characters and length; no AWS call). The
 /// caller adds its own rules (the API token's parameter must be absolute) and names its key.
 pub fn check_ssm_parameter_name(name: &str) -> Result<(), String> {
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
     if name.is_empty() || name.len() > 2048 || !ok_chars {
         return Err(format!("{name:?} is not an SSM parameter name"));
     }
@@ -196,9 +167,7 @@ mod tests {
         struct Holder {
             password: Secret,
         }
-        let h = Holder {
-            password: s.clone(),
-        };
+        let h = Holder { password: s.clone() };
         assert!(!format!("{h:?}").contains("hunter2"));
         assert!(!serde_json::to_string(&h).unwrap().contains("hunter2"));
         assert_eq!(s.expose(), "hunter2");
@@ -219,10 +188,7 @@ mod tests {
         for mode in [0o644, 0o640, 0o604, 0o660] {
             let p = write(dir.path(), "pw", "topsecret\n", mode);
             let err = read_password_file(&p).unwrap_err();
-            assert!(
-                matches!(err, SecretError::Permissions { .. }),
-                "{mode:o}: {err}"
-            );
+            assert!(matches!(err, SecretError::Permissions { .. }), "{mode:o}: {err}");
             assert!(err.to_string().contains("chmod 600"));
             assert!(!err.to_string().contains("topsecret"));
         }
@@ -231,21 +197,12 @@ mod tests {
     #[test]
     fn missing_empty_and_directory_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            read_password_file(&dir.path().join("nope")),
-            Err(SecretError::Io { .. })
-        ));
+        assert!(matches!(read_password_file(&dir.path().join("nope")), Err(SecretError::Io { .. })));
         let p = write(dir.path(), "empty", "\n", 0o600);
-        assert!(matches!(
-            read_password_file(&p),
-            Err(SecretError::Empty { .. })
-        ));
+        assert!(matches!(read_password_file(&p), Err(SecretError::Empty { .. })));
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
         std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
-        assert!(matches!(
-            read_password_file(&sub),
-            Err(SecretError::NotAFile { .. })
-        ));
+        assert!(matches!(read_password_file(&sub), Err(SecretError::NotAFile { .. })));
     }
 }

@@ -275,7 +275,8 @@ async fn promotion_on_instruction_repoint_and_rewind_of_the_old_primary() {
     let term = designate(&store, &cluster, "n2").await;
     assert_eq!(term, 2);
     let started = Instant::now();
-    wait_until("n2 acquires the lease for term 2 and promotes", Duration::from_secs(20), || is_lease_holding_primary(&a2, 2)).await;
+    wait_until("n2 acquires the lease for term 2 and promotes", Duration::from_secs(20), || is_lease_holding_primary(&a2, 2))
+        .await;
     eprintln!("n2 promoted {:?} after being named (lease expiry observed first)", started.elapsed());
     pg.sql("n2", "INSERT INTO t VALUES ('after')").expect("writes succeed on the new primary");
 
@@ -303,7 +304,8 @@ async fn promotion_on_instruction_repoint_and_rewind_of_the_old_primary() {
     })
     .await;
     // pg_rewind copied n2's configuration; n1 must still run on its own port with its own name.
-    let apps = pg.sql("n2", "SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication").unwrap();
+    let apps =
+        pg.sql("n2", "SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication").unwrap();
     assert_eq!(apps, "n1,n3");
     let snap = a1.snap();
     assert!(snap.counters.demotions >= 1);

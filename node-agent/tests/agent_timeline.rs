@@ -41,8 +41,11 @@ async fn a_replica_keeps_reporting_the_new_timeline_after_the_new_primary_dies()
     let n1 = pg.init_primary("pg-1").unwrap();
     let n2 = pg.add_empty("pg-2").unwrap();
     let n3 = pg.add_empty("pg-3").unwrap();
-    let (p1, p2, p3) =
-        (LocalPostgres::new(pg_settings(&pg, &n1)), LocalPostgres::new(pg_settings(&pg, &n2)), LocalPostgres::new(pg_settings(&pg, &n3)));
+    let (p1, p2, p3) = (
+        LocalPostgres::new(pg_settings(&pg, &n1)),
+        LocalPostgres::new(pg_settings(&pg, &n2)),
+        LocalPostgres::new(pg_settings(&pg, &n3)),
+    );
     let members: Vec<String> = ["pg-1", "pg-2", "pg-3"].map(String::from).to_vec();
     p1.ensure_slots(&members).await.unwrap();
     p2.basebackup(&target(&n1)).await.unwrap();
@@ -53,7 +56,8 @@ async fn a_replica_keeps_reporting_the_new_timeline_after_the_new_primary_dies()
     // promoted onto timeline 2 and pg-3 follows it.
     let end = p1.probe().await.write_lsn.unwrap();
     for p in [&p2, &p3] {
-        probe_until(p, "replay of the old primary's WAL", Duration::from_secs(30), |s| s.replay_lsn.is_some_and(|l| l >= end)).await;
+        probe_until(p, "replay of the old primary's WAL", Duration::from_secs(30), |s| s.replay_lsn.is_some_and(|l| l >= end))
+            .await;
     }
     p1.demote().await.unwrap();
     let r2 = p2.probe().await.receive_lsn;
@@ -62,7 +66,8 @@ async fn a_replica_keeps_reporting_the_new_timeline_after_the_new_primary_dies()
     p2.ensure_slots(&members).await.unwrap();
     pg.sql("pg-2", "INSERT INTO t VALUES (2)").unwrap();
     p3.follow(&target(&n2)).await.unwrap();
-    let s = probe_until(&p3, "streaming from pg-2 on timeline 2", Duration::from_secs(60), |s| s.streaming && s.timeline == 2).await;
+    let s =
+        probe_until(&p3, "streaming from pg-2 on timeline 2", Duration::from_secs(60), |s| s.streaming && s.timeline == 2).await;
     assert_eq!(s.role, Role::Replica);
 
     // The new primary dies: the walreceiver's row goes, the last restartpoint is still on

@@ -150,7 +150,13 @@ fn secured() -> ApiSecurity {
 async fn state_changing_requests_without_or_with_wrong_credentials_get_401_and_change_nothing() {
     let api = Api::start(secured()).await;
     for (path, body) in [("/demote", DEMOTE), ("/demote", MAX_TERM), ("/failsafe", FAILSAFE)] {
-        for auth in [None, Some(basic("patroni", "wrong")), Some(basic("root", "s3cret")), Some("Bearer nope".into()), Some("s3cret".into())] {
+        for auth in [
+            None,
+            Some(basic("patroni", "wrong")),
+            Some(basic("root", "s3cret")),
+            Some("Bearer nope".into()),
+            Some("s3cret".into()),
+        ] {
             let (code, doc, challenge) = api.post(path, body, auth.as_deref()).await;
             assert_eq!(code, 401, "{path} {auth:?}: {doc}");
             assert!(challenge.is_some_and(|c| c.starts_with("Basic realm=")), "{path}: 401 needs WWW-Authenticate");

@@ -19,10 +19,7 @@ backend = "memory"
 "#;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// The key a rejection names.
@@ -36,10 +33,7 @@ fn rejected_key(text: &str, vars: &[(&str, &str)]) -> String {
 
 fn with(extra_section: &str, lines: &str) -> String {
     // Appends lines to a section of BASE (sections are unique in BASE).
-    BASE.replace(
-        &format!("[{extra_section}]\n"),
-        &format!("[{extra_section}]\n{lines}\n"),
-    )
+    BASE.replace(&format!("[{extra_section}]\n"), &format!("[{extra_section}]\n{lines}\n"))
 }
 
 #[test]
@@ -83,28 +77,16 @@ fn environment_overrides_the_file() {
     assert_eq!(cfg.dynamic.lease_ms, 20000);
     assert_eq!(cfg.log.format, LogFormat::Json);
     assert!(cfg.coordinator.enabled);
-    assert_eq!(
-        ignored_env_vars(&env(&vars)),
-        vec!["PGDAEMON_VENV".to_string()]
-    );
+    assert_eq!(ignored_env_vars(&env(&vars)), vec!["PGDAEMON_VENV".to_string()]);
     // An override that breaks a rule is rejected like the file would be.
-    assert_eq!(
-        rejected_key(BASE, &[("PGDAEMON_DYNAMIC__RENEW_INTERVAL_MS", "9000")]),
-        "dynamic.renew_interval_ms"
-    );
+    assert_eq!(rejected_key(BASE, &[("PGDAEMON_DYNAMIC__RENEW_INTERVAL_MS", "9000")]), "dynamic.renew_interval_ms");
 }
 
 #[test]
 fn unknown_keys_are_named() {
     for (text, key) in [
         (format!("clustr = \"x\"\n{BASE}"), "clustr"),
-        (
-            BASE.replace(
-                "backend = \"memory\"",
-                "backend = \"etcd\"\nendpoints = [\"http://e\"]\nprefx = \"/p\"",
-            ),
-            "prefx",
-        ),
+        (BASE.replace("backend = \"memory\"", "backend = \"etcd\"\nendpoints = [\"http://e\"]\nprefx = \"/p\""), "prefx"),
         (with("node", "nmae = \"x\""), "nmae"),
         (with("postgres", "datadir = \"/x\""), "datadir"),
         (format!("{BASE}\n[dynamic]\nlease = 3\n"), "lease"),
@@ -114,21 +96,15 @@ fn unknown_keys_are_named() {
         let err = AgentConfig::parse(&text, &[]).unwrap_err().to_string();
         assert!(err.contains(key), "{key}: {err}");
     }
-    let err = AgentConfig::parse(BASE, &env(&[("PGDAEMON_NODE__NMAE", "x")]))
-        .unwrap_err()
-        .to_string();
+    let err = AgentConfig::parse(BASE, &env(&[("PGDAEMON_NODE__NMAE", "x")])).unwrap_err().to_string();
     assert!(err.contains("nmae"), "{err}");
 }
 
 #[test]
 fn missing_required_keys_are_named() {
-    let err = AgentConfig::parse(&BASE.replace("pg_host = \"10.0.0.1\"\n", ""), &[])
-        .unwrap_err()
-        .to_string();
+    let err = AgentConfig::parse(&BASE.replace("pg_host = \"10.0.0.1\"\n", ""), &[]).unwrap_err().to_string();
     assert!(err.contains("pg_host"), "{err}");
-    let err = AgentConfig::parse(&BASE.replace("cluster = \"c1\"\n", ""), &[])
-        .unwrap_err()
-        .to_string();
+    let err = AgentConfig::parse(&BASE.replace("cluster = \"c1\"\n", ""), &[]).unwrap_err().to_string();
     assert!(err.contains("cluster"), "{err}");
 }
 
@@ -136,97 +112,34 @@ fn missing_required_keys_are_named() {
 fn impossible_timings_are_rejected() {
     let t = |lines: &str| format!("{BASE}\n[dynamic]\n{lines}\n");
     assert_eq!(rejected_key(&t("lease_ms = 500"), &[]), "dynamic.lease_ms");
-    assert_eq!(
-        rejected_key(&t("renew_interval_ms = 6000"), &[]),
-        "dynamic.renew_interval_ms"
-    );
-    assert_eq!(
-        rejected_key(&t("safety_margin_ms = 9000"), &[]),
-        "dynamic.safety_margin_ms"
-    );
-    assert_eq!(
-        rejected_key(&t("probe_interval_ms = 0"), &[]),
-        "dynamic.probe_interval_ms"
-    );
-    assert_eq!(
-        rejected_key(
-            &t("synchronous_mode = \"on\"\nsynchronous_node_count = 0"),
-            &[]
-        ),
-        "dynamic.synchronous_node_count"
-    );
+    assert_eq!(rejected_key(&t("renew_interval_ms = 6000"), &[]), "dynamic.renew_interval_ms");
+    assert_eq!(rejected_key(&t("safety_margin_ms = 9000"), &[]), "dynamic.safety_margin_ms");
+    assert_eq!(rejected_key(&t("probe_interval_ms = 0"), &[]), "dynamic.probe_interval_ms");
+    assert_eq!(rejected_key(&t("synchronous_mode = \"on\"\nsynchronous_node_count = 0"), &[]), "dynamic.synchronous_node_count");
 }
 
 #[test]
 fn bad_names_and_addresses_are_rejected() {
-    assert_eq!(
-        rejected_key(&BASE.replace("cluster = \"c1\"", "cluster = \"a b\""), &[]),
-        "cluster"
-    );
-    assert_eq!(
-        rejected_key(&BASE.replace("name = \"n1\"", "name = \"n/1\""), &[]),
-        "node.name"
-    );
-    assert_eq!(
-        rejected_key(&BASE.replace("name = \"n1\"", "name = \"\""), &[]),
-        "node.name"
-    );
-    assert_eq!(
-        rejected_key(&with("node", "listen = \"8008\""), &[]),
-        "node.listen"
-    );
-    assert_eq!(
-        rejected_key(&with("node", "api_url = \"10.0.0.1:8008\""), &[]),
-        "node.api_url"
-    );
-    assert_eq!(
-        rejected_key(&with("node", "imds_endpoint = \"169.254.169.254\""), &[]),
-        "node.imds_endpoint"
-    );
-    assert_eq!(
-        rejected_key(
-            &BASE.replace("pg_host = \"10.0.0.1\"", "pg_host = \" \""),
-            &[]
-        ),
-        "node.pg_host"
-    );
-    assert_eq!(
-        rejected_key(&with("node", "pg_port = 0"), &[]),
-        "node.pg_port"
-    );
-    assert_eq!(
-        rejected_key(&with("node", "instance_id = \"\""), &[]),
-        "node.instance_id"
-    );
-    assert_eq!(
-        rejected_key(&with("postgres", "port = 0"), &[]),
-        "postgres.port"
-    );
-    assert_eq!(
-        rejected_key(&with("postgres", "replication_user = \"\""), &[]),
-        "postgres.replication_user"
-    );
+    assert_eq!(rejected_key(&BASE.replace("cluster = \"c1\"", "cluster = \"a b\""), &[]), "cluster");
+    assert_eq!(rejected_key(&BASE.replace("name = \"n1\"", "name = \"n/1\""), &[]), "node.name");
+    assert_eq!(rejected_key(&BASE.replace("name = \"n1\"", "name = \"\""), &[]), "node.name");
+    assert_eq!(rejected_key(&with("node", "listen = \"8008\""), &[]), "node.listen");
+    assert_eq!(rejected_key(&with("node", "api_url = \"10.0.0.1:8008\""), &[]), "node.api_url");
+    assert_eq!(rejected_key(&with("node", "imds_endpoint = \"169.254.169.254\""), &[]), "node.imds_endpoint");
+    assert_eq!(rejected_key(&BASE.replace("pg_host = \"10.0.0.1\"", "pg_host = \" \""), &[]), "node.pg_host");
+    assert_eq!(rejected_key(&with("node", "pg_port = 0"), &[]), "node.pg_port");
+    assert_eq!(rejected_key(&with("node", "instance_id = \"\""), &[]), "node.instance_id");
+    assert_eq!(rejected_key(&with("postgres", "port = 0"), &[]), "postgres.port");
+    assert_eq!(rejected_key(&with("postgres", "replication_user = \"\""), &[]), "postgres.replication_user");
 }
 
 #[test]
 fn password_sources_are_checked() {
-    let both = with(
-        "postgres",
-        "password_file = \"/etc/pw\"\nssm_parameter = \"/pgdaemon/pw\"",
-    );
+    let both = with("postgres", "password_file = \"/etc/pw\"\nssm_parameter = \"/pgdaemon/pw\"");
     assert_eq!(rejected_key(&both, &[]), "postgres.ssm_parameter");
-    assert_eq!(
-        rejected_key(&with("postgres", "password_file = \"pw\""), &[]),
-        "postgres.password_file"
-    );
-    assert_eq!(
-        rejected_key(&with("postgres", "ssm_parameter = \"bad name!\""), &[]),
-        "postgres.ssm_parameter"
-    );
-    let ssm = AgentConfig::parse(
-        &with("postgres", "ssm_parameter = \"/pgdaemon/c1/replication\""),
-        &[],
-    );
+    assert_eq!(rejected_key(&with("postgres", "password_file = \"pw\""), &[]), "postgres.password_file");
+    assert_eq!(rejected_key(&with("postgres", "ssm_parameter = \"bad name!\""), &[]), "postgres.ssm_parameter");
+    let ssm = AgentConfig::parse(&with("postgres", "ssm_parameter = \"/pgdaemon/c1/replication\""), &[]);
     assert_eq!(ssm.is_ok(), cfg!(feature = "ssm"));
 }
 
@@ -239,15 +152,15 @@ fn api_token_sources_are_checked() {
     assert!(ok.to_toml().contains("token_ssm_parameter = \"/pgdaemon/c1/api-token\""));
     let both = api("token_file = \"/etc/pgdaemon/api-token\"\ntoken_ssm_parameter = \"/pgdaemon/c1/api-token\"");
     assert_eq!(rejected_key(&both, &[]), "api.token_ssm_parameter");
-    assert_eq!(
-        rejected_key(&api("token_ssm_parameter = \"pgdaemon/c1/api-token\""), &[]),
-        "api.token_ssm_parameter"
-    );
+    assert_eq!(rejected_key(&api("token_ssm_parameter = \"pgdaemon/c1/api-token\""), &[]), "api.token_ssm_parameter");
     // The environment override names the same key.
     let from_env = AgentConfig::parse(BASE, &env(&[("PGDAEMON_API__TOKEN_SSM_PARAMETER", "/pgdaemon/c1/api-token")])).unwrap();
     assert_eq!(from_env.api.token_ssm_parameter.as_deref(), Some("/pgdaemon/c1/api-token"));
     assert_eq!(
-        rejected_key(&api("token_file = \"/etc/pgdaemon/api-token\""), &[("PGDAEMON_API__TOKEN_SSM_PARAMETER", "/pgdaemon/c1/api-token")]),
+        rejected_key(
+            &api("token_file = \"/etc/pgdaemon/api-token\""),
+            &[("PGDAEMON_API__TOKEN_SSM_PARAMETER", "/pgdaemon/c1/api-token")]
+        ),
         "api.token_ssm_parameter"
     );
 }
@@ -256,59 +169,25 @@ fn api_token_sources_are_checked() {
 fn server_parameters_take_toml_values() {
     let text = format!("{BASE}\n[postgres.parameters]\nmax_connections = 100\nwal_log_hints = true\nlisten_addresses = \"*\"\n");
     let cfg = AgentConfig::parse(&text, &[]).unwrap();
-    let rendered: Vec<String> = cfg
-        .postgres
-        .parameters
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    assert_eq!(
-        rendered,
-        [
-            "listen_addresses=*",
-            "max_connections=100",
-            "wal_log_hints=on"
-        ]
-    );
+    let rendered: Vec<String> = cfg.postgres.parameters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    assert_eq!(rendered, ["listen_addresses=*", "max_connections=100", "wal_log_hints=on"]);
     let bad = format!("{BASE}\n[postgres.parameters]\n\"max connections\" = 1\n");
-    assert_eq!(
-        rejected_key(&bad, &[]),
-        "postgres.parameters.max connections"
-    );
-    assert_eq!(
-        rejected_key(&with("postgres", "run_as = \"\""), &[]),
-        "postgres.run_as"
-    );
-    assert_eq!(
-        rejected_key(&with("postgres", "log_file = \"pg.log\""), &[]),
-        "postgres.log_file"
-    );
+    assert_eq!(rejected_key(&bad, &[]), "postgres.parameters.max connections");
+    assert_eq!(rejected_key(&with("postgres", "run_as = \"\""), &[]), "postgres.run_as");
+    assert_eq!(rejected_key(&with("postgres", "log_file = \"pg.log\""), &[]), "postgres.log_file");
 }
 
 #[test]
 fn store_and_log_sections_are_checked() {
     let etcd = BASE.replace("backend = \"memory\"", "backend = \"etcd\"\nendpoints = []");
     assert_eq!(rejected_key(&etcd, &[]), "store.endpoints");
-    let err = AgentConfig::parse(
-        &BASE.replace("backend = \"memory\"", "backend = \"zookeeper\""),
-        &[],
-    )
-    .unwrap_err()
-    .to_string();
+    let err = AgentConfig::parse(&BASE.replace("backend = \"memory\"", "backend = \"zookeeper\""), &[]).unwrap_err().to_string();
     assert!(err.contains("zookeeper"), "{err}");
-    assert_eq!(
-        rejected_key(&format!("{BASE}\n[log]\nlevel = \"info,[[\"\n"), &[]),
-        "log.level"
-    );
-    let err = AgentConfig::parse(&format!("{BASE}\n[log]\nformat = \"xml\"\n"), &[])
-        .unwrap_err()
-        .to_string();
+    assert_eq!(rejected_key(&format!("{BASE}\n[log]\nlevel = \"info,[[\"\n"), &[]), "log.level");
+    let err = AgentConfig::parse(&format!("{BASE}\n[log]\nformat = \"xml\"\n"), &[]).unwrap_err().to_string();
     assert!(err.contains("xml"), "{err}");
     assert_eq!(
-        rejected_key(
-            &with("postgres", "").replace("/var/lib/postgresql/15/main", "relative/dir"),
-            &[]
-        ),
+        rejected_key(&with("postgres", "").replace("/var/lib/postgresql/15/main", "relative/dir"), &[]),
         "postgres.data_dir"
     );
 }
@@ -347,10 +226,7 @@ fn paths_are_checked() {
     cfg.check_paths().unwrap(); // data dir absent but its parent exists: fine (bootstrap creates it)
 
     let partial_dir = tempfile::tempdir().unwrap();
-    let partial = bin_dir(
-        partial_dir.path(),
-        &["postgres", "initdb", "pg_basebackup", "pg_rewind"],
-    );
+    let partial = bin_dir(partial_dir.path(), &["postgres", "initdb", "pg_basebackup", "pg_rewind"]);
     let (key, reason) = path_rejection(&paths_config(&partial, &data));
     assert_eq!(key, "postgres.bin_dir");
     assert!(reason.contains("pg_ctl"), "{reason}");
@@ -358,10 +234,7 @@ fn paths_are_checked() {
     let (key, _) = path_rejection(&paths_config(&dir.path().join("nope"), &data));
     assert_eq!(key, "postgres.bin_dir");
 
-    let (key, _) = path_rejection(&paths_config(
-        &full,
-        &dir.path().join("missing/parent/data"),
-    ));
+    let (key, _) = path_rejection(&paths_config(&full, &dir.path().join("missing/parent/data")));
     assert_eq!(key, "postgres.data_dir");
 
     let file = dir.path().join("afile");
@@ -369,10 +242,7 @@ fn paths_are_checked() {
     let (key, _) = path_rejection(&paths_config(&full, &file));
     assert_eq!(key, "postgres.data_dir");
 
-    let text = with(
-        "postgres",
-        &format!("password_file = \"{}\"", dir.path().join("pw").display()),
-    );
+    let text = with("postgres", &format!("password_file = \"{}\"", dir.path().join("pw").display()));
     let text = text
         .replace("/usr/lib/postgresql/15/bin", full.to_str().unwrap())
         .replace("/var/lib/postgresql/15/main", data.to_str().unwrap());
@@ -388,9 +258,7 @@ fn load_reads_the_file_and_names_a_missing_one() {
     std::fs::write(&path, paths_config(&full, &dir.path().join("data"))).unwrap();
     let cfg = AgentConfig::load(&path, &env(&[("PGDAEMON_NODE__PG_PORT", "6000")])).unwrap();
     assert_eq!(cfg.advertised_pg_port(), 6000);
-    let err = AgentConfig::load(&dir.path().join("absent.toml"), &[])
-        .unwrap_err()
-        .to_string();
+    let err = AgentConfig::load(&dir.path().join("absent.toml"), &[]).unwrap_err().to_string();
     assert!(err.contains("absent.toml"), "{err}");
 }
 
@@ -409,10 +277,8 @@ fn check_config_prints_the_config_but_never_the_password() {
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "topsecret-value\n").unwrap();
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let text = paths_config(&full, &dir.path().join("data")).replace(
-        "[postgres]\n",
-        &format!("[postgres]\npassword_file = \"{}\"\n", pw.display()),
-    );
+    let text = paths_config(&full, &dir.path().join("data"))
+        .replace("[postgres]\n", &format!("[postgres]\npassword_file = \"{}\"\n", pw.display()));
     let path = dir.path().join("agent.toml");
     std::fs::write(&path, &text).unwrap();
     let run_listening = |listen: &str, args: &[&str]| {
@@ -430,11 +296,7 @@ fn check_config_prints_the_config_but_never_the_password() {
     let run = |args: &[&str]| run_listening("127.0.0.1:8008", args);
     let out = run(&["check-config", "--config", path.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("read (redacted)"), "{stdout}");
     assert!(stdout.contains("pg_port = 6001"), "{stdout}");
     assert!(!stdout.contains("topsecret"), "{stdout}");
@@ -444,8 +306,5 @@ fn check_config_prints_the_config_but_never_the_password() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("chmod 600"), "{stderr}");
-    assert!(
-        !stderr.contains("topsecret")
-            && !String::from_utf8_lossy(&out.stdout).contains("topsecret")
-    );
+    assert!(!stderr.contains("topsecret") && !String::from_utf8_lossy(&out.stdout).contains("topsecret"));
 }

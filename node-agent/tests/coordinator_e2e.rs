@@ -30,7 +30,8 @@ fn one_failover(etcd: &EtcdServer, run: usize) -> Duration {
     let main = Runtime::new().unwrap();
     let store = main.block_on(EtcdStore::connect(&[etcd.endpoint()], "/pgdaemon")).unwrap();
     main.block_on(store.write_cluster(&cluster, None, &ClusterRecord::bootstrap("n1", config()))).unwrap();
-    let mut hosts: Vec<Host> = [&n1, &n2, &n3].iter().map(|n| Host::start(&pg, n, &etcd.endpoint(), &cluster, config(), "e2e")).collect();
+    let mut hosts: Vec<Host> =
+        [&n1, &n2, &n3].iter().map(|n| Host::start(&pg, n, &etcd.endpoint(), &cluster, config(), "e2e")).collect();
 
     let view = |store: &EtcdStore| main.block_on(store.read_view(&cluster)).unwrap();
     wait_until("n1 holds the lease; n2 and n3 stream from it", Duration::from_secs(60), || {
@@ -91,7 +92,8 @@ fn one_failover(etcd: &EtcdServer, run: usize) -> Duration {
     // The other replica follows the new primary and receives its writes.
     let new_port = pg.node(new_primary).port;
     wait_until(&format!("{other} streams from {new_primary}"), Duration::from_secs(30), || {
-        pg.try_sql(other, "SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'").as_deref() == Ok(new_port.to_string().as_str())
+        pg.try_sql(other, "SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'").as_deref()
+            == Ok(new_port.to_string().as_str())
     });
     pg.sql(new_primary, "INSERT INTO t VALUES ('later')").unwrap();
     wait_until(&format!("'later' reaches {other}"), Duration::from_secs(15), || {

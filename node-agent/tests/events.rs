@@ -59,7 +59,12 @@ fn fast_retry(attempts: u32) -> RetryPolicy {
 
 /// The events a command hook appended to `path`, one JSON document per line.
 fn hook_file(path: &std::path::Path) -> Vec<Event> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +152,14 @@ async fn a_failing_webhook_is_retried_without_blocking_anything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_webhook_is_given_up_after_its_attempts() {
     let (recv, url) = receiver(usize::MAX).await;
-    let cfg = EventsConfig { store: false, webhook_url: Some(url), retry_attempts: 3, retry_first_delay_ms: 20, retry_max_delay_ms: 40, ..EventsConfig::default() };
+    let cfg = EventsConfig {
+        store: false,
+        webhook_url: Some(url),
+        retry_attempts: 3,
+        retry_first_delay_ms: 20,
+        retry_max_delay_ms: 40,
+        ..EventsConfig::default()
+    };
     let dispatcher = cfg.start(None).unwrap();
     dispatcher.emit(event(EventKind::FailoverStarted, 1));
     assert!(dispatcher.flush(Duration::from_secs(20)).await);
@@ -178,7 +190,11 @@ impl EventSink for Gate {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_drops_the_oldest_event() {
-    let gate = Arc::new(Gate { started: tokio::sync::Semaphore::new(0), release: tokio::sync::Semaphore::new(0), got: Mutex::default() });
+    let gate = Arc::new(Gate {
+        started: tokio::sync::Semaphore::new(0),
+        release: tokio::sync::Semaphore::new(0),
+        got: Mutex::default(),
+    });
     let dispatcher = Dispatcher::start(vec![gate.clone() as Arc<dyn EventSink>], 2, fast_retry(1));
     let events: Vec<Event> = (1..=5).map(|n| event(EventKind::MemberUp, n)).collect();
     dispatcher.emit(events[0].clone());
@@ -337,7 +353,8 @@ async fn a_failover_reaches_every_sink_once() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     logged = store.read_events(&cluster, 0).await.unwrap();
-    let summary: Vec<String> = logged.iter().map(|e| format!("{} {} {}", e.source, e.kind, e.member.as_deref().unwrap_or("-"))).collect();
+    let summary: Vec<String> =
+        logged.iter().map(|e| format!("{} {} {}", e.source, e.kind, e.member.as_deref().unwrap_or("-"))).collect();
 
     let from = |source: &str, kind: EventKind| logged.iter().filter(|e| e.source == source && e.kind == kind).collect::<Vec<_>>();
     for kind in [EventKind::FailoverStarted, EventKind::Fenced, EventKind::Promoted, EventKind::Finished] {
@@ -362,10 +379,13 @@ async fn a_failover_reaches_every_sink_once() {
 
     // pg-2's command hook heard of its own promotion once; pg-1's never ran (no role change).
     let hooked = hook_file(&dir.join("pg-2.hook"));
-    assert_eq!(hooked.iter().map(|e| (e.kind, e.source.as_str())).collect::<Vec<_>>(), vec![(EventKind::Promoted, "agent")], "{hooked:#?}");
+    assert_eq!(
+        hooked.iter().map(|e| (e.kind, e.source.as_str())).collect::<Vec<_>>(),
+        vec![(EventKind::Promoted, "agent")],
+        "{hooked:#?}"
+    );
     assert!(hook_file(&dir.join("pg-1.hook")).is_empty());
     eprintln!("failover in {failover_s:.1}s; {} events logged and posted once each: {summary:?}", logged.len());
     drop(agents);
     drop(pg);
 }
-

@@ -85,23 +85,14 @@ struct Cluster {
 /// Node `i`'s loopback address; `ip route get` must say it is local on `lo`.
 fn node_addr(i: usize) -> String {
     let addr = format!("127.0.0.{}", 11 + i);
-    let out = Command::new("ip")
-        .args(["route", "get", &addr])
-        .output()
-        .expect("ip route get");
+    let out = Command::new("ip").args(["route", "get", &addr]).output().expect("ip route get");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.starts_with("local") && text.contains("dev lo"),
-        "{addr} is not a loopback address here: {text}"
-    );
+    assert!(text.starts_with("local") && text.contains("dev lo"), "{addr} is not a loopback address here: {text}");
     addr
 }
 
 fn port_of(url: &str) -> u16 {
-    url.rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok())
-        .expect("port in endpoint")
+    url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).expect("port in endpoint")
 }
 
 impl Cluster {
@@ -110,10 +101,7 @@ impl Cluster {
         let (etcd, moto, store_config) = match backend {
             Backend::Etcd => {
                 let e = EtcdServer::start().expect("etcd");
-                let cfg = StoreConfig::Etcd {
-                    endpoints: vec![e.endpoint()],
-                    prefix: "/pgdaemon".into(),
-                };
+                let cfg = StoreConfig::Etcd { endpoints: vec![e.endpoint()], prefix: "/pgdaemon".into() };
                 (Some(e), None, cfg)
             }
             Backend::Dynamodb => {
@@ -127,9 +115,7 @@ impl Cluster {
                     MotoServer::ACCESS_KEY_ID,
                     MotoServer::SECRET_ACCESS_KEY,
                 );
-                pgdaemon_dcs::create_table(&client, "pgdaemon-failsafe")
-                    .await
-                    .expect("table");
+                pgdaemon_dcs::create_table(&client, "pgdaemon-failsafe").await.expect("table");
                 let cfg = StoreConfig::Dynamodb {
                     table: "pgdaemon-failsafe".into(),
                     region: Some(MotoServer::REGION.into()),
@@ -150,14 +136,7 @@ impl Cluster {
         pg.stop("pg-1").expect("stop pg-1");
         pg.add_empty("pg-2").unwrap();
         pg.add_empty("pg-3").unwrap();
-        store
-            .write_cluster(
-                &name,
-                None,
-                &ClusterRecord::bootstrap("pg-1", dynamic(failsafe)),
-            )
-            .await
-            .expect("bootstrap record");
+        store.write_cluster(&name, None, &ClusterRecord::bootstrap("pg-1", dynamic(failsafe))).await.expect("bootstrap record");
         let store_text = match &store_config {
             StoreConfig::Etcd { endpoints, .. } => format!("backend = \"etcd\"\nendpoints = [\"{}\"]\n", endpoints[0]),
             StoreConfig::Dynamodb { table, region, endpoint_url } => format!(
@@ -236,11 +215,7 @@ impl Cluster {
 
     fn start_agent(&mut self, n: &str) {
         let a = self.agents.get_mut(n).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&a.log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&a.log).unwrap();
         // Into its cgroup first, then exec: every socket it (or its Postgres) opens belongs to it.
         let child = Command::new("sh")
             .arg("-c")
@@ -263,10 +238,7 @@ impl Cluster {
         let cg = a.cgroup.name.as_str();
         let store = self.store_port.to_string();
         let from_agent = |addr: &str, port: &str| {
-            rule(&[
-                "OUTPUT", "-o", "lo", "-p", "tcp", "-m", "cgroup", "--path", cg, "-d", addr,
-                "--dport", port, "-j", "DROP",
-            ])
+            rule(&["OUTPUT", "-o", "lo", "-p", "tcp", "-m", "cgroup", "--path", cg, "-d", addr, "--dport", port, "-j", "DROP"])
         };
         let mut rules = vec![from_agent("127.0.0.1", &store)];
         if peers {
@@ -274,18 +246,13 @@ impl Cluster {
                 rules.push(from_agent(&b.addr, &b.api_port.to_string()));
             }
             let api = a.api_port.to_string();
-            rules.push(rule(&[
-                "OUTPUT", "-o", "lo", "-p", "tcp", "-d", &a.addr, "--dport", &api, "-j", "DROP",
-            ]));
+            rules.push(rule(&["OUTPUT", "-o", "lo", "-p", "tcp", "-d", &a.addr, "--dport", &api, "-j", "DROP"]));
         }
         Partition::new(rules)
     }
 
     async fn view(&self) -> Option<ClusterView> {
-        tokio::time::timeout(Duration::from_secs(10), self.store.read_view(&self.name))
-            .await
-            .ok()?
-            .ok()
+        tokio::time::timeout(Duration::from_secs(10), self.store.read_view(&self.name)).await.ok()?.ok()
     }
 
     async fn wait_healthy(&self, timeout: Duration) -> String {
@@ -305,35 +272,19 @@ impl Cluster {
     }
 
     async fn record(&self) -> ClusterRecord {
-        self.view()
-            .await
-            .and_then(|v| v.cluster)
-            .expect("cluster record")
+        self.view().await.and_then(|v| v.cluster).expect("cluster record")
     }
 
     async fn set_failsafe(&self, on: bool) {
         let rec = self.record().await;
-        let config = DynamicConfig {
-            failsafe_mode: on,
-            ..rec.config.clone()
-        };
-        self.store
-            .write_cluster(
-                &self.name,
-                Some(rec.version),
-                &ClusterRecord { config, ..rec },
-            )
-            .await
-            .expect("config change");
+        let config = DynamicConfig { failsafe_mode: on, ..rec.config.clone() };
+        self.store.write_cluster(&self.name, Some(rec.version), &ClusterRecord { config, ..rec }).await.expect("config change");
     }
 
     /// Over the Unix socket: no iptables rule of these tests applies to it.
     fn writable(pg: &PgCluster, n: &str) -> bool {
-        let conn = format!(
-            "host={}/sock port={} user=postgres dbname=postgres connect_timeout=3",
-            pg.dir().display(),
-            pg.node(n).port
-        );
+        let conn =
+            format!("host={}/sock port={} user=postgres dbname=postgres connect_timeout=3", pg.dir().display(), pg.node(n).port);
         let sql = "CREATE TABLE IF NOT EXISTS fs_probe (x int); INSERT INTO fs_probe VALUES (1)";
         Command::new(pg.bin_dir().join("psql"))
             .arg(conn)
@@ -354,11 +305,7 @@ impl Cluster {
         self.sampler = Some(std::thread::spawn(move || {
             // Bounded: the flag is cleared by the test or by Drop, and each psql has a 3 s connect timeout.
             while on.load(Ordering::SeqCst) {
-                let w: Vec<String> = NODES
-                    .iter()
-                    .filter(|n| Self::writable(&pg, n))
-                    .map(|n| n.to_string())
-                    .collect();
+                let w: Vec<String> = NODES.iter().filter(|n| Self::writable(&pg, n)).map(|n| n.to_string()).collect();
                 samples.lock().unwrap().rows.push((Instant::now(), w));
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -383,10 +330,7 @@ impl Cluster {
         for (n, a) in &self.agents {
             let text = std::fs::read_to_string(&a.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            s.push_str(&format!(
-                "--- {n} agent log (tail)\n{}\n",
-                lines[lines.len().saturating_sub(30)..].join("\n")
-            ));
+            s.push_str(&format!("--- {n} agent log (tail)\n{}\n", lines[lines.len().saturating_sub(30)..].join("\n")));
         }
         s
     }
@@ -443,16 +387,8 @@ struct NodeCgroup {
 
 impl NodeCgroup {
     fn new(node: &str) -> NodeCgroup {
-        let root = if Path::new(CGROUP2_ROOT).join("cgroup.procs").exists() {
-            CGROUP2_ROOT
-        } else {
-            "/sys/fs/cgroup"
-        };
-        let name = format!(
-            "pgdaemon-failsafe-{}-{}-{node}",
-            std::process::id(),
-            CGROUP_SEQ.fetch_add(1, Ordering::SeqCst)
-        );
+        let root = if Path::new(CGROUP2_ROOT).join("cgroup.procs").exists() { CGROUP2_ROOT } else { "/sys/fs/cgroup" };
+        let name = format!("pgdaemon-failsafe-{}-{}-{node}", std::process::id(), CGROUP_SEQ.fetch_add(1, Ordering::SeqCst));
         let path = Path::new(root).join(&name);
         std::fs::create_dir_all(&path).expect("create a cgroup (needs root and cgroup v2)");
         NodeCgroup { name, path }
@@ -487,16 +423,8 @@ impl Partition {
     fn new(rules: Vec<Vec<String>>) -> Partition {
         let mut p = Partition { rules: vec![] };
         for rule in rules {
-            let out = Command::new("iptables")
-                .arg("-A")
-                .args(&rule)
-                .output()
-                .expect("iptables");
-            assert!(
-                out.status.success(),
-                "iptables -A {rule:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = Command::new("iptables").arg("-A").args(&rule).output().expect("iptables");
+            assert!(out.status.success(), "iptables -A {rule:?}: {}", String::from_utf8_lossy(&out.stderr));
             p.rules.push(rule);
         }
         p
@@ -530,27 +458,13 @@ fn assert_one_writer(samples: &[(Instant, Vec<String>)], logs: &str) {
 }
 
 /// First sample at or after `from` in which `node` was not writable.
-fn first_unwritable(
-    samples: &[(Instant, Vec<String>)],
-    node: &str,
-    from: Instant,
-) -> Option<Instant> {
-    samples
-        .iter()
-        .find(|(t, w)| *t >= from && !w.iter().any(|n| n == node))
-        .map(|(t, _)| *t)
+fn first_unwritable(samples: &[(Instant, Vec<String>)], node: &str, from: Instant) -> Option<Instant> {
+    samples.iter().find(|(t, w)| *t >= from && !w.iter().any(|n| n == node)).map(|(t, _)| *t)
 }
 
 /// First sample at or after `from` in which a node other than `old` was writable.
-fn first_new_writer(
-    samples: &[(Instant, Vec<String>)],
-    old: &str,
-    from: Instant,
-) -> Option<(Instant, String)> {
-    samples
-        .iter()
-        .find(|(t, w)| *t >= from && w.iter().any(|n| n != old))
-        .map(|(t, w)| (*t, w[0].clone()))
+fn first_new_writer(samples: &[(Instant, Vec<String>)], old: &str, from: Instant) -> Option<(Instant, String)> {
+    samples.iter().find(|(t, w)| *t >= from && w.iter().any(|n| n != old)).map(|(t, w)| (*t, w[0].clone()))
 }
 
 async fn outage_keeps_the_primary(backend: Backend) {
@@ -565,19 +479,13 @@ async fn outage_keeps_the_primary(backend: Backend) {
     let mut c = Cluster::start(backend, tag, true).await;
     let term = c.record().await.term;
     let postmaster = c.pg.pid("pg-1").expect("pg-1 runs");
-    for outage in [
-        Duration::from_millis(LEASE_MS / 2),
-        Duration::from_millis(LEASE_MS * 5 / 2),
-    ] {
+    for outage in [Duration::from_millis(LEASE_MS / 2), Duration::from_millis(LEASE_MS * 5 / 2)] {
         c.start_sampling().await;
         let t0 = Instant::now();
         c.store_down();
         tokio::time::sleep(outage).await; // the fault is held for a fixed time
         c.store_up();
-        eprintln!(
-            "{backend:?}: store down for {} ms",
-            t0.elapsed().as_millis()
-        );
+        eprintln!("{backend:?}: store down for {} ms", t0.elapsed().as_millis());
         let p = c.wait_healthy(Duration::from_secs(60)).await;
         // A fixed window after the outage in which pg-1 must stay the only writer.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -596,15 +504,8 @@ async fn outage_keeps_the_primary(backend: Backend) {
         }
         assert_eq!(p, "pg-1");
         assert_eq!(c.record().await.term, term, "no failover");
-        assert_eq!(
-            c.pg.pid("pg-1"),
-            Some(postmaster),
-            "pg-1 was never demoted (same postmaster)"
-        );
-        assert!(
-            logs.contains("failsafe"),
-            "the primary ran on acknowledgements:\n{logs}"
-        );
+        assert_eq!(c.pg.pid("pg-1"), Some(postmaster), "pg-1 was never demoted (same postmaster)");
+        assert!(logs.contains("failsafe"), "the primary ran on acknowledgements:\n{logs}");
     }
 
     // The watchdog was petted all along (failsafe counts as a valid lease) and never disarmed;
@@ -612,10 +513,7 @@ async fn outage_keeps_the_primary(backend: Backend) {
     let dir = c.pg.dir().to_path_buf();
     let dog = |n: &str| std::fs::read_to_string(dir.join(format!("{n}.watchdog"))).unwrap();
     let pets = dog("pg-1");
-    assert!(
-        pets.len() > 50 && !pets.contains('V'),
-        "pg-1 watchdog: {pets:?}"
-    );
+    assert!(pets.len() > 50 && !pets.contains('V'), "pg-1 watchdog: {pets:?}");
     assert_eq!((dog("pg-2"), dog("pg-3")), (String::new(), String::new()));
 
     // The same long outage with failsafe mode off demotes the primary (the test can fail).
@@ -635,22 +533,11 @@ async fn outage_keeps_the_primary(backend: Backend) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let samples = c.stop_sampling();
     assert_one_writer(&samples, &c.logs());
-    let demoted =
-        first_unwritable(&samples, "pg-1", t0).expect("without failsafe the primary demotes");
-    eprintln!(
-        "{backend:?}: failsafe off: primary demoted {} ms into the outage",
-        demoted.duration_since(t0).as_millis()
-    );
-    assert!(
-        demoted.duration_since(t0) < Duration::from_millis(LEASE_MS),
-        "demoted within the lease"
-    );
+    let demoted = first_unwritable(&samples, "pg-1", t0).expect("without failsafe the primary demotes");
+    eprintln!("{backend:?}: failsafe off: primary demoted {} ms into the outage", demoted.duration_since(t0).as_millis());
+    assert!(demoted.duration_since(t0) < Duration::from_millis(LEASE_MS), "demoted within the lease");
     // Its lease lapsed: the watchdog was disarmed with the magic close.
-    assert!(
-        dog("pg-1").contains('V'),
-        "pg-1 watchdog: {:?}",
-        dog("pg-1")
-    );
+    assert!(dog("pg-1").contains('V'), "pg-1 watchdog: {:?}", dog("pg-1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -689,19 +576,11 @@ async fn partitioned_primary_demotes_within_the_lease() {
     let logs = c.logs();
     cut.heal();
     assert_one_writer(&samples, &logs);
-    let demoted =
-        demoted.unwrap_or_else(|| panic!("the partitioned primary never demoted\n{logs}"));
+    let demoted = demoted.unwrap_or_else(|| panic!("the partitioned primary never demoted\n{logs}"));
     let (promoted_at, new) = promoted.unwrap_or_else(|| panic!("no replica promoted\n{logs}"));
     let (d, p) = (demoted.duration_since(t0), promoted_at.duration_since(t0));
-    eprintln!(
-        "partitioned primary: demoted after {} ms, {new} writable after {} ms",
-        d.as_millis(),
-        p.as_millis()
-    );
-    assert!(
-        d < Duration::from_millis(LEASE_MS),
-        "demoted within the lease ({d:?})\n{logs}"
-    );
+    eprintln!("partitioned primary: demoted after {} ms, {new} writable after {} ms", d.as_millis(), p.as_millis());
+    assert!(d < Duration::from_millis(LEASE_MS), "demoted within the lease ({d:?})\n{logs}");
     assert!(c.record().await.term > term);
 }
 
@@ -727,20 +606,12 @@ async fn primary_cut_from_the_store_only_runs_until_a_failover_starts() {
     let logs = c.logs();
     cut.heal();
     assert_one_writer(&samples, &logs);
-    let demoted = first_unwritable(&samples, "pg-1", t0)
-        .unwrap_or_else(|| panic!("pg-1 never demoted\n{logs}"));
+    let demoted = first_unwritable(&samples, "pg-1", t0).unwrap_or_else(|| panic!("pg-1 never demoted\n{logs}"));
     let (promoted_at, new) = promoted.unwrap_or_else(|| panic!("no replica promoted\n{logs}"));
     let (d, p) = (demoted.duration_since(t0), promoted_at.duration_since(t0));
-    eprintln!(
-        "primary cut from the store: demoted after {} ms, {new} writable after {} ms",
-        d.as_millis(),
-        p.as_millis()
-    );
+    eprintln!("primary cut from the store: demoted after {} ms, {new} writable after {} ms", d.as_millis(), p.as_millis());
     // It outlived its lease on its peers' acknowledgements, and demoted before anyone else wrote.
-    assert!(
-        d > Duration::from_millis(LEASE_MS),
-        "failsafe kept it past the lease ({d:?})\n{logs}"
-    );
+    assert!(d > Duration::from_millis(LEASE_MS), "failsafe kept it past the lease ({d:?})\n{logs}");
     assert!(demoted < promoted_at);
     assert!(c.record().await.term > term);
 }
@@ -763,11 +634,7 @@ mod endpoint {
     #[async_trait]
     impl AgentApi for Api {
         fn snapshot(&self) -> AgentSnapshot {
-            AgentSnapshot {
-                member: "pg-2".into(),
-                term: 3,
-                ..Default::default()
-            }
+            AgentSnapshot { member: "pg-2".into(), term: 3, ..Default::default() }
         }
         async fn demote(&self, _term: u64, _reason: &str) -> Result<(), DemoteError> {
             unreachable!("not used")
@@ -781,13 +648,7 @@ mod endpoint {
         fn failsafe(&self, req: &FailsafeRequest) -> FailsafeReply {
             self.asked.lock().unwrap().push(req.clone());
             let ack = req.term >= 3;
-            FailsafeReply {
-                member: "pg-2".into(),
-                ack,
-                valid_ms: if ack { 4000 } else { 0 },
-                term: 3,
-                reason: "r".into(),
-            }
+            FailsafeReply { member: "pg-2".into(), ack, valid_ms: if ack { 4000 } else { 0 }, term: 3, reason: "r".into() }
         }
     }
 
@@ -807,28 +668,15 @@ mod endpoint {
         let server = tokio::spawn(serve(listener, state, async move {
             let _ = stopped.await;
         }));
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(5))
-            .build()
-            .unwrap();
-        let post = |body: String| {
-            client
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-        };
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build().unwrap();
+        let post = |body: String| client.post(&url).header("content-type", "application/json").body(body).send();
 
-        let ok = post(r#"{"cluster":"c","leader":"pg-1","term":3,"valid_ms":4000}"#.into())
-            .await
-            .unwrap();
+        let ok = post(r#"{"cluster":"c","leader":"pg-1","term":3,"valid_ms":4000}"#.into()).await.unwrap();
         assert_eq!(ok.status(), 200);
         let reply: FailsafeReply = ok.json().await.unwrap();
         assert!(reply.ack && reply.valid_ms == 4000 && reply.member == "pg-2");
 
-        let refused = post(r#"{"cluster":"c","leader":"pg-1","term":2,"valid_ms":4000}"#.into())
-            .await
-            .unwrap();
+        let refused = post(r#"{"cluster":"c","leader":"pg-1","term":2,"valid_ms":4000}"#.into()).await.unwrap();
         assert_eq!(refused.status(), 409);
         assert!(!refused.json::<FailsafeReply>().await.unwrap().ack);
 
@@ -842,11 +690,7 @@ mod endpoint {
             let r = post(bad.into()).await.unwrap();
             assert_eq!(r.status(), 400, "{bad}");
         }
-        assert_eq!(
-            api.asked.lock().unwrap().len(),
-            2,
-            "malformed requests promise nothing"
-        );
+        assert_eq!(api.asked.lock().unwrap().len(), 2, "malformed requests promise nothing");
         let _ = stop.send(());
         let _ = server.await;
     }

@@ -10,8 +10,8 @@ use pgdaemon_agent::metrics::LoopStats;
 use pgdaemon_core::agent::{AgentSnapshot, DemoteError};
 use pgdaemon_core::pg::{PgError, PgProbe, ReplicationRow};
 use pgdaemon_core::{
-    ClusterRecord, ClusterView, DynamicConfig, HistoryEntry, LeaderLease, Lsn, ManualClock,
-    MemberStatus, Role, StoreError, TransitionKind,
+    ClusterRecord, ClusterView, DynamicConfig, HistoryEntry, LeaderLease, Lsn, ManualClock, MemberStatus, Role, StoreError,
+    TransitionKind,
 };
 use serde_json::Value;
 
@@ -34,10 +34,7 @@ impl AgentApi for Fake {
         self.snapshot.lock().unwrap().clone()
     }
     async fn demote(&self, term: u64, reason: &str) -> Result<(), DemoteError> {
-        self.demotions
-            .lock()
-            .unwrap()
-            .push((term, reason.to_string()));
+        self.demotions.lock().unwrap().push((term, reason.to_string()));
         if *self.demote_fails.lock().unwrap() {
             return Err(DemoteError::Pg(PgError::Timeout("pg_ctl stop".into())));
         }
@@ -52,11 +49,7 @@ impl AgentApi for Fake {
         Ok(*self.final_lsn.lock().unwrap())
     }
     async fn cluster_view(&self) -> Result<ClusterView, StoreError> {
-        self.view
-            .lock()
-            .unwrap()
-            .clone()
-            .ok_or_else(|| StoreError::Unavailable("etcd is down".into()))
+        self.view.lock().unwrap().clone().ok_or_else(|| StoreError::Unavailable("etcd is down".into()))
     }
     async fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
         Ok(self.history.clone())
@@ -80,76 +73,37 @@ impl Drop for Api {
 
 impl Api {
     async fn start(snapshot: AgentSnapshot) -> Api {
-        let fake = Arc::new(Fake {
-            snapshot: Mutex::new(snapshot),
-            history: history(),
-            ..Default::default()
-        });
+        let fake = Arc::new(Fake { snapshot: Mutex::new(snapshot), history: history(), ..Default::default() });
         *fake.view.lock().unwrap() = Some(view());
         let clock = ManualClock::new(1_700_000_000_000);
         clock.advance(SEC(100));
         let stats = Arc::new(LoopStats::new(SEC(100)));
         stats.record_tick(SEC(100), Duration::from_millis(4));
-        let state = ApiState {
-            api: fake.clone(),
-            clock: Arc::new(clock.clone()),
-            stats: stats.clone(),
-            version: "0.1.0".into(),
-        };
+        let state = ApiState { api: fake.clone(), clock: Arc::new(clock.clone()), stats: stats.clone(), version: "0.1.0".into() };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
             axum::serve(listener, router(state)).await.unwrap();
         });
-        Api {
-            base,
-            http: reqwest::Client::new(),
-            fake,
-            clock,
-            stats,
-            server,
-        }
+        Api { base, http: reqwest::Client::new(), fake, clock, stats, server }
     }
 
     async fn status(&self, path: &str) -> u16 {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        self.http.get(format!("{}{path}", self.base)).send().await.unwrap().status().as_u16()
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
         let code = resp.status().as_u16();
         (code, resp.json().await.unwrap_or(Value::Null))
     }
 
     async fn method(&self, method: reqwest::Method, path: &str) -> u16 {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        self.http.request(method, format!("{}{path}", self.base)).send().await.unwrap().status().as_u16()
     }
 
     async fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+        let resp = self.http.post(format!("{}{path}", self.base)).body(body.to_string()).send().await.unwrap();
         let code = resp.status().as_u16();
         (code, resp.json().await.unwrap_or(Value::Null))
     }
@@ -190,23 +144,11 @@ fn view() -> ClusterView {
     record.term = 3;
     let mut v = ClusterView {
         cluster: Some(record),
-        leader: Some(LeaderLease {
-            owner: "n1".into(),
-            term: 3,
-            rvn: "r".into(),
-            lease_ms: 10_000,
-            released: false,
-        }),
+        leader: Some(LeaderLease { owner: "n1".into(), term: 3, rvn: "r".into(), lease_ms: 10_000, released: false }),
         ..Default::default()
     };
-    v.members.insert(
-        "n1".into(),
-        member("n1", Role::Primary, Some("0/5000"), None),
-    );
-    v.members.insert(
-        "n2".into(),
-        member("n2", Role::Replica, None, Some("0/4F9C")),
-    );
+    v.members.insert("n1".into(), member("n1", Role::Primary, Some("0/5000"), None));
+    v.members.insert("n2".into(), member("n2", Role::Replica, None, Some("0/4F9C")));
     v
 }
 
@@ -285,14 +227,7 @@ const PRIMARY_PATHS: [&str; 4] = ["/", "/primary", "/read-write", "/master"];
 #[tokio::test]
 async fn primary_with_a_valid_lease() {
     let api = Api::start(primary_snapshot()).await;
-    for path in PRIMARY_PATHS.iter().chain(&[
-        "/leader",
-        "/read-only",
-        "/health",
-        "/readiness",
-        "/liveness",
-        "/patroni",
-    ]) {
+    for path in PRIMARY_PATHS.iter().chain(&["/leader", "/read-only", "/health", "/readiness", "/liveness", "/patroni"]) {
         assert_eq!(api.status(path).await, 200, "{path}");
     }
     assert_eq!(api.status("/replica").await, 503);
@@ -323,17 +258,10 @@ async fn primary_stops_answering_200_when_its_lease_runs_out_by_its_own_clock() 
     assert_eq!(api.status("/primary").await, 200);
     // The loop stalled (no new snapshot): the lease is no longer valid by the agent's clock.
     api.clock.advance(Duration::from_millis(1));
-    for path in PRIMARY_PATHS
-        .iter()
-        .chain(&["/leader", "/read-only", "/readiness"])
-    {
+    for path in PRIMARY_PATHS.iter().chain(&["/leader", "/read-only", "/readiness"]) {
         assert_eq!(api.status(path).await, 503, "{path}");
     }
-    assert_eq!(
-        api.status("/health").await,
-        200,
-        "postgres itself is still up"
-    );
+    assert_eq!(api.status("/health").await, 200, "postgres itself is still up");
     let (_, doc) = api.get("/primary").await;
     assert_eq!(doc["pgdaemon"]["lease"]["held"], false);
 }
@@ -357,10 +285,7 @@ async fn writable_postgres_without_the_lease_is_not_primary() {
         s.holds_lease = false;
         s.lease_valid_until = None;
     });
-    for path in PRIMARY_PATHS
-        .iter()
-        .chain(&["/leader", "/read-only", "/readiness", "/replica"])
-    {
+    for path in PRIMARY_PATHS.iter().chain(&["/leader", "/read-only", "/readiness", "/replica"]) {
         assert_eq!(api.status(path).await, 503, "{path}");
     }
     // Holding the lease while Postgres is a replica: /leader only (Patroni: the lock, whatever the role).
@@ -376,42 +301,17 @@ async fn writable_postgres_without_the_lease_is_not_primary() {
 #[tokio::test]
 async fn streaming_replica_with_lag_bounds() {
     let api = Api::start(replica_snapshot()).await;
-    for path in [
-        "/replica",
-        "/read-only",
-        "/health",
-        "/readiness",
-        "/liveness",
-    ] {
+    for path in ["/replica", "/read-only", "/health", "/readiness", "/liveness"] {
         assert_eq!(api.status(path).await, 200, "{path}");
     }
     for path in PRIMARY_PATHS.iter().chain(&["/leader"]) {
         assert_eq!(api.status(path).await, 503, "{path}");
     }
     // 100 bytes behind n1's published write position.
-    for (q, code) in [
-        ("100", 200),
-        ("99", 503),
-        ("1kB", 200),
-        ("10MB", 200),
-        ("0", 503),
-        ("1.5kB", 200),
-    ] {
-        assert_eq!(
-            api.status(&format!("/replica?lag={q}")).await,
-            code,
-            "lag={q}"
-        );
-        assert_eq!(
-            api.status(&format!("/read-only?lag={q}")).await,
-            code,
-            "read-only lag={q}"
-        );
-        assert_eq!(
-            api.status(&format!("/readiness?lag={q}")).await,
-            code,
-            "readiness lag={q}"
-        );
+    for (q, code) in [("100", 200), ("99", 503), ("1kB", 200), ("10MB", 200), ("0", 503), ("1.5kB", 200)] {
+        assert_eq!(api.status(&format!("/replica?lag={q}")).await, code, "lag={q}");
+        assert_eq!(api.status(&format!("/read-only?lag={q}")).await, code, "read-only lag={q}");
+        assert_eq!(api.status(&format!("/readiness?lag={q}")).await, code, "readiness lag={q}");
     }
     // Patroni's tag filters and other parameters are ignored, not errors.
     assert_eq!(api.status("/replica?lag=1MB&tag_zone=a").await, 200);
@@ -448,23 +348,12 @@ async fn postgres_down() {
     let mut snap = replica_snapshot();
     snap.role = Role::Unknown;
     snap.pg_running = false;
-    snap.last_probe = Some(PgProbe {
-        error: Some("connection refused".into()),
-        ..Default::default()
-    });
+    snap.last_probe = Some(PgProbe { error: Some("connection refused".into()), ..Default::default() });
     let api = Api::start(snap).await;
-    for path in
-        PRIMARY_PATHS
-            .iter()
-            .chain(&["/leader", "/replica", "/read-only", "/health", "/readiness"])
-    {
+    for path in PRIMARY_PATHS.iter().chain(&["/leader", "/replica", "/read-only", "/health", "/readiness"]) {
         assert_eq!(api.status(path).await, 503, "{path}");
     }
-    assert_eq!(
-        api.status("/liveness").await,
-        200,
-        "the agent itself still loops"
-    );
+    assert_eq!(api.status("/liveness").await, 200, "the agent itself still loops");
     let (code, doc) = api.get("/health").await;
     assert_eq!(code, 503);
     assert_eq!(doc["state"], "stopped");
@@ -511,33 +400,13 @@ async fn cluster_history_and_metrics() {
 
     let (code, doc) = api.get("/history").await;
     assert_eq!(code, 200);
-    assert_eq!(
-        doc,
-        serde_json::json!([[
-            2,
-            0x3000,
-            "primary n0 lost its lease",
-            "2019-09-23T16:57:57+00:00",
-            "n1"
-        ]])
-    );
+    assert_eq!(doc, serde_json::json!([[2, 0x3000, "primary n0 lost its lease", "2019-09-23T16:57:57+00:00", "n1"]]));
 
-    let resp = api
-        .http
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .unwrap();
+    let resp = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = resp.text().await.unwrap();
-    assert!(
-        text.contains("pgdaemon_replica{scope=\"c1\",name=\"n2\"} 1\n"),
-        "{text}"
-    );
+    assert!(text.contains("pgdaemon_replica{scope=\"c1\",name=\"n2\"} 1\n"), "{text}");
     assert!(text.contains("pgdaemon_replication_lag_bytes{scope=\"c1\",name=\"n2\"} 100\n"));
     assert!(text.contains("pgdaemon_replication_lag_seconds{scope=\"c1\",name=\"n2\"} 0.25\n"));
     assert!(text.contains("pgdaemon_postgres_running{scope=\"c1\",name=\"n2\"} 1\n"));
@@ -553,19 +422,14 @@ async fn cluster_history_and_metrics() {
 async fn demote_confirms_only_after_postgres_stopped_accepting_writes() {
     let api = Api::start(primary_snapshot()).await;
     api.bump_store_term(4);
-    let (code, doc) = api
-        .post("/demote", r#"{"term": 4, "reason": "failover to n2"}"#)
-        .await;
+    let (code, doc) = api.post("/demote", r#"{"term": 4, "reason": "failover to n2"}"#).await;
     assert_eq!(code, 200, "{doc}");
     assert_eq!(doc["demoted"], true);
     assert_eq!(doc["term"], 4);
     assert_eq!(doc["member"], "n1");
     assert_eq!(doc["fenced_through"], 4);
     assert!(doc.get("lsn").is_none(), "no final position known: no lsn field: {doc}");
-    assert_eq!(
-        *api.fake.demotions.lock().unwrap(),
-        vec![(4, "failover to n2".to_string())]
-    );
+    assert_eq!(*api.fake.demotions.lock().unwrap(), vec![(4, "failover to n2".to_string())]);
 }
 
 #[tokio::test]
@@ -585,29 +449,16 @@ async fn demote_reports_the_final_wal_position_when_known() {
 #[tokio::test]
 async fn demote_rejects_malformed_bodies_and_changes_nothing() {
     let api = Api::start(primary_snapshot()).await;
-    for body in [
-        "",
-        "not json",
-        "{}",
-        r#"{"term": "4"}"#,
-        r#"{"term": -1}"#,
-        r#"{"term": 0}"#,
-        r#"{"term": 4, "force": true}"#,
-        "[4]",
-    ] {
+    for body in
+        ["", "not json", "{}", r#"{"term": "4"}"#, r#"{"term": -1}"#, r#"{"term": 0}"#, r#"{"term": 4, "force": true}"#, "[4]"]
+    {
         let (code, doc) = api.post("/demote", body).await;
         assert_eq!(code, 400, "{body:?}: {doc}");
-        assert!(
-            doc["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "{body:?}"
-        );
+        assert!(doc["error"].as_str().is_some_and(|e| !e.is_empty()), "{body:?}");
     }
     let long = format!(r#"{{"term": 4, "reason": "{}"}}"#, "x".repeat(2000));
     assert_eq!(api.post("/demote", &long).await.0, 400);
-    assert!(
-        api.fake.demotions.lock().unwrap().is_empty(),
-        "nothing may have been demoted"
-    );
+    assert!(api.fake.demotions.lock().unwrap().is_empty(), "nothing may have been demoted");
     assert_eq!(api.status("/primary").await, 200);
     assert_eq!(api.method(reqwest::Method::GET, "/demote").await, 405);
 }
@@ -621,8 +472,5 @@ async fn failed_demotion_is_not_reported_as_fenced() {
     assert_eq!(code, 503);
     assert_eq!(doc["demoted"], false);
     assert!(doc["error"].as_str().unwrap().contains("timed out"));
-    assert_eq!(
-        api.fake.demotions.lock().unwrap()[0].1,
-        "demotion requested over HTTP"
-    );
+    assert_eq!(api.fake.demotions.lock().unwrap()[0].1, "demotion requested over HTTP");
 }

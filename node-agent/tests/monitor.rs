@@ -76,7 +76,12 @@ async fn monitor_records_down_and_up_of_an_unmanaged_postgres() {
     // A webhook receiver on loopback gets the same events.
     let hooked: Arc<Mutex<Vec<Event>>> = Arc::default();
     let app = Router::new()
-        .route("/h", post(|State(h): State<Arc<Mutex<Vec<Event>>>>, body: String| async move { h.lock().unwrap().push(serde_json::from_str(&body).unwrap()) }))
+        .route(
+            "/h",
+            post(|State(h): State<Arc<Mutex<Vec<Event>>>>, body: String| async move {
+                h.lock().unwrap().push(serde_json::from_str(&body).unwrap())
+            }),
+        )
         .with_state(hooked.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook_url = format!("http://{}/h", listener.local_addr().unwrap());
@@ -111,7 +116,9 @@ async fn monitor_records_down_and_up_of_an_unmanaged_postgres() {
     let _monitor = MonitorProcess(child);
     let store = EtcdStore::connect(&[etcd.endpoint()], PREFIX).await.unwrap();
 
-    let events = wait_events(&store, &cluster, Duration::from_secs(30), |e| of(e, "db").len() == 1 && of(e, "db-replica").len() == 1).await;
+    let events =
+        wait_events(&store, &cluster, Duration::from_secs(30), |e| of(e, "db").len() == 1 && of(e, "db-replica").len() == 1)
+            .await;
     assert_eq!(of(&events, "db"), [EventKind::MemberUp], "{events:#?}");
     assert_eq!(of(&events, "db-replica"), [EventKind::MemberUp], "{events:#?}");
     let first_replica = events.iter().find(|e| e.member.as_deref() == Some("db-replica")).unwrap();
@@ -175,11 +182,49 @@ async fn tls_is_verified_against_the_ca_file() {
             assert!(ok.success(), "openssl failed");
         };
         let s = |t: &'static str| std::ffi::OsStr::new(t);
-        openssl(vec![s("req"), s("-x509"), s("-newkey"), s("rsa:2048"), s("-nodes"), s("-days"), s("1"), s("-subj"), s("/CN=pgdaemon-test-ca"), s("-keyout"), ca_key.as_os_str(), s("-out"), ca.as_os_str()]);
-        openssl(vec![s("req"), s("-newkey"), s("rsa:2048"), s("-nodes"), s("-subj"), s("/CN=localhost"), s("-keyout"), key.as_os_str(), s("-out"), csr.as_os_str()]);
         openssl(vec![
-            s("x509"), s("-req"), s("-in"), csr.as_os_str(), s("-CA"), ca.as_os_str(), s("-CAkey"), ca_key.as_os_str(), s("-CAcreateserial"),
-            s("-days"), s("1"), s("-extfile"), ext.as_os_str(), s("-out"), cert.as_os_str(),
+            s("req"),
+            s("-x509"),
+            s("-newkey"),
+            s("rsa:2048"),
+            s("-nodes"),
+            s("-days"),
+            s("1"),
+            s("-subj"),
+            s("/CN=pgdaemon-test-ca"),
+            s("-keyout"),
+            ca_key.as_os_str(),
+            s("-out"),
+            ca.as_os_str(),
+        ]);
+        openssl(vec![
+            s("req"),
+            s("-newkey"),
+            s("rsa:2048"),
+            s("-nodes"),
+            s("-subj"),
+            s("/CN=localhost"),
+            s("-keyout"),
+            key.as_os_str(),
+            s("-out"),
+            csr.as_os_str(),
+        ]);
+        openssl(vec![
+            s("x509"),
+            s("-req"),
+            s("-in"),
+            csr.as_os_str(),
+            s("-CA"),
+            ca.as_os_str(),
+            s("-CAkey"),
+            ca_key.as_os_str(),
+            s("-CAcreateserial"),
+            s("-days"),
+            s("1"),
+            s("-extfile"),
+            ext.as_os_str(),
+            s("-out"),
+            cert.as_os_str(),
         ]);
         if let Some(user) = pg.run_as() {
             assert!(Command::new("chown").arg(format!("{user}:")).arg(&cert).arg(&key).status().unwrap().success());

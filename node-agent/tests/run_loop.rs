@@ -9,9 +9,7 @@ use async_trait::async_trait;
 use pgdaemon_agent::run::{run, RunSummary};
 use pgdaemon_core::agent::{AgentIdentity, AgentRuntime};
 use pgdaemon_core::pg::{DataDirState, PgControl, PgError, PgProbe, PrimaryTarget, StopMode, SyncStandbys};
-use pgdaemon_core::{
-    ClusterRecord, DynamicConfig, LeaseName, MemoryStore, Role, Store, SystemClock,
-};
+use pgdaemon_core::{ClusterRecord, DynamicConfig, LeaseName, MemoryStore, Role, Store, SystemClock};
 
 #[derive(Default)]
 struct FakePg {
@@ -71,10 +69,7 @@ impl PgControl for FakePg {
 }
 
 async fn status(base: &str, path: &str) -> u16 {
-    reqwest::get(format!("{base}{path}"))
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
+    reqwest::get(format!("{base}{path}")).await.map(|r| r.status().as_u16()).unwrap_or(0)
 }
 
 #[tokio::test]
@@ -88,14 +83,8 @@ async fn primary_serves_then_demotes_before_releasing_on_shutdown() {
     };
     dynamic.validate().unwrap();
     let store = Arc::new(MemoryStore::new());
-    store
-        .write_cluster("c1", None, &ClusterRecord::bootstrap("n1", dynamic.clone()))
-        .await
-        .unwrap();
-    let pg = Arc::new(FakePg {
-        state: Mutex::new((true, Role::Primary)),
-        ..Default::default()
-    });
+    store.write_cluster("c1", None, &ClusterRecord::bootstrap("n1", dynamic.clone())).await.unwrap();
+    let pg = Arc::new(FakePg { state: Mutex::new((true, Role::Primary)), ..Default::default() });
     let identity = AgentIdentity {
         cluster: "c1".into(),
         member: "n1".into(),
@@ -126,43 +115,19 @@ async fn primary_serves_then_demotes_before_releasing_on_shutdown() {
     assert!(ok, "never became primary");
     assert_eq!(status(&base, "/liveness").await, 200);
     assert_eq!(status(&base, "/replica").await, 503);
-    let lease = store
-        .read_lease("c1", LeaseName::Leader)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (lease.owner.as_str(), lease.term, lease.released),
-        ("n1", 1, false)
-    );
-    let history = reqwest::get(format!("{base}/cluster"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let lease = store.read_lease("c1", LeaseName::Leader).await.unwrap().unwrap();
+    assert_eq!((lease.owner.as_str(), lease.term, lease.released), ("n1", 1, false));
+    let history = reqwest::get(format!("{base}/cluster")).await.unwrap().text().await.unwrap();
     assert!(history.contains("\"leader\""), "{history}");
 
     stop.send(()).unwrap();
-    let summary: RunSummary = tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let summary: RunSummary = tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
     assert!(summary.demoted_on_exit);
     assert!(summary.ticks >= 1);
     // Postgres stopped accepting writes, and only then was the lease handed back.
     assert!(!pg.state.lock().unwrap().0, "postgres still running");
     assert!(pg.calls.lock().unwrap().contains(&"demote"));
-    let lease = store
-        .read_lease("c1", LeaseName::Leader)
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = store.read_lease("c1", LeaseName::Leader).await.unwrap().unwrap();
     assert!(lease.released, "lease not released: {lease:?}");
-    assert_eq!(
-        status(&base, "/primary").await,
-        0,
-        "the API stopped with the agent"
-    );
+    assert_eq!(status(&base, "/primary").await, 0, "the API stopped with the agent");
 }

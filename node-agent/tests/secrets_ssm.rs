@@ -11,13 +11,7 @@ fn client(moto: &MotoServer) -> aws_sdk_ssm::Client {
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(MotoServer::REGION))
         .endpoint_url(moto.endpoint())
-        .credentials_provider(Credentials::new(
-            MotoServer::ACCESS_KEY_ID,
-            MotoServer::SECRET_ACCESS_KEY,
-            None,
-            None,
-            "test",
-        ))
+        .credentials_provider(Credentials::new(MotoServer::ACCESS_KEY_ID, MotoServer::SECRET_ACCESS_KEY, None, None, "test"))
         .build();
     aws_sdk_ssm::Client::from_conf(conf)
 }
@@ -27,13 +21,7 @@ async fn reads_a_secure_string() {
     let moto = MotoServer::shared();
     let ssm = client(moto);
     let name = format!("/pgdaemon/test-{}/replication", std::process::id());
-    ssm.put_parameter()
-        .name(&name)
-        .value("s3cret pass")
-        .r#type(ParameterType::SecureString)
-        .send()
-        .await
-        .unwrap();
+    ssm.put_parameter().name(&name).value("s3cret pass").r#type(ParameterType::SecureString).send().await.unwrap();
     let secret = read_ssm_parameter(&ssm, &name).await.unwrap();
     assert_eq!(secret.expose(), "s3cret pass");
     assert_eq!(format!("{secret:?} {secret}"), "<redacted> <redacted>");

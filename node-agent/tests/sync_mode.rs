@@ -142,7 +142,8 @@ fn settled_sync(v: &ClusterView) -> Option<(String, Vec<String>, u64)> {
     let p = r.primary.clone()?;
     let s = r.sync.as_ref()?;
     let lease_ok = v.leader.as_ref().is_some_and(|l| l.owner == p && l.term == r.term && !l.released);
-    let replicas_ok = NODES.iter().filter(|n| **n != p).all(|n| v.members.get(*n).is_some_and(|m| m.role == Role::Replica && m.streaming));
+    let replicas_ok =
+        NODES.iter().filter(|n| **n != p).all(|n| v.members.get(*n).is_some_and(|m| m.role == Role::Replica && m.streaming));
     (r.transition.is_none() && lease_ok && replicas_ok && s.term == r.term && !s.degraded && !s.members.is_empty())
         .then(|| (p, s.members.clone(), r.term))
 }
@@ -165,7 +166,8 @@ fn acknowledged_commits_survive_repeated_primary_kills_in_synchronous_mode() {
     let main = Runtime::new().unwrap();
     let store = main.block_on(EtcdStore::connect(&[etcd.endpoint()], "/pgdaemon")).unwrap();
     main.block_on(store.write_cluster(&cluster, None, &ClusterRecord::bootstrap("n1", config()))).unwrap();
-    let mut hosts: Vec<Option<Host>> = NODES.iter().map(|n| Some(Host::start(&pg, pg.node(n), &etcd.endpoint(), &cluster, config(), "sync-e2e"))).collect();
+    let mut hosts: Vec<Option<Host>> =
+        NODES.iter().map(|n| Some(Host::start(&pg, pg.node(n), &etcd.endpoint(), &cluster, config(), "sync-e2e"))).collect();
     // A read may fail for a moment on a loaded machine (an etcd connection reset): retry, bounded.
     let view = || {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -197,10 +199,15 @@ fn acknowledged_commits_survive_repeated_primary_kills_in_synchronous_mode() {
         );
         let (primary, sync_set, term) = settled.unwrap();
         let setting = pg.sql(&primary, "SHOW synchronous_standby_names").unwrap();
-        assert!(sync_set.iter().all(|s| setting.contains(&format!("\"{s}\""))), "recorded {sync_set:?} but Postgres lists {setting}");
+        assert!(
+            sync_set.iter().all(|s| setting.contains(&format!("\"{s}\""))),
+            "recorded {sync_set:?} but Postgres lists {setting}"
+        );
         // Commits flow synchronously, and every coordinator has watched the heartbeats beat.
         let before = acked_count();
-        wait_until("commits acknowledged under the synchronous setting", Duration::from_secs(20), || acked_count() >= before + 50);
+        wait_until("commits acknowledged under the synchronous setting", Duration::from_secs(20), || {
+            acked_count() >= before + 50
+        });
         if round == 1 {
             // Commits are synchronous: with the synchronous standby's WAL receiver frozen, nothing
             // is acknowledged (one commit may already have been confirmed when it stopped).
@@ -234,7 +241,8 @@ fn acknowledged_commits_survive_repeated_primary_kills_in_synchronous_mode() {
             &format!("round {round}: a commit acknowledged by another server after killing {primary}"),
             Duration::from_secs(90),
             || {
-                first_after = acks.lock().unwrap().iter().find(|(_, at, port)| *at > killed && *port != old_port).map(|(_, at, _)| *at);
+                first_after =
+                    acks.lock().unwrap().iter().find(|(_, at, port)| *at > killed && *port != old_port).map(|(_, at, _)| *at);
                 first_after.is_some()
             },
         );

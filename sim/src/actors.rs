@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pgdaemon_core::agent::{
-    AgentHandle, AgentRuntime, CoordinatorTrigger, FailsafePeers, FailsafeReply, FailsafeRequest,
-    RoundOutcome, TriggerError,
+    AgentHandle, AgentRuntime, CoordinatorTrigger, FailsafePeers, FailsafeReply, FailsafeRequest, RoundOutcome, TriggerError,
 };
 use pgdaemon_core::coordinator::{run_until_settled, Coordinator};
 use pgdaemon_core::fence::{FenceChain, FenceStatus, FenceTarget, Fencer};
@@ -36,31 +35,20 @@ impl Actor for AgentActor {
             }
             // PGDAEMON_SIM_VERBOSE=1 also traces renewals, heartbeats and store errors.
             let verbose = std::env::var_os("PGDAEMON_SIM_VERBOSE").is_some();
-            let done: Vec<&str> = report
-                .done()
-                .into_iter()
-                .filter(|a| verbose || !matches!(*a, "renew_lease" | "publish_heartbeat"))
-                .collect();
+            let done: Vec<&str> =
+                report.done().into_iter().filter(|a| verbose || !matches!(*a, "renew_lease" | "publish_heartbeat")).collect();
             let errors: Vec<&String> = report
                 .errors
                 .iter()
-                .filter(|e| {
-                    verbose || (!e.starts_with("publish_heartbeat") && !e.contains("simulated"))
-                })
+                .filter(|e| verbose || (!e.starts_with("publish_heartbeat") && !e.contains("simulated")))
                 .collect();
             if !done.is_empty() || !errors.is_empty() {
                 let mut w = self.world.lock();
                 let name = w.nodes[self.node].name.clone();
-                w.log(format!(
-                    "agent {name}: did {done:?} errors {errors:?} ({})",
-                    report.reason
-                ));
+                w.log(format!("agent {name}: did {done:?} errors {errors:?} ({})", report.reason));
             }
             let next = self.rt.interval().as_micros() as u64;
-            StepEnd {
-                actor: Some(self as Box<dyn Actor>),
-                next_in: Some(next),
-            }
+            StepEnd { actor: Some(self as Box<dyn Actor>), next_in: Some(next) }
         })
     }
 }
@@ -102,10 +90,7 @@ impl Actor for WatchdogActor {
                 }
             }
             drop(w);
-            StepEnd {
-                actor: Some(self as Box<dyn Actor>),
-                next_in: Some(WATCHDOG_EVERY),
-            }
+            StepEnd { actor: Some(self as Box<dyn Actor>), next_in: Some(WATCHDOG_EVERY) }
         })
     }
 }
@@ -138,10 +123,9 @@ impl Actor for FailsafeActor {
                     let mut w = self.world.lock();
                     let name = w.nodes[self.node].name.clone();
                     let detail = match &outcome {
-                        RoundOutcome::Granted { until, members } => format!(
-                            "granted by {members:?} until {} ms (own clock)",
-                            until.as_millis()
-                        ),
+                        RoundOutcome::Granted { until, members } => {
+                            format!("granted by {members:?} until {} ms (own clock)", until.as_millis())
+                        }
                         RoundOutcome::Refused { member, reason } => {
                             format!("refused by {member}: {reason}")
                         }
@@ -159,10 +143,7 @@ impl Actor for FailsafeActor {
                     _ => w.counters.failsafe_unanswered += 1,
                 }
             }
-            StepEnd {
-                actor: Some(self as Box<dyn Actor>),
-                next_in: Some(FAILSAFE_EVERY),
-            }
+            StepEnd { actor: Some(self as Box<dyn Actor>), next_in: Some(FAILSAFE_EVERY) }
         })
     }
 }
@@ -190,20 +171,12 @@ impl SimFailsafePeers {
 
 #[async_trait]
 impl FailsafePeers for SimFailsafePeers {
-    async fn ask(
-        &self,
-        api_url: &str,
-        request: &FailsafeRequest,
-        timeout: Duration,
-    ) -> Result<FailsafeReply, String> {
+    async fn ask(&self, api_url: &str, request: &FailsafeRequest, timeout: Duration) -> Result<FailsafeReply, String> {
         let (start, deadline, target, there, back) = {
             let mut w = self.world.lock();
             let start = w.now;
             let deadline = start + timeout.as_micros() as u64;
-            let target = w
-                .nodes
-                .iter()
-                .position(|n| format!("http://{}:8008", n.name) == api_url);
+            let target = w.nodes.iter().position(|n| format!("http://{}:8008", n.name) == api_url);
             let there = w.rng.range(MS, 20 * MS) + w.msg_delay;
             let back = w.rng.range(MS, 20 * MS) + w.msg_delay;
             (start, deadline, target, there, back)
@@ -276,24 +249,15 @@ impl Actor for CoordActor {
             let world = self.world.clone();
             let sleep = move |d: Duration| world.sleep(d.as_micros() as u64);
             let cluster = self.cluster.clone();
-            let report =
-                run_until_settled(&mut self.coord, &cluster, self.budget, self.poll, sleep).await;
+            let report = run_until_settled(&mut self.coord, &cluster, self.budget, self.poll, sleep).await;
             {
                 let mut w = self.world.lock();
                 let slot = self.slot;
-                if !report.steps.is_empty()
-                    || !matches!(report.outcome, pgdaemon_core::coordinator::Outcome::Idle)
-                {
-                    w.log(format!(
-                        "coord{slot}: {:?} steps {:?} ({})",
-                        report.outcome, report.steps, report.reason
-                    ));
+                if !report.steps.is_empty() || !matches!(report.outcome, pgdaemon_core::coordinator::Outcome::Idle) {
+                    w.log(format!("coord{slot}: {:?} steps {:?} ({})", report.outcome, report.steps, report.reason));
                 }
             }
-            StepEnd {
-                actor: Some(self as Box<dyn Actor>),
-                next_in: None,
-            }
+            StepEnd { actor: Some(self as Box<dyn Actor>), next_in: None }
         })
     }
 }
@@ -306,11 +270,7 @@ pub struct SimTrigger {
 
 #[async_trait]
 impl CoordinatorTrigger for SimTrigger {
-    async fn request_run(
-        &self,
-        _cluster: &str,
-        evidence: &LeaseSighting,
-    ) -> Result<(), TriggerError> {
+    async fn request_run(&self, _cluster: &str, evidence: &LeaseSighting) -> Result<(), TriggerError> {
         let mut w = self.world.lock();
         if w.nodes[self.node].store_cut {
             return Err(TriggerError("simulated: AWS API unreachable".into()));
@@ -341,36 +301,23 @@ impl Fencer for SimHttpFencer {
         let (handle, delay, hung) = {
             let mut w = self.world.lock();
             let Some(node) = w.node_index(&target.member) else {
-                return FenceStatus::Refused {
-                    detail: "unknown member".into(),
-                };
+                return FenceStatus::Refused { detail: "unknown member".into() };
             };
             if w.broken == Broken::FenceLies {
-                return FenceStatus::Confirmed {
-                    detail: "simulated lie".into(),
-                    lsn: None,
-                };
+                return FenceStatus::Confirmed { detail: "simulated lie".into(), lsn: None };
             }
             let delay = w.rng.range(MS, 20 * MS) + w.msg_delay;
-            let handle: Option<AgentHandle> = if w.nodes[node].up {
-                w.agent_handles[node].clone()
-            } else {
-                None
-            };
+            let handle: Option<AgentHandle> = if w.nodes[node].up { w.agent_handles[node].clone() } else { None };
             (handle, delay, w.nodes[node].agent_hung)
         };
         let Some(handle) = handle else {
             self.world.sleep(delay).await;
-            return FenceStatus::Failed {
-                detail: "connection refused".into(),
-            };
+            return FenceStatus::Failed { detail: "connection refused".into() };
         };
         if hung {
             // The whole agent process is stuck: the request times out.
             self.world.sleep(delay + 3 * SEC).await;
-            return FenceStatus::Failed {
-                detail: "timed out".into(),
-            };
+            return FenceStatus::Failed { detail: "timed out".into() };
         }
         self.world.sleep(delay).await;
         let reason = format!("{:?} for term {}", target.kind, target.term);
@@ -378,14 +325,9 @@ impl Fencer for SimHttpFencer {
             Ok(lsn) => {
                 // The agent's `/demote` answer: a clean demotion reports the final WAL position.
                 self.world.sleep(delay).await;
-                FenceStatus::Confirmed {
-                    detail: "agent demoted".into(),
-                    lsn,
-                }
+                FenceStatus::Confirmed { detail: "agent demoted".into(), lsn }
             }
-            Err(e) => FenceStatus::Failed {
-                detail: e.to_string(),
-            },
+            Err(e) => FenceStatus::Failed { detail: e.to_string() },
         }
     }
 }
@@ -410,53 +352,32 @@ impl Fencer for SimEc2Fencer {
         self.world.sleep(latency).await;
         let mut w = self.world.lock();
         let Some(id) = target.instance_id.as_deref() else {
-            return FenceStatus::Refused {
-                detail: "no instance id".into(),
-            };
+            return FenceStatus::Refused { detail: "no instance id".into() };
         };
         let Some(node) = w.nodes.iter().position(|n| instance_id(&n.name) == id) else {
-            return FenceStatus::Refused {
-                detail: format!("instance {id} not tagged for this cluster"),
-            };
+            return FenceStatus::Refused { detail: format!("instance {id} not tagged for this cluster") };
         };
         if w.broken == Broken::FenceLies {
-            return FenceStatus::Confirmed {
-                detail: "simulated lie".into(),
-                lsn: None,
-            };
+            return FenceStatus::Confirmed { detail: "simulated lie".into(), lsn: None };
         }
         if w.rng.chance(0.03) {
-            return FenceStatus::Failed {
-                detail: "simulated API error".into(),
-            };
+            return FenceStatus::Failed { detail: "simulated API error".into() };
         }
         if w.nodes[node].stopped_by_fence && !w.nodes[node].up {
-            return FenceStatus::Confirmed {
-                detail: format!("{id} stopped"),
-                lsn: None,
-            };
+            return FenceStatus::Confirmed { detail: format!("{id} stopped"), lsn: None };
         }
         if let Some((h, _)) = &w.nodes[node].stopping {
             if pending.is_none_or(|p| p == h) {
-                return FenceStatus::Pending {
-                    handle: h.clone(),
-                    detail: format!("{id} stopping"),
-                };
+                return FenceStatus::Pending { handle: h.clone(), detail: format!("{id} stopping") };
             }
         }
         let handle = format!("stop-{}", w.fresh_id());
         let done = w.now + w.rng.range(2 * SEC, 40 * SEC);
         w.nodes[node].stopping = Some((handle.clone(), done));
         w.schedule(done, Event::InstanceStopped { node });
-        w.log(format!(
-            "ec2: StopInstances {id} for term {} ({:?}), handle {handle}",
-            target.term, target.kind
-        ));
+        w.log(format!("ec2: StopInstances {id} for term {} ({:?}), handle {handle}", target.term, target.kind));
         w.counters.ec2_stops += 1;
-        FenceStatus::Pending {
-            handle,
-            detail: format!("{id} stopping"),
-        }
+        FenceStatus::Pending { handle, detail: format!("{id} stopping") }
     }
 }
 
@@ -465,19 +386,9 @@ pub fn instance_id(node: &str) -> String {
 }
 
 pub fn fence_chain(world: &World) -> FenceChain {
-    FenceChain::new(vec![
-        Box::new(SimHttpFencer {
-            world: world.clone(),
-        }),
-        Box::new(SimEc2Fencer {
-            world: world.clone(),
-        }),
-    ])
+    FenceChain::new(vec![Box::new(SimHttpFencer { world: world.clone() }), Box::new(SimEc2Fencer { world: world.clone() })])
 }
 
 pub fn trigger(world: &World, node: usize) -> Arc<dyn CoordinatorTrigger> {
-    Arc::new(SimTrigger {
-        world: world.clone(),
-        node,
-    })
+    Arc::new(SimTrigger { world: world.clone(), node })
 }

@@ -35,15 +35,8 @@ impl Checker {
         let writable = w.writable();
         if writable.len() > 1 {
             let names: Vec<String> = writable.iter().map(|&i| w.nodes[i].name.clone()).collect();
-            let rec = self
-                .last_record
-                .as_ref()
-                .map(describe_record)
-                .unwrap_or_default();
-            w.violate(format!(
-                "S1/S2: {} accept writes at the same time (record: {rec})",
-                names.join(" and ")
-            ));
+            let rec = self.last_record.as_ref().map(describe_record).unwrap_or_default();
+            w.violate(format!("S1/S2: {} accept writes at the same time (record: {rec})", names.join(" and ")));
         }
         if !w.store_dirty {
             return;
@@ -56,19 +49,14 @@ impl Checker {
                 self.record(w, record);
                 self.lease(w, lease);
             }
-            (r, l) => w.violate(format!(
-                "store unreadable by the checker: record {r:?}, lease {l:?}"
-            )),
+            (r, l) => w.violate(format!("store unreadable by the checker: record {r:?}, lease {l:?}")),
         }
     }
 
     fn lease(&mut self, w: &mut Shared, lease: Option<LeaderLease>) {
         if let Some(l) = lease {
             if l.term < self.max_lease_term {
-                w.violate(format!(
-                    "leader lease term went back from {} to {}",
-                    self.max_lease_term, l.term
-                ));
+                w.violate(format!("leader lease term went back from {} to {}", self.max_lease_term, l.term));
             }
             self.max_lease_term = self.max_lease_term.max(l.term);
         }
@@ -82,10 +70,7 @@ impl Checker {
             return;
         };
         if r.term < self.max_record_term {
-            w.violate(format!(
-                "cluster term went back from {} to {}",
-                self.max_record_term, r.term
-            ));
+            w.violate(format!("cluster term went back from {} to {}", self.max_record_term, r.term));
         }
         self.max_record_term = self.max_record_term.max(r.term);
         if self.last_record.as_ref() == Some(&r) {
@@ -94,12 +79,7 @@ impl Checker {
         let now = w.now;
         w.log(format!("record v{}: {}", r.version, describe_record(&r)));
         match &r.transition {
-            Some(t)
-                if !self
-                    .transitions
-                    .iter()
-                    .any(|x| x.term == t.term && x.ended.is_none()) =>
-            {
+            Some(t) if !self.transitions.iter().any(|x| x.term == t.term && x.ended.is_none()) => {
                 self.transitions.push(Transition {
                     term: t.term,
                     kind: t.kind,
@@ -121,12 +101,7 @@ impl Checker {
 
     /// A server became writable by promotion: close the timing windows.
     pub fn on_promotion(&mut self, now: Us, node_name: &str) {
-        if let Some(t) = self
-            .transitions
-            .iter()
-            .rev()
-            .find(|t| t.ended.is_none() && t.kind == TransitionKind::Failover)
-        {
+        if let Some(t) = self.transitions.iter().rev().find(|t| t.ended.is_none() && t.kind == TransitionKind::Failover) {
             if t.candidate == node_name {
                 self.detect_to_writable.push(now - t.started);
             }
@@ -135,9 +110,6 @@ impl Checker {
 
     /// Transitions still open (S5 at the end of a run).
     pub fn open_transitions(&self) -> Vec<&Transition> {
-        self.transitions
-            .iter()
-            .filter(|t| t.ended.is_none())
-            .collect()
+        self.transitions.iter().filter(|t| t.ended.is_none()).collect()
     }
 }

@@ -112,14 +112,8 @@ impl FaultKind {
             FaultKind::WallJump { .. } => "wall_clock_jump",
             FaultKind::CoordinatorKill => "coordinator_kill",
             FaultKind::TwoCoordinators { .. } => "two_coordinators",
-            FaultKind::ManualRequest {
-                action: RequestAction::Switchover,
-                ..
-            } => "manual_switchover",
-            FaultKind::ManualRequest {
-                action: RequestAction::Failover,
-                ..
-            } => "manual_failover",
+            FaultKind::ManualRequest { action: RequestAction::Switchover, .. } => "manual_switchover",
+            FaultKind::ManualRequest { action: RequestAction::Failover, .. } => "manual_failover",
             FaultKind::ManualRequest { .. } => "manual_pause_resume",
             FaultKind::ReplicaStall { .. } => "replica_stall",
             FaultKind::BadRecords { .. } => "bad_records",
@@ -157,74 +151,31 @@ pub fn script(rng: &mut Rng, nodes: usize, plan: &FaultPlan) -> Vec<(Us, FaultKi
         let at = plan.start + rng.below(plan.window.max(1));
         let t = target(rng, nodes);
         let kind = match rng.below(24) {
-            0..=1 => FaultKind::AgentCrash {
-                target: t,
-                down_for: secs(rng, 1, 30),
-            },
-            2..=3 => FaultKind::PgCrash {
-                target: t,
-                restart_fails_for: if rng.chance(0.5) { secs(rng, 5, 120) } else { 0 },
-            },
-            4..=5 => FaultKind::NodeCrash {
-                target: t,
-                down_for: secs(rng, 5, 90),
-            },
-            6..=7 => FaultKind::AgentHang {
-                target: t,
-                hung_for: secs(rng, 2, 60),
-            },
-            8..=9 => FaultKind::StorePartition {
-                target: t,
-                for_: secs(rng, 2, 60),
-            },
-            10 => FaultKind::NodePartition {
-                target: t,
-                other: target(rng, nodes),
-                for_: secs(rng, 2, 60),
-            },
-            11 => FaultKind::CoordinatorPartition {
-                slot: rng.below(2) as usize,
-                for_: secs(rng, 5, 120),
-            },
+            0..=1 => FaultKind::AgentCrash { target: t, down_for: secs(rng, 1, 30) },
+            2..=3 => FaultKind::PgCrash { target: t, restart_fails_for: if rng.chance(0.5) { secs(rng, 5, 120) } else { 0 } },
+            4..=5 => FaultKind::NodeCrash { target: t, down_for: secs(rng, 5, 90) },
+            6..=7 => FaultKind::AgentHang { target: t, hung_for: secs(rng, 2, 60) },
+            8..=9 => FaultKind::StorePartition { target: t, for_: secs(rng, 2, 60) },
+            10 => FaultKind::NodePartition { target: t, other: target(rng, nodes), for_: secs(rng, 2, 60) },
+            11 => FaultKind::CoordinatorPartition { slot: rng.below(2) as usize, for_: secs(rng, 5, 120) },
             12 => {
                 let min = rng.range(100 * MS, 1000 * MS);
-                FaultKind::StoreLatency {
-                    min,
-                    max: min + rng.range(0, 4000 * MS),
-                    for_: secs(rng, 5, 60),
-                }
+                FaultKind::StoreLatency { min, max: min + rng.range(0, 4000 * MS), for_: secs(rng, 5, 60) }
             }
-            13 => FaultKind::StoreOutage {
-                for_: secs(rng, 2, 60),
-            },
-            14 => FaultKind::MessageDelay {
-                delay: rng.range(100 * MS, 10 * SEC),
-                for_: secs(rng, 5, 60),
-            },
+            13 => FaultKind::StoreOutage { for_: secs(rng, 2, 60) },
+            14 => FaultKind::MessageDelay { delay: rng.range(100 * MS, 10 * SEC), for_: secs(rng, 5, 60) },
             15 => {
                 let ppm = rng.range(100, plan.max_drift_ppm.max(100) as u64) as i64;
                 let ppm = if rng.chance(0.5) { ppm } else { -ppm };
-                FaultKind::ClockDrift {
-                    target: t,
-                    ppm,
-                    for_: secs(rng, 30, 300),
-                }
+                FaultKind::ClockDrift { target: t, ppm, for_: secs(rng, 30, 300) }
             }
             16 => {
                 let by = rng.range(1_000, 86_400_000) as i64;
-                FaultKind::WallJump {
-                    target: t,
-                    by_ms: if rng.chance(0.5) { by } else { -by },
-                }
+                FaultKind::WallJump { target: t, by_ms: if rng.chance(0.5) { by } else { -by } }
             }
             17 => FaultKind::CoordinatorKill,
-            18 => FaultKind::TwoCoordinators {
-                for_: secs(rng, 10, 120),
-            },
-            19..=20 => FaultKind::ReplicaStall {
-                target: Target::Replica,
-                for_: secs(rng, 30, 240),
-            },
+            18 => FaultKind::TwoCoordinators { for_: secs(rng, 10, 120) },
+            19..=20 => FaultKind::ReplicaStall { target: Target::Replica, for_: secs(rng, 30, 240) },
             23 => FaultKind::BadRecords { target: t },
             _ => {
                 let action = match rng.below(6) {
@@ -232,11 +183,7 @@ pub fn script(rng: &mut Rng, nodes: usize, plan: &FaultPlan) -> Vec<(Us, FaultKi
                     3..=4 => RequestAction::Failover,
                     _ => RequestAction::Pause,
                 };
-                let candidate = if rng.chance(0.5) {
-                    Some(Target::Replica)
-                } else {
-                    None
-                };
+                let candidate = if rng.chance(0.5) { Some(Target::Replica) } else { None };
                 FaultKind::ManualRequest { action, candidate }
             }
         };

@@ -120,11 +120,7 @@ fn real_main() -> Result<()> {
             (Some(v), _) => bail!("seed {seed}: invariant violated: {v}"),
             (_, Some(e)) => bail!("seed {seed}: simulation error: {e}"),
             _ => {
-                println!(
-                    "seed {seed}: ok ({:.0} s simulated, {} events)",
-                    r.sim_time as f64 / 1e6,
-                    r.counters.events
-                );
+                println!("seed {seed}: ok ({:.0} s simulated, {} events)", r.sim_time as f64 / 1e6, r.counters.events);
                 return Ok(());
             }
         }
@@ -132,21 +128,19 @@ fn real_main() -> Result<()> {
     if cli.seeds == 0 {
         bail!("--seeds must be at least 1");
     }
-    let jobs = cli
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let jobs = cli.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let started = std::time::Instant::now();
     let summary = run_seeds(&template, cli.first_seed, cli.seeds, jobs);
     print!("{}", summary.render());
-    println!(
-        "wall time:            {:.1} s on {jobs} threads",
-        started.elapsed().as_secs_f64()
-    );
+    println!("wall time:            {:.1} s on {jobs} threads", started.elapsed().as_secs_f64());
     if let Some(first) = summary.failures.first() {
         if cli.show_trace {
             println!("\ntrace of seed {}:\n{}", first.seed, first.trace);
         } else {
-            println!("replay one: pgdaemon-sim --seed {} (add the same --broken/--fencing/--sync/--failsafe/--nodes)", first.seed);
+            println!(
+                "replay one: pgdaemon-sim --seed {} (add the same --broken/--fencing/--sync/--failsafe/--nodes)",
+                first.seed
+            );
         }
         bail!("{} seed(s) violated an invariant", summary.violations());
     }

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pgdaemon_core::pg::{
-    slot_name, DataDirState, PgControl, PgError, PgProbe, PrimaryTarget, ReplicationRow, StopMode,
-    SyncStandbys, UpstreamConfig,
+    slot_name, DataDirState, PgControl, PgError, PgProbe, PrimaryTarget, ReplicationRow, StopMode, SyncStandbys, UpstreamConfig,
 };
 use pgdaemon_core::Role;
 
@@ -39,8 +38,7 @@ impl SimPgControl {
     }
 
     fn target_node(&self, w: &Shared, t: &PrimaryTarget) -> Result<usize, PgError> {
-        w.node_index(&t.host)
-            .ok_or_else(|| PgError::Query(format!("could not translate host name {:?}", t.host)))
+        w.node_index(&t.host).ok_or_else(|| PgError::Query(format!("could not translate host name {:?}", t.host)))
     }
 
     /// The source of a rewind/basebackup is reachable and running.
@@ -67,23 +65,14 @@ impl SimPgControl {
             for j in 0..w.nodes.len() {
                 let ok = j != self.node && w.nodes[j].up && !w.cut_between(j, self.node);
                 let r = &mut w.nodes[j].pg;
-                if ok
-                    && r.running
-                    && r.streaming
-                    && r.upstream == Some(self.node)
-                    && r.is_prefix_of(&wal)
-                {
+                if ok && r.running && r.streaming && r.upstream == Some(self.node) && r.is_prefix_of(&wal) {
                     r.wal = wal.clone();
                 }
             }
         }
         let n = &mut w.nodes[self.node];
         if n.pg.running {
-            let was = if n.pg.writable() {
-                "primary"
-            } else {
-                "replica"
-            };
+            let was = if n.pg.writable() { "primary" } else { "replica" };
             n.pg.crash();
             let name = n.name.clone();
             w.log(format!("pg {name}: stopped ({why}, was {was})"));
@@ -94,11 +83,7 @@ impl SimPgControl {
         let n = &mut w.nodes[self.node];
         if !n.pg.running {
             n.pg.start();
-            let role = if n.pg.role == PgRole::Primary {
-                "PRIMARY (writable)"
-            } else {
-                "replica"
-            };
+            let role = if n.pg.role == PgRole::Primary { "PRIMARY (writable)" } else { "replica" };
             let name = n.name.clone();
             w.log(format!("pg {name}: started as {role}"));
         }
@@ -126,10 +111,7 @@ impl SimPgControl {
             });
         }
         if w.rng.chance(0.02) {
-            return Err(PgError::Tool {
-                tool: "pg_ctl".into(),
-                output: "simulated: could not start server".into(),
-            });
+            return Err(PgError::Tool { tool: "pg_ctl".into(), output: "simulated: could not start server".into() });
         }
         self.start_now(&mut w);
         Ok(())
@@ -147,15 +129,11 @@ pub fn on_promote(w: &mut Shared, node: usize) {
     }
     let cand_end = w.nodes[node].pg.end_lsn();
     if w.sync_required {
-        let missing: Vec<u64> = w
-            .acked
-            .iter()
-            .copied()
-            .filter(|id| !w.nodes[node].pg.holds(*id))
-            .take(5)
-            .collect();
+        let missing: Vec<u64> = w.acked.iter().copied().filter(|id| !w.nodes[node].pg.holds(*id)).take(5).collect();
         if !missing.is_empty() {
-            w.violate(format!("lost acknowledged writes: promoted {name} lacks acknowledged write ids {missing:?} (synchronous mode)"));
+            w.violate(format!(
+                "lost acknowledged writes: promoted {name} lacks acknowledged write ids {missing:?} (synchronous mode)"
+            ));
         }
     }
     let lease_us = w.lease_ms * MS;
@@ -170,7 +148,10 @@ pub fn on_promote(w: &mut Shared, node: usize) {
         }
         if let Some((at, Some(pos))) = o.last_beat {
             if now.saturating_sub(at) <= lease_us && cand_end.0 + w.max_lag < pos.0 {
-                let msg = format!("S4: promoted {name} at {cand_end} although reachable replica {} reported {pos} (max lag {})", o.name, w.max_lag);
+                let msg = format!(
+                    "S4: promoted {name} at {cand_end} although reachable replica {} reported {pos} (max lag {})",
+                    o.name, w.max_lag
+                );
                 w.violate(msg);
             }
         }
@@ -184,23 +165,11 @@ impl PgControl for SimPgControl {
         let w = self.world.lock();
         let n = &w.nodes[self.node];
         let pg = &n.pg;
-        let data = if pg.role == PgRole::Primary {
-            DataDirState::Primary
-        } else {
-            DataDirState::Standby
-        };
+        let data = if pg.role == PgRole::Primary { DataDirState::Primary } else { DataDirState::Standby };
         if !pg.running {
-            return PgProbe {
-                error: Some("simulated: connection refused".into()),
-                ..PgProbe::stopped(data)
-            };
+            return PgProbe { error: Some("simulated: connection refused".into()), ..PgProbe::stopped(data) };
         }
-        let mut p = PgProbe {
-            running: true,
-            data,
-            timeline: pg.timeline,
-            ..Default::default()
-        };
+        let mut p = PgProbe { running: true, data, timeline: pg.timeline, ..Default::default() };
         match pg.role {
             PgRole::Primary => {
                 p.role = Role::Primary;
@@ -213,18 +182,9 @@ impl PgControl for SimPgControl {
                 }
                 p.sync_standby_names = Some(SyncStandbys::any(pg.sync.count, listed).to_setting());
                 for (j, o) in w.nodes.iter().enumerate() {
-                    if j != self.node
-                        && o.up
-                        && o.pg.running
-                        && o.pg.streaming
-                        && o.pg.upstream == Some(self.node)
-                    {
+                    if j != self.node && o.up && o.pg.running && o.pg.streaming && o.pg.upstream == Some(self.node) {
                         let sync =
-                            if pg.sync.is_sync() && (pg.sync.any || pg.sync.members.contains(&j)) {
-                                "quorum"
-                            } else {
-                                "async"
-                            };
+                            if pg.sync.is_sync() && (pg.sync.any || pg.sync.members.contains(&j)) { "quorum" } else { "async" };
                         p.replication.push(ReplicationRow {
                             application_name: o.name.clone(),
                             state: "streaming".into(),
@@ -239,11 +199,7 @@ impl PgControl for SimPgControl {
                 p.role = Role::Replica;
                 p.receive_lsn = Some(pg.end_lsn());
                 p.replay_lsn = Some(pg.replay_lsn());
-                p.replay_age = Some(Duration::from_millis(if pg.replayed == pg.wal.len() {
-                    0
-                } else {
-                    500
-                }));
+                p.replay_age = Some(Duration::from_millis(if pg.replayed == pg.wal.len() { 0 } else { 500 }));
                 p.streaming = pg.streaming;
                 if let Some(u) = pg.upstream {
                     let host = w.nodes[u].name.clone();
@@ -285,9 +241,7 @@ impl PgControl for SimPgControl {
         let mut w = self.world.lock();
         let pg = &w.nodes[self.node].pg;
         if !pg.running {
-            return Err(PgError::NotVerified(
-                "server stopped during promotion".into(),
-            ));
+            return Err(PgError::NotVerified("server stopped during promotion".into()));
         }
         if pg.role == PgRole::Replica {
             let id = w.fresh_id();
@@ -376,10 +330,7 @@ impl PgControl for SimPgControl {
             n.pg.make_standby(Some(src));
             let name = n.name.clone();
             let len = n.pg.wal.len();
-            w.log(format!(
-                "pg {name}: rewound onto {} (kept {len} records)",
-                source.name
-            ));
+            w.log(format!("pg {name}: rewound onto {} (kept {len} records)", source.name));
         }
         self.start_impl().await
     }
@@ -397,9 +348,7 @@ impl PgControl for SimPgControl {
             let mut w = self.world.lock();
             self.source_ok(&w, src)?;
             if w.nodes[self.node].pg.running {
-                return Err(PgError::WrongState(
-                    "started again during basebackup".into(),
-                ));
+                return Err(PgError::WrongState("started again during basebackup".into()));
             }
             let source_pg = w.nodes[src].pg.clone();
             let n = &mut w.nodes[self.node];

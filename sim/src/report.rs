@@ -55,8 +55,7 @@ impl Summary {
             self.failsafe_refused += r.counters.failsafe_refused;
             self.failsafe_unanswered += r.counters.failsafe_unanswered;
             self.failsafe_acks += r.counters.failsafe_acks;
-            self.failsafe_detect_to_writable
-                .extend(&r.detect_to_writable);
+            self.failsafe_detect_to_writable.extend(&r.detect_to_writable);
         }
         if r.failed() {
             self.failures.push(r);
@@ -71,20 +70,12 @@ impl Summary {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "seeds run:            {}", self.seeds);
-        let _ = writeln!(
-            s,
-            "simulated time:       {:.1} h",
-            self.sim_time as f64 / 3.6e9
-        );
+        let _ = writeln!(s, "simulated time:       {:.1} h", self.sim_time as f64 / 3.6e9);
         let _ = writeln!(s, "events:               {}", self.events);
         let _ = writeln!(s, "client writes:        {}", self.writes);
         let _ = writeln!(s, "promotions:           {}", self.promotions);
         let _ = writeln!(s, "EC2 stops by fencer:  {}", self.ec2_stops);
-        let _ = writeln!(
-            s,
-            "ended blocked by maximum_lag_on_failover (by design, not a violation): {}",
-            self.blocked_by_lag
-        );
+        let _ = writeln!(s, "ended blocked by maximum_lag_on_failover (by design, not a violation): {}", self.blocked_by_lag);
         if self.failsafe_runs > 0 {
             let _ = writeln!(
                 s,
@@ -97,29 +88,13 @@ impl Summary {
                 self.failsafe_acks
             );
         }
-        let _ = writeln!(
-            s,
-            "faults injected by kind ({} total):",
-            self.faults.values().sum::<u64>()
-        );
+        let _ = writeln!(s, "faults injected by kind ({} total):", self.faults.values().sum::<u64>());
         for (k, v) in &self.faults {
             let _ = writeln!(s, "  {k:<30} {v}");
         }
-        let safety: Vec<&RunResult> = self
-            .failures
-            .iter()
-            .filter(|r| r.safety_violation().is_some())
-            .collect();
-        let liveness = self
-            .failures
-            .iter()
-            .filter(|r| r.liveness_violation().is_some())
-            .count();
-        let sim_errors = self
-            .failures
-            .iter()
-            .filter(|r| r.sim_error.is_some())
-            .count();
+        let safety: Vec<&RunResult> = self.failures.iter().filter(|r| r.safety_violation().is_some()).collect();
+        let liveness = self.failures.iter().filter(|r| r.liveness_violation().is_some()).count();
+        let sim_errors = self.failures.iter().filter(|r| r.sim_error.is_some()).count();
         let _ = writeln!(
             s,
             "invariant violations: {} (safety {}, liveness/S5 {}, simulator errors {})",
@@ -129,17 +104,9 @@ impl Summary {
             sim_errors
         );
         let mut shown: Vec<&RunResult> = safety.clone();
-        shown.extend(
-            self.failures
-                .iter()
-                .filter(|r| r.safety_violation().is_none()),
-        );
+        shown.extend(self.failures.iter().filter(|r| r.safety_violation().is_none()));
         for r in shown.iter().take(10) {
-            let what = r
-                .violation
-                .as_deref()
-                .or(r.sim_error.as_deref())
-                .unwrap_or("?");
+            let what = r.violation.as_deref().or(r.sim_error.as_deref()).unwrap_or("?");
             let _ = writeln!(s, "  seed {}: {what}", r.seed);
         }
         let _ = writeln!(
@@ -148,22 +115,14 @@ impl Summary {
             dist(&self.detect_to_writable)
         );
         if self.failsafe_runs > 0 && self.failsafe_runs < self.seeds {
-            let _ = writeln!(
-                s,
-                "  of which failsafe runs: {}",
-                dist(&self.failsafe_detect_to_writable)
-            );
+            let _ = writeln!(s, "  of which failsafe runs: {}", dist(&self.failsafe_detect_to_writable));
         }
         let _ = writeln!(
             s,
             "write outage, last write on the old primary's watch -> new primary writable: {}",
             dist(&self.write_outages)
         );
-        let _ = writeln!(
-            s,
-            "last fault healed -> writable primary: {}",
-            dist(&self.recovery_after_heal)
-        );
+        let _ = writeln!(s, "last fault healed -> writable primary: {}", dist(&self.recovery_after_heal));
         s
     }
 }
@@ -177,13 +136,7 @@ pub fn dist(v: &[Us]) -> String {
     v.sort_unstable();
     let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
     let sec = |x: Us| x as f64 / (1000.0 * MS as f64);
-    format!(
-        "n={}, median {:.2}s, p99 {:.2}s, max {:.2}s",
-        v.len(),
-        sec(q(0.5)),
-        sec(q(0.99)),
-        sec(*v.last().unwrap())
-    )
+    format!("n={}, median {:.2}s, p99 {:.2}s, max {:.2}s", v.len(), sec(q(0.5)), sec(q(0.99)), sec(*v.last().unwrap()))
 }
 
 /// Runs seeds `first..first+count` with `template` (its seed replaced), on `jobs` threads.
@@ -209,10 +162,7 @@ pub fn run_seeds(template: &Options, first: u64, count: u64, jobs: usize) -> Sum
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("a simulation thread panicked"))
-            .collect()
+        handles.into_iter().flat_map(|h| h.join().expect("a simulation thread panicked")).collect()
     });
     results.sort_by_key(|r| r.seed);
     let mut summary = Summary::default();

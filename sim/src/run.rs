@@ -8,13 +8,12 @@ use std::time::Duration;
 use pgdaemon_core::agent::{AgentIdentity, AgentRuntime};
 use pgdaemon_core::coordinator::{Coordinator, CoordinatorConfig, FencingPolicy};
 use pgdaemon_core::{
-    ClusterRecord, DynamicConfig, ManualRequest, MemberTags, MemoryStore, RequestAction, Store,
-    SyncMode, TransitionStep,
+    ClusterRecord, DynamicConfig, ManualRequest, MemberTags, MemoryStore, RequestAction, Store, SyncMode, TransitionStep,
 };
 
 use crate::actors::{
-    fence_chain, instance_id, trigger, AgentActor, CoordActor, FailsafeActor, SimFailsafePeers,
-    WatchdogActor, FAILSAFE_EVERY, WATCHDOG_EVERY,
+    fence_chain, instance_id, trigger, AgentActor, CoordActor, FailsafeActor, SimFailsafePeers, WatchdogActor, FAILSAFE_EVERY,
+    WATCHDOG_EVERY,
 };
 use crate::check::Checker;
 use crate::faults::{script, FaultKind, FaultPlan, Target};
@@ -23,8 +22,7 @@ use crate::rng::Rng;
 use crate::simpg::SimPg;
 use crate::store::{Caller, SimStore};
 use crate::world::{
-    run_now, Actor, ActorId, Broken, Counters, Event, Heal, Node, Shared, SimClock, StepEnd, Task,
-    Us, World, MS, SEC,
+    run_now, Actor, ActorId, Broken, Counters, Event, Heal, Node, Shared, SimClock, StepEnd, Task, Us, World, MS, SEC,
 };
 
 pub const CLUSTER: &str = "sim";
@@ -177,16 +175,8 @@ impl Sim {
             8 => 4,
             _ => 5,
         });
-        let fencing = opts.fencing.unwrap_or(if rng.chance(0.8) {
-            FencingPolicy::Required
-        } else {
-            FencingPolicy::Off
-        });
-        let nofailover = if n >= 3 && rng.chance(0.2) {
-            Some(1 + rng.below(n as u64 - 1) as usize)
-        } else {
-            None
-        };
+        let fencing = opts.fencing.unwrap_or(if rng.chance(0.8) { FencingPolicy::Required } else { FencingPolicy::Off });
+        let nofailover = if n >= 3 && rng.chance(0.2) { Some(1 + rng.below(n as u64 - 1) as usize) } else { None };
         let window = rng.range(60, 300) * SEC;
         let plan = FaultPlan {
             start: 15 * SEC,
@@ -196,27 +186,14 @@ impl Sim {
         };
         let script = script(&mut rng, n, &plan);
         // Drawn from its own stream so that adding the option left every other draw unchanged.
-        let failsafe_mode = opts
-            .failsafe
-            .unwrap_or_else(|| Rng::new(opts.seed ^ 0xfa11_5afe).chance(0.5));
-        let config = DynamicConfig {
-            synchronous_mode: opts.sync_mode,
-            failsafe_mode,
-            ..DynamicConfig::default()
-        };
-        let coord_config = CoordinatorConfig {
-            fencing,
-            ..CoordinatorConfig::default()
-        };
+        let failsafe_mode = opts.failsafe.unwrap_or_else(|| Rng::new(opts.seed ^ 0xfa11_5afe).chance(0.5));
+        let config = DynamicConfig { synchronous_mode: opts.sync_mode, failsafe_mode, ..DynamicConfig::default() };
+        let coord_config = CoordinatorConfig { fencing, ..CoordinatorConfig::default() };
 
         let initial: Vec<u64> = (1..=10).collect();
         let nodes: Vec<Node> = (0..n)
             .map(|i| {
-                let mut pg = if i == 0 {
-                    SimPg::new_primary()
-                } else {
-                    SimPg::new_replica(0)
-                };
+                let mut pg = if i == 0 { SimPg::new_primary() } else { SimPg::new_replica(0) };
                 pg.wal = initial.clone();
                 pg.replayed = initial.len();
                 Node {
@@ -245,21 +222,12 @@ impl Sim {
 
         let store = Arc::new(MemoryStore::new());
         let record = ClusterRecord::bootstrap("n1", config.clone());
-        run_now(store.write_cluster(CLUSTER, None, &record))
-            .expect("memory store answers at once")
-            .expect("bootstrap record");
+        run_now(store.write_cluster(CLUSTER, None, &record)).expect("memory store answers at once").expect("bootstrap record");
 
         // Agents, coordinators, then each agent process's lease watchdog task, then its failsafe
         // task.
         let slots = (0..n + COORD_SLOTS + n + n)
-            .map(|_| Slot {
-                inc: 0,
-                state: SlotState::Down,
-                hung: false,
-                deferred: vec![],
-                wake_at: None,
-                parked: false,
-            })
+            .map(|_| Slot { inc: 0, state: SlotState::Down, hung: false, deferred: vec![], wake_at: None, parked: false })
             .collect();
         let fault_end = plan.start + plan.window;
         let end_at = fault_end + opts.liveness_bound;
@@ -284,17 +252,8 @@ impl Sim {
         };
         {
             let mut w = sim.world.lock();
-            let names: Vec<String> = w
-                .nodes
-                .iter()
-                .map(|x| {
-                    format!(
-                        "{}{}",
-                        x.name,
-                        if x.nofailover { "(nofailover)" } else { "" }
-                    )
-                })
-                .collect();
+            let names: Vec<String> =
+                w.nodes.iter().map(|x| format!("{}{}", x.name, if x.nofailover { "(nofailover)" } else { "" })).collect();
             let line = format!(
                 "seed {}: {} nodes {:?}, fencing {:?}, sync {:?}, failsafe {}, {} faults, coordinator kill after write p={}",
                 sim.opts.seed,
@@ -348,30 +307,18 @@ impl Sim {
             api_url: format!("http://{name}:8008"),
             instance_id: Some(instance_id(&name)),
             availability_zone: None,
-            tags: MemberTags {
-                nofailover,
-                priority: 0,
-            },
+            tags: MemberTags { nofailover, priority: 0 },
             agent_version: "sim".into(),
         };
         // Broken on purpose: the first primary's clock crawls, so its own lease check lets it
         // act as primary long after others may take over.
-        let slow = if self.opts.broken == Broken::SlowAgentClock && i == 0 {
-            25
-        } else {
-            100
-        };
+        let slow = if self.opts.broken == Broken::SlowAgentClock && i == 0 { 25 } else { 100 };
         let clock = SimClock::new(self.world.clone(), i, slow);
         let store = SimStore::new(self.world.clone(), self.store.clone(), Caller::Node(i));
         let pg = SimPgControl::new(self.world.clone(), i);
-        let rt = AgentRuntime::new(store, pg, clock, identity, self.config.clone())
-            .with_trigger(trigger(&self.world, i));
+        let rt = AgentRuntime::new(store, pg, clock, identity, self.config.clone()).with_trigger(trigger(&self.world, i));
         let handle = rt.handle();
-        self.slots[i].state = SlotState::Idle(Box::new(AgentActor {
-            rt,
-            world: self.world.clone(),
-            node: i,
-        }));
+        self.slots[i].state = SlotState::Idle(Box::new(AgentActor { rt, world: self.world.clone(), node: i }));
         let ws = self.watchdog_slot(i);
         let wd = &mut self.slots[ws];
         wd.inc += 1;
@@ -385,10 +332,7 @@ impl Sim {
             node: i,
             safety_margin: self.config.safety_margin(),
         }));
-        let wd_id = ActorId {
-            slot: ws,
-            inc: wd.inc,
-        };
+        let wd_id = ActorId { slot: ws, inc: wd.inc };
         let fs_id = if self.config.failsafe_mode {
             let fss = self.failsafe_slot(i);
             let fs = &mut self.slots[fss];
@@ -399,18 +343,12 @@ impl Sim {
             fs.parked = false;
             fs.state = SlotState::Idle(Box::new(FailsafeActor {
                 handle: handle.clone(),
-                peers: SimFailsafePeers {
-                    world: self.world.clone(),
-                    node: i,
-                },
+                peers: SimFailsafePeers { world: self.world.clone(), node: i },
                 world: self.world.clone(),
                 node: i,
                 last: None,
             }));
-            Some(ActorId {
-                slot: fss,
-                inc: fs.inc,
-            })
+            Some(ActorId { slot: fss, inc: fs.inc })
         } else {
             None
         };
@@ -477,19 +415,9 @@ impl Sim {
     fn new_coordinator(&mut self, k: usize) -> Box<dyn Actor> {
         let s = self.n + k;
         let clock = SimClock::new(self.world.clone(), s, 100);
-        let store = SimStore::new(
-            self.world.clone(),
-            self.store.clone(),
-            Caller::Coordinator(k),
-        );
+        let store = SimStore::new(self.world.clone(), self.store.clone(), Caller::Coordinator(k));
         let owner = format!("coord{k}-{}", self.slots[s].inc);
-        let coord = Coordinator::new(
-            store,
-            fence_chain(&self.world),
-            clock,
-            self.coord_config.clone(),
-            owner,
-        );
+        let coord = Coordinator::new(store, fence_chain(&self.world), clock, self.coord_config.clone(), owner);
         Box::new(CoordActor {
             coord,
             world: self.world.clone(),
@@ -506,17 +434,13 @@ impl Sim {
         if matches!(self.slots[s].state, SlotState::Busy(_)) {
             return false;
         }
-        let cold =
-            matches!(self.slots[s].state, SlotState::Down) || self.world.lock().rng.chance(0.1);
+        let cold = matches!(self.slots[s].state, SlotState::Down) || self.world.lock().rng.chance(0.1);
         if cold {
             self.slots[s].inc += 1;
             let actor = self.new_coordinator(k);
             self.slots[s].state = SlotState::Idle(actor);
         }
-        let id = ActorId {
-            slot: s,
-            inc: self.slots[s].inc,
-        };
+        let id = ActorId { slot: s, inc: self.slots[s].inc };
         self.step(id);
         true
     }
@@ -564,10 +488,7 @@ impl Sim {
             w.current = Some(id);
             w.wake_req = None;
         }
-        let waker = Waker::from(Arc::new(ActorWaker {
-            id,
-            woken: self.woken.clone(),
-        }));
+        let waker = Waker::from(Arc::new(ActorWaker { id, woken: self.woken.clone() }));
         let mut cx = Context::from_waker(&waker);
         let result = task.as_mut().poll(&mut cx);
         let wake_req = {
@@ -641,12 +562,7 @@ impl Sim {
         for j in 0..n {
             let (up, running, replica, upstream) = {
                 let x = &w.nodes[j];
-                (
-                    x.up,
-                    x.pg.running,
-                    x.pg.role == crate::simpg::PgRole::Replica,
-                    x.pg.upstream,
-                )
+                (x.up, x.pg.running, x.pg.role == crate::simpg::PgRole::Replica, x.pg.upstream)
             };
             if !up || !running || !replica {
                 continue;
@@ -657,10 +573,8 @@ impl Sim {
                 w.nodes[j].pg.streaming = false;
                 continue;
             };
-            let ok = w.nodes[u].up
-                && w.nodes[u].pg.running
-                && !w.cut_between(j, u)
-                && w.nodes[j].pg.is_prefix_of(&w.nodes[u].pg.wal);
+            let ok =
+                w.nodes[u].up && w.nodes[u].pg.running && !w.cut_between(j, u) && w.nodes[j].pg.is_prefix_of(&w.nodes[u].pg.wal);
             if !ok {
                 w.nodes[j].pg.streaming = false;
                 continue;
@@ -669,11 +583,7 @@ impl Sim {
                 continue;
             }
             let src_len = w.nodes[u].pg.wal.len();
-            let lag = if w.rng.chance(0.1) {
-                w.rng.range(0, 20) as usize
-            } else {
-                0
-            };
+            let lag = if w.rng.chance(0.1) { w.rng.range(0, 20) as usize } else { 0 };
             let target = src_len.saturating_sub(lag).max(w.nodes[j].pg.wal.len());
             let have = w.nodes[j].pg.wal.len();
             let add: Vec<u64> = w.nodes[u].pg.wal[have..target].to_vec();
@@ -782,10 +692,7 @@ impl Sim {
                     return;
                 }
                 let name = w.nodes[i].name.clone();
-                w.log(format!(
-                    "FAULT agent {name} crashes for {}s",
-                    down_for / SEC
-                ));
+                w.log(format!("FAULT agent {name} crashes for {}s", down_for / SEC));
                 self.heal_at(&mut w, down_for, Heal::AgentStart(i));
                 drop(w);
                 if fencing_off {
@@ -814,13 +721,7 @@ impl Sim {
                 let name = w.nodes[i].name.clone();
                 w.log(format!("FAULT node {name} crashes for {}s", down_for / SEC));
                 let at = w.now + down_for;
-                w.schedule(
-                    at,
-                    Event::Boot {
-                        node: i,
-                        after_fence: false,
-                    },
-                );
+                w.schedule(at, Event::Boot { node: i, after_fence: false });
                 drop(w);
                 self.crash_node(i, "crash");
             }
@@ -839,13 +740,7 @@ impl Sim {
                 if let Some(watchdog) = watchdog.filter(|d| hung_for > *d) {
                     let at = w.now + watchdog;
                     w.schedule(at, Event::Heal(Heal::Unhang(i)));
-                    w.schedule(
-                        at,
-                        Event::Boot {
-                            node: usize::MAX - i,
-                            after_fence: false,
-                        },
-                    );
+                    w.schedule(at, Event::Boot { node: usize::MAX - i, after_fence: false });
                 } else {
                     self.heal_at(&mut w, hung_for, Heal::Unhang(i));
                 }
@@ -855,49 +750,29 @@ impl Sim {
             FaultKind::StorePartition { target, for_ } => {
                 let i = self.resolve(&mut w, target);
                 let name = w.nodes[i].name.clone();
-                w.log(format!(
-                    "FAULT {name} cut off from the store for {}s",
-                    for_ / SEC
-                ));
+                w.log(format!("FAULT {name} cut off from the store for {}s", for_ / SEC));
                 w.nodes[i].store_cut = true;
                 self.heal_at(&mut w, for_, Heal::StoreUncut(i));
             }
-            FaultKind::NodePartition {
-                target,
-                other,
-                for_,
-            } => {
+            FaultKind::NodePartition { target, other, for_ } => {
                 let a = self.resolve(&mut w, target);
                 let b = self.resolve(&mut w, other);
                 if a == b {
                     return;
                 }
                 let (x, y) = (a.min(b), a.max(b));
-                let line = format!(
-                    "FAULT network cut {} <-> {} for {}s",
-                    w.nodes[x].name,
-                    w.nodes[y].name,
-                    for_ / SEC
-                );
+                let line = format!("FAULT network cut {} <-> {} for {}s", w.nodes[x].name, w.nodes[y].name, for_ / SEC);
                 w.log(line);
                 w.net_cut.push((x, y));
                 self.heal_at(&mut w, for_, Heal::NetUncut(x, y));
             }
             FaultKind::CoordinatorPartition { slot, for_ } => {
-                w.log(format!(
-                    "FAULT coord{slot} cut off from the store for {}s",
-                    for_ / SEC
-                ));
+                w.log(format!("FAULT coord{slot} cut off from the store for {}s", for_ / SEC));
                 w.coord_cut[slot] = true;
                 self.heal_at(&mut w, for_, Heal::CoordUncut(slot));
             }
             FaultKind::StoreLatency { min, max, for_ } => {
-                w.log(format!(
-                    "FAULT store latency {}..{} ms for {}s",
-                    min / MS,
-                    max / MS,
-                    for_ / SEC
-                ));
+                w.log(format!("FAULT store latency {}..{} ms for {}s", min / MS, max / MS, for_ / SEC));
                 w.store_slow = Some((min, max));
                 self.heal_at(&mut w, for_, Heal::StoreFast);
             }
@@ -907,11 +782,7 @@ impl Sim {
                 self.heal_at(&mut w, for_, Heal::StoreUp);
             }
             FaultKind::MessageDelay { delay, for_ } => {
-                w.log(format!(
-                    "FAULT messages delayed {} ms for {}s",
-                    delay / MS,
-                    for_ / SEC
-                ));
+                w.log(format!("FAULT messages delayed {} ms for {}s", delay / MS, for_ / SEC));
                 w.msg_delay = delay;
                 self.heal_at(&mut w, for_, Heal::MsgDelayOff);
             }
@@ -919,10 +790,7 @@ impl Sim {
                 let i = self.resolve(&mut w, target);
                 let now = w.now;
                 let name = w.nodes[i].name.clone();
-                w.log(format!(
-                    "FAULT clock of {name} drifts {ppm} ppm for {}s",
-                    for_ / SEC
-                ));
+                w.log(format!("FAULT clock of {name} drifts {ppm} ppm for {}s", for_ / SEC));
                 w.clocks[i].set_rate(now, ppm);
                 self.heal_at(&mut w, for_, Heal::ClockRate(i));
             }
@@ -938,10 +806,7 @@ impl Sim {
                 w.schedule(now, Event::KillCoordinator(0));
             }
             FaultKind::TwoCoordinators { for_ } => {
-                w.log(format!(
-                    "FAULT two coordinators run at once for {}s",
-                    for_ / SEC
-                ));
+                w.log(format!("FAULT two coordinators run at once for {}s", for_ / SEC));
                 self.heal_at(&mut w, for_, Heal::TwoCoordinatorsOff);
                 drop(w);
                 self.two_coordinators = true;
@@ -951,10 +816,7 @@ impl Sim {
             FaultKind::ReplicaStall { target, for_ } => {
                 let i = self.resolve(&mut w, target);
                 let name = w.nodes[i].name.clone();
-                w.log(format!(
-                    "FAULT WAL receiver of {name} stalls for {}s",
-                    for_ / SEC
-                ));
+                w.log(format!("FAULT WAL receiver of {name} stalls for {}s", for_ / SEC));
                 w.nodes[i].stalled = true;
                 self.heal_at(&mut w, for_, Heal::Unstall(i));
             }
@@ -1028,32 +890,16 @@ impl Sim {
         };
         let mut w = self.world.lock();
         if record.request.is_some() {
-            w.log(format!(
-                "operator: {action:?} not sent, a request is pending"
-            ));
+            w.log(format!("operator: {action:?} not sent, a request is pending"));
             return false;
         }
         let id = format!("req-{}", w.fresh_id());
         let wall = w.clocks[0].wall_ms(w.now);
         let mut next = record.clone();
-        next.request = Some(ManualRequest {
-            id: id.clone(),
-            action,
-            candidate: candidate.clone(),
-            force: false,
-            requested_ms: wall,
-        });
-        let ok = matches!(
-            run_now(
-                self.store
-                    .write_cluster(CLUSTER, Some(record.version), &next)
-            ),
-            Some(Ok(_))
-        );
-        w.log(format!(
-            "operator: {action:?} candidate {candidate:?} ({id}): {}",
-            if ok { "sent" } else { "lost the race" }
-        ));
+        next.request =
+            Some(ManualRequest { id: id.clone(), action, candidate: candidate.clone(), force: false, requested_ms: wall });
+        let ok = matches!(run_now(self.store.write_cluster(CLUSTER, Some(record.version), &next)), Some(Ok(_)));
+        w.log(format!("operator: {action:?} candidate {candidate:?} ({id}): {}", if ok { "sent" } else { "lost the race" }));
         w.store_dirty = true;
         let now = w.now;
         let at = now + w.rng.range(50 * MS, 500 * MS);
@@ -1127,13 +973,7 @@ impl Sim {
                 return;
             }
             let at = w.now + w.rng.range(10, 40) * SEC;
-            w.schedule(
-                at,
-                Event::Boot {
-                    node: i,
-                    after_fence: false,
-                },
-            );
+            w.schedule(at, Event::Boot { node: i, after_fence: false });
             drop(w);
             self.crash_node(i, "watchdog reset");
             return;
@@ -1148,14 +988,7 @@ impl Sim {
         let name = n.name.clone();
         let now = w.now;
         w.last_heal = now;
-        w.log(format!(
-            "node {name}: boots{}",
-            if after_fence {
-                " (operator starts the fenced instance)"
-            } else {
-                ""
-            }
-        ));
+        w.log(format!("node {name}: boots{}", if after_fence { " (operator starts the fenced instance)" } else { "" }));
         drop(w);
         self.start_agent(node, true);
     }
@@ -1168,21 +1001,13 @@ impl Sim {
         w.nodes[node].stopping = None;
         w.nodes[node].stopped_by_fence = true;
         let at = w.now + w.rng.range(20, 120) * SEC;
-        w.schedule(
-            at,
-            Event::Boot {
-                node,
-                after_fence: true,
-            },
-        );
+        w.schedule(at, Event::Boot { node, after_fence: true });
         let was_up = w.nodes[node].up;
         drop(w);
         if was_up {
             self.crash_node(node, "EC2 instance stopped by the fencer");
         } else {
-            self.world
-                .lock()
-                .log(format!("node {}: instance stopped by the fencer", node + 1));
+            self.world.lock().log(format!("node {}: instance stopped by the fencer", node + 1));
         }
     }
 
@@ -1307,12 +1132,11 @@ impl Sim {
             .collect();
         let mut w = self.world.lock();
         if !parked.is_empty() {
-            w.sim_error = Some(format!("actor slots {parked:?} wait on something that is neither virtual time nor another actor"));
+            w.sim_error =
+                Some(format!("actor slots {parked:?} wait on something that is neither virtual time nor another actor"));
             return;
         }
-        let record = run_now(self.store.read_cluster(CLUSTER))
-            .and_then(|r| r.ok())
-            .flatten();
+        let record = run_now(self.store.read_cluster(CLUSTER)).and_then(|r| r.ok()).flatten();
         let writable = w.writable();
         let names: Vec<String> = writable.iter().map(|&i| w.nodes[i].name.clone()).collect();
         let bound = self.opts.liveness_bound / SEC;
@@ -1324,9 +1148,7 @@ impl Sim {
             if t.step == TransitionStep::Fenced {
                 if let Some(why) = blocked_by_lag(&w) {
                     w.counters.blocked_by_lag += 1;
-                    w.log(format!(
-                        "END: failover blocked by maximum_lag_on_failover, as configured: {why}"
-                    ));
+                    w.log(format!("END: failover blocked by maximum_lag_on_failover, as configured: {why}"));
                     return;
                 }
             }
@@ -1382,18 +1204,13 @@ fn blocked_by_lag(w: &Shared) -> Option<String> {
         }
         let ahead_of_all = candidates.iter().all(|&c| {
             let cand = &w.nodes[c].pg;
-            cand.is_prefix_of(&holder.pg.wal)
-                && holder.pg.wal.len() as u64 > cand.wal.len() as u64 + max_records
+            cand.is_prefix_of(&holder.pg.wal) && holder.pg.wal.len() as u64 > cand.wal.len() as u64 + max_records
         });
         if ahead_of_all && !candidates.is_empty() {
             return Some(format!(
                 "{}{} holds {} records, every candidate more than {} fewer",
                 holder.name,
-                if holder.nofailover {
-                    " (nofailover)"
-                } else {
-                    ""
-                },
+                if holder.nofailover { " (nofailover)" } else { "" },
                 holder.pg.wal.len(),
                 max_records
             ));

@@ -79,11 +79,7 @@ impl SimPg {
     }
 
     pub fn new_replica(of: usize) -> Self {
-        SimPg {
-            role: PgRole::Replica,
-            upstream: Some(of),
-            ..Self::new_primary()
-        }
+        SimPg { role: PgRole::Replica, upstream: Some(of), ..Self::new_primary() }
     }
 
     /// Accepting writes right now (the quantity S1/S2 are about).

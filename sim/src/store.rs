@@ -10,8 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pgdaemon_core::{
-    ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus,
-    MemoryStore, Store, StoreError,
+    ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus, MemoryStore, Store, StoreError,
 };
 
 use crate::world::{Broken, Us, World, MS};
@@ -36,11 +35,7 @@ struct Plan {
 
 impl SimStore {
     pub fn new(world: World, inner: Arc<MemoryStore>, caller: Caller) -> Self {
-        SimStore {
-            world,
-            inner,
-            caller,
-        }
+        SimStore { world, inner, caller }
     }
 
     fn reachable(&self) -> bool {
@@ -72,38 +67,23 @@ impl SimStore {
             }
             let effect = w.rng.range(0, latency);
             // Unreachable: refused fast, or a client-side timeout.
-            let fail_after = if w.rng.chance(0.5) {
-                w.rng.range(MS, 5 * MS)
-            } else {
-                w.rng.range(1000 * MS, 3000 * MS)
-            };
+            let fail_after = if w.rng.chance(0.5) { w.rng.range(MS, 5 * MS) } else { w.rng.range(1000 * MS, 3000 * MS) };
             (start, effect, latency, fail_after)
         };
         if !reachable {
             self.world.sleep_until(start + fail_after).await;
-            return Err(StoreError::Unavailable(
-                "simulated: store unreachable".into(),
-            ));
+            return Err(StoreError::Unavailable("simulated: store unreachable".into()));
         }
         self.world.sleep_until(start + effect).await;
         if !self.reachable() {
             self.world.sleep_until(start + done).await;
-            return Err(StoreError::Unavailable(
-                "simulated: store became unreachable".into(),
-            ));
+            return Err(StoreError::Unavailable("simulated: store became unreachable".into()));
         }
-        Ok(Plan {
-            done_at: start + done,
-        })
+        Ok(Plan { done_at: start + done })
     }
 
     /// Waits out the rest of the latency; a caller cut off meanwhile loses the answer.
-    async fn end<T>(
-        &self,
-        plan: Plan,
-        result: Result<T, StoreError>,
-        write: Option<String>,
-    ) -> Result<T, StoreError> {
+    async fn end<T>(&self, plan: Plan, result: Result<T, StoreError>, write: Option<String>) -> Result<T, StoreError> {
         if let Some(what) = &write {
             let mut w = self.world.lock();
             w.store_dirty = true;
@@ -120,17 +100,13 @@ impl SimStore {
             };
             drop(w);
             let who = self.name();
-            self.world
-                .lock()
-                .log(format!("store <- {who}: {what}: {outcome}"));
+            self.world.lock().log(format!("store <- {who}: {what}: {outcome}"));
         }
         self.world.sleep_until(plan.done_at).await;
         if !self.reachable() {
             if write.is_some() && result.is_ok() {
                 let who = self.name();
-                self.world
-                    .lock()
-                    .log(format!("store -> {who}: answer lost (the write landed)"));
+                self.world.lock().log(format!("store -> {who}: answer lost (the write landed)"));
             }
             return Err(StoreError::Unavailable("simulated: answer lost".into()));
         }
@@ -150,11 +126,7 @@ impl Store for SimStore {
         self.end(plan, r, None).await
     }
 
-    async fn read_lease(
-        &self,
-        cluster: &str,
-        name: LeaseName,
-    ) -> Result<Option<LeaderLease>, StoreError> {
+    async fn read_lease(&self, cluster: &str, name: LeaseName) -> Result<Option<LeaderLease>, StoreError> {
         let plan = self.begin().await?;
         let r = self.inner.read_lease(cluster, name).await;
         self.end(plan, r, None).await
@@ -170,29 +142,18 @@ impl Store for SimStore {
         lease_ms: u64,
     ) -> Result<LeaderLease, StoreError> {
         let plan = self.begin().await?;
-        let r = self
-            .inner
-            .acquire_lease(cluster, name, claim, owner, term, lease_ms)
-            .await;
+        let r = self.inner.acquire_lease(cluster, name, claim, owner, term, lease_ms).await;
         let what = format!("acquire {} lease as {owner} term {term}", name.item_key());
         self.end(plan, r, Some(what)).await
     }
 
-    async fn renew_lease(
-        &self,
-        cluster: &str,
-        name: LeaseName,
-        held: &LeaderLease,
-    ) -> Result<LeaderLease, StoreError> {
-        let lie = matches!(self.caller, Caller::Node(_))
-            && self.world.lock().broken == Broken::SkipLeaseCheck;
+    async fn renew_lease(&self, cluster: &str, name: LeaseName, held: &LeaderLease) -> Result<LeaderLease, StoreError> {
+        let lie = matches!(self.caller, Caller::Node(_)) && self.world.lock().broken == Broken::SkipLeaseCheck;
         let r = match self.begin().await {
             Ok(plan) => {
                 let r = self.inner.renew_lease(cluster, name, held).await;
                 // Renewals are frequent: logged only when they fail.
-                let what = r
-                    .is_err()
-                    .then(|| format!("renew {} lease term {}", name.item_key(), held.term));
+                let what = r.is_err().then(|| format!("renew {} lease term {}", name.item_key(), held.term));
                 self.end(plan, r, what).await
             }
             Err(e) => Err(e),
@@ -200,20 +161,12 @@ impl Store for SimStore {
         match r {
             // Broken on purpose: the agent is told its renewal worked, so it never notices that
             // its lease lapsed (its S2 check is skipped in effect).
-            Err(_) if lie => Ok(LeaderLease {
-                rvn: format!("fake-{}", self.world.lock().fresh_id()),
-                ..held.clone()
-            }),
+            Err(_) if lie => Ok(LeaderLease { rvn: format!("fake-{}", self.world.lock().fresh_id()), ..held.clone() }),
             r => r,
         }
     }
 
-    async fn release_lease(
-        &self,
-        cluster: &str,
-        name: LeaseName,
-        held: &LeaderLease,
-    ) -> Result<(), StoreError> {
+    async fn release_lease(&self, cluster: &str, name: LeaseName, held: &LeaderLease) -> Result<(), StoreError> {
         let plan = self.begin().await?;
         let r = self.inner.release_lease(cluster, name, held).await;
         let what = format!("release {} lease term {}", name.item_key(), held.term);
@@ -233,14 +186,8 @@ impl Store for SimStore {
         record: &ClusterRecord,
     ) -> Result<ClusterRecord, StoreError> {
         let plan = self.begin().await?;
-        let r = self
-            .inner
-            .write_cluster(cluster, expected_version, record)
-            .await;
-        let what = format!(
-            "cluster record v{expected_version:?}: {}",
-            describe_record(record)
-        );
+        let r = self.inner.write_cluster(cluster, expected_version, record).await;
+        let what = format!("cluster record v{expected_version:?}: {}", describe_record(record));
         self.end(plan, r, Some(what)).await
     }
 
@@ -260,17 +207,13 @@ impl Store for SimStore {
     async fn remove_member(&self, cluster: &str, name: &str) -> Result<(), StoreError> {
         let plan = self.begin().await?;
         let r = self.inner.remove_member(cluster, name).await;
-        self.end(plan, r, Some(format!("remove member {name}")))
-            .await
+        self.end(plan, r, Some(format!("remove member {name}"))).await
     }
 
     async fn append_history(&self, cluster: &str, entry: &HistoryEntry) -> Result<(), StoreError> {
         let plan = self.begin().await?;
         let r = self.inner.append_history(cluster, entry).await;
-        let what = format!(
-            "history term {} {:?} -> {}",
-            entry.term, entry.old_primary, entry.new_primary
-        );
+        let what = format!("history term {} {:?} -> {}", entry.term, entry.old_primary, entry.new_primary);
         self.end(plan, r, Some(what)).await
     }
 
@@ -280,21 +223,13 @@ impl Store for SimStore {
         self.end(plan, r, None).await
     }
 
-    async fn append_event(
-        &self,
-        cluster: &str,
-        event: &pgdaemon_core::events::Event,
-    ) -> Result<(), StoreError> {
+    async fn append_event(&self, cluster: &str, event: &pgdaemon_core::events::Event) -> Result<(), StoreError> {
         let plan = self.begin().await?;
         let r = self.inner.append_event(cluster, event).await;
         self.end(plan, r, None).await
     }
 
-    async fn read_events(
-        &self,
-        cluster: &str,
-        since_ms: u64,
-    ) -> Result<Vec<pgdaemon_core::events::Event>, StoreError> {
+    async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<pgdaemon_core::events::Event>, StoreError> {
         let plan = self.begin().await?;
         let r = self.inner.read_events(cluster, since_ms).await;
         self.end(plan, r, None).await
@@ -303,11 +238,7 @@ impl Store for SimStore {
 
 /// One line summarizing a cluster record for the trace.
 pub fn describe_record(r: &ClusterRecord) -> String {
-    let mut s = format!(
-        "term {} primary {:?}",
-        r.term,
-        r.primary.as_deref().unwrap_or("-")
-    );
+    let mut s = format!("term {} primary {:?}", r.term, r.primary.as_deref().unwrap_or("-"));
     if let Some(t) = &r.transition {
         s.push_str(&format!(
             " transition {:?} {:?} term {} {:?}->{}",
@@ -330,12 +261,7 @@ pub fn describe_record(r: &ClusterRecord) -> String {
         s.push_str(&format!(" request {:?} {:?}", q.action, q.candidate));
     }
     if let Some(sy) = &r.sync {
-        s.push_str(&format!(
-            " sync t{} {:?}{}",
-            sy.term,
-            sy.members,
-            if sy.degraded { " degraded" } else { "" }
-        ));
+        s.push_str(&format!(" sync t{} {:?}{}", sy.term, sy.members, if sy.degraded { " degraded" } else { "" }));
     }
     s
 }

@@ -111,12 +111,7 @@ pub struct HostClock {
 
 impl HostClock {
     pub fn new() -> Self {
-        HostClock {
-            rate_ppm: 0,
-            base_mono: 0,
-            anchor: 0,
-            wall_offset_ms: 0,
-        }
+        HostClock { rate_ppm: 0, base_mono: 0, anchor: 0, wall_offset_ms: 0 }
     }
 
     pub fn mono(&self, now: Us) -> Us {
@@ -331,9 +326,7 @@ impl Shared {
 
     /// Nodes whose Postgres accepts writes now.
     pub fn writable(&self) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].up && self.nodes[i].pg.writable())
-            .collect()
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].up && self.nodes[i].pg.writable()).collect()
     }
 }
 
@@ -363,10 +356,7 @@ impl World {
 
     /// Suspends the current actor until virtual time `until`.
     pub fn sleep_until(&self, until: Us) -> Sleep {
-        Sleep {
-            world: self.clone(),
-            until,
-        }
+        Sleep { world: self.clone(), until }
     }
 
     pub fn sleep(&self, d: Us) -> Sleep {
@@ -389,8 +379,7 @@ impl Future for Sleep {
             return Poll::Ready(());
         }
         if w.current.is_none() {
-            w.sim_error
-                .get_or_insert_with(|| "a sleep was polled outside any actor".into());
+            w.sim_error.get_or_insert_with(|| "a sleep was polled outside any actor".into());
         }
         // Several sleeps polled at once (e.g. `join_all` over peers): wake at the earliest.
         let until = w.wake_req.map_or(self.until, |at| at.min(self.until));
@@ -432,12 +421,7 @@ impl SimClock {
             let w = world.lock();
             (w.clocks[host].mono(w.now), ())
         };
-        SimClock {
-            world,
-            host,
-            origin,
-            slow_pct,
-        }
+        SimClock { world, host, origin, slow_pct }
     }
 }
 
@@ -465,11 +449,7 @@ pub struct Trace {
 
 impl Trace {
     pub fn new(cap: usize) -> Self {
-        Trace {
-            lines: VecDeque::new(),
-            cap,
-            dropped: 0,
-        }
+        Trace { lines: VecDeque::new(), cap, dropped: 0 }
     }
 
     pub fn push(&mut self, now: Us, line: &str) {
@@ -477,8 +457,7 @@ impl Trace {
             self.lines.pop_front();
             self.dropped += 1;
         }
-        self.lines
-            .push_back(format!("{:>9.3}s  {line}", now as f64 / SEC as f64));
+        self.lines.push_back(format!("{:>9.3}s  {line}", now as f64 / SEC as f64));
     }
 
     pub fn render(&self) -> String {

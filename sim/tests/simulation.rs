@@ -11,25 +11,9 @@ fn jobs() -> usize {
 }
 
 fn describe(r: &RunResult) -> String {
-    let what = r
-        .violation
-        .as_deref()
-        .or(r.sim_error.as_deref())
-        .unwrap_or("?");
-    let tail: Vec<&str> = r
-        .trace
-        .lines()
-        .rev()
-        .take(80)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!(
-        "seed {}: {what}\n--- last trace lines ---\n{}",
-        r.seed,
-        tail.join("\n")
-    )
+    let what = r.violation.as_deref().or(r.sim_error.as_deref()).unwrap_or("?");
+    let tail: Vec<&str> = r.trace.lines().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
+    format!("seed {}: {what}\n--- last trace lines ---\n{}", r.seed, tail.join("\n"))
 }
 
 /// The default 300 seeds, run once and judged by both tests below. Failsafe mode is drawn per
@@ -48,33 +32,13 @@ fn seeds_keep_every_safety_invariant() {
     let summary = default_seeds();
     assert_eq!(summary.seeds, 300);
     // The faults really happen (a run without faults proves nothing).
-    assert!(
-        summary.faults.values().sum::<u64>() >= 300,
-        "{}",
-        summary.render()
-    );
-    assert!(
-        summary.promotions > 50,
-        "failovers must actually occur: {}",
-        summary.render()
-    );
+    assert!(summary.faults.values().sum::<u64>() >= 300, "{}", summary.render());
+    assert!(summary.promotions > 50, "failovers must actually occur: {}", summary.render());
     // Failsafe really keeps primaries past their lease in some runs.
-    assert!(
-        summary.failsafe_runs > 100 && summary.failsafe_kept_runs > 10,
-        "{}",
-        summary.render()
-    );
-    let bad: Vec<&RunResult> = summary
-        .failures
-        .iter()
-        .filter(|r| r.sim_error.is_some() || r.safety_violation().is_some())
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{} seeds broke safety; first:\n{}",
-        bad.len(),
-        describe(bad[0])
-    );
+    assert!(summary.failsafe_runs > 100 && summary.failsafe_kept_runs > 10, "{}", summary.render());
+    let bad: Vec<&RunResult> =
+        summary.failures.iter().filter(|r| r.sim_error.is_some() || r.safety_violation().is_some()).collect();
+    assert!(bad.is_empty(), "{} seeds broke safety; first:\n{}", bad.len(), describe(bad[0]));
 }
 
 /// Liveness and S5 (a started failover finishes or is rolled back; a writable primary within the
@@ -83,17 +47,8 @@ fn seeds_keep_every_safety_invariant() {
 #[test]
 fn seeds_recover_after_faults_heal() {
     let summary = default_seeds();
-    let bad: Vec<&RunResult> = summary
-        .failures
-        .iter()
-        .filter(|r| r.liveness_violation().is_some())
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{} seeds did not recover; first:\n{}",
-        bad.len(),
-        describe(bad[0])
-    );
+    let bad: Vec<&RunResult> = summary.failures.iter().filter(|r| r.liveness_violation().is_some()).collect();
+    assert!(bad.is_empty(), "{} seeds did not recover; first:\n{}", bad.len(), describe(bad[0]));
 }
 
 /// Each broken variant must be caught as a safety violation within a bounded number of seeds
@@ -107,11 +62,7 @@ fn caught(broken: Broken, fencing: FencingPolicy, seeds: u64) -> RunResult {
     let mut first = 0;
     while first < seeds {
         let summary = run_seeds(&o, first, batch.min(seeds - first), jobs());
-        if let Some(r) = summary
-            .failures
-            .iter()
-            .find(|r| r.safety_violation().is_some())
-        {
+        if let Some(r) = summary.failures.iter().find(|r| r.safety_violation().is_some()) {
             return r.clone();
         }
         first += batch;
@@ -122,31 +73,19 @@ fn caught(broken: Broken, fencing: FencingPolicy, seeds: u64) -> RunResult {
 #[test]
 fn promoting_without_fencing_is_caught() {
     let r = caught(Broken::FenceLies, FencingPolicy::Required, 100);
-    assert!(
-        r.safety_violation().unwrap().starts_with("S1/S2"),
-        "{}",
-        describe(&r)
-    );
+    assert!(r.safety_violation().unwrap().starts_with("S1/S2"), "{}", describe(&r));
 }
 
 #[test]
 fn skipping_the_lease_check_is_caught() {
     let r = caught(Broken::SkipLeaseCheck, FencingPolicy::Off, 100);
-    assert!(
-        r.safety_violation().unwrap().starts_with("S1/S2"),
-        "{}",
-        describe(&r)
-    );
+    assert!(r.safety_violation().unwrap().starts_with("S1/S2"), "{}", describe(&r));
 }
 
 #[test]
 fn a_primary_clock_far_off_is_caught() {
     let r = caught(Broken::SlowAgentClock, FencingPolicy::Off, 200);
-    assert!(
-        r.safety_violation().unwrap().starts_with("S1/S2"),
-        "{}",
-        describe(&r)
-    );
+    assert!(r.safety_violation().unwrap().starts_with("S1/S2"), "{}", describe(&r));
 }
 
 /// Failsafe's safety rests on the members' promises: acknowledgements that promise nothing let a
@@ -154,11 +93,7 @@ fn a_primary_clock_far_off_is_caught() {
 #[test]
 fn failsafe_acknowledgements_without_a_promise_are_caught() {
     let r = caught(Broken::FailsafeLies, FencingPolicy::Off, 200);
-    assert!(
-        r.safety_violation().unwrap().starts_with("S1/S2"),
-        "{}",
-        describe(&r)
-    );
+    assert!(r.safety_violation().unwrap().starts_with("S1/S2"), "{}", describe(&r));
 }
 
 #[test]

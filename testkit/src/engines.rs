@@ -113,8 +113,7 @@ impl MotoServer {
     /// The server every ordinary check of this test binary shares (never stopped by tests).
     pub fn shared() -> &'static MotoServer {
         static SHARED: OnceLock<MotoServer> = OnceLock::new();
-        let server =
-            SHARED.get_or_init(|| MotoServer::start().unwrap_or_else(|e| panic!("cannot start moto server: {e:#}")));
+        let server = SHARED.get_or_init(|| MotoServer::start().unwrap_or_else(|e| panic!("cannot start moto server: {e:#}")));
         register_at_exit(&server.engine);
         server
     }
@@ -154,14 +153,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    fn new(
-        name: &'static str,
-        program: PathBuf,
-        args: Vec<String>,
-        dir: PathBuf,
-        port: u16,
-        ready_path: &'static str,
-    ) -> Self {
+    fn new(name: &'static str, program: PathBuf, args: Vec<String>, dir: PathBuf, port: u16, ready_path: &'static str) -> Self {
         Engine { name, program, args, dir, port, ready_path, child: Mutex::new(None) }
     }
 
@@ -199,12 +191,7 @@ impl Engine {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = child.try_wait()? {
-                bail!(
-                    "{} exited during start-up ({status}); log {}:\n{}",
-                    self.name,
-                    log_path.display(),
-                    log_tail(&log_path)
-                );
+                bail!("{} exited during start-up ({status}); log {}:\n{}", self.name, log_path.display(), log_tail(&log_path));
             }
             if http_ok(self.port, self.ready_path) {
                 *slot = Some(child);
@@ -320,9 +307,8 @@ fn temp_dir(prefix: &str) -> anyhow::Result<PathBuf> {
 
 /// `name` on PATH, else the first of `fallbacks` that exists.
 fn find_program(name: &str, fallbacks: &[PathBuf]) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect::<Vec<_>>())
-        .unwrap_or_default();
+    let on_path =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect::<Vec<_>>()).unwrap_or_default();
     on_path.into_iter().chain(fallbacks.iter().cloned()).find(|p| is_executable(p))
 }
 

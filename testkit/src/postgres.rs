@@ -108,7 +108,12 @@ impl PgCluster {
     fn run(&self, what: &str, mut cmd: Command) -> Result<Output> {
         let out = cmd.output().with_context(|| format!("running {what}"))?;
         if !out.status.success() {
-            bail!("{what} failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "{what} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(out)
     }
@@ -179,7 +184,15 @@ impl PgCluster {
             opts.push_str(&format!(" -c {k}={v}"));
         }
         let mut cmd = self.tool("pg_ctl");
-        cmd.arg("start").arg("-D").arg(&node.data_dir).arg("-w").args(["-t", "60"]).arg("-l").arg(&node.log_file).arg("-o").arg(opts);
+        cmd.arg("start")
+            .arg("-D")
+            .arg(&node.data_dir)
+            .arg("-w")
+            .args(["-t", "60"])
+            .arg("-l")
+            .arg(&node.log_file)
+            .arg("-o")
+            .arg(opts);
         self.run("pg_ctl start", cmd).map(|_| ())
     }
 

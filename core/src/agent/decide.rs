@@ -281,7 +281,8 @@ impl<'a> Decider<'a> {
         let view = match &input.store {
             StoreRead::Ok(view) => view,
             StoreRead::Unavailable(e) | StoreRead::Malformed(e) => {
-                let what = if matches!(input.store, StoreRead::Unavailable(_)) { "store unavailable" } else { "store record unusable" };
+                let what =
+                    if matches!(input.store, StoreRead::Unavailable(_)) { "store unavailable" } else { "store record unusable" };
                 self.why(format!("{what}: {e}"));
                 if held.is_some() {
                     self.push(AgentAction::RenewLease);
@@ -313,9 +314,8 @@ impl<'a> Decider<'a> {
                 self.push(AgentAction::Demote);
                 match record {
                     None => self.why("demoting: no cluster record names this member primary (S2)"),
-                    Some(r) if designated => {
-                        self.why(format!("demoting: told to demote through term {} (record term {})", input.fenced_through, r.term))
-                    }
+                    Some(r) if designated => self
+                        .why(format!("demoting: told to demote through term {} (record term {})", input.fenced_through, r.term)),
                     Some(r) => self.why(format!(
                         "demoting: the cluster record names {} primary for term {}",
                         r.primary.as_deref().unwrap_or("no member"),
@@ -590,8 +590,10 @@ impl<'a> Decider<'a> {
                     ));
                     return;
                 }
-                let rewind_failed =
-                    input.last_rejoin_failure.as_ref().is_some_and(|f| f.source == target.name && f.method == RejoinMethod::Rewind);
+                let rewind_failed = input
+                    .last_rejoin_failure
+                    .as_ref()
+                    .is_some_and(|f| f.source == target.name && f.method == RejoinMethod::Rewind);
                 if rewind_failed {
                     let err = input.last_rejoin_failure.as_ref().map(|f| f.error.as_str()).unwrap_or_default();
                     self.why(format!("rewind from {target} failed ({err}): falling back to a basebackup"));
@@ -612,15 +614,20 @@ impl<'a> Decider<'a> {
         let input = self.input;
         let (lease, why) = match &input.lease_state {
             Some(LeaseState::Expired(lease)) => (lease, "unchanged for"),
-            Some(LeaseState::Free(lease)) if self.released_by_designated_primary(lease) => (lease, "released; last seen unchanged for"),
+            Some(LeaseState::Free(lease)) if self.released_by_designated_primary(lease) => {
+                (lease, "released; last seen unchanged for")
+            }
             _ => return,
         };
         if lease.owner == input.identity.member {
             return;
         }
         let due = input.last_run_request.is_none_or(|at| input.now.saturating_sub(at) >= Duration::from_millis(lease.lease_ms));
-        let evidence =
-            input.leader_seen.clone().unwrap_or(LeaseSighting { term: lease.term, rvn: lease.rvn.clone(), unchanged_ms: lease.lease_ms });
+        let evidence = input.leader_seen.clone().unwrap_or(LeaseSighting {
+            term: lease.term,
+            rvn: lease.rvn.clone(),
+            unchanged_ms: lease.lease_ms,
+        });
         self.why(format!("leader lease of {} (term {}) {why} {} ms", lease.owner, lease.term, evidence.unchanged_ms));
         if due {
             self.push(AgentAction::RequestCoordinatorRun { evidence });
@@ -631,9 +638,9 @@ impl<'a> Decider<'a> {
     /// transition is under way (a switchover's old primary releases on purpose).
     fn released_by_designated_primary(&self, lease: &LeaderLease) -> bool {
         let StoreRead::Ok(view) = &self.input.store else { return false };
-        view.cluster.as_ref().is_some_and(|r| {
-            r.transition.is_none() && r.term == lease.term && r.primary.as_deref() == Some(lease.owner.as_str())
-        })
+        view.cluster
+            .as_ref()
+            .is_some_and(|r| r.transition.is_none() && r.term == lease.term && r.primary.as_deref() == Some(lease.owner.as_str()))
     }
 }
 
@@ -808,7 +815,12 @@ mod tests {
         // --- primary side ---
         v.push(Case {
             name: "healthy primary renews each loop",
-            input: input("n1", primary_probe(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000)),
+            input: input(
+                "n1",
+                primary_probe(),
+                StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
+                held("n1", 3, "r", 19_000),
+            ),
             expect: vec!["renew_lease", "publish_heartbeat"],
             reason_has: "primary for term 3",
         });
@@ -832,7 +844,12 @@ mod tests {
         });
         v.push(Case {
             name: "primary not designated any more (new term elsewhere) releases and demotes",
-            input: input("n1", primary_probe(), StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000)),
+            input: input(
+                "n1",
+                primary_probe(),
+                StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "r")))),
+                held("n1", 3, "r", 19_000),
+            ),
             expect: vec!["release_lease", "demote", "publish_heartbeat"],
             reason_has: "names n2 primary for term 4",
         });
@@ -849,8 +866,12 @@ mod tests {
         v.push(Case {
             name: "fenced primary releases its lease and demotes",
             input: {
-                let mut i =
-                    input("n1", primary_probe(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000));
+                let mut i = input(
+                    "n1",
+                    primary_probe(),
+                    StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
+                    held("n1", 3, "r", 19_000),
+                );
                 i.fenced_through = 3;
                 i
             },
@@ -876,7 +897,8 @@ mod tests {
         v.push(Case {
             name: "primary whose restart in place failed stops renewing so a replica takes over",
             input: {
-                let mut i = input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000));
+                let mut i =
+                    input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000));
                 i.primary_start_failure = failed(3, 19_500);
                 i.max_term_held = 3;
                 i
@@ -909,7 +931,8 @@ mod tests {
         v.push(Case {
             name: "a failed start of an older term does not hand over this one",
             input: {
-                let mut i = input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000));
+                let mut i =
+                    input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000));
                 i.primary_start_failure = failed(2, 19_500);
                 i
             },
@@ -1077,7 +1100,12 @@ mod tests {
         });
         v.push(Case {
             name: "stopped former primary rejoins with pg_rewind",
-            input: input("n1", PgProbe::stopped(DataDirState::Primary), StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))), None),
+            input: input(
+                "n1",
+                PgProbe::stopped(DataDirState::Primary),
+                StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))),
+                None,
+            ),
             expect: vec!["rewind", "publish_heartbeat"],
             reason_has: "pg_rewind",
         });
@@ -1096,9 +1124,14 @@ mod tests {
         v.push(Case {
             name: "failed rewind falls back to basebackup",
             input: {
-                let mut i =
-                    input("n1", PgProbe::stopped(DataDirState::Primary), StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))), None);
-                i.last_rejoin_failure = Some(RejoinFailure { method: RejoinMethod::Rewind, source: "n2".into(), error: "boom".into() });
+                let mut i = input(
+                    "n1",
+                    PgProbe::stopped(DataDirState::Primary),
+                    StoreRead::Ok(view(4, "n2", Some(lease("n2", 4, "x")))),
+                    None,
+                );
+                i.last_rejoin_failure =
+                    Some(RejoinFailure { method: RejoinMethod::Rewind, source: "n2".into(), error: "boom".into() });
                 i
             },
             expect: vec!["basebackup", "publish_heartbeat"],
@@ -1106,13 +1139,23 @@ mod tests {
         });
         v.push(Case {
             name: "empty data directory bootstraps from the primary",
-            input: input("n4", PgProbe::stopped(DataDirState::Empty), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None),
+            input: input(
+                "n4",
+                PgProbe::stopped(DataDirState::Empty),
+                StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
+                None,
+            ),
             expect: vec!["basebackup", "publish_heartbeat"],
             reason_has: "bootstrapping",
         });
         v.push(Case {
             name: "stopped standby starts following",
-            input: input("n2", PgProbe::stopped(DataDirState::Standby), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None),
+            input: input(
+                "n2",
+                PgProbe::stopped(DataDirState::Standby),
+                StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
+                None,
+            ),
             expect: vec!["follow", "publish_heartbeat"],
             reason_has: "standby",
         });

@@ -79,12 +79,7 @@ pub struct FailsafeInput {
 /// other side effect.
 #[async_trait]
 pub trait FailsafePeers: Send + Sync {
-    async fn ask(
-        &self,
-        api_url: &str,
-        request: &FailsafeRequest,
-        timeout: Duration,
-    ) -> Result<FailsafeReply, String>;
+    async fn ask(&self, api_url: &str, request: &FailsafeRequest, timeout: Duration) -> Result<FailsafeReply, String>;
 }
 
 /// What an asked member knows, for [`judge_request`].
@@ -108,10 +103,7 @@ pub struct PeerFacts<'a> {
 /// The member side (pure): `Ok(ms)` to promise for `ms`, or why not.
 pub fn judge_request(req: &FailsafeRequest, f: &PeerFacts<'_>) -> Result<u64, String> {
     if req.cluster != f.cluster {
-        return Err(format!(
-            "this member belongs to cluster {:?}, not {:?}",
-            f.cluster, req.cluster
-        ));
+        return Err(format!("this member belongs to cluster {:?}, not {:?}", f.cluster, req.cluster));
     }
     if !f.failsafe_mode {
         return Err("failsafe_mode is off in this member's configuration".into());
@@ -126,17 +118,11 @@ pub fn judge_request(req: &FailsafeRequest, f: &PeerFacts<'_>) -> Result<u64, St
         return Err("this member holds or claims the leader lease, or runs read-write".into());
     }
     if f.seen_term > req.term {
-        return Err(format!(
-            "this member has seen term {}, newer than {}",
-            f.seen_term, req.term
-        ));
+        return Err(format!("this member has seen term {}, newer than {}", f.seen_term, req.term));
     }
     if let Some(view) = f.view {
         if let Some(l) = view.leader.as_ref().filter(|l| l.term > req.term) {
-            return Err(format!(
-                "this member has seen a leader lease for term {} ({})",
-                l.term, l.owner
-            ));
+            return Err(format!("this member has seen a leader lease for term {} ({})", l.term, l.owner));
         }
         if let Some(r) = view.cluster.as_ref().filter(|r| r.term == req.term) {
             if r.primary.as_deref() != Some(req.leader.as_str()) {
@@ -156,10 +142,7 @@ pub fn judge_request(req: &FailsafeRequest, f: &PeerFacts<'_>) -> Result<u64, St
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoundOutcome {
     /// Every required member acknowledged: the held lease may be counted on until `until`.
-    Granted {
-        until: Duration,
-        members: Vec<String>,
-    },
+    Granted { until: Duration, members: Vec<String> },
     /// A member refused: stop counting on earlier acknowledgements at once.
     Refused { member: String, reason: String },
     /// A member did not answer: earlier acknowledgements still count until they run out.
@@ -177,32 +160,16 @@ pub fn combine(
     let mut shortest = requested_ms;
     for (member, reply) in replies {
         match reply {
-            Err(e) => {
-                return RoundOutcome::Unanswered {
-                    member: member.clone(),
-                    error: e.clone(),
-                }
-            }
-            Ok(r) if !r.ack => {
-                return RoundOutcome::Refused {
-                    member: member.clone(),
-                    reason: r.reason.clone(),
-                }
-            }
+            Err(e) => return RoundOutcome::Unanswered { member: member.clone(), error: e.clone() },
+            Ok(r) if !r.ack => return RoundOutcome::Refused { member: member.clone(), reason: r.reason.clone() },
             Ok(r) if r.member != *member => {
-                return RoundOutcome::Refused {
-                    member: member.clone(),
-                    reason: format!("answered as {:?}", r.member),
-                }
+                return RoundOutcome::Refused { member: member.clone(), reason: format!("answered as {:?}", r.member) }
             }
             Ok(r) => shortest = shortest.min(r.valid_ms),
         }
     }
     let until = (sent_at + Duration::from_millis(shortest)).saturating_sub(safety_margin);
-    RoundOutcome::Granted {
-        until,
-        members: replies.iter().map(|(m, _)| m.clone()).collect(),
-    }
+    RoundOutcome::Granted { until, members: replies.iter().map(|(m, _)| m.clone()).collect() }
 }
 
 /// Failsafe state shared by the loop, the HTTP API and the failsafe task (inside the runtime's
@@ -228,12 +195,7 @@ impl FailsafeState {
     pub(crate) fn note_lease(&mut self, term: Option<u64>) {
         let term = term.unwrap_or(0);
         if term != self.tenure {
-            *self = FailsafeState {
-                promise: self.promise.take(),
-                claiming: self.claiming,
-                tenure: term,
-                ..Default::default()
-            };
+            *self = FailsafeState { promise: self.promise.take(), claiming: self.claiming, tenure: term, ..Default::default() };
         }
     }
 
@@ -252,12 +214,7 @@ impl FailsafeState {
         }
     }
 
-    pub(crate) fn input(
-        &self,
-        now: Duration,
-        failsafe_mode: bool,
-        held_term: Option<u64>,
-    ) -> FailsafeInput {
+    pub(crate) fn input(&self, now: Duration, failsafe_mode: bool, held_term: Option<u64>) -> FailsafeInput {
         let holding = held_term.is_some_and(|t| t == self.tenure);
         FailsafeInput {
             until: self.extension(held_term.unwrap_or(0), now),
@@ -268,8 +225,7 @@ impl FailsafeState {
 
     /// Until when acknowledgements extend the lease of `term`, if they still do at `now`.
     pub(crate) fn extension(&self, term: u64, now: Duration) -> Option<Duration> {
-        self.until
-            .filter(|u| term != 0 && term == self.tenure && now < *u)
+        self.until.filter(|u| term != 0 && term == self.tenure && now < *u)
     }
 
     /// Before a lease write that could make this member the holder: refused while a promise is in
@@ -317,11 +273,7 @@ impl AgentHandle {
                 let until = now + Duration::from_millis(ms);
                 let keep = fs.promise.as_ref().is_some_and(|p| p.until > until);
                 if !keep {
-                    fs.promise = Some(FailsafePromise {
-                        leader: req.leader.clone(),
-                        term: req.term,
-                        until,
-                    });
+                    fs.promise = Some(FailsafePromise { leader: req.leader.clone(), term: req.term, until });
                 }
                 FailsafeReply {
                     member: snap.member.clone(),
@@ -331,13 +283,7 @@ impl AgentHandle {
                     reason: "acknowledged".into(),
                 }
             }
-            Err(reason) => FailsafeReply {
-                member: snap.member.clone(),
-                ack: false,
-                valid_ms: 0,
-                term: snap.term,
-                reason,
-            },
+            Err(reason) => FailsafeReply { member: snap.member.clone(), ack: false, valid_ms: 0, term: snap.term, reason },
         }
     }
 
@@ -363,35 +309,18 @@ impl AgentHandle {
         }
         let members: Vec<(String, String)> = {
             let mut fs = self.shared.failsafe.lock().unwrap();
-            if fs.tenure != term
-                || !fs.published
-                || fs
-                    .last_round
-                    .is_some_and(|t| now < t + cfg.probe_interval())
-            {
+            if fs.tenure != term || !fs.published || fs.last_round.is_some_and(|t| now < t + cfg.probe_interval()) {
                 return None;
             }
             fs.last_round = Some(now);
-            fs.members
-                .iter()
-                .map(|(n, u)| (n.clone(), u.clone()))
-                .collect()
+            fs.members.iter().map(|(n, u)| (n.clone(), u.clone())).collect()
         };
-        let req = FailsafeRequest {
-            cluster: snap.cluster.clone(),
-            leader: snap.member.clone(),
-            term,
-            valid_ms: cfg.lease_ms,
-        };
+        let req = FailsafeRequest { cluster: snap.cluster.clone(), leader: snap.member.clone(), term, valid_ms: cfg.lease_ms };
         let timeout = cfg.probe_interval();
         let asks = members.iter().map(|(name, url)| {
             let req = &req;
             async move {
-                let r = if url.is_empty() {
-                    Err("no API URL published".to_string())
-                } else {
-                    peers.ask(url, req, timeout).await
-                };
+                let r = if url.is_empty() { Err("no API URL published".to_string()) } else { peers.ask(url, req, timeout).await };
                 (name.clone(), r)
             }
         });
@@ -400,9 +329,7 @@ impl AgentHandle {
         let mut fs = self.shared.failsafe.lock().unwrap();
         if fs.tenure == term {
             match &outcome {
-                RoundOutcome::Granted { until, .. } => {
-                    fs.until = Some(fs.until.map_or(*until, |u| u.max(*until)))
-                }
+                RoundOutcome::Granted { until, .. } => fs.until = Some(fs.until.map_or(*until, |u| u.max(*until))),
                 RoundOutcome::Refused { .. } => fs.until = None,
                 RoundOutcome::Unanswered { .. } => {}
             }
@@ -423,12 +350,7 @@ impl AgentHandle {
     /// `until` (the held lease's own deadline for `term`) pushed out by failsafe acknowledgements.
     pub(super) fn deadline_with_failsafe(&self, term: u64, until: Duration) -> Duration {
         let now = self.clock.monotonic();
-        self.shared
-            .failsafe
-            .lock()
-            .unwrap()
-            .extension(term, now)
-            .map_or(until, |f| f.max(until))
+        self.shared.failsafe.lock().unwrap().extension(term, now).map_or(until, |f| f.max(until))
     }
 }
 
@@ -441,12 +363,7 @@ mod tests {
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
     fn req(term: u64) -> FailsafeRequest {
-        FailsafeRequest {
-            cluster: "c1".into(),
-            leader: "n1".into(),
-            term,
-            valid_ms: 4000,
-        }
+        FailsafeRequest { cluster: "c1".into(), leader: "n1".into(), term, valid_ms: 4000 }
     }
 
     fn view(term: u64, primary: &str, lease_term: u64) -> ClusterView {
@@ -494,82 +411,27 @@ mod tests {
         type Tweak = Box<dyn Fn(&mut PeerFacts)>;
         let cases: Vec<(&str, FailsafeRequest, Tweak, &str)> = vec![
             ("newer term seen", req(2), Box::new(|_| {}), "seen term 3"),
-            (
-                "other cluster",
-                FailsafeRequest {
-                    cluster: "c2".into(),
-                    ..req(3)
-                },
-                Box::new(|_| {}),
-                "cluster",
-            ),
-            (
-                "mode off",
-                req(3),
-                Box::new(|f| f.failsafe_mode = false),
-                "off",
-            ),
-            (
-                "holds lease",
-                req(3),
-                Box::new(|f| f.holds_or_claims_lease = true),
-                "holds or claims",
-            ),
-            (
-                "runs read-write",
-                req(3),
-                Box::new(|f| f.role = Role::Primary),
-                "read-write",
-            ),
-            (
-                "asks itself",
-                FailsafeRequest {
-                    leader: "n2".into(),
-                    ..req(3)
-                },
-                Box::new(|_| {}),
-                "itself",
-            ),
-            (
-                "zero validity",
-                FailsafeRequest {
-                    valid_ms: 0,
-                    ..req(3)
-                },
-                Box::new(|_| {}),
-                "at least 1",
-            ),
+            ("other cluster", FailsafeRequest { cluster: "c2".into(), ..req(3) }, Box::new(|_| {}), "cluster"),
+            ("mode off", req(3), Box::new(|f| f.failsafe_mode = false), "off"),
+            ("holds lease", req(3), Box::new(|f| f.holds_or_claims_lease = true), "holds or claims"),
+            ("runs read-write", req(3), Box::new(|f| f.role = Role::Primary), "read-write"),
+            ("asks itself", FailsafeRequest { leader: "n2".into(), ..req(3) }, Box::new(|_| {}), "itself"),
+            ("zero validity", FailsafeRequest { valid_ms: 0, ..req(3) }, Box::new(|_| {}), "at least 1"),
         ];
         for (name, r, tweak, want) in cases {
             let mut f = facts(&v);
             tweak(&mut f);
             let got = judge_request(&r, &f);
-            assert!(
-                got.as_ref().is_err_and(|e| e.contains(want)),
-                "{name}: {got:?}"
-            );
+            assert!(got.as_ref().is_err_and(|e| e.contains(want)), "{name}: {got:?}");
         }
         let other = view(3, "n3", 3);
-        assert!(judge_request(&req(3), &facts(&other))
-            .unwrap_err()
-            .contains("names n3"));
+        assert!(judge_request(&req(3), &facts(&other)).unwrap_err().contains("names n3"));
         let newer_lease = view(3, "n1", 4);
-        assert!(judge_request(&req(3), &facts(&newer_lease))
-            .unwrap_err()
-            .contains("term 4"));
+        assert!(judge_request(&req(3), &facts(&newer_lease)).unwrap_err().contains("term 4"));
     }
 
     fn ack(m: &str, ms: u64) -> (String, Result<FailsafeReply, String>) {
-        (
-            m.into(),
-            Ok(FailsafeReply {
-                member: m.into(),
-                ack: true,
-                valid_ms: ms,
-                term: 3,
-                reason: String::new(),
-            }),
-        )
+        (m.into(), Ok(FailsafeReply { member: m.into(), ack: true, valid_ms: ms, term: 3, reason: String::new() }))
     }
 
     #[test]
@@ -577,42 +439,18 @@ mod tests {
         let sent = MS(10_000);
         let g = combine(sent, MS(1500), 4000, &[ack("n2", 4000), ack("n3", 3000)]);
         // Shortest promise, counted from before sending, minus the margin.
-        assert_eq!(
-            g,
-            RoundOutcome::Granted {
-                until: MS(11_500),
-                members: vec!["n2".into(), "n3".into()]
-            }
-        );
+        assert_eq!(g, RoundOutcome::Granted { until: MS(11_500), members: vec!["n2".into(), "n3".into()] });
         let refused = (
             "n3".to_string(),
-            Ok(FailsafeReply {
-                member: "n3".into(),
-                ack: false,
-                valid_ms: 0,
-                term: 4,
-                reason: "seen term 4".into(),
-            }),
+            Ok(FailsafeReply { member: "n3".into(), ack: false, valid_ms: 0, term: 4, reason: "seen term 4".into() }),
         );
         assert!(
             matches!(combine(sent, MS(1500), 4000, &[ack("n2", 4000), refused]), RoundOutcome::Refused { member, .. } if member == "n3")
         );
         let silent = ("n3".to_string(), Err("timed out".to_string()));
-        assert!(matches!(
-            combine(sent, MS(1500), 4000, &[ack("n2", 4000), silent]),
-            RoundOutcome::Unanswered { .. }
-        ));
-        let impostor = (
-            "n3".to_string(),
-            Ok(FailsafeReply {
-                member: "n9".into(),
-                ..ack("n3", 4000).1.unwrap()
-            }),
-        );
-        assert!(matches!(
-            combine(sent, MS(1500), 4000, &[impostor]),
-            RoundOutcome::Refused { .. }
-        ));
+        assert!(matches!(combine(sent, MS(1500), 4000, &[ack("n2", 4000), silent]), RoundOutcome::Unanswered { .. }));
+        let impostor = ("n3".to_string(), Ok(FailsafeReply { member: "n9".into(), ..ack("n3", 4000).1.unwrap() }));
+        assert!(matches!(combine(sent, MS(1500), 4000, &[impostor]), RoundOutcome::Refused { .. }));
     }
 
     #[test]
@@ -620,16 +458,12 @@ mod tests {
         let mut s = FailsafeState::default();
         let mut v = view(3, "n1", 3);
         for n in ["n1", "n2", "n3"] {
-            v.members
-                .insert(n.into(), crate::model::MemberStatus::new(n));
+            v.members.insert(n.into(), crate::model::MemberStatus::new(n));
         }
         s.note_view("n1", 3, &v);
         v.members.remove("n3");
         s.note_view("n1", 3, &v);
-        assert_eq!(
-            s.input(MS(0), true, Some(3)).members,
-            Some(vec!["n2".into(), "n3".into()])
-        );
+        assert_eq!(s.input(MS(0), true, Some(3)).members, Some(vec!["n2".into(), "n3".into()]));
         s.note_published(3);
         s.until = Some(MS(5000));
         assert_eq!(s.input(MS(1000), true, Some(3)).until, Some(MS(5000)));
@@ -650,13 +484,7 @@ mod tests {
         use crate::pg::{DataDirState, PgProbe};
 
         fn lease(owner: &str, term: u64) -> LeaderLease {
-            LeaderLease {
-                owner: owner.into(),
-                term,
-                rvn: "r".into(),
-                lease_ms: 4000,
-                released: false,
-            }
+            LeaderLease { owner: owner.into(), term, rvn: "r".into(), lease_ms: 4000, released: false }
         }
 
         fn cluster(term: u64, primary: &str, holder: &str, lease_term: u64) -> ClusterView {
@@ -672,18 +500,8 @@ mod tests {
         }
 
         fn probe(role: Role) -> PgProbe {
-            let data = if role == Role::Primary {
-                DataDirState::Primary
-            } else {
-                DataDirState::Standby
-            };
-            PgProbe {
-                running: true,
-                role,
-                data,
-                slots: vec!["n1".into(), "n2".into(), "n3".into()],
-                ..Default::default()
-            }
+            let data = if role == Role::Primary { DataDirState::Primary } else { DataDirState::Standby };
+            PgProbe { running: true, role, data, slots: vec!["n1".into(), "n2".into(), "n3".into()], ..Default::default() }
         }
 
         /// `now` 20 s; a held lease written at 15 s is valid until 15 + 4 - 1.5 = 17.5 s.
@@ -693,20 +511,13 @@ mod tests {
                 _ => None,
             };
             AgentInput {
-                identity: AgentIdentity {
-                    cluster: "c1".into(),
-                    member: me.into(),
-                    ..Default::default()
-                },
+                identity: AgentIdentity { cluster: "c1".into(), member: me.into(), ..Default::default() },
                 now: MS(20_000),
                 wall_ms: 0,
                 probe: probe(role),
                 store,
                 lease_state,
-                held: held_term.map(|t| HeldLease {
-                    lease: lease(me, t),
-                    written_from: MS(15_000),
-                }),
+                held: held_term.map(|t| HeldLease { lease: lease(me, t), written_from: MS(15_000) }),
                 config: DynamicConfig {
                     lease_ms: 4000,
                     renew_interval_ms: 1000,
@@ -728,88 +539,38 @@ mod tests {
 
         #[test]
         fn acknowledged_primary_keeps_its_lease_past_the_deadline_while_the_store_is_down() {
-            let mut i = input(
-                "n1",
-                Role::Primary,
-                StoreRead::Unavailable("down".into()),
-                Some(3),
-            );
+            let mut i = input("n1", Role::Primary, StoreRead::Unavailable("down".into()), Some(3));
             i.failsafe.until = Some(MS(21_000));
             let d = decide(&i);
-            assert_eq!(
-                d.names(),
-                vec!["renew_lease", "publish_heartbeat"],
-                "{}",
-                d.reason
-            );
+            assert_eq!(d.names(), vec!["renew_lease", "publish_heartbeat"], "{}", d.reason);
             assert!(d.reason.contains("failsafe"), "{}", d.reason);
         }
 
         #[test]
         fn primary_demotes_once_acknowledgements_run_out() {
-            let mut i = input(
-                "n1",
-                Role::Primary,
-                StoreRead::Unavailable("down".into()),
-                Some(3),
-            );
+            let mut i = input("n1", Role::Primary, StoreRead::Unavailable("down".into()), Some(3));
             i.failsafe.until = Some(MS(20_000));
-            assert_eq!(
-                decide(&i).names(),
-                vec!["forget_lease", "demote", "publish_heartbeat"]
-            );
+            assert_eq!(decide(&i).names(), vec!["forget_lease", "demote", "publish_heartbeat"]);
             i.failsafe.until = None;
-            assert_eq!(
-                decide(&i).names(),
-                vec!["forget_lease", "demote", "publish_heartbeat"]
-            );
+            assert_eq!(decide(&i).names(), vec!["forget_lease", "demote", "publish_heartbeat"]);
         }
 
         #[test]
         fn acknowledgements_do_not_outlast_a_newer_term_in_the_store() {
-            let mut i = input(
-                "n1",
-                Role::Primary,
-                StoreRead::Ok(cluster(4, "n2", "n1", 3)),
-                Some(3),
-            );
+            let mut i = input("n1", Role::Primary, StoreRead::Ok(cluster(4, "n2", "n1", 3)), Some(3));
             i.failsafe.until = Some(MS(21_000));
-            assert_eq!(
-                decide(&i).names(),
-                vec!["release_lease", "demote", "publish_heartbeat"]
-            );
+            assert_eq!(decide(&i).names(), vec!["release_lease", "demote", "publish_heartbeat"]);
         }
 
         #[test]
         fn a_member_that_promised_does_not_take_the_lease_even_when_named() {
-            let mut i = input(
-                "n2",
-                Role::Replica,
-                StoreRead::Ok(cluster(4, "n2", "n1", 3)),
-                None,
-            );
-            i.failsafe.promise = Some(FailsafePromise {
-                leader: "n1".into(),
-                term: 3,
-                until: MS(20_500),
-            });
+            let mut i = input("n2", Role::Replica, StoreRead::Ok(cluster(4, "n2", "n1", 3)), None);
+            i.failsafe.promise = Some(FailsafePromise { leader: "n1".into(), term: 3, until: MS(20_500) });
             let d = decide(&i);
             assert_eq!(d.names(), vec!["publish_heartbeat"], "{}", d.reason);
-            assert!(
-                d.reason.contains("acknowledged n1's failsafe"),
-                "{}",
-                d.reason
-            );
+            assert!(d.reason.contains("acknowledged n1's failsafe"), "{}", d.reason);
             i.failsafe.promise.as_mut().unwrap().until = MS(20_000);
-            assert_eq!(
-                decide(&i).names(),
-                vec![
-                    "acquire_lease",
-                    "promote",
-                    "ensure_slots",
-                    "publish_heartbeat"
-                ]
-            );
+            assert_eq!(decide(&i).names(), vec!["acquire_lease", "promote", "ensure_slots", "publish_heartbeat"]);
         }
 
         #[test]
@@ -818,39 +579,21 @@ mod tests {
             v.members.get_mut("n1").unwrap().failsafe_members = Some(vec!["n2".into()]);
             let d = decide(&input("n3", Role::Replica, StoreRead::Ok(v.clone()), None));
             assert_eq!(d.names(), vec!["publish_heartbeat"], "{}", d.reason);
-            assert!(
-                d.reason.contains("without asking this member"),
-                "{}",
-                d.reason
-            );
-            v.members.get_mut("n1").unwrap().failsafe_members =
-                Some(vec!["n2".into(), "n3".into()]);
-            assert!(
-                decide(&input("n3", Role::Replica, StoreRead::Ok(v.clone()), None))
-                    .names()
-                    .contains(&"promote")
-            );
+            assert!(d.reason.contains("without asking this member"), "{}", d.reason);
+            v.members.get_mut("n1").unwrap().failsafe_members = Some(vec!["n2".into(), "n3".into()]);
+            assert!(decide(&input("n3", Role::Replica, StoreRead::Ok(v.clone()), None)).names().contains(&"promote"));
             // A primary not in failsafe mode lists nothing: the lease rules alone apply.
             v.members.get_mut("n1").unwrap().failsafe_members = None;
-            assert!(decide(&input("n3", Role::Replica, StoreRead::Ok(v), None))
-                .names()
-                .contains(&"promote"));
+            assert!(decide(&input("n3", Role::Replica, StoreRead::Ok(v), None)).names().contains(&"promote"));
         }
 
         #[test]
         fn the_holder_lists_whom_it_asks_in_its_heartbeat() {
-            let mut i = input(
-                "n1",
-                Role::Primary,
-                StoreRead::Ok(cluster(3, "n1", "n1", 3)),
-                Some(3),
-            );
+            let mut i = input("n1", Role::Primary, StoreRead::Ok(cluster(3, "n1", "n1", 3)), Some(3));
             i.held.as_mut().unwrap().written_from = MS(19_000);
             i.failsafe.members = Some(vec!["n2".into(), "n3".into()]);
             let d = decide(&i);
-            let Some(crate::agent::AgentAction::PublishHeartbeat(m)) = d.actions.last() else {
-                panic!("no heartbeat")
-            };
+            let Some(crate::agent::AgentAction::PublishHeartbeat(m)) = d.actions.last() else { panic!("no heartbeat") };
             assert_eq!(m.failsafe_members, Some(vec!["n2".into(), "n3".into()]));
         }
     }
@@ -858,27 +601,16 @@ mod tests {
     #[test]
     fn a_promise_blocks_lease_claims_until_it_runs_out() {
         let mut s = FailsafeState {
-            promise: Some(FailsafePromise {
-                leader: "n1".into(),
-                term: 3,
-                until: MS(5000),
-            }),
+            promise: Some(FailsafePromise { leader: "n1".into(), term: 3, until: MS(5000) }),
             ..Default::default()
         };
-        assert!(s
-            .begin_claim(MS(4999))
-            .unwrap_err()
-            .contains("n1's failsafe for term 3"));
+        assert!(s.begin_claim(MS(4999)).unwrap_err().contains("n1's failsafe for term 3"));
         assert!(!s.claiming);
         s.begin_claim(MS(5000)).unwrap();
         assert!(s.claiming);
         s.end_claim();
         // The promise survives a change of the held lease (it is about someone else's).
-        s.promise = Some(FailsafePromise {
-            leader: "n1".into(),
-            term: 3,
-            until: MS(9000),
-        });
+        s.promise = Some(FailsafePromise { leader: "n1".into(), term: 3, until: MS(9000) });
         s.note_lease(Some(7));
         assert!(s.input(MS(100), true, Some(7)).promise.is_some());
     }

@@ -11,11 +11,14 @@ mod failsafe;
 mod runtime;
 pub mod sync;
 
-pub use decide::{decide, AgentAction, AgentDecision, AgentIdentity, AgentInput, PrimaryStartFailure, RejoinFailure, RejoinMethod, StoreRead};
+pub use decide::{
+    decide, AgentAction, AgentDecision, AgentIdentity, AgentInput, PrimaryStartFailure, RejoinFailure, RejoinMethod, StoreRead,
+};
 pub use failsafe::{
     combine as combine_failsafe_replies, judge_request as judge_failsafe_request, FailsafeInput, FailsafePeers, FailsafePromise,
     FailsafeReply, FailsafeRequest, PeerFacts, RoundOutcome,
 };
 pub use runtime::{
-    ActionOutcome, AgentCounters, AgentHandle, AgentRuntime, AgentSnapshot, CoordinatorTrigger, DemoteError, TickReport, TriggerError,
+    ActionOutcome, AgentCounters, AgentHandle, AgentRuntime, AgentSnapshot, CoordinatorTrigger, DemoteError, TickReport,
+    TriggerError,
 };

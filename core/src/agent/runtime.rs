@@ -7,7 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::lock::Mutex as AsyncMutex;
 
-use super::decide::{decide, AgentAction, AgentIdentity, AgentInput, PrimaryStartFailure, RejoinFailure, RejoinMethod, StoreRead};
+use super::decide::{
+    decide, AgentAction, AgentIdentity, AgentInput, PrimaryStartFailure, RejoinFailure, RejoinMethod, StoreRead,
+};
 use super::failsafe::FailsafeState;
 use crate::clock::Clock;
 use crate::config::DynamicConfig;
@@ -364,7 +366,9 @@ where
                 if let Some(rec) = &view.cluster {
                     match rec.config.validate() {
                         Ok(()) => self.config = rec.config.clone(),
-                        Err(e) => tracing::warn!(error = %e, "cluster record has invalid dynamic config; keeping the last valid one"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cluster record has invalid dynamic config; keeping the last valid one")
+                        }
                     }
                 }
                 if let Some(own) = view.members.get(&self.identity.member) {
@@ -478,7 +482,8 @@ where
         self.counters.ticks += 1;
         // After a role change the snapshot (HTTP API, metrics) shows the new state, not the probe
         // taken before it.
-        let changed = outcomes.iter().any(|o| o.error.is_none() && (o.action.is_role_change() || o.action == AgentAction::Demote));
+        let changed =
+            outcomes.iter().any(|o| o.error.is_none() && (o.action.is_role_change() || o.action == AgentAction::Demote));
         let probe_after = if changed { Some(self.pg.probe().await) } else { None };
         self.emit_role_events(&outcomes, &decision.reason);
         let report = TickReport { reason: decision.reason, outcomes, errors, duration };
@@ -506,7 +511,9 @@ where
         self.external_demotions_reported = external;
         let now = self.clock.wall_ms();
         let (cluster, member) = (self.identity.cluster.clone(), self.identity.member.clone());
-        let ev = |kind, term: u64, detail: String| Event::new(kind, cluster.as_str(), now, detail).member(member.as_str()).term(term).source("agent");
+        let ev = |kind, term: u64, detail: String| {
+            Event::new(kind, cluster.as_str(), now, detail).member(member.as_str()).term(term).source("agent")
+        };
         let lease_term = had_lease.unwrap_or(self.max_term_held);
         let released = outcomes.iter().any(|o| o.error.is_none() && o.action == AgentAction::ReleaseLease);
         if had_lease.is_some() && self.lease_valid_after_last_tick.is_none() && !released {
@@ -529,7 +536,8 @@ where
     fn holds_valid_lease(&self) -> bool {
         let now = self.clock.monotonic();
         self.held.as_ref().is_some_and(|h| {
-            h.is_valid(now, self.config.safety_margin()) || self.shared.failsafe.lock().unwrap().extension(h.lease.term, now).is_some()
+            h.is_valid(now, self.config.safety_margin())
+                || self.shared.failsafe.lock().unwrap().extension(h.lease.term, now).is_some()
         })
     }
 
@@ -752,7 +760,13 @@ where
         }
     }
 
-    fn publish_snapshot(&self, input: &AgentInput, probe_after: Option<PgProbe>, report: &TickReport, store_error: Option<String>) {
+    fn publish_snapshot(
+        &self,
+        input: &AgentInput,
+        probe_after: Option<PgProbe>,
+        report: &TickReport,
+        store_error: Option<String>,
+    ) {
         let probe = probe_after.unwrap_or_else(|| input.probe.clone());
         let margin = self.config.safety_margin();
         let (fence, view) = (
@@ -850,7 +864,8 @@ mod tests {
         }
         async fn follow(&self, primary: &PrimaryTarget) -> Result<(), PgError> {
             self.log(&format!("follow {}", primary.name));
-            let up = UpstreamConfig { host: Some(primary.host.clone()), port: Some(primary.port), application_name: None, slot: None };
+            let up =
+                UpstreamConfig { host: Some(primary.host.clone()), port: Some(primary.port), application_name: None, slot: None };
             self.set(|p| p.upstream = Some(up));
             Ok(())
         }
@@ -887,11 +902,23 @@ mod tests {
     }
 
     fn config() -> DynamicConfig {
-        DynamicConfig { lease_ms: 4000, renew_interval_ms: 1000, safety_margin_ms: 1500, probe_interval_ms: 500, ..Default::default() }
+        DynamicConfig {
+            lease_ms: 4000,
+            renew_interval_ms: 1000,
+            safety_margin_ms: 1500,
+            probe_interval_ms: 500,
+            ..Default::default()
+        }
     }
 
     fn identity(member: &str, port: u16) -> AgentIdentity {
-        AgentIdentity { cluster: "c1".into(), member: member.into(), pg_host: "127.0.0.1".into(), pg_port: port, ..Default::default() }
+        AgentIdentity {
+            cluster: "c1".into(),
+            member: member.into(),
+            pg_host: "127.0.0.1".into(),
+            pg_port: port,
+            ..Default::default()
+        }
     }
 
     fn primary() -> PgProbe {
@@ -991,7 +1018,10 @@ mod tests {
         assert!(hb.leader_seen.is_some_and(|s| s.unchanged_ms >= 4000));
         // The coordinator names n2 for term 2.
         let rec = store.read_cluster("c1").await.unwrap().unwrap();
-        store.write_cluster("c1", Some(rec.version), &ClusterRecord { term: 2, primary: Some("n2".into()), ..rec }).await.unwrap();
+        store
+            .write_cluster("c1", Some(rec.version), &ClusterRecord { term: 2, primary: Some("n2".into()), ..rec })
+            .await
+            .unwrap();
         clock.advance(Duration::from_millis(500));
         let r = r2.tick().await;
         assert_eq!(r.done(), vec!["acquire_lease", "promote", "ensure_slots", "publish_heartbeat"], "{}", r.reason);
@@ -1014,7 +1044,10 @@ mod tests {
         let (store, clock, mut rt) = setup("n1", primary()).await;
         assert!(rt.tick().await.did("acquire_lease"));
         let rec = store.read_cluster("c1").await.unwrap().unwrap();
-        store.write_cluster("c1", Some(rec.version), &ClusterRecord { term: 2, primary: Some("n2".into()), ..rec }).await.unwrap();
+        store
+            .write_cluster("c1", Some(rec.version), &ClusterRecord { term: 2, primary: Some("n2".into()), ..rec })
+            .await
+            .unwrap();
         clock.advance(Duration::from_millis(500));
         let r = rt.tick().await;
         let order: Vec<&str> = r.done().into_iter().filter(|a| matches!(*a, "demote" | "release_lease")).collect();

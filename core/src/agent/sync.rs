@@ -160,7 +160,8 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
     let target_text = target.to_setting();
 
     // 1. Removals (and degrading) go to the record first.
-    let keep: Vec<String> = if all_confirm { rec_members.iter().filter(|m| target.names.contains(m)).cloned().collect() } else { vec![] };
+    let keep: Vec<String> =
+        if all_confirm { rec_members.iter().filter(|m| target.names.contains(m)).cloned().collect() } else { vec![] };
     let degrade = input.mode == SyncMode::On && target.is_empty();
     let must_record = keep.len() != rec_members.len() || (degrade && !rec_degraded);
     let mut steps = Vec::new();
@@ -202,7 +203,10 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
             let mut members = keep;
             members.extend(caught.iter().cloned());
             why.push(format!("{} caught up: recording synchronous set [{}] for term {term}", show(&caught), show(&members)));
-            return SyncPlan { steps: vec![SyncStep::Record(Some(SyncState { term, members, degraded: false }))], reason: why.join("; ") };
+            return SyncPlan {
+                steps: vec![SyncStep::Record(Some(SyncState { term, members, degraded: false }))],
+                reason: why.join("; "),
+            };
         }
         let waiting: Vec<&String> = target.names.iter().filter(|n| !rec_members.contains(n)).collect();
         if !waiting.is_empty() {
@@ -296,7 +300,13 @@ mod tests {
         assert_eq!(p.steps, vec![rec(3, &["n2"], false)], "{}", p.reason);
         // Steady state: nothing to do.
         let r = record(3, Some((3, &["n2"], false)));
-        let p = run(SyncMode::On, 1, &r, &ms, &probe(r#"ANY 1 ("n2")"#, 300, vec![row("n2", "quorum", 250), row("n3", "async", 250)]));
+        let p = run(
+            SyncMode::On,
+            1,
+            &r,
+            &ms,
+            &probe(r#"ANY 1 ("n2")"#, 300, vec![row("n2", "quorum", 250), row("n3", "async", 250)]),
+        );
         assert_eq!(p.steps, vec![], "{}", p.reason);
     }
 
@@ -410,8 +420,10 @@ mod tests {
             for _ in 0..3000 {
                 let streaming: Vec<&str> = ["n2", "n3", "n4"].into_iter().filter(|_| next(3) > 0).collect();
                 let listed = SyncStandbys::parse(&ssn).unwrap();
-                let rows =
-                    streaming.iter().map(|n| row(n, if listed.names.iter().any(|l| l == n) { "quorum" } else { "async" }, 100)).collect();
+                let rows = streaming
+                    .iter()
+                    .map(|n| row(n, if listed.names.iter().any(|l| l == n) { "quorum" } else { "async" }, 100))
+                    .collect();
                 let p = run(mode, 1 + next(2) as u32, &rec, &ms, &probe(&ssn, 100, rows));
                 for step in p.steps {
                     match step {
@@ -426,7 +438,10 @@ mod tests {
                     let listed = SyncStandbys::parse(&ssn).unwrap();
                     if let Some(s) = rec.sync.as_ref().filter(|s| s.term == rec.term) {
                         for m in &s.members {
-                            assert!(listed.names.contains(m) && listed.count as usize == listed.names.len(), "{m} recorded, list '{ssn}'");
+                            assert!(
+                                listed.names.contains(m) && listed.count as usize == listed.names.len(),
+                                "{m} recorded, list '{ssn}'"
+                            );
                         }
                         if listed.is_empty() && mode == SyncMode::On {
                             assert!(s.degraded, "async commits without a degraded record");

@@ -147,7 +147,13 @@ fn refuse(req: &ManualRequest, reason: String) -> Decision {
     )
 }
 
-fn handle_request(view: &ClusterView, record: &ClusterRecord, req: &ManualRequest, obs: &Observations, config: &CoordinatorConfig) -> Decision {
+fn handle_request(
+    view: &ClusterView,
+    record: &ClusterRecord,
+    req: &ManualRequest,
+    obs: &Observations,
+    config: &CoordinatorConfig,
+) -> Decision {
     let kind = match req.action {
         RequestAction::Pause | RequestAction::Resume => return answer_pause(req),
         RequestAction::Failover => TransitionKind::Failover,
@@ -209,7 +215,11 @@ fn handle_request(view: &ClusterView, record: &ClusterRecord, req: &ManualReques
         id: req.id.clone(),
         action: req.action,
         accepted: true,
-        reason: format!("started: {} -> {candidate} in term {}", transition.old_primary.as_deref().unwrap_or("(none)"), transition.term),
+        reason: format!(
+            "started: {} -> {candidate} in term {}",
+            transition.old_primary.as_deref().unwrap_or("(none)"),
+            transition.term
+        ),
     };
     Decision::act(Action::Begin { transition, answer: Some(answer) }, format!("{reason}: candidate {candidate}"))
 }
@@ -351,14 +361,29 @@ fn start_failover(
     match ctx.best() {
         Ok(candidate) => {
             let reason = format!("failover: {why}");
-            let t = new_transition(view, record, TransitionKind::Failover, old, candidate.clone(), reason.clone(), false, obs.now_wall_ms);
+            let t = new_transition(
+                view,
+                record,
+                TransitionKind::Failover,
+                old,
+                candidate.clone(),
+                reason.clone(),
+                false,
+                obs.now_wall_ms,
+            );
             Decision::act(Action::Begin { transition: t, answer: None }, format!("{reason}; candidate {candidate}"))
         }
         Err(none) => Decision::blocked(format!("{why}; no promotion: no eligible candidate ({none})")),
     }
 }
 
-fn continue_transition(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs: &Observations, config: &CoordinatorConfig) -> Decision {
+fn continue_transition(
+    view: &ClusterView,
+    record: &ClusterRecord,
+    t: &Transition,
+    obs: &Observations,
+    config: &CoordinatorConfig,
+) -> Decision {
     if let Some(req) = &record.request {
         // Leave the request pending? No: answer it, so the operator is not left guessing.
         return refuse(
@@ -380,14 +405,27 @@ fn continue_transition(view: &ClusterView, record: &ClusterRecord, t: &Transitio
         }
         TransitionStep::Followed => {
             let entry = history_entry(t, obs.now_wall_ms);
-            Decision::act(Action::Finish(entry), format!("{:?} to {} in term {} complete", t.kind, t.candidate, t.term).to_lowercase())
+            Decision::act(
+                Action::Finish(entry),
+                format!("{:?} to {} in term {} complete", t.kind, t.candidate, t.term).to_lowercase(),
+            )
         }
     }
 }
 
-fn fence_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs: &Observations, config: &CoordinatorConfig, age: Duration) -> Decision {
+fn fence_step(
+    view: &ClusterView,
+    record: &ClusterRecord,
+    t: &Transition,
+    obs: &Observations,
+    config: &CoordinatorConfig,
+    age: Duration,
+) -> Decision {
     let Some(old) = &t.old_primary else {
-        return Decision::act(Action::MarkFenced { by: "no old primary to fence".into(), final_lsn: None }, "no old primary: nothing to fence");
+        return Decision::act(
+            Action::MarkFenced { by: "no old primary to fence".into(), final_lsn: None },
+            "no old primary: nothing to fence",
+        );
     };
     if config.fencing == FencingPolicy::Off {
         // S3 without fencing: only this coordinator's own observation of the lease counts.
@@ -407,7 +445,10 @@ fn fence_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs: &
                     match old_status {
                         Some(s) if s.role != Role::Primary && obs.member(old).is_fresh() && s.term >= t.term => {
                             return Decision::act(
-                                Action::MarkFenced { by: format!("fencing off: {old} released its lease and left read-write"), final_lsn: s.wal_position() },
+                                Action::MarkFenced {
+                                    by: format!("fencing off: {old} released its lease and left read-write"),
+                                    final_lsn: s.wal_position(),
+                                },
                                 format!("{old} demoted itself"),
                             );
                         }
@@ -451,9 +492,19 @@ fn fence_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs: &
     )
 }
 
-fn designate_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs: &Observations, config: &CoordinatorConfig, age: Duration) -> Decision {
+fn designate_step(
+    view: &ClusterView,
+    record: &ClusterRecord,
+    t: &Transition,
+    obs: &Observations,
+    config: &CoordinatorConfig,
+    age: Duration,
+) -> Decision {
     let as_failover = |why: String| {
-        Decision::act(Action::ContinueAsFailover { why: why.clone() }, format!("switchover to {} continues as a failover: {why}", t.candidate))
+        Decision::act(
+            Action::ContinueAsFailover { why: why.clone() },
+            format!("switchover to {} continues as a failover: {why}", t.candidate),
+        )
     };
     let mut exclude: Vec<&str> = t.old_primary.iter().map(String::as_str).collect();
     let ctx = Eligibility::new(view, record, obs, config, t.from_term, &exclude);
@@ -481,7 +532,10 @@ fn designate_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, ob
                     Action::ChangeCandidate { candidate: other.clone(), why: why.clone() },
                     format!("candidate {} no longer eligible ({why}); choosing {other}", t.candidate),
                 ),
-                _ => Decision::blocked(format!("candidate {} is not eligible ({why}) and no other candidate qualifies", t.candidate)),
+                _ => Decision::blocked(format!(
+                    "candidate {} is not eligible ({why}) and no other candidate qualifies",
+                    t.candidate
+                )),
             };
         }
     }
@@ -513,7 +567,14 @@ fn designate_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, ob
     Decision::act(Action::Designate, format!("designate {} primary for term {}", t.candidate, t.term))
 }
 
-fn promoted_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs: &Observations, config: &CoordinatorConfig, age: Duration) -> Decision {
+fn promoted_step(
+    view: &ClusterView,
+    record: &ClusterRecord,
+    t: &Transition,
+    obs: &Observations,
+    config: &CoordinatorConfig,
+    age: Duration,
+) -> Decision {
     let status = view.members.get(&t.candidate);
     let holds_lease = obs.leader.lease().is_some_and(|l| !l.is_free() && l.owner == t.candidate && l.term >= t.term);
     let read_write = status.is_some_and(|s| s.role == Role::Primary && s.pg_running && s.term >= t.term);
@@ -522,7 +583,8 @@ fn promoted_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs
         return Decision::act(Action::MarkPromoted { lsn }, format!("{} reports read-write in term {}", t.candidate, t.term));
     }
     let o = obs.member(&t.candidate);
-    let gone = matches!(o.liveness, Liveness::Stale { .. }) || o.pg_down_for.is_some_and(|d| d >= config.stale_after(&record.config));
+    let gone =
+        matches!(o.liveness, Liveness::Stale { .. }) || o.pg_down_for.is_some_and(|d| d >= config.stale_after(&record.config));
     if age >= config.promote_timeout() && gone {
         // The designated candidate died before promoting: it may have promoted unseen, so it
         // becomes the old primary of a new transition (fenced like any other).
@@ -532,7 +594,11 @@ fn promoted_step(view: &ClusterView, record: &ClusterRecord, t: &Transition, obs
             obs,
             config,
             Some(t.candidate.clone()),
-            format!("designated candidate {} did not report read-write within {} ms and looks down", t.candidate, age.as_millis()),
+            format!(
+                "designated candidate {} did not report read-write within {} ms and looks down",
+                t.candidate,
+                age.as_millis()
+            ),
         );
     }
     Decision::wait(format!(
@@ -600,7 +666,8 @@ impl<'a> Eligibility<'a> {
         let maybe_reachable = |m: &&MemberStatus| m.pg_running && m.role == Role::Replica;
         // Only the current timeline's positions compare: WAL an old-timeline replica holds past
         // the switch point was discarded by an earlier failover, and before it it is just behind.
-        let reported = view.members.values().filter(maybe_reachable).filter(|m| m.timeline >= timeline).filter_map(|m| m.wal_position());
+        let reported =
+            view.members.values().filter(maybe_reachable).filter(|m| m.timeline >= timeline).filter_map(|m| m.wal_position());
         // A replica whose Postgres is down (a crash, a restart) reports no position; the one
         // this coordinator saw before still holds, the WAL being on its disk.
         let remembered = view

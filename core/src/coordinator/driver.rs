@@ -114,7 +114,13 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
 
     /// One evaluation and at most `max_steps_per_run` recorded steps. Returns at the first wait.
     pub async fn run_once(&mut self, cluster: &str) -> RunReport {
-        let mut report = RunReport { cluster: cluster.to_string(), outcome: Outcome::Idle, reason: String::new(), steps: vec![], record: None };
+        let mut report = RunReport {
+            cluster: cluster.to_string(),
+            outcome: Outcome::Idle,
+            reason: String::new(),
+            steps: vec![],
+            record: None,
+        };
         let lock = match self.ensure_lock(cluster).await {
             Ok(l) => l,
             Err(e) => {
@@ -177,7 +183,10 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
                     report.reason = "the coordinator lock lapsed before acting; not acting".into();
                     return report;
                 }
-                let event = self.events.as_ref().and_then(|_| step_event(cluster, &view, &action, &decision.reason, self.clock.wall_ms()));
+                let event = self
+                    .events
+                    .as_ref()
+                    .and_then(|_| step_event(cluster, &view, &action, &decision.reason, self.clock.wall_ms()));
                 match self.execute(cluster, &view, action, &decision.reason).await {
                     StepResult::Progressed(step) => {
                         tracing::info!(cluster, step = %step, "coordinator step");
@@ -190,7 +199,8 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
                         if let Ok(Some(r)) = self.store.read_cluster(cluster).await {
                             report.record = Some(r);
                         }
-                        report.outcome = if outcome == Outcome::Waiting && !report.steps.is_empty() { Outcome::Progressed } else { outcome };
+                        report.outcome =
+                            if outcome == Outcome::Waiting && !report.steps.is_empty() { Outcome::Progressed } else { outcome };
                         report.reason = reason;
                         return report;
                     }
@@ -261,7 +271,9 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
         let expected = view.cluster.as_ref().map(|c| c.version);
         match self.store.write_cluster(cluster, expected, &next).await {
             Ok(_) => StepResult::Progressed(step),
-            Err(e) if e.is_conflict() => StepResult::Stop(Outcome::Waiting, format!("lost the race writing the cluster record ({e}); re-reading next run")),
+            Err(e) if e.is_conflict() => {
+                StepResult::Stop(Outcome::Waiting, format!("lost the race writing the cluster record ({e}); re-reading next run"))
+            }
             Err(e) => StepResult::Stop(Outcome::Error, format!("writing the cluster record: {e}")),
         }
     }
@@ -301,7 +313,8 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
                             let fencer = handle.split_once(':').map_or(self.fencer.name(), |(n, _)| n).to_string();
                             let mut next = record.clone();
                             if let Some(t) = next.transition.as_mut() {
-                                t.fence.get_or_insert_with(FenceProgress::default).pending = Some(PendingFence { fencer, handle: handle.clone() });
+                                t.fence.get_or_insert_with(FenceProgress::default).pending =
+                                    Some(PendingFence { fencer, handle: handle.clone() });
                             }
                             if let StepResult::Stop(o, r) = self.write(cluster, view, next, String::new()).await {
                                 return StepResult::Stop(o, r);
@@ -318,7 +331,10 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
                             }
                             let _ = self.write(cluster, view, next, String::new()).await;
                         }
-                        StepResult::Stop(Outcome::Blocked, format!("{verb} of {member} not confirmed: {detail}; retrying next run"))
+                        StepResult::Stop(
+                            Outcome::Blocked,
+                            format!("{verb} of {member} not confirmed: {detail}; retrying next run"),
+                        )
                     }
                 }
             }
@@ -362,9 +378,15 @@ fn step_event(cluster: &str, view: &ClusterView, action: &Action, reason: &str, 
                 TransitionKind::Failover => EventKind::FailoverStarted,
                 TransitionKind::Switchover => EventKind::SwitchoverStarted,
             };
-            Event::new(kind, cluster, now_ms, format!("{} -> {}: {}", old(t), t.candidate, t.reason)).member(t.candidate.clone()).term(t.term)
+            Event::new(kind, cluster, now_ms, format!("{} -> {}: {}", old(t), t.candidate, t.reason))
+                .member(t.candidate.clone())
+                .term(t.term)
         }
-        Action::Fence { member, term, .. } => Event::new(EventKind::Fenced, cluster, now_ms, format!("{member} fenced: {reason}")).member(member.clone()).term(*term),
+        Action::Fence { member, term, .. } => {
+            Event::new(EventKind::Fenced, cluster, now_ms, format!("{member} fenced: {reason}"))
+                .member(member.clone())
+                .term(*term)
+        }
         Action::MarkFenced { by, .. } => {
             let t = t?;
             Event::new(EventKind::Fenced, cluster, now_ms, format!("{} fenced: {by}", old(t))).member(old(t)).term(t.term)
@@ -372,7 +394,9 @@ fn step_event(cluster: &str, view: &ClusterView, action: &Action, reason: &str, 
         Action::MarkPromoted { lsn } => {
             let t = t?;
             let at = lsn.map(|l| format!(" at {l}")).unwrap_or_default();
-            Event::new(EventKind::Promoted, cluster, now_ms, format!("{} is primary{at}", t.candidate)).member(t.candidate.clone()).term(t.term)
+            Event::new(EventKind::Promoted, cluster, now_ms, format!("{} is primary{at}", t.candidate))
+                .member(t.candidate.clone())
+                .term(t.term)
         }
         Action::Finish(h) => Event::new(
             EventKind::Finished,

@@ -88,8 +88,7 @@ impl CoordinatorConfig {
     /// How long a heartbeat may go unchanged before its member counts as down.
     pub fn stale_after(&self, dynamic: &DynamicConfig) -> Duration {
         Duration::from_millis(
-            self.heartbeat_stale_ms
-                .unwrap_or_else(|| (3 * dynamic.probe_interval_ms).max(2 * dynamic.renew_interval_ms)),
+            self.heartbeat_stale_ms.unwrap_or_else(|| (3 * dynamic.probe_interval_ms).max(2 * dynamic.renew_interval_ms)),
         )
     }
 
@@ -112,7 +111,10 @@ impl CoordinatorConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.lock_lease_ms < 1000 {
-            return Err(ConfigError::invalid("coordinator.lock_lease_ms", format!("is {}; must be at least 1000", self.lock_lease_ms)));
+            return Err(ConfigError::invalid(
+                "coordinator.lock_lease_ms",
+                format!("is {}; must be at least 1000", self.lock_lease_ms),
+            ));
         }
         if self.heartbeat_stale_ms == Some(0) {
             return Err(ConfigError::invalid("coordinator.heartbeat_stale_ms", "must be above 0"));

@@ -67,10 +67,11 @@ pub struct Observations {
 impl Observations {
     /// The observation of `name`; a member without a heartbeat record counts as stale.
     pub fn member(&self, name: &str) -> MemberObservation {
-        self.members
-            .get(name)
-            .copied()
-            .unwrap_or(MemberObservation { liveness: Liveness::Stale { unchanged_for: Duration::ZERO }, pg_down_for: None, last_replica_position: None })
+        self.members.get(name).copied().unwrap_or(MemberObservation {
+            liveness: Liveness::Stale { unchanged_for: Duration::ZERO },
+            pg_down_for: None,
+            last_replica_position: None,
+        })
     }
 }
 
@@ -106,7 +107,14 @@ impl Watch {
     }
 
     /// Records one snapshot read that returned at monotonic time `now`.
-    pub fn observe(&mut self, view: &ClusterView, now: Duration, stale_after: Duration, now_wall_ms: u64, lock: LockStatus) -> Observations {
+    pub fn observe(
+        &mut self,
+        view: &ClusterView,
+        now: Duration,
+        stale_after: Duration,
+        now_wall_ms: u64,
+        lock: LockStatus,
+    ) -> Observations {
         let leader = self.leader.observe(view.leader.as_ref(), now);
         self.members.retain(|name, _| view.members.contains_key(name));
         let mut members = BTreeMap::new();
@@ -144,12 +152,8 @@ impl Watch {
             members.insert(name.clone(), MemberObservation { liveness, pg_down_for, last_replica_position });
         }
         let step_age = view.cluster.as_ref().and_then(|c| c.transition.as_ref()).map(|t| {
-            let key = format!(
-                "{}/{:?}/{:?}",
-                t.term,
-                t.step,
-                t.fence.as_ref().and_then(|f| f.pending.as_ref()).map(|p| &p.handle)
-            );
+            let key =
+                format!("{}/{:?}/{:?}", t.term, t.step, t.fence.as_ref().and_then(|f| f.pending.as_ref()).map(|p| &p.handle));
             match &self.step {
                 Some((k, since)) if *k == key => now.saturating_sub(*since),
                 _ => {
@@ -227,7 +231,11 @@ mod tests {
         m.role = Role::Replica;
         m.timeline = 2;
         m.receive_lsn = Some(Lsn(0x5000));
-        assert_eq!(w.observe(&v, MS(0), stale, 0, LockStatus::Held).member("n1").last_replica_position, None, "running: its heartbeat says it");
+        assert_eq!(
+            w.observe(&v, MS(0), stale, 0, LockStatus::Held).member("n1").last_replica_position,
+            None,
+            "running: its heartbeat says it"
+        );
         let o = w.observe(&view(2, false), MS(1000), stale, 0, LockStatus::Held);
         assert_eq!(o.member("n1").last_replica_position, Some((2, Lsn(0x5000))));
         // Running again (here as a primary): the old replica position no longer applies.

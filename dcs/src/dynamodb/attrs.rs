@@ -21,10 +21,7 @@ pub const SK: &str = "item";
 pub type Item = HashMap<String, AttributeValue>;
 
 pub fn key(cluster: &str, item: &str) -> Item {
-    HashMap::from([
-        (PK.to_string(), AttributeValue::S(cluster.into())),
-        (SK.to_string(), AttributeValue::S(item.into())),
-    ])
+    HashMap::from([(PK.to_string(), AttributeValue::S(cluster.into())), (SK.to_string(), AttributeValue::S(item.into()))])
 }
 
 /// The full item for `record` stored as `item` of `cluster`.
@@ -77,23 +74,15 @@ fn from_attr(item: &str, name: &str, attr: &AttributeValue) -> Result<Value, Sto
     Ok(match attr {
         AttributeValue::S(s) => Value::String(s.clone()),
         AttributeValue::N(n) => Value::Number(
-            parse_number(n)
-                .ok_or_else(|| StoreError::malformed(item, format!("attribute {name:?} is not a number: {n:?}")))?,
+            parse_number(n).ok_or_else(|| StoreError::malformed(item, format!("attribute {name:?} is not a number: {n:?}")))?,
         ),
         AttributeValue::Bool(b) => Value::Bool(*b),
         AttributeValue::Null(_) => Value::Null,
-        AttributeValue::L(items) => {
-            Value::Array(items.iter().map(|a| from_attr(item, name, a)).collect::<Result<_, _>>()?)
-        }
+        AttributeValue::L(items) => Value::Array(items.iter().map(|a| from_attr(item, name, a)).collect::<Result<_, _>>()?),
         AttributeValue::M(fields) => Value::Object(
-            fields
-                .iter()
-                .map(|(k, a)| Ok((k.clone(), from_attr(item, name, a)?)))
-                .collect::<Result<_, StoreError>>()?,
+            fields.iter().map(|(k, a)| Ok((k.clone(), from_attr(item, name, a)?))).collect::<Result<_, StoreError>>()?,
         ),
-        other => {
-            return Err(StoreError::malformed(item, format!("attribute {name:?} has an unsupported type: {other:?}")))
-        }
+        other => return Err(StoreError::malformed(item, format!("attribute {name:?} has an unsupported type: {other:?}"))),
     })
 }
 

@@ -204,13 +204,7 @@ impl DynamoDbStore {
     }
 
     /// Conditional update of a held lease (renew or release).
-    async fn update_held(
-        &self,
-        cluster: &str,
-        item: &str,
-        held: &LeaderLease,
-        release: bool,
-    ) -> Result<LeaderLease, StoreError> {
+    async fn update_held(&self, cluster: &str, item: &str, held: &LeaderLease, release: bool) -> Result<LeaderLease, StoreError> {
         let rvn = codec::new_rvn();
         let update = if release { "SET #rvn = :new, #released = :true" } else { "SET #rvn = :new" };
         let mut req = self
@@ -242,9 +236,7 @@ impl DynamoDbStore {
                         Some(c) if c.rvn == rvn => Ok(c),
                         current => Err(StoreError::conflict(
                             item,
-                            codec::check_held(current.as_ref(), held)
-                                .err()
-                                .unwrap_or_else(|| "changed concurrently".into()),
+                            codec::check_held(current.as_ref(), held).err().unwrap_or_else(|| "changed concurrently".into()),
                         )),
                     }
                 }
@@ -282,9 +274,9 @@ where
         return match code {
             "ConditionalCheckFailedException" => StoreError::conflict(item, "condition failed"),
             "ValidationException" => StoreError::Invalid(format!("dynamodb {op} {item}: {message}")),
-            "ResourceNotFoundException" => StoreError::Unavailable(format!(
-                "dynamodb {op} {item}: {message} (create the table with `pgdctl create-table`)"
-            )),
+            "ResourceNotFoundException" => {
+                StoreError::Unavailable(format!("dynamodb {op} {item}: {message} (create the table with `pgdctl create-table`)"))
+            }
             _ => StoreError::Unavailable(format!("dynamodb {op} {item}: {code}: {message}")),
         };
     }
@@ -431,10 +423,7 @@ impl Store for DynamoDbStore {
                     // always a conflict here; the caller re-reads and decides again.
                     let current: Option<ClusterRecord> = old.map(|o| from_item(item, &o)).transpose()?;
                     let stored_version = current.map(|c| c.version);
-                    Err(StoreError::conflict(
-                        item,
-                        format!("expected version {expected_version:?}, stored {stored_version:?}"),
-                    ))
+                    Err(StoreError::conflict(item, format!("expected version {expected_version:?}, stored {stored_version:?}")))
                 }
                 None => Err(sdk_error("write", item, e)),
             },
@@ -524,7 +513,10 @@ impl Store for DynamoDbStore {
                 .map_err(|e| sdk_error("query", cluster, e))?;
             for item in page.items.unwrap_or_default() {
                 let name = item_name(&item).unwrap_or(keys::EVENT_PREFIX);
-                let text = item.get(EVENT_ATTR).and_then(|a| a.as_s().ok()).ok_or_else(|| StoreError::malformed(name, "no event attribute"));
+                let text = item
+                    .get(EVENT_ATTR)
+                    .and_then(|a| a.as_s().ok())
+                    .ok_or_else(|| StoreError::malformed(name, "no event attribute"));
                 // An unreadable event is skipped and logged.
                 match text.and_then(|t| codec::decode(name, t.as_bytes())) {
                     Ok(event) => out.push(event),

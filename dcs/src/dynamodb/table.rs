@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
-    TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
+    TimeToLiveStatus,
 };
 use aws_sdk_dynamodb::Client;
 use pgdaemon_core::StoreError;
@@ -32,8 +32,7 @@ pub enum TableOutcome {
 /// until it is ACTIVE. Idempotent: an existing table is [`TableOutcome::AlreadyExisted`].
 pub async fn create_table(client: &Client, name: &str) -> Result<TableOutcome, StoreError> {
     let invalid = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Invalid(format!("create-table request: {e}"));
-    let attribute =
-        |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
+    let attribute = |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
     let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build();
     let result = client
         .create_table()
@@ -47,9 +46,7 @@ pub async fn create_table(client: &Client, name: &str) -> Result<TableOutcome, S
         .await;
     let outcome = match result {
         Ok(_) => TableOutcome::Created,
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {
-            TableOutcome::AlreadyExisted
-        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => TableOutcome::AlreadyExisted,
         Err(e) => return Err(sdk_error("create-table", name, e)),
     };
     wait_active(client, name).await?;
@@ -60,8 +57,7 @@ pub async fn create_table(client: &Client, name: &str) -> Result<TableOutcome, S
 async fn wait_active(client: &Client, name: &str) -> Result<(), StoreError> {
     let deadline = tokio::time::Instant::now() + ACTIVE_WAIT;
     loop {
-        let out =
-            client.describe_table().table_name(name).send().await.map_err(|e| sdk_error("describe-table", name, e))?;
+        let out = client.describe_table().table_name(name).send().await.map_err(|e| sdk_error("describe-table", name, e))?;
         if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
             return Ok(());
         }
@@ -73,8 +69,7 @@ async fn wait_active(client: &Client, name: &str) -> Result<(), StoreError> {
 }
 
 async fn ensure_ttl(client: &Client, name: &str) -> Result<(), StoreError> {
-    let out =
-        client.describe_time_to_live().table_name(name).send().await.map_err(|e| sdk_error("describe-ttl", name, e))?;
+    let out = client.describe_time_to_live().table_name(name).send().await.map_err(|e| sdk_error("describe-ttl", name, e))?;
     let current = out.time_to_live_description();
     let enabled = current
         .and_then(|d| d.time_to_live_status())

@@ -19,7 +19,13 @@ use tokio::runtime::Runtime;
 /// The timings every real-Postgres test uses: lease 4 s (renewed each second, margin 1.5 s),
 /// probe every 0.5 s, so failovers happen within seconds; validated like any configuration.
 pub fn short_timings() -> DynamicConfig {
-    let c = DynamicConfig { lease_ms: 4000, renew_interval_ms: 1000, safety_margin_ms: 1500, probe_interval_ms: 500, ..Default::default() };
+    let c = DynamicConfig {
+        lease_ms: 4000,
+        renew_interval_ms: 1000,
+        safety_margin_ms: 1500,
+        probe_interval_ms: 500,
+        ..Default::default()
+    };
     c.validate().unwrap();
     c
 }
@@ -69,15 +75,23 @@ impl Host {
         // Postgres no longer answers on its port (pg_isready exit 2 = no response).
         let isready = pg.bin_dir().join("pg_isready");
         let check = format!("{} -q -h 127.0.0.1 -p \"$PGDAEMON_FENCE_PG_PORT\" -t 2; test $? -eq 2", isready.display());
-        let fencers: Vec<Box<dyn Fencer>> =
-            vec![Box::new(HttpDemoteFencer::new(Duration::from_secs(5))), Box::new(CommandFencer::new(check, Duration::from_secs(5)))];
+        let fencers: Vec<Box<dyn Fencer>> = vec![
+            Box::new(HttpDemoteFencer::new(Duration::from_secs(5))),
+            Box::new(CommandFencer::new(check, Duration::from_secs(5))),
+        ];
         let ccfg = CoordinatorConfig { lock_lease_ms: config.lease_ms, ..CoordinatorConfig::default() };
-        let coordinator =
-            Coordinator::new(store.clone(), Arc::new(FenceChain::new(fencers)), SystemClock::new(), ccfg, format!("agent-{}", node.name));
+        let coordinator = Coordinator::new(
+            store.clone(),
+            Arc::new(FenceChain::new(fencers)),
+            SystemClock::new(),
+            ccfg,
+            format!("agent-{}", node.name),
+        );
         let (trigger, rx) = HostedTrigger::new();
         rt.spawn(hosted_loop(coordinator, cluster.to_string(), rx, Duration::from_millis(500)));
-        let runtime = AgentRuntime::new(store.clone(), LocalPostgres::new(pg_settings(pg, node)), SystemClock::new(), identity, config)
-            .with_trigger(Arc::new(trigger));
+        let runtime =
+            AgentRuntime::new(store.clone(), LocalPostgres::new(pg_settings(pg, node)), SystemClock::new(), identity, config)
+                .with_trigger(Arc::new(trigger));
         rt.spawn(async move {
             if let Err(e) = run(runtime, store, SystemClock::new(), listener, std::future::pending::<()>()).await {
                 eprintln!("agent stopped: {e:#}");
