@@ -173,7 +173,16 @@ impl<S: Store, C: Clock> LeaseClient<S, C> {
             let LeaseState::Held { lease, unchanged_for } = state else { unreachable!("only Held has no claim") };
             return Ok(AcquireOutcome::HeldByOther { owner: lease.owner, term: lease.term, unchanged_for });
         };
-        let term = term.unwrap_or_else(|| state.lease().map_or(1, |l| l.term + 1));
+        let term = match term {
+            Some(t) => t,
+            None => match state.lease() {
+                None => 1,
+                Some(l) => l.term.checked_add(1).ok_or_else(|| StoreError::Malformed {
+                    item: self.name.item_key().to_string(),
+                    reason: format!("term {} has no successor", l.term),
+                })?,
+            },
+        };
         let written_from = self.clock.monotonic();
         let lease = self.store.acquire_lease(&self.cluster, self.name, claim, &self.owner, term, self.lease_ms).await?;
         self.observer.reset();

@@ -301,6 +301,29 @@ pub enum RequestAction {
     Resume,
 }
 
+/// The stored (snake_case) name, for messages: a whole message is never lower-cased, which
+/// would mangle member names.
+impl std::fmt::Display for TransitionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransitionKind::Failover => "failover",
+            TransitionKind::Switchover => "switchover",
+        })
+    }
+}
+
+/// The stored (snake_case) name, for messages.
+impl std::fmt::Display for RequestAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RequestAction::Failover => "failover",
+            RequestAction::Switchover => "switchover",
+            RequestAction::Pause => "pause",
+            RequestAction::Resume => "resume",
+        })
+    }
+}
+
 /// A manual request waiting for the coordinator (`ClusterRecord.request`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManualRequest {

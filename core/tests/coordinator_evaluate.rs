@@ -856,6 +856,21 @@ fn new_term_exceeds_record_and_lease_terms() {
 }
 
 #[test]
+fn a_stored_term_without_successor_blocks_instead_of_wrapping() {
+    let mut w = World::primary_dead();
+    w.view.leader = Some(lease("n1", u64::MAX));
+    let d = w.eval();
+    assert_eq!(d.verdict, Verdict::Blocked, "{d:?}");
+    assert!(d.reason.contains("no term after 18446744073709551615"), "{}", d.reason);
+    w.view.leader = Some(lease("n1", 5));
+    w.record().term = u64::MAX;
+    w.request(RequestAction::Failover, None, false);
+    let d = w.eval();
+    let Action::Answer { outcome, .. } = &d.actions[0] else { panic!("{d:?}") };
+    assert!(!outcome.accepted && outcome.reason.contains("stored term is corrupt"), "{outcome:?}");
+}
+
+#[test]
 fn refusals_and_decisions_name_every_reason() {
     let mut w = World::primary_dead();
     w.member("n2").tags.nofailover = true;

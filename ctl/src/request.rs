@@ -26,12 +26,11 @@ pub fn precheck(view: &ClusterView, action: RequestAction, candidate: Option<&st
     };
     if let Some(q) = &record.request {
         return Err(format!(
-            "another request is pending ({:?} {}, id {}); wait for the coordinator to answer it",
+            "another request is pending ({} {}, id {}); wait for the coordinator to answer it",
             q.action,
             q.candidate.as_deref().unwrap_or(""),
             q.id
-        )
-        .to_lowercase());
+        ));
     }
     if matches!(action, RequestAction::Pause | RequestAction::Resume) {
         return Ok(());
@@ -189,7 +188,7 @@ pub async fn act(
     let request = ManualRequest { id: uuid::Uuid::new_v4().to_string(), action, candidate, force, requested_ms: now_ms() };
     submit(store, cluster, &request).await?;
     let outcome = wait_answer(store, cluster, &request.id, timeout).await?;
-    let verb = format!("{:?}", action).to_lowercase();
+    let verb = action.to_string();
     if !outcome.accepted {
         return Err(CtlError::Refused(format!("{verb}: {}", outcome.reason)));
     }

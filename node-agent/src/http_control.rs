@@ -108,7 +108,7 @@ pub async fn check_demote_term(api: &dyn AgentApi, term: u64) -> Result<(), u64>
     match tokio::time::timeout(TERM_READ_TIMEOUT, api.current_term()).await {
         Ok(Ok(current)) if current == term => Ok(()),
         Ok(Ok(current)) => Err(current.max(known)),
-        Ok(Err(_)) | Err(_) if term == known + 1 => {
+        Ok(Err(_)) | Err(_) if known.checked_add(1) == Some(term) => {
             tracing::warn!(term, known, "demote: the store cannot be read; accepting the one term after the last one seen");
             Ok(())
         }

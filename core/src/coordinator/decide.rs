@@ -143,7 +143,7 @@ fn refuse(req: &ManualRequest, reason: String) -> Decision {
             outcome: RequestOutcome { id: req.id.clone(), action: req.action, accepted: false, reason: reason.clone() },
             paused: None,
         },
-        format!("refused {:?} request {}: {reason}", req.action, req.id).to_lowercase(),
+        format!("refused {} request {}: {reason}", req.action, req.id),
     )
 }
 
@@ -210,7 +210,11 @@ fn handle_request(
         req.id,
         if req.force { ", forced" } else { "" }
     );
-    let transition = new_transition(view, record, kind, primary, candidate.clone(), reason.clone(), req.force, obs.now_wall_ms);
+    let transition =
+        match new_transition(view, record, kind, primary, candidate.clone(), reason.clone(), req.force, obs.now_wall_ms) {
+            Ok(t) => t,
+            Err(e) => return refuse(req, e),
+        };
     let answer = RequestOutcome {
         id: req.id.clone(),
         action: req.action,
@@ -254,11 +258,13 @@ fn new_transition(
     reason: String,
     forced: bool,
     now_ms: u64,
-) -> Transition {
+) -> Result<Transition, String> {
     // Above every term seen anywhere, so the candidate's lease acquisition always increases it.
     let lease_term = view.leader.as_ref().map_or(0, |l| l.term);
-    let term = record.term.max(lease_term) + 1;
-    Transition {
+    let seen = record.term.max(lease_term);
+    // Terms come from the store: a corrupt one must stop this cluster, not wrap around (S6).
+    let term = seen.checked_add(1).ok_or_else(|| format!("no term after {seen}: the stored term is corrupt"))?;
+    Ok(Transition {
         kind,
         step: TransitionStep::TermBumped,
         term,
@@ -273,7 +279,7 @@ fn new_transition(
         fenced_by: None,
         final_lsn: None,
         promote_lsn: None,
-    }
+    })
 }
 
 /// No transition, not paused: is the designated primary alive?
@@ -361,7 +367,7 @@ fn start_failover(
     match ctx.best() {
         Ok(candidate) => {
             let reason = format!("failover: {why}");
-            let t = new_transition(
+            match new_transition(
                 view,
                 record,
                 TransitionKind::Failover,
@@ -370,8 +376,10 @@ fn start_failover(
                 reason.clone(),
                 false,
                 obs.now_wall_ms,
-            );
-            Decision::act(Action::Begin { transition: t, answer: None }, format!("{reason}; candidate {candidate}"))
+            ) {
+                Ok(t) => Decision::act(Action::Begin { transition: t, answer: None }, format!("{reason}; candidate {candidate}")),
+                Err(e) => Decision::blocked(format!("{reason}; no promotion: {e}")),
+            }
         }
         Err(none) => Decision::blocked(format!("{why}; no promotion: no eligible candidate ({none})")),
     }
@@ -386,10 +394,7 @@ fn continue_transition(
 ) -> Decision {
     if let Some(req) = &record.request {
         // Leave the request pending? No: answer it, so the operator is not left guessing.
-        return refuse(
-            req,
-            format!("a {:?} to {} in term {} is in progress ({})", t.kind, t.candidate, t.term, step_name(t.step)).to_lowercase(),
-        );
+        return refuse(req, format!("a {} to {} in term {} is in progress ({})", t.kind, t.candidate, t.term, step_name(t.step)));
     }
     let age = obs.step_age.unwrap_or_default();
     match t.step {
@@ -405,10 +410,7 @@ fn continue_transition(
         }
         TransitionStep::Followed => {
             let entry = history_entry(t, obs.now_wall_ms);
-            Decision::act(
-                Action::Finish(entry),
-                format!("{:?} to {} in term {} complete", t.kind, t.candidate, t.term).to_lowercase(),
-            )
+            Decision::act(Action::Finish(entry), format!("{} to {} in term {} complete", t.kind, t.candidate, t.term))
         }
     }
 }
@@ -825,4 +827,29 @@ pub fn apply(record: &ClusterRecord, action: &Action, now_ms: u64) -> Option<Clu
         Action::Finish(_) => r.transition = None,
     }
     Some(r)
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::*;
+
+    #[test]
+    fn messages_keep_member_names_as_written() {
+        let req = ManualRequest {
+            id: "R1".into(),
+            action: RequestAction::Switchover,
+            candidate: Some("Db-East".into()),
+            force: false,
+            requested_ms: 0,
+        };
+        let d = refuse(&req, "Db-East is not streaming".into());
+        assert_eq!(d.reason, "refused switchover request R1: Db-East is not streaming");
+        // Display is the stored name, so messages and records agree.
+        for kind in [TransitionKind::Failover, TransitionKind::Switchover] {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{kind}\""));
+        }
+        for action in [RequestAction::Failover, RequestAction::Switchover, RequestAction::Pause, RequestAction::Resume] {
+            assert_eq!(serde_json::to_string(&action).unwrap(), format!("\"{action}\""));
+        }
+    }
 }
