@@ -16,6 +16,12 @@ use tokio::process::Command;
 
 use crate::process;
 
+/// One column of a row: a type or NULL surprise is an error of this call, never a panic (the
+/// probe runs in the agent's loop).
+fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a tokio_postgres::Row, i: usize) -> Result<T, PgError> {
+    row.try_get(i).map_err(|e| PgError::Query(format!("unexpected value in column {i}: {e}")))
+}
+
 /// How long a start waits for a killed postmaster to be reaped (see `wait_reaped`).
 const ZOMBIE_REAP_WAIT: Duration = Duration::from_secs(5);
 
@@ -235,7 +241,7 @@ impl LocalPostgres {
     async fn in_recovery(&self) -> Result<bool, PgError> {
         let client = self.connect().await?;
         let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(query_err)?;
-        Ok(row.get(0))
+        col(&row, 0)
     }
 
     /// Waits (bounded) until the server answers with the wanted recovery state.
@@ -454,7 +460,7 @@ impl LocalPostgres {
         let q = "SELECT COALESCE(max(('x' || substr(name, 1, 8))::bit(32)::int), 0) \
                  FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'";
         match client.query_one(q, &[]).await {
-            Ok(row) => row.get::<_, i32>(0) as u32,
+            Ok(row) => col::<i32>(&row, 0).unwrap_or(0) as u32,
             Err(e) => {
                 tracing::debug!(error = %pg_err(&e), "listing pg_wal for the received timeline");
                 0
@@ -463,7 +469,7 @@ impl LocalPostgres {
     }
 
     async fn probe_running(&self, client: &tokio_postgres::Client, probe: &mut PgProbe) -> Result<(), PgError> {
-        let recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(query_err)?.get(0);
+        let recovery: bool = col(&client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(query_err)?, 0)?;
         probe.running = true;
         probe.role = if recovery { Role::Replica } else { Role::Primary };
         if !recovery {
@@ -478,10 +484,10 @@ impl LocalPostgres {
                 )
                 .await
                 .map_err(query_err)?;
-            probe.sync_standby_names = Some(row.get(0));
-            probe.write_lsn = lsn(row.get(1));
-            probe.flush_lsn = lsn(row.get(2));
-            probe.timeline = row.get::<_, i32>(3) as u32;
+            probe.sync_standby_names = Some(col(&row, 0)?);
+            probe.write_lsn = lsn(col(&row, 1)?);
+            probe.flush_lsn = lsn(col(&row, 2)?);
+            probe.timeline = col::<i32>(&row, 3)? as u32;
             let rows = client
                 .query(
                     "SELECT COALESCE(application_name, ''), COALESCE(state, ''), COALESCE(sync_state, ''), \
@@ -492,19 +498,21 @@ impl LocalPostgres {
                 .map_err(query_err)?;
             probe.replication = rows
                 .iter()
-                .map(|r| ReplicationRow {
-                    application_name: r.get(0),
-                    state: r.get(1),
-                    sync_state: r.get(2),
-                    flush_lsn: lsn(r.get(3)),
-                    replay_lsn: lsn(r.get(4)),
+                .map(|r| {
+                    Ok(ReplicationRow {
+                        application_name: col(r, 0)?,
+                        state: col(r, 1)?,
+                        sync_state: col(r, 2)?,
+                        flush_lsn: lsn(col(r, 3)?),
+                        replay_lsn: lsn(col(r, 4)?),
+                    })
                 })
-                .collect();
+                .collect::<Result<_, PgError>>()?;
             let slots = client
                 .query("SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'", &[])
                 .await
                 .map_err(query_err)?;
-            probe.slots = slots.iter().map(|r| r.get(0)).collect();
+            probe.slots = slots.iter().map(|r| col(r, 0)).collect::<Result<_, _>>()?;
         } else {
             let row = client
                 .query_one(
@@ -517,25 +525,25 @@ impl LocalPostgres {
                 )
                 .await
                 .map_err(query_err)?;
-            probe.receive_lsn = lsn(row.get(0));
-            probe.replay_lsn = lsn(row.get(1));
-            probe.replay_age = Some(Duration::from_secs_f64(row.get::<_, f64>(2).max(0.0)));
-            let mut upstream = parse_conninfo(row.get::<_, String>(3).as_str());
-            let slot: String = row.get(4);
+            probe.receive_lsn = lsn(col(&row, 0)?);
+            probe.replay_lsn = lsn(col(&row, 1)?);
+            probe.replay_age = Some(Duration::from_secs_f64(col::<f64>(&row, 2)?.max(0.0)));
+            let mut upstream = parse_conninfo(col::<String>(&row, 3)?.as_str());
+            let slot: String = col(&row, 4)?;
             upstream.slot = (!slot.is_empty()).then_some(slot);
             probe.upstream = Some(upstream);
-            probe.timeline = row.get::<_, i32>(5) as u32;
+            probe.timeline = col::<i32>(&row, 5)? as u32;
             let rows = client
                 .query("SELECT status, sender_host, sender_port, received_tli FROM pg_stat_wal_receiver", &[])
                 .await
                 .map_err(query_err)?;
             if let Some(r) = rows.first() {
-                let status: Option<String> = r.get(0);
+                let status: Option<String> = col(r, 0)?;
                 probe.streaming = status.as_deref() == Some("streaming");
-                let host: Option<String> = r.get(1);
-                let port: Option<i32> = r.get(2);
+                let host: Option<String> = col(r, 1)?;
+                let port: Option<i32> = col(r, 2)?;
                 probe.streaming_from = host.map(|h| format!("{h}:{}", port.unwrap_or(5432)));
-                if let Some(tli) = r.get::<_, Option<i32>>(3) {
+                if let Some(tli) = col::<Option<i32>>(r, 3)? {
                     probe.timeline = probe.timeline.max(tli as u32);
                 }
             }

@@ -18,6 +18,7 @@
 //! within one acknowledgement's validity once a failover starts.
 
 use std::collections::BTreeMap;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -254,9 +255,9 @@ impl AgentHandle {
     pub fn failsafe_ack(&self, req: &FailsafeRequest) -> FailsafeReply {
         let now = self.clock.monotonic();
         let snap = self.snapshot();
-        let mut fs = self.shared.failsafe.lock().unwrap();
+        let mut fs = self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner);
         // Lock order: failsafe, then lease_deadline (the loop never holds both the other way).
-        let holds = fs.claiming || self.shared.lease_deadline.lock().unwrap().is_some();
+        let holds = fs.claiming || self.shared.lease_deadline.lock().unwrap_or_else(PoisonError::into_inner).is_some();
         let facts = PeerFacts {
             cluster: &snap.cluster,
             member: &snap.member,
@@ -299,7 +300,7 @@ impl AgentHandle {
             return None;
         }
         let now = self.clock.monotonic();
-        let (term, valid_until) = (*self.shared.lease_deadline.lock().unwrap())?;
+        let (term, valid_until) = (*self.shared.lease_deadline.lock().unwrap_or_else(PoisonError::into_inner))?;
         if term <= self.shared.fenced_through() {
             return None;
         }
@@ -308,7 +309,7 @@ impl AgentHandle {
             return None; // renewals are on time
         }
         let members: Vec<(String, String)> = {
-            let mut fs = self.shared.failsafe.lock().unwrap();
+            let mut fs = self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner);
             if fs.tenure != term || !fs.published || fs.last_round.is_some_and(|t| now < t + cfg.probe_interval()) {
                 return None;
             }
@@ -326,7 +327,7 @@ impl AgentHandle {
         });
         let replies = futures::future::join_all(asks).await;
         let outcome = combine(now, cfg.safety_margin(), cfg.lease_ms, &replies);
-        let mut fs = self.shared.failsafe.lock().unwrap();
+        let mut fs = self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner);
         if fs.tenure == term {
             match &outcome {
                 RoundOutcome::Granted { until, .. } => fs.until = Some(fs.until.map_or(*until, |u| u.max(*until))),
@@ -341,7 +342,7 @@ impl AgentHandle {
     /// own clock, or on failsafe acknowledgements extending it; `None` when neither is valid
     /// (what a hardware watchdog is petted on, and how far).
     pub fn lease_valid_for(&self) -> Option<Duration> {
-        let deadline = *self.shared.lease_deadline.lock().unwrap();
+        let deadline = *self.shared.lease_deadline.lock().unwrap_or_else(PoisonError::into_inner);
         let (term, until) = deadline?;
         let left = self.deadline_with_failsafe(term, until).checked_sub(self.clock.monotonic())?;
         (!left.is_zero()).then_some(left)
@@ -350,7 +351,7 @@ impl AgentHandle {
     /// `until` (the held lease's own deadline for `term`) pushed out by failsafe acknowledgements.
     pub(super) fn deadline_with_failsafe(&self, term: u64, until: Duration) -> Duration {
         let now = self.clock.monotonic();
-        self.shared.failsafe.lock().unwrap().extension(term, now).map_or(until, |f| f.max(until))
+        self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner).extension(term, now).map_or(until, |f| f.max(until))
     }
 }
 

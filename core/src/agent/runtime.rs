@@ -1,7 +1,7 @@
 //! The agent's loop body: gather one snapshot, decide, execute, report.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -133,12 +133,12 @@ pub(super) struct Shared {
 
 impl Shared {
     pub(super) fn fenced_through(&self) -> u64 {
-        self.fence.lock().unwrap().0
+        self.fence.lock().unwrap_or_else(PoisonError::into_inner).0
     }
 
     /// From now on this agent refuses the leader lease for any term at or below `term`.
     fn fence_through(&self, term: u64, reason: &str) {
-        let mut fence = self.fence.lock().unwrap();
+        let mut fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
         if term >= fence.0 {
             *fence = (term, reason.to_string());
         }
@@ -158,7 +158,7 @@ impl AgentHandle {
     /// `fenced_through` (so `/primary` turns 503 the moment a fence arrives, not a loop later).
     pub fn snapshot(&self) -> AgentSnapshot {
         let fenced = self.shared.fenced_through();
-        let mut s = self.shared.snapshot.lock().unwrap().clone();
+        let mut s = self.shared.snapshot.lock().unwrap_or_else(PoisonError::into_inner).clone();
         s.fenced_through = s.fenced_through.max(fenced);
         s
     }
@@ -166,7 +166,7 @@ impl AgentHandle {
     /// The agent holds a leader lease still valid now by its own clock and Postgres was primary
     /// at the last probe (Patroni's `/primary` 200).
     pub fn is_leader(&self) -> bool {
-        let s = self.shared.snapshot.lock().unwrap();
+        let s = self.shared.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
         s.role == Role::Primary && s.lease_valid_until.is_some_and(|until| self.clock.monotonic() < until)
     }
 
@@ -176,7 +176,7 @@ impl AgentHandle {
     /// read-write, demote now. Returns whether it demoted. The loop itself checks the same
     /// deadline each tick; this covers a tick that does not come back in time.
     pub async fn enforce_lease_deadline(&self) -> Result<bool, DemoteError> {
-        let Some((term, until)) = *self.shared.lease_deadline.lock().unwrap() else {
+        let Some((term, until)) = *self.shared.lease_deadline.lock().unwrap_or_else(PoisonError::into_inner) else {
             return Ok(false);
         };
         // Failsafe: every member's acknowledgement extends the deadline (docs/failsafe.md).
@@ -185,7 +185,7 @@ impl AgentHandle {
             return Ok(false);
         }
         // Re-check: a renewal may have landed while probing.
-        let now_deadline = *self.shared.lease_deadline.lock().unwrap();
+        let now_deadline = *self.shared.lease_deadline.lock().unwrap_or_else(PoisonError::into_inner);
         let still = now_deadline.is_some_and(|(t, u)| t == term && self.clock.monotonic() >= self.deadline_with_failsafe(t, u));
         if !still {
             return Ok(false);
@@ -202,7 +202,7 @@ impl AgentHandle {
     /// snapshot now and reported as an event at the loop's next tick.
     fn count_external_demotion(&self) {
         self.shared.external_demotions.fetch_add(1, Ordering::Relaxed);
-        self.shared.snapshot.lock().unwrap().counters.demotions += 1;
+        self.shared.snapshot.lock().unwrap_or_else(PoisonError::into_inner).counters.demotions += 1;
     }
 
     /// Demotes under the Postgres lock and verifies Postgres no longer accepts writes. With
@@ -233,7 +233,7 @@ impl AgentHandle {
         tracing::warn!(term, reason, "demotion requested");
         let lsn = self.demote_locked(true).await?;
         self.count_external_demotion();
-        let mut s = self.shared.snapshot.lock().unwrap();
+        let mut s = self.shared.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
         s.fenced_through = s.fenced_through.max(term);
         Ok(lsn)
     }
@@ -376,7 +376,11 @@ where
                     self.seq = self.seq.max(own.seq);
                 }
                 if let Some(h) = &self.held {
-                    self.shared.failsafe.lock().unwrap().note_view(&self.identity.member, h.lease.term, &view);
+                    self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner).note_view(
+                        &self.identity.member,
+                        h.lease.term,
+                        &view,
+                    );
                 }
                 (StoreRead::Ok(view), Some(state))
             }
@@ -413,7 +417,7 @@ where
             primary_start_failure: self.primary_start_failure.clone(),
             last_run_request: self.last_run_request,
             leader_seen,
-            failsafe: self.shared.failsafe.lock().unwrap().input(
+            failsafe: self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner).input(
                 after_read,
                 self.config.failsafe_mode,
                 self.held.as_ref().map(|h| h.lease.term),
@@ -494,9 +498,10 @@ where
     /// Publishes the held lease's deadline for [`AgentHandle::enforce_lease_deadline`].
     fn sync_lease_deadline(&self) {
         let margin = self.config.safety_margin();
-        *self.shared.lease_deadline.lock().unwrap() = self.held.as_ref().map(|h| (h.lease.term, h.valid_until(margin)));
+        *self.shared.lease_deadline.lock().unwrap_or_else(PoisonError::into_inner) =
+            self.held.as_ref().map(|h| (h.lease.term, h.valid_until(margin)));
         // After the deadline: an acknowledgement is refused while a lease is held or being claimed.
-        let mut fs = self.shared.failsafe.lock().unwrap();
+        let mut fs = self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner);
         fs.note_lease(self.held.as_ref().map(|h| h.lease.term));
         fs.end_claim();
     }
@@ -520,7 +525,7 @@ where
             events.emit(ev(EventKind::LeaseLost, lease_term, format!("leader lease of term {lease_term} not renewed: {reason}")));
         }
         if new_external {
-            let (term, why) = self.shared.fence.lock().unwrap().clone();
+            let (term, why) = self.shared.fence.lock().unwrap_or_else(PoisonError::into_inner).clone();
             events.emit(ev(EventKind::Demoted, term, format!("demoted on request: {why}")));
         }
         for o in outcomes.iter().filter(|o| o.error.is_none()) {
@@ -537,7 +542,7 @@ where
         let now = self.clock.monotonic();
         self.held.as_ref().is_some_and(|h| {
             h.is_valid(now, self.config.safety_margin())
-                || self.shared.failsafe.lock().unwrap().extension(h.lease.term, now).is_some()
+                || self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner).extension(h.lease.term, now).is_some()
         })
     }
 
@@ -620,7 +625,7 @@ where
                     return Err(format!("refused: told to demote through term {fence}"));
                 }
                 // A failsafe promise to another primary forbids the claim (ended by sync_lease_deadline).
-                self.shared.failsafe.lock().unwrap().begin_claim(self.clock.monotonic())?;
+                self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner).begin_claim(self.clock.monotonic())?;
                 let claim = match takeover_rvn {
                     Some(rvn) => LeaseClaim::Takeover { observed_rvn: rvn },
                     None => LeaseClaim::Free,
@@ -640,7 +645,7 @@ where
                 }
             }
             AgentAction::AdoptLease { lease } => {
-                self.shared.failsafe.lock().unwrap().begin_claim(self.clock.monotonic())?;
+                self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner).begin_claim(self.clock.monotonic())?;
                 let written_from = self.clock.monotonic();
                 match self.store.renew_lease(&cluster, LeaseName::Leader, lease).await {
                     Ok(lease) => {
@@ -753,7 +758,7 @@ where
                     self.counters.heartbeat_failures += 1;
                 } else if let (Some(_), Some(h)) = (&status.failsafe_members, &self.held) {
                     // Candidates can now see whom this primary asks (docs/failsafe.md).
-                    self.shared.failsafe.lock().unwrap().note_published(h.lease.term);
+                    self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner).note_published(h.lease.term);
                 }
                 result
             }
@@ -776,7 +781,7 @@ where
                 _ => None,
             },
         );
-        let mut s = self.shared.snapshot.lock().unwrap();
+        let mut s = self.shared.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
         s.role = if probe.running { probe.role } else { Role::Unknown };
         s.pg_running = probe.running;
         s.holds_lease = self.held.is_some();
