@@ -21,7 +21,6 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Role;
-use crate::store::{Store, StoreError};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -270,40 +269,8 @@ impl RetryPolicy {
     }
 }
 
-/// The store's event log as a sink ([`Store::append_event`]). Logged events get a TTL of
-/// `retention` (DynamoDB deletes them after it; other backends keep them).
-pub struct StoreSink<S> {
-    store: S,
-    retention: Duration,
-}
-
-impl<S: Store> StoreSink<S> {
-    pub fn new(store: S, retention: Duration) -> Self {
-        StoreSink { store, retention }
-    }
-}
-
 /// Default retention of logged events: 30 days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
-
-#[async_trait]
-impl<S: Store> EventSink for StoreSink<S> {
-    fn name(&self) -> &str {
-        "store"
-    }
-
-    async fn deliver(&self, event: &Event) -> Result<(), SinkError> {
-        let mut e = event.clone();
-        if e.expire_at.is_none() {
-            e.expire_at = Some(e.time_ms / 1000 + self.retention.as_secs());
-        }
-        match self.store.append_event(&event.cluster, &e).await {
-            Ok(()) => Ok(()),
-            Err(err @ StoreError::Unavailable(_)) => Err(SinkError::retryable(err.to_string())),
-            Err(err) => Err(SinkError::permanent(err.to_string())),
-        }
-    }
-}
 
 /// The health of one member or monitored endpoint, as one observer sees it at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,11 @@
 //! The state store ("DCS") contract. Every backend (memory, DynamoDB, etcd) implements [`Store`]
 //! and must pass the one conformance suite in [`crate::conformance`].
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
-use crate::events::Event;
+use crate::events::{Event, EventSink, SinkError};
 use crate::model::{ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseName, MemberStatus};
 
 /// Why a store call did not succeed. Callers must treat the three kinds differently: a
@@ -202,5 +204,37 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<Event>, StoreError> {
         (**self).read_events(cluster, since_ms).await
+    }
+}
+
+/// The store's event log as a sink ([`Store::append_event`]). Logged events get a TTL of
+/// `retention` (DynamoDB deletes them after it; other backends keep them).
+pub struct StoreSink<S> {
+    store: S,
+    retention: Duration,
+}
+
+impl<S: Store> StoreSink<S> {
+    pub fn new(store: S, retention: Duration) -> Self {
+        StoreSink { store, retention }
+    }
+}
+
+#[async_trait]
+impl<S: Store> EventSink for StoreSink<S> {
+    fn name(&self) -> &str {
+        "store"
+    }
+
+    async fn deliver(&self, event: &Event) -> Result<(), SinkError> {
+        let mut e = event.clone();
+        if e.expire_at.is_none() {
+            e.expire_at = Some(e.time_ms / 1000 + self.retention.as_secs());
+        }
+        match self.store.append_event(&event.cluster, &e).await {
+            Ok(()) => Ok(()),
+            Err(err @ StoreError::Unavailable(_)) => Err(SinkError::retryable(err.to_string())),
+            Err(err) => Err(SinkError::permanent(err.to_string())),
+        }
     }
 }

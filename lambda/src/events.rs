@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sns::types::MessageAttributeValue;
-use pgdaemon_core::events::{Collector, Event, EventSink, RetryPolicy, SinkError, StoreSink, DEFAULT_RETENTION};
+use pgdaemon_core::events::{Collector, Event, EventSink, RetryPolicy, SinkError, DEFAULT_RETENTION};
+use pgdaemon_core::store::StoreSink;
 use pgdaemon_core::{Clock, Store};
 use serde_json::Value;
 

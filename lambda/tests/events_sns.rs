@@ -6,7 +6,8 @@
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_sns::config::{BehaviorVersion, Credentials, Region};
-use pgdaemon_core::events::{Event, EventEmitter, EventKind, EventSink, StoreSink, DEFAULT_RETENTION};
+use pgdaemon_core::events::{Event, EventEmitter, EventKind, EventSink, DEFAULT_RETENTION};
+use pgdaemon_core::store::StoreSink;
 use pgdaemon_core::{MemoryStore, Store};
 use pgdaemon_lambda::events::{Events, SnsSink};
 use pgdaemon_testkit::engines::MotoServer;

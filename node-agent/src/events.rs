@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use pgdaemon_core::events::{Event, EventEmitter, EventSink, RetryPolicy, SinkError, StoreSink, DEFAULT_RETENTION};
+use pgdaemon_core::events::{Event, EventEmitter, EventSink, RetryPolicy, SinkError, DEFAULT_RETENTION};
+use pgdaemon_core::store::StoreSink;
 use pgdaemon_core::{ConfigError, Store};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
