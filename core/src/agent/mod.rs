@@ -8,6 +8,7 @@
 
 mod decide;
 mod failsafe;
+mod failsafe_handle;
 mod runtime;
 pub mod sync;
 
