@@ -14,6 +14,9 @@ use pgdaemon_core::keys::{validate_cluster_name, validate_member_name};
 use pgdaemon_core::{ConfigError, DynamicConfig, MemberTags, StoreConfig};
 use serde::{Deserialize, Serialize};
 
+pub use crate::logging::LogFormat;
+use crate::secrets::{load_ssm_secret, read_password_file, Secret, SecretError};
+
 /// The whole agent configuration (the top level of the TOML file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +122,20 @@ pub struct PostgresConfig {
     pub parameters: BTreeMap<String, ParamValue>,
 }
 
+impl PostgresConfig {
+    /// The replication password as configured: `Ok(None)` when neither source is set (trust or
+    /// certificate authentication).
+    pub async fn replication_password(&self) -> Result<Option<Secret>, SecretError> {
+        if let Some(path) = &self.password_file {
+            return read_password_file(path).map(Some);
+        }
+        match &self.ssm_parameter {
+            None => Ok(None),
+            Some(name) => load_ssm_secret(name).await.map(Some),
+        }
+    }
+}
+
 /// A server setting's value as written in TOML (`max_connections = 100`, `wal_level = "replica"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -164,14 +181,6 @@ pub struct CoordinatorConfig {
     /// invoke. Unset and not hosting: no fast path (the schedule alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lambda_function: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    #[default]
-    Human,
-    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,7 +29,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::{header, StatusCode};
@@ -37,62 +36,19 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
-use pgdaemon_core::agent::{AgentSnapshot, DemoteError, FailsafeReply, FailsafeRequest};
-use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Lsn, Role, StoreError};
+use pgdaemon_core::agent::AgentSnapshot;
+use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Role, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api_security::{url_host, ApiSecurity, Denied, ServerLimits};
+use crate::api_state::error_response;
+pub use crate::api_state::{AgentApi, ApiState};
 use crate::http_control;
-use crate::metrics::{self, role_name, LoopStats};
+use crate::metrics::{self, role_name};
 
 /// Largest request body accepted (413 beyond): the requests are small JSON objects.
 pub const MAX_BODY_BYTES: usize = 4096;
-
-/// What the HTTP API needs from a running agent. The real implementation wraps the runtime's
-/// `AgentHandle` and the store (see `run`); tests use a fake.
-///
-/// Obligations: `snapshot` is cheap and never blocks on I/O (health checks call it many times a
-/// second); `demote` returns `Ok` only once Postgres no longer accepts writes; `cluster_view` and
-/// `history` read the store (or a recent copy of it) and report its errors unchanged.
-#[async_trait]
-pub trait AgentApi: Send + Sync + 'static {
-    fn snapshot(&self) -> AgentSnapshot;
-    async fn demote(&self, term: u64, reason: &str) -> Result<(), DemoteError>;
-    /// [`Self::demote`], also returning the stopped server's final WAL position when known
-    /// (`PgControl::final_position`). Default: `demote` and no position.
-    async fn demote_with_position(&self, term: u64, reason: &str) -> Result<Option<Lsn>, DemoteError> {
-        self.demote(term, reason).await.map(|()| None)
-    }
-    async fn cluster_view(&self) -> Result<ClusterView, StoreError>;
-    async fn history(&self) -> Result<Vec<HistoryEntry>, StoreError>;
-    /// The cluster record's term as the store holds it now (a fresh read; `/demote` checks a
-    /// term ahead of the agent's last view against it). Default: through `cluster_view`.
-    async fn current_term(&self) -> Result<u64, StoreError> {
-        Ok(self.cluster_view().await?.cluster.map_or(0, |c| c.term))
-    }
-    /// The member side of failsafe mode (`POST /failsafe`): judge and, when acknowledging, record
-    /// the promise before answering; never blocks on I/O. Default: refuse (no failsafe support).
-    fn failsafe(&self, req: &FailsafeRequest) -> FailsafeReply {
-        FailsafeReply {
-            member: self.snapshot().member,
-            ack: false,
-            valid_ms: 0,
-            term: self.snapshot().term,
-            reason: format!("{} does not take part in failsafe mode", req.cluster),
-        }
-    }
-}
-
-/// Shared state of the router.
-#[derive(Clone)]
-pub struct ApiState {
-    pub api: Arc<dyn AgentApi>,
-    /// The agent's clock: the one its lease validity is measured on.
-    pub clock: Arc<dyn Clock>,
-    pub stats: Arc<LoopStats>,
-    pub version: String,
-}
 
 /// The API router without any access control ([`ApiSecurity::insecure`]): for library callers
 /// and tests that build their own server. The agent process uses [`serve_with`] and the
@@ -291,10 +247,6 @@ pub fn parse_lag(text: &str) -> Result<u64, String> {
     } else {
         number.parse::<u64>().ok().and_then(|n| n.checked_mul(factor)).ok_or_else(bad)
     }
-}
-
-pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
 }
 
 /// The checks, evaluated on one snapshot at one instant.

@@ -13,7 +13,7 @@ use pgdaemon_core::agent::FailsafeRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::http::{error_response, AgentApi, ApiState};
+use crate::api_state::{error_response, AgentApi, ApiState};
 use crate::metrics::role_name;
 
 /// `POST /demote` body.

@@ -4,6 +4,7 @@ pub mod postgres;
 mod process;
 // Agent shell (config, identity, secrets, HTTP API, run loop).
 pub mod api_security;
+mod api_state;
 pub mod config;
 pub mod http;
 pub mod http_control;

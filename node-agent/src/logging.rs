@@ -3,7 +3,16 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use serde::{Deserialize, Serialize};
+
+/// How log lines are written: for people, or one JSON object per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
 
 /// Checks a filter directive such as `info` or `pgdaemon_agent=debug,warn`.
 pub fn validate_filter(directives: &str) -> Result<(), String> {

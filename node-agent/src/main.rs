@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use pgdaemon_agent::config::{self, AgentConfig, LogFormat};
-use pgdaemon_agent::{logging, run, secrets};
+use pgdaemon_agent::{logging, run};
 
 #[derive(Debug, Parser)]
 #[command(name = "pgdaemon-agent", version, about = "pgdaemon node agent: one per PostgreSQL host")]
@@ -108,7 +108,7 @@ async fn check_config(path: &std::path::Path, cfg: &AgentConfig, env: &[(String,
     };
     if fetch || cfg.postgres.password_file.is_some() {
         // Reading proves the source works; the value itself is never printed.
-        let secret = secrets::load_replication_password(&cfg.postgres).await?;
+        let secret = cfg.postgres.replication_password().await?;
         println!("# replication password: {source}: {}", if secret.is_some() { "read (redacted)" } else { "not used" });
     } else {
         println!("# replication password: {source} (not fetched; --fetch-secrets reads it)");

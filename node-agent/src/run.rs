@@ -345,7 +345,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
         tracing::warn!(error = %e, "no EC2 identity from IMDS (set node.instance_id/availability_zone on non-EC2 hosts)");
     }
     tracing::info!(instance_id = ?host.instance_id, availability_zone = ?host.availability_zone, "host identity");
-    let password = crate::secrets::load_replication_password(&cfg.postgres).await.context("replication password")?;
+    let password = cfg.postgres.replication_password().await.context("replication password")?;
     // The API's access control, before anything binds or connects: a loose or missing secret
     // file, an unreadable token parameter, or an unauthenticated API on a non-loopback address
     // stops the start here. Read once: the server, the failsafe requests and the hosted

@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Serialize, Serializer};
 
-use crate::config::PostgresConfig;
-
 /// A secret string. Only [`Secret::expose`] reveals it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -132,18 +130,6 @@ pub fn check_ssm_parameter_name(name: &str) -> Result<(), String> {
         return Err(format!("{name:?} is not an SSM parameter name"));
     }
     Ok(())
-}
-
-/// The replication password as configured: `Ok(None)` when neither source is set (trust or
-/// certificate authentication).
-pub async fn load_replication_password(pg: &PostgresConfig) -> Result<Option<Secret>, SecretError> {
-    if let Some(path) = &pg.password_file {
-        return read_password_file(path).map(Some);
-    }
-    match &pg.ssm_parameter {
-        None => Ok(None),
-        Some(name) => load_ssm_secret(name).await.map(Some),
-    }
 }
 
 #[cfg(test)]
