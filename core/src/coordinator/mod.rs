@@ -21,6 +21,7 @@
 
 pub mod decide;
 pub mod driver;
+mod eligibility;
 pub mod observe;
 pub mod runner;
 
