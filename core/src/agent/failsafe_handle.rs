@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::failsafe::{
     combine, judge_request, FailsafePeers, FailsafePromise, FailsafeReply, FailsafeRequest, PeerFacts, RoundOutcome,
 };
-use super::runtime::AgentHandle;
+use super::handle::AgentHandle;
 
 impl AgentHandle {
     /// The member side of `POST /failsafe`: judges the request and, when acknowledging, records

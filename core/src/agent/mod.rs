@@ -9,6 +9,7 @@
 mod decide;
 mod failsafe;
 mod failsafe_handle;
+mod handle;
 mod runtime;
 pub mod sync;
 
@@ -19,7 +20,5 @@ pub use failsafe::{
     combine as combine_failsafe_replies, judge_request as judge_failsafe_request, FailsafeInput, FailsafePeers, FailsafePromise,
     FailsafeReply, FailsafeRequest, PeerFacts, RoundOutcome,
 };
-pub use runtime::{
-    ActionOutcome, AgentCounters, AgentHandle, AgentRuntime, AgentSnapshot, CoordinatorTrigger, DemoteError, TickReport,
-    TriggerError,
-};
+pub use handle::{AgentCounters, AgentHandle, AgentSnapshot, DemoteError};
+pub use runtime::{ActionOutcome, AgentRuntime, CoordinatorTrigger, TickReport, TriggerError};
