@@ -331,6 +331,11 @@ impl Cluster {
             let text = std::fs::read_to_string(&a.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             s.push_str(&format!("--- {n} agent log (tail)\n{}\n", lines[lines.len().saturating_sub(30)..].join("\n")));
+            // The server's own account of role changes (promotions, restarts), for a failure that
+            // the agent logs do not explain.
+            let pg_log = self.pg.log(n);
+            let pg_lines: Vec<&str> = pg_log.lines().collect();
+            s.push_str(&format!("--- {n} postgres log (tail)\n{}\n", pg_lines[pg_lines.len().saturating_sub(15)..].join("\n")));
         }
         s
     }
