@@ -7,7 +7,6 @@
 //! postmaster alone (restart in place), and of an unrestartable one (hand-over). Each drill
 //! prints how long it took.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pgdaemon_core::LeaseName;
@@ -174,14 +173,23 @@ async fn drills(backend: Backend, name: &str) {
     d.pg.sql(&serving, "INSERT INTO drill_rows SELECT generate_series(351, 400)").unwrap();
     d.wait_replayed(&serving, Duration::from_secs(30)).await.unwrap();
     let control = d.pg.node(&serving).data_dir.join("global/pg_control");
-    let chmod = |mode: &str| assert!(Command::new("chmod").arg(mode).arg(&control).status().unwrap().success());
-    chmod("000");
+    let chmod = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&control, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}\n{}", control.display(), d.logs()))
+    };
+    chmod(0o000);
     d.pg.kill9(&serving).unwrap();
     let killed = Instant::now();
     let successor = sole_writable(&d, Some(&serving), "the kill of an unrestartable primary").await;
     eprintln!("[{backend:?}] unrestartable {serving}: {successor} writable after {:.1} s", killed.elapsed().as_secs_f64());
     assert_eq!(rows(&d, &successor), 400);
-    chmod("600");
+    // Repaired, unless its agent already re-cloned it (pg_rewind cannot read the damaged
+    // pg_control either, so the rejoin may fall back to a basebackup that replaces the file).
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::metadata(&control).is_ok_and(|m| m.permissions().mode() & 0o777 == 0) {
+        chmod(0o600);
+    }
     d.wait_healthy(2, Duration::from_secs(90)).await.unwrap();
     lap(backend, "8 unrestartable primary hands over", &mut t);
 }
