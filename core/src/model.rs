@@ -301,11 +301,11 @@ pub enum RequestAction {
     Resume,
 }
 
-/// The stored (snake_case) name, for messages: a whole message is never lower-cased, which
-/// would mangle member names.
+/// The stored (snake_case) name, for messages and tables (width and alignment apply): a whole
+/// message is never lower-cased, which would mangle member names.
 impl std::fmt::Display for TransitionKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             TransitionKind::Failover => "failover",
             TransitionKind::Switchover => "switchover",
         })
@@ -315,7 +315,7 @@ impl std::fmt::Display for TransitionKind {
 /// The stored (snake_case) name, for messages.
 impl std::fmt::Display for RequestAction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             RequestAction::Failover => "failover",
             RequestAction::Switchover => "switchover",
             RequestAction::Pause => "pause",

@@ -5,9 +5,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use pgdaemon_core::{
-    ClusterRecord, ClusterView, ManualRequest, RequestAction, RequestOutcome, Store, StoreError, TransitionKind,
-};
+use pgdaemon_core::{ClusterRecord, ClusterView, ManualRequest, RequestAction, RequestOutcome, Store, StoreError};
 
 use crate::table::now_ms;
 use crate::CtlError;
@@ -39,12 +37,7 @@ pub fn precheck(view: &ClusterView, action: RequestAction, candidate: Option<&st
         return Err("the cluster is paused: resume it first (pgdctl resume)".into());
     }
     if let Some(t) = &record.transition {
-        return Err(format!(
-            "a {} to {} (term {}) is already in progress",
-            if t.kind == TransitionKind::Failover { "failover" } else { "switchover" },
-            t.candidate,
-            t.term
-        ));
+        return Err(format!("a {} to {} (term {}) is already in progress", t.kind, t.candidate, t.term));
     }
     if action == RequestAction::Switchover && record.primary.is_none() {
         return Err("switchover needs a running primary and none is designated; use failover".into());

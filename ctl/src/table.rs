@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pgdaemon_core::events::Event;
-use pgdaemon_core::{ClusterView, HistoryEntry, MemberStatus, Role, TransitionKind};
+use pgdaemon_core::{ClusterView, HistoryEntry, MemberStatus, Role};
 use serde_json::json;
 
 /// Wall-clock now in ms since the epoch (display only: liveness is never judged by it).
@@ -140,7 +140,7 @@ pub fn member_table(cluster: &str, view: &ClusterView, now_ms: u64) -> String {
                 let _ = writeln!(
                     s,
                     "  {} in progress: {} -> {} (term {}, step {:?}, {:.1}s): {}",
-                    kind_name(t.kind),
+                    t.kind,
                     t.old_primary.as_deref().unwrap_or("(none)"),
                     t.candidate,
                     t.term,
@@ -216,13 +216,6 @@ pub fn member_table(cluster: &str, view: &ClusterView, now_ms: u64) -> String {
     s
 }
 
-fn kind_name(k: TransitionKind) -> &'static str {
-    match k {
-        TransitionKind::Failover => "failover",
-        TransitionKind::Switchover => "switchover",
-    }
-}
-
 /// `list --json`: the record, the lease and every heartbeat, as stored.
 pub fn view_json(cluster: &str, view: &ClusterView) -> serde_json::Value {
     json!({
@@ -247,7 +240,7 @@ pub fn history_table(history: &[HistoryEntry]) -> String {
             s,
             "{:>5}  {:<10}  {:<12}  {:<12}  {:<12}  {:>8.2}s  {}",
             h.term,
-            kind_name(h.kind),
+            h.kind,
             h.old_primary.as_deref().unwrap_or("-"),
             h.new_primary,
             h.lsn.map_or("-".to_string(), |l| l.to_string()),

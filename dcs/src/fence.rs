@@ -135,7 +135,7 @@ impl Fencer for CommandFencer {
             .env("PGDAEMON_FENCE_CLUSTER", &target.cluster)
             .env("PGDAEMON_FENCE_MEMBER", &target.member)
             .env("PGDAEMON_FENCE_TERM", target.term.to_string())
-            .env("PGDAEMON_FENCE_KIND", format!("{:?}", target.kind).to_lowercase())
+            .env("PGDAEMON_FENCE_KIND", target.kind.to_string())
             .env("PGDAEMON_FENCE_INSTANCE_ID", target.instance_id.as_deref().unwrap_or(""))
             .env("PGDAEMON_FENCE_API_URL", &target.api_url)
             .env("PGDAEMON_FENCE_PG_HOST", &target.pg_host)

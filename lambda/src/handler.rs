@@ -88,7 +88,7 @@ pub fn check_invoked_via(request: &Request, invoked_function_arn: &str) -> Resul
     let what = match request {
         Request::Scheduled => "a scheduled event".to_string(),
         Request::Status { .. } => "\"status\"".to_string(),
-        Request::Manual { action, .. } => format!("{:?}", format!("{action:?}").to_lowercase()),
+        Request::Manual { action, .. } => format!("\"{action}\""),
         Request::Evaluate { .. } => unreachable!("allowed above"),
     };
     Err(HandlerError::Refused(format!(
@@ -277,7 +277,7 @@ where
         let report = self.drive(cluster).await;
         let mut out = report_json(&report);
         let answered = report.record.as_ref().and_then(|r| r.last_request.as_ref()).filter(|o| o.id == id);
-        out["action"] = json!(format!("{action:?}").to_lowercase());
+        out["action"] = json!(action.to_string());
         out["request_id"] = json!(id);
         match answered {
             Some(o) => {

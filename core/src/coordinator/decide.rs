@@ -204,12 +204,7 @@ fn handle_request(
             Err(why) => return refuse(req, format!("no eligible candidate: {why}")),
         },
     };
-    let reason = format!(
-        "manual {} requested ({}){}",
-        if kind == TransitionKind::Failover { "failover" } else { "switchover" },
-        req.id,
-        if req.force { ", forced" } else { "" }
-    );
+    let reason = format!("manual {} requested ({}){}", kind, req.id, if req.force { ", forced" } else { "" });
     let transition =
         match new_transition(view, record, kind, primary, candidate.clone(), reason.clone(), req.force, obs.now_wall_ms) {
             Ok(t) => t,
@@ -713,7 +708,8 @@ mod message_tests {
         };
         let d = refuse(&req, "Db-East is not streaming".into());
         assert_eq!(d.reason, "refused switchover request R1: Db-East is not streaming");
-        // Display is the stored name, so messages and records agree.
+        // Display is the stored name, so messages and records agree, and it pads in tables.
+        assert_eq!(format!("{:<11}|", TransitionKind::Failover), "failover   |");
         for kind in [TransitionKind::Failover, TransitionKind::Switchover] {
             assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{kind}\""));
         }

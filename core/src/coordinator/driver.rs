@@ -404,7 +404,7 @@ fn step_event(cluster: &str, view: &ClusterView, action: &Action, reason: &str, 
             now_ms,
             format!(
                 "{} {} -> {} done in {} ms: {}",
-                if h.kind == TransitionKind::Failover { "failover" } else { "switchover" },
+                h.kind,
                 h.old_primary.as_deref().unwrap_or("-"),
                 h.new_primary,
                 h.finished_ms.saturating_sub(h.started_ms),
