@@ -27,25 +27,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use pgdaemon_core::{ClusterRecord, ClusterView, DynamicConfig, HistoryEntry, Store, StoreConfig};
+use pgdaemon_core::{ClusterRecord, ClusterView, HistoryEntry, Store, StoreConfig};
 use pgdaemon_localstack_tests::{wait_until, LocalLambda, Proc, Relay, Stack};
 use pgdaemon_testkit::ports::free_port;
 use pgdaemon_testkit::postgres::{postgres_available, PgCluster, PgNode};
 use serde_json::{json, Value};
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
-
-fn dynamic() -> DynamicConfig {
-    let c = DynamicConfig {
-        lease_ms: 4000,
-        renew_interval_ms: 1000,
-        safety_margin_ms: 1500,
-        probe_interval_ms: 500,
-        ..Default::default()
-    };
-    c.validate().expect("test timings are valid");
-    c
-}
 
 /// One agent process and what it was started with.
 struct Agent {
@@ -179,7 +167,7 @@ impl World {
     fn agent_config(&self, node: &PgNode, instance_id: &str, api_port: u16) -> String {
         let pg_bin = self.pg.bin_dir().display().to_string();
         let run_as = self.pg.run_as().map(|u| format!("run_as = \"{u}\"\n")).unwrap_or_default();
-        let d = dynamic();
+        let d = pgdaemon_testkit::short_timings();
         format!(
             r#"cluster = "{cluster}"
 
@@ -394,7 +382,7 @@ async fn setup(stack: Stack) -> Result<World> {
     pg.add_replica("n3", "n1")?;
     // The cluster record, as `pgdctl` bootstraps it: n1 is the primary of term 1.
     let cluster = stack.cluster.clone();
-    let mut bootstrap = ClusterRecord::bootstrap("n1", dynamic());
+    let mut bootstrap = ClusterRecord::bootstrap("n1", pgdaemon_testkit::short_timings());
     if let Some(old) = store.read_cluster(&cluster).await? {
         bail!("the table already holds cluster {cluster} (term {}): use a fresh stack", old.term);
     }
@@ -694,7 +682,7 @@ async fn untagged_instance_is_not_fenced(w: &mut World) -> Result<()> {
     let run = run.with_context(|| format!("no coordinator run refused {untagged} within 45 s"))?;
     w.log(format!("refused {:.1}s after the kill: {}", t.elapsed().as_secs_f64(), run.chars().take(400).collect::<String>()));
     // One more fast-path round (a lease duration) must not change the answer.
-    tokio::time::sleep(Duration::from_millis(dynamic().lease_ms)).await;
+    tokio::time::sleep(Duration::from_millis(pgdaemon_testkit::short_timings().lease_ms)).await;
     let state = w.stack.instance_state(&untagged)?;
     ensure!(state == "running", "the untagged instance was touched: {state}");
     for r in &replicas {

@@ -18,7 +18,7 @@ use pgdaemon_core::{ClusterRecord, DynamicConfig, LeaseName, MemoryStore, Role, 
 use pgdaemon_testkit::postgres::{postgres_available, PgCluster, PgNode};
 
 fn config() -> DynamicConfig {
-    common::short_timings()
+    pgdaemon_testkit::short_timings()
 }
 
 fn cluster_name(test: &str) -> String {

@@ -254,7 +254,7 @@ async fn a_failover_reaches_every_sink_once() {
     const PREFIX: &str = "/pgdaemon-events-e2e";
     let cluster = format!("events-e2e-{}", std::process::id());
     let store = EtcdStore::connect(&[etcd.endpoint()], PREFIX).await.unwrap();
-    let dynamic = common::short_timings();
+    let dynamic = pgdaemon_testkit::short_timings();
     store.write_cluster(&cluster, None, &ClusterRecord::bootstrap("pg-1", dynamic)).await.unwrap();
     let (recv, url) = receiver(0).await;
 

@@ -36,15 +36,8 @@ const NODES: [&str; 3] = ["pg-1", "pg-2", "pg-3"];
 const LEASE_MS: u64 = 4000;
 
 fn dynamic(failsafe: bool) -> DynamicConfig {
-    let c = DynamicConfig {
-        lease_ms: LEASE_MS,
-        renew_interval_ms: 1000,
-        safety_margin_ms: 1500,
-        probe_interval_ms: 500,
-        failsafe_mode: failsafe,
-        ..Default::default()
-    };
-    c.validate().unwrap();
+    let c = DynamicConfig { failsafe_mode: failsafe, ..pgdaemon_testkit::short_timings() };
+    assert_eq!(c.lease_ms, LEASE_MS);
     c
 }
 

@@ -19,7 +19,7 @@ use pgdaemon_testkit::postgres::{postgres_available, PgCluster};
 use tokio::runtime::Runtime;
 
 fn config() -> DynamicConfig {
-    common::short_timings()
+    pgdaemon_testkit::short_timings()
 }
 
 #[test]

@@ -33,7 +33,7 @@ fn sync_mode() -> SyncMode {
 }
 
 fn config() -> DynamicConfig {
-    let c = DynamicConfig { synchronous_mode: sync_mode(), synchronous_node_count: 1, ..common::short_timings() };
+    let c = DynamicConfig { synchronous_mode: sync_mode(), synchronous_node_count: 1, ..pgdaemon_testkit::short_timings() };
     c.validate().unwrap();
     c
 }

@@ -16,20 +16,6 @@ use pgdaemon_dcs::EtcdStore;
 use pgdaemon_testkit::postgres::{PgCluster, PgNode};
 use tokio::runtime::Runtime;
 
-/// The timings every real-Postgres test uses: lease 4 s (renewed each second, margin 1.5 s),
-/// probe every 0.5 s, so failovers happen within seconds; validated like any configuration.
-pub fn short_timings() -> DynamicConfig {
-    let c = DynamicConfig {
-        lease_ms: 4000,
-        renew_interval_ms: 1000,
-        safety_margin_ms: 1500,
-        probe_interval_ms: 500,
-        ..Default::default()
-    };
-    c.validate().unwrap();
-    c
-}
-
 /// How the agent drives the test cluster's node `node`: local socket-free TCP on loopback,
 /// replication as `postgres`, bounded waits.
 pub fn pg_settings(pg: &PgCluster, node: &PgNode) -> PgSettings {
