@@ -106,12 +106,11 @@ async fn write_until(members: Vec<(String, u16)>, insert: String, stop: Arc<Atom
 
 /// Acknowledged ids missing from `table` on the member at `port`.
 pub async fn missing(port: u16, table: &str, acknowledged: &[i64]) -> Result<Vec<i64>> {
-    let client = connect(port).await?;
-    let rows = client.query(&format!("SELECT id FROM {table}"), &[]).await?;
-    let present: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
-    let lost: Vec<i64> = acknowledged.iter().copied().filter(|id| !present.contains(id)).collect();
     if acknowledged.is_empty() {
         bail!("the writer had no write acknowledged: nothing was checked");
     }
-    Ok(lost)
+    let client = connect(port).await?;
+    let rows = client.query(&format!("SELECT id FROM {table}"), &[]).await?;
+    let present: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(acknowledged.iter().copied().filter(|id| !present.contains(id)).collect())
 }
