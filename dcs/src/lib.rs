@@ -16,6 +16,8 @@ pub mod dynamodb;
 pub mod etcd;
 /// HTTP-demote and local-command fencers (no cloud SDK needed).
 pub mod fence;
+/// rustls client and server configurations from PEM files.
+pub mod tls;
 
 #[cfg(feature = "dynamodb")]
 pub use dynamodb::{create_table, DynamoDbStore, TableOutcome};

@@ -175,29 +175,7 @@ struct Target {
 /// against `ca_file`, or the system's roots without one. Whether TLS is used at all follows the
 /// DSN's `sslmode`: `disable`, `prefer` (the default: TLS when the server offers it) or `require`.
 pub fn tls_connector(ca_file: Option<&Path>) -> anyhow::Result<MakeRustlsConnect> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("CA file {}", path.display()))?
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("CA file {}", path.display()))?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            anyhow::ensure!(added > 0, "CA file {} holds no usable certificate", path.display());
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
-        }
-    }
-    // An explicit provider: the process may have more than one compiled in.
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .context("TLS configuration")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
+    Ok(MakeRustlsConnect::new(pgdaemon_dcs::tls::client_config(ca_file, None)?))
 }
 
 /// The monitor: probes every target, keeps the last view, emits what changed.

@@ -4,6 +4,7 @@
 pub mod engines;
 pub mod ports;
 pub mod postgres;
+pub mod tls;
 
 use pgdaemon_core::DynamicConfig;
 
