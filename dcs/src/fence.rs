@@ -1,11 +1,14 @@
 //! Fencers that need no cloud SDK: the agent's HTTP demote endpoint and a local command.
 //! (The EC2 and SSM fencers live in the Lambda crate, the only crate built with the EC2 SDK.)
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer};
 use pgdaemon_core::Lsn;
+
+use crate::tls::{client_config, ClientIdentity, TlsError};
 
 /// Asks the old primary's agent to demote: `POST <api_url>/demote` with
 /// `{"term": T, "reason": "..."}`. The agent answers 200 `{"demoted": true, ...}` only once
@@ -21,22 +24,48 @@ use pgdaemon_core::Lsn;
 ///
 /// Agents require authentication for `/demote` (`[api]` credentials): give the fencer the
 /// `Authorization` header value with [`HttpDemoteFencer::with_authorization`].
+///
+/// `https://` API URLs (agents with `[api] tls_cert_file`) are verified, chain and host name,
+/// against the system's roots, or the CA given to [`HttpDemoteFencer::with_tls`]; an agent
+/// requiring client certificates (`tls_client_ca_file`) gets the identity given there. A
+/// certificate that does not verify fails the request before anything is sent: never a
+/// confirmation.
 #[derive(Debug, Clone)]
 pub struct HttpDemoteFencer {
     client: reqwest::Client,
+    timeout: Duration,
     authorization: Option<reqwest::header::HeaderValue>,
 }
 
 impl HttpDemoteFencer {
     /// `timeout` bounds the whole request, including the agent's demotion (a fast shutdown with
-    /// a checkpoint; tens of seconds at worst on a busy primary).
+    /// a checkpoint; tens of seconds at worst on a busy primary). `https://` is verified against
+    /// the system's roots (see [`Self::with_tls`] for a private CA).
     pub fn new(timeout: Duration) -> Self {
-        let client = reqwest::Client::builder()
+        let tls = client_config(None, None).expect("a client configuration without files always builds");
+        HttpDemoteFencer { client: Self::client(timeout, tls), timeout, authorization: None }
+    }
+
+    /// Verifies the agents' certificates against `ca_file` (PEM; `None`: the system's roots)
+    /// and presents `identity` to agents that require a client certificate. Fails, naming the
+    /// file, when a file cannot be read or used.
+    pub fn with_tls(self, ca_file: Option<&Path>, identity: Option<&ClientIdentity>) -> Result<Self, TlsError> {
+        Ok(self.with_tls_config(client_config(ca_file, identity)?))
+    }
+
+    /// [`Self::with_tls`] with a configuration built elsewhere (from [`crate::tls`]).
+    pub fn with_tls_config(mut self, tls: rustls::ClientConfig) -> Self {
+        self.client = Self::client(self.timeout, tls);
+        self
+    }
+
+    fn client(timeout: Duration, tls: rustls::ClientConfig) -> reqwest::Client {
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .build()
-            .expect("a plain HTTP client always builds");
-        HttpDemoteFencer { client, authorization: None }
+            .expect("an HTTP client with a rustls configuration always builds")
     }
 
     /// Sends `authorization` (`Basic ...` or `Bearer ...`, marked sensitive so it never shows in
@@ -68,7 +97,7 @@ impl Fencer for HttpDemoteFencer {
         }
         let resp = match post.send().await {
             Ok(r) => r,
-            Err(e) => return FenceStatus::Failed { detail: format!("POST {url}: {e}") },
+            Err(e) => return FenceStatus::Failed { detail: format!("POST {url}: {}", error_chain(&e)) },
         };
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
@@ -100,6 +129,21 @@ impl Fencer for HttpDemoteFencer {
         let lsn = ["lsn", "final_lsn"].iter().find_map(|k| json.get(*k)?.as_str()?.parse::<Lsn>().ok());
         FenceStatus::Confirmed { detail: format!("agent at {} confirmed demotion for term {}", target.api_url, target.term), lsn }
     }
+}
+
+/// `e` and its sources: reqwest's own message is only "error sending request for url (...)";
+/// the reason (refused, timed out, `invalid peer certificate: UnknownIssuer`) is in the sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text = format!("{text}: {s_text}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Runs `sh -c <command>` on the coordinator's host (tests, and hosts without a cloud API).

@@ -262,7 +262,8 @@ impl LocalLambda {
             bootstrap,
             _emulator: emulator,
             _dir: dir,
-            http: reqwest::Client::new(),
+            // reqwest has no process-wide rustls provider: every client is given its TLS configuration.
+            http: reqwest::Client::builder().use_preconfigured_tls(pgdaemon_dcs::tls::client_config(None, None)?).build()?,
         })
     }
 

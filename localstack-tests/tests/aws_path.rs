@@ -390,8 +390,9 @@ async fn setup(stack: Stack) -> Result<World> {
     store.write_cluster(&cluster, None, &bootstrap).await.context("bootstrap record")?;
 
     let dir = tempfile::Builder::new().prefix("pgdaemon-lst-").tempdir()?;
-    let mut world =
-        World { stack, pg, store, relay, lambda, agents: BTreeMap::new(), dir, http: reqwest::Client::new(), started };
+    // reqwest has no process-wide rustls provider: every client is given its TLS configuration.
+    let http = reqwest::Client::builder().use_preconfigured_tls(pgdaemon_dcs::tls::client_config(None, None)?).build()?;
+    let mut world = World { stack, pg, store, relay, lambda, agents: BTreeMap::new(), dir, http, started };
     for (node, id) in NODES.iter().zip(&instances) {
         world.start_agent(node, id)?;
         world.log(format!("agent {node} on instance {id}"));

@@ -16,9 +16,29 @@ pub struct HttpPeers {
 }
 
 impl HttpPeers {
+    /// `https://` peers are verified against the system's roots; see [`Self::with_tls`].
     pub fn new() -> Self {
-        // No client-wide timeout: each request carries the round's own bound.
-        HttpPeers { client: reqwest::Client::builder().build().unwrap_or_default(), authorization: None }
+        let tls = pgdaemon_dcs::tls::client_config(None, None).expect("a client configuration without files always builds");
+        HttpPeers { client: Self::client(tls), authorization: None }
+    }
+
+    /// Verifies `https://` peers with `tls` (`ApiSecurity::client_tls`: the cluster's CA from
+    /// `[api] tls_ca_file`, and this node's certificate for peers that require one). `None`
+    /// keeps the system's roots.
+    pub fn with_tls(mut self, tls: Option<rustls::ClientConfig>) -> Self {
+        if let Some(tls) = tls {
+            self.client = Self::client(tls);
+        }
+        self
+    }
+
+    fn client(tls: rustls::ClientConfig) -> reqwest::Client {
+        // No client-wide timeout: each request carries the round's own bound. Every client is
+        // given its TLS configuration (reqwest has no process-wide rustls provider).
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .expect("an HTTP client with a rustls configuration always builds")
     }
 
     /// Sends `authorization` (see `ApiSecurity::client_authorization`) with every request.

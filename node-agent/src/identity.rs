@@ -36,7 +36,11 @@ pub struct ImdsClient {
 
 impl ImdsClient {
     pub fn new(base: &str, timeout: Duration) -> Self {
+        // Plain HTTP, but reqwest has no process-wide rustls provider: every client gets its TLS
+        // configuration.
+        let tls = pgdaemon_dcs::tls::client_config(None, None).expect("a client configuration without files always builds");
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .timeout(timeout)
             .connect_timeout(timeout)
             // IMDS is link-local: a proxy from the environment would only break it.

@@ -102,7 +102,12 @@ impl Api {
         tokio::spawn(serve_with(listener, state, security, limits, async move {
             let _ = stopped.await;
         }));
-        Api { base, http: reqwest::Client::new(), fake, _stop: stop }
+        // reqwest has no process-wide rustls provider: every client is given its TLS configuration.
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(pgdaemon_dcs::tls::client_config(None, None).unwrap())
+            .build()
+            .unwrap();
+        Api { base, http, fake, _stop: stop }
     }
 
     async fn post(&self, path: &str, body: &str, auth: Option<&str>) -> (u16, Value, Option<String>) {

@@ -666,7 +666,9 @@ mod endpoint {
         let server = tokio::spawn(serve(listener, state, async move {
             let _ = stopped.await;
         }));
-        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build().unwrap();
+        let tls = pgdaemon_dcs::tls::client_config(None, None).unwrap();
+        let client =
+            reqwest::Client::builder().use_preconfigured_tls(tls).timeout(std::time::Duration::from_secs(5)).build().unwrap();
         let post = |body: String| client.post(&url).header("content-type", "application/json").body(body).send();
 
         let ok = post(r#"{"cluster":"c","leader":"pg-1","term":3,"valid_ms":4000}"#.into()).await.unwrap();

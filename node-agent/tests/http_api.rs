@@ -85,7 +85,12 @@ impl Api {
         let server = tokio::spawn(async move {
             axum::serve(listener, router(state)).await.unwrap();
         });
-        Api { base, http: reqwest::Client::new(), fake, clock, stats, server }
+        // reqwest has no process-wide rustls provider: every client is given its TLS configuration.
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(pgdaemon_dcs::tls::client_config(None, None).unwrap())
+            .build()
+            .unwrap();
+        Api { base, http, fake, clock, stats, server }
     }
 
     async fn status(&self, path: &str) -> u16 {

@@ -68,8 +68,13 @@ impl PgControl for FakePg {
     }
 }
 
+/// reqwest has no process-wide rustls provider: every client is given its TLS configuration.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().use_preconfigured_tls(pgdaemon_dcs::tls::client_config(None, None).unwrap()).build().unwrap()
+}
+
 async fn status(base: &str, path: &str) -> u16 {
-    reqwest::get(format!("{base}{path}")).await.map(|r| r.status().as_u16()).unwrap_or(0)
+    http().get(format!("{base}{path}")).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
 }
 
 #[tokio::test]
@@ -117,7 +122,7 @@ async fn primary_serves_then_demotes_before_releasing_on_shutdown() {
     assert_eq!(status(&base, "/replica").await, 503);
     let lease = store.read_lease("c1", LeaseName::Leader).await.unwrap().unwrap();
     assert_eq!((lease.owner.as_str(), lease.term, lease.released), ("n1", 1, false));
-    let history = reqwest::get(format!("{base}/cluster")).await.unwrap().text().await.unwrap();
+    let history = http().get(format!("{base}/cluster")).send().await.unwrap().text().await.unwrap();
     assert!(history.contains("\"leader\""), "{history}");
 
     stop.send(()).unwrap();
