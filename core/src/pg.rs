@@ -100,6 +100,9 @@ pub struct PgProbe {
     pub replication: Vec<ReplicationRow>,
     /// Primary: names of the physical replication slots.
     pub slots: Vec<String>,
+    /// Primary: the physical slots a walsender streams from now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active_slots: Vec<String>,
     /// Primary: `synchronous_standby_names` as in effect for the probing session, read before
     /// `flush_lsn` and `replication` (the synchronous-mode catch-up check relies on that order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -330,6 +333,11 @@ pub trait PgControl: Send + Sync {
     /// `members` that lacks one; never drops slots. Verified by reading `pg_replication_slots`.
     async fn ensure_slots(&self, members: &[String]) -> Result<(), PgError>;
 
+    /// On a running primary, drops each of these physical slots that no walsender uses; a slot
+    /// in use or already gone is left alone. Verified by reading `pg_replication_slots`: a slot
+    /// still present and unused afterwards is an error.
+    async fn drop_slots(&self, slots: &[String]) -> Result<(), PgError>;
+
     /// Sets `synchronous_standby_names` to `names` (empty: commits wait for no standby), so that
     /// it survives a restart (`ALTER SYSTEM`) and applies without one (`pg_reload_conf()`);
     /// verified by reading the setting back. Works on a standby too (it applies once promoted).
@@ -368,6 +376,9 @@ impl<P: PgControl + ?Sized> PgControl for std::sync::Arc<P> {
     }
     async fn ensure_slots(&self, members: &[String]) -> Result<(), PgError> {
         (**self).ensure_slots(members).await
+    }
+    async fn drop_slots(&self, slots: &[String]) -> Result<(), PgError> {
+        (**self).drop_slots(slots).await
     }
     async fn set_sync_standbys(&self, names: &SyncStandbys) -> Result<(), PgError> {
         (**self).set_sync_standbys(names).await

@@ -86,6 +86,9 @@ impl PgControl for FakePrimary {
     async fn basebackup(&self, _source: &PrimaryTarget) -> Result<(), PgError> {
         Err(PgError::WrongState("primary".into()))
     }
+    async fn drop_slots(&self, _slots: &[String]) -> Result<(), PgError> {
+        Err(PgError::WrongState("not in this test".into()))
+    }
     async fn ensure_slots(&self, members: &[String]) -> Result<(), PgError> {
         self.calls.lock().unwrap().push("ensure_slots".into());
         self.probe.lock().unwrap().slots = members.iter().map(|m| pgdaemon_core::pg::slot_name(m)).collect();

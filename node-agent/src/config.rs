@@ -15,6 +15,7 @@ use pgdaemon_core::{ConfigError, DynamicConfig, MemberTags, StoreConfig};
 use serde::{Deserialize, Serialize};
 
 pub use crate::logging::LogFormat;
+use crate::postgres::PeerTls;
 use crate::secrets::{load_ssm_secret, read_password_file, Secret, SecretError};
 
 /// The whole agent configuration (the top level of the TOML file).
@@ -120,20 +121,63 @@ pub struct PostgresConfig {
     /// files pg_rewind and pg_basebackup copy from another member (e.g. `listen_addresses`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, ParamValue>,
+    /// Role for pg_rewind and the CHECKPOINT before it on the source (default: `superuser`); it
+    /// needs the grants in docs/security.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind_user: Option<String>,
+    /// File (mode 0600 or stricter) or SSM SecureString holding the rewind role's password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind_password_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind_ssm_parameter: Option<String>,
+    /// Where the agent writes the passfile its connections to peers name (default:
+    /// `<data_dir>.pgpass`, beside the data directory); passwords are never on a command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passfile: Option<PathBuf>,
+    /// libpq TLS settings for streaming, pg_basebackup and pg_rewind (`sslmode`, `sslrootcert`,
+    /// `sslcert`, `sslkey`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tls: PeerTls,
+    /// Seconds the primary keeps the replication slot of a member that left the cluster and
+    /// streams from nowhere before dropping it; 0 keeps such slots forever.
+    #[serde(default = "default_departed_slot_retention_s")]
+    pub departed_slot_retention_s: u64,
 }
 
 impl PostgresConfig {
     /// The replication password as configured: `Ok(None)` when neither source is set (trust or
     /// certificate authentication).
     pub async fn replication_password(&self) -> Result<Option<Secret>, SecretError> {
-        if let Some(path) = &self.password_file {
-            return read_password_file(path).map(Some);
-        }
-        match &self.ssm_parameter {
-            None => Ok(None),
-            Some(name) => load_ssm_secret(name).await.map(Some),
-        }
+        read_secret(self.password_file.as_deref(), self.ssm_parameter.as_deref()).await
     }
+
+    /// The rewind role's password as configured (`Ok(None)`: none).
+    pub async fn rewind_password(&self) -> Result<Option<Secret>, SecretError> {
+        read_secret(self.rewind_password_file.as_deref(), self.rewind_ssm_parameter.as_deref()).await
+    }
+
+    /// How long a departed member's slot is kept (`None`: forever).
+    pub fn departed_slot_retention(&self) -> Option<std::time::Duration> {
+        (self.departed_slot_retention_s > 0).then(|| std::time::Duration::from_secs(self.departed_slot_retention_s))
+    }
+}
+
+async fn read_secret(file: Option<&Path>, ssm_parameter: Option<&str>) -> Result<Option<Secret>, SecretError> {
+    if let Some(path) = file {
+        return read_password_file(path).map(Some);
+    }
+    match ssm_parameter {
+        None => Ok(None),
+        Some(name) => load_ssm_secret(name).await.map(Some),
+    }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn default_departed_slot_retention_s() -> u64 {
+    pgdaemon_core::agent::DEFAULT_DEPARTED_SLOT_RETENTION.as_secs()
 }
 
 /// A server setting's value as written in TOML (`max_connections = 100`, `wal_level = "replica"`).
@@ -232,7 +276,7 @@ fn default_level() -> String {
 const SECTIONS: [&str; 9] = ["api", "cluster", "node", "postgres", "store", "dynamic", "coordinator", "events", "log"];
 
 /// Programs a node needs in `postgres.bin_dir` for every role change it may carry out.
-pub const REQUIRED_PROGRAMS: [&str; 5] = ["pg_ctl", "postgres", "initdb", "pg_basebackup", "pg_rewind"];
+pub const REQUIRED_PROGRAMS: [&str; 6] = ["pg_ctl", "postgres", "initdb", "pg_basebackup", "pg_rewind", "psql"];
 
 /// Environment variables that look like overrides but address no configuration section. They are
 /// not applied; the caller logs them so a typo (`PGDAEMON_NDOE__NAME`) does not go unnoticed.
@@ -319,29 +363,25 @@ impl AgentConfig {
         if !pg.data_dir.is_absolute() {
             return Err(ConfigError::invalid("postgres.data_dir", format!("{} must be an absolute path", pg.data_dir.display())));
         }
-        match (&pg.password_file, &pg.ssm_parameter) {
-            (Some(_), Some(_)) => {
+        check_secret_source(("postgres.password_file", &pg.password_file), ("postgres.ssm_parameter", &pg.ssm_parameter))?;
+        check_secret_source(
+            ("postgres.rewind_password_file", &pg.rewind_password_file),
+            ("postgres.rewind_ssm_parameter", &pg.rewind_ssm_parameter),
+        )?;
+        if pg.rewind_user.as_deref().is_some_and(|u| u.trim().is_empty()) {
+            return Err(ConfigError::invalid("postgres.rewind_user", "must not be empty (leave it out to use the superuser)"));
+        }
+        if let Some(path) = pg.passfile.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(ConfigError::invalid("postgres.passfile", format!("{} must be an absolute path", path.display())));
+        }
+        pg.tls.validate().map_err(|(key, reason)| ConfigError::invalid(format!("postgres.tls.{key}"), reason))?;
+        for (key, path) in [("sslrootcert", &pg.tls.sslrootcert), ("sslcert", &pg.tls.sslcert), ("sslkey", &pg.tls.sslkey)] {
+            if let Some(path) = path.as_ref().filter(|p| !p.is_absolute()) {
                 return Err(ConfigError::invalid(
-                    "postgres.ssm_parameter",
-                    "set either postgres.password_file or postgres.ssm_parameter, not both",
-                ))
-            }
-            (_, Some(name)) => {
-                if !cfg!(feature = "ssm") {
-                    return Err(ConfigError::invalid(
-                        "postgres.ssm_parameter",
-                        "this agent was built without the `ssm` feature; use postgres.password_file",
-                    ));
-                }
-                crate::secrets::check_ssm_parameter_name(name).map_err(|r| ConfigError::invalid("postgres.ssm_parameter", r))?;
-            }
-            (Some(path), None) if !path.is_absolute() => {
-                return Err(ConfigError::invalid(
-                    "postgres.password_file",
+                    format!("postgres.tls.{key}"),
                     format!("{} must be an absolute path", path.display()),
                 ));
             }
-            _ => {}
         }
 
         self.dynamic.validate().map_err(|e| prefix_key("dynamic", e))?;
@@ -378,9 +418,15 @@ impl AgentConfig {
                 format!("neither {} nor its parent directory exists", pg.data_dir.display()),
             ));
         }
-        if let Some(path) = &pg.password_file {
-            if !path.is_file() {
-                return Err(ConfigError::invalid("postgres.password_file", format!("{} is not a readable file", path.display())));
+        for (key, path) in [
+            ("postgres.password_file", &pg.password_file),
+            ("postgres.rewind_password_file", &pg.rewind_password_file),
+            ("postgres.tls.sslrootcert", &pg.tls.sslrootcert),
+            ("postgres.tls.sslcert", &pg.tls.sslcert),
+            ("postgres.tls.sslkey", &pg.tls.sslkey),
+        ] {
+            if let Some(path) = path.as_ref().filter(|p| !p.is_file()) {
+                return Err(ConfigError::invalid(key, format!("{} is not a readable file", path.display())));
             }
         }
         Ok(())
@@ -416,6 +462,26 @@ impl NodeConfig {
         self.listen.parse().map_err(|_| {
             ConfigError::invalid("node.listen", format!("{:?} is not an address:port like 0.0.0.0:8008", self.listen))
         })
+    }
+}
+
+/// A secret comes from a file (absolute path) or an SSM parameter, not both.
+fn check_secret_source(file: (&str, &Option<PathBuf>), ssm: (&str, &Option<String>)) -> Result<(), ConfigError> {
+    match (file.1, ssm.1) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(ssm.0, format!("set either {} or {}, not both", file.0, ssm.0))),
+        (_, Some(name)) => {
+            if !cfg!(feature = "ssm") {
+                return Err(ConfigError::invalid(
+                    ssm.0,
+                    format!("this agent was built without the `ssm` feature; use {}", file.0),
+                ));
+            }
+            crate::secrets::check_ssm_parameter_name(name).map_err(|r| ConfigError::invalid(ssm.0, r))
+        }
+        (Some(path), None) if !path.is_absolute() => {
+            Err(ConfigError::invalid(file.0, format!("{} must be an absolute path", path.display())))
+        }
+        _ => Ok(()),
     }
 }
 

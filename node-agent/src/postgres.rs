@@ -16,8 +16,10 @@ use tokio::process::Command;
 
 use crate::process;
 
+mod peers;
 mod text;
-use text::{conf_quote, conn_quote, io_err, lsn, pg_err, query_err, shell_quote, sql_quote, tail, with_settings};
+pub use peers::{PeerAuth, PeerTls, Purpose};
+use text::{conf_quote, io_err, lsn, pg_err, query_err, shell_quote, sql_quote, tail, with_settings};
 pub use text::{final_position_from_controldata, parse_conninfo};
 
 /// One column of a row: a type or NULL surprise is an error of this call, never a panic (the
@@ -28,23 +30,6 @@ fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a tokio_postgres::Row, 
 
 /// How long a start waits for a killed postmaster to be reaped (see `wait_reaped`).
 const ZOMBIE_REAP_WAIT: Duration = Duration::from_secs(5);
-
-/// Credentials standbys use to stream from the primary (`primary_conninfo`, `pg_basebackup`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct ReplicationAuth {
-    pub user: String,
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for ReplicationAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the password.
-        f.debug_struct("ReplicationAuth")
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .finish()
-    }
-}
 
 /// Where the local Postgres lives and how to reach and run it.
 #[derive(Debug, Clone)]
@@ -58,12 +43,11 @@ pub struct PgSettings {
     /// loopback address.
     pub connect_host: String,
     pub port: u16,
+    /// Local connections only (Unix socket or loopback, peer or trust authentication).
     pub superuser: String,
-    pub superuser_password: Option<String>,
     pub database: String,
-    /// Streaming credentials (`primary_conninfo`, `pg_basebackup`). The superuser above (same on
-    /// every member) is used for pg_rewind's source and the CHECKPOINT before it.
-    pub replication: ReplicationAuth,
+    /// Roles, passwords (through a passfile) and TLS for streaming, pg_basebackup and pg_rewind.
+    pub peers: PeerAuth,
     /// OS user to run the Postgres tools as; `None`: the agent's own user. Defaults to `postgres`
     /// when the agent runs as root.
     pub run_as: Option<String>,
@@ -91,9 +75,8 @@ impl PgSettings {
             connect_host: "/var/run/postgresql".into(),
             port,
             superuser: "postgres".into(),
-            superuser_password: None,
             database: "postgres".into(),
-            replication: ReplicationAuth { user: "replicator".into(), password: None },
+            peers: PeerAuth::default(),
             run_as: if running_as_root() { Some("postgres".into()) } else { None },
             server_options: Vec::new(),
             log_file: None,
@@ -120,6 +103,12 @@ pub struct LocalPostgres {
 /// `wal_keep_size` written to `postgresql.auto.conf` unless `[postgres.parameters]` sets one: a
 /// backstop to the replication slots, so a rewind or a lagging replica still finds its WAL.
 const DEFAULT_WAL_KEEP_SIZE: &str = "256MB";
+
+/// `max_slot_wal_keep_size` written likewise: the most WAL one slot may hold on the primary. A
+/// replica further behind loses its slot and is rebuilt by basebackup, rather than the primary
+/// filling its disk (Postgres's own default is unlimited). Size it below the WAL volume's free
+/// space (docs/security.md, "Replication slots").
+const DEFAULT_MAX_SLOT_WAL_KEEP_SIZE: &str = "10GB";
 
 /// Configuration files that belong to this node and that pg_rewind/pg_basebackup overwrite.
 const OWN_CONFIG_FILES: [&str; 4] = ["postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf"];
@@ -183,7 +172,9 @@ impl LocalPostgres {
         }
     }
 
-    async fn connect_to(&self, host: &str, port: u16, password: Option<&str>) -> Result<tokio_postgres::Client, PgError> {
+    /// The local superuser connection (socket or loopback; peer or trust authentication).
+    async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
+        let (host, port) = (&self.settings.connect_host, self.settings.port);
         let mut cfg = tokio_postgres::Config::new();
         cfg.host(host)
             .port(port)
@@ -191,9 +182,6 @@ impl LocalPostgres {
             .dbname(&self.settings.database)
             .application_name("pgdaemon-agent")
             .connect_timeout(self.settings.connect_timeout);
-        if let Some(p) = password {
-            cfg.password(p);
-        }
         let connect = cfg.connect(tokio_postgres::NoTls);
         let (client, connection) = tokio::time::timeout(self.settings.connect_timeout, connect)
             .await
@@ -203,10 +191,6 @@ impl LocalPostgres {
             let _ = connection.await;
         });
         Ok(client)
-    }
-
-    async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
-        self.connect_to(&self.settings.connect_host, self.settings.port, self.settings.superuser_password.as_deref()).await
     }
 
     /// The postmaster PID that `postmaster.pid` names, if it names one.
@@ -265,17 +249,20 @@ impl LocalPostgres {
         }
     }
 
-    fn conninfo(&self, target: &PrimaryTarget) -> String {
-        let mut parts = vec![
-            format!("host={}", conn_quote(&target.host)),
-            format!("port={}", target.port),
-            format!("user={}", conn_quote(&self.settings.replication.user)),
-            format!("application_name={}", conn_quote(&self.settings.member)),
-        ];
-        if let Some(p) = &self.settings.replication.password {
-            parts.push(format!("password={}", conn_quote(p)));
-        }
-        parts.join(" ")
+    /// The connection string to a peer (no password: see postgres::peers).
+    fn conninfo(&self, target: &PrimaryTarget, purpose: Purpose) -> String {
+        let s = &self.settings;
+        s.peers.conninfo(target, purpose, &s.member, &s.superuser, &s.database, &s.data_dir)
+    }
+
+    /// Writes the passfile the connection strings name, owned by the run-as user. Called before
+    /// every use, so a deleted or changed file is put back.
+    pub fn ensure_passfile(&self) -> Result<(), PgError> {
+        let owner = match &self.settings.run_as {
+            Some(user) if running_as_root() => Some(process::user_ids(user).map_err(PgError::WrongState)?),
+            _ => None,
+        };
+        self.settings.peers.write_passfile(&self.settings.data_dir, &self.settings.superuser, owner)
     }
 
     /// Sets this node's file ownership to the data directory's owner (we may be root).
@@ -287,6 +274,7 @@ impl LocalPostgres {
     /// Writes the standby settings into `postgresql.auto.conf` and creates `standby.signal`
     /// (server stopped).
     fn write_standby_files(&self, target: &PrimaryTarget) -> Result<(), PgError> {
+        self.ensure_passfile()?;
         let auto = self.data().join("postgresql.auto.conf");
         let old = std::fs::read_to_string(&auto).unwrap_or_default();
         let mut lines: Vec<String> = old
@@ -297,7 +285,7 @@ impl LocalPostgres {
             })
             .map(str::to_string)
             .collect();
-        lines.push(format!("primary_conninfo = {}", conf_quote(&self.conninfo(target))));
+        lines.push(format!("primary_conninfo = {}", conf_quote(&self.conninfo(target, Purpose::Replication))));
         lines.push(format!("primary_slot_name = {}", conf_quote(&slot_name(&self.settings.member))));
         std::fs::write(&auto, lines.join("\n") + "\n").map_err(io_err)?;
         self.own(&auto)?;
@@ -315,6 +303,10 @@ impl LocalPostgres {
         vec![
             ("wal_log_hints", "on".to_string()),
             ("wal_keep_size", configured("wal_keep_size").unwrap_or_else(|| DEFAULT_WAL_KEEP_SIZE.to_string())),
+            (
+                "max_slot_wal_keep_size",
+                configured("max_slot_wal_keep_size").unwrap_or_else(|| DEFAULT_MAX_SLOT_WAL_KEEP_SIZE.to_string()),
+            ),
         ]
     }
 
@@ -347,9 +339,17 @@ impl LocalPostgres {
         Ok(())
     }
 
+    /// A CHECKPOINT on the rewind source, so its control file names the latest timeline; through
+    /// `psql` with the same connection string as pg_rewind (role, TLS, passfile).
     async fn checkpoint_source(&self, source: &PrimaryTarget) -> Result<(), PgError> {
-        let client = self.connect_to(&source.host, source.port, self.settings.superuser_password.as_deref()).await?;
-        client.batch_execute("CHECKPOINT").await.map_err(query_err)
+        let conninfo = format!(
+            "{} connect_timeout={}",
+            self.conninfo(source, Purpose::Rewind),
+            self.settings.connect_timeout.as_secs().max(2)
+        );
+        let mut cmd = self.command("psql");
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"]).arg(conninfo).args(["-c", "CHECKPOINT"]);
+        self.run("psql CHECKPOINT", cmd, self.settings.connect_timeout + Duration::from_secs(60)).await.map(|_| ())
     }
 
     /// Empties (or creates) the data directory, keeping the directory itself and its ownership.
@@ -513,10 +513,16 @@ impl LocalPostgres {
                 })
                 .collect::<Result<_, PgError>>()?;
             let slots = client
-                .query("SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'", &[])
+                .query("SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'", &[])
                 .await
                 .map_err(query_err)?;
-            probe.slots = slots.iter().map(|r| col(r, 0)).collect::<Result<_, _>>()?;
+            for r in &slots {
+                let name: String = col(r, 0)?;
+                if col::<bool>(r, 1)? {
+                    probe.active_slots.push(name.clone());
+                }
+                probe.slots.push(name);
+            }
         } else {
             let row = client
                 .query_one(
@@ -628,7 +634,8 @@ impl PgControl for LocalPostgres {
     }
 
     async fn follow(&self, primary: &PrimaryTarget) -> Result<(), PgError> {
-        let conninfo = self.conninfo(primary);
+        self.ensure_passfile()?;
+        let conninfo = self.conninfo(primary, Purpose::Replication);
         let slot = slot_name(&self.settings.member);
         match self.connect().await {
             Ok(client) => {
@@ -678,20 +685,12 @@ impl PgControl for LocalPostgres {
         if self.data_state() == DataDirState::Empty {
             return Err(PgError::WrongState("the data directory is empty: nothing to rewind".into()));
         }
+        self.ensure_passfile()?;
         self.checkpoint_source(source).await?;
         self.stop_inner(StopMode::Fast).await?;
         self.ensure_persisted_settings()?;
         let saved = self.save_own_config();
-        let mut src = format!(
-            "host={} port={} user={} dbname={}",
-            conn_quote(&source.host),
-            source.port,
-            conn_quote(&self.settings.superuser),
-            conn_quote(&self.settings.database)
-        );
-        if let Some(p) = &self.settings.superuser_password {
-            src.push_str(&format!(" password={}", conn_quote(p)));
-        }
+        let src = self.conninfo(source, Purpose::Rewind);
         let mut cmd = self.command("pg_rewind");
         cmd.arg("-D").arg(self.data()).arg(format!("--source-server={src}"));
         let out = self.run("pg_rewind", cmd, self.settings.copy_timeout).await;
@@ -708,8 +707,15 @@ impl PgControl for LocalPostgres {
         self.stop_inner(StopMode::Immediate).await?;
         let saved = self.save_own_config();
         self.clear_data_dir().await?;
+        self.ensure_passfile()?;
         let mut cmd = self.command("pg_basebackup");
-        cmd.arg("-D").arg(self.data()).arg("-d").arg(self.conninfo(source)).args(["-X", "stream", "-c", "fast", "--no-sync"]);
+        cmd.arg("-D").arg(self.data()).arg("-d").arg(self.conninfo(source, Purpose::Replication)).args([
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+        ]);
         self.run("pg_basebackup", cmd, self.settings.copy_timeout).await?;
         self.restore_own_config(&saved)?;
         self.write_standby_files(source)?;
@@ -734,6 +740,31 @@ impl PgControl for LocalPostgres {
         let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         match wanted.iter().find(|s| !have.contains(s)) {
             Some(missing) => Err(PgError::NotVerified(format!("slot {missing} missing after creation"))),
+            None => Ok(()),
+        }
+    }
+
+    async fn drop_slots(&self, slots: &[String]) -> Result<(), PgError> {
+        let client = self.connect().await?;
+        for slot in slots {
+            // Only an unused physical slot: a member that came back and streams keeps its slot.
+            client
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                     WHERE slot_name = $1::text::name AND slot_type = 'physical' AND NOT active",
+                    &[slot],
+                )
+                .await
+                .map_err(query_err)?;
+            tracing::info!(slot = %slot, "dropped the replication slot of a departed member");
+        }
+        let rows = client
+            .query("SELECT slot_name::text FROM pg_replication_slots WHERE NOT active AND slot_type = 'physical'", &[])
+            .await
+            .map_err(query_err)?;
+        let left: Vec<String> = rows.iter().map(|r| col(r, 0)).collect::<Result<_, _>>()?;
+        match slots.iter().find(|s| left.contains(s)) {
+            Some(s) => Err(PgError::NotVerified(format!("slot {s} still present after dropping it"))),
             None => Ok(()),
         }
     }
@@ -788,17 +819,21 @@ mod tests {
     #[test]
     fn conninfo_round_trips_through_the_parser() {
         let pg = LocalPostgres::new(PgSettings {
-            replication: ReplicationAuth { user: "rep".into(), password: Some("p'w\\d".into()) },
+            peers: PeerAuth {
+                replication_user: "rep".into(),
+                replication_password: Some(crate::secrets::Secret::new("p'w\\d")),
+                ..Default::default()
+            },
             ..PgSettings::new("node-2", "/tmp/x", 5432)
         });
         let target = PrimaryTarget { name: "n1".into(), host: "10.0.0.1".into(), port: 5433 };
-        let parsed = parse_conninfo(&pg.conninfo(&target));
+        let parsed = parse_conninfo(&pg.conninfo(&target, Purpose::Replication));
         assert_eq!(parsed.host.as_deref(), Some("10.0.0.1"));
         assert_eq!(parsed.port, Some(5433));
         assert_eq!(parsed.application_name.as_deref(), Some("node-2"));
         let unquoted = parse_conninfo("user=x host=h port=1 sslmode=prefer");
         assert_eq!((unquoted.host.as_deref(), unquoted.port), (Some("h"), Some(1)));
-        assert!(!format!("{:?}", pg.settings().replication).contains("p'w"));
+        assert!(!format!("{:?}", pg.settings()).contains("p'w"));
     }
 
     #[test]

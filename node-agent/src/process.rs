@@ -36,6 +36,21 @@ pub fn reap(pid: u32) {
     unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
 }
 
+/// The uid and gid of an OS user (`getpwnam_r`), for files the Postgres tools must read.
+pub fn user_ids(user: &str) -> Result<(u32, u32), String> {
+    let name = std::ffi::CString::new(user).map_err(|_| format!("OS user {user:?}: not a valid name"))?;
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives `pwd`'s string fields, which are
+    // not read.
+    let rc = unsafe { libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() {
+        return Err(format!("OS user {user:?} does not exist"));
+    }
+    Ok((pwd.pw_uid, pwd.pw_gid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ use crate::config::AgentConfig;
 use crate::http::{AgentApi, ApiState};
 use crate::identity::Identity;
 use crate::metrics::LoopStats;
-use crate::postgres::{LocalPostgres, PgSettings, ReplicationAuth};
+use crate::postgres::{LocalPostgres, PeerAuth, PgSettings};
 use crate::secrets::Secret;
 use crate::watchdog::{Watchdog, WatchdogConfig, WatchdogMode};
 
@@ -316,18 +316,29 @@ pub async fn start_coordinator(
     crate::coordinator_mode::start_from_hook(cfg, store, events, authorization).await
 }
 
+/// The passwords for connections to peers, read once at start.
+#[derive(Debug, Default)]
+pub struct PeerSecrets {
+    pub replication: Option<Secret>,
+    pub rewind: Option<Secret>,
+}
+
 /// Builds this node's Postgres control from the configuration.
-pub fn build_pg(cfg: &AgentConfig, replication_password: Option<Secret>) -> LocalPostgres {
+pub fn build_pg(cfg: &AgentConfig, secrets: PeerSecrets) -> LocalPostgres {
     let pg = &cfg.postgres;
     let mut s = PgSettings::new(cfg.node.name.clone(), pg.data_dir.clone(), pg.port);
     s.bin_dir = pg.bin_dir.clone();
     s.connect_host = pg.connect_host.clone();
     s.superuser = pg.superuser.clone();
     s.database = pg.database.clone();
-    // The one place the password leaves its redacting wrapper: libpq needs it in `primary_conninfo`
-    // (ReplicationAuth's Debug redacts it again).
-    s.replication =
-        ReplicationAuth { user: pg.replication_user.clone(), password: replication_password.map(|p| p.expose().to_string()) };
+    s.peers = PeerAuth {
+        replication_user: pg.replication_user.clone(),
+        replication_password: secrets.replication,
+        rewind_user: pg.rewind_user.clone(),
+        rewind_password: secrets.rewind,
+        tls: pg.tls.clone(),
+        passfile: pg.passfile.clone(),
+    };
     if let Some(user) = &pg.run_as {
         s.run_as = Some(user.clone());
     }
@@ -345,7 +356,10 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
         tracing::warn!(error = %e, "no EC2 identity from IMDS (set node.instance_id/availability_zone on non-EC2 hosts)");
     }
     tracing::info!(instance_id = ?host.instance_id, availability_zone = ?host.availability_zone, "host identity");
-    let password = cfg.postgres.replication_password().await.context("replication password")?;
+    let secrets = PeerSecrets {
+        replication: cfg.postgres.replication_password().await.context("replication password")?,
+        rewind: cfg.postgres.rewind_password().await.context("rewind password")?,
+    };
     // The API's access control, before anything binds or connects: a loose or missing secret
     // file, an unreadable token parameter, or an unauthenticated API on a non-loopback address
     // stops the start here. Read once: the server, the failsafe requests and the hosted
@@ -359,9 +373,13 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
         tracing::warn!(%listen, "no [api] credentials: /demote and /failsafe are refused (HTTP fencing of this node and failsafe acknowledgements will fail)");
     }
     let store = pgdaemon_dcs::connect(&cfg.store).await.context("store")?;
-    let pg = build_pg(&cfg, password);
+    let pg = build_pg(&cfg, secrets);
+    // The passfile before anything connects to a peer: a path it cannot be written to stops the
+    // start here rather than at the first failover.
+    pg.ensure_passfile().context("[postgres] passfile")?;
     let clock = SystemClock::new();
-    let mut runtime = AgentRuntime::new(store.clone(), pg, clock.clone(), agent_identity(&cfg, &host), cfg.dynamic.clone());
+    let mut runtime = AgentRuntime::new(store.clone(), pg, clock.clone(), agent_identity(&cfg, &host), cfg.dynamic.clone())
+        .with_departed_slot_retention(cfg.postgres.departed_slot_retention().unwrap_or(Duration::MAX));
     // Events (store log, webhook, command hook) from the loop and the hosted coordinator.
     let events = cfg.events.start(Some(store.clone())).context("events")?;
     tracing::info!(sinks = ?events.sink_names(), "event sinks");

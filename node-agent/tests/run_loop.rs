@@ -63,6 +63,9 @@ impl PgControl for FakePg {
     async fn ensure_slots(&self, _members: &[String]) -> Result<(), PgError> {
         Ok(())
     }
+    async fn drop_slots(&self, _slots: &[String]) -> Result<(), PgError> {
+        Err(PgError::WrongState("not in this test".into()))
+    }
     async fn set_sync_standbys(&self, _names: &SyncStandbys) -> Result<(), PgError> {
         Err(PgError::WrongState("not in this test".into()))
     }

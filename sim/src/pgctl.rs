@@ -376,6 +376,17 @@ impl PgControl for SimPgControl {
         Ok(())
     }
 
+    async fn drop_slots(&self, slots: &[String]) -> Result<(), PgError> {
+        self.take(MS, 10 * MS).await;
+        let mut w = self.world.lock();
+        let pg = &mut w.nodes[self.node].pg;
+        if !pg.writable() {
+            return Err(PgError::WrongState("not a running primary".into()));
+        }
+        pg.slots.retain(|s| !slots.contains(s));
+        Ok(())
+    }
+
     async fn set_sync_standbys(&self, names: &SyncStandbys) -> Result<(), PgError> {
         self.take(MS, 20 * MS).await;
         let mut w = self.world.lock();

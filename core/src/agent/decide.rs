@@ -91,6 +91,8 @@ pub struct AgentInput {
     pub leader_seen: Option<LeaseSighting>,
     /// Failsafe acknowledgements held and promises given (docs/failsafe.md).
     pub failsafe: FailsafeInput,
+    /// Slots of members gone for longer than the retention ([`super::DepartedSlots`]).
+    pub departed_slots: Vec<String>,
 }
 
 /// One thing to do. The runtime executes them in order; see [`super::AgentRuntime::tick`] for what
@@ -127,6 +129,8 @@ pub enum AgentAction {
     Basebackup(PrimaryTarget),
     /// Create replication slots for these members (on the primary).
     EnsureSlots(Vec<String>),
+    /// Drop these slots of departed members (on the primary; see agent::slots).
+    DropSlots(Vec<String>),
     /// Synchronous mode: write this cluster record (the read one with a new `sync`),
     /// conditional on its `version`.
     RecordSync(ClusterRecord),
@@ -150,6 +154,7 @@ impl AgentAction {
                 | AgentAction::Rewind(_)
                 | AgentAction::Basebackup(_)
                 | AgentAction::EnsureSlots(_)
+                | AgentAction::DropSlots(_)
                 | AgentAction::RecordSync(_)
                 | AgentAction::SetSyncStandbys(_)
         )
@@ -170,6 +175,7 @@ impl AgentAction {
             AgentAction::Rewind(_) => "rewind",
             AgentAction::Basebackup(_) => "basebackup",
             AgentAction::EnsureSlots(_) => "ensure_slots",
+            AgentAction::DropSlots(_) => "drop_slots",
             AgentAction::RecordSync(_) => "record_sync",
             AgentAction::SetSyncStandbys(_) => "set_sync_standbys",
             AgentAction::RequestCoordinatorRun { .. } => "request_coordinator_run",
@@ -390,6 +396,10 @@ impl<'a> Decider<'a> {
             self.why(format!("primary for term {term}"));
             if missing_slots {
                 self.push(AgentAction::EnsureSlots(others));
+            }
+            if !input.departed_slots.is_empty() {
+                self.push(AgentAction::DropSlots(input.departed_slots.clone()));
+                self.why(format!("dropping the slots of departed members: {}", input.departed_slots.join(", ")));
             }
             self.sync_replication(view);
         } else if probe.is_replica() {
@@ -791,6 +801,7 @@ mod tests {
             last_run_request: None,
             leader_seen: None,
             failsafe: FailsafeInput::default(),
+            departed_slots: Vec::new(),
         }
     }
 
@@ -960,6 +971,18 @@ mod tests {
             },
             expect: vec!["renew_lease", "ensure_slots", "publish_heartbeat"],
             reason_has: "primary",
+        });
+        v.push(Case {
+            name: "primary drops the slots of departed members",
+            input: {
+                let mut p = primary_probe();
+                p.slots = vec!["n2".into(), "n3".into(), "n9".into()];
+                let mut i = input("n1", p, StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000));
+                i.departed_slots = vec!["n9".into()];
+                i
+            },
+            expect: vec!["renew_lease", "drop_slots", "publish_heartbeat"],
+            reason_has: "departed members: n9",
         });
         v.push(Case {
             name: "fresh cluster: the designated primary takes the absent lease",

@@ -427,6 +427,7 @@ mod tests {
                 last_run_request: None,
                 leader_seen: None,
                 failsafe: FailsafeInput::default(),
+                departed_slots: Vec::new(),
             }
         }
 

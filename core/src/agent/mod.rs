@@ -11,6 +11,7 @@ mod failsafe;
 mod failsafe_handle;
 mod handle;
 mod runtime;
+mod slots;
 pub mod sync;
 
 pub use decide::{
@@ -22,3 +23,4 @@ pub use failsafe::{
 };
 pub use handle::{AgentCounters, AgentHandle, AgentSnapshot, DemoteError};
 pub use runtime::{ActionOutcome, AgentRuntime, CoordinatorTrigger, TickReport, TriggerError};
+pub use slots::{DepartedSlots, DEFAULT_DEPARTED_SLOT_RETENTION};

@@ -12,6 +12,7 @@ use super::decide::{
 };
 use super::failsafe::FailsafeState;
 use super::handle::{AgentCounters, AgentHandle, AgentSnapshot, Shared};
+use super::slots::{DepartedSlots, DEFAULT_DEPARTED_SLOT_RETENTION};
 use crate::clock::Clock;
 use crate::config::DynamicConfig;
 use crate::events::{Event, EventEmitter, EventKind};
@@ -93,6 +94,7 @@ pub struct AgentRuntime<S, P, C> {
     external_demotions_reported: u64,
     /// The term of the lease this agent held valid at the end of its last tick (events).
     lease_valid_after_last_tick: Option<u64>,
+    departed_slots: DepartedSlots,
 }
 
 impl<S, P, C> AgentRuntime<S, P, C>
@@ -135,7 +137,14 @@ where
             events: None,
             external_demotions_reported: 0,
             lease_valid_after_last_tick: None,
+            departed_slots: DepartedSlots::new(DEFAULT_DEPARTED_SLOT_RETENTION),
         }
+    }
+
+    /// How long the slot of a member that left is kept on the primary (agent::slots).
+    pub fn with_departed_slot_retention(mut self, retention: Duration) -> Self {
+        self.departed_slots = DepartedSlots::new(retention);
+        self
     }
 
     /// Where this node's role changes are reported: `lease_lost` (a held lease stopped being
@@ -225,6 +234,11 @@ where
         };
         self.seq += 1;
         let leader_seen = self.sighting(&lease_state, after_read);
+        let members = match &store {
+            StoreRead::Ok(view) => Some(view.members.keys()),
+            _ => None,
+        };
+        let departed_slots = self.departed_slots.observe(after_read, &probe, &self.identity.member, members);
         let input = AgentInput {
             identity: self.identity.clone(),
             now: after_read,
@@ -246,6 +260,7 @@ where
                 self.config.failsafe_mode,
                 self.held.as_ref().map(|h| h.lease.term),
             ),
+            departed_slots,
         };
         let decision = decide(&input);
         tracing::debug!(reason = %decision.reason, actions = ?decision.names(), "decided");
@@ -558,6 +573,10 @@ where
                 let _guard = self.shared.pg_lock.lock().await;
                 self.pg.ensure_slots(members).await.map_err(|e| e.to_string())
             }
+            AgentAction::DropSlots(slots) => {
+                let _guard = self.shared.pg_lock.lock().await;
+                self.pg.drop_slots(slots).await.map_err(|e| e.to_string())
+            }
             AgentAction::RecordSync(record) => {
                 // Compare-and-set on the version the decision read: a coordinator that changed the
                 // term (or anything else) since then wins, and the Postgres change after this is
@@ -710,6 +729,11 @@ mod tests {
             self.log(&format!("slots {}", members.join(",")));
             let slots: Vec<String> = members.iter().map(|m| crate::pg::slot_name(m)).collect();
             self.set(|p| p.slots = slots);
+            Ok(())
+        }
+        async fn drop_slots(&self, slots: &[String]) -> Result<(), PgError> {
+            self.log(&format!("drop slots {}", slots.join(",")));
+            self.set(|p| p.slots.retain(|s| !slots.contains(s)));
             Ok(())
         }
         async fn set_sync_standbys(&self, names: &crate::pg::SyncStandbys) -> Result<(), PgError> {

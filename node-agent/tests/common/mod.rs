@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgdaemon_agent::coordinator_mode::{hosted_loop, HostedTrigger};
-use pgdaemon_agent::postgres::{LocalPostgres, PgSettings, ReplicationAuth};
+use pgdaemon_agent::postgres::{LocalPostgres, PeerAuth, PgSettings};
 use pgdaemon_agent::run::run;
 use pgdaemon_core::agent::{AgentIdentity, AgentRuntime};
 use pgdaemon_core::coordinator::{Coordinator, CoordinatorConfig};
@@ -22,7 +22,7 @@ pub fn pg_settings(pg: &PgCluster, node: &PgNode) -> PgSettings {
     PgSettings {
         bin_dir: pg.bin_dir().to_path_buf(),
         connect_host: "127.0.0.1".into(),
-        replication: ReplicationAuth { user: "postgres".into(), password: None },
+        peers: PeerAuth { replication_user: "postgres".into(), ..Default::default() },
         run_as: pg.run_as().map(str::to_string),
         server_options: pg.server_options(),
         log_file: Some(node.log_file.clone()),
