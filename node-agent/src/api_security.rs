@@ -12,9 +12,18 @@
 //! which refuses group- or world-readable files) or, for the token, from an SSM SecureString
 //! (`token_ssm_parameter`, read once at start through [`crate::secrets::load_ssm_secret`], the
 //! path the replication password takes), and are compared in constant time.
+//!
+//! TLS (`tls_cert_file` + `tls_key_file`): every endpoint, health checks included, is served
+//! over TLS only; with `tls_client_ca_file` a client must also present a certificate chaining
+//! to that CA, verified in the handshake, before any request is read (mTLS). The files are read
+//! and checked at start ([`ApiSecurity::load`]); errors name the key. The same node's outgoing
+//! API requests (the hosted coordinator's `http` fencer) verify the other members against
+//! `tls_ca_file` and present `tls_cert_file` when asked for a client certificate
+//! ([`ApiConfig::client_tls`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -23,6 +32,7 @@ use axum::Json;
 use base64::Engine;
 use ipnet::IpNet;
 use pgdaemon_core::ConfigError;
+use pgdaemon_dcs::tls::{self, ClientIdentity, TlsError};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
@@ -63,8 +73,23 @@ pub struct ApiConfig {
     #[serde(default)]
     pub max_connections: usize,
     /// Time a client has to send a request's headers, and separately its body (ms). 0 means 5000.
+    /// Also bounds the TLS handshake.
     #[serde(default)]
     pub read_timeout_ms: u64,
+    /// PEM certificate (chain) of the API. With `tls_key_file`, every endpoint is served over
+    /// TLS only and the advertised API URL is `https://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its PEM private key (mode 0600 or stricter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Clients must present a certificate chaining to this PEM CA (mTLS); needs TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// PEM CA verifying the other members' API certificates when this node calls them (the
+    /// hosted coordinator's `http` fencer). Unset: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -80,8 +105,25 @@ impl Default for ApiConfig {
             insecure: false,
             max_connections: 0,
             read_timeout_ms: 0,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_ca_file: None,
         }
     }
+}
+
+/// Why `[api]` could not be loaded at start: a secret, or a TLS file (named with its key).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiLoadError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("{key}: {source}")]
+    Tls { key: &'static str, source: TlsError },
+}
+
+fn tls_err(key: &'static str) -> impl FnOnce(TlsError) -> ApiLoadError {
+    move |source| ApiLoadError::Tls { key, source }
 }
 
 /// The server's limits (from `[api]`).
@@ -103,6 +145,52 @@ impl ApiConfig {
         self.password_file.is_some() || self.token_file.is_some() || self.token_ssm_parameter.is_some()
     }
 
+    /// Whether the API is served over TLS (and advertised as `https://`).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert_file.is_some() && self.tls_key_file.is_some()
+    }
+
+    /// The certificate this node presents when a peer asks for one (mTLS): its own API's.
+    pub fn client_identity(&self) -> Option<ClientIdentity> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(ClientIdentity { cert_file: cert.clone(), key_file: key.clone() }),
+            _ => None,
+        }
+    }
+
+    /// The TLS configuration of this node's requests to the other members' APIs: their
+    /// certificates verified against `tls_ca_file` (or the system's roots), this node's own
+    /// certificate presented to members that require one. Reads the files; errors name the key.
+    pub fn client_tls(&self) -> Result<rustls::ClientConfig, ApiLoadError> {
+        if let Some(ca) = &self.tls_ca_file {
+            tls::root_store(Some(ca)).map_err(tls_err("api.tls_ca_file"))?;
+        }
+        let identity = self.client_identity();
+        if let Some(id) = &identity {
+            self.check_key_pair(&id.cert_file, &id.key_file)?;
+        }
+        tls::client_config(self.tls_ca_file.as_deref(), identity.as_ref()).map_err(tls_err("api.tls_key_file"))
+    }
+
+    /// The server's TLS configuration (`None`: plain HTTP). Reads the files; errors name the key.
+    pub fn server_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, ApiLoadError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) else { return Ok(None) };
+        self.check_key_pair(cert, key)?;
+        if let Some(ca) = &self.tls_client_ca_file {
+            tls::root_store(Some(ca)).map_err(tls_err("api.tls_client_ca_file"))?;
+        }
+        let config = tls::server_config(cert, key, self.tls_client_ca_file.as_deref()).map_err(tls_err("api.tls_key_file"))?;
+        Ok(Some(Arc::new(config)))
+    }
+
+    /// Each file of the pair on its own (so an error names its key), the key file's mode first.
+    fn check_key_pair(&self, cert: &Path, key: &Path) -> Result<(), ApiLoadError> {
+        tls::load_certs(cert).map_err(tls_err("api.tls_cert_file"))?;
+        check_key_mode(key).map_err(tls_err("api.tls_key_file"))?;
+        tls::load_key(key).map_err(tls_err("api.tls_key_file"))?;
+        Ok(())
+    }
+
     pub fn limits(&self) -> ServerLimits {
         let d = ServerLimits::default();
         ServerLimits {
@@ -121,7 +209,14 @@ impl ApiConfig {
             (None, Some(_)) => return Err(ConfigError::invalid("api.username", "api.password_file needs api.username")),
             _ => {}
         }
-        for (key, path) in [("api.password_file", &self.password_file), ("api.token_file", &self.token_file)] {
+        for (key, path) in [
+            ("api.password_file", &self.password_file),
+            ("api.token_file", &self.token_file),
+            ("api.tls_cert_file", &self.tls_cert_file),
+            ("api.tls_key_file", &self.tls_key_file),
+            ("api.tls_client_ca_file", &self.tls_client_ca_file),
+            ("api.tls_ca_file", &self.tls_ca_file),
+        ] {
             if let Some(p) = path.as_ref().filter(|p| !p.is_absolute()) {
                 return Err(ConfigError::invalid(key, format!("{} must be an absolute path", p.display())));
             }
@@ -141,6 +236,17 @@ impl ApiConfig {
                     format!("{name:?} must be an absolute name like /pgdaemon/<cluster>/api-token"),
                 ));
             }
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => return Err(ConfigError::invalid("api.tls_key_file", "api.tls_cert_file needs api.tls_key_file")),
+            (None, Some(_)) => return Err(ConfigError::invalid("api.tls_cert_file", "api.tls_key_file needs api.tls_cert_file")),
+            _ => {}
+        }
+        if self.tls_client_ca_file.is_some() && !self.tls_enabled() {
+            return Err(ConfigError::invalid(
+                "api.tls_client_ca_file",
+                "client certificates are verified in the TLS handshake: set api.tls_cert_file and api.tls_key_file too",
+            ));
         }
         parse_allowlist(&self.allowlist)?;
         if self.insecure && self.has_credentials() {
@@ -168,6 +274,18 @@ impl ApiConfig {
     }
 }
 
+/// A private key file must deny group and others, as password files do.
+fn check_key_mode(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let file_err = |reason: String| TlsError::File { path: path.to_path_buf(), reason };
+    let meta = std::fs::metadata(path).map_err(|e| file_err(e.to_string()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(file_err(format!("has mode {mode:04o}; group and others must have no access (chmod 600)")));
+    }
+    Ok(())
+}
+
 fn parse_allowlist(entries: &[String]) -> Result<Vec<IpNet>, ConfigError> {
     entries
         .iter()
@@ -179,7 +297,7 @@ fn parse_allowlist(entries: &[String]) -> Result<Vec<IpNet>, ConfigError> {
         .collect()
 }
 
-/// The checks the API applies, built once from `[api]` (secrets read).
+/// The checks the API applies, built once from `[api]` (secrets and TLS files read).
 #[derive(Clone, Default)]
 pub struct ApiSecurity {
     basic: Option<(String, Secret)>,
@@ -188,6 +306,10 @@ pub struct ApiSecurity {
     pub include_members: bool,
     pub protect_reads: bool,
     insecure: bool,
+    /// Serve over TLS with this configuration (client certificates verified when it says so).
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// This node's requests to the other members' APIs ([`ApiConfig::client_tls`]).
+    client_tls: Option<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for ApiSecurity {
@@ -199,6 +321,7 @@ impl std::fmt::Debug for ApiSecurity {
             .field("include_members", &self.include_members)
             .field("protect_reads", &self.protect_reads)
             .field("insecure", &self.insecure)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -238,15 +361,33 @@ impl ApiSecurity {
         self
     }
 
+    /// Serves over TLS with `config` (tests and embedding; the agent builds it from `[api]`).
+    pub fn with_tls(mut self, config: rustls::ServerConfig) -> Self {
+        self.tls = Some(Arc::new(config));
+        self
+    }
+
+    /// The server's TLS configuration, if the API is served over TLS.
+    pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.clone()
+    }
+
+    /// The TLS configuration of this node's requests to its peers' APIs (failsafe requests), as
+    /// read from `[api]` by [`Self::load`]; `None` when not built from a configuration.
+    pub fn client_tls(&self) -> Option<rustls::ClientConfig> {
+        self.client_tls.clone()
+    }
+
     pub fn with_allowlist(mut self, cidrs: &[&str]) -> Result<Self, ConfigError> {
         self.allowlist = parse_allowlist(&cidrs.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         Ok(self)
     }
 
     /// Reads the secrets `cfg` names: the files (refusing group- or world-readable ones) and the
-    /// token's SSM parameter (decrypted). Called once at start; the result also gives the
+    /// token's SSM parameter (decrypted), and the TLS certificate, key (mode checked as for the
+    /// secret files) and client CA. Called once at start; the result also gives the
     /// credentials this node sends ([`Self::client_authorization`]).
-    pub async fn load(cfg: &ApiConfig) -> Result<Self, SecretError> {
+    pub async fn load(cfg: &ApiConfig) -> Result<Self, ApiLoadError> {
         let basic = match (&cfg.username, &cfg.password_file) {
             (Some(u), Some(p)) => Some((u.clone(), read_password_file(p)?)),
             _ => None,
@@ -268,9 +409,12 @@ impl ApiSecurity {
                         source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
                     },
                     (None, name) => SecretError::Ssm { name: name.clone().unwrap_or_default(), reason: reason.into() },
-                });
+                }
+                .into());
             }
         }
+        let tls = cfg.server_tls()?;
+        let client_tls = Some(cfg.client_tls()?);
         Ok(ApiSecurity {
             basic,
             token,
@@ -279,6 +423,8 @@ impl ApiSecurity {
             include_members: cfg.allowlist_include_members,
             protect_reads: cfg.protect_reads,
             insecure: cfg.insecure && !cfg.has_credentials(),
+            tls,
+            client_tls,
         })
     }
 
@@ -517,6 +663,67 @@ mod tests {
         assert!(c.validate().is_ok());
         let c = ApiConfig { insecure: true, token_ssm_parameter: Some("/pgdaemon/prod/api-token".into()), ..Default::default() };
         assert_eq!(key_of(&c), "api.insecure");
+    }
+
+    #[test]
+    fn tls_config_rules() {
+        let key_of = |c: &ApiConfig| match c.validate() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{other:?}"),
+        };
+        let tls = ApiConfig {
+            tls_cert_file: Some("/etc/pgdaemon/api.crt".into()),
+            tls_key_file: Some("/etc/pgdaemon/api.key".into()),
+            tls_client_ca_file: Some("/etc/pgdaemon/ca.crt".into()),
+            tls_ca_file: Some("/etc/pgdaemon/ca.crt".into()),
+            ..Default::default()
+        };
+        assert!(tls.validate().is_ok() && tls.tls_enabled());
+        assert_eq!(key_of(&ApiConfig { tls_key_file: None, ..tls.clone() }), "api.tls_key_file");
+        assert_eq!(key_of(&ApiConfig { tls_cert_file: None, ..tls.clone() }), "api.tls_cert_file");
+        let no_tls = ApiConfig { tls_cert_file: None, tls_key_file: None, ..tls.clone() };
+        assert_eq!(key_of(&no_tls), "api.tls_client_ca_file", "mTLS needs TLS");
+        assert_eq!(key_of(&ApiConfig { tls_ca_file: Some("ca.crt".into()), ..tls.clone() }), "api.tls_ca_file");
+        assert!(!ApiConfig::default().tls_enabled());
+    }
+
+    #[tokio::test]
+    async fn tls_files_are_read_at_start_and_errors_name_the_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = pgdaemon_testkit::tls::TestPki::new(dir.path()).unwrap();
+        let node = pki.issue("n1", &["127.0.0.1"]).unwrap();
+        let other = pki.issue("n2", &["127.0.0.1"]).unwrap();
+        let cfg = ApiConfig {
+            tls_cert_file: Some(node.cert.clone()),
+            tls_key_file: Some(node.key.clone()),
+            tls_client_ca_file: Some(pki.ca_file()),
+            tls_ca_file: Some(pki.ca_file()),
+            ..Default::default()
+        };
+        assert!(ApiSecurity::load(&cfg).await.unwrap().tls().is_some());
+        assert!(ApiSecurity::load(&ApiConfig::default()).await.unwrap().tls().is_none());
+        cfg.client_tls().unwrap();
+        let err = |c: &ApiConfig| {
+            let e = c.server_tls().map(|_| ()).and_then(|_| c.client_tls().map(|_| ())).unwrap_err();
+            assert!(matches!(e, ApiLoadError::Tls { .. }), "{e:?}");
+            e.to_string()
+        };
+        let missing = ApiConfig { tls_cert_file: Some(dir.path().join("missing.crt")), ..cfg.clone() };
+        assert!(err(&missing).starts_with("api.tls_cert_file: ") && err(&missing).contains("missing.crt"), "{}", err(&missing));
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not PEM\n").unwrap();
+        let e = err(&ApiConfig { tls_client_ca_file: Some(garbage.clone()), ..cfg.clone() });
+        assert!(e.starts_with("api.tls_client_ca_file: ") && e.contains("garbage.pem"), "{e}");
+        let e = err(&ApiConfig { tls_ca_file: Some(garbage.clone()), ..cfg.clone() });
+        assert!(e.starts_with("api.tls_ca_file: "), "{e}");
+        let e = err(&ApiConfig { tls_key_file: Some(other.key.clone()), ..cfg.clone() });
+        assert!(e.starts_with("api.tls_key_file: ") && e.contains("does not match"), "{e}");
+        // A key others may read is refused, like a password file.
+        std::fs::set_permissions(&node.key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = err(&cfg);
+        assert!(e.starts_with("api.tls_key_file: ") && e.contains("chmod 600"), "{e}");
+        assert!(ApiSecurity::load(&cfg).await.is_err());
     }
 
     #[test]

@@ -437,7 +437,9 @@ impl AgentConfig {
         self.node.pg_port.unwrap_or(self.postgres.port)
     }
 
-    /// The API URL written into the heartbeat.
+    /// The API URL written into the heartbeat: `node.api_url`, or `https://` (API over TLS,
+    /// `[api] tls_cert_file`) or `http://` with `pg_host` and the listen port. The coordinators'
+    /// `http` fencer and the failsafe peers call this URL.
     pub fn advertised_api_url(&self) -> String {
         match &self.node.api_url {
             Some(url) => url.trim_end_matches('/').to_string(),
@@ -445,7 +447,8 @@ impl AgentConfig {
                 let port = self.node.listen_addr().map(|a| a.port()).unwrap_or(8008);
                 let host =
                     if self.node.pg_host.contains(':') { format!("[{}]", self.node.pg_host) } else { self.node.pg_host.clone() };
-                format!("http://{host}:{port}")
+                let scheme = if self.api.tls_enabled() { "https" } else { "http" };
+                format!("{scheme}://{host}:{port}")
             }
         }
     }

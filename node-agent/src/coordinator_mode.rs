@@ -30,7 +30,10 @@ const BUSY_POLL: Duration = Duration::from_millis(200);
 /// Fencing policy and chain from the `[coordinator]` section. Rejects unknown fencers and a
 /// `command` fencer without a command. `authorization`: what the `http` fencer sends, the
 /// cluster's shared `[api]` credentials as read once at start
-/// ([`crate::api_security::ApiSecurity::client_authorization`]).
+/// ([`crate::api_security::ApiSecurity::client_authorization`]). Its TLS comes from `[api]`
+/// as well ([`crate::api_security::ApiConfig::client_tls`]): `https://` agents are verified
+/// against `tls_ca_file` (or the system's roots), and agents requiring client certificates get
+/// this node's `tls_cert_file`.
 pub fn fencing(
     cfg: &AgentConfig,
     authorization: Option<reqwest::header::HeaderValue>,
@@ -44,8 +47,12 @@ pub fn fencing(
     for name in names {
         match name {
             "http" => {
-                // The agents it fences require the cluster's shared `[api]` credentials.
-                fencers.push(Box::new(HttpDemoteFencer::new(FENCE_TIMEOUT).with_authorization(authorization.clone())))
+                // The agents it fences require the cluster's shared `[api]` credentials, and
+                // speak TLS when this node does (the cluster shares its CA).
+                let tls = cfg.api.client_tls().context("config: the `http` fencer's TLS")?;
+                fencers.push(Box::new(
+                    HttpDemoteFencer::new(FENCE_TIMEOUT).with_tls_config(tls).with_authorization(authorization.clone()),
+                ))
             }
             "command" => {
                 let Some(cmd) = c.fence_command.clone().filter(|s| !s.trim().is_empty()) else {

@@ -21,6 +21,10 @@
 //! configured they are refused (403) unless `[api] insecure = true`. Bodies are limited to
 //! [`MAX_BODY_BYTES`]. The read-only endpoints are open unless `[api] protect_reads = true`.
 //!
+//! With `[api] tls_cert_file` the server speaks TLS only, on every path (HAProxy: `check-ssl`);
+//! with `tls_client_ca_file` a client without a certificate chaining to that CA fails the
+//! handshake and never reaches a handler. See [`serve_with`].
+//!
 //! Lease validity is evaluated at request time, not copied from the last loop: if the loop stalls,
 //! `/primary` turns 503 at the moment the lease stops being valid, which is what a load balancer
 //! needs to stop sending writes to a node that may already be fenced.
@@ -150,6 +154,12 @@ pub async fn serve(
 /// `limits.read_timeout` for a request's headers and again for its body (a slow client cannot
 /// hold a connection slot forever). The peer address is passed to the router as `ConnectInfo`.
 /// On shutdown, stops accepting and lets requests in flight finish.
+///
+/// With TLS ([`ApiSecurity::tls`]) each connection's handshake runs in that connection's own
+/// task, within its slot and bounded by `limits.read_timeout`: a client that never completes it
+/// holds one slot for that long and delays no other connection. A failed handshake (a plain
+/// HTTP request, no or an untrusted client certificate) is logged at debug and the connection
+/// dropped.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     state: ApiState,
@@ -158,6 +168,7 @@ pub async fn serve_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
+    let tls = security.tls().map(tokio_rustls::TlsAcceptor::from);
     let app = router_with(state, Arc::new(security));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -187,13 +198,29 @@ pub async fn serve_with(
             let mut app = app.clone();
             async move { tower_service::Service::call(&mut app, req).await }
         });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        // Counts as a connection in flight from now on: shutdown waits for a handshake too.
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(stream),
+                Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => Box::new(stream),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "API TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, timeout_ms = timeout.as_millis() as u64, "API TLS handshake not completed in time");
+                        return;
+                    }
+                },
+            };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .serve_connection(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "API connection ended with an error");
             }
             drop(permit);
@@ -203,6 +230,10 @@ pub async fn serve_with(
     graceful.shutdown().await;
     Ok(())
 }
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// The health-check query string. Unknown parameters (Patroni's `tag_*`, `mode`) are ignored.
 #[derive(Debug, Default, Deserialize)]
