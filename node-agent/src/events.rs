@@ -3,7 +3,8 @@
 //! delivers each to every configured sink from a task of its own:
 //!
 //! - `store`: the cluster's event log in the store (on by default);
-//! - `webhook_url`: an HTTP POST of the event as JSON (header `X-Pgdaemon-Event-Id`);
+//! - `webhook_url`: an HTTP POST of the event as JSON (header `X-Pgdaemon-Event-Id`); `https://`
+//!   verified against the system's roots or `webhook_ca_file`;
 //! - `command`: a shell command with the event as JSON on stdin and `PGDAEMON_EVENT_*` in its
 //!   environment (Patroni's `on_role_change`; by default only for role changes of this node).
 //!
@@ -13,6 +14,7 @@
 //! Sinks are independent: a dead webhook delays nothing but its own queue.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,6 +44,10 @@ pub struct EventsConfig {
     pub webhook_url: Option<String>,
     #[serde(default = "default_webhook_timeout_ms")]
     pub webhook_timeout_ms: u64,
+    /// PEM CA file verifying an `https://` webhook's certificate (a private CA); unset: the
+    /// system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_ca_file: Option<PathBuf>,
     /// Run this shell command (`sh -c`) with the event JSON on stdin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
@@ -78,6 +84,7 @@ impl Default for EventsConfig {
             retention_days: default_retention_days(),
             webhook_url: None,
             webhook_timeout_ms: default_webhook_timeout_ms(),
+            webhook_ca_file: None,
             command: None,
             command_events: CommandEvents::default(),
             command_timeout_ms: default_command_timeout_ms(),
@@ -124,6 +131,17 @@ impl EventsConfig {
                 return Err(ConfigError::invalid("events.webhook_url", format!("{url:?} must be http:// or https://")));
             }
         }
+        if let Some(path) = &self.webhook_ca_file {
+            if self.webhook_url.is_none() {
+                return Err(ConfigError::invalid("events.webhook_ca_file", "is set without events.webhook_url"));
+            }
+            if !path.is_absolute() {
+                return Err(ConfigError::invalid(
+                    "events.webhook_ca_file",
+                    format!("{} must be an absolute path", path.display()),
+                ));
+            }
+        }
         if self.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
             return Err(ConfigError::invalid("events.command", "is empty (leave it out to run no command)"));
         }
@@ -157,7 +175,8 @@ impl EventsConfig {
         }
     }
 
-    /// The configured sinks (`store` only when a store is given).
+    /// The configured sinks (`store` only when a store is given). Reads `webhook_ca_file`: a file
+    /// that is missing or holds no certificate is an error naming the key.
     pub fn sinks(&self, store: Option<Arc<dyn Store>>) -> anyhow::Result<Vec<Arc<dyn EventSink>>> {
         self.validate()?;
         let mut sinks: Vec<Arc<dyn EventSink>> = Vec::new();
@@ -165,7 +184,8 @@ impl EventsConfig {
             sinks.push(Arc::new(StoreSink::new(store, Duration::from_secs(self.retention_days * 86_400))));
         }
         if let Some(url) = &self.webhook_url {
-            sinks.push(Arc::new(WebhookSink::new(url, Duration::from_millis(self.webhook_timeout_ms))?));
+            let timeout = Duration::from_millis(self.webhook_timeout_ms);
+            sinks.push(Arc::new(WebhookSink::new(url, timeout, self.webhook_ca_file.as_deref())?));
         }
         if let Some(cmd) = &self.command {
             let only_roles = self.command_events == CommandEvents::RoleChanges;
@@ -353,16 +373,21 @@ async fn deliver_loop(q: Arc<SinkQueue>, retry: RetryPolicy) {
 }
 
 /// POSTs each event as JSON. 2xx is delivered; 408, 429 and 5xx (and no answer) are retried;
-/// other statuses are permanent failures (the receiver refuses this event).
+/// other statuses are permanent failures (the receiver refuses this event). An `https://`
+/// receiver whose certificate does not verify (chain and host name, against `ca_file` or the
+/// system's roots) gets nothing: the attempt fails before the request is sent, and is retried
+/// like any connection failure (a certificate may be replaced) until given up.
 pub struct WebhookSink {
     url: reqwest::Url,
     client: reqwest::Client,
 }
 
 impl WebhookSink {
-    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(url: &str, timeout: Duration, ca_file: Option<&Path>) -> anyhow::Result<Self> {
         let url = reqwest::Url::parse(url).with_context(|| format!("webhook URL {url:?}"))?;
-        let client = reqwest::Client::builder().timeout(timeout).build().context("HTTP client")?;
+        let tls = pgdaemon_dcs::tls::client_config(ca_file, None)
+            .map_err(|e| ConfigError::invalid("events.webhook_ca_file", e.to_string()))?;
+        let client = reqwest::Client::builder().use_preconfigured_tls(tls).timeout(timeout).build().context("HTTP client")?;
         Ok(WebhookSink { url, client })
     }
 }
@@ -381,7 +406,7 @@ impl EventSink for WebhookSink {
             .json(event)
             .send()
             .await
-            .map_err(|e| SinkError::retryable(format!("POST {}: {e}", redact(&self.url))))?;
+            .map_err(|e| SinkError::retryable(format!("POST {}: {}", redact(&self.url), error_chain(&e.without_url()))))?;
         let status = resp.status();
         if status.is_success() {
             Ok(())
@@ -391,6 +416,21 @@ impl EventSink for WebhookSink {
             Err(SinkError::permanent(format!("POST {}: HTTP {status}", redact(&self.url))))
         }
     }
+}
+
+/// `e` and its sources: reqwest's own message does not say why (refused, timed out, `invalid
+/// peer certificate: UnknownIssuer`); the sources do.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text = format!("{text}: {s_text}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// The URL without credentials or query (tokens often live there) for logs.
@@ -483,6 +523,8 @@ mod tests {
             ("queue_capacity = 0", "queue_capacity"),
             ("retry_attempts = 0", "retry_attempts"),
             ("retry_first_delay_ms = 500\nretry_max_delay_ms = 100", "retry_max_delay_ms"),
+            ("webhook_ca_file = \"/etc/pgdaemon/hooks-ca.pem\"", "webhook_ca_file"),
+            ("webhook_url = \"https://h/x\"\nwebhook_ca_file = \"ca.pem\"", "webhook_ca_file"),
         ] {
             let c: EventsConfig = toml::from_str(text).unwrap();
             let err = c.validate().unwrap_err().to_string();
@@ -490,6 +532,24 @@ mod tests {
         }
         assert!(toml::from_str::<EventsConfig>("surprise = 1").is_err());
         assert!(toml::from_str::<EventsConfig>("command_events = \"some\"").is_err());
+    }
+
+    #[test]
+    fn an_unusable_webhook_ca_file_is_named_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("hooks-ca.pem");
+        let cfg = EventsConfig {
+            store: false,
+            webhook_url: Some("https://hooks.example/pg".into()),
+            webhook_ca_file: Some(ca.clone()),
+            ..Default::default()
+        };
+        assert!(cfg.validate().is_ok(), "no file access in validate");
+        let err = format!("{:#}", cfg.sinks(None).err().unwrap());
+        assert!(err.contains("events.webhook_ca_file") && err.contains("hooks-ca.pem"), "{err}");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let err = format!("{:#}", cfg.sinks(None).err().unwrap());
+        assert!(err.contains("events.webhook_ca_file") && err.contains("no PEM certificate"), "{err}");
     }
 
     #[test]
