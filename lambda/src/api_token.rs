@@ -28,14 +28,20 @@ pub const TOKEN_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct TokenHttpFencer<P> {
     params: P,
     parameter: String,
-    timeout: Duration,
+    /// The fencer without credentials (timeout, TLS); the token is added to a copy.
+    base: HttpDemoteFencer,
     ready: OnceCell<HttpDemoteFencer>,
 }
 
 impl<P: ParameterApi> TokenHttpFencer<P> {
     /// `timeout`: the HTTP fencer's request timeout (`PGDAEMON_HTTP_TIMEOUT_MS`).
     pub fn new(params: P, parameter: impl Into<String>, timeout: Duration) -> Self {
-        TokenHttpFencer { params, parameter: parameter.into(), timeout, ready: OnceCell::new() }
+        Self::with_fencer(params, parameter, HttpDemoteFencer::new(timeout))
+    }
+
+    /// With `base` (its timeout and TLS, e.g. `PGDAEMON_API_CA_FILE`) as the fencer that gets the token.
+    pub fn with_fencer(params: P, parameter: impl Into<String>, base: HttpDemoteFencer) -> Self {
+        TokenHttpFencer { params, parameter: parameter.into(), base, ready: OnceCell::new() }
     }
 
     /// The fencer with its credentials, reading the parameter on first use. An error is not
@@ -54,7 +60,7 @@ impl<P: ParameterApi> TokenHttpFencer<P> {
                     .ok_or_else(|| {
                         "the value is not a usable token (printable characters, no surrounding whitespace)".to_string()
                     })?;
-                Ok(HttpDemoteFencer::new(self.timeout).with_authorization(Some(header)))
+                Ok(self.base.clone().with_authorization(Some(header)))
             })
             .await
     }

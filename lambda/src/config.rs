@@ -18,8 +18,10 @@
 //! | `PGDAEMON_CONCURRENCY` | 4 | clusters evaluated at once on the schedule |
 //! | `PGDAEMON_SNS_TOPIC_ARN` | (none) | SNS topic for change-of-primary events (see `events`) |
 //! | `PGDAEMON_API_TOKEN_PARAMETER` | (none) | absolute name of the SSM SecureString holding the agents' API bearer token (`/pgdaemon/<cluster>/api-token`, the agents' `[api] token_ssm_parameter`); the `http` fencer sends `Authorization: Bearer <token>`. Read with decryption at the first HTTP fence, never at init; while it cannot be read the `http` fencer fails (the chain moves on). Unset: no credentials, and agents answer 401 |
+//! | `PGDAEMON_API_CA_FILE` | (none) | PEM CA verifying `https://` agents (`[api] tls_cert_file`), a path inside the deployment package (`/var/task/...`) or a layer (`/opt/...`); read at init, an unusable file fails it. Unset: the system's roots. No client certificate is sent: agents with `tls_client_ca_file` refuse this fencer |
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pgdaemon_core::coordinator::{CoordinatorConfig, FencingPolicy};
@@ -53,6 +55,8 @@ pub struct LambdaConfig {
     pub concurrency: usize,
     /// `PGDAEMON_API_TOKEN_PARAMETER`: SSM parameter holding the agents' API bearer token.
     pub api_token_parameter: Option<String>,
+    /// `PGDAEMON_API_CA_FILE`: CA verifying the agents' API certificates (`https://` URLs).
+    pub api_ca_file: Option<PathBuf>,
 }
 
 const KNOWN: &[&str] = &[
@@ -72,6 +76,7 @@ const KNOWN: &[&str] = &[
     // Read by `events` (SNS topic of change-of-primary events; unset: none published).
     "PGDAEMON_SNS_TOPIC_ARN",
     "PGDAEMON_API_TOKEN_PARAMETER",
+    "PGDAEMON_API_CA_FILE",
 ];
 
 fn env_err(var: &str, reason: impl Into<String>) -> ConfigError {
@@ -170,6 +175,10 @@ impl LambdaConfig {
                 ));
             }
         }
+        let api_ca_file = get("PGDAEMON_API_CA_FILE").map(PathBuf::from);
+        if let Some(path) = &api_ca_file {
+            pgdaemon_dcs::tls::root_store(Some(path)).map_err(|e| env_err("PGDAEMON_API_CA_FILE", e.to_string()))?;
+        }
         Ok(LambdaConfig {
             table,
             clusters,
@@ -182,6 +191,7 @@ impl LambdaConfig {
             poll,
             concurrency,
             api_token_parameter,
+            api_ca_file,
         })
     }
 }
@@ -221,6 +231,7 @@ mod tests {
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_LOCK_LEASE_MS", "10")], "PGDAEMON_LOCK_LEASE_MS"),
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_TABEL", "x")], "PGDAEMON_TABEL"),
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_RUN_BUDGET_MS", "1000000")], "900 s"),
+            (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_API_CA_FILE", "/nonexistent/ca.pem")], "PGDAEMON_API_CA_FILE"),
         ];
         for (vars, needle) in cases {
             let err = LambdaConfig::from_env(env(vars)).unwrap_err().to_string();

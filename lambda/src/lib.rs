@@ -41,12 +41,31 @@ where
                 FencerKind::Ssm => {
                     Box::new(SsmFencer::new(ssm.clone(), ec2.clone(), config.cluster_tag_key.clone(), config.ssm_command.clone()))
                 }
-                FencerKind::Http => match &config.api_token_parameter {
-                    Some(name) => Box::new(TokenHttpFencer::new(ssm.clone(), name.clone(), http_timeout)),
-                    None => Box::new(HttpDemoteFencer::new(http_timeout)),
-                },
+                FencerKind::Http => {
+                    let http = http_fencer(config, http_timeout);
+                    match &config.api_token_parameter {
+                        Some(name) => Box::new(TokenHttpFencer::with_fencer(ssm.clone(), name.clone(), http)),
+                        None => Box::new(http),
+                    }
+                }
             }
         })
         .collect();
     Arc::new(FenceChain::new(fencers))
+}
+
+/// The `http` fencer without credentials: `https://` agents verified against
+/// `PGDAEMON_API_CA_FILE` (checked by [`LambdaConfig::from_env`]), or the system's roots.
+fn http_fencer(config: &LambdaConfig, timeout: Duration) -> HttpDemoteFencer {
+    let plain = HttpDemoteFencer::new(timeout);
+    let Some(ca) = &config.api_ca_file else { return plain };
+    match plain.clone().with_tls(Some(ca), None) {
+        Ok(fencer) => fencer,
+        Err(e) => {
+            // Read at init already; a file gone since then leaves the system's roots, which
+            // verify no private CA: an https fence then fails, never confirms.
+            tracing::error!(error = %e, "PGDAEMON_API_CA_FILE: the http fencer verifies agents against the system's roots");
+            plain
+        }
+    }
 }
