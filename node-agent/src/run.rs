@@ -158,6 +158,8 @@ where
     C: Clock + Clone + 'static,
 {
     let peer_auth = security.client_authorization();
+    // Peers' `https://` APIs verified against `[api] tls_ca_file`, this node's certificate for mTLS.
+    let peer_tls = security.client_tls();
     let handle = runtime.handle();
     let stats = Arc::new(LoopStats::new(clock.monotonic()));
     let cluster = handle.snapshot().cluster;
@@ -177,7 +179,7 @@ where
     // Failsafe rounds (they do nothing unless `failsafe_mode` is on and the lease is overdue).
     let failsafe = tokio::spawn(crate::failsafe::failsafe_task(
         handle.clone(),
-        Arc::new(crate::failsafe::HttpPeers::new().with_authorization(peer_auth)),
+        Arc::new(crate::failsafe::HttpPeers::new().with_authorization(peer_auth).with_tls(peer_tls)),
     ));
 
     let mut period = runtime.interval();
