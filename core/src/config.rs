@@ -2,6 +2,7 @@
 //! environment loader shared by every binary.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -149,12 +150,30 @@ pub enum StoreConfig {
     /// In-process store: tests and single-process demos only. A struct variant (not a unit one) so
     /// that `deny_unknown_fields` rejects stray keys here too.
     Memory {},
+    /// etcd v3. TLS and authentication are optional: without them the client speaks plain HTTP
+    /// (`http://` endpoints) or TLS verified against the system's roots (`https://` endpoints).
     Etcd {
-        /// e.g. `["http://127.0.0.1:2379"]`
+        /// e.g. `["http://127.0.0.1:2379"]`, or `https://` ones for TLS.
         endpoints: Vec<String>,
         /// Key prefix; items live under `<prefix>/<cluster>/<item>`.
         #[serde(default = "default_etcd_prefix")]
         prefix: String,
+        /// PEM CA certificate(s) that verify the etcd server (default: the system's roots).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
+        /// PEM client certificate, for an etcd started with `--client-cert-auth`; needs `key_file`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cert_file: Option<PathBuf>,
+        /// PEM private key of `cert_file`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_file: Option<PathBuf>,
+        /// etcd user (etcd's `auth enable`); needs `password_file`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        /// File holding the user's password (mode 0600 or stricter; a trailing newline is
+        /// ignored). Read by the store backend when it connects, not at validation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_file: Option<PathBuf>,
     },
     Dynamodb {
         #[serde(default = "default_table")]
@@ -177,10 +196,24 @@ fn default_table() -> String {
 }
 
 impl StoreConfig {
+    /// An etcd store at `endpoints` under `prefix`, without TLS options or authentication.
+    pub fn etcd(endpoints: Vec<String>, prefix: impl Into<String>) -> Self {
+        StoreConfig::Etcd {
+            endpoints,
+            prefix: prefix.into(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password_file: None,
+        }
+    }
+
+    /// Checks the keys without reading any file (the backend reads them when it connects).
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
             StoreConfig::Memory {} => Ok(()),
-            StoreConfig::Etcd { endpoints, prefix } => {
+            StoreConfig::Etcd { endpoints, prefix, ca_file, cert_file, key_file, username, password_file } => {
                 if endpoints.is_empty() {
                     return Err(ConfigError::invalid("store.endpoints", "must list at least one etcd endpoint"));
                 }
@@ -188,6 +221,48 @@ impl StoreConfig {
                     return Err(ConfigError::invalid(
                         "store.prefix",
                         format!("{prefix:?} must start with '/' and not end with it"),
+                    ));
+                }
+                match (cert_file, key_file) {
+                    (Some(_), None) => {
+                        return Err(ConfigError::invalid(
+                            "store.cert_file",
+                            "is set without store.key_file (a client certificate needs both)",
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(ConfigError::invalid(
+                            "store.key_file",
+                            "is set without store.cert_file (a client certificate needs both)",
+                        ))
+                    }
+                    _ => {}
+                }
+                match (username, password_file) {
+                    (Some(u), Some(_)) if u.is_empty() => {
+                        return Err(ConfigError::invalid("store.username", "is empty"));
+                    }
+                    (Some(_), None) => {
+                        return Err(ConfigError::invalid(
+                            "store.username",
+                            "is set without store.password_file (etcd authentication needs both)",
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(ConfigError::invalid(
+                            "store.password_file",
+                            "is set without store.username (etcd authentication needs both)",
+                        ))
+                    }
+                    _ => {}
+                }
+                // A TLS option with a plain-HTTP endpoint would silently not apply to it.
+                let tls_key = [("store.ca_file", ca_file), ("store.cert_file", cert_file)].into_iter().find(|(_, v)| v.is_some());
+                let plain = endpoints.iter().find(|e| e.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")));
+                if let (Some((key, _)), Some(plain)) = (tls_key, plain) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("is a TLS option, but the endpoint {plain:?} is plain http://; TLS needs https:// endpoints"),
                     ));
                 }
                 Ok(())
@@ -307,7 +382,7 @@ mod tests {
         let s: Sample = load_layered(text, env).unwrap();
         assert_eq!(s.name, "b");
         assert_eq!(s.dynamic.lease_ms, 20000);
-        assert_eq!(s.store, StoreConfig::Etcd { endpoints: vec!["http://x".into()], prefix: "/pgdaemon".into() });
+        assert_eq!(s.store, StoreConfig::etcd(vec!["http://x".into()], "/pgdaemon"));
     }
 
     #[test]
@@ -338,8 +413,74 @@ mod tests {
 
     #[test]
     fn store_config_validation() {
-        assert!(StoreConfig::Etcd { endpoints: vec![], prefix: "/p".into() }.validate().is_err());
-        assert!(StoreConfig::Etcd { endpoints: vec!["h".into()], prefix: "p/".into() }.validate().is_err());
+        assert!(StoreConfig::etcd(vec![], "/p").validate().is_err());
+        assert!(StoreConfig::etcd(vec!["h".into()], "p/").validate().is_err());
         assert!(StoreConfig::Dynamodb { table: "ab".into(), region: None, endpoint_url: None }.validate().is_err());
+    }
+
+    fn etcd_store(extra: &str) -> Result<StoreConfig, ConfigError> {
+        let text = format!("name = \"a\"\n[store]\nbackend = \"etcd\"\n{extra}");
+        let s: Sample = load_layered(&text, vec![])?;
+        s.store.validate()?;
+        Ok(s.store)
+    }
+
+    fn invalid_key(r: Result<StoreConfig, ConfigError>) -> String {
+        match r {
+            Err(ConfigError::Invalid { key, reason }) => format!("{key}: {reason}"),
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn etcd_tls_and_auth_options_parse_and_old_configs_still_do() {
+        let tls = "endpoints = [\"https://e1:2379\", \"https://e2:2379\"]\nca_file = \"/etc/pgdaemon/etcd-ca.pem\"\n\
+                   cert_file = \"/etc/pgdaemon/etcd.crt\"\nkey_file = \"/etc/pgdaemon/etcd.key\"\n\
+                   username = \"pgdaemon\"\npassword_file = \"/etc/pgdaemon/etcd.pass\"\n";
+        let StoreConfig::Etcd { endpoints, prefix, ca_file, cert_file, key_file, username, password_file } =
+            etcd_store(tls).unwrap()
+        else {
+            panic!("etcd")
+        };
+        assert_eq!((endpoints.len(), prefix.as_str()), (2, "/pgdaemon"));
+        assert_eq!(ca_file, Some(PathBuf::from("/etc/pgdaemon/etcd-ca.pem")));
+        assert_eq!((cert_file.is_some(), key_file.is_some()), (true, true));
+        assert_eq!(username.as_deref(), Some("pgdaemon"));
+        assert_eq!(password_file, Some(PathBuf::from("/etc/pgdaemon/etcd.pass")));
+        // The keys of before still parse to the same store, and serialize without the new ones.
+        let old = etcd_store("endpoints = [\"http://x\"]\nprefix = \"/p\"\n").unwrap();
+        assert_eq!(old, StoreConfig::etcd(vec!["http://x".into()], "/p"));
+        assert_eq!(
+            serde_json::to_value(&old).unwrap(),
+            serde_json::json!({"backend": "etcd", "endpoints": ["http://x"], "prefix": "/p"})
+        );
+        // https:// without any TLS option: the system's roots verify the server.
+        etcd_store("endpoints = [\"https://x:2379\"]\n").unwrap();
+        // Username and password over https with the system roots, or over http (loopback).
+        etcd_store("endpoints = [\"http://127.0.0.1:2379\"]\nusername = \"u\"\npassword_file = \"/p\"\n").unwrap();
+        // A typo is still refused.
+        let err = etcd_store("endpoints = [\"https://x\"]\nca_fil = \"/ca\"\n").unwrap_err().to_string();
+        assert!(err.contains("ca_fil"), "{err}");
+    }
+
+    #[test]
+    fn etcd_tls_and_auth_mistakes_name_the_key() {
+        let https = "endpoints = [\"https://x:2379\"]\n";
+        let e = invalid_key(etcd_store(&format!("{https}cert_file = \"/c\"\n")));
+        assert!(e.starts_with("store.cert_file:") && e.contains("store.key_file"), "{e}");
+        let e = invalid_key(etcd_store(&format!("{https}key_file = \"/k\"\n")));
+        assert!(e.starts_with("store.key_file:") && e.contains("store.cert_file"), "{e}");
+        let e = invalid_key(etcd_store(&format!("{https}username = \"u\"\n")));
+        assert!(e.starts_with("store.username:") && e.contains("store.password_file"), "{e}");
+        let e = invalid_key(etcd_store(&format!("{https}password_file = \"/p\"\n")));
+        assert!(e.starts_with("store.password_file:") && e.contains("store.username"), "{e}");
+        let e = invalid_key(etcd_store(&format!("{https}username = \"\"\npassword_file = \"/p\"\n")));
+        assert!(e.starts_with("store.username:"), "{e}");
+        // TLS options with a plain-HTTP endpoint (one of several is enough).
+        let mixed = "endpoints = [\"https://a:2379\", \"http://b:2379\"]\n";
+        let e = invalid_key(etcd_store(&format!("{mixed}ca_file = \"/ca\"\n")));
+        assert!(e.starts_with("store.ca_file:") && e.contains("http://b:2379") && e.contains("https://"), "{e}");
+        let e = invalid_key(etcd_store("endpoints = [\"HTTP://b:2379\"]\ncert_file = \"/c\"\nkey_file = \"/k\"\n"));
+        assert!(e.starts_with("store.cert_file:") && e.contains("plain http://"), "{e}");
     }
 }

@@ -56,14 +56,14 @@ impl StoreOpts {
             None => (None, None),
         };
         let store = match self.backend {
-            Some(Backend::Etcd) => StoreConfig::Etcd {
-                endpoints: if self.endpoints.is_empty() {
+            Some(Backend::Etcd) => StoreConfig::etcd(
+                if self.endpoints.is_empty() {
                     return Err(CtlError::Usage("--store etcd needs --endpoints URL[,URL...]".into()));
                 } else {
                     self.endpoints.clone()
                 },
-                prefix: self.prefix.clone().unwrap_or_else(|| "/pgdaemon".into()),
-            },
+                self.prefix.clone().unwrap_or_else(|| "/pgdaemon".into()),
+            ),
             Some(Backend::Dynamodb) => StoreConfig::Dynamodb {
                 table: self.table.clone().unwrap_or_else(|| "pgdaemon".into()),
                 region: self.region.clone(),
@@ -121,7 +121,7 @@ mod tests {
         };
         let (store, cluster) = opts.resolve().unwrap();
         assert_eq!(cluster, "demo");
-        assert_eq!(store, StoreConfig::Etcd { endpoints: vec!["http://127.0.0.1:2379".into()], prefix: "/pgdaemon".into() });
+        assert_eq!(store, StoreConfig::etcd(vec!["http://127.0.0.1:2379".into()], "/pgdaemon"));
     }
 
     #[test]

@@ -9,12 +9,28 @@
 //! that expired carries no term any more, each lease key has a companion `term#<item>` key (no
 //! etcd lease) written in the same transaction with the same record: an expired lease reads as
 //! that record without an owner (free), and the next acquisition must still raise its term.
+//!
+//! Security (optional, [`EtcdSecurity`]): TLS verified against a CA file or the system's roots, a
+//! client certificate, and an etcd user. With a user the client authenticates when it connects
+//! and sends the token etcd gave it with every request. etcd's tokens expire (simple tokens after
+//! `--auth-token-ttl`, 300 s, without use, and all of them when etcd restarts; JWTs after their
+//! TTL): the client is built with etcd-client's automatic refresh, which re-authenticates and
+//! retries once when a request is refused for an invalid token (the refused request was not
+//! applied, so the retry is safe), and a call that still ends in `Unauthenticated` drops the
+//! connection so the next call connects and authenticates afresh. Both happen inside the
+//! call's time bound. The password lives only in [`Password`], which never prints.
 
+use std::fmt;
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use crate::tls::ClientIdentity;
 use async_trait::async_trait;
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
+};
 use pgdaemon_core::codec::{self, check_acquire, check_cluster, decode, encode};
 use pgdaemon_core::events::Event;
 use pgdaemon_core::{
@@ -35,8 +51,248 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// The etcd [`Store`]. Cheap to clone (clones share one connection).
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    conn: Arc<Connection>,
     prefix: String,
+}
+
+/// A password that never prints: `Debug` and `Display` show `<redacted>`. Only
+/// [`Password::expose`] reveals it, for the one call that hands it to the etcd client.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(value: impl Into<String>) -> Self {
+        Password(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Reads a password file with the rules of the agent's other secrets: refused when group or
+/// others have any access, when it is not a regular file, or when it holds nothing but line
+/// endings; trailing `\n`/`\r` are trimmed. Errors name the file, never the value.
+pub fn read_password_file(path: &Path) -> Result<Password, StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let invalid = |reason: String| StoreError::Invalid(format!("password file {}: {reason}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| invalid(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(invalid("is not a regular file".into()));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(invalid(format!("has mode {mode:04o}; group and others must have no access (chmod 600)")));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+    let value = text.trim_end_matches(['\n', '\r']);
+    if value.is_empty() {
+        return Err(invalid("is empty".into()));
+    }
+    Ok(Password::new(value))
+}
+
+/// TLS and authentication of the etcd client; the default is neither (plain `http://`, or
+/// `https://` verified against the system's roots).
+#[derive(Debug, Clone, Default)]
+pub struct EtcdSecurity {
+    /// CA certificate(s) that verify the server; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate for an etcd with `--client-cert-auth`.
+    pub identity: Option<ClientIdentity>,
+    /// An etcd user and its password.
+    pub user: Option<(String, Password)>,
+}
+
+impl EtcdSecurity {
+    /// From the `[store]` keys of a validated configuration; reads the password file.
+    pub fn from_config(
+        ca_file: Option<&Path>,
+        cert_file: Option<&Path>,
+        key_file: Option<&Path>,
+        username: Option<&str>,
+        password_file: Option<&Path>,
+    ) -> Result<Self, StoreError> {
+        let identity = match (cert_file, key_file) {
+            (Some(c), Some(k)) => Some(ClientIdentity { cert_file: c.to_path_buf(), key_file: k.to_path_buf() }),
+            (None, None) => None,
+            _ => return Err(StoreError::Invalid("store.cert_file and store.key_file go together".into())),
+        };
+        let user = match (username, password_file) {
+            (Some(u), Some(p)) => Some((u.to_string(), read_password_file(p)?)),
+            (None, None) => None,
+            _ => return Err(StoreError::Invalid("store.username and store.password_file go together".into())),
+        };
+        Ok(EtcdSecurity { ca_file: ca_file.map(Path::to_path_buf), identity, user })
+    }
+
+    fn uses_tls(&self) -> bool {
+        self.ca_file.is_some() || self.identity.is_some()
+    }
+
+    /// tonic's TLS settings, after reading and checking every file here so that a bad one is
+    /// an `Invalid` naming it (tonic's own message would be a bare "transport error").
+    fn tls_options(&self) -> Result<TlsOptions, StoreError> {
+        let invalid = |e: crate::tls::TlsError| StoreError::Invalid(format!("etcd TLS: {e}"));
+        if self.identity.is_some() {
+            // Parses the certificate and the key, and checks that they belong together.
+            crate::tls::client_config(self.ca_file.as_deref(), self.identity.as_ref()).map_err(invalid)?;
+        }
+        let roots = crate::tls::root_store(self.ca_file.as_deref()).map_err(invalid)?;
+        let mut tls = TlsOptions::new().trust_anchors(roots.roots);
+        if let Some(id) = &self.identity {
+            let read =
+                |path: &Path| std::fs::read(path).map_err(|e| StoreError::Invalid(format!("etcd TLS: {}: {e}", path.display())));
+            tls = tls.identity(Identity::from_pem(read(&id.cert_file)?, read(&id.key_file)?));
+        }
+        Ok(tls)
+    }
+}
+
+/// The client, made on first use when connecting needs the server (authentication) and made
+/// again after the server refused its token.
+struct Connection {
+    endpoints: Vec<String>,
+    /// Holds the password (etcd-client's `Debug` would print it): never formatted.
+    options: ConnectOptions,
+    user: Option<String>,
+    /// Some endpoint is `http://` (for the hint when it meets a TLS server).
+    plain_http: bool,
+    /// The client speaks TLS (for the hint when etcd closes the connection at once).
+    tls: bool,
+    client: Mutex<Option<Client>>,
+    /// One connection attempt at a time.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Connection {
+    /// The current client, connecting first if there is none. The caller bounds the time.
+    async fn client(&self) -> Result<Client, StoreError> {
+        if let Some(c) = self.client.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(c.clone());
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.client.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(c.clone());
+        }
+        let client = Client::connect(&self.endpoints, Some(self.options.clone())).await.map_err(|e| self.connect_error(e))?;
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Forgets the client: the next call connects (and authenticates) again.
+    fn reset(&self) {
+        self.client.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Why connecting failed. Without a user nothing is sent while connecting, so only bad
+    /// endpoints fail here; with one, this is also where etcd judges the credentials and where a
+    /// refused TLS handshake shows.
+    fn connect_error(&self, e: etcd_client::Error) -> StoreError {
+        match &e {
+            etcd_client::Error::InvalidUri(_) | etcd_client::Error::InvalidArgs(_) => {
+                StoreError::Invalid(format!("etcd endpoints {:?}: {e}", self.endpoints))
+            }
+            etcd_client::Error::GRpcStatus(s) if is_auth_refusal(s.message()) => {
+                let user = self.user.as_deref().unwrap_or_default();
+                StoreError::Invalid(format!("etcd refused user {user:?}: {}", s.message()))
+            }
+            _ => StoreError::Unavailable(format!("connecting: {}", self.explain(&e))),
+        }
+    }
+
+    /// Transport and server failures are `Unavailable`: the write may or may not have happened.
+    fn map_error(&self, what: &str, e: etcd_client::Error) -> StoreError {
+        match &e {
+            // Credentials refused while refreshing the token (changed password, user removed):
+            // not a fault of the request, and a later call may succeed once that is fixed.
+            etcd_client::Error::GRpcStatus(s) if is_auth_refusal(s.message()) => {
+                StoreError::Unavailable(format!("etcd {what}: credentials refused: {}", s.message()))
+            }
+            // gRPC INVALID_ARGUMENT (3): etcd refused the request itself (e.g. too large).
+            etcd_client::Error::GRpcStatus(s) if s.code() as i32 == 3 => {
+                StoreError::Invalid(format!("etcd {what}: {}", s.message()))
+            }
+            // gRPC UNAUTHENTICATED (16): the token was refused although the client logged in
+            // again and retried once; connect afresh on the next call.
+            etcd_client::Error::GRpcStatus(s) if s.code() as i32 == 16 => {
+                self.reset();
+                StoreError::Unavailable(format!("etcd {what}: {}", self.explain(&e)))
+            }
+            _ => StoreError::Unavailable(format!("etcd {what}: {}", self.explain(&e))),
+        }
+    }
+
+    /// [`describe`], and what a TLS or scheme mismatch most likely means.
+    fn explain(&self, e: &etcd_client::Error) -> String {
+        let text = describe(e);
+        let hint = if ["BadCertificate", "CertificateRequired", "UnknownCA", "bad certificate"].iter().any(|m| text.contains(m)) {
+            " (etcd refused this client's certificate, or its absence: store.cert_file and store.key_file must be set \
+             and signed by a CA in etcd's --trusted-ca-file)"
+        } else if text.contains("invalid peer certificate") {
+            " (etcd's certificate does not verify against store.ca_file, or the system's roots without it, \
+             or does not name the endpoint's host)"
+        } else if !closed_early(&text) {
+            ""
+        } else if self.plain_http {
+            " (the endpoint is plain http://: if etcd serves TLS there, use https://)"
+        } else if self.tls {
+            // TLS 1.3: a client certificate is judged after the client's handshake is done, so
+            // the refusal's alert is often lost in the closing connection.
+            " (if etcd requires client certificates, this is how it refuses a missing or untrusted one: \
+             check store.cert_file and store.key_file)"
+        } else {
+            ""
+        };
+        format!("{text}{hint}")
+    }
+}
+
+/// The connection ended under the request: a restart, or a TLS or scheme mismatch.
+fn closed_early(text: &str) -> bool {
+    ["broken pipe", "connection closed", "connection reset", "frame"].iter().any(|m| text.contains(m))
+}
+
+fn is_plain_http(endpoint: &str) -> bool {
+    endpoint.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+}
+
+/// etcd's answers to credentials it does not accept (messages from etcd's `rpctypes`): a wrong
+/// name or password, a server without authentication enabled.
+fn is_auth_refusal(m: &str) -> bool {
+    m.contains("authentication failed") || m.contains("authentication is not enabled") || m.contains("user name not found")
+}
+
+/// An error with everything tonic and rustls say below it (a TLS refusal is otherwise a bare
+/// "transport error"). Never includes credentials: they are not part of any request error.
+fn describe(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    let (mut text, mut source): (String, Option<&dyn std::error::Error>) = match e {
+        etcd_client::Error::GRpcStatus(s) => (s.message().to_string(), s.source()),
+        etcd_client::Error::TransportError(t) => (format!("transport error: {t}"), t.source()),
+        e => (e.to_string(), None),
+    };
+    while let Some(cause) = source {
+        let m = cause.to_string();
+        if !text.contains(&m) {
+            text.push_str(": ");
+            text.push_str(&m);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The prefix of the key that keeps a lease's last record when its etcd lease expires.
@@ -68,28 +324,57 @@ impl LeaseSnapshot {
 
 impl EtcdStore {
     /// A client of the etcd cluster at `endpoints` (e.g. `http://127.0.0.1:2379`) keeping items
-    /// under `prefix`. Connects lazily: a stopped etcd shows up as `Unavailable` on the calls.
+    /// under `prefix`, without TLS options or authentication. Connects lazily: a stopped etcd
+    /// shows up as `Unavailable` on the calls.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
+        Self::connect_with(endpoints, prefix, EtcdSecurity::default()).await
+    }
+
+    /// As [`EtcdStore::connect`], with TLS and/or an etcd user. Unreadable or mismatched
+    /// certificate files and credentials etcd refuses are `Invalid` here; an etcd that cannot be
+    /// reached is not an error yet (the calls report it, and connect again, until it answers).
+    pub async fn connect_with(endpoints: &[String], prefix: &str, security: EtcdSecurity) -> Result<Self, StoreError> {
         if endpoints.is_empty() {
             return Err(StoreError::Invalid("at least one etcd endpoint is needed".into()));
         }
         if !prefix.starts_with('/') || prefix.ends_with('/') {
             return Err(StoreError::Invalid(format!("etcd prefix {prefix:?} must start with '/' and not end with it")));
         }
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_timeout(REQUEST_TIMEOUT)
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-        let client = tokio::time::timeout(CALL_TIMEOUT, Client::connect(endpoints, Some(options)))
-            .await
-            .map_err(|_| StoreError::Unavailable("etcd: connecting timed out".into()))?
-            .map_err(|e| match e {
-                etcd_client::Error::InvalidUri(_) | etcd_client::Error::InvalidArgs(_) => {
-                    StoreError::Invalid(format!("etcd endpoints {endpoints:?}: {e}"))
-                }
-                e => StoreError::Unavailable(format!("etcd: connect: {e}")),
-            })?;
-        Ok(EtcdStore { client, prefix: prefix.to_string() })
+        let tls = security.uses_tls() || endpoints.iter().any(|e| e.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")));
+        if security.uses_tls() {
+            if let Some(plain) = endpoints.iter().find(|e| is_plain_http(e)) {
+                return Err(StoreError::Invalid(format!("etcd endpoint {plain:?} is plain http://; TLS options need https://")));
+            }
+            options = options.with_tls(security.tls_options()?);
+        } else if endpoints.iter().any(|e| e.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"))) {
+            // https:// without a CA file: the system's roots (etcd-client alone would trust none).
+            options = options.with_tls(security.tls_options()?);
+        }
+        let user = security.user.as_ref().map(|(name, _)| name.clone());
+        if let Some((name, password)) = &security.user {
+            options = options.with_user(name.clone(), password.expose()).with_auto_token_refresh(true);
+        }
+        let conn = Connection {
+            endpoints: endpoints.to_vec(),
+            options,
+            user,
+            plain_http: endpoints.iter().any(|e| is_plain_http(e)),
+            tls,
+            client: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, conn.client()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e @ StoreError::Invalid(_))) => return Err(e),
+            // Unreachable now: the first calls connect again (and report it).
+            Ok(Err(e)) => tracing::warn!(error = %e, "etcd: cannot connect yet; retrying on each call"),
+            Err(_) => tracing::warn!("etcd: connecting timed out; retrying on each call"),
+        }
+        Ok(EtcdStore { conn: Arc::new(conn), prefix: prefix.to_string() })
     }
 
     fn key(&self, cluster: &str, item: &str) -> String {
@@ -100,26 +385,34 @@ impl EtcdStore {
         format!("{}/{cluster}/", self.prefix)
     }
 
-    /// Runs one etcd request under [`CALL_TIMEOUT`], mapping transport failures to `Unavailable`.
-    async fn call<T, F>(&self, what: &str, request: F) -> Result<T, StoreError>
+    /// Runs one etcd request under [`CALL_TIMEOUT`] (connecting first if needed, within the same
+    /// bound), mapping transport failures to `Unavailable`.
+    async fn call<T, F, Fut>(&self, what: &str, request: F) -> Result<T, StoreError>
     where
-        F: Future<Output = Result<T, etcd_client::Error>>,
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(CALL_TIMEOUT, request).await {
+        let attempt = async {
+            // Credentials refused now, after the store was made, are an outage like any other.
+            let client = self.conn.client().await.map_err(|e| match e {
+                StoreError::Invalid(m) | StoreError::Unavailable(m) => StoreError::Unavailable(format!("etcd {what}: {m}")),
+                e => e,
+            })?;
+            request(client).await.map_err(|e| self.conn.map_error(what, e))
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, attempt).await {
             Err(_) => Err(StoreError::Unavailable(format!("etcd {what}: no answer within {CALL_TIMEOUT:?}"))),
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(map_error(what, e)),
+            Ok(result) => result,
         }
     }
 
     async fn txn(&self, what: &str, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
-        let mut client = self.client.clone();
-        self.call(what, client.txn(txn)).await
+        self.call(what, |mut c| async move { c.txn(txn).await }).await
     }
 
     async fn get_one(&self, cluster: &str, item: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut client = self.client.clone();
-        let mut resp = self.call(&format!("get {item}"), client.get(self.key(cluster, item), None)).await?;
+        let key = self.key(cluster, item);
+        let mut resp = self.call(&format!("get {item}"), |mut c| async move { c.get(key, None).await }).await?;
         Ok(resp.take_kvs().into_iter().next())
     }
 
@@ -146,8 +439,7 @@ impl EtcdStore {
     /// Grants an etcd lease that outlives `lease_ms` (TTL in whole seconds, rounded up).
     async fn grant(&self, lease_ms: u64) -> Result<i64, StoreError> {
         let ttl = i64::try_from(lease_ms.div_ceil(1000)).unwrap_or(i64::MAX).max(1);
-        let mut client = self.client.clone();
-        Ok(self.call("lease grant", client.lease_grant(ttl, None)).await?.id())
+        Ok(self.call("lease grant", |mut c| async move { c.lease_grant(ttl, None).await }).await?.id())
     }
 
     /// Best effort: an etcd lease left behind expires on its own, so failures are only logged.
@@ -155,8 +447,11 @@ impl EtcdStore {
         if id == 0 {
             return;
         }
-        let mut client = self.client.clone();
-        match tokio::time::timeout(CLEANUP_TIMEOUT, client.lease_revoke(id)).await {
+        let revoke = async {
+            let mut client = self.conn.client().await?;
+            client.lease_revoke(id).await.map_err(|e| self.conn.map_error("lease revoke", e))
+        };
+        match tokio::time::timeout(CLEANUP_TIMEOUT, revoke).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::debug!(lease = id, error = %e, "etcd lease revoke failed (it will expire)"),
             Err(_) => tracing::debug!(lease = id, "etcd lease revoke timed out (it will expire)"),
@@ -195,7 +490,6 @@ impl EtcdStore {
     }
 }
 
-/// Transport and server failures are `Unavailable`: the write may or may not have happened.
 /// Decodes the records of a prefix or range read (history, events), each named by its key below
 /// `base` (the cluster's prefix). An unreadable one is skipped and logged.
 fn decode_items<T: serde::de::DeserializeOwned>(cluster: &str, base: &str, kvs: Vec<KeyValue>) -> Vec<T> {
@@ -205,14 +499,6 @@ fn decode_items<T: serde::de::DeserializeOwned>(cluster: &str, base: &str, kvs: 
             decode(&item, kv.value()).map_err(|e| codec::warn_unreadable(cluster, &e)).ok()
         })
         .collect()
-}
-
-fn map_error(what: &str, e: etcd_client::Error) -> StoreError {
-    match &e {
-        // gRPC INVALID_ARGUMENT (3): etcd refused the request itself (e.g. too large).
-        etcd_client::Error::GRpcStatus(s) if s.code() as i32 == 3 => StoreError::Invalid(format!("etcd {what}: {}", s.message())),
-        _ => StoreError::Unavailable(format!("etcd {what}: {e}")),
-    }
 }
 
 #[async_trait]
@@ -225,10 +511,10 @@ impl Store for EtcdStore {
         check_cluster(cluster)?;
         let base = self.cluster_prefix(cluster);
         // One range read is one revision: a consistent snapshot of the whole cluster.
-        let mut client = self.client.clone();
         // Up to `VIEW_END`: everything but the event log, which only grows.
-        let end = format!("{base}{}", keys::VIEW_END);
-        let mut resp = self.call("read view", client.get(base.clone(), Some(GetOptions::new().with_range(end)))).await?;
+        let (start, end) = (base.clone(), format!("{base}{}", keys::VIEW_END));
+        let mut resp =
+            self.call("read view", |mut c| async move { c.get(start, Some(GetOptions::new().with_range(end))).await }).await?;
         let mut view = ClusterView::default();
         let (mut last_leader, mut last_coordinator) = (None, None);
         let (leader_term, coordinator_term) = (term_item(keys::LEADER), term_item(keys::COORDINATOR_LOCK));
@@ -303,14 +589,18 @@ impl Store for EtcdStore {
         let id = if snap.etcd_lease == 0 {
             self.grant(current.lease_ms).await?
         } else {
-            let mut client = self.client.clone();
-            match tokio::time::timeout(CALL_TIMEOUT, client.lease_keep_alive(snap.etcd_lease)).await {
-                Err(_) => return Err(StoreError::Unavailable(format!("etcd keep-alive {item}: no answer"))),
-                Ok(Err(etcd_client::Error::LeaseKeepAliveError(m))) if m.contains("not found") => {
-                    return Err(StoreError::conflict(item, "the lease expired (its etcd lease ran out)"));
+            let etcd_lease = snap.etcd_lease;
+            let keep_alive = |mut c: Client| async move {
+                match c.lease_keep_alive(etcd_lease).await {
+                    Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => Ok(false),
+                    Err(e) => Err(e),
+                    Ok(_) => Ok(true),
                 }
-                Ok(Err(e)) => return Err(map_error(&format!("keep-alive {item}"), e)),
-                Ok(Ok(_)) => snap.etcd_lease,
+            };
+            match self.call(&format!("keep-alive {item}"), keep_alive).await {
+                Ok(false) => return Err(StoreError::conflict(item, "the lease expired (its etcd lease ran out)")),
+                Ok(true) => etcd_lease,
+                Err(e) => return Err(e),
             }
         };
         let lease = LeaderLease { rvn: codec::new_rvn(), ..current };
@@ -371,8 +661,8 @@ impl Store for EtcdStore {
         keys::validate_member_name(&member.name).map_err(StoreError::Invalid)?;
         let item = keys::member(&member.name);
         let text = encode(&item, member)?;
-        let mut client = self.client.clone();
-        self.call(&format!("put {item}"), client.put(self.key(cluster, &item), text, None)).await?;
+        let key = self.key(cluster, &item);
+        self.call(&format!("put {item}"), |mut c| async move { c.put(key, text, None).await }).await?;
         Ok(())
     }
 
@@ -380,8 +670,8 @@ impl Store for EtcdStore {
         check_cluster(cluster)?;
         keys::validate_member_name(name).map_err(StoreError::Invalid)?;
         let item = keys::member(name);
-        let mut client = self.client.clone();
-        self.call(&format!("delete {item}"), client.delete(self.key(cluster, &item), None)).await?;
+        let key = self.key(cluster, &item);
+        self.call(&format!("delete {item}"), |mut c| async move { c.delete(key, None).await }).await?;
         Ok(())
     }
 
@@ -404,11 +694,10 @@ impl Store for EtcdStore {
     async fn read_history(&self, cluster: &str) -> Result<Vec<HistoryEntry>, StoreError> {
         check_cluster(cluster)?;
         let base = self.cluster_prefix(cluster);
-        let mut client = self.client.clone();
         // Keys sort by term: history items carry it zero-padded.
-        let mut resp = self
-            .call("read history", client.get(format!("{base}{}", keys::HISTORY_PREFIX), Some(GetOptions::new().with_prefix())))
-            .await?;
+        let start = format!("{base}{}", keys::HISTORY_PREFIX);
+        let mut resp =
+            self.call("read history", |mut c| async move { c.get(start, Some(GetOptions::new().with_prefix())).await }).await?;
         Ok(decode_items(cluster, &base, resp.take_kvs()))
     }
 
@@ -428,10 +717,10 @@ impl Store for EtcdStore {
     async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<Event>, StoreError> {
         check_cluster(cluster)?;
         let base = self.cluster_prefix(cluster);
-        let mut client = self.client.clone();
         let from = self.key(cluster, &keys::event(since_ms, ""));
         let end = self.key(cluster, keys::EVENT_END);
-        let mut resp = self.call("read events", client.get(from, Some(GetOptions::new().with_range(end)))).await?;
+        let mut resp =
+            self.call("read events", |mut c| async move { c.get(from, Some(GetOptions::new().with_range(end))).await }).await?;
         Ok(decode_items(cluster, &base, resp.take_kvs()))
     }
 }
@@ -450,6 +739,22 @@ mod tests {
         // The next claim must raise the term even though the live key is gone.
         assert!(check_acquire(Some(&current), LeaseClaim::Free, 7).is_err());
         assert!(check_acquire(Some(&current), LeaseClaim::Free, 8).is_ok());
+    }
+
+    #[test]
+    fn the_password_never_prints() {
+        let security = EtcdSecurity { user: Some(("u".into(), Password::new("hunter2"))), ..Default::default() };
+        let shown = format!("{security:?} {}", security.user.as_ref().unwrap().1);
+        assert!(!shown.contains("hunter2") && shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn tls_options_need_https_endpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = pgdaemon_testkit::tls::TestPki::new(dir.path()).unwrap();
+        let security = EtcdSecurity { ca_file: Some(pki.ca_file()), ..Default::default() };
+        let err = EtcdStore::connect_with(&["http://127.0.0.1:1".into()], "/p", security).await.err().unwrap();
+        assert!(matches!(err, StoreError::Invalid(ref m) if m.contains("http://127.0.0.1:1") && m.contains("https://")), "{err}");
     }
 
     #[tokio::test]

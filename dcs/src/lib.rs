@@ -22,17 +22,27 @@ pub mod tls;
 #[cfg(feature = "dynamodb")]
 pub use dynamodb::{create_table, DynamoDbStore, TableOutcome};
 #[cfg(feature = "etcd")]
-pub use etcd::EtcdStore;
+pub use etcd::{EtcdSecurity, EtcdStore};
 
 /// Builds the store `config` names. Validates the config first (bad input changes nothing).
 /// Networked backends connect lazily: an engine that is down now makes the first calls fail
-/// with `Unavailable`, not this function.
+/// with `Unavailable`, not this function. etcd's certificate and password files are read here:
+/// an unreadable or unusable one, or credentials etcd refuses, are `Invalid` naming it.
 pub async fn connect(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     config.validate().map_err(|e| StoreError::Invalid(e.to_string()))?;
     match config {
         StoreConfig::Memory {} => Ok(Arc::new(MemoryStore::new())),
         #[cfg(feature = "etcd")]
-        StoreConfig::Etcd { endpoints, prefix } => Ok(Arc::new(EtcdStore::connect(endpoints, prefix).await?)),
+        StoreConfig::Etcd { endpoints, prefix, ca_file, cert_file, key_file, username, password_file } => {
+            let security = etcd::EtcdSecurity::from_config(
+                ca_file.as_deref(),
+                cert_file.as_deref(),
+                key_file.as_deref(),
+                username.as_deref(),
+                password_file.as_deref(),
+            )?;
+            Ok(Arc::new(EtcdStore::connect_with(endpoints, prefix, security).await?))
+        }
         #[cfg(not(feature = "etcd"))]
         StoreConfig::Etcd { .. } => Err(StoreError::Invalid("this build has no etcd backend (cargo feature `etcd`)".into())),
         #[cfg(feature = "dynamodb")]
@@ -58,7 +68,7 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_config_is_refused() {
-        let err = connect(&StoreConfig::Etcd { endpoints: vec![], prefix: "/pgdaemon".into() }).await.err().unwrap();
+        let err = connect(&StoreConfig::etcd(vec![], "/pgdaemon")).await.err().unwrap();
         assert!(matches!(err, StoreError::Invalid(ref m) if m.contains("endpoints")), "{err}");
     }
 }

@@ -204,7 +204,7 @@ fn main() -> Result<()> {
     pg.add_replica("n3", "n1")?;
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let store_cfg = StoreConfig::Etcd { endpoints: vec![etcd.endpoint()], prefix: "/pgdaemon".into() };
+    let store_cfg = StoreConfig::etcd(vec![etcd.endpoint()], "/pgdaemon");
     rt.block_on(async {
         let store = pgdaemon_dcs::connect(&store_cfg).await?;
         store.write_cluster(CLUSTER, None, &ClusterRecord::bootstrap("n1", dynamic.clone())).await?;

@@ -94,7 +94,7 @@ impl Cluster {
         let (etcd, moto, store_config) = match backend {
             Backend::Etcd => {
                 let e = EtcdServer::start().expect("etcd");
-                let cfg = StoreConfig::Etcd { endpoints: vec![e.endpoint()], prefix: "/pgdaemon".into() };
+                let cfg = StoreConfig::etcd(vec![e.endpoint()], "/pgdaemon");
                 (Some(e), None, cfg)
             }
             Backend::Dynamodb => {

@@ -26,21 +26,46 @@ const START_ATTEMPTS: usize = 3;
 /// A local single-member etcd with its data in a temporary directory.
 pub struct EtcdServer {
     engine: Engine,
+    /// Set when clients must speak TLS ([`EtcdServer::start_tls`]).
+    tls: Option<EtcdTls>,
+}
+
+/// The TLS files of an etcd that serves clients over TLS only ([`EtcdServer::start_tls`]).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA that signed the server's certificate and every client certificate it accepts.
+    pub ca_file: PathBuf,
+    /// The server's certificate and key (its names must include `127.0.0.1`).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl EtcdServer {
     /// Starts etcd on free loopback client and peer ports and waits until it is healthy.
     pub fn start() -> anyhow::Result<Self> {
+        Self::launch(None, &[])
+    }
+
+    /// Starts etcd serving clients over TLS only (`https://`, [`EtcdServer::endpoint`]),
+    /// presenting `tls.cert_file` and accepting only clients whose certificate `tls.ca_file`
+    /// signed (`--client-cert-auth`). `extra_args` go to etcd as they are (e.g.
+    /// `--auth-token-ttl`). Health is checked on a separate plain-HTTP metrics port.
+    pub fn start_tls(tls: &EtcdTls, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::launch(Some(tls), extra_args)
+    }
+
+    fn launch(tls: Option<&EtcdTls>, extra_args: &[&str]) -> anyhow::Result<Self> {
         let program = find_program("etcd", &[PathBuf::from("/usr/bin/etcd"), PathBuf::from("/usr/local/bin/etcd")])
             .context("etcd is not installed: run scripts/setup")?;
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let (client_port, peer_port) = (free_port(), free_port());
             let dir = temp_dir("pgd-etcd-")?;
-            let client = format!("http://127.0.0.1:{client_port}");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let client = format!("{scheme}://127.0.0.1:{client_port}");
             let peer = format!("http://127.0.0.1:{peer_port}");
             let data = dir.join("data");
-            let args = vec![
+            let mut args = vec![
                 "--name".into(),
                 "pgd".into(),
                 "--data-dir".into(),
@@ -58,13 +83,79 @@ impl EtcdServer {
                 "--initial-cluster-state".into(),
                 "new".into(),
             ];
-            let engine = Engine::new("etcd", program.clone(), args, dir, client_port, "/health");
+            // Plain HTTP answers /health on the client port; a TLS one gets a metrics port.
+            let mut ready_port = client_port;
+            if let Some(tls) = tls {
+                ready_port = free_port();
+                for (flag, value) in [
+                    ("--cert-file", tls.cert_file.display().to_string()),
+                    ("--key-file", tls.key_file.display().to_string()),
+                    ("--trusted-ca-file", tls.ca_file.display().to_string()),
+                    ("--client-cert-auth", "true".into()),
+                    ("--listen-metrics-urls", format!("http://127.0.0.1:{ready_port}")),
+                ] {
+                    args.push(format!("{flag}={value}"));
+                }
+            }
+            args.extend(extra_args.iter().map(|a| a.to_string()));
+            let engine = Engine::new("etcd", program.clone(), args, dir, client_port, "/health").with_ready_port(ready_port);
             match engine.spawn() {
-                Ok(()) => return Ok(EtcdServer { engine }),
+                Ok(()) => return Ok(EtcdServer { engine, tls: tls.cloned() }),
                 Err(e) => last_err = Some(e),
             }
         }
         Err(last_err.expect("at least one attempt"))
+    }
+
+    /// Turns on etcd's authentication (after [`EtcdServer::start_tls`]), with `etcdctl` from
+    /// etcd's directory or PATH: a `root` user (etcd requires one; random password, not kept),
+    /// and `user` with `password` and a role that may read and write the keys under `prefix` only.
+    /// `client` is any client certificate the server's CA signed (etcdctl's TLS identity).
+    pub fn enable_auth(&self, client: &crate::tls::IssuedCert, user: &str, password: &str, prefix: &str) -> anyhow::Result<()> {
+        let tls = self.tls.as_ref().context("enable_auth needs an etcd started with start_tls")?;
+        let etcdctl = [self.engine.program.with_file_name("etcdctl")]
+            .into_iter()
+            .find(|p| is_executable(p))
+            .or_else(|| find_program("etcdctl", &[]))
+            .context("etcdctl is not installed beside etcd nor on PATH")?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let root_password = format!("root-{nanos}-{}", std::process::id());
+        let role = format!("{user}-rw");
+        let steps: [Vec<String>; 6] = [
+            vec!["user".into(), "add".into(), format!("root:{root_password}"), "--interactive=false".into()],
+            vec!["role".into(), "add".into(), role.clone()],
+            vec![
+                "role".into(),
+                "grant-permission".into(),
+                role.clone(),
+                "--prefix=true".into(),
+                "readwrite".into(),
+                format!("{prefix}/"),
+            ],
+            vec!["user".into(), "add".into(), format!("{user}:{password}"), "--interactive=false".into()],
+            vec!["user".into(), "grant-role".into(), user.into(), role],
+            vec!["auth".into(), "enable".into()],
+        ];
+        for step in steps {
+            let out = Command::new(&etcdctl)
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={}", self.endpoint()))
+                .arg(format!("--cacert={}", tls.ca_file.display()))
+                .arg(format!("--cert={}", client.cert.display()))
+                .arg(format!("--key={}", client.key.display()))
+                .args(["--dial-timeout=2s", "--command-timeout=5s"])
+                .args(&step)
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("cannot run {}", etcdctl.display()))?;
+            if !out.status.success() {
+                // The step names a user, a role or a command, never a password (passed inline
+                // as `name:password` to `user add`, which is left out here).
+                let shown = if step[..2] == ["user", "add"] { "user add <name:password>".into() } else { step.join(" ") };
+                bail!("etcdctl {shown}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        Ok(())
     }
 
     /// The engine every ordinary check of this test binary shares (never stopped by tests).
@@ -76,9 +167,16 @@ impl EtcdServer {
         server
     }
 
-    /// The client URL, e.g. `http://127.0.0.1:23791`.
+    /// Makes an etcd kept in a static (shared by a test binary's checks, like
+    /// [`EtcdServer::shared`]) stop, and its data go, when the test process exits.
+    pub fn stop_at_exit(&'static self) {
+        register_at_exit(&self.engine);
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:23791` (`https://` after [`EtcdServer::start_tls`]).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.engine.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.engine.port)
     }
 }
 
@@ -148,13 +246,20 @@ pub struct Engine {
     /// Data and the log (`engine.log`); removed when the engine is dropped or at exit.
     dir: PathBuf,
     port: u16,
+    /// Where `GET ready_path` answers 200 once the engine is up (plain HTTP; usually `port`).
+    ready_port: u16,
     ready_path: &'static str,
     child: Mutex<Option<Child>>,
 }
 
 impl Engine {
     fn new(name: &'static str, program: PathBuf, args: Vec<String>, dir: PathBuf, port: u16, ready_path: &'static str) -> Self {
-        Engine { name, program, args, dir, port, ready_path, child: Mutex::new(None) }
+        Engine { name, program, args, dir, port, ready_port: port, ready_path, child: Mutex::new(None) }
+    }
+
+    fn with_ready_port(mut self, ready_port: u16) -> Self {
+        self.ready_port = ready_port;
+        self
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -193,7 +298,7 @@ impl Engine {
             if let Some(status) = child.try_wait()? {
                 bail!("{} exited during start-up ({status}); log {}:\n{}", self.name, log_path.display(), log_tail(&log_path));
             }
-            if http_ok(self.port, self.ready_path) {
+            if http_ok(self.ready_port, self.ready_path) {
                 *slot = Some(child);
                 return Ok(());
             }
@@ -242,13 +347,27 @@ impl Drop for Engine {
 /// Shared engines, stopped by [`stop_shared_engines`] when the test process exits.
 static AT_EXIT: Mutex<Vec<&'static Engine>> = Mutex::new(Vec::new());
 
+/// Directories of shared test fixtures (certificates) removed at exit, after the engines stopped.
+static DIRS_AT_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
 fn register_at_exit(engine: &'static Engine) {
-    static HOOK: OnceLock<()> = OnceLock::new();
     let mut list = AT_EXIT.lock().unwrap();
     if !list.iter().any(|e| std::ptr::eq(*e, engine)) {
         list.push(engine);
     }
     drop(list);
+    install_exit_hook();
+}
+
+/// Removes `dir` when the test process exits: for the files of a fixture that lives in a static
+/// beside a shared engine (statics are never dropped).
+pub fn remove_dir_at_exit(dir: PathBuf) {
+    DIRS_AT_EXIT.lock().unwrap().push(dir);
+    install_exit_hook();
+}
+
+fn install_exit_hook() {
+    static HOOK: OnceLock<()> = OnceLock::new();
     HOOK.get_or_init(|| {
         // SAFETY: registers a plain `extern "C" fn` with no arguments, as atexit requires.
         unsafe { libc::atexit(stop_shared_engines) };
@@ -260,6 +379,11 @@ extern "C" fn stop_shared_engines() {
         for engine in list.iter() {
             engine.stop();
             engine.remove_data();
+        }
+    }
+    if let Ok(dirs) = DIRS_AT_EXIT.lock() {
+        for dir in dirs.iter() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
