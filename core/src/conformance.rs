@@ -151,6 +151,17 @@ pub async fn racing_contenders_exactly_one_wins<H: Harness>() {
     }))
     .await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+
+    // So is the bootstrap's initialize lock, which the view does not show.
+    let results = join_all(clients.iter().enumerate().map(|(i, s)| {
+        let cluster = cluster.clone();
+        async move { s.acquire_lease(&cluster, LeaseName::Initialize, LeaseClaim::Free, &format!("n{i}"), 1, LEASE_MS).await }
+    }))
+    .await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    let view = clients[0].read_view(&cluster).await.unwrap();
+    assert_eq!(view.leader.as_ref(), Some(&stored), "the initialize lock is not the leader lease");
+    assert!(view.members.is_empty() && view.unreadable.is_empty(), "{view:?}");
 }
 
 pub async fn renewal_by_non_owner_is_rejected<H: Harness>() {

@@ -3,6 +3,8 @@
 pub const LEADER: &str = "leader";
 pub const CLUSTER: &str = "cluster";
 pub const COORDINATOR_LOCK: &str = "lock#coordinator";
+/// Held by the agent initialising a new cluster (automatic bootstrap, docs/bootstrap.md).
+pub const INITIALIZE_LOCK: &str = "lock#initialize";
 pub const MEMBER_PREFIX: &str = "member#";
 pub const HISTORY_PREFIX: &str = "history#";
 /// `~` sorts after every other item name (names are letters, digits, `_`, `-`, `#`), so the

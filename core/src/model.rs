@@ -106,6 +106,10 @@ pub struct MemberStatus {
     /// store. A member not listed here must never take over this primary's lease (docs/failsafe.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failsafe_members: Option<Vec<String>>,
+    /// The member's data directory holds a database (`None`: not reported by agents before
+    /// 0.3). Automatic bootstrap never initialises a cluster beside a member that has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub has_data: Option<bool>,
 }
 
 /// A member's observation of the leader lease.
@@ -145,6 +149,7 @@ impl MemberStatus {
             expire_at: None,
             leader_seen: None,
             failsafe_members: None,
+            has_data: None,
         }
     }
 
@@ -169,6 +174,9 @@ pub enum LeaseName {
     Leader,
     /// `lock#coordinator`: held by the one coordinator acting on the cluster.
     Coordinator,
+    /// `lock#initialize`: held by the agent that initialises a cluster without a record
+    /// (automatic bootstrap). Not part of [`crate::ClusterView`]: older readers skip the item.
+    Initialize,
 }
 
 impl LeaseName {
@@ -176,6 +184,7 @@ impl LeaseName {
         match self {
             LeaseName::Leader => crate::keys::LEADER,
             LeaseName::Coordinator => crate::keys::COORDINATOR_LOCK,
+            LeaseName::Initialize => crate::keys::INITIALIZE_LOCK,
         }
     }
 }

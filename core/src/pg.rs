@@ -100,6 +100,10 @@ pub struct PgProbe {
     pub replication: Vec<ReplicationRow>,
     /// Primary: names of the physical replication slots.
     pub slots: Vec<String>,
+    /// The data directory is what an interrupted automatic bootstrap of this node left (its
+    /// marker is there): it may be emptied and initialised again (agent::bootstrap).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bootstrap_leftover: bool,
     /// Primary: the physical slots a walsender streams from now.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub active_slots: Vec<String>,
@@ -338,6 +342,19 @@ pub trait PgControl: Send + Sync {
     /// still present and unused afterwards is an error.
     async fn drop_slots(&self, slots: &[String]) -> Result<(), PgError>;
 
+    /// Creates the database of a new cluster (automatic bootstrap): in an empty data directory,
+    /// or one an interrupted `initialize` of this node left (marked, see
+    /// [`PgProbe::bootstrap_leftover`]), emptied first. Marks the directory, runs initdb, writes
+    /// the access rules, creates the replication and rewind roles with Postgres reachable on its
+    /// Unix socket only, and leaves it stopped. A directory holding anything else is
+    /// `WrongState` and left untouched. Returns within `budget` (the initialize lock's time
+    /// left), with Postgres stopped either way: `Timeout` past it.
+    async fn initialize(&self, budget: Duration) -> Result<(), PgError>;
+
+    /// The cluster record naming this node exists: removes the bootstrap marker, so the data
+    /// directory is never again taken for a leftover.
+    async fn initialized(&self) -> Result<(), PgError>;
+
     /// Sets `synchronous_standby_names` to `names` (empty: commits wait for no standby), so that
     /// it survives a restart (`ALTER SYSTEM`) and applies without one (`pg_reload_conf()`);
     /// verified by reading the setting back. Works on a standby too (it applies once promoted).
@@ -379,6 +396,12 @@ impl<P: PgControl + ?Sized> PgControl for std::sync::Arc<P> {
     }
     async fn drop_slots(&self, slots: &[String]) -> Result<(), PgError> {
         (**self).drop_slots(slots).await
+    }
+    async fn initialize(&self, budget: Duration) -> Result<(), PgError> {
+        (**self).initialize(budget).await
+    }
+    async fn initialized(&self) -> Result<(), PgError> {
+        (**self).initialized().await
     }
     async fn set_sync_standbys(&self, names: &SyncStandbys) -> Result<(), PgError> {
         (**self).set_sync_standbys(names).await

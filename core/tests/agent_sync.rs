@@ -86,6 +86,12 @@ impl PgControl for FakePrimary {
     async fn basebackup(&self, _source: &PrimaryTarget) -> Result<(), PgError> {
         Err(PgError::WrongState("primary".into()))
     }
+    async fn initialize(&self, _budget: std::time::Duration) -> Result<(), PgError> {
+        Err(PgError::WrongState("not in this test".into()))
+    }
+    async fn initialized(&self) -> Result<(), PgError> {
+        Err(PgError::WrongState("not in this test".into()))
+    }
     async fn drop_slots(&self, _slots: &[String]) -> Result<(), PgError> {
         Err(PgError::WrongState("not in this test".into()))
     }

@@ -90,9 +90,10 @@ pub fn server_config(cert_file: &Path, key_file: &Path, client_ca: Option<&Path>
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(Some(ca))?), provider())
-                .build()
-                .map_err(|e| file_err(ca, e))?;
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(Some(ca))?), provider())
+                    .build()
+                    .map_err(|e| file_err(ca, e))?;
             builder.with_client_cert_verifier(verifier)
         }
     };

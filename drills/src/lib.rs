@@ -137,6 +137,8 @@ pub struct Drill {
     pub store_config: StoreConfig,
     pub pg: PgCluster,
     agents: BTreeMap<String, Agent>,
+    /// The agents initialise the cluster themselves ([`Drill::start_empty`]).
+    bootstrap: bool,
     _etcd: Option<EtcdServer>,
     _moto: Option<MotoServer>,
 }
@@ -152,10 +154,83 @@ impl Drill {
     /// (`key=value`, as `pgdctl bootstrap --set`).
     pub async fn start_with(backend: Backend, name: &str, build: &AgentBuild, sets: &[&str]) -> Result<Drill> {
         let cluster = format!("{name}-{}", std::process::id());
-        let (etcd, moto, store_config) = match backend {
+        let (etcd, moto, store_config) = start_store(backend).await?;
+        let store = pgdaemon_dcs::connect(&store_config).await?;
+        let mut pg = PgCluster::new()?;
+        pg.init_primary("pg-1")?;
+        pg.add_empty("pg-2")?;
+        pg.add_empty("pg-3")?;
+        let mut out = Vec::new();
+        pgdaemon_ctl::dynconfig::bootstrap(
+            store.as_ref(),
+            &cluster,
+            "pg-1",
+            &drill_sets().into_iter().chain(sets.iter().map(|s| s.to_string())).collect::<Vec<_>>(),
+            &mut out,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
+        let mut drill =
+            Drill { cluster, store, store_config, pg, agents: BTreeMap::new(), bootstrap: false, _etcd: etcd, _moto: moto };
+        drill.write_fence_script()?;
+        for n in ["pg-1", "pg-2", "pg-3"] {
+            drill.write_agent_config(n, build.clone())?;
+            drill.start_agent(n)?;
+        }
+        drill.wait_healthy(2, Duration::from_secs(120)).await?;
+        Ok(drill)
+    }
+
+    /// Three members with empty data directories and no cluster record, their agents started at
+    /// the same moment with automatic bootstrap on (`[bootstrap]`, lock 10 s; the replication
+    /// role `replicator` with a password file): nothing else prepares the cluster. Returns at once.
+    pub async fn start_empty(backend: Backend, name: &str) -> Result<Drill> {
+        let cluster = format!("{name}-{}", std::process::id());
+        let (etcd, moto, store_config) = start_store(backend).await?;
+        let store = pgdaemon_dcs::connect(&store_config).await?;
+        let mut pg = PgCluster::new()?;
+        pg.sql_via_socket();
+        for n in ["pg-1", "pg-2", "pg-3"] {
+            pg.add_empty(n)?;
+        }
+        let mut drill =
+            Drill { cluster, store, store_config, pg, agents: BTreeMap::new(), bootstrap: true, _etcd: etcd, _moto: moto };
+        drill.write_fence_script()?;
+        for n in ["pg-1", "pg-2", "pg-3"] {
+            drill.write_agent_config(n, AgentBuild::current()?)?;
+        }
+        for n in ["pg-1", "pg-2", "pg-3"] {
+            drill.start_agent(n)?;
+        }
+        Ok(drill)
+    }
+
+    /// A member's agent log so far.
+    pub fn agent_log(&self, n: &str) -> String {
+        self.agents.get(n).and_then(|a| std::fs::read_to_string(&a.log).ok()).unwrap_or_default()
+    }
+
+    fn secret_file(&self, name: &str) -> Result<PathBuf> {
+        let path = self.pg.dir().join(name);
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+            let mut secret = [0u8; 16];
+            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
+            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            std::io::Write::write_all(&mut f, hex.as_bytes())?;
+        }
+        Ok(path)
+    }
+}
+
+/// The drill's store engine, started on free loopback ports.
+async fn start_store(backend: Backend) -> Result<(Option<EtcdServer>, Option<MotoServer>, StoreConfig)> {
+    Ok({
+        match backend {
             Backend::Etcd => {
                 let e = EtcdServer::start()?;
-                let cfg = StoreConfig::Etcd { endpoints: vec![e.endpoint()], prefix: "/pgdaemon".into() };
+                let cfg = StoreConfig::etcd(vec![e.endpoint()], "/pgdaemon");
                 (Some(e), None, cfg)
             }
             Backend::Dynamodb => {
@@ -177,32 +252,11 @@ impl Drill {
                 };
                 (None, Some(m), cfg)
             }
-        };
-        let store = pgdaemon_dcs::connect(&store_config).await?;
-        let mut pg = PgCluster::new()?;
-        pg.init_primary("pg-1")?;
-        pg.add_empty("pg-2")?;
-        pg.add_empty("pg-3")?;
-        let mut out = Vec::new();
-        pgdaemon_ctl::dynconfig::bootstrap(
-            store.as_ref(),
-            &cluster,
-            "pg-1",
-            &drill_sets().into_iter().chain(sets.iter().map(|s| s.to_string())).collect::<Vec<_>>(),
-            &mut out,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
-        let mut drill = Drill { cluster, store, store_config, pg, agents: BTreeMap::new(), _etcd: etcd, _moto: moto };
-        drill.write_fence_script()?;
-        for n in ["pg-1", "pg-2", "pg-3"] {
-            drill.write_agent_config(n, build.clone())?;
-            drill.start_agent(n)?;
         }
-        drill.wait_healthy(2, Duration::from_secs(120)).await?;
-        Ok(drill)
-    }
+    })
+}
 
+impl Drill {
     fn fence_script(&self) -> PathBuf {
         self.pg.dir().join("fence.sh")
     }
@@ -243,19 +297,25 @@ impl Drill {
         );
         // The API's state-changing requests need a token, as in a real deployment: the hosted
         // coordinators' HTTP fence and the failsafe requests send it.
-        let token = dir.join("api-token");
-        if !token.exists() {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&token)?;
-            let mut secret = [0u8; 16];
-            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
-            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-            std::io::Write::write_all(&mut f, hex.as_bytes())?;
-        }
+        let token = self.secret_file("api-token")?;
         let api_access = if build.api_credentials {
             format!("[api]\ntoken_file = \"{}\"\nallowlist = [\"127.0.0.0/8\"]\n", token.display())
         } else {
             String::new()
+        };
+        // Bootstrapped by the agents: a replication role with a password, pg_hba for loopback,
+        // the drill timings in the record the winner writes.
+        let (replication, bootstrap) = if self.bootstrap {
+            let timings: String = drill_sets().iter().map(|s| s.replacen('=', " = ", 1) + "\n").collect();
+            (
+                format!(
+                    "replication_user = \"replicator\"\npassword_file = \"{}\"\n",
+                    self.secret_file("replication-password")?.display()
+                ),
+                format!("[bootstrap]\nenabled = true\nlock_s = 10\npeer_networks = [\"127.0.0.0/8\"]\n[dynamic]\n{timings}"),
+            )
+        } else {
+            ("replication_user = \"postgres\"\n".to_string(), String::new())
         };
         // A member keeps its API address across agent restarts and upgrades.
         let api_port = self.agents.get(n).map_or_else(free_port, |a| a.api_port);
@@ -263,10 +323,10 @@ impl Drill {
             "cluster = \"{cluster}\"\n[node]\nname = \"{n}\"\nlisten = \"127.0.0.1:{api}\"\npg_host = \"127.0.0.1\"\nimds = false\n\
              instance_id = \"local-{n}\"\navailability_zone = \"local\"\n\
              [postgres]\nbin_dir = \"{bin}\"\ndata_dir = \"{data}\"\nport = {port}\nconnect_host = \"{dir}/sock\"\n\
-             replication_user = \"postgres\"\nlog_file = \"{log}\"\n\
+             {replication}log_file = \"{log}\"\n\
              [postgres.parameters]\nlisten_addresses = \"127.0.0.1\"\nunix_socket_directories = \"{dir}/sock\"\nwal_log_hints = true\n\
              hot_standby = true\nwal_keep_size = \"256MB\"\nshared_buffers = \"16MB\"\nfsync = false\n\
-             [store]\n{store}{api_access}[coordinator]\n{coordinator}[log]\nlevel = \"info\"\n",
+             [store]\n{store}{api_access}[coordinator]\n{coordinator}{bootstrap}[log]\nlevel = \"info\"\n",
             cluster = self.cluster,
             api = api_port,
             bin = self.pg.bin_dir().display(),

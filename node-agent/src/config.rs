@@ -45,6 +45,9 @@ pub struct AgentConfig {
     /// Who may change this node through its HTTP API (see `crate::api_security`).
     #[serde(default)]
     pub api: crate::api_security::ApiConfig,
+    /// Automatic bootstrap of a cluster without a record (docs/bootstrap.md), off by default.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub bootstrap: crate::postgres::BootstrapConfig,
 }
 
 /// This member's identity and how peers reach it.
@@ -384,6 +387,7 @@ impl AgentConfig {
             }
         }
 
+        self.bootstrap.validate().map_err(|(key, reason)| ConfigError::invalid(format!("bootstrap.{key}"), reason))?;
         self.dynamic.validate().map_err(|e| prefix_key("dynamic", e))?;
         self.store.validate()?;
         crate::logging::validate_filter(&self.log.level).map_err(|r| ConfigError::invalid("log.level", r))?;

@@ -16,8 +16,10 @@ use tokio::process::Command;
 
 use crate::process;
 
+mod init;
 mod peers;
 mod text;
+pub use init::BootstrapConfig;
 pub use peers::{PeerAuth, PeerTls, Purpose};
 use text::{conf_quote, io_err, lsn, pg_err, query_err, shell_quote, sql_quote, tail, with_settings};
 pub use text::{final_position_from_controldata, parse_conninfo};
@@ -48,6 +50,8 @@ pub struct PgSettings {
     pub database: String,
     /// Roles, passwords (through a passfile) and TLS for streaming, pg_basebackup and pg_rewind.
     pub peers: PeerAuth,
+    /// How a new cluster's database is made (automatic bootstrap).
+    pub bootstrap: BootstrapConfig,
     /// OS user to run the Postgres tools as; `None`: the agent's own user. Defaults to `postgres`
     /// when the agent runs as root.
     pub run_as: Option<String>,
@@ -77,6 +81,7 @@ impl PgSettings {
             superuser: "postgres".into(),
             database: "postgres".into(),
             peers: PeerAuth::default(),
+            bootstrap: BootstrapConfig::default(),
             run_as: if running_as_root() { Some("postgres".into()) } else { None },
             server_options: Vec::new(),
             log_file: None,
@@ -376,6 +381,11 @@ impl LocalPostgres {
     }
 
     async fn start_inner(&self) -> Result<(), PgError> {
+        self.start_with(&[]).await
+    }
+
+    /// Starts with `overrides` in place of the same server options.
+    async fn start_with(&self, overrides: &[(&str, String)]) -> Result<(), PgError> {
         if self.data_state() == DataDirState::Empty {
             return Err(PgError::WrongState("the data directory is empty".into()));
         }
@@ -383,7 +393,8 @@ impl LocalPostgres {
             self.wait_reaped().await?;
             self.ensure_persisted_settings()?;
             let mut opts = format!("-p {}", self.settings.port);
-            for (k, v) in &self.settings.server_options {
+            let kept = self.settings.server_options.iter().filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
+            for (k, v) in kept.map(|(k, v)| (k.as_str(), v)).chain(overrides.iter().map(|(k, v)| (*k, v))) {
                 opts.push_str(&format!(" -c {}", shell_quote(&format!("{k}={v}"))));
             }
             let mut cmd = self.command("pg_ctl");
@@ -572,6 +583,7 @@ impl LocalPostgres {
 impl PgControl for LocalPostgres {
     async fn probe(&self) -> PgProbe {
         let mut probe = PgProbe::stopped(self.data_state());
+        probe.bootstrap_leftover = init::marker_path(self.data()).exists();
         let client = match self.connect().await {
             Ok(c) => c,
             Err(e) => {
@@ -581,7 +593,11 @@ impl PgControl for LocalPostgres {
         };
         if let Err(e) = self.probe_running(&client, &mut probe).await {
             // Answered but a query failed (starting up, shutting down): report it as not usable.
-            probe = PgProbe { error: Some(e.to_string()), ..PgProbe::stopped(self.data_state()) };
+            probe = PgProbe {
+                error: Some(e.to_string()),
+                bootstrap_leftover: probe.bootstrap_leftover,
+                ..PgProbe::stopped(self.data_state())
+            };
         }
         probe
     }
@@ -742,6 +758,14 @@ impl PgControl for LocalPostgres {
             Some(missing) => Err(PgError::NotVerified(format!("slot {missing} missing after creation"))),
             None => Ok(()),
         }
+    }
+
+    async fn initialize(&self, budget: Duration) -> Result<(), PgError> {
+        self.initialize_within(budget).await
+    }
+
+    async fn initialized(&self) -> Result<(), PgError> {
+        self.remove_marker()
     }
 
     async fn drop_slots(&self, slots: &[String]) -> Result<(), PgError> {

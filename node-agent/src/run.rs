@@ -16,8 +16,8 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use pgdaemon_core::agent::{
-    AgentHandle, AgentIdentity, AgentRuntime, AgentSnapshot, CoordinatorTrigger, DemoteError, FailsafeReply, FailsafeRequest,
-    TickReport,
+    AgentHandle, AgentIdentity, AgentRuntime, AgentSnapshot, BootstrapPolicy, CoordinatorTrigger, DemoteError, FailsafeReply,
+    FailsafeRequest, TickReport,
 };
 use pgdaemon_core::pg::PgControl;
 use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Lsn, Role, Store, StoreError, SystemClock};
@@ -341,6 +341,7 @@ pub fn build_pg(cfg: &AgentConfig, secrets: PeerSecrets) -> LocalPostgres {
         tls: pg.tls.clone(),
         passfile: pg.passfile.clone(),
     };
+    s.bootstrap = cfg.bootstrap.clone();
     if let Some(user) = &pg.run_as {
         s.run_as = Some(user.clone());
     }
@@ -381,7 +382,8 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
     pg.ensure_passfile().context("[postgres] passfile")?;
     let clock = SystemClock::new();
     let mut runtime = AgentRuntime::new(store.clone(), pg, clock.clone(), agent_identity(&cfg, &host), cfg.dynamic.clone())
-        .with_departed_slot_retention(cfg.postgres.departed_slot_retention().unwrap_or(Duration::MAX));
+        .with_departed_slot_retention(cfg.postgres.departed_slot_retention().unwrap_or(Duration::MAX))
+        .with_bootstrap(BootstrapPolicy { enabled: cfg.bootstrap.enabled, lock: Duration::from_secs(cfg.bootstrap.lock_s) });
     // Events (store log, webhook, command hook) from the loop and the hosted coordinator.
     let events = cfg.events.start(Some(store.clone())).context("events")?;
     tracing::info!(sinks = ?events.sink_names(), "event sinks");

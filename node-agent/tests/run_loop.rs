@@ -63,6 +63,12 @@ impl PgControl for FakePg {
     async fn ensure_slots(&self, _members: &[String]) -> Result<(), PgError> {
         Ok(())
     }
+    async fn initialize(&self, _budget: std::time::Duration) -> Result<(), PgError> {
+        Err(PgError::WrongState("not in this test".into()))
+    }
+    async fn initialized(&self) -> Result<(), PgError> {
+        Err(PgError::WrongState("not in this test".into()))
+    }
     async fn drop_slots(&self, _slots: &[String]) -> Result<(), PgError> {
         Err(PgError::WrongState("not in this test".into()))
     }

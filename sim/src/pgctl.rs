@@ -376,6 +376,14 @@ impl PgControl for SimPgControl {
         Ok(())
     }
 
+    async fn initialize(&self, _budget: std::time::Duration) -> Result<(), PgError> {
+        Err(PgError::WrongState("the simulated clusters start initialised (automatic bootstrap is not simulated)".into()))
+    }
+
+    async fn initialized(&self) -> Result<(), PgError> {
+        Ok(())
+    }
+
     async fn drop_slots(&self, slots: &[String]) -> Result<(), PgError> {
         self.take(MS, 10 * MS).await;
         let mut w = self.world.lock();

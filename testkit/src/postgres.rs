@@ -43,6 +43,7 @@ pub struct PgCluster {
     bin_dir: PathBuf,
     run_as: Option<String>,
     nodes: Vec<PgNode>,
+    sql_via_socket: bool,
 }
 
 impl PgCluster {
@@ -60,7 +61,14 @@ impl PgCluster {
         if let Some(user) = &run_as {
             Command::new("chown").arg(format!("{user}:")).arg(dir.path().join("sock")).status()?;
         }
-        Ok(PgCluster { dir, bin_dir: default_bin_dir(), run_as, nodes: Vec::new() })
+        Ok(PgCluster { dir, bin_dir: default_bin_dir(), run_as, nodes: Vec::new(), sql_via_socket: false })
+    }
+
+    /// [`PgCluster::sql`] connects through the Unix socket directory (`<dir>/sock`, which the
+    /// nodes must use) instead of TCP: for nodes whose pg_hba lets the superuser in by `peer`
+    /// only, as the agent's automatic bootstrap writes it.
+    pub fn sql_via_socket(&mut self) {
+        self.sql_via_socket = true;
     }
 
     pub fn bin_dir(&self) -> &Path {
@@ -224,8 +232,9 @@ impl PgCluster {
     /// Like [`PgCluster::sql`], with the error text (tests assert on failures).
     pub fn try_sql(&self, name: &str, sql: &str) -> std::result::Result<String, String> {
         let node = self.node(name);
+        let host = if self.sql_via_socket { self.dir.path().join("sock").display().to_string() } else { "127.0.0.1".into() };
         let out = Command::new(self.bin_dir.join("psql"))
-            .arg(format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=3", node.port))
+            .arg(format!("host={host} port={} user=postgres dbname=postgres connect_timeout=3", node.port))
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .env("PGOPTIONS", "-c statement_timeout=10000")
             .stdin(Stdio::null())

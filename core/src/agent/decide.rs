@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::bootstrap::{initialize_blocker, BootstrapPolicy};
 use super::failsafe::FailsafeInput;
 use super::sync::{self, SyncInput, SyncStep};
 use crate::config::DynamicConfig;
@@ -93,6 +94,8 @@ pub struct AgentInput {
     pub failsafe: FailsafeInput,
     /// Slots of members gone for longer than the retention ([`super::DepartedSlots`]).
     pub departed_slots: Vec<String>,
+    /// Automatic bootstrap of a cluster without a record (agent::bootstrap).
+    pub bootstrap: BootstrapPolicy,
 }
 
 /// One thing to do. The runtime executes them in order; see [`super::AgentRuntime::tick`] for what
@@ -131,6 +134,9 @@ pub enum AgentAction {
     EnsureSlots(Vec<String>),
     /// Drop these slots of departed members (on the primary; see agent::slots).
     DropSlots(Vec<String>),
+    /// Automatic bootstrap (agent::bootstrap): claim the initialize lock, initialise the empty
+    /// data directory, create the cluster record naming this member primary in term 1.
+    Initialize,
     /// Synchronous mode: write this cluster record (the read one with a new `sync`),
     /// conditional on its `version`.
     RecordSync(ClusterRecord),
@@ -155,6 +161,7 @@ impl AgentAction {
                 | AgentAction::Basebackup(_)
                 | AgentAction::EnsureSlots(_)
                 | AgentAction::DropSlots(_)
+                | AgentAction::Initialize
                 | AgentAction::RecordSync(_)
                 | AgentAction::SetSyncStandbys(_)
         )
@@ -176,6 +183,7 @@ impl AgentAction {
             AgentAction::Basebackup(_) => "basebackup",
             AgentAction::EnsureSlots(_) => "ensure_slots",
             AgentAction::DropSlots(_) => "drop_slots",
+            AgentAction::Initialize => "initialize",
             AgentAction::RecordSync(_) => "record_sync",
             AgentAction::SetSyncStandbys(_) => "set_sync_standbys",
             AgentAction::RequestCoordinatorRun { .. } => "request_coordinator_run",
@@ -537,7 +545,13 @@ impl<'a> Decider<'a> {
         let input = self.input;
         let probe = &input.probe;
         let Some(record) = view.cluster.as_ref() else {
-            self.why("no cluster record yet");
+            match initialize_blocker(&input.bootstrap, &input.identity.member, probe, view) {
+                None => {
+                    self.push(AgentAction::Initialize);
+                    self.why("no cluster record: initialising a new cluster if this member wins the initialize lock");
+                }
+                Some(why) => self.why(why),
+            }
             return;
         };
         let Some(primary) = record.primary.as_deref().filter(|p| *p != input.identity.member) else {
@@ -667,6 +681,7 @@ fn heartbeat(input: &AgentInput) -> MemberStatus {
     let mut m = MemberStatus::new(id.member.clone());
     m.role = if probe.running { probe.role } else { Role::Unknown };
     m.pg_running = probe.running;
+    m.has_data = Some(probe.data != DataDirState::Empty && !probe.bootstrap_leftover);
     m.timeline = probe.timeline;
     m.write_lsn = probe.write_lsn;
     m.receive_lsn = probe.receive_lsn;
@@ -802,6 +817,7 @@ mod tests {
             leader_seen: None,
             failsafe: FailsafeInput::default(),
             departed_slots: Vec::new(),
+            bootstrap: BootstrapPolicy::default(),
         }
     }
 

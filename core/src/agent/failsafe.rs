@@ -428,6 +428,7 @@ mod tests {
                 leader_seen: None,
                 failsafe: FailsafeInput::default(),
                 departed_slots: Vec::new(),
+                bootstrap: Default::default(),
             }
         }
 

@@ -6,6 +6,7 @@
 //! heartbeat sequence) and never sleeps, spawns or reads time except through the injected
 //! [`crate::Clock`], so a deterministic simulation can drive it in virtual time.
 
+mod bootstrap;
 mod decide;
 mod failsafe;
 mod failsafe_handle;
@@ -14,6 +15,7 @@ mod runtime;
 mod slots;
 pub mod sync;
 
+pub use bootstrap::{BootstrapPolicy, DEFAULT_BOOTSTRAP_LOCK};
 pub use decide::{
     decide, AgentAction, AgentDecision, AgentIdentity, AgentInput, PrimaryStartFailure, RejoinFailure, RejoinMethod, StoreRead,
 };

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::lock::Mutex as AsyncMutex;
 
+use super::bootstrap::BootstrapPolicy;
 use super::decide::{
     decide, AgentAction, AgentIdentity, AgentInput, PrimaryStartFailure, RejoinFailure, RejoinMethod, StoreRead,
 };
@@ -17,7 +18,7 @@ use crate::clock::Clock;
 use crate::config::DynamicConfig;
 use crate::events::{Event, EventEmitter, EventKind};
 use crate::lease::{HeldLease, LeaseObserver, LeaseState};
-use crate::model::{LeaseName, LeaseSighting, Role};
+use crate::model::{ClusterRecord, LeaseName, LeaseSighting, Role};
 use crate::pg::{DataDirState, PgControl, PgProbe};
 use crate::store::{LeaseClaim, Store, StoreError};
 
@@ -95,6 +96,12 @@ pub struct AgentRuntime<S, P, C> {
     /// The term of the lease this agent held valid at the end of its last tick (events).
     lease_valid_after_last_tick: Option<u64>,
     departed_slots: DepartedSlots,
+    bootstrap: BootstrapPolicy,
+    /// Watches the initialize lock (automatic bootstrap) for a takeover of a dead winner.
+    init_observer: LeaseObserver,
+    /// When (monotonic) this agent's last initialisation failed: it waits a lock duration
+    /// before trying again, rather than run initdb every loop on a setting that cannot work.
+    init_failed_at: Option<Duration>,
 }
 
 impl<S, P, C> AgentRuntime<S, P, C>
@@ -138,7 +145,16 @@ where
             external_demotions_reported: 0,
             lease_valid_after_last_tick: None,
             departed_slots: DepartedSlots::new(DEFAULT_DEPARTED_SLOT_RETENTION),
+            bootstrap: BootstrapPolicy::default(),
+            init_observer: LeaseObserver::new(),
+            init_failed_at: None,
         }
+    }
+
+    /// Lets this agent initialise a cluster that has no record (agent::bootstrap).
+    pub fn with_bootstrap(mut self, policy: BootstrapPolicy) -> Self {
+        self.bootstrap = policy;
+        self
     }
 
     /// How long the slot of a member that left is kept on the primary (agent::slots).
@@ -261,6 +277,7 @@ where
                 self.held.as_ref().map(|h| h.lease.term),
             ),
             departed_slots,
+            bootstrap: self.bootstrap.clone(),
         };
         let decision = decide(&input);
         tracing::debug!(reason = %decision.reason, actions = ?decision.names(), "decided");
@@ -573,6 +590,11 @@ where
                 let _guard = self.shared.pg_lock.lock().await;
                 self.pg.ensure_slots(members).await.map_err(|e| e.to_string())
             }
+            AgentAction::Initialize => {
+                let shared = self.shared.clone();
+                let _guard = shared.pg_lock.lock().await;
+                self.initialize(&cluster).await
+            }
             AgentAction::DropSlots(slots) => {
                 let _guard = self.shared.pg_lock.lock().await;
                 self.pg.drop_slots(slots).await.map_err(|e| e.to_string())
@@ -644,6 +666,70 @@ where
         s.config = self.config.clone();
         s.counters = self.counters.clone();
         s.counters.demotions += self.shared.external_demotions.load(Ordering::Relaxed);
+    }
+}
+
+impl<S, P, C> AgentRuntime<S, P, C>
+where
+    S: Store,
+    P: PgControl + 'static,
+    C: Clock + Clone + 'static,
+{
+    /// Automatic bootstrap (agent::bootstrap): claims the initialize lock by the lock-client
+    /// rules, initialises Postgres within the lock's duration less the safety margin, then
+    /// creates the cluster record naming this member primary in term 1 (create-only).
+    async fn initialize(&mut self, cluster: &str) -> Result<(), String> {
+        if let Some(at) = self.init_failed_at {
+            let wait = (at + self.bootstrap.lock).saturating_sub(self.clock.monotonic());
+            if !wait.is_zero() {
+                return Err(format!("the last initialisation failed; trying again in {} s", wait.as_secs()));
+            }
+        }
+        let lock = self.store.read_lease(cluster, LeaseName::Initialize).await.map_err(|e| e.to_string())?;
+        let state = self.init_observer.observe(lock.as_ref(), self.clock.monotonic());
+        let Some(claim) = state.claim() else {
+            let l = state.lease().map(|l| format!("{} (lock term {})", l.owner, l.term));
+            return Err(format!("{} is initialising the cluster; waiting", l.unwrap_or_else(|| "another member".into())));
+        };
+        let term = state.lease().map_or(Some(1), |l| l.term.checked_add(1)).ok_or("the initialize lock's term is exhausted")?;
+        let lock_ms = u64::try_from(self.bootstrap.lock.as_millis()).unwrap_or(u64::MAX);
+        let written_from = self.clock.monotonic();
+        let owner = self.identity.member.clone();
+        let lease = self
+            .store
+            .acquire_lease(cluster, LeaseName::Initialize, claim, &owner, term, lock_ms)
+            .await
+            .map_err(|e| format!("initialize lock: {e}"))?;
+        self.init_observer.reset();
+        let held = HeldLease { lease, written_from };
+        let result = self.initialize_holding(cluster, &held).await;
+        if result.is_err() {
+            self.init_failed_at = Some(self.clock.monotonic());
+        }
+        // Done (the record exists), or failed with Postgres stopped (PgControl::initialize):
+        // either way the lock can go to whoever asks next.
+        if let Err(e) = self.store.release_lease(cluster, LeaseName::Initialize, &held.lease).await {
+            tracing::warn!(error = %e, "could not release the initialize lock");
+        }
+        result
+    }
+
+    async fn initialize_holding(&mut self, cluster: &str, held: &HeldLease) -> Result<(), String> {
+        let owner = self.identity.member.clone();
+        let deadline = held.valid_until(self.config.safety_margin());
+        tracing::info!(term = held.lease.term, "won the initialize lock: initialising a new cluster");
+        let budget = deadline.saturating_sub(self.clock.monotonic());
+        self.pg.initialize(budget).await.map_err(|e| format!("initialising postgres: {e}"))?;
+        if !held.is_valid(self.clock.monotonic(), self.config.safety_margin()) {
+            return Err("the initialize lock ran out before the cluster record could be written".into());
+        }
+        let record = ClusterRecord::bootstrap(owner.clone(), self.config.clone());
+        match self.store.write_cluster(cluster, None, &record).await {
+            Ok(_) => tracing::info!(primary = %owner, "created the cluster record: this member is the primary in term 1"),
+            Err(StoreError::Conflict { .. }) => return Err("another member created the cluster record first".into()),
+            Err(e) => return Err(format!("creating the cluster record: {e}")),
+        }
+        self.pg.initialized().await.map_err(|e| e.to_string())
     }
 }
 
@@ -729,6 +815,14 @@ mod tests {
             self.log(&format!("slots {}", members.join(",")));
             let slots: Vec<String> = members.iter().map(|m| crate::pg::slot_name(m)).collect();
             self.set(|p| p.slots = slots);
+            Ok(())
+        }
+        async fn initialize(&self, _budget: Duration) -> Result<(), PgError> {
+            self.log("initialize");
+            self.set(|p| p.data = DataDirState::Primary);
+            Ok(())
+        }
+        async fn initialized(&self) -> Result<(), PgError> {
             Ok(())
         }
         async fn drop_slots(&self, slots: &[String]) -> Result<(), PgError> {
