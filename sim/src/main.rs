@@ -24,7 +24,7 @@ enum FencingArg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum FailsafeArg {
+enum OffOnRandom {
     Off,
     On,
     Random,
@@ -64,7 +64,11 @@ struct Cli {
     sync: SyncArg,
     /// Failsafe mode (docs/failsafe.md) in the dynamic configuration (random: drawn per seed).
     #[arg(long, value_enum, default_value = "off")]
-    failsafe: FailsafeArg,
+    failsafe: OffOnRandom,
+    /// Start from empty data directories without a cluster record: the agents bootstrap the
+    /// cluster (random: drawn per seed).
+    #[arg(long, value_enum, default_value = "off")]
+    bootstrap: OffOnRandom,
     /// Cluster size (default: drawn per seed, 2 to 5).
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..=9))]
     nodes: Option<u64>,
@@ -93,9 +97,14 @@ fn options(cli: &Cli) -> Options {
         SyncArg::Strict => SyncMode::Strict,
     };
     o.failsafe = match cli.failsafe {
-        FailsafeArg::Off => Some(false),
-        FailsafeArg::On => Some(true),
-        FailsafeArg::Random => None,
+        OffOnRandom::Off => Some(false),
+        OffOnRandom::On => Some(true),
+        OffOnRandom::Random => None,
+    };
+    o.bootstrap = match cli.bootstrap {
+        OffOnRandom::Off => Some(false),
+        OffOnRandom::On => Some(true),
+        OffOnRandom::Random => None,
     };
     o.nodes = cli.nodes.map(|n| n as usize);
     o
@@ -138,7 +147,7 @@ fn real_main() -> Result<()> {
             println!("\ntrace of seed {}:\n{}", first.seed, first.trace);
         } else {
             println!(
-                "replay one: pgdaemon-sim --seed {} (add the same --broken/--fencing/--sync/--failsafe/--nodes)",
+                "replay one: pgdaemon-sim --seed {} (add the same --broken/--fencing/--sync/--failsafe/--bootstrap/--nodes)",
                 first.seed
             );
         }

@@ -113,6 +113,9 @@ impl SimPgControl {
         if w.rng.chance(0.02) {
             return Err(PgError::Tool { tool: "pg_ctl".into(), output: "simulated: could not start server".into() });
         }
+        if w.nodes[self.node].pg.empty {
+            return Err(PgError::WrongState("the data directory is empty".into()));
+        }
         self.start_now(&mut w);
         Ok(())
     }
@@ -165,9 +168,17 @@ impl PgControl for SimPgControl {
         let w = self.world.lock();
         let n = &w.nodes[self.node];
         let pg = &n.pg;
-        let data = if pg.role == PgRole::Primary { DataDirState::Primary } else { DataDirState::Standby };
+        let data = match pg.role {
+            _ if pg.empty => DataDirState::Empty,
+            PgRole::Primary => DataDirState::Primary,
+            _ => DataDirState::Standby,
+        };
         if !pg.running {
-            return PgProbe { error: Some("simulated: connection refused".into()), ..PgProbe::stopped(data) };
+            return PgProbe {
+                error: Some("simulated: connection refused".into()),
+                bootstrap_leftover: pg.marker,
+                ..PgProbe::stopped(data)
+            };
         }
         let mut p = PgProbe { running: true, data, timeline: pg.timeline, ..Default::default() };
         match pg.role {
@@ -376,11 +387,40 @@ impl PgControl for SimPgControl {
         Ok(())
     }
 
-    async fn initialize(&self, _budget: std::time::Duration) -> Result<(), PgError> {
-        Err(PgError::WrongState("the simulated clusters start initialised (automatic bootstrap is not simulated)".into()))
+    /// initdb and the roles, on a server reachable through its Unix socket only: not writable
+    /// for any client, so the checker does not count it (`SimPg::writable` stays false).
+    async fn initialize(&self, budget: std::time::Duration) -> Result<(), PgError> {
+        {
+            let mut w = self.world.lock();
+            let pg = &mut w.nodes[self.node].pg;
+            if pg.running || (!pg.empty && !pg.marker) {
+                return Err(PgError::WrongState("the data directory holds a database; not initialising over it".into()));
+            }
+            pg.marker = true;
+        }
+        let took = {
+            let mut w = self.world.lock();
+            w.rng.range(SEC, 8 * SEC)
+        };
+        let budget = budget.as_micros() as Us;
+        self.world.sleep(took.min(budget)).await;
+        let mut w = self.world.lock();
+        let n = &mut w.nodes[self.node];
+        if took > budget {
+            // Killed at the deadline half-way: a marked, unusable directory.
+            n.pg.empty = false;
+            return Err(PgError::Timeout("simulated: initialisation did not finish within the lock".into()));
+        }
+        n.pg.initdb();
+        let name = n.name.clone();
+        w.counters.initialisations += 1;
+        w.log(format!("pg {name}: initialised a new database (stopped)"));
+        Ok(())
     }
 
     async fn initialized(&self) -> Result<(), PgError> {
+        self.take(MS, 5 * MS).await;
+        self.world.lock().nodes[self.node].pg.marker = false;
         Ok(())
     }
 

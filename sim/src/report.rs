@@ -29,6 +29,9 @@ pub struct Summary {
     pub failsafe_refused: u64,
     pub failsafe_unanswered: u64,
     pub failsafe_acks: u64,
+    /// Runs started from empty data directories, and the databases their agents initialised.
+    pub bootstrap_runs: u64,
+    pub bootstrap_initialisations: u64,
     /// Failover times of the failsafe runs alone.
     pub failsafe_detect_to_writable: Vec<Us>,
 }
@@ -56,6 +59,10 @@ impl Summary {
             self.failsafe_unanswered += r.counters.failsafe_unanswered;
             self.failsafe_acks += r.counters.failsafe_acks;
             self.failsafe_detect_to_writable.extend(&r.detect_to_writable);
+        }
+        if r.bootstrap {
+            self.bootstrap_runs += 1;
+            self.bootstrap_initialisations += r.counters.initialisations;
         }
         if r.failed() {
             self.failures.push(r);
@@ -86,6 +93,13 @@ impl Summary {
                 self.failsafe_refused,
                 self.failsafe_unanswered,
                 self.failsafe_acks
+            );
+        }
+        if self.bootstrap_runs > 0 {
+            let _ = writeln!(
+                s,
+                "automatic bootstrap in {} runs: {} databases initialised (more than one where a winner died mid-way)",
+                self.bootstrap_runs, self.bootstrap_initialisations
             );
         }
         let _ = writeln!(s, "faults injected by kind ({} total):", self.faults.values().sum::<u64>());

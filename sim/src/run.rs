@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use pgdaemon_core::agent::{AgentIdentity, AgentRuntime};
+use pgdaemon_core::agent::{AgentIdentity, AgentRuntime, BootstrapPolicy};
 use pgdaemon_core::coordinator::{Coordinator, CoordinatorConfig, FencingPolicy};
 use pgdaemon_core::{
     ClusterRecord, DynamicConfig, ManualRequest, MemberTags, MemoryStore, RequestAction, Store, SyncMode, TransitionStep,
@@ -47,6 +47,9 @@ pub struct Options {
     /// Failsafe mode (docs/failsafe.md) in the dynamic configuration (default: off; `None`:
     /// drawn from the seed, half the seeds).
     pub failsafe: Option<bool>,
+    /// The cluster starts with empty data directories and no record, the agents bootstrap it
+    /// (agent::bootstrap); default off, `None`: drawn from the seed, half the seeds.
+    pub bootstrap: Option<bool>,
     /// Number of faults (default: drawn from the seed, 1 to 10).
     pub faults: Option<usize>,
     /// After the last fault heals, a writable designated primary must exist within this long.
@@ -65,6 +68,7 @@ impl Options {
             fencing: None,
             sync_mode: SyncMode::Off,
             failsafe: Some(false),
+            bootstrap: Some(false),
             faults: None,
             liveness_bound: 180 * SEC,
             max_drift_ppm: 10_000,
@@ -80,6 +84,8 @@ pub struct RunResult {
     pub nodes: usize,
     pub fencing: FencingPolicy,
     pub failsafe: bool,
+    /// Started from empty data directories (automatic bootstrap).
+    pub bootstrap: bool,
     pub violation: Option<String>,
     /// The simulator itself failed (e.g. a future pending on something that is not virtual time).
     pub sim_error: Option<String>,
@@ -160,6 +166,8 @@ struct Sim {
     recovered_at: Option<Us>,
     recovered_for_heal: Us,
     hard_end: Us,
+    /// The agents initialise the cluster themselves (Options::bootstrap, drawn once).
+    bootstrap: bool,
 }
 
 /// Runs one seed.
@@ -181,8 +189,11 @@ impl Sim {
         let fencing = opts.fencing.unwrap_or(if rng.chance(0.8) { FencingPolicy::Required } else { FencingPolicy::Off });
         let nofailover = if n >= 3 && rng.chance(0.2) { Some(1 + rng.below(n as u64 - 1) as usize) } else { None };
         let window = rng.range(60, 300) * SEC;
+        // Drawn from its own stream (other draws unchanged); faults then start while the agents
+        // still bootstrap, so winners die during initdb and before the record.
+        let bootstrap = opts.bootstrap.unwrap_or_else(|| Rng::new(opts.seed ^ 0xb007_5747).chance(0.5));
         let plan = FaultPlan {
-            start: 15 * SEC,
+            start: if bootstrap { SEC } else { 15 * SEC },
             window,
             count: opts.faults.unwrap_or_else(|| rng.range(1, 10) as usize),
             max_drift_ppm: opts.max_drift_ppm,
@@ -196,9 +207,14 @@ impl Sim {
         let initial: Vec<u64> = (1..=10).collect();
         let nodes: Vec<Node> = (0..n)
             .map(|i| {
-                let mut pg = if i == 0 { SimPg::new_primary() } else { SimPg::new_replica(0) };
-                pg.wal = initial.clone();
-                pg.replayed = initial.len();
+                let pg = if bootstrap {
+                    SimPg::new_empty()
+                } else {
+                    let mut pg = if i == 0 { SimPg::new_primary() } else { SimPg::new_replica(0) };
+                    pg.wal = initial.clone();
+                    pg.replayed = initial.len();
+                    pg
+                };
                 Node {
                     name: format!("n{}", i + 1),
                     up: true,
@@ -224,8 +240,12 @@ impl Sim {
         let world = World::new(shared);
 
         let store = Arc::new(MemoryStore::new());
-        let record = ClusterRecord::bootstrap("n1", config.clone());
-        run_now(store.write_cluster(CLUSTER, None, &record)).expect("memory store answers at once").expect("bootstrap record");
+        if !bootstrap {
+            let record = ClusterRecord::bootstrap("n1", config.clone());
+            run_now(store.write_cluster(CLUSTER, None, &record))
+                .expect("memory store answers at once")
+                .expect("bootstrap record");
+        }
 
         // Agents, coordinators, then each agent process's lease watchdog task, then its failsafe
         // task.
@@ -247,11 +267,12 @@ impl Sim {
             coord_config,
             two_coordinators: false,
             unwritable_since: None,
-            last_writer: Some(0),
+            last_writer: if bootstrap { None } else { Some(0) },
             recovered_at: None,
             recovered_for_heal: 0,
 
             hard_end: end_at + 3600 * SEC,
+            bootstrap,
         };
         {
             let mut w = sim.world.lock();
@@ -319,7 +340,10 @@ impl Sim {
         let clock = SimClock::new(self.world.clone(), i, slow);
         let store = SimStore::new(self.world.clone(), self.store.clone(), Caller::Node(i));
         let pg = SimPgControl::new(self.world.clone(), i);
-        let rt = AgentRuntime::new(store, pg, clock, identity, self.config.clone()).with_trigger(trigger(&self.world, i));
+        let mut rt = AgentRuntime::new(store, pg, clock, identity, self.config.clone()).with_trigger(trigger(&self.world, i));
+        if self.bootstrap {
+            rt = rt.with_bootstrap(BootstrapPolicy { enabled: true, lock: Duration::from_secs(30) });
+        }
         let handle = rt.handle();
         self.slots[i].state = SlotState::Idle(Box::new(AgentActor { rt, world: self.world.clone(), node: i }));
         let ws = self.watchdog_slot(i);
@@ -736,6 +760,7 @@ impl Sim {
             nodes: self.n,
             fencing: self.coord_config.fencing,
             failsafe: self.config.failsafe_mode,
+            bootstrap: self.bootstrap,
             violation: w.violation.clone(),
             sim_error: w.sim_error.clone(),
             trace: w.trace.render(),

@@ -58,6 +58,11 @@ pub struct SimPg {
     /// Starts fail until then (sim time): a crashed postmaster nobody reaped still holds the
     /// lock file, or recovery cannot finish.
     pub start_fails_until: u64,
+    /// No database yet (automatic bootstrap runs initdb here, or basebackup copies one).
+    pub empty: bool,
+    /// The bootstrap marker beside the directory: an initialisation of this node not yet
+    /// confirmed by a cluster record.
+    pub marker: bool,
 }
 
 impl SimPg {
@@ -75,7 +80,19 @@ impl SimPg {
             generation: 1,
             slots: Vec::new(),
             start_fails_until: 0,
+            empty: false,
+            marker: false,
         }
+    }
+
+    /// A node whose data directory is empty (a fresh cluster, automatic bootstrap).
+    pub fn new_empty() -> Self {
+        SimPg { running: false, timeline: 0, empty: true, ..Self::new_primary() }
+    }
+
+    /// initdb: a new database of its own (no WAL shared with anyone), stopped.
+    pub fn initdb(&mut self) {
+        *self = SimPg { running: false, marker: self.marker, generation: self.generation, ..Self::new_primary() };
     }
 
     pub fn new_replica(of: usize) -> Self {
@@ -175,6 +192,8 @@ impl SimPg {
 
     /// pg_basebackup from `source`: a fresh copy of its whole history.
     pub fn clone_from(&mut self, source: &SimPg) {
+        self.empty = false;
+        self.marker = false;
         self.wal = source.wal.clone();
         self.replayed = self.wal.len();
         self.timeline = source.timeline;

@@ -163,6 +163,8 @@ pub struct Node {
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
     pub faults: BTreeMap<String, u64>,
+    /// Databases made by automatic bootstrap (more than one per run when a winner died).
+    pub initialisations: u64,
     pub events: u64,
     pub writes: u64,
     pub acked: u64,

@@ -16,13 +16,15 @@ fn describe(r: &RunResult) -> String {
     format!("seed {}: {what}\n--- last trace lines ---\n{}", r.seed, tail.join("\n"))
 }
 
-/// The default 300 seeds, run once and judged by both tests below. Failsafe mode is drawn per
-/// seed (about half the runs).
+/// The default 300 seeds, run once and judged by both tests below. Failsafe mode and automatic
+/// bootstrap (empty data directories, no record, faults from the first second) are drawn per
+/// seed (about half the runs each).
 fn default_seeds() -> &'static Summary {
     static SUMMARY: OnceLock<Summary> = OnceLock::new();
     SUMMARY.get_or_init(|| {
         let mut o = Options::new(0);
         o.failsafe = None;
+        o.bootstrap = None;
         run_seeds(&o, 0, 300, jobs())
     })
 }
@@ -36,6 +38,8 @@ fn seeds_keep_every_safety_invariant() {
     assert!(summary.promotions > 50, "failovers must actually occur: {}", summary.render());
     // Failsafe really keeps primaries past their lease in some runs.
     assert!(summary.failsafe_runs > 100 && summary.failsafe_kept_runs > 10, "{}", summary.render());
+    // Bootstrapped runs really initialise (a record at the end is checked as liveness).
+    assert!(summary.bootstrap_runs > 100 && summary.bootstrap_initialisations >= summary.bootstrap_runs, "{}", summary.render());
     let bad: Vec<&RunResult> =
         summary.failures.iter().filter(|r| r.sim_error.is_some() || r.safety_violation().is_some()).collect();
     assert!(bad.is_empty(), "{} seeds broke safety; first:\n{}", bad.len(), describe(bad[0]));
