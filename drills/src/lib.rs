@@ -303,14 +303,16 @@ impl Drill {
         } else {
             String::new()
         };
-        // Bootstrapped by the agents: a replication role with a password, pg_hba for loopback,
-        // the drill timings in the record the winner writes.
+        // Bootstrapped by the agents: replication and rewind roles with passwords, pg_hba for
+        // loopback, the drill timings in the record the winner writes.
         let (replication, bootstrap) = if self.bootstrap {
             let timings: String = drill_sets().iter().map(|s| s.replacen('=', " = ", 1) + "\n").collect();
             (
                 format!(
-                    "replication_user = \"replicator\"\npassword_file = \"{}\"\n",
-                    self.secret_file("replication-password")?.display()
+                    "replication_user = \"replicator\"\npassword_file = \"{}\"\n\
+                     rewind_user = \"rewinder\"\nrewind_password_file = \"{}\"\n",
+                    self.secret_file("replication-password")?.display(),
+                    self.secret_file("rewind-password")?.display()
                 ),
                 format!("[bootstrap]\nenabled = true\nlock_s = 10\npeer_networks = [\"127.0.0.0/8\"]\n[dynamic]\n{timings}"),
             )

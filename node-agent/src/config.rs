@@ -276,7 +276,8 @@ fn default_level() -> String {
 
 /// Top-level keys an environment override may address. Other `PGDAEMON_*` variables (the
 /// Makefile's `PGDAEMON_VENV`, say) are not configuration and are left alone.
-const SECTIONS: [&str; 9] = ["api", "cluster", "node", "postgres", "store", "dynamic", "coordinator", "events", "log"];
+const SECTIONS: [&str; 11] =
+    ["api", "cluster", "node", "postgres", "store", "dynamic", "coordinator", "events", "log", "watchdog", "bootstrap"];
 
 /// Programs a node needs in `postgres.bin_dir` for every role change it may carry out.
 pub const REQUIRED_PROGRAMS: [&str; 6] = ["pg_ctl", "postgres", "initdb", "pg_basebackup", "pg_rewind", "psql"];
@@ -388,6 +389,28 @@ impl AgentConfig {
         }
 
         self.bootstrap.validate().map_err(|(key, reason)| ConfigError::invalid(format!("bootstrap.{key}"), reason))?;
+        if self.bootstrap.enabled {
+            // What a bootstrapped cluster needs for its replicas to clone the primary at all.
+            if pg.replication_user == pg.superuser {
+                return Err(ConfigError::invalid(
+                    "postgres.replication_user",
+                    "automatic bootstrap creates a dedicated replication role: name one other than the superuser",
+                ));
+            }
+            if pg.password_file.is_none() && pg.ssm_parameter.is_none() {
+                return Err(ConfigError::invalid(
+                    "postgres.password_file",
+                    "automatic bootstrap needs the replication role's password (password_file or ssm_parameter): \
+                     its pg_hba lets peers in with scram-sha-256 only",
+                ));
+            }
+            if self.bootstrap.peer_networks.is_empty() {
+                return Err(ConfigError::invalid(
+                    "bootstrap.peer_networks",
+                    "list the members' networks (CIDR): pg_hba lets the replication and rewind roles in from them only",
+                ));
+            }
+        }
         self.dynamic.validate().map_err(|e| prefix_key("dynamic", e))?;
         self.store.validate()?;
         crate::logging::validate_filter(&self.log.level).map_err(|r| ConfigError::invalid("log.level", r))?;

@@ -36,6 +36,19 @@ pub fn reap(pid: u32) {
     unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
 }
 
+/// This process's OS user name (`getpwuid_r`), if it has one.
+pub fn current_user() -> Option<String> {
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: as in `user_ids`; `pw_name` points into `buf`, read before `buf` is dropped.
+    let rc = unsafe { libc::getpwuid_r(libc::getuid(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() {
+        return None;
+    }
+    Some(unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }.to_string_lossy().into_owned())
+}
+
 /// The uid and gid of an OS user (`getpwnam_r`), for files the Postgres tools must read.
 pub fn user_ids(user: &str) -> Result<(u32, u32), String> {
     let name = std::ffi::CString::new(user).map_err(|_| format!("OS user {user:?}: not a valid name"))?;

@@ -144,6 +144,40 @@ fn password_sources_are_checked() {
 }
 
 #[test]
+fn bootstrap_settings_are_checked() {
+    let ok_pg = "password_file = \"/etc/pw\"\nrewind_user = \"rewinder\"\nrewind_password_file = \"/etc/rpw\"";
+    let boot = |pg: &str, b: &str| format!("{}\n[bootstrap]\nenabled = true\n{b}\n", with("postgres", pg));
+    let good = AgentConfig::parse(&boot(ok_pg, "peer_networks = [\"10.0.0.0/16\"]"), &[]).unwrap();
+    assert!(good.bootstrap.enabled && good.bootstrap.data_checksums);
+    assert_eq!(good.bootstrap.locale, "C.UTF-8");
+    for (pg, b, key) in [
+        ("password_file = \"/etc/pw\"", "", "bootstrap.peer_networks"),
+        ("", "peer_networks = [\"10.0.0.0/16\"]", "postgres.password_file"),
+        (
+            "password_file = \"/etc/pw\"\nreplication_user = \"postgres\"",
+            "peer_networks = [\"10.0.0.0/16\"]",
+            "postgres.replication_user",
+        ),
+        (ok_pg, "peer_networks = [\"10.0.0.0\"]", "bootstrap.peer_networks"),
+        (ok_pg, "peer_networks = [\"10.0.0.0/16\"]\nlocale = \"en_US.UTF-8; rm -rf /\"", "bootstrap.locale"),
+        (ok_pg, "peer_networks = [\"10.0.0.0/16\"]\nlock_s = 1", "bootstrap.lock_s"),
+        (ok_pg, "peer_networks = [\"10.0.0.0/16\"]\nlocal = \"C\"", "local"),
+    ] {
+        let text = boot(pg, b);
+        match AgentConfig::parse(&text, &[]) {
+            Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+            Err(other) => assert!(other.to_string().contains(key), "{key}: {other}"),
+            Ok(_) => panic!("accepted:\n{text}"),
+        }
+    }
+    // The environment reaches the section too.
+    let over =
+        AgentConfig::parse(&boot(ok_pg, "peer_networks = [\"10.0.0.0/16\"]"), &env(&[("PGDAEMON_BOOTSTRAP__LOCK_S", "90")]))
+            .unwrap();
+    assert_eq!(over.bootstrap.lock_s, 90);
+}
+
+#[test]
 fn api_token_sources_are_checked() {
     let api = |lines: &str| format!("{BASE}\n[api]\n{lines}\n");
     let ok = AgentConfig::parse(&api("token_ssm_parameter = \"/pgdaemon/c1/api-token\""), &[]).unwrap();

@@ -203,12 +203,20 @@ impl LocalPostgres {
             "local all all peer".to_string(),
         ];
         if !s.connect_host.starts_with('/') {
-            lines.push(format!("host all {} {}/32 trust  # [postgres] connect_host is TCP", s.superuser, s.connect_host));
+            // The agent's own connection over TCP ([postgres] connect_host): this host only.
+            let address = match s.connect_host.parse::<std::net::IpAddr>() {
+                Ok(ip) if ip.is_ipv4() => format!("{ip}/32"),
+                Ok(ip) => format!("{ip}/128"),
+                Err(_) => "samehost".into(),
+            };
+            lines.push(format!("host all {} {address} trust", s.superuser));
         }
-        let rewind = s.peers.rewind_user.as_deref().unwrap_or(&s.superuser);
         for net in &s.bootstrap.peer_networks {
             lines.push(format!("{host} replication {} {net} scram-sha-256", s.peers.replication_user));
-            lines.push(format!("{host} all {rewind} {net} scram-sha-256"));
+            // Never the superuser from the network: without a rewind role, rejoins use basebackup.
+            if let Some(rewind) = s.peers.rewind_user.as_deref().filter(|r| *r != s.superuser) {
+                lines.push(format!("{host} all {rewind} {net} scram-sha-256"));
+            }
         }
         for net in &s.bootstrap.client_networks {
             lines.push(format!("{host} all all {net} scram-sha-256"));
@@ -221,6 +229,8 @@ impl LocalPostgres {
         let s = &self.settings;
         let mut users = vec!["root".to_string(), s.superuser.clone()];
         users.extend(s.run_as.clone());
+        users.extend(crate::process::current_user());
+        users.sort();
         users.dedup();
         let mut text =
             String::from("# Written by pgdaemon's automatic bootstrap: who may connect as the superuser on the socket.\n");
