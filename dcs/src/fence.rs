@@ -97,7 +97,7 @@ impl Fencer for HttpDemoteFencer {
         }
         let resp = match post.send().await {
             Ok(r) => r,
-            Err(e) => return FenceStatus::Failed { detail: format!("POST {url}: {}", error_chain(&e)) },
+            Err(e) => return FenceStatus::Failed { detail: format!("POST {url}: {}", crate::error_chain(&e)) },
         };
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
@@ -129,21 +129,6 @@ impl Fencer for HttpDemoteFencer {
         let lsn = ["lsn", "final_lsn"].iter().find_map(|k| json.get(*k)?.as_str()?.parse::<Lsn>().ok());
         FenceStatus::Confirmed { detail: format!("agent at {} confirmed demotion for term {}", target.api_url, target.term), lsn }
     }
-}
-
-/// `e` and its sources: reqwest's own message is only "error sending request for url (...)";
-/// the reason (refused, timed out, `invalid peer certificate: UnknownIssuer`) is in the sources.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text = format!("{text}: {s_text}");
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Runs `sh -c <command>` on the coordinator's host (tests, and hosts without a cloud API).

@@ -19,6 +19,21 @@ pub mod fence;
 /// rustls client and server configurations from PEM files.
 pub mod tls;
 
+/// `e` and its sources, each once: the top-level message of reqwest or tokio-postgres does not
+/// say why (refused, timed out, `invalid peer certificate: UnknownIssuer`); the sources do.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text = format!("{text}: {s_text}");
+        }
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(feature = "dynamodb")]
 pub use dynamodb::{create_table, DynamoDbStore, TableOutcome};
 #[cfg(feature = "etcd")]

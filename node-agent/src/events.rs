@@ -406,7 +406,7 @@ impl EventSink for WebhookSink {
             .json(event)
             .send()
             .await
-            .map_err(|e| SinkError::retryable(format!("POST {}: {}", redact(&self.url), error_chain(&e.without_url()))))?;
+            .map_err(|e| SinkError::retryable(format!("POST {}: {}", redact(&self.url), pgdaemon_dcs::error_chain(&e.without_url()))))?;
         let status = resp.status();
         if status.is_success() {
             Ok(())
@@ -416,21 +416,6 @@ impl EventSink for WebhookSink {
             Err(SinkError::permanent(format!("POST {}: HTTP {status}", redact(&self.url))))
         }
     }
-}
-
-/// `e` and its sources: reqwest's own message does not say why (refused, timed out, `invalid
-/// peer certificate: UnknownIssuer`); the sources do.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text = format!("{text}: {s_text}");
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// The URL without credentials or query (tokens often live there) for logs.

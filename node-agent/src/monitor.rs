@@ -285,9 +285,9 @@ impl Monitor {
 /// Connects, asks `pg_is_in_recovery()`, disconnects; bounded by `timeout` as a whole.
 pub async fn probe(config: &tokio_postgres::Config, tls: MakeRustlsConnect, timeout: Duration) -> ProbeResult {
     let attempt = async {
-        let (client, conn) = config.connect(tls).await.map_err(|e| format!("connect: {}", chain(&e)))?;
+        let (client, conn) = config.connect(tls).await.map_err(|e| format!("connect: {}", pgdaemon_dcs::error_chain(&e)))?;
         let conn = tokio::spawn(conn);
-        let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| format!("query: {}", chain(&e)));
+        let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| format!("query: {}", pgdaemon_dcs::error_chain(&e)));
         drop(client);
         conn.abort();
         let in_recovery: bool = row?.try_get(0).map_err(|e| format!("query: {e}"))?;
@@ -298,18 +298,6 @@ pub async fn probe(config: &tokio_postgres::Config, tls: MakeRustlsConnect, time
         Ok(Err(e)) => ProbeResult::Down(e),
         Err(_) => ProbeResult::Down(format!("no answer within {timeout:?}")),
     }
-}
-
-/// An error with its causes (tokio-postgres keeps the useful part, e.g. "connection refused",
-/// in the source).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }
 
 /// `pgdaemon-agent monitor`: connect the store (if any), start the sinks, probe until `shutdown`.
