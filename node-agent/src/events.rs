@@ -399,14 +399,9 @@ impl EventSink for WebhookSink {
     }
 
     async fn deliver(&self, event: &Event) -> Result<(), SinkError> {
-        let resp = self
-            .client
-            .post(self.url.clone())
-            .header("X-Pgdaemon-Event-Id", &event.id)
-            .json(event)
-            .send()
-            .await
-            .map_err(|e| SinkError::retryable(format!("POST {}: {}", redact(&self.url), pgdaemon_dcs::error_chain(&e.without_url()))))?;
+        let resp = self.client.post(self.url.clone()).header("X-Pgdaemon-Event-Id", &event.id).json(event).send().await.map_err(
+            |e| SinkError::retryable(format!("POST {}: {}", redact(&self.url), pgdaemon_dcs::error_chain(&e.without_url()))),
+        )?;
         let status = resp.status();
         if status.is_success() {
             Ok(())

@@ -287,7 +287,10 @@ pub async fn probe(config: &tokio_postgres::Config, tls: MakeRustlsConnect, time
     let attempt = async {
         let (client, conn) = config.connect(tls).await.map_err(|e| format!("connect: {}", pgdaemon_dcs::error_chain(&e)))?;
         let conn = tokio::spawn(conn);
-        let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| format!("query: {}", pgdaemon_dcs::error_chain(&e)));
+        let row = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(|e| format!("query: {}", pgdaemon_dcs::error_chain(&e)));
         drop(client);
         conn.abort();
         let in_recovery: bool = row?.try_get(0).map_err(|e| format!("query: {e}"))?;
