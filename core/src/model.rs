@@ -106,10 +106,6 @@ pub struct MemberStatus {
     /// store. A member not listed here must never take over this primary's lease (docs/failsafe.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failsafe_members: Option<Vec<String>>,
-    /// The member's data directory holds a database (`None`: not reported by agents before
-    /// 0.3). Automatic bootstrap never initialises a cluster beside a member that has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub has_data: Option<bool>,
 }
 
 /// A member's observation of the leader lease.
@@ -149,7 +145,6 @@ impl MemberStatus {
             expire_at: None,
             leader_seen: None,
             failsafe_members: None,
-            has_data: None,
         }
     }
 

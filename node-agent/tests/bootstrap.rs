@@ -76,7 +76,7 @@ async fn an_unreadable_replication_secret_stops_the_agent_before_anything_is_wri
         &format!(
             "cluster = \"boot\"\n[node]\nname = \"n1\"\nlisten = \"127.0.0.1:0\"\npg_host = \"127.0.0.1\"\nimds = false\n\
              [postgres]\nbin_dir = \"/usr/lib/postgresql/15/bin\"\ndata_dir = \"{}\"\npassword_file = \"{}\"\n\
-             [store]\nbackend = \"memory\"\n[bootstrap]\nenabled = true\n",
+             [store]\nbackend = \"memory\"\n[bootstrap]\nenabled = true\npeer_networks = [\"127.0.0.0/8\"]\n",
             data.display(),
             secret.display()
         ),

@@ -16,11 +16,14 @@
 //! starts over, and a leftover directory elsewhere is rebuilt by basebackup like any stale one.
 //!
 //! Data is never destroyed to bootstrap: an agent only initialises an empty data directory (or
-//! its own marked leftover), and not at all while another member reports a database.
+//! its own marked leftover), and not at all while another member's heartbeat shows a database
+//! (Postgres running, a role or a timeline). A member whose Postgres is stopped shows none of
+//! these (heartbeats carry no data-directory field: 0.1 agents refuse unknown member fields),
+//! but its own agent never bootstraps over its data either (docs/bootstrap.md, "Limits").
 
 use std::time::Duration;
 
-use crate::model::ClusterView;
+use crate::model::{ClusterView, Role};
 use crate::pg::{DataDirState, PgProbe};
 
 /// Whether and how this agent may initialise a cluster that has no record.
@@ -66,7 +69,7 @@ pub(super) fn initialize_blocker(policy: &BootstrapPolicy, me: &str, probe: &PgP
     let with_data: Vec<&str> = view
         .members
         .values()
-        .filter(|m| m.name != me && (m.pg_running || m.timeline > 0 || m.has_data == Some(true)))
+        .filter(|m| m.name != me && (m.pg_running || m.timeline > 0 || m.role != Role::Unknown))
         .map(|m| m.name.as_str())
         .collect();
     if !with_data.is_empty() {
@@ -105,7 +108,7 @@ mod tests {
 
     #[test]
     fn an_empty_member_of_a_cluster_without_record_may_initialise() {
-        let others = view(vec![member("b", |m| m.has_data = Some(false)), member("c", |_| {})]);
+        let others = view(vec![member("b", |_| {}), member("c", |_| {})]);
         assert_eq!(initialize_blocker(&on(), "a", &empty(), &others), None);
         let leftover = PgProbe { bootstrap_leftover: true, ..PgProbe::stopped(DataDirState::Primary) };
         assert_eq!(initialize_blocker(&on(), "a", &leftover, &others), None);
@@ -120,7 +123,7 @@ mod tests {
         let running = PgProbe { running: true, ..empty() };
         assert!(initialize_blocker(&on(), "a", &running, &none).is_some());
         for other in
-            [member("b", |m| m.has_data = Some(true)), member("b", |m| m.pg_running = true), member("b", |m| m.timeline = 1)]
+            [member("b", |m| m.role = Role::Replica), member("b", |m| m.pg_running = true), member("b", |m| m.timeline = 1)]
         {
             let why = initialize_blocker(&on(), "a", &empty(), &view(vec![other])).unwrap();
             assert!(why.contains("b report(s) a database"), "{why}");

@@ -681,7 +681,6 @@ fn heartbeat(input: &AgentInput) -> MemberStatus {
     let mut m = MemberStatus::new(id.member.clone());
     m.role = if probe.running { probe.role } else { Role::Unknown };
     m.pg_running = probe.running;
-    m.has_data = Some(probe.data != DataDirState::Empty && !probe.bootstrap_leftover);
     m.timeline = probe.timeline;
     m.write_lsn = probe.write_lsn;
     m.receive_lsn = probe.receive_lsn;
