@@ -11,6 +11,7 @@ Exits non-zero on the first failed group, printing every failed assertion of tha
 """
 import argparse
 import base64
+import hashlib
 import json
 import re
 import sys
@@ -50,6 +51,9 @@ def expect_destroyed(client, prefix: str) -> int:
     check(not client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"], "Auto Scaling group deleted")
     check(not client("elbv2").describe_load_balancers()["LoadBalancers"], "NLB deleted")
     check(not client("events").list_rules(NamePrefix=prefix)["Rules"], "schedule deleted")
+    check(not [b for b in client("s3").list_buckets()["Buckets"] if b["Name"].startswith(f"{prefix}-artifacts-")], "artifact bucket deleted")
+    secrets = client("secretsmanager").list_secrets(Filters=[{"Key": "name", "Values": [f"pgdaemon/{prefix.removeprefix('pgdaemon-')}/"]}])["SecretList"]
+    check(not [x for x in secrets if not x.get("DeletedDate")], f"generated secrets deleted: {[x['Name'] for x in secrets if not x.get('DeletedDate')]}")
     print(f"{len(FAILURES)} failed")
     return 1 if FAILURES else 0
 
@@ -67,6 +71,7 @@ def main() -> int:
         help="AWS managed policy documents the CDK simulation embeds; checked against moto's copy",
     )
     ap.add_argument("--user-data-out", help="write the nodes' decoded user data here")
+    ap.add_argument("--agent-binary", help="the agent binary the apply uploaded (its sha256 must be the object's and the user data's)")
     ap.add_argument("--expect-destroyed", action="store_true", help="check that destroy left nothing behind")
     a = ap.parse_args()
 
@@ -124,7 +129,9 @@ def main() -> int:
     check(env.get("PGDAEMON_FENCING") == "ec2,ssm,http", f"PGDAEMON_FENCING: {env.get('PGDAEMON_FENCING')}")
     check(env.get("PGDAEMON_SNS_TOPIC_ARN") == topic_arn, "PGDAEMON_SNS_TOPIC_ARN is the events topic")
     check(env.get("PGDAEMON_CLUSTER_TAG_KEY") == a.tag_key, f"PGDAEMON_CLUSTER_TAG_KEY: {env.get('PGDAEMON_CLUSTER_TAG_KEY')}")
-    token_param = f"/pgdaemon/{a.cluster}/api-token"
+    # Generated at deploy time (Secrets Manager), read through Parameter Store's reference.
+    ref = f"/aws/reference/secretsmanager/pgdaemon/{a.cluster}"
+    token_param = f"{ref}/api-token"
     check(env.get("PGDAEMON_API_TOKEN_PARAMETER") == token_param, f"PGDAEMON_API_TOKEN_PARAMETER (the agents' API token): {env.get('PGDAEMON_API_TOKEN_PARAMETER')}")
     check(env.get("PGDAEMON_RUN_BUDGET_MS") == str((fn["Timeout"] - 30) * 1000), f"PGDAEMON_RUN_BUDGET_MS below the timeout: {env.get('PGDAEMON_RUN_BUDGET_MS')}")
     check(len(fn.get("VpcConfig", {}).get("SubnetIds", [])) >= 2, "runs in the VPC (reaches the agents)")
@@ -199,6 +206,24 @@ def main() -> int:
         f"the coordinator reads only the API token parameter: {[(s['Action'], s['Resource']) for s in coord_params]}",
     )
 
+    print("Generated secrets (Secrets Manager, read through Parameter Store)")
+    sm, ssm = client("secretsmanager"), client("ssm")
+    purposes = ["admin-password", "api-token", "replication-password", "rewind-password"]
+    secret_arns = {}
+    for purpose in purposes:
+        try:
+            secret = sm.describe_secret(SecretId=f"pgdaemon/{a.cluster}/{purpose}")
+            secret_arns[purpose] = secret["ARN"]
+            value = ssm.get_parameter(Name=f"{ref}/{purpose}", WithDecryption=True)["Parameter"]["Value"]
+            check(len(value) >= 32 and value.isalnum(), f"{purpose}: generated ({len(value)} letters and digits), readable as {ref}/{purpose}")
+        except ClientError as e:
+            check(False, f"{purpose}: no generated secret pgdaemon/{a.cluster}/{purpose}: {e}")
+    coord_sm = [s for s in coord_stmts if any(x.startswith("secretsmanager:") for x in as_list(s["Action"]))]
+    check(
+        [(as_list(s["Action"]), as_list(s["Resource"])) for s in coord_sm] == [(["secretsmanager:GetSecretValue"], [secret_arns.get("api-token")])],
+        f"the coordinator reads only the API token's secret: {[(s['Action'], s['Resource']) for s in coord_sm]}",
+    )
+
     print("IAM: agent role")
     agent_docs, agent_attached, agent_all = role_policies(f"{prefix}-agent")
     agent_stmts = [s for d in agent_docs for s in statements(d)]
@@ -218,10 +243,46 @@ def main() -> int:
     check(agent_attached == [], f"no managed policy on the agent role (AmazonSSMManagedInstanceCore reads every parameter): {agent_attached}")
     ssm_stmts = [s for s in agent_stmts if any(x.startswith("ssm:") for x in as_list(s["Action"]))]
     params = [s for s in ssm_stmts if any(x.startswith("ssm:GetParameter") for x in as_list(s["Action"]))]
+    secret_params = [f"{param_arn}{ref}/{p}" for p in purposes]
     check(
         len(params) == 1 and as_list(params[0]["Action"]) == ["ssm:GetParameter"]
-        and sorted(as_list(params[0]["Resource"])) == sorted([f"{param_arn}/pgdaemon/{a.cluster}/replication-password", f"{param_arn}{token_param}"]),
-        f"agents read only the replication password and API token parameters: {[s['Resource'] for s in params]}",
+        and sorted(as_list(params[0]["Resource"])) == sorted(secret_params),
+        f"agents read only the cluster's four secrets' parameters: {[s['Resource'] for s in params]}",
+    )
+    agent_sm = [s for s in agent_stmts if any(x.startswith("secretsmanager:") for x in as_list(s["Action"]))]
+    check(
+        len(agent_sm) == 1 and as_list(agent_sm[0]["Action"]) == ["secretsmanager:GetSecretValue"]
+        and sorted(as_list(agent_sm[0]["Resource"])) == sorted(secret_arns.values()),
+        f"agents read only the cluster's generated secrets: {[(s['Action'], s['Resource']) for s in agent_sm]}",
+    )
+
+    print("Agent artifact (S3)")
+    s3 = client("s3")
+    buckets = [b["Name"] for b in s3.list_buckets()["Buckets"] if b["Name"].startswith(f"{prefix}-artifacts-")]
+    check(len(buckets) == 1, f"one artifact bucket: {buckets}")
+    bucket = buckets[0] if buckets else ""
+    object_arn, bucket_arn = "", ""
+    if bucket:
+        bucket_arn = f"arn:aws:s3:::{bucket}"
+        enc = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]["ApplyServerSideEncryptionByDefault"]
+        check(enc.get("SSEAlgorithm") in ("AES256", "aws:kms"), f"bucket encrypted by default: {enc}")
+        pab = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+        check(all(pab.get(k) for k in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")), f"public access blocked: {pab}")
+        check(s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled", "bucket versioned")
+        objects = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+        check(len(objects) == 1 and re.fullmatch(r"agent/[0-9a-f]{64}/pgdaemon-agent", objects[0] or ""), f"one object, agent/<sha256>/pgdaemon-agent: {objects}")
+        if objects:
+            key = objects[0]
+            object_arn = f"{bucket_arn}/{key}"
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            digest = hashlib.sha256(body).hexdigest()
+            check(key == f"agent/{digest}/pgdaemon-agent", f"the object's key names its content's sha256 ({digest[:16]}...)")
+            if a.agent_binary:
+                check(digest == hashlib.sha256(open(a.agent_binary, "rb").read()).hexdigest(), "the object is the agent binary given to the apply")
+    agent_s3 = [s for s in agent_stmts if any(x.startswith("s3:") for x in as_list(s["Action"]))]
+    check(
+        [(as_list(s["Action"]), as_list(s["Resource"])) for s in agent_s3] == [(["s3:GetObject"], [object_arn])],
+        f"agents may get the agent object and nothing else in S3: {[(s['Action'], s['Resource']) for s in agent_s3]}",
     )
     check(
         all(as_list(s["Action"]) == ["ssm:UpdateInstanceInformation"] for s in ssm_stmts if s not in params),
@@ -250,6 +311,15 @@ def main() -> int:
     check("/etc/pgdaemon/pgdaemon.toml" in ud and f'table = "{prefix}"' in ud and f'cluster = "{a.cluster}"' in ud, "user data writes the agent config")
     check(f'lambda_function = "{fn_name}:agent-evaluate"' in ud, "agents invoke the coordinator through the agent-evaluate alias")
     check("amazon-ssm-agent" in ud, "user data enables the SSM agent")
+    if object_arn:
+        key = object_arn.split(":::", 1)[1].split("/", 1)[1]
+        check(f"s3://{bucket}/{key}" in ud and f"AGENT_SHA256='{key.split('/')[1]}'" in ud and "sha256sum" in ud,
+              "user data downloads the agent object with the instance role and checks its sha256")
+    commands = [l for l in ud.splitlines() if not l.lstrip().startswith("#")]
+    check(not [l for l in commands if re.search(r"\b(initdb|pg_ctl|postgresql-setup)\b", l)], "user data does not initialise or start the database (the agents' bootstrap does)")
+    boot = re.search(r"^\[bootstrap\]\n(.*?)\n\n", ud, re.S | re.M)
+    boot_keys = dict(line.split(" = ", 1) for line in boot.group(1).splitlines() if not line.startswith("#")) if boot else {}
+    check(boot_keys.get("enabled") == "true", f"[bootstrap] enabled: {boot_keys}")
     subnet_cidrs = [sn["CidrBlock"] for sn in ec2.describe_subnets(SubnetIds=fn.get("VpcConfig", {}).get("SubnetIds", []))["Subnets"]]
     api = re.search(r"^\[api\]\n(.*?)\n\n", ud, re.S | re.M)
     api_keys = dict(line.split(" = ", 1) for line in api.group(1).splitlines() if not line.startswith("#")) if api else {}
@@ -258,6 +328,8 @@ def main() -> int:
         sorted(json.loads(api_keys.get("allowlist", "null")) or []) == sorted(subnet_cidrs) and api_keys.get("allowlist_include_members") == "true",
         f"agents' API allow-list: the subnets' CIDRs {subnet_cidrs} and the members: {api_keys}",
     )
+    check(sorted(json.loads(boot_keys.get("peer_networks", "null")) or []) == sorted(subnet_cidrs), f"[bootstrap] peer_networks: the subnets' CIDRs: {boot_keys.get('peer_networks')}")
+    check(set(subnet_cidrs) <= set(json.loads(boot_keys.get("client_networks", "null")) or []), f"[bootstrap] client_networks include the subnets: {boot_keys.get('client_networks')}")
     if a.user_data_out:
         with open(a.user_data_out, "w") as f:
             f.write(ud)
@@ -317,6 +389,10 @@ def main() -> int:
                 "coordinator": coord_all,
                 "agent": agent_all,
                 "agentManagedArns": agent_attached,
+                "secretParameterArns": {p: f"{param_arn}{ref}/{p}" for p in purposes},
+                "secretArns": secret_arns,
+                "agentObjectArn": object_arn,
+                "agentBucketArn": bucket_arn,
             },
             f,
             indent=1,

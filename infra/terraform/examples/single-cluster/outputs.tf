@@ -28,12 +28,27 @@ output "autoscaling_group_name" {
   value       = module.cluster.autoscaling_group_name
 }
 
+output "admin_user" {
+  description = "Administrator role the first primary creates: psql as it on the writer endpoint."
+  value       = module.cluster.admin_user
+}
+
+output "admin_password_parameter" {
+  description = "SSM parameter name of that role's password (aws ssm get-parameter --with-decryption)."
+  value       = module.cluster.admin_password_parameter
+}
+
 output "replication_password_parameter" {
-  description = "SSM SecureString to create before the nodes boot: the replication password."
+  description = "SSM parameter name the agents read the replication password from (generated at deploy time)."
   value       = module.cluster.replication_password_parameter
 }
 
 output "api_token_parameter" {
-  description = "SSM SecureString to create before the nodes boot: the agents' API token."
+  description = "SSM parameter name of the agents' API token (generated at deploy time)."
   value       = module.cluster.api_token_parameter
+}
+
+output "agent_object" {
+  description = "The agent binary in the cluster's bucket and the sha256 the nodes check."
+  value       = module.cluster.agent_object
 }

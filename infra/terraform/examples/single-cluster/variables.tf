@@ -32,10 +32,10 @@ variable "ami_id" {
   default     = null
 }
 
-variable "agent_binary_url" {
-  description = "https URL of the pgdaemon-agent binary; empty when baked into the AMI."
+variable "agent_binary_path" {
+  description = "Local path of the built pgdaemon-agent (scripts/lambda-zip --agent: target/lambda/pgdaemon-agent), uploaded to the cluster's bucket; null when baked into the AMI."
   type        = string
-  default     = ""
+  default     = null
 }
 
 variable "lambda_zip_path" {

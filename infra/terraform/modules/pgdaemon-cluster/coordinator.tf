@@ -104,11 +104,21 @@ data "aws_iam_policy_document" "coordinator" {
     resources = ["*"]
   }
 
-  # The agents' API token (http fencing sends it), and no other parameter.
+  # The agents' API token (http fencing sends it), and no other parameter; a generated token
+  # through Parameter Store's reference to its Secrets Manager secret.
   statement {
     sid       = "ReadAgentApiToken"
     actions   = ["ssm:GetParameter"]
     resources = ["${local.parameter_arn}${local.api_token_parameter}"]
+  }
+
+  dynamic "statement" {
+    for_each = contains(keys(local.generated_secrets), "api-token") ? [1] : []
+    content {
+      sid       = "ReadGeneratedApiToken"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = [aws_secretsmanager_secret.generated["api-token"].arn]
+    }
   }
 
   statement {

@@ -32,8 +32,12 @@ locals {
     } : k => length(n) <= 32 ? n : "${substr(n, 0, 25)}-${substr(md5(n), 0, 6)}"
   }
 
-  replication_password_parameter = coalesce(var.replication_password_parameter, "/pgdaemon/${var.cluster_name}/replication-password")
-  api_token_parameter            = coalesce(var.api_token_parameter, "/pgdaemon/${var.cluster_name}/api-token")
+  # The cluster's secrets (secrets.tf): the SSM parameter names the agents and the coordinator
+  # read, whether the operator's SecureStrings or the generated secrets' Parameter Store references.
+  replication_password_parameter = local.secret_parameters["replication-password"]
+  rewind_password_parameter      = local.secret_parameters["rewind-password"]
+  api_token_parameter            = local.secret_parameters["api-token"]
+  admin_password_parameter       = local.secret_parameters["admin-password"]
   parameter_arn                  = "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter"
 
   # Environment contract of the coordinator Lambda (lambda/ reads these).

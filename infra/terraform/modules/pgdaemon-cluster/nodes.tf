@@ -20,23 +20,40 @@ locals {
   agent_unit_path = "${path.module}/../../../../node-agent/systemd/pgdaemon-agent.service"
   agent_unit      = fileexists(local.agent_unit_path) ? file(local.agent_unit_path) : file("${path.module}/templates/pgdaemon-agent.service")
 
+  # The cluster subnets' CIDRs: the agents' API allow-list besides the members, and the
+  # networks pg_hba.conf admits the replication and rewind roles from (bootstrap peer_networks).
+  subnet_cidrs = [for id in var.subnet_ids : data.aws_subnet.nodes[id].cidr_block]
+  # The networks pg_hba.conf admits applications from. The NLB preserves client addresses for
+  # instance targets, so these are the clients' own networks (variables.tf, client_networks).
+  client_networks = var.client_networks != null ? var.client_networks : distinct(concat(var.client_cidr_blocks, local.subnet_cidrs))
+
   agent_config = templatefile("${path.module}/templates/pgdaemon.toml.tftpl", {
     cluster_name                   = var.cluster_name
     table_name                     = local.table_name
     postgres_port                  = var.postgres_port
     agent_api_port                 = var.agent_api_port
     replication_password_parameter = local.replication_password_parameter
+    rewind_password_parameter      = local.rewind_password_parameter
     api_token_parameter            = local.api_token_parameter
-    api_allowlist                  = jsonencode([for id in var.subnet_ids : data.aws_subnet.nodes[id].cidr_block])
+    api_allowlist                  = jsonencode(local.subnet_cidrs)
+    peer_networks                  = jsonencode(local.subnet_cidrs)
+    client_networks                = jsonencode(local.client_networks)
     # The agents' alias, not the function: through it the coordinator carries out "evaluate" only.
     coordinator_function = "${aws_lambda_alias.agent_evaluate.function_name}:${aws_lambda_alias.agent_evaluate.name}"
   })
 
   user_data = templatefile("${path.module}/templates/user-data.sh.tftpl", {
-    agent_binary_url = var.agent_binary_url
-    agent_config     = local.agent_config
-    agent_unit       = local.agent_unit
+    agent_bucket             = local.upload_agent ? aws_s3_bucket.artifacts[0].id : ""
+    agent_key                = local.agent_key
+    agent_sha256             = local.agent_sha256
+    agent_config             = local.agent_config
+    agent_unit               = local.agent_unit
+    postgres_port            = var.postgres_port
+    admin_user               = local.admin_user
+    admin_password_parameter = local.admin_password_parameter
   })
+  # The administrator role the user data creates on the first primary (its password: secrets.tf).
+  admin_user = "dbadmin"
 }
 
 data "aws_iam_policy_document" "ec2_assume" {
@@ -83,16 +100,39 @@ data "aws_iam_policy_document" "agent" {
     }
   }
 
-  # The replication password and the agents' API token, and no other parameter. (SecureStrings
-  # under the AWS-managed aws/ssm key need no kms grant; with a customer key, grant kms:Decrypt
-  # on it.)
+  # The cluster's secrets (replication and rewind passwords, API token, admin password), and no
+  # other parameter. A generated secret is read through Parameter Store's reference to Secrets
+  # Manager, which takes both this and secretsmanager:GetSecretValue on the secret itself.
+  # (SecureStrings under the AWS-managed aws/ssm key need no kms grant; with a customer key,
+  # grant kms:Decrypt on it.)
   statement {
-    sid     = "ReadReplicationPassword"
+    sid     = "ReadClusterSecrets"
     actions = ["ssm:GetParameter"]
     resources = [
       "${local.parameter_arn}${local.replication_password_parameter}",
+      "${local.parameter_arn}${local.rewind_password_parameter}",
       "${local.parameter_arn}${local.api_token_parameter}",
+      "${local.parameter_arn}${local.admin_password_parameter}",
     ]
+  }
+
+  dynamic "statement" {
+    for_each = length(local.generated_secrets) > 0 ? [1] : []
+    content {
+      sid       = "ReadGeneratedSecrets"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = [for k in sort(keys(local.generated_secrets)) : aws_secretsmanager_secret.generated[k].arn]
+    }
+  }
+
+  # The agent binary: this one object (the key holds its sha256), nothing else in the bucket.
+  dynamic "statement" {
+    for_each = local.upload_agent ? [1] : []
+    content {
+      sid       = "ReadAgentBinary"
+      actions   = ["s3:GetObject"]
+      resources = ["${aws_s3_bucket.artifacts[0].arn}/${local.agent_key}"]
+    }
   }
 
   # The fast path: a replica that sees the lease go stale asks for a coordinator run at once.
@@ -317,6 +357,9 @@ resource "aws_autoscaling_group" "nodes" {
     id      = aws_launch_template.nodes.id
     version = aws_launch_template.nodes.latest_version
   }
+
+  # A node's first boot reads these: the agent object and the secrets must exist before it.
+  depends_on = [aws_s3_object.agent, aws_secretsmanager_secret_version.generated, aws_iam_role_policy.agent]
 
   dynamic "tag" {
     for_each = local.tags

@@ -34,13 +34,43 @@ output "agent_role_arn" {
 }
 
 output "replication_password_parameter" {
-  description = "SSM SecureString the agents read the replication password from (create it before the nodes boot)."
+  description = "SSM parameter name the agents read the replication password from (a generated secret's /aws/reference/secretsmanager/ path unless you gave your own)."
   value       = local.replication_password_parameter
 }
 
+output "rewind_password_parameter" {
+  description = "SSM parameter name the agents read the pg_rewind role's password from."
+  value       = local.rewind_password_parameter
+}
+
 output "api_token_parameter" {
-  description = "SSM SecureString holding the agents' API bearer token, read by the agents and the coordinator (create it before the nodes boot)."
+  description = "SSM parameter name holding the agents' API bearer token, read by the agents and the coordinator."
   value       = local.api_token_parameter
+}
+
+output "admin_user" {
+  description = "The administrator role the first primary creates (LOGIN, CREATEDB, CREATEROLE): connect as it to the writer endpoint."
+  value       = local.admin_user
+}
+
+output "admin_password_parameter" {
+  description = "SSM parameter name of the administrator role's password: aws ssm get-parameter --with-decryption --name <this> --query Parameter.Value --output text."
+  value       = local.admin_password_parameter
+}
+
+output "generated_secret_arns" {
+  description = "Secrets Manager secrets the module generated, by purpose (replication-password, rewind-password, api-token, admin-password)."
+  value       = { for k, s in aws_secretsmanager_secret.generated : k => s.arn }
+}
+
+output "artifacts_bucket" {
+  description = "S3 bucket holding the agent binary the nodes install (null without agent_binary_path)."
+  value       = local.upload_agent ? aws_s3_bucket.artifacts[0].id : null
+}
+
+output "agent_object" {
+  description = "The agent binary's S3 object and the sha256 every node checks before installing it (null without agent_binary_path)."
+  value       = local.upload_agent ? { bucket = aws_s3_bucket.artifacts[0].id, key = local.agent_key, sha256 = local.agent_sha256 } : null
 }
 
 output "events_topic_arn" {

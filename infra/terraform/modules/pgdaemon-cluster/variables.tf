@@ -94,19 +94,30 @@ variable "agent_architecture" {
   }
 }
 
+variable "agent_binary_path" {
+  description = "Local path of the pgdaemon-agent binary to deploy (scripts/lambda-zip --agent builds target/lambda/pgdaemon-agent). The module uploads it to the cluster's artifact bucket (encrypted, versioned, private) under its sha256; each node downloads it with its instance role and installs it only if the checksum matches. Null: no bucket; the binary must be in the AMI at /usr/local/bin/pgdaemon-agent."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.agent_binary_path == null ? true : fileexists(var.agent_binary_path)
+    error_message = "agent_binary_path must name an existing file (build it with scripts/lambda-zip --agent), or be null when the AMI holds the agent."
+  }
+}
+
 variable "agent_binary_url" {
-  description = "HTTPS or S3 presigned URL the user data downloads the pgdaemon-agent binary from. Empty: the binary is expected at /usr/local/bin/pgdaemon-agent in the AMI."
+  description = "Removed: replaced by agent_binary_path (the module stores the binary in the cluster's bucket with its sha256; no expiring URL). Kept only to explain the change; must stay empty."
   type        = string
   default     = ""
 
   validation {
-    condition     = var.agent_binary_url == "" || startswith(var.agent_binary_url, "https://")
-    error_message = "agent_binary_url must be empty or an https:// URL."
+    condition     = var.agent_binary_url == ""
+    error_message = "agent_binary_url was replaced by agent_binary_path: give the local path of the built agent and the module uploads it to the cluster's S3 bucket and checks its sha256 on every node."
   }
 }
 
 variable "replication_password_parameter" {
-  description = "SSM parameter (SecureString) holding the Postgres replication password; the agents may read this one parameter. Defaults to \"/pgdaemon/<cluster_name>/replication-password\". Create it before the nodes boot."
+  description = "SSM SecureString holding the Postgres replication password, if you manage it yourself. Null (default): the module generates the password at deploy time into the Secrets Manager secret pgdaemon/<cluster_name>/replication-password, which the agents read through Parameter Store (/aws/reference/secretsmanager/...). The agents may read this one secret."
   type        = string
   default     = null
 
@@ -116,14 +127,58 @@ variable "replication_password_parameter" {
   }
 }
 
+variable "rewind_password_parameter" {
+  description = "SSM SecureString holding the password of the pg_rewind role (rewinder), if you manage it yourself. Null (default): generated at deploy time into the Secrets Manager secret pgdaemon/<cluster_name>/rewind-password."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.rewind_password_parameter == null || can(regex("^/[A-Za-z0-9_./-]{1,1010}$", var.rewind_password_parameter))
+    error_message = "rewind_password_parameter must be an absolute SSM parameter name (starting with '/')."
+  }
+}
+
 variable "api_token_parameter" {
-  description = "SSM parameter (SecureString) holding the bearer token of the agents' HTTP API ([api] token_ssm_parameter); the agents and the coordinator may read this one parameter. Defaults to \"/pgdaemon/<cluster_name>/api-token\". Create it before the nodes boot."
+  description = "SSM SecureString holding the bearer token of the agents' HTTP API ([api] token_ssm_parameter), if you manage it yourself; the agents and the coordinator may read this one secret. Null (default): generated at deploy time into the Secrets Manager secret pgdaemon/<cluster_name>/api-token."
   type        = string
   default     = null
 
   validation {
     condition     = var.api_token_parameter == null || can(regex("^/[A-Za-z0-9_./-]{1,1010}$", var.api_token_parameter))
     error_message = "api_token_parameter must be an absolute SSM parameter name (starting with '/')."
+  }
+}
+
+variable "admin_password_parameter" {
+  description = "SSM SecureString holding the password of the cluster's administrator role (dbadmin: LOGIN, CREATEDB, CREATEROLE; created on the first primary), if you manage it yourself. Null (default): generated at deploy time into the Secrets Manager secret pgdaemon/<cluster_name>/admin-password."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.admin_password_parameter == null || can(regex("^/[A-Za-z0-9_./-]{1,1010}$", var.admin_password_parameter))
+    error_message = "admin_password_parameter must be an absolute SSM parameter name (starting with '/')."
+  }
+}
+
+variable "secret_recovery_window_days" {
+  description = "Recovery window of the generated secrets when they are deleted (terraform destroy): 7-30 days, or 0 to delete at once. A secret waiting for deletion blocks a new cluster of the same name until then (aws secretsmanager restore-secret, or delete-secret --force-delete-without-recovery)."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.secret_recovery_window_days == 0 || (var.secret_recovery_window_days >= 7 && var.secret_recovery_window_days <= 30)
+    error_message = "secret_recovery_window_days must be 0 or from 7 to 30."
+  }
+}
+
+variable "client_networks" {
+  description = "CIDR blocks pg_hba.conf admits client connections from (scram-sha-256, TLS). The NLB preserves the clients' source addresses for instance targets, so Postgres sees the clients' own networks, not the NLB's: list every network your applications connect from. Null (default): client_cidr_blocks plus the cluster subnets' CIDRs. Clients admitted by security group (client_security_group_ids) from elsewhere need their networks here."
+  type        = list(string)
+  default     = null
+
+  validation {
+    condition     = var.client_networks == null ? true : alltrue([for c in var.client_networks : can(cidrhost(c, 0)) && c != "0.0.0.0/0"])
+    error_message = "client_networks must be valid CIDR blocks, and 0.0.0.0/0 is refused."
   }
 }
 
