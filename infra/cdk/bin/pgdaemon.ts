@@ -34,7 +34,10 @@ new PgdaemonClusterStack(app, `pgdaemon-${clusterName}`, {
   lambdaArchitecture: ctx('lambdaArchitecture') === 'arm64' ? 'arm64' : 'x86_64',
   nodeCount: ctx('nodeCount') ? Number(ctx('nodeCount')) : undefined,
   amiId: ctx('amiId'),
-  agentBinaryUrl: ctx('agentBinaryUrl'),
+  // The built agent (scripts/lambda-zip --agent): deployed as an asset, sha256-checked by each node.
+  agentBinaryPath: ctx('agentBinary'),
+  agentBinaryUrl: ctx('agentBinaryUrl'), // removed: refused with a message naming agentBinary
+  clientNetworks: ctx('clientNetworks') === undefined ? undefined : list(ctx('clientNetworks')),
   clientCidrBlocks: list(ctx('clientCidrBlocks') ?? '10.0.0.0/8'),
   deletionProtection: ctx('deletionProtection') !== 'false',
 });

@@ -1,7 +1,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Annotations, CfnResource, Duration, RemovalPolicy, Stack, StackProps, Tags } from 'aws-cdk-lib';
+import { Annotations, CfnResource, Duration, RemovalPolicy, Stack, StackProps, Tags, Token } from 'aws-cdk-lib';
 import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
@@ -12,6 +12,8 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
+import * as s3assets from 'aws-cdk-lib/aws-s3-assets';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import { Construct } from 'constructs';
 import { readTemplate, renderTemplate } from './template';
@@ -42,6 +44,14 @@ export interface PgdaemonClusterProps extends StackProps {
   /** AMI of the nodes; default: latest Amazon Linux 2023 (public SSM parameter, resolved at deploy). */
   readonly amiId?: string;
   readonly agentArchitecture?: 'x86_64' | 'arm64';
+  /**
+   * Local path of the built pgdaemon-agent. Deployed as a file asset (the CDK bootstrap bucket:
+   * encrypted, versioned, private) under its content hash; every node downloads it with its
+   * instance role and installs it only if its sha256 is the one computed at synth. Unset: the
+   * agent must be in the AMI at /usr/local/bin/pgdaemon-agent. Needs the stack's account and region.
+   */
+  readonly agentBinaryPath?: string;
+  /** Removed: replaced by agentBinaryPath (no expiring URL, checksum verified). Setting it is an error. */
   readonly agentBinaryUrl?: string;
   readonly dataVolumeSizeGb?: number;
   readonly postgresPort?: number;
@@ -53,10 +63,24 @@ export interface PgdaemonClusterProps extends StackProps {
   readonly fencing?: Fencing[];
   readonly logRetention?: logs.RetentionDays;
   readonly deletionProtection?: boolean;
-  /** SSM SecureString with the replication password; default "/pgdaemon/<cluster>/replication-password". */
+  /**
+   * Your own SSM SecureString with the replication password. Unset (default): generated at deploy
+   * time into the Secrets Manager secret pgdaemon/<cluster>/replication-password, which the agents
+   * read through Parameter Store (/aws/reference/secretsmanager/...). Same for the three below.
+   */
   readonly replicationPasswordParameter?: string;
-  /** SSM SecureString with the agents' API bearer token (agents and coordinator read it); default "/pgdaemon/<cluster>/api-token". */
+  /** The pg_rewind role's (rewinder) password; default: generated, pgdaemon/<cluster>/rewind-password. */
+  readonly rewindPasswordParameter?: string;
+  /** The agents' API bearer token (agents and coordinator read it); default: generated, pgdaemon/<cluster>/api-token. */
   readonly apiTokenParameter?: string;
+  /** The administrator role's (dbadmin) password; default: generated, pgdaemon/<cluster>/admin-password. */
+  readonly adminPasswordParameter?: string;
+  /**
+   * Networks pg_hba.conf admits clients from (scram-sha-256 over TLS). The NLB preserves client
+   * addresses for instance targets, so these are the clients' own networks. Default:
+   * clientCidrBlocks plus subnetCidrBlocks.
+   */
+  readonly clientNetworks?: string[];
   /** Customer-managed KMS key for the table, topic, log group and EBS volumes; default: AWS-managed keys. */
   readonly kmsKeyArn?: string;
 }
@@ -73,11 +97,20 @@ interface Settings {
   agentApiPort: number;
   timeout: number;
   fencing: Fencing[];
-  replicationPasswordParameter: string;
-  apiTokenParameter: string;
+  /** What the agents (and, for the token, the coordinator) read with ssm:GetParameter, by purpose. */
+  secretParameters: Record<SecretPurpose, string>;
+  /** Secrets Manager names of the secrets the stack generates (purposes without an operator's parameter). */
+  generatedSecrets: Partial<Record<SecretPurpose, string>>;
   /** The agents' [api] allow-list besides the members: the subnets' CIDRs, when given. */
   apiAllowlist: string[];
+  /** pg_hba.conf client networks ([bootstrap] client_networks). */
+  clientNetworks: string[];
 }
+
+export const SECRET_PURPOSES = ['replication-password', 'rewind-password', 'api-token', 'admin-password'] as const;
+export type SecretPurpose = (typeof SECRET_PURPOSES)[number];
+/** The administrator role the first primary creates (templates/user-data.sh.tftpl). */
+export const ADMIN_USER = 'dbadmin';
 
 export function validate(props: PgdaemonClusterProps): Settings {
   const fail = (what: string): never => {
@@ -112,11 +145,24 @@ export function validate(props: PgdaemonClusterProps): Settings {
   for (const c of props.clientCidrBlocks ?? []) {
     if (!/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(c) || c === '0.0.0.0/0') fail(`clientCidrBlocks entry ${c} (0.0.0.0/0 refused: internal endpoint)`);
   }
-  if (props.replicationPasswordParameter !== undefined && !/^\/[A-Za-z0-9_./-]{1,1010}$/.test(props.replicationPasswordParameter)) {
-    fail('replicationPasswordParameter: an absolute SSM parameter name (starting with "/")');
+  const operator: Record<SecretPurpose, [string, string | undefined]> = {
+    'replication-password': ['replicationPasswordParameter', props.replicationPasswordParameter],
+    'rewind-password': ['rewindPasswordParameter', props.rewindPasswordParameter],
+    'api-token': ['apiTokenParameter', props.apiTokenParameter],
+    'admin-password': ['adminPasswordParameter', props.adminPasswordParameter],
+  };
+  for (const [prop, v] of Object.values(operator)) {
+    if (v !== undefined && !/^\/[A-Za-z0-9_./-]{1,1010}$/.test(v)) fail(`${prop}: an absolute SSM parameter name (starting with "/")`);
   }
-  if (props.apiTokenParameter !== undefined && !/^\/[A-Za-z0-9_./-]{1,1010}$/.test(props.apiTokenParameter)) {
-    fail('apiTokenParameter: an absolute SSM parameter name (starting with "/")');
+  const generatedSecrets: Partial<Record<SecretPurpose, string>> = {};
+  const secretParameters = {} as Record<SecretPurpose, string>;
+  for (const purpose of SECRET_PURPOSES) {
+    const given = operator[purpose][1];
+    if (given === undefined) generatedSecrets[purpose] = `pgdaemon/${props.clusterName}/${purpose}`;
+    secretParameters[purpose] = given ?? `/aws/reference/secretsmanager/pgdaemon/${props.clusterName}/${purpose}`;
+  }
+  for (const c of props.clientNetworks ?? []) {
+    if (!/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(c) || c === '0.0.0.0/0') fail(`clientNetworks entry ${c} (0.0.0.0/0 refused)`);
   }
   const cidrs = props.subnetCidrBlocks ?? [];
   if (props.subnetCidrBlocks !== undefined && cidrs.length !== props.subnetIds.length) {
@@ -126,7 +172,10 @@ export function validate(props: PgdaemonClusterProps): Settings {
     if (!/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(c)) fail(`subnetCidrBlocks entry ${c}: an IPv4 CIDR`);
   }
   if (props.kmsKeyArn && !/^arn:aws[a-z-]*:kms:/.test(props.kmsKeyArn)) fail('kmsKeyArn: must be a KMS key ARN');
-  if (props.agentBinaryUrl && !props.agentBinaryUrl.startsWith('https://')) fail('agentBinaryUrl: must be https://');
+  if (props.agentBinaryUrl) fail('agentBinaryUrl: replaced by agentBinaryPath (the stack stores the binary and checks its sha256 on every node)');
+  if (props.agentBinaryPath !== undefined && !fs.existsSync(props.agentBinaryPath)) {
+    fail(`agentBinaryPath ${props.agentBinaryPath}: build it with scripts/lambda-zip --agent`);
+  }
   if (!props.lambdaZipPath.endsWith('.zip') || !fs.existsSync(props.lambdaZipPath)) {
     fail(`lambdaZipPath ${props.lambdaZipPath}: build it with scripts/lambda-zip`);
   }
@@ -142,9 +191,10 @@ export function validate(props: PgdaemonClusterProps): Settings {
     agentApiPort: port('agentApiPort', props.agentApiPort ?? 8008),
     timeout,
     fencing,
-    replicationPasswordParameter: props.replicationPasswordParameter ?? `/pgdaemon/${props.clusterName}/replication-password`,
-    apiTokenParameter: props.apiTokenParameter ?? `/pgdaemon/${props.clusterName}/api-token`,
+    secretParameters,
+    generatedSecrets,
     apiAllowlist: cidrs,
+    clientNetworks: props.clientNetworks ?? [...new Set([...(props.clientCidrBlocks ?? []), ...cidrs])],
   };
 }
 
@@ -277,6 +327,28 @@ export class PgdaemonClusterStack extends Stack {
       managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('service-role/AWSLambdaVPCAccessExecutionRole')],
     });
     const parameterArn = (name: string) => this.formatArn({ service: 'ssm', resource: 'parameter', resourceName: name.slice(1) });
+
+    // --- the cluster's secrets, generated at deploy time ----------------------------------------
+    // Secrets Manager generates them (CloudFormation cannot create an SSM SecureString); the agents
+    // and the coordinator read them with ssm:GetParameter through Parameter Store's reference
+    // (/aws/reference/secretsmanager/<name>), the secret source they support. Letters and digits
+    // only: safe in a libpq passfile, a connection string and an HTTP header.
+    const secrets: Partial<Record<SecretPurpose, secretsmanager.Secret>> = {};
+    for (const purpose of SECRET_PURPOSES) {
+      const secretName = s.generatedSecrets[purpose];
+      if (secretName === undefined) continue;
+      const id = purpose.split('-').map((w) => w[0].toUpperCase() + w.slice(1)).join('') + 'Secret';
+      const secret = new secretsmanager.Secret(this, id, {
+        secretName,
+        description: `pgdaemon cluster ${s.clusterName}: ${purpose} (generated at deploy time)`,
+        generateSecretString: { passwordLength: 48, excludePunctuation: true, includeSpace: false },
+      });
+      checkovSkip(secret, {
+        CKV_AWS_149: 'Encrypted with the AWS-managed key aws/secretsmanager: the nodes and the coordinator then need no kms grant.',
+      });
+      secrets[purpose] = secret;
+    }
+    const secretArns = (purposes: SecretPurpose[]) => purposes.flatMap((p) => (secrets[p] ? [secrets[p]!.secretArn] : []));
     const instanceArns = this.formatArn({ service: 'ec2', resource: 'instance', resourceName: '*' });
     const tagCondition = { StringEquals: { [`aws:ResourceTag/${s.tagKey}`]: s.clusterName } };
     const leadingKeys = { 'ForAllValues:StringEquals': { 'dynamodb:LeadingKeys': [s.clusterName] } };
@@ -314,8 +386,12 @@ export class PgdaemonClusterStack extends Stack {
           actions: ['ec2:DescribeInstances', 'ec2:DescribeInstanceStatus', 'ssm:GetCommandInvocation'],
           resources: ['*'],
         }),
-        // The agents' API token (http fencing sends it), and no other parameter.
-        new iam.PolicyStatement({ sid: 'ReadAgentApiToken', actions: ['ssm:GetParameter'], resources: [parameterArn(s.apiTokenParameter)] }),
+        // The agents' API token (http fencing sends it), and no other parameter; a generated one
+        // through Parameter Store's reference to its secret.
+        new iam.PolicyStatement({ sid: 'ReadAgentApiToken', actions: ['ssm:GetParameter'], resources: [parameterArn(s.secretParameters['api-token'])] }),
+        ...(secrets['api-token']
+          ? [new iam.PolicyStatement({ sid: 'ReadGeneratedApiToken', actions: ['secretsmanager:GetSecretValue'], resources: secretArns(['api-token']) })]
+          : []),
         new iam.PolicyStatement({ sid: 'PublishFailoverEvents', actions: ['sns:Publish'], resources: [topic.topicArn] }),
         new iam.PolicyStatement({ sid: 'OwnLogGroupOnly', actions: ['logs:CreateLogStream', 'logs:PutLogEvents'], resources: [`${logGroup.logGroupArn}`] }),
       ],
@@ -346,7 +422,7 @@ export class PgdaemonClusterStack extends Stack {
         PGDAEMON_SNS_TOPIC_ARN: topic.topicArn,
         PGDAEMON_CLUSTER_TAG_KEY: s.tagKey,
         // The agents' API token (SecureString), read at the first http fence.
-        PGDAEMON_API_TOKEN_PARAMETER: s.apiTokenParameter,
+        PGDAEMON_API_TOKEN_PARAMETER: s.secretParameters['api-token'],
         // One invocation may drive a transition to its end, leaving 30 s of the timeout to finish.
         PGDAEMON_RUN_BUDGET_MS: String((s.timeout - 30) * 1000),
         RUST_LOG: 'info',
@@ -381,6 +457,19 @@ export class PgdaemonClusterStack extends Stack {
       targets: [new targets.LambdaFunction(this.coordinator, { retryAttempts: 0, maxEventAge: Duration.minutes(1) })],
     });
 
+    // --- the agent binary: a file asset under its content hash, checked by its sha256 on each node
+    let agentAsset: s3assets.Asset | undefined;
+    let agentSha256 = '';
+    if (props.agentBinaryPath !== undefined) {
+      agentAsset = new s3assets.Asset(this, 'AgentBinary', { path: path.resolve(props.agentBinaryPath) });
+      agentSha256 = crypto.createHash('sha256').update(fs.readFileSync(props.agentBinaryPath)).digest('hex');
+      // The user data must be a plain script (no CloudFormation tokens): the stack's environment
+      // makes the asset bucket's name concrete.
+      if (Token.isUnresolved(agentAsset.s3BucketName)) {
+        throw new Error('pgdaemon: invalid agentBinaryPath: the stack needs an explicit account and region (env) to name the asset bucket in the user data');
+      }
+    }
+
     // --- agents' instance role ------------------------------------------------------------------
     this.agentRole = new iam.Role(this, 'AgentRole', {
       roleName: `${s.name}-agent`,
@@ -393,13 +482,18 @@ export class PgdaemonClusterStack extends Stack {
       policyName: 'pgdaemon-agent',
       statements: [
         new iam.PolicyStatement({ sid: 'StateTableThisClusterOnly', actions: agentItemActions, resources: [this.table.tableArn], conditions: leadingKeys }),
-        // The replication password and the agents' API token, no other parameter (aws/ssm-encrypted:
-        // no kms grant needed).
+        // The cluster's four secrets and no other parameter (aws/ssm or aws/secretsmanager
+        // encrypted: no kms grant needed); a generated secret also takes GetSecretValue on it.
         new iam.PolicyStatement({
-          sid: 'ReadReplicationPassword',
+          sid: 'ReadClusterSecrets',
           actions: ['ssm:GetParameter'],
-          resources: [parameterArn(s.replicationPasswordParameter), parameterArn(s.apiTokenParameter)],
+          resources: SECRET_PURPOSES.map((p) => parameterArn(s.secretParameters[p])),
         }),
+        ...(Object.keys(secrets).length > 0
+          ? [new iam.PolicyStatement({ sid: 'ReadGeneratedSecrets', actions: ['secretsmanager:GetSecretValue'], resources: secretArns([...SECRET_PURPOSES]) })]
+          : []),
+        // The agent binary: this one object, nothing else in the bucket.
+        ...(agentAsset ? [new iam.PolicyStatement({ sid: 'ReadAgentBinary', actions: ['s3:GetObject'], resources: [agentAsset.bucket.arnForObjects(agentAsset.s3ObjectKey)] })] : []),
         // Only the agents' alias (qualified ARN), on which the coordinator takes "evaluate" only;
         // not the function itself (forced failover, switchover, pause are for operators).
         new iam.PolicyStatement({ sid: 'InvokeCoordinatorEvaluateOnly', actions: ['lambda:InvokeFunction'], resources: [agentAlias.functionArn] }),
@@ -445,16 +539,24 @@ export class PgdaemonClusterStack extends Stack {
       table_name: s.tableName,
       postgres_port: s.postgresPort,
       agent_api_port: s.agentApiPort,
-      replication_password_parameter: s.replicationPasswordParameter,
-      api_token_parameter: s.apiTokenParameter,
+      replication_password_parameter: s.secretParameters['replication-password'],
+      rewind_password_parameter: s.secretParameters['rewind-password'],
+      api_token_parameter: s.secretParameters['api-token'],
       api_allowlist: JSON.stringify(s.apiAllowlist),
+      peer_networks: JSON.stringify(s.apiAllowlist),
+      client_networks: JSON.stringify(s.clientNetworks),
       // The agents' alias, not the function: through it the coordinator carries out "evaluate" only.
       coordinator_function: `${functionName}:${agentAlias.aliasName}`,
     });
     const userData = renderTemplate(readTemplate('user-data.sh.tftpl'), {
-      agent_binary_url: props.agentBinaryUrl ?? '',
+      agent_bucket: agentAsset?.s3BucketName ?? '',
+      agent_key: agentAsset?.s3ObjectKey ?? '',
+      agent_sha256: agentSha256,
       agent_config: agentConfig,
       agent_unit: agentUnit,
+      postgres_port: s.postgresPort,
+      admin_user: ADMIN_USER,
+      admin_password_parameter: s.secretParameters['admin-password'],
     });
 
     const volume = (size: number) => ec2.BlockDeviceVolume.ebs(size, { volumeType: ec2.EbsDeviceVolumeType.GP3, encrypted: true, kmsKey: cmk, deleteOnTermination: true });
@@ -487,6 +589,9 @@ export class PgdaemonClusterStack extends Stack {
       // EC2 health only: replicas are "unhealthy" in the writer target group by design.
       healthChecks: autoscaling.HealthChecks.ec2({ gracePeriod: Duration.minutes(5) }),
     });
+    // A node's first boot reads the secrets and its role's policy: they exist before any node.
+    for (const secret of Object.values(secrets)) asg.node.addDependency(secret);
+    asg.node.addDependency(agentPolicy);
 
     // --- internal NLB -------------------------------------------------------------------------------
     this.nlb = new elbv2.NetworkLoadBalancer(this, 'Nlb', {

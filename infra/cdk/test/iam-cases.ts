@@ -20,6 +20,13 @@ export interface IamSubject {
   agent: any[]; // eslint-disable-line @typescript-eslint/no-explicit-any
   /** The AWS managed policy ARNs attached to the agent role. */
   agentManagedArns: string[];
+  /** The SSM parameter ARNs the cluster's secrets are read through, by purpose. */
+  secretParameterArns: Record<'replication-password' | 'rewind-password' | 'api-token' | 'admin-password', string>;
+  /** The generated Secrets Manager secrets' ARNs, by purpose. */
+  secretArns: Record<string, string>;
+  /** The agent binary's S3 object and its bucket. */
+  agentObjectArn: string;
+  agentBucketArn: string;
 }
 
 export function registerIamCases(label: string, load: () => IamSubject): void {
@@ -75,26 +82,56 @@ export function registerIamCases(label: string, load: () => IamSubject): void {
     assert.equal(await simulate(s.agent, 'dynamodb:Scan', s.tableArn), 'ImplicitlyDenied');
   });
 
-  test(`${label}: agents read the replication password parameter and no other`, async () => {
+  // Another cluster's name for the same secret: its parameter or secret ARN with the cluster swapped.
+  const other = (arn: string, cluster: string) => arn.replace(`/pgdaemon/${load().cluster}/`, `/pgdaemon/${cluster}/`).replace(`:pgdaemon/${load().cluster}/`, `:pgdaemon/${cluster}/`);
+
+  test(`${label}: agents read their cluster's four secrets' parameters and no other cluster's`, async () => {
     const s = load();
-    const param = (name: string) => `arn:aws:ssm:${s.region}:${s.account}:parameter/pgdaemon/${name}/replication-password`;
-    assert.equal(await simulate(s.agent, 'ssm:GetParameter', param(s.cluster)), 'Allowed');
-    assert.equal(await simulate(s.agent, 'ssm:GetParameter', param('someone-else')), 'ImplicitlyDenied');
-    assert.equal(await simulate(s.agent, 'ssm:PutParameter', param(s.cluster)), 'ImplicitlyDenied');
+    for (const [purpose, param] of Object.entries(s.secretParameterArns)) {
+      assert.equal(await simulate(s.agent, 'ssm:GetParameter', param), 'Allowed', purpose);
+      assert.equal(await simulate(s.agent, 'ssm:GetParameter', other(param, 'someone-else')), 'ImplicitlyDenied', purpose);
+      assert.equal(await simulate(s.agent, 'ssm:PutParameter', param), 'ImplicitlyDenied', purpose);
+    }
+  });
+
+  test(`${label}: the generated secrets: agents read their four, the coordinator the API token only`, async () => {
+    const s = load();
+    assert.deepEqual(Object.keys(s.secretArns).sort(), ['admin-password', 'api-token', 'replication-password', 'rewind-password']);
+    for (const [purpose, arn] of Object.entries(s.secretArns)) {
+      assert.equal(await simulate(s.agent, 'secretsmanager:GetSecretValue', arn), 'Allowed', purpose);
+      assert.equal(await simulate(s.agent, 'secretsmanager:GetSecretValue', other(arn, `${s.cluster}-other`)), 'ImplicitlyDenied', purpose);
+      assert.equal(await simulate(s.agent, 'secretsmanager:PutSecretValue', arn), 'ImplicitlyDenied', purpose);
+      assert.equal(await simulate(s.coordinator, 'secretsmanager:GetSecretValue', arn), purpose === 'api-token' ? 'Allowed' : 'ImplicitlyDenied', `coordinator: ${purpose}`);
+    }
+    assert.equal(await simulate(s.agent, 'secretsmanager:ListSecrets', '*'), 'ImplicitlyDenied');
+  });
+
+  test(`${label}: agents may get the agent binary's object and nothing else in S3`, async () => {
+    const s = load();
+    assert.ok(s.agentObjectArn.startsWith(`${s.agentBucketArn}/`), s.agentObjectArn);
+    assert.equal(await simulate(s.agent, 's3:GetObject', s.agentObjectArn), 'Allowed');
+    assert.equal(await simulate(s.agent, 's3:GetObject', `${s.agentBucketArn}/some/other/object`), 'ImplicitlyDenied');
+    assert.equal(await simulate(s.agent, 's3:GetObject', `arn:aws:s3:::another-bucket/${s.agentObjectArn.split('/').slice(1).join('/')}`), 'ImplicitlyDenied');
+    assert.equal(await simulate(s.agent, 's3:PutObject', s.agentObjectArn), 'ImplicitlyDenied');
+    assert.equal(await simulate(s.agent, 's3:DeleteObject', s.agentObjectArn), 'ImplicitlyDenied');
+    assert.equal(await simulate(s.agent, 's3:ListBucket', s.agentBucketArn), 'ImplicitlyDenied');
+    assert.equal(await simulate(s.coordinator, 's3:GetObject', s.agentObjectArn), 'ImplicitlyDenied');
   });
 
   test(`${label}: agents and coordinator read the API token parameter, not another cluster's`, async () => {
     const s = load();
-    const param = (name: string, leaf: string) => `arn:aws:ssm:${s.region}:${s.account}:parameter/pgdaemon/${name}/${leaf}`;
+    const token = s.secretParameterArns['api-token'];
     for (const [who, docs] of [['agent', s.agent], ['coordinator', s.coordinator]] as const) {
-      assert.equal(await simulate(docs, 'ssm:GetParameter', param(s.cluster, 'api-token')), 'Allowed', who);
-      assert.equal(await simulate(docs, 'ssm:GetParameter', param(`${s.cluster}-other`, 'api-token')), 'ImplicitlyDenied', who);
-      assert.equal(await simulate(docs, 'ssm:GetParameter', param('someone-else', 'api-token')), 'ImplicitlyDenied', who);
-      assert.equal(await simulate(docs, 'ssm:GetParameters', param(s.cluster, 'api-token')), 'ImplicitlyDenied', `${who}: GetParameter only`);
-      assert.equal(await simulate(docs, 'ssm:PutParameter', param(s.cluster, 'api-token')), 'ImplicitlyDenied', who);
+      assert.equal(await simulate(docs, 'ssm:GetParameter', token), 'Allowed', who);
+      assert.equal(await simulate(docs, 'ssm:GetParameter', other(token, `${s.cluster}-other`)), 'ImplicitlyDenied', who);
+      assert.equal(await simulate(docs, 'ssm:GetParameter', other(token, 'someone-else')), 'ImplicitlyDenied', who);
+      assert.equal(await simulate(docs, 'ssm:GetParameters', token), 'ImplicitlyDenied', `${who}: GetParameter only`);
+      assert.equal(await simulate(docs, 'ssm:PutParameter', token), 'ImplicitlyDenied', who);
     }
-    // The coordinator needs the token, not the replication password.
-    assert.equal(await simulate(s.coordinator, 'ssm:GetParameter', param(s.cluster, 'replication-password')), 'ImplicitlyDenied');
+    // The coordinator needs the token, not the passwords.
+    for (const purpose of ['replication-password', 'rewind-password', 'admin-password'] as const) {
+      assert.equal(await simulate(s.coordinator, 'ssm:GetParameter', s.secretParameterArns[purpose]), 'ImplicitlyDenied', purpose);
+    }
   });
 
   test(`${label}: agents may invoke the coordinator's agent-evaluate alias only, and nothing that fences`, async () => {
@@ -129,7 +166,7 @@ export function registerIamCases(label: string, load: () => IamSubject): void {
       assert.equal(await simulate(s.agent, action, param(`pgdaemon/${s.cluster}-other/replication-password`)), 'ImplicitlyDenied', action);
       assert.equal(await simulate(s.agent, action, param('prod/app/db-password')), 'ImplicitlyDenied', action);
     }
-    assert.equal(await simulate(s.agent, 'ssm:GetParameters', param(`pgdaemon/${s.cluster}/replication-password`)), 'ImplicitlyDenied', 'GetParameter only');
+    assert.equal(await simulate(s.agent, 'ssm:GetParameters', s.secretParameterArns['replication-password']), 'ImplicitlyDenied', 'GetParameter only');
     assert.equal(await simulate(s.agent, 'ssm:GetDocument', `arn:aws:ssm:${s.region}:${s.account}:document/anything`), 'ImplicitlyDenied');
   });
 

@@ -4,10 +4,14 @@
 // without that file it is skipped, and check-infra fails if it was not run.
 import * as fs from 'node:fs';
 import { registerIamCases } from './iam-cases';
-import { ACCOUNT, CLUSTER, REGION, TAG_KEY, roleManagedPolicyArns, rolePolicies, synth } from './support';
+import { ACCOUNT, CLUSTER, REGION, TAG_KEY, roleManagedPolicyArns, rolePolicies, secretArn, synth } from './support';
 import { test } from 'node:test';
 
 const template = synth();
+const purposes = ['replication-password', 'rewind-password', 'api-token', 'admin-password'] as const;
+// The object the nodes download: read from the user data, not from the policy being judged.
+const userData: string = (Object.values(template.findResources('AWS::EC2::LaunchTemplate'))[0] as any).Properties.LaunchTemplateData.UserData['Fn::Base64']; // eslint-disable-line @typescript-eslint/no-explicit-any
+const [, agentBucket, agentKey] = userData.match(/'s3:\/\/([^/']+)\/([^']+)'/) ?? [];
 registerIamCases('cdk', () => ({
   cluster: CLUSTER,
   tagKey: TAG_KEY,
@@ -19,6 +23,12 @@ registerIamCases('cdk', () => ({
   coordinator: rolePolicies(template, `pgdaemon-${CLUSTER}-coordinator`),
   agent: rolePolicies(template, `pgdaemon-${CLUSTER}-agent`),
   agentManagedArns: roleManagedPolicyArns(template, `pgdaemon-${CLUSTER}-agent`),
+  secretParameterArns: Object.fromEntries(
+    purposes.map((p) => [p, `arn:aws:ssm:${REGION}:${ACCOUNT}:parameter/aws/reference/secretsmanager/pgdaemon/${CLUSTER}/${p}`]),
+  ) as Record<(typeof purposes)[number], string>,
+  secretArns: Object.fromEntries(purposes.map((p) => [p, secretArn(`pgdaemon/${CLUSTER}/${p}`)])),
+  agentObjectArn: `arn:aws:s3:::${agentBucket}/${agentKey}`,
+  agentBucketArn: `arn:aws:s3:::${agentBucket}`,
 }));
 
 const tfFile = process.env.PGDAEMON_TF_POLICIES;

@@ -6,7 +6,9 @@ import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import { App } from 'aws-cdk-lib';
 import { PgdaemonClusterStack, elbName } from '../lib/pgdaemon-stack';
 import { renderTemplate } from '../lib/template';
-import { CLUSTER, TAG_KEY, baseProps, roleManagedPolicyArns, rolePolicies, synth } from './support';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import { AGENT, CLUSTER, TAG_KEY, baseProps, roleManagedPolicyArns, rolePolicies, secretArn, synth } from './support';
 
 const t = synth();
 const name = `pgdaemon-${CLUSTER}`;
@@ -46,7 +48,7 @@ test('coordinator: provided.al2023, reserved concurrency 1, failover-sized timeo
         PGDAEMON_FENCING: 'ec2,ssm,http',
         PGDAEMON_SNS_TOPIC_ARN: Match.objectLike({ Ref: Match.stringLikeRegexp('^Events') }),
         PGDAEMON_CLUSTER_TAG_KEY: TAG_KEY,
-        PGDAEMON_API_TOKEN_PARAMETER: `/pgdaemon/${CLUSTER}/api-token`,
+        PGDAEMON_API_TOKEN_PARAMETER: `/aws/reference/secretsmanager/pgdaemon/${CLUSTER}/api-token`,
         PGDAEMON_RUN_BUDGET_MS: '270000',
         RUST_LOG: 'info',
       },
@@ -88,12 +90,46 @@ test('coordinator policy: StopInstances only with the cluster tag condition', ()
   }
 });
 
-test('coordinator policy: reads the agents\' API token parameter and no other', () => {
+test('coordinator policy: reads the agents\' API token (parameter reference and its secret) and no other', () => {
   const stmts = rolePolicies(t, `${name}-coordinator`).flatMap((d) => d.Statement);
   const ssmRead = stmts.filter((s) => [s.Action].flat().some((a: string) => a.startsWith('ssm:Get') && a !== 'ssm:GetCommandInvocation'));
   assert.equal(ssmRead.length, 1);
   assert.deepEqual([ssmRead[0].Action].flat(), ['ssm:GetParameter']);
-  assert.equal(ssmRead[0].Resource, `arn:aws:ssm:eu-west-1:123456789012:parameter/pgdaemon/${CLUSTER}/api-token`);
+  assert.equal(ssmRead[0].Resource, `arn:aws:ssm:eu-west-1:123456789012:parameter/aws/reference/secretsmanager/pgdaemon/${CLUSTER}/api-token`);
+  const sm = stmts.filter((s) => [s.Action].flat().some((a: string) => a.startsWith('secretsmanager:')));
+  assert.deepEqual(sm.map((s) => [[s.Action].flat(), s.Resource]), [[['secretsmanager:GetSecretValue'], secretArn(`pgdaemon/${CLUSTER}/api-token`)]]);
+});
+
+test('secrets: four generated at deploy time (Secrets Manager), letters and digits, none in the template', () => {
+  const secrets = Object.values(t.findResources('AWS::SecretsManager::Secret')).map((r) => r.Properties);
+  assert.deepEqual(secrets.map((p) => p.Name).sort(), ['admin-password', 'api-token', 'replication-password', 'rewind-password'].map((p) => `pgdaemon/${CLUSTER}/${p}`));
+  for (const p of secrets) {
+    assert.deepEqual(p.GenerateSecretString, { ExcludePunctuation: true, IncludeSpace: false, PasswordLength: 48 });
+    assert.equal(p.SecretString, undefined);
+  }
+  // The nodes boot after them (a first boot reads them).
+  const asg = Object.values(t.findResources('AWS::AutoScaling::AutoScalingGroup'))[0];
+  const deps: string[] = asg.DependsOn ?? [];
+  assert.equal(deps.filter((d) => d.endsWith('Secret') || /Secret[0-9A-F]{8}$/.test(d)).length, 4, JSON.stringify(deps));
+  // Your own SecureStrings instead: nothing generated for them.
+  const own = synth({ replicationPasswordParameter: '/db/repl', rewindPasswordParameter: '/db/rewind', apiTokenParameter: '/db/api', adminPasswordParameter: '/db/admin' });
+  assert.equal(Object.keys(own.findResources('AWS::SecretsManager::Secret')).length, 0);
+});
+
+test('agent binary: an asset the node downloads with its role and installs only with the right sha256', () => {
+  const lt = Object.values(t.findResources('AWS::EC2::LaunchTemplate'))[0].Properties.LaunchTemplateData;
+  const userData: string = lt.UserData['Fn::Base64'];
+  const sha = crypto.createHash('sha256').update(fs.readFileSync(AGENT)).digest('hex');
+  assert.match(userData, new RegExp(`\\nAGENT_SHA256='${sha}'\\n`));
+  const [, bucket, key] = userData.match(/aws s3 cp [^\n]*'s3:\/\/([^/']+)\/([^']+)' \/usr\/local\/bin\/pgdaemon-agent\.new/) ?? [];
+  assert.equal(bucket, 'cdk-hnb659fds-assets-123456789012-eu-west-1');
+  assert.match(userData, /if \[ "\$GOT_SHA256" != "\$AGENT_SHA256" \]; then\n  rm -f \/usr\/local\/bin\/pgdaemon-agent\.new\n[^\n]*FATAL[^\n]*\n  exit 1\n/);
+  const stmts = rolePolicies(t, `${name}-agent`).flatMap((d) => d.Statement);
+  const s3 = stmts.filter((s) => [s.Action].flat().some((a: string) => a.startsWith('s3:')));
+  assert.deepEqual(s3.map((s) => [[s.Action].flat(), s.Resource]), [[['s3:GetObject'], `arn:aws:s3:::${bucket}/${key}`]]);
+  // Without it: no download, the AMI must hold the agent.
+  const ami = Object.values(synth({ agentBinaryPath: undefined }).findResources('AWS::EC2::LaunchTemplate'))[0].Properties.LaunchTemplateData;
+  assert.doesNotMatch(ami.UserData['Fn::Base64'], /aws s3 cp/);
 });
 
 test('agent policy: leading keys on every DynamoDB statement, no DeleteItem, invoke only the agent alias, no managed policy', () => {
@@ -113,10 +149,12 @@ test('agent policy: leading keys on every DynamoDB statement, no DeleteItem, inv
     const actions = [s.Action].flat();
     if (actions.includes('ssm:GetParameter')) {
       assert.deepEqual(actions, ['ssm:GetParameter']);
-      assert.deepEqual(s.Resource, [
-        `arn:aws:ssm:eu-west-1:123456789012:parameter/pgdaemon/${CLUSTER}/replication-password`,
-        `arn:aws:ssm:eu-west-1:123456789012:parameter/pgdaemon/${CLUSTER}/api-token`,
-      ]);
+      assert.deepEqual(
+        s.Resource,
+        ['replication-password', 'rewind-password', 'api-token', 'admin-password'].map(
+          (p) => `arn:aws:ssm:eu-west-1:123456789012:parameter/aws/reference/secretsmanager/pgdaemon/${CLUSTER}/${p}`,
+        ),
+      );
     } else {
       assert.deepEqual(actions, ['ssm:UpdateInstanceInformation']);
     }
@@ -135,8 +173,15 @@ test('nodes: IMDSv2, encrypted volumes, user data installs the agent service and
   assert.match(userData, /amazon-ssm-agent/);
   assert.match(userData, new RegExp(`lambda_function = "${name}-coordinator:agent-evaluate"`));
   // The API needs credentials off loopback: the token from SSM, POSTs from the subnets and members.
-  assert.match(userData, /\nlisten = "0\.0\.0\.0:8008"\n/);
-  assert.match(userData, new RegExp(`\\[api\\]\\ntoken_ssm_parameter = "/pgdaemon/${CLUSTER}/api-token"\\n`));
+  assert.match(userData, /\nlisten = "@PRIVATE_IP@:8008"\n/);
+  assert.match(userData, new RegExp(`\\[api\\]\\ntoken_ssm_parameter = "/aws/reference/secretsmanager/pgdaemon/${CLUSTER}/api-token"\\n`));
+  // The agents bootstrap the cluster: [bootstrap] on, pg_hba for the subnets (peers) and the clients.
+  assert.match(userData, /\n\[bootstrap\]\nenabled = true\n/);
+  assert.match(userData, /\npeer_networks = \["10\.0\.1\.0\/24","10\.0\.2\.0\/24","10\.0\.3\.0\/24"\]\n/);
+  assert.match(userData, /\nclient_networks = \["10\.0\.0\.0\/8","10\.0\.1\.0\/24","10\.0\.2\.0\/24","10\.0\.3\.0\/24"\]\n/);
+  assert.match(userData, /\nrewind_user = "rewinder"\nrewind_ssm_parameter = "\/aws\/reference\/secretsmanager\/pgdaemon\/orders\/rewind-password"\n/);
+  assert.match(userData, /systemctl enable --now pgdaemon-admin-role\.service/);
+  assert.doesNotMatch(userData.split('\n').filter((l) => !l.trimStart().startsWith('#')).join('\n'), /\b(initdb|pg_ctl|postgresql-setup)\b/);
   assert.match(userData, /\nallowlist = \["10\.0\.1\.0\/24","10\.0\.2\.0\/24","10\.0\.3\.0\/24"\]\nallowlist_include_members = true\n/);
   t.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
     MinSize: '3',
@@ -194,6 +239,9 @@ test('bad input is refused with a clear error and builds nothing', () => {
     ['relative token parameter', { apiTokenParameter: 'pgdaemon/orders/api-token' }, /apiTokenParameter/],
     ['subnet CIDRs count', { subnetCidrBlocks: ['10.0.1.0/24'] }, /subnetCidrBlocks/],
     ['subnet CIDR', { subnetCidrBlocks: ['10.0.1.0/24', '10.0.2.0/24', 'subnet-0123456789abcdef3'] }, /subnetCidrBlocks/],
+    ['agent URL (replaced)', { agentBinaryUrl: 'https://example.com/pgdaemon-agent' }, /agentBinaryUrl: replaced by agentBinaryPath/],
+    ['missing agent', { agentBinaryPath: '/nonexistent/pgdaemon-agent' }, /agentBinaryPath/],
+    ['open client network', { clientNetworks: ['0.0.0.0/0'] }, /clientNetworks/],
   ];
   for (const [what, props, msg] of bad) {
     const app = new App();
@@ -240,12 +288,20 @@ test('options: customer key everywhere, arm64 coordinator, own fencing order and
   assert.match(lt.UserData['Fn::Base64'], /ssm_parameter = "\/db\/orders\/repl"/);
   const agent = rolePolicies(o, `${name}-agent`).flatMap((d) => d.Statement);
   assert.match(lt.UserData['Fn::Base64'], /token_ssm_parameter = "\/db\/orders\/api"/);
-  assert.deepEqual(agent.find((s) => s.Sid === 'ReadReplicationPassword').Resource, [
+  assert.deepEqual(agent.find((s) => s.Sid === 'ReadClusterSecrets').Resource, [
     'arn:aws:ssm:eu-west-1:123456789012:parameter/db/orders/repl',
+    `arn:aws:ssm:eu-west-1:123456789012:parameter/aws/reference/secretsmanager/pgdaemon/${CLUSTER}/rewind-password`,
     'arn:aws:ssm:eu-west-1:123456789012:parameter/db/orders/api',
+    `arn:aws:ssm:eu-west-1:123456789012:parameter/aws/reference/secretsmanager/pgdaemon/${CLUSTER}/admin-password`,
+  ]);
+  // Only the two left to the stack are generated, and read.
+  assert.deepEqual(agent.find((s) => s.Sid === 'ReadGeneratedSecrets').Resource, [
+    secretArn(`pgdaemon/${CLUSTER}/rewind-password`),
+    secretArn(`pgdaemon/${CLUSTER}/admin-password`),
   ]);
   const coord = rolePolicies(o, `${name}-coordinator`).flatMap((d) => d.Statement);
   assert.equal(coord.find((s) => s.Sid === 'ReadAgentApiToken').Resource, 'arn:aws:ssm:eu-west-1:123456789012:parameter/db/orders/api');
+  assert.equal(coord.find((s) => s.Sid === 'ReadGeneratedApiToken'), undefined);
   // With a customer key there is nothing to suppress.
   const table = Object.values(o.findResources('AWS::DynamoDB::Table'))[0];
   assert.equal(table.Metadata?.checkov, undefined);

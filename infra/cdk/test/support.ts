@@ -12,6 +12,21 @@ export const ACCOUNT = '123456789012';
 export const REGION = 'eu-west-1';
 export const CLUSTER = 'orders';
 export const TAG_KEY = 'pgdaemon:cluster';
+/** One placeholder agent for every synth of a test run. */
+export const AGENT = placeholderAgent();
+
+/** The ARN a secret of that name gets (Secrets Manager appends a random suffix; this one is fixed). */
+export function secretArn(name: string): string {
+  return `arn:aws:secretsmanager:${REGION}:${ACCOUNT}:secret:${name}-AbCdEf`;
+}
+
+/** A stand-in for the agent binary (the template carries only its sha256 and asset key). */
+export function placeholderAgent(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgdaemon-cdk-test-'));
+  const file = path.join(dir, 'pgdaemon-agent');
+  fs.writeFileSync(file, 'placeholder agent binary\n');
+  return file;
+}
 
 /** A zip that exists (synth only stages it); its content is irrelevant to the template. */
 export function placeholderZip(): string {
@@ -30,6 +45,7 @@ export function baseProps(overrides: Partial<PgdaemonClusterProps> = {}): Pgdaem
     availabilityZones: ['eu-west-1a', 'eu-west-1b', 'eu-west-1c'],
     subnetCidrBlocks: ['10.0.1.0/24', '10.0.2.0/24', '10.0.3.0/24'],
     lambdaZipPath: placeholderZip(),
+    agentBinaryPath: AGENT,
     clientCidrBlocks: ['10.0.0.0/8'],
     ...overrides,
   };
@@ -72,6 +88,8 @@ export function resolve(value: Json, resources: Record<string, Json>): Json {
         return `arn:aws:sns:${REGION}:${ACCOUNT}:${p.TopicName}`;
       case 'AWS::Logs::LogGroup':
         return `arn:aws:logs:${REGION}:${ACCOUNT}:log-group:${p.LogGroupName}:*`;
+      case 'AWS::SecretsManager::Secret': // Ref of a secret is its ARN (name + 6 random characters)
+        return secretArn(p.Name);
       default:
         throw new Error(`no ARN rule for ${r.Type}`);
     }
