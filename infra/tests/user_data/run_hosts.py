@@ -85,6 +85,7 @@ class Run:
         self.pids = []  # (what, pid)
         self.hosts = []
         self.lam = None
+        self.coordinator = None
         self.servers = []
 
     # --- bookkeeping of processes ----------------------------------------------------------------
@@ -129,6 +130,14 @@ class Run:
         if self.alive(pid):
             os.kill(pid, signal.SIGKILL)
 
+    def ours(self, pid):
+        """Still the process we started (its command line names our tree), not a reused PID."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return self.a.work.encode() in f.read()
+        except OSError:
+            return False
+
     @staticmethod
     def children(pid):
         kids = []
@@ -151,22 +160,29 @@ class Run:
     def cleanup(self):
         # Agents and helpers first (so nothing restarts Postgres), then each Postgres, then ours.
         for what, pid in self.standin_pids():
-            self.kill(pid, signal.SIGKILL, 5)
+            if self.ours(pid):
+                self.kill(pid, signal.SIGKILL, 5)
         for host in self.hosts:
             pm = self.postmaster(host)
-            if pm and self.alive(pm):
+            if pm and self.alive(pm) and self.ours(pm):
                 kids = self.children(pm)
                 self.kill(pm, signal.SIGQUIT, 10)  # immediate shutdown
                 for k in kids:
                     self.kill(k, signal.SIGKILL, 2)
-        for what, pid in self.pids:
-            self.kill(pid, signal.SIGTERM, 5)
+        if self.coordinator and self.coordinator.poll() is None:
+            self.coordinator.terminate()
+            try:
+                self.coordinator.wait(5)
+            except subprocess.TimeoutExpired:
+                self.coordinator.kill()
+                self.coordinator.wait()
         if self.lam:
             self.lam.close()
         for s in self.servers:
             s.shutdown()
-        left = [(w, p) for w, p in self.standin_pids() + self.pids if self.alive(p)]
-        left += [(f"{h['name']} postgres", self.postmaster(h)) for h in self.hosts if self.postmaster(h) and self.alive(self.postmaster(h))]
+        left = [(w, p) for w, p in self.standin_pids() if self.alive(p) and self.ours(p)]
+        left += [(f"{h['name']} postgres", self.postmaster(h)) for h in self.hosts
+                 if self.postmaster(h) and self.alive(self.postmaster(h)) and self.ours(self.postmaster(h))]
         if left:
             log(f"WARNING still running after cleanup: {left}")
 
