@@ -33,15 +33,40 @@ use serde_json::{json, Value};
 
 use crate::config::LambdaConfig;
 
-/// Why an event was not handled. Nothing was changed in either case.
+/// Why an event was not handled. Nothing was changed in any case. A caller of `aws lambda
+/// invoke` sees [`HandlerError::error_type`] as the payload's `errorType` and the message as
+/// `errorMessage` (infra/README.md, section 8).
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     #[error("bad event: {0}")]
     BadEvent(String),
+    #[error("{0}")]
+    UnknownCluster(String),
     #[error("{cluster}: {error}")]
     Store { cluster: String, error: StoreError },
     #[error("{0}")]
     Refused(String),
+}
+
+impl HandlerError {
+    /// The stable name scripts match on: `BadEvent` (fix the payload), `UnknownCluster` (not in
+    /// `PGDAEMON_CLUSTERS`), `Refused` (valid, but not now or not through this alias: read the
+    /// message), `StoreUnavailable` (try again), `StoreError` (a record could not be used).
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            HandlerError::BadEvent(_) => "BadEvent",
+            HandlerError::UnknownCluster(_) => "UnknownCluster",
+            HandlerError::Refused(_) => "Refused",
+            HandlerError::Store { error: StoreError::Unavailable(_), .. } => "StoreUnavailable",
+            HandlerError::Store { .. } => "StoreError",
+        }
+    }
+}
+
+impl From<HandlerError> for lambda_runtime::Diagnostic {
+    fn from(e: HandlerError) -> Self {
+        lambda_runtime::Diagnostic { error_type: e.error_type().to_string(), error_message: e.to_string() }
+    }
 }
 
 /// A validated request.
@@ -118,7 +143,10 @@ pub fn parse_event(event: &Value, config: &LambdaConfig) -> Result<Request, Hand
     if let Some(c) = &p.cluster {
         validate_cluster_name(c).map_err(|e| bad(format!("cluster: {e}")))?;
         if !config.clusters.contains(c) {
-            return Err(bad(format!("cluster {c:?} is not configured here (PGDAEMON_CLUSTERS: {})", config.clusters.join(", "))));
+            return Err(HandlerError::UnknownCluster(format!(
+                "cluster {c:?} is not configured here (PGDAEMON_CLUSTERS: {})",
+                config.clusters.join(", ")
+            )));
         }
     }
     if let Some(c) = &p.candidate {
@@ -345,4 +373,33 @@ fn report_json(r: &RunReport) -> Value {
         "paused": r.record.as_ref().map(|c| c.paused),
         "transition": r.record.as_ref().and_then(|c| c.transition.clone()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_a_stable_error_type_and_its_message() {
+        let cases = [
+            (HandlerError::BadEvent("x".into()), "BadEvent"),
+            (HandlerError::UnknownCluster("cluster \"z\" is not configured here".into()), "UnknownCluster"),
+            (HandlerError::Refused("paused".into()), "Refused"),
+            (HandlerError::Store { cluster: "c".into(), error: StoreError::Unavailable("timeout".into()) }, "StoreUnavailable"),
+            (HandlerError::Store { cluster: "c".into(), error: StoreError::malformed("cluster", "bad json") }, "StoreError"),
+        ];
+        for (e, want) in cases {
+            let message = e.to_string();
+            let d = lambda_runtime::Diagnostic::from(e);
+            assert_eq!((d.error_type.as_str(), d.error_message), (want, message));
+        }
+    }
+
+    #[test]
+    fn an_unknown_cluster_is_named_as_such() {
+        let config = LambdaConfig::from_env([("PGDAEMON_CLUSTERS".to_string(), "a,b".to_string())]).unwrap();
+        let e = parse_event(&serde_json::json!({"action": "status", "cluster": "z"}), &config).unwrap_err();
+        assert_eq!(e.error_type(), "UnknownCluster", "{e}");
+        assert!(e.to_string().contains("a, b"), "{e}");
+    }
 }

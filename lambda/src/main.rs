@@ -27,7 +27,10 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let handler = Arc::new(Handler::new(store, fencer, SystemClock::new(), config, &owner).with_events(events.emitter()));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let (handler, events) = (handler.clone(), events.clone());
-        async move { pgdaemon_lambda::events::handle_and_publish(&handler, &events, event).await.map_err(lambda_runtime::Error::from) }
+        // A stable `errorType` per refusal (HandlerError::error_type), not a Rust type name.
+        async move {
+            pgdaemon_lambda::events::handle_and_publish(&handler, &events, event).await.map_err(lambda_runtime::Diagnostic::from)
+        }
     }))
     .await
 }
