@@ -18,14 +18,14 @@
 //! retries once when a request is refused for an invalid token (the refused request was not
 //! applied, so the retry is safe), and a call that still ends in `Unauthenticated` drops the
 //! connection so the next call connects and authenticates afresh. Both happen inside the
-//! call's time bound. The password lives only in [`Password`], which never prints.
+//! call's time bound. The password lives only in a [`Secret`], which never prints.
 
-use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use crate::secret::Secret;
 pub use crate::tls::ClientIdentity;
 use async_trait::async_trait;
 use etcd_client::{
@@ -55,53 +55,10 @@ pub struct EtcdStore {
     prefix: String,
 }
 
-/// A password that never prints: `Debug` and `Display` show `<redacted>`. Only
-/// [`Password::expose`] reveals it, for the one call that hands it to the etcd client.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Password(String);
-
-impl Password {
-    pub fn new(value: impl Into<String>) -> Self {
-        Password(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// Reads a password file with the rules of the agent's other secrets: refused when group or
-/// others have any access, when it is not a regular file, or when it holds nothing but line
-/// endings; trailing `\n`/`\r` are trimmed. Errors name the file, never the value.
-pub fn read_password_file(path: &Path) -> Result<Password, StoreError> {
-    use std::os::unix::fs::PermissionsExt;
-    let invalid = |reason: String| StoreError::Invalid(format!("password file {}: {reason}", path.display()));
-    let meta = std::fs::metadata(path).map_err(|e| invalid(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(invalid("is not a regular file".into()));
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(invalid(format!("has mode {mode:04o}; group and others must have no access (chmod 600)")));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
-    let value = text.trim_end_matches(['\n', '\r']);
-    if value.is_empty() {
-        return Err(invalid("is empty".into()));
-    }
-    Ok(Password::new(value))
+/// Reads the etcd user's password file by the rules of every secret file
+/// ([`crate::secret::read_password_file`]); errors name the file, never the value.
+pub fn read_password_file(path: &Path) -> Result<Secret, StoreError> {
+    crate::secret::read_password_file(path).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
 /// TLS and authentication of the etcd client; the default is neither (plain `http://`, or
@@ -113,7 +70,7 @@ pub struct EtcdSecurity {
     /// A client certificate for an etcd with `--client-cert-auth`.
     pub identity: Option<ClientIdentity>,
     /// An etcd user and its password.
-    pub user: Option<(String, Password)>,
+    pub user: Option<(String, Secret)>,
 }
 
 impl EtcdSecurity {
@@ -743,7 +700,7 @@ mod tests {
 
     #[test]
     fn the_password_never_prints() {
-        let security = EtcdSecurity { user: Some(("u".into(), Password::new("hunter2"))), ..Default::default() };
+        let security = EtcdSecurity { user: Some(("u".into(), Secret::new("hunter2"))), ..Default::default() };
         let shown = format!("{security:?} {}", security.user.as_ref().unwrap().1);
         assert!(!shown.contains("hunter2") && shown.contains("<redacted>"), "{shown}");
     }

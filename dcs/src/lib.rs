@@ -16,6 +16,8 @@ pub mod dynamodb;
 pub mod etcd;
 /// HTTP-demote and local-command fencers (no cloud SDK needed).
 pub mod fence;
+/// Values that never print, and the rule for secret files.
+pub mod secret;
 /// rustls client and server configurations from PEM files.
 pub mod tls;
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pgdaemon_core::conformance::Harness;
 use pgdaemon_core::{ClusterRecord, DynamicConfig, LeaseClaim, LeaseName, MemberStatus, Store, StoreConfig, StoreError};
-use pgdaemon_dcs::etcd::{read_password_file, ClientIdentity, Password};
+use pgdaemon_dcs::etcd::{read_password_file, ClientIdentity, Secret};
 use pgdaemon_dcs::{EtcdSecurity, EtcdStore};
 use pgdaemon_testkit::engines::{remove_dir_at_exit, EtcdServer, EtcdTls};
 use pgdaemon_testkit::tls::{IssuedCert, TestPki};
@@ -300,7 +300,7 @@ async fn a_server_the_ca_does_not_vouch_for_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_refused_when_connecting() {
     let shared = shared().await;
-    let security = EtcdSecurity { user: Some((USER.into(), Password::new("not the password"))), ..shared.files.good() };
+    let security = EtcdSecurity { user: Some((USER.into(), Secret::new("not the password"))), ..shared.files.good() };
     let errors = refused(shared, &shared.server.endpoint(), security, &cluster("badpass")).await;
     assert_eq!(errors.len(), 1, "refused at connect: {errors:?}");
     let text = errors[0].to_string();

@@ -276,14 +276,9 @@ impl ApiConfig {
 
 /// A private key file must deny group and others, as password files do.
 fn check_key_mode(path: &Path) -> Result<(), TlsError> {
-    use std::os::unix::fs::PermissionsExt;
     let file_err = |reason: String| TlsError::File { path: path.to_path_buf(), reason };
     let meta = std::fs::metadata(path).map_err(|e| file_err(e.to_string()))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(file_err(format!("has mode {mode:04o}; group and others must have no access (chmod 600)")));
-    }
-    Ok(())
+    pgdaemon_dcs::secret::check_private(&meta).map_err(file_err)
 }
 
 fn parse_allowlist(entries: &[String]) -> Result<Vec<IpNet>, ConfigError> {

@@ -6,7 +6,7 @@
 //! `postgresql.auto.conf` (copied to every member by pg_basebackup) or in a log line.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use pgdaemon_core::pg::{PgError, PrimaryTarget};
@@ -146,7 +146,7 @@ impl PeerAuth {
         let Some(text) = self.passfile_text(superuser) else { return Ok(()) };
         let path = self.passfile_path(data_dir);
         if std::fs::read(&path).ok().as_deref() == Some(text.as_bytes())
-            && std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o077 == 0).unwrap_or(false)
+            && std::fs::metadata(&path).is_ok_and(|m| pgdaemon_dcs::secret::check_private(&m).is_ok())
         {
             return Ok(());
         }
@@ -198,6 +198,7 @@ impl PeerAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn target() -> PrimaryTarget {
         PrimaryTarget { name: "pg-1".into(), host: "10.0.0.5".into(), port: 5432 }
