@@ -137,6 +137,47 @@ pub enum AcquireOutcome {
     },
 }
 
+/// Who claims which lease, for [`try_acquire_observed`].
+pub struct Claimant<'a> {
+    pub cluster: &'a str,
+    pub name: LeaseName,
+    pub owner: &'a str,
+    pub lease_ms: u64,
+}
+
+/// One acquisition attempt by the lock-client rules, for callers that keep the observer
+/// themselves ([`LeaseClient`], the agent's initialize lock): read the lease, observe it, and
+/// claim it if it is free or was seen unchanged for a full duration. `term`: the fencing token
+/// to claim (must exceed the stored one); `None` takes the stored term plus one.
+pub async fn try_acquire_observed<S: Store + ?Sized, C: Clock>(
+    store: &S,
+    clock: &C,
+    observer: &mut LeaseObserver,
+    claimant: &Claimant<'_>,
+    term: Option<u64>,
+) -> Result<AcquireOutcome, StoreError> {
+    let lease = store.read_lease(claimant.cluster, claimant.name).await?;
+    let state = observer.observe(lease.as_ref(), clock.monotonic());
+    let Some(claim) = state.claim() else {
+        let LeaseState::Held { lease, unchanged_for } = state else { unreachable!("only Held has no claim") };
+        return Ok(AcquireOutcome::HeldByOther { owner: lease.owner, term: lease.term, unchanged_for });
+    };
+    let term = match term {
+        Some(t) => t,
+        None => match state.lease() {
+            None => 1,
+            Some(l) => l.term.checked_add(1).ok_or_else(|| StoreError::Malformed {
+                item: claimant.name.item_key().to_string(),
+                reason: format!("term {} has no successor", l.term),
+            })?,
+        },
+    };
+    let written_from = clock.monotonic();
+    let lease = store.acquire_lease(claimant.cluster, claimant.name, claim, claimant.owner, term, claimant.lease_ms).await?;
+    observer.reset();
+    Ok(AcquireOutcome::Acquired(HeldLease { lease, written_from }))
+}
+
 /// Acquire/renew/release of one lease for one owner, following the lock-client rules over any
 /// [`Store`]: observe, wait out a full lease duration of unchanged `rvn`, then conditionally claim.
 pub struct LeaseClient<S, C> {
@@ -168,25 +209,8 @@ impl<S: Store, C: Clock> LeaseClient<S, C> {
     /// One acquisition attempt. `term`: the fencing token to claim (must exceed the stored one);
     /// `None` takes the stored term plus one.
     pub async fn try_acquire(&mut self, term: Option<u64>) -> Result<AcquireOutcome, StoreError> {
-        let state = self.observe().await?;
-        let Some(claim) = state.claim() else {
-            let LeaseState::Held { lease, unchanged_for } = state else { unreachable!("only Held has no claim") };
-            return Ok(AcquireOutcome::HeldByOther { owner: lease.owner, term: lease.term, unchanged_for });
-        };
-        let term = match term {
-            Some(t) => t,
-            None => match state.lease() {
-                None => 1,
-                Some(l) => l.term.checked_add(1).ok_or_else(|| StoreError::Malformed {
-                    item: self.name.item_key().to_string(),
-                    reason: format!("term {} has no successor", l.term),
-                })?,
-            },
-        };
-        let written_from = self.clock.monotonic();
-        let lease = self.store.acquire_lease(&self.cluster, self.name, claim, &self.owner, term, self.lease_ms).await?;
-        self.observer.reset();
-        Ok(AcquireOutcome::Acquired(HeldLease { lease, written_from }))
+        let claimant = Claimant { cluster: &self.cluster, name: self.name, owner: &self.owner, lease_ms: self.lease_ms };
+        try_acquire_observed(&self.store, &self.clock, &mut self.observer, &claimant, term).await
     }
 
     /// Renews `held`, timing the new validity from before the call.

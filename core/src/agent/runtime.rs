@@ -17,7 +17,7 @@ use super::slots::{DepartedSlots, DEFAULT_DEPARTED_SLOT_RETENTION};
 use crate::clock::Clock;
 use crate::config::DynamicConfig;
 use crate::events::{Event, EventEmitter, EventKind};
-use crate::lease::{HeldLease, LeaseObserver, LeaseState};
+use crate::lease::{try_acquire_observed, AcquireOutcome, Claimant, HeldLease, LeaseObserver, LeaseState};
 use crate::model::{ClusterRecord, LeaseName, LeaseSighting, Role};
 use crate::pg::{DataDirState, PgControl, PgProbe};
 use crate::store::{LeaseClaim, Store, StoreError};
@@ -685,23 +685,19 @@ where
                 return Err(format!("the last initialisation failed; trying again in {} s", wait.as_secs()));
             }
         }
-        let lock = self.store.read_lease(cluster, LeaseName::Initialize).await.map_err(|e| e.to_string())?;
-        let state = self.init_observer.observe(lock.as_ref(), self.clock.monotonic());
-        let Some(claim) = state.claim() else {
-            let l = state.lease().map(|l| format!("{} (lock term {})", l.owner, l.term));
-            return Err(format!("{} is initialising the cluster; waiting", l.unwrap_or_else(|| "another member".into())));
+        let claimant = Claimant {
+            cluster,
+            name: LeaseName::Initialize,
+            owner: &self.identity.member,
+            lease_ms: u64::try_from(self.bootstrap.lock.as_millis()).unwrap_or(u64::MAX),
         };
-        let term = state.lease().map_or(Some(1), |l| l.term.checked_add(1)).ok_or("the initialize lock's term is exhausted")?;
-        let lock_ms = u64::try_from(self.bootstrap.lock.as_millis()).unwrap_or(u64::MAX);
-        let written_from = self.clock.monotonic();
-        let owner = self.identity.member.clone();
-        let lease = self
-            .store
-            .acquire_lease(cluster, LeaseName::Initialize, claim, &owner, term, lock_ms)
-            .await
-            .map_err(|e| format!("initialize lock: {e}"))?;
-        self.init_observer.reset();
-        let held = HeldLease { lease, written_from };
+        let held = match try_acquire_observed(&self.store, &self.clock, &mut self.init_observer, &claimant, None).await {
+            Ok(AcquireOutcome::Acquired(held)) => held,
+            Ok(AcquireOutcome::HeldByOther { owner, term, .. }) => {
+                return Err(format!("{owner} (lock term {term}) is initialising the cluster; waiting"))
+            }
+            Err(e) => return Err(format!("initialize lock: {e}")),
+        };
         let result = self.initialize_holding(cluster, &held).await;
         if result.is_err() {
             self.init_failed_at = Some(self.clock.monotonic());
