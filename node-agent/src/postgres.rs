@@ -276,9 +276,8 @@ impl LocalPostgres {
     }
 
     /// Writes the standby settings into `postgresql.auto.conf` and creates `standby.signal`
-    /// (server stopped).
+    /// (server stopped). The caller has written the passfile `primary_conninfo` names.
     fn write_standby_files(&self, target: &PrimaryTarget) -> Result<(), PgError> {
-        self.ensure_passfile()?;
         let auto = self.data().join("postgresql.auto.conf");
         let old = std::fs::read_to_string(&auto).unwrap_or_default();
         let mut lines: Vec<String> = old
