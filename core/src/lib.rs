@@ -15,6 +15,7 @@ pub mod lsn;
 pub mod memory;
 pub mod model;
 pub mod pg;
+pub mod request;
 pub mod store;
 
 /// The version of this build (all pgdaemon crates share the workspace version): written into

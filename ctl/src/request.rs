@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use pgdaemon_core::request::{Check, SubmitError};
 use pgdaemon_core::{ClusterRecord, ClusterView, ManualRequest, RequestAction, RequestOutcome, Store, StoreError};
 
 use crate::table::now_ms;
@@ -54,21 +55,15 @@ pub fn precheck(view: &ClusterView, action: RequestAction, candidate: Option<&st
     Ok(())
 }
 
-/// Writes the request by compare-and-set. Returns the record as written.
+/// Writes the request by compare-and-set ([`pgdaemon_core::request::submit`]), with
+/// [`precheck`] on every fresh read. Returns the record as written.
 pub async fn submit(store: &dyn Store, cluster: &str, request: &ManualRequest) -> Result<ClusterRecord, CtlError> {
-    for _ in 0..CAS_ATTEMPTS {
-        let view = store.read_view(cluster).await?;
-        precheck(&view, request.action, request.candidate.as_deref()).map_err(CtlError::Refused)?;
-        let mut record = view.cluster.expect("precheck refuses a missing record");
-        let version = record.version;
-        record.request = Some(request.clone());
-        match store.write_cluster(cluster, Some(version), &record).await {
-            Ok(written) => return Ok(written),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(CtlError::Refused(format!("the cluster record kept changing; tried {CAS_ATTEMPTS} times")))
+    let check = |view: &ClusterView| precheck(view, request.action, request.candidate.as_deref());
+    pgdaemon_core::request::submit(store, cluster, request, Check::View(&check), CAS_ATTEMPTS).await.map_err(|e| match e {
+        SubmitError::Store(e) => e.into(),
+        // `precheck` refuses a missing record and a waiting request first, in its own words.
+        e => CtlError::Refused(e.to_string()),
+    })
 }
 
 /// Waits for the coordinator's answer to request `id`. On timeout the request is withdrawn (if
