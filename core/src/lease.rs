@@ -172,10 +172,44 @@ pub async fn try_acquire_observed<S: Store + ?Sized, C: Clock>(
             })?,
         },
     };
+    let held = acquire(store, clock, claimant, claim, term).await?;
+    observer.reset();
+    Ok(AcquireOutcome::Acquired(held))
+}
+
+/// Claims the lease for `term`, counting its validity from before the write (lock-client rule).
+pub async fn acquire<S: Store + ?Sized, C: Clock>(
+    store: &S,
+    clock: &C,
+    claimant: &Claimant<'_>,
+    claim: LeaseClaim<'_>,
+    term: u64,
+) -> Result<HeldLease, StoreError> {
     let written_from = clock.monotonic();
     let lease = store.acquire_lease(claimant.cluster, claimant.name, claim, claimant.owner, term, claimant.lease_ms).await?;
-    observer.reset();
-    Ok(AcquireOutcome::Acquired(HeldLease { lease, written_from }))
+    Ok(HeldLease { lease, written_from })
+}
+
+/// Renews exactly `lease` (conditional on its `rvn`), counting validity from before the write.
+pub async fn renew<S: Store + ?Sized, C: Clock>(
+    store: &S,
+    clock: &C,
+    cluster: &str,
+    name: LeaseName,
+    lease: &LeaderLease,
+) -> Result<HeldLease, StoreError> {
+    let written_from = clock.monotonic();
+    let lease = store.renew_lease(cluster, name, lease).await?;
+    Ok(HeldLease { lease, written_from })
+}
+
+/// After a renewal conflict: is the stored record a renewal of ours that landed after timing
+/// out? A stalled store processes queued requests when it resumes (seen with DynamoDB after an
+/// outage), so the record is still `owner`'s, same term, not released, with an rvn the holder
+/// never saw. Only the owner writes a lease record it holds for its term, so renewing exactly
+/// that record is safe; observers restarted their watch when that rvn appeared.
+pub fn landed_renewal<'a>(held: &HeldLease, owner: &str, stored: Option<&'a LeaderLease>) -> Option<&'a LeaderLease> {
+    stored.filter(|s| s.owner == owner && s.term == held.lease.term && !s.is_free())
 }
 
 /// Acquire/renew/release of one lease for one owner, following the lock-client rules over any
@@ -215,9 +249,7 @@ impl<S: Store, C: Clock> LeaseClient<S, C> {
 
     /// Renews `held`, timing the new validity from before the call.
     pub async fn renew(&mut self, held: &HeldLease) -> Result<HeldLease, StoreError> {
-        let written_from = self.clock.monotonic();
-        let lease = self.store.renew_lease(&self.cluster, self.name, &held.lease).await?;
-        Ok(HeldLease { lease, written_from })
+        renew(&self.store, &self.clock, &self.cluster, self.name, &held.lease).await
     }
 
     pub async fn release(&mut self, held: &HeldLease) -> Result<(), StoreError> {
@@ -290,5 +322,19 @@ mod tests {
         let mut obs = LeaseObserver::new();
         obs.observe(Some(&lease("r")), MS(101));
         assert!(matches!(obs.observe(Some(&lease("r")), MS(1100)), LeaseState::Held { .. }));
+    }
+
+    #[test]
+    fn only_this_owners_unreleased_record_of_the_same_term_is_a_landed_renewal() {
+        let held = HeldLease { lease: lease("r1"), written_from: MS(0) };
+        let landed = lease("r2");
+        assert_eq!(landed_renewal(&held, "a", Some(&landed)), Some(&landed));
+        assert_eq!(landed_renewal(&held, "a", None), None);
+        let other_owner = LeaderLease { owner: "b".into(), ..lease("r2") };
+        assert_eq!(landed_renewal(&held, "a", Some(&other_owner)), None);
+        let next_term = LeaderLease { term: 2, ..lease("r2") };
+        assert_eq!(landed_renewal(&held, "a", Some(&next_term)), None);
+        let released = LeaderLease { released: true, ..lease("r2") };
+        assert_eq!(landed_renewal(&held, "a", Some(&released)), None);
     }
 }

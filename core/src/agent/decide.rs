@@ -127,6 +127,11 @@ pub enum AgentAction {
     },
     /// Self-fence: stop accepting writes now.
     Demote,
+    /// The S2 safety net, emitted for a running primary that is not demoting: demote unless this
+    /// agent still holds a valid lease (or a failsafe extension) once this loop's lease writes
+    /// are done. The decision assumes its lease writes succeed; this is the step that covers
+    /// the case where one did not (a renewal that failed, a claim that lost a race).
+    DemoteIfLeaseLost,
     Follow(PrimaryTarget),
     Rewind(PrimaryTarget),
     Basebackup(PrimaryTarget),
@@ -167,6 +172,11 @@ impl AgentAction {
         )
     }
 
+    /// Stops Postgres as a self-fence (possibly, for the guarded safety net).
+    pub fn is_demotion(&self) -> bool {
+        matches!(self, AgentAction::Demote | AgentAction::DemoteIfLeaseLost)
+    }
+
     /// Short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
@@ -178,6 +188,7 @@ impl AgentAction {
             AgentAction::Start => "start",
             AgentAction::Promote { .. } => "promote",
             AgentAction::Demote => "demote",
+            AgentAction::DemoteIfLeaseLost => "demote_if_lease_lost",
             AgentAction::Follow(_) => "follow",
             AgentAction::Rewind(_) => "rewind",
             AgentAction::Basebackup(_) => "basebackup",
@@ -224,10 +235,18 @@ const HEARTBEAT_TTL_S: u64 = 24 * 3600;
 /// - A non-holder that sees the leader lease unchanged for a full lease duration asks for a
 ///   coordinator run (at most once per lease duration).
 /// - A paused cluster gets no role changes other than the S2 demotion.
+/// - A demotion runs before a release of the lease in the same loop.
+/// - A running primary that does not demote ends with [`AgentAction::DemoteIfLeaseLost`].
 /// - A heartbeat is always published last.
+///
+/// The runtime carries the actions out in this order (see [`super::AgentRuntime::tick`] for
+/// what a failure skips).
 pub fn decide(input: &AgentInput) -> AgentDecision {
     let mut d = Decider { input, actions: Vec::new(), reasons: Vec::new(), demoting: false };
     d.run();
+    if input.probe.is_primary() && !d.demoting {
+        d.actions.push(AgentAction::DemoteIfLeaseLost);
+    }
     let heartbeat = heartbeat(input);
     d.actions.push(AgentAction::PublishHeartbeat(heartbeat));
     AgentDecision { actions: d.actions, reason: d.reasons.join("; ") }
@@ -247,6 +266,12 @@ impl<'a> Decider<'a> {
                 return;
             }
             self.demoting = true;
+            // Stop writes before giving the lease up: once it is released, a coordinator with
+            // fencing off may promote another member at once (S2; found by the sim, seed 4678).
+            if let Some(release) = self.actions.iter().position(|a| *a == AgentAction::ReleaseLease) {
+                self.actions.insert(release, action);
+                return;
+            }
         }
         self.actions.push(action);
     }
@@ -847,7 +872,7 @@ mod tests {
                 StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
                 held("n1", 3, "r", 19_000),
             ),
-            expect: vec!["renew_lease", "publish_heartbeat"],
+            expect: vec!["renew_lease", "demote_if_lease_lost", "publish_heartbeat"],
             reason_has: "primary for term 3",
         });
         v.push(Case {
@@ -859,13 +884,13 @@ mod tests {
         v.push(Case {
             name: "primary with a still-valid lease and the store down keeps trying to renew",
             input: input("n1", primary_probe(), StoreRead::Unavailable("timeout".into()), held("n1", 3, "r", 15_000)),
-            expect: vec!["renew_lease", "publish_heartbeat"],
+            expect: vec!["renew_lease", "demote_if_lease_lost", "publish_heartbeat"],
             reason_has: "store unavailable",
         });
         v.push(Case {
             name: "malformed record changes nothing but the lease check",
             input: input("n1", primary_probe(), StoreRead::Malformed("cluster: bad json".into()), held("n1", 3, "r", 15_000)),
-            expect: vec!["renew_lease", "publish_heartbeat"],
+            expect: vec!["renew_lease", "demote_if_lease_lost", "publish_heartbeat"],
             reason_has: "unusable",
         });
         v.push(Case {
@@ -876,7 +901,7 @@ mod tests {
                 StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "r")))),
                 held("n1", 3, "r", 19_000),
             ),
-            expect: vec!["release_lease", "demote", "publish_heartbeat"],
+            expect: vec!["demote", "release_lease", "publish_heartbeat"],
             reason_has: "names n2 primary for term 4",
         });
         v.push(Case {
@@ -901,13 +926,13 @@ mod tests {
                 i.fenced_through = 3;
                 i
             },
-            expect: vec!["release_lease", "demote", "publish_heartbeat"],
+            expect: vec!["demote", "release_lease", "publish_heartbeat"],
             reason_has: "demote through term 3",
         });
         v.push(Case {
             name: "restarted agent re-takes its own lease and keeps running",
             input: input("n1", primary_probe(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None),
-            expect: vec!["adopt_lease", "publish_heartbeat"],
+            expect: vec!["adopt_lease", "demote_if_lease_lost", "publish_heartbeat"],
             reason_has: "agent restarted",
         });
         // Postgres crashed under a live agent and did not restart in place (now = 20 s,
@@ -984,7 +1009,7 @@ mod tests {
                 p.slots = vec!["n2".into()];
                 input("n1", p, StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000))
             },
-            expect: vec!["renew_lease", "ensure_slots", "publish_heartbeat"],
+            expect: vec!["renew_lease", "ensure_slots", "demote_if_lease_lost", "publish_heartbeat"],
             reason_has: "primary",
         });
         v.push(Case {
@@ -996,13 +1021,13 @@ mod tests {
                 i.departed_slots = vec!["n9".into()];
                 i
             },
-            expect: vec!["renew_lease", "drop_slots", "publish_heartbeat"],
+            expect: vec!["renew_lease", "drop_slots", "demote_if_lease_lost", "publish_heartbeat"],
             reason_has: "departed members: n9",
         });
         v.push(Case {
             name: "fresh cluster: the designated primary takes the absent lease",
             input: input("n1", primary_probe(), StoreRead::Ok(view(1, "n1", None)), None),
-            expect: vec!["acquire_lease", "publish_heartbeat"],
+            expect: vec!["acquire_lease", "demote_if_lease_lost", "publish_heartbeat"],
             reason_has: "free leader lease",
         });
         v.push(Case {

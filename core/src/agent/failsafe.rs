@@ -437,7 +437,7 @@ mod tests {
             let mut i = input("n1", Role::Primary, StoreRead::Unavailable("down".into()), Some(3));
             i.failsafe.until = Some(MS(21_000));
             let d = decide(&i);
-            assert_eq!(d.names(), vec!["renew_lease", "publish_heartbeat"], "{}", d.reason);
+            assert_eq!(d.names(), vec!["renew_lease", "demote_if_lease_lost", "publish_heartbeat"], "{}", d.reason);
             assert!(d.reason.contains("failsafe"), "{}", d.reason);
         }
 
@@ -454,7 +454,7 @@ mod tests {
         fn acknowledgements_do_not_outlast_a_newer_term_in_the_store() {
             let mut i = input("n1", Role::Primary, StoreRead::Ok(cluster(4, "n2", "n1", 3)), Some(3));
             i.failsafe.until = Some(MS(21_000));
-            assert_eq!(decide(&i).names(), vec!["release_lease", "demote", "publish_heartbeat"]);
+            assert_eq!(decide(&i).names(), vec!["demote", "release_lease", "publish_heartbeat"]);
         }
 
         #[test]

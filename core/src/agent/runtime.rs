@@ -8,19 +8,17 @@ use async_trait::async_trait;
 use futures::lock::Mutex as AsyncMutex;
 
 use super::bootstrap::BootstrapPolicy;
-use super::decide::{
-    decide, AgentAction, AgentIdentity, AgentInput, PrimaryStartFailure, RejoinFailure, RejoinMethod, StoreRead,
-};
+use super::decide::{decide, AgentAction, AgentIdentity, AgentInput, PrimaryStartFailure, RejoinFailure, StoreRead};
 use super::failsafe::FailsafeState;
 use super::handle::{AgentCounters, AgentHandle, AgentSnapshot, Shared};
 use super::slots::{DepartedSlots, DEFAULT_DEPARTED_SLOT_RETENTION};
 use crate::clock::Clock;
 use crate::config::DynamicConfig;
 use crate::events::{Event, EventEmitter, EventKind};
-use crate::lease::{try_acquire_observed, AcquireOutcome, Claimant, HeldLease, LeaseObserver, LeaseState};
-use crate::model::{ClusterRecord, LeaseName, LeaseSighting, Role};
-use crate::pg::{DataDirState, PgControl, PgProbe};
-use crate::store::{LeaseClaim, Store, StoreError};
+use crate::lease::{HeldLease, LeaseObserver, LeaseState};
+use crate::model::{LeaseSighting, Role};
+use crate::pg::{PgControl, PgProbe};
+use crate::store::{Store, StoreError};
 
 /// Why a coordinator run could not be requested.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,8 +39,25 @@ pub trait CoordinatorTrigger: Send + Sync {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActionOutcome {
     pub action: AgentAction,
-    /// `None`: done; `Some`: failed or skipped, and why.
+    /// `None`: done (or not needed); `Some`: failed or skipped, and why.
     pub error: Option<String>,
+    /// A guarded action whose condition did not hold ([`AgentAction::DemoteIfLeaseLost`] with the
+    /// lease still valid): nothing was done.
+    pub not_needed: bool,
+}
+
+impl ActionOutcome {
+    /// The action ran and succeeded.
+    pub fn performed(&self) -> bool {
+        self.error.is_none() && !self.not_needed
+    }
+}
+
+/// What [`AgentRuntime`]'s execution of one action did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Executed {
+    Done,
+    NotNeeded,
 }
 
 /// The result of one loop iteration.
@@ -55,9 +70,9 @@ pub struct TickReport {
 }
 
 impl TickReport {
-    /// Names of the actions that completed.
+    /// Names of the actions that were performed and succeeded.
     pub fn done(&self) -> Vec<&'static str> {
-        self.outcomes.iter().filter(|o| o.error.is_none()).map(|o| o.action.name()).collect()
+        self.outcomes.iter().filter(|o| o.performed()).map(|o| o.action.name()).collect()
     }
 
     pub fn did(&self, name: &str) -> bool {
@@ -196,12 +211,14 @@ where
 
     /// One loop iteration: probe -> read view -> decide -> execute -> report.
     ///
-    /// Execution rules: lease writes, the demotion, coordinator requests and the heartbeat always
-    /// run; the first failed role change (start, promote, follow, rewind, basebackup, slots)
-    /// skips the later ones. Promote (and starting a primary's data directory) runs only while the
-    /// lease for that term is held and valid by this agent's clock and the term is above any fence.
-    /// Whatever the decision, a tick never ends with a writable Postgres and no valid lease: if a
-    /// lease write failed this loop, the primary is demoted before returning (S2).
+    /// The decision's actions run in the order decided. Execution rules: lease writes, the
+    /// demotion, coordinator requests and the heartbeat always run; the first failed role change
+    /// (start, promote, follow, rewind, basebackup, slots) skips the later ones; a failed
+    /// demotion skips a release of the lease (S2: the lease is kept until it lapses). Promote (and
+    /// starting a primary's data directory) runs only while the lease for that term is held and
+    /// valid by this agent's clock and the term is above any fence. A running primary's decision
+    /// ends with [`AgentAction::DemoteIfLeaseLost`], so a tick never ends with a writable
+    /// Postgres and no valid lease (S2).
     pub async fn tick(&mut self) -> TickReport {
         let started = self.clock.monotonic();
         let fenced_through = self.shared.fenced_through();
@@ -284,20 +301,8 @@ where
 
         let mut outcomes = Vec::with_capacity(decision.actions.len());
         let mut role_failed = false;
-        let mut demoted = false;
-        // Stop writes before giving the lease up: once it is released, a coordinator with
-        // fencing off may promote another member at once (S2; found by the sim, seed 4678).
-        let mut actions = decision.actions;
-        let release = actions.iter().position(|a| *a == AgentAction::ReleaseLease);
-        let demote = actions.iter().position(|a| *a == AgentAction::Demote);
-        if let (Some(r), Some(d)) = (release, demote) {
-            if d > r {
-                let a = actions.remove(d);
-                actions.insert(r, a);
-            }
-        }
         let mut demote_failed = false;
-        for action in actions {
+        for action in decision.actions {
             let result = if role_failed && action.is_role_change() {
                 Err("skipped: an earlier role change failed".to_string())
             } else if demote_failed && action == AgentAction::ReleaseLease {
@@ -308,29 +313,18 @@ where
                 r
             };
             if let Err(e) = &result {
-                if action.is_role_change() {
-                    role_failed = true;
-                }
-                if action == AgentAction::Demote {
-                    demote_failed = true;
-                }
+                role_failed |= action.is_role_change();
+                demote_failed |= action.is_demotion();
                 if !matches!(action, AgentAction::PublishHeartbeat(_)) {
                     self.counters.action_failures += 1;
                 }
                 tracing::warn!(action = action.name(), error = %e, "agent action failed");
-            } else if action == AgentAction::Demote {
-                demoted = true;
             }
-            outcomes.push(ActionOutcome { action, error: result.err() });
-        }
-
-        // S2 safety net: the decision assumed its lease writes would succeed.
-        if probe.is_primary() && !demoted && !self.holds_valid_lease() {
-            let result = self.execute(&AgentAction::Demote, &probe).await;
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "demotion after losing the lease failed");
-            }
-            outcomes.push(ActionOutcome { action: AgentAction::Demote, error: result.err() });
+            let (error, not_needed) = match result {
+                Ok(done) => (None, done == Executed::NotNeeded),
+                Err(e) => (Some(e), false),
+            };
+            outcomes.push(ActionOutcome { action, error, not_needed });
         }
 
         let errors: Vec<String> = store_error
@@ -342,8 +336,7 @@ where
         self.counters.ticks += 1;
         // After a role change the snapshot (HTTP API, metrics) shows the new state, not the probe
         // taken before it.
-        let changed =
-            outcomes.iter().any(|o| o.error.is_none() && (o.action.is_role_change() || o.action == AgentAction::Demote));
+        let changed = outcomes.iter().any(|o| o.performed() && (o.action.is_role_change() || o.action.is_demotion()));
         let probe_after = if changed { Some(self.pg.probe().await) } else { None };
         self.emit_role_events(&outcomes, &decision.reason);
         let report = TickReport { reason: decision.reason, outcomes, errors, duration };
@@ -376,7 +369,7 @@ where
             Event::new(kind, cluster.as_str(), now, detail).member(member.as_str()).term(term).source("agent")
         };
         let lease_term = had_lease.unwrap_or(self.max_term_held);
-        let released = outcomes.iter().any(|o| o.error.is_none() && o.action == AgentAction::ReleaseLease);
+        let released = outcomes.iter().any(|o| o.performed() && o.action == AgentAction::ReleaseLease);
         if had_lease.is_some() && self.lease_valid_after_last_tick.is_none() && !released {
             events.emit(ev(EventKind::LeaseLost, lease_term, format!("leader lease of term {lease_term} not renewed: {reason}")));
         }
@@ -384,10 +377,12 @@ where
             let (term, why) = self.shared.fence.lock().unwrap_or_else(PoisonError::into_inner).clone();
             events.emit(ev(EventKind::Demoted, term, format!("demoted on request: {why}")));
         }
-        for o in outcomes.iter().filter(|o| o.error.is_none()) {
+        for o in outcomes.iter().filter(|o| o.performed()) {
             match &o.action {
                 AgentAction::Promote { term } => events.emit(ev(EventKind::Promoted, *term, format!("promoted in term {term}"))),
-                AgentAction::Demote => events.emit(ev(EventKind::Demoted, lease_term, format!("demoted: {reason}"))),
+                AgentAction::Demote | AgentAction::DemoteIfLeaseLost => {
+                    events.emit(ev(EventKind::Demoted, lease_term, format!("demoted: {reason}")))
+                }
                 _ => {}
             }
         }
@@ -413,221 +408,6 @@ where
             rvn: lease.rvn.clone(),
             unchanged_ms: now.saturating_sub(first_seen).as_millis() as u64,
         })
-    }
-
-    /// After a renewal conflict: a renewal that timed out may have landed after all (a stalled
-    /// store processes queued requests when it resumes, seen with DynamoDB after an outage), so
-    /// the record is still this member's, same term, with an rvn it never saw. Only this member
-    /// writes a lease record it owns for its term, so renewing exactly that record (conditional
-    /// on its rvn) is safe; observers restarted their watch when that rvn appeared, and validity
-    /// counts from before this write.
-    async fn retake_landed_renewal(&self, held: &HeldLease) -> Option<HeldLease> {
-        let cluster = &self.identity.cluster;
-        let stored = self.store.read_lease(cluster, LeaseName::Leader).await.ok()??;
-        if stored.owner != self.identity.member || stored.term != held.lease.term || stored.is_free() {
-            return None;
-        }
-        let written_from = self.clock.monotonic();
-        let lease = self.store.renew_lease(cluster, LeaseName::Leader, &stored).await.ok()?;
-        tracing::warn!(term = lease.term, "a renewal that timed out had landed; re-took the lease record");
-        Some(HeldLease { lease, written_from })
-    }
-
-    /// Checks, under the Postgres lock, that a role raise for `term` is still allowed.
-    fn may_raise(&self, term: u64) -> Result<(), String> {
-        let fence = self.shared.fenced_through();
-        if term <= fence {
-            return Err(format!("refused: told to demote through term {fence}"));
-        }
-        match &self.held {
-            Some(h) if h.lease.term == term && h.is_valid(self.clock.monotonic(), self.config.safety_margin()) => Ok(()),
-            Some(h) if h.lease.term == term => Err("refused: the lease is no longer valid".into()),
-            _ => Err(format!("refused: the lease for term {term} is not held")),
-        }
-    }
-
-    async fn execute(&mut self, action: &AgentAction, probe: &PgProbe) -> Result<(), String> {
-        let cluster = self.identity.cluster.clone();
-        match action {
-            AgentAction::RenewLease => {
-                let Some(held) = self.held.clone() else {
-                    return Err("no lease held".into());
-                };
-                let written_from = self.clock.monotonic();
-                match self.store.renew_lease(&cluster, LeaseName::Leader, &held.lease).await {
-                    Ok(lease) => {
-                        self.held = Some(HeldLease { lease, written_from });
-                        self.counters.lease_renewals += 1;
-                        Ok(())
-                    }
-                    Err(e) => {
-                        self.counters.lease_renew_failures += 1;
-                        if e.is_conflict() {
-                            if let Some(h) = self.retake_landed_renewal(&held).await {
-                                self.held = Some(h);
-                                self.counters.lease_renewals += 1;
-                                return Ok(());
-                            }
-                            // Someone else wrote the lease: it is certainly gone.
-                            self.held = None;
-                        }
-                        Err(e.to_string())
-                    }
-                }
-            }
-            AgentAction::AcquireLease { term, takeover_rvn } => {
-                let fence = self.shared.fenced_through();
-                if *term <= fence {
-                    return Err(format!("refused: told to demote through term {fence}"));
-                }
-                // A failsafe promise to another primary forbids the claim (ended by sync_lease_deadline).
-                self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner).begin_claim(self.clock.monotonic())?;
-                let claim = match takeover_rvn {
-                    Some(rvn) => LeaseClaim::Takeover { observed_rvn: rvn },
-                    None => LeaseClaim::Free,
-                };
-                let written_from = self.clock.monotonic();
-                let owner = self.identity.member.clone();
-                match self.store.acquire_lease(&cluster, LeaseName::Leader, claim, &owner, *term, self.config.lease_ms).await {
-                    Ok(lease) => {
-                        tracing::info!(term, "acquired the leader lease");
-                        self.held = Some(HeldLease { lease, written_from });
-                        self.max_term_held = self.max_term_held.max(*term);
-                        self.observer.reset();
-                        self.counters.lease_acquisitions += 1;
-                        Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-            AgentAction::AdoptLease { lease } => {
-                self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner).begin_claim(self.clock.monotonic())?;
-                let written_from = self.clock.monotonic();
-                match self.store.renew_lease(&cluster, LeaseName::Leader, lease).await {
-                    Ok(lease) => {
-                        self.max_term_held = self.max_term_held.max(lease.term);
-                        self.held = Some(HeldLease { lease, written_from });
-                        self.counters.lease_renewals += 1;
-                        Ok(())
-                    }
-                    Err(e) => {
-                        self.counters.lease_renew_failures += 1;
-                        Err(e.to_string())
-                    }
-                }
-            }
-            AgentAction::ReleaseLease => {
-                // We stop counting on it whatever the store says.
-                let Some(held) = self.held.take() else { return Ok(()) };
-                self.store.release_lease(&cluster, LeaseName::Leader, &held.lease).await.map_err(|e| e.to_string())
-            }
-            AgentAction::ForgetLease => {
-                self.held = None;
-                Ok(())
-            }
-            AgentAction::Start => {
-                let _guard = self.shared.pg_lock.lock().await;
-                let as_primary = probe.data == DataDirState::Primary;
-                let term = self.held.as_ref().map_or(0, |h| h.lease.term);
-                if as_primary {
-                    // Starting a primary's data directory makes it writable: same rule as promote.
-                    self.may_raise(term)?;
-                }
-                let result = self.pg.start().await.map_err(|e| e.to_string());
-                if as_primary {
-                    // A failure makes the next loops hand the lease over (decide).
-                    self.primary_start_failure = result.as_ref().err().map(|e| {
-                        tracing::error!(term, error = %e, "postgres did not restart in place as primary");
-                        PrimaryStartFailure { term, at: self.clock.monotonic(), error: e.clone() }
-                    });
-                }
-                result
-            }
-            AgentAction::Promote { term } => {
-                let _guard = self.shared.pg_lock.lock().await;
-                self.may_raise(*term)?;
-                let result = self.pg.promote().await.map_err(|e| e.to_string());
-                if result.is_ok() {
-                    tracing::info!(term, "promoted");
-                    self.counters.promotions += 1;
-                }
-                result
-            }
-            AgentAction::Demote => {
-                let _guard = self.shared.pg_lock.lock().await;
-                let result = self.pg.demote().await.map_err(|e| e.to_string());
-                if result.is_ok() {
-                    tracing::warn!("demoted (postgres stopped)");
-                    self.counters.demotions += 1;
-                }
-                result
-            }
-            AgentAction::Follow(target) => {
-                let _guard = self.shared.pg_lock.lock().await;
-                self.pg.follow(target).await.map_err(|e| e.to_string())
-            }
-            AgentAction::Rewind(target) => {
-                let _guard = self.shared.pg_lock.lock().await;
-                let result = self.pg.rewind(target).await.map_err(|e| e.to_string());
-                self.last_rejoin_failure = result.as_ref().err().map(|e| RejoinFailure {
-                    method: RejoinMethod::Rewind,
-                    source: target.name.clone(),
-                    error: e.clone(),
-                });
-                result
-            }
-            AgentAction::Basebackup(target) => {
-                let _guard = self.shared.pg_lock.lock().await;
-                let result = self.pg.basebackup(target).await.map_err(|e| e.to_string());
-                self.last_rejoin_failure = result.as_ref().err().map(|e| RejoinFailure {
-                    method: RejoinMethod::Basebackup,
-                    source: target.name.clone(),
-                    error: e.clone(),
-                });
-                result
-            }
-            AgentAction::EnsureSlots(members) => {
-                let _guard = self.shared.pg_lock.lock().await;
-                self.pg.ensure_slots(members).await.map_err(|e| e.to_string())
-            }
-            AgentAction::Initialize => {
-                let shared = self.shared.clone();
-                let _guard = shared.pg_lock.lock().await;
-                self.initialize(&cluster).await
-            }
-            AgentAction::DropSlots(slots) => {
-                let _guard = self.shared.pg_lock.lock().await;
-                self.pg.drop_slots(slots).await.map_err(|e| e.to_string())
-            }
-            AgentAction::RecordSync(record) => {
-                // Compare-and-set on the version the decision read: a coordinator that changed the
-                // term (or anything else) since then wins, and the Postgres change after this is
-                // skipped (see agent::sync for the order).
-                self.store.write_cluster(&cluster, Some(record.version), record).await.map(|_| ()).map_err(|e| e.to_string())
-            }
-            AgentAction::SetSyncStandbys(names) => {
-                let _guard = self.shared.pg_lock.lock().await;
-                self.pg.set_sync_standbys(names).await.map_err(|e| e.to_string())
-            }
-            AgentAction::RequestCoordinatorRun { evidence } => {
-                self.last_run_request = Some(self.clock.monotonic());
-                self.counters.coordinator_requests += 1;
-                match &self.trigger {
-                    Some(t) => t.request_run(&cluster, evidence).await.map_err(|e| e.to_string()),
-                    None => Ok(()),
-                }
-            }
-            AgentAction::PublishHeartbeat(status) => {
-                let result = self.store.put_member(&cluster, status).await.map_err(|e| e.to_string());
-                if result.is_err() {
-                    self.counters.heartbeat_failures += 1;
-                } else if let (Some(_), Some(h)) = (&status.failsafe_members, &self.held) {
-                    // Candidates can now see whom this primary asks (docs/failsafe.md).
-                    self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner).note_published(h.lease.term);
-                }
-                result
-            }
-        }
     }
 
     fn publish_snapshot(
@@ -669,73 +449,17 @@ where
     }
 }
 
-impl<S, P, C> AgentRuntime<S, P, C>
-where
-    S: Store,
-    P: PgControl + 'static,
-    C: Clock + Clone + 'static,
-{
-    /// Automatic bootstrap (agent::bootstrap): claims the initialize lock by the lock-client
-    /// rules, initialises Postgres within the lock's duration less the safety margin, then
-    /// creates the cluster record naming this member primary in term 1 (create-only).
-    async fn initialize(&mut self, cluster: &str) -> Result<(), String> {
-        if let Some(at) = self.init_failed_at {
-            let wait = (at + self.bootstrap.lock).saturating_sub(self.clock.monotonic());
-            if !wait.is_zero() {
-                return Err(format!("the last initialisation failed; trying again in {} s", wait.as_secs()));
-            }
-        }
-        let claimant = Claimant {
-            cluster,
-            name: LeaseName::Initialize,
-            owner: &self.identity.member,
-            lease_ms: u64::try_from(self.bootstrap.lock.as_millis()).unwrap_or(u64::MAX),
-        };
-        let held = match try_acquire_observed(&self.store, &self.clock, &mut self.init_observer, &claimant, None).await {
-            Ok(AcquireOutcome::Acquired(held)) => held,
-            Ok(AcquireOutcome::HeldByOther { owner, term, .. }) => {
-                return Err(format!("{owner} (lock term {term}) is initialising the cluster; waiting"))
-            }
-            Err(e) => return Err(format!("initialize lock: {e}")),
-        };
-        let result = self.initialize_holding(cluster, &held).await;
-        if result.is_err() {
-            self.init_failed_at = Some(self.clock.monotonic());
-        }
-        // Done (the record exists), or failed with Postgres stopped (PgControl::initialize):
-        // either way the lock can go to whoever asks next.
-        if let Err(e) = self.store.release_lease(cluster, LeaseName::Initialize, &held.lease).await {
-            tracing::warn!(error = %e, "could not release the initialize lock");
-        }
-        result
-    }
-
-    async fn initialize_holding(&mut self, cluster: &str, held: &HeldLease) -> Result<(), String> {
-        let owner = self.identity.member.clone();
-        let deadline = held.valid_until(self.config.safety_margin());
-        tracing::info!(term = held.lease.term, "won the initialize lock: initialising a new cluster");
-        let budget = deadline.saturating_sub(self.clock.monotonic());
-        self.pg.initialize(budget).await.map_err(|e| format!("initialising postgres: {e}"))?;
-        if !held.is_valid(self.clock.monotonic(), self.config.safety_margin()) {
-            return Err("the initialize lock ran out before the cluster record could be written".into());
-        }
-        let record = ClusterRecord::bootstrap(owner.clone(), self.config.clone());
-        match self.store.write_cluster(cluster, None, &record).await {
-            Ok(_) => tracing::info!(primary = %owner, "created the cluster record: this member is the primary in term 1"),
-            Err(StoreError::Conflict { .. }) => return Err("another member created the cluster record first".into()),
-            Err(e) => return Err(format!("creating the cluster record: {e}")),
-        }
-        self.pg.initialized().await.map_err(|e| e.to_string())
-    }
-}
+mod execute;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::memory::MemoryStore;
-    use crate::model::ClusterRecord;
+    use crate::model::{ClusterRecord, LeaseName};
+    use crate::pg::DataDirState;
     use crate::pg::{PgError, PrimaryTarget, StopMode, UpstreamConfig};
+    use crate::store::LeaseClaim;
 
     /// A Postgres double for runtime tests: a role, a data directory state and a call log.
     #[derive(Default)]
@@ -935,8 +659,26 @@ mod tests {
         store.acquire_lease("c1", LeaseName::Leader, LeaseClaim::Free, "n2", 2, 4000).await.unwrap();
         clock.advance(Duration::from_millis(500));
         let r = rt.tick().await;
-        assert!(r.did("demote"), "{r:?}");
+        // Executed in the order decided: the renewal fails, the guarded demotion then acts.
+        let executed: Vec<_> = r.outcomes.iter().map(|o| (o.action.name(), o.error.is_some(), o.not_needed)).collect();
+        assert_eq!(
+            executed,
+            vec![("renew_lease", true, false), ("demote_if_lease_lost", false, false), ("publish_heartbeat", false, false)],
+            "{r:?}"
+        );
         assert!(rt.held_lease().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_guarded_demotion_does_nothing_while_the_lease_is_held() {
+        let (_store, clock, mut rt) = setup("n1", primary()).await;
+        rt.tick().await;
+        clock.advance(Duration::from_millis(500));
+        let r = rt.tick().await;
+        let guard = r.outcomes.iter().find(|o| o.action == AgentAction::DemoteIfLeaseLost).expect("a running primary's guard");
+        assert!(guard.not_needed && guard.error.is_none(), "{r:?}");
+        assert_eq!(r.done(), vec!["renew_lease", "publish_heartbeat"]);
+        assert!(!rt.pg().calls().iter().any(|c| c == "demote"), "{:?}", rt.pg().calls());
     }
 
     #[tokio::test]
