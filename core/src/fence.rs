@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::lsn::Lsn;
-use crate::model::{MemberStatus, TransitionKind};
+use crate::model::{MemberStatus, PendingFence, TransitionKind};
 
 /// The member to fence and everything a fencer may need to reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +56,44 @@ impl FenceTarget {
     }
 }
 
+/// An operation a fencer started and has not confirmed yet: which fencer, and that fencer's own
+/// handle for it (an SSM command id, an EC2 instance id). Passed back to the same fencer on the
+/// next run so it checks that operation instead of starting another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingHandle {
+    /// The fencer's [`Fencer::name`].
+    pub fencer: String,
+    /// The fencer's own handle, without any prefix.
+    pub handle: String,
+}
+
+impl PendingHandle {
+    pub fn new(fencer: impl Into<String>, handle: impl Into<String>) -> Self {
+        PendingHandle { fencer: fencer.into(), handle: handle.into() }
+    }
+
+    /// The stored form inside cluster records, which every version reads and writes:
+    /// `{"fencer": "ssm", "handle": "ssm:<command-id>"}` (the handle prefixed with the fencer's
+    /// name and a colon). Never change it: older coordinators resume from it.
+    pub fn to_record(&self) -> PendingFence {
+        PendingFence { fencer: self.fencer.clone(), handle: format!("{}:{}", self.fencer, self.handle) }
+    }
+
+    /// From the stored form: the prefixed handle every version writes, or (defensively) a bare
+    /// handle, which is taken as the named fencer's own.
+    pub fn from_record(stored: &PendingFence) -> Self {
+        let prefix = format!("{}:", stored.fencer);
+        let handle = stored.handle.strip_prefix(&prefix).unwrap_or(&stored.handle);
+        PendingHandle::new(stored.fencer.clone(), handle)
+    }
+}
+
+impl std::fmt::Display for PendingHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.fencer, self.handle)
+    }
+}
+
 /// A fencer's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FenceStatus {
@@ -63,8 +101,9 @@ pub enum FenceStatus {
     /// command succeeded, agent confirmed demotion). `lsn`: the target's last WAL position when
     /// the fencer learnt it (a clean demotion reports it; a stopped instance cannot).
     Confirmed { detail: String, lsn: Option<Lsn> },
-    /// Started but not yet confirmed; ask again with this `handle` (e.g. an SSM command id).
-    Pending { handle: String, detail: String },
+    /// Started but not yet confirmed; ask the same fencer again with this `handle` (e.g. an SSM
+    /// command id, built with [`PendingHandle::new`] and the fencer's own name).
+    Pending { handle: PendingHandle, detail: String },
     /// Tried and failed (API error, command failed, agent unreachable): try the next fencer.
     Failed { detail: String },
     /// Not applicable to this target or not allowed (no instance id, instance not tagged with
@@ -84,8 +123,9 @@ impl FenceStatus {
 /// - Return `Confirmed` only when the target is confirmed unable to accept writes; anything
 ///   short of confirmation is `Pending` (will be asked again) or `Failed`.
 /// - Idempotent: fencing an already fenced target confirms again; `pending` is the handle of a
-///   previous `Pending` answer from this fencer for the same target, and the fencer must check
-///   that operation rather than start another.
+///   previous `Pending` answer from this fencer for the same target (its `fencer` is this
+///   fencer's name), and the fencer must check that operation rather than start another.
+/// - A `Pending` answer carries a [`PendingHandle`] naming this fencer.
 /// - Never act on a target it is not allowed to touch (cloud fencers check the instance carries
 ///   the cluster's tag first) — answer `Refused` instead.
 /// - Never sleep for long: wait at most a short bounded time for an API and return `Pending`
@@ -95,7 +135,7 @@ pub trait Fencer: Send + Sync {
     /// Stable name used in records, logs and `skip` lists (`ec2`, `ssm`, `http`, `command`).
     fn name(&self) -> &str;
 
-    async fn fence(&self, target: &FenceTarget, pending: Option<&str>) -> FenceStatus;
+    async fn fence(&self, target: &FenceTarget, pending: Option<&PendingHandle>) -> FenceStatus;
 }
 
 #[async_trait]
@@ -103,7 +143,7 @@ impl<F: Fencer + ?Sized> Fencer for std::sync::Arc<F> {
     fn name(&self) -> &str {
         (**self).name()
     }
-    async fn fence(&self, target: &FenceTarget, pending: Option<&str>) -> FenceStatus {
+    async fn fence(&self, target: &FenceTarget, pending: Option<&PendingHandle>) -> FenceStatus {
         (**self).fence(target, pending).await
     }
 }
@@ -113,16 +153,16 @@ impl<F: Fencer + ?Sized> Fencer for Box<F> {
     fn name(&self) -> &str {
         (**self).name()
     }
-    async fn fence(&self, target: &FenceTarget, pending: Option<&str>) -> FenceStatus {
+    async fn fence(&self, target: &FenceTarget, pending: Option<&PendingHandle>) -> FenceStatus {
         (**self).fence(target, pending).await
     }
 }
 
 /// Fencers tried in a configured order until one confirms.
 ///
-/// A pending answer is returned with the handle prefixed by the fencer's name
-/// (`ssm:<command-id>`), so the next call goes back to the same fencer. Fencers listed in
-/// `target.skip` are passed over. An empty chain refuses: "fencing off" is a separate, explicit
+/// A pending answer names the fencer that gave it, so the next call (with that handle) goes back
+/// to the same fencer, and only that fencer sees the handle. Fencers listed in `target.skip` are
+/// passed over. An empty chain refuses: "fencing off" is a separate, explicit
 /// setting ([`crate::coordinator::FencingPolicy::Off`]), never an empty list.
 pub struct FenceChain {
     fencers: Vec<Box<dyn Fencer>>,
@@ -148,12 +188,10 @@ impl Fencer for FenceChain {
         "chain"
     }
 
-    async fn fence(&self, target: &FenceTarget, pending: Option<&str>) -> FenceStatus {
+    async fn fence(&self, target: &FenceTarget, pending: Option<&PendingHandle>) -> FenceStatus {
         if self.fencers.is_empty() {
             return FenceStatus::Refused { detail: "no fencer configured".into() };
         }
-        // Resume a pending fencer first: starting another would act twice.
-        let resume = pending.and_then(|p| p.split_once(':'));
         let mut notes = Vec::new();
         for fencer in &self.fencers {
             let name = fencer.name();
@@ -161,16 +199,17 @@ impl Fencer for FenceChain {
                 notes.push(format!("{name}: skipped (gave up earlier)"));
                 continue;
             }
-            let inner = match resume {
-                Some((n, h)) if n == name => Some(h),
-                _ => None,
-            };
+            // Only the fencer that answered "pending" sees its handle: it checks that operation
+            // instead of starting another.
+            let inner = pending.filter(|p| p.fencer == name);
             match fencer.fence(target, inner).await {
                 FenceStatus::Confirmed { detail, lsn } => {
                     return FenceStatus::Confirmed { detail: format!("{name}: {detail}"), lsn };
                 }
                 FenceStatus::Pending { handle, detail } => {
-                    return FenceStatus::Pending { handle: format!("{name}:{handle}"), detail: format!("{name}: {detail}") };
+                    // Named after the fencer in this chain, whatever it put there.
+                    let handle = PendingHandle::new(name, handle.handle);
+                    return FenceStatus::Pending { handle, detail: format!("{name}: {detail}") };
                 }
                 FenceStatus::Failed { detail } | FenceStatus::Refused { detail } => notes.push(format!("{name}: {detail}")),
             }
@@ -201,8 +240,8 @@ mod tests {
         fn name(&self) -> &str {
             self.name
         }
-        async fn fence(&self, _t: &FenceTarget, pending: Option<&str>) -> FenceStatus {
-            self.calls.lock().unwrap().push(pending.map(str::to_string));
+        async fn fence(&self, _t: &FenceTarget, pending: Option<&PendingHandle>) -> FenceStatus {
+            self.calls.lock().unwrap().push(pending.map(|p| p.handle.clone()));
             self.answers.lock().unwrap().remove(0)
         }
     }
@@ -216,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn chain_moves_on_after_failure_and_prefixes_pending_handles() {
+    fn chain_moves_on_after_failure_and_resumes_the_pending_fencer() {
         let a = std::sync::Arc::new(Scripted::new(
             "a",
             vec![FenceStatus::Failed { detail: "down".into() }, FenceStatus::Refused { detail: "x".into() }],
@@ -224,14 +263,14 @@ mod tests {
         let b = std::sync::Arc::new(Scripted::new(
             "b",
             vec![
-                FenceStatus::Pending { handle: "h1".into(), detail: "sent".into() },
+                FenceStatus::Pending { handle: PendingHandle::new("b", "h1"), detail: "sent".into() },
                 FenceStatus::Confirmed { detail: "ok".into(), lsn: None },
             ],
         ));
         let chain = FenceChain::new(vec![Box::new(a.clone()), Box::new(b.clone())]);
         let first = block_on(chain.fence(&target(), None));
-        assert_eq!(first, FenceStatus::Pending { handle: "b:h1".into(), detail: "b: sent".into() });
-        let second = block_on(chain.fence(&target(), Some("b:h1")));
+        assert_eq!(first, FenceStatus::Pending { handle: PendingHandle::new("b", "h1"), detail: "b: sent".into() });
+        let second = block_on(chain.fence(&target(), Some(&PendingHandle::new("b", "h1"))));
         assert!(second.is_confirmed());
         assert_eq!(*b.calls.lock().unwrap(), vec![None, Some("h1".to_string())]);
         // `a` was asked fresh both times (its handle is never passed to another fencer).
@@ -247,5 +286,27 @@ mod tests {
         assert!(matches!(block_on(chain.fence(&t, None)), FenceStatus::Failed { .. }));
         let empty = FenceChain::new(vec![]);
         assert!(matches!(block_on(empty.fence(&target(), None)), FenceStatus::Refused { .. }));
+    }
+
+    #[test]
+    fn pending_handles_keep_their_stored_form() {
+        let h = PendingHandle::new("ssm", "0b6e-cmd");
+        // The stored form is read by every version: the handle carries the fencer's prefix.
+        let stored = h.to_record();
+        assert_eq!(
+            serde_json::to_string(&stored).unwrap(),
+            r#"{"fencer":"ssm","handle":"ssm:0b6e-cmd"}"#,
+            "the stored pending fence changed form: older coordinators could not resume it"
+        );
+        assert_eq!(PendingHandle::from_record(&stored), h);
+        // A record written by an older version reads back the same.
+        let legacy: PendingFence = serde_json::from_str(r#"{"fencer":"ssm","handle":"ssm:0b6e-cmd"}"#).unwrap();
+        assert_eq!(PendingHandle::from_record(&legacy), h);
+        // A bare handle is the named fencer's own; a colon after the prefix stays in the handle.
+        let bare = PendingFence { fencer: "ec2".into(), handle: "i-0abc".into() };
+        assert_eq!(PendingHandle::from_record(&bare), PendingHandle::new("ec2", "i-0abc"));
+        let colon = PendingFence { fencer: "x".into(), handle: "x:a:b".into() };
+        assert_eq!(PendingHandle::from_record(&colon), PendingHandle::new("x", "a:b"));
+        assert_eq!(PendingHandle::from_record(&PendingHandle::new("x", "a:b").to_record()), PendingHandle::new("x", "a:b"));
     }
 }

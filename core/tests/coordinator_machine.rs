@@ -10,10 +10,10 @@ use async_trait::async_trait;
 use pgdaemon_core::coordinator::{
     apply, evaluate, run_until_settled, Action, Coordinator, CoordinatorConfig, LockStatus, Outcome, Watch,
 };
-use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer};
+use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer, PendingHandle};
 use pgdaemon_core::{
     ClusterRecord, DynamicConfig, LeaderLease, LeaseClaim, LeaseName, Lsn, ManualClock, ManualRequest, MemberStatus, MemoryStore,
-    RequestAction, Role, Store, TransitionKind, TransitionStep,
+    PendingFence, RequestAction, Role, Store, TransitionKind, TransitionStep,
 };
 
 const CLUSTER: &str = "machine";
@@ -42,8 +42,8 @@ impl Fencer for ScriptedFencer {
     fn name(&self) -> &str {
         "scripted"
     }
-    async fn fence(&self, t: &FenceTarget, pending: Option<&str>) -> FenceStatus {
-        self.calls.lock().unwrap().push((t.member.clone(), t.term, pending.map(String::from)));
+    async fn fence(&self, t: &FenceTarget, pending: Option<&PendingHandle>) -> FenceStatus {
+        self.calls.lock().unwrap().push((t.member.clone(), t.term, pending.map(|p| p.handle.clone())));
         let mut s = self.script.lock().unwrap();
         if s.is_empty() {
             FenceStatus::Confirmed { detail: format!("{} stopped", t.member), lsn: Some(Lsn(0x5000)) }
@@ -315,11 +315,11 @@ async fn two_coordinators_racing_cannot_both_act() {
     let o2 = w2.observe(&view2, t0 + Duration::from_secs(13), stale, 0, LockStatus::Held);
     let d1 = evaluate(&view2, &o1, &cfg);
     let d2 = evaluate(&view2, &o2, &cfg);
-    assert!(matches!(d1.actions[0], Action::Begin { .. }), "{d1:#?}");
-    assert!(matches!(d2.actions[0], Action::Begin { .. }), "{d2:#?}");
+    assert!(matches!(d1.action(), Some(Action::Begin { .. })), "{d1:#?}");
+    assert!(matches!(d2.action(), Some(Action::Begin { .. })), "{d2:#?}");
     let rec = view2.cluster.clone().unwrap();
-    let n1 = apply(&rec, &d1.actions[0], 0).unwrap();
-    let n2 = apply(&rec, &d2.actions[0], 0).unwrap();
+    let n1 = apply(&rec, d1.action().unwrap(), 0).unwrap();
+    let n2 = apply(&rec, d2.action().unwrap(), 0).unwrap();
     let first = sim.store.write_cluster(CLUSTER, Some(rec.version), &n1).await;
     let second = sim.store.write_cluster(CLUSTER, Some(rec.version), &n2).await;
     assert!(first.is_ok());
@@ -354,8 +354,8 @@ async fn a_dead_coordinators_lock_is_taken_over_after_its_lease() {
 async fn pending_fencing_is_rechecked_with_its_handle_and_survives_a_crash() {
     let mut sim = Sim::new().await;
     let fencer = ScriptedFencer::with(vec![
-        FenceStatus::Pending { handle: "cmd-1".into(), detail: "SendCommand accepted".into() },
-        FenceStatus::Pending { handle: "cmd-1".into(), detail: "InProgress".into() },
+        FenceStatus::Pending { handle: PendingHandle::new("scripted", "cmd-1"), detail: "SendCommand accepted".into() },
+        FenceStatus::Pending { handle: PendingHandle::new("scripted", "cmd-1"), detail: "InProgress".into() },
     ]);
     let mut c = sim.coordinator("c1", fencer.clone());
     sim.second(&mut c).await;
@@ -369,7 +369,8 @@ async fn pending_fencing_is_rechecked_with_its_handle_and_survives_a_crash() {
     }
     let t = sim.record().await.transition.unwrap();
     assert_eq!(t.step, TransitionStep::TermBumped);
-    assert_eq!(t.fence.unwrap().pending.unwrap().handle, "cmd-1");
+    // Stored as every version writes it: the handle prefixed with the fencer's name.
+    assert_eq!(t.fence.unwrap().pending.unwrap(), PendingFence { fencer: "scripted".into(), handle: "scripted:cmd-1".into() });
     drop(c);
     let mut next = sim.coordinator("c2", fencer.clone());
     for _ in 0..60 {

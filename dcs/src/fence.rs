@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer};
+use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer, PendingHandle};
 use pgdaemon_core::Lsn;
 
 use crate::tls::{client_config, ClientIdentity, TlsError};
@@ -85,7 +85,7 @@ impl Fencer for HttpDemoteFencer {
         "http"
     }
 
-    async fn fence(&self, target: &FenceTarget, _pending: Option<&str>) -> FenceStatus {
+    async fn fence(&self, target: &FenceTarget, _pending: Option<&PendingHandle>) -> FenceStatus {
         if target.api_url.is_empty() {
             return FenceStatus::Refused { detail: format!("{} reports no agent API URL", target.member) };
         }
@@ -157,7 +157,7 @@ impl Fencer for CommandFencer {
         "command"
     }
 
-    async fn fence(&self, target: &FenceTarget, _pending: Option<&str>) -> FenceStatus {
+    async fn fence(&self, target: &FenceTarget, _pending: Option<&PendingHandle>) -> FenceStatus {
         let mut cmd = tokio::process::Command::new("sh");
         cmd.arg("-c")
             .arg(&self.command)

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer};
+use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer, PendingHandle};
 use pgdaemon_dcs::fence::HttpDemoteFencer;
 use reqwest::header::HeaderValue;
 use tokio::sync::OnceCell;
@@ -72,7 +72,7 @@ impl<P: ParameterApi> Fencer for TokenHttpFencer<P> {
         "http"
     }
 
-    async fn fence(&self, target: &FenceTarget, pending: Option<&str>) -> FenceStatus {
+    async fn fence(&self, target: &FenceTarget, pending: Option<&PendingHandle>) -> FenceStatus {
         match self.fencer().await {
             Ok(http) => http.fence(target, pending).await,
             Err(e) => {

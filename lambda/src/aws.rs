@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer};
+use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer, PendingHandle};
 
 /// What the fencers need to know about an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +122,7 @@ impl<E: Ec2Api> Fencer for Ec2Fencer<E> {
         "ec2"
     }
 
-    async fn fence(&self, target: &FenceTarget, _pending: Option<&str>) -> FenceStatus {
+    async fn fence(&self, target: &FenceTarget, _pending: Option<&PendingHandle>) -> FenceStatus {
         let (id, info) = match tagged_instance(&self.ec2, &self.tag_key, target).await {
             Ok(x) => x,
             Err(answer) => return answer,
@@ -138,13 +138,15 @@ impl<E: Ec2Api> Fencer for Ec2Fencer<E> {
             Ok(Some(after)) if is_down(&after.state) => {
                 FenceStatus::Confirmed { detail: format!("instance {id} is {}", after.state), lsn: None }
             }
-            Ok(Some(after)) => {
-                FenceStatus::Pending { handle: id.clone(), detail: format!("stop requested; instance {id} is {}", after.state) }
-            }
+            Ok(Some(after)) => FenceStatus::Pending {
+                handle: PendingHandle::new(self.name(), id.clone()),
+                detail: format!("stop requested; instance {id} is {}", after.state),
+            },
             Ok(None) => FenceStatus::Failed { detail: format!("instance {id} vanished after StopInstances") },
-            Err(e) => {
-                FenceStatus::Pending { handle: id.clone(), detail: format!("stop requested; DescribeInstances failed: {e}") }
-            }
+            Err(e) => FenceStatus::Pending {
+                handle: PendingHandle::new(self.name(), id.clone()),
+                detail: format!("stop requested; DescribeInstances failed: {e}"),
+            },
         }
     }
 }
@@ -175,14 +177,15 @@ impl<S: SsmApi, E: Ec2Api> SsmFencer<S, E> {
                 | InvocationStatus::Delayed
                 | InvocationStatus::NotYetVisible),
             ) => FenceStatus::Pending {
-                handle: command_id.to_string(),
+                handle: PendingHandle::new(self.name(), command_id),
                 detail: format!("SSM command {command_id} on {id}: {s:?}"),
             },
             Ok(s) => FenceStatus::Failed { detail: format!("SSM command {command_id} on {id} ended {s:?}") },
             // Unknown outcome: keep checking the same command (the pending timeout moves on).
-            Err(e) => {
-                FenceStatus::Pending { handle: command_id.to_string(), detail: format!("GetCommandInvocation {command_id}: {e}") }
-            }
+            Err(e) => FenceStatus::Pending {
+                handle: PendingHandle::new(self.name(), command_id),
+                detail: format!("GetCommandInvocation {command_id}: {e}"),
+            },
         }
     }
 }
@@ -193,13 +196,13 @@ impl<S: SsmApi, E: Ec2Api> Fencer for SsmFencer<S, E> {
         "ssm"
     }
 
-    async fn fence(&self, target: &FenceTarget, pending: Option<&str>) -> FenceStatus {
+    async fn fence(&self, target: &FenceTarget, pending: Option<&PendingHandle>) -> FenceStatus {
         let (id, info) = match tagged_instance(&self.ec2, &self.tag_key, target).await {
             Ok(x) => x,
             Err(answer) => return answer,
         };
-        if let Some(command_id) = pending {
-            return self.check(command_id, &id).await;
+        if let Some(pending) = pending {
+            return self.check(&pending.handle, &id).await;
         }
         if info.state != "running" {
             return FenceStatus::Failed { detail: format!("instance {id} is {}: SSM cannot run commands on it", info.state) };
@@ -372,9 +375,11 @@ mod tests {
         let f = Ec2Fencer::new(ec2(vec!["running", "stopping"], Some("prod")), "pgdaemon:cluster");
         assert!(f.fence(&target(), None).await.is_confirmed());
         let f = Ec2Fencer::new(ec2(vec!["running", "running"], Some("prod")), "pgdaemon:cluster");
-        assert!(matches!(f.fence(&target(), None).await, FenceStatus::Pending { handle, .. } if handle == "i-1"));
+        assert!(
+            matches!(f.fence(&target(), None).await, FenceStatus::Pending { handle, .. } if handle == PendingHandle::new("ec2", "i-1"))
+        );
         let f = Ec2Fencer::new(ec2(vec!["stopped"], Some("prod")), "pgdaemon:cluster");
-        assert!(f.fence(&target(), Some("i-1")).await.is_confirmed());
+        assert!(f.fence(&target(), Some(&PendingHandle::new("ec2", "i-1"))).await.is_confirmed());
         assert_eq!(*f.ec2.stops.lock().unwrap(), 0, "already stopped: nothing to do");
     }
 
@@ -415,7 +420,7 @@ mod tests {
             let got = f.fence(&target(), None).await;
             let kind = match &got {
                 FenceStatus::Pending { handle, .. } => {
-                    assert_eq!(handle, "cmd-1");
+                    assert_eq!(*handle, PendingHandle::new("ssm", "cmd-1"));
                     "pending"
                 }
                 FenceStatus::Confirmed { .. } => "confirmed",
@@ -434,9 +439,10 @@ mod tests {
             sent: Mutex::new(vec![]),
         };
         let f = SsmFencer::new(ssm, ec2(vec!["running"], Some("prod")), "pgdaemon:cluster", "stop");
-        assert!(matches!(f.fence(&target(), Some("cmd-1")).await, FenceStatus::Pending { .. }));
-        assert!(matches!(f.fence(&target(), Some("cmd-1")).await, FenceStatus::Pending { .. }));
-        assert!(f.fence(&target(), Some("cmd-1")).await.is_confirmed());
+        let pending = PendingHandle::new("ssm", "cmd-1");
+        assert!(matches!(f.fence(&target(), Some(&pending)).await, FenceStatus::Pending { .. }));
+        assert!(matches!(f.fence(&target(), Some(&pending)).await, FenceStatus::Pending { .. }));
+        assert!(f.fence(&target(), Some(&pending)).await.is_confirmed());
         assert!(f.ssm.sent.lock().unwrap().is_empty());
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use lambda_runtime::{Context, LambdaEvent};
-use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer};
+use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer, PendingHandle};
 use pgdaemon_core::{ClusterRecord, DynamicConfig, MemoryStore, Store, SystemClock};
 use pgdaemon_lambda::config::LambdaConfig;
 use pgdaemon_lambda::handler::{via_agent_alias, Handler, HandlerError, AGENT_ALIAS};
@@ -24,7 +24,7 @@ impl Fencer for RecordingFencer {
     fn name(&self) -> &str {
         "recording"
     }
-    async fn fence(&self, t: &FenceTarget, _p: Option<&str>) -> FenceStatus {
+    async fn fence(&self, t: &FenceTarget, _p: Option<&PendingHandle>) -> FenceStatus {
         self.calls.lock().unwrap().push(t.member.clone());
         FenceStatus::Confirmed { detail: "demoted".into(), lsn: None }
     }

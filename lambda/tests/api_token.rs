@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pgdaemon_core::fence::{FenceChain, FenceStatus, FenceTarget, Fencer};
+use pgdaemon_core::fence::{FenceChain, FenceStatus, FenceTarget, Fencer, PendingHandle};
 use pgdaemon_core::TransitionKind;
 use pgdaemon_lambda::api_token::TokenHttpFencer;
 use pgdaemon_lambda::aws::{Ec2Api, InstanceInfo, InvocationStatus, ParameterApi, SsmApi};
@@ -174,7 +174,7 @@ async fn an_unreadable_token_fails_the_http_fencer_and_the_chain_goes_on() {
         fn name(&self) -> &str {
             "next"
         }
-        async fn fence(&self, _t: &FenceTarget, _p: Option<&str>) -> FenceStatus {
+        async fn fence(&self, _t: &FenceTarget, _p: Option<&PendingHandle>) -> FenceStatus {
             FenceStatus::Confirmed { detail: "stopped".into(), lsn: None }
         }
     }

@@ -6,7 +6,7 @@
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
-use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer};
+use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer, PendingHandle};
 use pgdaemon_core::TransitionKind;
 use pgdaemon_lambda::aws::{Ec2Api, Ec2Fencer, InvocationStatus, SdkEc2, SdkSsm, SsmApi, SsmFencer};
 use pgdaemon_testkit::engines::MotoServer;
@@ -68,7 +68,7 @@ async fn ec2_fencer_stops_a_tagged_instance() {
     let state = api.describe(&id).await.unwrap().unwrap().state;
     assert!(state == "stopped" || state == "stopping", "{state}");
     // Confirming again is idempotent and does not need another stop.
-    assert!(fencer.fence(&target("moto-ec2", &id), Some(&id)).await.is_confirmed());
+    assert!(fencer.fence(&target("moto-ec2", &id), Some(&PendingHandle::new("ec2", id.clone()))).await.is_confirmed());
     // An instance that does not exist is a failure, not a confirmation.
     let missing = fencer.fence(&target("moto-ec2", "i-0123456789abcdef0"), None).await;
     assert!(matches!(missing, FenceStatus::Failed { .. }), "{missing:?}");
@@ -121,6 +121,9 @@ async fn ssm_fencer_sends_the_stop_command_and_reads_its_invocation() {
     assert_eq!(status, InvocationStatus::Success);
     // Resuming with the pending handle checks that command instead of sending another.
     let before = listed.commands().len();
-    assert!(fencer.fence(&target("moto-ssm", &id), Some(cmd.command_id().unwrap())).await.is_confirmed());
+    assert!(fencer
+        .fence(&target("moto-ssm", &id), Some(&PendingHandle::new("ssm", cmd.command_id().unwrap())))
+        .await
+        .is_confirmed());
     assert_eq!(ssm.list_commands().send().await.unwrap().commands().len(), before);
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lambda_runtime::{Context, LambdaEvent};
-use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer};
+use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer, PendingHandle};
 use pgdaemon_core::{
     ClusterRecord, DynamicConfig, LeaderLease, LeaseClaim, LeaseName, Lsn, MemberStatus, MemoryStore, Role, Store, SystemClock,
 };
@@ -25,7 +25,7 @@ impl Fencer for ConfirmingFencer {
     fn name(&self) -> &str {
         "scripted"
     }
-    async fn fence(&self, t: &FenceTarget, _p: Option<&str>) -> FenceStatus {
+    async fn fence(&self, t: &FenceTarget, _p: Option<&PendingHandle>) -> FenceStatus {
         self.calls.lock().unwrap().push((t.member.clone(), t.term));
         FenceStatus::Confirmed { detail: "demoted".into(), lsn: None }
     }

@@ -10,7 +10,7 @@ use pgdaemon_core::agent::{
     AgentHandle, AgentRuntime, CoordinatorTrigger, FailsafePeers, FailsafeReply, FailsafeRequest, RoundOutcome, TriggerError,
 };
 use pgdaemon_core::coordinator::{run_until_settled, Coordinator};
-use pgdaemon_core::fence::{FenceChain, FenceStatus, FenceTarget, Fencer};
+use pgdaemon_core::fence::{FenceChain, FenceStatus, FenceTarget, Fencer, PendingHandle};
 use pgdaemon_core::LeaseSighting;
 
 use crate::pgctl::SimPgControl;
@@ -297,7 +297,7 @@ impl Fencer for SimHttpFencer {
         "http"
     }
 
-    async fn fence(&self, target: &FenceTarget, _pending: Option<&str>) -> FenceStatus {
+    async fn fence(&self, target: &FenceTarget, _pending: Option<&PendingHandle>) -> FenceStatus {
         let (handle, delay, hung) = {
             let mut w = self.world.lock();
             let Some(node) = w.node_index(&target.member) else {
@@ -344,7 +344,7 @@ impl Fencer for SimEc2Fencer {
         "ec2"
     }
 
-    async fn fence(&self, target: &FenceTarget, pending: Option<&str>) -> FenceStatus {
+    async fn fence(&self, target: &FenceTarget, pending: Option<&PendingHandle>) -> FenceStatus {
         let latency = {
             let mut w = self.world.lock();
             w.rng.range(50 * MS, 400 * MS)
@@ -367,8 +367,11 @@ impl Fencer for SimEc2Fencer {
             return FenceStatus::Confirmed { detail: format!("{id} stopped"), lsn: None };
         }
         if let Some((h, _)) = &w.nodes[node].stopping {
-            if pending.is_none_or(|p| p == h) {
-                return FenceStatus::Pending { handle: h.clone(), detail: format!("{id} stopping") };
+            if pending.is_none_or(|p| p.handle == *h) {
+                return FenceStatus::Pending {
+                    handle: PendingHandle::new(self.name(), h.clone()),
+                    detail: format!("{id} stopping"),
+                };
             }
         }
         let handle = format!("stop-{}", w.fresh_id());
@@ -377,7 +380,7 @@ impl Fencer for SimEc2Fencer {
         w.schedule(done, Event::InstanceStopped { node });
         w.log(format!("ec2: StopInstances {id} for term {} ({:?}), handle {handle}", target.term, target.kind));
         w.counters.ec2_stops += 1;
-        FenceStatus::Pending { handle, detail: format!("{id} stopping") }
+        FenceStatus::Pending { handle: PendingHandle::new(self.name(), handle), detail: format!("{id} stopping") }
     }
 }
 

@@ -1,99 +1,63 @@
 //! The coordinator's decisions: a pure function of one consistent snapshot ([`ClusterView`]),
 //! this coordinator's own observations ([`Observations`]) and its configuration. It returns the
-//! actions to take and the reason, and never performs I/O; the driver carries the actions out.
+//! next step (at most one) and the reason, and never performs I/O; the driver carries the actions out.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::lease::LeaseState;
-use crate::lsn::Lsn;
 use crate::model::{
-    ClusterRecord, ClusterView, FenceProgress, HistoryEntry, ManualRequest, MemberStatus, PendingFence, RequestAction,
-    RequestOutcome, Role, Transition, TransitionKind, TransitionStep,
+    ClusterRecord, ClusterView, HistoryEntry, ManualRequest, MemberStatus, RequestAction, RequestOutcome, Role, Transition,
+    TransitionKind, TransitionStep,
 };
 
+pub use super::action::{apply, step_name, Action};
 pub use super::eligibility::Eligibility;
+use super::fencing;
 use super::observe::{Liveness, LockStatus, Observations};
 use super::{CoordinatorConfig, FencingPolicy};
 
-/// One step the driver must carry out. Everything except [`Action::Fence`] is a single
-/// compare-and-set of the cluster record (see [`apply`]); `Fence` runs the fencer and, once it
-/// confirms, records [`TransitionStep::Fenced`].
+/// What to do next: nothing, wait, blocked, or exactly one step. One evaluation never decides
+/// more than one step; the driver evaluates again after carrying it out.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Bump the term, name nobody primary, record the transition (and answer the request that
-    /// asked for it, if any).
-    Begin { transition: Transition, answer: Option<RequestOutcome> },
-    /// Answer a manual request without starting a transition (pause/resume, or a refusal).
-    Answer { outcome: RequestOutcome, paused: Option<bool> },
-    /// Fence (failover) or demote (switchover) the old primary. `pending` is the handle of the
-    /// fencer's last "pending" answer in this transition.
-    Fence { member: String, term: u64, kind: TransitionKind, reason: String, skip: Vec<String>, pending: Option<String> },
-    /// Give up on a fencer that stayed pending too long; the chain moves on to the next.
-    SkipFencer { fencer: String },
-    /// Record the old primary as fenced without a fencer (fencing off and its lease observed
-    /// expired or released, or no old primary).
-    MarkFenced { by: String, final_lsn: Option<Lsn> },
-    /// Replace the not yet designated candidate (the chosen one became ineligible).
-    ChangeCandidate { candidate: String, why: String },
-    /// A switchover that cannot finish losslessly (the old primary's final LSN is unknown, the
-    /// candidate cannot replay up to it, or it became ineligible) continues under failover rules:
-    /// the kind becomes failover and the reason says why, so history shows it was not lossless.
-    /// The old primary is already fenced, so going on is the only way to a primary again (S5).
-    ContinueAsFailover { why: String },
-    /// Name the candidate primary of the transition's term: it may now take the lease and promote.
-    Designate,
-    /// The candidate reported read-write under the new term.
-    MarkPromoted { lsn: Option<Lsn> },
-    /// The other members are told (through the record) to follow the new primary.
-    MarkFollowed { members: Vec<String> },
-    /// Append the history record, then clear the transition.
-    Finish(HistoryEntry),
-}
-
-/// The overall verdict, for reports and runners.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Nothing to do (healthy, paused, no record, another coordinator in charge).
     Idle,
-    /// Actions to carry out.
-    Act,
+    /// Carry out this step.
+    Act(Action),
     /// Something is under way or not yet observable; come back on the next run.
     Wait,
     /// Something should happen but cannot (e.g. no eligible candidate); the reason says why.
     Blocked,
 }
 
+/// One evaluation's verdict and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub verdict: Verdict,
-    pub actions: Vec<Action>,
     pub reason: String,
 }
 
 impl Decision {
     fn idle(reason: impl Into<String>) -> Self {
-        Decision { verdict: Verdict::Idle, actions: vec![], reason: reason.into() }
+        Decision { verdict: Verdict::Idle, reason: reason.into() }
     }
     fn wait(reason: impl Into<String>) -> Self {
-        Decision { verdict: Verdict::Wait, actions: vec![], reason: reason.into() }
+        Decision { verdict: Verdict::Wait, reason: reason.into() }
     }
     fn blocked(reason: impl Into<String>) -> Self {
-        Decision { verdict: Verdict::Blocked, actions: vec![], reason: reason.into() }
+        Decision { verdict: Verdict::Blocked, reason: reason.into() }
     }
     fn act(action: Action, reason: impl Into<String>) -> Self {
-        Decision { verdict: Verdict::Act, actions: vec![action], reason: reason.into() }
+        Decision { verdict: Verdict::Act(action), reason: reason.into() }
     }
-}
 
-/// Step names used in `step_times_ms` and history.
-pub fn step_name(step: TransitionStep) -> &'static str {
-    match step {
-        TransitionStep::TermBumped => "term_bumped",
-        TransitionStep::Fenced => "fenced",
-        TransitionStep::Designated => "designated",
-        TransitionStep::Promoted => "promoted",
-        TransitionStep::Followed => "followed",
+    /// The step to carry out, if any.
+    pub fn action(&self) -> Option<&Action> {
+        match &self.verdict {
+            Verdict::Act(a) => Some(a),
+            _ => None,
+        }
     }
 }
 
@@ -465,28 +429,9 @@ fn fence_step(
             )),
         };
     }
-    let progress = t.fence.clone().unwrap_or_default();
-    if let Some(p) = &progress.pending {
-        if age >= config.fence_pending_timeout() {
-            return Decision::act(
-                Action::SkipFencer { fencer: p.fencer.clone() },
-                format!("fencer {} still pending after {} ms; trying the next", p.fencer, age.as_millis()),
-            );
-        }
-    }
-    let verb = if t.kind == TransitionKind::Switchover { "demote" } else { "fence" };
     let _ = record;
-    Decision::act(
-        Action::Fence {
-            member: old.clone(),
-            term: t.term,
-            kind: t.kind,
-            reason: t.reason.clone(),
-            skip: progress.skip.clone(),
-            pending: progress.pending.as_ref().map(|p: &PendingFence| p.handle.clone()),
-        },
-        format!("{verb} {old} for term {}", t.term),
-    )
+    let (action, reason) = fencing::next_call(old, t, age, config.fence_pending_timeout());
+    Decision::act(action, reason)
 }
 
 fn designate_step(
@@ -624,73 +569,6 @@ pub fn history_entry(t: &Transition, now_ms: u64) -> HistoryEntry {
         step_ms: t.step_times_ms.iter().map(|(k, v)| (k.clone(), v.saturating_sub(t.started_ms))).collect(),
         coordinator_version: Some(crate::VERSION.to_string()),
     }
-}
-
-/// The cluster record after a record-only action (everything but [`Action::Fence`]).
-/// Returns `None` for `Fence`, whose record change depends on the fencer's answer.
-pub fn apply(record: &ClusterRecord, action: &Action, now_ms: u64) -> Option<ClusterRecord> {
-    let mut r = record.clone();
-    let stamp = |t: &mut Transition, step: TransitionStep| {
-        t.step = step;
-        t.step_times_ms.insert(step_name(step).to_string(), now_ms);
-    };
-    match action {
-        Action::Fence { .. } => return None,
-        Action::Begin { transition, answer } => {
-            r.term = transition.term;
-            r.primary = None;
-            r.transition = Some(transition.clone());
-            if let Some(a) = answer {
-                r.request = None;
-                r.last_request = Some(a.clone());
-            }
-        }
-        Action::Answer { outcome, paused } => {
-            r.request = None;
-            r.last_request = Some(outcome.clone());
-            if let Some(p) = paused {
-                r.paused = *p;
-            }
-        }
-        Action::SkipFencer { fencer } => {
-            let t = r.transition.as_mut()?;
-            let f = t.fence.get_or_insert_with(FenceProgress::default);
-            f.pending = None;
-            if !f.skip.contains(fencer) {
-                f.skip.push(fencer.clone());
-            }
-        }
-        Action::MarkFenced { by, final_lsn } => {
-            let t = r.transition.as_mut()?;
-            t.fenced_by = Some(by.clone());
-            t.final_lsn = *final_lsn;
-            if let Some(f) = t.fence.as_mut() {
-                f.pending = None;
-            }
-            stamp(t, TransitionStep::Fenced);
-        }
-        Action::ChangeCandidate { candidate, .. } => {
-            r.transition.as_mut()?.candidate = candidate.clone();
-        }
-        Action::ContinueAsFailover { why } => {
-            let t = r.transition.as_mut()?;
-            t.kind = TransitionKind::Failover;
-            t.reason = format!("{}; continued as a failover, not lossless: {why}", t.reason);
-        }
-        Action::Designate => {
-            let t = r.transition.as_mut()?;
-            r.primary = Some(t.candidate.clone());
-            stamp(t, TransitionStep::Designated);
-        }
-        Action::MarkPromoted { lsn } => {
-            let t = r.transition.as_mut()?;
-            t.promote_lsn = *lsn;
-            stamp(t, TransitionStep::Promoted);
-        }
-        Action::MarkFollowed { .. } => stamp(r.transition.as_mut()?, TransitionStep::Followed),
-        Action::Finish(_) => r.transition = None,
-    }
-    Some(r)
 }
 
 #[cfg(test)]

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::events::{derive_events, Event, EventEmitter, EventKind, HealthView, MemberHealth};
-use crate::fence::{FenceStatus, FenceTarget, Fencer};
+use crate::fence::{FenceTarget, Fencer};
 use crate::lease::{AcquireOutcome, HeldLease, LeaseClient};
-use crate::model::{ClusterRecord, ClusterView, FenceProgress, LeaseName, PendingFence, TransitionKind};
+use crate::model::{ClusterRecord, ClusterView, LeaseName, TransitionKind};
 use crate::store::{Store, StoreError};
 
 use super::decide::{apply, evaluate, Action, Verdict};
+use super::fencing::{self, FenceAnswer};
 use super::observe::{Liveness, LockStatus, Observations, Watch};
 use super::CoordinatorConfig;
 
@@ -164,46 +165,45 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
             let held = state.held.clone();
             let decision = evaluate(&view, &obs, &self.config);
             tracing::debug!(cluster, verdict = ?decision.verdict, reason = %decision.reason, "coordinator decision");
-            if decision.actions.is_empty() {
-                report.reason = decision.reason;
-                report.outcome = match (decision.verdict, lock == LockStatus::Held) {
-                    (_, false) => Outcome::NotInCharge,
-                    (Verdict::Idle, _) if !report.steps.is_empty() => Outcome::Progressed,
-                    (Verdict::Idle, _) => Outcome::Idle,
-                    (Verdict::Wait, _) | (Verdict::Act, _) => Outcome::Waiting,
-                    (Verdict::Blocked, _) => Outcome::Blocked,
-                };
-                return report;
-            }
-            for action in decision.actions {
-                // Act only while the lock is ours by our own clock (checked before each write).
-                let valid = held.as_ref().is_some_and(|h| h.is_valid(self.clock.monotonic(), self.config.lock_margin()));
-                if !valid {
-                    report.outcome = Outcome::NotInCharge;
-                    report.reason = "the coordinator lock lapsed before acting; not acting".into();
+            let action = match decision.verdict {
+                Verdict::Act(action) => action,
+                verdict => {
+                    report.reason = decision.reason;
+                    report.outcome = match (verdict, lock == LockStatus::Held) {
+                        (_, false) => Outcome::NotInCharge,
+                        (Verdict::Idle, _) if !report.steps.is_empty() => Outcome::Progressed,
+                        (Verdict::Idle, _) => Outcome::Idle,
+                        (Verdict::Wait, _) | (Verdict::Act(_), _) => Outcome::Waiting,
+                        (Verdict::Blocked, _) => Outcome::Blocked,
+                    };
                     return report;
                 }
-                let event = self
-                    .events
-                    .as_ref()
-                    .and_then(|_| step_event(cluster, &view, &action, &decision.reason, self.clock.wall_ms()));
-                match self.execute(cluster, &view, action, &decision.reason).await {
-                    StepResult::Progressed(step) => {
-                        tracing::info!(cluster, step = %step, "coordinator step");
-                        if let (Some(events), Some(e)) = (&self.events, event) {
-                            events.emit(e);
-                        }
-                        report.steps.push(step);
+            };
+            // Act only while the lock is ours by our own clock (checked before each write).
+            let valid = held.as_ref().is_some_and(|h| h.is_valid(self.clock.monotonic(), self.config.lock_margin()));
+            if !valid {
+                report.outcome = Outcome::NotInCharge;
+                report.reason = "the coordinator lock lapsed before acting; not acting".into();
+                return report;
+            }
+            let event =
+                self.events.as_ref().and_then(|_| step_event(cluster, &view, &action, &decision.reason, self.clock.wall_ms()));
+            match self.execute(cluster, &view, action, &decision.reason).await {
+                StepResult::Progressed(step) => {
+                    tracing::info!(cluster, step = %step, "coordinator step");
+                    if let (Some(events), Some(e)) = (&self.events, event) {
+                        events.emit(e);
                     }
-                    StepResult::Stop(outcome, reason) => {
-                        if let Ok(Some(r)) = self.store.read_cluster(cluster).await {
-                            report.record = Some(r);
-                        }
-                        report.outcome =
-                            if outcome == Outcome::Waiting && !report.steps.is_empty() { Outcome::Progressed } else { outcome };
-                        report.reason = reason;
-                        return report;
+                    report.steps.push(step);
+                }
+                StepResult::Stop(outcome, reason) => {
+                    if let Ok(Some(r)) = self.store.read_cluster(cluster).await {
+                        report.record = Some(r);
                     }
+                    report.outcome =
+                        if outcome == Outcome::Waiting && !report.steps.is_empty() { Outcome::Progressed } else { outcome };
+                    report.reason = reason;
+                    return report;
                 }
             }
         }
@@ -283,58 +283,26 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
         let now_ms = self.clock.wall_ms();
         match action {
             Action::Fence { member, term, kind, reason: why, skip, pending } => {
-                let mut target = FenceTarget::new(cluster, &member, view.members.get(&member), term, kind, &why);
+                let status = view.members.get(&member);
+                let mut target = FenceTarget::new(cluster, &member, status, term, kind, &why);
                 target.skip = skip;
-                let answer = self.fencer.fence(&target, pending.as_deref()).await;
-                let verb = if kind == TransitionKind::Switchover { "demotion" } else { "fencing" };
-                match answer {
-                    FenceStatus::Confirmed { detail, lsn } => {
-                        // A demotion that did not report its final position: the old primary's
-                        // last reported write position (read just before the demotion) is the
-                        // floor; a clean shutdown ships the rest to streaming standbys, which the
-                        // designate step waits to see replayed.
-                        let reported = lsn.is_some();
-                        let lsn = lsn.or_else(|| {
-                            view.members.get(&member).filter(|s| s.role == crate::model::Role::Primary).and_then(|s| s.write_lsn)
-                        });
-                        // History keeps `by`: say which final position the switchover waited for.
-                        let by = match lsn {
-                            Some(l) if kind == TransitionKind::Switchover => {
-                                format!("{detail}; final LSN {l} ({})", if reported { "reported" } else { "last heartbeat" })
-                            }
-                            _ => detail.clone(),
-                        };
-                        let mark = Action::MarkFenced { by, final_lsn: lsn };
-                        let next = apply(record, &mark, now_ms).expect("record-only action");
-                        self.write(cluster, view, next, format!("{member} {verb} confirmed: {detail}")).await
-                    }
-                    FenceStatus::Pending { handle, detail } => {
-                        if pending.as_deref() != Some(handle.as_str()) {
-                            let fencer = handle.split_once(':').map_or(self.fencer.name(), |(n, _)| n).to_string();
-                            let mut next = record.clone();
-                            if let Some(t) = next.transition.as_mut() {
-                                t.fence.get_or_insert_with(FenceProgress::default).pending =
-                                    Some(PendingFence { fencer, handle: handle.clone() });
-                            }
+                let answer = self.fencer.fence(&target, pending.as_ref()).await;
+                match fencing::handle_answer(record, &member, status, answer, now_ms) {
+                    FenceAnswer::Fenced { record: next, step } => self.write(cluster, view, next, step).await,
+                    FenceAnswer::Pending { record: next, reason } => {
+                        if let Some(next) = next {
                             if let StepResult::Stop(o, r) = self.write(cluster, view, next, String::new()).await {
                                 return StepResult::Stop(o, r);
                             }
                         }
-                        StepResult::Stop(Outcome::Waiting, format!("{verb} of {member} pending: {detail}"))
+                        StepResult::Stop(Outcome::Waiting, reason)
                     }
-                    FenceStatus::Failed { detail } | FenceStatus::Refused { detail } => {
-                        // Start over with the first fencer next run.
-                        if pending.is_some() {
-                            let mut next = record.clone();
-                            if let Some(f) = next.transition.as_mut().and_then(|t| t.fence.as_mut()) {
-                                f.pending = None;
-                            }
+                    FenceAnswer::NotConfirmed { record: next, reason } => {
+                        if let Some(next) = next {
+                            // Best effort: a lost write only means the next run resumes the handle.
                             let _ = self.write(cluster, view, next, String::new()).await;
                         }
-                        StepResult::Stop(
-                            Outcome::Blocked,
-                            format!("{verb} of {member} not confirmed: {detail}; retrying next run"),
-                        )
+                        StepResult::Stop(Outcome::Blocked, reason)
                     }
                 }
             }

@@ -1,8 +1,9 @@
 //! The coordinator: cluster-wide decisions (failover, switchover, manual requests) for the
 //! Lambda and the agent-hosted runner.
 //!
-//! - [`decide::evaluate`] is pure: one snapshot + this coordinator's observations -> actions and
-//!   the reason.
+//! - [`decide::evaluate`] is pure: one snapshot + this coordinator's observations -> the next
+//!   step ([`Action`]) or none, and the reason. [`fencing`] is the pure side of the fencing step:
+//!   which fencer call to make and what a fencer's answer does to the record.
 //! - [`Coordinator::run_once`] does one evaluation and carries out at most the next few steps,
 //!   each recorded in the cluster record by compare-and-set, so a coordinator that dies at any
 //!   point is continued by the next one (S5). It never sleeps, spawns or reads a timer: waiting
@@ -19,9 +20,11 @@
 //! the Lambda's JSON actions) writes a [`crate::model::ManualRequest`] by compare-and-set; the
 //! coordinator holding the lock takes it, answers in `last_request`, and clears it.
 
+mod action;
 pub mod decide;
 pub mod driver;
 mod eligibility;
+pub mod fencing;
 pub mod observe;
 pub mod runner;
 
@@ -33,6 +36,7 @@ use crate::config::{ConfigError, DynamicConfig};
 
 pub use decide::{apply, evaluate, history_entry, Action, Decision, Eligibility, Verdict};
 pub use driver::{Coordinator, Outcome, RunReport};
+pub use fencing::FenceAnswer;
 pub use observe::{Liveness, LockStatus, MemberObservation, Observations, Watch};
 pub use runner::run_until_settled;
 
