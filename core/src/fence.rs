@@ -218,6 +218,94 @@ impl Fencer for FenceChain {
     }
 }
 
+/// The `http` fencer's request, `POST <agent>/demote`: `{"term": 7, "reason": "..."}`. Sent by
+/// [`Fencer`]s of every version and read by every agent: the field names never change.
+///
+/// The agent refuses a body with fields it does not know (400, nothing changed): a demotion is a
+/// state-changing command, and a field an older agent cannot honour must not be dropped
+/// silently. Adding a field therefore needs agents that know it first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoteRequest {
+    /// The new term the coordinator bumped to: the agent refuses the lease for this term and
+    /// below. Must be the cluster record's current term.
+    pub term: u64,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The agent's answer to [`DemoteRequest`] (200, 503 and 409 alike; `error` set unless
+/// demoted). Read leniently: unknown fields are ignored, and an informational field of an
+/// unexpected type is read as absent, so agents and coordinators of different versions
+/// understand each other. Only `demoted`, `term` and `member` are required to confirm anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DemoteReply {
+    pub demoted: bool,
+    /// The term the request named.
+    pub term: u64,
+    /// The answering agent's member name.
+    pub member: String,
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub fenced_through: Option<u64>,
+    /// The stopped server's final WAL position (`1A/3025A70`), when known.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    /// Read as another name for `lsn` (never written by an agent).
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub final_lsn: Option<String>,
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The cluster record's term as the agent knows it (on a 409).
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub current_term: Option<u64>,
+}
+
+impl DemoteReply {
+    /// Nothing was demoted: `error` says why.
+    pub fn refused(member: String, term: u64, error: String, current_term: Option<u64>) -> Self {
+        DemoteReply {
+            demoted: false,
+            term,
+            member,
+            role: None,
+            fenced_through: None,
+            lsn: None,
+            final_lsn: None,
+            error: Some(error),
+            current_term,
+        }
+    }
+
+    /// Whether this answer confirms that `member` demoted for `term`: `Ok` with the final WAL
+    /// position when one parses (`lsn`, else `final_lsn`), or why not. A confirmation about
+    /// another member or term (a misrouted request, an address reused by another node)
+    /// confirms nothing.
+    pub fn confirms(&self, member: &str, term: u64) -> Result<Option<Lsn>, String> {
+        if !self.demoted {
+            return Err(format!("agent did not confirm the demotion: {}", self.error.as_deref().unwrap_or("no reason given")));
+        }
+        if self.member != member {
+            return Err(format!("the answer names member {:?}, not {member}: not a confirmation", self.member));
+        }
+        if self.term != term {
+            return Err(format!("the answer names term {}, not {term}: not a confirmation", self.term));
+        }
+        Ok([&self.lsn, &self.final_lsn].into_iter().find_map(|l| l.as_deref()?.parse::<Lsn>().ok()))
+    }
+}
+
+/// An optional field read as absent when its value has another type than expected.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(value.and_then(|v| serde_json::from_value(v).ok()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,5 +396,44 @@ mod tests {
         let colon = PendingFence { fencer: "x".into(), handle: "x:a:b".into() };
         assert_eq!(PendingHandle::from_record(&colon), PendingHandle::new("x", "a:b"));
         assert_eq!(PendingHandle::from_record(&PendingHandle::new("x", "a:b").to_record()), PendingHandle::new("x", "a:b"));
+    }
+
+    #[test]
+    fn demote_messages_keep_their_wire_form() {
+        let req = DemoteRequest { term: 7, reason: "lease expired".into() };
+        assert_eq!(serde_json::to_string(&req).unwrap(), r#"{"term":7,"reason":"lease expired"}"#);
+        let old: DemoteRequest = serde_json::from_str(r#"{"reason":"x","term":7}"#).unwrap();
+        assert_eq!(old, DemoteRequest { term: 7, reason: "x".into() });
+        assert_eq!(serde_json::from_str::<DemoteRequest>(r#"{"term":7}"#).unwrap().reason, "");
+        // Replies as agents write them today, with fields this version does not know.
+        let ok: DemoteReply = serde_json::from_str(
+            r#"{"demoted":true,"term":7,"member":"n1","role":"replica","fenced_through":7,"lsn":"1A/3025A70","extra":{"x":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.confirms("n1", 7), Ok(Some(Lsn(0x1A_0302_5A70))));
+        assert_eq!(ok.role.as_deref(), Some("replica"));
+        assert_eq!(ok.fenced_through, Some(7));
+        let written = DemoteReply { fenced_through: Some(7), role: Some("replica".into()), lsn: ok.lsn.clone(), ..ok.clone() };
+        assert_eq!(
+            serde_json::to_string(&written).unwrap(),
+            r#"{"demoted":true,"term":7,"member":"n1","role":"replica","fenced_through":7,"lsn":"1A/3025A70"}"#
+        );
+        let refused: DemoteReply =
+            serde_json::from_str(r#"{"demoted":false,"term":4,"member":"n1","error":"term 4 is stale","current_term":5}"#)
+                .unwrap();
+        assert_eq!(refused, DemoteReply::refused("n1".into(), 4, "term 4 is stale".into(), Some(5)));
+        assert_eq!(
+            serde_json::to_string(&refused).unwrap(),
+            r#"{"demoted":false,"term":4,"member":"n1","error":"term 4 is stale","current_term":5}"#
+        );
+        assert!(refused.confirms("n1", 4).unwrap_err().contains("term 4 is stale"));
+        // Informational fields of another type read as absent; `final_lsn` stands in for `lsn`.
+        let odd: DemoteReply =
+            serde_json::from_str(r#"{"demoted":true,"term":7,"member":"n1","lsn":5,"final_lsn":"0/60","role":3}"#).unwrap();
+        assert_eq!((odd.lsn.as_deref(), odd.role.as_deref()), (None, None));
+        assert_eq!(odd.confirms("n1", 7), Ok(Some(Lsn(0x60))));
+        // Another member or term confirms nothing.
+        assert!(ok.confirms("n2", 7).unwrap_err().contains("not a confirmation"));
+        assert!(ok.confirms("n1", 8).unwrap_err().contains("not a confirmation"));
     }
 }

@@ -5,16 +5,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer, PendingHandle};
-use pgdaemon_core::Lsn;
+use pgdaemon_core::fence::{DemoteReply, DemoteRequest, FenceStatus, FenceTarget, Fencer, PendingHandle};
 
 use crate::tls::{client_config, ClientIdentity, TlsError};
 
-/// Asks the old primary's agent to demote: `POST <api_url>/demote` with
-/// `{"term": T, "reason": "..."}`. The agent answers 200 `{"demoted": true, ...}` only once
-/// Postgres stopped accepting writes. Confirmed only by a success status (2xx) whose JSON has
-/// `demoted: true`, `member` equal to the target's name and `term` equal (as a number) to the
-/// term asked for. Everything else is a failure, never a confirmation: a refused connection, a
+/// Asks the old primary's agent to demote: `POST <api_url>/demote` with a [`DemoteRequest`]
+/// (`{"term": T, "reason": "..."}`). The agent answers 200 with a [`DemoteReply`]
+/// (`{"demoted": true, ...}`) only once Postgres stopped accepting writes. Confirmed only by a
+/// success status (2xx) whose reply has `demoted: true`, `member` equal to the target's name and
+/// `term` equal (as a number) to the term asked for ([`DemoteReply::confirms`]). Everything else is a failure, never a confirmation: a refused connection, a
 /// timeout, any other status (401, 409, 503, ...), a body that is not JSON or lacks
 /// `demoted: true`, and an answer that names another member or term *or leaves either out* (a
 /// misrouted request, e.g. to an address reused by another node, or a confused agent confirms
@@ -90,7 +89,7 @@ impl Fencer for HttpDemoteFencer {
             return FenceStatus::Refused { detail: format!("{} reports no agent API URL", target.member) };
         }
         let url = format!("{}/demote", target.api_url.trim_end_matches('/'));
-        let body = serde_json::json!({ "term": target.term, "reason": target.reason });
+        let body = DemoteRequest { term: target.term, reason: target.reason.clone() };
         let mut post = self.client.post(&url).json(&body);
         if let Some(auth) = &self.authorization {
             post = post.header(reqwest::header::AUTHORIZATION, auth.clone());
@@ -106,28 +105,23 @@ impl Fencer for HttpDemoteFencer {
                 detail: format!("POST {url}: HTTP {status}: {}", text.chars().take(300).collect::<String>()),
             };
         }
-        let json: serde_json::Value = match serde_json::from_str(&text) {
-            Ok(v) => v,
+        let reply: DemoteReply = match serde_json::from_str(&text) {
+            Ok(r) => r,
+            Err(e) if e.is_data() => {
+                return FenceStatus::Failed {
+                    detail: format!("POST {url}: the answer is not a demote reply ({e}): not a confirmation"),
+                }
+            }
             Err(e) => return FenceStatus::Failed { detail: format!("POST {url}: answer is not JSON: {e}") },
         };
-        if json.get("demoted") != Some(&serde_json::Value::Bool(true)) {
-            return FenceStatus::Failed { detail: format!("POST {url}: agent did not confirm the demotion: {json}") };
-        }
         // The confirmation must be about the target and the term asked for.
-        let member = json.get("member").and_then(|m| m.as_str());
-        if member != Some(target.member.as_str()) {
-            return FenceStatus::Failed {
-                detail: format!("POST {url}: the answer names member {member:?}, not {}: not a confirmation", target.member),
-            };
+        match reply.confirms(&target.member, target.term) {
+            Ok(lsn) => FenceStatus::Confirmed {
+                detail: format!("agent at {} confirmed demotion for term {}", target.api_url, target.term),
+                lsn,
+            },
+            Err(why) => FenceStatus::Failed { detail: format!("POST {url}: {why}") },
         }
-        let term = json.get("term").and_then(|t| t.as_u64());
-        if term != Some(target.term) {
-            return FenceStatus::Failed {
-                detail: format!("POST {url}: the answer names term {term:?}, not {}: not a confirmation", target.term),
-            };
-        }
-        let lsn = ["lsn", "final_lsn"].iter().find_map(|k| json.get(*k)?.as_str()?.parse::<Lsn>().ok());
-        FenceStatus::Confirmed { detail: format!("agent at {} confirmed demotion for term {}", target.api_url, target.term), lsn }
     }
 }
 
@@ -258,7 +252,9 @@ mod tests {
     #[tokio::test]
     async fn http_demote_confirms_only_on_demoted_true() {
         let f = HttpDemoteFencer::new(Duration::from_secs(5));
-        let (url, task) = serve(200, r#"{"demoted":true,"term":7,"member":"n1","lsn":"0/3000060"}"#).await;
+        // The reply exactly as agents write it today.
+        let (url, task) =
+            serve(200, r#"{"demoted":true,"term":7,"member":"n1","role":"replica","fenced_through":7,"lsn":"0/3000060"}"#).await;
         match f.fence(&target(&url), None).await {
             FenceStatus::Confirmed { lsn, .. } => assert_eq!(lsn, Some("0/3000060".parse().unwrap())),
             other => panic!("{other:?}"),

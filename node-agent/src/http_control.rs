@@ -10,59 +10,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pgdaemon_core::agent::FailsafeRequest;
-use serde::{Deserialize, Serialize};
+use pgdaemon_core::fence::{DemoteReply, DemoteRequest};
 use serde_json::Value;
 
 use crate::api_state::{error_response, AgentApi, ApiState};
 use crate::metrics::role_name;
-
-/// `POST /demote` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DemoteRequest {
-    /// The new term the coordinator bumped to: the agent refuses the lease for this term and
-    /// below. Must be the cluster record's current term (see [`check_demote_term`]).
-    pub term: u64,
-    #[serde(default)]
-    pub reason: String,
-}
-
-/// `POST /demote` answer (200, 503 and 409 alike; `error` set unless demoted). The fencer checks
-/// `member` and `term` against what it asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DemoteResponse {
-    pub demoted: bool,
-    pub term: u64,
-    pub member: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fenced_through: Option<u64>,
-    /// The stopped server's final WAL position, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lsn: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The cluster record's term as this agent knows it (on a 409).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_term: Option<u64>,
-}
-
-impl DemoteResponse {
-    /// Nothing was demoted: `error` says why.
-    fn refused(member: String, term: u64, error: String, current_term: Option<u64>) -> Self {
-        DemoteResponse {
-            demoted: false,
-            term,
-            member,
-            role: None,
-            fenced_through: None,
-            lsn: None,
-            error: Some(error),
-            current_term,
-        }
-    }
-}
 
 /// A request body that must be one JSON object of type `T`; otherwise a 400 naming `example`.
 fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Result<T, Response> {
@@ -137,20 +89,21 @@ pub(crate) async fn demote(State(st): State<ApiState>, body: Bytes) -> Response 
         let which = if req.term < current { "stale" } else { "ahead of the store" };
         tracing::warn!(term = req.term, current, "demote refused: term is {which}");
         let error = format!("term {} is {which}: the cluster's current term is {current}; nothing was changed", req.term);
-        let body = DemoteResponse::refused(member, req.term, error, Some(current));
+        let body = DemoteReply::refused(member, req.term, error, Some(current));
         return (StatusCode::CONFLICT, Json(body)).into_response();
     }
     let reason = if req.reason.is_empty() { "demotion requested over HTTP".to_string() } else { req.reason.clone() };
     match st.api.demote_with_position(req.term, &reason).await {
         Ok(lsn) => {
             let s = st.api.snapshot();
-            let body = DemoteResponse {
+            let body = DemoteReply {
                 demoted: true,
                 term: req.term,
                 member,
                 role: Some(role_name(s.role).to_string()),
                 fenced_through: Some(s.fenced_through.max(req.term)),
                 lsn: lsn.map(|l| l.to_string()),
+                final_lsn: None,
                 error: None,
                 current_term: None,
             };
@@ -158,7 +111,7 @@ pub(crate) async fn demote(State(st): State<ApiState>, body: Bytes) -> Response 
         }
         Err(e) => {
             tracing::error!(term = req.term, error = %e, "requested demotion failed");
-            let body = DemoteResponse::refused(member, req.term, e.to_string(), None);
+            let body = DemoteReply::refused(member, req.term, e.to_string(), None);
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
