@@ -27,6 +27,7 @@ use lambda_runtime::LambdaEvent;
 use pgdaemon_core::coordinator::{run_until_settled, Coordinator, RunReport};
 use pgdaemon_core::fence::Fencer;
 use pgdaemon_core::keys::{validate_cluster_name, validate_member_name};
+use pgdaemon_core::request::{Check, SubmitError};
 use pgdaemon_core::{Clock, ManualRequest, RequestAction, Store, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -338,29 +339,24 @@ where
     }
 }
 
-/// Writes `request` into the cluster record by compare-and-set. Refuses (changing nothing) when
-/// the cluster has no record or another request is still waiting.
+/// Writes `request` into the cluster record by compare-and-set
+/// ([`pgdaemon_core::request::submit`]). Refuses (changing nothing) when the cluster has no
+/// record or another request is still waiting; everything else is the coordinator's to answer.
 pub async fn submit_request<S: Store>(store: &S, cluster: &str, request: &ManualRequest) -> Result<(), HandlerError> {
-    let err = |error| HandlerError::Store { cluster: cluster.to_string(), error };
-    for _ in 0..5 {
-        let Some(mut record) = store.read_cluster(cluster).await.map_err(err)? else {
-            return Err(HandlerError::Refused(format!("{cluster}: no cluster record (the cluster is not bootstrapped)")));
-        };
-        if let Some(pending) = &record.request {
-            return Err(HandlerError::Refused(format!(
-                "{cluster}: request {} ({:?}) is still waiting for a coordinator",
-                pending.id, pending.action
-            )));
+    match pgdaemon_core::request::submit(store, cluster, request, Check::Record, CAS_ATTEMPTS).await {
+        Ok(_) => Ok(()),
+        Err(SubmitError::Store(error)) => Err(HandlerError::Store { cluster: cluster.to_string(), error }),
+        Err(SubmitError::KeptChanging { .. }) => {
+            Err(HandlerError::Refused(format!("{cluster}: the cluster record kept changing; try again")))
         }
-        record.request = Some(request.clone());
-        match store.write_cluster(cluster, Some(record.version), &record).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(err(e)),
+        Err(e @ (SubmitError::NoRecord | SubmitError::Pending(_) | SubmitError::Refused(_))) => {
+            Err(HandlerError::Refused(format!("{cluster}: {e}")))
         }
     }
-    Err(HandlerError::Refused(format!("{cluster}: the cluster record kept changing; try again")))
 }
+
+/// Compare-and-set attempts of [`submit_request`] against concurrent writers of the record.
+const CAS_ATTEMPTS: usize = 5;
 
 fn report_json(r: &RunReport) -> Value {
     json!({
@@ -393,6 +389,32 @@ mod tests {
             let d = lambda_runtime::Diagnostic::from(e);
             assert_eq!((d.error_type.as_str(), d.error_message), (want, message));
         }
+    }
+
+    /// The shared submission's refusals keep the Lambda's words and errorTypes.
+    #[tokio::test]
+    async fn request_submission_refusals_keep_their_messages_and_types() {
+        use pgdaemon_core::{ClusterRecord, DynamicConfig, MemoryStore};
+        let q = |id: &str| ManualRequest {
+            id: id.into(),
+            action: RequestAction::Failover,
+            candidate: None,
+            force: false,
+            requested_ms: 1,
+        };
+        let store = MemoryStore::new();
+        let e = submit_request(&store, "c", &q("a")).await.unwrap_err();
+        assert_eq!((e.error_type(), e.to_string()), ("Refused", "c: no cluster record (the cluster is not bootstrapped)".into()));
+        store.write_cluster("c", None, &ClusterRecord::bootstrap("n1", DynamicConfig::default())).await.unwrap();
+        submit_request(&store, "c", &q("a")).await.unwrap();
+        let e = submit_request(&store, "c", &q("b")).await.unwrap_err();
+        assert_eq!(
+            (e.error_type(), e.to_string()),
+            ("Refused", "c: request a (Failover) is still waiting for a coordinator".into())
+        );
+        store.set_available(false);
+        let e = submit_request(&store, "c", &q("b")).await.unwrap_err();
+        assert_eq!(e.error_type(), "StoreUnavailable", "{e}");
     }
 
     #[test]
