@@ -269,6 +269,60 @@ impl RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The waits between attempts, in order ([`Self::delay_before`] for attempts 2 onwards): the
+    /// backoff [`deliver_with_retry`] hands to `backon`.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + Send + Sync + Unpin {
+        let policy = *self;
+        (2..=policy.attempts.max(1)).filter_map(move |n| policy.delay_before(n))
+    }
+}
+
+/// An event given up on at one sink: the last error, after `attempts` attempts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error} (after {attempts} attempts)")]
+pub struct DeliveryFailed {
+    pub attempts: u32,
+    pub error: SinkError,
+}
+
+/// Delivers `event` to `sink`, retrying a retryable failure after the waits of `policy` (slept
+/// with `sleep`, e.g. `tokio::time::sleep`) until the attempts are used up; a permanent failure
+/// ends it at once. Each retry is logged, and reported to `on_retry` with the wait before it.
+/// Returns the number of attempts it took. The one retry loop of event delivery: the agent's
+/// dispatcher and the Lambda both deliver through it.
+pub async fn deliver_with_retry<Sl>(
+    sink: &dyn EventSink,
+    event: &Event,
+    policy: RetryPolicy,
+    sleep: Sl,
+    mut on_retry: impl FnMut(&SinkError, Duration) + Send,
+) -> Result<u32, DeliveryFailed>
+where
+    Sl: backon::Sleeper,
+{
+    use backon::Retryable;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let made = AtomicU32::new(0);
+    let attempts = &made;
+    let result = (move || async move {
+        attempts.fetch_add(1, Ordering::SeqCst);
+        sink.deliver(event).await
+    })
+    .retry(policy.delays())
+    .sleep(sleep)
+    .when(|e: &SinkError| e.retryable)
+    .notify(|e: &SinkError, delay: Duration| {
+        let attempt = attempts.load(Ordering::SeqCst);
+        tracing::warn!(sink = sink.name(), event_id = %event.id, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "event delivery failed; retrying");
+        on_retry(e, delay);
+    })
+    .await;
+    let attempts = made.load(Ordering::SeqCst);
+    result.map(|()| attempts).map_err(|error| DeliveryFailed { attempts, error })
+}
+
 /// Default retention of logged events: 30 days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -410,6 +464,84 @@ mod tests {
         );
         let long = RetryPolicy { attempts: 100, ..p };
         assert_eq!(long.delay_before(80), Some(Duration::from_millis(250)), "no overflow on long schedules");
+    }
+
+    /// Fails with `errors` in turn, then accepts; counts the attempts.
+    struct Scripted {
+        errors: Mutex<Vec<SinkError>>,
+        calls: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait]
+    impl EventSink for Scripted {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+        async fn deliver(&self, _event: &Event) -> Result<(), SinkError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut errors = self.errors.lock().unwrap();
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors.remove(0))
+            }
+        }
+    }
+
+    /// Delivers one event through [`deliver_with_retry`]; returns its result, the waits slept
+    /// and the waits reported to `on_retry`.
+    fn deliver(errors: Vec<SinkError>, policy: RetryPolicy) -> (Result<u32, DeliveryFailed>, u32, Vec<Duration>, Vec<Duration>) {
+        let sink = Scripted { errors: Mutex::new(errors), calls: Default::default() };
+        let slept = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sleep = {
+            let slept = slept.clone();
+            move |d: Duration| {
+                slept.lock().unwrap().push(d);
+                std::future::ready(())
+            }
+        };
+        let mut reported = Vec::new();
+        let event = Event::new(EventKind::Fenced, "c", 1, "x");
+        let result = futures::executor::block_on(deliver_with_retry(&sink, &event, policy, sleep, |_, d| reported.push(d)));
+        let slept = slept.lock().unwrap().clone();
+        (result, sink.calls.load(std::sync::atomic::Ordering::SeqCst), slept, reported)
+    }
+
+    const POLICY: RetryPolicy =
+        RetryPolicy { attempts: 4, first_delay: Duration::from_millis(100), max_delay: Duration::from_millis(250) };
+
+    #[test]
+    fn a_retryable_failure_is_retried_with_the_policy_waits() {
+        let (result, calls, slept, reported) =
+            deliver(vec![SinkError::retryable("503"), SinkError::retryable("timeout")], POLICY);
+        assert_eq!(result, Ok(3));
+        assert_eq!(calls, 3);
+        assert_eq!(slept, vec![Duration::from_millis(100), Duration::from_millis(200)]);
+        assert_eq!(reported, slept, "every retry is reported with its wait");
+    }
+
+    #[test]
+    fn a_permanent_failure_is_not_retried() {
+        let (result, calls, slept, reported) =
+            deliver(vec![SinkError::retryable("503"), SinkError::permanent("HTTP 400")], POLICY);
+        assert_eq!(result, Err(DeliveryFailed { attempts: 2, error: SinkError::permanent("HTTP 400") }));
+        assert_eq!((calls, slept.len(), reported.len()), (2, 1, 1));
+        let (result, calls, slept, _) = deliver(vec![SinkError::permanent("HTTP 400")], POLICY);
+        assert_eq!(result.unwrap_err().attempts, 1);
+        assert_eq!((calls, slept.len()), (1, 0));
+    }
+
+    #[test]
+    fn retrying_stops_after_the_attempts_with_the_last_error() {
+        let errors = (0..10).map(|i| SinkError::retryable(format!("down {i}"))).collect();
+        let (result, calls, slept, _) = deliver(errors, POLICY);
+        assert_eq!(result, Err(DeliveryFailed { attempts: 4, error: SinkError::retryable("down 3") }));
+        assert_eq!(calls, 4);
+        let want: Vec<Duration> = (2..=4).map(|n| POLICY.delay_before(n).unwrap()).collect();
+        assert_eq!(slept, want);
+        let once = RetryPolicy { attempts: 1, ..POLICY };
+        let (result, calls, _, _) = deliver(vec![SinkError::retryable("down")], once);
+        assert_eq!((result.unwrap_err().attempts, calls), (1, 1));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sns::types::MessageAttributeValue;
-use pgdaemon_core::events::{Collector, Event, EventSink, RetryPolicy, SinkError, DEFAULT_RETENTION};
+use pgdaemon_core::events::{deliver_with_retry, Collector, Event, EventSink, RetryPolicy, SinkError, DEFAULT_RETENTION};
 use pgdaemon_core::store::StoreSink;
 use pgdaemon_core::{Clock, Store};
 use serde_json::Value;
@@ -128,7 +128,7 @@ impl Events {
             async move {
                 let mut failed = 0;
                 for e in events.iter().filter(|e| sink.accepts(e)) {
-                    if let Err(err) = deliver_with_retry(sink.as_ref(), e, self.retry).await {
+                    if let Err(err) = deliver_with_retry(sink.as_ref(), e, self.retry, tokio::time::sleep, |_, _| {}).await {
                         failed += 1;
                         tracing::warn!(sink = sink.name(), event_id = %e.id, event = %e.summary(), error = %err, "event delivery given up");
                     }
@@ -139,24 +139,6 @@ impl Events {
         let failed: usize = futures::future::join_all(per_sink).await.into_iter().sum();
         tracing::info!(events = events.len(), failed, "events delivered");
         failed
-    }
-}
-
-/// One event to one sink: attempts per `retry`, sleeping between them.
-pub async fn deliver_with_retry(sink: &dyn EventSink, event: &Event, retry: RetryPolicy) -> Result<(), SinkError> {
-    let mut attempt = 1;
-    loop {
-        match sink.deliver(event).await {
-            Ok(()) => return Ok(()),
-            Err(e) => match retry.delay_before(attempt + 1).filter(|_| e.retryable) {
-                Some(delay) => {
-                    tracing::warn!(sink = sink.name(), event_id = %event.id, attempt, error = %e, "event delivery failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                None => return Err(e),
-            },
-        }
     }
 }
 

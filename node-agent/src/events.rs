@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use pgdaemon_core::events::{Event, EventEmitter, EventSink, RetryPolicy, SinkError, DEFAULT_RETENTION};
+use pgdaemon_core::events::{
+    deliver_with_retry, DeliveryFailed, Event, EventEmitter, EventSink, RetryPolicy, SinkError, DEFAULT_RETENTION,
+};
 use pgdaemon_core::store::StoreSink;
 use pgdaemon_core::{ConfigError, Store};
 use serde::{Deserialize, Serialize};
@@ -342,30 +344,17 @@ async fn deliver_loop(q: Arc<SinkQueue>, retry: RetryPolicy) {
             q.wake.notified().await;
             continue;
         };
-        let mut attempt = 1;
-        loop {
-            match q.sink.deliver(&event).await {
-                Ok(()) => {
-                    q.delivered.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(sink = q.sink.name(), event_id = %event.id, attempt, "event delivered");
-                    break;
-                }
-                Err(e) => {
-                    let next = if e.retryable { retry.delay_before(attempt + 1) } else { None };
-                    match next {
-                        Some(delay) => {
-                            q.retries.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(sink = q.sink.name(), event_id = %event.id, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "event delivery failed; retrying");
-                            tokio::time::sleep(delay).await;
-                            attempt += 1;
-                        }
-                        None => {
-                            q.failed.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(sink = q.sink.name(), event_id = %event.id, event = %event.summary(), attempt, error = %e, "event delivery given up");
-                            break;
-                        }
-                    }
-                }
+        let on_retry = |_: &SinkError, _: Duration| {
+            q.retries.fetch_add(1, Ordering::Relaxed);
+        };
+        match deliver_with_retry(q.sink.as_ref(), &event, retry, tokio::time::sleep, on_retry).await {
+            Ok(attempt) => {
+                q.delivered.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(sink = q.sink.name(), event_id = %event.id, attempt, "event delivered");
+            }
+            Err(DeliveryFailed { attempts: attempt, error: e }) => {
+                q.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(sink = q.sink.name(), event_id = %event.id, event = %event.summary(), attempt, error = %e, "event delivery given up");
             }
         }
         q.busy.store(false, Ordering::SeqCst);
