@@ -568,8 +568,8 @@ pub fn iso8601_utc(ms: u64) -> String {
 
 async fn metrics_text(State(st): State<ApiState>) -> Response {
     let s = st.api.snapshot();
-    let body = metrics::render(&s, &st.stats, st.clock.monotonic(), lag_bytes(&s));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    let body = metrics::render(&s, &st.stats, st.clock.monotonic(), lag_bytes(&s), &st.version);
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
 }
 
 #[cfg(test)]
