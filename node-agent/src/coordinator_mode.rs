@@ -105,7 +105,24 @@ pub async fn start(
             }
         };
         let (trigger, rx) = HostedTrigger::new();
-        tokio::spawn(hosted_loop_following_lease(make, lease_ms, cfg.cluster.clone(), rx, interval));
+        // Supervised: a hosted loop that panics is started again after a logged backoff, with a
+        // fresh coordinator over the same trigger channel. Restarting is safe: every step is
+        // recorded in the cluster record and resumed by whichever run comes next (S5), and the
+        // coordinator lock (same owner) keeps it the only one acting. Once the agent drops the
+        // trigger, the loop ends and is not restarted.
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let cluster = cfg.cluster.clone();
+        tokio::spawn(async move {
+            crate::supervise::restarting("hosted coordinator", crate::supervise::RESTART_BACKOFF, || {
+                let (make, cluster, rx) = (make.clone(), cluster.clone(), rx.clone());
+                let open = rx.try_lock().map_or(true, |rx| !rx.is_closed());
+                open.then_some(async move {
+                    let mut rx = rx.lock().await;
+                    hosted_loop_following_lease(make, lease_ms, cluster, &mut rx, interval).await
+                })
+            })
+            .await
+        });
         tracing::info!(
             owner,
             interval_ms = interval.as_millis() as u64,
@@ -139,23 +156,28 @@ fn lock_lease_ms(lease_ms: u64) -> u64 {
 /// Runs the hosted coordinator forever: every `interval`, at once when triggered, and every
 /// [`BUSY_POLL`] while a transition is under way. Never releases the lock while alive (it renews
 /// it on every run); when the host dies, another agent's coordinator takes over after the lease.
-pub async fn hosted_loop<S, F, C>(coordinator: Coordinator<S, F, C>, cluster: String, rx: mpsc::Receiver<()>, interval: Duration)
-where
+pub async fn hosted_loop<S, F, C>(
+    coordinator: Coordinator<S, F, C>,
+    cluster: String,
+    mut rx: mpsc::Receiver<()>,
+    interval: Duration,
+) where
     S: Store + Clone,
     F: Fencer,
     C: Clock + Clone,
 {
-    run_hosted(coordinator, None::<fn(u64) -> Coordinator<S, F, C>>, cluster, rx, interval).await
+    run_hosted(coordinator, None::<fn(u64) -> Coordinator<S, F, C>>, cluster, &mut rx, interval).await
 }
 
 /// [`hosted_loop`] whose lock lease follows the cluster record's `lease_ms`: `make(lease_ms)`
 /// builds the coordinator (same owner); when the record's lease differs from the one in use, the
 /// lock is released and the coordinator rebuilt (an operator's `edit-config` takes effect).
+/// `rx` is borrowed so that a restarted loop listens on the same trigger channel.
 pub async fn hosted_loop_following_lease<S, F, C, M>(
     make: M,
     lease_ms: u64,
     cluster: String,
-    rx: mpsc::Receiver<()>,
+    rx: &mut mpsc::Receiver<()>,
     interval: Duration,
 ) where
     S: Store + Clone,
@@ -171,7 +193,7 @@ async fn run_hosted<S, F, C, M>(
     mut coordinator: Coordinator<S, F, C>,
     make: Option<M>,
     cluster: String,
-    mut rx: mpsc::Receiver<()>,
+    rx: &mut mpsc::Receiver<()>,
     interval: Duration,
 ) where
     S: Store + Clone,
@@ -340,8 +362,10 @@ mod tests {
                 Coordinator::new(store.clone(), Arc::new(FenceChain::new(vec![])), SystemClock::new(), config, "agent-test")
             }
         };
-        let (_trigger, rx) = HostedTrigger::new();
-        let task = tokio::spawn(hosted_loop_following_lease(make, 10_000, "c".into(), rx, Duration::from_millis(50)));
+        let (_trigger, mut rx) = HostedTrigger::new();
+        let task = tokio::spawn(async move {
+            hosted_loop_following_lease(make, 10_000, "c".into(), &mut rx, Duration::from_millis(50)).await
+        });
         let lock_ms =
             || async { store.read_lease("c", LeaseName::Coordinator).await.unwrap().filter(|l| !l.released).map(|l| l.lease_ms) };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -289,7 +289,20 @@ impl Dispatcher {
                 })
             })
             .collect();
-        let tasks = queues.iter().map(|q| tokio::spawn(deliver_loop(q.clone(), retry))).collect();
+        // Supervised: a delivery loop that panics (a sink's bug) is started again after a logged
+        // backoff, so one bad event does not silence the sink for the life of the agent.
+        let tasks = queues
+            .iter()
+            .map(|q| {
+                let (q, name) = (q.clone(), format!("event delivery ({})", q.sink.name()));
+                tokio::spawn(async move {
+                    crate::supervise::restarting(&name, crate::supervise::RESTART_BACKOFF, || {
+                        Some(deliver_loop(q.clone(), retry))
+                    })
+                    .await
+                })
+            })
+            .collect();
         Arc::new(Dispatcher { queues, tasks })
     }
 

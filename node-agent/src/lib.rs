@@ -13,6 +13,8 @@ pub mod logging;
 pub mod metrics;
 pub mod run;
 pub mod secrets;
+// Background tasks: restarted, or the agent goes down, when one dies.
+pub mod supervise;
 // The agent-hosted coordinator and the fast-path triggers.
 pub mod coordinator_mode;
 // Event delivery (store log, webhook, command hook) and the monitor-only mode.

@@ -171,26 +171,60 @@ where
     };
     let addr = listener.local_addr().context("listener address")?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::http::serve_with(listener, state, security, limits, async move {
-        let _ = http_stopped.await;
+    // Background tasks, supervised (crate::supervise). The API server and the lease watchdog
+    // are watched: if either ends before the shutdown, the agent shuts down as on SIGTERM (a
+    // primary is demoted before its lease is released) and then exits with an error, so systemd
+    // restarts it. The watchdog is restarted by no one on purpose: it is the S2 backstop for a
+    // loop that does not come back, and a panic in it is a bug likely to repeat, so carrying on
+    // as primary (even after a restart) could mean carrying on unwatched; the clean way down
+    // demotes first and leaves the lease to the next agent start (S7 applies to it). Without
+    // its API a node cannot be fenced over HTTP nor acknowledge failsafe peers, and its
+    // listener cannot be rebound from here, so that way down is the only one for it too.
+    let mut server = Box::pin(crate::supervise::watch("HTTP API server", async move {
+        let stopped = async move {
+            let _ = http_stopped.await;
+        };
+        if let Err(e) = crate::http::serve_with(listener, state, security, limits, stopped).await {
+            tracing::warn!(error = %e, "HTTP server stopped with an error");
+        }
     }));
     tracing::info!(%addr, "HTTP API listening");
-    let watchdog = tokio::spawn(lease_watchdog(handle.clone(), device));
+    let mut watchdog = Box::pin(crate::supervise::watch("lease watchdog", lease_watchdog(handle.clone(), device)));
     // Failsafe rounds (they do nothing unless `failsafe_mode` is on and the lease is overdue).
-    let failsafe = tokio::spawn(crate::failsafe::failsafe_task(
-        handle.clone(),
-        Arc::new(crate::failsafe::HttpPeers::new().with_authorization(peer_auth).with_tls(peer_tls)),
-    ));
+    // Restarted when it dies: without it no acknowledgements are asked for and the lease
+    // deadline applies (the safe side), only the availability failsafe mode adds is missing.
+    let failsafe = {
+        let handle = handle.clone();
+        let peers: Arc<dyn pgdaemon_core::agent::FailsafePeers> =
+            Arc::new(crate::failsafe::HttpPeers::new().with_authorization(peer_auth).with_tls(peer_tls));
+        tokio::spawn(async move {
+            crate::supervise::restarting("failsafe", crate::supervise::RESTART_BACKOFF, || {
+                Some(crate::failsafe::failsafe_task(handle.clone(), peers.clone()))
+            })
+            .await
+        })
+    };
 
     let mut period = runtime.interval();
     let mut ticker = new_interval(period);
     let mut last_reason = String::new();
+    let mut died = None;
+    let mut server_ended = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            // `biased`: a pending shutdown wins over a due tick.
+            // `biased`: a pending shutdown wins over a due tick, and so does a dead task.
             biased;
             _ = &mut shutdown => break,
+            d = &mut watchdog => {
+                died = Some(d);
+                break;
+            }
+            d = &mut server => {
+                died = Some(d);
+                server_ended = true;
+                break;
+            }
             _ = ticker.tick() => {
                 // The tick itself is never raced against the shutdown: a role change runs to its end.
                 let report = runtime.tick().await;
@@ -205,8 +239,12 @@ where
         }
     }
 
-    tracing::info!("shutting down");
-    watchdog.abort();
+    match &died {
+        Some(d) => tracing::error!(error = %d, "shutting down: a task the agent cannot run without died"),
+        None => tracing::info!("shutting down"),
+    }
+    // Dropping a watched task's future stops it.
+    drop(watchdog);
     failsafe.abort();
     let mut summary = RunSummary { ticks: stats.ticks(), demoted_on_exit: false };
     let snap = handle.snapshot();
@@ -229,14 +267,20 @@ where
         }
     }
     let _ = stop_http.send(());
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
-        _ => {}
+    if !server_ended {
+        // A server stopped by the shutdown "returned"; only a panic on the way out is news.
+        if let Ok(d) = tokio::time::timeout(Duration::from_secs(5), server).await {
+            if d.panicked() {
+                tracing::warn!(error = %d, "HTTP server task failed");
+            }
+        }
     }
     summary.ticks = stats.ticks();
     tracing::info!(ticks = summary.ticks, demoted = summary.demoted_on_exit, "stopped");
-    Ok(summary)
+    match died {
+        Some(d) => Err(anyhow::Error::new(d).context("agent stopped")),
+        None => Ok(summary),
+    }
 }
 
 /// How often the lease watchdog checks the held lease's deadline.
