@@ -100,15 +100,13 @@ mod tests {
     use super::*;
 
     /// A task that panics on its first `panics` runs, then runs until cancelled.
-    fn flaky(runs: Arc<AtomicU32>, panics: u32) -> impl Future<Output = ()> + Send + 'static {
-        async move {
-            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            if run <= panics {
-                panic!("run {run} broke");
-            }
-            std::future::pending::<()>().await
+    async fn flaky(runs: Arc<AtomicU32>, panics: u32) {
+        let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if run <= panics {
+            panic!("run {run} broke");
         }
+        std::future::pending::<()>().await
     }
 
     #[tokio::test]
