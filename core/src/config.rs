@@ -43,15 +43,17 @@ pub enum SyncMode {
 /// Timing defaults and why (detection ~ lease, so they set the RTO):
 /// - `lease_ms` 10 s: Patroni's `ttl` is 30 s; EC2 hosts on one region's network rarely stall
 ///   beyond a few seconds, and a shorter lease is the largest single RTO saving.
-/// - `renew_interval_ms` 2 s: not a timer. The holder renews once per agent loop, i.e. every
-///   `probe_interval_ms`, so at the defaults that is ten renewal attempts per lease
-///   (10 000 / 1 000 ms) and one slow store call or a throttled request never costs the lease.
-///   This value caps `probe_interval_ms` (renewals are never rarer than it) and feeds the
-///   coordinator's heartbeat-staleness threshold.
+/// - `renew_interval_ms` 3 s: the holder renews once its last successful write is this old, and
+///   every loop after that until a renewal succeeds: the first attempt leaves lease - margin -
+///   interval = 5 s for retries (five loops), so one slow store call or a throttled request never
+///   costs the lease. It is also the heartbeat's period while nothing changes (a change is
+///   published at once), so the coordinator's heartbeat-staleness threshold, at least twice
+///   this value, holds on every version. At 3 s an idle 3-node cluster makes about 80 store
+///   writes a minute (docs/design.md, "Store writes and cost").
 /// - `safety_margin_ms` 2 s: a holder stops acting as primary 2 s before any observer may take
 ///   over, absorbing clock-rate drift (< 1 % on EC2) and the time a demotion takes.
-/// - `probe_interval_ms` 1 s: the agent's loop period, hence the cadence of lease renewal,
-///   heartbeat and lease watch; detection lags death by at most one probe after the lease.
+/// - `probe_interval_ms` 1 s: the agent's loop period, hence the cadence of the lease watch and
+///   of retries; detection lags death by at most one probe after the lease.
 ///
 /// Stored inside the cluster record, so decoding ignores unknown keys (a newer coordinator or
 /// `pgdctl` may add settings). Configuration files deserialize it through [`strict`], which
@@ -79,7 +81,7 @@ impl Default for DynamicConfig {
     fn default() -> Self {
         DynamicConfig {
             lease_ms: 10_000,
-            renew_interval_ms: 2_000,
+            renew_interval_ms: 3_000,
             safety_margin_ms: 2_000,
             probe_interval_ms: 1_000,
             maximum_lag_on_failover: 1024 * 1024,

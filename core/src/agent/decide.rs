@@ -2,101 +2,14 @@
 
 use std::time::Duration;
 
-use super::bootstrap::{initialize_blocker, BootstrapPolicy};
-use super::failsafe::FailsafeInput;
+use super::bootstrap::initialize_blocker;
+use super::heartbeat;
+use super::input::{AgentInput, PrimaryStartFailure, RejoinMethod, StoreRead};
 use super::sync::{self, SyncInput, SyncStep};
 use crate::config::DynamicConfig;
 use crate::lease::{HeldLease, LeaseState};
-use crate::model::{ClusterRecord, ClusterView, LeaderLease, LeaseSighting, MemberStatus, MemberTags, Role};
-use crate::pg::{slot_name, DataDirState, PgProbe, PrimaryTarget, SyncStandbys};
-
-/// Who this agent is: fixed for the life of the process.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct AgentIdentity {
-    pub cluster: String,
-    pub member: String,
-    /// libpq host and port other members use to reach this node's Postgres.
-    pub pg_host: String,
-    pub pg_port: u16,
-    /// Base URL of this agent's HTTP API.
-    pub api_url: String,
-    pub instance_id: Option<String>,
-    pub availability_zone: Option<String>,
-    pub tags: MemberTags,
-    pub agent_version: String,
-}
-
-/// The outcome of this loop's read of the store.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreRead {
-    Ok(ClusterView),
-    /// No answer: nothing is known about the cluster; only the agent's own lease clock counts.
-    Unavailable(String),
-    /// A record could not be decoded (or the request was refused): nothing may be decided from it.
-    Malformed(String),
-}
-
-/// How a rejoin was attempted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejoinMethod {
-    Rewind,
-    Basebackup,
-}
-
-/// The last rejoin attempt failed (reported by the runtime; drives the basebackup fallback).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RejoinFailure {
-    pub method: RejoinMethod,
-    /// Member name of the source it was attempted from.
-    pub source: String,
-    pub error: String,
-}
-
-/// Starting Postgres as primary failed (reported by the runtime; drives the hand-over).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrimaryStartFailure {
-    pub term: u64,
-    /// Monotonic time of the failure.
-    pub at: Duration,
-    pub error: String,
-}
-
-/// Everything one decision looks at.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentInput {
-    pub identity: AgentIdentity,
-    /// This agent's monotonic clock now (after the store read).
-    pub now: Duration,
-    /// Wall clock, only for the heartbeat's human-readable timestamp and TTL.
-    pub wall_ms: u64,
-    pub probe: PgProbe,
-    pub store: StoreRead,
-    /// The lease observer's verdict on the leader lease read in `store` (`None` when not read).
-    pub lease_state: Option<LeaseState>,
-    /// The leader lease this agent holds, timed from before the write that produced it.
-    pub held: Option<HeldLease>,
-    /// Dynamic configuration: the cluster record's, or the last valid one known.
-    pub config: DynamicConfig,
-    /// Sequence number for this loop's heartbeat.
-    pub seq: u64,
-    /// The highest term this agent has held the leader lease for.
-    pub max_term_held: u64,
-    /// The agent was told to demote for this term: it refuses the lease for any term at or below.
-    pub fenced_through: u64,
-    pub last_rejoin_failure: Option<RejoinFailure>,
-    /// The last failed start of this member's Postgres as primary, until one succeeds.
-    pub primary_start_failure: Option<PrimaryStartFailure>,
-    /// When (monotonic) this agent last asked for a coordinator run.
-    pub last_run_request: Option<Duration>,
-    /// What this agent has seen of the leader lease (for the heartbeat and the fast path).
-    pub leader_seen: Option<LeaseSighting>,
-    /// Failsafe acknowledgements held and promises given (docs/failsafe.md).
-    pub failsafe: FailsafeInput,
-    /// Slots of members gone for longer than the retention ([`super::DepartedSlots`]).
-    pub departed_slots: Vec<String>,
-    /// Automatic bootstrap of a cluster without a record (agent::bootstrap).
-    pub bootstrap: BootstrapPolicy,
-}
+use crate::model::{ClusterRecord, ClusterView, LeaderLease, LeaseSighting, MemberStatus, Role};
+use crate::pg::{slot_name, DataDirState, PrimaryTarget, SyncStandbys};
 
 /// One thing to do. The runtime executes them in order; see [`super::AgentRuntime::tick`] for what
 /// a failure skips.
@@ -216,16 +129,14 @@ impl AgentDecision {
     }
 }
 
-/// Heartbeat records expire (DynamoDB TTL garbage collection only) a day after the last beat.
-const HEARTBEAT_TTL_S: u64 = 24 * 3600;
-
 /// The decision of one loop (S2 rules, docs/design.md section 3).
 ///
 /// - A held lease that is no longer valid by this agent's monotonic clock (lease - safety margin
 ///   since before the last successful write) is forgotten and a running primary demotes at once,
 ///   whatever the store says.
-/// - With the store unreadable (or a record malformed) nothing else changes: the held lease is
-///   renewed (a conditional write, safe to attempt) and the heartbeat is published.
+/// - A held lease is renewed once its last write is `renew_interval_ms` old (then every loop
+///   until a renewal succeeds): a conditional write, safe to attempt even with the store
+///   unreadable (or a record malformed), when nothing else changes.
 /// - Only the member the cluster record names primary for the current term may hold the lease or
 ///   run read-write; it acquires the lease with `term = record.term` only if that term is newer
 ///   than any it held and not fenced, then promotes (or keeps running as primary).
@@ -237,7 +148,7 @@ const HEARTBEAT_TTL_S: u64 = 24 * 3600;
 /// - A paused cluster gets no role changes other than the S2 demotion.
 /// - A demotion runs before a release of the lease in the same loop.
 /// - A running primary that does not demote ends with [`AgentAction::DemoteIfLeaseLost`].
-/// - A heartbeat is always published last.
+/// - The heartbeat is published last, when due ([`heartbeat::due`]).
 ///
 /// The runtime carries the actions out in this order (see [`super::AgentRuntime::tick`] for
 /// what a failure skips).
@@ -247,8 +158,10 @@ pub fn decide(input: &AgentInput) -> AgentDecision {
     if input.probe.is_primary() && !d.demoting {
         d.actions.push(AgentAction::DemoteIfLeaseLost);
     }
-    let heartbeat = heartbeat(input);
-    d.actions.push(AgentAction::PublishHeartbeat(heartbeat));
+    let beat = heartbeat::heartbeat(input);
+    if heartbeat::due(input, &beat) {
+        d.actions.push(AgentAction::PublishHeartbeat(beat));
+    }
     AgentDecision { actions: d.actions, reason: d.reasons.join("; ") }
 }
 
@@ -278,6 +191,14 @@ impl<'a> Decider<'a> {
 
     fn why(&mut self, reason: impl Into<String>) {
         self.reasons.push(reason.into());
+    }
+
+    /// Renews once the last successful write is `renew_interval_ms` old: at the defaults three
+    /// of every ten loops, leaving the rest of the lease (minus the margin) for retries.
+    fn renew_when_due(&mut self, held: &HeldLease) {
+        if self.input.now.saturating_sub(held.written_from) >= self.input.config.renew_interval() {
+            self.push(AgentAction::RenewLease);
+        }
     }
 
     fn run(&mut self) {
@@ -323,9 +244,9 @@ impl<'a> Decider<'a> {
                 let what =
                     if matches!(input.store, StoreRead::Unavailable(_)) { "store unavailable" } else { "store record unusable" };
                 self.why(format!("{what}: {e}"));
-                if held.is_some() {
-                    self.push(AgentAction::RenewLease);
-                    self.why("renewing the held lease; no other change without a usable view");
+                if let Some(h) = &held {
+                    self.renew_when_due(h);
+                    self.why("keeping the held lease; no other change without a usable view");
                 } else if probe.is_primary() && !self.demoting {
                     self.push(AgentAction::Demote);
                     self.why("demoting: running as primary without a lease (S2)");
@@ -391,7 +312,7 @@ impl<'a> Decider<'a> {
         }
         let will_hold = match &held {
             Some(h) if h.lease.term == term => {
-                self.push(AgentAction::RenewLease);
+                self.renew_when_due(h);
                 true
             }
             Some(h) => {
@@ -600,6 +521,13 @@ impl<'a> Decider<'a> {
             if ok {
                 if probe.streaming {
                     self.why(format!("replica of {target}"));
+                } else if let Some(tl) = self.diverged_from(view, &target) {
+                    // It received WAL the new primary never had (asynchronous replication, a
+                    // failover within maximum_lag_on_failover): Postgres cannot follow the new
+                    // timeline from there and retries for ever. Rewinding a standby promotes
+                    // and demotes nothing (docs/design.md section 4, "Diverged replicas").
+                    let what = format!("replica on timeline {} while {target} runs timeline {tl}, not streaming", probe.timeline);
+                    self.rejoin(target, &what);
                 } else {
                     // Configured right but no WAL arrives: the cause is in Postgres's log (the
                     // walreceiver's connection error); say so instead of looking healthy.
@@ -639,20 +567,32 @@ impl<'a> Decider<'a> {
                     ));
                     return;
                 }
-                let rewind_failed = input
-                    .last_rejoin_failure
-                    .as_ref()
-                    .is_some_and(|f| f.source == target.name && f.method == RejoinMethod::Rewind);
-                if rewind_failed {
-                    let err = input.last_rejoin_failure.as_ref().map(|f| f.error.as_str()).unwrap_or_default();
-                    self.why(format!("rewind from {target} failed ({err}): falling back to a basebackup"));
-                    self.push(AgentAction::Basebackup(target));
-                } else {
-                    self.why(format!("former primary: rejoining {target} through pg_rewind"));
-                    self.push(AgentAction::Rewind(target));
-                }
+                self.rejoin(target, "former primary");
             }
         }
+    }
+
+    /// Rejoins `target` through pg_rewind, or a basebackup once a rewind from it failed.
+    fn rejoin(&mut self, target: PrimaryTarget, what: &str) {
+        let failed =
+            self.input.last_rejoin_failure.as_ref().filter(|f| f.source == target.name && f.method == RejoinMethod::Rewind);
+        if let Some(f) = failed {
+            self.why(format!("{what}: rewind from {target} failed ({}): falling back to a basebackup", f.error));
+            self.push(AgentAction::Basebackup(target));
+        } else {
+            self.why(format!("{what}: rejoining {target} through pg_rewind"));
+            self.push(AgentAction::Rewind(target));
+        }
+    }
+
+    /// The timeline of the followed primary, when this replica has not streamed for two renew
+    /// intervals while that primary runs a newer timeline than its own. A standby that can
+    /// follow a promotion switches timelines within a second, so by then it cannot.
+    fn diverged_from(&self, view: &ClusterView, target: &PrimaryTarget) -> Option<u32> {
+        let input = self.input;
+        let stuck = input.replica_not_streaming_for.is_some_and(|d| d >= input.config.renew_interval() * 2);
+        let primary = view.members.get(&target.name).filter(|m| m.role == Role::Primary && m.pg_running)?;
+        (stuck && primary.timeline > input.probe.timeline).then_some(primary.timeline)
     }
 
     /// A non-holder that sees the leader lease expired, or released by the designated primary
@@ -693,63 +633,20 @@ impl<'a> Decider<'a> {
     }
 }
 
-/// The heartbeat for this loop, from the probe (state before this loop's actions).
 /// How long a primary whose Postgres did not restart in place leaves its lease to a replica
 /// before it claims it again: two leases, time for a coordinator to notice and fail over.
 pub fn handover_window(config: &DynamicConfig) -> Duration {
     config.lease() * 2
 }
 
-fn heartbeat(input: &AgentInput) -> MemberStatus {
-    let id = &input.identity;
-    let probe = &input.probe;
-    let mut m = MemberStatus::new(id.member.clone());
-    m.role = if probe.running { probe.role } else { Role::Unknown };
-    m.pg_running = probe.running;
-    m.timeline = probe.timeline;
-    m.write_lsn = probe.write_lsn;
-    m.receive_lsn = probe.receive_lsn;
-    m.replay_lsn = probe.replay_lsn;
-    m.streaming = probe.streaming;
-    m.seq = input.seq;
-    m.instance_id = id.instance_id.clone();
-    m.availability_zone = id.availability_zone.clone();
-    m.tags = id.tags.clone();
-    m.agent_version = id.agent_version.clone();
-    m.api_url = id.api_url.clone();
-    m.pg_host = id.pg_host.clone();
-    m.pg_port = id.pg_port;
-    m.updated_at_ms = input.wall_ms;
-    m.expire_at = Some(input.wall_ms / 1000 + HEARTBEAT_TTL_S);
-    let mut term = input.held.as_ref().map_or(0, |h| h.lease.term);
-    if let StoreRead::Ok(view) = &input.store {
-        term = term.max(view.cluster.as_ref().map_or(0, |c| c.term));
-    }
-    m.term = term;
-    if m.role == Role::Replica {
-        m.flush_lsn = probe.receive_lsn;
-        m.lag_seconds = probe.replay_age.map(|a| a.as_secs_f64());
-        // Bytes behind the primary's last published write position.
-        if let (StoreRead::Ok(view), Some(pos)) = (&input.store, m.wal_position()) {
-            let primary = view.cluster.as_ref().and_then(|c| c.primary.as_deref());
-            if let Some(p) = primary.and_then(|p| view.members.get(p)).filter(|p| p.role == Role::Primary) {
-                m.lag_bytes = p.write_lsn.map(|w| w.bytes_ahead_of(pos));
-            }
-        }
-    } else {
-        m.flush_lsn = probe.flush_lsn;
-    }
-    let holds = input.held.is_some();
-    m.leader_seen = if holds { None } else { input.leader_seen.clone() };
-    m.failsafe_members = if holds { input.failsafe.members.clone() } else { None };
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::bootstrap::BootstrapPolicy;
+    use crate::agent::failsafe::FailsafeInput;
+    use crate::agent::input::{AgentIdentity, PublishedHeartbeat, RejoinFailure};
     use crate::model::ClusterRecord;
-    use crate::pg::UpstreamConfig;
+    use crate::pg::{PgProbe, UpstreamConfig};
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
@@ -842,6 +739,8 @@ mod tests {
             failsafe: FailsafeInput::default(),
             departed_slots: Vec::new(),
             bootstrap: BootstrapPolicy::default(),
+            replica_not_streaming_for: None,
+            last_heartbeat: None,
         }
     }
 
@@ -870,7 +769,7 @@ mod tests {
                 "n1",
                 primary_probe(),
                 StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
-                held("n1", 3, "r", 19_000),
+                held("n1", 3, "r", 17_000),
             ),
             expect: vec!["renew_lease", "demote_if_lease_lost", "publish_heartbeat"],
             reason_has: "primary for term 3",
@@ -899,7 +798,7 @@ mod tests {
                 "n1",
                 primary_probe(),
                 StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "r")))),
-                held("n1", 3, "r", 19_000),
+                held("n1", 3, "r", 17_000),
             ),
             expect: vec!["demote", "release_lease", "publish_heartbeat"],
             reason_has: "names n2 primary for term 4",
@@ -921,7 +820,7 @@ mod tests {
                     "n1",
                     primary_probe(),
                     StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
-                    held("n1", 3, "r", 19_000),
+                    held("n1", 3, "r", 17_000),
                 );
                 i.fenced_through = 3;
                 i
@@ -941,7 +840,7 @@ mod tests {
         let failed = |term, at_ms| Some(PrimaryStartFailure { term, at: MS(at_ms), error: "lock file".into() });
         v.push(Case {
             name: "primary whose postgres is down restarts it in place",
-            input: input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000)),
+            input: input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 17_000)),
             expect: vec!["renew_lease", "start", "publish_heartbeat"],
             reason_has: "starting postgres",
         });
@@ -949,7 +848,7 @@ mod tests {
             name: "primary whose restart in place failed stops renewing so a replica takes over",
             input: {
                 let mut i =
-                    input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000));
+                    input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 17_000));
                 i.primary_start_failure = failed(3, 19_500);
                 i.max_term_held = 3;
                 i
@@ -983,7 +882,7 @@ mod tests {
             name: "a failed start of an older term does not hand over this one",
             input: {
                 let mut i =
-                    input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000));
+                    input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 17_000));
                 i.primary_start_failure = failed(2, 19_500);
                 i
             },
@@ -995,7 +894,7 @@ mod tests {
             input: {
                 let mut v = view(3, "n1", Some(lease("n1", 3, "r")));
                 v.cluster.as_mut().unwrap().paused = true;
-                let mut i = input("n1", down(), StoreRead::Ok(v), held("n1", 3, "r", 19_000));
+                let mut i = input("n1", down(), StoreRead::Ok(v), held("n1", 3, "r", 17_000));
                 i.primary_start_failure = failed(3, 19_500);
                 i
             },
@@ -1007,7 +906,7 @@ mod tests {
             input: {
                 let mut p = primary_probe();
                 p.slots = vec!["n2".into()];
-                input("n1", p, StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000))
+                input("n1", p, StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 17_000))
             },
             expect: vec!["renew_lease", "ensure_slots", "demote_if_lease_lost", "publish_heartbeat"],
             reason_has: "primary",
@@ -1017,7 +916,7 @@ mod tests {
             input: {
                 let mut p = primary_probe();
                 p.slots = vec!["n2".into(), "n3".into(), "n9".into()];
-                let mut i = input("n1", p, StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 19_000));
+                let mut i = input("n1", p, StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 17_000));
                 i.departed_slots = vec!["n9".into()];
                 i
             },
@@ -1248,7 +1147,7 @@ mod tests {
                 "n1",
                 PgProbe::stopped(DataDirState::Primary),
                 StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
-                held("n1", 3, "r", 19_000),
+                held("n1", 3, "r", 17_000),
             ),
             expect: vec!["renew_lease", "start", "publish_heartbeat"],
             reason_has: "starting",
@@ -1316,5 +1215,69 @@ mod tests {
         assert_eq!(m.lag_seconds, Some(1.5));
         assert_eq!(m.leader_seen.as_ref().unwrap().rvn, "r");
         assert_eq!(m.pg_port, 5009);
+    }
+
+    #[test]
+    fn the_lease_is_renewed_once_its_last_write_is_a_renew_interval_old() {
+        let vw = || view(3, "n1", Some(lease("n1", 3, "r")));
+        let recent = input("n1", primary_probe(), StoreRead::Ok(vw()), held("n1", 3, "r", 18_000));
+        assert!(!decide(&recent).names().contains(&"renew_lease"), "2 s of a 3 s interval");
+        let due = input("n1", primary_probe(), StoreRead::Ok(vw()), held("n1", 3, "r", 17_000));
+        assert!(decide(&due).names().contains(&"renew_lease"));
+        let store_down = input("n1", primary_probe(), StoreRead::Unavailable("timeout".into()), held("n1", 3, "r", 18_000));
+        assert_eq!(decide(&store_down).names(), vec!["demote_if_lease_lost", "publish_heartbeat"]);
+    }
+
+    #[test]
+    fn an_unchanged_heartbeat_waits_for_the_renew_interval_and_a_change_goes_out_at_once() {
+        let vw = || view(3, "n1", Some(lease("n1", 3, "r")));
+        let mut i = input("n2", replica_probe(5001), StoreRead::Ok(vw()), None);
+        i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
+        i.probe.streaming = true;
+        i.leader_seen = Some(LeaseSighting { term: 3, rvn: "r".into(), unchanged_ms: 100 });
+        let Some(AgentAction::PublishHeartbeat(first)) = decide(&i).actions.last().cloned() else { panic!("first heartbeat") };
+        i.last_heartbeat = Some(PublishedHeartbeat { status: first, at: MS(18_000) });
+
+        // A loop later: new seq, timestamps, replay age and sighting age only.
+        i.seq += 1;
+        i.wall_ms += 1_000;
+        i.probe.replay_age = Some(MS(9_000));
+        i.leader_seen = Some(LeaseSighting { term: 3, rvn: "r".into(), unchanged_ms: 1_100 });
+        assert!(decide(&i).actions.is_empty(), "{:?}", decide(&i).names());
+
+        let mut stopped = i.clone();
+        stopped.probe = PgProbe::default();
+        assert_eq!(decide(&stopped).names().last(), Some(&"publish_heartbeat"), "postgres stopped");
+        let mut renewed = i.clone();
+        renewed.leader_seen = Some(LeaseSighting { term: 3, rvn: "r2".into(), unchanged_ms: 0 });
+        assert_eq!(decide(&renewed).names(), vec!["publish_heartbeat"], "the lease moved on");
+        let mut wal = i.clone();
+        wal.probe.replay_lsn = Some("0/9000".parse().unwrap());
+        assert_eq!(decide(&wal).names(), vec!["publish_heartbeat"], "WAL replayed");
+
+        i.now = MS(21_000);
+        assert_eq!(decide(&i).names(), vec!["publish_heartbeat"], "a renew interval after the last one");
+    }
+
+    #[test]
+    fn a_replica_stuck_behind_the_primarys_timeline_rewinds_then_falls_back_to_a_basebackup() {
+        let stuck = |not_streaming_ms: u64, primary_tl: u32| {
+            let mut vw = view(3, "n1", Some(lease("n1", 3, "r")));
+            vw.members.get_mut("n1").unwrap().timeline = primary_tl;
+            let mut i = input("n2", replica_probe(5001), StoreRead::Ok(vw), None);
+            i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
+            i.probe.timeline = 1;
+            i.replica_not_streaming_for = Some(MS(not_streaming_ms));
+            i
+        };
+        let d = decide(&stuck(6_000, 2));
+        assert_eq!(d.names(), vec!["rewind", "publish_heartbeat"], "{}", d.reason);
+        assert!(d.reason.contains("replica on timeline 1 while n1 (127.0.0.1:5001) runs timeline 2"), "{}", d.reason);
+        assert_eq!(decide(&stuck(5_000, 2)).names(), vec!["publish_heartbeat"], "may still switch timelines");
+        assert_eq!(decide(&stuck(60_000, 1)).names(), vec!["publish_heartbeat"], "same timeline: a connection problem");
+        let mut failed = stuck(6_000, 2);
+        failed.last_rejoin_failure =
+            Some(RejoinFailure { method: RejoinMethod::Rewind, source: "n1".into(), error: "no common ancestor".into() });
+        assert_eq!(decide(&failed).names(), vec!["basebackup", "publish_heartbeat"]);
     }
 }

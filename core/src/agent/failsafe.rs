@@ -429,6 +429,8 @@ mod tests {
                 failsafe: FailsafeInput::default(),
                 departed_slots: Vec::new(),
                 bootstrap: Default::default(),
+                replica_not_streaming_for: None,
+                last_heartbeat: None,
             }
         }
 

@@ -11,18 +11,19 @@ mod decide;
 mod failsafe;
 mod failsafe_handle;
 mod handle;
+mod heartbeat;
+mod input;
 mod runtime;
 mod slots;
 pub mod sync;
 
 pub use bootstrap::{BootstrapPolicy, DEFAULT_BOOTSTRAP_LOCK};
-pub use decide::{
-    decide, AgentAction, AgentDecision, AgentIdentity, AgentInput, PrimaryStartFailure, RejoinFailure, RejoinMethod, StoreRead,
-};
+pub use decide::{decide, AgentAction, AgentDecision};
 pub use failsafe::{
     combine as combine_failsafe_replies, judge_request as judge_failsafe_request, FailsafeInput, FailsafePeers, FailsafePromise,
     FailsafeReply, FailsafeRequest, PeerFacts, RoundOutcome,
 };
 pub use handle::{AgentCounters, AgentHandle, AgentSnapshot, DemoteError};
+pub use input::{AgentIdentity, AgentInput, PrimaryStartFailure, PublishedHeartbeat, RejoinFailure, RejoinMethod, StoreRead};
 pub use runtime::{ActionOutcome, AgentRuntime, CoordinatorTrigger, TickReport, TriggerError};
 pub use slots::{DepartedSlots, DEFAULT_DEPARTED_SLOT_RETENTION};

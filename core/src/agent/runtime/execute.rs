@@ -4,7 +4,8 @@
 use std::sync::PoisonError;
 
 use super::{AgentRuntime, Executed};
-use crate::agent::decide::{AgentAction, PrimaryStartFailure, RejoinFailure, RejoinMethod};
+use crate::agent::decide::AgentAction;
+use crate::agent::input::{PrimaryStartFailure, PublishedHeartbeat, RejoinFailure, RejoinMethod};
 use crate::clock::Clock;
 use crate::lease::{self, try_acquire_observed, AcquireOutcome, Claimant, HeldLease};
 use crate::model::{ClusterRecord, LeaseName};
@@ -227,13 +228,17 @@ where
                 }
             }
             AgentAction::PublishHeartbeat(status) => {
+                let at = self.clock.monotonic();
                 let result = self.store.put_member(&cluster, status).await.map_err(|e| e.to_string());
                 if result.is_err() {
                     self.counters.heartbeat_failures += 1;
-                } else if let (Some(_), Some(h)) = (&status.failsafe_members, &self.held) {
+                    return result;
+                }
+                if let (Some(_), Some(h)) = (&status.failsafe_members, &self.held) {
                     // Candidates can now see whom this primary asks (docs/failsafe.md).
                     self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner).note_published(h.lease.term);
                 }
+                self.last_heartbeat = Some(PublishedHeartbeat { status: status.clone(), at });
                 result
             }
         }
