@@ -16,6 +16,8 @@ pub mod dynamodb;
 pub mod etcd;
 /// HTTP-demote and local-command fencers (no cloud SDK needed).
 pub mod fence;
+/// One fencer builder (names, order, checks) for the agent-hosted coordinator and the Lambda.
+pub mod fence_config;
 /// Values that never print, and the rule for secret files.
 pub mod secret;
 /// rustls client and server configurations from PEM files.

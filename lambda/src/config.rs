@@ -24,28 +24,23 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgdaemon_core::coordinator::{CoordinatorConfig, FencingPolicy};
+use pgdaemon_core::coordinator::CoordinatorConfig;
 use pgdaemon_core::keys::validate_cluster_name;
 use pgdaemon_core::ConfigError;
+pub use pgdaemon_dcs::fence_config::{FencerKind, Fencing};
+use pgdaemon_dcs::fence_config::{LAMBDA_DEFAULT, LAMBDA_FENCERS};
 
 /// Default SSM fencing script: stop the agent (so it cannot restart Postgres) and Postgres, then
 /// succeed only if no postgres process is left.
 pub const DEFAULT_SSM_COMMAND: &str = "systemctl stop pgdaemon-agent postgresql || true; \
 pkill -9 -x postgres || true; sleep 1; if pgrep -x postgres >/dev/null; then echo 'postgres still running' >&2; exit 1; fi; echo fenced";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FencerKind {
-    Ec2,
-    Ssm,
-    Http,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct LambdaConfig {
     pub table: String,
     pub clusters: Vec<String>,
-    /// Empty when fencing is off.
-    pub fencers: Vec<FencerKind>,
+    /// `PGDAEMON_FENCING`: the fencers in order, or off.
+    pub fencing: Fencing,
     pub cluster_tag_key: String,
     pub ssm_command: String,
     pub http_timeout: Duration,
@@ -118,37 +113,16 @@ impl LambdaConfig {
             }
             clusters.push(c.to_string());
         }
-        let fencing_raw = get("PGDAEMON_FENCING").unwrap_or_else(|| "ec2,ssm,http".into());
-        let mut fencers = Vec::new();
-        let mut policy = FencingPolicy::Required;
-        if fencing_raw == "off" {
-            policy = FencingPolicy::Off;
-        } else {
-            for f in fencing_raw.split(',').map(str::trim) {
-                let kind = match f {
-                    "ec2" => FencerKind::Ec2,
-                    "ssm" => FencerKind::Ssm,
-                    "http" => FencerKind::Http,
-                    other => {
-                        return Err(env_err(
-                            "PGDAEMON_FENCING",
-                            format!("unknown fencer {other:?}: expected ec2, ssm, http (in order) or off"),
-                        ))
-                    }
-                };
-                if fencers.contains(&kind) {
-                    return Err(env_err("PGDAEMON_FENCING", format!("{f:?} is listed twice")));
-                }
-                fencers.push(kind);
-            }
-        }
+        let names: Vec<String> = get("PGDAEMON_FENCING").map(|v| v.split(',').map(str::to_string).collect()).unwrap_or_default();
+        let fencing =
+            Fencing::parse(&names, LAMBDA_FENCERS, LAMBDA_DEFAULT).map_err(|e| env_err("PGDAEMON_FENCING", e.to_string()))?;
         let cluster_tag_key = get("PGDAEMON_CLUSTER_TAG_KEY").unwrap_or_else(|| "pgdaemon:cluster".into());
         if cluster_tag_key.len() > 128 {
             return Err(env_err("PGDAEMON_CLUSTER_TAG_KEY", "EC2 tag keys are at most 128 characters"));
         }
         let ssm_command = get("PGDAEMON_SSM_COMMAND").unwrap_or_else(|| DEFAULT_SSM_COMMAND.into());
         let coordinator = CoordinatorConfig {
-            fencing: policy,
+            fencing: fencing.policy(),
             lock_lease_ms: ms("PGDAEMON_LOCK_LEASE_MS", 10_000, 1000)?,
             heartbeat_stale_ms: match get("PGDAEMON_HEARTBEAT_STALE_MS") {
                 None => None,
@@ -182,7 +156,7 @@ impl LambdaConfig {
         Ok(LambdaConfig {
             table,
             clusters,
-            fencers,
+            fencing,
             cluster_tag_key,
             ssm_command,
             http_timeout: Duration::from_millis(ms("PGDAEMON_HTTP_TIMEOUT_MS", 15_000, 100)?),
@@ -199,6 +173,7 @@ impl LambdaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgdaemon_core::coordinator::FencingPolicy;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -208,7 +183,7 @@ mod tests {
     fn defaults_with_clusters() {
         let c = LambdaConfig::from_env(env(&[("PGDAEMON_CLUSTERS", "a, b"), ("PATH", "/bin")])).unwrap();
         assert_eq!(c.clusters, vec!["a", "b"]);
-        assert_eq!(c.fencers, vec![FencerKind::Ec2, FencerKind::Ssm, FencerKind::Http]);
+        assert_eq!(c.fencing, Fencing::Chain(vec![FencerKind::Ec2, FencerKind::Ssm, FencerKind::Http]));
         assert_eq!(c.coordinator.fencing, FencingPolicy::Required);
         assert_eq!(c.table, "pgdaemon");
     }
@@ -216,7 +191,7 @@ mod tests {
     #[test]
     fn fencing_off_is_explicit() {
         let c = LambdaConfig::from_env(env(&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_FENCING", "off")])).unwrap();
-        assert!(c.fencers.is_empty());
+        assert_eq!(c.fencing, Fencing::Off);
         assert_eq!(c.coordinator.fencing, FencingPolicy::Off);
     }
 
@@ -227,6 +202,8 @@ mod tests {
             (&[("PGDAEMON_CLUSTERS", "a,,b")], "PGDAEMON_CLUSTERS"),
             (&[("PGDAEMON_CLUSTERS", "a,a")], "listed twice"),
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_FENCING", "ec2,stonith")], "stonith"),
+            (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_FENCING", "ec2,ec2")], "listed twice"),
+            (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_FENCING", "command")], "unknown fencer \"command\""),
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_POLL_MS", "fast")], "PGDAEMON_POLL_MS"),
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_LOCK_LEASE_MS", "10")], "PGDAEMON_LOCK_LEASE_MS"),
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_TABEL", "x")], "PGDAEMON_TABEL"),

@@ -12,60 +12,54 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgdaemon_core::fence::{FenceChain, Fencer};
-use pgdaemon_dcs::fence::HttpDemoteFencer;
+use pgdaemon_dcs::fence_config::{FenceConfigError, FencerConfig, FencerKind};
 
 use crate::api_token::TokenHttpFencer;
 use crate::aws::{Ec2Api, Ec2Fencer, ParameterApi, SsmApi, SsmFencer};
-use crate::config::{FencerKind, LambdaConfig};
+use crate::config::LambdaConfig;
 
-/// The configured fencers, in order. Generic over the API traits so tests can pass fakes.
-/// `ssm` also reads the agents' API token (`PGDAEMON_API_TOKEN_PARAMETER`) for the `http`
-/// fencer, lazily (see [`api_token`]): building the chain makes no AWS call.
-pub fn build_fencer<E, S>(config: &LambdaConfig, ec2: E, ssm: S) -> Arc<FenceChain>
+/// The configured fencers, in order, from the shared builder ([`FencerConfig`]); the Lambda adds
+/// `ec2` and `ssm` (the only crate with their SDKs). Generic over the API traits so tests can
+/// pass fakes. With `PGDAEMON_API_TOKEN_PARAMETER`, the `http` fencer reads the agents' API token
+/// through `ssm` lazily (see [`api_token`]): building the chain makes no AWS call.
+pub fn build_fencer<E, S>(config: &LambdaConfig, ec2: E, ssm: S) -> Result<Arc<FenceChain>, FenceConfigError>
 where
     E: Ec2Api + Clone + 'static,
     S: SsmApi + ParameterApi + Clone + 'static,
 {
     let http_timeout = config.http_timeout.max(Duration::from_millis(100));
-    if config.fencers.contains(&FencerKind::Http) && config.api_token_parameter.is_none() {
+    if config.fencing.uses(FencerKind::Http) && config.api_token_parameter.is_none() {
         tracing::warn!(
             "the http fencer has no credentials (PGDAEMON_API_TOKEN_PARAMETER is unset): agents that require them answer 401"
         );
     }
-    let fencers: Vec<Box<dyn Fencer>> = config
-        .fencers
-        .iter()
-        .map(|k| -> Box<dyn Fencer> {
-            match k {
-                FencerKind::Ec2 => Box::new(Ec2Fencer::new(ec2.clone(), config.cluster_tag_key.clone())),
-                FencerKind::Ssm => {
-                    Box::new(SsmFencer::new(ssm.clone(), ec2.clone(), config.cluster_tag_key.clone(), config.ssm_command.clone()))
-                }
-                FencerKind::Http => {
-                    let http = http_fencer(config, http_timeout);
-                    match &config.api_token_parameter {
-                        Some(name) => Box::new(TokenHttpFencer::with_fencer(ssm.clone(), name.clone(), http)),
-                        None => Box::new(http),
-                    }
-                }
-            }
-        })
-        .collect();
-    Arc::new(FenceChain::new(fencers))
-}
-
-/// The `http` fencer without credentials: `https://` agents verified against
-/// `PGDAEMON_API_CA_FILE` (checked by [`LambdaConfig::from_env`]), or the system's roots.
-fn http_fencer(config: &LambdaConfig, timeout: Duration) -> HttpDemoteFencer {
-    let plain = HttpDemoteFencer::new(timeout);
-    let Some(ca) = &config.api_ca_file else { return plain };
-    match plain.clone().with_tls(Some(ca), None) {
-        Ok(fencer) => fencer,
-        Err(e) => {
+    let mut fencers = FencerConfig::new(config.fencing.clone(), http_timeout, None)?;
+    // `https://` agents are verified against `PGDAEMON_API_CA_FILE` (checked by
+    // [`LambdaConfig::from_env`]), or the system's roots.
+    if let Some(ca) = &config.api_ca_file {
+        match pgdaemon_dcs::tls::client_config(Some(ca), None) {
+            Ok(tls) => fencers = fencers.with_http_tls(tls),
             // Read at init already; a file gone since then leaves the system's roots, which
             // verify no private CA: an https fence then fails, never confirms.
-            tracing::error!(error = %e, "PGDAEMON_API_CA_FILE: the http fencer verifies agents against the system's roots");
-            plain
+            Err(e) => {
+                tracing::error!(error = %e, "PGDAEMON_API_CA_FILE: the http fencer verifies agents against the system's roots")
+            }
         }
     }
+    let chain = fencers.build(|kind| -> Option<Box<dyn Fencer>> {
+        match kind {
+            FencerKind::Ec2 => Some(Box::new(Ec2Fencer::new(ec2.clone(), config.cluster_tag_key.clone()))),
+            FencerKind::Ssm => Some(Box::new(SsmFencer::new(
+                ssm.clone(),
+                ec2.clone(),
+                config.cluster_tag_key.clone(),
+                config.ssm_command.clone(),
+            ))),
+            FencerKind::Http => config.api_token_parameter.as_ref().map(|name| -> Box<dyn Fencer> {
+                Box::new(TokenHttpFencer::with_fencer(ssm.clone(), name.clone(), fencers.http_fencer()))
+            }),
+            FencerKind::Command => None,
+        }
+    })?;
+    Ok(Arc::new(chain))
 }

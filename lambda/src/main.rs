@@ -21,7 +21,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let dynamodb = pgdaemon_dcs::dynamodb::client_from_env(None, None).await;
     let store = Arc::new(DynamoDbStore::new(dynamodb, config.table.clone()));
     let fencer =
-        pgdaemon_lambda::build_fencer(&config, SdkEc2(aws_sdk_ec2::Client::new(&sdk)), SdkSsm(aws_sdk_ssm::Client::new(&sdk)));
+        pgdaemon_lambda::build_fencer(&config, SdkEc2(aws_sdk_ec2::Client::new(&sdk)), SdkSsm(aws_sdk_ssm::Client::new(&sdk)))
+            .context("invalid configuration: PGDAEMON_FENCING")?;
     let owner = format!("lambda-{}", uuid::Uuid::new_v4());
     let events = Arc::new(pgdaemon_lambda::events::Events::from_env(&sdk, store.clone()).context("invalid configuration")?);
     let handler = Arc::new(Handler::new(store, fencer, SystemClock::new(), config, &owner).with_events(events.emitter()));

@@ -208,7 +208,7 @@ async fn build_fencer_wires_the_parameter_without_reading_it() {
     ]))
     .unwrap();
     let aws = FakeAws::new(vec![Ok("t0ken")]);
-    let chain = pgdaemon_lambda::build_fencer(&config, aws.clone(), aws.clone());
+    let chain = pgdaemon_lambda::build_fencer(&config, aws.clone(), aws.clone()).unwrap();
     assert_eq!(chain.names(), vec!["http".to_string()]);
     assert_eq!(aws.reads(), 0, "no AWS call at init");
     let (url, seen) = agent().await;
@@ -218,7 +218,7 @@ async fn build_fencer_wires_the_parameter_without_reading_it() {
     // Without the variable: no credentials sent, as before.
     let config = LambdaConfig::from_env(env(&[("PGDAEMON_CLUSTERS", "prod"), ("PGDAEMON_FENCING", "http")])).unwrap();
     let aws = FakeAws::new(vec![Ok("t0ken")]);
-    let chain = pgdaemon_lambda::build_fencer(&config, aws.clone(), aws.clone());
+    let chain = pgdaemon_lambda::build_fencer(&config, aws.clone(), aws.clone()).unwrap();
     assert!(chain.fence(&target(&url), None).await.is_confirmed());
     assert_eq!(aws.reads(), 0);
     assert!(!seen.lock().unwrap()[1].contains("authorization:"));

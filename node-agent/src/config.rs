@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use pgdaemon_core::config::load_layered;
 use pgdaemon_core::keys::{validate_cluster_name, validate_member_name};
 use pgdaemon_core::{ConfigError, DynamicConfig, MemberTags, StoreConfig};
+use pgdaemon_dcs::fence_config::{FenceConfigError, FencerConfig, Fencing, AGENT_DEFAULT, AGENT_FENCERS};
 use serde::{Deserialize, Serialize};
 
 pub use crate::logging::LogFormat;
@@ -230,6 +231,20 @@ pub struct CoordinatorConfig {
     pub lambda_function: Option<String>,
 }
 
+impl CoordinatorConfig {
+    /// The hosted coordinator's fencers as the shared builder describes them ([`FencerConfig`]),
+    /// checked: known names for this place, `off` alone, none twice, `command` with a command.
+    /// `timeout` bounds each `http` request and `command` run.
+    pub fn fencer_config(&self, timeout: std::time::Duration) -> Result<FencerConfig, ConfigError> {
+        let fencing = Fencing::parse(&self.fencing, AGENT_FENCERS, AGENT_DEFAULT)
+            .map_err(|e| ConfigError::invalid("coordinator.fencing", format!("is invalid: {e}")))?;
+        FencerConfig::new(fencing, timeout, self.fence_command.clone()).map_err(|e| match e {
+            FenceConfigError::NoCommand => ConfigError::invalid("coordinator.fence_command", format!("is required: {e}")),
+            other => ConfigError::invalid("coordinator.fencing", format!("is invalid: {other}")),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -413,6 +428,10 @@ impl AgentConfig {
         }
         self.dynamic.validate().map_err(|e| prefix_key("dynamic", e))?;
         self.store.validate()?;
+        if self.coordinator.enabled {
+            // The same checks the hosted coordinator's start runs (the timeout is not checked).
+            self.coordinator.fencer_config(std::time::Duration::from_secs(1))?;
+        }
         crate::logging::validate_filter(&self.log.level).map_err(|r| ConfigError::invalid("log.level", r))?;
         Ok(())
     }

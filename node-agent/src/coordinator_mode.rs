@@ -11,13 +11,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use async_trait::async_trait;
 use pgdaemon_core::agent::{CoordinatorTrigger, TriggerError};
 use pgdaemon_core::coordinator::{Coordinator, CoordinatorConfig, FencingPolicy, Outcome};
 use pgdaemon_core::fence::{FenceChain, Fencer};
 use pgdaemon_core::{Clock, LeaseSighting, Store, SystemClock};
-use pgdaemon_dcs::fence::{CommandFencer, HttpDemoteFencer};
+use pgdaemon_dcs::fence_config::FencerKind;
 use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
@@ -27,9 +27,10 @@ const FENCE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause between runs while a transition is under way (the agents act within one probe).
 const BUSY_POLL: Duration = Duration::from_millis(200);
 
-/// Fencing policy and chain from the `[coordinator]` section. Rejects unknown fencers and a
-/// `command` fencer without a command. `authorization`: what the `http` fencer sends, the
-/// cluster's shared `[api]` credentials as read once at start
+/// Fencing policy and chain from the `[coordinator]` section, through the shared builder
+/// ([`pgdaemon_dcs::fence_config`], the same checks `check-config` runs: unknown fencers, `off`
+/// not alone, a fencer listed twice, `command` without `fence_command`). `authorization`: what
+/// the `http` fencer sends, the cluster's shared `[api]` credentials as read once at start
 /// ([`crate::api_security::ApiSecurity::client_authorization`]). Its TLS comes from `[api]`
 /// as well ([`crate::api_security::ApiConfig::client_tls`]): `https://` agents are verified
 /// against `tls_ca_file` (or the system's roots), and agents requiring client certificates get
@@ -38,33 +39,17 @@ pub fn fencing(
     cfg: &AgentConfig,
     authorization: Option<reqwest::header::HeaderValue>,
 ) -> anyhow::Result<(FencingPolicy, FenceChain)> {
-    let c = &cfg.coordinator;
-    let names: Vec<&str> = if c.fencing.is_empty() { vec!["http"] } else { c.fencing.iter().map(String::as_str).collect() };
-    if names == ["off"] {
-        return Ok((FencingPolicy::Off, FenceChain::new(vec![])));
-    }
-    let mut fencers: Vec<Box<dyn Fencer>> = Vec::new();
-    for name in names {
-        match name {
-            "http" => {
-                // The agents it fences require the cluster's shared `[api]` credentials, and
-                // speak TLS when this node does (the cluster shares its CA).
-                let tls = cfg.api.client_tls().context("config: the `http` fencer's TLS")?;
-                fencers.push(Box::new(
-                    HttpDemoteFencer::new(FENCE_TIMEOUT).with_tls_config(tls).with_authorization(authorization.clone()),
-                ))
-            }
-            "command" => {
-                let Some(cmd) = c.fence_command.clone().filter(|s| !s.trim().is_empty()) else {
-                    bail!("config: `coordinator.fencing` lists \"command\" but `coordinator.fence_command` is not set");
-                };
-                fencers.push(Box::new(CommandFencer::new(cmd, FENCE_TIMEOUT)));
-            }
-            "off" => bail!("config: `coordinator.fencing`: \"off\" must be the only entry"),
-            other => bail!("config: `coordinator.fencing`: unknown fencer {other:?} (expected http, command, or off)"),
-        }
-    }
-    Ok((FencingPolicy::Required, FenceChain::new(fencers)))
+    let config = cfg.coordinator.fencer_config(FENCE_TIMEOUT)?;
+    let config = if config.fencing().uses(FencerKind::Http) {
+        // The agents it fences require the cluster's shared `[api]` credentials, and speak TLS
+        // when this node does (the cluster shares its CA).
+        let tls = cfg.api.client_tls().context("config: the `http` fencer's TLS")?;
+        config.with_http_tls(tls).with_http_authorization(authorization)
+    } else {
+        config
+    };
+    let chain = config.build(|_| None).map_err(|e| anyhow::anyhow!("config: `coordinator.fencing`: {e}"))?;
+    Ok((config.policy(), chain))
 }
 
 /// Starts what `[coordinator]` asks for and returns the trigger for the agent runtime:
@@ -144,7 +129,9 @@ async fn lambda_trigger(function: &str) -> anyhow::Result<Arc<dyn CoordinatorTri
 
 #[cfg(not(feature = "lambda-trigger"))]
 async fn lambda_trigger(_function: &str) -> anyhow::Result<Arc<dyn CoordinatorTrigger>> {
-    bail!("config: `coordinator.lambda_function` is set but this build has no Lambda client (cargo feature `lambda-trigger`)")
+    anyhow::bail!(
+        "config: `coordinator.lambda_function` is set but this build has no Lambda client (cargo feature `lambda-trigger`)"
+    )
 }
 
 /// The coordinator lock lease for a cluster leader lease of `lease_ms` (at least the minimum

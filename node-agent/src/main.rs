@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use pgdaemon_agent::config::{self, AgentConfig, LogFormat};
 use pgdaemon_agent::{logging, run};
+use pgdaemon_core::coordinator::FencingPolicy;
 
 #[derive(Debug, Parser)]
 #[command(name = "pgdaemon-agent", version, about = "pgdaemon node agent: one per PostgreSQL host")]
@@ -121,6 +122,12 @@ async fn check_config(path: &std::path::Path, cfg: &AgentConfig, env: &[(String,
         } else {
             println!("# api token: SSM parameter {name} (not fetched; --fetch-secrets reads it)");
         }
+    }
+    if cfg.coordinator.enabled {
+        // Builds the hosted coordinator's fencers as the start does (names, command, `http` TLS).
+        let (policy, chain) = pgdaemon_agent::coordinator_mode::fencing(cfg, None)?;
+        let fencers = if policy == FencingPolicy::Off { "off".to_string() } else { chain.names().join(", ") };
+        println!("# hosted coordinator fencers: {fencers}");
     }
     print!("{}", cfg.to_toml());
     Ok(())

@@ -342,3 +342,43 @@ fn check_config_prints_the_config_but_never_the_password() {
     assert!(stderr.contains("chmod 600"), "{stderr}");
     assert!(!stderr.contains("topsecret") && !String::from_utf8_lossy(&out.stdout).contains("topsecret"));
 }
+
+#[test]
+fn hosted_coordinator_fencers_are_checked() {
+    let hosting = |lines: &str| format!("{BASE}[coordinator]\nenabled = true\n{lines}\n");
+    for ok in ["", "fencing = [\"off\"]", "fencing = [\"command\", \"http\"]\nfence_command = \"true\""] {
+        AgentConfig::parse(&hosting(ok), &[]).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+    }
+    for bad in ["fencing = [\"htp\"]", "fencing = [\"ec2\"]", "fencing = [\"http\", \"off\"]", "fencing = [\"http\", \"http\"]"] {
+        assert_eq!(rejected_key(&hosting(bad), &[]), "coordinator.fencing", "{bad}");
+    }
+    assert_eq!(rejected_key(&hosting("fencing = [\"command\"]"), &[]), "coordinator.fence_command");
+    let err = AgentConfig::parse(&hosting("fencing = [\"htp\"]"), &[]).unwrap_err().to_string();
+    assert!(err.contains("unknown fencer \"htp\": expected http, command"), "{err}");
+    // Not hosting a coordinator: the list is not used and does not stop the agent.
+    AgentConfig::parse(&format!("{BASE}[coordinator]\nfencing = [\"htp\"]\n"), &[]).unwrap();
+}
+
+#[test]
+fn check_config_reports_a_fencer_typo() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = bin_dir(dir.path(), &REQUIRED_PROGRAMS);
+    let path = dir.path().join("agent.toml");
+    let check = |coordinator: &str| {
+        let text = format!("{}[coordinator]\nenabled = true\n{coordinator}\n", paths_config(&full, &dir.path().join("data")));
+        std::fs::write(&path, text).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgdaemon-agent"))
+            .args(["check-config", "--config", path.to_str().unwrap()])
+            .env("PGDAEMON_NODE__LISTEN", "127.0.0.1:8008")
+            .output()
+            .unwrap()
+    };
+    let out = check("fencing = [\"http\", \"comand\"]");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a typo passed check-config: {out:?}");
+    assert!(stderr.contains("coordinator.fencing") && stderr.contains("unknown fencer \"comand\""), "{stderr}");
+    let out = check("fencing = [\"http\", \"command\"]\nfence_command = \"true\"");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("# hosted coordinator fencers: http, command"), "{stdout}");
+}
