@@ -13,10 +13,13 @@ use crate::keys;
 use crate::model::{ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseName, MemberStatus};
 use crate::store::{LeaseClaim, Store, StoreError};
 
+/// Every stored item by (cluster, item key), as its JSON text.
+type Items = BTreeMap<(String, String), String>;
+
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     /// (cluster, item) -> encoded record.
-    items: Mutex<BTreeMap<(String, String), String>>,
+    items: Mutex<Items>,
     unavailable: AtomicBool,
 }
 
@@ -40,15 +43,13 @@ impl MemoryStore {
         self.items.lock().unwrap().get(&(cluster.to_string(), item.to_string())).cloned()
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<(String, String), String>>, StoreError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Items>, StoreError> {
         if self.unavailable.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("memory store is switched off".into()));
         }
         Ok(self.items.lock().unwrap())
     }
 }
-
-type Items = BTreeMap<(String, String), String>;
 
 fn get<T: serde::de::DeserializeOwned>(items: &Items, cluster: &str, item: &str) -> Result<Option<T>, StoreError> {
     items.get(&(cluster.to_string(), item.to_string())).map(|t| decode(item, t.as_bytes())).transpose()

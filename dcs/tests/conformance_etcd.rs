@@ -7,6 +7,8 @@ use pgdaemon_testkit::engines::EtcdServer;
 
 const PREFIX: &str = "/pgdaemon-conformance";
 
+// One per test binary: the size of the inline variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Server {
     /// Shared by the ordinary checks of this test binary.
     Shared(&'static EtcdServer),

@@ -111,6 +111,8 @@ fn cluster(check: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // The conformance suite, through TLS, client certificates and tokens that keep expiring.
 
+// One per test binary: the size of the inline variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Server {
     Shared(&'static Shared),
     /// For the check that stops its engine: same certificates, users and options.

@@ -107,11 +107,7 @@ async fn ssm_fencer_sends_the_stop_command_and_reads_its_invocation() {
     assert!(answer.is_confirmed(), "{answer:?}");
     // The command really was recorded by SSM, with our document, script and instance.
     let listed = ssm.list_commands().send().await.unwrap();
-    let cmd = listed
-        .commands()
-        .iter()
-        .find(|c| c.instance_ids().iter().any(|i| *i == id))
-        .expect("SendCommand recorded for the instance");
+    let cmd = listed.commands().iter().find(|c| c.instance_ids().contains(&id)).expect("SendCommand recorded for the instance");
     assert_eq!(cmd.document_name(), Some("AWS-RunShellScript"));
     let params = cmd.parameters().unwrap();
     assert_eq!(params.get("commands").unwrap(), &vec![script.to_string()]);

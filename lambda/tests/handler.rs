@@ -77,7 +77,7 @@ async fn bootstrap(store: &Arc<MemoryStore>, cluster: &str) -> Agents {
                 }
             }
             if let Some(p) = record.primary.clone() {
-                if !held.as_ref().is_some_and(|l: &LeaderLease| l.owner == p) {
+                if held.as_ref().is_none_or(|l: &LeaderLease| l.owner != p) {
                     let current = store.read_lease(&cluster, LeaseName::Leader).await.unwrap();
                     if current.as_ref().is_none_or(|l| l.is_free()) {
                         if let Ok(l) =

@@ -681,7 +681,7 @@ async fn untagged_instance_is_not_fenced(w: &mut World) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let run = log.lines().filter(|l| l.contains("coordinator run") && l.contains(&refusal)).last();
+    let run = log.lines().rfind(|l| l.contains("coordinator run") && l.contains(&refusal));
     let run = run.with_context(|| format!("no coordinator run refused {untagged} within 45 s"))?;
     w.log(format!("refused {:.1}s after the kill: {}", t.elapsed().as_secs_f64(), run.chars().take(400).collect::<String>()));
     // One more fast-path round (a lease duration) must not change the answer.

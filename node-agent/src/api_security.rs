@@ -39,7 +39,7 @@ use subtle::ConstantTimeEq;
 use crate::secrets::{check_ssm_parameter_name, load_ssm_secret, read_password_file, Secret, SecretError};
 
 /// `[api]`: authentication, allow-list and limits of the agent's HTTP API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// HTTP basic auth user (Patroni's `restapi.authentication.username`); needs `password_file`.
@@ -90,27 +90,6 @@ pub struct ApiConfig {
     /// hosted coordinator's `http` fencer). Unset: the system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca_file: Option<PathBuf>,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        ApiConfig {
-            username: None,
-            password_file: None,
-            token_file: None,
-            token_ssm_parameter: None,
-            allowlist: Vec::new(),
-            allowlist_include_members: false,
-            protect_reads: false,
-            insecure: false,
-            max_connections: 0,
-            read_timeout_ms: 0,
-            tls_cert_file: None,
-            tls_key_file: None,
-            tls_client_ca_file: None,
-            tls_ca_file: None,
-        }
-    }
 }
 
 /// Why `[api]` could not be loaded at start: a secret, or a TLS file (named with its key).

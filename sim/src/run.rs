@@ -179,7 +179,7 @@ pub fn run(opts: &Options) -> RunResult {
 
 impl Sim {
     fn new(opts: Options) -> Self {
-        let mut rng = Rng::new(opts.seed ^ 0x5eed_0f_c1u64);
+        let mut rng = Rng::new(opts.seed ^ 0x5eed_0fc1_u64);
         let n = opts.nodes.unwrap_or_else(|| match rng.below(10) {
             0..=1 => 2,
             2..=7 => 3,

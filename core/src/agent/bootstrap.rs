@@ -49,9 +49,9 @@ pub(super) fn initialize_blocker(policy: &BootstrapPolicy, me: &str, probe: &PgP
         return Some("the cluster has a record".into());
     }
     if !policy.enabled {
-        return Some(format!(
+        return Some(String::from(
             "no cluster record: waiting for one (`pgdctl bootstrap --primary <member>` adopts an existing database; \
-             [bootstrap] enabled lets the agents initialise a new one)"
+             [bootstrap] enabled lets the agents initialise a new one)",
         ));
     }
     if probe.running {

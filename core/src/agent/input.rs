@@ -26,6 +26,8 @@ pub struct AgentIdentity {
 }
 
 /// The outcome of this loop's read of the store.
+// One per loop, built once and read in place: boxing the view would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreRead {
     Ok(ClusterView),
