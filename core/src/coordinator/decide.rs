@@ -20,6 +20,7 @@ use super::{CoordinatorConfig, FencingPolicy};
 /// What to do next: nothing, wait, blocked, or exactly one step. One evaluation never decides
 /// more than one step; the driver evaluates again after carrying it out.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per evaluation, moved straight to the driver: boxing buys nothing
 pub enum Verdict {
     /// Nothing to do (healthy, paused, no record, another coordinator in charge).
     Idle,
