@@ -20,7 +20,7 @@ help:
 	@echo "make test-unit       the fast suite: pure logic and the in-memory store, no engines"
 	@echo "make localstack-test the AWS path end to end (moto server, or AWS_ENDPOINT_URL=LocalStack)"
 	@echo "make lambda-zip      build the coordinator Lambda package (ARCH=x86_64|arm64)"
-	@echo "make bench-failover  unplanned-failover drill N times (N=5): RTO medians and p95"
+	@echo "make bench-failover  failover drills (4 scenarios x etcd/DynamoDB, N=3 each): first write median/p95, direct and via HAProxy"
 	@echo "make bench-sim       simulation over many seeds (SEEDS=10000)"
 	@echo "make bench-agent     agent memory and CPU per probe loop on an idle 3-node cluster"
 
@@ -62,7 +62,7 @@ demo-stop:
 lambda-zip: setup
 	scripts/lambda-zip --$(ARCH)
 
-N ?= 5
+N ?= 3
 bench-failover: setup
 	N=$(N) scripts/bench-failover
 

@@ -16,6 +16,7 @@ use pgdaemon_testkit::engines::{EtcdServer, MotoServer};
 use pgdaemon_testkit::ports::free_port;
 use pgdaemon_testkit::postgres::PgCluster;
 
+pub mod bench;
 pub mod writer;
 
 /// Which store backend a drill runs on.
@@ -203,6 +204,11 @@ impl Drill {
             drill.start_agent(n)?;
         }
         Ok(drill)
+    }
+
+    /// A member's agent API port (its `/primary` health check, `/metrics`).
+    pub fn api_port(&self, n: &str) -> Option<u16> {
+        self.agents.get(n).map(|a| a.api_port)
     }
 
     /// A member's agent log so far.
