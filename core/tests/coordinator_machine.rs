@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pgdaemon_core::coordinator::{
-    apply, evaluate, run_until_settled, Action, Coordinator, CoordinatorConfig, LockStatus, Outcome, Watch,
+    apply, evaluate, run_until_settled, Action, AgentWaker, Coordinator, CoordinatorConfig, LockStatus, Outcome, WakeTarget,
+    Watch,
 };
 use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer, PendingHandle};
 use pgdaemon_core::{
@@ -533,4 +534,57 @@ async fn a_failover_emits_each_event_once_in_order() {
     );
     assert_eq!(got.iter().filter(|(k, m)| *k == EventKind::MemberDown && m.as_deref() == Some("n1")).count(), 1, "{got:?}");
     assert!(got.iter().any(|(k, m)| *k == EventKind::RoleChanged && m.as_deref() == Some("n2")), "{got:?}");
+}
+
+/// Records each wake with the step the stored record is at when it is called.
+struct RecordingWaker {
+    store: Arc<MemoryStore>,
+    woken: Mutex<Vec<(String, String, u64, Option<TransitionStep>)>>,
+}
+
+impl AgentWaker for RecordingWaker {
+    fn wake(&self, t: &WakeTarget) {
+        // The memory store answers at once: read what the woken agent would find.
+        let read = self.store.read_cluster(CLUSTER);
+        let record = ready_now(read).unwrap().unwrap();
+        let step = record.transition.map(|t| t.step);
+        self.woken.lock().unwrap().push((t.member.clone(), t.reason.to_string(), t.term, step));
+    }
+}
+
+/// Polls a future that must be ready at once (the memory store's).
+fn ready_now<T>(fut: impl std::future::Future<Output = T>) -> T {
+    let mut fut = std::pin::pin!(fut);
+    match fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("the memory store answered later"),
+    }
+}
+
+#[tokio::test]
+async fn the_candidate_is_woken_once_designated_and_the_others_once_it_is_primary() {
+    let mut sim = Sim::new().await;
+    let waker = Arc::new(RecordingWaker { store: sim.store.clone(), woken: Mutex::new(Vec::new()) });
+    let mut c = sim.coordinator("c1", ScriptedFencer::default()).with_waker(waker.clone());
+    sim.second(&mut c).await;
+    assert!(waker.woken.lock().unwrap().is_empty(), "a healthy cluster wakes nobody");
+    sim.agents.kill("n1");
+    for _ in 0..60 {
+        sim.second(&mut c).await;
+        if sim.record().await.transition.is_none() && sim.record().await.term == 2 {
+            break;
+        }
+    }
+    assert_failed_over_to_n2(&sim).await;
+    let woken = waker.woken.lock().unwrap().clone();
+    let d = TransitionStep::Designated;
+    let p = TransitionStep::Promoted;
+    assert_eq!(
+        woken,
+        vec![
+            ("n2".to_string(), "designated".to_string(), 2, Some(d)),
+            ("n1".to_string(), "promoted".to_string(), 2, Some(p)),
+            ("n3".to_string(), "promoted".to_string(), 2, Some(p)),
+        ]
+    );
 }

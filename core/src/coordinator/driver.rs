@@ -14,6 +14,7 @@ use crate::store::{Store, StoreError};
 use super::decide::{apply, evaluate, Action, Verdict};
 use super::fencing::{self, FenceAnswer};
 use super::observe::{Liveness, LockStatus, Observations, Watch};
+use super::wake::{wake_targets, AgentWaker, NoWaker};
 use super::CoordinatorConfig;
 
 /// How a run ended.
@@ -74,6 +75,7 @@ pub struct Coordinator<S: Store + Clone, F: Fencer, C: Clock + Clone> {
     owner: String,
     clusters: BTreeMap<String, ClusterState<S, C>>,
     events: Option<Arc<dyn EventEmitter>>,
+    waker: Arc<dyn AgentWaker>,
 }
 
 enum StepResult {
@@ -85,7 +87,24 @@ enum StepResult {
 
 impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
     pub fn new(store: S, fencer: F, clock: C, config: CoordinatorConfig, owner: impl Into<String>) -> Self {
-        Coordinator { store, fencer, clock, config, owner: owner.into(), clusters: BTreeMap::new(), events: None }
+        Coordinator {
+            store,
+            fencer,
+            clock,
+            config,
+            owner: owner.into(),
+            clusters: BTreeMap::new(),
+            events: None,
+            waker: Arc::new(NoWaker),
+        }
+    }
+
+    /// Who wakes the agents right after the `Designated` record (the candidate) and the
+    /// `Promoted` record (every other member), see [`super::wake`]. Default: [`NoWaker`], the
+    /// agents notice on their next loop.
+    pub fn with_waker(mut self, waker: Arc<dyn AgentWaker>) -> Self {
+        self.waker = waker;
+        self
     }
 
     /// Where this coordinator's events go: the start and each step of a change of primary, and
@@ -318,7 +337,16 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
             }
             other => {
                 let next = apply(record, &other, now_ms).expect("record-only action");
-                self.write(cluster, view, next, reason.to_string()).await
+                let woken = wake_targets(cluster, view, &other, &next);
+                let result = self.write(cluster, view, next, reason.to_string()).await;
+                // Only once the record is written: a woken agent must find what it is woken for.
+                if matches!(result, StepResult::Progressed(_)) {
+                    for target in &woken {
+                        tracing::debug!(cluster, member = %target.member, reason = %target.reason, "waking the agent");
+                        self.waker.wake(target);
+                    }
+                }
+                result
             }
         }
     }

@@ -15,6 +15,8 @@
 //! primary -> fence the old primary and confirm it -> designate the candidate (the record names
 //! it primary of the new term; its agent takes the leader lease and promotes) -> wait until it
 //! reports read-write under the new term -> tell the others to follow (the record) -> history.
+//! Right after the `Designated` and `Promoted` records the driver wakes the agents that act on
+//! them ([`wake`]), so they do not wait for their next loop.
 //!
 //! Manual requests travel in [`crate::model::ClusterRecord::request`]: whoever asks (pgdctl,
 //! the Lambda's JSON actions) writes a [`crate::model::ManualRequest`] by compare-and-set; the
@@ -27,6 +29,7 @@ mod eligibility;
 pub mod fencing;
 pub mod observe;
 pub mod runner;
+pub mod wake;
 
 use std::time::Duration;
 
@@ -39,6 +42,7 @@ pub use driver::{Coordinator, Outcome, RunReport};
 pub use fencing::FenceAnswer;
 pub use observe::{Liveness, LockStatus, MemberObservation, Observations, Watch};
 pub use runner::run_until_settled;
+pub use wake::{wake_targets, AgentWaker, NoWaker, WakeReason, WakeTarget};
 
 /// Whether a failover must fence the old primary first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

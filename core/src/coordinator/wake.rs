@@ -1,0 +1,180 @@
+//! Waking agents at once after a step they act on (docs/design.md section 4, "Detection and
+//! failover time"): the candidate right after the `Designated` record, every other member right
+//! after the `Promoted` record. Without a wake an agent notices the record on its next loop (up
+//! to a probe interval later).
+//!
+//! A wake only makes an agent run an ordinary loop earlier: that loop reads the store and decides
+//! exactly as a scheduled one would (every lease and term check unchanged), so a lost, late,
+//! repeated or forged wake costs time or a store read, never safety. That is why the waker is
+//! best effort and the coordinator never waits for, nor learns, its outcome.
+//!
+//! [`wake_targets`] is the pure part (who, after which action); the driver calls an
+//! [`AgentWaker`] with each target once the record is written.
+
+use crate::model::{ClusterRecord, ClusterView};
+
+use super::action::Action;
+
+/// What the woken agent will find in the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeReason {
+    /// It is named primary of the term: it may take the leader lease and promote.
+    Designated,
+    /// The candidate is primary: follow it.
+    Promoted,
+}
+
+impl std::fmt::Display for WakeReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WakeReason::Designated => "designated",
+            WakeReason::Promoted => "promoted",
+        })
+    }
+}
+
+/// One member to wake, with what is needed to reach it (from its last heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WakeTarget {
+    pub cluster: String,
+    pub member: String,
+    /// The member's agent API base URL (empty when its heartbeat has none, or it has none).
+    pub api_url: String,
+    /// The term of the record just written.
+    pub term: u64,
+    pub reason: WakeReason,
+}
+
+impl WakeTarget {
+    /// A short human reason for the agent's log, e.g. "designated in term 7".
+    pub fn describe(&self) -> String {
+        format!("{} in term {}", self.reason, self.term)
+    }
+}
+
+/// Wakes a member's agent so that it runs its next loop now.
+///
+/// Obligations: best effort (an unreachable agent, an error or a refusal is logged at most, never
+/// returned: the agent's own loop picks the record up anyway); returns quickly, without waiting
+/// for the agent (an implementation that needs I/O starts it in the background and bounds it,
+/// e.g. a short connect timeout and a total timeout of about a second), so the coordinator is
+/// never held up for more than a few milliseconds; safe to call repeatedly and concurrently for
+/// the same member (each call is at most one more early loop, which the agent rate-limits).
+pub trait AgentWaker: Send + Sync {
+    fn wake(&self, target: &WakeTarget);
+}
+
+/// Wakes nobody: agents notice on their next loop (tests, and runners without a way to reach
+/// the agents).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoWaker;
+
+impl AgentWaker for NoWaker {
+    fn wake(&self, _target: &WakeTarget) {}
+}
+
+impl<W: AgentWaker + ?Sized> AgentWaker for std::sync::Arc<W> {
+    fn wake(&self, target: &WakeTarget) {
+        (**self).wake(target)
+    }
+}
+
+/// Who to wake once `action` has been recorded as `next` (the record just written over `view`):
+/// the candidate after [`Action::Designate`], every other member with a heartbeat after
+/// [`Action::MarkPromoted`]; nobody after any other step. Pure.
+pub fn wake_targets(cluster: &str, view: &ClusterView, action: &Action, next: &ClusterRecord) -> Vec<WakeTarget> {
+    let Some(t) = next.transition.as_ref() else { return Vec::new() };
+    let target = |member: &str, reason| WakeTarget {
+        cluster: cluster.to_string(),
+        member: member.to_string(),
+        api_url: view.members.get(member).map(|m| m.api_url.clone()).unwrap_or_default(),
+        term: next.term,
+        reason,
+    };
+    match action {
+        Action::Designate => vec![target(&t.candidate, WakeReason::Designated)],
+        Action::MarkPromoted { .. } => {
+            view.members.keys().filter(|m| **m != t.candidate).map(|m| target(m, WakeReason::Promoted)).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::apply;
+    use crate::model::{MemberStatus, Transition, TransitionKind, TransitionStep};
+    use crate::DynamicConfig;
+
+    fn view() -> ClusterView {
+        let mut record = ClusterRecord::bootstrap("n1", DynamicConfig::default());
+        record.term = 4;
+        record.primary = None;
+        record.transition = Some(Transition {
+            kind: TransitionKind::Failover,
+            step: TransitionStep::Fenced,
+            term: 4,
+            from_term: 3,
+            old_primary: Some("n1".into()),
+            candidate: "n2".into(),
+            reason: "lease expired".into(),
+            started_ms: 1,
+            step_times_ms: Default::default(),
+            forced: false,
+            fence: None,
+            fenced_by: None,
+            final_lsn: None,
+            promote_lsn: None,
+        });
+        let mut v = ClusterView { cluster: Some(record), ..Default::default() };
+        for (name, url) in [("n1", "http://n1:8008"), ("n2", "https://n2:8008"), ("n3", "")] {
+            let mut m = MemberStatus::new(name);
+            m.api_url = url.into();
+            v.members.insert(name.into(), m);
+        }
+        v
+    }
+
+    #[test]
+    fn the_candidate_is_woken_after_designation_and_the_others_after_promotion() {
+        let v = view();
+        let record = v.cluster.clone().unwrap();
+        let designated = apply(&record, &Action::Designate, 1).unwrap();
+        let woken = wake_targets("c", &v, &Action::Designate, &designated);
+        assert_eq!(
+            woken,
+            vec![WakeTarget {
+                cluster: "c".into(),
+                member: "n2".into(),
+                api_url: "https://n2:8008".into(),
+                term: 4,
+                reason: WakeReason::Designated
+            }]
+        );
+        assert_eq!(woken[0].describe(), "designated in term 4");
+        let promoted = apply(&designated, &Action::MarkPromoted { lsn: None }, 2).unwrap();
+        let woken = wake_targets("c", &v, &Action::MarkPromoted { lsn: None }, &promoted);
+        let names: Vec<(&str, &str)> = woken.iter().map(|t| (t.member.as_str(), t.api_url.as_str())).collect();
+        assert_eq!(names, vec![("n1", "http://n1:8008"), ("n3", "")]);
+        assert!(woken.iter().all(|t| t.reason == WakeReason::Promoted && t.term == 4));
+    }
+
+    #[test]
+    fn other_steps_wake_nobody() {
+        let v = view();
+        let record = v.cluster.clone().unwrap();
+        for action in [
+            Action::MarkFenced { by: "http".into(), final_lsn: None },
+            Action::MarkFollowed { members: vec!["n1".into()] },
+            Action::SkipFencer { fencer: "ec2".into() },
+        ] {
+            let next = apply(&record, &action, 1).unwrap();
+            assert!(wake_targets("c", &v, &action, &next).is_empty(), "{action:?}");
+        }
+        // No transition in the record written: nothing to act on.
+        let mut idle = record.clone();
+        idle.transition = None;
+        assert!(wake_targets("c", &v, &Action::Designate, &idle).is_empty());
+    }
+}
