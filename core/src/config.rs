@@ -43,13 +43,14 @@ pub enum SyncMode {
 /// Timing defaults and why (detection ~ lease, so they set the RTO):
 /// - `lease_ms` 10 s: Patroni's `ttl` is 30 s; EC2 hosts on one region's network rarely stall
 ///   beyond a few seconds, and a shorter lease is the largest single RTO saving.
-/// - `renew_interval_ms` 3 s: the holder renews once its last successful write is this old, and
+/// - `renew_interval_ms` 4 s: the holder renews once its last successful write is this old, and
 ///   every loop after that until a renewal succeeds: the first attempt leaves lease - margin -
-///   interval = 5 s for retries (five loops), so one slow store call or a throttled request never
-///   costs the lease. It is also the heartbeat's period while nothing changes (a change is
-///   published at once), so the coordinator's heartbeat-staleness threshold, at least twice
-///   this value, holds on every version. At 3 s an idle 3-node cluster makes about 80 store
-///   writes a minute (docs/design.md, "Store writes and cost").
+///   interval = 4 s for retries (four loops), so one slow store call or a throttled request
+///   never costs the lease (Patroni renews every `loop_wait` = ttl / 3). An unchanged heartbeat
+///   goes out every renew interval less one probe (a change at once), well inside the
+///   coordinator's heartbeat-staleness threshold of twice this value on every version. An idle
+///   3-node cluster then makes about 75 store writes a minute (docs/design.md, "Store writes
+///   and cost").
 /// - `safety_margin_ms` 2 s: a holder stops acting as primary 2 s before any observer may take
 ///   over, absorbing clock-rate drift (< 1 % on EC2) and the time a demotion takes.
 /// - `probe_interval_ms` 1 s: the agent's loop period, hence the cadence of the lease watch and
@@ -81,7 +82,7 @@ impl Default for DynamicConfig {
     fn default() -> Self {
         DynamicConfig {
             lease_ms: 10_000,
-            renew_interval_ms: 3_000,
+            renew_interval_ms: 4_000,
             safety_margin_ms: 2_000,
             probe_interval_ms: 1_000,
             maximum_lag_on_failover: 1024 * 1024,

@@ -329,7 +329,7 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
         {
             let mut w = World::healthy();
             w.member("n1").pg_running = false;
-            w.obs.members.get_mut("n1").unwrap().pg_down_for = Some(MS(7000));
+            w.obs.members.get_mut("n1").unwrap().pg_down_for = Some(MS(5000));
             w
         },
         Begin { kind: FO, candidate: "n2", old: Some("n1"), reason: "reports Postgres down" },

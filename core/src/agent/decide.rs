@@ -769,7 +769,7 @@ mod tests {
                 "n1",
                 primary_probe(),
                 StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
-                held("n1", 3, "r", 17_000),
+                held("n1", 3, "r", 16_000),
             ),
             expect: vec!["renew_lease", "demote_if_lease_lost", "publish_heartbeat"],
             reason_has: "primary for term 3",
@@ -798,7 +798,7 @@ mod tests {
                 "n1",
                 primary_probe(),
                 StoreRead::Ok(view(4, "n2", Some(lease("n1", 3, "r")))),
-                held("n1", 3, "r", 17_000),
+                held("n1", 3, "r", 16_000),
             ),
             expect: vec!["demote", "release_lease", "publish_heartbeat"],
             reason_has: "names n2 primary for term 4",
@@ -820,7 +820,7 @@ mod tests {
                     "n1",
                     primary_probe(),
                     StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
-                    held("n1", 3, "r", 17_000),
+                    held("n1", 3, "r", 16_000),
                 );
                 i.fenced_through = 3;
                 i
@@ -840,7 +840,7 @@ mod tests {
         let failed = |term, at_ms| Some(PrimaryStartFailure { term, at: MS(at_ms), error: "lock file".into() });
         v.push(Case {
             name: "primary whose postgres is down restarts it in place",
-            input: input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 17_000)),
+            input: input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 16_000)),
             expect: vec!["renew_lease", "start", "publish_heartbeat"],
             reason_has: "starting postgres",
         });
@@ -848,7 +848,7 @@ mod tests {
             name: "primary whose restart in place failed stops renewing so a replica takes over",
             input: {
                 let mut i =
-                    input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 17_000));
+                    input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 16_000));
                 i.primary_start_failure = failed(3, 19_500);
                 i.max_term_held = 3;
                 i
@@ -882,7 +882,7 @@ mod tests {
             name: "a failed start of an older term does not hand over this one",
             input: {
                 let mut i =
-                    input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 17_000));
+                    input("n1", down(), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 16_000));
                 i.primary_start_failure = failed(2, 19_500);
                 i
             },
@@ -894,7 +894,7 @@ mod tests {
             input: {
                 let mut v = view(3, "n1", Some(lease("n1", 3, "r")));
                 v.cluster.as_mut().unwrap().paused = true;
-                let mut i = input("n1", down(), StoreRead::Ok(v), held("n1", 3, "r", 17_000));
+                let mut i = input("n1", down(), StoreRead::Ok(v), held("n1", 3, "r", 16_000));
                 i.primary_start_failure = failed(3, 19_500);
                 i
             },
@@ -906,7 +906,7 @@ mod tests {
             input: {
                 let mut p = primary_probe();
                 p.slots = vec!["n2".into()];
-                input("n1", p, StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 17_000))
+                input("n1", p, StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 16_000))
             },
             expect: vec!["renew_lease", "ensure_slots", "demote_if_lease_lost", "publish_heartbeat"],
             reason_has: "primary",
@@ -916,7 +916,7 @@ mod tests {
             input: {
                 let mut p = primary_probe();
                 p.slots = vec!["n2".into(), "n3".into(), "n9".into()];
-                let mut i = input("n1", p, StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 17_000));
+                let mut i = input("n1", p, StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), held("n1", 3, "r", 16_000));
                 i.departed_slots = vec!["n9".into()];
                 i
             },
@@ -1147,7 +1147,7 @@ mod tests {
                 "n1",
                 PgProbe::stopped(DataDirState::Primary),
                 StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))),
-                held("n1", 3, "r", 17_000),
+                held("n1", 3, "r", 16_000),
             ),
             expect: vec!["renew_lease", "start", "publish_heartbeat"],
             reason_has: "starting",
@@ -1220,16 +1220,16 @@ mod tests {
     #[test]
     fn the_lease_is_renewed_once_its_last_write_is_a_renew_interval_old() {
         let vw = || view(3, "n1", Some(lease("n1", 3, "r")));
-        let recent = input("n1", primary_probe(), StoreRead::Ok(vw()), held("n1", 3, "r", 18_000));
-        assert!(!decide(&recent).names().contains(&"renew_lease"), "2 s of a 3 s interval");
-        let due = input("n1", primary_probe(), StoreRead::Ok(vw()), held("n1", 3, "r", 17_000));
+        let recent = input("n1", primary_probe(), StoreRead::Ok(vw()), held("n1", 3, "r", 17_000));
+        assert!(!decide(&recent).names().contains(&"renew_lease"), "3 s of a 4 s interval");
+        let due = input("n1", primary_probe(), StoreRead::Ok(vw()), held("n1", 3, "r", 16_000));
         assert!(decide(&due).names().contains(&"renew_lease"));
-        let store_down = input("n1", primary_probe(), StoreRead::Unavailable("timeout".into()), held("n1", 3, "r", 18_000));
+        let store_down = input("n1", primary_probe(), StoreRead::Unavailable("timeout".into()), held("n1", 3, "r", 17_000));
         assert_eq!(decide(&store_down).names(), vec!["demote_if_lease_lost", "publish_heartbeat"]);
     }
 
     #[test]
-    fn an_unchanged_heartbeat_waits_for_the_renew_interval_and_a_change_goes_out_at_once() {
+    fn an_unchanged_heartbeat_waits_for_its_period_and_a_change_goes_out_at_once() {
         let vw = || view(3, "n1", Some(lease("n1", 3, "r")));
         let mut i = input("n2", replica_probe(5001), StoreRead::Ok(vw()), None);
         i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
@@ -1250,13 +1250,16 @@ mod tests {
         assert_eq!(decide(&stopped).names().last(), Some(&"publish_heartbeat"), "postgres stopped");
         let mut renewed = i.clone();
         renewed.leader_seen = Some(LeaseSighting { term: 3, rvn: "r2".into(), unchanged_ms: 0 });
-        assert_eq!(decide(&renewed).names(), vec!["publish_heartbeat"], "the lease moved on");
+        assert!(decide(&renewed).actions.is_empty(), "a renewal is no news");
+        let mut new_term = i.clone();
+        new_term.leader_seen = Some(LeaseSighting { term: 4, rvn: "r9".into(), unchanged_ms: 0 });
+        assert_eq!(decide(&new_term).names(), vec!["publish_heartbeat"], "a new leader lease");
         let mut wal = i.clone();
         wal.probe.replay_lsn = Some("0/9000".parse().unwrap());
         assert_eq!(decide(&wal).names(), vec!["publish_heartbeat"], "WAL replayed");
 
         i.now = MS(21_000);
-        assert_eq!(decide(&i).names(), vec!["publish_heartbeat"], "a renew interval after the last one");
+        assert_eq!(decide(&i).names(), vec!["publish_heartbeat"], "a heartbeat period (renew - probe) after the last one");
     }
 
     #[test]
@@ -1270,12 +1273,12 @@ mod tests {
             i.replica_not_streaming_for = Some(MS(not_streaming_ms));
             i
         };
-        let d = decide(&stuck(6_000, 2));
+        let d = decide(&stuck(8_000, 2));
         assert_eq!(d.names(), vec!["rewind", "publish_heartbeat"], "{}", d.reason);
         assert!(d.reason.contains("replica on timeline 1 while n1 (127.0.0.1:5001) runs timeline 2"), "{}", d.reason);
-        assert_eq!(decide(&stuck(5_000, 2)).names(), vec!["publish_heartbeat"], "may still switch timelines");
+        assert_eq!(decide(&stuck(7_000, 2)).names(), vec!["publish_heartbeat"], "may still switch timelines");
         assert_eq!(decide(&stuck(60_000, 1)).names(), vec!["publish_heartbeat"], "same timeline: a connection problem");
-        let mut failed = stuck(6_000, 2);
+        let mut failed = stuck(8_000, 2);
         failed.last_rejoin_failure =
             Some(RejoinFailure { method: RejoinMethod::Rewind, source: "n1".into(), error: "no common ancestor".into() });
         assert_eq!(decide(&failed).names(), vec!["basebackup", "publish_heartbeat"]);

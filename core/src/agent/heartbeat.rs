@@ -1,11 +1,16 @@
 //! The member heartbeat: what this agent publishes about itself, and when.
 //!
-//! Every heartbeat is a store write. An idle member publishes once per `renew_interval_ms`
-//! (its `seq` then changes often enough for the coordinator's staleness threshold, at least two
-//! renew intervals, on every version), and at once when anything an observer acts on changed
-//! (role, running, timeline, WAL positions, streaming, term, the lease it sees, failsafe).
+//! Every heartbeat is a store write. An idle member publishes once per [`period`], one probe
+//! interval short of `renew_interval_ms`, and at once when anything an observer acts on changed
+//! (role, running, timeline, WAL positions, streaming, term, the lease it sees, failsafe). The
+//! coordinator's staleness threshold is at least two renew intervals on every version, and an
+//! observer reading every second sees a `seq` unchanged for less than the period plus its own
+//! read interval: well inside it.
+
+use std::time::Duration;
 
 use super::input::{AgentInput, StoreRead};
+use crate::config::DynamicConfig;
 use crate::model::{MemberStatus, Role};
 
 /// Heartbeat records expire (DynamoDB TTL garbage collection only) a day after the last beat.
@@ -57,16 +62,25 @@ pub(super) fn heartbeat(input: &AgentInput) -> MemberStatus {
     m
 }
 
-/// This loop publishes `next`: nothing published yet, the last publication is a renew interval
-/// old, or something other than the loop counters and clocks changed.
+/// How often an unchanged heartbeat goes out: `renew_interval_ms - probe_interval_ms`, at least
+/// every loop (3 s at the defaults; every loop with `renew_interval_ms` = 2 probe intervals).
+pub fn period(config: &DynamicConfig) -> Duration {
+    config.renew_interval().saturating_sub(config.probe_interval()).max(config.probe_interval())
+}
+
+/// This loop publishes `next`: nothing published yet, the last publication is a [`period`] old
+/// (half a loop of slack, so loop jitter never stretches it by a whole loop), or something
+/// other than the loop counters and clocks changed.
 pub(super) fn due(input: &AgentInput, next: &MemberStatus) -> bool {
     let Some(last) = &input.last_heartbeat else { return true };
-    input.now.saturating_sub(last.at) >= input.config.renew_interval() || comparable(&last.status) != comparable(next)
+    let slack = input.config.probe_interval() / 2;
+    input.now.saturating_sub(last.at) + slack >= period(&input.config) || comparable(&last.status) != comparable(next)
 }
 
 /// The heartbeat without what changes on every loop of an idle member: the sequence number,
-/// timestamps, the replay age of an idle replica and how long the leader lease has looked
-/// unchanged (its term and rvn still count).
+/// timestamps, the replay age of an idle replica, and the leader lease sighting but for its
+/// term (its rvn moves with every renewal; the sighting matters once it stops moving, and goes
+/// out with the next periodic heartbeat then).
 fn comparable(m: &MemberStatus) -> MemberStatus {
     let mut m = m.clone();
     m.seq = 0;
@@ -74,6 +88,7 @@ fn comparable(m: &MemberStatus) -> MemberStatus {
     m.expire_at = None;
     m.lag_seconds = None;
     if let Some(seen) = m.leader_seen.as_mut() {
+        seen.rvn.clear();
         seen.unchanged_ms = 0;
     }
     m

@@ -896,8 +896,8 @@ mod tests {
                 }
             }
         }
-        // One minute after the start: renewals every 3 s (20) and each member's unchanged
-        // heartbeat every 3 s (3 x 20); today's figure is 80, the target at most 90.
+        // One minute after the start: renewals every 4 s (15) and each member's unchanged
+        // heartbeat every 3 s (3 x 20); today's figure is 75, the target at most 90.
         let total: usize = writes.values().sum();
         eprintln!("an idle 3-node cluster, one minute: {total} store writes {writes:?}");
         assert!(total <= 90, "{total} writes in a minute: {writes:?}");

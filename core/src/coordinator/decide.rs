@@ -278,7 +278,7 @@ fn check_primary(view: &ClusterView, record: &ClusterRecord, obs: &Observations,
                 ));
             } else {
                 let o = obs.member(&p);
-                let down_for = o.pg_down_for.filter(|d| o.is_fresh() && *d >= config.stale_after(&record.config));
+                let down_for = o.pg_down_for.filter(|d| o.is_fresh() && *d >= config.pg_down_after(&record.config));
                 match down_for {
                     Some(d) => Some(format!("{p} reports Postgres down for {} ms", d.as_millis())),
                     None => return Decision::idle(format!("primary {p} healthy (term {}, lease held)", record.term)),
@@ -527,7 +527,7 @@ fn promoted_step(
     }
     let o = obs.member(&t.candidate);
     let gone =
-        matches!(o.liveness, Liveness::Stale { .. }) || o.pg_down_for.is_some_and(|d| d >= config.stale_after(&record.config));
+        matches!(o.liveness, Liveness::Stale { .. }) || o.pg_down_for.is_some_and(|d| d >= config.pg_down_after(&record.config));
     if age >= config.promote_timeout() && gone {
         // The designated candidate died before promoting: it may have promoted unseen, so it
         // becomes the old primary of a new transition (fenced like any other).
