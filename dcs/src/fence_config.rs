@@ -13,6 +13,7 @@ use pgdaemon_core::coordinator::FencingPolicy;
 use pgdaemon_core::fence::{FenceChain, Fencer};
 
 use crate::fence::{CommandFencer, HttpDemoteFencer};
+use crate::wake::HttpWaker;
 
 /// A fencer, by the name used in configurations, records, logs and `skip` lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +183,18 @@ impl FencerConfig {
     /// The standard `http` fencer of this configuration.
     pub fn http_fencer(&self) -> HttpDemoteFencer {
         let plain = HttpDemoteFencer::new(self.timeout);
+        let plain = match &self.http_tls {
+            Some(tls) => plain.with_tls_config(tls.clone()),
+            None => plain,
+        };
+        plain.with_authorization(self.http_authorization.clone())
+    }
+
+    /// The coordinator's waker ([`crate::wake`]) with the `http` fencer's TLS and credentials:
+    /// agents guard `POST /wake` as they guard `POST /demote`. Its timeouts are its own (short),
+    /// not the fencer's. Built whatever the fencers are (a wake needs no fencing).
+    pub fn http_waker(&self) -> HttpWaker {
+        let plain = HttpWaker::new();
         let plain = match &self.http_tls {
             Some(tls) => plain.with_tls_config(tls.clone()),
             None => plain,

@@ -22,6 +22,8 @@ pub mod fence_config;
 pub mod secret;
 /// rustls client and server configurations from PEM files.
 pub mod tls;
+/// The coordinator's HTTP waker (`POST /wake` on an agent).
+pub mod wake;
 
 /// `e` and its sources, each once: the top-level message of reqwest or tokio-postgres does not
 /// say why (refused, timed out, `invalid peer certificate: UnknownIssuer`); the sources do.
