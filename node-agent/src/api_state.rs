@@ -47,6 +47,10 @@ pub trait AgentApi: Send + Sync + 'static {
             reason: format!("{} does not take part in failsafe mode", req.cluster),
         }
     }
+    /// `POST /wake`: have the loop run now instead of at its next tick (an ordinary loop, every
+    /// check unchanged; rate-limited by the loop). Returns at once, never waits for the loop.
+    /// Default: nothing (the next tick comes anyway).
+    fn wake(&self) {}
 }
 
 /// Shared state of the router.

@@ -21,6 +21,7 @@ use pgdaemon_dcs::fence_config::FencerKind;
 use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
+use crate::wake::{HostedWaker, LoopWake};
 
 /// How long a hosted fencer may take (HTTP demote includes the old primary's shutdown checkpoint).
 const FENCE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -52,18 +53,34 @@ pub fn fencing(
     Ok((config.policy(), chain))
 }
 
+/// The hosted coordinator's waker (docs/design.md section 4): this node's loop through `local`,
+/// the other members through `POST /wake` with the `http` fencer's client settings (the
+/// agents guard `/wake` like `/demote`): `[api]` TLS and `authorization`.
+pub fn waker(
+    cfg: &AgentConfig,
+    authorization: Option<reqwest::header::HeaderValue>,
+    local: LoopWake,
+) -> anyhow::Result<HostedWaker> {
+    let tls = cfg.api.client_tls().context("config: the waker's TLS")?;
+    let config = cfg.coordinator.fencer_config(FENCE_TIMEOUT)?.with_http_tls(tls).with_http_authorization(authorization);
+    Ok(HostedWaker::new(cfg.node.name.clone(), local, config.http_waker()))
+}
+
 /// Starts what `[coordinator]` asks for and returns the trigger for the agent runtime:
 /// a hosted coordinator (`enabled = true`), a Lambda trigger (`lambda_function`), or nothing.
 /// `events`: where the hosted coordinator reports failovers and member health (none: nowhere).
-/// `authorization`: the `http` fencer's credentials (see [`fencing`]).
+/// `authorization`: the `http` fencer's credentials (see [`fencing`]); `wake`: this node's loop,
+/// woken directly when the hosted coordinator designates this node (see [`waker`]).
 pub async fn start(
     cfg: &AgentConfig,
     store: Arc<dyn Store>,
     events: Option<Arc<dyn pgdaemon_core::events::EventEmitter>>,
     authorization: Option<reqwest::header::HeaderValue>,
+    wake: LoopWake,
 ) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
     let c = &cfg.coordinator;
     if c.enabled {
+        let waker: Arc<dyn pgdaemon_core::coordinator::AgentWaker> = Arc::new(waker(cfg, authorization.clone(), wake)?);
         let (policy, chain) = fencing(cfg, authorization)?;
         let base = CoordinatorConfig { fencing: policy, ..CoordinatorConfig::default() };
         base.validate()?;
@@ -82,7 +99,8 @@ pub async fn start(
             let owner = owner.clone();
             move |lease_ms: u64| {
                 let config = CoordinatorConfig { lock_lease_ms: lock_lease_ms(lease_ms), ..base.clone() };
-                let c = Coordinator::new(store.clone(), chain.clone(), SystemClock::new(), config, owner.clone());
+                let c = Coordinator::new(store.clone(), chain.clone(), SystemClock::new(), config, owner.clone())
+                    .with_waker(waker.clone());
                 match &events {
                     Some(events) => c.with_events(events.clone()),
                     None => c,
@@ -313,8 +331,9 @@ pub async fn start_from_hook(
     store: Arc<dyn Store>,
     events: Option<Arc<dyn pgdaemon_core::events::EventEmitter>>,
     authorization: Option<reqwest::header::HeaderValue>,
+    wake: LoopWake,
 ) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
-    start(cfg, store, events, authorization).await.context("coordinator")
+    start(cfg, store, events, authorization, wake).await.context("coordinator")
 }
 
 #[cfg(test)]

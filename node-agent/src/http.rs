@@ -14,9 +14,10 @@
 //!
 //! Otherwise 503. `/cluster`, `/history` and `/metrics` report; `POST /demote` is the
 //! coordinator's HTTP fencer (200 only once Postgres stopped accepting writes); `POST /failsafe`
-//! is failsafe mode's peer endpoint (200 acknowledged, 409 refused).
+//! is failsafe mode's peer endpoint (200 acknowledged, 409 refused); `POST /wake` makes the loop
+//! run now (202; the coordinator's waker after designating or promoting).
 //!
-//! The two `POST` endpoints change the node, so they pass [`crate::api_security`] first: peer
+//! The `POST` endpoints change the node (or its timing), so they pass [`crate::api_security`] first: peer
 //! allow-list (403), then credentials (401 with `WWW-Authenticate`); with no credentials
 //! configured they are refused (403) unless `[api] insecure = true`. Bodies are limited to
 //! [`MAX_BODY_BYTES`]. The read-only endpoints are open unless `[api] protect_reads = true`.
@@ -84,6 +85,7 @@ pub fn router_with(state: ApiState, security: Arc<ApiSecurity>) -> Router {
     let writes = Router::new()
         .route("/demote", post(http_control::demote))
         .route("/failsafe", post(http_control::failsafe))
+        .route("/wake", post(http_control::wake))
         .route_layer(middleware::from_fn_with_state(guard_state.clone(), guard));
     let reads =
         if security.protect_reads { reads.route_layer(middleware::from_fn_with_state(guard_state, guard)) } else { reads };

@@ -1,6 +1,7 @@
-//! The API's two state-changing endpoints, behind [`crate::api_security`]'s checks (see
-//! [`crate::http`]): `POST /demote`, the coordinator's HTTP fencer, and `POST /failsafe`, failsafe
-//! mode's peer endpoint. Bodies are typed JSON objects; anything else is a 400 that changes nothing.
+//! The API's state-changing endpoints, behind [`crate::api_security`]'s checks (see
+//! [`crate::http`]): `POST /demote`, the coordinator's HTTP fencer, `POST /failsafe`, failsafe
+//! mode's peer endpoint, and `POST /wake`, the coordinator's waker. Bodies are typed JSON
+//! objects; anything else is a 400 that changes nothing.
 
 use std::time::Duration;
 
@@ -117,6 +118,36 @@ pub(crate) async fn demote(State(st): State<ApiState>, body: Bytes) -> Response 
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
+}
+
+/// The body of `POST /wake` (optional: an empty body is `{}`). Unknown fields are ignored, so
+/// a newer coordinator may send more.
+#[derive(Debug, Default, serde::Deserialize)]
+struct WakeRequest {
+    /// For the log only, e.g. "designated in term 7".
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The coordinator's waker (docs/design.md section 4): 202 at once, and the loop runs now (or
+/// right after the running one, at most one early loop per 100 ms) instead of at its next tick.
+/// Only the timing changes: the loop reads the store and decides as any other. 400 for a body
+/// that is neither empty nor a JSON object (no wake).
+pub(crate) async fn wake(State(st): State<ApiState>, body: Bytes) -> Response {
+    let req: WakeRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        WakeRequest::default()
+    } else {
+        match json_object(&body, r#"{} or {"reason": "..."}"#) {
+            Ok(r) => r,
+            Err(response) => return response,
+        }
+    };
+    if req.reason.as_ref().is_some_and(|r| r.len() > 1024) {
+        return error_response(StatusCode::BAD_REQUEST, "reason must be at most 1024 bytes");
+    }
+    tracing::debug!(reason = req.reason.as_deref().unwrap_or(""), "woken over HTTP");
+    st.api.wake();
+    (StatusCode::ACCEPTED, Json(serde_json::json!({ "woken": true }))).into_response()
 }
 
 /// Failsafe mode's peer endpoint: a primary that cannot reach the store asks each member to

@@ -17,6 +17,8 @@ pub mod secrets;
 pub mod supervise;
 // The agent-hosted coordinator and the fast-path triggers.
 pub mod coordinator_mode;
+// Waking the loop early (`POST /wake`, the hosted coordinator).
+pub mod wake;
 // Event delivery (store log, webhook, command hook) and the monitor-only mode.
 pub mod events;
 // Failsafe mode: peer acknowledgements while the store is unreachable.

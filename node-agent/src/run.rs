@@ -8,6 +8,10 @@
 //! promoted while this Postgres still takes writes. A replica leaves its Postgres running (it
 //! serves reads and cannot diverge); the next agent start adopts it. A shutdown never interrupts
 //! a loop in progress: it is observed between loops.
+//!
+//! Besides its ticker the loop runs at once when woken ([`crate::wake::LoopWake`]: `POST /wake`,
+//! or the coordinator hosted on this node): an ordinary loop, only earlier, never overlapping
+//! the running one and at most one per [`crate::wake::MIN_WAKE_GAP`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +34,7 @@ use crate::identity::Identity;
 use crate::metrics::LoopStats;
 use crate::postgres::{LocalPostgres, PeerAuth, PgSettings};
 use crate::secrets::Secret;
+use crate::wake::{LoopWake, MIN_WAKE_GAP};
 use crate::watchdog::{Watchdog, WatchdogConfig, WatchdogMode};
 
 /// The agent version written into heartbeats and the API.
@@ -39,11 +44,12 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 const FINAL_TICK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// [`AgentApi`] over a running agent: the runtime's handle plus the store for `/cluster` and
-/// `/history`.
+/// `/history`, and the loop's wake for `POST /wake`.
 pub struct LiveApi {
     pub handle: AgentHandle,
     pub store: Arc<dyn Store>,
     pub cluster: String,
+    pub wake: LoopWake,
 }
 
 #[async_trait]
@@ -74,6 +80,10 @@ impl AgentApi for LiveApi {
 
     fn failsafe(&self, req: &FailsafeRequest) -> FailsafeReply {
         self.handle.failsafe_ack(req)
+    }
+
+    fn wake(&self) {
+        self.wake.wake()
     }
 }
 
@@ -136,11 +146,13 @@ where
 {
     // Library callers (tests, the bench) that bind their own loopback listener get the API
     // without access control, as before; the agent process passes `[api]` (see `start`).
-    run_with_api(runtime, store, clock, listener, shutdown, device, ApiSecurity::insecure(), ServerLimits::default()).await
+    let (security, limits) = (ApiSecurity::insecure(), ServerLimits::default());
+    run_with_api(runtime, store, clock, listener, shutdown, device, security, limits, LoopWake::new()).await
 }
 
-/// [`run_with_watchdog`] with the API's access control and limits (`[api]`). The failsafe peer
-/// requests this node sends carry the same credentials it requires.
+/// [`run_with_watchdog`] with the API's access control and limits (`[api]`), and the loop's
+/// `wake` (shared with a coordinator hosted on this node; `POST /wake` uses it too). The failsafe
+/// peer requests this node sends carry the same credentials it requires.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_with_api<S, P, C>(
     mut runtime: AgentRuntime<S, P, C>,
@@ -151,6 +163,7 @@ pub async fn run_with_api<S, P, C>(
     device: Watchdog,
     security: ApiSecurity,
     limits: ServerLimits,
+    wake: LoopWake,
 ) -> anyhow::Result<RunSummary>
 where
     S: Store,
@@ -164,7 +177,7 @@ where
     let stats = Arc::new(LoopStats::new(clock.monotonic()));
     let cluster = handle.snapshot().cluster;
     let state = ApiState {
-        api: Arc::new(LiveApi { handle: handle.clone(), store, cluster }),
+        api: Arc::new(LiveApi { handle: handle.clone(), store, cluster, wake: wake.clone() }),
         clock: Arc::new(clock.clone()),
         stats: stats.clone(),
         version: VERSION.to_string(),
@@ -210,8 +223,12 @@ where
     let mut last_reason = String::new();
     let mut died = None;
     let mut server_ended = false;
+    // When the last loop started, and when a woken loop is due (rate-limited from that start).
+    let mut last_start = tokio::time::Instant::now();
+    let mut woken_at: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        let due = woken_at.unwrap_or_else(|| tokio::time::Instant::now() + period);
         tokio::select! {
             // `biased`: a pending shutdown wins over a due tick, and so does a dead task.
             biased;
@@ -225,17 +242,29 @@ where
                 server_ended = true;
                 break;
             }
-            _ = ticker.tick() => {
-                // The tick itself is never raced against the shutdown: a role change runs to its end.
-                let report = runtime.tick().await;
-                stats.record_tick(clock.monotonic(), report.duration);
-                log_report(&report, &mut last_reason);
-                if runtime.interval() != period {
-                    period = runtime.interval();
-                    tracing::info!(probe_interval_ms = period.as_millis() as u64, "probe interval changed");
-                    ticker = new_interval(period);
-                }
+            _ = ticker.tick() => {}
+            // A wake (a permit is kept while a loop runs) schedules one early loop.
+            _ = wake.woken(), if woken_at.is_none() => {
+                woken_at = Some(tokio::time::Instant::now().max(last_start + MIN_WAKE_GAP));
+                continue;
             }
+            _ = tokio::time::sleep_until(due), if woken_at.is_some() => {
+                tracing::debug!("woken: running the loop now");
+                // The regular cadence goes on from this loop.
+                ticker.reset();
+            }
+        }
+        // A scheduled or a woken loop: either satisfies a pending wake. The tick itself is never
+        // raced against the shutdown: a role change runs to its end.
+        woken_at = None;
+        last_start = tokio::time::Instant::now();
+        let report = runtime.tick().await;
+        stats.record_tick(clock.monotonic(), report.duration);
+        log_report(&report, &mut last_reason);
+        if runtime.interval() != period {
+            period = runtime.interval();
+            tracing::info!(probe_interval_ms = period.as_millis() as u64, "probe interval changed");
+            ticker = new_interval(period);
         }
     }
 
@@ -350,16 +379,18 @@ pub async fn shutdown_signal() {
 /// The agent-hosted coordinator hook (`[coordinator] enabled = true`): the one call site that
 /// starts it. Returns the trigger the runtime uses for fast-path runs (a local channel to the
 /// hosted coordinator), `None` when disabled.
-/// `authorization`: what the hosted coordinator's `http` fencer sends (this node's `[api]`
-/// credentials, read once at start).
+/// `authorization`: what the hosted coordinator's `http` fencer and waker send (this node's
+/// `[api]` credentials, read once at start); `wake`: this node's loop, which the hosted
+/// coordinator wakes directly.
 pub async fn start_coordinator(
     cfg: &AgentConfig,
     store: Arc<dyn Store>,
     events: Option<Arc<dyn pgdaemon_core::events::EventEmitter>>,
     authorization: Option<reqwest::header::HeaderValue>,
+    wake: LoopWake,
 ) -> anyhow::Result<Option<Arc<dyn CoordinatorTrigger>>> {
     // Hosted coordinator (`enabled`), Lambda fast path (`lambda_function`), or nothing.
-    crate::coordinator_mode::start_from_hook(cfg, store, events, authorization).await
+    crate::coordinator_mode::start_from_hook(cfg, store, events, authorization, wake).await
 }
 
 /// The passwords for connections to peers, read once at start.
@@ -432,7 +463,10 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
     let events = cfg.events.start(Some(store.clone())).context("events")?;
     tracing::info!(sinks = ?events.sink_names(), "event sinks");
     runtime = runtime.with_events(events.clone());
-    if let Some(trigger) = start_coordinator(&cfg, store.clone(), Some(events.clone()), security.client_authorization()).await? {
+    // The loop's wake: `POST /wake`, and the hosted coordinator directly.
+    let wake = LoopWake::new();
+    let authorization = security.client_authorization();
+    if let Some(trigger) = start_coordinator(&cfg, store.clone(), Some(events.clone()), authorization, wake.clone()).await? {
         runtime = runtime.with_trigger(trigger);
     }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
@@ -442,7 +476,8 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
         let d = &cfg.dynamic;
         device.check(d.lease().saturating_sub(d.safety_margin())).context("watchdog mode is required")?;
     }
-    let summary = run_with_api(runtime, store, clock, listener, shutdown_signal(), device, security, cfg.api.limits()).await;
+    let limits = cfg.api.limits();
+    let summary = run_with_api(runtime, store, clock, listener, shutdown_signal(), device, security, limits, wake).await;
     // The last events (a demotion on the way out) get a few seconds to reach their sinks.
     if !events.flush(EVENTS_FLUSH_TIMEOUT).await {
         tracing::warn!(stats = ?events.stats(), "events still undelivered at exit");

@@ -20,6 +20,7 @@ struct Fake {
     store_term: Mutex<Result<u64, String>>,
     demotions: Mutex<Vec<u64>>,
     failsafe_calls: Mutex<u32>,
+    wakes: Mutex<u32>,
 }
 
 #[async_trait]
@@ -47,6 +48,9 @@ impl AgentApi for Fake {
     fn failsafe(&self, req: &FailsafeRequest) -> FailsafeReply {
         *self.failsafe_calls.lock().unwrap() += 1;
         FailsafeReply { member: "n1".into(), ack: true, valid_ms: req.valid_ms, term: req.term, reason: "ok".into() }
+    }
+    fn wake(&self) {
+        *self.wakes.lock().unwrap() += 1;
     }
 }
 
@@ -88,6 +92,7 @@ impl Api {
             store_term: Mutex::new(Ok(3)),
             demotions: Mutex::new(Vec::new()),
             failsafe_calls: Mutex::new(0),
+            wakes: Mutex::new(0),
         });
         let clock = SystemClock::new();
         let state = ApiState {
@@ -136,6 +141,7 @@ impl Api {
         assert_eq!(s.fenced_through, 0);
         assert!(s.pg_running && s.role == Role::Primary);
         assert_eq!(*self.fake.failsafe_calls.lock().unwrap(), 0, "nothing may have been promised");
+        assert_eq!(*self.fake.wakes.lock().unwrap(), 0, "the loop may not have been woken");
     }
 }
 
@@ -154,7 +160,7 @@ fn secured() -> ApiSecurity {
 #[tokio::test]
 async fn state_changing_requests_without_or_with_wrong_credentials_get_401_and_change_nothing() {
     let api = Api::start(secured()).await;
-    for (path, body) in [("/demote", DEMOTE), ("/demote", MAX_TERM), ("/failsafe", FAILSAFE)] {
+    for (path, body) in [("/demote", DEMOTE), ("/demote", MAX_TERM), ("/failsafe", FAILSAFE), ("/wake", "{}"), ("/wake", "")] {
         for auth in [
             None,
             Some(basic("patroni", "wrong")),
@@ -177,7 +183,7 @@ async fn state_changing_requests_without_or_with_wrong_credentials_get_401_and_c
 #[tokio::test]
 async fn no_credentials_configured_means_state_changing_requests_are_refused() {
     let api = Api::start(ApiSecurity::disabled()).await;
-    for (path, body) in [("/demote", DEMOTE), ("/failsafe", FAILSAFE)] {
+    for (path, body) in [("/demote", DEMOTE), ("/failsafe", FAILSAFE), ("/wake", "{}")] {
         let (code, doc, _) = api.post(path, body, Some(&basic("any", "thing"))).await;
         assert_eq!(code, 403, "{path}: {doc}");
         assert!(doc["error"].as_str().unwrap().contains("insecure = true"), "{doc}");
@@ -188,7 +194,7 @@ async fn no_credentials_configured_means_state_changing_requests_are_refused() {
 #[tokio::test]
 async fn peers_outside_the_allowlist_get_403_even_with_credentials() {
     let api = Api::start(secured().with_allowlist(&["10.0.0.0/16"]).unwrap()).await;
-    for (path, body) in [("/demote", DEMOTE), ("/failsafe", FAILSAFE)] {
+    for (path, body) in [("/demote", DEMOTE), ("/failsafe", FAILSAFE), ("/wake", "{}")] {
         let (code, doc, _) = api.post(path, body, Some("Bearer t0ken")).await;
         assert_eq!(code, 403, "{path}: {doc}");
         assert!(doc["error"].as_str().unwrap().contains("allowlist"), "{doc}");
@@ -205,6 +211,12 @@ async fn peers_outside_the_allowlist_get_403_even_with_credentials() {
     let (code, _, _) = api.post("/demote", DEMOTE, None).await;
     assert_eq!(code, 401);
     assert!(api.fake.demotions.lock().unwrap().is_empty());
+    let (code, _, _) = api.post("/wake", "", None).await;
+    assert_eq!(code, 401);
+    assert_eq!(*api.fake.wakes.lock().unwrap(), 0);
+    let (code, doc, _) = api.post("/wake", "", Some("Bearer t0ken")).await;
+    assert_eq!((code, &doc["woken"]), (202, &Value::Bool(true)), "{doc}");
+    assert_eq!(*api.fake.wakes.lock().unwrap(), 1);
 }
 
 #[tokio::test]
