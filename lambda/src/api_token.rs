@@ -10,12 +10,18 @@
 //! the chain goes on to its next fencer) with an error log, and the next fence tries the read
 //! again. A rotated token reaches the coordinator at its next cold start (and the agents at
 //! their restart).
+//!
+//! The coordinator's waker ([`TokenHttpWaker`], `POST /wake`) needs the same credentials and
+//! reads the parameter the same way, lazily, in the background of its first wake.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pgdaemon_core::coordinator::{AgentWaker, WakeTarget};
 use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer, PendingHandle};
 use pgdaemon_dcs::fence::HttpDemoteFencer;
+use pgdaemon_dcs::wake::HttpWaker;
 use reqwest::header::HeaderValue;
 use tokio::sync::OnceCell;
 
@@ -49,20 +55,80 @@ impl<P: ParameterApi> TokenHttpFencer<P> {
     async fn fencer(&self) -> Result<&HttpDemoteFencer, String> {
         self.ready
             .get_or_try_init(|| async {
-                let token = match tokio::time::timeout(TOKEN_READ_TIMEOUT, self.params.secure_string(&self.parameter)).await {
-                    Ok(read) => read?,
-                    Err(_) => return Err(format!("GetParameter timed out after {} s", TOKEN_READ_TIMEOUT.as_secs())),
-                };
-                // The agents trim the header value, so surrounding whitespace could never match.
-                let header = HeaderValue::from_str(&format!("Bearer {token}"))
-                    .ok()
-                    .filter(|_| !token.is_empty() && token.trim() == token)
-                    .ok_or_else(|| {
-                        "the value is not a usable token (printable characters, no surrounding whitespace)".to_string()
-                    })?;
+                let header = bearer(&self.params, &self.parameter).await?;
                 Ok(self.base.clone().with_authorization(Some(header)))
             })
             .await
+    }
+}
+
+/// `Authorization: Bearer <token>` from the SSM parameter `parameter`.
+async fn bearer<P: ParameterApi>(params: &P, parameter: &str) -> Result<HeaderValue, String> {
+    let token = match tokio::time::timeout(TOKEN_READ_TIMEOUT, params.secure_string(parameter)).await {
+        Ok(read) => read?,
+        Err(_) => return Err(format!("GetParameter timed out after {} s", TOKEN_READ_TIMEOUT.as_secs())),
+    };
+    // The agents trim the header value, so surrounding whitespace could never match.
+    HeaderValue::from_str(&format!("Bearer {token}"))
+        .ok()
+        .filter(|_| !token.is_empty() && token.trim() == token)
+        .ok_or_else(|| "the value is not a usable token (printable characters, no surrounding whitespace)".to_string())
+}
+
+/// [`HttpWaker`] whose bearer token comes from an SSM parameter, read lazily inside the
+/// background task of a wake (the coordinator never waits for it). While the parameter cannot be
+/// read, wakes are dropped with an error log (the agents' own loops pick the record up anyway).
+pub struct TokenHttpWaker<P> {
+    inner: Arc<WakerInner<P>>,
+}
+
+struct WakerInner<P> {
+    params: P,
+    parameter: String,
+    /// The waker without credentials (TLS); the token is added to a copy.
+    base: HttpWaker,
+    ready: OnceCell<HttpWaker>,
+}
+
+impl<P: ParameterApi + 'static> TokenHttpWaker<P> {
+    /// `base`: the waker with its TLS (e.g. `PGDAEMON_API_CA_FILE`), which gets the token.
+    pub fn new(params: P, parameter: impl Into<String>, base: HttpWaker) -> Self {
+        TokenHttpWaker { inner: Arc::new(WakerInner { params, parameter: parameter.into(), base, ready: OnceCell::new() }) }
+    }
+
+    /// One wake, awaited (what [`AgentWaker::wake`] runs in the background).
+    pub async fn send(&self, target: &WakeTarget) -> Result<(), String> {
+        self.inner.send(target).await
+    }
+}
+
+impl<P: ParameterApi> WakerInner<P> {
+    async fn send(&self, target: &WakeTarget) -> Result<(), String> {
+        let waker = self
+            .ready
+            .get_or_try_init(|| async {
+                let header = bearer(&self.params, &self.parameter).await?;
+                Ok::<_, String>(self.base.clone().with_authorization(Some(header)))
+            })
+            .await
+            .map_err(|e| format!("agent API token from SSM parameter {}: {e}", self.parameter))?;
+        waker.send(target).await.map_err(|e| e.to_string())
+    }
+}
+
+impl<P: ParameterApi + 'static> AgentWaker for TokenHttpWaker<P> {
+    fn wake(&self, target: &WakeTarget) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(member = %target.member, "no async runtime: the agent is not woken");
+            return;
+        };
+        let (inner, target) = (self.inner.clone(), target.clone());
+        runtime.spawn(async move {
+            match inner.send(&target).await {
+                Ok(()) => tracing::debug!(member = %target.member, reason = %target.describe(), "agent woken"),
+                Err(e) => tracing::info!(member = %target.member, error = %e, "could not wake the agent"),
+            }
+        });
     }
 }
 
@@ -80,5 +146,55 @@ impl<P: ParameterApi> Fencer for TokenHttpFencer<P> {
                 FenceStatus::Failed { detail: format!("agent API token from SSM parameter {}: {e}", self.parameter) }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgdaemon_core::coordinator::WakeReason;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Params(Result<String, String>);
+
+    #[async_trait]
+    impl ParameterApi for Params {
+        async fn secure_string(&self, _name: &str) -> Result<String, String> {
+            self.0.clone()
+        }
+    }
+
+    fn target(api_url: &str) -> WakeTarget {
+        WakeTarget { cluster: "c".into(), member: "n2".into(), api_url: api_url.into(), term: 5, reason: WakeReason::Promoted }
+    }
+
+    #[tokio::test]
+    async fn the_waker_sends_the_parameters_token_and_fails_without_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).contains("promoted in term 5") {
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            sock.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
+            String::from_utf8_lossy(&got).to_ascii_lowercase()
+        });
+        let waker = TokenHttpWaker::new(Params(Ok("t0ken".into())), "/p", HttpWaker::new());
+        waker.send(&target(&url)).await.unwrap();
+        let request = server.await.unwrap();
+        assert!(request.starts_with("post /wake ") && request.contains("authorization: bearer t0ken"), "{request}");
+
+        let broken = TokenHttpWaker::new(Params(Err("AccessDenied".into())), "/p", HttpWaker::new());
+        let err = broken.send(&target(&url)).await.unwrap_err();
+        assert!(err.contains("AccessDenied") && err.contains("/p"), "{err}");
+        // The trait call never waits, whatever the parameter does.
+        let started = std::time::Instant::now();
+        broken.wake(&target(&url));
+        assert!(started.elapsed() < Duration::from_millis(50));
     }
 }

@@ -240,6 +240,19 @@ where
         self
     }
 
+    /// Every cluster's coordinator wakes the agents with `waker` (see
+    /// [`pgdaemon_core::coordinator::wake`]); without it they notice on their next loop.
+    pub fn with_waker(mut self, waker: Arc<dyn pgdaemon_core::coordinator::AgentWaker>) -> Self {
+        self.coordinators = std::mem::take(&mut self.coordinators)
+            .into_iter()
+            .map(|(name, c)| {
+                let c = Arc::try_unwrap(c).ok().expect("coordinators are not shared before the handler is").into_inner();
+                (name, Arc::new(tokio::sync::Mutex::new(c.with_waker(waker.clone()))))
+            })
+            .collect();
+        self
+    }
+
     /// Handles one event; the JSON answer carries each cluster's outcome and reason.
     pub async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
         let request = parse_event(&event.payload, &self.config)?;

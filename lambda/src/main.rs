@@ -20,12 +20,14 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
     let dynamodb = pgdaemon_dcs::dynamodb::client_from_env(None, None).await;
     let store = Arc::new(DynamoDbStore::new(dynamodb, config.table.clone()));
-    let fencer =
-        pgdaemon_lambda::build_fencer(&config, SdkEc2(aws_sdk_ec2::Client::new(&sdk)), SdkSsm(aws_sdk_ssm::Client::new(&sdk)))
-            .context("invalid configuration: PGDAEMON_FENCING")?;
+    let ssm = SdkSsm(aws_sdk_ssm::Client::new(&sdk));
+    let fencer = pgdaemon_lambda::build_fencer(&config, SdkEc2(aws_sdk_ec2::Client::new(&sdk)), ssm.clone())
+        .context("invalid configuration: PGDAEMON_FENCING")?;
+    let waker = pgdaemon_lambda::build_waker(&config, ssm).context("invalid configuration: PGDAEMON_FENCING")?;
     let owner = format!("lambda-{}", uuid::Uuid::new_v4());
     let events = Arc::new(pgdaemon_lambda::events::Events::from_env(&sdk, store.clone()).context("invalid configuration")?);
-    let handler = Arc::new(Handler::new(store, fencer, SystemClock::new(), config, &owner).with_events(events.emitter()));
+    let handler =
+        Arc::new(Handler::new(store, fencer, SystemClock::new(), config, &owner).with_events(events.emitter()).with_waker(waker));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let (handler, events) = (handler.clone(), events.clone());
         // A stable `errorType` per refusal (HandlerError::error_type), not a Rust type name.
