@@ -536,10 +536,13 @@ async fn a_failover_emits_each_event_once_in_order() {
     assert!(got.iter().any(|(k, m)| *k == EventKind::RoleChanged && m.as_deref() == Some("n2")), "{got:?}");
 }
 
+/// (member, reason, term, the record's step when the wake was sent).
+type Wake = (String, String, u64, Option<TransitionStep>);
+
 /// Records each wake with the step the stored record is at when it is called.
 struct RecordingWaker {
     store: Arc<MemoryStore>,
-    woken: Mutex<Vec<(String, String, u64, Option<TransitionStep>)>>,
+    woken: Mutex<Vec<Wake>>,
 }
 
 impl AgentWaker for RecordingWaker {
@@ -562,7 +565,7 @@ fn ready_now<T>(fut: impl std::future::Future<Output = T>) -> T {
 }
 
 #[tokio::test]
-async fn the_candidate_is_woken_once_designated_and_the_others_once_it_is_primary() {
+async fn the_members_are_woken_once_the_candidate_is_designated_and_once_it_is_primary() {
     let mut sim = Sim::new().await;
     let waker = Arc::new(RecordingWaker { store: sim.store.clone(), woken: Mutex::new(Vec::new()) });
     let mut c = sim.coordinator("c1", ScriptedFencer::default()).with_waker(waker.clone());
@@ -583,6 +586,8 @@ async fn the_candidate_is_woken_once_designated_and_the_others_once_it_is_primar
         woken,
         vec![
             ("n2".to_string(), "designated".to_string(), 2, Some(d)),
+            ("n1".to_string(), "designated".to_string(), 2, Some(d)),
+            ("n3".to_string(), "designated".to_string(), 2, Some(d)),
             ("n1".to_string(), "promoted".to_string(), 2, Some(p)),
             ("n3".to_string(), "promoted".to_string(), 2, Some(p)),
         ]

@@ -73,9 +73,10 @@ pub async fn check_demote_term(api: &dyn AgentApi, term: u64) -> Result<(), u64>
 
 /// The coordinator's HTTP fencer. 200 `{"demoted":true}` only once Postgres stopped accepting
 /// writes, with `"lsn"` the final WAL position when known (a clean stop; the switchover waits for
-/// the candidate to replay it); 400 for a malformed body and 409 for a term that is not the
-/// cluster record's current one (nothing is changed); 503 when the demotion failed or could not
-/// be verified (the caller must not treat the node as fenced).
+/// the candidate to replay it); the loop is then woken, so that it releases the lease at once.
+/// 400 for a malformed body and 409 for a term that is not the cluster record's current one
+/// (nothing is changed); 503 when the demotion failed or could not be verified (the caller must
+/// not treat the node as fenced).
 pub(crate) async fn demote(State(st): State<ApiState>, body: Bytes) -> Response {
     let req: DemoteRequest = match json_object(&body, r#"{"term": 7, "reason": "..."}"#) {
         Ok(r) => r,
@@ -98,6 +99,9 @@ pub(crate) async fn demote(State(st): State<ApiState>, body: Bytes) -> Response 
     let reason = if req.reason.is_empty() { "demotion requested over HTTP".to_string() } else { req.reason.clone() };
     match st.api.demote_with_position(req.term, &reason).await {
         Ok(lsn) => {
+            // The loop releases the lease of a fenced primary: at once, not at its next tick, so
+            // the candidate the coordinator is about to designate finds it free.
+            st.api.wake();
             let s = st.api.snapshot();
             let body = DemoteReply {
                 demoted: true,

@@ -230,6 +230,8 @@ async fn correct_credentials_demote_as_before() {
         assert_eq!(doc["term"], 3);
         assert_eq!(doc["fenced_through"], 3);
         assert_eq!(*api.fake.demotions.lock().unwrap(), vec![3]);
+        // The loop runs at once after a confirmed demotion (it releases the lease).
+        assert_eq!(*api.fake.wakes.lock().unwrap(), 1);
         let (code, doc, _) = api.post("/failsafe", FAILSAFE, Some(&auth)).await;
         assert_eq!(code, 200, "{doc}");
     }

@@ -99,9 +99,9 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
         }
     }
 
-    /// Who wakes the agents right after the `Designated` record (the candidate) and the
-    /// `Promoted` record (every other member), see [`super::wake`]. Default: [`NoWaker`], the
-    /// agents notice on their next loop.
+    /// Who wakes the agents right after the `Designated` record (the candidate, then the
+    /// others) and the `Promoted` record (every other member), see [`super::wake`]. Default:
+    /// [`NoWaker`], the agents notice on their next loop.
     pub fn with_waker(mut self, waker: Arc<dyn AgentWaker>) -> Self {
         self.waker = waker;
         self

@@ -1,7 +1,9 @@
 //! Waking agents at once after a step they act on (docs/design.md section 4, "Detection and
-//! failover time"): the candidate right after the `Designated` record, every other member right
-//! after the `Promoted` record. Without a wake an agent notices the record on its next loop (up
-//! to a probe interval later).
+//! failover time"): right after the `Designated` record the candidate (it takes the lease and
+//! promotes) and then the other members (replicas re-point to it); right after the `Promoted`
+//! record every member but the new primary (a former primary waits for it to be read-write
+//! before it rejoins). Without a wake an agent notices the record on its next loop (up to a
+//! probe interval later).
 //!
 //! A wake only makes an agent run an ordinary loop earlier: that loop reads the store and decides
 //! exactly as a scheduled one would (every lease and term check unchanged), so a lost, late,
@@ -18,9 +20,10 @@ use super::action::Action;
 /// What the woken agent will find in the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WakeReason {
-    /// It is named primary of the term: it may take the leader lease and promote.
+    /// The record names a primary of the term: the candidate may take the leader lease and
+    /// promote, the others re-point to it.
     Designated,
-    /// The candidate is primary: follow it.
+    /// The candidate is primary: follow it, or rejoin it.
     Promoted,
 }
 
@@ -80,8 +83,9 @@ impl<W: AgentWaker + ?Sized> AgentWaker for std::sync::Arc<W> {
 }
 
 /// Who to wake once `action` has been recorded as `next` (the record just written over `view`):
-/// the candidate after [`Action::Designate`], every other member with a heartbeat after
-/// [`Action::MarkPromoted`]; nobody after any other step. Pure.
+/// after [`Action::Designate`] the candidate first, then every other member with a heartbeat;
+/// after [`Action::MarkPromoted`] every member with a heartbeat but the candidate; nobody after
+/// any other step. Pure.
 pub fn wake_targets(cluster: &str, view: &ClusterView, action: &Action, next: &ClusterRecord) -> Vec<WakeTarget> {
     let Some(t) = next.transition.as_ref() else { return Vec::new() };
     let target = |member: &str, reason| WakeTarget {
@@ -92,7 +96,9 @@ pub fn wake_targets(cluster: &str, view: &ClusterView, action: &Action, next: &C
         reason,
     };
     match action {
-        Action::Designate => vec![target(&t.candidate, WakeReason::Designated)],
+        Action::Designate => std::iter::once(target(&t.candidate, WakeReason::Designated))
+            .chain(view.members.keys().filter(|m| **m != t.candidate).map(|m| target(m, WakeReason::Designated)))
+            .collect(),
         Action::MarkPromoted { .. } => {
             view.members.keys().filter(|m| **m != t.candidate).map(|m| target(m, WakeReason::Promoted)).collect()
         }
@@ -137,22 +143,25 @@ mod tests {
     }
 
     #[test]
-    fn the_candidate_is_woken_after_designation_and_the_others_after_promotion() {
+    fn everyone_is_woken_after_designation_candidate_first_and_the_others_after_promotion() {
         let v = view();
         let record = v.cluster.clone().unwrap();
         let designated = apply(&record, &Action::Designate, 1).unwrap();
         let woken = wake_targets("c", &v, &Action::Designate, &designated);
         assert_eq!(
-            woken,
-            vec![WakeTarget {
+            woken[0],
+            WakeTarget {
                 cluster: "c".into(),
                 member: "n2".into(),
                 api_url: "https://n2:8008".into(),
                 term: 4,
                 reason: WakeReason::Designated
-            }]
+            }
         );
         assert_eq!(woken[0].describe(), "designated in term 4");
+        // The candidate first, then the others (they re-point to it).
+        let names: Vec<&str> = woken.iter().map(|t| t.member.as_str()).collect();
+        assert_eq!(names, vec!["n2", "n1", "n3"]);
         let promoted = apply(&designated, &Action::MarkPromoted { lsn: None }, 2).unwrap();
         let woken = wake_targets("c", &v, &Action::MarkPromoted { lsn: None }, &promoted);
         let names: Vec<(&str, &str)> = woken.iter().map(|t| (t.member.as_str(), t.api_url.as_str())).collect();
