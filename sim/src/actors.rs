@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use pgdaemon_core::agent::{
     AgentHandle, AgentRuntime, CoordinatorTrigger, FailsafePeers, FailsafeReply, FailsafeRequest, RoundOutcome, TriggerError,
 };
-use pgdaemon_core::coordinator::{run_until_settled, Coordinator};
+use pgdaemon_core::coordinator::{run_until_settled, AgentWaker, Coordinator, WakeTarget};
 use pgdaemon_core::fence::{FenceChain, FenceStatus, FenceTarget, Fencer, PendingHandle};
 use pgdaemon_core::LeaseSighting;
 
@@ -286,6 +286,45 @@ impl CoordinatorTrigger for SimTrigger {
     }
 }
 
+/// The coordinator's waker (`POST /wake`, node-agent/src/wake.rs) over the simulated network:
+/// the request reaches the agent 1-20 ms later plus any injected message delay, and is lost when
+/// the node is down, its agent hung or dead, with a chance of one in two while the node is
+/// partitioned (from the store or a peer: its network is in trouble), one in five under message
+/// faults, and one in a hundred otherwise. Never waits: the delivery is an event
+/// ([`Event::WakeAgent`]), where the agent runs a loop at once (sim/src/run/wake.rs).
+pub struct SimWaker {
+    pub world: World,
+}
+
+impl AgentWaker for SimWaker {
+    fn wake(&self, target: &WakeTarget) {
+        let mut w = self.world.lock();
+        let Some(node) = w.node_index(&target.member).filter(|_| w.wake) else { return };
+        w.counters.wakes_sent += 1;
+        let partitioned = w.nodes[node].store_cut || w.net_cut.iter().any(|&(a, b)| a == node || b == node);
+        let loss = if partitioned {
+            0.5
+        } else if w.msg_delay > 0 {
+            0.2
+        } else {
+            0.01
+        };
+        let n = &w.nodes[node];
+        let name = n.name.clone();
+        if !n.up || n.agent_hung || w.agent_handles[node].is_none() || w.rng.chance(loss) {
+            w.counters.wakes_lost += 1;
+            w.log(format!("wake {name} ({}): lost", target.describe()));
+            return;
+        }
+        let at = w.now + w.rng.range(MS, 20 * MS) + w.msg_delay;
+        w.schedule(at, Event::WakeAgent { node });
+    }
+}
+
+pub fn waker(world: &World) -> Arc<dyn AgentWaker> {
+    Arc::new(SimWaker { world: world.clone() })
+}
+
 /// The agent's HTTP "demote now" endpoint, reached over the simulated network.
 pub struct SimHttpFencer {
     pub world: World,
@@ -298,7 +337,7 @@ impl Fencer for SimHttpFencer {
     }
 
     async fn fence(&self, target: &FenceTarget, _pending: Option<&PendingHandle>) -> FenceStatus {
-        let (handle, delay, hung) = {
+        let (node, handle, delay, hung) = {
             let mut w = self.world.lock();
             let Some(node) = w.node_index(&target.member) else {
                 return FenceStatus::Refused { detail: "unknown member".into() };
@@ -308,7 +347,7 @@ impl Fencer for SimHttpFencer {
             }
             let delay = w.rng.range(MS, 20 * MS) + w.msg_delay;
             let handle: Option<AgentHandle> = if w.nodes[node].up { w.agent_handles[node].clone() } else { None };
-            (handle, delay, w.nodes[node].agent_hung)
+            (node, handle, delay, w.nodes[node].agent_hung)
         };
         let Some(handle) = handle else {
             self.world.sleep(delay).await;
@@ -323,6 +362,15 @@ impl Fencer for SimHttpFencer {
         let reason = format!("{:?} for term {}", target.kind, target.term);
         match handle.demote_now_with_position(target.term, &reason).await {
             Ok(lsn) => {
+                // The `/demote` handler wakes the agent's loop (it releases the lease at once).
+                {
+                    let mut w = self.world.lock();
+                    if w.wake {
+                        let now = w.now;
+                        w.counters.wakes_sent += 1;
+                        w.schedule(now, Event::WakeAgent { node });
+                    }
+                }
                 // The agent's `/demote` answer: a clean demotion reports the final WAL position.
                 self.world.sleep(delay).await;
                 FenceStatus::Confirmed { detail: "agent demoted".into(), lsn }

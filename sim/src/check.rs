@@ -1,7 +1,7 @@
 //! Invariants checked after every event (the design's S1-S5 plus lost writes), and the
 //! bookkeeping behind the failover-time figures.
 
-use pgdaemon_core::{ClusterRecord, LeaderLease, LeaseName, MemoryStore, Store, TransitionKind};
+use pgdaemon_core::{ClusterRecord, LeaderLease, LeaseName, MemoryStore, Store, TransitionKind, TransitionStep};
 
 use crate::store::describe_record;
 use crate::world::{run_now, Shared, Us};
@@ -18,6 +18,8 @@ pub struct Checker {
     pub detect_to_writable: Vec<Us>,
     /// Nobody writable until a different server was, in µs.
     pub write_outages: Vec<Us>,
+    /// Failover durations in µs: the candidate designated (record written) to it writable.
+    pub designate_to_writable: Vec<Us>,
 }
 
 #[derive(Debug, Clone)]
@@ -26,6 +28,8 @@ pub struct Transition {
     pub kind: TransitionKind,
     pub candidate: String,
     pub started: Us,
+    /// When the record first named the candidate primary (step `Designated`).
+    pub designated: Option<Us>,
     pub ended: Option<Us>,
 }
 
@@ -85,10 +89,16 @@ impl Checker {
                     kind: t.kind,
                     candidate: t.candidate.clone(),
                     started: now,
+                    designated: None,
                     ended: None,
                 });
             }
             _ => {}
+        }
+        if let Some(t) = r.transition.as_ref().filter(|t| t.step == TransitionStep::Designated) {
+            if let Some(x) = self.transitions.iter_mut().find(|x| x.term == t.term && x.ended.is_none()) {
+                x.designated.get_or_insert(now);
+            }
         }
         let open_term = r.transition.as_ref().map(|t| t.term);
         for t in self.transitions.iter_mut().filter(|t| t.ended.is_none()) {
@@ -104,6 +114,9 @@ impl Checker {
         if let Some(t) = self.transitions.iter().rev().find(|t| t.ended.is_none() && t.kind == TransitionKind::Failover) {
             if t.candidate == node_name {
                 self.detect_to_writable.push(now - t.started);
+                if let Some(d) = t.designated {
+                    self.designate_to_writable.push(now - d);
+                }
             }
         }
     }

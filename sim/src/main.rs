@@ -31,6 +31,12 @@ enum OffOnRandom {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum SyncArg {
     Off,
     On,
@@ -72,6 +78,10 @@ struct Cli {
     /// Cluster size (default: drawn per seed, 2 to 5).
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..=9))]
     nodes: Option<u64>,
+    /// Agents are woken right after designation and promotion (docs/design.md section 4); off
+    /// to compare with the agents waiting for their next tick.
+    #[arg(long, value_enum, default_value = "on")]
+    wake: OnOff,
     /// Print the trace of the first failing seed.
     #[arg(long)]
     show_trace: bool,
@@ -107,6 +117,7 @@ fn options(cli: &Cli) -> Options {
         OffOnRandom::Random => None,
     };
     o.nodes = cli.nodes.map(|n| n as usize);
+    o.wake = matches!(cli.wake, OnOff::On);
     o
 }
 

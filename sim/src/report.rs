@@ -15,7 +15,11 @@ pub struct Summary {
     pub failures: Vec<RunResult>,
     pub detect_to_writable: Vec<Us>,
     pub write_outages: Vec<Us>,
+    pub designate_to_writable: Vec<Us>,
     pub recovery_after_heal: Vec<Us>,
+    pub wakes_sent: u64,
+    pub wakes_lost: u64,
+    pub woken_ticks: u64,
     pub events: u64,
     pub writes: u64,
     pub promotions: u64,
@@ -44,6 +48,10 @@ impl Summary {
         }
         self.detect_to_writable.extend(&r.detect_to_writable);
         self.write_outages.extend(&r.write_outages);
+        self.designate_to_writable.extend(&r.designate_to_writable);
+        self.wakes_sent += r.counters.wakes_sent;
+        self.wakes_lost += r.counters.wakes_lost;
+        self.woken_ticks += r.counters.woken_ticks;
         self.recovery_after_heal.extend(r.recovery_after_heal);
         self.events += r.counters.events;
         self.writes += r.counters.writes;
@@ -82,6 +90,11 @@ impl Summary {
         let _ = writeln!(s, "client writes:        {}", self.writes);
         let _ = writeln!(s, "promotions:           {}", self.promotions);
         let _ = writeln!(s, "EC2 stops by fencer:  {}", self.ec2_stops);
+        let _ = writeln!(
+            s,
+            "agent wakes:          {} sent, {} lost, {} early agent loops",
+            self.wakes_sent, self.wakes_lost, self.woken_ticks
+        );
         let _ = writeln!(s, "ended blocked by maximum_lag_on_failover (by design, not a violation): {}", self.blocked_by_lag);
         if self.failsafe_runs > 0 {
             let _ = writeln!(
@@ -128,6 +141,7 @@ impl Summary {
             "failover time, detection (failover recorded) -> new primary writable: {}",
             dist(&self.detect_to_writable)
         );
+        let _ = writeln!(s, "  of which designated -> writable: {}", dist(&self.designate_to_writable));
         if self.failsafe_runs > 0 && self.failsafe_runs < self.seeds {
             let _ = writeln!(s, "  of which failsafe runs: {}", dist(&self.failsafe_detect_to_writable));
         }

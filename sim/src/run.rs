@@ -12,8 +12,8 @@ use pgdaemon_core::{
 };
 
 use crate::actors::{
-    fence_chain, instance_id, trigger, AgentActor, CoordActor, FailsafeActor, SimFailsafePeers, WatchdogActor, FAILSAFE_EVERY,
-    WATCHDOG_EVERY,
+    fence_chain, instance_id, trigger, waker, AgentActor, CoordActor, FailsafeActor, SimFailsafePeers, WatchdogActor,
+    FAILSAFE_EVERY, WATCHDOG_EVERY,
 };
 use crate::check::Checker;
 use crate::faults::{script, FaultKind, FaultPlan, Target};
@@ -26,7 +26,9 @@ use crate::world::{
 };
 
 mod checks;
+mod cluster;
 mod inject;
+mod wake;
 
 pub const CLUSTER: &str = "sim";
 /// Coordinator slots: the usual one and a concurrent second invocation.
@@ -57,6 +59,8 @@ pub struct Options {
     /// Largest clock rate error injected (ppm). The design assumes < 1 %.
     pub max_drift_ppm: i64,
     pub trace_lines: usize,
+    /// The coordinator wakes agents (and `/demote` its agent's loop); off: as before the wake.
+    pub wake: bool,
 }
 
 impl Options {
@@ -73,6 +77,7 @@ impl Options {
             liveness_bound: 180 * SEC,
             max_drift_ppm: 10_000,
             trace_lines: 4000,
+            wake: true,
         }
     }
 }
@@ -95,6 +100,8 @@ pub struct RunResult {
     pub detect_to_writable: Vec<Us>,
     /// No server accepted writes, until a different one did (the outage a client sees), µs.
     pub write_outages: Vec<Us>,
+    /// The candidate designated (record written) to it accepting writes, µs.
+    pub designate_to_writable: Vec<Us>,
     /// Last fault healed to a writable primary, µs.
     pub recovery_after_heal: Option<Us>,
     pub sim_time: Us,
@@ -134,6 +141,11 @@ struct Slot {
     wake_at: Option<Us>,
     /// Last poll returned Pending without a virtual-time wake: waiting on a waker.
     parked: bool,
+    /// Agents: when the last step started, regular steps to drop (a woken step took their
+    /// place), and a wake that came during a step (sim/src/run/wake.rs).
+    started: Us,
+    skip_steps: u32,
+    wake_pending: bool,
 }
 
 /// Wakers of the actors: a wake-up (e.g. an async mutex released by another actor) queues the
@@ -232,6 +244,7 @@ impl Sim {
         let mut shared = Shared::new(opts.seed, nodes, COORD_SLOTS);
         shared.next_id = 100;
         shared.broken = opts.broken;
+        shared.wake = opts.wake;
         shared.sync_required = opts.sync_mode != SyncMode::Off;
         shared.max_lag = config.maximum_lag_on_failover;
         shared.lease_ms = config.lease_ms;
@@ -250,7 +263,17 @@ impl Sim {
         // Agents, coordinators, then each agent process's lease watchdog task, then its failsafe
         // task.
         let slots = (0..n + COORD_SLOTS + n + n)
-            .map(|_| Slot { inc: 0, state: SlotState::Down, hung: false, deferred: vec![], wake_at: None, parked: false })
+            .map(|_| Slot {
+                inc: 0,
+                state: SlotState::Down,
+                hung: false,
+                deferred: vec![],
+                wake_at: None,
+                parked: false,
+                started: 0,
+                skip_steps: 0,
+                wake_pending: false,
+            })
             .collect();
         let fault_end = plan.start + plan.window;
         let end_at = fault_end + opts.liveness_bound;
@@ -317,6 +340,8 @@ impl Sim {
         slot.hung = false;
         slot.deferred.clear();
         slot.wake_at = None;
+        slot.skip_steps = 0;
+        slot.wake_pending = false;
         let inc = slot.inc;
         let (name, nofailover) = {
             let mut w = self.world.lock();
@@ -430,6 +455,8 @@ impl Sim {
         slot.deferred.clear();
         slot.wake_at = None;
         slot.parked = false;
+        slot.skip_steps = 0;
+        slot.wake_pending = false;
         if s < self.n {
             let mut w = self.world.lock();
             w.agent_handles[s] = None;
@@ -444,7 +471,8 @@ impl Sim {
         let clock = SimClock::new(self.world.clone(), s, 100);
         let store = SimStore::new(self.world.clone(), self.store.clone(), Caller::Coordinator(k));
         let owner = format!("coord{k}-{}", self.slots[s].inc);
-        let coord = Coordinator::new(store, fence_chain(&self.world), clock, self.coord_config.clone(), owner);
+        let coord = Coordinator::new(store, fence_chain(&self.world), clock, self.coord_config.clone(), owner)
+            .with_waker(waker(&self.world));
         Box::new(CoordActor {
             coord,
             world: self.world.clone(),
@@ -477,12 +505,25 @@ impl Sim {
         if slot.inc != id.inc {
             return;
         }
+        if slot.skip_steps > 0 {
+            // A regular step a woken one already took the place of.
+            slot.skip_steps -= 1;
+            return;
+        }
+        self.start_step(id);
+    }
+
+    /// Starts the actor's next step now (unless it is hung, busy or down).
+    fn start_step(&mut self, id: ActorId) {
+        let now = self.world.now();
+        let slot = &mut self.slots[id.slot];
         if slot.hung {
             slot.deferred.push(Event::Step(id));
             return;
         }
         match std::mem::replace(&mut slot.state, SlotState::Down) {
             SlotState::Idle(actor) => {
+                slot.started = now;
                 let task = actor.step();
                 self.poll(id, task);
             }
@@ -534,7 +575,12 @@ impl Sim {
                 }
                 if let Some(d) = next_in {
                     let mut w = self.world.lock();
-                    let at = w.now + d;
+                    let mut at = w.now + d;
+                    if std::mem::take(&mut slot.wake_pending) {
+                        // Woken during this step: the next one at once, rate-limited.
+                        at = at.min(slot.started + wake::MIN_WAKE_GAP).max(w.now);
+                        w.counters.woken_ticks += 1;
+                    }
                     w.schedule(at, Event::Step(id));
                 }
             }
@@ -579,98 +625,6 @@ impl Sim {
         for ev in deferred {
             w.schedule(now, ev);
         }
-    }
-
-    // ----- the simulated cluster ----------------------------------------------------------
-
-    fn replicate(&mut self) {
-        let mut w = self.world.lock();
-        let n = w.nodes.len();
-        for j in 0..n {
-            let (up, running, replica, upstream) = {
-                let x = &w.nodes[j];
-                (x.up, x.pg.running, x.pg.role == crate::simpg::PgRole::Replica, x.pg.upstream)
-            };
-            if !up || !running || !replica {
-                continue;
-            }
-            // Replay trails receipt by one step, whether or not streaming continues.
-            w.nodes[j].pg.replayed = w.nodes[j].pg.wal.len();
-            let Some(u) = upstream else {
-                w.nodes[j].pg.streaming = false;
-                continue;
-            };
-            let ok =
-                w.nodes[u].up && w.nodes[u].pg.running && !w.cut_between(j, u) && w.nodes[j].pg.is_prefix_of(&w.nodes[u].pg.wal);
-            if !ok {
-                w.nodes[j].pg.streaming = false;
-                continue;
-            }
-            if w.nodes[j].stalled {
-                continue;
-            }
-            let src_len = w.nodes[u].pg.wal.len();
-            let lag = if w.rng.chance(0.1) { w.rng.range(0, 20) as usize } else { 0 };
-            let target = src_len.saturating_sub(lag).max(w.nodes[j].pg.wal.len());
-            let have = w.nodes[j].pg.wal.len();
-            let add: Vec<u64> = w.nodes[u].pg.wal[have..target].to_vec();
-            let pg = &mut w.nodes[j].pg;
-            pg.wal.extend(add);
-            pg.streaming = true;
-        }
-        // Synchronous acknowledgement.
-        for p in 0..n {
-            if w.nodes[p].pg.pending.is_empty() || !w.nodes[p].pg.writable() {
-                continue;
-            }
-            let sync = w.nodes[p].pg.sync.clone();
-            let pending = std::mem::take(&mut w.nodes[p].pg.pending);
-            let mut still = Vec::new();
-            for (id, idx) in pending {
-                let confirmed = (0..n)
-                    .filter(|&k| {
-                        let x = &w.nodes[k];
-                        k != p
-                            && x.up
-                            && x.pg.running
-                            && x.pg.streaming
-                            && x.pg.upstream == Some(p)
-                            && (sync.any || sync.members.contains(&k))
-                            && x.pg.wal.get(idx) == Some(&id)
-                    })
-                    .count();
-                if confirmed as u32 >= sync.count {
-                    w.acked.push(id);
-                    w.counters.acked += 1;
-                } else {
-                    still.push((id, idx));
-                }
-            }
-            w.nodes[p].pg.pending = still;
-        }
-        let now = w.now;
-        w.schedule(now + 100 * MS, Event::Replicate);
-    }
-
-    fn client_write(&mut self) {
-        let mut w = self.world.lock();
-        let writable = w.writable();
-        if !writable.is_empty() {
-            let p = *w.rng.pick(&writable);
-            let id = w.fresh_id();
-            w.counters.writes += 1;
-            let pg = &mut w.nodes[p].pg;
-            pg.wal.push(id);
-            let idx = pg.wal.len() - 1;
-            if pg.sync.is_sync() {
-                pg.pending.push((id, idx));
-            } else {
-                w.acked.push(id);
-                w.counters.acked += 1;
-            }
-        }
-        let at = w.now + w.rng.range(50 * MS, 250 * MS);
-        w.schedule(at, Event::ClientWrite);
     }
 
     // ----- main loop ----------------------------------------------------------------------
@@ -721,6 +675,7 @@ impl Sim {
                     let at = w.now + SCHEDULE_EVERY;
                     w.schedule(at, Event::Schedule);
                 }
+                Event::WakeAgent { node } => self.wake_agent(node),
                 Event::Trigger => {
                     let started = self.invoke_coordinator(0);
                     if !started || self.two_coordinators {
@@ -767,6 +722,7 @@ impl Sim {
             counters: w.counters.clone(),
             detect_to_writable: self.checker.detect_to_writable.clone(),
             write_outages: self.checker.write_outages.clone(),
+            designate_to_writable: self.checker.designate_to_writable.clone(),
             recovery_after_heal: self.recovered_at.map(|r| r.saturating_sub(w.last_heal)),
             sim_time: w.now,
         }

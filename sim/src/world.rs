@@ -77,6 +77,8 @@ pub enum Event {
     Schedule,
     /// A fast-path trigger reaches the coordinator.
     Trigger,
+    /// The coordinator's `POST /wake` reaches node `node`'s agent (sim/src/run/wake.rs).
+    WakeAgent { node: usize },
     /// End of the run.
     End,
 }
@@ -181,6 +183,11 @@ pub struct Counters {
     pub failsafe_unanswered: u64,
     pub failsafe_acks: u64,
     pub failsafe_kept_ticks: u64,
+    /// Wakes sent (the coordinator's, and `/demote` waking its own loop), lost on the way (node
+    /// down, agent hung, partition, message faults), and the early agent loops they caused.
+    pub wakes_sent: u64,
+    pub wakes_lost: u64,
+    pub woken_ticks: u64,
 }
 
 /// Rules of the game that a test may deliberately break to prove the checker can fail.
@@ -249,6 +256,8 @@ pub struct Shared {
     pub coord_kill_after_write: f64,
     /// Time of the last heal (liveness is judged from here).
     pub last_heal: Us,
+    /// Agents are woken (the coordinator's waker, `/demote`); off: they wait for their tick.
+    pub wake: bool,
 }
 
 impl Shared {
@@ -284,6 +293,7 @@ impl Shared {
             watchdog_fires_at: vec![None; hosts - coordinators],
             coord_kill_after_write: 0.0,
             last_heal: 0,
+            wake: true,
         }
     }
 
