@@ -4,14 +4,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pgdaemon_agent::api_security::{ApiSecurity, ServerLimits};
 use pgdaemon_agent::coordinator_mode::{hosted_loop, HostedTrigger};
 use pgdaemon_agent::postgres::{LocalPostgres, PeerAuth, PgSettings};
-use pgdaemon_agent::run::run;
+use pgdaemon_agent::run::run_with_api;
+use pgdaemon_agent::wake::{HostedWaker, LoopWake};
+use pgdaemon_agent::watchdog::{Watchdog, WatchdogConfig};
 use pgdaemon_core::agent::{AgentIdentity, AgentRuntime};
 use pgdaemon_core::coordinator::{Coordinator, CoordinatorConfig};
 use pgdaemon_core::fence::{FenceChain, Fencer};
 use pgdaemon_core::{ClusterView, DynamicConfig, Store, SystemClock};
 use pgdaemon_dcs::fence::{CommandFencer, HttpDemoteFencer};
+use pgdaemon_dcs::wake::HttpWaker;
 use pgdaemon_dcs::EtcdStore;
 use pgdaemon_testkit::postgres::{PgCluster, PgNode};
 use tokio::runtime::Runtime;
@@ -36,7 +40,8 @@ pub fn pg_settings(pg: &PgCluster, node: &PgNode) -> PgSettings {
 
 /// One "host": an agent loop + HTTP API + hosted coordinator on etcd, in a tokio runtime of its
 /// own (as separate hosts would run them), so killing the host stops all of them at once and
-/// nothing is released cleanly, like a crash.
+/// nothing is released cleanly, like a crash. The coordinator wakes agents as the agent process's
+/// does: its own loop directly, the others with `POST /wake`.
 pub struct Host {
     rt: Option<Runtime>,
 }
@@ -73,13 +78,20 @@ impl Host {
             ccfg,
             format!("agent-{}", node.name),
         );
+        let wake = LoopWake::new();
+        let coordinator = coordinator.with_waker(Arc::new(HostedWaker::new(node.name.clone(), wake.clone(), HttpWaker::new())));
         let (trigger, rx) = HostedTrigger::new();
         rt.spawn(hosted_loop(coordinator, cluster.to_string(), rx, Duration::from_millis(500)));
         let runtime =
             AgentRuntime::new(store.clone(), LocalPostgres::new(pg_settings(pg, node)), SystemClock::new(), identity, config)
                 .with_trigger(Arc::new(trigger));
         rt.spawn(async move {
-            if let Err(e) = run(runtime, store, SystemClock::new(), listener, std::future::pending::<()>()).await {
+            let (security, limits, device) =
+                (ApiSecurity::insecure(), ServerLimits::default(), Watchdog::new(WatchdogConfig::default()));
+            let pending = std::future::pending::<()>();
+            if let Err(e) =
+                run_with_api(runtime, store, SystemClock::new(), listener, pending, device, security, limits, wake).await
+            {
                 eprintln!("agent stopped: {e:#}");
             }
         });
