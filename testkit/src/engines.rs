@@ -291,7 +291,9 @@ impl Engine {
         let log_path = self.dir.join("engine.log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        // In its own directory: whatever it writes beside itself (moto's request recording, for
+        // one) stays out of the checkout.
+        cmd.args(&self.args).current_dir(&self.dir).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let mut child = spawn_tied_to_process(cmd).with_context(|| format!("cannot run {}", self.program.display()))?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {

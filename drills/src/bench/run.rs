@@ -13,10 +13,17 @@ use super::haproxy::Haproxy;
 use super::{now_ms, stats};
 use crate::{AgentBuild, Backend, Drill};
 
-/// The record's timings: pgdaemon's defaults (the drills' short ones overridden).
-pub const DEFAULT_SETS: [&str; 4] =
-    ["lease_ms=10000", "renew_interval_ms=2000", "safety_margin_ms=2000", "probe_interval_ms=1000"];
-pub const LEASE_MS: u64 = 10_000;
+/// The record's timings: pgdaemon's defaults (`DynamicConfig::default()`), overriding the
+/// drills' short ones.
+pub fn default_sets() -> Vec<String> {
+    let d = pgdaemon_core::DynamicConfig::default();
+    vec![
+        format!("lease_ms={}", d.lease_ms),
+        format!("renew_interval_ms={}", d.renew_interval_ms),
+        format!("safety_margin_ms={}", d.safety_margin_ms),
+        format!("probe_interval_ms={}", d.probe_interval_ms),
+    ]
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -123,7 +130,8 @@ pub async fn drill(
     out_dir: &std::path::Path,
     idle_window: Option<Duration>,
 ) -> Result<DrillResult> {
-    let mut d = Drill::start_with(backend, "bench", build, &DEFAULT_SETS).await?;
+    let sets = default_sets();
+    let mut d = Drill::start_with(backend, "bench", build, &sets.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     let members: Vec<(String, u16, u16)> =
         d.pg.nodes().iter().map(|m| (m.name.clone(), m.port, d.api_port(&m.name).expect("api port"))).collect();
     let idle = match idle_window {
@@ -207,7 +215,8 @@ pub async fn drill(
     let first = |xs: &[Attempt]| client::first_write_after(xs, kill_ms, victim_port, primary_again).map(|a| a.end_ms - kill_ms);
     let lease_released_ms = lease_seen.iter().find(|(_, _, rel)| *rel).map(|(t, _, _)| *t);
     // When the victim's last renewal was first seen (sampled every 200 ms or so), plus the lease.
-    let lease_expiry_ms = lease_seen.iter().rev().find(|(_, _, free)| !free).map(|(t, _, _)| t + LEASE_MS);
+    let lease_expiry_ms =
+        lease_seen.iter().rev().find(|(_, _, free)| !free).map(|(t, _, _)| t + pgdaemon_core::DynamicConfig::default().lease_ms);
     let flags: Vec<Vec<bool>> = samples.iter().map(|(_, f)| f.clone()).collect();
     let mut result = DrillResult {
         scenario,

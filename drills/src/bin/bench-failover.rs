@@ -93,7 +93,7 @@ async fn main() -> Result<()> {
         println!("failed: {}", f.lines().next().unwrap_or(""));
     }
     let json = serde_json::json!({
-        "timings": run::DEFAULT_SETS,
+        "timings": run::default_sets(),
         "n": n,
         "runs": results,
         "failures": failures,
