@@ -553,6 +553,16 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
     rows.push(("in progress: fenced -> designate candidate", World::primary_dead().in_transition(FO, Fenced), Designate));
 
     rows.push((
+        "fenced, a replica not heard from since the fence -> wait for its final position (S4)",
+        {
+            let mut w = World::primary_dead().in_transition(FO, Fenced);
+            w.obs.members.get_mut("n3").unwrap().changed_ago = Some(MS(900));
+            w
+        },
+        Wait("waiting for the first heartbeat after the fence from n3"),
+    ));
+
+    rows.push((
         "in progress: fenced but candidate died -> choose another",
         {
             let mut w = World::primary_dead().in_transition(FO, Fenced);

@@ -245,6 +245,8 @@ where
             _ = ticker.tick() => {}
             // A wake (a permit is kept while a loop runs) schedules one early loop.
             _ = wake.woken(), if woken_at.is_none() => {
+                // The woken loop also publishes the heartbeat (a coordinator waits for it).
+                runtime.handle().woken();
                 woken_at = Some(tokio::time::Instant::now().max(last_start + MIN_WAKE_GAP));
                 continue;
             }

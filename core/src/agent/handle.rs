@@ -81,6 +81,8 @@ pub(super) struct Shared {
     pub(super) lease_deadline: Mutex<Option<(u64, Duration)>>,
     /// Failsafe acknowledgements and promises (see `super::failsafe`).
     pub(super) failsafe: Mutex<FailsafeState>,
+    /// The next loop publishes its heartbeat even if nothing changed ([`AgentHandle::woken`]).
+    pub(super) heartbeat_asked: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -106,6 +108,13 @@ pub struct AgentHandle {
 }
 
 impl AgentHandle {
+    /// A coordinator woke this agent: its next loop publishes a heartbeat even if nothing
+    /// changed, so the coordinator sees its current position at once (the designation after a
+    /// fence waits for one, S4).
+    pub fn woken(&self) {
+        self.shared.heartbeat_asked.store(true, Ordering::Relaxed);
+    }
+
     /// The last loop's snapshot, with a demotion requested since then already counted in
     /// `fenced_through` (so `/primary` turns 503 the moment a fence arrives, not a loop later).
     pub fn snapshot(&self) -> AgentSnapshot {

@@ -158,6 +158,7 @@ where
                 pg_lock: AsyncMutex::new(()),
                 snapshot: Mutex::new(snapshot),
                 external_demotions: AtomicU64::new(0),
+                heartbeat_asked: std::sync::atomic::AtomicBool::new(false),
                 lease_deadline: Mutex::new(None),
                 failsafe: Mutex::new(FailsafeState::default()),
             }),
@@ -278,6 +279,9 @@ where
             StoreRead::Ok(view) => Some(view.members.keys()),
             _ => None,
         };
+        if self.shared.heartbeat_asked.swap(false, Ordering::Relaxed) {
+            self.last_heartbeat = None;
+        }
         self.replica_not_streaming_since = match self.replica_not_streaming_since {
             _ if !probe.is_replica() || probe.streaming => None,
             Some(since) => Some(since),

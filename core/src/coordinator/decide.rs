@@ -435,6 +435,42 @@ fn fence_step(
     Decision::act(action, reason)
 }
 
+/// S4: the positions a candidate is judged by must include everything the old primary wrote
+/// before it was fenced. A running replica whose heartbeat this coordinator has not seen change
+/// since the `Fenced` step may still report a position from before the old primary's last
+/// writes (found by the simulation, seed 3470: a replica 1 MiB ahead of the candidate had not
+/// published yet). So wait for each one's next heartbeat: the coordinator wakes every member
+/// at the fence and a woken agent publishes at once; otherwise it comes within a heartbeat
+/// period. Bounded by the staleness threshold, after which a silent member is stale anyway.
+fn unreported_since_fence(
+    view: &ClusterView,
+    obs: &Observations,
+    config: &CoordinatorConfig,
+    record: &ClusterRecord,
+    exclude: &[&str],
+    age: Duration,
+) -> Option<Decision> {
+    if age >= config.stale_after(&record.config) {
+        return None;
+    }
+    let waiting: Vec<&str> = view
+        .members
+        .values()
+        .filter(|m| m.pg_running && m.role == Role::Replica && !exclude.contains(&m.name.as_str()))
+        .filter(|m| {
+            let o = obs.member(&m.name);
+            o.is_fresh() && o.changed_ago.is_none_or(|ago| ago >= age)
+        })
+        .map(|m| m.name.as_str())
+        .collect();
+    (!waiting.is_empty()).then(|| {
+        Decision::wait(format!(
+            "waiting for the first heartbeat after the fence from {} (S4: final positions)",
+            waiting.join(", ")
+        ))
+    })
+}
+
 fn designate_step(
     view: &ClusterView,
     record: &ClusterRecord,
@@ -450,6 +486,11 @@ fn designate_step(
         )
     };
     let mut exclude: Vec<&str> = t.old_primary.iter().map(String::as_str).collect();
+    if !t.forced {
+        if let Some(wait) = unreported_since_fence(view, obs, config, record, &exclude, age) {
+            return wait;
+        }
+    }
     let ctx = Eligibility::new(view, record, obs, config, t.from_term, &exclude);
     if !t.forced {
         let check = match view.members.get(&t.candidate) {

@@ -31,11 +31,19 @@ pub struct MemberObservation {
     /// replica (seen by this coordinator). The WAL is still on its disk, so it still bounds a
     /// candidate's lag (S4) although the heartbeat carries no position now.
     pub last_replica_position: Option<(u32, Lsn)>,
+    /// How long ago this coordinator last saw its `seq` change (`None`: not yet seen changing).
+    pub changed_ago: Option<Duration>,
 }
 
 impl MemberObservation {
+    /// Fresh, its heartbeat seen changing just now.
     pub fn fresh() -> Self {
-        MemberObservation { liveness: Liveness::Fresh, pg_down_for: None, last_replica_position: None }
+        MemberObservation {
+            liveness: Liveness::Fresh,
+            pg_down_for: None,
+            last_replica_position: None,
+            changed_ago: Some(Duration::ZERO),
+        }
     }
     pub fn is_fresh(&self) -> bool {
         self.liveness == Liveness::Fresh
@@ -71,6 +79,7 @@ impl Observations {
             liveness: Liveness::Stale { unchanged_for: Duration::ZERO },
             pg_down_for: None,
             last_replica_position: None,
+            changed_ago: None,
         })
     }
 }
@@ -149,7 +158,8 @@ impl Watch {
             };
             let pg_down_for = w.pg_down_since.map(|s| now.saturating_sub(s));
             let last_replica_position = if status.pg_running { None } else { w.last_replica_position };
-            members.insert(name.clone(), MemberObservation { liveness, pg_down_for, last_replica_position });
+            let changed_ago = w.last_change.map(|c| now.saturating_sub(c));
+            members.insert(name.clone(), MemberObservation { liveness, pg_down_for, last_replica_position, changed_ago });
         }
         let step_age = view.cluster.as_ref().and_then(|c| c.transition.as_ref()).map(|t| {
             let key =

@@ -20,6 +20,8 @@ use super::action::Action;
 /// What the woken agent will find in the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WakeReason {
+    /// The old primary is fenced: publish a heartbeat with the final WAL position (S4).
+    Fenced,
     /// The record names a primary of the term: the candidate may take the leader lease and
     /// promote, the others re-point to it.
     Designated,
@@ -30,6 +32,7 @@ pub enum WakeReason {
 impl std::fmt::Display for WakeReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            WakeReason::Fenced => "fenced",
             WakeReason::Designated => "designated",
             WakeReason::Promoted => "promoted",
         })
@@ -98,6 +101,14 @@ pub fn wake_targets(cluster: &str, view: &ClusterView, action: &Action, next: &C
     match action {
         Action::Designate => std::iter::once(target(&t.candidate, WakeReason::Designated))
             .chain(view.members.keys().filter(|m| **m != t.candidate).map(|m| target(m, WakeReason::Designated)))
+            .collect(),
+        // The fenced old primary writes no more: every replica's next heartbeat carries its final
+        // position, which the designation waits for (S4).
+        Action::MarkFenced { .. } => view
+            .members
+            .keys()
+            .filter(|m| Some(m.as_str()) != t.old_primary.as_deref())
+            .map(|m| target(m, WakeReason::Fenced))
             .collect(),
         Action::MarkPromoted { .. } => {
             view.members.keys().filter(|m| **m != t.candidate).map(|m| target(m, WakeReason::Promoted)).collect()
@@ -170,14 +181,22 @@ mod tests {
     }
 
     #[test]
+    fn the_fence_wakes_everyone_but_the_old_primary() {
+        let v = view();
+        let record = v.cluster.clone().unwrap();
+        let action = Action::MarkFenced { by: "http".into(), final_lsn: None };
+        let next = apply(&record, &action, 1).unwrap();
+        let old = next.transition.as_ref().and_then(|t| t.old_primary.clone());
+        let woken = wake_targets("c", &v, &action, &next);
+        assert!(!woken.is_empty() && woken.iter().all(|t| t.reason == WakeReason::Fenced && Some(&t.member) != old.as_ref()));
+        assert_eq!(woken.len(), v.members.len() - usize::from(old.is_some()));
+    }
+
+    #[test]
     fn other_steps_wake_nobody() {
         let v = view();
         let record = v.cluster.clone().unwrap();
-        for action in [
-            Action::MarkFenced { by: "http".into(), final_lsn: None },
-            Action::MarkFollowed { members: vec!["n1".into()] },
-            Action::SkipFencer { fencer: "ec2".into() },
-        ] {
+        for action in [Action::MarkFollowed { members: vec!["n1".into()] }, Action::SkipFencer { fencer: "ec2".into() }] {
             let next = apply(&record, &action, 1).unwrap();
             assert!(wake_targets("c", &v, &action, &next).is_empty(), "{action:?}");
         }

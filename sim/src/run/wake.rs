@@ -21,6 +21,10 @@ impl Sim {
                 self.world.lock().counters.wakes_lost += 1;
                 return;
             }
+            // As node-agent's loop: the woken loop also publishes the heartbeat.
+            if let Some(handle) = &w.agent_handles[node] {
+                handle.woken();
+            }
             w.nodes[node].name.clone()
         };
         let id = ActorId { slot: node, inc: slot.inc };
