@@ -119,12 +119,20 @@ impl Events {
     /// Delivers everything emitted so far to every sink (sinks concurrently, events in order,
     /// each with bounded retries). Returns the number of (event, sink) deliveries that failed.
     pub async fn deliver(&self) -> usize {
-        let events = self.collector.drain();
+        self.deliver_events(&self.collector.drain()).await
+    }
+
+    /// Takes every event emitted so far (to deliver them with [`Events::deliver_events`]).
+    pub fn drain(&self) -> Vec<Event> {
+        self.collector.drain()
+    }
+
+    /// Delivers `events` as [`Events::deliver`] does.
+    pub async fn deliver_events(&self, events: &[Event]) -> usize {
         if events.is_empty() {
             return 0;
         }
         let per_sink = self.sinks.iter().map(|sink| {
-            let events = &events;
             async move {
                 let mut failed = 0;
                 for e in events.iter().filter(|e| sink.accepts(e)) {
@@ -143,7 +151,7 @@ impl Events {
 }
 
 /// Handles `event`, then delivers the events its coordinator runs emitted (also after an error:
-/// a step may have been recorded before it).
+/// a step may have been recorded before it), then prints the invocation's metrics (`crate::emf`).
 pub async fn handle_and_publish<S, F, C>(
     handler: &Handler<S, F, C>,
     events: &Events,
@@ -155,7 +163,15 @@ where
     C: Clock + Clone + 'static,
 {
     let answer = handler.handle(event).await;
-    events.deliver().await;
+    let emitted = events.drain();
+    events.deliver_events(&emitted).await;
+    let errored = match &answer {
+        Err(HandlerError::Store { cluster, .. }) => Some(cluster.as_str()),
+        _ => None,
+    };
+    let metrics = crate::emf::collect(handler.store(), &handler.take_reports(), &emitted, errored).await;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    crate::emf::emit(&metrics, now_ms);
     answer
 }
 

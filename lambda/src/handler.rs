@@ -202,6 +202,8 @@ pub struct Handler<S: Store + Clone, F: Fencer, C: Clock + Clone> {
     clock: C,
     config: LambdaConfig,
     coordinators: BTreeMap<String, Shared<S, F, C>>,
+    /// Every run report since the last [`Handler::take_reports`] (the invocation's metrics).
+    reports: std::sync::Mutex<Vec<RunReport>>,
 }
 
 impl<S, F, C> Handler<S, F, C>
@@ -221,11 +223,21 @@ where
                 (c.clone(), Arc::new(tokio::sync::Mutex::new(coordinator)))
             })
             .collect();
-        Handler { store, clock, config, coordinators }
+        Handler { store, clock, config, coordinators, reports: Default::default() }
     }
 
     pub fn config(&self) -> &LambdaConfig {
         &self.config
+    }
+
+    /// The store the coordinators use.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Takes the reports of every coordinator run since the last call (see `crate::emf`).
+    pub fn take_reports(&self) -> Vec<RunReport> {
+        std::mem::take(&mut *self.reports.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Every cluster's coordinator reports its events to `events` (see `crate::events`).
@@ -302,6 +314,7 @@ where
             tracing::warn!(cluster, error = %e, "releasing the coordinator lock");
         }
         tracing::info!(cluster, outcome = ?report.outcome, reason = %report.reason, steps = ?report.steps, "coordinator run");
+        self.reports.lock().unwrap_or_else(|p| p.into_inner()).push(report.clone());
         report
     }
 

@@ -5,6 +5,7 @@
 pub mod api_token;
 pub mod aws;
 pub mod config;
+pub mod emf;
 pub mod events;
 pub mod handler;
 
