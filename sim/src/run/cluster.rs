@@ -35,9 +35,15 @@ impl Sim {
             let target = src_len.saturating_sub(lag).max(w.nodes[j].pg.wal.len());
             let have = w.nodes[j].pg.wal.len();
             let add: Vec<u64> = w.nodes[u].pg.wal[have..target].to_vec();
+            let upstream_timeline = w.nodes[u].pg.timeline;
             let pg = &mut w.nodes[j].pg;
             pg.wal.extend(add);
             pg.streaming = true;
+            // A standby following a promoted upstream switches to its timeline (Postgres reads
+            // the history file and goes on); without this a replica that followed a promotion
+            // kept reporting the old timeline and was never a candidate again (seed 1067).
+            // Coarse like `rewind_to`: the switch counts once it streams, not at the switch record.
+            pg.timeline = pg.timeline.max(upstream_timeline);
         }
         // Synchronous acknowledgement.
         for p in 0..n {
