@@ -13,6 +13,7 @@ import argparse
 import base64
 import hashlib
 import json
+import pathlib
 import re
 import sys
 import urllib.parse
@@ -54,8 +55,42 @@ def expect_destroyed(client, prefix: str) -> int:
     check(not [b for b in client("s3").list_buckets()["Buckets"] if b["Name"].startswith(f"{prefix}-artifacts-")], "artifact bucket deleted")
     secrets = client("secretsmanager").list_secrets(Filters=[{"Key": "name", "Values": [f"pgdaemon/{prefix.removeprefix('pgdaemon-')}/"]}])["SecretList"]
     check(not [x for x in secrets if not x.get("DeletedDate")], f"generated secrets deleted: {[x['Name'] for x in secrets if not x.get('DeletedDate')]}")
+    check(not client("cloudwatch").describe_alarms(AlarmNamePrefix=prefix)["MetricAlarms"], "alarms deleted")
+    check(not [d for d in client("cloudwatch").list_dashboards()["DashboardEntries"] if d["DashboardName"] == prefix], "dashboard deleted")
     print(f"{len(FAILURES)} failed")
     return 1 if FAILURES else 0
+
+
+# The alarms and dashboard both stacks create (infra/terraform/modules/pgdaemon-cluster/templates).
+SPECS = pathlib.Path(__file__).resolve().parents[1] / "terraform/modules/pgdaemon-cluster/templates"
+
+
+def check_alarms_and_dashboard(client, prefix: str, cluster: str, fn_name: str) -> None:
+    print("CloudWatch alarms and dashboard")
+    cw = client("cloudwatch")
+    specs = json.loads((SPECS / "alarms.json").read_text())
+    alarms = {x["AlarmName"]: x for x in cw.describe_alarms(AlarmNamePrefix=f"{prefix}-")["MetricAlarms"]}
+    check(sorted(alarms) == sorted(f"{prefix}-{s['id']}" for s in specs), f"one alarm per spec: {sorted(alarms)}")
+    for spec in specs:
+        x = alarms.get(f"{prefix}-{spec['id']}")
+        if x is None:
+            continue
+        dims = {d["Name"]: d["Value"] for d in x.get("Dimensions", [])}
+        want_dims = {"Cluster": cluster} if spec["dimension"] == "cluster" else {"FunctionName": fn_name}
+        got = (x["Namespace"], x["MetricName"], x["Statistic"], x["Period"], x["EvaluationPeriods"],
+               x.get("DatapointsToAlarm"), float(x["Threshold"]), x["ComparisonOperator"], x.get("TreatMissingData"), dims)
+        want = (spec["namespace"], spec["metric"], spec["statistic"], spec["period"], spec["evaluation_periods"],
+                spec["datapoints_to_alarm"], float(spec["threshold"]), spec["comparison"], spec["treat_missing_data"], want_dims)
+        check(got == want, f"alarm {spec['id']}: {got}, want {want}")
+        check(cluster in x.get("AlarmDescription", "") and "${" not in x.get("AlarmDescription", ""), f"alarm {spec['id']} describes itself for {cluster}")
+        check(x.get("AlarmActions", []) == [], f"alarm {spec['id']}: no actions without alarm_topic_arn: {x.get('AlarmActions')}")
+    body = json.loads(cw.get_dashboard(DashboardName=prefix)["DashboardBody"])
+    series = [m for w in body["widgets"] for m in w["properties"].get("metrics", [])]
+    named = {(m[0], m[1]) for m in series}
+    for spec in specs:
+        check((spec["namespace"], spec["metric"]) in named, f"dashboard shows {spec['namespace']} {spec['metric']}")
+    check(all(m[3] in (cluster, fn_name) for m in series), "dashboard series are this cluster's and its coordinator's")
+    check("${" not in json.dumps(body), "dashboard template fully rendered")
 
 
 def main() -> int:
@@ -138,6 +173,7 @@ def main() -> int:
     conc = lam.get_function_concurrency(FunctionName=fn_name).get("ReservedConcurrentExecutions")
     check(conc == 1, f"reserved concurrency 1 (runs never overlap): {conc}")
     fn_arn = fn["FunctionArn"]
+    check_alarms_and_dashboard(client, prefix, a.cluster, fn_name)
 
     print("EventBridge schedule")
     ev = client("events")

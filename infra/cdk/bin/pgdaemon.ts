@@ -40,4 +40,5 @@ new PgdaemonClusterStack(app, `pgdaemon-${clusterName}`, {
   clientNetworks: ctx('clientNetworks') === undefined ? undefined : list(ctx('clientNetworks')),
   clientCidrBlocks: list(ctx('clientCidrBlocks') ?? '10.0.0.0/8'),
   deletionProtection: ctx('deletionProtection') !== 'false',
+  alarmTopicArn: ctx('alarmTopicArn'),
 });

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Annotations, CfnResource, Duration, RemovalPolicy, Stack, StackProps, Tags, Token } from 'aws-cdk-lib';
 import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
@@ -83,6 +84,24 @@ export interface PgdaemonClusterProps extends StackProps {
   readonly clientNetworks?: string[];
   /** Customer-managed KMS key for the table, topic, log group and EBS volumes; default: AWS-managed keys. */
   readonly kmsKeyArn?: string;
+  /** SNS topic the CloudWatch alarms notify (alarm and OK); unset: the alarms only change state. */
+  readonly alarmTopicArn?: string;
+}
+
+/** One alarm of templates/alarms.json (shared with the Terraform module's alarms.tf). */
+interface AlarmSpec {
+  id: string;
+  description: string;
+  namespace: string;
+  metric: string;
+  dimension: 'cluster' | 'function';
+  statistic: string;
+  period: number;
+  evaluation_periods: number;
+  datapoints_to_alarm: number;
+  threshold: number;
+  comparison: string;
+  treat_missing_data: string;
 }
 
 /** Resolved props; every value checked the way the Terraform variables' validation blocks check it. */
@@ -172,6 +191,7 @@ export function validate(props: PgdaemonClusterProps): Settings {
     if (!/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(c)) fail(`subnetCidrBlocks entry ${c}: an IPv4 CIDR`);
   }
   if (props.kmsKeyArn && !/^arn:aws[a-z-]*:kms:/.test(props.kmsKeyArn)) fail('kmsKeyArn: must be a KMS key ARN');
+  if (props.alarmTopicArn && !/^arn:aws[a-z-]*:sns:/.test(props.alarmTopicArn)) fail('alarmTopicArn: must be an SNS topic ARN');
   if (props.agentBinaryUrl) fail('agentBinaryUrl: replaced by agentBinaryPath (the stack stores the binary and checks its sha256 on every node)');
   if (props.agentBinaryPath !== undefined && !fs.existsSync(props.agentBinaryPath)) {
     fail(`agentBinaryPath ${props.agentBinaryPath}: build it with scripts/lambda-zip --agent`);
@@ -455,6 +475,36 @@ export class PgdaemonClusterStack extends Stack {
       schedule: events.Schedule.rate(Duration.minutes(1)),
       // A throttled run (the single slot is busy) is not worth retrying: the next one comes within a minute.
       targets: [new targets.LambdaFunction(this.coordinator, { retryAttempts: 0, maxEventAge: Duration.minutes(1) })],
+    });
+
+    // --- alarms on the coordinator's metrics (lambda/src/emf.rs) and one dashboard: defined once
+    // in the Terraform module's templates/alarms.json and templates/dashboard.json, read by both.
+    const alarmActions = props.alarmTopicArn ? [props.alarmTopicArn] : undefined;
+    for (const a of JSON.parse(readTemplate('alarms.json')) as AlarmSpec[]) {
+      new cloudwatch.CfnAlarm(this, `Alarm-${a.id}`, {
+        alarmName: `${s.name}-${a.id}`,
+        alarmDescription: renderTemplate(a.description, { cluster_name: s.clusterName }),
+        namespace: a.namespace,
+        metricName: a.metric,
+        dimensions: [a.dimension === 'cluster' ? { name: 'Cluster', value: s.clusterName } : { name: 'FunctionName', value: functionName }],
+        statistic: a.statistic,
+        period: a.period,
+        evaluationPeriods: a.evaluation_periods,
+        datapointsToAlarm: a.datapoints_to_alarm,
+        threshold: a.threshold,
+        comparisonOperator: a.comparison,
+        treatMissingData: a.treat_missing_data,
+        alarmActions,
+        okActions: alarmActions,
+      });
+    }
+    new cloudwatch.CfnDashboard(this, 'Dashboard', {
+      dashboardName: s.name,
+      dashboardBody: renderTemplate(readTemplate('dashboard.json'), {
+        region: this.region,
+        cluster_name: s.clusterName,
+        function_name: functionName,
+      }),
     });
 
     // --- the agent binary: a file asset under its content hash, checked by its sha256 on each node

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import { App } from 'aws-cdk-lib';
 import { PgdaemonClusterStack, elbName } from '../lib/pgdaemon-stack';
-import { renderTemplate } from '../lib/template';
+import { TEMPLATE_DIR, renderTemplate } from '../lib/template';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import { AGENT, CLUSTER, TAG_KEY, baseProps, roleManagedPolicyArns, rolePolicies, secretArn, synth } from './support';
@@ -314,4 +314,58 @@ test('without subnetCidrBlocks: the agents admit POSTs from the members only, an
   assert.match(lt.UserData['Fn::Base64'], /\nallowlist = \[\]\nallowlist_include_members = true\n/);
   const warnings = Annotations.fromStack(stack).findWarning('*', Match.stringLikeRegexp('subnetCidrBlocks is not set'));
   assert.equal(warnings.length, 1);
+});
+
+// The alarms and dashboard of templates/alarms.json and templates/dashboard.json, as
+// scripts/check-infra asserts them on what Terraform created in moto.
+const ALARMS = JSON.parse(fs.readFileSync(`${TEMPLATE_DIR}/alarms.json`, 'utf8')) as Array<Record<string, string | number>>;
+
+test('alarms: one per shared spec, on the coordinator metrics or its Lambda, no actions by default', () => {
+  t.resourceCountIs('AWS::CloudWatch::Alarm', ALARMS.length);
+  assert.deepEqual(
+    ALARMS.map((a) => a.id).sort(),
+    ['coordinator-errors', 'coordinator-silent', 'failover', 'fencing-failed', 'lambda-errors', 'no-primary'],
+  );
+  for (const a of ALARMS) {
+    t.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      AlarmName: `${name}-${a.id}`,
+      AlarmDescription: Match.stringLikeRegexp(`^pgdaemon ${CLUSTER}: `),
+      Namespace: a.namespace,
+      MetricName: a.metric,
+      Dimensions: [a.dimension === 'cluster' ? { Name: 'Cluster', Value: CLUSTER } : { Name: 'FunctionName', Value: `${name}-coordinator` }],
+      Statistic: a.statistic,
+      Period: a.period,
+      EvaluationPeriods: a.evaluation_periods,
+      DatapointsToAlarm: a.datapoints_to_alarm,
+      Threshold: a.threshold,
+      ComparisonOperator: a.comparison,
+      TreatMissingData: a.treat_missing_data,
+      AlarmActions: Match.absent(),
+    });
+  }
+  t.hasResourceProperties('AWS::CloudWatch::Alarm', { Namespace: 'pgdaemon', MetricName: 'NoPrimary', Period: 60, EvaluationPeriods: 2 });
+});
+
+test('alarms notify alarmTopicArn when given (alarm and OK); anything else is refused', () => {
+  const topic = 'arn:aws:sns:eu-west-1:123456789012:oncall';
+  const withTopic = synth({ alarmTopicArn: topic });
+  for (const a of ALARMS) {
+    withTopic.hasResourceProperties('AWS::CloudWatch::Alarm', { AlarmName: `${name}-${a.id}`, AlarmActions: [topic], OKActions: [topic] });
+  }
+  assert.throws(() => synth({ alarmTopicArn: 'oncall' }), /alarmTopicArn/);
+});
+
+test('dashboard: every alarmed metric, for this cluster and its coordinator only', () => {
+  const dashboards = t.findResources('AWS::CloudWatch::Dashboard');
+  assert.equal(Object.keys(dashboards).length, 1);
+  const d = Object.values(dashboards)[0].Properties;
+  assert.equal(d.DashboardName, name);
+  assert.equal(typeof d.DashboardBody, 'string', 'a plain JSON string (no tokens: the stack has an env)');
+  const body = JSON.parse(d.DashboardBody);
+  const series: string[][] = body.widgets.flatMap((w: { properties: { metrics?: string[][] } }) => w.properties.metrics ?? []);
+  for (const a of ALARMS) {
+    assert.ok(series.some((m) => m[0] === a.namespace && m[1] === a.metric), `dashboard shows ${a.namespace} ${a.metric}`);
+  }
+  assert.ok(series.every((m) => m[3] === CLUSTER || m[3] === `${name}-coordinator`), 'only this cluster and its coordinator');
+  assert.ok(!d.DashboardBody.includes('${'), 'fully rendered');
 });

@@ -112,3 +112,13 @@ output "cluster_tag" {
   description = "The tag (key = value) that makes an instance fenceable by this cluster's coordinator."
   value       = { (var.cluster_tag_key) = var.cluster_name }
 }
+
+output "alarm_names" {
+  description = "The CloudWatch alarms on the coordinator's metrics, by id (templates/alarms.json)."
+  value       = { for k, a in aws_cloudwatch_metric_alarm.this : k => a.alarm_name }
+}
+
+output "dashboard_name" {
+  description = "The CloudWatch dashboard of the coordinator's metrics."
+  value       = aws_cloudwatch_dashboard.this.dashboard_name
+}
