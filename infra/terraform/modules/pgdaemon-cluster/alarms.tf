@@ -1,7 +1,7 @@
 # Alarms on the coordinator's metrics (lambda/src/emf.rs: EMF lines in its log group, namespace
 # pgdaemon, dimension Cluster) and on the Lambda's own errors, and one dashboard. The alarms and
 # the dashboard are defined once, in templates/alarms.json and templates/dashboard.json, which
-# the CDK stack reads too. infra/README.md ("Metrics, alarms and dashboards") says what each
+# the CDK stack reads too. infra/README.md ("Metrics and alarms") says what each
 # alarm means and what to do.
 
 locals {
