@@ -213,40 +213,9 @@ mod tests {
         assert!(matches!(slow.fence(&target(""), None).await, FenceStatus::Failed { .. }));
     }
 
-    /// A one-shot HTTP server answering every request with `status` and `body`.
+    /// A one-shot HTTP server answering with `status` and `body` (testkit).
     async fn serve(status: u16, body: &'static str) -> (String, tokio::task::JoinHandle<String>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0u8; 8192];
-            let mut got = Vec::new();
-            // Read headers and the (small) body.
-            loop {
-                let n = sock.read(&mut buf).await.unwrap();
-                got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got).to_string();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let len = text
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if got.len() >= end + 4 + len || n == 0 {
-                        break;
-                    }
-                }
-            }
-            let resp = format!(
-                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            sock.write_all(resp.as_bytes()).await.unwrap();
-            String::from_utf8_lossy(&got).to_string()
-        });
-        (url, task)
+        pgdaemon_testkit::http::serve_once(status, body).await
     }
 
     #[tokio::test]

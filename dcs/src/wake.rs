@@ -129,7 +129,6 @@ impl AgentWaker for HttpWaker {
 mod tests {
     use super::*;
     use pgdaemon_core::coordinator::WakeReason;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn target(api_url: &str) -> WakeTarget {
         WakeTarget { cluster: "c1".into(), member: "n2".into(), api_url: api_url.into(), term: 7, reason: WakeReason::Designated }
@@ -137,31 +136,7 @@ mod tests {
 
     /// Accepts one connection, reads one request and answers `status`; returns the request.
     async fn serve(status: u16) -> (String, tokio::task::JoinHandle<String>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            let mut got = Vec::new();
-            let mut buf = vec![0u8; 8192];
-            loop {
-                let n = sock.read(&mut buf).await.unwrap();
-                got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got).to_string();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let len = text
-                        .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-                        .unwrap_or(0usize);
-                    if got.len() >= end + 4 + len || n == 0 {
-                        break;
-                    }
-                }
-            }
-            let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}");
-            sock.write_all(resp.as_bytes()).await.unwrap();
-            String::from_utf8_lossy(&got).to_string()
-        });
-        (url, task)
+        pgdaemon_testkit::http::serve_once(status, "{}").await
     }
 
     #[tokio::test]

@@ -11,7 +11,6 @@ use pgdaemon_core::TransitionKind;
 use pgdaemon_lambda::api_token::TokenHttpFencer;
 use pgdaemon_lambda::aws::{Ec2Api, InstanceInfo, InvocationStatus, ParameterApi, SsmApi};
 use pgdaemon_lambda::config::LambdaConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PARAM: &str = "/pgdaemon/prod/api-token";
 
@@ -96,32 +95,8 @@ async fn agent() -> (String, Arc<Mutex<Vec<String>>>) {
     tokio::spawn(async move {
         loop {
             let (mut sock, _) = listener.accept().await.unwrap();
-            let mut got = Vec::new();
-            let mut buf = vec![0u8; 8192];
-            loop {
-                let n = sock.read(&mut buf).await.unwrap();
-                got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let len = text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
-                        .unwrap_or(0);
-                    if got.len() >= end + 4 + len || n == 0 {
-                        break;
-                    }
-                }
-                if n == 0 {
-                    break;
-                }
-            }
-            log.lock().unwrap().push(String::from_utf8_lossy(&got).to_ascii_lowercase());
-            let body = r#"{"demoted":true,"term":7,"member":"n1"}"#;
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
+            let got = pgdaemon_testkit::http::answer_one(&mut sock, 200, r#"{"demoted":true,"term":7,"member":"n1"}"#).await;
+            log.lock().unwrap().push(got.to_ascii_lowercase());
         }
     });
     (url, seen)

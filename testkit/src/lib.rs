@@ -2,6 +2,7 @@
 //! each owned by a guard that stops exactly the process it started (by PID) when dropped.
 
 pub mod engines;
+pub mod http;
 pub mod ports;
 pub mod postgres;
 pub mod tls;
