@@ -122,7 +122,7 @@ variable "replication_password_parameter" {
   default     = null
 
   validation {
-    condition     = var.replication_password_parameter == null || can(regex("^/[A-Za-z0-9_./-]{1,1010}$", var.replication_password_parameter))
+    condition     = var.replication_password_parameter == null || (can(regex("^/[A-Za-z0-9_./-]+$", var.replication_password_parameter)) && try(length(var.replication_password_parameter) <= 1011, false))
     error_message = "replication_password_parameter must be an absolute SSM parameter name (starting with '/')."
   }
 }
@@ -133,7 +133,7 @@ variable "rewind_password_parameter" {
   default     = null
 
   validation {
-    condition     = var.rewind_password_parameter == null || can(regex("^/[A-Za-z0-9_./-]{1,1010}$", var.rewind_password_parameter))
+    condition     = var.rewind_password_parameter == null || (can(regex("^/[A-Za-z0-9_./-]+$", var.rewind_password_parameter)) && try(length(var.rewind_password_parameter) <= 1011, false))
     error_message = "rewind_password_parameter must be an absolute SSM parameter name (starting with '/')."
   }
 }
@@ -144,7 +144,7 @@ variable "api_token_parameter" {
   default     = null
 
   validation {
-    condition     = var.api_token_parameter == null || can(regex("^/[A-Za-z0-9_./-]{1,1010}$", var.api_token_parameter))
+    condition     = var.api_token_parameter == null || (can(regex("^/[A-Za-z0-9_./-]+$", var.api_token_parameter)) && try(length(var.api_token_parameter) <= 1011, false))
     error_message = "api_token_parameter must be an absolute SSM parameter name (starting with '/')."
   }
 }
@@ -155,7 +155,7 @@ variable "admin_password_parameter" {
   default     = null
 
   validation {
-    condition     = var.admin_password_parameter == null || can(regex("^/[A-Za-z0-9_./-]{1,1010}$", var.admin_password_parameter))
+    condition     = var.admin_password_parameter == null || (can(regex("^/[A-Za-z0-9_./-]+$", var.admin_password_parameter)) && try(length(var.admin_password_parameter) <= 1011, false))
     error_message = "admin_password_parameter must be an absolute SSM parameter name (starting with '/')."
   }
 }
