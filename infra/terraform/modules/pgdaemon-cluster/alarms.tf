@@ -9,14 +9,16 @@ locals {
   alarm_actions = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
 }
 
+# The cluster's alarms (dimension Cluster); the coordinator function's own (dimension
+# FunctionName) belong to its module: modules/pgdaemon-coordinator, the cluster's or the fleet's.
 resource "aws_cloudwatch_metric_alarm" "this" {
-  for_each = { for a in local.alarm_specs : a.id => a }
+  for_each = { for a in local.alarm_specs : a.id => a if a.dimension == "cluster" }
 
   alarm_name          = "${local.name}-${each.key}"
   alarm_description   = replace(each.value.description, "$${cluster_name}", var.cluster_name)
   namespace           = each.value.namespace
   metric_name         = each.value.metric
-  dimensions          = each.value.dimension == "cluster" ? { Cluster = var.cluster_name } : { FunctionName = aws_lambda_function.coordinator.function_name }
+  dimensions          = { Cluster = var.cluster_name }
   statistic           = each.value.statistic
   period              = each.value.period
   evaluation_periods  = each.value.evaluation_periods
@@ -34,6 +36,6 @@ resource "aws_cloudwatch_dashboard" "this" {
   dashboard_body = templatefile("${path.module}/templates/dashboard.json", {
     region        = local.region
     cluster_name  = var.cluster_name
-    function_name = aws_lambda_function.coordinator.function_name
+    function_name = local.coordinator.function_name
   })
 }

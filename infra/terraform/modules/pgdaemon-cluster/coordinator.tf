@@ -1,249 +1,81 @@
-# The coordinator: a scheduled Lambda that reads the cluster state, fences a dead primary
-# and promotes the best replica. Agents also invoke it directly (the fast path, DESIGN.md 4).
+# The cluster's coordinator and state table: its own (modules/pgdaemon-coordinator, one
+# coordinator for this cluster: PGDAEMON_CLUSTERS = the cluster, PGDAEMON_DISCOVERY = off), or,
+# with var.fleet, the fleet's (modules/pgdaemon-fleet), to which this module only adds nodes.
 
-resource "aws_sns_topic" "events" {
-  name              = "${local.name}-events"
-  kms_master_key_id = coalesce(var.kms_key_arn, "alias/aws/sns")
-  tags              = local.tags
+module "coordinator" {
+  source = "../pgdaemon-coordinator"
+  count  = local.fleet_mode ? 0 : 1
+
+  name                    = local.name
+  subject                 = "cluster ${var.cluster_name}"
+  alarm_subject           = var.cluster_name
+  fleet_mode              = false
+  clusters                = [var.cluster_name]
+  reserved_concurrency    = 1 # two runs never act on the cluster at once
+  table_name              = local.table_name
+  cluster_tag_key         = var.cluster_tag_key
+  fencing                 = var.fencing
+  api_token_parameter     = local.api_token_parameter
+  api_token_parameter_arn = "${local.parameter_arn}${local.api_token_parameter}"
+  api_token_secret_arns   = contains(keys(local.generated_secrets), "api-token") ? [aws_secretsmanager_secret.generated["api-token"].arn] : []
+  vpc_id                  = var.vpc_id
+  subnet_ids              = var.subnet_ids
+  lambda_zip_path         = var.lambda_zip_path
+  lambda_architecture     = var.lambda_architecture
+  timeout_seconds         = var.coordinator_timeout_seconds
+  memory_mb               = var.coordinator_memory_mb
+  schedule_expression     = var.schedule_expression
+  log_retention_days      = var.log_retention_days
+  kms_key_arn             = var.kms_key_arn
+  deletion_protection     = var.deletion_protection
+  alarm_topic_arn         = var.alarm_topic_arn
+  tags                    = local.tags
 }
 
-resource "aws_cloudwatch_log_group" "coordinator" {
-  name              = "/aws/lambda/${local.coordinator_function_name}"
-  retention_in_days = var.log_retention_days
-  kms_key_id        = var.kms_key_arn
-  tags              = local.tags
-}
-
-data "aws_iam_policy_document" "lambda_assume" {
-  statement {
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["lambda.amazonaws.com"]
-    }
-  }
-}
-
-resource "aws_iam_role" "coordinator" {
-  name               = "${local.name}-coordinator"
-  description        = "pgdaemon coordinator for cluster ${var.cluster_name}: fences and promotes only this cluster's instances"
-  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
-  tags               = local.tags
-}
-
-data "aws_iam_policy_document" "coordinator" {
-  # Read and write only this table, and within it only this cluster's items.
-  statement {
-    sid = "StateTableThisClusterOnly"
-    actions = [
-      "dynamodb:GetItem",
-      "dynamodb:BatchGetItem",
-      "dynamodb:Query",
-      "dynamodb:PutItem",
-      "dynamodb:UpdateItem",
-      "dynamodb:DeleteItem",
-      "dynamodb:ConditionCheckItem",
-    ]
-    resources = [aws_dynamodb_table.state.arn]
-    condition {
-      test     = "ForAllValues:StringEquals"
-      variable = "dynamodb:LeadingKeys"
-      values   = [var.cluster_name]
-    }
-  }
-
-  statement {
-    sid       = "StateTableDescribe"
-    actions   = ["dynamodb:DescribeTable"]
-    resources = [aws_dynamodb_table.state.arn]
-  }
-
-  # Fencing by EC2: stop only instances tagged as members of this cluster. An instance
-  # without the tag (or with another cluster's value) does not match and is refused.
-  statement {
-    sid       = "StopOnlyThisClustersInstances"
-    actions   = ["ec2:StopInstances"]
-    resources = [local.instance_arn_pattern]
-    condition {
-      test     = "StringEquals"
-      variable = "aws:ResourceTag/${var.cluster_tag_key}"
-      values   = [var.cluster_name]
-    }
-  }
-
-  # Fencing by SSM: run commands only on this cluster's instances...
-  statement {
-    sid       = "RunCommandOnlyOnThisClustersInstances"
-    actions   = ["ssm:SendCommand"]
-    resources = [local.instance_arn_pattern]
-    condition {
-      test     = "StringEquals"
-      variable = "aws:ResourceTag/${var.cluster_tag_key}"
-      values   = [var.cluster_name]
-    }
-  }
-
-  # ...and only the stock shell document (a document is not tagged with the cluster). The
-  # account is "*" because AWS-owned documents have an empty account in their ARN; the "AWS-"
-  # name prefix is reserved for Amazon, so no other account can publish a look-alike.
-  statement {
-    sid       = "RunCommandDocument"
-    actions   = ["ssm:SendCommand"]
-    resources = ["arn:${local.partition}:ssm:${local.region}:*:document/AWS-RunShellScript"]
-  }
-
-  # Describe* and GetCommandInvocation have no resource-level permissions in IAM: they accept
-  # only "*" and ignore resource tags. They are read-only.
-  statement {
-    sid = "ReadOnlyWithoutResourceLevelSupport"
-    actions = [
-      "ec2:DescribeInstances",
-      "ec2:DescribeInstanceStatus",
-      "ssm:GetCommandInvocation",
-    ]
-    resources = ["*"]
-  }
-
-  # The agents' API token (http fencing sends it), and no other parameter; a generated token
-  # through Parameter Store's reference to its Secrets Manager secret.
-  statement {
-    sid       = "ReadAgentApiToken"
-    actions   = ["ssm:GetParameter"]
-    resources = ["${local.parameter_arn}${local.api_token_parameter}"]
-  }
-
-  dynamic "statement" {
-    for_each = contains(keys(local.generated_secrets), "api-token") ? [1] : []
-    content {
-      sid       = "ReadGeneratedApiToken"
-      actions   = ["secretsmanager:GetSecretValue"]
-      resources = [aws_secretsmanager_secret.generated["api-token"].arn]
-    }
-  }
-
-  statement {
-    sid       = "PublishFailoverEvents"
-    actions   = ["sns:Publish"]
-    resources = [aws_sns_topic.events.arn]
-  }
-
-  statement {
-    sid       = "OwnLogGroupOnly"
-    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
-    resources = ["${aws_cloudwatch_log_group.coordinator.arn}:*"]
+locals {
+  # What the nodes, the alarms and the outputs use, whichever coordinator it is.
+  coordinator = local.fleet_mode ? {
+    table_name        = var.fleet.table_name
+    table_arn         = var.fleet.table_arn
+    function_name     = var.fleet.coordinator_function_name
+    function_arn      = var.fleet.coordinator_function_arn
+    agent_alias_name  = "agent-evaluate"
+    agent_alias_arn   = "${var.fleet.coordinator_function_arn}:agent-evaluate"
+    security_group_id = var.fleet.coordinator_security_group_id
+    events_topic_arn  = var.fleet.events_topic_arn
+    } : {
+    table_name        = module.coordinator[0].table_name
+    table_arn         = module.coordinator[0].table_arn
+    function_name     = module.coordinator[0].function_name
+    function_arn      = module.coordinator[0].function_arn
+    agent_alias_name  = module.coordinator[0].agent_alias_name
+    agent_alias_arn   = module.coordinator[0].agent_alias_arn
+    security_group_id = module.coordinator[0].security_group_id
+    events_topic_arn  = module.coordinator[0].events_topic_arn
   }
 }
 
-resource "aws_iam_role_policy" "coordinator" {
-  name   = "pgdaemon-coordinator"
-  role   = aws_iam_role.coordinator.id
-  policy = data.aws_iam_policy_document.coordinator.json
-}
-
-# ENI management for running inside the VPC (needed to reach the agents' API for http
-# fencing). AWS's managed policy; its actions have no resource-level permissions.
-resource "aws_iam_role_policy_attachment" "coordinator_vpc" {
-  role       = aws_iam_role.coordinator.name
-  policy_arn = "arn:${local.partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
-}
-
-resource "aws_security_group" "coordinator" {
-  name        = "${local.name}-coordinator"
-  description = "pgdaemon coordinator Lambda: egress to AWS APIs and the agents API only"
-  vpc_id      = var.vpc_id
-  tags        = local.tags
-}
-
-resource "aws_security_group_rule" "coordinator_to_aws_apis" {
-  description       = "HTTPS to the AWS APIs (DynamoDB, EC2, SSM, SNS, Logs) via NAT or VPC endpoints"
-  type              = "egress"
-  security_group_id = aws_security_group.coordinator.id
-  protocol          = "tcp"
-  from_port         = 443
-  to_port           = 443
-  cidr_blocks       = ["0.0.0.0/0"]
-}
-
+# The coordinator reaches this cluster's agents' API (http fencing); a fleet's coordinator gets
+# one such rule from each cluster, towards that cluster's nodes only.
 resource "aws_security_group_rule" "coordinator_to_agents" {
   description              = "Agent HTTP API on the cluster nodes (http fencing, demote)"
   type                     = "egress"
-  security_group_id        = aws_security_group.coordinator.id
+  security_group_id        = local.coordinator.security_group_id
   protocol                 = "tcp"
   from_port                = var.agent_api_port
   to_port                  = var.agent_api_port
   source_security_group_id = aws_security_group.nodes.id
-}
 
-resource "aws_lambda_function" "coordinator" {
-  # checkov:skip=CKV_AWS_116:No DLQ: a lost invocation is harmless, the schedule re-runs the coordinator every minute and every step is idempotent (S5).
-  # checkov:skip=CKV_AWS_173:The environment holds only names and ARNs, no secrets; the AWS-managed key already encrypts it at rest.
-  # checkov:skip=CKV_AWS_50:The Rust runtime emits no X-Ray segments; every decision is logged with its reason instead.
-  # checkov:skip=CKV_AWS_272:Code signing needs a Signer profile the user owns; the zip is built from this repository by scripts/lambda-zip.
-  function_name                  = local.coordinator_function_name
-  description                    = "pgdaemon coordinator for cluster ${var.cluster_name}"
-  role                           = aws_iam_role.coordinator.arn
-  runtime                        = "provided.al2023"
-  handler                        = "bootstrap"
-  architectures                  = [var.lambda_architecture]
-  filename                       = var.lambda_zip_path
-  source_code_hash               = filebase64sha256(var.lambda_zip_path)
-  timeout                        = var.coordinator_timeout_seconds
-  memory_size                    = var.coordinator_memory_mb
-  reserved_concurrent_executions = 1 # two runs never act on the cluster at once
-
-  environment {
-    variables = local.coordinator_environment
+  lifecycle {
+    # The fleet's coordinator reads each cluster's token by its naming pattern, and reaches the
+    # nodes by security group, which works only within one VPC.
+    precondition {
+      condition     = !local.fleet_mode || try(replace(var.fleet.api_token_parameter, "{cluster}", var.cluster_name) == local.api_token_parameter, false)
+      error_message = "fleet mode: the cluster's API token parameter (${local.api_token_parameter}) is not where the fleet's coordinator reads it (its api_token_parameter with {cluster} = ${var.cluster_name}): set api_token_parameter accordingly, or leave both at their defaults."
+    }
+    precondition {
+      condition     = !local.fleet_mode || try(var.fleet.vpc_id == null || var.fleet.vpc_id == var.vpc_id, true)
+      error_message = "fleet mode: the cluster's nodes must be in the fleet coordinator's VPC (its http fencing reaches them by security group)."
+    }
   }
-
-  vpc_config {
-    subnet_ids         = var.subnet_ids
-    security_group_ids = [aws_security_group.coordinator.id]
-  }
-
-  tags = local.tags
-
-  depends_on = [
-    aws_cloudwatch_log_group.coordinator,
-    aws_iam_role_policy.coordinator,
-    aws_iam_role_policy_attachment.coordinator_vpc,
-  ]
-}
-
-# The agents' way in (the fast path): the node role may invoke this alias and not the function
-# itself, and invoked through it the coordinator carries out "evaluate" only (lambda/src/
-# handler.rs refuses the rest). It points at $LATEST, so agents and the schedule run the same
-# code; reserved concurrency belongs to the function, so the single slot covers both.
-resource "aws_lambda_alias" "agent_evaluate" {
-  name             = "agent-evaluate"
-  description      = "pgdaemon agents' fast path: evaluate only"
-  function_name    = aws_lambda_function.coordinator.function_name
-  function_version = "$LATEST"
-}
-
-resource "aws_cloudwatch_event_rule" "schedule" {
-  name                = "${local.name}-coordinator-schedule"
-  description         = "Safety-net run of the pgdaemon coordinator for ${var.cluster_name}"
-  schedule_expression = var.schedule_expression
-  tags                = local.tags
-}
-
-resource "aws_cloudwatch_event_target" "coordinator" {
-  rule      = aws_cloudwatch_event_rule.schedule.name
-  target_id = "coordinator"
-  arn       = aws_lambda_function.coordinator.arn
-
-  retry_policy {
-    # A throttled run (the previous one still holds the single slot) is not worth retrying for
-    # long: the next scheduled run comes within a minute.
-    maximum_event_age_in_seconds = 60
-    maximum_retry_attempts       = 0
-  }
-}
-
-resource "aws_lambda_permission" "schedule" {
-  statement_id  = "AllowEventBridgeSchedule"
-  action        = "lambda:InvokeFunction"
-  function_name = aws_lambda_function.coordinator.function_name
-  principal     = "events.amazonaws.com"
-  source_arn    = aws_cloudwatch_event_rule.schedule.arn
 }

@@ -5,6 +5,8 @@ data "aws_caller_identity" "current" {}
 locals {
   name       = "pgdaemon-${var.cluster_name}"
   table_name = coalesce(var.table_name, local.name)
+  # Fleet mode (var.fleet set): the fleet's table and coordinator; none of this cluster's own.
+  fleet_mode = var.fleet != null
   partition  = data.aws_partition.current.partition
   region     = data.aws_region.current.name
   account_id = data.aws_caller_identity.current.account_id
@@ -20,7 +22,6 @@ locals {
   # the cluster's own instances.
   instance_arn_pattern = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance/*"
 
-  coordinator_function_name = "${local.name}-coordinator"
 
   # Load balancer and target group names are limited to 32 characters and must be unique in the
   # region: long ones keep a readable head and get a hash of the full name.
@@ -39,18 +40,4 @@ locals {
   api_token_parameter            = local.secret_parameters["api-token"]
   admin_password_parameter       = local.secret_parameters["admin-password"]
   parameter_arn                  = "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter"
-
-  # Environment contract of the coordinator Lambda (lambda/ reads these).
-  coordinator_environment = {
-    PGDAEMON_TABLE           = local.table_name
-    PGDAEMON_CLUSTERS        = var.cluster_name
-    PGDAEMON_FENCING         = join(",", var.fencing)
-    PGDAEMON_SNS_TOPIC_ARN   = aws_sns_topic.events.arn
-    PGDAEMON_CLUSTER_TAG_KEY = var.cluster_tag_key
-    # The agents' API token (SecureString), read at the first http fence.
-    PGDAEMON_API_TOKEN_PARAMETER = local.api_token_parameter
-    # One invocation may drive a transition to its end, leaving 30 s of the timeout to finish.
-    PGDAEMON_RUN_BUDGET_MS = tostring((var.coordinator_timeout_seconds - 30) * 1000)
-    RUST_LOG               = "info"
-  }
 }

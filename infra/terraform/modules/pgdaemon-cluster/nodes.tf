@@ -29,17 +29,18 @@ locals {
 
   agent_config = templatefile("${path.module}/templates/pgdaemon.toml.tftpl", {
     cluster_name                   = var.cluster_name
-    table_name                     = local.table_name
+    table_name                     = local.coordinator.table_name
     postgres_port                  = var.postgres_port
     agent_api_port                 = var.agent_api_port
     replication_password_parameter = local.replication_password_parameter
     rewind_password_parameter      = local.rewind_password_parameter
     api_token_parameter            = local.api_token_parameter
-    api_allowlist                  = jsonencode(local.subnet_cidrs)
-    peer_networks                  = jsonencode(local.subnet_cidrs)
-    client_networks                = jsonencode(local.client_networks)
+    # A fleet's coordinator runs in the fleet's subnets: its http fencing comes from there.
+    api_allowlist   = jsonencode(distinct(concat(local.subnet_cidrs, local.fleet_mode ? var.fleet.coordinator_subnet_cidrs : [])))
+    peer_networks   = jsonencode(local.subnet_cidrs)
+    client_networks = jsonencode(local.client_networks)
     # The agents' alias, not the function: through it the coordinator carries out "evaluate" only.
-    coordinator_function = "${aws_lambda_alias.agent_evaluate.function_name}:${aws_lambda_alias.agent_evaluate.name}"
+    coordinator_function = "${local.coordinator.function_name}:${local.coordinator.agent_alias_name}"
   })
 
   user_data = templatefile("${path.module}/templates/user-data.sh.tftpl", {
@@ -92,7 +93,9 @@ data "aws_iam_policy_document" "agent" {
       "dynamodb:UpdateItem",
       "dynamodb:ConditionCheckItem",
     ]
-    resources = [aws_dynamodb_table.state.arn]
+    # Also the cluster's registration item ("~registry", in its own partition), which puts
+    # it in a fleet's index: no other right is needed for that.
+    resources = [local.coordinator.table_arn]
     condition {
       test     = "ForAllValues:StringEquals"
       variable = "dynamodb:LeadingKeys"
@@ -142,7 +145,7 @@ data "aws_iam_policy_document" "agent" {
   statement {
     sid       = "InvokeCoordinatorEvaluateOnly"
     actions   = ["lambda:InvokeFunction"]
-    resources = [aws_lambda_alias.agent_evaluate.arn]
+    resources = [local.coordinator.agent_alias_arn]
   }
 
   # The SSM agent, in place of the AWS managed AmazonSSMManagedInstanceCore: that policy also
@@ -253,7 +256,7 @@ resource "aws_security_group_rule" "nodes_agent_from_coordinator" {
   protocol                 = "tcp"
   from_port                = var.agent_api_port
   to_port                  = var.agent_api_port
-  source_security_group_id = aws_security_group.coordinator.id
+  source_security_group_id = local.coordinator.security_group_id
 }
 
 resource "aws_security_group_rule" "nodes_egress_cluster" {

@@ -1,31 +1,31 @@
 output "table_name" {
-  description = "DynamoDB state table (PGDAEMON_TABLE of the coordinator, store.table of the agents)."
-  value       = aws_dynamodb_table.state.name
+  description = "DynamoDB state table (PGDAEMON_TABLE of the coordinator, store.table of the agents): the cluster's own, or the fleet's."
+  value       = local.coordinator.table_name
 }
 
 output "table_arn" {
   description = "ARN of the DynamoDB state table."
-  value       = aws_dynamodb_table.state.arn
+  value       = local.coordinator.table_arn
 }
 
 output "coordinator_function_name" {
-  description = "Coordinator Lambda; invoke it for status, failover or switchover (see infra/README.md)."
-  value       = aws_lambda_function.coordinator.function_name
+  description = "Coordinator Lambda (the cluster's own, or the fleet's); invoke it for status, failover or switchover (see infra/README.md)."
+  value       = local.coordinator.function_name
 }
 
 output "coordinator_function_arn" {
   description = "ARN of the coordinator Lambda."
-  value       = aws_lambda_function.coordinator.arn
+  value       = local.coordinator.function_arn
 }
 
 output "coordinator_agent_alias_arn" {
   description = "Qualified ARN of the coordinator's agent-evaluate alias: the only thing the nodes may invoke (evaluate only)."
-  value       = aws_lambda_alias.agent_evaluate.arn
+  value       = local.coordinator.agent_alias_arn
 }
 
 output "coordinator_role_arn" {
-  description = "Execution role of the coordinator Lambda."
-  value       = aws_iam_role.coordinator.arn
+  description = "Execution role of the cluster's coordinator Lambda (null in fleet mode: see the fleet module's outputs)."
+  value       = local.fleet_mode ? null : module.coordinator[0].role_arn
 }
 
 output "agent_role_arn" {
@@ -74,13 +74,13 @@ output "agent_object" {
 }
 
 output "events_topic_arn" {
-  description = "SNS topic of failover events; subscribe your alerting to it."
-  value       = aws_sns_topic.events.arn
+  description = "SNS topic of failover events; subscribe your alerting to it (in fleet mode the fleet's, shared by its clusters, or null if var.fleet does not name it)."
+  value       = local.coordinator.events_topic_arn
 }
 
 output "schedule_rule_name" {
-  description = "EventBridge rule that runs the coordinator every minute."
-  value       = aws_cloudwatch_event_rule.schedule.name
+  description = "EventBridge rule that runs the coordinator every minute (null in fleet mode: the fleet's)."
+  value       = local.fleet_mode ? null : module.coordinator[0].schedule_rule_name
 }
 
 output "autoscaling_group_name" {
@@ -114,8 +114,8 @@ output "cluster_tag" {
 }
 
 output "alarm_names" {
-  description = "The CloudWatch alarms on the coordinator's metrics, by id (templates/alarms.json)."
-  value       = { for k, a in aws_cloudwatch_metric_alarm.this : k => a.alarm_name }
+  description = "The CloudWatch alarms on the coordinator's metrics, by id (templates/alarms.json); in fleet mode the cluster's only (the function's are the fleet's)."
+  value       = merge({ for k, a in aws_cloudwatch_metric_alarm.this : k => a.alarm_name }, local.fleet_mode ? {} : module.coordinator[0].alarm_names)
 }
 
 output "dashboard_name" {

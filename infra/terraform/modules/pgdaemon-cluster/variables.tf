@@ -8,8 +8,36 @@ variable "cluster_name" {
   }
 }
 
+variable "fleet" {
+  description = <<-EOT
+    Fleet mode: the pgdaemon-fleet module's `fleet` output (one coordinator and one table for many clusters). Set, this module creates neither a table nor a coordinator: the agents use the fleet's table (their items in their own partition, as always, plus the registration item that puts the cluster in the fleet's index) and invoke the fleet's agent-evaluate alias; the fleet's coordinator may reach these nodes' agent API. The cluster's API token must be at the fleet's naming pattern (api_token_parameter with {cluster}). Null (default): the cluster's own table and coordinator (PGDAEMON_DISCOVERY = off).
+  EOT
+  type = object({
+    table_name                    = string
+    table_arn                     = string
+    coordinator_function_name     = string
+    coordinator_function_arn      = string
+    coordinator_security_group_id = string
+    coordinator_subnet_cidrs      = optional(list(string), [])
+    vpc_id                        = optional(string)
+    api_token_parameter           = optional(string, "/aws/reference/secretsmanager/pgdaemon/{cluster}/api-token")
+    events_topic_arn              = optional(string)
+  })
+  default = null
+
+  validation {
+    condition = var.fleet == null || try(
+      can(regex("^arn:aws[a-z-]*:dynamodb:", var.fleet.table_arn)) &&
+      can(regex("^arn:aws[a-z-]*:lambda:[^:]+:[0-9]+:function:[^:]+$", var.fleet.coordinator_function_arn)) &&
+      can(regex("^sg-[0-9a-f]+$", var.fleet.coordinator_security_group_id)),
+      false
+    )
+    error_message = "fleet must be the pgdaemon-fleet module's fleet output: a table ARN, the coordinator's unqualified function ARN and its security group (sg-...)."
+  }
+}
+
 variable "table_name" {
-  description = "Name of the DynamoDB state table. Defaults to \"pgdaemon-<cluster_name>\"."
+  description = "Name of the DynamoDB state table. Defaults to \"pgdaemon-<cluster_name>\". Ignored in fleet mode (the fleet's table)."
   type        = string
   default     = null
 
@@ -249,12 +277,13 @@ variable "client_security_group_ids" {
 }
 
 variable "lambda_zip_path" {
-  description = "Path of the coordinator package built by scripts/lambda-zip (a zip with the `bootstrap` executable at its root)."
+  description = "Path of the coordinator package built by scripts/lambda-zip (a zip with the `bootstrap` executable at its root). Required unless fleet is set (then the fleet's coordinator serves the cluster)."
   type        = string
+  default     = null
 
   validation {
-    condition     = endswith(var.lambda_zip_path, ".zip")
-    error_message = "lambda_zip_path must name a .zip file."
+    condition     = var.lambda_zip_path == null ? var.fleet != null : endswith(var.lambda_zip_path, ".zip")
+    error_message = "lambda_zip_path must name a .zip file (it may be left out only in fleet mode)."
   }
 }
 
