@@ -1,10 +1,11 @@
 #!/usr/bin/env node
-// CDK app: one pgdaemon cluster per stack. All inputs come from context (-c key=value or
+// CDK app: one pgdaemon cluster per stack, or (-c fleetName) a fleet stack and its cluster stacks. All inputs come from context (-c key=value or
 // cdk.context.json), so that `cdk synth` runs offline (no fromLookup).
 //   cdk synth -c vpcId=vpc-0abc -c subnetIds=subnet-1,subnet-2 -c availabilityZones=eu-west-1a,eu-west-1b \
 //     -c subnetCidrBlocks=10.0.1.0/24,10.0.2.0/24
 import * as path from 'node:path';
 import { App } from 'aws-cdk-lib';
+import { PgdaemonFleetStack } from '../lib/fleet-stack';
 import { PgdaemonClusterStack } from '../lib/pgdaemon-stack';
 
 const app = new App();
@@ -21,16 +22,38 @@ const required = (key: string): string => {
 };
 const list = (v: string | undefined) => (v ?? '').split(',').map((x) => x.trim()).filter((x) => x !== '');
 
-const clusterName = ctx('clusterName') ?? 'main';
-new PgdaemonClusterStack(app, `pgdaemon-${clusterName}`, {
-  env: { account: ctx('account') ?? process.env.CDK_DEFAULT_ACCOUNT, region: ctx('region') ?? process.env.CDK_DEFAULT_REGION },
+const env = { account: ctx('account') ?? process.env.CDK_DEFAULT_ACCOUNT, region: ctx('region') ?? process.env.CDK_DEFAULT_REGION };
+const lambdaZipPath = ctx('lambdaZip') ?? path.resolve(__dirname, '..', '..', '..', '..', 'target', 'lambda', 'bootstrap.zip');
+
+// Fleet mode (-c fleetName=... -c clusterNames=a,b): one stack pgdaemon-<fleet> with the shared
+// table and coordinator, and one cluster stack per name using it. Otherwise one cluster stack
+// (-c clusterName=...) with its own coordinator.
+const fleetName = ctx('fleetName');
+const fleet = fleetName === undefined
+  ? undefined
+  : new PgdaemonFleetStack(app, `pgdaemon-${fleetName}`, {
+      env,
+      fleetName,
+      vpcId: required('vpcId'),
+      subnetIds: list(required('subnetIds')),
+      availabilityZones: list(required('availabilityZones')),
+      subnetCidrBlocks: ctx('subnetCidrBlocks') === undefined ? undefined : list(ctx('subnetCidrBlocks')),
+      lambdaZipPath,
+      lambdaArchitecture: ctx('lambdaArchitecture') === 'arm64' ? 'arm64' : 'x86_64',
+      deletionProtection: ctx('deletionProtection') !== 'false',
+      alarmTopicArn: ctx('alarmTopicArn'),
+    });
+const clusterNames = fleet ? list(required('clusterNames')) : [ctx('clusterName') ?? 'main'];
+for (const clusterName of clusterNames) new PgdaemonClusterStack(app, `pgdaemon-${clusterName}`, {
+  env,
+  fleet: fleet?.fleetRef,
   clusterName,
   vpcId: required('vpcId'),
   subnetIds: list(required('subnetIds')),
   availabilityZones: list(required('availabilityZones')),
   // The agents' API allow-list (the coordinator fences over http from these subnets).
   subnetCidrBlocks: ctx('subnetCidrBlocks') === undefined ? undefined : list(ctx('subnetCidrBlocks')),
-  lambdaZipPath: ctx('lambdaZip') ?? path.resolve(__dirname, '..', '..', '..', '..', 'target', 'lambda', 'bootstrap.zip'),
+  lambdaZipPath: fleet ? undefined : lambdaZipPath,
   lambdaArchitecture: ctx('lambdaArchitecture') === 'arm64' ? 'arm64' : 'x86_64',
   nodeCount: ctx('nodeCount') ? Number(ctx('nodeCount')) : undefined,
   amiId: ctx('amiId'),

@@ -1,22 +1,18 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Annotations, CfnResource, Duration, RemovalPolicy, Stack, StackProps, Tags, Token } from 'aws-cdk-lib';
+import { Annotations, Duration, Stack, StackProps, Tags, Token } from 'aws-cdk-lib';
 import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
-import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
-import * as events from 'aws-cdk-lib/aws-events';
-import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
-import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3assets from 'aws-cdk-lib/aws-s3-assets';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
-import * as sns from 'aws-cdk-lib/aws-sns';
 import { Construct } from 'constructs';
+import { addAlarm, addCoordinator, alarmSpecs, checkovSkip } from './coordinator';
 import { readTemplate, renderTemplate } from './template';
 
 export type Fencing = 'ec2' | 'ssm' | 'http';
@@ -35,8 +31,8 @@ export interface PgdaemonClusterProps extends StackProps {
    * members may POST /demote and the coordinator's http fencing is refused.
    */
   readonly subnetCidrBlocks?: string[];
-  /** Coordinator package built by scripts/lambda-zip (`bootstrap` at the zip root). */
-  readonly lambdaZipPath: string;
+  /** Coordinator package built by scripts/lambda-zip (`bootstrap` at the zip root); not used in fleet mode. */
+  readonly lambdaZipPath?: string;
   readonly lambdaArchitecture?: 'x86_64' | 'arm64';
   readonly tableName?: string;
   readonly clusterTagKey?: string;
@@ -86,23 +82,31 @@ export interface PgdaemonClusterProps extends StackProps {
   readonly kmsKeyArn?: string;
   /** SNS topic the CloudWatch alarms notify (alarm and OK); unset: the alarms only change state. */
   readonly alarmTopicArn?: string;
+  /**
+   * Fleet mode: the fleet stack's `fleetRef` (PgdaemonFleetStack). Set, this stack creates neither
+   * a table nor a coordinator: the agents use the fleet's table (their own partition, plus the
+   * registration item) and invoke the fleet's agent-evaluate alias. Unset: its own (discovery off).
+   */
+  readonly fleet?: FleetRef;
 }
 
-/** One alarm of templates/alarms.json (shared with the Terraform module's alarms.tf). */
-interface AlarmSpec {
-  id: string;
-  description: string;
-  namespace: string;
-  metric: string;
-  dimension: 'cluster' | 'function';
-  statistic: string;
-  period: number;
-  evaluation_periods: number;
-  datapoints_to_alarm: number;
-  threshold: number;
-  comparison: string;
-  treat_missing_data: string;
+/** What a cluster stack needs of a fleet (PgdaemonFleetStack.fleetRef); the Terraform module's `fleet`. */
+export interface FleetRef {
+  readonly tableName: string;
+  readonly tableArn: string;
+  readonly coordinatorFunctionName: string;
+  readonly coordinatorFunctionArn: string;
+  /** The fleet coordinator's security group: admitted to the nodes' agent API (http fencing). */
+  readonly coordinatorSecurityGroupId: string;
+  /** The fleet coordinator's subnets' CIDRs: added to the agents' API allow-list. */
+  readonly coordinatorSubnetCidrs?: string[];
+  /** The fleet's token pattern ({cluster}); the cluster's token must be there. */
+  readonly apiTokenParameter?: string;
+  readonly eventsTopicArn?: string;
 }
+
+/** Where the cluster module generates a cluster's API token, as a fleet's pattern. */
+export const FLEET_API_TOKEN_PARAMETER = '/aws/reference/secretsmanager/pgdaemon/{cluster}/api-token';
 
 /** Resolved props; every value checked the way the Terraform variables' validation blocks check it. */
 interface Settings {
@@ -196,7 +200,12 @@ export function validate(props: PgdaemonClusterProps): Settings {
   if (props.agentBinaryPath !== undefined && !fs.existsSync(props.agentBinaryPath)) {
     fail(`agentBinaryPath ${props.agentBinaryPath}: build it with scripts/lambda-zip --agent`);
   }
-  if (!props.lambdaZipPath.endsWith('.zip') || !fs.existsSync(props.lambdaZipPath)) {
+  if (props.fleet) {
+    const want = (props.fleet.apiTokenParameter ?? FLEET_API_TOKEN_PARAMETER).replace('{cluster}', props.clusterName);
+    if (secretParameters['api-token'] !== want) {
+      fail(`apiTokenParameter ${secretParameters['api-token']}: in fleet mode it must be where the fleet's coordinator reads it (${want})`);
+    }
+  } else if (!props.lambdaZipPath?.endsWith('.zip') || !fs.existsSync(props.lambdaZipPath)) {
     fail(`lambdaZipPath ${props.lambdaZipPath}: build it with scripts/lambda-zip`);
   }
   const name = `pgdaemon-${props.clusterName}`;
@@ -226,20 +235,10 @@ export function elbName(full: string): string {
   return full.length <= 32 ? full : `${full.slice(0, 25)}-${crypto.createHash('md5').update(full).digest('hex').slice(0, 6)}`;
 }
 
-/** Adds a checkov suppression, with its reason, to the resource's CloudFormation metadata. */
-function checkovSkip(construct: Construct, skips: Record<string, string>): void {
-  const res = (construct instanceof CfnResource ? construct : construct.node.defaultChild) as CfnResource;
-  const existing = (res.getMetadata('checkov') as { skip: { id: string; comment: string }[] } | undefined)?.skip ?? [];
-  res.addMetadata('checkov', {
-    skip: [...existing, ...Object.entries(skips).map(([id, comment]) => ({ id, comment }))],
-  });
-}
-
 /** One pgdaemon cluster: state table, coordinator Lambda + schedule, SNS, IAM, EC2 nodes, internal NLB. */
 export class PgdaemonClusterStack extends Stack {
-  readonly table: dynamodb.Table;
-  readonly coordinator: lambda.Function;
-  readonly coordinatorRole: iam.Role;
+  /** The cluster's own coordinator (undefined in fleet mode: the fleet's). */
+  readonly coordinator?: ReturnType<typeof addCoordinator>;
   readonly agentRole: iam.Role;
   readonly nlb: elbv2.NetworkLoadBalancer;
 
@@ -267,29 +266,6 @@ export class PgdaemonClusterStack extends Stack {
     }
     const subnets: ec2.SubnetSelection = { subnets: props.subnetIds.map((id, i) => ec2.Subnet.fromSubnetAttributes(this, `Subnet${i}`, { subnetId: id, availabilityZone: props.availabilityZones[i] })) };
 
-    // --- state table (DESIGN.md section 2) ---------------------------------------------------
-    this.table = new dynamodb.Table(this, 'State', {
-      tableName: s.tableName,
-      partitionKey: { name: 'cluster', type: dynamodb.AttributeType.STRING },
-      sortKey: { name: 'item', type: dynamodb.AttributeType.STRING },
-      billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
-      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
-      encryption: cmk ? dynamodb.TableEncryption.CUSTOMER_MANAGED : dynamodb.TableEncryption.AWS_MANAGED,
-      encryptionKey: cmk,
-      // Garbage-collects dead member records only: never evidence of liveness.
-      timeToLiveAttribute: 'expire_at',
-      deletionProtection,
-      removalPolicy: deletionProtection ? RemovalPolicy.RETAIN : RemovalPolicy.DESTROY,
-    });
-    if (!cmk) {
-      checkovSkip(this.table, { CKV_AWS_119: 'Encrypted with the AWS-managed key (aws/dynamodb) unless kmsKeyArn names a customer-managed one.' });
-    }
-
-    const topic = new sns.Topic(this, 'Events', {
-      topicName: `${s.name}-events`,
-      masterKey: cmk ?? kms.Alias.fromAliasName(this, 'SnsKey', 'alias/aws/sns'),
-    });
-
     // --- security groups -----------------------------------------------------------------------
     const nodesSg = new ec2.SecurityGroup(this, 'NodesSg', {
       vpc,
@@ -303,19 +279,12 @@ export class PgdaemonClusterStack extends Stack {
       description: 'pgdaemon internal NLB: listeners open to the configured clients only',
       allowAllOutbound: false,
     });
-    const coordSg = new ec2.SecurityGroup(this, 'CoordinatorSg', {
-      vpc,
-      securityGroupName: `${s.name}-coordinator`,
-      description: 'pgdaemon coordinator Lambda: egress to AWS APIs and the agents API only',
-      allowAllOutbound: false,
-    });
     const pg = ec2.Port.tcp(s.postgresPort);
     const api = ec2.Port.tcp(s.agentApiPort);
     nodesSg.addIngressRule(nodesSg, pg, 'Postgres replication and pg_rewind between the nodes');
     nodesSg.addIngressRule(nodesSg, api, 'Agent API between the nodes');
     nodesSg.addIngressRule(nlbSg, pg, 'Client connections forwarded by the NLB');
     nodesSg.addIngressRule(nlbSg, api, 'NLB health checks on /primary and /replica');
-    nodesSg.addIngressRule(coordSg, api, 'Coordinator Lambda calling the agent API (http fencing)');
     nodesSg.addEgressRule(nodesSg, ec2.Port.tcpRange(0, 65535), 'Replication and agent API towards the other nodes');
     nodesSg.addEgressRule(ec2.Peer.anyIpv4(), ec2.Port.tcp(443), 'HTTPS to the AWS APIs (DynamoDB, Lambda, SSM) and the package repository');
     for (const cidr of props.clientCidrBlocks ?? []) {
@@ -324,28 +293,7 @@ export class PgdaemonClusterStack extends Stack {
     }
     nlbSg.addEgressRule(nodesSg, pg, 'Forwarded client connections to the nodes');
     nlbSg.addEgressRule(nodesSg, api, 'Health checks on the agent API');
-    coordSg.addEgressRule(ec2.Peer.anyIpv4(), ec2.Port.tcp(443), 'HTTPS to the AWS APIs (DynamoDB, EC2, SSM, SNS, Logs) via NAT or VPC endpoints');
-    coordSg.addEgressRule(nodesSg, api, 'Agent HTTP API on the cluster nodes (http fencing, demote)');
 
-    // --- coordinator ------------------------------------------------------------------------------
-    const functionName = `${s.name}-coordinator`;
-    const logGroup = new logs.LogGroup(this, 'CoordinatorLogs', {
-      logGroupName: `/aws/lambda/${functionName}`,
-      retention: props.logRetention ?? logs.RetentionDays.ONE_YEAR,
-      removalPolicy: RemovalPolicy.RETAIN,
-      encryptionKey: cmk,
-    });
-    if (!cmk) {
-      checkovSkip(logGroup, { CKV_AWS_158: 'Encrypted by CloudWatch Logs with its service key unless kmsKeyArn names a customer-managed one (its key policy must admit logs).' });
-    }
-
-    this.coordinatorRole = new iam.Role(this, 'CoordinatorRole', {
-      roleName: `${s.name}-coordinator`,
-      description: `pgdaemon coordinator for cluster ${s.clusterName}: fences and promotes only this cluster's instances`,
-      assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
-      // ENI management for running inside the VPC; its actions have no resource-level permissions.
-      managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('service-role/AWSLambdaVPCAccessExecutionRole')],
-    });
     const parameterArn = (name: string) => this.formatArn({ service: 'ssm', resource: 'parameter', resourceName: name.slice(1) });
 
     // --- the cluster's secrets, generated at deploy time ----------------------------------------
@@ -369,8 +317,59 @@ export class PgdaemonClusterStack extends Stack {
       secrets[purpose] = secret;
     }
     const secretArns = (purposes: SecretPurpose[]) => purposes.flatMap((p) => (secrets[p] ? [secrets[p]!.secretArn] : []));
-    const instanceArns = this.formatArn({ service: 'ec2', resource: 'instance', resourceName: '*' });
-    const tagCondition = { StringEquals: { [`aws:ResourceTag/${s.tagKey}`]: s.clusterName } };
+
+    // --- coordinator: its own (lib/coordinator.ts, PGDAEMON_DISCOVERY off), or the fleet's ------
+    const fleet = props.fleet;
+    if (!fleet) {
+      this.coordinator = addCoordinator(this, {
+        name: s.name,
+        subject: `cluster ${s.clusterName}`,
+        alarmSubject: s.clusterName,
+        fleetMode: false,
+        clusters: [s.clusterName],
+        reservedConcurrency: 1, // two runs never act on the cluster at once
+        tableName: s.tableName,
+        tagKey: s.tagKey,
+        fencing: s.fencing,
+        apiTokenParameter: s.secretParameters['api-token'],
+        apiTokenParameterArn: parameterArn(s.secretParameters['api-token']),
+        apiTokenSecretArns: secretArns(['api-token']),
+        vpc,
+        subnets,
+        lambdaZipPath: props.lambdaZipPath!,
+        lambdaArchitecture: props.lambdaArchitecture,
+        timeout: s.timeout,
+        memoryMb: props.coordinatorMemoryMb,
+        logRetention: props.logRetention,
+        cmk,
+        deletionProtection,
+        alarmTopicArn: props.alarmTopicArn,
+      });
+    }
+    const coord = fleet
+      ? {
+          tableArn: fleet.tableArn,
+          tableName: fleet.tableName,
+          functionName: fleet.coordinatorFunctionName,
+          aliasArn: `${fleet.coordinatorFunctionArn}:agent-evaluate`,
+          aliasName: 'agent-evaluate',
+          securityGroup: ec2.SecurityGroup.fromSecurityGroupId(this, 'FleetCoordinatorSg', fleet.coordinatorSecurityGroupId, { allowAllOutbound: false }),
+        }
+      : {
+          tableArn: this.coordinator!.table.tableArn,
+          // Plain names in the user data (no CloudFormation tokens).
+          tableName: s.tableName,
+          functionName: this.coordinator!.functionName,
+          aliasArn: this.coordinator!.alias.functionArn,
+          aliasName: this.coordinator!.alias.aliasName,
+          securityGroup: this.coordinator!.securityGroup,
+        };
+    // The coordinator (the fleet's: one such pair from each cluster) reaches this cluster's agents.
+    nodesSg.addIngressRule(coord.securityGroup, api, 'Coordinator Lambda calling the agent API (http fencing)');
+    coord.securityGroup.addEgressRule(nodesSg, api, 'Agent HTTP API on the cluster nodes (http fencing, demote)');
+    // A fleet's coordinator runs in the fleet's subnets: its http fencing comes from there.
+    const apiAllowlist = [...new Set([...s.apiAllowlist, ...(fleet?.coordinatorSubnetCidrs ?? [])])];
+
     const leadingKeys = { 'ForAllValues:StringEquals': { 'dynamodb:LeadingKeys': [s.clusterName] } };
     const itemActions = [
       'dynamodb:GetItem',
@@ -386,124 +385,19 @@ export class PgdaemonClusterStack extends Stack {
     // still overwrite any item with PutItem/UpdateItem: it can disturb its own cluster, never
     // another one (docs/security.md).
     const agentItemActions = itemActions.filter((a) => a !== 'dynamodb:DeleteItem');
-    const coordinatorPolicy = new iam.Policy(this, 'CoordinatorPolicy', {
-      policyName: 'pgdaemon-coordinator',
-      statements: [
-        new iam.PolicyStatement({ sid: 'StateTableThisClusterOnly', actions: itemActions, resources: [this.table.tableArn], conditions: leadingKeys }),
-        new iam.PolicyStatement({ sid: 'StateTableDescribe', actions: ['dynamodb:DescribeTable'], resources: [this.table.tableArn] }),
-        // An instance without the tag (or with another cluster's value) does not match: refused.
-        new iam.PolicyStatement({ sid: 'StopOnlyThisClustersInstances', actions: ['ec2:StopInstances'], resources: [instanceArns], conditions: tagCondition }),
-        new iam.PolicyStatement({ sid: 'RunCommandOnlyOnThisClustersInstances', actions: ['ssm:SendCommand'], resources: [instanceArns], conditions: tagCondition }),
-        new iam.PolicyStatement({
-          sid: 'RunCommandDocument',
-          actions: ['ssm:SendCommand'],
-          // Account "*": AWS-owned documents have an empty account in their ARN; the "AWS-" prefix is reserved.
-          resources: [this.formatArn({ service: 'ssm', account: '*', resource: 'document', resourceName: 'AWS-RunShellScript' })],
-        }),
-        // Describe* and GetCommandInvocation accept only "*" (no resource-level permissions); read-only.
-        new iam.PolicyStatement({
-          sid: 'ReadOnlyWithoutResourceLevelSupport',
-          actions: ['ec2:DescribeInstances', 'ec2:DescribeInstanceStatus', 'ssm:GetCommandInvocation'],
-          resources: ['*'],
-        }),
-        // The agents' API token (http fencing sends it), and no other parameter; a generated one
-        // through Parameter Store's reference to its secret.
-        new iam.PolicyStatement({ sid: 'ReadAgentApiToken', actions: ['ssm:GetParameter'], resources: [parameterArn(s.secretParameters['api-token'])] }),
-        ...(secrets['api-token']
-          ? [new iam.PolicyStatement({ sid: 'ReadGeneratedApiToken', actions: ['secretsmanager:GetSecretValue'], resources: secretArns(['api-token']) })]
-          : []),
-        new iam.PolicyStatement({ sid: 'PublishFailoverEvents', actions: ['sns:Publish'], resources: [topic.topicArn] }),
-        new iam.PolicyStatement({ sid: 'OwnLogGroupOnly', actions: ['logs:CreateLogStream', 'logs:PutLogEvents'], resources: [`${logGroup.logGroupArn}`] }),
-      ],
-    });
-    this.coordinatorRole.attachInlinePolicy(coordinatorPolicy);
-
-    const zip = path.resolve(props.lambdaZipPath);
-    this.coordinator = new lambda.Function(this, 'Coordinator', {
-      functionName,
-      description: `pgdaemon coordinator for cluster ${s.clusterName}`,
-      runtime: lambda.Runtime.PROVIDED_AL2023,
-      handler: 'bootstrap',
-      architecture: props.lambdaArchitecture === 'arm64' ? lambda.Architecture.ARM_64 : lambda.Architecture.X86_64,
-      code: lambda.Code.fromAsset(zip),
-      timeout: Duration.seconds(s.timeout),
-      memorySize: props.coordinatorMemoryMb ?? 256,
-      reservedConcurrentExecutions: 1, // two runs never act on the cluster at once
-      role: this.coordinatorRole,
-      logGroup,
-      vpc,
-      vpcSubnets: subnets,
-      securityGroups: [coordSg],
-      allowPublicSubnet: false,
-      environment: {
-        PGDAEMON_TABLE: s.tableName,
-        PGDAEMON_CLUSTERS: s.clusterName,
-        PGDAEMON_FENCING: s.fencing.join(','),
-        PGDAEMON_SNS_TOPIC_ARN: topic.topicArn,
-        PGDAEMON_CLUSTER_TAG_KEY: s.tagKey,
-        // The agents' API token (SecureString), read at the first http fence.
-        PGDAEMON_API_TOKEN_PARAMETER: s.secretParameters['api-token'],
-        // One invocation may drive a transition to its end, leaving 30 s of the timeout to finish.
-        PGDAEMON_RUN_BUDGET_MS: String((s.timeout - 30) * 1000),
-        RUST_LOG: 'info',
-      },
-    });
-    this.coordinator.node.addDependency(coordinatorPolicy);
-    // CDK itself makes a VPC function depend on its role (ENI rights before creation); the
-    // explicit DependsOn duplicates the GetAtt dependency, which cfn-lint flags as W3005.
-    (this.coordinator.node.defaultChild as CfnResource).addMetadata('cfn-lint', { config: { ignore_checks: ['W3005'] } });
-    checkovSkip(this.coordinator, {
-      CKV_AWS_116: 'No DLQ: a lost invocation is harmless, the schedule re-runs the coordinator every minute and every step is idempotent (S5).',
-      CKV_AWS_173: 'The environment holds only names and ARNs, no secrets; the AWS-managed key already encrypts it at rest.',
-      CKV_AWS_272: 'Code signing needs a Signer profile the user owns; the zip is built from this repository by scripts/lambda-zip.',
-      CKV_AWS_50: 'The Rust runtime emits no X-Ray segments; every decision is logged with its reason instead.',
-    });
-
-    // The agents' way in (the fast path): the node role may invoke this alias and not the
-    // function itself, and invoked through it the coordinator carries out "evaluate" only
-    // (lambda/src/handler.rs refuses the rest). It points at $LATEST, so agents and the schedule
-    // run the same code; reserved concurrency belongs to the function, so the single slot covers both.
-    const agentAlias = new lambda.Alias(this, 'AgentEvaluateAlias', {
-      aliasName: 'agent-evaluate',
-      description: "pgdaemon agents' fast path: evaluate only",
-      version: this.coordinator.latestVersion,
-    });
-
-    new events.Rule(this, 'Schedule', {
-      ruleName: `${s.name}-coordinator-schedule`,
-      description: `Safety-net run of the pgdaemon coordinator for ${s.clusterName}`,
-      schedule: events.Schedule.rate(Duration.minutes(1)),
-      // A throttled run (the single slot is busy) is not worth retrying: the next one comes within a minute.
-      targets: [new targets.LambdaFunction(this.coordinator, { retryAttempts: 0, maxEventAge: Duration.minutes(1) })],
-    });
 
     // --- alarms on the coordinator's metrics (lambda/src/emf.rs) and one dashboard: defined once
     // in the Terraform module's templates/alarms.json and templates/dashboard.json, read by both.
-    const alarmActions = props.alarmTopicArn ? [props.alarmTopicArn] : undefined;
-    for (const a of JSON.parse(readTemplate('alarms.json')) as AlarmSpec[]) {
-      new cloudwatch.CfnAlarm(this, `Alarm-${a.id}`, {
-        alarmName: `${s.name}-${a.id}`,
-        alarmDescription: renderTemplate(a.description, { cluster_name: s.clusterName }),
-        namespace: a.namespace,
-        metricName: a.metric,
-        dimensions: [a.dimension === 'cluster' ? { name: 'Cluster', value: s.clusterName } : { name: 'FunctionName', value: functionName }],
-        statistic: a.statistic,
-        period: a.period,
-        evaluationPeriods: a.evaluation_periods,
-        datapointsToAlarm: a.datapoints_to_alarm,
-        threshold: a.threshold,
-        comparisonOperator: a.comparison,
-        treatMissingData: a.treat_missing_data,
-        alarmActions,
-        okActions: alarmActions,
-      });
+    // The cluster's here; its coordinator function's in lib/coordinator.ts (the fleet's: there).
+    for (const a of alarmSpecs().filter((x) => x.dimension === 'cluster')) {
+      addAlarm(this, s.name, a, s.clusterName, { name: 'Cluster', value: s.clusterName }, props.alarmTopicArn);
     }
     new cloudwatch.CfnDashboard(this, 'Dashboard', {
       dashboardName: s.name,
       dashboardBody: renderTemplate(readTemplate('dashboard.json'), {
         region: this.region,
         cluster_name: s.clusterName,
-        function_name: functionName,
+        function_name: coord.functionName,
       }),
     });
 
@@ -531,7 +425,7 @@ export class PgdaemonClusterStack extends Stack {
     const agentPolicy = new iam.Policy(this, 'AgentPolicy', {
       policyName: 'pgdaemon-agent',
       statements: [
-        new iam.PolicyStatement({ sid: 'StateTableThisClusterOnly', actions: agentItemActions, resources: [this.table.tableArn], conditions: leadingKeys }),
+        new iam.PolicyStatement({ sid: 'StateTableThisClusterOnly', actions: agentItemActions, resources: [coord.tableArn], conditions: leadingKeys }),
         // The cluster's four secrets and no other parameter (aws/ssm or aws/secretsmanager
         // encrypted: no kms grant needed); a generated secret also takes GetSecretValue on it.
         new iam.PolicyStatement({
@@ -546,7 +440,7 @@ export class PgdaemonClusterStack extends Stack {
         ...(agentAsset ? [new iam.PolicyStatement({ sid: 'ReadAgentBinary', actions: ['s3:GetObject'], resources: [agentAsset.bucket.arnForObjects(agentAsset.s3ObjectKey)] })] : []),
         // Only the agents' alias (qualified ARN), on which the coordinator takes "evaluate" only;
         // not the function itself (forced failover, switchover, pause are for operators).
-        new iam.PolicyStatement({ sid: 'InvokeCoordinatorEvaluateOnly', actions: ['lambda:InvokeFunction'], resources: [agentAlias.functionArn] }),
+        new iam.PolicyStatement({ sid: 'InvokeCoordinatorEvaluateOnly', actions: ['lambda:InvokeFunction'], resources: [coord.aliasArn] }),
         // The SSM agent (Run Command for ssm fencing, Session Manager), in place of the AWS managed
         // AmazonSSMManagedInstanceCore; why these and no more: nodes.tf in the Terraform module.
         // Registration and heartbeat of the managed instance:
@@ -586,17 +480,17 @@ export class PgdaemonClusterStack extends Stack {
     const agentUnit = fs.existsSync(unitPath) ? fs.readFileSync(unitPath, 'utf8') : readTemplate('pgdaemon-agent.service');
     const agentConfig = renderTemplate(readTemplate('pgdaemon.toml.tftpl'), {
       cluster_name: s.clusterName,
-      table_name: s.tableName,
+      table_name: coord.tableName,
       postgres_port: s.postgresPort,
       agent_api_port: s.agentApiPort,
       replication_password_parameter: s.secretParameters['replication-password'],
       rewind_password_parameter: s.secretParameters['rewind-password'],
       api_token_parameter: s.secretParameters['api-token'],
-      api_allowlist: JSON.stringify(s.apiAllowlist),
+      api_allowlist: JSON.stringify(apiAllowlist),
       peer_networks: JSON.stringify(s.apiAllowlist),
       client_networks: JSON.stringify(s.clientNetworks),
       // The agents' alias, not the function: through it the coordinator carries out "evaluate" only.
-      coordinator_function: `${functionName}:${agentAlias.aliasName}`,
+      coordinator_function: `${coord.functionName}:${coord.aliasName}`,
     });
     const userData = renderTemplate(readTemplate('user-data.sh.tftpl'), {
       agent_bucket: agentAsset?.s3BucketName ?? '',

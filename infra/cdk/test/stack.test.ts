@@ -29,6 +29,17 @@ test('state table: cluster/item string keys, on-demand, PITR, encrypted, TTL on 
     SSESpecification: { SSEEnabled: true },
     TimeToLiveSpecification: { AttributeName: 'expire_at', Enabled: true },
     DeletionProtectionEnabled: true,
+    // The fleet index every table has (fleet.test.ts): a cluster can join a fleet's table later.
+    GlobalSecondaryIndexes: [
+      {
+        IndexName: 'fleet',
+        KeySchema: [
+          { AttributeName: 'fleet', KeyType: 'HASH' },
+          { AttributeName: 'cluster', KeyType: 'RANGE' },
+        ],
+        Projection: { ProjectionType: 'KEYS_ONLY' },
+      },
+    ],
   });
 });
 
@@ -45,6 +56,8 @@ test('coordinator: provided.al2023, reserved concurrency 1, failover-sized timeo
       Variables: {
         PGDAEMON_TABLE: name,
         PGDAEMON_CLUSTERS: CLUSTER,
+        // A per-cluster coordinator: exactly PGDAEMON_CLUSTERS, no registry (fleet.test.ts).
+        PGDAEMON_DISCOVERY: 'off',
         PGDAEMON_FENCING: 'ec2,ssm,http',
         PGDAEMON_SNS_TOPIC_ARN: Match.objectLike({ Ref: Match.stringLikeRegexp('^Events') }),
         PGDAEMON_CLUSTER_TAG_KEY: TAG_KEY,
