@@ -73,6 +73,7 @@ macro_rules! conformance_suite {
             unrenewed_lease_lapses_only_where_the_engine_expires_it,
             invalid_requests_change_nothing,
             clusters_are_isolated,
+            registry_lists_registered_clusters_apart_from_their_items,
         );
     };
     (@tests $harness:ty; $($name:ident),* $(,)?) => {
@@ -720,4 +721,31 @@ pub async fn clusters_are_isolated<H: Harness>() {
     assert_eq!(view, crate::ClusterView::default());
     assert!(s.read_history(&b).await.unwrap().is_empty());
     s.acquire_lease(&b, LeaseName::Leader, LeaseClaim::Free, "y", 1, LEASE_MS).await.unwrap();
+}
+
+pub async fn registry_lists_registered_clusters_apart_from_their_items<H: Harness>() {
+    let h = H::start(false).await;
+    let s = h.client().await;
+    let (a, b) = (cluster_name("reg-a"), cluster_name("reg-b"));
+    s.write_cluster(&a, None, &ClusterRecord::bootstrap("x", DynamicConfig::default())).await.unwrap();
+    let view_before = s.read_view(&a).await.unwrap();
+    for c in [&a, &b, &a] {
+        s.register_cluster(c, 7).await.unwrap();
+    }
+    // Other checks share the engine: look only at this check's clusters.
+    let listed = |all: Vec<String>| all.into_iter().filter(|c| *c == a || *c == b).collect::<Vec<_>>();
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    let all = s.list_clusters().await.unwrap();
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "sorted, each once: {all:?}");
+    assert_eq!(listed(all), both);
+    // The registration is not one of the cluster's items for any reader.
+    assert_eq!(s.read_view(&a).await.unwrap(), view_before);
+    assert!(s.read_history(&a).await.unwrap().is_empty() && s.read_events(&a, 0).await.unwrap().is_empty());
+    s.unregister_cluster(&b).await.unwrap();
+    s.unregister_cluster(&b).await.unwrap();
+    assert_eq!(listed(s.list_clusters().await.unwrap()), vec![a.clone()]);
+    assert!(s.read_cluster(&a).await.unwrap().is_some(), "unregistering leaves the cluster alone");
+    let err = s.register_cluster("bad/name", 1).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
 }

@@ -31,6 +31,11 @@ pub fn event(time_ms: u64, id: &str) -> String {
 /// The (exclusive) end of the event log's key range: `$` sorts right after `#`.
 pub const EVENT_END: &str = "~event$";
 
+/// The cluster's entry in the fleet registry ([`crate::Store::register_cluster`]). It sorts
+/// after the event log, outside every range a reader of any release reads (`read_view` stops at
+/// [`VIEW_END`], the event log at [`EVENT_END`]), so older agents and coordinators never meet it.
+pub const REGISTRATION: &str = "~registry";
+
 /// A cluster name must be usable as a DynamoDB key and an etcd path segment.
 pub fn validate_cluster_name(name: &str) -> Result<(), String> {
     validate_name("cluster", name)
@@ -63,6 +68,7 @@ mod tests {
             assert!(item < VIEW_END && VIEW_END < event(0, "").as_str(), "{item}");
         }
         assert!(event(u64::MAX, "zzz").as_str() < EVENT_END);
+        assert!(EVENT_END < REGISTRATION && !REGISTRATION.starts_with(EVENT_PREFIX));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use crate::codec::{self, check_acquire, check_cluster, check_held, decode, encode};
 use crate::events::Event;
 use crate::keys;
-use crate::model::{ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseName, MemberStatus};
+use crate::model::{ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseName, MemberStatus, Registration};
 use crate::store::{LeaseClaim, Store, StoreError};
 
 /// Every stored item by (cluster, item key), as its JSON text.
@@ -225,5 +225,23 @@ impl Store for MemoryStore {
             }
         }
         Ok(out)
+    }
+
+    async fn register_cluster(&self, cluster: &str, registered_ms: u64) -> Result<(), StoreError> {
+        check_cluster(cluster)?;
+        let text = encode(keys::REGISTRATION, &Registration { registered_ms })?;
+        self.lock()?.entry((cluster.to_string(), keys::REGISTRATION.to_string())).or_insert(text);
+        Ok(())
+    }
+
+    async fn unregister_cluster(&self, cluster: &str) -> Result<(), StoreError> {
+        check_cluster(cluster)?;
+        self.lock()?.remove(&(cluster.to_string(), keys::REGISTRATION.to_string()));
+        Ok(())
+    }
+
+    async fn list_clusters(&self) -> Result<Vec<String>, StoreError> {
+        // Keys are sorted by cluster first, so the names come out sorted.
+        Ok(self.lock()?.keys().filter(|(_, item)| item == keys::REGISTRATION).map(|(c, _)| c.clone()).collect())
     }
 }

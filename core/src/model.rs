@@ -431,6 +431,14 @@ pub struct HistoryEntry {
     pub coordinator_version: Option<String>,
 }
 
+/// A cluster's entry in the fleet registry ([`crate::keys::REGISTRATION`]): coordinators that
+/// discover their clusters evaluate every registered one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// When the cluster was first registered (wall clock, ms).
+    pub registered_ms: u64,
+}
+
 /// A stored item that could not be read (garbage, a record for newer readers, a member record
 /// under another member's key): skipped by the read that met it, and shown to operators.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -146,6 +146,21 @@ pub trait Store: Send + Sync {
     /// The logged events with `time_ms >= since_ms`, ordered by time then id (unreadable ones are
     /// skipped and logged).
     async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<Event>, StoreError>;
+
+    /// Adds `cluster` to the fleet registry unless it is there: idempotent, the first
+    /// `registered_ms` is kept. The entry lives with the cluster's own items
+    /// ([`crate::keys::REGISTRATION`]), so whoever may write a cluster may register it and
+    /// nothing else. An invalid name is `Invalid` and nothing is written.
+    async fn register_cluster(&self, cluster: &str, registered_ms: u64) -> Result<(), StoreError>;
+
+    /// Removes `cluster` from the registry; the cluster's other items are left alone. Removing
+    /// what is not registered is `Ok`.
+    async fn unregister_cluster(&self, cluster: &str) -> Result<(), StoreError>;
+
+    /// The names of every registered cluster, sorted. Unlike every other read this one may lag a
+    /// registration briefly (DynamoDB lists it from a secondary index, typically within a
+    /// second); a coordinator only uses it to find clusters, never to decide about one.
+    async fn list_clusters(&self) -> Result<Vec<String>, StoreError>;
 }
 
 #[async_trait]
@@ -204,6 +219,15 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn read_events(&self, cluster: &str, since_ms: u64) -> Result<Vec<Event>, StoreError> {
         (**self).read_events(cluster, since_ms).await
+    }
+    async fn register_cluster(&self, cluster: &str, registered_ms: u64) -> Result<(), StoreError> {
+        (**self).register_cluster(cluster, registered_ms).await
+    }
+    async fn unregister_cluster(&self, cluster: &str) -> Result<(), StoreError> {
+        (**self).unregister_cluster(cluster).await
+    }
+    async fn list_clusters(&self) -> Result<Vec<String>, StoreError> {
+        (**self).list_clusters().await
     }
 }
 

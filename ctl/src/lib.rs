@@ -12,6 +12,7 @@
 //! | 4 | timed out: no coordinator answered (the request was withdrawn), or the change it started did not finish within `--timeout` |
 
 pub mod dynconfig;
+pub mod fleet;
 pub mod invoke;
 pub mod request;
 pub mod store_opts;
@@ -70,6 +71,12 @@ pub enum Command {
     /// Create the cluster record naming the first primary (its Postgres must already run there):
     /// agents only follow a record, they never invent one. Refused if the record exists.
     Bootstrap(BootstrapArgs),
+    /// Every cluster in the fleet registry (what a fleet coordinator evaluates), with its
+    /// primary, term, member count and pause state. Needs no `--cluster`.
+    Clusters(JsonArgs),
+    /// Remove the cluster from the fleet registry (a cluster taken down). Refused while any of
+    /// its members beat in the last ten minutes, unless `--force`. Its items are kept.
+    Unregister(UnregisterArgs),
     /// Create the DynamoDB table pgdaemon keeps its state in (on-demand billing, TTL on
     /// `expire_at`). Succeeds without change when the table exists. Uses `--table`,
     /// `--endpoint-url`, `--region`.
@@ -97,6 +104,14 @@ pub struct JsonArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UnregisterArgs {
+    /// Unregister even though members are beating: a fleet coordinator stops evaluating the
+    /// cluster, so it gets no automatic failover until an agent restarts and registers it.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +234,11 @@ pub async fn run(cmd: Cmd, out: &mut impl Write) -> Result<(), CtlError> {
     match cmd.command {
         Command::CreateTable => create_table_cmd(&cmd.store, out).await,
         Command::Invoke(args) => invoke::run(&cmd.store, args, out).await,
+        Command::Clusters(args) => {
+            let (config, _) = cmd.store.resolve_store()?;
+            let store = pgdaemon_dcs::connect(&config).await?;
+            fleet::clusters(store.as_ref(), args.json, out).await
+        }
         command => {
             let (config, cluster) = cmd.store.resolve()?;
             let store = pgdaemon_dcs::connect(&config).await?;
@@ -267,7 +287,10 @@ pub async fn run_store_command(
         Command::ShowConfig(args) => dynconfig::show(store, cluster, args.json, out).await,
         Command::EditConfig(args) => dynconfig::edit(store, cluster, &args.sets, args.dry_run, out).await,
         Command::Bootstrap(args) => dynconfig::bootstrap(store, cluster, &args.primary, &args.sets, out).await,
-        Command::Invoke(_) | Command::CreateTable => unreachable!("handled before connecting to the store"),
+        Command::Unregister(args) => fleet::unregister(store, cluster, args.force, out).await,
+        Command::Invoke(_) | Command::CreateTable | Command::Clusters(_) => {
+            unreachable!("handled before connecting to the store")
+        }
     }
 }
 
@@ -316,7 +339,7 @@ async fn create_table_cmd(opts: &StoreOpts, out: &mut impl Write) -> Result<(), 
         other => other,
     })?;
     match outcome {
-        TableOutcome::Created => writeln!(out, "created table {table} (TTL on expire_at)")?,
+        TableOutcome::Created => writeln!(out, "created table {table} (TTL on expire_at, fleet index)")?,
         TableOutcome::AlreadyExisted => writeln!(out, "table {table} already exists; nothing to do")?,
     }
     Ok(())

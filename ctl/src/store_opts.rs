@@ -47,6 +47,18 @@ pub struct StoreOpts {
 impl StoreOpts {
     /// The store configuration and cluster name, validated. Bad input is a usage error (exit 2).
     pub fn resolve(&self) -> Result<(StoreConfig, String), CtlError> {
+        let (store, file_cluster) = self.resolve_store()?;
+        let cluster = self
+            .cluster
+            .clone()
+            .or(file_cluster)
+            .ok_or_else(|| CtlError::Usage("no cluster given: use --cluster NAME (or --config FILE)".into()))?;
+        validate_cluster_name(&cluster).map_err(CtlError::Usage)?;
+        Ok((store, cluster))
+    }
+
+    /// The store alone (commands about the fleet), and the configuration file's cluster if any.
+    pub fn resolve_store(&self) -> Result<(StoreConfig, Option<String>), CtlError> {
         let (file_store, file_cluster) = match &self.config {
             Some(path) => {
                 let text =
@@ -80,13 +92,7 @@ impl StoreOpts {
             return Err(CtlError::Usage("the memory store lives inside one process; pgdctl cannot reach it".into()));
         }
         store.validate().map_err(|e| CtlError::Usage(e.to_string()))?;
-        let cluster = self
-            .cluster
-            .clone()
-            .or(file_cluster)
-            .ok_or_else(|| CtlError::Usage("no cluster given: use --cluster NAME (or --config FILE)".into()))?;
-        validate_cluster_name(&cluster).map_err(CtlError::Usage)?;
-        Ok((store, cluster))
+        Ok((store, file_cluster))
     }
 }
 

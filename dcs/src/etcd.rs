@@ -34,7 +34,8 @@ use etcd_client::{
 use pgdaemon_core::codec::{self, check_acquire, check_cluster, decode, encode};
 use pgdaemon_core::events::Event;
 use pgdaemon_core::{
-    keys, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus, Store, StoreError,
+    keys, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus, Registration, Store,
+    StoreError,
 };
 
 /// Per-request gRPC deadline. A few seconds: a lease holder renews once per agent loop (every
@@ -336,6 +337,12 @@ impl EtcdStore {
 
     fn key(&self, cluster: &str, item: &str) -> String {
         format!("{}/{cluster}/{item}", self.prefix)
+    }
+
+    /// The fleet registry sits beside the clusters, `<prefix>/~registry/<cluster>` (`~` is never
+    /// part of a cluster name), so listing it reads no cluster's items.
+    fn registry_key(&self, cluster: &str) -> String {
+        format!("{}/{}/{cluster}", self.prefix, keys::REGISTRATION)
     }
 
     fn cluster_prefix(&self, cluster: &str) -> String {
@@ -679,6 +686,41 @@ impl Store for EtcdStore {
         let mut resp =
             self.call("read events", |mut c| async move { c.get(from, Some(GetOptions::new().with_range(end))).await }).await?;
         Ok(decode_items(cluster, &base, resp.take_kvs()))
+    }
+
+    async fn register_cluster(&self, cluster: &str, registered_ms: u64) -> Result<(), StoreError> {
+        check_cluster(cluster)?;
+        let key = self.registry_key(cluster);
+        let text = encode(keys::REGISTRATION, &Registration { registered_ms })?;
+        // Put only if absent, so the first registration time is kept.
+        let txn =
+            Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(key, text, None)]);
+        self.txn("register", txn).await?;
+        Ok(())
+    }
+
+    async fn unregister_cluster(&self, cluster: &str) -> Result<(), StoreError> {
+        check_cluster(cluster)?;
+        let key = self.registry_key(cluster);
+        self.call("unregister", |mut c| async move { c.delete(key, None).await }).await?;
+        Ok(())
+    }
+
+    async fn list_clusters(&self) -> Result<Vec<String>, StoreError> {
+        let base = self.registry_key("");
+        let start = base.clone();
+        let mut resp =
+            self.call("list clusters", |mut c| async move {
+                c.get(start, Some(GetOptions::new().with_prefix().with_keys_only())).await
+            })
+            .await?;
+        // etcd returns keys in byte order, which is the names' order.
+        Ok(resp
+            .take_kvs()
+            .iter()
+            .filter_map(|kv| kv.key().strip_prefix(base.as_bytes()).and_then(|k| std::str::from_utf8(k).ok()).map(str::to_string))
+            .filter(|name| keys::validate_cluster_name(name).is_ok())
+            .collect())
     }
 }
 

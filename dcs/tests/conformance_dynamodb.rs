@@ -201,3 +201,35 @@ mod dynamodb_items {
         assert!(recovered, "the client must recover after the engine answers again");
     }
 }
+
+/// A table created before the fleet registry (no `fleet` index) gets the index from
+/// `create_table`, and registrations then list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_table_adds_the_fleet_index_to_an_older_table() {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    use pgdaemon_core::Store;
+    let harness = Dynamo::start(false).await;
+    let client = harness.sdk_client();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let table = format!("pgdaemon-old-{nanos}");
+    let attribute =
+        |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build().unwrap();
+    let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build().unwrap();
+    client
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute(attrs::PK))
+        .attribute_definitions(attribute(attrs::SK))
+        .key_schema(key(attrs::PK, KeyType::Hash))
+        .key_schema(key(attrs::SK, KeyType::Range))
+        .send()
+        .await
+        .expect("an old-style table");
+    let store = DynamoDbStore::new(client.clone(), &table);
+    store.register_cluster("early", 1).await.unwrap();
+    assert!(store.list_clusters().await.is_err(), "no index yet: listing fails rather than answering empty");
+    assert_eq!(create_table(&client, &table).await.unwrap(), pgdaemon_dcs::TableOutcome::AlreadyExisted);
+    store.register_cluster("late", 2).await.unwrap();
+    assert_eq!(store.list_clusters().await.unwrap(), vec!["early".to_string(), "late".to_string()]);
+}

@@ -4,7 +4,9 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `PGDAEMON_TABLE` | `pgdaemon` | DynamoDB table |
-//! | `PGDAEMON_CLUSTERS` | (required) | comma-separated cluster names evaluated on the schedule |
+//! | `PGDAEMON_CLUSTERS` | (none) | comma-separated cluster names evaluated besides the registered ones (required with `PGDAEMON_DISCOVERY=off`) |
+//! | `PGDAEMON_DISCOVERY` | `registry` | `registry`: also evaluate every cluster the agents registered (fleet mode, `crate::fleet`); `off`: only `PGDAEMON_CLUSTERS` |
+//! | `PGDAEMON_CLUSTERS_PER_INVOCATION` | 250 | a scheduled run with more clusters evaluates a shard itself and invokes this function asynchronously for each other shard (needs `lambda:InvokeFunction` on itself) |
 //! | `PGDAEMON_FENCING` | `ec2,ssm,http` | fencers in order (`ec2`, `ssm`, `http`), or `off` (S3 by lease expiry only) |
 //! | `PGDAEMON_CLUSTER_TAG_KEY` | `pgdaemon:cluster` | EC2 tag that must equal the cluster name before an instance is fenced |
 //! | `PGDAEMON_SSM_COMMAND` | stop agent and Postgres, verify | shell run by SSM `AWS-RunShellScript` |
@@ -38,7 +40,12 @@ pkill -9 -x postgres || true; sleep 1; if pgrep -x postgres >/dev/null; then ech
 #[derive(Debug, Clone, PartialEq)]
 pub struct LambdaConfig {
     pub table: String,
+    /// `PGDAEMON_CLUSTERS`: always evaluated.
     pub clusters: Vec<String>,
+    /// `PGDAEMON_DISCOVERY=registry`: the registered clusters are evaluated too.
+    pub discovery: bool,
+    /// `PGDAEMON_CLUSTERS_PER_INVOCATION`.
+    pub clusters_per_invocation: usize,
     /// `PGDAEMON_FENCING`: the fencers in order, or off.
     pub fencing: Fencing,
     pub cluster_tag_key: String,
@@ -57,6 +64,8 @@ pub struct LambdaConfig {
 const KNOWN: &[&str] = &[
     "PGDAEMON_TABLE",
     "PGDAEMON_CLUSTERS",
+    "PGDAEMON_DISCOVERY",
+    "PGDAEMON_CLUSTERS_PER_INVOCATION",
     "PGDAEMON_FENCING",
     "PGDAEMON_CLUSTER_TAG_KEY",
     "PGDAEMON_SSM_COMMAND",
@@ -103,10 +112,17 @@ impl LambdaConfig {
         if table.len() < 3 || table.len() > 255 {
             return Err(env_err("PGDAEMON_TABLE", "must be 3 to 255 characters"));
         }
-        let clusters_raw =
-            get("PGDAEMON_CLUSTERS").ok_or_else(|| env_err("PGDAEMON_CLUSTERS", "is required: comma-separated cluster names"))?;
+        let discovery = match get("PGDAEMON_DISCOVERY").as_deref() {
+            None | Some("registry") => true,
+            Some("off") => false,
+            Some(other) => return Err(env_err("PGDAEMON_DISCOVERY", format!("{other:?} is not one of registry, off"))),
+        };
+        let clusters_raw = get("PGDAEMON_CLUSTERS");
+        if clusters_raw.is_none() && !discovery {
+            return Err(env_err("PGDAEMON_CLUSTERS", "is required with PGDAEMON_DISCOVERY=off: comma-separated cluster names"));
+        }
         let mut clusters = Vec::new();
-        for c in clusters_raw.split(',').map(str::trim) {
+        for c in clusters_raw.iter().flat_map(|raw| raw.split(',')).map(str::trim) {
             validate_cluster_name(c).map_err(|e| env_err("PGDAEMON_CLUSTERS", e))?;
             if clusters.iter().any(|x| x == c) {
                 return Err(env_err("PGDAEMON_CLUSTERS", format!("{c:?} is listed twice")));
@@ -139,6 +155,7 @@ impl LambdaConfig {
         }
         let poll = Duration::from_millis(ms("PGDAEMON_POLL_MS", 500, 50)?);
         let concurrency = ms("PGDAEMON_CONCURRENCY", 4, 1)? as usize;
+        let clusters_per_invocation = ms("PGDAEMON_CLUSTERS_PER_INVOCATION", 250, 1)? as usize;
         let api_token_parameter = get("PGDAEMON_API_TOKEN_PARAMETER");
         if let Some(name) = &api_token_parameter {
             let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
@@ -156,6 +173,8 @@ impl LambdaConfig {
         Ok(LambdaConfig {
             table,
             clusters,
+            discovery,
+            clusters_per_invocation,
             fencing,
             cluster_tag_key,
             ssm_command,
@@ -183,9 +202,18 @@ mod tests {
     fn defaults_with_clusters() {
         let c = LambdaConfig::from_env(env(&[("PGDAEMON_CLUSTERS", "a, b"), ("PATH", "/bin")])).unwrap();
         assert_eq!(c.clusters, vec!["a", "b"]);
+        assert!(c.discovery && c.clusters_per_invocation == 250);
         assert_eq!(c.fencing, Fencing::Chain(vec![FencerKind::Ec2, FencerKind::Ssm, FencerKind::Http]));
         assert_eq!(c.coordinator.fencing, FencingPolicy::Required);
         assert_eq!(c.table, "pgdaemon");
+    }
+
+    #[test]
+    fn a_fleet_coordinator_needs_no_cluster_list() {
+        let c = LambdaConfig::from_env(env(&[("PGDAEMON_CLUSTERS_PER_INVOCATION", "100")])).unwrap();
+        assert!(c.clusters.is_empty() && c.discovery && c.clusters_per_invocation == 100);
+        let c = LambdaConfig::from_env(env(&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_DISCOVERY", "off")])).unwrap();
+        assert!(!c.discovery);
     }
 
     #[test]
@@ -198,7 +226,9 @@ mod tests {
     #[test]
     fn bad_values_name_the_variable() {
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[], "PGDAEMON_CLUSTERS"),
+            (&[("PGDAEMON_DISCOVERY", "off")], "PGDAEMON_CLUSTERS"),
+            (&[("PGDAEMON_DISCOVERY", "dns")], "PGDAEMON_DISCOVERY"),
+            (&[("PGDAEMON_CLUSTERS_PER_INVOCATION", "0")], "PGDAEMON_CLUSTERS_PER_INVOCATION"),
             (&[("PGDAEMON_CLUSTERS", "a,,b")], "PGDAEMON_CLUSTERS"),
             (&[("PGDAEMON_CLUSTERS", "a,a")], "listed twice"),
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_FENCING", "ec2,stonith")], "stonith"),

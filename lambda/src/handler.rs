@@ -3,15 +3,17 @@
 //!
 //! Events:
 //! - an EventBridge scheduled event (`"detail-type": "Scheduled Event"`): evaluate every
-//!   configured cluster, at most `concurrency` at once;
+//!   cluster (configured or registered, [`crate::fleet`]), at most `concurrency` at once,
+//!   spread over parallel invocations when there are more than one takes;
 //! - `{"action": "status"|"evaluate"|"failover"|"switchover"|"pause"|"resume", "cluster": ...,
 //!   "candidate": ..., "force": bool, "id": ...}`. `status` and `evaluate` without `cluster`
-//!   cover every configured cluster; the others need one. Manual actions are written into the
+//!   cover every cluster (`evaluate` may name a `"shard"` of `"shards"`: what a scheduled run
+//!   hands to a parallel invocation); the others need one. Manual actions are written into the
 //!   cluster record as a request (compare-and-set) and carried out by the coordinator run that
 //!   follows - the same path `pgdctl` uses - so they are refused or accepted by the same rules.
 //!
-//! Anything else (unknown action, unknown field, wrong type, unconfigured cluster) is an error
-//! naming the problem, and nothing is written.
+//! Anything else (unknown action, unknown field, wrong type, a cluster neither configured nor
+//! registered) is an error naming the problem, and nothing is written.
 //!
 //! Invoked through the agents' alias ([`AGENT_ALIAS`]), the handler carries out `evaluate` only
 //! and refuses everything else, scheduled events included: the node role may invoke that alias
@@ -33,6 +35,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::LambdaConfig;
+use crate::fleet::{merge, shards_needed, Shard, ShardInvoker};
 
 /// Why an event was not handled. Nothing was changed in any case. A caller of `aws lambda
 /// invoke` sees [`HandlerError::error_type`] as the payload's `errorType` and the message as
@@ -50,8 +53,8 @@ pub enum HandlerError {
 }
 
 impl HandlerError {
-    /// The stable name scripts match on: `BadEvent` (fix the payload), `UnknownCluster` (not in
-    /// `PGDAEMON_CLUSTERS`), `Refused` (valid, but not now or not through this alias: read the
+    /// The stable name scripts match on: `BadEvent` (fix the payload), `UnknownCluster` (neither
+    /// registered nor in `PGDAEMON_CLUSTERS`), `Refused` (valid, but not now or not through this alias: read the
     /// message), `StoreUnavailable` (try again), `StoreError` (a record could not be used).
     pub fn error_type(&self) -> &'static str {
         match self {
@@ -74,9 +77,21 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     Scheduled,
-    Status { cluster: Option<String> },
-    Evaluate { cluster: Option<String> },
-    Manual { cluster: String, action: RequestAction, candidate: Option<String>, force: bool, id: Option<String> },
+    Status {
+        cluster: Option<String>,
+    },
+    /// `shard`: only the clusters of that shard (a scheduled run's fan-out).
+    Evaluate {
+        cluster: Option<String>,
+        shard: Option<Shard>,
+    },
+    Manual {
+        cluster: String,
+        action: RequestAction,
+        candidate: Option<String>,
+        force: bool,
+        id: Option<String>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +106,10 @@ struct ActionPayload {
     force: Option<bool>,
     #[serde(default)]
     id: Option<String>,
+    #[serde(default)]
+    shard: Option<usize>,
+    #[serde(default)]
+    shards: Option<usize>,
 }
 
 const ACTIONS: &str = "status, evaluate, failover, switchover, pause, resume";
@@ -122,8 +141,12 @@ pub fn check_invoked_via(request: &Request, invoked_function_arn: &str) -> Resul
     )))
 }
 
-/// Parses and validates an event against the configuration.
-pub fn parse_event(event: &Value, config: &LambdaConfig) -> Result<Request, HandlerError> {
+/// Most shards one scheduled run may fan out to (far beyond any fleet at the default size).
+const MAX_SHARDS: usize = 1000;
+
+/// Parses and validates an event. Whether a named cluster is known is checked by the handler
+/// (it may be registered).
+pub fn parse_event(event: &Value) -> Result<Request, HandlerError> {
     let bad = |m: String| HandlerError::BadEvent(m);
     let Some(obj) = event.as_object() else {
         return Err(bad(format!("expected a JSON object, got {}", short(event))));
@@ -143,12 +166,6 @@ pub fn parse_event(event: &Value, config: &LambdaConfig) -> Result<Request, Hand
     let p: ActionPayload = serde_json::from_value(event.clone()).map_err(|e| bad(format!("invalid action payload: {e}")))?;
     if let Some(c) = &p.cluster {
         validate_cluster_name(c).map_err(|e| bad(format!("cluster: {e}")))?;
-        if !config.clusters.contains(c) {
-            return Err(HandlerError::UnknownCluster(format!(
-                "cluster {c:?} is not configured here (PGDAEMON_CLUSTERS: {})",
-                config.clusters.join(", ")
-            )));
-        }
     }
     if let Some(c) = &p.candidate {
         validate_member_name(c).map_err(|e| bad(format!("candidate: {e}")))?;
@@ -167,6 +184,16 @@ pub fn parse_event(event: &Value, config: &LambdaConfig) -> Result<Request, Hand
         }
         Ok(Request::Manual { cluster, action, candidate: p.candidate.clone(), force: p.force.unwrap_or(false), id: p.id.clone() })
     };
+    let shard = match (p.shard, p.shards) {
+        (None, None) => None,
+        (Some(index), Some(of)) if p.action == "evaluate" && p.cluster.is_none() => {
+            if of == 0 || of > MAX_SHARDS || index >= of {
+                return Err(bad(format!("shard {index} of {of}: need 0 <= shard < shards <= {MAX_SHARDS}")));
+            }
+            Some(Shard { index, of })
+        }
+        _ => return Err(bad("\"shard\" and \"shards\" go together, with action \"evaluate\" and no \"cluster\"".into())),
+    };
     let no_extras = |what: &str| -> Result<(), HandlerError> {
         if p.candidate.is_some() || p.force.is_some() || p.id.is_some() {
             return Err(bad(format!("action {what:?} takes only \"cluster\"")));
@@ -175,7 +202,7 @@ pub fn parse_event(event: &Value, config: &LambdaConfig) -> Result<Request, Hand
     };
     match p.action.as_str() {
         "status" => no_extras("status").map(|_| Request::Status { cluster: p.cluster.clone() }),
-        "evaluate" => no_extras("evaluate").map(|_| Request::Evaluate { cluster: p.cluster.clone() }),
+        "evaluate" => no_extras("evaluate").map(|_| Request::Evaluate { cluster: p.cluster.clone(), shard }),
         "failover" => manual(RequestAction::Failover, true),
         "switchover" => manual(RequestAction::Switchover, true),
         "pause" => manual(RequestAction::Pause, false),
@@ -195,15 +222,27 @@ fn short(v: &Value) -> String {
 
 type Shared<S, F, C> = Arc<tokio::sync::Mutex<Coordinator<S, F, C>>>;
 
-/// The Lambda's state: clients built once per cold start, one coordinator per configured
-/// cluster (kept across warm invocations, so their observations carry over).
+/// The Lambda's state: clients built once per cold start, and one coordinator per cluster met
+/// (kept across warm invocations, so their observations carry over).
 pub struct Handler<S: Store + Clone, F: Fencer, C: Clock + Clone> {
     store: S,
+    fencer: F,
     clock: C,
     config: LambdaConfig,
-    coordinators: BTreeMap<String, Shared<S, F, C>>,
+    owner: String,
+    coordinators: std::sync::Mutex<BTreeMap<String, Shared<S, F, C>>>,
+    events: Option<Arc<dyn pgdaemon_core::events::EventEmitter>>,
+    waker: Option<Arc<dyn pgdaemon_core::coordinator::AgentWaker>>,
+    invoker: Option<Arc<dyn ShardInvoker>>,
     /// Every run report since the last [`Handler::take_reports`] (the invocation's metrics).
     reports: std::sync::Mutex<Vec<RunReport>>,
+}
+
+/// The clusters one run covers, and why some may be missing.
+struct Discovered {
+    clusters: Vec<String>,
+    /// The registry could not be read: only the configured clusters are covered.
+    error: Option<StoreError>,
 }
 
 impl<S, F, C> Handler<S, F, C>
@@ -214,16 +253,18 @@ where
 {
     /// `owner`: this container's name in the coordinator locks (unique per cold start).
     pub fn new(store: S, fencer: F, clock: C, config: LambdaConfig, owner: &str) -> Self {
-        let coordinators = config
-            .clusters
-            .iter()
-            .map(|c| {
-                let coordinator =
-                    Coordinator::new(store.clone(), fencer.clone(), clock.clone(), config.coordinator.clone(), owner);
-                (c.clone(), Arc::new(tokio::sync::Mutex::new(coordinator)))
-            })
-            .collect();
-        Handler { store, clock, config, coordinators, reports: Default::default() }
+        Handler {
+            store,
+            fencer,
+            clock,
+            config,
+            owner: owner.to_string(),
+            coordinators: Default::default(),
+            events: None,
+            waker: None,
+            invoker: None,
+            reports: Default::default(),
+        }
     }
 
     pub fn config(&self) -> &LambdaConfig {
@@ -242,57 +283,162 @@ where
 
     /// Every cluster's coordinator reports its events to `events` (see `crate::events`).
     pub fn with_events(mut self, events: Arc<dyn pgdaemon_core::events::EventEmitter>) -> Self {
-        self.coordinators = std::mem::take(&mut self.coordinators)
-            .into_iter()
-            .map(|(name, c)| {
-                let c = Arc::try_unwrap(c).ok().expect("coordinators are not shared before the handler is").into_inner();
-                (name, Arc::new(tokio::sync::Mutex::new(c.with_events(events.clone()))))
-            })
-            .collect();
+        self.events = Some(events);
         self
     }
 
     /// Every cluster's coordinator wakes the agents with `waker` (see
     /// [`pgdaemon_core::coordinator::wake`]); without it they notice on their next loop.
     pub fn with_waker(mut self, waker: Arc<dyn pgdaemon_core::coordinator::AgentWaker>) -> Self {
-        self.coordinators = std::mem::take(&mut self.coordinators)
-            .into_iter()
-            .map(|(name, c)| {
-                let c = Arc::try_unwrap(c).ok().expect("coordinators are not shared before the handler is").into_inner();
-                (name, Arc::new(tokio::sync::Mutex::new(c.with_waker(waker.clone()))))
-            })
-            .collect();
+        self.waker = Some(waker);
         self
+    }
+
+    /// Scheduled runs with more than `PGDAEMON_CLUSTERS_PER_INVOCATION` clusters hand the other
+    /// shards to `invoker`; without one, a run evaluates every cluster itself.
+    pub fn with_shard_invoker(mut self, invoker: Arc<dyn ShardInvoker>) -> Self {
+        self.invoker = Some(invoker);
+        self
+    }
+
+    fn coordinator(&self, cluster: &str) -> Shared<S, F, C> {
+        let mut all = self.coordinators.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(cluster.to_string())
+            .or_insert_with(|| {
+                let mut c = Coordinator::new(
+                    self.store.clone(),
+                    self.fencer.clone(),
+                    self.clock.clone(),
+                    self.config.coordinator.clone(),
+                    self.owner.clone(),
+                );
+                if let Some(events) = &self.events {
+                    c = c.with_events(events.clone());
+                }
+                if let Some(waker) = &self.waker {
+                    c = c.with_waker(waker.clone());
+                }
+                Arc::new(tokio::sync::Mutex::new(c))
+            })
+            .clone()
+    }
+
+    /// The configured clusters and, with discovery, the registered ones.
+    async fn discover(&self) -> Discovered {
+        if !self.config.discovery {
+            return Discovered { clusters: self.config.clusters.clone(), error: None };
+        }
+        match self.store.list_clusters().await {
+            Ok(registered) => Discovered { clusters: merge(&self.config.clusters, registered), error: None },
+            Err(e) => {
+                tracing::error!(error = %e, "reading the fleet registry: evaluating only PGDAEMON_CLUSTERS");
+                Discovered { clusters: self.config.clusters.clone(), error: Some(e) }
+            }
+        }
+    }
+
+    /// Refuses a cluster that is neither configured nor registered.
+    async fn check_known(&self, cluster: &str) -> Result<(), HandlerError> {
+        if self.config.clusters.iter().any(|c| c == cluster) {
+            return Ok(());
+        }
+        if self.config.discovery {
+            let registered =
+                self.store.list_clusters().await.map_err(|error| HandlerError::Store { cluster: cluster.to_string(), error })?;
+            if registered.iter().any(|c| c == cluster) {
+                return Ok(());
+            }
+        }
+        let configured = if self.config.clusters.is_empty() { "none".to_string() } else { self.config.clusters.join(", ") };
+        let registry = if self.config.discovery { "not registered" } else { "discovery is off" };
+        Err(HandlerError::UnknownCluster(format!(
+            "cluster {cluster:?} is not known here ({registry}; PGDAEMON_CLUSTERS: {configured})"
+        )))
     }
 
     /// Handles one event; the JSON answer carries each cluster's outcome and reason.
     pub async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
-        let request = parse_event(&event.payload, &self.config)?;
+        let request = parse_event(&event.payload)?;
         if let Err(e) = check_invoked_via(&request, &event.context.invoked_function_arn) {
             tracing::warn!(request_id = %event.context.request_id, invoked = %event.context.invoked_function_arn, ?request, "refused: {e}");
             return Err(e);
         }
         tracing::info!(request_id = %event.context.request_id, ?request, "event");
+        let named = match &request {
+            Request::Status { cluster } | Request::Evaluate { cluster, .. } => cluster.as_deref(),
+            Request::Manual { cluster, .. } => Some(cluster.as_str()),
+            Request::Scheduled => None,
+        };
+        if let Some(cluster) = named {
+            self.check_known(cluster).await?;
+        }
         match request {
-            Request::Scheduled => {
-                Ok(json!({ "action": "scheduled", "results": self.evaluate_all(self.config.clusters.clone()).await }))
+            Request::Scheduled => Ok(self.scheduled().await),
+            Request::Evaluate { cluster: Some(c), .. } => {
+                Ok(json!({ "action": "evaluate", "results": self.evaluate_all(vec![c]).await }))
             }
-            Request::Evaluate { cluster } => {
-                let clusters = cluster.map_or_else(|| self.config.clusters.clone(), |c| vec![c]);
-                Ok(json!({ "action": "evaluate", "results": self.evaluate_all(clusters).await }))
+            Request::Evaluate { cluster: None, shard } => {
+                let shard = shard.unwrap_or(Shard::WHOLE);
+                let found = self.discover().await;
+                let clusters: Vec<String> = found.clusters.into_iter().filter(|c| shard.contains(c)).collect();
+                Ok(json!({
+                    "action": "evaluate",
+                    "shard": shard,
+                    "discovery_error": found.error.map(|e| e.to_string()),
+                    "results": self.evaluate_all(clusters).await,
+                }))
             }
             Request::Status { cluster } => {
-                let clusters = cluster.map_or_else(|| self.config.clusters.clone(), |c| vec![c]);
-                let mut out = Vec::new();
-                for c in clusters {
-                    out.push(self.status(&c).await);
-                }
+                let clusters = match cluster {
+                    Some(c) => vec![c],
+                    None => self.discover().await.clusters,
+                };
+                let mut out: Vec<Value> = futures::stream::iter(clusters)
+                    .map(|c| async move { self.status(&c).await })
+                    .buffer_unordered(self.config.concurrency)
+                    .collect()
+                    .await;
+                out.sort_by(|a, b| a["cluster"].as_str().cmp(&b["cluster"].as_str()));
                 Ok(json!({ "action": "status", "clusters": out }))
             }
             Request::Manual { cluster, action, candidate, force, id } => {
                 self.manual(&cluster, action, candidate, force, id).await
             }
         }
+    }
+
+    /// A scheduled run: every cluster, the shards beyond the first handed to parallel
+    /// invocations (any that cannot be handed over are evaluated here, after this run's own).
+    async fn scheduled(&self) -> Value {
+        let found = self.discover().await;
+        let total = found.clusters.len();
+        let of = match &self.invoker {
+            Some(_) => shards_needed(total, self.config.clusters_per_invocation),
+            None => 1,
+        };
+        let mut fanout_errors = Vec::new();
+        let mut kept = vec![0];
+        if let Some(invoker) = self.invoker.as_ref().filter(|_| of > 1) {
+            let calls = (1..of).map(|index| async move { (index, invoker.invoke_shard(Shard { index, of }).await) });
+            for (index, result) in futures::future::join_all(calls).await {
+                if let Err(e) = result {
+                    tracing::error!(shard = index, shards = of, error = %e, "handing a shard to a parallel invocation: evaluating it here");
+                    fanout_errors.push(e);
+                    kept.push(index);
+                }
+            }
+        }
+        let clusters: Vec<String> =
+            found.clusters.into_iter().filter(|c| kept.iter().any(|&index| Shard { index, of }.contains(c))).collect();
+        tracing::info!(clusters = total, shards = of, evaluated_here = clusters.len(), "scheduled run");
+        json!({
+            "action": "scheduled",
+            "clusters": total,
+            "shards": of,
+            "fanout_errors": fanout_errors,
+            "discovery_error": found.error.map(|e| e.to_string()),
+            "results": self.evaluate_all(clusters).await,
+        })
     }
 
     async fn evaluate_all(&self, clusters: Vec<String>) -> Vec<Value> {
@@ -307,7 +453,7 @@ where
 
     /// Runs the cluster's coordinator until settled or out of budget, then hands the lock back.
     async fn drive(&self, cluster: &str) -> RunReport {
-        let coordinator = self.coordinators[cluster].clone();
+        let coordinator = self.coordinator(cluster);
         let mut c = coordinator.lock().await;
         let report = run_until_settled(&mut c, cluster, self.config.run_budget, self.config.poll, tokio::time::sleep).await;
         if let Err(e) = c.release(cluster).await {
@@ -446,8 +592,14 @@ mod tests {
     #[test]
     fn an_unknown_cluster_is_named_as_such() {
         let config = LambdaConfig::from_env([("PGDAEMON_CLUSTERS".to_string(), "a,b".to_string())]).unwrap();
-        let e = parse_event(&serde_json::json!({"action": "status", "cluster": "z"}), &config).unwrap_err();
+        let store = Arc::new(pgdaemon_core::MemoryStore::new());
+        let fencer = Arc::new(pgdaemon_core::fence::FenceChain::new(vec![]));
+        let handler = Handler::new(store, fencer, pgdaemon_core::SystemClock::new(), config, "t");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let e = rt.block_on(handler.check_known("z")).unwrap_err();
         assert_eq!(e.error_type(), "UnknownCluster", "{e}");
-        assert!(e.to_string().contains("a, b"), "{e}");
+        assert!(e.to_string().contains("a, b") && e.to_string().contains("not registered"), "{e}");
+        rt.block_on(handler.store().register_cluster("z", 1)).unwrap();
+        rt.block_on(handler.check_known("z")).unwrap();
     }
 }

@@ -7,6 +7,7 @@ pub mod aws;
 pub mod config;
 pub mod emf;
 pub mod events;
+pub mod fleet;
 pub mod handler;
 
 use std::sync::Arc;

@@ -10,6 +10,7 @@ use pgdaemon_core::SystemClock;
 use pgdaemon_dcs::DynamoDbStore;
 use pgdaemon_lambda::aws::{SdkEc2, SdkSsm};
 use pgdaemon_lambda::config::LambdaConfig;
+use pgdaemon_lambda::fleet::LambdaShardInvoker;
 use pgdaemon_lambda::handler::Handler;
 use serde_json::Value;
 
@@ -26,8 +27,14 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let waker = pgdaemon_lambda::build_waker(&config, ssm).context("invalid configuration: PGDAEMON_FENCING")?;
     let owner = format!("lambda-{}", uuid::Uuid::new_v4());
     let events = Arc::new(pgdaemon_lambda::events::Events::from_env(&sdk, store.clone()).context("invalid configuration")?);
-    let handler =
-        Arc::new(Handler::new(store, fencer, SystemClock::new(), config, &owner).with_events(events.emitter()).with_waker(waker));
+    let mut handler =
+        Handler::new(store, fencer, SystemClock::new(), config, &owner).with_events(events.emitter()).with_waker(waker);
+    // Set by Lambda; absent when run elsewhere, where a scheduled run then covers every cluster.
+    if let Ok(function) = std::env::var("AWS_LAMBDA_FUNCTION_NAME") {
+        let invoker = LambdaShardInvoker::new(aws_sdk_lambda::Client::new(&sdk), function);
+        handler = handler.with_shard_invoker(Arc::new(invoker));
+    }
+    let handler = Arc::new(handler);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let (handler, events) = (handler.clone(), events.clone());
         // A stable `errorType` per refusal (HandlerError::error_type), not a Rust type name.

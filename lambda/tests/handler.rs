@@ -153,7 +153,7 @@ async fn malformed_payloads_are_named_and_change_nothing() {
         (json!({"action": "failover", "cluster": "hm", "surprise": 1}), "unknown field `surprise`"),
         (json!({"action": "failover", "cluster": "hm", "force": "yes"}), "invalid action payload"),
         (json!({"action": "failover"}), "needs \"cluster\""),
-        (json!({"action": "failover", "cluster": "elsewhere"}), "not configured"),
+        (json!({"action": "failover", "cluster": "elsewhere"}), "not known here"),
         (json!({"action": "failover", "cluster": "bad name!"}), "cluster"),
         (json!({"action": "pause", "cluster": "hm", "candidate": "n2"}), "takes no \"candidate\""),
         (json!({"action": "failover", "cluster": "hm", "candidate": "../n2"}), "candidate"),
@@ -276,4 +276,88 @@ async fn a_waiting_request_is_not_overwritten() {
     let err = h.handle(event(json!({"action": "failover", "cluster": "wq"}))).await.unwrap_err().to_string();
     assert!(err.contains("someone-else"), "{err}");
     assert_eq!(store.read_cluster("wq").await.unwrap(), before);
+}
+
+/// A fleet coordinator: no `PGDAEMON_CLUSTERS`, the registry names the clusters.
+fn fleet_handler(store: &Arc<MemoryStore>, per_invocation: usize) -> TestHandler {
+    let mut config = config("unused");
+    config.clusters.clear();
+    config.clusters_per_invocation = per_invocation;
+    Handler::new(store.clone(), ConfirmingFencer::default(), SystemClock::new(), config, "lambda-fleet")
+}
+
+/// Records the shards handed over; fails the ones listed.
+#[derive(Default)]
+struct RecordingInvoker {
+    handed: Mutex<Vec<pgdaemon_lambda::fleet::Shard>>,
+    failing: Vec<usize>,
+}
+
+#[async_trait]
+impl pgdaemon_lambda::fleet::ShardInvoker for RecordingInvoker {
+    async fn invoke_shard(&self, shard: pgdaemon_lambda::fleet::Shard) -> Result<(), String> {
+        if self.failing.contains(&shard.index) {
+            return Err(format!("shard {} refused by the test", shard.index));
+        }
+        self.handed.lock().unwrap().push(shard);
+        Ok(())
+    }
+}
+
+fn evaluated(answer: &Value) -> Vec<String> {
+    answer["results"].as_array().unwrap().iter().map(|r| r["cluster"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_fleet_coordinator_finds_registered_clusters_and_acts_on_them() {
+    let store = Arc::new(MemoryStore::new());
+    let _a = bootstrap(&store, "fa").await;
+    let _b = bootstrap(&store, "fb").await;
+    for c in ["fa", "fb"] {
+        store.register_cluster(c, 1).await.unwrap();
+    }
+    let h = fleet_handler(&store, 250);
+    let out = h.handle(event(json!({"detail-type": "Scheduled Event", "source": "aws.events"}))).await.unwrap();
+    assert_eq!(
+        (evaluated(&out), out["clusters"].clone(), out["shards"].clone()),
+        (vec!["fa".into(), "fb".into()], json!(2), json!(1))
+    );
+    // A registered cluster takes manual requests; an unknown one is refused and nothing written.
+    let out = h.handle(event(json!({"action": "switchover", "cluster": "fb", "candidate": "n2"}))).await.unwrap();
+    assert_eq!(out["accepted"], json!(true), "{out}");
+    let e = h.handle(event(json!({"action": "pause", "cluster": "fc"}))).await.unwrap_err();
+    assert_eq!(e.error_type(), "UnknownCluster", "{e}");
+    assert!(store.read_cluster("fc").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_big_scheduled_run_hands_shards_to_parallel_invocations() {
+    let store = Arc::new(MemoryStore::new());
+    let names: Vec<String> = (0..10).map(|i| format!("fleet-{i}")).collect();
+    for n in &names {
+        store.register_cluster(n, 1).await.unwrap();
+    }
+    let invoker = Arc::new(RecordingInvoker { failing: vec![2], ..Default::default() });
+    let h = fleet_handler(&store, 4).with_shard_invoker(invoker.clone());
+    let out = h.handle(event(json!({"detail-type": "Scheduled Event", "source": "aws.events"}))).await.unwrap();
+    assert_eq!((out["clusters"].clone(), out["shards"].clone()), (json!(10), json!(3)), "{out}");
+    let handed = invoker.handed.lock().unwrap().clone();
+    assert_eq!(handed, vec![pgdaemon_lambda::fleet::Shard { index: 1, of: 3 }]);
+    assert_eq!(out["fanout_errors"].as_array().unwrap().len(), 1, "{out}");
+    // This run covered shard 0 and the shard it could not hand over; the parallel one the rest.
+    let here = evaluated(&out);
+    let parallel = evaluated(&h.handle(event(handed[0].event())).await.unwrap());
+    let mut all: Vec<String> = here.iter().chain(&parallel).cloned().collect();
+    all.sort();
+    assert_eq!(all, names, "every cluster once: here {here:?}, parallel {parallel:?}");
+    // Shard events are checked like any other.
+    for bad in [
+        json!({"action": "evaluate", "shard": 3, "shards": 3}),
+        json!({"action": "evaluate", "shard": 0}),
+        json!({"action": "evaluate", "cluster": "fleet-1", "shard": 0, "shards": 2}),
+        json!({"action": "status", "shard": 0, "shards": 2}),
+    ] {
+        let e = h.handle(event(bad.clone())).await.unwrap_err();
+        assert_eq!(e.error_type(), "BadEvent", "{bad}: {e}");
+    }
 }

@@ -122,6 +122,8 @@ pub struct AgentRuntime<S, P, C> {
     last_heartbeat: Option<PublishedHeartbeat>,
     /// Since when (monotonic) this member has run as a replica without streaming.
     replica_not_streaming_since: Option<Duration>,
+    /// This process entered the cluster in the fleet registry.
+    registered: bool,
 }
 
 impl<S, P, C> AgentRuntime<S, P, C>
@@ -171,6 +173,7 @@ where
             init_failed_at: None,
             last_heartbeat: None,
             replica_not_streaming_since: None,
+            registered: false,
         }
     }
 
@@ -360,7 +363,20 @@ where
         self.emit_role_events(&outcomes, &decision.reason);
         let report = TickReport { reason: decision.reason, outcomes, errors, duration };
         self.publish_snapshot(&input, probe_after, &report, store_error);
+        if !self.registered && matches!(&input.store, StoreRead::Ok(view) if view.cluster.is_some()) {
+            self.register().await;
+        }
         report
+    }
+
+    /// Enters the cluster in the fleet registry once per process, after the tick's work (a
+    /// fleet coordinator finds it there; clusters bootstrapped by older releases are entered
+    /// when an agent of this one starts). A failure costs nothing but a later try.
+    async fn register(&mut self) {
+        match self.store.register_cluster(&self.identity.cluster, self.clock.wall_ms()).await {
+            Ok(()) => self.registered = true,
+            Err(e) => tracing::warn!(error = %e, "entering the cluster in the fleet registry; trying again next loop"),
+        }
     }
 
     /// Publishes the held lease's deadline for [`AgentHandle::enforce_lease_deadline`].
@@ -650,6 +666,26 @@ mod tests {
         assert_eq!(rt.pg().calls().last().unwrap(), "demote");
         let snap = rt.handle().snapshot();
         assert!(!snap.holds_lease && snap.counters.lease_renew_failures >= 3 && snap.counters.demotions == 1);
+    }
+
+    #[tokio::test]
+    async fn an_agent_enters_its_cluster_in_the_registry_once_it_exists() {
+        let store = Arc::new(MemoryStore::new());
+        let clock = ManualClock::new(1_000_000);
+        let mut rt = AgentRuntime::new(store.clone(), FakePg::with(replica()), clock.clone(), identity("n2", 5002), config());
+        rt.tick().await;
+        assert!(store.list_clusters().await.unwrap().is_empty(), "no cluster record yet: nothing to register");
+        store.write_cluster("c1", None, &ClusterRecord::bootstrap("n1", config())).await.unwrap();
+        store.set_available(false);
+        rt.tick().await;
+        store.set_available(true);
+        clock.advance(Duration::from_millis(500));
+        rt.tick().await;
+        assert_eq!(store.list_clusters().await.unwrap(), vec!["c1".to_string()]);
+        store.unregister_cluster("c1").await.unwrap();
+        clock.advance(Duration::from_millis(500));
+        rt.tick().await;
+        assert!(store.list_clusters().await.unwrap().is_empty(), "once per process: an operator's removal stands");
     }
 
     #[tokio::test]

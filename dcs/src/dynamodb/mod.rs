@@ -28,11 +28,12 @@ use aws_sdk_dynamodb::Client;
 use pgdaemon_core::codec::{self, check_acquire, check_cluster};
 use pgdaemon_core::events::Event;
 use pgdaemon_core::{
-    keys, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus, Store, StoreError,
+    keys, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus, Registration, Store,
+    StoreError,
 };
 
 use attrs::{from_item, item_name, key, to_item, Item, PK, SK};
-pub use table::{create_table, TableOutcome, TTL_ATTRIBUTE};
+pub use table::{create_table, TableOutcome, FLEET_ATTRIBUTE, FLEET_INDEX, FLEET_NAME, TTL_ATTRIBUTE};
 
 /// Bound on one whole store call, retries included. A lease holder renews once per agent loop
 /// (every probe interval, 1 s by default); it must learn of an outage well within its lease,
@@ -529,5 +530,58 @@ impl Store for DynamoDbStore {
             }
         }
         Err(StoreError::Unavailable(format!("dynamodb query of {cluster} events: more than {MAX_PAGES} pages")))
+    }
+
+    async fn register_cluster(&self, cluster: &str, registered_ms: u64) -> Result<(), StoreError> {
+        check_cluster(cluster)?;
+        let mut item = to_item(cluster, keys::REGISTRATION, &Registration { registered_ms })?;
+        // The index key: only registrations carry it, so the `fleet` index holds nothing else.
+        item.insert(FLEET_ATTRIBUTE.into(), AttributeValue::S(FLEET_NAME.into()));
+        // `false`: registered before; the first time is kept.
+        self.put_if_absent(keys::REGISTRATION, item).await.map(|_| ())
+    }
+
+    async fn unregister_cluster(&self, cluster: &str) -> Result<(), StoreError> {
+        check_cluster(cluster)?;
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(cluster, keys::REGISTRATION)))
+            .send()
+            .await
+            .map_err(|e| sdk_error("delete", keys::REGISTRATION, e))?;
+        Ok(())
+    }
+
+    async fn list_clusters(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        let mut start: Option<Item> = None;
+        // A page of keys holds thousands of names; the bound is far beyond any fleet.
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(FLEET_INDEX)
+                .key_condition_expression("#f = :f")
+                .expression_attribute_names("#f", FLEET_ATTRIBUTE)
+                .expression_attribute_values(":f", AttributeValue::S(FLEET_NAME.into()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("query", FLEET_INDEX, e))?;
+            for item in page.items.unwrap_or_default() {
+                match item.get(PK).and_then(|a| a.as_s().ok()) {
+                    Some(name) if keys::validate_cluster_name(name).is_ok() => names.push(name.clone()),
+                    other => tracing::warn!(?other, "skipping a fleet index entry that names no cluster"),
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                // The index sorts by cluster within the one `fleet` partition.
+                _ => return Ok(names),
+            }
+        }
+        Err(StoreError::Unavailable(format!("dynamodb query of the fleet index: more than {MAX_PAGES} pages")))
     }
 }

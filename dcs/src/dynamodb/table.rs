@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
-    TimeToLiveStatus,
+    AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex, GlobalSecondaryIndexUpdate,
+    IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType, ScalarAttributeType, TableStatus,
+    TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_sdk_dynamodb::Client;
 use pgdaemon_core::StoreError;
@@ -18,6 +19,14 @@ use super::sdk_error;
 /// evidence of liveness.
 pub const TTL_ATTRIBUTE: &str = "expire_at";
 
+/// The global secondary index listing the fleet registry: partition key [`FLEET_ATTRIBUTE`],
+/// sort key `cluster`, keys only. Only registration items carry the attribute, so the index
+/// holds one small entry per registered cluster.
+pub const FLEET_INDEX: &str = "fleet";
+pub const FLEET_ATTRIBUTE: &str = "fleet";
+/// The value of [`FLEET_ATTRIBUTE`] on every registration.
+pub const FLEET_NAME: &str = "pgdaemon";
+
 /// How long to wait for a new table to become ACTIVE (real DynamoDB: seconds).
 const ACTIVE_WAIT: Duration = Duration::from_secs(120);
 
@@ -28,8 +37,10 @@ pub enum TableOutcome {
     AlreadyExisted,
 }
 
-/// Creates table `name` (on-demand billing, keys `cluster`/`item`, TTL on `expire_at`) and waits
-/// until it is ACTIVE. Idempotent: an existing table is [`TableOutcome::AlreadyExisted`].
+/// Creates table `name` (on-demand billing, keys `cluster`/`item`, TTL on `expire_at`, the
+/// [`FLEET_INDEX`]) and waits until it is ACTIVE. Idempotent: an existing table is
+/// [`TableOutcome::AlreadyExisted`], and gets the index and TTL it lacks (tables created by
+/// releases before the fleet registry).
 pub async fn create_table(client: &Client, name: &str) -> Result<TableOutcome, StoreError> {
     let invalid = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Invalid(format!("create-table request: {e}"));
     let attribute = |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
@@ -42,6 +53,8 @@ pub async fn create_table(client: &Client, name: &str) -> Result<TableOutcome, S
         .attribute_definitions(attribute(SK).map_err(invalid)?)
         .key_schema(key(PK, KeyType::Hash).map_err(invalid)?)
         .key_schema(key(SK, KeyType::Range).map_err(invalid)?)
+        .attribute_definitions(attribute(FLEET_ATTRIBUTE).map_err(invalid)?)
+        .global_secondary_indexes(fleet_index().map_err(invalid)?)
         .send()
         .await;
     let outcome = match result {
@@ -50,8 +63,71 @@ pub async fn create_table(client: &Client, name: &str) -> Result<TableOutcome, S
         Err(e) => return Err(sdk_error("create-table", name, e)),
     };
     wait_active(client, name).await?;
+    if outcome == TableOutcome::AlreadyExisted {
+        ensure_fleet_index(client, name).await?;
+    }
     ensure_ttl(client, name).await?;
     Ok(outcome)
+}
+
+fn fleet_index() -> Result<GlobalSecondaryIndex, aws_sdk_dynamodb::error::BuildError> {
+    GlobalSecondaryIndex::builder()
+        .index_name(FLEET_INDEX)
+        .key_schema(KeySchemaElement::builder().attribute_name(FLEET_ATTRIBUTE).key_type(KeyType::Hash).build()?)
+        .key_schema(KeySchemaElement::builder().attribute_name(PK).key_type(KeyType::Range).build()?)
+        .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+        .build()
+}
+
+/// Adds the fleet index to a table that lacks it and waits until the index is ACTIVE.
+async fn ensure_fleet_index(client: &Client, name: &str) -> Result<(), StoreError> {
+    let invalid = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Invalid(format!("update-table request: {e}"));
+    let index_status = |out: &aws_sdk_dynamodb::operation::describe_table::DescribeTableOutput| {
+        out.table()
+            .map(|t| t.global_secondary_indexes())
+            .unwrap_or_default()
+            .iter()
+            .find(|i| i.index_name() == Some(FLEET_INDEX))
+            .map(|i| i.index_status().cloned())
+    };
+    let describe =
+        || async { client.describe_table().table_name(name).send().await.map_err(|e| sdk_error("describe-table", name, e)) };
+    if index_status(&describe().await?).is_none() {
+        let attribute = AttributeDefinition::builder()
+            .attribute_name(FLEET_ATTRIBUTE)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(invalid)?;
+        let index = fleet_index().map_err(invalid)?;
+        let create = CreateGlobalSecondaryIndexAction::builder()
+            .index_name(FLEET_INDEX)
+            .set_key_schema(Some(index.key_schema().to_vec()))
+            .set_projection(index.projection().cloned())
+            .build()
+            .map_err(invalid)?;
+        client
+            .update_table()
+            .table_name(name)
+            .attribute_definitions(attribute)
+            .global_secondary_index_updates(GlobalSecondaryIndexUpdate::builder().create(create).build())
+            .send()
+            .await
+            .map_err(|e| sdk_error("update-table", name, e))?;
+        tracing::info!(table = name, index = FLEET_INDEX, "added the fleet index");
+    }
+    let deadline = tokio::time::Instant::now() + ACTIVE_WAIT;
+    loop {
+        match index_status(&describe().await?) {
+            // moto reports no status for an index it built at once.
+            Some(None | Some(IndexStatus::Active)) => return Ok(()),
+            _ if tokio::time::Instant::now() >= deadline => {
+                return Err(StoreError::Unavailable(format!(
+                    "index {FLEET_INDEX} of {name} did not become ACTIVE within {ACTIVE_WAIT:?}"
+                )))
+            }
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
 }
 
 async fn wait_active(client: &Client, name: &str) -> Result<(), StoreError> {
