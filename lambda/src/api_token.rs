@@ -13,8 +13,12 @@
 //!
 //! The coordinator's waker ([`TokenHttpWaker`], `POST /wake`) needs the same credentials and
 //! reads the parameter the same way, lazily, in the background of its first wake.
+//!
+//! A fleet coordinator serves clusters with a token each: a name containing [`CLUSTER_PLACEHOLDER`]
+//! (`/pgdaemon/{cluster}/api-token`) is read per cluster, with the placeholder replaced.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,6 +31,31 @@ use tokio::sync::OnceCell;
 
 use crate::aws::ParameterApi;
 
+/// Replaced by the cluster's name in `PGDAEMON_API_TOKEN_PARAMETER`.
+pub const CLUSTER_PLACEHOLDER: &str = "{cluster}";
+
+/// The parameter holding `cluster`'s token.
+pub fn parameter_for(parameter: &str, cluster: &str) -> String {
+    parameter.replace(CLUSTER_PLACEHOLDER, cluster)
+}
+
+/// A client with credentials per parameter name, each built on first use. An error is not
+/// kept: the next call reads again.
+struct PerParameter<T> {
+    cells: Mutex<HashMap<String, Arc<OnceCell<T>>>>,
+}
+
+impl<T: Clone> PerParameter<T> {
+    fn new() -> Self {
+        PerParameter { cells: Mutex::new(HashMap::new()) }
+    }
+
+    async fn get<P: ParameterApi>(&self, params: &P, name: &str, with: impl FnOnce(HeaderValue) -> T) -> Result<T, String> {
+        let cell = self.cells.lock().unwrap_or_else(PoisonError::into_inner).entry(name.to_string()).or_default().clone();
+        cell.get_or_try_init(|| async { Ok(with(bearer(params, name).await?)) }).await.cloned()
+    }
+}
+
 /// Longest wait for GetParameter (SDK retries included) before the fence counts as failed.
 pub const TOKEN_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -36,7 +65,7 @@ pub struct TokenHttpFencer<P> {
     parameter: String,
     /// The fencer without credentials (timeout, TLS); the token is added to a copy.
     base: HttpDemoteFencer,
-    ready: OnceCell<HttpDemoteFencer>,
+    ready: PerParameter<HttpDemoteFencer>,
 }
 
 impl<P: ParameterApi> TokenHttpFencer<P> {
@@ -47,18 +76,12 @@ impl<P: ParameterApi> TokenHttpFencer<P> {
 
     /// With `base` (its timeout and TLS, e.g. `PGDAEMON_API_CA_FILE`) as the fencer that gets the token.
     pub fn with_fencer(params: P, parameter: impl Into<String>, base: HttpDemoteFencer) -> Self {
-        TokenHttpFencer { params, parameter: parameter.into(), base, ready: OnceCell::new() }
+        TokenHttpFencer { params, parameter: parameter.into(), base, ready: PerParameter::new() }
     }
 
-    /// The fencer with its credentials, reading the parameter on first use. An error is not
-    /// kept: the next call reads again.
-    async fn fencer(&self) -> Result<&HttpDemoteFencer, String> {
-        self.ready
-            .get_or_try_init(|| async {
-                let header = bearer(&self.params, &self.parameter).await?;
-                Ok(self.base.clone().with_authorization(Some(header)))
-            })
-            .await
+    /// The fencer with `name`'s credentials, reading the parameter on first use.
+    async fn fencer(&self, name: &str) -> Result<HttpDemoteFencer, String> {
+        self.ready.get(&self.params, name, |header| self.base.clone().with_authorization(Some(header))).await
     }
 }
 
@@ -87,13 +110,13 @@ struct WakerInner<P> {
     parameter: String,
     /// The waker without credentials (TLS); the token is added to a copy.
     base: HttpWaker,
-    ready: OnceCell<HttpWaker>,
+    ready: PerParameter<HttpWaker>,
 }
 
 impl<P: ParameterApi + 'static> TokenHttpWaker<P> {
     /// `base`: the waker with its TLS (e.g. `PGDAEMON_API_CA_FILE`), which gets the token.
     pub fn new(params: P, parameter: impl Into<String>, base: HttpWaker) -> Self {
-        TokenHttpWaker { inner: Arc::new(WakerInner { params, parameter: parameter.into(), base, ready: OnceCell::new() }) }
+        TokenHttpWaker { inner: Arc::new(WakerInner { params, parameter: parameter.into(), base, ready: PerParameter::new() }) }
     }
 
     /// One wake, awaited (what [`AgentWaker::wake`] runs in the background).
@@ -104,14 +127,12 @@ impl<P: ParameterApi + 'static> TokenHttpWaker<P> {
 
 impl<P: ParameterApi> WakerInner<P> {
     async fn send(&self, target: &WakeTarget) -> Result<(), String> {
+        let name = parameter_for(&self.parameter, &target.cluster);
         let waker = self
             .ready
-            .get_or_try_init(|| async {
-                let header = bearer(&self.params, &self.parameter).await?;
-                Ok::<_, String>(self.base.clone().with_authorization(Some(header)))
-            })
+            .get(&self.params, &name, |header| self.base.clone().with_authorization(Some(header)))
             .await
-            .map_err(|e| format!("agent API token from SSM parameter {}: {e}", self.parameter))?;
+            .map_err(|e| format!("agent API token from SSM parameter {name}: {e}"))?;
         waker.send(target).await.map_err(|e| e.to_string())
     }
 }
@@ -139,11 +160,12 @@ impl<P: ParameterApi> Fencer for TokenHttpFencer<P> {
     }
 
     async fn fence(&self, target: &FenceTarget, pending: Option<&PendingHandle>) -> FenceStatus {
-        match self.fencer().await {
+        let name = parameter_for(&self.parameter, &target.cluster);
+        match self.fencer(&name).await {
             Ok(http) => http.fence(target, pending).await,
             Err(e) => {
-                tracing::error!(parameter = %self.parameter, error = %e, member = %target.member, "cannot read the agent API token (PGDAEMON_API_TOKEN_PARAMETER): the http fencer fails");
-                FenceStatus::Failed { detail: format!("agent API token from SSM parameter {}: {e}", self.parameter) }
+                tracing::error!(parameter = %name, error = %e, member = %target.member, "cannot read the agent API token (PGDAEMON_API_TOKEN_PARAMETER): the http fencer fails");
+                FenceStatus::Failed { detail: format!("agent API token from SSM parameter {name}: {e}") }
             }
         }
     }

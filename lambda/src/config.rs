@@ -19,7 +19,7 @@
 //! | `PGDAEMON_POLL_MS` | 500 | pause between runs while a transition is under way |
 //! | `PGDAEMON_CONCURRENCY` | 4 | clusters evaluated at once on the schedule |
 //! | `PGDAEMON_SNS_TOPIC_ARN` | (none) | SNS topic for change-of-primary events (see `events`) |
-//! | `PGDAEMON_API_TOKEN_PARAMETER` | (none) | absolute name of the SSM SecureString holding the agents' API bearer token (`/pgdaemon/<cluster>/api-token`, the agents' `[api] token_ssm_parameter`); the `http` fencer sends `Authorization: Bearer <token>`. Read with decryption at the first HTTP fence, never at init; while it cannot be read the `http` fencer fails (the chain moves on). Unset: no credentials, and agents answer 401 |
+//! | `PGDAEMON_API_TOKEN_PARAMETER` | (none) | absolute name of the SSM SecureString holding the agents' API bearer token (`/pgdaemon/<cluster>/api-token`, the agents' `[api] token_ssm_parameter`); `{cluster}` in the name is replaced by each cluster's name (a fleet coordinator, one token per cluster); the `http` fencer sends `Authorization: Bearer <token>`. Read with decryption at the first HTTP fence, never at init; while it cannot be read the `http` fencer fails (the chain moves on). Unset: no credentials, and agents answer 401 |
 //! | `PGDAEMON_API_CA_FILE` | (none) | PEM CA verifying `https://` agents (`[api] tls_cert_file`), a path inside the deployment package (`/var/task/...`) or a layer (`/opt/...`); read at init, an unusable file fails it. Unset: the system's roots. No client certificate is sent: agents with `tls_client_ca_file` refuse this fencer |
 
 use std::collections::BTreeMap;
@@ -158,7 +158,9 @@ impl LambdaConfig {
         let clusters_per_invocation = ms("PGDAEMON_CLUSTERS_PER_INVOCATION", 250, 1)? as usize;
         let api_token_parameter = get("PGDAEMON_API_TOKEN_PARAMETER");
         if let Some(name) = &api_token_parameter {
-            let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+            // `{cluster}` (a fleet coordinator: one token per cluster) is the only placeholder.
+            let bare = name.replace(crate::api_token::CLUSTER_PLACEHOLDER, "x");
+            let ok_chars = bare.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
             if !name.starts_with('/') || name.len() > 2048 || !ok_chars {
                 return Err(env_err(
                     "PGDAEMON_API_TOKEN_PARAMETER",
@@ -239,6 +241,7 @@ mod tests {
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_TABEL", "x")], "PGDAEMON_TABEL"),
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_RUN_BUDGET_MS", "1000000")], "900 s"),
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_API_CA_FILE", "/nonexistent/ca.pem")], "PGDAEMON_API_CA_FILE"),
+            (&[("PGDAEMON_API_TOKEN_PARAMETER", "/pgdaemon/{name}/api-token")], "PGDAEMON_API_TOKEN_PARAMETER"),
         ];
         for (vars, needle) in cases {
             let err = LambdaConfig::from_env(env(vars)).unwrap_err().to_string();

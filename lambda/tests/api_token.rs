@@ -198,3 +198,16 @@ async fn build_fencer_wires_the_parameter_without_reading_it() {
     assert_eq!(aws.reads(), 0);
     assert!(!seen.lock().unwrap()[1].contains("authorization:"));
 }
+
+/// A fleet coordinator reads each cluster's own token, once per cluster.
+#[tokio::test]
+async fn a_cluster_placeholder_reads_each_clusters_own_token() {
+    let aws = FakeAws::new(vec![Ok("t0ken")]);
+    let f = TokenHttpFencer::new(aws.clone(), "/pgdaemon/{cluster}/api-token", Duration::from_secs(5));
+    let (url, _seen) = agent().await;
+    for cluster in ["prod", "prod", "stage"] {
+        let t = FenceTarget { cluster: cluster.into(), ..target(&url) };
+        assert!(f.fence(&t, None).await.is_confirmed());
+    }
+    assert_eq!(*aws.reads.lock().unwrap(), vec!["/pgdaemon/prod/api-token", "/pgdaemon/stage/api-token"]);
+}
