@@ -65,6 +65,16 @@ def expect_destroyed(client, prefix: str) -> int:
 SPECS = pathlib.Path(__file__).resolve().parents[1] / "terraform/modules/pgdaemon-cluster/templates"
 
 
+def check_fleet_index(table) -> None:
+    """The fleet index every table has (the registry: one item per cluster carries `fleet`)."""
+    gsis = {g["IndexName"]: g for g in table.get("GlobalSecondaryIndexes", [])}
+    g = gsis.get("fleet", {})
+    keys = [(k["AttributeName"], k["KeyType"]) for k in g.get("KeySchema", [])]
+    check(list(gsis) == ["fleet"], f"one global secondary index, fleet: {list(gsis)}")
+    check(keys == [("fleet", "HASH"), ("cluster", "RANGE")], f"fleet index keys fleet/cluster: {keys}")
+    check(g.get("Projection", {}).get("ProjectionType") == "KEYS_ONLY", f"fleet index projects keys only: {g.get('Projection')}")
+
+
 def check_alarms_and_dashboard(client, prefix: str, cluster: str, fn_name: str) -> None:
     print("CloudWatch alarms and dashboard")
     cw = client("cloudwatch")
@@ -133,7 +143,8 @@ def main() -> int:
     keys = {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]}
     types = {d["AttributeName"]: d["AttributeType"] for d in table["AttributeDefinitions"]}
     check(keys == {"cluster": "HASH", "item": "RANGE"}, f"key schema cluster/item: {keys}")
-    check(types == {"cluster": "S", "item": "S"}, f"key types S/S: {types}")
+    check(types == {"cluster": "S", "item": "S", "fleet": "S"}, f"attribute types S (cluster, item, and the fleet index's fleet): {types}")
+    check_fleet_index(table)
     check(table.get("BillingModeSummary", {}).get("BillingMode") == "PAY_PER_REQUEST", "on-demand billing")
     check(table.get("SSEDescription", {}).get("Status") == "ENABLED", f"encryption: {table.get('SSEDescription')}")
     ttl = ddb.describe_time_to_live(TableName=prefix)["TimeToLiveDescription"]
@@ -161,6 +172,8 @@ def main() -> int:
     env = fn.get("Environment", {}).get("Variables", {})
     check(env.get("PGDAEMON_TABLE") == prefix, f"PGDAEMON_TABLE: {env.get('PGDAEMON_TABLE')}")
     check(env.get("PGDAEMON_CLUSTERS") == a.cluster, f"PGDAEMON_CLUSTERS: {env.get('PGDAEMON_CLUSTERS')}")
+    check(env.get("PGDAEMON_DISCOVERY") == "off", f"PGDAEMON_DISCOVERY off (a per-cluster coordinator): {env.get('PGDAEMON_DISCOVERY')}")
+    check("PGDAEMON_CLUSTERS_PER_INVOCATION" not in env, "no fleet sharding for a per-cluster coordinator")
     check(env.get("PGDAEMON_FENCING") == "ec2,ssm,http", f"PGDAEMON_FENCING: {env.get('PGDAEMON_FENCING')}")
     check(env.get("PGDAEMON_SNS_TOPIC_ARN") == topic_arn, "PGDAEMON_SNS_TOPIC_ARN is the events topic")
     check(env.get("PGDAEMON_CLUSTER_TAG_KEY") == a.tag_key, f"PGDAEMON_CLUSTER_TAG_KEY: {env.get('PGDAEMON_CLUSTER_TAG_KEY')}")
