@@ -739,12 +739,14 @@ pub async fn registry_lists_registered_clusters_apart_from_their_items<H: Harnes
     let all = s.list_clusters().await.unwrap();
     assert!(all.windows(2).all(|w| w[0] < w[1]), "sorted, each once: {all:?}");
     assert_eq!(listed(all), both);
+    assert!(s.is_registered(&a).await.unwrap() && !s.is_registered(&cluster_name("reg-none")).await.unwrap());
     // The registration is not one of the cluster's items for any reader.
     assert_eq!(s.read_view(&a).await.unwrap(), view_before);
     assert!(s.read_history(&a).await.unwrap().is_empty() && s.read_events(&a, 0).await.unwrap().is_empty());
     s.unregister_cluster(&b).await.unwrap();
     s.unregister_cluster(&b).await.unwrap();
     assert_eq!(listed(s.list_clusters().await.unwrap()), vec![a.clone()]);
+    assert!(!s.is_registered(&b).await.unwrap());
     assert!(s.read_cluster(&a).await.unwrap().is_some(), "unregistering leaves the cluster alone");
     let err = s.register_cluster("bad/name", 1).await.unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)), "{err}");

@@ -240,6 +240,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn is_registered(&self, cluster: &str) -> Result<bool, StoreError> {
+        check_cluster(cluster)?;
+        Ok(self.lock()?.contains_key(&(cluster.to_string(), keys::REGISTRATION.to_string())))
+    }
+
     async fn list_clusters(&self) -> Result<Vec<String>, StoreError> {
         // Keys are sorted by cluster first, so the names come out sorted.
         Ok(self.lock()?.keys().filter(|(_, item)| item == keys::REGISTRATION).map(|(c, _)| c.clone()).collect())

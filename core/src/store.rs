@@ -157,6 +157,10 @@ pub trait Store: Send + Sync {
     /// what is not registered is `Ok`.
     async fn unregister_cluster(&self, cluster: &str) -> Result<(), StoreError>;
 
+    /// Whether `cluster` is registered: a strongly consistent read of its one entry (the way to
+    /// ask about one cluster in a large fleet).
+    async fn is_registered(&self, cluster: &str) -> Result<bool, StoreError>;
+
     /// The names of every registered cluster, sorted. Unlike every other read this one may lag a
     /// registration briefly (DynamoDB lists it from a secondary index, typically within a
     /// second); a coordinator only uses it to find clusters, never to decide about one.
@@ -225,6 +229,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn unregister_cluster(&self, cluster: &str) -> Result<(), StoreError> {
         (**self).unregister_cluster(cluster).await
+    }
+    async fn is_registered(&self, cluster: &str) -> Result<bool, StoreError> {
+        (**self).is_registered(cluster).await
     }
     async fn list_clusters(&self) -> Result<Vec<String>, StoreError> {
         (**self).list_clusters().await

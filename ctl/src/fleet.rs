@@ -66,7 +66,7 @@ pub async fn clusters(store: &dyn Store, json: bool, out: &mut impl Write) -> Re
 /// (its agents would register it again at their next start, and a coordinator that finds it
 /// only through the registry would stop failing it over), unless `force`.
 pub async fn unregister(store: &dyn Store, cluster: &str, force: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    if !store.list_clusters().await?.iter().any(|c| c == cluster) {
+    if !store.is_registered(cluster).await? {
         return Err(CtlError::Refused(format!("{cluster} is not registered")));
     }
     let view = store.read_view(cluster).await?;

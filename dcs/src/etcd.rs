@@ -706,6 +706,15 @@ impl Store for EtcdStore {
         Ok(())
     }
 
+    async fn is_registered(&self, cluster: &str) -> Result<bool, StoreError> {
+        check_cluster(cluster)?;
+        let key = self.registry_key(cluster);
+        let resp = self
+            .call("read registration", |mut c| async move { c.get(key, Some(GetOptions::new().with_keys_only())).await })
+            .await?;
+        Ok(!resp.kvs().is_empty())
+    }
+
     async fn list_clusters(&self) -> Result<Vec<String>, StoreError> {
         let base = self.registry_key("");
         let start = base.clone();

@@ -342,12 +342,14 @@ where
         if self.config.clusters.iter().any(|c| c == cluster) {
             return Ok(());
         }
-        if self.config.discovery {
-            let registered =
-                self.store.list_clusters().await.map_err(|error| HandlerError::Store { cluster: cluster.to_string(), error })?;
-            if registered.iter().any(|c| c == cluster) {
-                return Ok(());
-            }
+        if self.config.discovery
+            && self
+                .store
+                .is_registered(cluster)
+                .await
+                .map_err(|error| HandlerError::Store { cluster: cluster.to_string(), error })?
+        {
+            return Ok(());
         }
         let configured = if self.config.clusters.is_empty() { "none".to_string() } else { self.config.clusters.join(", ") };
         let registry = if self.config.discovery { "not registered" } else { "discovery is off" };

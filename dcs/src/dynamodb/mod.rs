@@ -553,6 +553,11 @@ impl Store for DynamoDbStore {
         Ok(())
     }
 
+    async fn is_registered(&self, cluster: &str) -> Result<bool, StoreError> {
+        check_cluster(cluster)?;
+        Ok(self.get(cluster, keys::REGISTRATION).await?.is_some())
+    }
+
     async fn list_clusters(&self) -> Result<Vec<String>, StoreError> {
         let mut names = Vec::new();
         let mut start: Option<Item> = None;
