@@ -304,14 +304,14 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
     ));
 
     rows.push((
-        "replica's sighting is not enough with fencing off",
+        "replica's sighting is not enough with fencing off: the coordinator keeps watching itself",
         {
             let mut w = World::healthy();
             w.config.fencing = FencingPolicy::Off;
             w.member("n3").leader_seen = Some(LeaseSighting { term: 5, rvn: "rvn-n1-5".into(), unchanged_ms: 10_500 });
             w
         },
-        Idle("healthy"),
+        Wait("watches it lapse itself"),
     ));
 
     rows.push((

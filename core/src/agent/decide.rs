@@ -148,7 +148,8 @@ impl AgentDecision {
 /// - A paused cluster gets no role changes other than the S2 demotion.
 /// - A demotion runs before a release of the lease in the same loop.
 /// - A running primary that does not demote ends with [`AgentAction::DemoteIfLeaseLost`].
-/// - The heartbeat is published last, when due ([`heartbeat::due`]).
+/// - The heartbeat is published last, when due ([`heartbeat::due`]); with a coordinator-run
+///   request, always, and just before it (the request's evidence is the heartbeat's sighting).
 ///
 /// The runtime carries the actions out in this order (see [`super::AgentRuntime::tick`] for
 /// what a failure skips).
@@ -159,8 +160,12 @@ pub fn decide(input: &AgentInput) -> AgentDecision {
         d.actions.push(AgentAction::DemoteIfLeaseLost);
     }
     let beat = heartbeat::heartbeat(input);
-    if heartbeat::due(input, &beat) {
-        d.actions.push(AgentAction::PublishHeartbeat(beat));
+    match d.actions.iter().position(|a| matches!(a, AgentAction::RequestCoordinatorRun { .. })) {
+        // The coordinator judges the lease by the sighting in this heartbeat: it must be in the
+        // store before the request, whatever the heartbeat's cadence says.
+        Some(request) => d.actions.insert(request, AgentAction::PublishHeartbeat(beat)),
+        None if heartbeat::due(input, &beat) => d.actions.push(AgentAction::PublishHeartbeat(beat)),
+        None => {}
     }
     AgentDecision { actions: d.actions, reason: d.reasons.join("; ") }
 }
@@ -595,8 +600,8 @@ impl<'a> Decider<'a> {
         (stuck && primary.timeline > input.probe.timeline).then_some(primary.timeline)
     }
 
-    /// A non-holder that sees the leader lease expired, or released by the designated primary
-    /// outside any transition (its agent shut down cleanly), asks for a coordinator run. Without
+    /// A non-holder that sees the leader lease expired (by its own clock, or by the store's), or
+    /// released by the designated primary outside any transition (its agent shut down cleanly), asks for a coordinator run. Without
     /// the second case a clean restart of the primary's agent left the cluster without a primary
     /// until the coordinator's next scheduled run (a minute on AWS).
     fn fast_path(&mut self) {
@@ -605,6 +610,12 @@ impl<'a> Decider<'a> {
             Some(LeaseState::Expired(lease)) => (lease, "unchanged for"),
             Some(LeaseState::Free(lease)) if self.released_by_designated_primary(lease) => {
                 (lease, "released; last seen unchanged for")
+            }
+            // Expired by the store itself (etcd drops the key with its TTL; the record reads
+            // back ownerless): as good as seen expired, and the sooner a coordinator runs the
+            // sooner the failover.
+            Some(LeaseState::Free(lease)) if lease.owner.is_empty() && !lease.released => {
+                (lease, "expired in the store; last seen unchanged for")
             }
             _ => return,
         };
@@ -945,7 +956,7 @@ mod tests {
                 i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
                 i
             },
-            expect: vec!["request_coordinator_run", "publish_heartbeat"],
+            expect: vec!["publish_heartbeat", "request_coordinator_run"],
             reason_has: "unchanged",
         });
         v.push(Case {
@@ -956,8 +967,19 @@ mod tests {
                 i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
                 i
             },
-            expect: vec!["request_coordinator_run", "publish_heartbeat"],
+            expect: vec!["publish_heartbeat", "request_coordinator_run"],
             reason_has: "released",
+        });
+        v.push(Case {
+            name: "a lease the store expired (etcd's TTL: ownerless, not released) asks for a run",
+            input: {
+                let expired = LeaderLease { owner: String::new(), ..lease("n1", 3, "r") };
+                let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(3, "n1", Some(expired))), None);
+                i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
+                i
+            },
+            expect: vec!["publish_heartbeat", "request_coordinator_run"],
+            reason_has: "expired in the store",
         });
         v.push(Case {
             name: "a released lease of an older term is not the designated primary's",

@@ -257,18 +257,24 @@ fn check_primary(view: &ClusterView, record: &ClusterRecord, obs: &Observations,
         LeaseState::Held { lease, unchanged_for } => {
             // A replica's own observation of the same rvn is evidence too (the rvn never
             // repeats), but only where fencing will confirm before anything is promoted.
-            let sighting = (config.fencing == FencingPolicy::Required)
-                .then(|| {
-                    view.members.values().find_map(|m| {
-                        m.leader_seen
-                            .as_ref()
-                            .filter(|s| s.rvn == lease.rvn && s.unchanged_ms >= lease.lease_ms)
-                            .map(|s| (m.name.clone(), s.unchanged_ms))
-                    })
-                })
-                .flatten();
-            if let Some((who, ms)) = sighting {
+            let sighting = view.members.values().find_map(|m| {
+                m.leader_seen
+                    .as_ref()
+                    .filter(|s| s.rvn == lease.rvn && s.unchanged_ms >= lease.lease_ms)
+                    .map(|s| (m.name.clone(), s.unchanged_ms))
+            });
+            if let Some((who, ms)) = sighting.clone().filter(|_| config.fencing == FencingPolicy::Required) {
                 Some(format!("{who} observed the leader lease of {} (term {}) unchanged for {ms} ms", lease.owner, lease.term))
+            } else if let Some((who, ms)) = sighting {
+                // Without fencing only this coordinator's own observation may end the lease:
+                // keep watching (a run that called this idle would end before seeing it lapse,
+                // and the next run, too far apart, would start the count over).
+                return Decision::wait(format!(
+                    "{who} observed the leader lease of {} (term {}) unchanged for {ms} ms; with fencing off this coordinator watches it lapse itself ({} of {lease_ms} ms)",
+                    lease.owner,
+                    lease.term,
+                    unchanged_for.as_millis()
+                ));
             } else if lease.owner != p {
                 return Decision::wait(format!(
                     "leader lease held by {} (term {}) but {p} is the designated primary; waiting for it to lapse ({} of {lease_ms} ms)",
