@@ -11,7 +11,7 @@ STORE ?= etcd
 ARCH ?= x86_64
 
 .PHONY: help setup build test test-unit test-rust test-infra localstack-test demo demo-stop \
-        lambda-zip bench-failover bench-sim bench-agent
+        lambda-zip bench-failover bench-fleet bench-sim bench-agent
 
 help:
 	@echo "make demo            start a local 3-node cluster and run a failover drill (STORE=etcd|dynamodb)"
@@ -21,6 +21,7 @@ help:
 	@echo "make localstack-test the AWS path end to end (moto server, or AWS_ENDPOINT_URL=LocalStack)"
 	@echo "make lambda-zip      build the coordinator Lambda package (ARCH=x86_64|arm64)"
 	@echo "make bench-failover  failover drills (4 scenarios x etcd/DynamoDB, N=3 each): first write median/p95, direct and via HAProxy"
+	@echo "make bench-fleet     one coordinator run over CLUSTERS=1000 registered clusters, DEAD=5 failing (etcd, DynamoDB)"
 	@echo "make bench-sim       simulation over many seeds (SEEDS=10000)"
 	@echo "make bench-agent     agent memory and CPU per probe loop on an idle 3-node cluster"
 
@@ -65,6 +66,13 @@ lambda-zip: setup
 N ?= 3
 bench-failover: setup
 	N=$(N) scripts/bench-failover
+
+# The fleet benchmark (drills/README.md): time, store reads and writes, failover times.
+CLUSTERS ?= 1000
+DEAD ?= 5
+bench-fleet: setup
+	$(CARGO) build -q -p pgdaemon-drills --bin bench-fleet
+	CLUSTERS=$(CLUSTERS) DEAD=$(DEAD) $(or $(CARGO_TARGET_DIR),target)/debug/bench-fleet
 
 SEEDS ?= 10000
 bench-sim:

@@ -17,6 +17,7 @@ use pgdaemon_testkit::ports::free_port;
 use pgdaemon_testkit::postgres::PgCluster;
 
 pub mod bench;
+pub mod fleet;
 pub mod writer;
 
 /// Which store backend a drill runs on.
