@@ -234,6 +234,30 @@ impl Store for SimStore {
         let r = self.inner.read_events(cluster, since_ms).await;
         self.end(plan, r, None).await
     }
+
+    async fn register_cluster(&self, cluster: &str, registered_ms: u64) -> Result<(), StoreError> {
+        let plan = self.begin().await?;
+        let r = self.inner.register_cluster(cluster, registered_ms).await;
+        self.end(plan, r, None).await
+    }
+
+    async fn unregister_cluster(&self, cluster: &str) -> Result<(), StoreError> {
+        let plan = self.begin().await?;
+        let r = self.inner.unregister_cluster(cluster).await;
+        self.end(plan, r, None).await
+    }
+
+    async fn is_registered(&self, cluster: &str) -> Result<bool, StoreError> {
+        let plan = self.begin().await?;
+        let r = self.inner.is_registered(cluster).await;
+        self.end(plan, r, None).await
+    }
+
+    async fn list_clusters(&self) -> Result<Vec<String>, StoreError> {
+        let plan = self.begin().await?;
+        let r = self.inner.list_clusters().await;
+        self.end(plan, r, None).await
+    }
 }
 
 /// One line summarizing a cluster record for the trace.

@@ -192,8 +192,11 @@ impl CoordinatorTrigger for AliasTrigger {
 /// its loop at once), in process instead of over HTTP.
 #[derive(Default)]
 pub struct InProcessWaker {
-    agents: std::sync::Mutex<BTreeMap<(String, String), (AgentHandle, Arc<Notify>)>>,
+    agents: std::sync::Mutex<BTreeMap<(String, String), WakeableAgent>>,
 }
+
+/// An agent's handle and the signal that runs its loop at once.
+type WakeableAgent = (AgentHandle, Arc<Notify>);
 
 impl AgentWaker for InProcessWaker {
     fn wake(&self, target: &WakeTarget) {
