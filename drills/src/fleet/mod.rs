@@ -299,7 +299,8 @@ pub async fn run(store: Arc<dyn Store>, spec: &FleetSpec) -> anyhow::Result<Flee
             if failover_seconds.contains_key(c) {
                 continue;
             }
-            let history = store.read_history(c).await?;
+            // A slow engine (moto at a thousand clusters) may time out: ask again next round.
+            let Ok(history) = store.read_history(c).await else { continue };
             match history.as_slice() {
                 [] => {}
                 [entry] if entry.old_primary.as_deref() == Some("m1") && ["m2", "m3"].contains(&entry.new_primary.as_str()) => {
