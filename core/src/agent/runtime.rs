@@ -21,6 +21,9 @@ use crate::model::{LeaseSighting, Role};
 use crate::pg::{PgControl, PgProbe};
 use crate::store::{Store, StoreError};
 
+/// How long after a failed entry in the fleet registry the agent tries again.
+pub const REGISTRATION_RETRY: Duration = Duration::from_secs(60);
+
 /// Why a coordinator run could not be requested.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("coordinator trigger: {0}")]
@@ -122,8 +125,8 @@ pub struct AgentRuntime<S, P, C> {
     last_heartbeat: Option<PublishedHeartbeat>,
     /// Since when (monotonic) this member has run as a replica without streaming.
     replica_not_streaming_since: Option<Duration>,
-    /// This process entered the cluster in the fleet registry.
-    registered: bool,
+    /// When (monotonic) to enter the cluster in the fleet registry; `None` once this process has.
+    registration_due: Option<Duration>,
 }
 
 impl<S, P, C> AgentRuntime<S, P, C>
@@ -173,7 +176,7 @@ where
             init_failed_at: None,
             last_heartbeat: None,
             replica_not_streaming_since: None,
-            registered: false,
+            registration_due: Some(Duration::ZERO),
         }
     }
 
@@ -363,19 +366,24 @@ where
         self.emit_role_events(&outcomes, &decision.reason);
         let report = TickReport { reason: decision.reason, outcomes, errors, duration };
         self.publish_snapshot(&input, probe_after, &report, store_error);
-        if !self.registered && matches!(&input.store, StoreRead::Ok(view) if view.cluster.is_some()) {
-            self.register().await;
+        let due = self.registration_due.is_some_and(|at| after_read >= at);
+        if due && matches!(&input.store, StoreRead::Ok(view) if view.cluster.is_some()) {
+            self.register(after_read).await;
         }
         report
     }
 
     /// Enters the cluster in the fleet registry once per process, after the tick's work (a
     /// fleet coordinator finds it there; clusters bootstrapped by older releases are entered
-    /// when an agent of this one starts). A failure costs nothing but a later try.
-    async fn register(&mut self) {
+    /// when an agent of this one starts). A failure costs nothing but a try a minute later (a
+    /// store role without the right would otherwise be asked, and logged, every loop).
+    async fn register(&mut self, now: Duration) {
         match self.store.register_cluster(&self.identity.cluster, self.clock.wall_ms()).await {
-            Ok(()) => self.registered = true,
-            Err(e) => tracing::warn!(error = %e, "entering the cluster in the fleet registry; trying again next loop"),
+            Ok(()) => self.registration_due = None,
+            Err(e) => {
+                self.registration_due = Some(now + REGISTRATION_RETRY);
+                tracing::warn!(error = %e, "entering the cluster in the fleet registry; trying again in a minute")
+            }
         }
     }
 
@@ -680,6 +688,9 @@ mod tests {
         rt.tick().await;
         store.set_available(true);
         clock.advance(Duration::from_millis(500));
+        rt.tick().await;
+        assert!(store.list_clusters().await.unwrap().is_empty(), "a failed registration is tried again a minute later");
+        clock.advance(REGISTRATION_RETRY);
         rt.tick().await;
         assert_eq!(store.list_clusters().await.unwrap(), vec!["c1".to_string()]);
         store.unregister_cluster("c1").await.unwrap();
