@@ -601,9 +601,10 @@ impl<'a> Decider<'a> {
     }
 
     /// A non-holder that sees the leader lease expired (by its own clock, or by the store's), or
-    /// released by the designated primary outside any transition (its agent shut down cleanly), asks for a coordinator run. Without
-    /// the second case a clean restart of the primary's agent left the cluster without a primary
-    /// until the coordinator's next scheduled run (a minute on AWS).
+    /// released by the designated primary outside any transition (its agent shut down cleanly),
+    /// asks for a coordinator run. Without the second case a clean restart of the primary's agent
+    /// left the cluster without a primary until the coordinator's next scheduled run (a minute on
+    /// AWS).
     fn fast_path(&mut self) {
         let input = self.input;
         let (lease, why) = match &input.lease_state {
