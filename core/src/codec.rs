@@ -27,8 +27,12 @@ pub const MIN_READER_FIELD: &str = "min_reader_version";
 /// declares a minimum reader format above [`RECORD_FORMAT`] is refused as malformed with an
 /// error saying so, and so is anything that does not decode as `T`.
 pub fn decode<T: DeserializeOwned>(item: &str, text: &[u8]) -> Result<T, StoreError> {
-    let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| StoreError::malformed(item, e))?;
-    decode_value(item, value)
+    decode_value(item, parse(item, text)?)
+}
+
+/// The JSON value of a stored record's text (malformed when it is not JSON).
+pub fn parse(item: &str, text: &[u8]) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_slice(text).map_err(|e| StoreError::malformed(item, e))
 }
 
 /// [`decode`] of an already parsed JSON value (DynamoDB items become one first).
@@ -71,6 +75,43 @@ pub fn decode_member(item: &str, text: &[u8]) -> Result<crate::model::MemberStat
     let member = decode(item, text)?;
     check_member_key(item, &member)?;
     Ok(member)
+}
+
+/// Adds the parameters item or a `state#<name>` item to `view` (`value` parses the stored
+/// record; it is called only for those); one that cannot be read is skipped and reported like a
+/// member ([`skip_unreadable`]). Other items are ignored.
+pub fn read_optional_item(
+    view: &mut crate::model::ClusterView,
+    cluster: &str,
+    item: &str,
+    value: impl FnOnce() -> Result<serde_json::Value, StoreError>,
+) {
+    use crate::params::{ClusterParameters, MemberState};
+    let read = if item == crate::keys::PARAMETERS {
+        value().and_then(|v| decode_value::<ClusterParameters>(item, v)).map(|p| view.parameters = Some(p))
+    } else if let Some(name) = item.strip_prefix(crate::keys::STATE_PREFIX) {
+        value().and_then(|v| decode_value::<MemberState>(item, v)).and_then(|s| {
+            if s.name != name {
+                return Err(StoreError::malformed(item, format!("holds the state of member {:?}", s.name)));
+            }
+            view.states.insert(s.name.clone(), s);
+            Ok(())
+        })
+    } else {
+        Ok(())
+    };
+    if let Err(e) = read {
+        skip_unreadable(&mut view.unreadable, cluster, e);
+    }
+}
+
+/// The version check of a compare-and-set write: `Conflict` unless `stored == expected`.
+pub fn check_version(item: &str, expected: Option<u64>, stored: Option<u64>) -> Result<(), StoreError> {
+    if stored == expected {
+        Ok(())
+    } else {
+        Err(StoreError::conflict(item, format!("expected version {expected:?}, stored {stored:?}")))
+    }
 }
 
 /// Logs an unreadable history or event item that a read skipped.

@@ -6,6 +6,10 @@ pub const COORDINATOR_LOCK: &str = "lock#coordinator";
 /// Held by the agent initialising a new cluster (automatic bootstrap, docs/bootstrap.md).
 pub const INITIALIZE_LOCK: &str = "lock#initialize";
 pub const MEMBER_PREFIX: &str = "member#";
+/// Cluster-wide PostgreSQL parameters ([`crate::params::ClusterParameters`]).
+pub const PARAMETERS: &str = "config#postgresql";
+/// What each agent reports beside its heartbeat ([`crate::params::MemberState`]).
+pub const STATE_PREFIX: &str = "state#";
 pub const HISTORY_PREFIX: &str = "history#";
 /// `~` sorts after every other item name (names are letters, digits, `_`, `-`, `#`), so the
 /// event log is the tail of a cluster's partition and [`VIEW_END`] bounds everything else.
@@ -16,6 +20,10 @@ pub const VIEW_END: &str = "~";
 
 pub fn member(name: &str) -> String {
     format!("{MEMBER_PREFIX}{name}")
+}
+
+pub fn state(name: &str) -> String {
+    format!("{STATE_PREFIX}{name}")
 }
 
 /// History items sort by term as strings, so the term is zero-padded to 20 digits (u64::MAX).
@@ -64,7 +72,8 @@ mod tests {
     fn history_keys_sort_by_term() {
         assert!(history(9) < history(10));
         assert_eq!(member("a"), "member#a");
-        for item in [CLUSTER, LEADER, COORDINATOR_LOCK, &member("z"), &history(u64::MAX), "term#leader"] {
+        for item in [CLUSTER, LEADER, COORDINATOR_LOCK, &member("z"), &history(u64::MAX), "term#leader", PARAMETERS, &state("z")]
+        {
             assert!(item < VIEW_END && VIEW_END < event(0, "").as_str(), "{item}");
         }
         assert!(event(u64::MAX, "zzz").as_str() < EVENT_END);

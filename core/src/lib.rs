@@ -14,6 +14,7 @@ pub mod lease;
 pub mod lsn;
 pub mod memory;
 pub mod model;
+pub mod params;
 pub mod pg;
 pub mod request;
 pub mod store;
@@ -31,4 +32,5 @@ pub use lease::{AcquireOutcome, HeldLease, LeaseClient, LeaseObserver, LeaseStat
 pub use lsn::Lsn;
 pub use memory::MemoryStore;
 pub use model::*;
+pub use params::{ClusterParameters, MemberState};
 pub use store::{LeaseClaim, Store, StoreError};

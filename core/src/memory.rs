@@ -11,6 +11,7 @@ use crate::codec::{self, check_acquire, check_cluster, check_held, decode, encod
 use crate::events::Event;
 use crate::keys;
 use crate::model::{ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseName, MemberStatus, Registration};
+use crate::params::{ClusterParameters, MemberState};
 use crate::store::{LeaseClaim, Store, StoreError};
 
 /// Every stored item by (cluster, item key), as its JSON text.
@@ -82,6 +83,15 @@ impl Store for MemoryStore {
                 Err(e) => codec::skip_unreadable(&mut view.unreadable, cluster, e),
             }
         }
+        if let Some(text) = items.get(&(cluster.to_string(), keys::PARAMETERS.to_string())) {
+            codec::read_optional_item(&mut view, cluster, keys::PARAMETERS, || codec::parse(keys::PARAMETERS, text.as_bytes()));
+        }
+        for ((c, item), text) in items.range((cluster.to_string(), keys::STATE_PREFIX.to_string())..) {
+            if c != cluster || !item.starts_with(keys::STATE_PREFIX) {
+                break;
+            }
+            codec::read_optional_item(&mut view, cluster, item, || codec::parse(item, text.as_bytes()));
+        }
         Ok(view)
     }
 
@@ -148,12 +158,7 @@ impl Store for MemoryStore {
         let mut items = self.lock()?;
         let current: Option<ClusterRecord> = get(&items, cluster, keys::CLUSTER)?;
         let stored_version = current.as_ref().map(|c| c.version);
-        if stored_version != expected_version {
-            return Err(StoreError::conflict(
-                keys::CLUSTER,
-                format!("expected version {expected_version:?}, stored {stored_version:?}"),
-            ));
-        }
+        codec::check_version(keys::CLUSTER, expected_version, stored_version)?;
         let stored = ClusterRecord { version: stored_version.unwrap_or(0) + 1, ..record.clone() };
         items.insert((cluster.into(), keys::CLUSTER.into()), encode(keys::CLUSTER, &stored)?);
         Ok(stored)
@@ -170,7 +175,34 @@ impl Store for MemoryStore {
 
     async fn remove_member(&self, cluster: &str, name: &str) -> Result<(), StoreError> {
         check_cluster(cluster)?;
-        self.lock()?.remove(&(cluster.to_string(), keys::member(name)));
+        let mut items = self.lock()?;
+        items.remove(&(cluster.to_string(), keys::member(name)));
+        items.remove(&(cluster.to_string(), keys::state(name)));
+        Ok(())
+    }
+
+    async fn write_parameters(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        parameters: &ClusterParameters,
+    ) -> Result<ClusterParameters, StoreError> {
+        check_cluster(cluster)?;
+        let mut items = self.lock()?;
+        let current: Option<ClusterParameters> = get(&items, cluster, keys::PARAMETERS)?;
+        let stored_version = current.as_ref().map(|c| c.version);
+        codec::check_version(keys::PARAMETERS, expected_version, stored_version)?;
+        let stored = ClusterParameters { version: stored_version.unwrap_or(0) + 1, ..parameters.clone() };
+        items.insert((cluster.into(), keys::PARAMETERS.into()), encode(keys::PARAMETERS, &stored)?);
+        Ok(stored)
+    }
+
+    async fn put_member_state(&self, cluster: &str, state: &MemberState) -> Result<(), StoreError> {
+        check_cluster(cluster)?;
+        keys::validate_member_name(&state.name).map_err(StoreError::Invalid)?;
+        let item = keys::state(&state.name);
+        let text = encode(&item, state)?;
+        self.lock()?.insert((cluster.into(), item), text);
         Ok(())
     }
 

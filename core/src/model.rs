@@ -460,6 +460,10 @@ pub struct ClusterView {
     /// docs/upgrading.md): an unreadable member counts as one without a heartbeat, it never
     /// fails the read. An unreadable cluster record or lease still fails the whole read.
     pub unreadable: Vec<UnreadableItem>,
+    /// Cluster-wide PostgreSQL parameters (`None`: never set).
+    pub parameters: Option<crate::params::ClusterParameters>,
+    /// What each agent last reported beside its heartbeat, by member name.
+    pub states: BTreeMap<String, crate::params::MemberState>,
 }
 
 impl ClusterView {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lsn::Lsn;
 use crate::model::Role;
+use crate::params::ClusterParameters;
 
 /// How to stop Postgres (`pg_ctl stop -m`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +124,10 @@ pub struct PgProbe {
     pub streaming_from: Option<String>,
     /// Replica: the configured upstream.
     pub upstream: Option<UpstreamConfig>,
+    /// Settings changed in the configuration files that take effect only after a restart
+    /// (`pg_settings.pending_restart`), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_restart: Vec<String>,
     /// Why the probe could not connect or query (for logs and the snapshot).
     pub error: Option<String>,
 }
@@ -360,6 +365,20 @@ pub trait PgControl: Send + Sync {
     /// verified by reading the setting back. Works on a standby too (it applies once promoted).
     /// Not running: `WrongState`.
     async fn set_sync_standbys(&self, names: &SyncStandbys) -> Result<(), PgError>;
+
+    /// Makes `parameters` this server's cluster-wide settings (replacing what an earlier call
+    /// wrote; see [`crate::params`]) and reloads a running server. `Ok(None)`: nothing to write
+    /// into yet (no data directory; the call is repeated later). `Ok(Some(errors))`: written,
+    /// with the values Postgres refused when it read them. Writing what is already there changes
+    /// nothing and reloads nothing. Default: `Ok(None)` (no cluster-wide parameters).
+    async fn apply_parameters(&self, _parameters: &ClusterParameters) -> Result<Option<Vec<String>>, PgError> {
+        Ok(None)
+    }
+
+    /// `pg_reload_conf()` on the running server. Not running: `WrongState`. Default: `Ok`.
+    async fn reload(&self) -> Result<(), PgError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -405,6 +424,12 @@ impl<P: PgControl + ?Sized> PgControl for std::sync::Arc<P> {
     }
     async fn set_sync_standbys(&self, names: &SyncStandbys) -> Result<(), PgError> {
         (**self).set_sync_standbys(names).await
+    }
+    async fn apply_parameters(&self, parameters: &ClusterParameters) -> Result<Option<Vec<String>>, PgError> {
+        (**self).apply_parameters(parameters).await
+    }
+    async fn reload(&self) -> Result<(), PgError> {
+        (**self).reload().await
     }
 }
 

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::events::{Event, EventSink, SinkError};
 use crate::model::{ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseName, MemberStatus};
+use crate::params::{ClusterParameters, MemberState};
 
 /// Why a store call did not succeed. Callers must treat the three kinds differently: a
 /// [`StoreError::Conflict`] is an answer (someone else won; re-read and decide again), an
@@ -77,10 +78,12 @@ pub trait Store: Send + Sync {
     /// The backend's name for logs (`memory`, `etcd`, `dynamodb`).
     fn backend(&self) -> &'static str;
 
-    /// One consistent snapshot of a cluster: its record, both leases and every member heartbeat.
-    /// History is not included. A malformed cluster record or lease fails the whole read; an
-    /// unreadable member item (including a record whose `name` is not its key's) is left out of
-    /// `members` and listed in `unreadable`.
+    /// One consistent snapshot of a cluster: its record, both leases, every member heartbeat, the
+    /// cluster-wide parameters and the member states. History is not included. A malformed
+    /// cluster record or lease fails the whole read; an unreadable member item (including a
+    /// record whose `name` is not its key's) is left out of `members` and listed in
+    /// `unreadable`; so is an unreadable parameters or state item (`parameters` stays `None`):
+    /// neither is needed to keep or change a primary.
     async fn read_view(&self, cluster: &str) -> Result<ClusterView, StoreError>;
 
     /// Reads one lease record (strongly consistent).
@@ -126,8 +129,23 @@ pub trait Store: Send + Sync {
     /// Upserts a member's heartbeat. Unconditional: each member writes only its own record.
     async fn put_member(&self, cluster: &str, member: &MemberStatus) -> Result<(), StoreError>;
 
-    /// Deletes a member's heartbeat (a member that left the cluster). Deleting nothing is `Ok`.
+    /// Deletes a member's heartbeat and state (a member that left the cluster). Deleting nothing
+    /// is `Ok`.
     async fn remove_member(&self, cluster: &str, name: &str) -> Result<(), StoreError>;
+
+    /// Compare-and-set of the cluster-wide parameters, with the cluster record's rules:
+    /// `expected_version: None` creates the item only if absent, `Some(v)` replaces it only if its
+    /// stored version is `v`; the stored version becomes the old one + 1 (1 on creation) and the
+    /// stored value is returned. `Conflict` otherwise, with nothing written.
+    async fn write_parameters(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        parameters: &ClusterParameters,
+    ) -> Result<ClusterParameters, StoreError>;
+
+    /// Upserts a member's state. Unconditional: each member writes only its own.
+    async fn put_member_state(&self, cluster: &str, state: &MemberState) -> Result<(), StoreError>;
 
     /// Appends the history record of a promotion. Conditional on no record existing for
     /// `entry.term` (`Conflict` otherwise), so a resumed coordinator never writes two.
@@ -211,6 +229,17 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn remove_member(&self, cluster: &str, name: &str) -> Result<(), StoreError> {
         (**self).remove_member(cluster, name).await
+    }
+    async fn write_parameters(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        parameters: &ClusterParameters,
+    ) -> Result<ClusterParameters, StoreError> {
+        (**self).write_parameters(cluster, expected_version, parameters).await
+    }
+    async fn put_member_state(&self, cluster: &str, state: &MemberState) -> Result<(), StoreError> {
+        (**self).put_member_state(cluster, state).await
     }
     async fn append_history(&self, cluster: &str, entry: &HistoryEntry) -> Result<(), StoreError> {
         (**self).append_history(cluster, entry).await

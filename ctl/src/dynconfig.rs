@@ -1,14 +1,55 @@
-//! `show-config` / `edit-config`: the dynamic configuration inside the cluster record.
-//! Edits are validated with [`DynamicConfig::validate`] and written by compare-and-set, re-applied
-//! to the freshest record on a conflict so a concurrent coordinator step is never overwritten.
+//! `show-config` / `edit-config`: the dynamic configuration inside the cluster record, and the
+//! cluster-wide PostgreSQL parameters (`postgresql.parameters.NAME`, their own item: see
+//! [`pgdaemon_core::params`]). Edits are validated first ([`DynamicConfig::validate`],
+//! [`params::validate`]) and written by compare-and-set, re-applied to the freshest record on a
+//! conflict so a concurrent coordinator step is never overwritten.
 
 use std::io::Write;
 
-use pgdaemon_core::{DynamicConfig, Store, StoreError};
+use pgdaemon_core::params::{self, Context};
+use pgdaemon_core::{keys, ClusterParameters, DynamicConfig, Store, StoreError};
 
 use crate::CtlError;
 
 const CAS_ATTEMPTS: usize = 8;
+
+/// `--set postgresql.parameters.NAME=VALUE` sets a cluster-wide parameter (an empty value
+/// removes it).
+pub const PARAMETER_PREFIX: &str = "postgresql.parameters.";
+
+/// One checked parameter edit: Postgres's spelling of the name, the value (`None`: remove) and
+/// how it takes effect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParameterSet {
+    pub name: String,
+    pub value: Option<String>,
+    pub context: Option<Context>,
+}
+
+/// Splits `sets` into dynamic-config sets and checked parameter sets. A bad parameter is a usage
+/// error naming it.
+pub fn split_sets(sets: &[String]) -> Result<(Vec<String>, Vec<ParameterSet>), CtlError> {
+    let (mut config, mut parameters) = (Vec::new(), Vec::new());
+    for set in sets {
+        let Some(rest) = set.trim_start().strip_prefix(PARAMETER_PREFIX) else {
+            config.push(set.clone());
+            continue;
+        };
+        let (name, value) = rest.split_once('=').ok_or_else(|| CtlError::Usage(format!("--set {set:?}: expected key=value")))?;
+        let (name, value) = (name.trim(), value.trim());
+        let value = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).unwrap_or(value);
+        if value.is_empty() {
+            if name.is_empty() {
+                return Err(CtlError::Usage(format!("--set {set:?}: no parameter name")));
+            }
+            parameters.push(ParameterSet { name: name.to_string(), value: None, context: None });
+            continue;
+        }
+        let (name, context) = params::validate(name, value).map_err(|e| CtlError::Usage(format!("--set {set:?}: {e}")))?;
+        parameters.push(ParameterSet { name, value: Some(value.to_string()), context: Some(context) });
+    }
+    Ok((config, parameters))
+}
 
 /// Applies `key=value` settings to `base`. Values are read as TOML (`3000`, `true`, `"on"`) and,
 /// when they are not valid TOML, as plain strings (`synchronous_mode=on`). Unknown keys, wrong
@@ -57,15 +98,22 @@ pub fn diff(old: &DynamicConfig, new: &DynamicConfig) -> Vec<String> {
         .collect()
 }
 
+/// The dynamic configuration, and the cluster-wide parameters as `postgresql.parameters`.
 pub async fn show(store: &dyn Store, cluster: &str, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    let record = store
-        .read_cluster(cluster)
-        .await?
+    let view = store.read_view(cluster).await?;
+    let record = view
+        .cluster
         .ok_or_else(|| CtlError::Refused(format!("cluster {cluster} has no record yet: it was never bootstrapped")))?;
+    let mut doc = serde_json::to_value(&record.config).map_err(anyhow::Error::from)?;
+    let parameters = view.parameters.map(|p: ClusterParameters| p.parameters).unwrap_or_default();
+    if !parameters.is_empty() {
+        doc["postgresql"] = serde_json::json!({ "parameters": parameters });
+    }
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&record.config).map_err(anyhow::Error::from)?)?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc).map_err(anyhow::Error::from)?)?;
     } else {
-        write!(out, "{}", toml::to_string(&record.config).map_err(anyhow::Error::from)?)?;
+        let table: toml::Value = serde_json::from_value(doc).map_err(anyhow::Error::from)?;
+        write!(out, "{}", toml::to_string(&table).map_err(anyhow::Error::from)?)?;
     }
     Ok(())
 }
@@ -79,7 +127,24 @@ pub async fn edit(
 ) -> Result<(), CtlError> {
     // Check the input once before touching the store: bad input changes nothing.
     // (Timings are validated against the stored values they combine with, below.)
-    apply_unvalidated(&DynamicConfig::default(), sets)?;
+    let (sets, parameters) = split_sets(sets)?;
+    apply_unvalidated(&DynamicConfig::default(), &sets)?;
+    if !sets.is_empty() {
+        edit_config(store, cluster, &sets, dry_run, out).await?;
+    }
+    if !parameters.is_empty() {
+        edit_parameters(store, cluster, &parameters, dry_run, out).await?;
+    }
+    Ok(())
+}
+
+async fn edit_config(
+    store: &dyn Store,
+    cluster: &str,
+    sets: &[String],
+    dry_run: bool,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
     for _ in 0..CAS_ATTEMPTS {
         let mut record = store
             .read_cluster(cluster)
@@ -111,6 +176,66 @@ pub async fn edit(
         }
     }
     Err(CtlError::Refused(format!("the cluster record kept changing; tried {CAS_ATTEMPTS} times")))
+}
+
+/// Writes the parameter edits by compare-and-set on the parameters item.
+async fn edit_parameters(
+    store: &dyn Store,
+    cluster: &str,
+    edits: &[ParameterSet],
+    dry_run: bool,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    for _ in 0..CAS_ATTEMPTS {
+        let view = store.read_view(cluster).await?;
+        if view.cluster.is_none() {
+            return Err(CtlError::Refused(format!("cluster {cluster} has no record yet: it was never bootstrapped")));
+        }
+        if let Some(bad) = view.unreadable.iter().find(|u| u.item == keys::PARAMETERS) {
+            return Err(CtlError::Unavailable(format!("the stored parameters cannot be read: {}", bad.error)));
+        }
+        let mut new = view.parameters.clone().unwrap_or_default();
+        let mut changes = Vec::new();
+        for edit in edits {
+            // A removal names the parameter as it was set, in any case.
+            let stored = new.parameters.keys().find(|k| k.eq_ignore_ascii_case(&edit.name)).cloned();
+            let old = stored.as_ref().and_then(|k| new.parameters.remove(k));
+            if let Some(v) = &edit.value {
+                new.parameters.insert(edit.name.clone(), v.clone());
+            }
+            let name = if edit.value.is_none() { stored.as_ref().unwrap_or(&edit.name) } else { &edit.name };
+            if old != edit.value {
+                let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                let restart = if edit.context == Some(Context::Postmaster) {
+                    " (takes effect after a restart: pgdctl restart --all --pending)"
+                } else {
+                    ""
+                };
+                changes.push(format!("{PARAMETER_PREFIX}{name}: {} -> {}{restart}", show(&old), show(&edit.value)));
+            }
+        }
+        if changes.is_empty() {
+            writeln!(out, "no change")?;
+            return Ok(());
+        }
+        if dry_run {
+            for c in &changes {
+                writeln!(out, "would set {c}")?;
+            }
+            return Ok(());
+        }
+        match store.write_parameters(cluster, view.parameters.as_ref().map(|p| p.version), &new).await {
+            Ok(_) => {
+                for c in &changes {
+                    writeln!(out, "set {c}")?;
+                }
+                return Ok(());
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(CtlError::Refused(format!("the parameters kept changing; tried {CAS_ATTEMPTS} times")))
 }
 
 /// Creates the cluster record (create-only compare-and-set).
@@ -185,6 +310,56 @@ mod tests {
         assert_eq!(r.version, 2);
         assert!(edit(&store, "c", &sets(&["lease_ms=500"]), false, &mut Vec::new()).await.is_err());
         assert_eq!(store.read_cluster("c").await.unwrap().unwrap().version, 2);
+    }
+
+    #[tokio::test]
+    async fn cluster_wide_parameters_are_checked_written_shown_and_removed() {
+        let store = MemoryStore::new();
+        let mut out = Vec::new();
+        let refused = edit(&store, "c", &sets(&["postgresql.parameters.work_mem=64MB"]), false, &mut out).await.unwrap_err();
+        assert_eq!(refused.exit_code(), 1, "no record yet: {refused}");
+        store.write_cluster("c", None, &ClusterRecord::bootstrap("a", DynamicConfig::default())).await.unwrap();
+        edit(
+            &store,
+            "c",
+            &sets(&[
+                "postgresql.parameters.work_mem=64MB",
+                "postgresql.parameters.shared_buffers='256MB'",
+                "maximum_lag_on_failover=4096",
+            ]),
+            false,
+            &mut out,
+        )
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out).to_string();
+        assert!(
+            text.contains("work_mem: - -> 64MB") && text.contains("shared_buffers: - -> 256MB (takes effect after a restart"),
+            "{text}"
+        );
+        let view = store.read_view("c").await.unwrap();
+        let p = view.parameters.unwrap();
+        assert_eq!((p.version, p.parameters.len(), view.cluster.unwrap().config.maximum_lag_on_failover), (1, 2, 4096));
+        let mut shown = Vec::new();
+        show(&store, "c", false, &mut shown).await.unwrap();
+        let shown = String::from_utf8_lossy(&shown).to_string();
+        assert!(shown.contains("[postgresql.parameters]") && shown.contains("work_mem = \"64MB\""), "{shown}");
+        // Bad input changes nothing, even beside a good edit.
+        for bad in [
+            "postgresql.parameters.work_mme=1MB",
+            "postgresql.parameters.primary_conninfo=host=x",
+            "postgresql.parameters.wal_level=loud",
+        ] {
+            let e =
+                edit(&store, "c", &sets(&["postgresql.parameters.work_mem=1MB", bad]), false, &mut Vec::new()).await.unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}: {e}");
+        }
+        assert_eq!(store.read_view("c").await.unwrap().parameters.unwrap().version, 1);
+        let mut out = Vec::new();
+        edit(&store, "c", &sets(&["postgresql.parameters.WORK_MEM="]), false, &mut out).await.unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("work_mem: 64MB -> -"));
+        let p = store.read_view("c").await.unwrap().parameters.unwrap();
+        assert_eq!((p.version, p.parameters.keys().map(String::as_str).collect::<Vec<_>>()), (2, vec!["shared_buffers"]));
     }
 
     #[tokio::test]

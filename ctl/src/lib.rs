@@ -14,6 +14,7 @@
 pub mod dynconfig;
 pub mod fleet;
 pub mod invoke;
+pub mod maintenance;
 pub mod request;
 pub mod store_opts;
 pub mod table;
@@ -27,6 +28,7 @@ use pgdaemon_core::{RequestAction, Store, StoreError};
 use pgdaemon_dcs::dynamodb::client_from_env;
 use pgdaemon_dcs::{create_table, TableOutcome};
 
+pub use maintenance::ApiOpts;
 pub use store_opts::StoreOpts;
 
 /// Operate pgdaemon clusters: the member table, history, planned and forced changes of primary,
@@ -39,6 +41,8 @@ pub use store_opts::StoreOpts;
 pub struct Cmd {
     #[command(flatten)]
     pub store: StoreOpts,
+    #[command(flatten)]
+    pub api: ApiOpts,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -77,6 +81,19 @@ pub enum Command {
     /// Remove the cluster from the fleet registry (a cluster taken down). Refused while any of
     /// its members beat in the last ten minutes, unless `--force`. Its items are kept.
     Unregister(UnregisterArgs),
+    /// Restart Postgres on a member or on every member (`--all`), optionally only where a setting
+    /// waits for it (`--pending`): replicas one at a time, each awaited until it streams again,
+    /// the primary last through a switchover. Through the agents' API.
+    Restart(maintenance::RestartArgs),
+    /// Reload Postgres's configuration on a member or on every member, through the agents' API.
+    Reload(maintenance::ReloadArgs),
+    /// Remove a member whose agent is stopped: its heartbeat and state leave the store and the
+    /// primary drops its replication slot. Refused for the primary and while its agent beats.
+    Remove(maintenance::RemoveArgs),
+    /// Who streams from whom.
+    Topology,
+    /// pgdctl's version and every member's agent version.
+    Version,
     /// Create the DynamoDB table pgdaemon keeps its state in (on-demand billing, TTL on
     /// `expire_at`). Succeeds without change when the table exists. Uses `--table`,
     /// `--endpoint-url`, `--region`.
@@ -174,7 +191,7 @@ pub struct EditConfigArgs {
     pub dry_run: bool,
 }
 
-fn parse_positive_secs(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_positive_secs(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !(v > 0.0 && v <= 86_400.0) {
         return Err(format!("{s} must be above 0 and at most 86400 seconds"));
@@ -242,7 +259,7 @@ pub async fn run(cmd: Cmd, out: &mut impl Write) -> Result<(), CtlError> {
         command => {
             let (config, cluster) = cmd.store.resolve()?;
             let store = pgdaemon_dcs::connect(&config).await?;
-            run_store_command(store, &cluster, command, out).await
+            run_store_command(store, &cluster, &cmd.api, command, out).await
         }
     }
 }
@@ -251,6 +268,7 @@ pub async fn run(cmd: Cmd, out: &mut impl Write) -> Result<(), CtlError> {
 pub async fn run_store_command(
     store: Arc<dyn Store>,
     cluster: &str,
+    api: &ApiOpts,
     command: Command,
     out: &mut impl Write,
 ) -> Result<(), CtlError> {
@@ -288,6 +306,11 @@ pub async fn run_store_command(
         Command::EditConfig(args) => dynconfig::edit(store, cluster, &args.sets, args.dry_run, out).await,
         Command::Bootstrap(args) => dynconfig::bootstrap(store, cluster, &args.primary, &args.sets, out).await,
         Command::Unregister(args) => fleet::unregister(store, cluster, args.force, out).await,
+        Command::Restart(args) => maintenance::restart(store, cluster, api, args, out).await,
+        Command::Reload(args) => maintenance::reload(store, cluster, api, args.member, out).await,
+        Command::Remove(args) => maintenance::remove(store, cluster, api, args, out).await,
+        Command::Topology => Ok(write!(out, "{}", maintenance::topology(&store.read_view(cluster).await?))?),
+        Command::Version => Ok(write!(out, "{}", maintenance::versions(&store.read_view(cluster).await?))?),
         Command::Invoke(_) | Command::CreateTable | Command::Clusters(_) => {
             unreachable!("handled before connecting to the store")
         }
@@ -413,13 +436,13 @@ mod tests {
         store.append_event("demo", &recent).await.unwrap();
         let cmd = Cmd::try_parse_from(["pgdctl", "events"]).unwrap();
         let mut out = Vec::new();
-        run_store_command(store.clone(), "demo", cmd.command, &mut out).await.unwrap();
+        run_store_command(store.clone(), "demo", &cmd.api, cmd.command, &mut out).await.unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("promoted") && text.contains("pg-2 is writable"), "{text}");
         assert!(!text.contains("two hours ago"), "outside the default hour: {text}");
         let cmd = Cmd::try_parse_from(["pgdctl", "events", "--since", "86400", "--json"]).unwrap();
         let mut out = Vec::new();
-        run_store_command(store, "demo", cmd.command, &mut out).await.unwrap();
+        run_store_command(store, "demo", &cmd.api, cmd.command, &mut out).await.unwrap();
         let events: Vec<Event> = serde_json::from_slice(&out).unwrap();
         assert_eq!(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [old.id.as_str(), recent.id.as_str()]);
         assert!(Cmd::try_parse_from(["pgdctl", "events", "--since", "-5"]).is_err());

@@ -52,7 +52,10 @@ pub fn rows(view: &ClusterView, now_ms: u64) -> Vec<Row> {
                 Role::Unknown => "-",
             };
             let age = now_ms.saturating_sub(m.updated_at_ms);
-            let state = state(m, age, stale_ms);
+            let mut state = state(m, age, stale_ms);
+            if let Some(pending) = view.states.get(&m.name).filter(|s| !s.pending_restart.is_empty()) {
+                let _ = write!(state, ", pending restart ({})", pending.pending_restart.join(", "));
+            }
             let lag = match (m.role, m.lag_bytes) {
                 (Role::Primary, _) => String::new(),
                 (_, Some(b)) => format!("{:.1}", b as f64 / MIB),
@@ -206,6 +209,9 @@ pub fn member_table(cluster: &str, view: &ClusterView, now_ms: u64) -> String {
     if let Some(mixed) = mixed_versions(view) {
         let _ = writeln!(s, "WARNING: mixed agent versions ({mixed}): finish the upgrade or roll back (docs/upgrading.md)");
     }
+    for state in view.states.values().filter(|st| !st.parameter_errors.is_empty()) {
+        let _ = writeln!(s, "WARNING: {}: cluster-wide parameters refused: {}", state.name, state.parameter_errors.join("; "));
+    }
     if !view.unreadable.is_empty() {
         let _ = writeln!(
             s,
@@ -223,6 +229,8 @@ pub fn view_json(cluster: &str, view: &ClusterView) -> serde_json::Value {
         "record": view.cluster,
         "leader": view.leader,
         "members": view.members.values().collect::<Vec<_>>(),
+        "states": view.states.values().collect::<Vec<_>>(),
+        "parameters": view.parameters,
         "unreadable": view.unreadable,
     })
 }

@@ -34,8 +34,8 @@ use etcd_client::{
 use pgdaemon_core::codec::{self, check_acquire, check_cluster, decode, encode};
 use pgdaemon_core::events::Event;
 use pgdaemon_core::{
-    keys, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus, Registration, Store,
-    StoreError,
+    keys, ClusterParameters, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberState,
+    MemberStatus, Registration, Store, StoreError,
 };
 
 /// Per-request gRPC deadline. A few seconds: a lease holder renews once per agent loop (every
@@ -345,6 +345,34 @@ impl EtcdStore {
         format!("{}/{}/{cluster}", self.prefix, keys::REGISTRATION)
     }
 
+    /// Compare-and-set of a record carrying its own version (the cluster record, the parameters):
+    /// the stored version must be `expected_version`, checked by etcd on the key's mod revision;
+    /// `make(old + 1)` is written and returned.
+    async fn write_versioned<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        cluster: &str,
+        item: &str,
+        expected_version: Option<u64>,
+        version_of: impl Fn(&T) -> u64,
+        make: impl FnOnce(u64) -> T,
+    ) -> Result<T, StoreError> {
+        check_cluster(cluster)?;
+        let kv = self.get_one(cluster, item).await?;
+        let current: Option<T> = kv.as_ref().map(|kv| decode(item, kv.value())).transpose()?;
+        let stored_version = current.as_ref().map(version_of);
+        codec::check_version(item, expected_version, stored_version)?;
+        let stored = make(stored_version.unwrap_or(0) + 1);
+        let key = self.key(cluster, item);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.as_ref().map_or(0, KeyValue::mod_revision))])
+            .and_then([TxnOp::put(key, encode(item, &stored)?, None)]);
+        if self.txn(&format!("write {item}"), txn).await?.succeeded() {
+            Ok(stored)
+        } else {
+            Err(StoreError::conflict(item, format!("version {stored_version:?} was replaced by another writer")))
+        }
+    }
+
     fn cluster_prefix(&self, cluster: &str) -> String {
         format!("{}/{cluster}/", self.prefix)
     }
@@ -500,7 +528,7 @@ impl Store for EtcdStore {
                     Err(e) => codec::skip_unreadable(&mut view.unreadable, cluster, e),
                 },
                 // History is not part of the view; unknown items are left for newer versions.
-                _ => {}
+                _ => codec::read_optional_item(&mut view, cluster, item, || codec::parse(item, kv.value())),
             }
         }
         let ownerless = |l: LeaderLease| LeaderLease { owner: String::new(), ..l };
@@ -600,24 +628,40 @@ impl Store for EtcdStore {
         expected_version: Option<u64>,
         record: &ClusterRecord,
     ) -> Result<ClusterRecord, StoreError> {
+        self.write_versioned(
+            cluster,
+            keys::CLUSTER,
+            expected_version,
+            |c: &ClusterRecord| c.version,
+            |version| ClusterRecord { version, ..record.clone() },
+        )
+        .await
+    }
+
+    async fn write_parameters(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        parameters: &ClusterParameters,
+    ) -> Result<ClusterParameters, StoreError> {
+        self.write_versioned(
+            cluster,
+            keys::PARAMETERS,
+            expected_version,
+            |p: &ClusterParameters| p.version,
+            |version| ClusterParameters { version, ..parameters.clone() },
+        )
+        .await
+    }
+
+    async fn put_member_state(&self, cluster: &str, state: &MemberState) -> Result<(), StoreError> {
         check_cluster(cluster)?;
-        let item = keys::CLUSTER;
-        let kv = self.get_one(cluster, item).await?;
-        let current: Option<ClusterRecord> = kv.as_ref().map(|kv| decode(item, kv.value())).transpose()?;
-        let stored_version = current.as_ref().map(|c| c.version);
-        if stored_version != expected_version {
-            return Err(StoreError::conflict(item, format!("expected version {expected_version:?}, stored {stored_version:?}")));
-        }
-        let stored = ClusterRecord { version: stored_version.unwrap_or(0) + 1, ..record.clone() };
-        let key = self.key(cluster, item);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.as_ref().map_or(0, KeyValue::mod_revision))])
-            .and_then([TxnOp::put(key, encode(item, &stored)?, None)]);
-        if self.txn("write cluster", txn).await?.succeeded() {
-            Ok(stored)
-        } else {
-            Err(StoreError::conflict(item, format!("version {stored_version:?} was replaced by another writer")))
-        }
+        keys::validate_member_name(&state.name).map_err(StoreError::Invalid)?;
+        let item = keys::state(&state.name);
+        let text = encode(&item, state)?;
+        let key = self.key(cluster, &item);
+        self.call(&format!("put {item}"), |mut c| async move { c.put(key, text, None).await }).await?;
+        Ok(())
     }
 
     async fn put_member(&self, cluster: &str, member: &MemberStatus) -> Result<(), StoreError> {
@@ -633,9 +677,9 @@ impl Store for EtcdStore {
     async fn remove_member(&self, cluster: &str, name: &str) -> Result<(), StoreError> {
         check_cluster(cluster)?;
         keys::validate_member_name(name).map_err(StoreError::Invalid)?;
-        let item = keys::member(name);
-        let key = self.key(cluster, &item);
-        self.call(&format!("delete {item}"), |mut c| async move { c.delete(key, None).await }).await?;
+        let (member, state) = (self.key(cluster, &keys::member(name)), self.key(cluster, &keys::state(name)));
+        let txn = Txn::new().and_then([TxnOp::delete(member, None), TxnOp::delete(state, None)]);
+        self.txn(&format!("remove member {name}"), txn).await?;
         Ok(())
     }
 

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use pgdaemon_core::{MemoryStore, Store, StoreConfig, StoreError};
 
+/// An operator's client of the agents' API (pgdctl's maintenance verbs).
+pub mod agent_client;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 #[cfg(feature = "etcd")]

@@ -493,20 +493,18 @@ impl Drill {
         use clap_free::parse;
         let cmd = parse(args)?;
         let mut out = Vec::new();
-        pgdaemon_ctl::run_store_command(self.store.clone(), &self.cluster, cmd, &mut out).await?;
+        pgdaemon_ctl::run_store_command(self.store.clone(), &self.cluster, &cmd.api, cmd.command, &mut out).await?;
         Ok(String::from_utf8_lossy(&out).to_string())
     }
 }
 
 /// Parses pgdctl arguments without a store (the drill supplies it).
 mod clap_free {
-    use pgdaemon_ctl::{Cmd, Command, CtlError};
+    use pgdaemon_ctl::{Cmd, CtlError};
 
-    pub fn parse(args: &[&str]) -> Result<Command, CtlError> {
+    pub fn parse(args: &[&str]) -> Result<Cmd, CtlError> {
         use clap::Parser;
-        let cmd = Cmd::try_parse_from(std::iter::once("pgdctl").chain(args.iter().copied()))
-            .map_err(|e| CtlError::Usage(e.to_string()))?;
-        Ok(cmd.command)
+        Cmd::try_parse_from(std::iter::once("pgdctl").chain(args.iter().copied())).map_err(|e| CtlError::Usage(e.to_string()))
     }
 }
 

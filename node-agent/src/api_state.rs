@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pgdaemon_core::agent::{AgentSnapshot, DemoteError, FailsafeReply, FailsafeRequest};
+use pgdaemon_core::agent::{AgentSnapshot, DemoteError, FailsafeReply, FailsafeRequest, MaintenanceError};
 use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Lsn, StoreError};
 use serde_json::json;
 
@@ -51,6 +51,23 @@ pub trait AgentApi: Send + Sync + 'static {
     /// check unchanged; rate-limited by the loop). Returns at once, never waits for the loop.
     /// Default: nothing (the next tick comes anyway).
     fn wake(&self) {}
+
+    /// `POST /restart`: restart this member's Postgres in place, only as a replica
+    /// (`AgentHandle::restart_replica`). Default: refused.
+    async fn restart(&self) -> Result<(), MaintenanceError> {
+        Err(MaintenanceError::Refused("this agent does not restart Postgres".into()))
+    }
+
+    /// `POST /reload`: `pg_reload_conf()`. Default: refused.
+    async fn reload(&self) -> Result<(), MaintenanceError> {
+        Err(MaintenanceError::Refused("this agent does not reload Postgres".into()))
+    }
+
+    /// `POST /drop-slot`: drop a removed member's replication slot on this primary
+    /// (`AgentHandle::drop_member_slot`). Default: refused.
+    async fn drop_member_slot(&self, _member: &str) -> Result<(), MaintenanceError> {
+        Err(MaintenanceError::Refused("this agent does not drop slots".into()))
+    }
 }
 
 /// Shared state of the router.

@@ -49,8 +49,8 @@ use serde_json::{json, Value};
 use crate::api_security::{url_host, ApiSecurity, Denied, ServerLimits};
 use crate::api_state::error_response;
 pub use crate::api_state::{AgentApi, ApiState};
-use crate::http_control;
 use crate::metrics::{self, role_name};
+use crate::{http_control, http_maintenance};
 
 /// Largest request body accepted (413 beyond): the requests are small JSON objects.
 pub const MAX_BODY_BYTES: usize = 4096;
@@ -86,6 +86,9 @@ pub fn router_with(state: ApiState, security: Arc<ApiSecurity>) -> Router {
         .route("/demote", post(http_control::demote))
         .route("/failsafe", post(http_control::failsafe))
         .route("/wake", post(http_control::wake))
+        .route("/restart", post(http_maintenance::restart))
+        .route("/reload", post(http_maintenance::reload))
+        .route("/drop-slot", post(http_maintenance::drop_slot))
         .route_layer(middleware::from_fn_with_state(guard_state.clone(), guard));
     let reads =
         if security.protect_reads { reads.route_layer(middleware::from_fn_with_state(guard_state, guard)) } else { reads };
@@ -365,6 +368,11 @@ fn status_document(st: &ApiState, s: &AgentSnapshot, now: Duration) -> Value {
     if view.and_then(|v| v.cluster.as_ref()).is_some_and(|c| c.paused) {
         doc.insert("pause".into(), json!(true));
     }
+    // Patroni's field: a setting changed in the files waits for a restart.
+    let pending: &[String] = probe.map_or(&[], |p| &p.pending_restart);
+    if !pending.is_empty() {
+        doc.insert("pending_restart".into(), json!(true));
+    }
     doc.insert("patroni".into(), json!({ "version": st.version, "scope": s.cluster, "name": s.member }));
     let valid_for_ms = s.lease_valid_until.filter(|_| checks.lease_valid()).map(|u| u.saturating_sub(now).as_millis() as u64);
     doc.insert(
@@ -379,6 +387,7 @@ fn status_document(st: &ApiState, s: &AgentSnapshot, now: Duration) -> Value {
             "last_reason": s.last_reason,
             "store_error": s.store_error,
             "pg_error": probe.and_then(|p| p.error.clone()),
+            "pending_restart": pending,
         }),
     );
     Value::Object(doc)

@@ -20,7 +20,7 @@ use crate::metrics::role_name;
 /// A request body that must be one JSON object of type `T`; otherwise a 400 naming `example`.
 // The error is the 400 response itself (axum's, 128 bytes): boxing it would only add a step.
 #[allow(clippy::result_large_err)]
-fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Result<T, Response> {
+pub(crate) fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Result<T, Response> {
     // Through `Value` first: serde would also accept a struct written as an array (`[4]`).
     serde_json::from_slice::<Value>(body)
         .and_then(|v| match v {

@@ -8,6 +8,7 @@ mod api_state;
 pub mod config;
 pub mod http;
 pub mod http_control;
+mod http_maintenance;
 pub mod identity;
 pub mod logging;
 pub mod metrics;

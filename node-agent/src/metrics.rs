@@ -133,6 +133,8 @@ fn registry(s: &AgentSnapshot, stats: &LoopStats, now: Duration, lag_bytes: Opti
     let timeline = s.last_probe.as_ref().map_or(0, |p| p.timeline);
     r.register("postgres_timeline", "Postgres timeline (0 when unknown)", ConstGauge::new(i64::from(timeline)));
     flag(&mut r, "is_paused", "1 if the cluster is paused (no automatic failover)", record.is_some_and(|c| c.paused));
+    let pending = s.last_probe.as_ref().is_some_and(|p| !p.pending_restart.is_empty());
+    flag(&mut r, "pending_restart", "1 if a changed setting takes effect only after a Postgres restart", pending);
 
     let roles = Family::<[(&'static str, &'static str); 1], Gauge>::default();
     for role in [Role::Primary, Role::Replica, Role::Unknown] {

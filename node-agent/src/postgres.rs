@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pgdaemon_core::pg::{slot_name, DataDirState, PgControl, PgError, PgProbe, PrimaryTarget, StopMode, SyncStandbys};
-use pgdaemon_core::Lsn;
+use pgdaemon_core::{ClusterParameters, Lsn};
 use tokio::process::Command;
 
 use crate::process;
 
+mod cluster_conf;
 mod init;
 mod peers;
 mod probe;
@@ -706,6 +707,14 @@ impl PgControl for LocalPostgres {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    async fn apply_parameters(&self, parameters: &ClusterParameters) -> Result<Option<Vec<String>>, PgError> {
+        self.write_cluster_parameters(parameters).await
+    }
+
+    async fn reload(&self) -> Result<(), PgError> {
+        self.reload_conf().await
     }
 }
 

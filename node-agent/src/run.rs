@@ -21,7 +21,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use pgdaemon_core::agent::{
     AgentHandle, AgentIdentity, AgentRuntime, AgentSnapshot, BootstrapPolicy, CoordinatorTrigger, DemoteError, FailsafeReply,
-    FailsafeRequest, TickReport,
+    FailsafeRequest, MaintenanceError, TickReport,
 };
 use pgdaemon_core::pg::PgControl;
 use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Lsn, Role, Store, StoreError, SystemClock};
@@ -84,6 +84,18 @@ impl AgentApi for LiveApi {
 
     fn wake(&self) {
         self.wake.wake()
+    }
+
+    async fn restart(&self) -> Result<(), MaintenanceError> {
+        self.handle.restart_replica().await
+    }
+
+    async fn reload(&self) -> Result<(), MaintenanceError> {
+        self.handle.reload().await
+    }
+
+    async fn drop_member_slot(&self, member: &str) -> Result<(), MaintenanceError> {
+        self.handle.drop_member_slot(member).await
     }
 }
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pgdaemon_core::{
-    ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus, MemoryStore, Store, StoreError,
+    ClusterParameters, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberState, MemberStatus,
+    MemoryStore, Store, StoreError,
 };
 
 use crate::world::{Broken, Us, World, MS};
@@ -208,6 +209,23 @@ impl Store for SimStore {
         let plan = self.begin().await?;
         let r = self.inner.remove_member(cluster, name).await;
         self.end(plan, r, Some(format!("remove member {name}"))).await
+    }
+
+    async fn write_parameters(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        parameters: &ClusterParameters,
+    ) -> Result<ClusterParameters, StoreError> {
+        let plan = self.begin().await?;
+        let r = self.inner.write_parameters(cluster, expected_version, parameters).await;
+        self.end(plan, r, Some(format!("parameters v{expected_version:?}"))).await
+    }
+
+    async fn put_member_state(&self, cluster: &str, state: &MemberState) -> Result<(), StoreError> {
+        let plan = self.begin().await?;
+        let r = self.inner.put_member_state(cluster, state).await;
+        self.end(plan, r, None).await
     }
 
     async fn append_history(&self, cluster: &str, entry: &HistoryEntry) -> Result<(), StoreError> {

@@ -13,6 +13,7 @@ mod failsafe_handle;
 mod handle;
 mod heartbeat;
 mod input;
+mod maintenance;
 mod runtime;
 mod slots;
 pub mod sync;
@@ -25,5 +26,6 @@ pub use failsafe::{
 };
 pub use handle::{AgentCounters, AgentHandle, AgentSnapshot, DemoteError};
 pub use input::{AgentIdentity, AgentInput, PrimaryStartFailure, PublishedHeartbeat, RejoinFailure, RejoinMethod, StoreRead};
+pub use maintenance::MaintenanceError;
 pub use runtime::{ActionOutcome, AgentRuntime, CoordinatorTrigger, TickReport, TriggerError};
 pub use slots::{DepartedSlots, DEFAULT_DEPARTED_SLOT_RETENTION};

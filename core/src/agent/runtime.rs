@@ -20,6 +20,7 @@ use crate::lease::{HeldLease, LeaseObserver, LeaseState};
 use crate::model::{LeaseSighting, Role};
 use crate::pg::{PgControl, PgProbe};
 use crate::store::{Store, StoreError};
+use parameters::AppliedParameters;
 
 /// How long after a failed entry in the fleet registry the agent tries again.
 pub const REGISTRATION_RETRY: Duration = Duration::from_secs(60);
@@ -127,6 +128,7 @@ pub struct AgentRuntime<S, P, C> {
     replica_not_streaming_since: Option<Duration>,
     /// When (monotonic) to enter the cluster in the fleet registry; `None` once this process has.
     registration_due: Option<Duration>,
+    parameters: AppliedParameters,
 }
 
 impl<S, P, C> AgentRuntime<S, P, C>
@@ -177,6 +179,7 @@ where
             last_heartbeat: None,
             replica_not_streaming_since: None,
             registration_due: Some(Duration::ZERO),
+            parameters: AppliedParameters::default(),
         }
     }
 
@@ -370,6 +373,9 @@ where
         if due && matches!(&input.store, StoreRead::Ok(view) if view.cluster.is_some()) {
             self.register(after_read).await;
         }
+        if let StoreRead::Ok(view) = &input.store {
+            self.keep_parameters(view, &probe).await;
+        }
         report
     }
 
@@ -493,6 +499,7 @@ where
 }
 
 mod execute;
+mod parameters;
 
 #[cfg(test)]
 mod tests {
@@ -599,6 +606,10 @@ mod tests {
             self.set(|p| p.sync_standby_names = Some(text));
             Ok(())
         }
+        async fn apply_parameters(&self, p: &crate::params::ClusterParameters) -> Result<Option<Vec<String>>, PgError> {
+            self.log(&format!("parameters v{}", p.version));
+            Ok(Some(p.parameters.keys().filter(|k| k.starts_with("bad")).cloned().collect()))
+        }
     }
 
     struct Trigger(Mutex<Vec<LeaseSighting>>);
@@ -674,6 +685,40 @@ mod tests {
         assert_eq!(rt.pg().calls().last().unwrap(), "demote");
         let snap = rt.handle().snapshot();
         assert!(!snap.holds_lease && snap.counters.lease_renew_failures >= 3 && snap.counters.demotions == 1);
+    }
+
+    #[tokio::test]
+    async fn parameters_are_applied_once_per_version_and_the_state_written_only_on_change() {
+        use crate::params::ClusterParameters;
+        let (store, clock, mut rt) = setup("n2", replica()).await;
+        let writes = |rt: &Rt| rt.pg().calls().into_iter().filter(|c| c.starts_with("parameters")).collect::<Vec<_>>();
+        rt.tick().await;
+        assert!(writes(&rt).is_empty() && store.read_view("c1").await.unwrap().states.is_empty(), "nothing to apply or report");
+        let mut p = ClusterParameters::default();
+        p.parameters.insert("shared_buffers".into(), "256MB".into());
+        p.parameters.insert("bad_one".into(), "x".into());
+        store.write_parameters("c1", None, &p).await.unwrap();
+        rt.pg().set(|probe| probe.pending_restart = vec!["shared_buffers".into()]);
+        for _ in 0..3 {
+            clock.advance(Duration::from_millis(500));
+            rt.tick().await;
+        }
+        assert_eq!(writes(&rt), ["parameters v1"], "once per version");
+        let state = store.read_view("c1").await.unwrap().states["n2"].clone();
+        assert_eq!(
+            (state.parameters_version, state.pending_restart, state.parameter_errors),
+            (1, vec!["shared_buffers".into()], vec!["bad_one".into()])
+        );
+        // A restart cleared it: reported once more.
+        rt.pg().set(|probe| probe.pending_restart.clear());
+        clock.advance(Duration::from_millis(500));
+        rt.tick().await;
+        assert!(store.read_view("c1").await.unwrap().states["n2"].pending_restart.is_empty());
+        // An item this build cannot read never wipes what the node runs with.
+        store.put_raw("c1", crate::keys::PARAMETERS, r#"{"parameters": {}, "version": 9, "min_reader_version": 99}"#);
+        clock.advance(Duration::from_millis(500));
+        rt.tick().await;
+        assert_eq!(writes(&rt), ["parameters v1"]);
     }
 
     #[tokio::test]

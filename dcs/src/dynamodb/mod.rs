@@ -28,8 +28,8 @@ use aws_sdk_dynamodb::Client;
 use pgdaemon_core::codec::{self, check_acquire, check_cluster};
 use pgdaemon_core::events::Event;
 use pgdaemon_core::{
-    keys, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus, Registration, Store,
-    StoreError,
+    keys, ClusterParameters, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberState,
+    MemberStatus, Registration, Store, StoreError,
 };
 
 use attrs::{from_item, item_name, key, to_item, Item, PK, SK};
@@ -284,6 +284,51 @@ where
     StoreError::Unavailable(format!("dynamodb {op} {item}: {}", DisplayErrorContext(&err)))
 }
 
+impl DynamoDbStore {
+    /// Compare-and-set of a record carrying its own version (the cluster record, the
+    /// parameters): `stored` replaces the item only if its version is `expected_version` (`None`:
+    /// only if absent), checked by DynamoDB's condition expression.
+    async fn write_versioned<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        cluster: &str,
+        item: &str,
+        expected_version: Option<u64>,
+        stored: T,
+        version_of: impl Fn(&T) -> u64,
+    ) -> Result<T, StoreError> {
+        check_cluster(cluster)?;
+        let req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(cluster, item, &stored)?))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let req = match expected_version {
+            None => req.condition_expression("attribute_not_exists(#item)").expression_attribute_names("#item", SK),
+            Some(v) => req
+                .condition_expression(format!("#version = :v AND {READABLE}"))
+                .expression_attribute_names("#mrv", codec::MIN_READER_FIELD)
+                .expression_attribute_values(":format", AttributeValue::N(codec::RECORD_FORMAT.to_string()))
+                .expression_attribute_names("#version", "version")
+                .expression_attribute_values(":v", AttributeValue::N(v.to_string())),
+        };
+        match req.send().await {
+            Ok(_) => Ok(stored),
+            Err(e) => match failed_put_condition(&e) {
+                Some(old) => {
+                    // Unlike a lease's fresh rvn, equal content would not prove the stored
+                    // record is this call's own (a retried) write, so a failed condition is
+                    // always a conflict here; the caller re-reads and decides again.
+                    let current: Option<T> = old.map(|o| from_item(item, &o)).transpose()?;
+                    let stored_version = current.as_ref().map(version_of);
+                    Err(StoreError::conflict(item, format!("expected version {expected_version:?}, stored {stored_version:?}")))
+                }
+                None => Err(sdk_error("write", item, e)),
+            },
+        }
+    }
+}
+
 #[async_trait]
 impl Store for DynamoDbStore {
     fn backend(&self) -> &'static str {
@@ -311,7 +356,7 @@ impl Store for DynamoDbStore {
                     }
                 }
                 // History is not part of the view; unknown items are left for newer versions.
-                _ => {}
+                n => codec::read_optional_item(&mut view, cluster, n, || from_item(n, &item)),
             }
         }
         Ok(view)
@@ -397,38 +442,32 @@ impl Store for DynamoDbStore {
         expected_version: Option<u64>,
         record: &ClusterRecord,
     ) -> Result<ClusterRecord, StoreError> {
-        check_cluster(cluster)?;
-        let item = keys::CLUSTER;
         let stored = ClusterRecord { version: expected_version.unwrap_or(0) + 1, ..record.clone() };
-        let req = self
-            .client
+        self.write_versioned(cluster, keys::CLUSTER, expected_version, stored, |c: &ClusterRecord| c.version).await
+    }
+
+    async fn write_parameters(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        parameters: &ClusterParameters,
+    ) -> Result<ClusterParameters, StoreError> {
+        let stored = ClusterParameters { version: expected_version.unwrap_or(0) + 1, ..parameters.clone() };
+        self.write_versioned(cluster, keys::PARAMETERS, expected_version, stored, |p: &ClusterParameters| p.version).await
+    }
+
+    async fn put_member_state(&self, cluster: &str, state: &MemberState) -> Result<(), StoreError> {
+        check_cluster(cluster)?;
+        keys::validate_member_name(&state.name).map_err(StoreError::Invalid)?;
+        let item = keys::state(&state.name);
+        self.client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(to_item(cluster, item, &stored)?))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        let req = match expected_version {
-            None => req.condition_expression("attribute_not_exists(#item)").expression_attribute_names("#item", SK),
-            Some(v) => req
-                .condition_expression(format!("#version = :v AND {READABLE}"))
-                .expression_attribute_names("#mrv", codec::MIN_READER_FIELD)
-                .expression_attribute_values(":format", AttributeValue::N(codec::RECORD_FORMAT.to_string()))
-                .expression_attribute_names("#version", "version")
-                .expression_attribute_values(":v", AttributeValue::N(v.to_string())),
-        };
-        match req.send().await {
-            Ok(_) => Ok(stored),
-            Err(e) => match failed_put_condition(&e) {
-                Some(old) => {
-                    // Unlike a lease's fresh rvn, equal content would not prove the stored
-                    // record is this call's own (a retried) write, so a failed condition is
-                    // always a conflict here; the caller re-reads and decides again.
-                    let current: Option<ClusterRecord> = old.map(|o| from_item(item, &o)).transpose()?;
-                    let stored_version = current.map(|c| c.version);
-                    Err(StoreError::conflict(item, format!("expected version {expected_version:?}, stored {stored_version:?}")))
-                }
-                None => Err(sdk_error("write", item, e)),
-            },
-        }
+            .set_item(Some(to_item(cluster, &item, state)?))
+            .send()
+            .await
+            .map_err(|e| sdk_error("put", &item, e))?;
+        Ok(())
     }
 
     async fn put_member(&self, cluster: &str, member: &MemberStatus) -> Result<(), StoreError> {
@@ -448,14 +487,15 @@ impl Store for DynamoDbStore {
     async fn remove_member(&self, cluster: &str, name: &str) -> Result<(), StoreError> {
         check_cluster(cluster)?;
         keys::validate_member_name(name).map_err(StoreError::Invalid)?;
-        let item = keys::member(name);
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key(cluster, &item)))
-            .send()
-            .await
-            .map_err(|e| sdk_error("delete", &item, e))?;
+        for item in [keys::member(name), keys::state(name)] {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(cluster, &item)))
+                .send()
+                .await
+                .map_err(|e| sdk_error("delete", &item, e))?;
+        }
         Ok(())
     }
 

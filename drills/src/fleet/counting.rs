@@ -10,7 +10,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 use pgdaemon_core::events::Event;
 use pgdaemon_core::{
-    ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberStatus, Store, StoreError,
+    ClusterParameters, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberState, MemberStatus,
+    Store, StoreError,
 };
 use serde::Serialize;
 
@@ -125,6 +126,19 @@ impl Store for CountingStore {
     async fn remove_member(&self, cluster: &str, name: &str) -> Result<(), StoreError> {
         self.write();
         self.store.remove_member(cluster, name).await
+    }
+    async fn write_parameters(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        parameters: &ClusterParameters,
+    ) -> Result<ClusterParameters, StoreError> {
+        self.write();
+        self.store.write_parameters(cluster, expected_version, parameters).await
+    }
+    async fn put_member_state(&self, cluster: &str, state: &MemberState) -> Result<(), StoreError> {
+        self.write();
+        self.store.put_member_state(cluster, state).await
     }
     async fn append_history(&self, cluster: &str, entry: &HistoryEntry) -> Result<(), StoreError> {
         self.write();

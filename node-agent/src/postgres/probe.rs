@@ -25,7 +25,16 @@ impl LocalPostgres {
     }
 
     pub(super) async fn probe_running(&self, client: &tokio_postgres::Client, probe: &mut PgProbe) -> Result<(), PgError> {
-        let recovery: bool = col(&client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(query_err)?, 0)?;
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery(), \
+                 ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart ORDER BY name)",
+                &[],
+            )
+            .await
+            .map_err(query_err)?;
+        let recovery: bool = col(&row, 0)?;
+        probe.pending_restart = col(&row, 1)?;
         probe.running = true;
         probe.role = if recovery { Role::Replica } else { Role::Primary };
         if !recovery {

@@ -1,0 +1,312 @@
+//! Day-2 verbs that act on members through their agents' authenticated API (`POST /restart`,
+//! `/reload`, `/drop-slot`): `restart`, `reload`, `remove`; and the read-only `topology` and
+//! `version`. The store says who the members are and where their agents listen; every change of
+//! primary goes through the coordinator (a switchover), never through an agent directly.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use pgdaemon_core::{ClusterView, RequestAction, Role, Store};
+use pgdaemon_dcs::agent_client::AgentClient;
+use serde_json::json;
+
+use crate::{request, CtlError};
+
+/// How pgdctl reaches the agents' API.
+#[derive(Debug, Clone, Args)]
+pub struct ApiOpts {
+    /// File holding the agents' API bearer token (the token their `[api]` section accepts).
+    /// Without it, `PGDAEMON_API_TOKEN` is used, else no credentials (agents then answer 401).
+    #[arg(long, global = true, env = "PGDCTL_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// PEM CA that verifies `https://` agent APIs (default: the system's roots).
+    #[arg(long, global = true, env = "PGDCTL_API_CA_FILE")]
+    pub api_ca_file: Option<PathBuf>,
+}
+
+impl ApiOpts {
+    /// A client whose calls may each take up to `timeout`.
+    pub fn client(&self, timeout: Duration) -> Result<AgentClient, CtlError> {
+        let token = match &self.api_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| CtlError::Usage(format!("--api-token-file {}: {e}", path.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var("PGDAEMON_API_TOKEN").ok().filter(|t| !t.is_empty()),
+        };
+        AgentClient::new(token.as_deref(), self.api_ca_file.as_deref(), timeout).map_err(|e| CtlError::Usage(e.to_string()))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// The member to restart (or `--all`).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub member: Option<String>,
+    /// Every member: replicas one at a time, the primary last through a switchover.
+    #[arg(long)]
+    pub all: bool,
+    /// Only members with a setting waiting for a restart (`pgdctl list` shows them).
+    #[arg(long)]
+    pub pending: bool,
+    /// Seconds to wait for each member to stream again (and for the switchover).
+    #[arg(long, default_value_t = 120.0, value_parser = crate::parse_positive_secs)]
+    pub timeout: f64,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The member to reload (default: every member).
+    pub member: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The member to remove: its agent must be stopped, and it must not be the primary.
+    pub member: String,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Asks `question` on a terminal; without one, only `--force` confirms.
+fn confirm(question: &str, force: bool) -> Result<(), CtlError> {
+    if force {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CtlError::Refused(format!("{question} Not confirmed: stdin is not a terminal; add --force")));
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(CtlError::Refused("not confirmed; nothing was changed".into()))
+    }
+}
+
+async fn view_with_record(store: &dyn Store, cluster: &str) -> Result<ClusterView, CtlError> {
+    let view = store.read_view(cluster).await?;
+    if view.cluster.is_none() {
+        return Err(CtlError::Refused(format!("cluster {cluster} has no record yet: it was never bootstrapped")));
+    }
+    Ok(view)
+}
+
+fn known_member(view: &ClusterView, member: &str) -> Result<(), CtlError> {
+    if view.members.contains_key(member) {
+        return Ok(());
+    }
+    let known: Vec<&str> = view.members.keys().map(String::as_str).collect();
+    Err(CtlError::Usage(format!("{member} is not a member of this cluster (members: {})", known.join(", "))))
+}
+
+fn primary_of(view: &ClusterView) -> Option<String> {
+    view.cluster.as_ref().and_then(|r| r.primary.clone())
+}
+
+/// `restart`: replicas in name order, each restarted by its agent and awaited until it streams
+/// again; the primary last, by a switchover (its demotion stops and restarts it as a replica).
+/// Stops at the first member that fails, saying which are done.
+pub async fn restart(
+    store: &dyn Store,
+    cluster: &str,
+    api: &ApiOpts,
+    args: RestartArgs,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let view = view_with_record(store, cluster).await?;
+    let mut targets: Vec<String> = match &args.member {
+        Some(m) => {
+            known_member(&view, m)?;
+            vec![m.clone()]
+        }
+        None => view.members.keys().cloned().collect(),
+    };
+    if args.pending {
+        targets.retain(|m| view.states.get(m).is_some_and(|s| !s.pending_restart.is_empty()));
+        if targets.is_empty() {
+            writeln!(out, "no member has a pending restart; nothing to do")?;
+            return Ok(());
+        }
+    }
+    let primary = primary_of(&view);
+    let (with_primary, replicas): (Vec<String>, Vec<String>) = targets.into_iter().partition(|m| Some(m) == primary.as_ref());
+    let switchover = !with_primary.is_empty();
+    if switchover && !view.members.values().any(|m| Some(&m.name) != primary.as_ref() && m.streaming) {
+        return Err(CtlError::Refused(
+            "the primary can only be restarted by a switchover, and no replica streams to take over; nothing was changed".into(),
+        ));
+    }
+    let plan = replicas
+        .iter()
+        .cloned()
+        .chain(with_primary.iter().map(|p| format!("{p} (primary: by a switchover)")))
+        .collect::<Vec<_>>();
+    confirm(&format!("Restart {} in cluster {cluster}?", plan.join(", ")), args.force)?;
+    let client = api.client(timeout)?;
+    let started = Instant::now();
+    let mut done = Vec::new();
+    for member in &replicas {
+        let url = view.members[member].api_url.clone();
+        let t = Instant::now();
+        client.post(member, &url, "/restart", &json!({})).await.map_err(|e| stopped_at(&done, member, e.to_string()))?;
+        wait_streaming(store, cluster, member, Instant::now() + timeout).await.map_err(|e| stopped_at(&done, member, e))?;
+        writeln!(out, "restarted {member}: streaming again after {:.1}s", t.elapsed().as_secs_f64())?;
+        done.push(member.clone());
+    }
+    if let Some(old) = with_primary.first() {
+        writeln!(out, "switching over from {old} (the primary restarts as a replica)")?;
+        request::act(store, cluster, RequestAction::Switchover, None, false, timeout, out).await?;
+        wait_streaming(store, cluster, old, Instant::now() + timeout).await.map_err(|e| stopped_at(&done, old, e))?;
+        writeln!(out, "restarted {old}: streaming from the new primary")?;
+        done.push(old.clone());
+    }
+    writeln!(out, "ok: restarted {} in {:.1}s", done.join(", "), started.elapsed().as_secs_f64())?;
+    Ok(())
+}
+
+fn stopped_at(done: &[String], member: &str, why: String) -> CtlError {
+    let done = if done.is_empty() { "none".to_string() } else { done.join(", ") };
+    CtlError::Refused(format!("restarting {member}: {why} (restarted before it: {done}; the rest were not touched)"))
+}
+
+/// Waits until `member`'s heartbeat shows a running replica streaming from the primary.
+async fn wait_streaming(store: &dyn Store, cluster: &str, member: &str, deadline: Instant) -> Result<(), String> {
+    loop {
+        let last = match store.read_view(cluster).await {
+            Ok(view) => match view.members.get(member) {
+                Some(m) if m.pg_running && m.role == Role::Replica && m.streaming => return Ok(()),
+                Some(m) => format!("running {}, role {:?}, streaming {}", m.pg_running, m.role, m.streaming),
+                None => "no heartbeat".into(),
+            },
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!("not streaming within the timeout (last seen: {last})"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `reload`: `pg_reload_conf()` on one member or all; reports each, fails if any failed.
+pub async fn reload(
+    store: &dyn Store,
+    cluster: &str,
+    api: &ApiOpts,
+    member: Option<String>,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let view = view_with_record(store, cluster).await?;
+    if let Some(m) = &member {
+        known_member(&view, m)?;
+    }
+    let client = api.client(Duration::from_secs(10))?;
+    let mut failed = Vec::new();
+    for m in view.members.values().filter(|m| member.as_ref().is_none_or(|only| *only == m.name)) {
+        match client.post(&m.name, &m.api_url, "/reload", &json!({})).await {
+            Ok(_) => writeln!(out, "reloaded {}", m.name)?,
+            Err(e) => failed.push(format!("{}: {e}", m.name)),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CtlError::Refused(format!("reload failed on {}", failed.join("; "))))
+    }
+}
+
+/// `remove`: refused for the primary (or the lease holder) and while the member's heartbeat
+/// still changes; then deletes its heartbeat and state and has the primary drop its slot.
+pub async fn remove(
+    store: &dyn Store,
+    cluster: &str,
+    api: &ApiOpts,
+    args: RemoveArgs,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let member = args.member.as_str();
+    pgdaemon_core::keys::validate_member_name(member).map_err(CtlError::Usage)?;
+    let view = view_with_record(store, cluster).await?;
+    known_member(&view, member)?;
+    let lease_owner = view.leader.as_ref().filter(|l| !l.is_free()).map(|l| l.owner.as_str());
+    if primary_of(&view).as_deref() == Some(member) || lease_owner == Some(member) {
+        return Err(CtlError::Refused(format!("{member} is the primary: switch over first; nothing was changed")));
+    }
+    // Liveness by the heartbeat's change, never by its timestamp: watch it for as long as a live
+    // agent may go without beating.
+    let config = &view.cluster.as_ref().expect("checked").config;
+    let watch = Duration::from_millis(config.renew_interval_ms.max(config.probe_interval_ms) * 2);
+    writeln!(out, "checking that {member}'s agent is stopped ({:.0}s)", watch.as_secs_f64())?;
+    tokio::time::sleep(watch).await;
+    let again = store.read_view(cluster).await?;
+    let (before, after) = (view.members.get(member).map(|m| m.seq), again.members.get(member).map(|m| m.seq));
+    if after.is_some() && after != before {
+        return Err(CtlError::Refused(format!("{member}'s agent is still beating: stop it first; nothing was changed")));
+    }
+    confirm(&format!("Remove {member} from cluster {cluster} (its heartbeat, state and replication slot)?"), args.force)?;
+    store.remove_member(cluster, member).await?;
+    writeln!(out, "removed {member}'s heartbeat and state")?;
+    let primary = primary_of(&again).and_then(|p| again.members.get(&p).cloned());
+    let Some(primary) = primary else {
+        return Err(CtlError::Refused(format!(
+            "{member} removed, but there is no primary to drop its replication slot on: run `pgdctl remove` again later or drop slot {} by hand",
+            pgdaemon_core::pg::slot_name(member)
+        )));
+    };
+    let client = api.client(Duration::from_secs(30))?;
+    client
+        .post(&primary.name, &primary.api_url, "/drop-slot", &json!({ "member": member }))
+        .await
+        .map_err(|e| CtlError::Refused(format!("{member} removed, but its replication slot was not dropped: {e}")))?;
+    writeln!(out, "ok: dropped slot {} on {}", pgdaemon_core::pg::slot_name(member), primary.name)?;
+    Ok(())
+}
+
+/// `topology`: the primary and the members streaming from it (every replica follows the
+/// primary directly: pgdaemon does not cascade).
+pub fn topology(view: &ClusterView) -> String {
+    let primary = primary_of(view);
+    let describe = |name: &str| {
+        let Some(m) = view.members.get(name) else { return format!("{name} (no heartbeat)") };
+        let state = match (m.pg_running, m.role, m.streaming) {
+            (false, _, _) => "stopped".to_string(),
+            (true, Role::Primary, _) => format!("primary, timeline {}", m.timeline),
+            (true, Role::Replica, true) => {
+                format!("streaming, lag {}", m.lag_bytes.map_or("unknown".into(), |b| format!("{b} bytes")))
+            }
+            (true, _, _) => "running, not streaming".to_string(),
+        };
+        format!("{name} ({state})")
+    };
+    let mut s = match &primary {
+        Some(p) => format!("{}\n", describe(p)),
+        None => "(no primary)\n".to_string(),
+    };
+    let others: Vec<&String> = view.members.keys().filter(|m| Some(*m) != primary.as_ref()).collect();
+    for (i, m) in others.iter().enumerate() {
+        let branch = if i + 1 == others.len() { "└──" } else { "├──" };
+        s.push_str(&format!("{branch} {}\n", describe(m)));
+    }
+    s
+}
+
+/// `version`: pgdctl's and every agent's version (from the heartbeats).
+pub fn versions(view: &ClusterView) -> String {
+    let mut s = format!("pgdctl {}\n", pgdaemon_core::VERSION);
+    for m in view.members.values() {
+        let v = if m.agent_version.is_empty() { "unknown" } else { &m.agent_version };
+        s.push_str(&format!("{}: pgdaemon-agent {v}\n", m.name));
+    }
+    s
+}
