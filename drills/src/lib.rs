@@ -212,6 +212,16 @@ impl Drill {
         self.agents.get(n).map(|a| a.api_port)
     }
 
+    /// The file holding the agents' API bearer token (`pgdctl --api-token-file`).
+    pub fn api_token_file(&self) -> PathBuf {
+        self.pg.dir().join("api-token")
+    }
+
+    /// Every member's name and Postgres port (for a [`writer::Writer`]).
+    pub fn members(&self) -> Vec<(String, u16)> {
+        self.pg.nodes().iter().map(|n| (n.name.clone(), n.port)).collect()
+    }
+
     /// A member's agent log so far.
     pub fn agent_log(&self, n: &str) -> String {
         self.agents.get(n).and_then(|a| std::fs::read_to_string(&a.log).ok()).unwrap_or_default()

@@ -1,0 +1,150 @@
+//! Day-2 operations on real Postgres with real agent processes, once on etcd and once on DynamoDB
+//! (moto), on one cluster each: cluster-wide parameters (a reloadable one applies everywhere, a
+//! restart-only one shows as pending), a rolling `restart --all --pending` under a recording
+//! client (no acknowledged write lost, exactly the one planned switchover), `reload`, bad
+//! arguments refused with nothing changed, and `remove` of a stopped member (heartbeat, state and
+//! replication slot gone).
+
+use std::time::{Duration, Instant};
+
+use pgdaemon_drills::writer::{self, Writer};
+use pgdaemon_drills::{Backend, Drill};
+
+fn setting(d: &Drill, member: &str, name: &str) -> String {
+    d.pg.try_sql(member, &format!("SHOW {name}")).unwrap_or_default().trim().to_string()
+}
+
+/// Waits up to `secs` for `check` to hold, polling every 200 ms.
+async fn wait_for(d: &Drill, secs: u64, what: &str, mut check: impl AsyncFnMut(&Drill) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check(d).await {
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s\n{}", d.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn day2(backend: Backend, name: &str) {
+    if !pgdaemon_testkit::postgres::postgres_available() {
+        eprintln!("PostgreSQL 15 not installed: drill skipped");
+        return;
+    }
+    let mut d = Drill::start(backend, name).await.expect("cluster up");
+    let token = d.api_token_file().display().to_string();
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["--api-token-file", token.as_str()];
+        all.extend_from_slice(args);
+        all.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let run = async |d: &Drill, args: &[&str]| {
+        let args = ctl(args);
+        d.pgdctl(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+    };
+    let members = ["pg-1", "pg-2", "pg-3"];
+
+    // Bad input is refused with a usage error and changes nothing.
+    for bad in [
+        vec!["edit-config", "--set", "postgresql.parameters.work_mme=1MB"],
+        vec!["edit-config", "--set", "postgresql.parameters.primary_conninfo=host=x"],
+        vec!["restart", "pg-9", "--force"],
+        vec!["remove", "pg-9", "--force"],
+    ] {
+        let e = run(&d, &bad).await.unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+    }
+    assert!(d.view().await.unwrap().parameters.is_none(), "nothing written");
+    let e = run(&d, &["remove", "pg-1", "--force"]).await.unwrap_err();
+    assert!(e.exit_code() == 1 && e.to_string().contains("primary"), "{e}");
+
+    // A reloadable and a restart-only parameter, cluster-wide.
+    let out = run(
+        &d,
+        &[
+            "edit-config",
+            "--set",
+            "postgresql.parameters.log_min_duration_statement=250",
+            "--set",
+            "postgresql.parameters.max_locks_per_transaction=128",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("max_locks_per_transaction: - -> 128 (takes effect after a restart"), "{out}");
+    let t = Instant::now();
+    wait_for(&d, 30, "reloadable parameter on every member", async |d| {
+        members.iter().all(|m| setting(d, m, "log_min_duration_statement") == "250ms")
+    })
+    .await;
+    eprintln!("[{backend:?}] edit-config -> applied on every member: {:.1} s", t.elapsed().as_secs_f64());
+    wait_for(&d, 30, "pending restart reported by every member", async |d| {
+        let v = d.view().await.unwrap();
+        members.iter().all(|m| v.states.get(*m).is_some_and(|s| s.pending_restart == ["max_locks_per_transaction"]))
+    })
+    .await;
+    let list = run(&d, &["list"]).await.unwrap();
+    assert!(list.contains("pending restart (max_locks_per_transaction)"), "{list}");
+    assert_eq!(setting(&d, "pg-2", "max_locks_per_transaction"), "64");
+
+    // A rolling restart of the pending members under writes.
+    let primary = d.wait_healthy(2, Duration::from_secs(30)).await.unwrap();
+    let terms_before = d.store.read_history(&d.cluster).await.unwrap().len();
+    let w = Writer::start(d.members(), &primary, "day2_writes", Duration::from_secs(300)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    let out = run(&d, &["restart", "--all", "--pending", "--force", "--timeout", "90"])
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    let took = t.elapsed();
+    let new_primary = d.wait_healthy(2, Duration::from_secs(60)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = w.stop().await.unwrap();
+    eprintln!(
+        "[{backend:?}] rolling restart of 3 members: {:.1} s; writes acknowledged {}, failed {}, longest gap {:.2} s\n{out}",
+        took.as_secs_f64(),
+        report.acknowledged.len(),
+        report.failed,
+        report.longest_gap.as_secs_f64()
+    );
+    assert_ne!(new_primary, primary, "the primary restarted through a switchover");
+    assert_eq!(d.store.read_history(&d.cluster).await.unwrap().len(), terms_before + 1, "exactly one planned switchover");
+    let lost = writer::missing(d.pg.node(&new_primary).port, "day2_writes", &report.acknowledged).await.unwrap();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    for m in members {
+        assert_eq!(setting(&d, m, "max_locks_per_transaction"), "128", "{m}");
+    }
+    wait_for(&d, 30, "pending restarts cleared", async |d| {
+        let v = d.view().await.unwrap();
+        members.iter().all(|m| v.states.get(*m).is_some_and(|s| s.pending_restart.is_empty()))
+    })
+    .await;
+
+    // Reload everywhere; the read-only verbs.
+    let out = run(&d, &["reload"]).await.unwrap();
+    assert_eq!(out.matches("reloaded").count(), 3, "{out}");
+    let topology = run(&d, &["topology"]).await.unwrap();
+    assert!(topology.starts_with(&format!("{new_primary} (primary")) && topology.matches("streaming").count() == 2, "{topology}");
+    let versions = run(&d, &["version"]).await.unwrap();
+    assert!(versions.lines().count() == 4 && versions.contains("pg-3: pgdaemon-agent"), "{versions}");
+
+    // Remove a replica: refused while its agent runs; once stopped, its items and slot go.
+    let gone = members.iter().find(|m| **m != new_primary).unwrap().to_string();
+    let e = run(&d, &["remove", &gone, "--force"]).await.unwrap_err();
+    assert!(e.exit_code() == 1 && e.to_string().contains("still beating"), "{e}");
+    d.kill_agent(&gone);
+    d.pg.stop(&gone).unwrap();
+    let out = run(&d, &["remove", &gone, "--force"]).await.unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    assert!(out.contains("ok: dropped slot"), "{out}");
+    let v = d.view().await.unwrap();
+    assert!(!v.members.contains_key(&gone) && !v.states.contains_key(&gone));
+    let slots = d.pg.sql(&new_primary, "SELECT string_agg(slot_name, ',') FROM pg_replication_slots").unwrap();
+    assert!(!slots.contains(&gone.replace('-', "_")), "slot dropped: {slots}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn day2_operations_on_etcd() {
+    day2(Backend::Etcd, "day2-etcd").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn day2_operations_on_dynamodb() {
+    day2(Backend::Dynamodb, "day2-ddb").await;
+}
