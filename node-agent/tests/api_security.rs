@@ -10,7 +10,7 @@ use base64::Engine;
 use pgdaemon_agent::api_security::{ApiSecurity, ServerLimits};
 use pgdaemon_agent::http::{serve_with, AgentApi, ApiState};
 use pgdaemon_agent::metrics::LoopStats;
-use pgdaemon_core::agent::{AgentSnapshot, DemoteError, FailsafeReply, FailsafeRequest};
+use pgdaemon_core::agent::{AgentSnapshot, DemoteError, FailsafeReply, FailsafeRequest, MaintenanceError};
 use pgdaemon_core::{ClusterRecord, ClusterView, DynamicConfig, HistoryEntry, MemberStatus, Role, StoreError, SystemClock};
 use serde_json::Value;
 
@@ -21,6 +21,8 @@ struct Fake {
     demotions: Mutex<Vec<u64>>,
     failsafe_calls: Mutex<u32>,
     wakes: Mutex<u32>,
+    /// Maintenance calls that reached the agent (`restart`, `reload`, `drop-slot <member>`).
+    maintenance: Mutex<Vec<String>>,
 }
 
 #[async_trait]
@@ -51,6 +53,18 @@ impl AgentApi for Fake {
     }
     fn wake(&self) {
         *self.wakes.lock().unwrap() += 1;
+    }
+    async fn restart(&self) -> Result<(), MaintenanceError> {
+        self.maintenance.lock().unwrap().push("restart".into());
+        Err(MaintenanceError::Refused("this member is primary".into()))
+    }
+    async fn reload(&self) -> Result<(), MaintenanceError> {
+        self.maintenance.lock().unwrap().push("reload".into());
+        Ok(())
+    }
+    async fn drop_member_slot(&self, member: &str) -> Result<(), MaintenanceError> {
+        self.maintenance.lock().unwrap().push(format!("drop-slot {member}"));
+        Ok(())
     }
 }
 
@@ -93,6 +107,7 @@ impl Api {
             demotions: Mutex::new(Vec::new()),
             failsafe_calls: Mutex::new(0),
             wakes: Mutex::new(0),
+            maintenance: Mutex::new(Vec::new()),
         });
         let clock = SystemClock::new();
         let state = ApiState {
@@ -142,6 +157,7 @@ impl Api {
         assert!(s.pg_running && s.role == Role::Primary);
         assert_eq!(*self.fake.failsafe_calls.lock().unwrap(), 0, "nothing may have been promised");
         assert_eq!(*self.fake.wakes.lock().unwrap(), 0, "the loop may not have been woken");
+        assert!(self.fake.maintenance.lock().unwrap().is_empty(), "no restart, reload or slot drop");
     }
 }
 
@@ -160,7 +176,16 @@ fn secured() -> ApiSecurity {
 #[tokio::test]
 async fn state_changing_requests_without_or_with_wrong_credentials_get_401_and_change_nothing() {
     let api = Api::start(secured()).await;
-    for (path, body) in [("/demote", DEMOTE), ("/demote", MAX_TERM), ("/failsafe", FAILSAFE), ("/wake", "{}"), ("/wake", "")] {
+    for (path, body) in [
+        ("/demote", DEMOTE),
+        ("/demote", MAX_TERM),
+        ("/failsafe", FAILSAFE),
+        ("/wake", "{}"),
+        ("/wake", ""),
+        ("/restart", ""),
+        ("/reload", "{}"),
+        ("/drop-slot", r#"{"member":"n3"}"#),
+    ] {
         for auth in [
             None,
             Some(basic("patroni", "wrong")),
@@ -183,7 +208,7 @@ async fn state_changing_requests_without_or_with_wrong_credentials_get_401_and_c
 #[tokio::test]
 async fn no_credentials_configured_means_state_changing_requests_are_refused() {
     let api = Api::start(ApiSecurity::disabled()).await;
-    for (path, body) in [("/demote", DEMOTE), ("/failsafe", FAILSAFE), ("/wake", "{}")] {
+    for (path, body) in [("/demote", DEMOTE), ("/failsafe", FAILSAFE), ("/wake", "{}"), ("/restart", ""), ("/reload", "")] {
         let (code, doc, _) = api.post(path, body, Some(&basic("any", "thing"))).await;
         assert_eq!(code, 403, "{path}: {doc}");
         assert!(doc["error"].as_str().unwrap().contains("insecure = true"), "{doc}");
@@ -194,7 +219,9 @@ async fn no_credentials_configured_means_state_changing_requests_are_refused() {
 #[tokio::test]
 async fn peers_outside_the_allowlist_get_403_even_with_credentials() {
     let api = Api::start(secured().with_allowlist(&["10.0.0.0/16"]).unwrap()).await;
-    for (path, body) in [("/demote", DEMOTE), ("/failsafe", FAILSAFE), ("/wake", "{}")] {
+    for (path, body) in
+        [("/demote", DEMOTE), ("/failsafe", FAILSAFE), ("/wake", "{}"), ("/reload", ""), ("/drop-slot", r#"{"member":"n3"}"#)]
+    {
         let (code, doc, _) = api.post(path, body, Some("Bearer t0ken")).await;
         assert_eq!(code, 403, "{path}: {doc}");
         assert!(doc["error"].as_str().unwrap().contains("allowlist"), "{doc}");
@@ -217,6 +244,34 @@ async fn peers_outside_the_allowlist_get_403_even_with_credentials() {
     let (code, doc, _) = api.post("/wake", "", Some("Bearer t0ken")).await;
     assert_eq!((code, &doc["woken"]), (202, &Value::Bool(true)), "{doc}");
     assert_eq!(*api.fake.wakes.lock().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn maintenance_requests_are_checked_before_they_reach_the_agent() {
+    let api = Api::start(secured()).await;
+    let auth = Some("Bearer t0ken");
+    // Malformed bodies, an unknown field, a bad member name, a member that still beats (n2 is
+    // in the view): nothing reaches the agent.
+    for (path, body, code) in [
+        ("/restart", r#"{"in_place": true}"#, 400),
+        ("/reload", "[]", 400),
+        ("/drop-slot", "{}", 400),
+        ("/drop-slot", r#"{"member":"../x"}"#, 400),
+        ("/drop-slot", r#"{"member":"n3","force":true}"#, 400),
+        ("/drop-slot", r#"{"member":"n2"}"#, 409),
+    ] {
+        let (got, doc, _) = api.post(path, body, auth).await;
+        assert_eq!(got, code, "{path} {body}: {doc}");
+        assert!(doc["error"].is_string(), "{doc}");
+    }
+    api.assert_unchanged();
+    // Accepted ones reach it; a refusal in the agent's state is a 409 saying nothing changed.
+    let (code, doc, _) = api.post("/restart", "", auth).await;
+    assert!(code == 409 && doc["error"].as_str().unwrap().contains("nothing was changed"), "{doc}");
+    assert_eq!(api.post("/reload", "", auth).await.0, 200);
+    let (code, doc, _) = api.post("/drop-slot", r#"{"member":"n3"}"#, auth).await;
+    assert!(code == 200 && doc["dropped"] == true, "{doc}");
+    assert_eq!(*api.fake.maintenance.lock().unwrap(), ["restart", "reload", "drop-slot n3"]);
 }
 
 #[tokio::test]
