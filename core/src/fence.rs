@@ -158,7 +158,8 @@ impl<F: Fencer + ?Sized> Fencer for Box<F> {
     }
 }
 
-/// Fencers tried in a configured order until one confirms.
+/// Fencers tried in a configured order until one confirms; a switchover tries the agent's own
+/// demotion ([`GRACEFUL_FENCER`]) first.
 ///
 /// A pending answer names the fencer that gave it, so the next call (with that handle) goes back
 /// to the same fencer, and only that fencer sees the handle. Fencers listed in `target.skip` are
@@ -167,6 +168,9 @@ impl<F: Fencer + ?Sized> Fencer for Box<F> {
 pub struct FenceChain {
     fencers: Vec<Box<dyn Fencer>>,
 }
+
+/// The fencer that asks the old primary's agent to demote (`POST /demote`).
+pub const GRACEFUL_FENCER: &str = "http";
 
 impl FenceChain {
     pub fn new(fencers: Vec<Box<dyn Fencer>>) -> Self {
@@ -193,7 +197,16 @@ impl Fencer for FenceChain {
             return FenceStatus::Refused { detail: "no fencer configured".into() };
         }
         let mut notes = Vec::new();
-        for fencer in &self.fencers {
+        // A switchover asks a healthy primary to step down: its agent's demotion answers in
+        // moments with the final WAL position the candidate must replay, and leaves the host
+        // running. Stopping the instance (the EC2 fencer, often first for failovers) would take
+        // the node away for a planned change. Any fencer's confirmation is equally a fence (S3),
+        // so the order only changes which proof comes first.
+        let mut order: Vec<&Box<dyn Fencer>> = self.fencers.iter().collect();
+        if target.kind == TransitionKind::Switchover {
+            order.sort_by_key(|f| f.name() != GRACEFUL_FENCER);
+        }
+        for fencer in order {
             let name = fencer.name();
             if target.skip.iter().any(|s| s == name) {
                 notes.push(format!("{name}: skipped (gave up earlier)"));
@@ -363,6 +376,19 @@ mod tests {
         assert_eq!(*b.calls.lock().unwrap(), vec![None, Some("h1".to_string())]);
         // `a` was asked fresh both times (its handle is never passed to another fencer).
         assert_eq!(*a.calls.lock().unwrap(), vec![None, None]);
+    }
+
+    #[test]
+    fn a_switchover_asks_the_agent_first_and_a_failover_keeps_the_configured_order() {
+        let ok = || FenceStatus::Confirmed { detail: "ok".into(), lsn: None };
+        let ec2 = std::sync::Arc::new(Scripted::new("ec2", vec![ok()]));
+        let http = std::sync::Arc::new(Scripted::new("http", vec![ok(), ok()]));
+        let chain = FenceChain::new(vec![Box::new(ec2.clone()), Box::new(http.clone())]);
+        let mut t = target();
+        t.kind = TransitionKind::Switchover;
+        assert_eq!(block_on(chain.fence(&t, None)), FenceStatus::Confirmed { detail: "http: ok".into(), lsn: None });
+        assert!(ec2.calls.lock().unwrap().is_empty(), "the instance is not stopped for a planned switchover");
+        assert_eq!(block_on(chain.fence(&target(), None)), FenceStatus::Confirmed { detail: "ec2: ok".into(), lsn: None });
     }
 
     #[test]
