@@ -408,6 +408,23 @@ impl Drill {
         }
     }
 
+    /// A clean stop of a member's agent (SIGTERM, as systemd stops it), waited for (bounded: a
+    /// `kill -9` after 30 s).
+    pub fn stop_agent(&mut self, n: &str) -> Result<()> {
+        let Some(mut child) = self.agents.get_mut(n).and_then(|a| a.child.take()) else { return Ok(()) };
+        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                child.wait()?;
+                bail!("{n}'s agent did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// `kill -9` of a member's postmaster and of its agent (a host crash).
     pub fn crash(&mut self, n: &str) -> Result<()> {
         self.kill_agent(n);

@@ -2,7 +2,8 @@
 //! (moto), on one cluster each: cluster-wide parameters (a reloadable one applies everywhere, a
 //! restart-only one shows as pending), a rolling `restart --all --pending` under a recording
 //! client (no acknowledged write lost, exactly the one planned switchover), `reload`, bad
-//! arguments refused with nothing changed, and `remove` of a stopped member (heartbeat, state and
+//! arguments refused with nothing changed, the primary's agent restarted while paused (same
+//! primary, no write refused), and `remove` of a stopped member (heartbeat, state and
 //! replication slot gone).
 
 use std::time::{Duration, Instant};
@@ -116,6 +117,31 @@ async fn day2(backend: Backend, name: &str) {
         members.iter().all(|m| v.states.get(*m).is_some_and(|s| s.pending_restart.is_empty()))
     })
     .await;
+
+    // Paused, the primary's agent restarts with its Postgres left running: same primary, same
+    // term, no write refused.
+    run(&d, &["pause"]).await.unwrap();
+    let term = d.view().await.unwrap().cluster.unwrap().term;
+    let w = Writer::start(d.members(), &new_primary, "paused_writes", Duration::from_secs(120)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    d.stop_agent(&new_primary).unwrap();
+    assert_eq!(d.writable(), [new_primary.clone()], "still the one writable member with its agent stopped");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    d.start_agent(&new_primary).unwrap();
+    wait_for(&d, 30, "the restarted agent holds the lease again", async |d| {
+        let v = d.view().await.unwrap();
+        v.leader.as_ref().is_some_and(|l| l.owner == new_primary && !l.released && l.term == term)
+            && v.members.get(&new_primary).is_some_and(|m| m.seq > 0 && m.pg_running)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = w.stop().await.unwrap();
+    assert_eq!(report.failed, 0, "no write refused while paused (longest gap {:?})", report.longest_gap);
+    let v = d.view().await.unwrap();
+    let record = v.cluster.unwrap();
+    assert_eq!((record.primary.as_deref(), record.term), (Some(new_primary.as_str()), term), "no failover");
+    run(&d, &["resume"]).await.unwrap();
+    assert_eq!(d.wait_healthy(2, Duration::from_secs(30)).await.unwrap(), new_primary);
 
     // Reload everywhere; the read-only verbs.
     let out = run(&d, &["reload"]).await.unwrap();

@@ -9,6 +9,12 @@
 //! serves reads and cannot diverge); the next agent start adopts it. A shutdown never interrupts
 //! a loop in progress: it is observed between loops.
 //!
+//! With the cluster paused ("hands off", Patroni's pause), a clean shutdown leaves a primary
+//! running and its lease in place: the next agent start re-takes its own lease and the primary
+//! carries on, with no failover and no write error. While no agent runs, the node is what an
+//! agent crash leaves (Postgres up, nobody renewing): a failover after `resume` fences it first
+//! (S3), and without fencing only a watchdog protects it, as after a crash (docs/operations.md).
+//!
 //! Besides its ticker the loop runs at once when woken ([`crate::wake::LoopWake`]: `POST /wake`,
 //! or the coordinator hosted on this node): an ordinary loop, only earlier, never overlapping
 //! the running one and at most one per [`crate::wake::MIN_WAKE_GAP`].
@@ -291,7 +297,13 @@ where
     failsafe.abort();
     let mut summary = RunSummary { ticks: stats.ticks(), demoted_on_exit: false };
     let snap = handle.snapshot();
-    if snap.holds_lease || snap.role == Role::Primary {
+    let paused = snap.last_view.as_ref().and_then(|v| v.cluster.as_ref()).is_some_and(|c| c.paused);
+    if paused && died.is_none() && (snap.holds_lease || snap.role == Role::Primary) {
+        tracing::warn!(
+            "cluster paused: leaving Postgres running as primary and the leader lease in place; \
+             the next agent start re-takes the lease"
+        );
+    } else if snap.holds_lease || snap.role == Role::Primary {
         let term = snap.lease_term.unwrap_or(snap.term);
         match handle.demote_now(term, "agent shutting down").await {
             Ok(()) => {

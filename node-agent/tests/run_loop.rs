@@ -152,6 +152,69 @@ async fn primary_serves_then_demotes_before_releasing_on_shutdown() {
     assert_eq!(status(&base, "/primary").await, 0, "the API stopped with the agent");
 }
 
+#[tokio::test]
+async fn paused_primary_keeps_running_through_an_agent_restart() {
+    let dynamic = DynamicConfig {
+        lease_ms: 1000,
+        renew_interval_ms: 200,
+        safety_margin_ms: 100,
+        probe_interval_ms: 100,
+        ..Default::default()
+    };
+    let store = Arc::new(MemoryStore::new());
+    let mut record = ClusterRecord::bootstrap("n1", dynamic.clone());
+    record.paused = true;
+    store.write_cluster("c1", None, &record).await.unwrap();
+    let pg = Arc::new(FakePg { state: Mutex::new((true, Role::Primary)), ..Default::default() });
+    let identity = AgentIdentity { cluster: "c1".into(), member: "n1".into(), pg_port: 5432, ..Default::default() };
+    let start = |dynamic: DynamicConfig| {
+        let clock = SystemClock::new();
+        let runtime = AgentRuntime::new(store.clone(), pg.clone(), clock.clone(), identity.clone(), dynamic);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let store_dyn: Arc<dyn Store> = store.clone();
+        let task = tokio::spawn(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            run(runtime, store_dyn, clock, listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        (stop, task)
+    };
+    let held = async || store.read_lease("c1", LeaseName::Leader).await.unwrap().filter(|l| l.owner == "n1" && !l.released);
+    let (stop, task) = start(dynamic.clone());
+    let mut first = None;
+    for _ in 0..100 {
+        first = held().await;
+        if first.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = first.expect("the paused primary takes its lease");
+    stop.send(()).unwrap();
+    let summary: RunSummary = tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
+    assert!(!summary.demoted_on_exit);
+    assert_eq!(*pg.state.lock().unwrap(), (true, Role::Primary), "hands off: Postgres still runs as primary");
+    let left = held().await.expect("the lease is left in place, not released");
+    assert_eq!(left.term, first.term);
+    // The next agent re-takes its own lease in the same term: no failover, still the primary.
+    let (stop, task) = start(dynamic);
+    let mut renewed = false;
+    for _ in 0..100 {
+        if held().await.is_some_and(|l| l.rvn != left.rvn && l.term == first.term) {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(renewed, "the restarted agent did not re-take its lease");
+    assert!(!pg.calls.lock().unwrap().contains(&"demote"), "never demoted: {:?}", pg.calls.lock().unwrap());
+    assert_eq!(store.read_cluster("c1").await.unwrap().unwrap().term, first.term, "no new term");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
+}
+
 /// Waits up to `within` for a probe (a loop) after `since`; returns how long after `since` it began.
 async fn next_probe_after(pg: &FakePg, since: std::time::Instant, within: Duration) -> Option<Duration> {
     let deadline = since + within;
