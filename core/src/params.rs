@@ -47,6 +47,10 @@ pub struct MemberState {
     /// Values Postgres refused when it read the parameters file (`pg_file_settings.error`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parameter_errors: Vec<String>,
+    /// A long Postgres operation in progress, with how far it got, e.g. "basebackup from pg-1:
+    /// 412 MB copied in 35 s" (`pgdctl list` shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<String>,
 }
 
 /// How a setting takes effect (`pg_settings.context`, PostgreSQL 15).

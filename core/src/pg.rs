@@ -379,6 +379,12 @@ pub trait PgControl: Send + Sync {
     async fn reload(&self) -> Result<(), PgError> {
         Ok(())
     }
+
+    /// Bytes in the data directory now: how far a basebackup got. Best effort, read-only.
+    /// Default: `None` (unknown).
+    async fn data_dir_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[async_trait]
@@ -430,6 +436,9 @@ impl<P: PgControl + ?Sized> PgControl for std::sync::Arc<P> {
     }
     async fn reload(&self) -> Result<(), PgError> {
         (**self).reload().await
+    }
+    async fn data_dir_bytes(&self) -> Option<u64> {
+        (**self).data_dir_bytes().await
     }
 }
 

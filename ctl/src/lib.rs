@@ -85,6 +85,9 @@ pub enum Command {
     /// waits for it (`--pending`): replicas one at a time, each awaited until it streams again,
     /// the primary last through a switchover. Through the agents' API.
     Restart(maintenance::RestartArgs),
+    /// Re-clone a replica: its agent replaces the data directory with a fresh copy of the
+    /// primary's (pg_basebackup) and it streams again. Refused for the primary.
+    Reinit(maintenance::ReinitArgs),
     /// Reload Postgres's configuration on a member or on every member, through the agents' API.
     Reload(maintenance::ReloadArgs),
     /// Remove a member whose agent is stopped: its heartbeat and state leave the store and the
@@ -307,6 +310,7 @@ pub async fn run_store_command(
         Command::Bootstrap(args) => dynconfig::bootstrap(store, cluster, &args.primary, &args.sets, out).await,
         Command::Unregister(args) => fleet::unregister(store, cluster, args.force, out).await,
         Command::Restart(args) => maintenance::restart(store, cluster, api, args, out).await,
+        Command::Reinit(args) => maintenance::reinit(store, cluster, api, args, out).await,
         Command::Reload(args) => maintenance::reload(store, cluster, api, args.member, out).await,
         Command::Remove(args) => maintenance::remove(store, cluster, api, args, out).await,
         Command::Topology => Ok(write!(out, "{}", maintenance::topology(&store.read_view(cluster).await?))?),

@@ -1,5 +1,5 @@
 //! Day-2 verbs that act on members through their agents' authenticated API (`POST /restart`,
-//! `/reload`, `/drop-slot`): `restart`, `reload`, `remove`; and the read-only `topology` and
+//! `/reinit`, `/reload`, `/drop-slot`): `restart`, `reinit`, `reload`, `remove`; and the read-only `topology` and
 //! `version`. The store says who the members are and where their agents listen; every change of
 //! primary goes through the coordinator (a switchover), never through an agent directly.
 
@@ -55,6 +55,18 @@ pub struct RestartArgs {
     pub pending: bool,
     /// Seconds to wait for each member to stream again (and for the switchover).
     #[arg(long, default_value_t = 120.0, value_parser = crate::parse_positive_secs)]
+    pub timeout: f64,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReinitArgs {
+    /// The replica to re-clone from the primary.
+    pub member: String,
+    /// Seconds to wait for the copy and for the member to stream again.
+    #[arg(long, default_value_t = 3600.0, value_parser = crate::parse_positive_secs)]
     pub timeout: f64,
     /// Do not ask for confirmation.
     #[arg(long)]
@@ -197,6 +209,39 @@ async fn wait_streaming(store: &dyn Store, cluster: &str, member: &str, deadline
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `reinit`: the replica's agent replaces its data directory with a copy of the primary's; then
+/// waits until it streams. Refused for the primary (and by the agent, for the lease holder).
+pub async fn reinit(
+    store: &dyn Store,
+    cluster: &str,
+    api: &ApiOpts,
+    args: ReinitArgs,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let member = args.member.as_str();
+    let view = view_with_record(store, cluster).await?;
+    known_member(&view, member)?;
+    if primary_of(&view).as_deref() == Some(member) {
+        return Err(CtlError::Refused(format!(
+            "{member} is the primary: only a replica is re-cloned (switch over first); nothing was changed"
+        )));
+    }
+    confirm(
+        &format!("Re-clone {member} in cluster {cluster}? Its data directory is replaced by a copy of the primary's."),
+        args.force,
+    )?;
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let started = Instant::now();
+    let client = api.client(timeout)?;
+    client
+        .post(member, &view.members[member].api_url, "/reinit", &json!({}))
+        .await
+        .map_err(|e| CtlError::Refused(e.to_string()))?;
+    wait_streaming(store, cluster, member, started + timeout).await.map_err(CtlError::Timeout)?;
+    writeln!(out, "ok: {member} re-cloned and streaming after {:.1}s", started.elapsed().as_secs_f64())?;
+    Ok(())
 }
 
 /// `reload`: `pg_reload_conf()` on one member or all; reports each, fails if any failed.

@@ -53,8 +53,13 @@ pub fn rows(view: &ClusterView, now_ms: u64) -> Vec<Row> {
             };
             let age = now_ms.saturating_sub(m.updated_at_ms);
             let mut state = state(m, age, stale_ms);
-            if let Some(pending) = view.states.get(&m.name).filter(|s| !s.pending_restart.is_empty()) {
-                let _ = write!(state, ", pending restart ({})", pending.pending_restart.join(", "));
+            if let Some(st) = view.states.get(&m.name) {
+                if !st.pending_restart.is_empty() {
+                    let _ = write!(state, ", pending restart ({})", st.pending_restart.join(", "));
+                }
+                if let Some(activity) = &st.activity {
+                    let _ = write!(state, "; {activity}");
+                }
             }
             let lag = match (m.role, m.lag_bytes) {
                 (Role::Primary, _) => String::new(),

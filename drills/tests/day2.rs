@@ -3,7 +3,7 @@
 //! restart-only one shows as pending), a rolling `restart --all --pending` under a recording
 //! client (no acknowledged write lost, exactly the one planned switchover), `reload`, bad
 //! arguments refused with nothing changed, the primary's agent restarted while paused (same
-//! primary, no write refused), and `remove` of a stopped member (heartbeat, state and
+//! primary, no write refused), `reinit` of a replica, and `remove` of a stopped member (heartbeat, state and
 //! replication slot gone).
 
 use std::time::{Duration, Instant};
@@ -151,8 +151,19 @@ async fn day2(backend: Backend, name: &str) {
     let versions = run(&d, &["version"]).await.unwrap();
     assert!(versions.lines().count() == 4 && versions.contains("pg-3: pgdaemon-agent"), "{versions}");
 
-    // Remove a replica: refused while its agent runs; once stopped, its items and slot go.
+    // Reinit: refused on the primary; a replica's data directory is replaced and it streams.
     let gone = members.iter().find(|m| **m != new_primary).unwrap().to_string();
+    let e = run(&d, &["reinit", &new_primary, "--force"]).await.unwrap_err();
+    assert!(e.exit_code() == 1 && e.to_string().contains("primary"), "{e}");
+    let marker = d.pg.node(&gone).data_dir.join("left-before-reinit");
+    std::fs::write(&marker, "x").unwrap();
+    let t = Instant::now();
+    let out = run(&d, &["reinit", &gone, "--force"]).await.unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    eprintln!("[{backend:?}] reinit of {gone}: {:.1} s", t.elapsed().as_secs_f64());
+    assert!(out.contains("re-cloned and streaming") && !marker.exists(), "{out}");
+    assert_eq!(setting(&d, &gone, "max_locks_per_transaction"), "128", "the copy keeps the cluster-wide parameters");
+
+    // Remove a replica: refused while its agent runs; once stopped, its items and slot go.
     let e = run(&d, &["remove", &gone, "--force"]).await.unwrap_err();
     assert!(e.exit_code() == 1 && e.to_string().contains("still beating"), "{e}");
     d.kill_agent(&gone);

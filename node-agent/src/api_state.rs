@@ -58,6 +58,12 @@ pub trait AgentApi: Send + Sync + 'static {
         Err(MaintenanceError::Refused("this agent does not restart Postgres".into()))
     }
 
+    /// `POST /reinit`: replace this replica's data directory with a copy of the primary's
+    /// (`AgentHandle::reinit`). Default: refused.
+    async fn reinit(&self) -> Result<(), MaintenanceError> {
+        Err(MaintenanceError::Refused("this agent does not re-clone Postgres".into()))
+    }
+
     /// `POST /reload`: `pg_reload_conf()`. Default: refused.
     async fn reload(&self) -> Result<(), MaintenanceError> {
         Err(MaintenanceError::Refused("this agent does not reload Postgres".into()))

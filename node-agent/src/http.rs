@@ -87,6 +87,7 @@ pub fn router_with(state: ApiState, security: Arc<ApiSecurity>) -> Router {
         .route("/failsafe", post(http_control::failsafe))
         .route("/wake", post(http_control::wake))
         .route("/restart", post(http_maintenance::restart))
+        .route("/reinit", post(http_maintenance::reinit))
         .route("/reload", post(http_maintenance::reload))
         .route("/drop-slot", post(http_maintenance::drop_slot))
         .route_layer(middleware::from_fn_with_state(guard_state.clone(), guard));

@@ -1,6 +1,6 @@
 //! The API's maintenance endpoints, behind the same checks as `/demote` ([`crate::api_security`]):
-//! `POST /restart` and `POST /reload` (pgdctl `restart`, `reload`) and `POST /drop-slot` (pgdctl
-//! `remove`). Each answers 200 once done, 409 when refused in this member's state (nothing
+//! `POST /restart`, `POST /reinit` and `POST /reload` (pgdctl `restart`, `reinit`, `reload`) and
+//! `POST /drop-slot` (pgdctl `remove`). Each answers 200 once done, 409 when refused in this member's state (nothing
 //! changed), 400 for a malformed body and 503 when Postgres failed.
 
 use axum::body::Bytes;
@@ -46,6 +46,14 @@ pub(crate) async fn restart(State(st): State<ApiState>, body: Bytes) -> Response
     }
     let result = st.api.restart().await;
     answer(&st, "restarted", result)
+}
+
+pub(crate) async fn reinit(State(st): State<ApiState>, body: Bytes) -> Response {
+    if let Err(r) = no_arguments(&body) {
+        return r;
+    }
+    let result = st.api.reinit().await;
+    answer(&st, "reinitialized", result)
 }
 
 pub(crate) async fn reload(State(st): State<ApiState>, body: Bytes) -> Response {

@@ -716,6 +716,11 @@ impl PgControl for LocalPostgres {
     async fn reload(&self) -> Result<(), PgError> {
         self.reload_conf().await
     }
+
+    async fn data_dir_bytes(&self) -> Option<u64> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.data_dir_size()).await.ok()
+    }
 }
 
 #[cfg(test)]

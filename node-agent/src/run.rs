@@ -100,6 +100,10 @@ impl AgentApi for LiveApi {
         self.handle.reload().await
     }
 
+    async fn reinit(&self) -> Result<(), MaintenanceError> {
+        self.handle.reinit().await
+    }
+
     async fn drop_member_slot(&self, member: &str) -> Result<(), MaintenanceError> {
         self.handle.drop_member_slot(member).await
     }
@@ -195,7 +199,7 @@ where
     let stats = Arc::new(LoopStats::new(clock.monotonic()));
     let cluster = handle.snapshot().cluster;
     let state = ApiState {
-        api: Arc::new(LiveApi { handle: handle.clone(), store, cluster, wake: wake.clone() }),
+        api: Arc::new(LiveApi { handle: handle.clone(), store: store.clone(), cluster, wake: wake.clone() }),
         clock: Arc::new(clock.clone()),
         stats: stats.clone(),
         version: VERSION.to_string(),
@@ -236,6 +240,28 @@ where
         })
     };
 
+    // Keeps the heartbeat and the progress going while the loop runs a long basebackup or
+    // rewind of its own (AgentHandle::keep_alive). Restarted when it dies: without it such a
+    // member only looks down until the operation ends.
+    let keeper = {
+        let (handle, store, stats, clock) = (handle.clone(), store.clone(), stats.clone(), clock.clone());
+        tokio::spawn(async move {
+            crate::supervise::restarting("heartbeat keeper", crate::supervise::RESTART_BACKOFF, || {
+                let (handle, store, stats, clock) = (handle.clone(), store.clone(), stats.clone(), clock.clone());
+                Some(async move {
+                    loop {
+                        let every = pgdaemon_core::agent::heartbeat_period(&handle.snapshot().config);
+                        tokio::time::sleep(every).await;
+                        let busy = stats.idle_for(clock.monotonic());
+                        if let Err(e) = handle.keep_alive(store.as_ref(), busy).await {
+                            tracing::warn!(error = %e, "publishing the heartbeat during a long operation");
+                        }
+                    }
+                })
+            })
+            .await
+        })
+    };
     let mut period = runtime.interval();
     let mut ticker = new_interval(period);
     let mut last_reason = String::new();
@@ -295,6 +321,7 @@ where
     // Dropping a watched task's future stops it.
     drop(watchdog);
     failsafe.abort();
+    keeper.abort();
     let mut summary = RunSummary { ticks: stats.ticks(), demoted_on_exit: false };
     let snap = handle.snapshot();
     let paused = snap.last_view.as_ref().and_then(|v| v.cluster.as_ref()).is_some_and(|c| c.paused);

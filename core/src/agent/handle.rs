@@ -83,6 +83,38 @@ pub(super) struct Shared {
     pub(super) failsafe: Mutex<FailsafeState>,
     /// The next loop publishes its heartbeat even if nothing changed ([`AgentHandle::woken`]).
     pub(super) heartbeat_asked: std::sync::atomic::AtomicBool,
+    /// A long Postgres operation in progress ([`AgentHandle::activity`]).
+    pub(super) activity: Mutex<Option<Activity>>,
+    /// The last heartbeat sequence number [`AgentHandle::keep_alive`] published.
+    pub(super) kept_alive_seq: AtomicU64,
+    /// The newest heartbeat a loop decided to publish (before its actions ran): what
+    /// [`AgentHandle::keep_alive`] republishes, also during the first loop of a new member.
+    pub(super) last_beat: Mutex<Option<crate::model::MemberStatus>>,
+}
+
+/// A long Postgres operation in progress: a rewind or basebackup of the loop's, or an operator's
+/// restart or reinit through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    /// What runs, e.g. "basebackup from pg-1".
+    pub what: String,
+    /// Agent monotonic time it began.
+    pub since: Duration,
+    /// Asked for by an operator (`/restart`, `/reinit`): the loop keeps running meanwhile, and
+    /// changes nothing but the heartbeat until it ends. `false`: the loop itself runs it (and so
+    /// publishes no heartbeat until it ends; see `keep_alive_beat`).
+    pub by_operator: bool,
+}
+
+impl Activity {
+    /// "basebackup from pg-1: 412 MB copied in 35 s" (`copied`: bytes in the data directory).
+    pub fn describe(&self, now: Duration, copied: Option<u64>) -> String {
+        let secs = now.saturating_sub(self.since).as_secs();
+        match copied {
+            Some(bytes) => format!("{}: {} MB copied in {secs} s", self.what, bytes / (1024 * 1024)),
+            None => format!("{}: running for {secs} s", self.what),
+        }
+    }
 }
 
 impl Shared {
@@ -96,6 +128,15 @@ impl Shared {
         if term >= fence.0 {
             *fence = (term, reason.to_string());
         }
+    }
+}
+
+/// Clears the activity when the operation ends, however it ends.
+pub(super) struct ActivityGuard(Arc<Shared>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        *self.0.activity.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 
@@ -113,6 +154,18 @@ impl AgentHandle {
     /// fence waits for one, S4).
     pub fn woken(&self) {
         self.shared.heartbeat_asked.store(true, Ordering::Relaxed);
+    }
+
+    /// The long Postgres operation in progress, if any.
+    pub fn activity(&self) -> Option<Activity> {
+        self.shared.activity.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Marks `activity` as running until the returned guard is dropped.
+    pub(super) fn begin(&self, what: String, by_operator: bool) -> ActivityGuard {
+        *self.shared.activity.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Activity { what, since: self.clock.monotonic(), by_operator });
+        ActivityGuard(self.shared.clone())
     }
 
     /// The last loop's snapshot, with a demotion requested since then already counted in

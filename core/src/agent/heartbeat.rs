@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::input::{AgentInput, StoreRead};
 use crate::config::DynamicConfig;
 use crate::model::{MemberStatus, Role};
+use crate::pg::PgProbe;
 
 /// Heartbeat records expire (DynamoDB TTL garbage collection only) a day after the last beat.
 const HEARTBEAT_TTL_S: u64 = 24 * 3600;
@@ -59,6 +60,23 @@ pub(super) fn heartbeat(input: &AgentInput) -> MemberStatus {
     let holds = input.held.is_some();
     m.leader_seen = if holds { None } else { input.leader_seen.clone() };
     m.failsafe_members = if holds { input.failsafe.members.clone() } else { None };
+    m
+}
+
+/// The heartbeat a long operation of the loop's (a basebackup, a rewind) publishes while the
+/// loop cannot: `last`, this member's stored heartbeat, with the state of a fresh `probe`, `seq`
+/// and `wall_ms`, and no lease sighting (a sighting is evidence the loop makes; an old one must
+/// not reach the coordinator as new).
+pub fn keep_alive_beat(last: &MemberStatus, probe: &PgProbe, seq: u64, wall_ms: u64) -> MemberStatus {
+    let mut m = last.clone();
+    m.pg_running = probe.running;
+    m.role = if probe.running { probe.role } else { Role::Unknown };
+    m.streaming = probe.streaming;
+    m.seq = seq;
+    m.updated_at_ms = wall_ms;
+    m.expire_at = Some(wall_ms / 1000 + HEARTBEAT_TTL_S);
+    m.leader_seen = None;
+    m.failsafe_members = None;
     m
 }
 

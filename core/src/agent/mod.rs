@@ -24,7 +24,8 @@ pub use failsafe::{
     combine as combine_failsafe_replies, judge_request as judge_failsafe_request, FailsafeInput, FailsafePeers, FailsafePromise,
     FailsafeReply, FailsafeRequest, PeerFacts, RoundOutcome,
 };
-pub use handle::{AgentCounters, AgentHandle, AgentSnapshot, DemoteError};
+pub use handle::{Activity, AgentCounters, AgentHandle, AgentSnapshot, DemoteError};
+pub use heartbeat::period as heartbeat_period;
 pub use input::{AgentIdentity, AgentInput, PrimaryStartFailure, PublishedHeartbeat, RejoinFailure, RejoinMethod, StoreRead};
 pub use maintenance::MaintenanceError;
 pub use runtime::{ActionOutcome, AgentRuntime, CoordinatorTrigger, TickReport, TriggerError};

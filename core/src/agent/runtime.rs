@@ -168,6 +168,9 @@ where
                 heartbeat_asked: std::sync::atomic::AtomicBool::new(false),
                 lease_deadline: Mutex::new(None),
                 failsafe: Mutex::new(FailsafeState::default()),
+                activity: Mutex::new(None),
+                kept_alive_seq: AtomicU64::new(0),
+                last_beat: Mutex::new(None),
             }),
             events: None,
             external_demotions_reported: 0,
@@ -324,8 +327,22 @@ where
             last_heartbeat: self.last_heartbeat.clone(),
             replica_not_streaming_for,
         };
-        let decision = decide(&input);
+        let mut decision = decide(&input);
+        if let Some(activity) = self.handle().activity().filter(|a| a.by_operator) {
+            // An operator's restart or reinit holds the Postgres lock: this loop only keeps the
+            // heartbeat and the lease rules going. What it would start or raise was decided on a
+            // probe taken mid-operation (a stopped or emptied data directory).
+            decision.actions.retain(|a| {
+                !a.is_role_change() && !matches!(a, AgentAction::AcquireLease { .. } | AgentAction::AdoptLease { .. })
+            });
+            decision.reason = format!("{} in progress: no role changes; {}", activity.what, decision.reason);
+        }
         tracing::debug!(reason = %decision.reason, actions = ?decision.names(), "decided");
+        if let Some(AgentAction::PublishHeartbeat(beat)) =
+            decision.actions.iter().find(|a| matches!(a, AgentAction::PublishHeartbeat(_)))
+        {
+            *self.shared.last_beat.lock().unwrap_or_else(PoisonError::into_inner) = Some(beat.clone());
+        }
 
         let mut outcomes = Vec::with_capacity(decision.actions.len());
         let mut role_failed = false;
@@ -506,7 +523,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::memory::MemoryStore;
-    use crate::model::{ClusterRecord, LeaseName};
+    use crate::model::{ClusterRecord, LeaseName, MemberStatus};
     use crate::pg::DataDirState;
     use crate::pg::{PgError, PrimaryTarget, StopMode, UpstreamConfig};
     use crate::store::LeaseClaim;
@@ -515,11 +532,13 @@ mod tests {
     #[derive(Default)]
     struct FakePg {
         state: Mutex<(PgProbe, Vec<String>)>,
+        /// When set, a basebackup waits for a permit: a long copy the test ends when it likes.
+        copy_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     }
 
     impl FakePg {
         fn with(probe: PgProbe) -> Self {
-            FakePg { state: Mutex::new((probe, vec![])) }
+            FakePg { state: Mutex::new((probe, vec![])), copy_gate: Mutex::new(None) }
         }
         fn log(&self, call: &str) {
             self.state.lock().unwrap().1.push(call.to_string());
@@ -579,7 +598,16 @@ mod tests {
         }
         async fn basebackup(&self, source: &PrimaryTarget) -> Result<(), PgError> {
             self.log(&format!("basebackup {}", source.name));
+            let gate = self.copy_gate.lock().unwrap().clone();
+            if let Some(gate) = gate {
+                self.set(|p| *p = PgProbe::stopped(DataDirState::Empty));
+                let _permit = gate.acquire().await.unwrap();
+                self.set(|p| *p = replica());
+            }
             Ok(())
+        }
+        async fn data_dir_bytes(&self) -> Option<u64> {
+            Some(3 * 1024 * 1024)
         }
         async fn ensure_slots(&self, members: &[String]) -> Result<(), PgError> {
             self.log(&format!("slots {}", members.join(",")));
@@ -719,6 +747,91 @@ mod tests {
         clock.advance(Duration::from_millis(500));
         rt.tick().await;
         assert_eq!(writes(&rt), ["parameters v1"]);
+    }
+
+    /// n1 primary with an address, n2 a streaming replica, both with heartbeats; `rt` is n2's.
+    async fn two_members() -> (Arc<MemoryStore>, ManualClock, Rt) {
+        let (store, clock, mut rt) = setup("n2", replica()).await;
+        let mut n1 = MemberStatus::new("n1");
+        (n1.role, n1.pg_running, n1.pg_host, n1.pg_port) = (Role::Primary, true, "127.0.0.1".into(), 5001);
+        store.put_member("c1", &n1).await.unwrap();
+        rt.tick().await;
+        (store, clock, rt)
+    }
+
+    #[tokio::test]
+    async fn an_operators_reinit_keeps_the_heartbeat_and_starts_nothing_until_it_ends() {
+        let (store, clock, mut rt) = two_members().await;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        *rt.pg().copy_gate.lock().unwrap() = Some(gate.clone());
+        let handle = rt.handle();
+        let reinit = tokio::spawn(async move { handle.reinit().await });
+        while rt.handle().activity().is_none() {
+            tokio::task::yield_now().await;
+        }
+        let seq_before = store.read_view("c1").await.unwrap().members["n2"].seq;
+        for _ in 0..8 {
+            clock.advance(Duration::from_millis(500));
+            let r = rt.tick().await;
+            // The data directory looks empty mid-copy: the loop must not start a copy of its own.
+            assert!(r.outcomes.iter().all(|o| !o.action.is_role_change()), "{:?}: {}", r.done(), r.reason);
+            assert!(r.reason.contains("reinit: basebackup from n1 in progress"), "{}", r.reason);
+        }
+        let view = store.read_view("c1").await.unwrap();
+        assert!(view.members["n2"].seq > seq_before && !view.members["n2"].pg_running, "the heartbeat goes on");
+        assert_eq!(view.states["n2"].activity.as_deref(), Some("reinit: basebackup from n1: 3 MB copied in 4 s"));
+        gate.add_permits(1);
+        reinit.await.unwrap().unwrap();
+        assert!(rt.handle().activity().is_none());
+        clock.advance(Duration::from_millis(500));
+        rt.tick().await;
+        assert!(store.read_view("c1").await.unwrap().states["n2"].activity.is_none(), "cleared when it ends");
+        assert_eq!(rt.pg().calls().iter().filter(|c| c.starts_with("basebackup")).count(), 1, "{:?}", rt.pg().calls());
+    }
+
+    #[tokio::test]
+    async fn reinit_and_restart_are_refused_on_the_primary() {
+        let (_store, _clock, mut rt) = setup("n1", primary()).await;
+        rt.tick().await;
+        for refused in [rt.handle().reinit().await, rt.handle().restart_replica().await] {
+            assert!(matches!(refused, Err(crate::agent::MaintenanceError::Refused(_))), "{refused:?}");
+        }
+        assert!(rt.pg().calls().iter().all(|c| !c.starts_with("basebackup") && c != "stop"), "{:?}", rt.pg().calls());
+    }
+
+    #[tokio::test]
+    async fn a_long_copy_of_the_loops_own_keeps_the_heartbeat_alive_through_the_keeper() {
+        let (store, clock, rt) = two_members().await;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        *rt.pg().copy_gate.lock().unwrap() = Some(gate.clone());
+        // n2 lost its data directory: the loop copies it from n1 (blocked until the gate opens).
+        rt.pg().set(|p| *p = PgProbe::stopped(DataDirState::Empty));
+        let handle = rt.handle();
+        let mut rt = rt;
+        let tick = tokio::spawn(async move {
+            let r = rt.tick().await;
+            (rt, r)
+        });
+        while handle.activity().is_none() {
+            tokio::task::yield_now().await;
+        }
+        let before = store.read_view("c1").await.unwrap().members["n2"].clone();
+        clock.advance(Duration::from_millis(100));
+        assert!(!handle.keep_alive(store.as_ref(), Duration::from_millis(100)).await.unwrap(), "the loop beat recently");
+        clock.advance(Duration::from_secs(3));
+        assert!(handle.keep_alive(store.as_ref(), Duration::from_secs(3)).await.unwrap());
+        let view = store.read_view("c1").await.unwrap();
+        let beat = &view.members["n2"];
+        assert!(beat.seq > before.seq && !beat.pg_running && beat.leader_seen.is_none(), "{beat:?}");
+        assert_eq!(view.states["n2"].activity.as_deref(), Some("basebackup from n1: 3 MB copied in 3 s"));
+        gate.add_permits(1);
+        let (mut rt, r) = tick.await.unwrap();
+        assert!(r.did("basebackup"), "{}", r.reason);
+        clock.advance(Duration::from_millis(500));
+        rt.tick().await;
+        let view = store.read_view("c1").await.unwrap();
+        assert!(view.members["n2"].seq > beat.seq, "the loop continues the sequence");
+        assert!(view.states["n2"].activity.is_none());
     }
 
     #[tokio::test]

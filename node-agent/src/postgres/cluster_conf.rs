@@ -54,6 +54,22 @@ impl LocalPostgres {
         Ok(true)
     }
 
+    /// The bytes under the data directory (files only; unreadable entries are skipped).
+    pub(super) fn data_dir_size(&self) -> u64 {
+        fn walk(dir: &std::path::Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&e.path()),
+                    Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+                    _ => 0,
+                })
+                .sum()
+        }
+        walk(self.data())
+    }
+
     /// `pg_reload_conf()`.
     pub(super) async fn reload_conf(&self) -> Result<(), PgError> {
         let client = self.connect().await.map_err(|e| PgError::WrongState(format!("not running: {e}")))?;

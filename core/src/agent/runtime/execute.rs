@@ -178,6 +178,7 @@ where
             }
             AgentAction::Rewind(target) => {
                 let _guard = self.shared.pg_lock.lock().await;
+                let _activity = self.handle().begin(format!("rewind from {}", target.name), false);
                 let result = self.pg.rewind(target).await.map_err(|e| e.to_string());
                 self.last_rejoin_failure = result.as_ref().err().map(|e| RejoinFailure {
                     method: RejoinMethod::Rewind,
@@ -188,6 +189,7 @@ where
             }
             AgentAction::Basebackup(target) => {
                 let _guard = self.shared.pg_lock.lock().await;
+                let _activity = self.handle().begin(format!("basebackup from {}", target.name), false);
                 let result = self.pg.basebackup(target).await.map_err(|e| e.to_string());
                 self.last_rejoin_failure = result.as_ref().err().map(|e| RejoinFailure {
                     method: RejoinMethod::Basebackup,
@@ -227,8 +229,17 @@ where
                     None => Ok(()),
                 }
             }
-            AgentAction::PublishHeartbeat(status) => {
+            AgentAction::PublishHeartbeat(decided) => {
                 let at = self.clock.monotonic();
+                // A long operation in this loop may have had the keeper publish newer beats
+                // (AgentHandle::keep_alive): the sequence never goes back.
+                let kept = self.shared.kept_alive_seq.load(std::sync::atomic::Ordering::Relaxed);
+                let mut status = decided.clone();
+                if kept >= status.seq {
+                    status.seq = kept + 1;
+                    self.seq = self.seq.max(status.seq);
+                }
+                let status = &status;
                 let result = self.store.put_member(&cluster, status).await.map_err(|e| e.to_string());
                 if result.is_err() {
                     self.counters.heartbeat_failures += 1;

@@ -1,7 +1,7 @@
 //! Keeping this member's Postgres on the cluster-wide parameters ([`crate::params`]) and
-//! reporting what it could not take yet (a pending restart, a refused value) in the member's
-//! state item. Neither changes a role, holds a lease or needs the decision: it runs after the
-//! tick's actions.
+//! reporting what it could not take yet (a pending restart, a refused value) and a long
+//! operation in progress in the member's state item. Neither changes a role, holds a lease or
+//! needs the decision: it runs after the tick's actions.
 
 use super::AgentRuntime;
 use crate::clock::Clock;
@@ -41,11 +41,16 @@ where
                 Err(e) => tracing::warn!(version = wanted.version, error = %e, "applying the cluster-wide parameters"),
             }
         }
+        let activity = match self.handle().activity() {
+            Some(a) => Some(a.describe(self.clock.monotonic(), self.pg.data_dir_bytes().await)),
+            None => None,
+        };
         let state = MemberState {
             name: self.identity.member.clone(),
             parameters_version: self.parameters.version.unwrap_or(0),
             pending_restart: probe.pending_restart.clone(),
             parameter_errors: self.parameters.errors.clone(),
+            activity,
         };
         let stored = view.states.get(&self.identity.member);
         // Nothing to report and nothing stored: no item (an idle cluster without cluster-wide
