@@ -9,6 +9,7 @@ use std::io::Write;
 use pgdaemon_core::params::{self, Context};
 use pgdaemon_core::{keys, ClusterParameters, DynamicConfig, Store, StoreError};
 
+use crate::output::{emit, Format};
 use crate::CtlError;
 
 const CAS_ATTEMPTS: usize = 8;
@@ -99,7 +100,7 @@ pub fn diff(old: &DynamicConfig, new: &DynamicConfig) -> Vec<String> {
 }
 
 /// The dynamic configuration, and the cluster-wide parameters as `postgresql.parameters`.
-pub async fn show(store: &dyn Store, cluster: &str, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
+pub async fn show(store: &dyn Store, cluster: &str, format: Format, out: &mut impl Write) -> Result<(), CtlError> {
     let view = store.read_view(cluster).await?;
     let record = view
         .cluster
@@ -109,13 +110,11 @@ pub async fn show(store: &dyn Store, cluster: &str, json: bool, out: &mut impl W
     if !parameters.is_empty() {
         doc["postgresql"] = serde_json::json!({ "parameters": parameters });
     }
-    if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&doc).map_err(anyhow::Error::from)?)?;
-    } else {
-        let table: toml::Value = serde_json::from_value(doc).map_err(anyhow::Error::from)?;
-        write!(out, "{}", toml::to_string(&table).map_err(anyhow::Error::from)?)?;
-    }
-    Ok(())
+    // The table form is TOML, as `--set` and the agents' `[dynamic]` section take it.
+    emit(out, format, &doc, || {
+        let table: toml::Value = serde_json::from_value(doc.clone()).map_err(anyhow::Error::from)?;
+        Ok(toml::to_string(&table).map_err(anyhow::Error::from)?)
+    })
 }
 
 pub async fn edit(
@@ -341,7 +340,7 @@ mod tests {
         let p = view.parameters.unwrap();
         assert_eq!((p.version, p.parameters.len(), view.cluster.unwrap().config.maximum_lag_on_failover), (1, 2, 4096));
         let mut shown = Vec::new();
-        show(&store, "c", false, &mut shown).await.unwrap();
+        show(&store, "c", Format::Table, &mut shown).await.unwrap();
         let shown = String::from_utf8_lossy(&shown).to_string();
         assert!(shown.contains("[postgresql.parameters]") && shown.contains("work_mem = \"64MB\""), "{shown}");
         // Bad input changes nothing, even beside a good edit.

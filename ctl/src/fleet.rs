@@ -8,6 +8,7 @@ use futures::StreamExt;
 use pgdaemon_core::Store;
 use serde_json::json;
 
+use crate::output::{emit, Format};
 use crate::table::now_ms;
 use crate::CtlError;
 
@@ -19,7 +20,7 @@ const READ_CONCURRENCY: usize = 16;
 const RECENT_MS: u64 = 10 * 60 * 1000;
 
 /// Every registered cluster with its primary, term, member count and pause state.
-pub async fn clusters(store: &dyn Store, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
+pub async fn clusters(store: &dyn Store, format: Format, out: &mut impl Write) -> Result<(), CtlError> {
     let names = store.list_clusters().await?;
     let mut rows: Vec<serde_json::Value> = futures::stream::iter(names)
         .map(|name| async move {
@@ -38,9 +39,8 @@ pub async fn clusters(store: &dyn Store, json: bool, out: &mut impl Write) -> Re
         .collect()
         .await;
     rows.sort_by(|a, b| a["cluster"].as_str().cmp(&b["cluster"].as_str()));
-    if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?)?;
-        return Ok(());
+    if format != Format::Table {
+        return emit(out, format, &rows, || unreachable!("not a table"));
     }
     writeln!(out, "{:<32} {:<20} {:>6} {:>7} {:>6}", "CLUSTER", "PRIMARY", "TERM", "MEMBERS", "PAUSED")?;
     for r in &rows {
@@ -100,7 +100,7 @@ mod tests {
             store.register_cluster(c, 1).await.unwrap();
         }
         let mut out = Vec::new();
-        clusters(&store, false, &mut out).await.unwrap();
+        clusters(&store, Format::Table, &mut out).await.unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("prod") && text.contains("pg-1") && text.contains("gone") && text.contains("2 registered"),

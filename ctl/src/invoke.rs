@@ -45,8 +45,10 @@ pub struct InvokeArgs {
     /// failover/switchover: the member to promote.
     #[arg(long)]
     pub candidate: Option<String>,
-    /// failover: promote the candidate even if it fails the eligibility checks.
-    #[arg(long, requires = "candidate")]
+    /// failover: promote the candidate even if it fails the eligibility checks (lag, timeline,
+    /// tags): what only the old primary had is lost. Sent as `"force": true`. (`--force`, its
+    /// name before 0.3, still works.)
+    #[arg(long = "allow-data-loss", alias = "force", requires = "candidate")]
     pub force: bool,
     /// Lambda API endpoint (a local emulator). Default: `AWS_ENDPOINT_URL`, else AWS itself.
     #[arg(long, env = "PGDCTL_LAMBDA_ENDPOINT_URL")]
@@ -69,7 +71,7 @@ pub fn payload(action: LambdaAction, cluster: &str, candidate: Option<&str>, for
         pgdaemon_core::keys::validate_member_name(c).map_err(CtlError::Usage)?;
     }
     if force && action != LambdaAction::Failover {
-        return Err(CtlError::Usage("--force applies only to failover".into()));
+        return Err(CtlError::Usage("--allow-data-loss applies only to failover".into()));
     }
     Ok(LambdaPayload { action, cluster: cluster.to_string(), candidate: candidate.map(str::to_string), force })
 }

@@ -15,6 +15,7 @@ pub mod dynconfig;
 pub mod fleet;
 pub mod invoke;
 pub mod maintenance;
+pub mod output;
 pub mod request;
 pub mod store_opts;
 pub mod table;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use output::{emit, FormatArgs};
 use pgdaemon_core::{RequestAction, Store, StoreError};
 use pgdaemon_dcs::dynamodb::client_from_env;
 use pgdaemon_dcs::{create_table, TableOutcome};
@@ -52,7 +54,7 @@ pub enum Command {
     /// The member table: name, host, role, state, timeline, lag in MB, tags.
     List(ListArgs),
     /// Every promotion so far (term, kind, old and new primary, LSN, duration, reason).
-    History(JsonArgs),
+    History(FormatArgs),
     /// The cluster's event log (member up/down, lag, lease lost, failover steps, role changes),
     /// oldest first.
     Events(EventsArgs),
@@ -67,7 +69,7 @@ pub enum Command {
     /// Resume automatic failover. Waits for the coordinator's answer.
     Resume(WaitArgs),
     /// Print the cluster's dynamic configuration (timings, lag limit, synchronous mode).
-    ShowConfig(JsonArgs),
+    ShowConfig(FormatArgs),
     /// Change the dynamic configuration: `--set key=value`, validated, written by compare-and-set.
     EditConfig(EditConfigArgs),
     /// Send an action to the coordinator Lambda (payload as `aws lambda invoke` takes it).
@@ -77,7 +79,7 @@ pub enum Command {
     Bootstrap(BootstrapArgs),
     /// Every cluster in the fleet registry (what a fleet coordinator evaluates), with its
     /// primary, term, member count and pause state. Needs no `--cluster`.
-    Clusters(JsonArgs),
+    Clusters(FormatArgs),
     /// Remove the cluster from the fleet registry (a cluster taken down). Refused while any of
     /// its members beat in the last ten minutes, unless `--force`. Its items are kept.
     Unregister(UnregisterArgs),
@@ -94,9 +96,9 @@ pub enum Command {
     /// primary drops its replication slot. Refused for the primary and while its agent beats.
     Remove(maintenance::RemoveArgs),
     /// Who streams from whom.
-    Topology,
+    Topology(FormatArgs),
     /// pgdctl's version and every member's agent version.
-    Version,
+    Version(FormatArgs),
     /// Create the DynamoDB table pgdaemon keeps its state in (on-demand billing, TTL on
     /// `expire_at`). Succeeds without change when the table exists. Uses `--table`,
     /// `--endpoint-url`, `--region`.
@@ -114,16 +116,9 @@ pub struct ListArgs {
     /// Stop after this many draws with `--watch`.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Machine-readable output (the cluster record and every heartbeat).
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct JsonArgs {
-    /// Machine-readable output.
-    #[arg(long)]
-    pub json: bool,
+    /// `json`/`yaml`: the cluster record, the lease, every heartbeat and member state.
+    #[command(flatten)]
+    pub output: FormatArgs,
 }
 
 #[derive(Debug, Args)]
@@ -139,9 +134,8 @@ pub struct EventsArgs {
     /// Only events from the last this many seconds.
     #[arg(long, default_value_t = 3600.0, value_parser = parse_positive_secs)]
     pub since: f64,
-    /// Machine-readable output (one JSON array).
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: FormatArgs,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +163,9 @@ pub struct FailoverArgs {
     /// Promote the candidate even if it fails the eligibility checks (lag, timeline, tags):
     /// data written after its position is lost.
     #[arg(long, requires = "candidate")]
+    pub allow_data_loss: bool,
+    /// Do not ask for confirmation (as in patronictl; it never allows data loss).
+    #[arg(long)]
     pub force: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
@@ -257,7 +254,7 @@ pub async fn run(cmd: Cmd, out: &mut impl Write) -> Result<(), CtlError> {
         Command::Clusters(args) => {
             let (config, _) = cmd.store.resolve_store()?;
             let store = pgdaemon_dcs::connect(&config).await?;
-            fleet::clusters(store.as_ref(), args.json, out).await
+            fleet::clusters(store.as_ref(), args.format(), out).await
         }
         command => {
             let (config, cluster) = cmd.store.resolve()?;
@@ -280,32 +277,26 @@ pub async fn run_store_command(
         Command::List(args) => list_cmd(store, cluster, args, out).await,
         Command::History(args) => {
             let history = store.read_history(cluster).await?;
-            if args.json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&history).map_err(anyhow::Error::from)?)?;
-            } else {
-                write!(out, "{}", table::history_table(&history))?;
-            }
-            Ok(())
+            emit(out, args.format(), &history, || Ok(table::history_table(&history)))
         }
         Command::Events(args) => {
             let since_ms = table::now_ms().saturating_sub(secs(args.since).as_millis() as u64);
             let events = store.read_events(cluster, since_ms).await?;
-            if args.json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&events).map_err(anyhow::Error::from)?)?;
-            } else {
-                write!(out, "{}", table::events_table(&events))?;
-            }
-            Ok(())
+            emit(out, args.output.format(), &events, || Ok(table::events_table(&events)))
         }
         Command::Switchover(args) => {
             request::act(store, cluster, RequestAction::Switchover, args.candidate, false, secs(args.wait.timeout), out).await
         }
         Command::Failover(args) => {
-            request::act(store, cluster, RequestAction::Failover, args.candidate, args.force, secs(args.wait.timeout), out).await
+            let to = args.candidate.as_deref().map_or("the most advanced eligible replica".to_string(), |c| c.to_string());
+            let loss = if args.allow_data_loss { ", allowing data loss" } else { "" };
+            maintenance::confirm(&format!("Fail over cluster {cluster} to {to}{loss}?"), args.force)?;
+            let timeout = secs(args.wait.timeout);
+            request::act(store, cluster, RequestAction::Failover, args.candidate, args.allow_data_loss, timeout, out).await
         }
         Command::Pause(args) => request::act(store, cluster, RequestAction::Pause, None, false, secs(args.timeout), out).await,
         Command::Resume(args) => request::act(store, cluster, RequestAction::Resume, None, false, secs(args.timeout), out).await,
-        Command::ShowConfig(args) => dynconfig::show(store, cluster, args.json, out).await,
+        Command::ShowConfig(args) => dynconfig::show(store, cluster, args.format(), out).await,
         Command::EditConfig(args) => dynconfig::edit(store, cluster, &args.sets, args.dry_run, out).await,
         Command::Bootstrap(args) => dynconfig::bootstrap(store, cluster, &args.primary, &args.sets, out).await,
         Command::Unregister(args) => fleet::unregister(store, cluster, args.force, out).await,
@@ -313,8 +304,8 @@ pub async fn run_store_command(
         Command::Reinit(args) => maintenance::reinit(store, cluster, api, args, out).await,
         Command::Reload(args) => maintenance::reload(store, cluster, api, args.member, out).await,
         Command::Remove(args) => maintenance::remove(store, cluster, api, args, out).await,
-        Command::Topology => Ok(write!(out, "{}", maintenance::topology(&store.read_view(cluster).await?))?),
-        Command::Version => Ok(write!(out, "{}", maintenance::versions(&store.read_view(cluster).await?))?),
+        Command::Topology(args) => maintenance::topology(&store.read_view(cluster).await?, args.format(), out),
+        Command::Version(args) => maintenance::versions(&store.read_view(cluster).await?, args.format(), out),
         Command::Invoke(_) | Command::CreateTable | Command::Clusters(_) => {
             unreachable!("handled before connecting to the store")
         }
@@ -328,14 +319,14 @@ fn secs(s: f64) -> Duration {
 async fn list_cmd(store: &dyn Store, cluster: &str, args: ListArgs, out: &mut impl Write) -> Result<(), CtlError> {
     if !args.watch {
         let view = store.read_view(cluster).await?;
-        return print_view(cluster, &view, args.json, out);
+        return print_view(cluster, &view, args.output.format(), out);
     }
     let mut drawn = 0u64;
     loop {
         // Clear the screen and home the cursor, like `watch`.
         write!(out, "\x1b[2J\x1b[H")?;
         match store.read_view(cluster).await {
-            Ok(view) => print_view(cluster, &view, args.json, out)?,
+            Ok(view) => print_view(cluster, &view, args.output.format(), out)?,
             Err(e) => writeln!(out, "{} {e}", table::now_hms())?,
         }
         out.flush()?;
@@ -347,14 +338,13 @@ async fn list_cmd(store: &dyn Store, cluster: &str, args: ListArgs, out: &mut im
     }
 }
 
-fn print_view(cluster: &str, view: &pgdaemon_core::ClusterView, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    if json {
-        let doc = table::view_json(cluster, view);
-        writeln!(out, "{}", serde_json::to_string_pretty(&doc).map_err(anyhow::Error::from)?)?;
-    } else {
-        write!(out, "{}", table::member_table(cluster, view, table::now_ms()))?;
-    }
-    Ok(())
+fn print_view(
+    cluster: &str,
+    view: &pgdaemon_core::ClusterView,
+    format: output::Format,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    emit(out, format, &table::view_json(cluster, view), || Ok(table::member_table(cluster, view, table::now_ms())))
 }
 
 async fn create_table_cmd(opts: &StoreOpts, out: &mut impl Write) -> Result<(), CtlError> {
@@ -412,9 +402,12 @@ mod tests {
     }
 
     #[test]
-    fn force_needs_a_candidate_and_timeouts_must_be_positive() {
-        assert!(Cmd::try_parse_from(["pgdctl", "failover", "--force"]).is_err());
-        assert!(Cmd::try_parse_from(["pgdctl", "failover", "--force", "--candidate", "b"]).is_ok());
+    fn data_loss_needs_a_candidate_and_timeouts_must_be_positive() {
+        assert!(Cmd::try_parse_from(["pgdctl", "failover", "--allow-data-loss"]).is_err());
+        assert!(Cmd::try_parse_from(["pgdctl", "failover", "--allow-data-loss", "--candidate", "b"]).is_ok());
+        let Command::Failover(f) = Cmd::try_parse_from(["pgdctl", "failover", "--force"]).unwrap().command else { panic!() };
+        assert!(f.force && !f.allow_data_loss, "--force only skips the question");
+        assert!(Cmd::try_parse_from(["pgdctl", "invoke", "failover", "--force", "--candidate", "b"]).is_ok(), "the old name");
         assert!(Cmd::try_parse_from(["pgdctl", "pause", "--timeout", "0"]).is_err());
         assert!(Cmd::try_parse_from(["pgdctl", "edit-config"]).is_err(), "--set is required");
     }
@@ -450,6 +443,23 @@ mod tests {
         let events: Vec<Event> = serde_json::from_slice(&out).unwrap();
         assert_eq!(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [old.id.as_str(), recent.id.as_str()]);
         assert!(Cmd::try_parse_from(["pgdctl", "events", "--since", "-5"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn destructive_verbs_without_a_terminal_need_force_and_change_nothing() {
+        use pgdaemon_core::{ClusterRecord, DynamicConfig, MemberStatus, MemoryStore};
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        store.write_cluster("c", None, &ClusterRecord::bootstrap("a", DynamicConfig::default())).await.unwrap();
+        for m in ["a", "b"] {
+            store.put_member("c", &MemberStatus::new(m)).await.unwrap();
+        }
+        for args in [vec!["failover", "--candidate", "b"], vec!["reinit", "b"], vec!["restart", "b"]] {
+            let cmd = Cmd::try_parse_from(std::iter::once("pgdctl").chain(args.iter().copied())).unwrap();
+            let err = run_store_command(store.clone(), "c", &cmd.api, cmd.command, &mut Vec::new()).await.unwrap_err();
+            assert!(err.exit_code() == 1 && err.to_string().contains("add --force"), "{args:?}: {err}");
+        }
+        let record = store.read_cluster("c").await.unwrap().unwrap();
+        assert!(record.request.is_none() && record.version == 1, "nothing was asked of the coordinator");
     }
 
     #[test]

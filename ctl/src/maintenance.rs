@@ -12,6 +12,7 @@ use pgdaemon_core::{ClusterView, RequestAction, Role, Store};
 use pgdaemon_dcs::agent_client::AgentClient;
 use serde_json::json;
 
+use crate::output::{emit, Format};
 use crate::{request, CtlError};
 
 /// How pgdctl reaches the agents' API.
@@ -89,7 +90,7 @@ pub struct RemoveArgs {
 }
 
 /// Asks `question` on a terminal; without one, only `--force` confirms.
-fn confirm(question: &str, force: bool) -> Result<(), CtlError> {
+pub(crate) fn confirm(question: &str, force: bool) -> Result<(), CtlError> {
     if force {
         return Ok(());
     }
@@ -318,40 +319,65 @@ pub async fn remove(
     Ok(())
 }
 
+/// One member in `topology`.
+#[derive(Debug, serde::Serialize)]
+struct Node {
+    member: String,
+    state: String,
+    /// The member it streams from (every replica follows the primary: pgdaemon does not cascade).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag_bytes: Option<u64>,
+}
+
 /// `topology`: the primary and the members streaming from it (every replica follows the
 /// primary directly: pgdaemon does not cascade).
-pub fn topology(view: &ClusterView) -> String {
+pub fn topology(view: &ClusterView, format: Format, out: &mut impl Write) -> Result<(), CtlError> {
     let primary = primary_of(view);
-    let describe = |name: &str| {
-        let Some(m) = view.members.get(name) else { return format!("{name} (no heartbeat)") };
-        let state = match (m.pg_running, m.role, m.streaming) {
-            (false, _, _) => "stopped".to_string(),
-            (true, Role::Primary, _) => format!("primary, timeline {}", m.timeline),
-            (true, Role::Replica, true) => {
-                format!("streaming, lag {}", m.lag_bytes.map_or("unknown".into(), |b| format!("{b} bytes")))
-            }
-            (true, _, _) => "running, not streaming".to_string(),
+    let node = |name: &str| {
+        let m = view.members.get(name);
+        let state = match m.map(|m| (m.pg_running, m.role, m.streaming)) {
+            None => "no heartbeat".to_string(),
+            Some((false, _, _)) => "stopped".to_string(),
+            Some((true, Role::Primary, _)) => format!("primary, timeline {}", m.map_or(0, |m| m.timeline)),
+            Some((true, Role::Replica, true)) => "streaming".to_string(),
+            Some((true, _, _)) => "running, not streaming".to_string(),
         };
-        format!("{name} ({state})")
+        let streaming = m.is_some_and(|m| m.streaming);
+        let upstream = (Some(name) != primary.as_deref() && streaming).then(|| primary.clone()).flatten();
+        Node { member: name.to_string(), state, upstream, lag_bytes: m.and_then(|m| m.lag_bytes).filter(|_| streaming) }
     };
-    let mut s = match &primary {
-        Some(p) => format!("{}\n", describe(p)),
-        None => "(no primary)\n".to_string(),
-    };
-    let others: Vec<&String> = view.members.keys().filter(|m| Some(*m) != primary.as_ref()).collect();
-    for (i, m) in others.iter().enumerate() {
-        let branch = if i + 1 == others.len() { "└──" } else { "├──" };
-        s.push_str(&format!("{branch} {}\n", describe(m)));
-    }
-    s
+    let mut nodes: Vec<Node> = primary.iter().map(|p| node(p)).collect();
+    nodes.extend(view.members.keys().filter(|m| Some(*m) != primary.as_ref()).map(|m| node(m)));
+    emit(out, format, &nodes, || {
+        let describe = |n: &Node| match n.lag_bytes {
+            Some(lag) => format!("{} ({}, lag {lag} bytes)", n.member, n.state),
+            None => format!("{} ({})", n.member, n.state),
+        };
+        let mut s = if primary.is_some() { format!("{}\n", describe(&nodes[0])) } else { "(no primary)\n".to_string() };
+        let replicas = &nodes[usize::from(primary.is_some())..];
+        for (i, n) in replicas.iter().enumerate() {
+            let branch = if i + 1 == replicas.len() { "└──" } else { "├──" };
+            s.push_str(&format!("{branch} {}\n", describe(n)));
+        }
+        Ok(s)
+    })
 }
 
 /// `version`: pgdctl's and every agent's version (from the heartbeats).
-pub fn versions(view: &ClusterView) -> String {
-    let mut s = format!("pgdctl {}\n", pgdaemon_core::VERSION);
-    for m in view.members.values() {
-        let v = if m.agent_version.is_empty() { "unknown" } else { &m.agent_version };
-        s.push_str(&format!("{}: pgdaemon-agent {v}\n", m.name));
-    }
-    s
+pub fn versions(view: &ClusterView, format: Format, out: &mut impl Write) -> Result<(), CtlError> {
+    let agents: std::collections::BTreeMap<&str, &str> = view
+        .members
+        .values()
+        .map(|m| (m.name.as_str(), if m.agent_version.is_empty() { "unknown" } else { m.agent_version.as_str() }))
+        .collect();
+    let doc = json!({ "pgdctl": pgdaemon_core::VERSION, "agents": agents });
+    emit(out, format, &doc, || {
+        let mut s = format!("pgdctl {}\n", pgdaemon_core::VERSION);
+        for (name, v) in &agents {
+            s.push_str(&format!("{name}: pgdaemon-agent {v}\n"));
+        }
+        Ok(s)
+    })
 }

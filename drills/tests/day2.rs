@@ -148,6 +148,10 @@ async fn day2(backend: Backend, name: &str) {
     assert_eq!(out.matches("reloaded").count(), 3, "{out}");
     let topology = run(&d, &["topology"]).await.unwrap();
     assert!(topology.starts_with(&format!("{new_primary} (primary")) && topology.matches("streaming").count() == 2, "{topology}");
+    let nodes: serde_json::Value = serde_json::from_str(&run(&d, &["topology", "--format", "json"]).await.unwrap()).unwrap();
+    assert_eq!(nodes.as_array().unwrap().iter().filter(|n| n["upstream"] == new_primary.as_str()).count(), 2, "{nodes}");
+    let yaml = run(&d, &["list", "--format", "yaml"]).await.unwrap();
+    assert!(yaml.contains("members:") && yaml.contains("pending_restart") == false, "{yaml}");
     let versions = run(&d, &["version"]).await.unwrap();
     assert!(versions.lines().count() == 4 && versions.contains("pg-3: pgdaemon-agent"), "{versions}");
 
