@@ -24,12 +24,12 @@ pub const CLUSTER_CONF_FILE: &str = "pgdaemon.cluster.conf";
 pub const INCLUDE_LINE: &str = "include_if_exists = 'pgdaemon.cluster.conf'";
 
 /// The `config#postgresql` item: cluster-wide parameters by name, as `postgresql.conf` values.
+/// Both fields are required when read: an item missing them is unreadable, never "no
+/// parameters" (which would make every agent drop what its node runs with).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ClusterParameters {
-    #[serde(default)]
     pub parameters: BTreeMap<String, String>,
     /// Stamped by the store on every write (compare-and-set, like the cluster record's).
-    #[serde(default)]
     pub version: u64,
 }
 

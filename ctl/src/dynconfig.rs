@@ -137,6 +137,28 @@ pub async fn edit(
     Ok(())
 }
 
+/// Says "no change", or what a dry run would set; `true` when the changes are to be written.
+fn announce(changes: &[String], dry_run: bool, out: &mut impl Write) -> Result<bool, CtlError> {
+    if changes.is_empty() {
+        writeln!(out, "no change")?;
+        return Ok(false);
+    }
+    if dry_run {
+        for c in changes {
+            writeln!(out, "would set {c}")?;
+        }
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+fn written(changes: &[String], out: &mut impl Write) -> Result<(), CtlError> {
+    for c in changes {
+        writeln!(out, "set {c}")?;
+    }
+    Ok(())
+}
+
 async fn edit_config(
     store: &dyn Store,
     cluster: &str,
@@ -151,25 +173,13 @@ async fn edit_config(
             .ok_or_else(|| CtlError::Refused(format!("cluster {cluster} has no record yet: it was never bootstrapped")))?;
         let new = apply_sets(&record.config, sets)?;
         let changes = diff(&record.config, &new);
-        if changes.is_empty() {
-            writeln!(out, "no change")?;
-            return Ok(());
-        }
-        if dry_run {
-            for c in &changes {
-                writeln!(out, "would set {c}")?;
-            }
+        if !announce(&changes, dry_run, out)? {
             return Ok(());
         }
         let version = record.version;
         record.config = new;
         match store.write_cluster(cluster, Some(version), &record).await {
-            Ok(_) => {
-                for c in &changes {
-                    writeln!(out, "set {c}")?;
-                }
-                return Ok(());
-            }
+            Ok(_) => return written(&changes, out),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -213,23 +223,11 @@ async fn edit_parameters(
                 changes.push(format!("{PARAMETER_PREFIX}{name}: {} -> {}{restart}", show(&old), show(&edit.value)));
             }
         }
-        if changes.is_empty() {
-            writeln!(out, "no change")?;
-            return Ok(());
-        }
-        if dry_run {
-            for c in &changes {
-                writeln!(out, "would set {c}")?;
-            }
+        if !announce(&changes, dry_run, out)? {
             return Ok(());
         }
         match store.write_parameters(cluster, view.parameters.as_ref().map(|p| p.version), &new).await {
-            Ok(_) => {
-                for c in &changes {
-                    writeln!(out, "set {c}")?;
-                }
-                return Ok(());
-            }
+            Ok(_) => return written(&changes, out),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }

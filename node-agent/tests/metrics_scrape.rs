@@ -26,7 +26,7 @@ const SEC: fn(u64) -> Duration = Duration::from_secs;
 const ODD_NAME: &str = "n\"2\\b\nx";
 
 /// Every series the agent exports (names as in the exposition, before `_bucket`/`_sum`/`_count`).
-const FAMILIES: [&str; 30] = [
+const FAMILIES: [&str; 31] = [
     "pgdaemon_version",
     "pgdaemon_postgres_running",
     "pgdaemon_primary",
@@ -40,6 +40,7 @@ const FAMILIES: [&str; 30] = [
     "pgdaemon_failsafe_mode_enabled",
     "pgdaemon_postgres_timeline",
     "pgdaemon_is_paused",
+    "pgdaemon_pending_restart",
     "pgdaemon_role",
     "pgdaemon_lease_held",
     "pgdaemon_term",
@@ -322,6 +323,7 @@ fn replica() -> AgentSnapshot {
             replay_lsn: Some(lsn("0/4F00")),
             replay_age: Some(Duration::from_millis(250)),
             streaming: true,
+            pending_restart: vec!["shared_buffers".into()],
             ..Default::default()
         }),
         last_view: Some(view(ODD_NAME)),
@@ -409,6 +411,7 @@ async fn a_synchronous_replica_with_an_odd_name() {
     assert_eq!(m.value("pgdaemon_failsafe_mode_enabled", &[]), 1.0);
     assert_eq!(m.value("pgdaemon_postgres_timeline", &[]), 3.0);
     assert_eq!(m.value("pgdaemon_is_paused", &[]), 1.0);
+    assert_eq!(m.value("pgdaemon_pending_restart", &[]), 1.0);
     assert_eq!(m.value("pgdaemon_role", &[("role", "replica")]), 1.0);
     assert_eq!(m.value("pgdaemon_role", &[("role", "primary")]), 0.0);
     assert_eq!(m.value("pgdaemon_role", &[("role", "unknown")]), 0.0);
@@ -487,6 +490,7 @@ async fn no_store_read_and_postgres_down() {
     // As Patroni: no cluster read counts as unlocked.
     assert_eq!(m.value("pgdaemon_cluster_unlocked", &[]), 1.0);
     assert_eq!(m.value("pgdaemon_is_paused", &[]), 0.0);
+    assert_eq!(m.value("pgdaemon_pending_restart", &[]), 0.0);
     assert_eq!(m.value("pgdaemon_failsafe_mode_enabled", &[]), 0.0);
     assert_eq!(m.value("pgdaemon_store_up", &[]), 0.0);
     assert_eq!(m.value("pgdaemon_role", &[("role", "unknown")]), 1.0);
