@@ -6,7 +6,8 @@
 //! writing to the old cluster until the cut-over. One store (etcd): the runbook does nothing
 //! store-specific.
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgdaemon_drills::writer::{self, Writer};
@@ -55,8 +56,30 @@ async fn a_cluster_moves_into_a_new_cluster_by_logical_replication() {
         .output()
         .unwrap();
     assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
-    let schema = String::from_utf8(dump.stdout).unwrap();
-    sql(&b, &new, &schema);
+    // Through psql's standard input, as `pg_dump | psql`: the dump holds psql meta-commands.
+    let mut psql = Command::new(bin.join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &new_port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    psql.stdin.take().unwrap().write_all(&dump.stdout).unwrap();
+    let restore = psql.wait_with_output().unwrap();
+    assert!(restore.status.success(), "{}", String::from_utf8_lossy(&restore.stderr));
     // Step 4: publication on the old primary, subscription on the new one.
     sql(&a, &old, "CREATE PUBLICATION upgrade FOR ALL TABLES");
     sql(
