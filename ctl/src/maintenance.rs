@@ -54,6 +54,10 @@ pub struct RestartArgs {
     /// Only members with a setting waiting for a restart (`pgdctl list` shows them).
     #[arg(long)]
     pub pending: bool,
+    /// Restart the primary in place instead of switching over: its agent stops Postgres and
+    /// starts it again under its lease. Writes stop for the restart's length; no failover.
+    #[arg(long)]
+    pub in_place: bool,
     /// Seconds to wait for each member to stream again (and for the switchover).
     #[arg(long, default_value_t = 120.0, value_parser = crate::parse_positive_secs)]
     pub timeout: f64,
@@ -155,17 +159,14 @@ pub async fn restart(
     }
     let primary = primary_of(&view);
     let (with_primary, replicas): (Vec<String>, Vec<String>) = targets.into_iter().partition(|m| Some(m) == primary.as_ref());
-    let switchover = !with_primary.is_empty();
+    let switchover = !with_primary.is_empty() && !args.in_place;
     if switchover && !view.members.values().any(|m| Some(&m.name) != primary.as_ref() && m.streaming) {
         return Err(CtlError::Refused(
             "the primary can only be restarted by a switchover, and no replica streams to take over; nothing was changed".into(),
         ));
     }
-    let plan = replicas
-        .iter()
-        .cloned()
-        .chain(with_primary.iter().map(|p| format!("{p} (primary: by a switchover)")))
-        .collect::<Vec<_>>();
+    let how = if args.in_place { "in place: writes stop meanwhile" } else { "by a switchover" };
+    let plan = replicas.iter().cloned().chain(with_primary.iter().map(|p| format!("{p} (primary: {how})"))).collect::<Vec<_>>();
     confirm(&format!("Restart {} in cluster {cluster}?", plan.join(", ")), args.force)?;
     let client = api.client(timeout)?;
     let started = Instant::now();
@@ -178,7 +179,21 @@ pub async fn restart(
         writeln!(out, "restarted {member}: streaming again after {:.1}s", t.elapsed().as_secs_f64())?;
         done.push(member.clone());
     }
-    if let Some(old) = with_primary.first() {
+    if let Some(old) = with_primary.first().filter(|_| args.in_place) {
+        let (t, term) = (Instant::now(), view.cluster.as_ref().map_or(0, |c| c.term));
+        let url = view.members[old].api_url.clone();
+        client
+            .post(old, &url, "/restart", &json!({ "primary_in_place": true }))
+            .await
+            .map_err(|e| stopped_at(&done, old, e.to_string()))?;
+        // The agent answers once its loop started Postgres again as primary under its lease.
+        let record = store.read_cluster(cluster).await?;
+        if record.as_ref().is_some_and(|r| r.term != term || r.primary.as_deref() != Some(old.as_str())) {
+            return Err(stopped_at(&done, old, "the cluster moved on to another term while it restarted".into()));
+        }
+        writeln!(out, "restarted {old} in place: primary again after {:.1}s", t.elapsed().as_secs_f64())?;
+        done.push(old.clone());
+    } else if let Some(old) = with_primary.first() {
         writeln!(out, "switching over from {old} (the primary restarts as a replica)")?;
         request::act(store, cluster, RequestAction::Switchover, None, false, timeout, out).await?;
         wait_streaming(store, cluster, old, Instant::now() + timeout).await.map_err(|e| stopped_at(&done, old, e))?;

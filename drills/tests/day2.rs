@@ -118,6 +118,18 @@ async fn day2(backend: Backend, name: &str) {
     })
     .await;
 
+    // The primary restarted in place: same primary and term, writes stop only meanwhile.
+    let w = Writer::start(d.members(), &new_primary, "in_place_writes", Duration::from_secs(120)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let term = d.view().await.unwrap().cluster.unwrap().term;
+    let out = run(&d, &["restart", &new_primary, "--in-place", "--force"]).await.unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = w.stop().await.unwrap();
+    eprintln!("[{backend:?}] in-place restart of the primary: {out}longest write gap {:.2} s", report.longest_gap.as_secs_f64());
+    let record = d.view().await.unwrap().cluster.unwrap();
+    assert_eq!((record.primary.as_deref(), record.term), (Some(new_primary.as_str()), term), "no failover");
+    assert!(d.pg.try_sql(&new_primary, "INSERT INTO in_place_writes VALUES (-1)").is_ok(), "writable again");
+
     // Paused, the primary's agent restarts with its Postgres left running: same primary, same
     // term, no write refused.
     run(&d, &["pause"]).await.unwrap();

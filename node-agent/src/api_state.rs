@@ -53,8 +53,9 @@ pub trait AgentApi: Send + Sync + 'static {
     fn wake(&self) {}
 
     /// `POST /restart`: restart this member's Postgres in place, only as a replica
-    /// (`AgentHandle::restart_replica`). Default: refused.
-    async fn restart(&self) -> Result<(), MaintenanceError> {
+    /// (`AgentHandle::restart_replica`); with `primary`, only as the primary holding the lease
+    /// (`AgentHandle::restart_primary_in_place`). Default: refused.
+    async fn restart(&self, _primary: bool) -> Result<(), MaintenanceError> {
         Err(MaintenanceError::Refused("this agent does not restart Postgres".into()))
     }
 

@@ -40,11 +40,26 @@ fn no_arguments(body: &[u8]) -> Result<(), Response> {
     }
 }
 
+/// The body of `POST /restart` (optional: an empty body is `{}`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartRequest {
+    /// Restart the primary in place (the loop starts it again under its lease); without it only
+    /// a replica is restarted.
+    #[serde(default)]
+    primary_in_place: bool,
+}
+
 pub(crate) async fn restart(State(st): State<ApiState>, body: Bytes) -> Response {
-    if let Err(r) = no_arguments(&body) {
-        return r;
-    }
-    let result = st.api.restart().await;
+    let req: RestartRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RestartRequest::default()
+    } else {
+        match json_object(&body, r#"{} or {"primary_in_place": true}"#) {
+            Ok(r) => r,
+            Err(response) => return response,
+        }
+    };
+    let result = st.api.restart(req.primary_in_place).await;
     answer(&st, "restarted", result)
 }
 

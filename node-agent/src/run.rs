@@ -46,6 +46,9 @@ use crate::watchdog::{Watchdog, WatchdogConfig, WatchdogMode};
 /// The agent version written into heartbeats and the API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// How long `POST /restart` with `primary_in_place` waits for the loop to start the primary again.
+const IN_PLACE_RESTART_WAIT: Duration = Duration::from_secs(120);
+
 /// How long the final loop of a clean shutdown may take (store calls are bounded anyway).
 const FINAL_TICK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -92,8 +95,30 @@ impl AgentApi for LiveApi {
         self.wake.wake()
     }
 
-    async fn restart(&self) -> Result<(), MaintenanceError> {
-        self.handle.restart_replica().await
+    async fn restart(&self, primary: bool) -> Result<(), MaintenanceError> {
+        if !primary {
+            return self.handle.restart_replica().await;
+        }
+        self.handle.restart_primary_in_place().await?;
+        // The loop starts it again (under its lease, as after a crash of Postgres alone): now,
+        // not at its next tick. Done once a loop that began after the stop saw it primary.
+        self.wake.wake();
+        let after = self.handle.snapshot().counters.ticks + 1;
+        let deadline = tokio::time::Instant::now() + IN_PLACE_RESTART_WAIT;
+        loop {
+            let s = self.handle.snapshot();
+            if s.counters.ticks > after && s.pg_running && s.role == Role::Primary {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MaintenanceError::Pg(pgdaemon_core::pg::PgError::NotVerified(format!(
+                    "not primary again {} s after the stop ({})",
+                    IN_PLACE_RESTART_WAIT.as_secs(),
+                    s.last_reason
+                ))));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn reload(&self) -> Result<(), MaintenanceError> {

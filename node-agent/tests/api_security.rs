@@ -54,8 +54,8 @@ impl AgentApi for Fake {
     fn wake(&self) {
         *self.wakes.lock().unwrap() += 1;
     }
-    async fn restart(&self) -> Result<(), MaintenanceError> {
-        self.maintenance.lock().unwrap().push("restart".into());
+    async fn restart(&self, primary: bool) -> Result<(), MaintenanceError> {
+        self.maintenance.lock().unwrap().push(if primary { "restart primary" } else { "restart" }.into());
         Err(MaintenanceError::Refused("this member is primary".into()))
     }
     async fn reload(&self) -> Result<(), MaintenanceError> {
@@ -254,6 +254,7 @@ async fn maintenance_requests_are_checked_before_they_reach_the_agent() {
     // in the view): nothing reaches the agent.
     for (path, body, code) in [
         ("/restart", r#"{"in_place": true}"#, 400),
+        ("/restart", r#"{"primary_in_place": "yes"}"#, 400),
         ("/reload", "[]", 400),
         ("/drop-slot", "{}", 400),
         ("/drop-slot", r#"{"member":"../x"}"#, 400),
@@ -268,10 +269,11 @@ async fn maintenance_requests_are_checked_before_they_reach_the_agent() {
     // Accepted ones reach it; a refusal in the agent's state is a 409 saying nothing changed.
     let (code, doc, _) = api.post("/restart", "", auth).await;
     assert!(code == 409 && doc["error"].as_str().unwrap().contains("nothing was changed"), "{doc}");
+    assert_eq!(api.post("/restart", r#"{"primary_in_place": true}"#, auth).await.0, 409);
     assert_eq!(api.post("/reload", "", auth).await.0, 200);
     let (code, doc, _) = api.post("/drop-slot", r#"{"member":"n3"}"#, auth).await;
     assert!(code == 200 && doc["dropped"] == true, "{doc}");
-    assert_eq!(*api.fake.maintenance.lock().unwrap(), ["restart", "reload", "drop-slot n3"]);
+    assert_eq!(*api.fake.maintenance.lock().unwrap(), ["restart", "restart primary", "reload", "drop-slot n3"]);
 }
 
 #[tokio::test]

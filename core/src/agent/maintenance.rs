@@ -90,6 +90,24 @@ impl AgentHandle {
         Ok(())
     }
 
+    /// Restarts the primary's Postgres in place: a fast stop under the Postgres lock, then the
+    /// loop (woken at once) starts it again exactly as after a crash of Postgres alone, under
+    /// its still-held lease and with every check of that path (the lease valid for the term, no
+    /// fence; a start that fails hands the lease over). Writes stop for the restart's length;
+    /// no one else can be promoted meanwhile, as the lease is still renewed. Refused unless this
+    /// agent holds the lease and Postgres runs as primary.
+    pub async fn restart_primary_in_place(&self) -> Result<(), MaintenanceError> {
+        let _guard = self.shared.pg_lock.lock().await;
+        let holds_lease = self.shared.snapshot.lock().unwrap_or_else(PoisonError::into_inner).holds_lease;
+        if !holds_lease || !self.pg.probe().await.is_primary() {
+            return Err(MaintenanceError::Refused("this member is not the primary holding the lease".into()));
+        }
+        tracing::warn!("restarting the primary's Postgres in place on request: writes stop until it is back");
+        self.pg.stop(StopMode::Fast).await?;
+        self.woken();
+        Ok(())
+    }
+
     /// Re-reads the configuration files (`pg_reload_conf()`).
     pub async fn reload(&self) -> Result<(), MaintenanceError> {
         Ok(self.pg.reload().await?)
