@@ -39,7 +39,10 @@ impl ApiOpts {
             ),
             None => std::env::var("PGDAEMON_API_TOKEN").ok().filter(|t| !t.is_empty()),
         };
-        AgentClient::new(token.as_deref(), self.api_ca_file.as_deref(), timeout).map_err(|e| CtlError::Usage(e.to_string()))
+        let client = AgentClient::new(Duration::from_secs(2), Some(timeout))
+            .with_tls(self.api_ca_file.as_deref(), None)
+            .map_err(|e| CtlError::Usage(e.to_string()))?;
+        Ok(client.with_bearer(token.as_deref()))
     }
 }
 
@@ -174,7 +177,7 @@ pub async fn restart(
     for member in &replicas {
         let url = view.members[member].api_url.clone();
         let t = Instant::now();
-        client.post(member, &url, "/restart", &json!({})).await.map_err(|e| stopped_at(&done, member, e.to_string()))?;
+        client.call(member, &url, "/restart", &json!({})).await.map_err(|e| stopped_at(&done, member, e.to_string()))?;
         wait_streaming(store, cluster, member, Instant::now() + timeout).await.map_err(|e| stopped_at(&done, member, e))?;
         writeln!(out, "restarted {member}: streaming again after {:.1}s", t.elapsed().as_secs_f64())?;
         done.push(member.clone());
@@ -183,7 +186,7 @@ pub async fn restart(
         let (t, term) = (Instant::now(), view.cluster.as_ref().map_or(0, |c| c.term));
         let url = view.members[old].api_url.clone();
         client
-            .post(old, &url, "/restart", &json!({ "primary_in_place": true }))
+            .call(old, &url, "/restart", &json!({ "primary_in_place": true }))
             .await
             .map_err(|e| stopped_at(&done, old, e.to_string()))?;
         // The agent answers once its loop started Postgres again as primary under its lease.
@@ -252,7 +255,7 @@ pub async fn reinit(
     let started = Instant::now();
     let client = api.client(timeout)?;
     client
-        .post(member, &view.members[member].api_url, "/reinit", &json!({}))
+        .call(member, &view.members[member].api_url, "/reinit", &json!({}))
         .await
         .map_err(|e| CtlError::Refused(e.to_string()))?;
     wait_streaming(store, cluster, member, started + timeout).await.map_err(CtlError::Timeout)?;
@@ -275,7 +278,7 @@ pub async fn reload(
     let client = api.client(Duration::from_secs(10))?;
     let mut failed = Vec::new();
     for m in view.members.values().filter(|m| member.as_ref().is_none_or(|only| *only == m.name)) {
-        match client.post(&m.name, &m.api_url, "/reload", &json!({})).await {
+        match client.call(&m.name, &m.api_url, "/reload", &json!({})).await {
             Ok(_) => writeln!(out, "reloaded {}", m.name)?,
             Err(e) => failed.push(format!("{}: {e}", m.name)),
         }
@@ -327,7 +330,7 @@ pub async fn remove(
     };
     let client = api.client(Duration::from_secs(30))?;
     client
-        .post(&primary.name, &primary.api_url, "/drop-slot", &json!({ "member": member }))
+        .call(&primary.name, &primary.api_url, "/drop-slot", &json!({ "member": member }))
         .await
         .map_err(|e| CtlError::Refused(format!("{member} removed, but its replication slot was not dropped: {e}")))?;
     writeln!(out, "ok: dropped slot {} on {}", pgdaemon_core::pg::slot_name(member), primary.name)?;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pgdaemon_core::fence::{DemoteReply, DemoteRequest, FenceStatus, FenceTarget, Fencer, PendingHandle};
 
-use crate::tls::{client_config, ClientIdentity, TlsError};
+use crate::agent_client::AgentClient;
+use crate::tls::{ClientIdentity, TlsError};
 
 /// Asks the old primary's agent to demote: `POST <api_url>/demote` with a [`DemoteRequest`]
 /// (`{"term": T, "reason": "..."}`). The agent answers 200 with a [`DemoteReply`]
@@ -31,49 +32,35 @@ use crate::tls::{client_config, ClientIdentity, TlsError};
 /// confirmation.
 #[derive(Debug, Clone)]
 pub struct HttpDemoteFencer {
-    client: reqwest::Client,
-    timeout: Duration,
-    authorization: Option<reqwest::header::HeaderValue>,
+    client: AgentClient,
 }
 
 impl HttpDemoteFencer {
     /// `timeout` bounds the whole request, including the agent's demotion (a fast shutdown with
-    /// a checkpoint; tens of seconds at worst on a busy primary). `https://` is verified against
-    /// the system's roots (see [`Self::with_tls`] for a private CA).
+    /// a checkpoint; tens of seconds at worst on a busy primary); connecting, at most 3 s of it.
+    /// `https://` is verified against the system's roots (see [`Self::with_tls`] for a private
+    /// CA).
     pub fn new(timeout: Duration) -> Self {
-        let tls = client_config(None, None).expect("a client configuration without files always builds");
-        HttpDemoteFencer { client: Self::client(timeout, tls), timeout, authorization: None }
+        HttpDemoteFencer { client: AgentClient::new(timeout.min(Duration::from_secs(3)), Some(timeout)) }
     }
 
     /// Verifies the agents' certificates against `ca_file` (PEM; `None`: the system's roots)
     /// and presents `identity` to agents that require a client certificate. Fails, naming the
     /// file, when a file cannot be read or used.
-    pub fn with_tls(self, ca_file: Option<&Path>, identity: Option<&ClientIdentity>) -> Result<Self, TlsError> {
-        Ok(self.with_tls_config(client_config(ca_file, identity)?))
+    pub fn with_tls(mut self, ca_file: Option<&Path>, identity: Option<&ClientIdentity>) -> Result<Self, TlsError> {
+        self.client = self.client.with_tls(ca_file, identity)?;
+        Ok(self)
     }
 
     /// [`Self::with_tls`] with a configuration built elsewhere (from [`crate::tls`]).
     pub fn with_tls_config(mut self, tls: rustls::ClientConfig) -> Self {
-        self.client = Self::client(self.timeout, tls);
+        self.client = self.client.with_tls_config(tls);
         self
     }
 
-    fn client(timeout: Duration, tls: rustls::ClientConfig) -> reqwest::Client {
-        reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .build()
-            .expect("an HTTP client with a rustls configuration always builds")
-    }
-
-    /// Sends `authorization` (`Basic ...` or `Bearer ...`, marked sensitive so it never shows in
-    /// a `Debug`) with every request.
+    /// Sends `authorization` (`Basic ...` or `Bearer ...`) with every request.
     pub fn with_authorization(mut self, authorization: Option<reqwest::header::HeaderValue>) -> Self {
-        self.authorization = authorization.map(|mut v| {
-            v.set_sensitive(true);
-            v
-        });
+        self.client = self.client.with_authorization(authorization);
         self
     }
 }
@@ -90,22 +77,16 @@ impl Fencer for HttpDemoteFencer {
         }
         let url = format!("{}/demote", target.api_url.trim_end_matches('/'));
         let body = DemoteRequest { term: target.term, reason: target.reason.clone() };
-        let mut post = self.client.post(&url).json(&body);
-        if let Some(auth) = &self.authorization {
-            post = post.header(reqwest::header::AUTHORIZATION, auth.clone());
-        }
-        let resp = match post.send().await {
-            Ok(r) => r,
-            Err(e) => return FenceStatus::Failed { detail: format!("POST {url}: {}", crate::error_chain(&e)) },
+        let answer = match self.client.post(&target.api_url, "/demote", &body).await {
+            Ok(a) => a,
+            Err(detail) => return FenceStatus::Failed { detail },
         };
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
+        if !answer.status.is_success() {
             return FenceStatus::Failed {
-                detail: format!("POST {url}: HTTP {status}: {}", text.chars().take(300).collect::<String>()),
+                detail: format!("POST {url}: HTTP {}: {}", answer.status, answer.body.chars().take(300).collect::<String>()),
             };
         }
-        let reply: DemoteReply = match serde_json::from_str(&text) {
+        let reply: DemoteReply = match serde_json::from_str(&answer.body) {
             Ok(r) => r,
             Err(e) if e.is_data() => {
                 return FenceStatus::Failed {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use pgdaemon_core::coordinator::{AgentWaker, WakeTarget};
 use reqwest::header::HeaderValue;
 
-use crate::tls::{client_config, ClientIdentity, TlsError};
+use crate::agent_client::AgentClient;
+use crate::tls::{ClientIdentity, TlsError};
 
 /// A live agent accepts within milliseconds; one that does not is not worth waiting for.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
@@ -36,8 +37,7 @@ pub enum WakeError {
 /// `POST <api_url>/wake` with `{"reason": "designated in term 7"}` (see the module docs).
 #[derive(Debug, Clone)]
 pub struct HttpWaker {
-    client: reqwest::Client,
-    authorization: Option<HeaderValue>,
+    client: AgentClient,
 }
 
 impl Default for HttpWaker {
@@ -49,38 +49,26 @@ impl Default for HttpWaker {
 impl HttpWaker {
     /// `https://` verified against the system's roots (see [`Self::with_tls`]), no credentials.
     pub fn new() -> Self {
-        let tls = client_config(None, None).expect("a client configuration without files always builds");
-        HttpWaker { client: Self::client(tls), authorization: None }
+        HttpWaker { client: AgentClient::new(CONNECT_TIMEOUT, Some(TOTAL_TIMEOUT)) }
     }
 
     /// Verifies the agents' certificates against `ca_file` (`None`: the system's roots) and
     /// presents `identity` to agents that require a client certificate.
-    pub fn with_tls(self, ca_file: Option<&std::path::Path>, identity: Option<&ClientIdentity>) -> Result<Self, TlsError> {
-        Ok(self.with_tls_config(client_config(ca_file, identity)?))
+    pub fn with_tls(mut self, ca_file: Option<&std::path::Path>, identity: Option<&ClientIdentity>) -> Result<Self, TlsError> {
+        self.client = self.client.with_tls(ca_file, identity)?;
+        Ok(self)
     }
 
     /// [`Self::with_tls`] with a configuration built elsewhere (the `http` fencer's).
     pub fn with_tls_config(mut self, tls: rustls::ClientConfig) -> Self {
-        self.client = Self::client(tls);
+        self.client = self.client.with_tls_config(tls);
         self
     }
 
-    /// Sends `authorization` (`Basic ...` or `Bearer ...`, marked sensitive) with every request.
+    /// Sends `authorization` (`Basic ...` or `Bearer ...`) with every request.
     pub fn with_authorization(mut self, authorization: Option<HeaderValue>) -> Self {
-        self.authorization = authorization.map(|mut v| {
-            v.set_sensitive(true);
-            v
-        });
+        self.client = self.client.with_authorization(authorization);
         self
-    }
-
-    fn client(tls: rustls::ClientConfig) -> reqwest::Client {
-        reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .timeout(TOTAL_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .expect("an HTTP client with a rustls configuration always builds")
     }
 
     /// One wake request, awaited: `Ok` once the agent accepted it (2xx).
@@ -89,17 +77,16 @@ impl HttpWaker {
             return Err(WakeError::NoUrl { member: target.member.clone() });
         }
         let url = format!("{}/wake", target.api_url.trim_end_matches('/'));
-        let mut post = self.client.post(&url).json(&serde_json::json!({ "reason": target.describe() }));
-        if let Some(auth) = &self.authorization {
-            post = post.header(reqwest::header::AUTHORIZATION, auth.clone());
-        }
-        let resp = post.send().await.map_err(|e| WakeError::Request { url: url.clone(), detail: crate::error_chain(&e) })?;
-        let status = resp.status();
-        if status.is_success() {
+        let body = serde_json::json!({ "reason": target.describe() });
+        let answer = self
+            .client
+            .post(&target.api_url, "/wake", &body)
+            .await
+            .map_err(|detail| WakeError::Request { url: url.clone(), detail })?;
+        if answer.status.is_success() {
             return Ok(());
         }
-        let body = resp.text().await.unwrap_or_default().chars().take(300).collect();
-        Err(WakeError::Refused { url, status: status.as_u16(), body })
+        Err(WakeError::Refused { url, status: answer.status.as_u16(), body: answer.body.chars().take(300).collect() })
     }
 
     /// [`Self::send`] in the background on the current tokio runtime; the outcome is logged.

@@ -7,19 +7,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pgdaemon_core::agent::{AgentHandle, FailsafePeers, FailsafeReply, FailsafeRequest, RoundOutcome};
+use pgdaemon_dcs::agent_client::AgentClient;
 
 /// [`FailsafePeers`] over the members' HTTP APIs.
 pub struct HttpPeers {
-    client: reqwest::Client,
-    /// `Authorization` sent with every request (the cluster's shared `[api]` credentials).
-    authorization: Option<reqwest::header::HeaderValue>,
+    /// No client-wide request bound: each request carries the round's own.
+    client: AgentClient,
 }
 
 impl HttpPeers {
     /// `https://` peers are verified against the system's roots; see [`Self::with_tls`].
     pub fn new() -> Self {
-        let tls = pgdaemon_dcs::tls::client_config(None, None).expect("a client configuration without files always builds");
-        HttpPeers { client: Self::client(tls), authorization: None }
+        HttpPeers { client: AgentClient::new(PEER_CONNECT_TIMEOUT, None) }
     }
 
     /// Verifies `https://` peers with `tls` (`ApiSecurity::client_tls`: the cluster's CA from
@@ -27,26 +26,20 @@ impl HttpPeers {
     /// keeps the system's roots.
     pub fn with_tls(mut self, tls: Option<rustls::ClientConfig>) -> Self {
         if let Some(tls) = tls {
-            self.client = Self::client(tls);
+            self.client = self.client.with_tls_config(tls);
         }
         self
     }
 
-    fn client(tls: rustls::ClientConfig) -> reqwest::Client {
-        // No client-wide timeout: each request carries the round's own bound. Every client is
-        // given its TLS configuration (reqwest has no process-wide rustls provider).
-        reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .build()
-            .expect("an HTTP client with a rustls configuration always builds")
-    }
-
     /// Sends `authorization` (see `ApiSecurity::client_authorization`) with every request.
     pub fn with_authorization(mut self, authorization: Option<reqwest::header::HeaderValue>) -> Self {
-        self.authorization = authorization;
+        self.client = self.client.with_authorization(authorization);
         self
     }
 }
+
+/// A peer that does not accept a connection within this is not going to acknowledge in time.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Default for HttpPeers {
     fn default() -> Self {
@@ -59,16 +52,10 @@ impl FailsafePeers for HttpPeers {
     async fn ask(&self, api_url: &str, request: &FailsafeRequest, timeout: Duration) -> Result<FailsafeReply, String> {
         let url = format!("{}/failsafe", api_url.trim_end_matches('/'));
         let call = async {
-            let mut post = self.client.post(&url).json(request);
-            if let Some(auth) = &self.authorization {
-                post = post.header(reqwest::header::AUTHORIZATION, auth.clone());
-            }
-            let resp = post.send().await.map_err(|e| format!("{url}: {e}"))?;
-            let status = resp.status();
-            let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+            let answer = self.client.post(api_url, "/failsafe", request).await?;
             // A refusal is a 409 with a reply body; anything else without one is no answer.
-            serde_json::from_slice::<FailsafeReply>(&body)
-                .map_err(|e| format!("{url}: HTTP {status}, unreadable reply ({e}): {}", String::from_utf8_lossy(&body)))
+            serde_json::from_str::<FailsafeReply>(&answer.body)
+                .map_err(|e| format!("{url}: HTTP {}, unreadable reply ({e}): {}", answer.status, answer.body))
         };
         match tokio::time::timeout(timeout, call).await {
             Ok(r) => r,
