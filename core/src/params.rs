@@ -51,6 +51,9 @@ pub struct MemberState {
     /// 412 MB copied in 35 s" (`pgdctl list` shows it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activity: Option<String>,
+    /// The running server's `server_version` as last seen (kept while it is down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_version: Option<String>,
 }
 
 /// How a setting takes effect (`pg_settings.context`, PostgreSQL 15).

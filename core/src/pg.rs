@@ -128,6 +128,9 @@ pub struct PgProbe {
     /// (`pg_settings.pending_restart`), sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_restart: Vec<String>,
+    /// `server_version`, e.g. "15.18".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
     /// Why the probe could not connect or query (for logs and the snapshot).
     pub error: Option<String>,
 }

@@ -97,7 +97,7 @@ pub enum Command {
     Remove(maintenance::RemoveArgs),
     /// Who streams from whom.
     Topology(FormatArgs),
-    /// pgdctl's version and every member's agent version.
+    /// pgdctl's version and every member's agent and PostgreSQL version.
     Version(FormatArgs),
     /// Create the DynamoDB table pgdaemon keeps its state in (on-demand billing, TTL on
     /// `expire_at`). Succeeds without change when the table exists. Uses `--table`,

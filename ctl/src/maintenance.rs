@@ -383,18 +383,32 @@ pub fn topology(view: &ClusterView, format: Format, out: &mut impl Write) -> Res
     })
 }
 
-/// `version`: pgdctl's and every agent's version (from the heartbeats).
+/// One member in `version`.
+#[derive(Debug, serde::Serialize)]
+struct Versions<'a> {
+    member: &'a str,
+    agent: &'a str,
+    /// `server_version` as the member's agent last reported it (member state).
+    postgres: Option<&'a str>,
+}
+
+/// `version`: pgdctl's, every agent's (from the heartbeats) and every Postgres server's (from the
+/// member states).
 pub fn versions(view: &ClusterView, format: Format, out: &mut impl Write) -> Result<(), CtlError> {
-    let agents: std::collections::BTreeMap<&str, &str> = view
+    let members: Vec<Versions> = view
         .members
         .values()
-        .map(|m| (m.name.as_str(), if m.agent_version.is_empty() { "unknown" } else { m.agent_version.as_str() }))
+        .map(|m| Versions {
+            member: &m.name,
+            agent: if m.agent_version.is_empty() { "unknown" } else { &m.agent_version },
+            postgres: view.states.get(&m.name).and_then(|s| s.postgres_version.as_deref()),
+        })
         .collect();
-    let doc = json!({ "pgdctl": pgdaemon_core::VERSION, "agents": agents });
+    let doc = json!({ "pgdctl": pgdaemon_core::VERSION, "members": members });
     emit(out, format, &doc, || {
         let mut s = format!("pgdctl {}\n", pgdaemon_core::VERSION);
-        for (name, v) in &agents {
-            s.push_str(&format!("{name}: pgdaemon-agent {v}\n"));
+        for m in &members {
+            s.push_str(&format!("{}: pgdaemon-agent {}, PostgreSQL {}\n", m.member, m.agent, m.postgres.unwrap_or("unknown")));
         }
         Ok(s)
     })

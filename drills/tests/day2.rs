@@ -166,6 +166,7 @@ async fn day2(backend: Backend, name: &str) {
     assert!(yaml.contains("members:") && !yaml.contains("pending_restart"), "nothing pending: {yaml}");
     let versions = run(&d, &["version"]).await.unwrap();
     assert!(versions.lines().count() == 4 && versions.contains("pg-3: pgdaemon-agent"), "{versions}");
+    assert_eq!(versions.matches("PostgreSQL 15.").count(), 3, "{versions}");
 
     // Reinit: refused on the primary; a replica's data directory is replaced and it streams.
     let gone = members.iter().find(|m| **m != new_primary).unwrap().to_string();

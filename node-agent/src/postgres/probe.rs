@@ -28,13 +28,15 @@ impl LocalPostgres {
         let row = client
             .query_one(
                 "SELECT pg_is_in_recovery(), \
-                 ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart ORDER BY name)",
+                 ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart ORDER BY name), \
+                 current_setting('server_version')",
                 &[],
             )
             .await
             .map_err(query_err)?;
         let recovery: bool = col(&row, 0)?;
         probe.pending_restart = col(&row, 1)?;
+        probe.server_version = Some(col(&row, 2)?);
         probe.running = true;
         probe.role = if recovery { Role::Replica } else { Role::Primary };
         if !recovery {

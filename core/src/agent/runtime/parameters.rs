@@ -45,14 +45,15 @@ where
             Some(a) => Some(a.describe(self.clock.monotonic(), self.pg.data_dir_bytes().await)),
             None => None,
         };
+        let stored = view.states.get(&self.identity.member);
         let state = MemberState {
             name: self.identity.member.clone(),
             parameters_version: self.parameters.version.unwrap_or(0),
             pending_restart: probe.pending_restart.clone(),
             parameter_errors: self.parameters.errors.clone(),
             activity,
+            postgres_version: probe.server_version.clone().or_else(|| stored.and_then(|s| s.postgres_version.clone())),
         };
-        let stored = view.states.get(&self.identity.member);
         // Nothing to report and nothing stored: no item (an idle cluster without cluster-wide
         // parameters writes nothing more than before).
         let trivial = state == MemberState { name: state.name.clone(), ..MemberState::default() };
