@@ -51,7 +51,8 @@ pub struct RestartArgs {
     /// The member to restart (or `--all`).
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     pub member: Option<String>,
-    /// Every member: replicas one at a time, the primary last through a switchover.
+    /// Every member: replicas one at a time, the primary last (through a switchover unless
+    /// `--in-place`).
     #[arg(long)]
     pub all: bool,
     /// Only members with a setting waiting for a restart (`pgdctl list` shows them).
@@ -135,8 +136,9 @@ fn primary_of(view: &ClusterView) -> Option<String> {
 }
 
 /// `restart`: replicas in name order, each restarted by its agent and awaited until it streams
-/// again; the primary last, by a switchover (its demotion stops and restarts it as a replica).
-/// Stops at the first member that fails, saying which are done.
+/// again; the primary last, by a switchover (its demotion stops and restarts it as a replica),
+/// or with `--in-place` by its agent under its lease. Stops at the first member that fails,
+/// saying which are done.
 pub async fn restart(
     store: &dyn Store,
     cluster: &str,

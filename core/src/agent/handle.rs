@@ -102,7 +102,7 @@ pub struct Activity {
     pub since: Duration,
     /// Asked for by an operator (`/restart`, `/reinit`): the loop keeps running meanwhile, and
     /// changes nothing but the heartbeat until it ends. `false`: the loop itself runs it (and so
-    /// publishes no heartbeat until it ends; see `keep_alive_beat`).
+    /// publishes no heartbeat until it ends; see [`AgentHandle::keep_alive`]).
     pub by_operator: bool,
 }
 

@@ -1,13 +1,14 @@
 //! Operator maintenance through the agent (`pgdctl restart`, `reinit`, `reload`, `remove`; the
-//! agent API's `POST /restart`, `/reinit`, `/reload`, `/drop-slot`). None of these changes a
-//! member's role: a restart or reinit is refused on a primary (pgdctl moves the primary away by
-//! a switchover first), so no path here needs the lease rules. Each runs under the Postgres lock
-//! the loop's role changes take, so it never interleaves with a promotion or a demotion, and
-//! marks an [`super::Activity`] meanwhile: the loop keeps the heartbeat going but starts nothing.
-
-use std::sync::PoisonError;
+//! agent API's `POST /restart`, `/reinit`, `/reload`, `/drop-slot`). None of these raises a
+//! member's role: a replica's restart or reinit is refused on a primary, and the primary's
+//! in-place restart only stops Postgres, leaving the start to the loop's own lease-checked path
+//! (as after a crash of Postgres alone). Each runs under the Postgres lock the loop's role
+//! changes take, so it never interleaves with a promotion or a demotion; a replica's restart and
+//! a reinit mark an [`super::Activity`] meanwhile: the loop keeps the heartbeat going but starts
+//! nothing.
 
 use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use super::handle::AgentHandle;
@@ -28,8 +29,8 @@ pub enum MaintenanceError {
 
 impl AgentHandle {
     /// Restarts this member's Postgres in place (fast stop, start, verified in recovery). Refused
-    /// unless it runs as a replica and this agent holds no leader lease: restarting a primary
-    /// stops every write for the restart's length and, past the lease, starts a failover.
+    /// unless it runs as a replica and this agent holds no leader lease (the primary:
+    /// [`Self::restart_primary_in_place`], or a switchover).
     pub async fn restart_replica(&self) -> Result<(), MaintenanceError> {
         let _guard = self.shared.pg_lock.lock().await;
         let holds_lease = self.shared.snapshot.lock().unwrap_or_else(PoisonError::into_inner).holds_lease;
