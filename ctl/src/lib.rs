@@ -259,7 +259,8 @@ pub async fn run(cmd: Cmd, out: &mut impl Write) -> Result<(), CtlError> {
         command => {
             let (config, cluster) = cmd.store.resolve()?;
             let store = pgdaemon_dcs::connect(&config).await?;
-            run_store_command(store, &cluster, &cmd.api, command, out).await
+            let api = cmd.api.clone().with_config(cmd.store.config.as_deref())?;
+            run_store_command(store, &cluster, &api, command, out).await
         }
     }
 }
@@ -460,6 +461,24 @@ mod tests {
         }
         let record = store.read_cluster("c").await.unwrap().unwrap();
         assert!(record.request.is_none() && record.version == 1, "nothing was asked of the coordinator");
+    }
+
+    #[test]
+    fn api_credentials_come_from_the_agent_configuration_unless_given() {
+        let dir = std::env::temp_dir().join(format!("pgdctl-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, "cluster = \"c\"\n[api]\ntoken_file = \"/etc/t\"\ntls_ca_file = \"/etc/ca.pem\"\n").unwrap();
+        let opts = |args: &[&str]| Cmd::try_parse_from(["pgdctl"].iter().chain(args).chain(&["topology"])).unwrap().api;
+        if std::env::var("PGDAEMON_API_TOKEN").is_err() {
+            let api = opts(&[]).with_config(Some(&config)).unwrap();
+            assert_eq!(api.api_token_file.as_deref(), Some(std::path::Path::new("/etc/t")));
+            assert_eq!(api.api_ca_file.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        }
+        let api = opts(&["--api-token-file", "/mine", "--api-ca-file", "/ca"]).with_config(Some(&config)).unwrap();
+        assert_eq!((api.api_token_file.unwrap(), api.api_ca_file.unwrap()), ("/mine".into(), "/ca".into()), "flags win");
+        assert!(opts(&[]).with_config(Some(&dir.join("missing.toml"))).unwrap_err().exit_code() == 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

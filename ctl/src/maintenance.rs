@@ -4,7 +4,7 @@
 //! primary goes through the coordinator (a switchover), never through an agent directly.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -19,15 +19,37 @@ use crate::{request, CtlError};
 #[derive(Debug, Clone, Args)]
 pub struct ApiOpts {
     /// File holding the agents' API bearer token (the token their `[api]` section accepts).
-    /// Without it, `PGDAEMON_API_TOKEN` is used, else no credentials (agents then answer 401).
+    /// Without it, `PGDAEMON_API_TOKEN` is used, else `[api] token_file` of `--config`, else no
+    /// credentials (agents then answer 401).
     #[arg(long, global = true, env = "PGDCTL_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
-    /// PEM CA that verifies `https://` agent APIs (default: the system's roots).
+    /// PEM CA that verifies `https://` agent APIs (default: `[api] tls_ca_file` of `--config`,
+    /// else the system's roots).
     #[arg(long, global = true, env = "PGDCTL_API_CA_FILE")]
     pub api_ca_file: Option<PathBuf>,
 }
 
 impl ApiOpts {
+    /// Fills in `[api] token_file` and `tls_ca_file` from an agent configuration file
+    /// (`--config`) where neither a flag nor the environment gave them: on a node, pgdctl then
+    /// reaches the agents with the credentials they use among themselves.
+    pub fn with_config(mut self, config: Option<&Path>) -> Result<Self, CtlError> {
+        let Some(path) = config else { return Ok(self) };
+        let text = std::fs::read_to_string(path).map_err(|e| CtlError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        let table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| CtlError::Usage(format!("{}: {e}", path.display())))?;
+        let api = table.get("api").and_then(toml::Value::as_table);
+        let file = |key: &str| api.and_then(|a| a.get(key)).and_then(toml::Value::as_str).map(PathBuf::from);
+        let token_in_env = std::env::var("PGDAEMON_API_TOKEN").is_ok_and(|t| !t.is_empty());
+        if self.api_token_file.is_none() && !token_in_env {
+            self.api_token_file = file("token_file");
+        }
+        if self.api_ca_file.is_none() {
+            self.api_ca_file = file("tls_ca_file");
+        }
+        Ok(self)
+    }
+
     /// A client whose calls may each take up to `timeout`.
     pub fn client(&self, timeout: Duration) -> Result<AgentClient, CtlError> {
         let token = match &self.api_token_file {
