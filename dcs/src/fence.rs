@@ -30,6 +30,11 @@ use crate::tls::{ClientIdentity, TlsError};
 /// requiring client certificates (`tls_client_ca_file`) gets the identity given there. A
 /// certificate that does not verify fails the request before anything is sent: never a
 /// confirmation.
+/// A live agent accepts a connection (and completes a TLS handshake) within milliseconds; one
+/// that does not (a dead host, a partition dropping its packets) costs the chain only this
+/// before the next fencer is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct HttpDemoteFencer {
     client: AgentClient,
@@ -37,11 +42,12 @@ pub struct HttpDemoteFencer {
 
 impl HttpDemoteFencer {
     /// `timeout` bounds the whole request, including the agent's demotion (a fast shutdown with
-    /// a checkpoint; tens of seconds at worst on a busy primary); connecting, at most 3 s of it.
+    /// a checkpoint; tens of seconds at worst on a busy primary); connecting, at most
+    /// [`CONNECT_TIMEOUT`] of it.
     /// `https://` is verified against the system's roots (see [`Self::with_tls`] for a private
     /// CA).
     pub fn new(timeout: Duration) -> Self {
-        HttpDemoteFencer { client: AgentClient::new(timeout.min(Duration::from_secs(3)), Some(timeout)) }
+        HttpDemoteFencer { client: AgentClient::new(timeout.min(CONNECT_TIMEOUT), Some(timeout)) }
     }
 
     /// Verifies the agents' certificates against `ca_file` (PEM; `None`: the system's roots)
