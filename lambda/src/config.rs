@@ -10,7 +10,7 @@
 //! | `PGDAEMON_FENCING` | `ec2,ssm,http` | fencers in order (`ec2`, `ssm`, `http`), or `off` (S3 by lease expiry only) |
 //! | `PGDAEMON_CLUSTER_TAG_KEY` | `pgdaemon:cluster` | EC2 tag that must equal the cluster name before an instance is fenced |
 //! | `PGDAEMON_SSM_COMMAND` | stop agent and Postgres, verify | shell run by SSM `AWS-RunShellScript` |
-//! | `PGDAEMON_HTTP_TIMEOUT_MS` | 15000 | agent `POST /demote` timeout |
+//! | `PGDAEMON_HTTP_TIMEOUT_MS` | 15000 | agent `POST /demote` timeout (connecting: at most 1 s of it) |
 //! | `PGDAEMON_FENCE_TIMEOUT_MS` | 60000 | give up on a fencer pending this long |
 //! | `PGDAEMON_PROMOTE_TIMEOUT_MS` | 30000 | replace a designated candidate that died before promoting |
 //! | `PGDAEMON_LOCK_LEASE_MS` | 10000 | coordinator lock lease |
