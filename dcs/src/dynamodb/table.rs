@@ -43,7 +43,6 @@ pub enum TableOutcome {
 /// releases before the fleet registry).
 pub async fn create_table(client: &Client, name: &str) -> Result<TableOutcome, StoreError> {
     let invalid = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Invalid(format!("create-table request: {e}"));
-    let attribute = |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
     let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build();
     let result = client
         .create_table()
@@ -70,6 +69,11 @@ pub async fn create_table(client: &Client, name: &str) -> Result<TableOutcome, S
     Ok(outcome)
 }
 
+/// A string key attribute.
+fn attribute(name: &str) -> Result<AttributeDefinition, aws_sdk_dynamodb::error::BuildError> {
+    AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build()
+}
+
 fn fleet_index() -> Result<GlobalSecondaryIndex, aws_sdk_dynamodb::error::BuildError> {
     GlobalSecondaryIndex::builder()
         .index_name(FLEET_INDEX)
@@ -93,11 +97,6 @@ async fn ensure_fleet_index(client: &Client, name: &str) -> Result<(), StoreErro
     let describe =
         || async { client.describe_table().table_name(name).send().await.map_err(|e| sdk_error("describe-table", name, e)) };
     if index_status(&describe().await?).is_none() {
-        let attribute = AttributeDefinition::builder()
-            .attribute_name(FLEET_ATTRIBUTE)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .map_err(invalid)?;
         let index = fleet_index().map_err(invalid)?;
         let create = CreateGlobalSecondaryIndexAction::builder()
             .index_name(FLEET_INDEX)
@@ -108,7 +107,7 @@ async fn ensure_fleet_index(client: &Client, name: &str) -> Result<(), StoreErro
         client
             .update_table()
             .table_name(name)
-            .attribute_definitions(attribute)
+            .attribute_definitions(attribute(FLEET_ATTRIBUTE).map_err(invalid)?)
             .global_secondary_index_updates(GlobalSecondaryIndexUpdate::builder().create(create).build())
             .send()
             .await
