@@ -236,12 +236,14 @@ fn stopped_at(done: &[String], member: &str, why: String) -> CtlError {
     CtlError::Refused(format!("restarting {member}: {why} (restarted before it: {done}; the rest were not touched)"))
 }
 
-/// Waits until `member`'s heartbeat shows a running replica streaming from the primary.
+/// Waits until a heartbeat of `member` newer than the one stored now shows a running replica
+/// streaming from the primary (the stored one may predate the restart it waits for).
 async fn wait_streaming(store: &dyn Store, cluster: &str, member: &str, deadline: Instant) -> Result<(), String> {
+    let floor = store.read_view(cluster).await.ok().and_then(|v| v.members.get(member).map(|m| m.seq)).unwrap_or(0);
     loop {
         let last = match store.read_view(cluster).await {
             Ok(view) => match view.members.get(member) {
-                Some(m) if m.pg_running && m.role == Role::Replica && m.streaming => return Ok(()),
+                Some(m) if m.seq > floor && m.pg_running && m.role == Role::Replica && m.streaming => return Ok(()),
                 Some(m) => format!("running {}, role {:?}, streaming {}", m.pg_running, m.role, m.streaming),
                 None => "no heartbeat".into(),
             },
