@@ -30,6 +30,17 @@ pub(crate) fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], example: 
         .map_err(|e| error_response(StatusCode::BAD_REQUEST, &format!("body must be JSON like {example}: {e}")))
 }
 
+/// [`json_object`], with an empty (or all-whitespace) body read as `{}`: for requests whose
+/// fields are all optional.
+#[allow(clippy::result_large_err)]
+pub(crate) fn json_object_or_empty<T: serde::de::DeserializeOwned + Default>(body: &[u8], example: &str) -> Result<T, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        json_object(body, example)
+    }
+}
+
 /// How long `/demote` waits for the fresh read of the cluster record (a term ahead of the view).
 const TERM_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -138,13 +149,9 @@ struct WakeRequest {
 /// Only the timing changes: the loop reads the store and decides as any other. 400 for a body
 /// that is neither empty nor a JSON object (no wake).
 pub(crate) async fn wake(State(st): State<ApiState>, body: Bytes) -> Response {
-    let req: WakeRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        WakeRequest::default()
-    } else {
-        match json_object(&body, r#"{} or {"reason": "..."}"#) {
-            Ok(r) => r,
-            Err(response) => return response,
-        }
+    let req: WakeRequest = match json_object_or_empty(&body, r#"{} or {"reason": "..."}"#) {
+        Ok(r) => r,
+        Err(response) => return response,
     };
     if req.reason.as_ref().is_some_and(|r| r.len() > 1024) {
         return error_response(StatusCode::BAD_REQUEST, "reason must be at most 1024 bytes");

@@ -12,7 +12,7 @@ use pgdaemon_core::agent::MaintenanceError;
 use serde_json::json;
 
 use crate::api_state::{error_response, ApiState};
-use crate::http_control::json_object;
+use crate::http_control::{json_object, json_object_or_empty};
 
 /// The answer for a finished request: `ok` as the 200 body, else the error's status.
 fn answer(st: &ApiState, what: &str, result: Result<(), MaintenanceError>) -> Response {
@@ -27,18 +27,10 @@ fn answer(st: &ApiState, what: &str, result: Result<(), MaintenanceError>) -> Re
     }
 }
 
-/// Only an empty body or `{}` (the verbs take no arguments; anything else is a mistake).
-#[allow(clippy::result_large_err)]
-fn no_arguments(body: &[u8]) -> Result<(), Response> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
-    }
-    let map: serde_json::Map<String, serde_json::Value> = json_object(body, "{}")?;
-    match map.keys().next() {
-        None => Ok(()),
-        Some(k) => Err(error_response(StatusCode::BAD_REQUEST, &format!("unknown field {k:?}: the request takes none"))),
-    }
-}
+/// The body of a request that takes no arguments: empty or `{}` (any field is a mistake).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoArguments {}
 
 /// The body of `POST /restart` (optional: an empty body is `{}`).
 #[derive(Debug, Default, serde::Deserialize)]
@@ -51,20 +43,16 @@ struct RestartRequest {
 }
 
 pub(crate) async fn restart(State(st): State<ApiState>, body: Bytes) -> Response {
-    let req: RestartRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RestartRequest::default()
-    } else {
-        match json_object(&body, r#"{} or {"primary_in_place": true}"#) {
-            Ok(r) => r,
-            Err(response) => return response,
-        }
+    let req: RestartRequest = match json_object_or_empty(&body, r#"{} or {"primary_in_place": true}"#) {
+        Ok(r) => r,
+        Err(response) => return response,
     };
     let result = st.api.restart(req.primary_in_place).await;
     answer(&st, "restarted", result)
 }
 
 pub(crate) async fn reinit(State(st): State<ApiState>, body: Bytes) -> Response {
-    if let Err(r) = no_arguments(&body) {
+    if let Err(r) = json_object_or_empty::<NoArguments>(&body, "{}") {
         return r;
     }
     let result = st.api.reinit().await;
@@ -72,7 +60,7 @@ pub(crate) async fn reinit(State(st): State<ApiState>, body: Bytes) -> Response 
 }
 
 pub(crate) async fn reload(State(st): State<ApiState>, body: Bytes) -> Response {
-    if let Err(r) = no_arguments(&body) {
+    if let Err(r) = json_object_or_empty::<NoArguments>(&body, "{}") {
         return r;
     }
     let result = st.api.reload().await;
