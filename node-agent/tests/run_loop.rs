@@ -92,8 +92,8 @@ async fn status(base: &str, path: &str) -> u16 {
     http().get(format!("{base}{path}")).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
 }
 
-#[tokio::test]
-async fn primary_serves_then_demotes_before_releasing_on_shutdown() {
+/// A 1 s lease renewed every 200 ms: a primary in a fraction of a second.
+fn short_timings() -> DynamicConfig {
     let dynamic = DynamicConfig {
         lease_ms: 1000,
         renew_interval_ms: 200,
@@ -102,6 +102,12 @@ async fn primary_serves_then_demotes_before_releasing_on_shutdown() {
         ..Default::default()
     };
     dynamic.validate().unwrap();
+    dynamic
+}
+
+#[tokio::test]
+async fn primary_serves_then_demotes_before_releasing_on_shutdown() {
+    let dynamic = short_timings();
     let store = Arc::new(MemoryStore::new());
     store.write_cluster("c1", None, &ClusterRecord::bootstrap("n1", dynamic.clone())).await.unwrap();
     let pg = Arc::new(FakePg { state: Mutex::new((true, Role::Primary)), ..Default::default() });
@@ -154,13 +160,7 @@ async fn primary_serves_then_demotes_before_releasing_on_shutdown() {
 
 #[tokio::test]
 async fn paused_primary_keeps_running_through_an_agent_restart() {
-    let dynamic = DynamicConfig {
-        lease_ms: 1000,
-        renew_interval_ms: 200,
-        safety_margin_ms: 100,
-        probe_interval_ms: 100,
-        ..Default::default()
-    };
+    let dynamic = short_timings();
     let store = Arc::new(MemoryStore::new());
     let mut record = ClusterRecord::bootstrap("n1", dynamic.clone());
     record.paused = true;
