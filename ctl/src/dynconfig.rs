@@ -10,7 +10,7 @@ use pgdaemon_core::params::{self, Context};
 use pgdaemon_core::{keys, ClusterParameters, DynamicConfig, Store, StoreError};
 
 use crate::output::{emit, Format};
-use crate::CtlError;
+use crate::{view_with_record, CtlError};
 
 const CAS_ATTEMPTS: usize = 8;
 
@@ -101,10 +101,8 @@ pub fn diff(old: &DynamicConfig, new: &DynamicConfig) -> Vec<String> {
 
 /// The dynamic configuration, and the cluster-wide parameters as `postgresql.parameters`.
 pub async fn show(store: &dyn Store, cluster: &str, format: Format, out: &mut impl Write) -> Result<(), CtlError> {
-    let view = store.read_view(cluster).await?;
-    let record = view
-        .cluster
-        .ok_or_else(|| CtlError::Refused(format!("cluster {cluster} has no record yet: it was never bootstrapped")))?;
+    let view = view_with_record(store, cluster).await?;
+    let record = view.cluster.expect("checked");
     let mut doc = serde_json::to_value(&record.config).map_err(anyhow::Error::from)?;
     let parameters = view.parameters.map(|p: ClusterParameters| p.parameters).unwrap_or_default();
     if !parameters.is_empty() {
@@ -167,10 +165,7 @@ async fn edit_config(
     out: &mut impl Write,
 ) -> Result<(), CtlError> {
     for _ in 0..CAS_ATTEMPTS {
-        let mut record = store
-            .read_cluster(cluster)
-            .await?
-            .ok_or_else(|| CtlError::Refused(format!("cluster {cluster} has no record yet: it was never bootstrapped")))?;
+        let mut record = store.read_cluster(cluster).await?.ok_or_else(|| CtlError::no_record(cluster))?;
         let new = apply_sets(&record.config, sets)?;
         let changes = diff(&record.config, &new);
         if !announce(&changes, dry_run, out)? {
@@ -196,10 +191,7 @@ async fn edit_parameters(
     out: &mut impl Write,
 ) -> Result<(), CtlError> {
     for _ in 0..CAS_ATTEMPTS {
-        let view = store.read_view(cluster).await?;
-        if view.cluster.is_none() {
-            return Err(CtlError::Refused(format!("cluster {cluster} has no record yet: it was never bootstrapped")));
-        }
+        let view = view_with_record(store, cluster).await?;
         if let Some(bad) = view.unreadable.iter().find(|u| u.item == keys::PARAMETERS) {
             return Err(CtlError::Unavailable(format!("the stored parameters cannot be read: {}", bad.error)));
         }

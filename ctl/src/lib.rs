@@ -219,6 +219,11 @@ pub enum CtlError {
 }
 
 impl CtlError {
+    /// The cluster has no record: nothing to show or change yet.
+    pub fn no_record(cluster: &str) -> Self {
+        CtlError::Refused(format!("cluster {cluster} has no record yet: it was never bootstrapped"))
+    }
+
     /// The process exit code (see the crate docs).
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -311,6 +316,15 @@ pub async fn run_store_command(
             unreachable!("handled before connecting to the store")
         }
     }
+}
+
+/// The cluster's view, refused when it has no record.
+pub(crate) async fn view_with_record(store: &dyn Store, cluster: &str) -> Result<pgdaemon_core::ClusterView, CtlError> {
+    let view = store.read_view(cluster).await?;
+    if view.cluster.is_none() {
+        return Err(CtlError::no_record(cluster));
+    }
+    Ok(view)
 }
 
 fn secs(s: f64) -> Duration {

@@ -13,7 +13,7 @@ use pgdaemon_dcs::agent_client::AgentClient;
 use serde_json::json;
 
 use crate::output::{emit, Format};
-use crate::{request, CtlError};
+use crate::{request, view_with_record, CtlError};
 
 /// How pgdctl reaches the agents' API.
 #[derive(Debug, Clone, Args)]
@@ -135,14 +135,6 @@ pub(crate) fn confirm(question: &str, force: bool) -> Result<(), CtlError> {
     } else {
         Err(CtlError::Refused("not confirmed; nothing was changed".into()))
     }
-}
-
-async fn view_with_record(store: &dyn Store, cluster: &str) -> Result<ClusterView, CtlError> {
-    let view = store.read_view(cluster).await?;
-    if view.cluster.is_none() {
-        return Err(CtlError::Refused(format!("cluster {cluster} has no record yet: it was never bootstrapped")));
-    }
-    Ok(view)
 }
 
 fn known_member(view: &ClusterView, member: &str) -> Result<(), CtlError> {
