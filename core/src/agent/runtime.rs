@@ -391,7 +391,7 @@ where
             self.register(after_read).await;
         }
         if let StoreRead::Ok(view) = &input.store {
-            self.keep_parameters(view, &probe).await;
+            self.keep_parameters_and_state(view, &probe).await;
         }
         report
     }

@@ -28,7 +28,7 @@ where
     /// publishes the member's state when it differs from the stored one. Without a readable
     /// parameters item nothing is written: an item this build cannot read (a newer format) or a
     /// store that lost its items must not wipe the parameters a node runs with.
-    pub(super) async fn keep_parameters(&mut self, view: &ClusterView, probe: &PgProbe) {
+    pub(super) async fn keep_parameters_and_state(&mut self, view: &ClusterView, probe: &PgProbe) {
         if let Some(wanted) = view.parameters.as_ref().filter(|w| self.parameters.version != Some(w.version)) {
             match self.pg.apply_parameters(wanted).await {
                 Ok(Some(errors)) => {
