@@ -77,7 +77,7 @@ pub fn decode_member(item: &str, text: &[u8]) -> Result<crate::model::MemberStat
     Ok(member)
 }
 
-/// Adds the parameters item or a `state#<name>` item to `view` (`value` parses the stored
+/// Adds the parameters item, the backup item or a `state#<name>` item to `view` (`value` parses the stored
 /// record; it is called only for those); one that cannot be read is skipped and reported like a
 /// member ([`skip_unreadable`]). Other items are ignored.
 pub fn read_optional_item(
@@ -89,6 +89,8 @@ pub fn read_optional_item(
     use crate::params::{ClusterParameters, MemberState};
     let read = if item == crate::keys::PARAMETERS {
         value().and_then(|v| decode_value::<ClusterParameters>(item, v)).map(|p| view.parameters = Some(p))
+    } else if item == crate::keys::BACKUP {
+        value().and_then(|v| decode_value::<crate::backup::BackupConfig>(item, v)).map(|b| view.backup = Some(b))
     } else if let Some(name) = item.strip_prefix(crate::keys::STATE_PREFIX) {
         value().and_then(|v| decode_value::<MemberState>(item, v)).and_then(|s| {
             if s.name != name {

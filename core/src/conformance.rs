@@ -17,6 +17,9 @@ use crate::model::{ClusterRecord, HistoryEntry, LeaseName, MemberStatus, Role, T
 use crate::store::{LeaseClaim, Store, StoreError};
 use crate::{codec, keys, DynamicConfig};
 
+mod config_items;
+pub use config_items::*;
+
 /// What a backend's test setup provides.
 #[async_trait]
 pub trait Harness: Sized + Send + Sync + 'static {
@@ -75,6 +78,7 @@ macro_rules! conformance_suite {
             clusters_are_isolated,
             registry_lists_registered_clusters_apart_from_their_items,
             parameters_and_member_states_in_the_view,
+            backup_config_in_the_view,
         );
     };
     (@tests $harness:ty; $($name:ident),* $(,)?) => {
@@ -751,40 +755,4 @@ pub async fn registry_lists_registered_clusters_apart_from_their_items<H: Harnes
     assert!(s.read_cluster(&a).await.unwrap().is_some(), "unregistering leaves the cluster alone");
     let err = s.register_cluster("bad/name", 1).await.unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)), "{err}");
-}
-
-pub async fn parameters_and_member_states_in_the_view<H: Harness>() {
-    use crate::params::{ClusterParameters, MemberState};
-    let h = H::start(false).await;
-    let s = h.client().await;
-    let c = cluster_name("params");
-    let mut p = ClusterParameters::default();
-    p.parameters.insert("work_mem".into(), "64MB".into());
-    let v1 = s.write_parameters(&c, None, &p).await.unwrap();
-    assert_eq!(v1.version, 1);
-    assert!(s.write_parameters(&c, None, &p).await.unwrap_err().is_conflict(), "create-only");
-    assert!(s.write_parameters(&c, Some(7), &p).await.unwrap_err().is_conflict(), "stale version");
-    let state = MemberState {
-        name: "a".into(),
-        parameters_version: 1,
-        pending_restart: vec!["shared_buffers".into()],
-        ..Default::default()
-    };
-    s.put_member_state(&c, &state).await.unwrap();
-    s.put_member(&c, &member("a", 1)).await.unwrap();
-    let view = s.read_view(&c).await.unwrap();
-    assert_eq!((view.parameters.as_ref(), view.states.get("a")), (Some(&v1), Some(&state)));
-    assert!(view.unreadable.is_empty() && view.cluster.is_none());
-    // Unreadable ones are skipped and reported, never failing the view; a state under another
-    // member's name is refused.
-    h.corrupt(&c, keys::PARAMETERS).await;
-    h.put_raw(&c, &keys::state("b"), serde_json::to_value(&state).unwrap()).await;
-    let view = s.read_view(&c).await.unwrap();
-    assert!(view.parameters.is_none() && view.members.contains_key("a") && view.states.len() == 1);
-    assert_eq!(view.unreadable.len(), 2, "{:?}", view.unreadable);
-    // Removing a member removes its state too.
-    s.remove_member(&c, "a").await.unwrap();
-    let view = s.read_view(&c).await.unwrap();
-    assert!(view.members.is_empty() && !view.states.contains_key("a"));
-    assert!(matches!(s.put_member_state(&c, &MemberState { name: "a/b".into(), ..state }).await, Err(StoreError::Invalid(_))));
 }

@@ -8,6 +8,8 @@ pub const INITIALIZE_LOCK: &str = "lock#initialize";
 pub const MEMBER_PREFIX: &str = "member#";
 /// Cluster-wide PostgreSQL parameters ([`crate::params::ClusterParameters`]).
 pub const PARAMETERS: &str = "config#postgresql";
+/// Backup schedule, retention and restore source ([`crate::backup::BackupConfig`]).
+pub const BACKUP: &str = "config#backup";
 /// What each agent reports beside its heartbeat ([`crate::params::MemberState`]).
 pub const STATE_PREFIX: &str = "state#";
 pub const HISTORY_PREFIX: &str = "history#";
@@ -72,7 +74,8 @@ mod tests {
     fn history_keys_sort_by_term() {
         assert!(history(9) < history(10));
         assert_eq!(member("a"), "member#a");
-        for item in [CLUSTER, LEADER, COORDINATOR_LOCK, &member("z"), &history(u64::MAX), "term#leader", PARAMETERS, &state("z")]
+        for item in
+            [CLUSTER, LEADER, COORDINATOR_LOCK, &member("z"), &history(u64::MAX), "term#leader", PARAMETERS, BACKUP, &state("z")]
         {
             assert!(item < VIEW_END && VIEW_END < event(0, "").as_str(), "{item}");
         }

@@ -3,6 +3,7 @@
 //! the binaries.
 
 pub mod agent;
+pub mod backup;
 pub mod clock;
 pub mod codec;
 pub mod config;
@@ -26,6 +27,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use backup::BackupConfig;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{ConfigError, DynamicConfig, StoreConfig, SyncMode};
 pub use lease::{AcquireOutcome, HeldLease, LeaseClient, LeaseObserver, LeaseState};

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use crate::backup::BackupConfig;
 use crate::codec::{self, check_acquire, check_cluster, check_held, decode, encode};
 use crate::events::Event;
 use crate::keys;
@@ -83,8 +84,10 @@ impl Store for MemoryStore {
                 Err(e) => codec::skip_unreadable(&mut view.unreadable, cluster, e),
             }
         }
-        if let Some(text) = items.get(&(cluster.to_string(), keys::PARAMETERS.to_string())) {
-            codec::read_optional_item(&mut view, cluster, keys::PARAMETERS, || codec::parse(keys::PARAMETERS, text.as_bytes()));
+        for item in [keys::PARAMETERS, keys::BACKUP] {
+            if let Some(text) = items.get(&(cluster.to_string(), item.to_string())) {
+                codec::read_optional_item(&mut view, cluster, item, || codec::parse(item, text.as_bytes()));
+            }
         }
         for ((c, item), text) in items.range((cluster.to_string(), keys::STATE_PREFIX.to_string())..) {
             if c != cluster || !item.starts_with(keys::STATE_PREFIX) {
@@ -194,6 +197,22 @@ impl Store for MemoryStore {
         codec::check_version(keys::PARAMETERS, expected_version, stored_version)?;
         let stored = ClusterParameters { version: stored_version.unwrap_or(0) + 1, ..parameters.clone() };
         items.insert((cluster.into(), keys::PARAMETERS.into()), encode(keys::PARAMETERS, &stored)?);
+        Ok(stored)
+    }
+
+    async fn write_backup_config(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        config: &BackupConfig,
+    ) -> Result<BackupConfig, StoreError> {
+        check_cluster(cluster)?;
+        let mut items = self.lock()?;
+        let current: Option<BackupConfig> = get(&items, cluster, keys::BACKUP)?;
+        let stored_version = current.as_ref().map(|c| c.version);
+        codec::check_version(keys::BACKUP, expected_version, stored_version)?;
+        let stored = BackupConfig { version: stored_version.unwrap_or(0) + 1, ..config.clone() };
+        items.insert((cluster.into(), keys::BACKUP.into()), encode(keys::BACKUP, &stored)?);
         Ok(stored)
     }
 

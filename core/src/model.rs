@@ -462,6 +462,8 @@ pub struct ClusterView {
     pub unreadable: Vec<UnreadableItem>,
     /// Cluster-wide PostgreSQL parameters (`None`: never set).
     pub parameters: Option<crate::params::ClusterParameters>,
+    /// Backup schedule, retention and restore source (`None`: never set).
+    pub backup: Option<crate::backup::BackupConfig>,
     /// What each agent last reported beside its heartbeat, by member name.
     pub states: BTreeMap<String, crate::params::MemberState>,
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::backup::BackupConfig;
 use crate::events::{Event, EventSink, SinkError};
 use crate::model::{ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseName, MemberStatus};
 use crate::params::{ClusterParameters, MemberState};
@@ -144,6 +145,14 @@ pub trait Store: Send + Sync {
         parameters: &ClusterParameters,
     ) -> Result<ClusterParameters, StoreError>;
 
+    /// Compare-and-set of the backup configuration, with [`Store::write_parameters`]' rules.
+    async fn write_backup_config(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        config: &BackupConfig,
+    ) -> Result<BackupConfig, StoreError>;
+
     /// Upserts a member's state. Unconditional: each member writes only its own.
     async fn put_member_state(&self, cluster: &str, state: &MemberState) -> Result<(), StoreError>;
 
@@ -237,6 +246,14 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         parameters: &ClusterParameters,
     ) -> Result<ClusterParameters, StoreError> {
         (**self).write_parameters(cluster, expected_version, parameters).await
+    }
+    async fn write_backup_config(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        config: &BackupConfig,
+    ) -> Result<BackupConfig, StoreError> {
+        (**self).write_backup_config(cluster, expected_version, config).await
     }
     async fn put_member_state(&self, cluster: &str, state: &MemberState) -> Result<(), StoreError> {
         (**self).put_member_state(cluster, state).await

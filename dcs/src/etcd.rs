@@ -34,8 +34,8 @@ use etcd_client::{
 use pgdaemon_core::codec::{self, check_acquire, check_cluster, decode, encode};
 use pgdaemon_core::events::Event;
 use pgdaemon_core::{
-    keys, ClusterParameters, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberState,
-    MemberStatus, Registration, Store, StoreError,
+    keys, BackupConfig, ClusterParameters, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName,
+    MemberState, MemberStatus, Registration, Store, StoreError,
 };
 
 /// Per-request gRPC deadline. A few seconds: a lease holder renews once per agent loop (every
@@ -650,6 +650,22 @@ impl Store for EtcdStore {
             expected_version,
             |p: &ClusterParameters| p.version,
             |version| ClusterParameters { version, ..parameters.clone() },
+        )
+        .await
+    }
+
+    async fn write_backup_config(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        config: &BackupConfig,
+    ) -> Result<BackupConfig, StoreError> {
+        self.write_versioned(
+            cluster,
+            keys::BACKUP,
+            expected_version,
+            |b: &BackupConfig| b.version,
+            |version| BackupConfig { version, ..config.clone() },
         )
         .await
     }

@@ -222,6 +222,17 @@ impl Store for SimStore {
         self.end(plan, r, Some(format!("parameters v{expected_version:?}"))).await
     }
 
+    async fn write_backup_config(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        config: &pgdaemon_core::BackupConfig,
+    ) -> Result<pgdaemon_core::BackupConfig, StoreError> {
+        let plan = self.begin().await?;
+        let r = self.inner.write_backup_config(cluster, expected_version, config).await;
+        self.end(plan, r, None).await
+    }
+
     async fn put_member_state(&self, cluster: &str, state: &MemberState) -> Result<(), StoreError> {
         let plan = self.begin().await?;
         let r = self.inner.put_member_state(cluster, state).await;

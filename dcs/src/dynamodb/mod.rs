@@ -28,8 +28,8 @@ use aws_sdk_dynamodb::Client;
 use pgdaemon_core::codec::{self, check_acquire, check_cluster};
 use pgdaemon_core::events::Event;
 use pgdaemon_core::{
-    keys, ClusterParameters, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName, MemberState,
-    MemberStatus, Registration, Store, StoreError,
+    keys, BackupConfig, ClusterParameters, ClusterRecord, ClusterView, HistoryEntry, LeaderLease, LeaseClaim, LeaseName,
+    MemberState, MemberStatus, Registration, Store, StoreError,
 };
 
 use attrs::{from_item, item_name, key, to_item, Item, PK, SK};
@@ -454,6 +454,16 @@ impl Store for DynamoDbStore {
     ) -> Result<ClusterParameters, StoreError> {
         let stored = ClusterParameters { version: expected_version.unwrap_or(0) + 1, ..parameters.clone() };
         self.write_versioned(cluster, keys::PARAMETERS, expected_version, stored, |p: &ClusterParameters| p.version).await
+    }
+
+    async fn write_backup_config(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        config: &BackupConfig,
+    ) -> Result<BackupConfig, StoreError> {
+        let stored = BackupConfig { version: expected_version.unwrap_or(0) + 1, ..config.clone() };
+        self.write_versioned(cluster, keys::BACKUP, expected_version, stored, |b: &BackupConfig| b.version).await
     }
 
     async fn put_member_state(&self, cluster: &str, state: &MemberState) -> Result<(), StoreError> {

@@ -136,6 +136,15 @@ impl Store for CountingStore {
         self.write();
         self.store.write_parameters(cluster, expected_version, parameters).await
     }
+    async fn write_backup_config(
+        &self,
+        cluster: &str,
+        expected_version: Option<u64>,
+        config: &pgdaemon_core::BackupConfig,
+    ) -> Result<pgdaemon_core::BackupConfig, StoreError> {
+        self.write();
+        self.store.write_backup_config(cluster, expected_version, config).await
+    }
     async fn put_member_state(&self, cluster: &str, state: &MemberState) -> Result<(), StoreError> {
         self.write();
         self.store.put_member_state(cluster, state).await
