@@ -4,8 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ClusterView, Role};
-
 /// The `config#backup` item: the backup schedule and retention, and for a cluster that does not
 /// exist yet, the backup it is to be restored from. Its own item (not a field of the cluster
 /// record) for the reason `config#postgresql` is: every release's coordinator rewrites the
@@ -84,8 +82,17 @@ impl RestoreSource {
             lsn.parse::<crate::Lsn>().map_err(|_| format!("restore.target_lsn {lsn:?} is not an LSN such as 0/3000060"))?;
         }
         if let Some(time) = &self.target_time {
-            if time.is_empty() || !time.chars().all(|c| c.is_ascii_alphanumeric() || " :.+-_/".contains(c)) {
-                return Err(format!("restore.target_time {time:?} is not a timestamp such as 2026-12-07 09:30:00+00"));
+            // UTC only: the chosen backup must end before it, compared with barman's UTC times.
+            let shape = time.len() >= 19
+                && time.char_indices().take(19).all(|(i, c)| match i {
+                    4 | 7 => c == '-',
+                    10 => c == ' ',
+                    13 | 16 => c == ':',
+                    _ => c.is_ascii_digit(),
+                })
+                && time[19..].trim_start_matches(|c: char| c == '.' || c.is_ascii_digit()).trim_end_matches("+00").is_empty();
+            if !shape {
+                return Err(format!("restore.target_time {time:?} is not a UTC time such as 2026-12-07 09:30:00[.123]+00"));
             }
         }
         let plain = |s: &String| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c));
@@ -112,87 +119,34 @@ impl RestoreSource {
     }
 }
 
-/// The member that takes a backup now: the healthy replica streaming with the least lag (the
-/// primary keeps its I/O for clients), else the primary. `None` when no member is fit, with the
-/// reason. Every agent computes it from its own view; two that disagree take one backup each,
-/// which retention absorbs.
-pub fn backup_source(view: &ClusterView, now_ms: u64, stale_after_ms: u64) -> Result<String, String> {
-    let fresh = |updated: u64| now_ms.saturating_sub(updated) <= stale_after_ms;
-    let primary = view.cluster.as_ref().and_then(|c| c.primary.as_deref());
-    let mut replicas: Vec<_> = view
-        .members
-        .values()
-        .filter(|m| m.role == Role::Replica && m.pg_running && m.streaming && fresh(m.updated_at_ms))
-        .filter(|m| Some(m.name.as_str()) != primary)
-        .collect();
-    replicas.sort_by_key(|m| (m.lag_bytes.unwrap_or(u64::MAX), m.name.clone()));
-    if let Some(r) = replicas.first() {
-        return Ok(r.name.clone());
-    }
-    match primary.and_then(|p| view.members.get(p)) {
-        Some(p) if p.role == Role::Primary && p.pg_running && fresh(p.updated_at_ms) => Ok(p.name.clone()),
-        Some(p) => Err(format!("no replica streams and the primary {} does not report a running primary", p.name)),
-        None => Err("no replica streams and no primary is known".into()),
-    }
-}
-
-/// Whether the schedule asks for a backup: it is on and the newest backup finished at least one
-/// interval ago (or there is none).
-pub fn backup_due(config: &BackupConfig, newest_end_ms: Option<u64>, now_ms: u64) -> bool {
-    config.schedule_interval_s > 0
-        && newest_end_ms.is_none_or(|end| now_ms.saturating_sub(end) >= config.schedule_interval_s * 1000)
+/// One member's view of the WAL archive (`pg_stat_archiver`) and of the newest backup, in its
+/// member state. Times are ms since the epoch; they change only when a segment is archived or a
+/// backup finishes, so the state item is not rewritten while nothing happens.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ArchiveStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived_wal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived_ms: Option<u64>,
+    /// The last attempt failed after the last success: archiving is failing now.
+    #[serde(default)]
+    pub failing: bool,
+    /// The running server does not archive as configured (started before `[archive]` was set,
+    /// or by hand): it does from its next start (`pgdctl restart MEMBER`).
+    #[serde(default)]
+    pub inactive: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_wal: Option<String>,
+    /// The newest finished base backup of the cluster (id, end time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_ms: Option<u64>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ClusterRecord, MemberStatus};
-    use crate::DynamicConfig;
-
-    fn member(name: &str, role: Role, lag: u64, updated: u64) -> MemberStatus {
-        let mut m = MemberStatus::new(name);
-        (m.role, m.pg_running, m.streaming, m.lag_bytes, m.updated_at_ms) =
-            (role, true, role == Role::Replica, Some(lag), updated);
-        m
-    }
-
-    fn view(members: Vec<MemberStatus>) -> ClusterView {
-        ClusterView {
-            cluster: Some(ClusterRecord::bootstrap("a", DynamicConfig::default())),
-            members: members.into_iter().map(|m| (m.name.clone(), m)).collect(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn the_least_lagging_fresh_replica_takes_the_backup_else_the_primary() {
-        let v = view(vec![
-            member("a", Role::Primary, 0, 100),
-            member("b", Role::Replica, 50, 100),
-            member("c", Role::Replica, 10, 100),
-        ]);
-        assert_eq!(backup_source(&v, 100, 10), Ok("c".into()));
-        let v = view(vec![
-            member("a", Role::Primary, 0, 100),
-            member("b", Role::Replica, 50, 100),
-            member("c", Role::Replica, 10, 1),
-        ]);
-        assert_eq!(backup_source(&v, 100, 10), Ok("b".into()), "c's heartbeat is stale");
-        let v = view(vec![member("a", Role::Primary, 0, 100)]);
-        assert_eq!(backup_source(&v, 100, 10), Ok("a".into()));
-        let v = view(vec![member("a", Role::Primary, 0, 1)]);
-        assert!(backup_source(&v, 100, 10).unwrap_err().contains("primary a"));
-        assert!(backup_source(&ClusterView::default(), 100, 10).is_err());
-    }
-
-    #[test]
-    fn a_backup_is_due_one_interval_after_the_newest_and_never_without_a_schedule() {
-        let c = BackupConfig { schedule_interval_s: 3600, ..Default::default() };
-        assert!(backup_due(&c, None, 0));
-        assert!(!backup_due(&c, Some(1_000), 3_600_999));
-        assert!(backup_due(&c, Some(1_000), 3_601_000));
-        assert!(!backup_due(&BackupConfig::default(), None, 0));
-    }
 
     #[test]
     fn bad_settings_are_refused_and_targets_become_recovery_settings() {

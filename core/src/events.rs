@@ -50,6 +50,16 @@ pub enum EventKind {
     Demoted,
     /// A change of primary completed and was recorded in history.
     Finished,
+    /// A base backup began on this member (agent; docs/backups.md).
+    BackupStarted,
+    /// A base backup finished and is listed in the archive.
+    BackupFinished,
+    /// A base backup or its retention failed (the detail says which and why).
+    BackupFailed,
+    /// This member's archive_command failed after its last success: WAL piles up locally.
+    ArchiveFailing,
+    /// This member archived a segment again after failing.
+    ArchiveRecovered,
 }
 
 impl EventKind {
@@ -67,6 +77,11 @@ impl EventKind {
             EventKind::Promoted => "promoted",
             EventKind::Demoted => "demoted",
             EventKind::Finished => "finished",
+            EventKind::BackupStarted => "backup_started",
+            EventKind::BackupFinished => "backup_finished",
+            EventKind::BackupFailed => "backup_failed",
+            EventKind::ArchiveFailing => "archive_failing",
+            EventKind::ArchiveRecovered => "archive_recovered",
         }
     }
 

@@ -54,6 +54,9 @@ pub struct MemberState {
     /// The running server's `server_version` as last seen (kept while it is down).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres_version: Option<String>,
+    /// This member's WAL archiving and newest backup, when it archives (`[archive]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<crate::backup::ArchiveStatus>,
 }
 
 /// How a setting takes effect (`pg_settings.context`, PostgreSQL 15).

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::backup::RestoreSource;
 use crate::lsn::Lsn;
 use crate::model::Role;
 use crate::params::ClusterParameters;
@@ -357,7 +358,11 @@ pub trait PgControl: Send + Sync {
     /// Unix socket only, and leaves it stopped. A directory holding anything else is
     /// `WrongState` and left untouched. Returns within `budget` (the initialize lock's time
     /// left), with Postgres stopped either way: `Timeout` past it.
-    async fn initialize(&self, budget: Duration) -> Result<(), PgError>;
+    ///
+    /// With `restore` (`pgdctl restore`), the database comes from that base backup and archive
+    /// instead of initdb: recovery replays to the target and promotes, still reachable on the
+    /// Unix socket only, and the server is left stopped as after initdb (docs/backups.md).
+    async fn initialize(&self, budget: Duration, restore: Option<&RestoreSource>) -> Result<(), PgError>;
 
     /// The cluster record naming this node exists: removes the bootstrap marker, so the data
     /// directory is never again taken for a leftover.
@@ -425,8 +430,8 @@ impl<P: PgControl + ?Sized> PgControl for std::sync::Arc<P> {
     async fn drop_slots(&self, slots: &[String]) -> Result<(), PgError> {
         (**self).drop_slots(slots).await
     }
-    async fn initialize(&self, budget: Duration) -> Result<(), PgError> {
-        (**self).initialize(budget).await
+    async fn initialize(&self, budget: Duration, restore: Option<&RestoreSource>) -> Result<(), PgError> {
+        (**self).initialize(budget, restore).await
     }
     async fn initialized(&self) -> Result<(), PgError> {
         (**self).initialized().await

@@ -86,7 +86,11 @@ impl PgControl for FakePrimary {
     async fn basebackup(&self, _source: &PrimaryTarget) -> Result<(), PgError> {
         Err(PgError::WrongState("primary".into()))
     }
-    async fn initialize(&self, _budget: std::time::Duration) -> Result<(), PgError> {
+    async fn initialize(
+        &self,
+        _budget: std::time::Duration,
+        _restore: Option<&pgdaemon_core::backup::RestoreSource>,
+    ) -> Result<(), PgError> {
         Err(PgError::WrongState("not in this test".into()))
     }
     async fn initialized(&self) -> Result<(), PgError> {

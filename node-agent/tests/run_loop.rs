@@ -69,7 +69,11 @@ impl PgControl for FakePg {
     async fn ensure_slots(&self, _members: &[String]) -> Result<(), PgError> {
         Ok(())
     }
-    async fn initialize(&self, _budget: std::time::Duration) -> Result<(), PgError> {
+    async fn initialize(
+        &self,
+        _budget: std::time::Duration,
+        _restore: Option<&pgdaemon_core::backup::RestoreSource>,
+    ) -> Result<(), PgError> {
         Err(PgError::WrongState("not in this test".into()))
     }
     async fn initialized(&self) -> Result<(), PgError> {
@@ -263,6 +267,7 @@ async fn post_wake_runs_a_loop_at_once_only_with_credentials_and_rate_limited() 
         security,
         ServerLimits::default(),
         wake.clone(),
+        None,
     ));
     let post = |body: &'static str, auth: Option<&'static str>| {
         let mut req = http().post(format!("{base}/wake")).body(body);

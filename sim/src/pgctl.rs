@@ -388,8 +388,14 @@ impl PgControl for SimPgControl {
     }
 
     /// initdb and the roles, on a server reachable through its Unix socket only: not writable
-    /// for any client, so the checker does not count it (`SimPg::writable` stays false).
-    async fn initialize(&self, budget: std::time::Duration) -> Result<(), PgError> {
+    /// for any client, so the checker does not count it (`SimPg::writable` stays false). A
+    /// restore from a backup (`restore`) is the same steps as seen from the cluster: a database
+    /// made within the lock, socket-only, promoted locally and left stopped.
+    async fn initialize(
+        &self,
+        budget: std::time::Duration,
+        _restore: Option<&pgdaemon_core::backup::RestoreSource>,
+    ) -> Result<(), PgError> {
         {
             let mut w = self.world.lock();
             let pg = &mut w.nodes[self.node].pg;

@@ -90,6 +90,8 @@ pub(super) struct Shared {
     /// The newest heartbeat a loop decided to publish (before its actions ran): what
     /// [`AgentHandle::keep_alive`] republishes, also during the first loop of a new member.
     pub(super) last_beat: Mutex<Option<crate::model::MemberStatus>>,
+    /// This member's WAL archive and backups as last checked ([`AgentHandle::set_archive_status`]).
+    pub(super) archive: Mutex<Option<crate::backup::ArchiveStatus>>,
 }
 
 /// A long Postgres operation in progress: a rewind or basebackup of the loop's, or an operator's
@@ -154,6 +156,16 @@ impl AgentHandle {
     /// fence waits for one, S4).
     pub fn woken(&self) {
         self.shared.heartbeat_asked.store(true, Ordering::Relaxed);
+    }
+
+    /// The agent's archive check found this: the loop publishes it in the member state (when
+    /// it changed) for `pgdctl list`.
+    pub fn set_archive_status(&self, status: Option<crate::backup::ArchiveStatus>) {
+        *self.shared.archive.lock().unwrap_or_else(PoisonError::into_inner) = status;
+    }
+
+    pub fn archive_status(&self) -> Option<crate::backup::ArchiveStatus> {
+        self.shared.archive.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The long Postgres operation in progress, if any.

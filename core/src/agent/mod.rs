@@ -6,6 +6,7 @@
 //! heartbeat sequence) and never sleeps, spawns or reads time except through the injected
 //! [`crate::Clock`], so a deterministic simulation can drive it in virtual time.
 
+pub mod backup_schedule;
 mod bootstrap;
 mod decide;
 mod failsafe;

@@ -171,6 +171,7 @@ where
                 activity: Mutex::new(None),
                 kept_alive_seq: AtomicU64::new(0),
                 last_beat: Mutex::new(None),
+                archive: Mutex::new(None),
             }),
             events: None,
             external_demotions_reported: 0,
@@ -615,7 +616,7 @@ mod tests {
             self.set(|p| p.slots = slots);
             Ok(())
         }
-        async fn initialize(&self, _budget: Duration) -> Result<(), PgError> {
+        async fn initialize(&self, _budget: Duration, _restore: Option<&crate::backup::RestoreSource>) -> Result<(), PgError> {
             self.log("initialize");
             self.set(|p| p.data = DataDirState::Primary);
             Ok(())

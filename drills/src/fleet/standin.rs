@@ -112,7 +112,11 @@ impl PgControl for StandInPostgres {
         self.update(|p| p.slots.retain(|s| !slots.contains(s)));
         Ok(())
     }
-    async fn initialize(&self, _budget: Duration) -> Result<(), PgError> {
+    async fn initialize(
+        &self,
+        _budget: Duration,
+        _restore: Option<&pgdaemon_core::backup::RestoreSource>,
+    ) -> Result<(), PgError> {
         Err(PgError::WrongState("the stand-in never initialises a cluster".into()))
     }
     async fn initialized(&self) -> Result<(), PgError> {

@@ -294,8 +294,15 @@ where
         let owner = self.identity.member.clone();
         let deadline = held.valid_until(self.config.safety_margin());
         tracing::info!(term = held.lease.term, "won the initialize lock: initialising a new cluster");
+        // `pgdctl restore` asks for a database from a backup in the same partition: read it now,
+        // under the lock, and never fall back to initdb when it cannot be read.
+        let view = self.store.read_view(cluster).await.map_err(|e| format!("reading the restore request: {e}"))?;
+        if let Some(bad) = view.unreadable.iter().find(|u| u.item == crate::keys::BACKUP) {
+            return Err(format!("the backup configuration cannot be read ({}); not initialising", bad.error));
+        }
+        let restore = view.backup.and_then(|b| b.restore);
         let budget = deadline.saturating_sub(self.clock.monotonic());
-        self.pg.initialize(budget).await.map_err(|e| format!("initialising postgres: {e}"))?;
+        self.pg.initialize(budget, restore.as_ref()).await.map_err(|e| format!("initialising postgres: {e}"))?;
         if !held.is_valid(self.clock.monotonic(), self.config.safety_margin()) {
             return Err("the initialize lock ran out before the cluster record could be written".into());
         }

@@ -53,6 +53,7 @@ where
             parameter_errors: self.parameters.errors.clone(),
             activity,
             postgres_version: probe.server_version.clone().or_else(|| stored.and_then(|s| s.postgres_version.clone())),
+            archive: self.handle().archive_status(),
         };
         // Nothing to report and nothing stored: no item (an idle cluster without cluster-wide
         // parameters writes nothing more than before).
