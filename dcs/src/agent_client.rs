@@ -104,15 +104,38 @@ impl AgentClient {
         Ok(Answer { status, body })
     }
 
+    async fn get(&self, url: &str) -> Result<Answer, String> {
+        let mut request = self.client.get(url);
+        if let Some(auth) = &self.authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        let response = request.send().await.map_err(|e| format!("GET {url}: {}", crate::error_chain(&e)))?;
+        let status = response.status();
+        let body = response.text().await.map_err(|e| format!("GET {url}: {}", crate::error_chain(&e)))?;
+        Ok(Answer { status, body })
+    }
+
     /// An operator's call (pgdctl): `POST` to `member`'s agent; the answer's JSON on a 2xx, else
     /// the agent's `error` message with the status.
     pub async fn call(&self, member: &str, api_url: &str, path: &str, body: &Value) -> Result<Value, AgentCallError> {
+        self.call_with(member, api_url, path, Some(body)).await
+    }
+
+    /// [`Self::call`] as a `GET` (no body).
+    pub async fn call_get(&self, member: &str, api_url: &str, path: &str) -> Result<Value, AgentCallError> {
+        self.call_with(member, api_url, path, None).await
+    }
+
+    async fn call_with(&self, member: &str, api_url: &str, path: &str, body: Option<&Value>) -> Result<Value, AgentCallError> {
         if api_url.is_empty() {
             return Err(AgentCallError::NoUrl { member: member.to_string() });
         }
         let url = format!("{}{path}", api_url.trim_end_matches('/'));
-        let answer =
-            self.post(api_url, path, body).await.map_err(|detail| AgentCallError::Unreachable { url: url.clone(), detail })?;
+        let answer = match body {
+            Some(body) => self.post(api_url, path, body).await,
+            None => self.get(&url).await,
+        }
+        .map_err(|detail| AgentCallError::Unreachable { url: url.clone(), detail })?;
         let json: Option<Value> = serde_json::from_str(&answer.body).ok();
         if answer.status.is_success() {
             return Ok(json.unwrap_or(Value::Null));

@@ -65,6 +65,11 @@ pub trait AgentApi: Send + Sync + 'static {
         Err(MaintenanceError::Refused("this agent does not re-clone Postgres".into()))
     }
 
+    /// Backups and the archive watch (`POST /backup`, `GET /backups`); `None` without `[archive]`.
+    fn backups(&self) -> Option<Arc<crate::backups::Backups>> {
+        None
+    }
+
     /// `POST /reload`: `pg_reload_conf()`. Default: refused.
     async fn reload(&self) -> Result<(), MaintenanceError> {
         Err(MaintenanceError::Refused("this agent does not reload Postgres".into()))

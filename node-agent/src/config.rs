@@ -49,6 +49,9 @@ pub struct AgentConfig {
     /// Automatic bootstrap of a cluster without a record (docs/bootstrap.md), off by default.
     #[serde(default, skip_serializing_if = "is_default")]
     pub bootstrap: crate::postgres::BootstrapConfig,
+    /// The WAL archive and base backups in S3 through barman-cloud (docs/backups.md); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<crate::postgres::ArchiveConfig>,
 }
 
 /// This member's identity and how peers reach it.
@@ -291,8 +294,20 @@ fn default_level() -> String {
 
 /// Top-level keys an environment override may address. Other `PGDAEMON_*` variables (the
 /// Makefile's `PGDAEMON_VENV`, say) are not configuration and are left alone.
-const SECTIONS: [&str; 11] =
-    ["api", "cluster", "node", "postgres", "store", "dynamic", "coordinator", "events", "log", "watchdog", "bootstrap"];
+const SECTIONS: [&str; 12] = [
+    "api",
+    "cluster",
+    "node",
+    "postgres",
+    "store",
+    "dynamic",
+    "coordinator",
+    "events",
+    "log",
+    "watchdog",
+    "bootstrap",
+    "archive",
+];
 
 /// Programs a node needs in `postgres.bin_dir` for every role change it may carry out.
 pub const REQUIRED_PROGRAMS: [&str; 6] = ["pg_ctl", "postgres", "initdb", "pg_basebackup", "pg_rewind", "psql"];
@@ -404,6 +419,19 @@ impl AgentConfig {
         }
 
         self.bootstrap.validate().map_err(|(key, reason)| ConfigError::invalid(format!("bootstrap.{key}"), reason))?;
+        if let Some(archive) = &self.archive {
+            archive.validate().map_err(|(key, reason)| ConfigError::invalid(format!("archive.{key}"), reason))?;
+            // The agent owns these while it archives: a second value would silently lose.
+            if let Some(own) = ["archive_mode", "archive_command", "archive_timeout", "restore_command"]
+                .iter()
+                .find(|k| pg.parameters.contains_key(**k))
+            {
+                return Err(ConfigError::invalid(
+                    format!("postgres.parameters.{own}"),
+                    "is set by the agent from [archive]; remove it here",
+                ));
+            }
+        }
         if self.bootstrap.enabled {
             // What a bootstrapped cluster needs for its replicas to clone the primary at all.
             if pg.replication_user == pg.superuser {

@@ -50,7 +50,7 @@ use crate::api_security::{url_host, ApiSecurity, Denied, ServerLimits};
 use crate::api_state::error_response;
 pub use crate::api_state::{AgentApi, ApiState};
 use crate::metrics::{self, role_name};
-use crate::{http_control, http_maintenance};
+use crate::{http_backup, http_control, http_maintenance};
 
 /// Largest request body accepted (413 beyond): the requests are small JSON objects.
 pub const MAX_BODY_BYTES: usize = 4096;
@@ -90,6 +90,9 @@ pub fn router_with(state: ApiState, security: Arc<ApiSecurity>) -> Router {
         .route("/reinit", post(http_maintenance::reinit))
         .route("/reload", post(http_maintenance::reload))
         .route("/drop-slot", post(http_maintenance::drop_slot))
+        .route("/backup", post(http_backup::backup))
+        .route("/backups", get(http_backup::list))
+        .route("/switch-wal", post(http_backup::switch_wal))
         .route_layer(middleware::from_fn_with_state(guard_state.clone(), guard));
     let reads =
         if security.protect_reads { reads.route_layer(middleware::from_fn_with_state(guard_state, guard)) } else { reads };

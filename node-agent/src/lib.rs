@@ -5,8 +5,10 @@ mod process;
 // Agent shell (config, identity, secrets, HTTP API, run loop).
 pub mod api_security;
 mod api_state;
+pub mod backups;
 pub mod config;
 pub mod http;
+mod http_backup;
 pub mod http_control;
 mod http_maintenance;
 pub mod identity;

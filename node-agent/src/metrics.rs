@@ -157,6 +157,16 @@ fn registry(s: &AgentSnapshot, stats: &LoopStats, now: Duration, lag_bytes: Opti
             ConstGauge::new(age.as_secs_f64()),
         );
     }
+    if let Some(a) = view.and_then(|v| v.states.get(&s.member)).and_then(|st| st.archive.as_ref()) {
+        let help =
+            "1 if this member is not archiving: its archive_command failed after its last success, or the server runs without it";
+        flag(&mut r, "archive_failing", help, a.failing || a.inactive);
+        let seconds = |ms: Option<u64>| ConstGauge::new(ms.map_or(0.0, |ms| ms as f64 / 1000.0));
+        let help = "Unix time this member last archived a WAL segment (0: never); alert on time() minus it";
+        r.register("archive_last_success_timestamp_seconds", help, seconds(a.last_archived_ms));
+        let help = "Unix time the newest base backup of the cluster finished as this member last saw it (0: none)";
+        r.register("backup_last_finished_timestamp_seconds", help, seconds(a.last_backup_ms));
+    }
     let c = &s.counters;
     counter(&mut r, "lease_acquisitions", "Leader lease acquisitions", c.lease_acquisitions);
     counter(&mut r, "lease_renewals", "Successful leader lease renewals", c.lease_renewals);

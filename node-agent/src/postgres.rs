@@ -14,11 +14,13 @@ use tokio::process::Command;
 
 use crate::process;
 
+mod backup;
 mod cluster_conf;
 mod init;
 mod peers;
 mod probe;
 mod text;
+pub use backup::{choose_backup, ArchiveConfig, BackupInfo, Barman};
 pub use init::BootstrapConfig;
 pub use peers::{PeerAuth, PeerTls, Purpose};
 use text::{conf_quote, io_err, pg_err, query_err, shell_quote, sql_quote, tail, with_settings};
@@ -52,6 +54,8 @@ pub struct PgSettings {
     pub peers: PeerAuth,
     /// How a new cluster's database is made (automatic bootstrap).
     pub bootstrap: BootstrapConfig,
+    /// The WAL archive and base backups (`[archive]`); `None`: none.
+    pub archive: Option<Barman>,
     /// OS user to run the Postgres tools as; `None`: the agent's own user. Defaults to `postgres`
     /// when the agent runs as root.
     pub run_as: Option<String>,
@@ -82,6 +86,7 @@ impl PgSettings {
             database: "postgres".into(),
             peers: PeerAuth::default(),
             bootstrap: BootstrapConfig::default(),
+            archive: None,
             run_as: if running_as_root() { Some("postgres".into()) } else { None },
             server_options: Vec::new(),
             log_file: None,
@@ -419,7 +424,16 @@ impl LocalPostgres {
                 }
             }
         }
-        self.wait_for(None, self.settings.start_timeout).await
+        self.wait_for(None, self.settings.start_timeout).await?;
+        if self.settings.archive.is_some() {
+            // PostgreSQL 15's checkpointer computes its first sleep while recovery still runs,
+            // ignoring archive_timeout until something wakes it (up to checkpoint_timeout after
+            // a start): a reload does, so the archive's RPO holds from the first minute.
+            if let Err(e) = self.reload_conf().await {
+                tracing::warn!(error = %e, "could not reload after the start (archive_timeout may lag until the next checkpoint)");
+            }
+        }
+        Ok(())
     }
 
     /// Postgres refuses to start while its lock file names a PID that exists, and a killed
@@ -610,26 +624,24 @@ impl PgControl for LocalPostgres {
     }
 
     async fn basebackup(&self, source: &PrimaryTarget) -> Result<(), PgError> {
-        self.stop_inner(StopMode::Immediate).await?;
-        let saved = self.save_own_config();
-        self.clear_data_dir().await?;
-        // A bootstrap leftover is gone with it: this directory now holds the cluster's database.
-        self.remove_marker()?;
-        self.ensure_passfile()?;
-        let mut cmd = self.command("pg_basebackup");
-        cmd.arg("-D").arg(self.data()).arg("-d").arg(self.conninfo(source, Purpose::Replication)).args([
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-            "--no-sync",
-        ]);
-        self.run("pg_basebackup", cmd, self.settings.copy_timeout).await?;
-        self.restore_own_config(&saved)?;
-        self.write_standby_files(source)?;
-        self.start_as_standby_verified().await
+        let methods = self.settings.archive.as_ref().map(|b| b.config.create_replica_methods.clone());
+        let methods = methods.unwrap_or_else(|| vec!["basebackup".into()]);
+        let mut failures = Vec::new();
+        for method in &methods {
+            let result = match method.as_str() {
+                "backup" => self.clone_from_backup(source).await,
+                _ => self.pg_basebackup(source).await,
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(method = %method, error = %e, "could not create the replica this way");
+                    failures.push(format!("{method}: {e}"));
+                }
+            }
+        }
+        Err(PgError::Tool { tool: "create replica".into(), output: failures.join("; ") })
     }
-
     async fn ensure_slots(&self, members: &[String]) -> Result<(), PgError> {
         let client = self.connect().await?;
         let own = slot_name(&self.settings.member);
@@ -652,8 +664,8 @@ impl PgControl for LocalPostgres {
         }
     }
 
-    async fn initialize(&self, budget: Duration) -> Result<(), PgError> {
-        self.initialize_within(budget).await
+    async fn initialize(&self, budget: Duration, restore: Option<&pgdaemon_core::backup::RestoreSource>) -> Result<(), PgError> {
+        self.initialize_within(budget, restore).await
     }
 
     async fn initialized(&self) -> Result<(), PgError> {

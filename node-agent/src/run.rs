@@ -59,12 +59,17 @@ pub struct LiveApi {
     pub store: Arc<dyn Store>,
     pub cluster: String,
     pub wake: LoopWake,
+    pub backups: Option<Arc<crate::backups::Backups>>,
 }
 
 #[async_trait]
 impl AgentApi for LiveApi {
     fn snapshot(&self) -> AgentSnapshot {
         self.handle.snapshot()
+    }
+
+    fn backups(&self) -> Option<Arc<crate::backups::Backups>> {
+        self.backups.clone()
     }
 
     async fn demote(&self, term: u64, reason: &str) -> Result<(), DemoteError> {
@@ -194,7 +199,7 @@ where
     // Library callers (tests, the bench) that bind their own loopback listener get the API
     // without access control, as before; the agent process passes `[api]` (see `start`).
     let (security, limits) = (ApiSecurity::insecure(), ServerLimits::default());
-    run_with_api(runtime, store, clock, listener, shutdown, device, security, limits, LoopWake::new()).await
+    run_with_api(runtime, store, clock, listener, shutdown, device, security, limits, LoopWake::new(), None).await
 }
 
 /// [`run_with_watchdog`] with the API's access control and limits (`[api]`), and the loop's
@@ -211,6 +216,7 @@ pub async fn run_with_api<S, P, C>(
     security: ApiSecurity,
     limits: ServerLimits,
     wake: LoopWake,
+    backups: Option<Arc<crate::backups::Backups>>,
 ) -> anyhow::Result<RunSummary>
 where
     S: Store,
@@ -224,7 +230,7 @@ where
     let stats = Arc::new(LoopStats::new(clock.monotonic()));
     let cluster = handle.snapshot().cluster;
     let state = ApiState {
-        api: Arc::new(LiveApi { handle: handle.clone(), store: store.clone(), cluster, wake: wake.clone() }),
+        api: Arc::new(LiveApi { handle: handle.clone(), store: store.clone(), cluster, wake: wake.clone(), backups }),
         clock: Arc::new(clock.clone()),
         stats: stats.clone(),
         version: VERSION.to_string(),
@@ -500,6 +506,8 @@ pub fn build_pg(cfg: &AgentConfig, secrets: PeerSecrets) -> LocalPostgres {
     }
     s.log_file = pg.log_file.clone();
     s.server_options = pg.parameters.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+    s.archive = cfg.archive.clone().map(|config| crate::postgres::Barman { config, cluster: cfg.cluster.clone() });
+    s.server_options.extend(s.archive.iter().flat_map(|b| b.server_options()));
     LocalPostgres::new(s)
 }
 
@@ -530,6 +538,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
     }
     let store = pgdaemon_dcs::connect(&cfg.store).await.context("store")?;
     let pg = build_pg(&cfg, secrets);
+    let archive_pg = pg.clone();
     // The passfile before anything connects to a peer: a path it cannot be written to stops the
     // start here rather than at the first failover.
     pg.ensure_passfile().context("[postgres] passfile")?;
@@ -555,7 +564,30 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
         device.check(d.lease().saturating_sub(d.safety_margin())).context("watchdog mode is required")?;
     }
     let limits = cfg.api.limits();
-    let summary = run_with_api(runtime, store, clock, listener, shutdown_signal(), device, security, limits, wake).await;
+    let mut backup_peers = pgdaemon_dcs::agent_client::AgentClient::new(Duration::from_secs(1), Some(Duration::from_secs(10)))
+        .with_authorization(security.client_authorization());
+    if let Some(tls) = security.client_tls() {
+        backup_peers = backup_peers.with_tls_config(tls);
+    }
+    // Backups and the archive watch ([archive]), restarted when the task dies.
+    let backups = cfg.archive.as_ref().map(|archive| {
+        Arc::new(crate::backups::Backups::new(
+            archive_pg,
+            store.clone(),
+            runtime.handle(),
+            events.clone(),
+            Arc::new(clock.clone()),
+            cfg.cluster.clone(),
+            cfg.node.name.clone(),
+            cfg.dynamic.clone(),
+            Duration::from_secs(archive.check_interval_s),
+            backup_peers.clone(),
+        ))
+    });
+    if let Some(b) = backups.clone() {
+        tokio::spawn(crate::supervise::restarting("backups", crate::supervise::RESTART_BACKOFF, move || Some(b.clone().run())));
+    }
+    let summary = run_with_api(runtime, store, clock, listener, shutdown_signal(), device, security, limits, wake, backups).await;
     // The last events (a demotion on the way out) get a few seconds to reach their sinks.
     if !events.flush(EVENTS_FLUSH_TIMEOUT).await {
         tracing::warn!(stats = ?events.stats(), "events still undelivered at exit");

@@ -185,6 +185,8 @@ async fn state_changing_requests_without_or_with_wrong_credentials_get_401_and_c
         ("/restart", ""),
         ("/reload", "{}"),
         ("/drop-slot", r#"{"member":"n3"}"#),
+        ("/backup", ""),
+        ("/switch-wal", ""),
     ] {
         for auth in [
             None,
@@ -200,6 +202,9 @@ async fn state_changing_requests_without_or_with_wrong_credentials_get_401_and_c
         }
     }
     api.assert_unchanged();
+    // The backup list names what the bucket holds: credentials too.
+    assert_eq!(api.get("/backups", None).await, 401);
+    assert_eq!(api.get("/backups?cluster=main", Some("Bearer nope")).await, 401);
     // Health checks stay open (protect_reads = false).
     assert_eq!(api.get("/health", None).await, 200);
     assert_eq!(api.get("/patroni", None).await, 200);
@@ -260,11 +265,20 @@ async fn maintenance_requests_are_checked_before_they_reach_the_agent() {
         ("/drop-slot", r#"{"member":"../x"}"#, 400),
         ("/drop-slot", r#"{"member":"n3","force":true}"#, 400),
         ("/drop-slot", r#"{"member":"n2"}"#, 409),
+        ("/backup", "[]", 400),
+        ("/backup", r#"{"now": true}"#, 400),
+        ("/switch-wal", r#"{"x": 1}"#, 400),
+        // This agent has no [archive]: refused, nothing started.
+        ("/backup", "", 409),
+        ("/switch-wal", "{}", 409),
     ] {
         let (got, doc, _) = api.post(path, body, auth).await;
         assert_eq!(got, code, "{path} {body}: {doc}");
         assert!(doc["error"].is_string(), "{doc}");
     }
+    assert_eq!(api.get("/backups?cluster=../x", auth).await, 400);
+    assert_eq!(api.get("/backups?bucket=x", auth).await, 400);
+    assert_eq!(api.get("/backups", auth).await, 409);
     api.assert_unchanged();
     // Accepted ones reach it; a refusal in the agent's state is a 409 saying nothing changed.
     let (code, doc, _) = api.post("/restart", "", auth).await;

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use pgdaemon_core::backup::RestoreSource;
 use pgdaemon_core::pg::{DataDirState, PgError};
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +83,11 @@ impl BootstrapConfig {
     }
 }
 
+/// A role name as an SQL identifier.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// Written beside the data directory before initdb, removed once the cluster record exists: a
 /// directory with it is an interrupted bootstrap of this node, safe to start over.
 pub(super) fn marker_path(data_dir: &std::path::Path) -> PathBuf {
@@ -93,8 +99,8 @@ pub(super) fn marker_path(data_dir: &std::path::Path) -> PathBuf {
 impl LocalPostgres {
     /// The whole of [`pgdaemon_core::pg::PgControl::initialize`], within `budget`; Postgres is
     /// stopped on every way out.
-    pub(super) async fn initialize_within(&self, budget: Duration) -> Result<(), PgError> {
-        let result = match tokio::time::timeout(budget, self.initialize_steps()).await {
+    pub(super) async fn initialize_within(&self, budget: Duration, restore: Option<&RestoreSource>) -> Result<(), PgError> {
+        let result = match tokio::time::timeout(budget, self.initialize_steps(restore)).await {
             Ok(r) => r,
             Err(_) => Err(PgError::Timeout(format!("initialisation did not finish within {budget:?}"))),
         };
@@ -106,7 +112,7 @@ impl LocalPostgres {
         result
     }
 
-    async fn initialize_steps(&self) -> Result<(), PgError> {
+    async fn initialize_steps(&self, restore: Option<&RestoreSource>) -> Result<(), PgError> {
         let s = &self.settings;
         let marker = marker_path(&s.data_dir);
         if self.postmaster_running().await? {
@@ -118,6 +124,9 @@ impl LocalPostgres {
             _ => return Err(PgError::WrongState("the data directory holds a database; not initialising over it".into())),
         }
         std::fs::write(&marker, format!("{}\n", s.member)).map_err(io_err)?;
+        if let Some(restore) = restore {
+            return self.restore_steps(restore).await;
+        }
         self.clear_data_dir().await?;
         let b = &s.bootstrap;
         let mut cmd = self.command("initdb");
@@ -130,17 +139,24 @@ impl LocalPostgres {
             cmd.arg("--data-checksums");
         }
         self.run("initdb", cmd, Duration::from_secs(300)).await?;
-        for (file, text) in [("pg_hba.conf", self.hba()), ("pg_ident.conf", self.ident())] {
-            let path = self.data().join(file);
-            std::fs::write(&path, text).map_err(io_err)?;
-            self.own(&path)?;
-        }
+        self.write_access_files()?;
         // Reachable only where the agent connects: the socket directory, or a loopback address.
         let listen = if s.connect_host.starts_with('/') { String::new() } else { s.connect_host.clone() };
         self.start_with(&[("listen_addresses", listen)]).await?;
         self.create_roles().await?;
         self.stop_inner(pgdaemon_core::pg::StopMode::Fast).await?;
         tracing::info!(encoding = %b.encoding, locale = %b.locale, checksums = b.data_checksums, "initialised a new database");
+        Ok(())
+    }
+
+    /// This cluster's pg_hba.conf and pg_ident.conf (also over a restored backup's, which name
+    /// the source cluster's networks).
+    pub(super) fn write_access_files(&self) -> Result<(), PgError> {
+        for (file, text) in [("pg_hba.conf", self.hba()), ("pg_ident.conf", self.ident())] {
+            let path = self.data().join(file);
+            std::fs::write(&path, text).map_err(io_err)?;
+            self.own(&path)?;
+        }
         Ok(())
     }
 
@@ -153,22 +169,32 @@ impl LocalPostgres {
     }
 
     /// Roles with SCRAM verifiers computed here: no password in any statement the server sees.
-    async fn create_roles(&self) -> Result<(), PgError> {
+    /// A role that exists (a database restored from another cluster's backup) gets this
+    /// cluster's password instead.
+    pub(super) async fn create_roles(&self) -> Result<(), PgError> {
         let s = &self.settings;
         let client = self.connect().await?;
+        let existing: Vec<String> =
+            client.query("SELECT rolname::text FROM pg_roles", &[]).await.map_err(query_err)?.iter().map(|r| r.get(0)).collect();
+        let create = |name: &str, attributes: &str| {
+            if existing.iter().any(|e| e == name) {
+                format!("ALTER ROLE {} WITH {attributes}", ident(name))
+            } else {
+                format!("CREATE ROLE {} WITH {attributes}", ident(name))
+            }
+        };
         let verifier = |p: &crate::secrets::Secret| postgres_protocol::password::scram_sha_256(p.expose().as_bytes());
-        let ident = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
         let mut sql = Vec::new();
         let repl = &s.peers.replication_user;
         if repl != &s.superuser {
-            let mut stmt = format!("CREATE ROLE {} WITH LOGIN REPLICATION", ident(repl));
+            let mut stmt = create(repl, "LOGIN REPLICATION");
             if let Some(p) = &s.peers.replication_password {
                 stmt.push_str(&format!(" PASSWORD {}", sql_quote(&verifier(p))));
             }
             sql.push(stmt);
         }
         if let Some(rewind) = s.peers.rewind_user.as_deref().filter(|r| *r != s.superuser) {
-            let mut stmt = format!("CREATE ROLE {} WITH LOGIN", ident(rewind));
+            let mut stmt = create(rewind, "LOGIN");
             if let Some(p) = &s.peers.rewind_password {
                 stmt.push_str(&format!(" PASSWORD {}", sql_quote(&verifier(p))));
             }

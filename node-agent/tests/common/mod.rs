@@ -90,7 +90,7 @@ impl Host {
                 (ApiSecurity::insecure(), ServerLimits::default(), Watchdog::new(WatchdogConfig::default()));
             let pending = std::future::pending::<()>();
             if let Err(e) =
-                run_with_api(runtime, store, SystemClock::new(), listener, pending, device, security, limits, wake).await
+                run_with_api(runtime, store, SystemClock::new(), listener, pending, device, security, limits, wake, None).await
             {
                 eprintln!("agent stopped: {e:#}");
             }
