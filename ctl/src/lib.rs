@@ -11,6 +11,7 @@
 //! | 3 | the store (or the Lambda) is unavailable, or holds a record that cannot be read |
 //! | 4 | timed out: no coordinator answered (the request was withdrawn), or the change it started did not finish within `--timeout` |
 
+pub mod backup;
 pub mod dynconfig;
 pub mod fleet;
 pub mod invoke;
@@ -95,6 +96,15 @@ pub enum Command {
     /// Remove a member whose agent is stopped: its heartbeat and state leave the store and the
     /// primary drops its replication slot. Refused for the primary and while its agent beats.
     Remove(maintenance::RemoveArgs),
+    /// Take a base backup now (barman-cloud, through a member's agent; docs/backups.md).
+    Backup(backup::BackupArgs),
+    /// The cluster's base backups (or `--from` another cluster's): times, LSNs, timeline.
+    Backups(backup::BackupsArgs),
+    /// Set the backup schedule and retention (`config#backup`).
+    BackupPolicy(backup::BackupPolicyArgs),
+    /// Create the new cluster `--cluster` from `--from`'s backup and archive, to a point in time:
+    /// its agents bootstrap from it instead of running initdb.
+    Restore(backup::RestoreArgs),
     /// Who streams from whom.
     Topology(FormatArgs),
     /// pgdctl's version and every member's agent and PostgreSQL version.
@@ -310,6 +320,10 @@ pub async fn run_store_command(
         Command::Reinit(args) => maintenance::reinit(store, cluster, api, args, out).await,
         Command::Reload(args) => maintenance::reload(store, cluster, api, args.member, out).await,
         Command::Remove(args) => maintenance::remove(store, cluster, api, args, out).await,
+        Command::Backup(args) => backup::backup(store, cluster, api, args, out).await,
+        Command::Backups(args) => backup::backups(store, cluster, api, args, out).await,
+        Command::BackupPolicy(args) => backup::policy(store, cluster, args, out).await,
+        Command::Restore(args) => backup::restore(store, cluster, args, out).await,
         Command::Topology(args) => maintenance::topology(&store.read_view(cluster).await?, args.format(), out),
         Command::Version(args) => maintenance::versions(&store.read_view(cluster).await?, args.format(), out),
         Command::Invoke(_) | Command::CreateTable | Command::Clusters(_) => {

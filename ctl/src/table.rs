@@ -217,6 +217,19 @@ pub fn member_table(cluster: &str, view: &ClusterView, now_ms: u64) -> String {
     for state in view.states.values().filter(|st| !st.parameter_errors.is_empty()) {
         let _ = writeln!(s, "WARNING: {}: cluster-wide parameters refused: {}", state.name, state.parameter_errors.join("; "));
     }
+    for (name, a) in view.states.values().filter_map(|st| st.archive.as_ref().map(|a| (&st.name, a))) {
+        if a.inactive {
+            let _ = writeln!(s, "WARNING: {name}: not archiving as [archive] says: restart it (`pgdctl restart {name}`)");
+        }
+        if a.failing {
+            let _ = writeln!(
+                s,
+                "WARNING: {name}: WAL archiving is failing at {} (last archived {}); WAL piles up in its pg_wal",
+                a.last_failed_wal.as_deref().unwrap_or("?"),
+                a.last_archived_wal.as_deref().unwrap_or("none")
+            );
+        }
+    }
     if !view.unreadable.is_empty() {
         let _ = writeln!(
             s,
