@@ -139,8 +139,11 @@ pub struct Drill {
     pub store_config: StoreConfig,
     pub pg: PgCluster,
     agents: BTreeMap<String, Agent>,
-    /// The agents initialise the cluster themselves ([`Drill::start_empty`]).
-    bootstrap: bool,
+    /// The agents initialise the cluster themselves ([`Drill::start_empty`]), within a lock of
+    /// this many seconds.
+    bootstrap: Option<u64>,
+    /// TOML sections appended to every agent's configuration (e.g. `[archive]`).
+    extra_config: String,
     _etcd: Option<EtcdServer>,
     _moto: Option<MotoServer>,
 }
@@ -155,6 +158,17 @@ impl Drill {
     /// [`Drill::start`] with every agent on `build` and `sets` added to the drill timings
     /// (`key=value`, as `pgdctl bootstrap --set`).
     pub async fn start_with(backend: Backend, name: &str, build: &AgentBuild, sets: &[&str]) -> Result<Drill> {
+        Drill::start_configured(backend, name, build, sets, "").await
+    }
+
+    /// [`Drill::start_with`] with `extra_config` (TOML sections) in every agent's configuration.
+    pub async fn start_configured(
+        backend: Backend,
+        name: &str,
+        build: &AgentBuild,
+        sets: &[&str],
+        extra_config: &str,
+    ) -> Result<Drill> {
         let cluster = format!("{name}-{}", std::process::id());
         let (etcd, moto, store_config) = start_store(backend).await?;
         let store = pgdaemon_dcs::connect(&store_config).await?;
@@ -172,8 +186,17 @@ impl Drill {
         )
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
-        let mut drill =
-            Drill { cluster, store, store_config, pg, agents: BTreeMap::new(), bootstrap: false, _etcd: etcd, _moto: moto };
+        let mut drill = Drill {
+            cluster,
+            store,
+            store_config,
+            pg,
+            agents: BTreeMap::new(),
+            bootstrap: None,
+            extra_config: extra_config.to_string(),
+            _etcd: etcd,
+            _moto: moto,
+        };
         drill.write_fence_script()?;
         for n in ["pg-1", "pg-2", "pg-3"] {
             drill.write_agent_config(n, build.clone())?;
@@ -187,6 +210,16 @@ impl Drill {
     /// the same moment with automatic bootstrap on (`[bootstrap]`, lock 10 s; the replication
     /// role `replicator` with a password file): nothing else prepares the cluster. Returns at once.
     pub async fn start_empty(backend: Backend, name: &str) -> Result<Drill> {
+        let mut drill = Drill::prepare_empty(backend, name, "", 10).await?;
+        for n in ["pg-1", "pg-2", "pg-3"] {
+            drill.start_agent(n)?;
+        }
+        Ok(drill)
+    }
+
+    /// [`Drill::start_empty`] with `extra_config` and a bootstrap lock of `lock_s`, no agent
+    /// started yet ([`Drill::start_agent`]): the store can be prepared first (`pgdctl restore`).
+    pub async fn prepare_empty(backend: Backend, name: &str, extra_config: &str, lock_s: u64) -> Result<Drill> {
         let cluster = format!("{name}-{}", std::process::id());
         let (etcd, moto, store_config) = start_store(backend).await?;
         let store = pgdaemon_dcs::connect(&store_config).await?;
@@ -195,14 +228,20 @@ impl Drill {
         for n in ["pg-1", "pg-2", "pg-3"] {
             pg.add_empty(n)?;
         }
-        let mut drill =
-            Drill { cluster, store, store_config, pg, agents: BTreeMap::new(), bootstrap: true, _etcd: etcd, _moto: moto };
+        let mut drill = Drill {
+            cluster,
+            store,
+            store_config,
+            pg,
+            agents: BTreeMap::new(),
+            bootstrap: Some(lock_s),
+            extra_config: extra_config.to_string(),
+            _etcd: etcd,
+            _moto: moto,
+        };
         drill.write_fence_script()?;
         for n in ["pg-1", "pg-2", "pg-3"] {
             drill.write_agent_config(n, AgentBuild::current()?)?;
-        }
-        for n in ["pg-1", "pg-2", "pg-3"] {
-            drill.start_agent(n)?;
         }
         Ok(drill)
     }
@@ -322,7 +361,7 @@ impl Drill {
         };
         // Bootstrapped by the agents: replication and rewind roles with passwords, pg_hba for
         // loopback, the drill timings in the record the winner writes.
-        let (replication, bootstrap) = if self.bootstrap {
+        let (replication, bootstrap) = if let Some(lock_s) = self.bootstrap {
             let timings: String = drill_sets().iter().map(|s| s.replacen('=', " = ", 1) + "\n").collect();
             (
                 format!(
@@ -331,7 +370,9 @@ impl Drill {
                     self.secret_file("replication-password")?.display(),
                     self.secret_file("rewind-password")?.display()
                 ),
-                format!("[bootstrap]\nenabled = true\nlock_s = 10\npeer_networks = [\"127.0.0.0/8\"]\n[dynamic]\n{timings}"),
+                format!(
+                    "[bootstrap]\nenabled = true\nlock_s = {lock_s}\npeer_networks = [\"127.0.0.0/8\"]\n[dynamic]\n{timings}"
+                ),
             )
         } else {
             ("replication_user = \"postgres\"\n".to_string(), String::new())
@@ -345,7 +386,7 @@ impl Drill {
              {replication}log_file = \"{log}\"\n\
              [postgres.parameters]\nlisten_addresses = \"127.0.0.1\"\nunix_socket_directories = \"{dir}/sock\"\nwal_log_hints = true\n\
              hot_standby = true\nwal_keep_size = \"256MB\"\nshared_buffers = \"16MB\"\nfsync = false\n\
-             [store]\n{store}{api_access}[coordinator]\n{coordinator}{bootstrap}[log]\nlevel = \"info\"\n",
+             [store]\n{store}{api_access}[coordinator]\n{coordinator}{bootstrap}[log]\nlevel = \"info\"\n{extra}",
             cluster = self.cluster,
             api = api_port,
             bin = self.pg.bin_dir().display(),
@@ -353,6 +394,7 @@ impl Drill {
             port = node.port,
             dir = dir.display(),
             log = node.log_file.display(),
+            extra = self.extra_config,
         );
         let config = dir.join(format!("{n}.toml"));
         std::fs::write(&config, text)?;
