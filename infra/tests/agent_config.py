@@ -63,10 +63,20 @@ def main() -> int:
             sys.exit("[api] insecure = true on a deployed node")
         if not api.get("allowlist_include_members") or not api.get("allowlist"):
             print(f"note: [api] allowlist {api.get('allowlist')} (members: {api.get('allowlist_include_members')}): POSTs from non-members refused unless listed")
+    # [archive] (backups on): barman-cloud to S3 at AWS's own endpoint with the instance role.
+    archive = parsed.get("archive")
+    if archive is not None:
+        if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*", archive.get("destination", "")):
+            sys.exit(f"[archive] destination must be s3://<bucket>/<prefix>: {archive.get('destination')!r}")
+        if "endpoint_url" in archive:
+            sys.exit(f"[archive] endpoint_url on a deployed node ({archive['endpoint_url']}): the nodes use AWS's S3 endpoint")
+        if "command -v barman-cloud-wal-archive" not in ud:
+            sys.exit("[archive] is set but the user data does not install barman-cloud")
     with open(a.out, "w") as f:
         f.write(config + "\n")
     print(f"agent config written to {a.out} ({len(config.splitlines())} lines); unit installed and enabled; "
-          f"API on {host} with the token from {api.get('token_ssm_parameter')}, allow-list {api.get('allowlist')} + members")
+          f"API on {host} with the token from {api.get('token_ssm_parameter')}, allow-list {api.get('allowlist')} + members; "
+          f"archive: {archive['destination'] if archive else 'off'}")
     return 0
 
 

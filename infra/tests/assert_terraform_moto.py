@@ -6,7 +6,8 @@ schema, Lambda runtime and concurrency, schedule, IAM conditions, NLB health che
 groups), and writes the IAM policy documents it read (inline and attached managed ones) to
 --policies-out, for the IAM simulation in infra/cdk/test (the same simulator judges both stacks).
 
-Usage: assert_terraform_moto.py --endpoint URL --region R --cluster NAME --tag-key KEY --policies-out FILE
+Usage: assert_terraform_moto.py --endpoint URL --region R --cluster NAME --tag-key KEY --policies-out FILE [--backups JSON]
+--backups is the example's `backups` input as applied (JSON); without it, backups must be off.
 Exits non-zero on the first failed group, printing every failed assertion of that group.
 """
 import argparse
@@ -53,6 +54,7 @@ def expect_destroyed(client, prefix: str) -> int:
     check(not client("elbv2").describe_load_balancers()["LoadBalancers"], "NLB deleted")
     check(not client("events").list_rules(NamePrefix=prefix)["Rules"], "schedule deleted")
     check(not [b for b in client("s3").list_buckets()["Buckets"] if b["Name"].startswith(f"{prefix}-artifacts-")], "artifact bucket deleted")
+    check(not [b for b in client("s3").list_buckets()["Buckets"] if b["Name"].startswith(f"{prefix}-backups-")], "backup bucket deleted (force_destroy)")
     secrets = client("secretsmanager").list_secrets(Filters=[{"Key": "name", "Values": [f"pgdaemon/{prefix.removeprefix('pgdaemon-')}/"]}])["SecretList"]
     check(not [x for x in secrets if not x.get("DeletedDate")], f"generated secrets deleted: {[x['Name'] for x in secrets if not x.get('DeletedDate')]}")
     check(not client("cloudwatch").describe_alarms(AlarmNamePrefix=prefix)["MetricAlarms"], "alarms deleted")
@@ -103,6 +105,40 @@ def check_alarms_and_dashboard(client, prefix: str, cluster: str, fn_name: str) 
     check("${" not in json.dumps(body), "dashboard template fully rendered")
 
 
+def check_backup_bucket(s3, bucket: str, noncurrent_days: int) -> None:
+    """The bucket the module creates for the WAL archive and base backups (backups.tf)."""
+    enc = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    check([r["ApplyServerSideEncryptionByDefault"] for r in enc] == [{"SSEAlgorithm": "AES256"}], f"backup bucket: SSE-S3 by default: {enc}")
+    check(s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled", "backup bucket versioned")
+    pab = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    check(all(pab.get(k) for k in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")), f"backup bucket: public access blocked: {pab}")
+    own = s3.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"]["Rules"]
+    check(own == [{"ObjectOwnership": "BucketOwnerEnforced"}], f"backup bucket: owner enforced (no ACLs): {own}")
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    enabled = [r for r in rules if r["Status"] == "Enabled"]
+    whole = [r for r in enabled if r.get("Filter", {}).get("Prefix", "") == "" and set(r.get("Filter", {})) <= {"Prefix"}]
+    check(any(r.get("NoncurrentVersionExpiration", {}).get("NoncurrentDays") == noncurrent_days for r in whole),
+          f"backup bucket: noncurrent versions expire after {noncurrent_days} days, bucket-wide: {[r.get('NoncurrentVersionExpiration') for r in rules]}")
+    check(any(r.get("AbortIncompleteMultipartUpload", {}).get("DaysAfterInitiation") == 7 for r in whole),
+          f"backup bucket: incomplete multipart uploads aborted after 7 days: {[r.get('AbortIncompleteMultipartUpload') for r in rules]}")
+    # barman's retention deletes backups and WAL itself: no rule may expire a current object.
+    check(all(set(r.get("Expiration", {})) <= {"ExpiredObjectDeleteMarker"} and "Transitions" not in r for r in rules),
+          f"backup bucket: no current object expires or moves (only expired delete markers go): {[r.get('Expiration') for r in rules]}")
+    policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    arn = f"arn:aws:s3:::{bucket}"
+    deny = [x for x in statements(policy) if x["Effect"] == "Deny"
+            and x.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") in ("false", ["false"])]
+    check(len(deny) == 1 and as_list(deny[0]["Action"]) == ["s3:*"] and x_principal_all(deny[0])
+          and sorted(as_list(deny[0]["Resource"])) == sorted([arn, f"{arn}/*"]),
+          f"backup bucket policy denies every request without TLS (aws:SecureTransport false): {policy}")
+    check(all(x["Effect"] == "Deny" for x in statements(policy)), "backup bucket policy grants nothing (the node role's IAM policy does)")
+
+
+def x_principal_all(stmt) -> bool:
+    p = stmt.get("Principal")
+    return p == "*" or p == {"AWS": "*"} or p == {"AWS": ["*"]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--endpoint", required=True)
@@ -118,6 +154,7 @@ def main() -> int:
     ap.add_argument("--user-data-out", help="write the nodes' decoded user data here")
     ap.add_argument("--agent-binary", help="the agent binary the apply uploaded (its sha256 must be the object's and the user data's)")
     ap.add_argument("--expect-destroyed", action="store_true", help="check that destroy left nothing behind")
+    ap.add_argument("--backups", help="the example's backups input as applied (JSON); absent: backups off")
     a = ap.parse_args()
 
     def client(name):
@@ -136,6 +173,7 @@ def main() -> int:
         return expect_destroyed(client, prefix)
     if not a.policies_out:
         ap.error("--policies-out is required")
+    backups = json.loads(a.backups) if a.backups else {"enabled": False}
 
     print("DynamoDB table")
     ddb = client("dynamodb")
@@ -328,11 +366,51 @@ def main() -> int:
             check(key == f"agent/{digest}/pgdaemon-agent", f"the object's key names its content's sha256 ({digest[:16]}...)")
             if a.agent_binary:
                 check(digest == hashlib.sha256(open(a.agent_binary, "rb").read()).hexdigest(), "the object is the agent binary given to the apply")
-    agent_s3 = [s for s in agent_stmts if any(x.startswith("s3:") for x in as_list(s["Action"]))]
-    check(
-        [(as_list(s["Action"]), as_list(s["Resource"])) for s in agent_s3] == [(["s3:GetObject"], [object_arn])],
-        f"agents may get the agent object and nothing else in S3: {[(s['Action'], s['Resource']) for s in agent_s3]}",
+    print("Backups: bucket, and the node role's S3 statements")
+    backup_bucket, backup_bucket_arn, backup_prefix, restore_sources = "", "", "", []
+    backup_buckets = [b["Name"] for b in s3.list_buckets()["Buckets"] if b["Name"].startswith(f"{prefix}-backups-")]
+    if backups.get("enabled"):
+        prefix_ = backups.get("prefix") or "pgdaemon"
+        if backups.get("bucket_name"):
+            backup_bucket = backups["bucket_name"]
+            check(backup_buckets == [], f"no bucket created when backups.bucket_name is given: {backup_buckets}")
+        else:
+            check(len(backup_buckets) == 1, f"one backup bucket created: {backup_buckets}")
+            backup_bucket = backup_buckets[0] if backup_buckets else ""
+            if backup_bucket:
+                check_backup_bucket(s3, backup_bucket, backups.get("noncurrent_days") or 30)
+        backup_bucket_arn = f"arn:aws:s3:::{backup_bucket}"
+        backup_prefix = f"{prefix_}/{a.cluster}/"
+        for r in backups.get("restore_from_clusters") or []:
+            src_bucket = f"arn:aws:s3:::{r['bucket_name']}" if r.get("bucket_name") else backup_bucket_arn
+            restore_sources.append({"bucketArn": src_bucket, "keyPrefix": f"{r.get('prefix') or prefix_}/{r['cluster']}/"})
+    else:
+        check(backup_buckets == [], f"no backup bucket with backups off: {backup_buckets}")
+    # Every S3 statement of the node role, as (actions, resources, condition): exactly these.
+    agent_s3 = sorted(
+        (sorted(as_list(s["Action"])), sorted(as_list(s["Resource"])), json.dumps(s.get("Condition"), sort_keys=True))
+        for s in agent_stmts if any(x.startswith("s3:") for x in as_list(s["Action"]))
     )
+    check(all(s["Effect"] == "Allow" for s in agent_stmts), "the node role's statements all allow (no deny to rely on)")
+    want = [(["s3:GetObject"], [object_arn], "null")]
+    if backups.get("enabled"):
+        want += [
+            # HeadBucket (every barman-cloud command's first call): s3:ListBucket without a prefix.
+            (["s3:ListBucket"], sorted({backup_bucket_arn} | {r["bucketArn"] for r in restore_sources}), json.dumps({"Null": {"s3:prefix": "true"}})),
+            (["s3:ListBucket"], [backup_bucket_arn], json.dumps({"StringLike": {"s3:prefix": f"{backup_prefix}*"}})),
+            (["s3:DeleteObject", "s3:GetObject", "s3:PutObject"], [f"{backup_bucket_arn}/{backup_prefix}*"], "null"),
+        ]
+        for r in restore_sources:
+            want += [
+                (["s3:ListBucket"], [r["bucketArn"]], json.dumps({"StringLike": {"s3:prefix": f"{r['keyPrefix']}*"}})),
+                (["s3:GetObject"], [f"{r['bucketArn']}/{r['keyPrefix']}*"], "null"),
+            ]
+    what = (f"the agent object, HeadBucket on {backup_bucket}, list/get/put/delete under {backup_prefix} only, get and list under "
+            f"{[r['keyPrefix'] for r in restore_sources]} (restore sources)" if backups.get("enabled") else "the agent object and nothing else")
+    check(agent_s3 == sorted(want), f"agents' S3 rights: {what}" + ("" if agent_s3 == sorted(want) else f": got {agent_s3}, want {sorted(want)}"))
+    check(not any(x == "s3:*" or x.endswith("Version") or x.startswith("s3:PutBucket") or x.startswith("s3:DeleteBucket")
+                  for s in agent_stmts for x in as_list(s["Action"])),
+          "agents: no s3:*, no object-version actions, no bucket configuration")
     check(
         all(as_list(s["Action"]) == ["ssm:UpdateInstanceInformation"] for s in ssm_stmts if s not in params),
         f"no other ssm: action than the SSM agent's registration: {[s['Action'] for s in ssm_stmts if s not in params]}",
@@ -379,6 +457,15 @@ def main() -> int:
     )
     check(sorted(json.loads(boot_keys.get("peer_networks", "null")) or []) == sorted(subnet_cidrs), f"[bootstrap] peer_networks: the subnets' CIDRs: {boot_keys.get('peer_networks')}")
     check(set(subnet_cidrs) <= set(json.loads(boot_keys.get("client_networks", "null")) or []), f"[bootstrap] client_networks include the subnets: {boot_keys.get('client_networks')}")
+    arch = re.search(r"^\[archive\]\n(.*?)\n\n", ud, re.S | re.M)
+    arch_keys = dict(line.split(" = ", 1) for line in arch.group(1).splitlines() if not line.startswith("#")) if arch else {}
+    if backups.get("enabled"):
+        destination = f"s3://{backup_bucket}/{backups.get('prefix') or 'pgdaemon'}"
+        check(arch_keys == {"destination": f'"{destination}"'}, f"[archive] destination = \"{destination}\" (and no endpoint_url: AWS's): {arch_keys}")
+        check("command -v barman-cloud-wal-archive" in ud and "'barman[cloud]==3.4.0'" in ud,
+              "user data installs barman-cloud unless the AMI has it")
+    else:
+        check(arch is None and "barman-cloud-wal-archive" not in ud, "no [archive] section and no barman-cloud install with backups off")
     if a.user_data_out:
         with open(a.user_data_out, "w") as f:
             f.write(ud)
@@ -442,6 +529,7 @@ def main() -> int:
                 "secretArns": secret_arns,
                 "agentObjectArn": object_arn,
                 "agentBucketArn": bucket_arn,
+                "backups": {"bucketArn": backup_bucket_arn, "prefix": backup_prefix, "restoreSources": restore_sources} if backups.get("enabled") else None,
             },
             f,
             indent=1,

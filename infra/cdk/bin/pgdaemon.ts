@@ -43,6 +43,22 @@ const fleet = fleetName === undefined
       deletionProtection: ctx('deletionProtection') !== 'false',
       alarmTopicArn: ctx('alarmTopicArn'),
     });
+// Backups (-c backups=true): WAL archive and base backups with barman-cloud in S3; -c backupBucket
+// (an existing bucket; default: one per cluster), -c backupPrefix, -c backupNoncurrentDays,
+// -c backupRestoreFrom=a,s3://bucket/prefix/b (clusters whose backups the nodes may read).
+const restoreSource = (v: string) => {
+  const m = /^s3:\/\/([^/]+)\/(.+)\/([^/]+)$/.exec(v);
+  return m ? { bucketName: m[1], prefix: m[2], cluster: m[3] } : { cluster: v };
+};
+const backups = ctx('backups') === 'true'
+  ? {
+      enabled: true,
+      bucketName: ctx('backupBucket'),
+      prefix: ctx('backupPrefix'),
+      noncurrentDays: ctx('backupNoncurrentDays') ? Number(ctx('backupNoncurrentDays')) : undefined,
+      restoreFromClusters: list(ctx('backupRestoreFrom')).map(restoreSource),
+    }
+  : undefined;
 const clusterNames = fleet ? list(required('clusterNames')) : [ctx('clusterName') ?? 'main'];
 for (const clusterName of clusterNames) new PgdaemonClusterStack(app, `pgdaemon-${clusterName}`, {
   env,
@@ -64,4 +80,5 @@ for (const clusterName of clusterNames) new PgdaemonClusterStack(app, `pgdaemon-
   clientCidrBlocks: list(ctx('clientCidrBlocks') ?? '10.0.0.0/8'),
   deletionProtection: ctx('deletionProtection') !== 'false',
   alarmTopicArn: ctx('alarmTopicArn'),
+  backups,
 });

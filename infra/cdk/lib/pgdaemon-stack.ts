@@ -1,7 +1,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Annotations, Duration, Stack, StackProps, Tags, Token } from 'aws-cdk-lib';
+import { Annotations, CfnOutput, Duration, RemovalPolicy, Stack, StackProps, Tags, Token } from 'aws-cdk-lib';
 import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
@@ -9,6 +9,7 @@ import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as logs from 'aws-cdk-lib/aws-logs';
+import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as s3assets from 'aws-cdk-lib/aws-s3-assets';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
@@ -88,6 +89,36 @@ export interface PgdaemonClusterProps extends StackProps {
    * registration item) and invoke the fleet's agent-evaluate alias. Unset: its own (discovery off).
    */
   readonly fleet?: FleetRef;
+  /**
+   * Continuous WAL archiving and base backups with barman-cloud in S3 (the Terraform module's
+   * `backups`; infra/README.md, "Backups bucket"). Unset or `enabled: false`: archiving off.
+   */
+  readonly backups?: BackupsProps;
+}
+
+/** The Terraform module's `backups` variable, same defaults and validation. */
+export interface BackupsProps {
+  readonly enabled: boolean;
+  /**
+   * An existing bucket (yours to configure: encryption, versioning, TLS-only policy). Unset: the
+   * stack creates one for the cluster, `pgdaemon-<cluster>-backups-<account>-<region>` (shortened
+   * with a hash past 63 characters; needs the stack's account and region), SSE-S3, versioned,
+   * private, TLS only, retained when the stack is deleted.
+   */
+  readonly bucketName?: string;
+  /** Key prefix before the cluster name (default "pgdaemon"): barman keeps the cluster's backups under <prefix>/<cluster>/. */
+  readonly prefix?: string;
+  /** Days the created bucket keeps replaced and deleted objects (default 30); current objects never expire. */
+  readonly noncurrentDays?: number;
+  /** Other clusters whose backups the nodes may read (GetObject and ListBucket under <prefix>/<cluster>/ only), to restore from them. */
+  readonly restoreFromClusters?: RestoreSource[];
+}
+
+/** Another cluster's backups; bucketName and prefix default to this cluster's. */
+export interface RestoreSource {
+  readonly cluster: string;
+  readonly bucketName?: string;
+  readonly prefix?: string;
 }
 
 /** What a cluster stack needs of a fleet (PgdaemonFleetStack.fleetRef); the Terraform module's `fleet`. */
@@ -128,6 +159,8 @@ interface Settings {
   apiAllowlist: string[];
   /** pg_hba.conf client networks ([bootstrap] client_networks). */
   clientNetworks: string[];
+  /** Backups on: the given bucket (undefined: the stack creates one), prefix, lifecycle, restore sources (bucket undefined: this cluster's). */
+  backups?: { bucketName?: string; prefix: string; noncurrentDays: number; restoreFrom: { bucketName?: string; keyPrefix: string }[] };
 }
 
 export const SECRET_PURPOSES = ['replication-password', 'rewind-password', 'api-token', 'admin-password'] as const;
@@ -208,6 +241,28 @@ export function validate(props: PgdaemonClusterProps): Settings {
   } else if (!props.lambdaZipPath?.endsWith('.zip') || !fs.existsSync(props.lambdaZipPath)) {
     fail(`lambdaZipPath ${props.lambdaZipPath}: build it with scripts/lambda-zip`);
   }
+  let backups: Settings['backups'];
+  if (props.backups?.enabled) {
+    const b = props.backups;
+    const bucketRe = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+    // Also what keeps the IAM patterns exact: no '*' or '?' in a prefix.
+    const prefixRe = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
+    if (b.bucketName !== undefined && !bucketRe.test(b.bucketName)) fail(`backups.bucketName ${JSON.stringify(b.bucketName)}: an S3 bucket name`);
+    const prefix = b.prefix ?? 'pgdaemon';
+    if (!prefixRe.test(prefix) || prefix.length > 200) fail(`backups.prefix ${JSON.stringify(prefix)}: path segments of letters, digits, '.', '_', '-' separated by single '/', no leading or trailing '/'`);
+    const noncurrentDays = b.noncurrentDays ?? 30;
+    if (!Number.isInteger(noncurrentDays) || noncurrentDays < 1) fail(`backups.noncurrentDays ${noncurrentDays}: a whole number of days, at least 1`);
+    const restoreFrom = (b.restoreFromClusters ?? []).map((r) => {
+      if (!/^[a-z][a-z0-9-]{1,30}[a-z0-9]$/.test(r.cluster)) fail(`backups.restoreFromClusters cluster ${JSON.stringify(r.cluster)}`);
+      if (r.bucketName !== undefined && !bucketRe.test(r.bucketName)) fail(`backups.restoreFromClusters bucketName ${JSON.stringify(r.bucketName)}`);
+      if (r.prefix !== undefined && !prefixRe.test(r.prefix)) fail(`backups.restoreFromClusters prefix ${JSON.stringify(r.prefix)}`);
+      if (r.cluster === props.clusterName && (r.prefix ?? prefix) === prefix && (r.bucketName === undefined || r.bucketName === b.bucketName)) {
+        fail('backups.restoreFromClusters: this cluster in its own bucket and prefix (it may read and write there already)');
+      }
+      return { bucketName: r.bucketName, keyPrefix: `${r.prefix ?? prefix}/${r.cluster}/` };
+    });
+    backups = { bucketName: b.bucketName, prefix, noncurrentDays, restoreFrom };
+  }
   const name = `pgdaemon-${props.clusterName}`;
   return {
     clusterName: props.clusterName,
@@ -224,7 +279,17 @@ export function validate(props: PgdaemonClusterProps): Settings {
     generatedSecrets,
     apiAllowlist: cidrs,
     clientNetworks: props.clientNetworks ?? [...new Set([...(props.clientCidrBlocks ?? []), ...cidrs])],
+    backups,
   };
+}
+
+/**
+ * The backup bucket the stack creates: pgdaemon-<cluster>-backups-<account>-<region>, at most 63
+ * characters (a long one keeps a readable head and gets a hash of the full name, as elbName).
+ */
+export function backupBucketName(cluster: string, account: string, region: string): string {
+  const full = `pgdaemon-${cluster}-backups-${account}-${region}`;
+  return full.length <= 63 ? full : `${full.slice(0, 56)}-${crypto.createHash('md5').update(full).digest('hex').slice(0, 6)}`;
 }
 
 /**
@@ -241,6 +306,11 @@ export class PgdaemonClusterStack extends Stack {
   readonly coordinator?: ReturnType<typeof addCoordinator>;
   readonly agentRole: iam.Role;
   readonly nlb: elbv2.NetworkLoadBalancer;
+  /** The backup bucket (created here unless backups.bucketName), and the agents' [archive] destination s3://<bucket>/<prefix>; undefined with backups off. */
+  readonly backupBucketName?: string;
+  readonly archiveDestination?: string;
+  /** The bucket the stack created for the backups (undefined when given or off). */
+  readonly backupBucket?: s3.Bucket;
 
   constructor(scope: Construct, id: string, props: PgdaemonClusterProps) {
     super(scope, id, props);
@@ -414,6 +484,82 @@ export class PgdaemonClusterStack extends Stack {
       }
     }
 
+    // --- backups: barman-cloud keeps the cluster's WAL and base backups under
+    // s3://<bucket>/<prefix>/<cluster>/ (the Terraform module's backups.tf, same settings) ---------
+    let backupBucketArn = '';
+    const backupStatements: iam.PolicyStatement[] = [];
+    if (s.backups) {
+      if (s.backups.bucketName !== undefined) {
+        this.backupBucketName = s.backups.bucketName;
+        backupBucketArn = `arn:${this.partition}:s3:::${s.backups.bucketName}`;
+      } else {
+        // The user data must be a plain script: the name is made from the stack's environment.
+        if (Token.isUnresolved(this.account) || Token.isUnresolved(this.region)) {
+          throw new Error('pgdaemon: invalid backups: the stack needs an explicit account and region (env) to name the backup bucket in the user data, or give backups.bucketName');
+        }
+        this.backupBucketName = backupBucketName(s.clusterName, this.account, this.region);
+        this.backupBucket = new s3.Bucket(this, 'Backups', {
+          bucketName: this.backupBucketName,
+          // SSE-S3, not SSE-KMS: see the CKV_AWS_145 suppression in the Terraform module's backups.tf.
+          encryption: s3.BucketEncryption.S3_MANAGED,
+          // What barman's retention (or a compromised node: s3:DeleteObject, not DeleteObjectVersion)
+          // deletes stays recoverable for noncurrentDays.
+          versioned: true,
+          blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+          objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+          // Bucket policy: deny every request without TLS (aws:SecureTransport false).
+          enforceSSL: true,
+          lifecycleRules: [
+            {
+              id: 'noncurrent-versions',
+              // No expiration of current objects: barman's retention policy deletes backups and WAL.
+              noncurrentVersionExpiration: Duration.days(s.backups.noncurrentDays),
+              expiredObjectDeleteMarker: true,
+              abortIncompleteMultipartUploadAfter: Duration.days(7),
+            },
+          ],
+          // The cluster's backups outlive the stack (Terraform: force_destroy false).
+          removalPolicy: RemovalPolicy.RETAIN,
+        });
+        checkovSkip(this.backupBucket, {
+          CKV_AWS_18: 'Only the cluster\'s nodes read and write here, each under its own cluster\'s prefix; CloudTrail data events record object access when wanted. An access-log bucket per cluster is left to the user.',
+        });
+        backupBucketArn = this.backupBucket.bucketArn;
+      }
+      this.archiveDestination = `s3://${this.backupBucketName}/${s.backups.prefix}`;
+      // This cluster's keys: "<prefix>/<cluster>/" (the slash keeps cluster "main" out of "main-2").
+      const clusterPrefix = `${s.backups.prefix}/${s.clusterName}/`;
+      const sources = s.backups.restoreFrom.map((r) => ({
+        bucketArn: r.bucketName === undefined ? backupBucketArn : `arn:${this.partition}:s3:::${r.bucketName}`,
+        keyPrefix: r.keyPrefix,
+      }));
+      backupStatements.push(
+        // Every barman-cloud command (3.4) first checks the bucket with HeadBucket: s3:ListBucket
+        // without a prefix, which S3 cannot tell from a listing without one (key names, never
+        // contents: the cluster's own in the bucket created here); nodes.tf says more.
+        new iam.PolicyStatement({
+          sid: 'BackupBucketHeadForBarman',
+          actions: ['s3:ListBucket'],
+          resources: [...new Set([backupBucketArn, ...sources.map((r) => r.bucketArn)])],
+          conditions: { Null: { 's3:prefix': 'true' } },
+        }),
+        // Listing under "<prefix>/<cluster>/" only (not without the slash: cluster "<c>-2"'s keys).
+        new iam.PolicyStatement({ sid: 'BackupsListThisCluster', actions: ['s3:ListBucket'], resources: [backupBucketArn], conditions: { StringLike: { 's3:prefix': `${clusterPrefix}*` } } }),
+        // WAL archive and restore, base backups, retention deletes; no version actions, no AbortMultipartUpload (the lifecycle aborts).
+        new iam.PolicyStatement({ sid: 'BackupsReadWriteThisCluster', actions: ['s3:GetObject', 's3:PutObject', 's3:DeleteObject'], resources: [`${backupBucketArn}/${clusterPrefix}*`] }),
+        // Restore sources: read and list their prefix, one source per statement, never write.
+        ...sources.flatMap((r, i) => [
+          new iam.PolicyStatement({ sid: `RestoreSourceList${i}`, actions: ['s3:ListBucket'], resources: [r.bucketArn], conditions: { StringLike: { 's3:prefix': `${r.keyPrefix}*` } } }),
+          new iam.PolicyStatement({ sid: `RestoreSourceRead${i}`, actions: ['s3:GetObject'], resources: [`${r.bucketArn}/${r.keyPrefix}*`] }),
+        ]),
+      );
+      new CfnOutput(this, 'BackupBucketName', { value: this.backupBucketName, description: 'S3 bucket of the WAL archive and base backups' });
+      new CfnOutput(this, 'ArchiveDestination', {
+        value: this.archiveDestination,
+        description: 'barman-cloud destination: the cluster\'s backups are under <destination>/<cluster>/ (barman-cloud-backup-list <destination> <cluster>)',
+      });
+    }
+
     // --- agents' instance role ------------------------------------------------------------------
     this.agentRole = new iam.Role(this, 'AgentRole', {
       roleName: `${s.name}-agent`,
@@ -438,6 +584,8 @@ export class PgdaemonClusterStack extends Stack {
           : []),
         // The agent binary: this one object, nothing else in the bucket.
         ...(agentAsset ? [new iam.PolicyStatement({ sid: 'ReadAgentBinary', actions: ['s3:GetObject'], resources: [agentAsset.bucket.arnForObjects(agentAsset.s3ObjectKey)] })] : []),
+        // Backups (above): this cluster's prefix only, read the restore sources.
+        ...backupStatements,
         // Only the agents' alias (qualified ARN), on which the coordinator takes "evaluate" only;
         // not the function itself (forced failover, switchover, pause are for operators).
         new iam.PolicyStatement({ sid: 'InvokeCoordinatorEvaluateOnly', actions: ['lambda:InvokeFunction'], resources: [coord.aliasArn] }),
@@ -491,6 +639,7 @@ export class PgdaemonClusterStack extends Stack {
       client_networks: JSON.stringify(s.clientNetworks),
       // The agents' alias, not the function: through it the coordinator carries out "evaluate" only.
       coordinator_function: `${coord.functionName}:${coord.aliasName}`,
+      archive_destination: this.archiveDestination ?? '',
     });
     const userData = renderTemplate(readTemplate('user-data.sh.tftpl'), {
       agent_bucket: agentAsset?.s3BucketName ?? '',
@@ -501,6 +650,7 @@ export class PgdaemonClusterStack extends Stack {
       postgres_port: s.postgresPort,
       admin_user: ADMIN_USER,
       admin_password_parameter: s.secretParameters['admin-password'],
+      archive_destination: this.archiveDestination ?? '',
     });
 
     const volume = (size: number) => ec2.BlockDeviceVolume.ebs(size, { volumeType: ec2.EbsDeviceVolumeType.GP3, encrypted: true, kmsKey: cmk, deleteOnTermination: true });
@@ -536,6 +686,8 @@ export class PgdaemonClusterStack extends Stack {
     // A node's first boot reads the secrets and its role's policy: they exist before any node.
     for (const secret of Object.values(secrets)) asg.node.addDependency(secret);
     asg.node.addDependency(agentPolicy);
+    // So must the backup bucket and its TLS-only policy, before the first WAL arrives.
+    if (this.backupBucket) asg.node.addDependency(this.backupBucket);
 
     // --- internal NLB -------------------------------------------------------------------------------
     this.nlb = new elbv2.NetworkLoadBalancer(this, 'Nlb', {

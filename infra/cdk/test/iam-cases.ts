@@ -27,6 +27,11 @@ export interface IamSubject {
   /** The agent binary's S3 object and its bucket. */
   agentObjectArn: string;
   agentBucketArn: string;
+  /**
+   * Backups (both stacks are checked with them on): the bucket, this cluster's key prefix
+   * ("<prefix>/<cluster>/") and the restore sources the nodes may read.
+   */
+  backups: { bucketArn: string; prefix: string; restoreSources: { bucketArn: string; keyPrefix: string }[] } | null;
 }
 
 export function registerIamCases(label: string, load: () => IamSubject): void {
@@ -116,6 +121,83 @@ export function registerIamCases(label: string, load: () => IamSubject): void {
     assert.equal(await simulate(s.agent, 's3:DeleteObject', s.agentObjectArn), 'ImplicitlyDenied');
     assert.equal(await simulate(s.agent, 's3:ListBucket', s.agentBucketArn), 'ImplicitlyDenied');
     assert.equal(await simulate(s.coordinator, 's3:GetObject', s.agentObjectArn), 'ImplicitlyDenied');
+  });
+
+  // Backups: barman-cloud under the cluster's own prefix (WAL, base backups, retention deletes),
+  // another cluster's prefix and the rest of the bucket out of reach.
+  const backups = (s: IamSubject) => {
+    assert.ok(s.backups, 'backups are on in the stack under test (scripts/check-infra applies the example with them)');
+    return s.backups!;
+  };
+  const walKey = '/wals/0000000100000000/000000010000000000000001';
+
+  test(`${label}: agents may put, get and delete WAL and base backups under their cluster's prefix`, async () => {
+    const s = load();
+    const b = backups(s);
+    assert.equal(b.prefix.endsWith(`/${s.cluster}/`), true, b.prefix);
+    for (const action of ['s3:PutObject', 's3:GetObject', 's3:DeleteObject']) {
+      assert.equal(await simulate(s.agent, action, `${b.bucketArn}/${b.prefix}${walKey.slice(1)}`), 'Allowed', action);
+      assert.equal(await simulate(s.agent, action, `${b.bucketArn}/${b.prefix}base/20260101T000000/data.tar`), 'Allowed', action);
+    }
+    assert.equal(await simulate(s.agent, 's3:ListBucket', b.bucketArn, { 's3:prefix': `${b.prefix}wals/0000000100000000/` }), 'Allowed');
+    assert.equal(await simulate(s.agent, 's3:ListBucket', b.bucketArn, { 's3:prefix': `${b.prefix}base/` }), 'Allowed');
+  });
+
+  test(`${label}: agents may NOT touch another cluster's prefix or the rest of the backup bucket`, async () => {
+    const s = load();
+    const b = backups(s);
+    const root = b.prefix.slice(0, -`${s.cluster}/`.length); // "<prefix>/"
+    const elsewhere = [
+      `${root}${s.cluster}-other${walKey}`, // a cluster whose name starts with this one's
+      `${root}someone-else${walKey}`,
+      `${root}x`,
+      `x`,
+      `${s.cluster}${walKey}`, // the cluster's name without the prefix
+    ];
+    for (const key of elsewhere) {
+      for (const action of ['s3:PutObject', 's3:GetObject', 's3:DeleteObject']) {
+        assert.equal(await simulate(s.agent, action, `${b.bucketArn}/${key}`), 'ImplicitlyDenied', `${action} ${key}`);
+      }
+    }
+    // Same key, another bucket.
+    assert.equal(await simulate(s.agent, 's3:PutObject', `arn:aws:s3:::another-bucket/${b.prefix}${walKey.slice(1)}`), 'ImplicitlyDenied');
+    for (const prefix of [`${root}${s.cluster}-other/`, `${root}`, '', `${root}${s.cluster}`]) {
+      // ("<prefix>/<cluster>" without the slash would also list "<cluster>-other"'s keys.)
+      assert.equal(await simulate(s.agent, 's3:ListBucket', b.bucketArn, { 's3:prefix': prefix }), 'ImplicitlyDenied', `list ${JSON.stringify(prefix)}`);
+    }
+    // Versions stay out of reach (a delete is recoverable), and so is the bucket's configuration.
+    for (const action of ['s3:DeleteObjectVersion', 's3:GetObjectVersion', 's3:PutObjectAcl']) {
+      assert.equal(await simulate(s.agent, action, `${b.bucketArn}/${b.prefix}${walKey.slice(1)}`), 'ImplicitlyDenied', action);
+    }
+    for (const action of ['s3:PutBucketPolicy', 's3:PutLifecycleConfiguration', 's3:PutBucketVersioning', 's3:DeleteBucket', 's3:ListBucketVersions']) {
+      assert.equal(await simulate(s.agent, action, b.bucketArn), 'ImplicitlyDenied', action);
+    }
+    // The coordinator has no business in the backups.
+    assert.equal(await simulate(s.coordinator, 's3:GetObject', `${b.bucketArn}/${b.prefix}${walKey.slice(1)}`), 'ImplicitlyDenied');
+  });
+
+  test(`${label}: HeadBucket, which every barman-cloud command sends first, is allowed (s3:ListBucket without a prefix)`, async () => {
+    // S3 cannot tell it from a listing without a prefix: the documented price (key names of the
+    // bucket, never contents; in the bucket the stack creates, the cluster's own).
+    const s = load();
+    const b = backups(s);
+    assert.equal(await simulate(s.agent, 's3:ListBucket', b.bucketArn), 'Allowed');
+    assert.equal(await simulate(s.agent, 's3:ListBucket', 'arn:aws:s3:::another-bucket'), 'ImplicitlyDenied');
+  });
+
+  test(`${label}: restore sources: agents may read and list another cluster's backups named for it, never write them`, async () => {
+    const s = load();
+    const b = backups(s);
+    assert.ok(b.restoreSources.length >= 1, 'the stack under test names a restore source');
+    for (const r of b.restoreSources) {
+      const obj = `${r.bucketArn}/${r.keyPrefix}${walKey.slice(1)}`;
+      assert.equal(await simulate(s.agent, 's3:GetObject', obj), 'Allowed', obj);
+      assert.equal(await simulate(s.agent, 's3:ListBucket', r.bucketArn, { 's3:prefix': `${r.keyPrefix}wals/` }), 'Allowed', r.keyPrefix);
+      assert.equal(await simulate(s.agent, 's3:ListBucket', r.bucketArn), 'Allowed', `HeadBucket on ${r.bucketArn}`);
+      for (const action of ['s3:PutObject', 's3:DeleteObject']) {
+        assert.equal(await simulate(s.agent, action, obj), 'ImplicitlyDenied', `${action} ${obj}`);
+      }
+    }
   });
 
   test(`${label}: agents and coordinator read the API token parameter, not another cluster's`, async () => {

@@ -7,7 +7,9 @@ import { registerIamCases } from './iam-cases';
 import { ACCOUNT, CLUSTER, REGION, TAG_KEY, roleManagedPolicyArns, rolePolicies, secretArn, synth } from './support';
 import { test } from 'node:test';
 
-const template = synth();
+// Backups on, with one restore source (as scripts/check-infra applies the Terraform example).
+const template = synth({ backups: { enabled: true, restoreFromClusters: [{ cluster: `${CLUSTER}-old` }] } });
+const backupBucket = `arn:aws:s3:::pgdaemon-${CLUSTER}-backups-${ACCOUNT}-${REGION}`;
 const purposes = ['replication-password', 'rewind-password', 'api-token', 'admin-password'] as const;
 // The object the nodes download: read from the user data, not from the policy being judged.
 const userData: string = (Object.values(template.findResources('AWS::EC2::LaunchTemplate'))[0] as any).Properties.LaunchTemplateData.UserData['Fn::Base64']; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -29,6 +31,11 @@ registerIamCases('cdk', () => ({
   secretArns: Object.fromEntries(purposes.map((p) => [p, secretArn(`pgdaemon/${CLUSTER}/${p}`)])),
   agentObjectArn: `arn:aws:s3:::${agentBucket}/${agentKey}`,
   agentBucketArn: `arn:aws:s3:::${agentBucket}`,
+  backups: {
+    bucketArn: backupBucket,
+    prefix: `pgdaemon/${CLUSTER}/`,
+    restoreSources: [{ bucketArn: backupBucket, keyPrefix: `pgdaemon/${CLUSTER}-old/` }],
+  },
 }));
 
 const tfFile = process.env.PGDAEMON_TF_POLICIES;

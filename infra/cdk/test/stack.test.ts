@@ -4,11 +4,11 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import { App } from 'aws-cdk-lib';
-import { PgdaemonClusterStack, elbName } from '../lib/pgdaemon-stack';
+import { PgdaemonClusterStack, backupBucketName, elbName } from '../lib/pgdaemon-stack';
 import { TEMPLATE_DIR, renderTemplate } from '../lib/template';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import { AGENT, CLUSTER, TAG_KEY, baseProps, roleManagedPolicyArns, rolePolicies, secretArn, synth } from './support';
+import { ACCOUNT, AGENT, CLUSTER, REGION, TAG_KEY, baseProps, roleManagedPolicyArns, rolePolicies, secretArn, synth } from './support';
 
 const t = synth();
 const name = `pgdaemon-${CLUSTER}`;
@@ -381,4 +381,132 @@ test('dashboard: every alarmed metric, for this cluster and its coordinator only
   }
   assert.ok(series.every((m) => m[3] === CLUSTER || m[3] === `${name}-coordinator`), 'only this cluster and its coordinator');
   assert.ok(!d.DashboardBody.includes('${'), 'fully rendered');
+});
+
+// --- backups: the Terraform module's backups.tf, as assert_terraform_moto.py checks it in moto ---
+
+const userDataOf = (tpl: Template): string => Object.values(tpl.findResources('AWS::EC2::LaunchTemplate'))[0].Properties.LaunchTemplateData.UserData['Fn::Base64'];
+const s3Statements = (tpl: Template) =>
+  rolePolicies(tpl, `${name}-agent`)
+    .flatMap((d) => d.Statement)
+    .filter((x) => [x.Action].flat().some((a: string) => a.startsWith('s3:')))
+    .map((x) => ({ Sid: x.Sid, Action: [x.Action].flat().sort(), Resource: x.Resource, Condition: x.Condition }));
+const backupBucket = `pgdaemon-${CLUSTER}-backups-${ACCOUNT}-${REGION}`;
+
+test('backups off by default: no bucket, no [archive], no barman-cloud, no S3 right but the agent object', () => {
+  t.resourceCountIs('AWS::S3::Bucket', 0);
+  t.resourceCountIs('AWS::S3::BucketPolicy', 0);
+  assert.doesNotMatch(userDataOf(t), /\n\[archive\]\n|barman-cloud-wal-archive|barman\[cloud\]/);
+  assert.deepEqual(s3Statements(t).map((x) => x.Sid), ['ReadAgentBinary']);
+  assert.deepEqual(Object.keys(t.toJSON().Outputs ?? {}), []);
+  // enabled: false is the same.
+  assert.doesNotMatch(userDataOf(synth({ backups: { enabled: false, prefix: 'x' } })), /\[archive\]/);
+});
+
+test('backup bucket: SSE-S3, versioned, private, owner enforced, TLS only, noncurrent versions expire, current objects never, retained', () => {
+  const b = synth({ backups: { enabled: true, noncurrentDays: 45 } });
+  b.resourceCountIs('AWS::S3::Bucket', 1);
+  b.hasResource('AWS::S3::Bucket', {
+    DeletionPolicy: 'Retain',
+    UpdateReplacePolicy: 'Retain',
+    Properties: {
+      BucketName: backupBucket,
+      BucketEncryption: { ServerSideEncryptionConfiguration: [{ ServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }] },
+      VersioningConfiguration: { Status: 'Enabled' },
+      PublicAccessBlockConfiguration: { BlockPublicAcls: true, BlockPublicPolicy: true, IgnorePublicAcls: true, RestrictPublicBuckets: true },
+      OwnershipControls: { Rules: [{ ObjectOwnership: 'BucketOwnerEnforced' }] },
+      LifecycleConfiguration: {
+        Rules: [
+          {
+            Id: 'noncurrent-versions',
+            Status: 'Enabled',
+            NoncurrentVersionExpiration: { NoncurrentDays: 45 },
+            AbortIncompleteMultipartUpload: { DaysAfterInitiation: 7 },
+            ExpiredObjectDeleteMarker: true,
+          },
+        ],
+      },
+    },
+  });
+  // barman's retention deletes backups and WAL: no rule expires or moves a current object.
+  const rules = Object.values(b.findResources('AWS::S3::Bucket'))[0].Properties.LifecycleConfiguration.Rules;
+  for (const r of rules) {
+    for (const k of ['ExpirationInDays', 'ExpirationDate', 'Transitions', 'Transition']) assert.equal(r[k], undefined, k);
+  }
+  const policies = Object.values(b.findResources('AWS::S3::BucketPolicy')).map((r) => r.Properties.PolicyDocument.Statement);
+  assert.equal(policies.length, 1);
+  assert.deepEqual(policies[0].map((x: any) => [x.Effect, x.Action, x.Condition]), [['Deny', 's3:*', { Bool: { 'aws:SecureTransport': 'false' } }]]); // eslint-disable-line @typescript-eslint/no-explicit-any
+  assert.equal(policies[0][0].Resource.length, 2, 'the bucket and its objects');
+});
+
+test('backups: the node role lists, reads, writes and deletes under its cluster\'s prefix only, reads its restore sources', () => {
+  const b = synth({ backups: { enabled: true, restoreFromClusters: [{ cluster: 'orders-old' }, { cluster: 'legacy', bucketName: 'old-backups', prefix: 'pg/v1' }] } });
+  const arn = `arn:aws:s3:::${backupBucket}`;
+  assert.deepEqual(s3Statements(b), [
+    { Sid: 'ReadAgentBinary', Action: ['s3:GetObject'], Resource: s3Statements(t)[0].Resource, Condition: undefined },
+    { Sid: 'BackupBucketHeadForBarman', Action: ['s3:ListBucket'], Resource: [arn, 'arn:aws:s3:::old-backups'], Condition: { Null: { 's3:prefix': 'true' } } },
+    { Sid: 'BackupsListThisCluster', Action: ['s3:ListBucket'], Resource: arn, Condition: { StringLike: { 's3:prefix': `pgdaemon/${CLUSTER}/*` } } },
+    { Sid: 'BackupsReadWriteThisCluster', Action: ['s3:DeleteObject', 's3:GetObject', 's3:PutObject'], Resource: `${arn}/pgdaemon/${CLUSTER}/*`, Condition: undefined },
+    { Sid: 'RestoreSourceList0', Action: ['s3:ListBucket'], Resource: arn, Condition: { StringLike: { 's3:prefix': 'pgdaemon/orders-old/*' } } },
+    { Sid: 'RestoreSourceRead0', Action: ['s3:GetObject'], Resource: `${arn}/pgdaemon/orders-old/*`, Condition: undefined },
+    { Sid: 'RestoreSourceList1', Action: ['s3:ListBucket'], Resource: 'arn:aws:s3:::old-backups', Condition: { StringLike: { 's3:prefix': 'pg/v1/legacy/*' } } },
+    { Sid: 'RestoreSourceRead1', Action: ['s3:GetObject'], Resource: 'arn:aws:s3:::old-backups/pg/v1/legacy/*', Condition: undefined },
+  ]);
+  // The nodes boot once the bucket and its TLS-only policy exist.
+  const deps: string[] = Object.values(b.findResources('AWS::AutoScaling::AutoScalingGroup'))[0].DependsOn ?? [];
+  for (const id of [...Object.keys(b.findResources('AWS::S3::Bucket')), ...Object.keys(b.findResources('AWS::S3::BucketPolicy'))]) {
+    assert.ok(deps.includes(id), `the Auto Scaling group depends on ${id}: ${deps}`);
+  }
+});
+
+test('backups: the user data installs barman-cloud unless present and writes [archive] destination; outputs name the bucket and destination', () => {
+  const b = synth({ backups: { enabled: true } });
+  const ud = userDataOf(b);
+  const destination = `s3://${backupBucket}/pgdaemon`;
+  assert.match(ud, new RegExp(`\\n\\[archive\\]\\ndestination = "${destination.replace(/[.]/g, '\\.')}"\\n\\n\\[log\\]\\n`));
+  assert.doesNotMatch(ud, /endpoint_url/);
+  assert.match(ud, /\nif command -v barman-cloud-wal-archive >\/dev\/null 2>&1; then\n/);
+  assert.match(ud, /pip install [^\n]*'barman\[cloud\]==3\.4\.0'\n/);
+  // Before the agent starts (it archives from its first WAL on).
+  assert.ok(ud.indexOf('barman-cloud-wal-archive') < ud.indexOf('systemctl enable --now pgdaemon-agent.service'));
+  const outputs = Object.entries(b.toJSON().Outputs as Record<string, { Value: string }>).map(([k, v]) => [k, v.Value]);
+  assert.deepEqual(Object.fromEntries(outputs), { BackupBucketName: backupBucket, ArchiveDestination: destination });
+});
+
+test('backups in an existing bucket: nothing created, the rights and the destination on that bucket and prefix', () => {
+  const b = synth({ backups: { enabled: true, bucketName: 'corp-pg-backups', prefix: 'eu/pg' } });
+  b.resourceCountIs('AWS::S3::Bucket', 0);
+  b.resourceCountIs('AWS::S3::BucketPolicy', 0);
+  assert.match(userDataOf(b), /\ndestination = "s3:\/\/corp-pg-backups\/eu\/pg"\n/);
+  const rw = s3Statements(b).find((x) => x.Sid === 'BackupsReadWriteThisCluster')!;
+  assert.equal(rw.Resource, `arn:aws:s3:::corp-pg-backups/eu/pg/${CLUSTER}/*`);
+  // Without an env the stack cannot name a bucket of its own, but may use yours.
+  const app = new App();
+  assert.throws(() => new PgdaemonClusterStack(app, 'NoEnv', baseProps({ env: undefined, agentBinaryPath: undefined, backups: { enabled: true } })), /backups: the stack needs an explicit account and region/);
+  new PgdaemonClusterStack(app, 'NoEnvOwnBucket', baseProps({ env: undefined, agentBinaryPath: undefined, backups: { enabled: true, bucketName: 'corp-pg-backups' } }));
+});
+
+test('backups: bad input is refused with a clear error', () => {
+  const bad: [string, object, RegExp][] = [
+    ['bucket name', { enabled: true, bucketName: 'Bad_Bucket' }, /backups\.bucketName/],
+    ['leading slash', { enabled: true, prefix: '/pg' }, /backups\.prefix/],
+    ['wildcard', { enabled: true, prefix: 'pg*' }, /backups\.prefix/],
+    ['trailing slash', { enabled: true, prefix: 'pg/' }, /backups\.prefix/],
+    ['no days', { enabled: true, noncurrentDays: 0 }, /backups\.noncurrentDays/],
+    ['restore from itself', { enabled: true, restoreFromClusters: [{ cluster: CLUSTER }] }, /restoreFromClusters: this cluster/],
+    ['restore cluster name', { enabled: true, restoreFromClusters: [{ cluster: 'Old_One' }] }, /restoreFromClusters cluster/],
+  ];
+  for (const [what, backups, msg] of bad) {
+    assert.throws(() => synth({ backups: backups as never }), msg, what);
+  }
+  // Its own name in another bucket is another cluster's past: allowed.
+  synth({ backups: { enabled: true, restoreFromClusters: [{ cluster: CLUSTER, bucketName: 'old-backups' }] } });
+});
+
+test('backup bucket names fit 63 characters and stay distinct', () => {
+  assert.equal(backupBucketName('orders', ACCOUNT, REGION), `pgdaemon-orders-backups-${ACCOUNT}-${REGION}`);
+  const long = 'abcdefghijklmnopqrstuvwxyz-12345';
+  const names = ['ap-southeast-3', 'ap-southeast-4'].map((r) => backupBucketName(long, ACCOUNT, r));
+  assert.ok(names.every((n) => n.length <= 63 && /^[a-z0-9][a-z0-9.-]+[a-z0-9]$/.test(n)), JSON.stringify(names));
+  assert.notEqual(names[0], names[1]);
 });

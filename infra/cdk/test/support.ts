@@ -90,6 +90,8 @@ export function resolve(value: Json, resources: Record<string, Json>): Json {
         return `arn:aws:logs:${REGION}:${ACCOUNT}:log-group:${p.LogGroupName}:*`;
       case 'AWS::SecretsManager::Secret': // Ref of a secret is its ARN (name + 6 random characters)
         return secretArn(p.Name);
+      case 'AWS::S3::Bucket':
+        return `arn:aws:s3:::${p.BucketName}`;
       default:
         throw new Error(`no ARN rule for ${r.Type}`);
     }

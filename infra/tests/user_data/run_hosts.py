@@ -24,6 +24,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -51,11 +52,14 @@ class Failure(Exception):
 # Absolute paths of the user data (and of the config and units it writes) that belong to the host:
 # prefixed with the host's root. Nothing else in the script is changed but the two lines below.
 HOST_PATHS = ["/var/lib/pgsql", "/etc/pgdaemon", "/etc/systemd/system", "/etc/fstab", "/usr/local/bin",
-              "/run/postgresql", "/var/log/pgdaemon-user-data.log"]
+              "/run/postgresql", "/var/log/pgdaemon-user-data.log", "/opt/barman-cloud"]
 
 
-def rewrite(user_data, root, imds_url, pg_bin):
-    """The host's copy of the script: its paths in its tree, its IMDS, this machine's Postgres."""
+def rewrite(user_data, root, imds_url, pg_bin, s3_endpoint):
+    """The host's copy of the script: its paths in its tree, its IMDS, this machine's Postgres,
+    and (backups on) the S3 endpoint barman-cloud reaches: moto, as the VPC's S3 endpoint would
+    be AWS's. barman-cloud's boto3 here (Debian's 1.26) ignores AWS_ENDPOINT_URL, so the
+    agent's [archive] endpoint_url says it."""
     pattern = re.compile(r"(?<![\w./])(" + "|".join(re.escape(p) for p in HOST_PATHS) + r")(?=[/\s'\"|:;)]|$)")
     out = pattern.sub(lambda m: root + m.group(1), user_data)
     out = out.replace("http://169.254.169.254", imds_url)
@@ -63,6 +67,10 @@ def rewrite(user_data, root, imds_url, pg_bin):
     out, n = re.subn(r'^bin_dir = "/usr/bin"$', f'bin_dir = "{pg_bin}"', out, flags=re.M)
     if n != 1:
         raise Failure("the user data's config has no bin_dir = \"/usr/bin\" line to point at this machine's Postgres")
+    if "\n[archive]\n" in out:
+        out, n = re.subn(r'^(destination = "s3://[^"]+")$', lambda m: f'{m.group(1)}\nendpoint_url = "{s3_endpoint}"', out, flags=re.M)
+        if n != 1:
+            raise Failure("the user data's [archive] section has no destination = \"s3://...\" line")
     return out
 
 
@@ -203,6 +211,17 @@ class Run:
         for need in ("aws s3 cp", "sha256sum", "[bootstrap]", "systemctl enable --now pgdaemon-agent.service"):
             if need not in self.user_data:
                 raise Failure(f"the user data lacks {need!r}")
+        # Backups on: the user data installs barman-cloud only when it is missing (from PyPI,
+        # which this test must not reach): this machine must have it, as an AMI can.
+        self.archive = re.search(r'^\[archive\]\ndestination = "s3://([^/"]+)/([^"]+)"$', self.user_data, re.M)
+        if "\n[archive]\n" in self.user_data and not self.archive:
+            raise Failure("the user data's [archive] section has no destination = \"s3://<bucket>/<prefix>\"")
+        if self.archive and not shutil.which("barman-cloud-wal-archive"):
+            raise Failure("backups are on: install barman-cli-cloud on this machine (apt-get install barman-cli-cloud), "
+                          "else the user data would install it from PyPI")
+        if self.archive:
+            log(f"archive: s3://{self.archive.group(1)}/{self.archive.group(2)} (barman-cloud here: "
+                f"{shutil.which('barman-cloud-wal-archive')}; endpoint_url = moto)")
 
     def start_lambda(self):
         fn = self.function
@@ -272,7 +291,7 @@ class Run:
         host = dict(self.hosts[0], name="host1-bad-checksum", root=os.path.join(self.a.work, "scratch-bad-checksum"))
         for d in ("etc/systemd/system", "var/log", "var/lib", "run", "usr/local/bin"):
             os.makedirs(os.path.join(host["root"], d), exist_ok=True)
-        script = rewrite(self.user_data, host["root"], host["imds"], self.a.pg_bin)
+        script = rewrite(self.user_data, host["root"], host["imds"], self.a.pg_bin, self.a.endpoint)
         script, n = re.subn(r"^AGENT_SHA256='[0-9a-f]{64}'$", "AGENT_SHA256='" + "0" * 64 + "'", script, flags=re.M)
         if n != 1:
             raise Failure("no AGENT_SHA256='<sha256>' line in the user data")
@@ -288,7 +307,7 @@ class Run:
     def boot(self):
         procs = []
         for h in self.hosts:
-            script = rewrite(self.user_data, h["root"], h["imds"], self.a.pg_bin)
+            script = rewrite(self.user_data, h["root"], h["imds"], self.a.pg_bin, self.a.endpoint)
             path = os.path.join(h["root"], "var/lib/user-data.sh")
             with open(path, "w") as f:
                 f.write(script)
@@ -474,16 +493,51 @@ class Run:
             time.sleep(0.5)
         raise Failure(f"{other['name']} does not stream from the new primary:\n{self.tail(other)}")
 
+    def plain_http_archive(self):
+        """moto serves plain HTTP and applies bucket policies to object requests: the backup
+        bucket's only statement, deny every request without TLS (aws:SecureTransport false), would
+        refuse each upload of the agents' barman-cloud. Removed here, in moto only, once
+        assert_terraform_moto.py has checked it (scripts/check-infra runs that first); on AWS the
+        nodes reach S3 over HTTPS."""
+        if not self.archive:
+            return
+        s3, bucket = self.aws("s3"), self.archive.group(1)
+        try:
+            policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+        except s3.exceptions.ClientError:
+            return  # a bucket of the user's (backups.bucket_name) without a policy
+        stmts = policy["Statement"] if isinstance(policy["Statement"], list) else [policy["Statement"]]
+        if not all(x["Effect"] == "Deny" and "aws:SecureTransport" in json.dumps(x.get("Condition", {})) for x in stmts):
+            raise Failure(f"the backup bucket's policy holds more than the TLS-only deny; not removing it: {policy}")
+        s3.delete_bucket_policy(Bucket=bucket)
+        log(f"archive: removed s3://{bucket}'s deny-without-TLS policy in moto (plain HTTP here)")
+
+    def report_archive(self):
+        """What the agents' barman-cloud put under the cluster's prefix (informational: what the
+        agent archives and when is the agent's tests' subject, not the user data's)."""
+        if not self.archive:
+            return
+        bucket, key_prefix = self.archive.group(1), f"{self.archive.group(2)}/{self.a.cluster}/"
+        keys = [o["Key"] for page in self.aws("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix)
+                for o in page.get("Contents", [])]
+        outside = [o["Key"] for o in self.aws("s3").list_objects_v2(Bucket=bucket).get("Contents", []) if not o["Key"].startswith(key_prefix)]
+        if outside:
+            raise Failure(f"objects outside the cluster's prefix {key_prefix} in s3://{bucket}: {outside[:5]}")
+        log(f"archive: {len(keys)} objects under s3://{bucket}/{key_prefix} "
+            f"({sum('/wals/' in k for k in keys)} in wals/, {sum('/base/' in k for k in keys)} in base/)")
+
     def run(self):
         self.read_stack()
         self.start_lambda()
         self.make_hosts()
         self.wrong_checksum_stops_the_boot()
+        self.plain_http_archive()
         self.boot()
         self.bootstrap()
         self.admin_login()
         self.failover()
         self.survivor_follows()
+        self.report_archive()
         invokes = [i for i in self.lam.invocations if "type" in i]
         log(f"coordinator invocations through the local Lambda: {len(invokes)} "
             f"({sorted({i['arn'].rsplit(':', 1)[-1] for i in invokes})})")

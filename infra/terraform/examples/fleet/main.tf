@@ -50,4 +50,5 @@ module "cluster" {
   client_cidr_blocks          = var.client_cidr_blocks
   deletion_protection         = var.deletion_protection
   secret_recovery_window_days = var.secret_recovery_window_days
+  backups                     = var.backups
 }

@@ -27,3 +27,8 @@ output "admin_password_parameters" {
   description = "Per cluster: SSM parameter name of the administrator role's password."
   value       = { for c, m in module.cluster : c => m.admin_password_parameter }
 }
+
+output "archive_destinations" {
+  description = "Per cluster: barman-cloud's destination URL, s3://<bucket>/<prefix> (null with backups off)."
+  value       = { for c, m in module.cluster : c => m.archive_destination }
+}

@@ -67,3 +67,20 @@ variable "secret_recovery_window_days" {
   type        = number
   default     = 7
 }
+
+variable "backups" {
+  description = "WAL archive and base backups with barman-cloud in S3, for every cluster (the cluster module's variable; infra/README.md, \"Backups bucket\"). Off by default. Without bucket_name each cluster gets a bucket of its own; with it they share that bucket, each confined to <prefix>/<its name>/. Attributes left out take the module's defaults."
+  type = object({
+    enabled         = bool
+    bucket_name     = optional(string)
+    prefix          = optional(string)
+    noncurrent_days = optional(number)
+    force_destroy   = optional(bool)
+    restore_from_clusters = optional(list(object({
+      cluster     = string
+      bucket_name = optional(string)
+      prefix      = optional(string)
+    })))
+  })
+  default = { enabled = false }
+}

@@ -36,4 +36,5 @@ module "cluster" {
   lambda_zip_path     = var.lambda_zip_path
   client_cidr_blocks  = var.client_cidr_blocks
   deletion_protection = var.deletion_protection
+  backups             = var.backups
 }

@@ -52,3 +52,13 @@ output "agent_object" {
   description = "The agent binary in the cluster's bucket and the sha256 the nodes check."
   value       = module.cluster.agent_object
 }
+
+output "backup_bucket" {
+  description = "S3 bucket of the WAL archive and base backups (null with backups off)."
+  value       = module.cluster.backup_bucket
+}
+
+output "archive_destination" {
+  description = "barman-cloud's destination URL, s3://<bucket>/<prefix> (the cluster's backups are under <destination>/<cluster_name>/); null with backups off."
+  value       = module.cluster.archive_destination
+}

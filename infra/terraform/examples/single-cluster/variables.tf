@@ -55,3 +55,20 @@ variable "deletion_protection" {
   type        = bool
   default     = true
 }
+
+variable "backups" {
+  description = "WAL archive and base backups with barman-cloud in S3 (the module's variable; infra/README.md, \"Backups bucket\"). Off by default; { enabled = true } creates a bucket for the cluster. Attributes left out take the module's defaults."
+  type = object({
+    enabled         = bool
+    bucket_name     = optional(string)
+    prefix          = optional(string)
+    noncurrent_days = optional(number)
+    force_destroy   = optional(bool)
+    restore_from_clusters = optional(list(object({
+      cluster     = string
+      bucket_name = optional(string)
+      prefix      = optional(string)
+    })))
+  })
+  default = { enabled = false }
+}

@@ -41,6 +41,8 @@ locals {
     client_networks = jsonencode(local.client_networks)
     # The agents' alias, not the function: through it the coordinator carries out "evaluate" only.
     coordinator_function = "${local.coordinator.function_name}:${local.coordinator.agent_alias_name}"
+    # [archive] (backups.tf): "" leaves the section out (archiving off).
+    archive_destination = local.archive_destination
   })
 
   user_data = templatefile("${path.module}/templates/user-data.sh.tftpl", {
@@ -52,6 +54,7 @@ locals {
     postgres_port            = var.postgres_port
     admin_user               = local.admin_user
     admin_password_parameter = local.admin_password_parameter
+    archive_destination      = local.archive_destination
   })
   # The administrator role the user data creates on the first primary (its password: secrets.tf).
   admin_user = "dbadmin"
@@ -135,6 +138,76 @@ data "aws_iam_policy_document" "agent" {
       sid       = "ReadAgentBinary"
       actions   = ["s3:GetObject"]
       resources = ["${aws_s3_bucket.artifacts[0].arn}/${local.agent_key}"]
+    }
+  }
+
+  # Backups (backups.tf): barman-cloud under this cluster's prefix, and nothing of another
+  # cluster's. Every barman-cloud command (3.4) first checks the bucket with HeadBucket, which
+  # takes s3:ListBucket without a prefix: S3 cannot tell it from a listing without a prefix, so
+  # this statement also lets a node list the bucket's key names (never read the objects). In
+  # the bucket the module creates for the cluster those are its own; in a bucket shared by
+  # several clusters (bucket_name), their key names too (infra/README.md, "Backups bucket").
+  dynamic "statement" {
+    for_each = local.backups_enabled ? [1] : []
+    content {
+      sid       = "BackupBucketHeadForBarman"
+      actions   = ["s3:ListBucket"]
+      resources = distinct(concat([local.backup_bucket_arn], [for r in local.backup_restore_sources : r.bucket_arn]))
+      condition {
+        test     = "Null"
+        variable = "s3:prefix"
+        values   = ["true"]
+      }
+    }
+  }
+  # Listing under "<prefix>/<cluster>/" only; barman always lists with that trailing slash. Not
+  # "<prefix>/<cluster>" without it: that would also list cluster "<cluster>-2"'s keys.
+  dynamic "statement" {
+    for_each = local.backups_enabled ? [1] : []
+    content {
+      sid       = "BackupsListThisCluster"
+      actions   = ["s3:ListBucket"]
+      resources = [local.backup_bucket_arn]
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = ["${local.backup_cluster_prefix}*"]
+      }
+    }
+  }
+  # WAL archive and restore, base backups, and barman's retention deleting old ones. No
+  # s3:DeleteObjectVersion or GetObjectVersion: a delete leaves a noncurrent version the node
+  # cannot reach (versioned bucket), recoverable by an operator for noncurrent_days. No
+  # s3:AbortMultipartUpload: the bucket's lifecycle aborts a failed upload after 7 days.
+  dynamic "statement" {
+    for_each = local.backups_enabled ? [1] : []
+    content {
+      sid       = "BackupsReadWriteThisCluster"
+      actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+      resources = ["${local.backup_bucket_arn}/${local.backup_cluster_prefix}*"]
+    }
+  }
+  # Restoring from other clusters' backups (backups.restore_from_clusters): read and list their
+  # prefix, one source per statement (no bucket x prefix cross product), never write.
+  dynamic "statement" {
+    for_each = local.backup_restore_sources
+    content {
+      sid       = "RestoreSourceList${statement.key}"
+      actions   = ["s3:ListBucket"]
+      resources = [statement.value.bucket_arn]
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = ["${statement.value.key_prefix}*"]
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = local.backup_restore_sources
+    content {
+      sid       = "RestoreSourceRead${statement.key}"
+      actions   = ["s3:GetObject"]
+      resources = ["${statement.value.bucket_arn}/${statement.value.key_prefix}*"]
     }
   }
 
@@ -362,7 +435,12 @@ resource "aws_autoscaling_group" "nodes" {
   }
 
   # A node's first boot reads these: the agent object and the secrets must exist before it.
-  depends_on = [aws_s3_object.agent, aws_secretsmanager_secret_version.generated, aws_iam_role_policy.agent]
+  # So must the backup bucket, encrypted, versioned and TLS-only before the first WAL arrives.
+  depends_on = [
+    aws_s3_object.agent, aws_secretsmanager_secret_version.generated, aws_iam_role_policy.agent,
+    aws_s3_bucket_versioning.backups, aws_s3_bucket_server_side_encryption_configuration.backups,
+    aws_s3_bucket_public_access_block.backups, aws_s3_bucket_policy.backups,
+  ]
 
   dynamic "tag" {
     for_each = local.tags

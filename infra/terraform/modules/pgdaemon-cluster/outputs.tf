@@ -73,6 +73,16 @@ output "agent_object" {
   value       = local.upload_agent ? { bucket = aws_s3_bucket.artifacts[0].id, key = local.agent_key, sha256 = local.agent_sha256 } : null
 }
 
+output "backup_bucket" {
+  description = "S3 bucket of the cluster's WAL archive and base backups (the one created, or backups.bucket_name); null with backups off."
+  value       = local.backups_enabled ? local.backup_bucket : null
+}
+
+output "archive_destination" {
+  description = "The agents' [archive] destination, s3://<bucket>/<prefix>: barman-cloud keeps the cluster's backups under <destination>/<cluster_name>/ (e.g. barman-cloud-backup-list <destination> <cluster_name>); null with backups off."
+  value       = local.backups_enabled ? local.archive_destination : null
+}
+
 output "events_topic_arn" {
   description = "SNS topic of failover events; subscribe your alerting to it (in fleet mode the fleet's, shared by its clusters, or null if var.fleet does not name it)."
   value       = local.coordinator.events_topic_arn

@@ -386,3 +386,56 @@ variable "alarm_topic_arn" {
     error_message = "alarm_topic_arn must be an SNS topic ARN."
   }
 }
+
+variable "backups" {
+  description = <<-EOT
+    Continuous WAL archiving and base backups with barman-cloud, in S3 (infra/README.md, "Backups bucket"). Off by default. With enabled = true every node installs barman-cloud (barman-cli-cloud) and its agent gets `[archive] destination = "s3://<bucket>/<prefix>"`; barman keeps the cluster's backups under <prefix>/<cluster_name>/ (base/ and wals/), and the node role may read, write and delete there only.
+    - bucket_name: an existing bucket to use (yours to configure: encryption, versioning, TLS-only policy); null (default) creates one for this cluster (SSE-S3, versioned, private, TLS only, lifecycle below).
+    - prefix: key prefix before the cluster name (default "pgdaemon"); letters, digits, '.', '_', '-', separated by '/'.
+    - noncurrent_days: the created bucket keeps replaced and deleted objects (barman's retention deletes, a compromised node's deletes) this many days before they expire (default 30). Current objects never expire: barman's retention policy deletes backups and WAL itself.
+    - force_destroy: terraform destroy also deletes the created bucket with every backup in it (default false: the destroy fails on a bucket that holds backups). For throw-away clusters and tests only.
+    - restore_from_clusters: other clusters whose backups these nodes may read (GetObject and ListBucket under <prefix>/<cluster>/ only: barman-cloud-restore and barman-cloud-wal-restore to make this cluster from theirs); bucket_name and prefix default to this cluster's.
+  EOT
+  type = object({
+    enabled         = bool
+    bucket_name     = optional(string)
+    prefix          = optional(string, "pgdaemon")
+    noncurrent_days = optional(number, 30)
+    force_destroy   = optional(bool, false)
+    restore_from_clusters = optional(list(object({
+      cluster     = string
+      bucket_name = optional(string)
+      prefix      = optional(string)
+    })), [])
+  })
+  default  = { enabled = false }
+  nullable = false
+
+  validation {
+    condition     = var.backups.bucket_name == null || can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.backups.bucket_name))
+    error_message = "backups.bucket_name must be an S3 bucket name (3-63 lower-case letters, digits, '.' and '-'), or null to create one."
+  }
+  validation {
+    # Also what keeps the IAM patterns exact: no '*' or '?' in a prefix.
+    condition     = can(regex("^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", var.backups.prefix)) && length(var.backups.prefix) <= 200
+    error_message = "backups.prefix must be path segments of letters, digits, '.', '_' and '-' separated by single '/', without a leading or trailing '/' (at most 200 characters)."
+  }
+  validation {
+    condition     = var.backups.noncurrent_days >= 1 && floor(var.backups.noncurrent_days) == var.backups.noncurrent_days
+    error_message = "backups.noncurrent_days must be a whole number of days, at least 1."
+  }
+  validation {
+    condition = alltrue([for r in var.backups.restore_from_clusters :
+      can(regex("^[a-z][a-z0-9-]{1,30}[a-z0-9]$", r.cluster)) &&
+      (r.bucket_name == null || can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", r.bucket_name))) &&
+      (r.prefix == null || can(regex("^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", r.prefix)))
+    ])
+    error_message = "backups.restore_from_clusters: each cluster must be a cluster name (as cluster_name), bucket_name an S3 bucket name, prefix as backups.prefix."
+  }
+  validation {
+    condition = !anytrue([for r in var.backups.restore_from_clusters :
+      r.cluster == var.cluster_name && coalesce(r.prefix, var.backups.prefix) == var.backups.prefix && (r.bucket_name == null || r.bucket_name == var.backups.bucket_name)
+    ])
+    error_message = "backups.restore_from_clusters must not name this cluster in its own bucket and prefix: it may read and write there already."
+  }
+}
