@@ -442,8 +442,8 @@ impl LocalPostgres {
     async fn wait_reaped(&self) -> Result<(), PgError> {
         let deadline = Instant::now() + ZOMBIE_REAP_WAIT;
         loop {
-            let Some(pid) = self.lock_file_pid() else { return Ok(()) };
-            let process::State::Zombie { parent } = process::state(pid) else { return Ok(()) };
+            let Some(pid) = self.lock_file_pid() else { return self.kill_orphans().await };
+            let process::State::Zombie { parent } = process::state(pid) else { return self.kill_orphans().await };
             if Instant::now() >= deadline {
                 return Err(PgError::WrongState(format!(
                     "the postmaster (PID {pid}) exited but its parent (PID {parent}) has not reaped it within \
@@ -452,6 +452,10 @@ impl LocalPostgres {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    async fn kill_orphans(&self) -> Result<(), PgError> {
+        process::kill_orphaned_server_processes(self.data(), ZOMBIE_REAP_WAIT).await.map_err(PgError::WrongState)
     }
 
     async fn stop_inner(&self, mode: StopMode) -> Result<(), PgError> {
@@ -464,8 +468,8 @@ impl LocalPostgres {
             let mut cmd = self.command("pg_ctl");
             cmd.arg("stop").arg("-D").arg(self.data()).arg("-m").arg(m).arg("-w");
             cmd.arg("-t").arg(self.settings.stop_timeout.as_secs().max(1).to_string());
-            let result = self.run("pg_ctl stop", cmd, self.settings.stop_timeout + Duration::from_secs(5)).await;
-            if let Err(e) = result {
+            let stop = self.run("pg_ctl stop", cmd, self.settings.stop_timeout + Duration::from_secs(5));
+            if let Err(e) = self.stop_past_the_archiver(stop).await {
                 if self.postmaster_running().await? {
                     return Err(e);
                 }
@@ -474,7 +478,8 @@ impl LocalPostgres {
         if self.postmaster_running().await? {
             return Err(PgError::NotVerified("a postmaster still runs on the data directory".into()));
         }
-        Ok(())
+        // What comes next (pg_rewind's single-user recovery, a start) needs the shared memory free.
+        self.kill_orphans().await
     }
 
     async fn start_as_standby_verified(&self) -> Result<(), PgError> {

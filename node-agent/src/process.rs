@@ -91,3 +91,65 @@ mod tests {
         drop(child);
     }
 }
+
+/// Server processes working in `data_dir` (a postmaster's children have it as their working
+/// directory and `postgres` as their name). With no postmaster running they are what a dead one
+/// left behind, and a new postmaster refuses to start while they hold its shared memory (e.g.
+/// the archiver still waiting for an `archive_command`).
+pub fn server_processes_in(data_dir: &std::path::Path) -> Vec<u32> {
+    let Ok(dir) = data_dir.canonicalize() else { return Vec::new() };
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "postgres"))
+        .collect()
+}
+
+/// The running archive commands of the server in `data_dir`: the children of its archiver.
+pub fn archive_commands(data_dir: &std::path::Path) -> Vec<u32> {
+    let is_archiver =
+        |pid: u32| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"postgres: archiver"));
+    let archivers: Vec<u32> = server_processes_in(data_dir).into_iter().filter(|p| is_archiver(*p)).collect();
+    if archivers.is_empty() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| parent(*pid).is_some_and(|p| archivers.contains(&p)))
+        .collect()
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// SIGKILL to `pid`.
+pub fn kill(pid: u32) {
+    // SAFETY: sends a signal; a PID that is gone meanwhile only makes the call fail.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+}
+
+/// Kills what a dead postmaster left running in `data_dir` (Patroni does the same), waiting up
+/// to `wait` for it to go: a new postmaster, or pg_rewind's single-user recovery, would refuse to
+/// start beside it.
+pub async fn kill_orphaned_server_processes(data_dir: &std::path::Path, wait: std::time::Duration) -> Result<(), String> {
+    let orphans = server_processes_in(data_dir);
+    if orphans.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(?orphans, "killing server processes the dead postmaster left behind");
+    orphans.iter().for_each(|pid| kill(*pid));
+    let deadline = std::time::Instant::now() + wait;
+    while !server_processes_in(data_dir).is_empty() {
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("processes {orphans:?} of the dead postmaster still run after SIGKILL"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

@@ -263,8 +263,8 @@ pub struct ArchiverStatus {
     pub inactive: bool,
 }
 
-/// How long a backup, a restore or a list may take (bounded like pg_basebackup: `copy_timeout`).
-const LIST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long applying one retention policy may take (it deletes a backup's objects and WAL).
+const RETENTION_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl LocalPostgres {
     fn barman(&self) -> Result<&Barman, PgError> {
@@ -332,7 +332,9 @@ impl LocalPostgres {
     pub async fn list_backups(&self, server: &str) -> Result<Vec<BackupInfo>, PgError> {
         let b = self.barman()?;
         let args = b.args(&["--format", "json", &b.config.destination, server]);
-        let out = self.barman_run("barman-cloud-backup-list", args, LIST_TIMEOUT).await?;
+        // Bounded like one archive command: with the bucket down, a replica being created falls
+        // back to its next method (pg_basebackup) after this, not minutes later.
+        let out = self.barman_run("barman-cloud-backup-list", args, Duration::from_secs(b.config.command_timeout_s)).await?;
         let json = out.lines().find(|l| l.trim_start().starts_with('{')).unwrap_or_default();
         serde_json::from_str::<BackupList>(json).map(|l| l.backups_list).map_err(|e| PgError::Tool {
             tool: "barman-cloud-backup-list".into(),
@@ -365,9 +367,40 @@ impl LocalPostgres {
         let mut outputs = Vec::new();
         for policy in policies {
             let args = b.args(&["--retention-policy", policy, &b.config.destination, &b.cluster]);
-            outputs.push(self.barman_run("barman-cloud-backup-delete", args, LIST_TIMEOUT).await?);
+            outputs.push(self.barman_run("barman-cloud-backup-delete", args, RETENTION_TIMEOUT).await?);
         }
         Ok(outputs)
+    }
+
+    /// Runs `stop` (a `pg_ctl stop`); once it has taken a second, ends the archive commands it
+    /// waits for. A stopping server's archiver makes a last pass over the segments not archived
+    /// yet, each tried three times, and with the bucket down every try lasts `command_timeout_s`:
+    /// a switchover's demotion or a replica's re-pointing would wait minutes. The other members
+    /// archive those same segments (archive_mode = always), and this one retries them at its
+    /// next start, so nothing goes missing.
+    pub(super) async fn stop_past_the_archiver(
+        &self,
+        stop: impl std::future::Future<Output = Result<String, PgError>>,
+    ) -> Result<String, PgError> {
+        if self.settings.archive.is_none() {
+            return stop.await;
+        }
+        let started = std::time::Instant::now();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                result = &mut stop => return result,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if started.elapsed() >= Duration::from_secs(1) {
+                        let commands = crate::process::archive_commands(self.data());
+                        if !commands.is_empty() {
+                            tracing::warn!(?commands, "ending the archive commands a stopping server waits for (the other members archive the same segments)");
+                            commands.iter().for_each(|pid| crate::process::kill(*pid));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Downloads `server`'s backup `id` into the (emptied) data directory.
@@ -421,9 +454,33 @@ impl LocalPostgres {
         self.restore_own_config(&saved)?;
         self.write_standby_files(source)?;
         tracing::info!(backup = %backup.backup_id, "cloned from the newest base backup; replaying the archive");
-        // The archive only for this start: it catches up from the backup, then streams.
+        // The archive only for this start: it catches up from the backup, then streams. Once it
+        // streams it starts again without: a running standby with a restore_command asks the
+        // archive for timeline history at promotion, putting S3 on the failover path.
         self.start_with(&[("restore_command", b.restore_command(&b.cluster))]).await?;
-        self.wait_for(Some(true), self.settings.start_timeout).await
+        self.wait_for(Some(true), self.settings.start_timeout).await?;
+        self.wait_streaming(self.settings.copy_timeout).await?;
+        self.stop_inner(StopMode::Fast).await?;
+        self.start_as_standby_verified().await
+    }
+
+    /// Waits for the WAL receiver to stream.
+    async fn wait_streaming(&self, timeout: Duration) -> Result<(), PgError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let client = self.connect().await?;
+            let row = client
+                .query_one("SELECT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')", &[])
+                .await
+                .map_err(super::text::query_err)?;
+            if super::col::<bool>(&row, 0)? {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(PgError::Timeout(format!("the replica cloned from a backup did not stream within {timeout:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Automatic bootstrap from a backup (`pgdctl restore`): downloads it, replays the source's
@@ -476,6 +533,8 @@ mod tests {
         let opts = b.server_options();
         assert_eq!(opts[0], ("archive_mode".into(), "always".into()));
         assert!(!opts.iter().any(|(k, _)| k == "restore_command"), "replicas read the archive only when asked");
+        let asked = Barman { config: ArchiveConfig { restore_on_replicas: true, ..config() }, cluster: "main".into() };
+        assert!(asked.server_options().contains(&("restore_command".into(), asked.restore_command("main"))));
     }
 
     #[test]
