@@ -22,7 +22,7 @@ help:
 	@echo "make lambda-zip      build the coordinator Lambda package (ARCH=x86_64|arm64)"
 	@echo "make bench-failover  failover drills (4 scenarios x etcd/DynamoDB, N=3 each): first write median/p95, direct and via HAProxy"
 	@echo "make bench-fleet     one coordinator run over CLUSTERS=1000 registered clusters, DEAD=5 failing (etcd, DynamoDB)"
-	@echo "make bench-backup    backup, restore and archive lag of a BENCH_SCALE=30 pgbench database (barman-cloud, moto S3)"
+	@echo "make bench-backup    backup, restore and archive lag of a BENCH_SCALE=10 pgbench database (barman-cloud, moto S3)"
 	@echo "make bench-sim       simulation over many seeds (SEEDS=10000)"
 	@echo "make bench-agent     agent memory and CPU per probe loop on an idle 3-node cluster"
 
@@ -76,8 +76,8 @@ bench-fleet: setup
 	CLUSTERS=$(CLUSTERS) DEAD=$(DEAD) $(or $(CARGO_TARGET_DIR),target)/debug/bench-fleet
 
 SEEDS ?= 10000
-# Backup, restore and archive lag of a pgbench database (BENCH_SCALE=30, about 450 MB; docs/backups.md).
-BENCH_SCALE ?= 30
+# Backup, restore and archive lag of a pgbench database (BENCH_SCALE=10, about 150 MB; docs/backups.md).
+BENCH_SCALE ?= 10
 bench-backup: setup
 	BENCH_SCALE=$(BENCH_SCALE) $(CARGO) test -p pgdaemon-drills --test backup -- --ignored --nocapture bench_backup
 

@@ -45,6 +45,25 @@ impl MemoryStore {
         self.items.lock().unwrap().get(&(cluster.to_string(), item.to_string())).cloned()
     }
 
+    /// Compare-and-set of a versioned item (the parameters, the backup configuration): `make`
+    /// builds the stored value from its new version.
+    fn write_versioned<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        cluster: &str,
+        item: &str,
+        expected_version: Option<u64>,
+        version_of: impl Fn(&T) -> u64,
+        make: impl FnOnce(u64) -> T,
+    ) -> Result<T, StoreError> {
+        check_cluster(cluster)?;
+        let mut items = self.lock()?;
+        let stored_version = get::<T>(&items, cluster, item)?.as_ref().map(version_of);
+        codec::check_version(item, expected_version, stored_version)?;
+        let stored = make(stored_version.unwrap_or(0) + 1);
+        items.insert((cluster.into(), item.into()), encode(item, &stored)?);
+        Ok(stored)
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Items>, StoreError> {
         if self.unavailable.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("memory store is switched off".into()));
@@ -190,14 +209,13 @@ impl Store for MemoryStore {
         expected_version: Option<u64>,
         parameters: &ClusterParameters,
     ) -> Result<ClusterParameters, StoreError> {
-        check_cluster(cluster)?;
-        let mut items = self.lock()?;
-        let current: Option<ClusterParameters> = get(&items, cluster, keys::PARAMETERS)?;
-        let stored_version = current.as_ref().map(|c| c.version);
-        codec::check_version(keys::PARAMETERS, expected_version, stored_version)?;
-        let stored = ClusterParameters { version: stored_version.unwrap_or(0) + 1, ..parameters.clone() };
-        items.insert((cluster.into(), keys::PARAMETERS.into()), encode(keys::PARAMETERS, &stored)?);
-        Ok(stored)
+        self.write_versioned(
+            cluster,
+            keys::PARAMETERS,
+            expected_version,
+            |p: &ClusterParameters| p.version,
+            |version| ClusterParameters { version, ..parameters.clone() },
+        )
     }
 
     async fn write_backup_config(
@@ -206,14 +224,13 @@ impl Store for MemoryStore {
         expected_version: Option<u64>,
         config: &BackupConfig,
     ) -> Result<BackupConfig, StoreError> {
-        check_cluster(cluster)?;
-        let mut items = self.lock()?;
-        let current: Option<BackupConfig> = get(&items, cluster, keys::BACKUP)?;
-        let stored_version = current.as_ref().map(|c| c.version);
-        codec::check_version(keys::BACKUP, expected_version, stored_version)?;
-        let stored = BackupConfig { version: stored_version.unwrap_or(0) + 1, ..config.clone() };
-        items.insert((cluster.into(), keys::BACKUP.into()), encode(keys::BACKUP, &stored)?);
-        Ok(stored)
+        self.write_versioned(
+            cluster,
+            keys::BACKUP,
+            expected_version,
+            |b: &BackupConfig| b.version,
+            |version| BackupConfig { version, ..config.clone() },
+        )
     }
 
     async fn put_member_state(&self, cluster: &str, state: &MemberState) -> Result<(), StoreError> {

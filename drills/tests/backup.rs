@@ -103,7 +103,7 @@ fn s3_archive(extra: &str) -> (MotoServer, String) {
     assert!(http(port, "PUT", &format!("/{BUCKET}")).starts_with("HTTP/1.1 200"), "bucket created");
     let archive = format!(
         "[archive]\ndestination = \"s3://{BUCKET}/pg\"\nendpoint_url = \"{}\"\n\
-         create_replica_methods = [\"backup\", \"basebackup\"]\ncommand_timeout_s = 5\ncheck_interval_s = 1\n{extra}",
+         create_replica_methods = [\"backup\", \"basebackup\"]\ncheck_interval_s = 1\n{extra}",
         s3.endpoint()
     );
     (s3, archive)
@@ -133,7 +133,8 @@ async fn backups_failovers_and_point_in_time_restores() {
         eprintln!("PostgreSQL 15 not installed: drill skipped");
         return;
     }
-    let (s3, archive) = s3_archive("archive_timeout_s = 10\n");
+    // Short bounds: the unreachable bucket below fails each archive command within 5 s.
+    let (s3, archive) = s3_archive("command_timeout_s = 5\narchive_timeout_s = 10\n");
     let (mut d, mut primary) = archiving_drill("backup", &archive).await;
     let source = d.cluster.clone();
     let w = Writer::start(d.members(), &primary, "bk_writes", Duration::from_secs(600)).await.unwrap();
@@ -291,13 +292,13 @@ async fn backups_failovers_and_point_in_time_restores() {
     .await;
 }
 
-/// `make bench-backup` (not in `make test`): a pgbench database of `BENCH_SCALE` (default 30,
-/// about 450 MB), then the time of `pgdctl backup` from a replica, the archive's lag at the
+/// `make bench-backup` (not in `make test`): a pgbench database of `BENCH_SCALE` (default 10,
+/// about 150 MB), default archive settings, then the time of `pgdctl backup` from a replica, the archive's lag at the
 /// default `archive_timeout` (60 s) and with a switch, and a restore to one new member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore]
 async fn bench_backup_and_restore_of_a_sized_database() {
-    let scale: u32 = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let scale: u32 = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let (_s3, archive) = s3_archive("");
     let (d, primary) = archiving_drill("bench", &archive).await;
     let port = d.pg.node(&primary).port.to_string();

@@ -64,34 +64,6 @@ pub fn user_ids(user: &str) -> Result<(u32, u32), String> {
     Ok((pwd.pw_uid, pwd.pw_gid))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tells_a_running_process_from_an_unreaped_and_a_reaped_one() {
-        assert!(matches!(state(std::process::id()), State::Alive));
-        let child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        // Not waited for: once it exits it stays a zombie of this process.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match state(pid) {
-                State::Zombie { parent } => {
-                    assert_eq!(parent, std::process::id());
-                    break;
-                }
-                State::Alive => assert!(std::time::Instant::now() < deadline, "`true` did not exit"),
-                _ => panic!("an unreaped child must be a zombie"),
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        reap(pid);
-        assert!(matches!(state(pid), State::Gone));
-        drop(child);
-    }
-}
-
 /// Server processes working in `data_dir` (a postmaster's children have it as their working
 /// directory and `postgres` as their name). With no postmaster running they are what a dead one
 /// left behind, and a new postmaster refuses to start while they hold its shared memory (e.g.
@@ -152,4 +124,32 @@ pub async fn kill_orphaned_server_processes(data_dir: &std::path::Path, wait: st
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_a_running_process_from_an_unreaped_and_a_reaped_one() {
+        assert!(matches!(state(std::process::id()), State::Alive));
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not waited for: once it exits it stays a zombie of this process.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match state(pid) {
+                State::Zombie { parent } => {
+                    assert_eq!(parent, std::process::id());
+                    break;
+                }
+                State::Alive => assert!(std::time::Instant::now() < deadline, "`true` did not exit"),
+                _ => panic!("an unreaped child must be a zombie"),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        reap(pid);
+        assert!(matches!(state(pid), State::Gone));
+        drop(child);
+    }
 }
