@@ -76,7 +76,7 @@ impl Backups {
         }
     }
 
-    /// What the last check found (for `/metrics`).
+    /// What the last checks found (published in the member state, which `/metrics` reads).
     pub fn status(&self) -> ArchiveStatus {
         self.status.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
