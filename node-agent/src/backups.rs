@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use pgdaemon_core::agent::backup_schedule::{backup_due, backup_source};
 use pgdaemon_core::agent::AgentHandle;
-use pgdaemon_core::backup::ArchiveStatus;
+use pgdaemon_core::backup::{ArchiveStatus, RestoreSource};
 use pgdaemon_core::events::{Event, EventEmitter, EventKind};
 use pgdaemon_core::{Clock, DynamicConfig, Store};
 
 use pgdaemon_dcs::agent_client::AgentClient;
 
-use crate::postgres::{BackupInfo, LocalPostgres};
+use crate::postgres::{choose_backup, BackupInfo, LocalPostgres};
 
 /// How often a replica's backup asks the primary to switch WAL while it waits for the archive.
 const NUDGE_EVERY: Duration = Duration::from_secs(5);
@@ -201,12 +201,9 @@ impl Backups {
     async fn check_archive(&self) {
         let Ok(a) = self.pg.archiver_status().await else { return };
         let before = self.status();
+        // The archiver's part is read here; the newest backup stays what the schedule last saw.
         self.update_status(|s| {
-            s.last_archived_wal = a.last_archived_wal.clone();
-            s.last_archived_ms = a.last_archived_ms;
-            s.last_failed_wal = a.last_failed_wal.clone();
-            s.failing = a.failing;
-            s.inactive = a.inactive;
+            *s = ArchiveStatus { last_backup: s.last_backup.take(), last_backup_ms: s.last_backup_ms, ..a.clone() }
         });
         if a.inactive && !before.inactive {
             self.emit(
@@ -233,15 +230,16 @@ impl Backups {
 
     /// Takes the scheduled backup when it is due and this member is the one to take it.
     async fn check_schedule(&self) -> Result<(), String> {
-        let view = self.store.read_view(&self.cluster).await.map_err(|e| e.to_string())?;
+        // The loop's own last read (at most a probe interval old): no store read of its own.
+        let Some(view) = self.handle.snapshot().last_view else { return Ok(()) };
         let Some(config) = view.backup.clone().filter(|b| b.schedule_interval_s > 0) else { return Ok(()) };
         let now = self.clock.wall_ms();
         let stale_after = 2 * self.dynamic.renew_interval_ms + self.dynamic.probe_interval_ms;
         if backup_source(&view, now, stale_after).ok().as_deref() != Some(self.member.as_str()) {
             return Ok(());
         }
-        let newest =
-            self.list(None).await?.into_iter().filter(|b| b.status == "DONE").max_by(|a, b| a.backup_id.cmp(&b.backup_id));
+        let backups = self.list(None).await?;
+        let newest = choose_backup(&backups, &RestoreSource { cluster: self.cluster.clone(), ..Default::default() }).ok();
         let newest_end = newest.as_ref().and_then(|b| b.end_utc()).and_then(|t| utc_text_to_ms(&t));
         if let Some(b) = &newest {
             self.update_status(|s| (s.last_backup, s.last_backup_ms) = (Some(b.backup_id.clone()), newest_end));

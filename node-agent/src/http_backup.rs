@@ -11,16 +11,13 @@ use axum::Json;
 use crate::api_state::{error_response, ApiState};
 use crate::backups::BackupError;
 use crate::http_control::json_object_or_empty;
+use crate::http_maintenance::NoArguments;
 
 /// The answer of a member without `[archive]`.
 fn no_archive(st: &ApiState) -> Response {
     let member = st.api.snapshot().member;
     error_response(StatusCode::CONFLICT, &format!("{member}: no [archive] is configured on this member; nothing was done"))
 }
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoArguments {}
 
 /// Takes a base backup of this member now and answers with it once it is listed.
 pub(crate) async fn backup(State(st): State<ApiState>, body: Bytes) -> Response {

@@ -30,7 +30,7 @@ fn answer(st: &ApiState, what: &str, result: Result<(), MaintenanceError>) -> Re
 /// The body of a request that takes no arguments: empty or `{}` (any field is a mistake).
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NoArguments {}
+pub(crate) struct NoArguments {}
 
 /// The body of `POST /restart` (optional: an empty body is `{}`).
 #[derive(Debug, Default, serde::Deserialize)]

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use pgdaemon_core::backup::RestoreSource;
+use pgdaemon_core::backup::{ArchiveStatus, RestoreSource};
 use pgdaemon_core::pg::{DataDirState, PgError, PrimaryTarget, StopMode};
 use serde::{Deserialize, Serialize};
 
@@ -251,18 +251,6 @@ impl Barman {
     }
 }
 
-/// This member's archiver as `pg_stat_archiver` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ArchiverStatus {
-    pub last_archived_wal: Option<String>,
-    pub last_archived_ms: Option<u64>,
-    pub last_failed_wal: Option<String>,
-    /// The last attempt failed after the last success.
-    pub failing: bool,
-    /// The server's `archive_mode`/`archive_command` are not the configured ones.
-    pub inactive: bool,
-}
-
 /// How long applying one retention policy may take (it deletes a backup's objects and WAL).
 const RETENTION_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -277,8 +265,9 @@ impl LocalPostgres {
         self.run(tool, cmd, timeout).await
     }
 
-    /// `pg_stat_archiver` of the running server.
-    pub async fn archiver_status(&self) -> Result<ArchiverStatus, PgError> {
+    /// `pg_stat_archiver` of the running server, and whether it archives as configured (the
+    /// backup fields are left empty).
+    pub async fn archiver_status(&self) -> Result<ArchiveStatus, PgError> {
         let client = self.connect().await?;
         let row = client
             .query_one(
@@ -291,12 +280,13 @@ impl LocalPostgres {
             .map_err(super::text::query_err)?;
         let b = self.barman()?;
         let (mode, command): (String, String) = (super::col(&row, 4)?, super::col(&row, 5)?);
-        Ok(ArchiverStatus {
+        Ok(ArchiveStatus {
             last_archived_wal: super::col(&row, 0)?,
             last_archived_ms: super::col::<Option<f64>>(&row, 1)?.map(|ms| ms as u64),
             last_failed_wal: super::col(&row, 2)?,
             failing: super::col(&row, 3)?,
             inactive: mode != "always" || command != b.archive_command(),
+            ..ArchiveStatus::default()
         })
     }
 
