@@ -717,6 +717,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_record_created_before_the_initialize_lock_was_won_is_joined_not_initialised_over() {
+        // The loop decided to initialise on a read without a record; another member then
+        // created it and released the lock before this one took the lock.
+        let (store, _clock, mut rt) = setup("n2", PgProbe::stopped(DataDirState::Empty)).await;
+        rt.initialize("c1").await.unwrap();
+        assert!(!rt.pg().calls().iter().any(|c| c == "initialize"), "{:?}", rt.pg().calls());
+        let lock = store.read_lease("c1", LeaseName::Initialize).await.unwrap();
+        assert!(lock.as_ref().is_none_or(|l| l.is_free()), "the lock is released: {lock:?}");
+    }
+
+    #[tokio::test]
     async fn parameters_are_applied_once_per_version_and_the_state_written_only_on_change() {
         use crate::params::ClusterParameters;
         let (store, clock, mut rt) = setup("n2", replica()).await;

@@ -258,7 +258,7 @@ where
     /// Automatic bootstrap (agent::bootstrap): claims the initialize lock by the lock-client
     /// rules, initialises Postgres within the lock's duration less the safety margin, then
     /// creates the cluster record naming this member primary in term 1 (create-only).
-    async fn initialize(&mut self, cluster: &str) -> Result<(), String> {
+    pub(super) async fn initialize(&mut self, cluster: &str) -> Result<(), String> {
         if let Some(at) = self.init_failed_at {
             let wait = (at + self.bootstrap.lock).saturating_sub(self.clock.monotonic());
             if !wait.is_zero() {
@@ -296,7 +296,15 @@ where
         tracing::info!(term = held.lease.term, "won the initialize lock: initialising a new cluster");
         // `pgdctl restore` asks for a database from a backup in the same partition: read it now,
         // under the lock, and never fall back to initdb when it cannot be read.
-        let view = self.store.read_view(cluster).await.map_err(|e| format!("reading the restore request: {e}"))?;
+        let view = self.store.read_view(cluster).await.map_err(|e| format!("reading the cluster under the lock: {e}"))?;
+        // The decision read the store before the lock was taken: the previous holder may have
+        // created the record and released the lock in between (seen under load). Initialising
+        // now would make a second database that could only be thrown away.
+        if let Some(record) = &view.cluster {
+            let primary = record.primary.as_deref().unwrap_or("(none)");
+            tracing::info!(%primary, "the cluster record appeared before the initialize lock was won: joining instead");
+            return Ok(());
+        }
         if let Some(bad) = view.unreadable.iter().find(|u| u.item == crate::keys::BACKUP) {
             return Err(format!("the backup configuration cannot be read ({}); not initialising", bad.error));
         }
