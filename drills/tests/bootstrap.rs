@@ -95,7 +95,8 @@ async fn winner_killed(point: KillPoint, name: &str) {
 
     // The killed member comes back over its leftover directory and is rebuilt as a replica.
     d.start_agent(&winner).unwrap();
-    assert_eq!(d.wait_healthy(2, Duration::from_secs(90)).await.unwrap(), primary);
+    let healthy = d.wait_healthy(2, Duration::from_secs(90)).await.unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    assert_eq!(healthy, primary);
     assert_eq!(d.writable(), vec![primary.clone()]);
     assert_eq!(d.view().await.unwrap().cluster.unwrap().term, 1, "no failover: the record was made once");
 }

@@ -112,6 +112,8 @@ pub struct LocalPostgres {
 
 /// `wal_keep_size` written to `postgresql.auto.conf` unless `[postgres.parameters]` sets one: a
 /// backstop to the replication slots, so a rewind or a lagging replica still finds its WAL.
+/// PostgreSQL's compiled-in `unix_socket_directories` on Debian and the PGDG packages.
+const DEFAULT_SOCKET_DIRECTORY: &str = "/var/run/postgresql";
 const DEFAULT_WAL_KEEP_SIZE: &str = "256MB";
 
 /// `max_slot_wal_keep_size` written likewise: the most WAL one slot may hold on the primary. A
@@ -395,6 +397,7 @@ impl LocalPostgres {
         }
         if !self.postmaster_running().await? {
             self.wait_reaped().await?;
+            self.remove_stale_socket_locks();
             self.ensure_persisted_settings()?;
             let mut opts = format!("-p {}", self.settings.port);
             let kept = self.settings.server_options.iter().filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
@@ -451,6 +454,21 @@ impl LocalPostgres {
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// See [`process::remove_stale_socket_lock`]: the socket directories this server uses.
+    fn remove_stale_socket_locks(&self) {
+        let configured = self.settings.server_options.iter().rev().find(|(k, _)| k == "unix_socket_directories");
+        let dirs = configured.map_or(DEFAULT_SOCKET_DIRECTORY, |(_, v)| v.as_str());
+        for dir in dirs.split(',').map(|d| d.trim().trim_matches('"')).filter(|d| d.starts_with('/')) {
+            if let Some(pid) = process::remove_stale_socket_lock(Path::new(dir.trim_matches('\'')), self.settings.port) {
+                tracing::warn!(
+                    dir,
+                    pid,
+                    "removed the socket lock of a postmaster that exited (its zombie would block the start)"
+                );
+            }
         }
     }
 

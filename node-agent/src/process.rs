@@ -100,6 +100,23 @@ fn parent(pid: u32) -> Option<u32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Removes the socket lock file of a postmaster that exited (`.s.PGSQL.<port>.lock` in a socket
+/// directory) and its socket, returning the dead PID. A new postmaster refuses to start while
+/// such a lock names a PID that exists, and a zombie exists until its parent reaps it, which an
+/// init that does not reap (some containers) never does. The data directory's `postmaster.pid`
+/// goes with the directory on a re-clone, this one does not. A lock naming a live process, or
+/// one that cannot be read, is left alone.
+pub fn remove_stale_socket_lock(socket_dir: &std::path::Path, port: u16) -> Option<u32> {
+    let lock = socket_dir.join(format!(".s.PGSQL.{port}.lock"));
+    let pid: u32 = std::fs::read_to_string(&lock).ok()?.lines().next()?.trim().parse().ok()?;
+    if !matches!(state(pid), State::Zombie { .. } | State::Gone) {
+        return None;
+    }
+    std::fs::remove_file(&lock).ok()?;
+    let _ = std::fs::remove_file(socket_dir.join(format!(".s.PGSQL.{port}")));
+    Some(pid)
+}
+
 /// SIGKILL to `pid`.
 pub fn kill(pid: u32) {
     // SAFETY: sends a signal; a PID that is gone meanwhile only makes the call fail.
@@ -129,6 +146,29 @@ pub async fn kill_orphaned_server_processes(data_dir: &std::path::Path, wait: st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_lock_of_an_exited_postmaster_goes_and_a_live_ones_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join(".s.PGSQL.5999.lock");
+        let socket = dir.path().join(".s.PGSQL.5999");
+        // An exited child not yet reaped: a zombie, as a killed postmaster under a non-reaping init.
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let zombie = child.id();
+        while !matches!(state(zombie), State::Zombie { .. }) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::fs::write(&lock, format!("{zombie}\n/data\n")).unwrap();
+        std::fs::write(&socket, b"").unwrap();
+        assert_eq!(remove_stale_socket_lock(dir.path(), 5999), Some(zombie));
+        assert!(!lock.exists() && !socket.exists());
+        reap(zombie);
+        // A running process's lock, and no lock at all, are left alone.
+        std::fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(remove_stale_socket_lock(dir.path(), 5999), None);
+        assert!(lock.exists());
+        assert_eq!(remove_stale_socket_lock(dir.path(), 6000), None);
+    }
 
     #[test]
     fn tells_a_running_process_from_an_unreaped_and_a_reaped_one() {
