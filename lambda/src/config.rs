@@ -16,7 +16,7 @@
 //! | `PGDAEMON_LOCK_LEASE_MS` | 10000 | coordinator lock lease |
 //! | `PGDAEMON_HEARTBEAT_STALE_MS` | derived | heartbeat age (by observed seq) that counts as down |
 //! | `PGDAEMON_RUN_BUDGET_MS` | 50000 | time one invocation spends driving a cluster (keep below the function timeout) |
-//! | `PGDAEMON_POLL_MS` | 500 | pause between runs while a transition is under way |
+//! | `PGDAEMON_POLL_MS` | 100 | pause between runs while a transition is under way (each run is one read of the cluster: a transition of a few seconds costs tens of reads, and every step the agents take is seen within this) |
 //! | `PGDAEMON_CONCURRENCY` | 16 | clusters evaluated at once (a cluster in a failover keeps its slot until it settles, so a few failing clusters must not stall the fleet's evaluation) |
 //! | `PGDAEMON_SNS_TOPIC_ARN` | (none) | SNS topic for change-of-primary events (see `events`) |
 //! | `PGDAEMON_API_TOKEN_PARAMETER` | (none) | absolute name of the SSM SecureString holding the agents' API bearer token (`/pgdaemon/<cluster>/api-token`, the agents' `[api] token_ssm_parameter`); `{cluster}` in the name is replaced by each cluster's name (a fleet coordinator, one token per cluster); the `http` fencer sends `Authorization: Bearer <token>`. Read with decryption at the first HTTP fence, never at init; while it cannot be read the `http` fencer fails (the chain moves on). Unset: no credentials, and agents answer 401 |
@@ -153,7 +153,7 @@ impl LambdaConfig {
         if run_budget > Duration::from_secs(890) {
             return Err(env_err("PGDAEMON_RUN_BUDGET_MS", "must stay below the 900 s Lambda maximum"));
         }
-        let poll = Duration::from_millis(ms("PGDAEMON_POLL_MS", 500, 50)?);
+        let poll = Duration::from_millis(ms("PGDAEMON_POLL_MS", 100, 50)?);
         let concurrency = ms("PGDAEMON_CONCURRENCY", 16, 1)? as usize;
         let clusters_per_invocation = ms("PGDAEMON_CLUSTERS_PER_INVOCATION", 250, 1)? as usize;
         let api_token_parameter = get("PGDAEMON_API_TOKEN_PARAMETER");
