@@ -602,9 +602,12 @@ impl<'a> Decider<'a> {
 
     /// A non-holder that sees the leader lease expired (by its own clock, or by the store's), or
     /// released by the designated primary outside any transition (its agent shut down cleanly),
-    /// asks for a coordinator run. Without the second case a clean restart of the primary's agent
-    /// left the cluster without a primary until the coordinator's next scheduled run (a minute on
-    /// AWS).
+    /// or free while a transition is open, asks for a coordinator run. Without the second case a
+    /// clean restart of the primary's agent left the cluster without a primary until the
+    /// coordinator's next scheduled run (a minute on AWS). The third is a coordinator that died
+    /// in the middle of a failover (after the old primary released its lease to `/demote`,
+    /// before a candidate took the new one): nothing else would run the next one before the
+    /// schedule (the simulation's longest write outages). Asking is rate-limited to once a lease.
     fn fast_path(&mut self) {
         let input = self.input;
         let (lease, why) = match &input.lease_state {
@@ -617,6 +620,9 @@ impl<'a> Decider<'a> {
             // sooner the failover.
             Some(LeaseState::Free(lease)) if lease.owner.is_empty() && !lease.released => {
                 (lease, "expired in the store; last seen unchanged for")
+            }
+            Some(LeaseState::Free(lease)) if self.transition_open() => {
+                (lease, "free while a transition is open; last seen unchanged for")
             }
             _ => return,
         };
@@ -633,6 +639,11 @@ impl<'a> Decider<'a> {
         if due {
             self.push(AgentAction::RequestCoordinatorRun { evidence });
         }
+    }
+
+    fn transition_open(&self) -> bool {
+        let StoreRead::Ok(view) = &self.input.store else { return false };
+        view.cluster.as_ref().is_some_and(|r| r.transition.is_some())
     }
 
     /// The released lease is the designated primary's own for the record's term, and no
@@ -981,6 +992,36 @@ mod tests {
             },
             expect: vec!["publish_heartbeat", "request_coordinator_run"],
             reason_has: "expired in the store",
+        });
+        v.push(Case {
+            name: "a free lease while a transition is open asks for a run (its coordinator may have died)",
+            input: {
+                let released = LeaderLease { released: true, ..lease("n1", 3, "r") };
+                let mut v = view(4, "n1", Some(released));
+                let record = v.cluster.as_mut().unwrap();
+                record.primary = None;
+                record.transition = Some(crate::model::Transition {
+                    kind: crate::model::TransitionKind::Failover,
+                    step: crate::model::TransitionStep::Fenced,
+                    term: 4,
+                    from_term: 3,
+                    old_primary: Some("n1".into()),
+                    candidate: "n3".into(),
+                    reason: "test".into(),
+                    started_ms: 0,
+                    step_times_ms: Default::default(),
+                    forced: false,
+                    fence: None,
+                    fenced_by: None,
+                    final_lsn: None,
+                    promote_lsn: None,
+                });
+                let mut i = input("n2", replica_probe(5001), StoreRead::Ok(v), None);
+                i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
+                i
+            },
+            expect: vec!["publish_heartbeat", "request_coordinator_run"],
+            reason_has: "free while a transition is open",
         });
         v.push(Case {
             name: "a released lease of an older term is not the designated primary's",
