@@ -250,11 +250,17 @@ impl Actor for CoordActor {
             let sleep = move |d: Duration| world.sleep(d.as_micros() as u64);
             let cluster = self.cluster.clone();
             let report = run_until_settled(&mut self.coord, &cluster, self.budget, self.poll, sleep).await;
+            // As the Lambda's handler does: the next invocation (a new owner after a cold start)
+            // need not wait out this one's lock. A killed run never gets here.
+            let released = self.coord.release(&cluster).await;
             {
                 let mut w = self.world.lock();
                 let slot = self.slot;
                 if !report.steps.is_empty() || !matches!(report.outcome, pgdaemon_core::coordinator::Outcome::Idle) {
                     w.log(format!("coord{slot}: {:?} steps {:?} ({})", report.outcome, report.steps, report.reason));
+                }
+                if let Err(e) = released {
+                    w.log(format!("coord{slot}: releasing the coordinator lock: {e}"));
                 }
             }
             StepEnd { actor: Some(self as Box<dyn Actor>), next_in: None }

@@ -16,8 +16,8 @@ pub struct Checker {
     pub transitions: Vec<Transition>,
     /// Failover durations in µs: transition start (detection) to new primary writable.
     pub detect_to_writable: Vec<Us>,
-    /// Nobody writable until a different server was, in µs.
-    pub write_outages: Vec<Us>,
+    /// Nobody writable until a different server was: (started at, lasted), in µs.
+    pub write_outages: Vec<(Us, Us)>,
     /// Failover durations in µs: the candidate designated (record written) to it writable.
     pub designate_to_writable: Vec<Us>,
 }

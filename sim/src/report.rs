@@ -15,6 +15,8 @@ pub struct Summary {
     pub failures: Vec<RunResult>,
     pub detect_to_writable: Vec<Us>,
     pub write_outages: Vec<Us>,
+    /// The longest write outages: (lasted, seed, started at), longest first.
+    pub longest_outages: Vec<(Us, u64, Us)>,
     pub designate_to_writable: Vec<Us>,
     pub recovery_after_heal: Vec<Us>,
     pub wakes_sent: u64,
@@ -47,7 +49,12 @@ impl Summary {
             *self.faults.entry(k.clone()).or_default() += v;
         }
         self.detect_to_writable.extend(&r.detect_to_writable);
-        self.write_outages.extend(&r.write_outages);
+        for &(start, len) in &r.write_outages {
+            self.write_outages.push(len);
+            self.longest_outages.push((len, r.seed, start));
+        }
+        self.longest_outages.sort_unstable_by(|a, b| b.cmp(a));
+        self.longest_outages.truncate(LONGEST_SHOWN);
         self.designate_to_writable.extend(&r.designate_to_writable);
         self.wakes_sent += r.counters.wakes_sent;
         self.wakes_lost += r.counters.wakes_lost;
@@ -150,9 +157,22 @@ impl Summary {
             "write outage, last write on the old primary's watch -> new primary writable: {}",
             dist(&self.write_outages)
         );
+        let longest: Vec<String> = self
+            .longest_outages
+            .iter()
+            .map(|&(len, seed, start)| format!("seed {seed} at {:.1}s: {:.1}s", secs(start), secs(len)))
+            .collect();
+        let _ = writeln!(s, "  longest write outages: {}", longest.join("; "));
         let _ = writeln!(s, "last fault healed -> writable primary: {}", dist(&self.recovery_after_heal));
         s
     }
+}
+
+/// How many of the longest write outages the summary lists (seed and start, to replay them).
+const LONGEST_SHOWN: usize = 15;
+
+fn secs(x: Us) -> f64 {
+    x as f64 / (1000.0 * MS as f64)
 }
 
 /// `n=…, median …, p99 …, max …` in seconds.
@@ -163,8 +183,7 @@ pub fn dist(v: &[Us]) -> String {
     let mut v = v.to_vec();
     v.sort_unstable();
     let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
-    let sec = |x: Us| x as f64 / (1000.0 * MS as f64);
-    format!("n={}, median {:.2}s, p99 {:.2}s, max {:.2}s", v.len(), sec(q(0.5)), sec(q(0.99)), sec(*v.last().unwrap()))
+    format!("n={}, median {:.2}s, p99 {:.2}s, max {:.2}s", v.len(), secs(q(0.5)), secs(q(0.99)), secs(*v.last().unwrap()))
 }
 
 /// Runs seeds `first..first+count` with `template` (its seed replaced), on `jobs` threads.

@@ -98,8 +98,9 @@ pub struct RunResult {
     pub counters: Counters,
     /// Failover transition recorded (detection) to the candidate accepting writes, µs.
     pub detect_to_writable: Vec<Us>,
-    /// No server accepted writes, until a different one did (the outage a client sees), µs.
-    pub write_outages: Vec<Us>,
+    /// No server accepted writes, until a different one did (the outage a client sees):
+    /// (started at, lasted), µs.
+    pub write_outages: Vec<(Us, Us)>,
     /// The candidate designated (record written) to it accepting writes, µs.
     pub designate_to_writable: Vec<Us>,
     /// Last fault healed to a writable primary, µs.
@@ -479,7 +480,8 @@ impl Sim {
             slot: k,
             cluster: CLUSTER.into(),
             budget: Duration::from_secs(50),
-            poll: self.config.probe_interval(),
+            // The Lambda's default PGDAEMON_POLL_MS.
+            poll: Duration::from_millis(100),
         })
     }
 

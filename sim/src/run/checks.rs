@@ -19,8 +19,9 @@ impl Sim {
             }
             Some(&p) => {
                 if let Some(since) = self.unwritable_since.take() {
-                    if self.last_writer != Some(p) {
-                        self.checker.write_outages.push(now - since);
+                    // A first primary (a bootstrapped cluster forming) ends no outage: nobody wrote before.
+                    if self.last_writer.is_some_and(|last| last != p) {
+                        self.checker.write_outages.push((since, now - since));
                     }
                 }
                 if self.last_writer != Some(p) {
