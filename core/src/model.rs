@@ -494,6 +494,29 @@ impl ClusterView {
 }
 
 #[cfg(test)]
+impl Transition {
+    /// A failover from `old` to `candidate` in `term` (from `term - 1`), at the `Fenced` step.
+    pub(crate) fn fenced_failover(old: &str, candidate: &str, term: u64) -> Self {
+        Transition {
+            kind: TransitionKind::Failover,
+            step: TransitionStep::Fenced,
+            term,
+            from_term: term - 1,
+            old_primary: Some(old.into()),
+            candidate: candidate.into(),
+            reason: "lease expired".into(),
+            started_ms: 1,
+            step_times_ms: Default::default(),
+            forced: false,
+            fence: None,
+            fenced_by: None,
+            final_lsn: None,
+            promote_lsn: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -1000,22 +1000,7 @@ mod tests {
                 let mut v = view(4, "n1", Some(released));
                 let record = v.cluster.as_mut().unwrap();
                 record.primary = None;
-                record.transition = Some(crate::model::Transition {
-                    kind: crate::model::TransitionKind::Failover,
-                    step: crate::model::TransitionStep::Fenced,
-                    term: 4,
-                    from_term: 3,
-                    old_primary: Some("n1".into()),
-                    candidate: "n3".into(),
-                    reason: "test".into(),
-                    started_ms: 0,
-                    step_times_ms: Default::default(),
-                    forced: false,
-                    fence: None,
-                    fenced_by: None,
-                    final_lsn: None,
-                    promote_lsn: None,
-                });
+                record.transition = Some(crate::model::Transition::fenced_failover("n1", "n3", 4));
                 let mut i = input("n2", replica_probe(5001), StoreRead::Ok(v), None);
                 i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
                 i

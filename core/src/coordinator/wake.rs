@@ -121,29 +121,14 @@ pub fn wake_targets(cluster: &str, view: &ClusterView, action: &Action, next: &C
 mod tests {
     use super::*;
     use crate::coordinator::apply;
-    use crate::model::{MemberStatus, Transition, TransitionKind, TransitionStep};
+    use crate::model::{MemberStatus, Transition};
     use crate::DynamicConfig;
 
     fn view() -> ClusterView {
         let mut record = ClusterRecord::bootstrap("n1", DynamicConfig::default());
         record.term = 4;
         record.primary = None;
-        record.transition = Some(Transition {
-            kind: TransitionKind::Failover,
-            step: TransitionStep::Fenced,
-            term: 4,
-            from_term: 3,
-            old_primary: Some("n1".into()),
-            candidate: "n2".into(),
-            reason: "lease expired".into(),
-            started_ms: 1,
-            step_times_ms: Default::default(),
-            forced: false,
-            fence: None,
-            fenced_by: None,
-            final_lsn: None,
-            promote_lsn: None,
-        });
+        record.transition = Some(Transition::fenced_failover("n1", "n2", 4));
         let mut v = ClusterView { cluster: Some(record), ..Default::default() };
         for (name, url) in [("n1", "http://n1:8008"), ("n2", "https://n2:8008"), ("n3", "")] {
             let mut m = MemberStatus::new(name);
