@@ -110,10 +110,11 @@ pub struct LocalPostgres {
     settings: PgSettings,
 }
 
-/// `wal_keep_size` written to `postgresql.auto.conf` unless `[postgres.parameters]` sets one: a
-/// backstop to the replication slots, so a rewind or a lagging replica still finds its WAL.
 /// PostgreSQL's compiled-in `unix_socket_directories` on Debian and the PGDG packages.
 const DEFAULT_SOCKET_DIRECTORY: &str = "/var/run/postgresql";
+
+/// `wal_keep_size` written to `postgresql.auto.conf` unless `[postgres.parameters]` sets one: a
+/// backstop to the replication slots, so a rewind or a lagging replica still finds its WAL.
 const DEFAULT_WAL_KEEP_SIZE: &str = "256MB";
 
 /// `max_slot_wal_keep_size` written likewise: the most WAL one slot may hold on the primary. A
@@ -461,8 +462,8 @@ impl LocalPostgres {
     fn remove_stale_socket_locks(&self) {
         let configured = self.settings.server_options.iter().rev().find(|(k, _)| k == "unix_socket_directories");
         let dirs = configured.map_or(DEFAULT_SOCKET_DIRECTORY, |(_, v)| v.as_str());
-        for dir in dirs.split(',').map(|d| d.trim().trim_matches('"')).filter(|d| d.starts_with('/')) {
-            if let Some(pid) = process::remove_stale_socket_lock(Path::new(dir.trim_matches('\'')), self.settings.port) {
+        for dir in dirs.split(',').map(|d| d.trim().trim_matches(['"', '\''])).filter(|d| d.starts_with('/')) {
+            if let Some(pid) = process::remove_stale_socket_lock(Path::new(dir), self.settings.port) {
                 tracing::warn!(
                     dir,
                     pid,

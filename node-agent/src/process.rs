@@ -155,7 +155,9 @@ mod tests {
         // An exited child not yet reaped: a zombie, as a killed postmaster under a non-reaping init.
         let child = std::process::Command::new("true").spawn().unwrap();
         let zombie = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !matches!(state(zombie), State::Zombie { .. }) {
+            assert!(std::time::Instant::now() < deadline, "`true` never exited");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         std::fs::write(&lock, format!("{zombie}\n/data\n")).unwrap();
