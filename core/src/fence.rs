@@ -97,7 +97,7 @@ impl std::fmt::Display for PendingHandle {
 /// A fencer's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FenceStatus {
-    /// The target can no longer accept writes, confirmed (instance stopping/stopped, stop
+    /// The target can no longer accept writes, confirmed (instance stopped, stop
     /// command succeeded, agent confirmed demotion). `lsn`: the target's last WAL position when
     /// the fencer learnt it (a clean demotion reports it; a stopped instance cannot).
     Confirmed { detail: String, lsn: Option<Lsn> },

@@ -99,12 +99,16 @@ async fn tagged_instance<E: Ec2Api + ?Sized>(
     Ok((id, info))
 }
 
+/// Only an instance that is off proves its Postgres takes no writes. While it is `stopping` (or
+/// `shutting-down`) the guest may still run: where the old primary's agent is dead nothing else
+/// stops its Postgres, and the simulation found two writable primaries when `stopping` counted
+/// (sim/FINDINGS.md).
 fn is_down(state: &str) -> bool {
-    matches!(state, "stopping" | "stopped" | "shutting-down" | "terminated")
+    matches!(state, "stopped" | "terminated")
 }
 
 /// Fences by stopping the instance (StopInstances, `Force`), confirmed by DescribeInstances
-/// reporting `stopping`/`stopped` (or `shutting-down`/`terminated`).
+/// reporting `stopped` (or `terminated`); `stopping` is pending.
 pub struct Ec2Fencer<E> {
     ec2: E,
     tag_key: String,
@@ -371,13 +375,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ec2_confirms_only_stopping_or_stopped() {
-        let f = Ec2Fencer::new(ec2(vec!["running", "stopping"], Some("prod")), "pgdaemon:cluster");
+    async fn ec2_confirms_only_stopped_or_terminated() {
+        let f = Ec2Fencer::new(ec2(vec!["running", "stopped"], Some("prod")), "pgdaemon:cluster");
         assert!(f.fence(&target(), None).await.is_confirmed());
-        let f = Ec2Fencer::new(ec2(vec!["running", "running"], Some("prod")), "pgdaemon:cluster");
-        assert!(
-            matches!(f.fence(&target(), None).await, FenceStatus::Pending { handle, .. } if handle == PendingHandle::new("ec2", "i-1"))
-        );
+        for still in ["running", "stopping", "shutting-down"] {
+            let f = Ec2Fencer::new(ec2(vec!["running", still], Some("prod")), "pgdaemon:cluster");
+            let answer = f.fence(&target(), None).await;
+            assert!(
+                matches!(&answer, FenceStatus::Pending { handle, .. } if *handle == PendingHandle::new("ec2", "i-1")),
+                "{still}: {answer:?}"
+            );
+        }
         let f = Ec2Fencer::new(ec2(vec!["stopped"], Some("prod")), "pgdaemon:cluster");
         assert!(f.fence(&target(), Some(&PendingHandle::new("ec2", "i-1"))).await.is_confirmed());
         assert_eq!(*f.ec2.stops.lock().unwrap(), 0, "already stopped: nothing to do");

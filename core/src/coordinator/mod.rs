@@ -64,7 +64,7 @@ pub enum FencingPolicy {
 ///   lease expiry that is being waited for anyway.
 /// - `heartbeat_stale_ms` unset: 3 probe intervals or 2 renew intervals, whichever is longer
 ///   (4 s by default) - one slow probe never makes a member look dead.
-/// - `fence_pending_timeout_ms` 60 s: EC2 StopInstances with force usually reaches `stopping`
+/// - `fence_pending_timeout_ms` 60 s: EC2 StopInstances with force usually reaches `stopped`
 ///   within seconds, SSM commands within ~30 s; past a minute the next fencer is tried.
 /// - `promote_timeout_ms` 30 s: pg_promote takes well under a second; 30 s covers crash
 ///   recovery of a lagging replica before a dead candidate is replaced.
