@@ -153,6 +153,7 @@ mod tests {
         let lock = dir.path().join(".s.PGSQL.5999.lock");
         let socket = dir.path().join(".s.PGSQL.5999");
         // An exited child not yet reaped: a zombie, as a killed postmaster under a non-reaping init.
+        #[allow(clippy::zombie_processes)] // the zombie is the point; reaped below
         let child = std::process::Command::new("true").spawn().unwrap();
         let zombie = child.id();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
