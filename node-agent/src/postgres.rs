@@ -208,7 +208,7 @@ impl LocalPostgres {
 
     /// The postmaster PID that `postmaster.pid` names, if it names one.
     fn lock_file_pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
+        process::lock_file_pid(&self.data().join("postmaster.pid"))
     }
 
     /// A postmaster runs on the data directory (`pg_ctl status`).

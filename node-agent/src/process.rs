@@ -100,6 +100,11 @@ fn parent(pid: u32) -> Option<u32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The PID on the first line of a Postgres lock file (`postmaster.pid`, a socket's `.lock`).
+pub fn lock_file_pid(path: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.lines().next()?.trim().parse().ok()
+}
+
 /// Removes the socket lock file of a postmaster that exited (`.s.PGSQL.<port>.lock` in a socket
 /// directory) and its socket, returning the dead PID. A new postmaster refuses to start while
 /// such a lock names a PID that exists, and a zombie exists until its parent reaps it, which an
@@ -108,7 +113,7 @@ fn parent(pid: u32) -> Option<u32> {
 /// one that cannot be read, is left alone.
 pub fn remove_stale_socket_lock(socket_dir: &std::path::Path, port: u16) -> Option<u32> {
     let lock = socket_dir.join(format!(".s.PGSQL.{port}.lock"));
-    let pid: u32 = std::fs::read_to_string(&lock).ok()?.lines().next()?.trim().parse().ok()?;
+    let pid = lock_file_pid(&lock)?;
     if !matches!(state(pid), State::Zombie { .. } | State::Gone) {
         return None;
     }
