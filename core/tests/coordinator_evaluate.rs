@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pgdaemon_core::coordinator::{
-    evaluate, Action, CoordinatorConfig, Decision, FencingPolicy, Liveness, LockStatus, MemberObservation, Observations, Verdict,
+    evaluate, Action, AgentReach, AgentSighting, CoordinatorConfig, Decision, FencingPolicy, Liveness, LockStatus,
+    MemberObservation, Observations, Verdict,
 };
 use pgdaemon_core::{
     ClusterRecord, ClusterView, DynamicConfig, FenceProgress, LeaderLease, LeaseSighting, LeaseState, Lsn, ManualRequest,
@@ -74,6 +75,7 @@ impl World {
                 members: obs_members,
                 step_age: None,
                 lock: LockStatus::Held,
+                agent: None,
             },
             config: CoordinatorConfig::default(),
         }
@@ -124,6 +126,12 @@ impl World {
         self
     }
 
+    /// This run's probe of `member`'s agent: `refused` consecutive refusals over `for_ms`.
+    fn probed(mut self, member: &str, reach: AgentReach, refused: u32, for_ms: u64) -> World {
+        self.obs.agent = Some(AgentSighting { member: member.into(), reach, refused_probes: refused, refused_for: MS(for_ms) });
+        self
+    }
+
     fn transition(&mut self) -> &mut Transition {
         self.record().transition.as_mut().unwrap()
     }
@@ -165,6 +173,8 @@ enum Expect {
     ChangeCandidate(&'static str),
     /// Reason fragment.
     ContinueAsFailover(&'static str),
+    /// The lease of this owner is released on its behalf.
+    BreakLease(&'static str),
     Designate,
     MarkPromoted(Option<Lsn>),
     MarkFollowed,
@@ -213,6 +223,7 @@ fn check(name: &str, d: &Decision, expect: &Expect) {
                 (Expect::MarkFenced(by), Action::MarkFenced { by: b, .. }) => assert!(b.contains(by), "{ctx}"),
                 (Expect::ChangeCandidate(c), Action::ChangeCandidate { candidate, .. }) => assert_eq!(candidate, c, "{ctx}"),
                 (Expect::ContinueAsFailover(why), Action::ContinueAsFailover { why: w }) => assert!(w.contains(why), "{ctx}"),
+                (Expect::BreakLease(owner), Action::BreakLease { lease }) => assert_eq!(lease.owner, *owner, "{ctx}"),
                 (Expect::Designate, Action::Designate) => {}
                 (Expect::MarkPromoted(l), Action::MarkPromoted { lsn }) => assert_eq!(lsn, l, "{ctx}"),
                 (Expect::MarkFollowed, Action::MarkFollowed { .. }) => {}
@@ -669,6 +680,74 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
         Begin { kind: FO, candidate: "n3", old: Some("n1"), reason: "unchanged for at least 10000 ms" },
     ));
 
+    // Early failover on evidence (docs/design.md section 4).
+    rows.push((
+        "primary's agent refused twice over a second -> failover before the lease runs out",
+        World::healthy().probed("n1", AgentReach::Refused, 2, 1000),
+        Begin { kind: FO, candidate: "n2", old: Some("n1"), reason: "n1's agent refused 2 connections in a row over 1000 ms" },
+    ));
+    rows.push((
+        "one refusal is no evidence yet",
+        World::healthy().probed("n1", AgentReach::Refused, 1, 0),
+        Idle("primary n1 healthy"),
+    ));
+    rows.push((
+        "refusals for less than agent_down_after_ms are no evidence yet (an agent restart)",
+        World::healthy().probed("n1", AgentReach::Refused, 3, 999),
+        Idle("primary n1 healthy"),
+    ));
+    rows.push((
+        "an agent that does not answer (timeout, partition) is no evidence",
+        World::healthy().probed("n1", AgentReach::NoAnswer, 0, 0),
+        Idle("primary n1 healthy"),
+    ));
+    rows.push((
+        "refusals are no evidence with fencing off: nothing would confirm",
+        {
+            let mut w = World::healthy().probed("n1", AgentReach::Refused, 5, 5000);
+            w.config.fencing = FencingPolicy::Off;
+            w
+        },
+        Idle("primary n1 healthy"),
+    ));
+    rows.push((
+        "refusals are no evidence with early failover off",
+        {
+            let mut w = World::healthy().probed("n1", AgentReach::Refused, 5, 5000);
+            w.config.agent_down_after_ms = 0;
+            w
+        },
+        Idle("primary n1 healthy"),
+    ));
+    rows.push((
+        "fenced while its lease runs and its agent refuses -> release the lease first",
+        {
+            let mut w = World::healthy().in_transition(FO, Fenced).probed("n1", AgentReach::Refused, 1, 0);
+            w.transition().fenced_by = Some("fence command succeeded: stopped".into());
+            w
+        },
+        BreakLease("n1"),
+    ));
+    rows.push((
+        "fenced while its lease runs, its agent answers -> designate; the candidate waits for the lease",
+        World::healthy().in_transition(FO, Fenced).probed("n1", AgentReach::Answered, 0, 0),
+        Designate,
+    ));
+    rows.push((
+        "fenced, agent refuses, lease already released -> designate",
+        {
+            let mut w = World::healthy().in_transition(FO, Fenced).probed("n1", AgentReach::Refused, 1, 0);
+            w.obs.leader = LeaseState::Free(LeaderLease { released: true, ..lease("n1", 5) });
+            w
+        },
+        Designate,
+    ));
+    rows.push((
+        "fenced, but the refusing agent is another member's -> designate",
+        World::healthy().in_transition(FO, Fenced).probed("n3", AgentReach::Refused, 1, 0),
+        Designate,
+    ));
+
     rows.push((
         "switchover: candidate caught up -> designate",
         {
@@ -885,4 +964,29 @@ fn refusals_and_decisions_name_every_reason() {
     assert_eq!(d.verdict, Verdict::Blocked);
     assert!(d.reason.contains("n2: tagged nofailover"), "{}", d.reason);
     assert!(d.reason.contains("n3: on timeline 1 behind the current 3"), "{}", d.reason);
+}
+
+#[test]
+fn only_a_hosted_coordinator_whose_agent_is_gone_loses_its_lock() {
+    let locked_by = |owner: &str| {
+        let mut w = World::healthy().probed("n1", AgentReach::Refused, 2, 1000);
+        w.obs.lock = LockStatus::Other { owner: owner.into() };
+        w.view.coordinator =
+            Some(LeaderLease { owner: owner.into(), term: 3, rvn: "lock-rvn".into(), lease_ms: 10_000, released: false });
+        w
+    };
+    let d = locked_by("agent-n1-0a1b2c3d").eval();
+    match d.action() {
+        Some(Action::BreakCoordinatorLock { lock }) => assert_eq!(lock.rvn, "lock-rvn", "{d:#?}"),
+        other => panic!("{other:?}: {d:#?}"),
+    }
+    assert!(d.reason.contains("hosted by n1's agent, which refused 2 connections"), "{d:#?}");
+    // A Lambda's lock, another member's coordinator, too few refusals: wait for the lock.
+    for (name, w) in [
+        ("lambda", locked_by("lambda-5d9e")),
+        ("other member's", locked_by("agent-n2-0a1b2c3d")),
+        ("one refusal", locked_by("agent-n1-0a1b2c3d").probed("n1", AgentReach::Refused, 1, 0)),
+    ] {
+        assert_eq!(w.eval().verdict, Verdict::Idle, "{name}");
+    }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pgdaemon_core::coordinator::{
-    apply, evaluate, run_until_settled, Action, AgentWaker, Coordinator, CoordinatorConfig, LockStatus, Outcome, WakeTarget,
-    Watch,
+    apply, evaluate, run_until_settled, Action, AgentProbe, AgentReach, AgentWaker, Coordinator, CoordinatorConfig, LockStatus,
+    Outcome, WakeTarget, Watch,
 };
 use pgdaemon_core::fence::{FenceStatus, FenceTarget, Fencer, PendingHandle};
 use pgdaemon_core::{
@@ -72,6 +72,7 @@ impl Agents {
         let mut members = BTreeMap::new();
         for (name, lsn) in [("n1", 0x5000), ("n2", 0x5000), ("n3", 0x4f00)] {
             let mut m = MemberStatus::new(name);
+            m.api_url = format!("http://{name}:8008");
             m.pg_running = true;
             m.timeline = 1;
             m.term = 1;
@@ -592,4 +593,76 @@ async fn the_members_are_woken_once_the_candidate_is_designated_and_once_it_is_p
             ("n3".to_string(), "promoted".to_string(), 2, Some(p)),
         ]
     );
+}
+
+/// Refuses connections to the agents `Agents` has killed, answers the others.
+struct ScriptedProbe {
+    dead: Arc<Mutex<Vec<String>>>,
+}
+
+#[async_trait]
+impl AgentProbe for ScriptedProbe {
+    async fn probe(&self, api_url: &str) -> AgentReach {
+        let dead = self.dead.lock().unwrap();
+        if dead.iter().any(|n| api_url == format!("http://{n}:8008")) {
+            AgentReach::Refused
+        } else {
+            AgentReach::Answered
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_primary_whose_agent_is_gone_is_failed_over_before_its_lease_runs_out() {
+    let mut sim = Sim::new().await;
+    let fencer = ScriptedFencer::default();
+    let dead = Arc::new(Mutex::new(Vec::new()));
+    let mut c = sim.coordinator("c1", fencer.clone()).with_probe(Arc::new(ScriptedProbe { dead: dead.clone() }));
+    sim.second(&mut c).await;
+    sim.agents.kill("n1");
+    dead.lock().unwrap().push("n1".to_string());
+    let mut steps = Vec::new();
+    let mut seconds = 0;
+    while seconds < 60 && !(sim.record().await.transition.is_none() && sim.record().await.term == 2) {
+        steps.extend(sim.second(&mut c).await.steps);
+        seconds += 1;
+    }
+    assert_failed_over_to_n2(&sim).await;
+    assert!(steps[0].starts_with("failover: n1's agent refused 2 connections in a row over 1000 ms"), "{steps:#?}");
+    let released = steps.iter().position(|s| s.starts_with("released n1's leader lease")).expect("the lease was released");
+    assert!(steps[released + 1].starts_with("designate n2"), "released right before the designation: {steps:#?}");
+    // Refused at 1 s and 2 s, then one step a second: well within the 10 s lease.
+    assert!(seconds <= 9, "took {seconds} s: {steps:#?}");
+    assert_eq!(fencer.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn the_lock_of_a_coordinator_hosted_by_the_dead_primarys_agent_is_taken_over_at_once() {
+    let mut sim = Sim::new().await;
+    let dead = Arc::new(Mutex::new(Vec::new()));
+    let probe = Arc::new(ScriptedProbe { dead: dead.clone() });
+    // n1's agent hosts the coordinator holding the lock; n2's is waiting for it.
+    let mut on_n1 = sim.coordinator("agent-n1-0a1b2c3d", ScriptedFencer::default()).with_probe(probe.clone());
+    let mut on_n2 = sim.coordinator("agent-n2-4e5f6a7b", ScriptedFencer::default()).with_probe(probe);
+    sim.second(&mut on_n1).await;
+    assert_eq!(sim.second(&mut on_n2).await.outcome, Outcome::NotInCharge);
+    sim.agents.kill("n1");
+    dead.lock().unwrap().push("n1".to_string());
+    let mut steps = Vec::new();
+    let mut began = None;
+    for second in 1..=60 {
+        steps.extend(sim.second(&mut on_n2).await.steps);
+        if began.is_none() && steps.iter().any(|s| s.starts_with("failover:")) {
+            began = Some(second);
+        }
+        if sim.record().await.transition.is_none() && sim.record().await.term == 2 {
+            break;
+        }
+    }
+    assert_failed_over_to_n2(&sim).await;
+    assert_eq!(steps[0], "released the coordinator lock of agent-n1-0a1b2c3d", "{steps:#?}");
+    assert!(steps[1].starts_with("failover: n1's agent refused"), "{steps:#?}");
+    // Refused at 1 s and 2 s: the failover begins right after, not after the 10 s lock lease
+    // (one step a second here).
+    assert!(began.is_some_and(|s| s <= 3), "began at {began:?} s: {steps:#?}");
 }

@@ -20,6 +20,8 @@ pub mod etcd;
 pub mod fence;
 /// One fencer builder (names, order, checks) for the agent-hosted coordinator and the Lambda.
 pub mod fence_config;
+/// The coordinator's agent probe (is the primary's agent process gone?).
+pub mod probe;
 /// Values that never print, and the rule for secret files.
 pub mod secret;
 /// rustls client and server configurations from PEM files.

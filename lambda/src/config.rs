@@ -13,6 +13,7 @@
 //! | `PGDAEMON_HTTP_TIMEOUT_MS` | 15000 | agent `POST /demote` timeout (connecting: at most 1 s of it) |
 //! | `PGDAEMON_FENCE_TIMEOUT_MS` | 60000 | give up on a fencer pending this long |
 //! | `PGDAEMON_PROMOTE_TIMEOUT_MS` | 30000 | replace a designated candidate that died before promoting |
+//! | `PGDAEMON_AGENT_DOWN_AFTER_MS` | 1000 | the primary's agent refusing connections this long (its process is gone) starts a failover before the lease runs out, and a fenced old primary's lease is released for the candidate (docs/design.md section 4, "Early failover on evidence"); 0: off, failovers wait for the lease |
 //! | `PGDAEMON_LOCK_LEASE_MS` | 10000 | coordinator lock lease |
 //! | `PGDAEMON_HEARTBEAT_STALE_MS` | derived | heartbeat age (by observed seq) that counts as down |
 //! | `PGDAEMON_RUN_BUDGET_MS` | 50000 | time one invocation spends driving a cluster (keep below the function timeout) |
@@ -72,6 +73,7 @@ const KNOWN: &[&str] = &[
     "PGDAEMON_HTTP_TIMEOUT_MS",
     "PGDAEMON_FENCE_TIMEOUT_MS",
     "PGDAEMON_PROMOTE_TIMEOUT_MS",
+    "PGDAEMON_AGENT_DOWN_AFTER_MS",
     "PGDAEMON_LOCK_LEASE_MS",
     "PGDAEMON_HEARTBEAT_STALE_MS",
     "PGDAEMON_RUN_BUDGET_MS",
@@ -146,6 +148,7 @@ impl LambdaConfig {
             },
             fence_pending_timeout_ms: ms("PGDAEMON_FENCE_TIMEOUT_MS", 60_000, 1000)?,
             promote_timeout_ms: ms("PGDAEMON_PROMOTE_TIMEOUT_MS", 30_000, 1000)?,
+            agent_down_after_ms: ms("PGDAEMON_AGENT_DOWN_AFTER_MS", 1_000, 0)?,
             max_steps_per_run: 8,
         };
         coordinator.validate()?;

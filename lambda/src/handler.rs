@@ -233,6 +233,7 @@ pub struct Handler<S: Store + Clone, F: Fencer, C: Clock + Clone> {
     coordinators: std::sync::Mutex<BTreeMap<String, Shared<S, F, C>>>,
     events: Option<Arc<dyn pgdaemon_core::events::EventEmitter>>,
     waker: Option<Arc<dyn pgdaemon_core::coordinator::AgentWaker>>,
+    probe: Option<Arc<dyn pgdaemon_core::coordinator::AgentProbe>>,
     invoker: Option<Arc<dyn ShardInvoker>>,
     /// Every run report since the last [`Handler::take_reports`] (the invocation's metrics).
     reports: std::sync::Mutex<Vec<RunReport>>,
@@ -262,6 +263,7 @@ where
             coordinators: Default::default(),
             events: None,
             waker: None,
+            probe: None,
             invoker: None,
             reports: Default::default(),
         }
@@ -294,6 +296,13 @@ where
         self
     }
 
+    /// Every cluster's coordinator probes the primary's agent with `probe` (see
+    /// [`pgdaemon_core::coordinator::probe`]); without it failovers wait for the lease.
+    pub fn with_probe(mut self, probe: Arc<dyn pgdaemon_core::coordinator::AgentProbe>) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+
     /// Scheduled runs with more than `PGDAEMON_CLUSTERS_PER_INVOCATION` clusters hand the other
     /// shards to `invoker`; without one, a run evaluates every cluster itself.
     pub fn with_shard_invoker(mut self, invoker: Arc<dyn ShardInvoker>) -> Self {
@@ -317,6 +326,9 @@ where
                 }
                 if let Some(waker) = &self.waker {
                     c = c.with_waker(waker.clone());
+                }
+                if let Some(probe) = &self.probe {
+                    c = c.with_probe(probe.clone());
                 }
                 Arc::new(tokio::sync::Mutex::new(c))
             })

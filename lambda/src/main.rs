@@ -27,8 +27,10 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let waker = pgdaemon_lambda::build_waker(&config, ssm).context("invalid configuration: PGDAEMON_FENCING")?;
     let owner = format!("lambda-{}", uuid::Uuid::new_v4());
     let events = Arc::new(pgdaemon_lambda::events::Events::from_env(&sdk, store.clone()).context("invalid configuration")?);
-    let mut handler =
-        Handler::new(store, fencer, SystemClock::new(), config, &owner).with_events(events.emitter()).with_waker(waker);
+    let mut handler = Handler::new(store, fencer, SystemClock::new(), config, &owner)
+        .with_events(events.emitter())
+        .with_waker(waker)
+        .with_probe(Arc::new(pgdaemon_dcs::probe::TcpProbe::default()));
     // Set by Lambda; absent when run elsewhere, where a scheduled run then covers every cluster.
     if let Ok(function) = std::env::var("AWS_LAMBDA_FUNCTION_NAME") {
         let invoker = LambdaShardInvoker::new(aws_sdk_lambda::Client::new(&sdk), function);

@@ -228,6 +228,11 @@ pub struct CoordinatorConfig {
     /// Hosted coordinator's evaluation interval without a trigger (ms). 0 means 1000.
     #[serde(default)]
     pub interval_ms: u64,
+    /// The primary's agent refusing connections this long (its process is gone) starts a
+    /// failover before the lease runs out (docs/design.md section 4, "Early failover on
+    /// evidence"). Unset: 1000; 0: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_down_after_ms: Option<u64>,
     /// Not hosting: fast-path runs go to this Lambda function (name or ARN) by asynchronous
     /// invoke. Unset and not hosting: no fast path (the schedule alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]

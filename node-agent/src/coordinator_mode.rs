@@ -14,10 +14,11 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use pgdaemon_core::agent::{CoordinatorTrigger, TriggerError};
-use pgdaemon_core::coordinator::{Coordinator, CoordinatorConfig, FencingPolicy, Outcome};
+use pgdaemon_core::coordinator::{hosted_owner, Coordinator, CoordinatorConfig, FencingPolicy, Outcome};
 use pgdaemon_core::fence::{FenceChain, Fencer};
 use pgdaemon_core::{Clock, LeaseSighting, Store, SystemClock};
 use pgdaemon_dcs::fence_config::FencerKind;
+use pgdaemon_dcs::probe::TcpProbe;
 use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
@@ -82,7 +83,12 @@ pub async fn start(
     if c.enabled {
         let waker: Arc<dyn pgdaemon_core::coordinator::AgentWaker> = Arc::new(waker(cfg, authorization.clone(), wake)?);
         let (policy, chain) = fencing(cfg, authorization)?;
-        let base = CoordinatorConfig { fencing: policy, ..CoordinatorConfig::default() };
+        let defaults = CoordinatorConfig::default();
+        let base = CoordinatorConfig {
+            fencing: policy,
+            agent_down_after_ms: c.agent_down_after_ms.unwrap_or(defaults.agent_down_after_ms),
+            ..defaults
+        };
         base.validate()?;
         // The lock lease follows the cluster's leader lease (the record's config, which every
         // member shares; the local `[dynamic]` only stands in until the record exists): when the
@@ -93,14 +99,15 @@ pub async fn start(
             _ => cfg.dynamic.lease_ms,
         };
         let interval = Duration::from_millis(if c.interval_ms == 0 { 1000 } else { c.interval_ms });
-        let owner = format!("agent-{}-{}", cfg.node.name, &pgdaemon_core::codec::new_rvn()[..8]);
+        let owner = hosted_owner(&cfg.node.name, &pgdaemon_core::codec::new_rvn()[..8]);
         let chain = Arc::new(chain);
         let make = {
             let owner = owner.clone();
             move |lease_ms: u64| {
                 let config = CoordinatorConfig { lock_lease_ms: lock_lease_ms(lease_ms), ..base.clone() };
                 let c = Coordinator::new(store.clone(), chain.clone(), SystemClock::new(), config, owner.clone())
-                    .with_waker(waker.clone());
+                    .with_waker(waker.clone())
+                    .with_probe(Arc::new(TcpProbe::default()));
                 match &events {
                     Some(events) => c.with_events(events.clone()),
                     None => c,

@@ -84,6 +84,12 @@ fn one_failover(etcd: &EtcdServer, run: usize) -> Duration {
     assert_eq!((h.kind, h.old_primary.as_deref(), h.new_primary.as_str()), (TransitionKind::Failover, Some("n1"), new_primary));
     assert!(h.lsn.is_some(), "{h:#?}");
     assert!(h.reason.contains("fenced: command"), "fenced by the command fencer after the HTTP one failed: {h:#?}");
+    if lock_holder != "agent-n1" {
+        // A surviving coordinator saw n1's agent port refuse connections: it failed over without
+        // waiting for the lease, and released the fenced lease for the candidate.
+        assert!(h.reason.contains("n1's agent refused"), "early failover on evidence: {h:#?}");
+        assert!(took < Duration::from_millis(config().lease_ms), "took {took:?}: {h:#?}");
+    }
     eprintln!("history: {h:?}");
     // Same host, same wall clock: the coordinator's Designated step to the first write seen.
     let designated_ms = h.started_ms + h.step_ms["designated"];

@@ -3,11 +3,13 @@
 
 use crate::fence::PendingHandle;
 use crate::lsn::Lsn;
-use crate::model::{ClusterRecord, FenceProgress, HistoryEntry, RequestOutcome, Transition, TransitionKind, TransitionStep};
+use crate::model::{
+    ClusterRecord, FenceProgress, HistoryEntry, LeaderLease, RequestOutcome, Transition, TransitionKind, TransitionStep,
+};
 
-/// One step the driver must carry out. Everything except [`Action::Fence`] is a single
-/// compare-and-set of the cluster record (see [`apply`]); `Fence` runs the fencer and, once it
-/// confirms, records [`TransitionStep::Fenced`].
+/// One step the driver must carry out. Everything except [`Action::Fence`] and
+/// [`Action::BreakLease`] is a single compare-and-set of the cluster record (see [`apply`]);
+/// `Fence` runs the fencer and, once it confirms, records [`TransitionStep::Fenced`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Bump the term, name nobody primary, record the transition (and answer the request that
@@ -30,6 +32,16 @@ pub enum Action {
     /// the kind becomes failover and the reason says why, so history shows it was not lossless.
     /// The old primary is already fenced, so going on is the only way to a primary again (S5).
     ContinueAsFailover { why: String },
+    /// Release the fenced old primary's leader lease on its behalf (a compare-and-set on its
+    /// `rvn`, as its own release would be), so the candidate need not wait for it to run out.
+    /// Only with fencing confirmed and the old primary's agent process gone (docs/design.md
+    /// section 4, "Early failover on evidence"). Changes no record.
+    BreakLease { lease: LeaderLease },
+    /// Release the coordinator lock of a coordinator hosted in an agent process that is gone
+    /// (its agent refuses connections), so this coordinator takes over at once instead of
+    /// after the lock's lease. Taken without holding the lock; every step after it is still a
+    /// compare-and-set of the cluster record, as between any two racing coordinators.
+    BreakCoordinatorLock { lock: LeaderLease },
     /// Name the candidate primary of the transition's term: it may now take the lease and promote.
     Designate,
     /// The candidate reported read-write under the new term.
@@ -51,8 +63,9 @@ pub fn step_name(step: TransitionStep) -> &'static str {
     }
 }
 
-/// The cluster record after a record-only action (everything but [`Action::Fence`]).
-/// Returns `None` for `Fence`, whose record change depends on the fencer's answer.
+/// The cluster record after a record-only action (everything but [`Action::Fence`] and
+/// [`Action::BreakLease`]). Returns `None` for those: `Fence`'s record change depends on the
+/// fencer's answer, `BreakLease` writes the lease item only.
 pub fn apply(record: &ClusterRecord, action: &Action, now_ms: u64) -> Option<ClusterRecord> {
     let mut r = record.clone();
     let stamp = |t: &mut Transition, step: TransitionStep| {
@@ -60,7 +73,7 @@ pub fn apply(record: &ClusterRecord, action: &Action, now_ms: u64) -> Option<Clu
         t.step_times_ms.insert(step_name(step).to_string(), now_ms);
     };
     match action {
-        Action::Fence { .. } => return None,
+        Action::Fence { .. } | Action::BreakLease { .. } | Action::BreakCoordinatorLock { .. } => return None,
         Action::Begin { transition, answer } => {
             r.term = transition.term;
             r.primary = None;

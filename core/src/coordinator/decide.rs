@@ -15,6 +15,7 @@ pub use super::action::{apply, step_name, Action};
 pub use super::eligibility::Eligibility;
 use super::fencing;
 use super::observe::{Liveness, LockStatus, Observations};
+use super::probe::hosting_member;
 use super::{CoordinatorConfig, FencingPolicy};
 
 /// What to do next: nothing, wait, blocked, or exactly one step. One evaluation never decides
@@ -68,6 +69,23 @@ pub fn evaluate(view: &ClusterView, obs: &Observations, config: &CoordinatorConf
         return Decision::idle("no cluster record: nothing to coordinate until the cluster is bootstrapped");
     };
     if let LockStatus::Other { owner } = &obs.lock {
+        if let Some(lock) = view.coordinator.as_ref().filter(|l| l.owner == *owner && !l.is_free()) {
+            let gone = config.agent_down_after().and_then(|after| {
+                let member = hosting_member(owner, view.members.keys().map(String::as_str))?;
+                obs.agent.as_ref().filter(|a| a.refused_for_at_least(member, after))
+            });
+            if let Some(a) = gone {
+                return Decision::act(
+                    Action::BreakCoordinatorLock { lock: lock.clone() },
+                    format!(
+                        "coordinator {owner} is hosted by {}'s agent, which refused {} connections in a row over {} ms: taking over its lock",
+                        a.member,
+                        a.refused_probes,
+                        a.refused_for.as_millis()
+                    ),
+                );
+            }
+        }
         return Decision::idle(format!("coordinator {owner} holds the coordinator lock; not acting"));
     }
     if let Some(t) = &record.transition {
@@ -285,9 +303,18 @@ fn check_primary(view: &ClusterView, record: &ClusterRecord, obs: &Observations,
             } else {
                 let o = obs.member(&p);
                 let down_for = o.pg_down_for.filter(|d| o.is_fresh() && *d >= config.pg_down_after(&record.config));
-                match down_for {
-                    Some(d) => Some(format!("{p} reports Postgres down for {} ms", d.as_millis())),
-                    None => return Decision::idle(format!("primary {p} healthy (term {}, lease held)", record.term)),
+                let agent_gone =
+                    config.agent_down_after().and_then(|after| obs.agent.as_ref().filter(|a| a.refused_for_at_least(&p, after)));
+                match (down_for, agent_gone) {
+                    (Some(d), _) => Some(format!("{p} reports Postgres down for {} ms", d.as_millis())),
+                    // Early failover on evidence: the fence must still confirm before anyone is
+                    // promoted (S3); this only starts the transition before the lease runs out.
+                    (None, Some(a)) => Some(format!(
+                        "{p}'s agent refused {} connections in a row over {} ms (its process is gone)",
+                        a.refused_probes,
+                        a.refused_for.as_millis()
+                    )),
+                    (None, None) => return Decision::idle(format!("primary {p} healthy (term {}, lease held)", record.term)),
                 }
             }
         }
@@ -554,7 +581,38 @@ fn designate_step(
             ));
         }
     }
+    if let Some(lease) = breakable_lease(t, obs, config) {
+        return Decision::act(
+            Action::BreakLease { lease: lease.clone() },
+            format!(
+                "{} is fenced ({}) and its agent refuses connections: releasing its lease (term {}) so {} need not wait for it to run out",
+                lease.owner,
+                t.fenced_by.as_deref().unwrap_or("confirmed"),
+                lease.term,
+                t.candidate
+            ),
+        );
+    }
     Decision::act(Action::Designate, format!("designate {} primary for term {}", t.candidate, t.term))
+}
+
+/// The old primary's leader lease, when this coordinator may release it on the old primary's
+/// behalf (docs/design.md section 4, "Early failover on evidence"): a fencer confirmed that
+/// its Postgres stopped (this is the `Fenced` step, fencing required), and a probe made after
+/// that confirmation (this run's, taken after reading the record at `Fenced`) found no agent
+/// process to start it again. An agent started later reads the raised term first and will not
+/// start Postgres as primary (S7); one that re-took this lease in between changed its `rvn`,
+/// so the release, conditional on the `rvn` observed here, fails.
+fn breakable_lease<'a>(
+    t: &Transition,
+    obs: &'a Observations,
+    config: &CoordinatorConfig,
+) -> Option<&'a crate::model::LeaderLease> {
+    let old = t.old_primary.as_deref()?;
+    config.agent_down_after()?;
+    let LeaseState::Held { lease, .. } = &obs.leader else { return None };
+    let agent_gone = obs.agent.as_ref().is_some_and(|a| a.refused_now(old));
+    (t.step == TransitionStep::Fenced && lease.owner == old && lease.term < t.term && agent_gone).then_some(lease)
 }
 
 fn promoted_step(

@@ -8,12 +8,13 @@ use crate::clock::Clock;
 use crate::events::{derive_events, Event, EventEmitter, EventKind, HealthView, MemberHealth};
 use crate::fence::{FenceTarget, Fencer};
 use crate::lease::{AcquireOutcome, HeldLease, LeaseClient};
-use crate::model::{ClusterRecord, ClusterView, LeaseName, TransitionKind};
+use crate::model::{ClusterRecord, ClusterView, LeaseName, TransitionKind, TransitionStep};
 use crate::store::{Store, StoreError};
 
 use super::decide::{apply, evaluate, Action, Verdict};
 use super::fencing::{self, FenceAnswer};
 use super::observe::{Liveness, LockStatus, Observations, Watch};
+use super::probe::{hosting_member, AgentProbe, NoProbe};
 use super::wake::{wake_targets, AgentWaker, NoWaker};
 use super::CoordinatorConfig;
 
@@ -76,6 +77,7 @@ pub struct Coordinator<S: Store + Clone, F: Fencer, C: Clock + Clone> {
     clusters: BTreeMap<String, ClusterState<S, C>>,
     events: Option<Arc<dyn EventEmitter>>,
     waker: Arc<dyn AgentWaker>,
+    probe: Arc<dyn AgentProbe>,
 }
 
 enum StepResult {
@@ -96,7 +98,15 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
             clusters: BTreeMap::new(),
             events: None,
             waker: Arc::new(NoWaker),
+            probe: Arc::new(NoProbe),
         }
+    }
+
+    /// How this coordinator tells whether the primary's agent process is gone (see
+    /// [`super::probe`]). Default: [`NoProbe`], no evidence, failovers wait for the lease.
+    pub fn with_probe(mut self, probe: Arc<dyn AgentProbe>) -> Self {
+        self.probe = probe;
+        self
     }
 
     /// Who wakes the agents right after the `Designated` record (the candidate, then the
@@ -141,7 +151,7 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
             steps: vec![],
             record: None,
         };
-        let lock = match self.ensure_lock(cluster).await {
+        let mut lock = match self.ensure_lock(cluster).await {
             Ok(l) => l,
             Err(e) => {
                 if let Some(state) = self.clusters.get_mut(cluster) {
@@ -169,8 +179,15 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
             let dynamic = view.cluster.as_ref().map(|c| c.config.clone()).unwrap_or_default();
             let stale_after = self.config.stale_after(&dynamic);
             let wall = self.clock.wall_ms();
+            // Probed after the read, so a refusal seen at the `Fenced` step came after the
+            // fence confirmed (what `BreakLease` relies on).
+            let probe = match probe_target(&view, &self.config, &lock) {
+                Some((member, url)) => Some((member, self.probe.probe(&url).await)),
+                None => None,
+            };
             let state = self.clusters.get_mut(cluster).expect("ensure_lock created it");
-            let obs = state.watch.observe(&view, now, stale_after, wall, lock.clone());
+            let probed = probe.as_ref().map(|(m, r)| (m.as_str(), *r));
+            let obs = state.watch.observe_with_probe(&view, now, stale_after, wall, lock.clone(), probed);
             if let (Some(events), LockStatus::Held, 0) = (&self.events, &lock, report.steps.len()) {
                 let next = health_view(&view, &obs);
                 if let Some(prev) = state.health.replace(next.clone()) {
@@ -198,6 +215,25 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
                     return report;
                 }
             };
+            if let Action::BreakCoordinatorLock { lock: dead } = &action {
+                match self.store.release_lease(cluster, LeaseName::Coordinator, dead).await {
+                    Ok(()) => {
+                        tracing::info!(cluster, owner = %dead.owner, reason = %decision.reason, "coordinator lock released");
+                        report.steps.push(format!("released the coordinator lock of {}", dead.owner));
+                    }
+                    Err(e) => tracing::debug!(cluster, error = %e, "releasing a dead coordinator's lock"),
+                }
+                // Either way the lock changed or is free: take it if we can and evaluate again.
+                lock = match self.ensure_lock(cluster).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        report.outcome = Outcome::Error;
+                        report.reason = format!("coordinator lock: {e}");
+                        return report;
+                    }
+                };
+                continue;
+            }
             // Act only while the lock is ours by our own clock (checked before each write).
             let valid = held.as_ref().is_some_and(|h| h.is_valid(self.clock.monotonic(), self.config.lock_margin()));
             if !valid {
@@ -334,6 +370,14 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
                     }
                 }
             }
+            Action::BreakLease { lease } => match self.store.release_lease(cluster, LeaseName::Leader, &lease).await {
+                Ok(()) => StepResult::Progressed(format!("released {}'s leader lease (term {})", lease.owner, lease.term)),
+                Err(e) if e.is_conflict() => StepResult::Stop(
+                    Outcome::Waiting,
+                    format!("the leader lease changed before it was released ({e}); re-reading"),
+                ),
+                Err(e) => StepResult::Stop(Outcome::Error, format!("releasing the old primary's leader lease: {e}")),
+            },
             Action::Finish(entry) => {
                 match self.store.append_history(cluster, &entry).await {
                     Ok(()) => {}
@@ -359,6 +403,28 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
             }
         }
     }
+}
+
+/// Whose agent to probe this run, and at which API URL: the agent hosting the coordinator
+/// that holds the lock when it is not ours (evidence to take the lock over); else the
+/// designated primary while no transition is under way (evidence to start one), the old primary
+/// at the `Fenced` step (evidence to release its lease). Nobody when early failover is off or
+/// the member publishes no API URL.
+fn probe_target(view: &ClusterView, config: &CoordinatorConfig, lock: &LockStatus) -> Option<(String, String)> {
+    config.agent_down_after()?;
+    let record = view.cluster.as_ref()?;
+    let member = match &record.transition {
+        // Not in charge: the agent hosting the lock holder (is it gone?).
+        _ if lock != &LockStatus::Held => {
+            let LockStatus::Other { owner } = lock else { return None };
+            hosting_member(owner, view.members.keys().map(String::as_str))?
+        }
+        None => record.primary.as_deref()?,
+        Some(t) if t.step == TransitionStep::Fenced => t.old_primary.as_deref()?,
+        Some(_) => return None,
+    };
+    let url = view.members.get(member).map(|m| m.api_url.clone()).filter(|u| !u.is_empty())?;
+    Some((member.to_string(), url))
 }
 
 /// Member health as this coordinator judges it: up while Postgres runs and the heartbeat is not

@@ -28,6 +28,7 @@ pub mod driver;
 mod eligibility;
 pub mod fencing;
 pub mod observe;
+pub mod probe;
 pub mod runner;
 pub mod wake;
 
@@ -40,7 +41,8 @@ use crate::config::{ConfigError, DynamicConfig};
 pub use decide::{apply, evaluate, history_entry, Action, Decision, Eligibility, Verdict};
 pub use driver::{Coordinator, Outcome, RunReport};
 pub use fencing::FenceAnswer;
-pub use observe::{Liveness, LockStatus, MemberObservation, Observations, Watch};
+pub use observe::{AgentSighting, Liveness, LockStatus, MemberObservation, Observations, Watch};
+pub use probe::{hosted_owner, hosting_member, AgentProbe, AgentReach, NoProbe};
 pub use runner::run_until_settled;
 pub use wake::{wake_targets, AgentWaker, NoWaker, WakeReason, WakeTarget};
 
@@ -68,6 +70,11 @@ pub enum FencingPolicy {
 ///   within seconds, SSM commands within ~30 s; past a minute the next fencer is tried.
 /// - `promote_timeout_ms` 30 s: pg_promote takes well under a second; 30 s covers crash
 ///   recovery of a lagging replica before a dead candidate is replaced.
+/// - `agent_down_after_ms` 1 s: the primary's agent refusing connections (its process is gone)
+///   for this long starts a failover before the lease runs out. An agent restarted by its
+///   service manager listens again well within it (about 0.1 s after it starts); a rolling
+///   upgrade restarts the primary's agent after a switchover (docs/upgrading.md). 0 turns early
+///   failover off: failovers then wait for the lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CoordinatorConfig {
@@ -76,6 +83,7 @@ pub struct CoordinatorConfig {
     pub heartbeat_stale_ms: Option<u64>,
     pub fence_pending_timeout_ms: u64,
     pub promote_timeout_ms: u64,
+    pub agent_down_after_ms: u64,
     /// How many recorded steps one `run_once` may take before returning.
     pub max_steps_per_run: usize,
 }
@@ -88,6 +96,7 @@ impl Default for CoordinatorConfig {
             heartbeat_stale_ms: None,
             fence_pending_timeout_ms: 60_000,
             promote_timeout_ms: 30_000,
+            agent_down_after_ms: 1_000,
             max_steps_per_run: 8,
         }
     }
@@ -111,6 +120,13 @@ impl CoordinatorConfig {
 
     pub fn fence_pending_timeout(&self) -> Duration {
         Duration::from_millis(self.fence_pending_timeout_ms)
+    }
+
+    /// How long the primary's agent must refuse connections before a failover starts early;
+    /// `None`: early failover is off (also without fencing, which has no proof to offer).
+    pub fn agent_down_after(&self) -> Option<Duration> {
+        (self.agent_down_after_ms > 0 && self.fencing == FencingPolicy::Required)
+            .then(|| Duration::from_millis(self.agent_down_after_ms))
     }
 
     pub fn promote_timeout(&self) -> Duration {
@@ -141,6 +157,12 @@ impl CoordinatorConfig {
         }
         if self.promote_timeout_ms == 0 {
             return Err(ConfigError::invalid("coordinator.promote_timeout_ms", "must be above 0"));
+        }
+        if (1..100).contains(&self.agent_down_after_ms) {
+            return Err(ConfigError::invalid(
+                "coordinator.agent_down_after_ms",
+                format!("is {}; must be 0 (early failover off) or at least 100", self.agent_down_after_ms),
+            ));
         }
         if self.max_steps_per_run == 0 {
             return Err(ConfigError::invalid("coordinator.max_steps_per_run", "must be at least 1"));

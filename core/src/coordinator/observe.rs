@@ -9,6 +9,8 @@ use crate::lease::{LeaseObserver, LeaseState};
 use crate::lsn::Lsn;
 use crate::model::{ClusterView, Role};
 
+use super::probe::AgentReach;
+
 /// How a member's heartbeat looks to this coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
@@ -70,6 +72,33 @@ pub struct Observations {
     /// same pending fence handle); `None` when no transition is in progress.
     pub step_age: Option<Duration>,
     pub lock: LockStatus,
+    /// This run's probe of the primary's agent (the old primary's during a transition), if one
+    /// was made.
+    pub agent: Option<AgentSighting>,
+}
+
+/// What this coordinator's probes of one member's agent showed ([`super::probe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSighting {
+    pub member: String,
+    /// This run's answer, taken after the snapshot was read.
+    pub reach: AgentReach,
+    /// Consecutive refused probes, this one included (0 unless `reach` is `Refused`).
+    pub refused_probes: u32,
+    /// Time since the first of those refusals.
+    pub refused_for: Duration,
+}
+
+impl AgentSighting {
+    /// Refused now, by at least two consecutive probes spanning `at_least`.
+    pub fn refused_for_at_least(&self, member: &str, at_least: Duration) -> bool {
+        self.member == member && self.reach == AgentReach::Refused && self.refused_probes >= 2 && self.refused_for >= at_least
+    }
+
+    /// This run's probe of `member`'s agent was refused.
+    pub fn refused_now(&self, member: &str) -> bool {
+        self.member == member && self.reach == AgentReach::Refused
+    }
 }
 
 impl Observations {
@@ -99,6 +128,8 @@ pub struct Watch {
     leader: LeaseObserver,
     members: BTreeMap<String, SeqWatch>,
     step: Option<(String, Duration)>,
+    /// The probed member, its consecutive refusals and when the first of them was seen.
+    refusals: Option<(String, u32, Duration)>,
 }
 
 impl Watch {
@@ -124,6 +155,27 @@ impl Watch {
         now_wall_ms: u64,
         lock: LockStatus,
     ) -> Observations {
+        self.observe_with_probe(view, now, stale_after, now_wall_ms, lock, None)
+    }
+
+    /// [`Self::observe`] with this run's probe of `probe.0`'s agent, made after `view` was read.
+    pub fn observe_with_probe(
+        &mut self,
+        view: &ClusterView,
+        now: Duration,
+        stale_after: Duration,
+        now_wall_ms: u64,
+        lock: LockStatus,
+        probe: Option<(&str, AgentReach)>,
+    ) -> Observations {
+        // Refusals count only across consecutive runs that probed.
+        let agent = match probe {
+            Some((member, reach)) => Some(self.count_refusals(member, reach, now)),
+            None => {
+                self.refusals = None;
+                None
+            }
+        };
         let leader = self.leader.observe(view.leader.as_ref(), now);
         self.members.retain(|name, _| view.members.contains_key(name));
         let mut members = BTreeMap::new();
@@ -175,7 +227,23 @@ impl Watch {
         if step_age.is_none() {
             self.step = None;
         }
-        Observations { now_wall_ms, leader, members, step_age, lock }
+        Observations { now_wall_ms, leader, members, step_age, lock, agent }
+    }
+
+    fn count_refusals(&mut self, member: &str, reach: AgentReach, now: Duration) -> AgentSighting {
+        let (refused_probes, refused_for) = if reach == AgentReach::Refused {
+            let entry = match self.refusals.take() {
+                Some((m, n, since)) if m == member => (m, n + 1, since),
+                _ => (member.to_string(), 1, now),
+            };
+            let counted = (entry.1, now.saturating_sub(entry.2));
+            self.refusals = Some(entry);
+            counted
+        } else {
+            self.refusals = None;
+            (0, Duration::ZERO)
+        };
+        AgentSighting { member: member.to_string(), reach, refused_probes, refused_for }
     }
 }
 
@@ -253,6 +321,27 @@ mod tests {
         p.members.get_mut("n1").unwrap().role = Role::Primary;
         w.observe(&p, MS(2000), stale, 0, LockStatus::Held);
         assert_eq!(w.observe(&view(4, false), MS(3000), stale, 0, LockStatus::Held).member("n1").last_replica_position, None);
+    }
+
+    #[test]
+    fn refusals_count_only_while_consecutive_and_for_one_member() {
+        let mut w = Watch::new();
+        let stale = MS(3000);
+        let mut probe = |member: &str, reach, at| {
+            w.observe_with_probe(&view(1, true), MS(at), stale, 0, LockStatus::Held, Some((member, reach))).agent.unwrap()
+        };
+        let first = probe("n1", AgentReach::Refused, 0);
+        assert_eq!((first.refused_probes, first.refused_for), (1, MS(0)));
+        assert!(first.refused_now("n1") && !first.refused_for_at_least("n1", MS(0)), "one refusal is not enough");
+        let second = probe("n1", AgentReach::Refused, 700);
+        assert!(second.refused_for_at_least("n1", MS(700)) && !second.refused_for_at_least("n1", MS(701)));
+        assert!(!second.refused_for_at_least("n2", MS(0)));
+        // An answer (or silence) in between starts the count over.
+        assert_eq!(probe("n1", AgentReach::NoAnswer, 900).refused_probes, 0);
+        assert_eq!(probe("n1", AgentReach::Refused, 1000).refused_for, MS(0));
+        // So does a different member.
+        assert_eq!(probe("n2", AgentReach::Refused, 1500).refused_probes, 1);
+        assert_eq!(probe("n2", AgentReach::Refused, 2500).refused_for, MS(1000));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use pgdaemon_core::coordinator::{Coordinator, CoordinatorConfig};
 use pgdaemon_core::fence::{FenceChain, Fencer};
 use pgdaemon_core::{ClusterView, DynamicConfig, Store, SystemClock};
 use pgdaemon_dcs::fence::{CommandFencer, HttpDemoteFencer};
+use pgdaemon_dcs::probe::TcpProbe;
 use pgdaemon_dcs::wake::HttpWaker;
 use pgdaemon_dcs::EtcdStore;
 use pgdaemon_testkit::postgres::{PgCluster, PgNode};
@@ -79,7 +80,9 @@ impl Host {
             format!("agent-{}", node.name),
         );
         let wake = LoopWake::new();
-        let coordinator = coordinator.with_waker(Arc::new(HostedWaker::new(node.name.clone(), wake.clone(), HttpWaker::new())));
+        let coordinator = coordinator
+            .with_waker(Arc::new(HostedWaker::new(node.name.clone(), wake.clone(), HttpWaker::new())))
+            .with_probe(Arc::new(TcpProbe::default()));
         let (trigger, rx) = HostedTrigger::new();
         rt.spawn(hosted_loop(coordinator, cluster.to_string(), rx, Duration::from_millis(500)));
         let runtime =
