@@ -241,6 +241,8 @@ mod tests {
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_FENCING", "command")], "unknown fencer \"command\""),
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_POLL_MS", "fast")], "PGDAEMON_POLL_MS"),
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_LOCK_LEASE_MS", "10")], "PGDAEMON_LOCK_LEASE_MS"),
+            (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_AGENT_DOWN_AFTER_MS", "soon")], "PGDAEMON_AGENT_DOWN_AFTER_MS"),
+            (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_AGENT_DOWN_AFTER_MS", "50")], "agent_down_after_ms"),
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_TABEL", "x")], "PGDAEMON_TABEL"),
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_RUN_BUDGET_MS", "1000000")], "900 s"),
             (&[("PGDAEMON_CLUSTERS", "a"), ("PGDAEMON_API_CA_FILE", "/nonexistent/ca.pem")], "PGDAEMON_API_CA_FILE"),

@@ -26,8 +26,9 @@ use crate::wake::{HostedWaker, LoopWake};
 
 /// How long a hosted fencer may take (HTTP demote includes the old primary's shutdown checkpoint).
 const FENCE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Pause between runs while a transition is under way (the agents act within one probe).
-const BUSY_POLL: Duration = Duration::from_millis(200);
+/// Pause between runs while a transition is under way (the agents act within one probe; each
+/// run is one store read, for the few seconds a transition lasts).
+const BUSY_POLL: Duration = Duration::from_millis(100);
 
 /// Fencing policy and chain from the `[coordinator]` section, through the shared builder
 /// ([`pgdaemon_dcs::fence_config`], the same checks `check-config` runs: unknown fencers, `off`

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use pgdaemon_core::coordinator::hosting_member;
 use pgdaemon_core::{ClusterView, HistoryEntry};
 
 use super::chart::{self, Mark, Row, Timeline};
@@ -89,10 +90,8 @@ pub struct DrillResult {
 }
 
 fn coordinator_member(v: &ClusterView) -> Option<String> {
-    // The hosted coordinator's owner is `agent-<member>-<8 hex>`.
     let owner = &v.coordinator.as_ref().filter(|l| !l.is_free())?.owner;
-    let rest = owner.strip_prefix("agent-")?;
-    Some(rest.rsplit_once('-').map_or(rest, |(m, _)| m).to_string())
+    hosting_member(owner, v.members.keys().map(String::as_str)).map(str::to_string)
 }
 
 /// Moves the primary so the victim holds (or does not hold) the coordinator lock too.
@@ -315,7 +314,7 @@ pub fn timeline(
                 r.lost_haproxy.len(),
                 r.most_writable_at_once
             ),
-            "default timings (lease 10 s, renew 2 s, margin 2 s, probe 1 s); fencing http then command; HAProxy inter 1s fall 2 rise 1".into(),
+            "default timings (lease 10 s, renew 4 s, margin 2 s, probe 1 s; early failover after 1 s of refused agent connections); fencing http then command; HAProxy inter 1s fall 2 rise 1".into(),
         ],
     }
 }
