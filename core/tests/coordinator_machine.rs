@@ -566,7 +566,7 @@ fn ready_now<T>(fut: impl std::future::Future<Output = T>) -> T {
 }
 
 #[tokio::test]
-async fn the_members_are_woken_once_the_candidate_is_designated_and_once_it_is_primary() {
+async fn the_members_are_woken_at_the_fence_the_designation_and_the_promotion() {
     let mut sim = Sim::new().await;
     let waker = Arc::new(RecordingWaker { store: sim.store.clone(), woken: Mutex::new(Vec::new()) });
     let mut c = sim.coordinator("c1", ScriptedFencer::default()).with_waker(waker.clone());
@@ -581,11 +581,15 @@ async fn the_members_are_woken_once_the_candidate_is_designated_and_once_it_is_p
     }
     assert_failed_over_to_n2(&sim).await;
     let woken = waker.woken.lock().unwrap().clone();
+    let f = TransitionStep::Fenced;
     let d = TransitionStep::Designated;
     let p = TransitionStep::Promoted;
     assert_eq!(
         woken,
         vec![
+            // The fencer's confirmation is recorded: the replicas publish their final positions.
+            ("n2".to_string(), "fenced".to_string(), 2, Some(f)),
+            ("n3".to_string(), "fenced".to_string(), 2, Some(f)),
             ("n2".to_string(), "designated".to_string(), 2, Some(d)),
             ("n1".to_string(), "designated".to_string(), 2, Some(d)),
             ("n3".to_string(), "designated".to_string(), 2, Some(d)),

@@ -31,6 +31,7 @@ use pgdaemon_core::agent::{
 };
 use pgdaemon_core::pg::PgControl;
 use pgdaemon_core::{Clock, ClusterView, HistoryEntry, Lsn, Role, Store, StoreError, SystemClock};
+use pgdaemon_dcs::probe::TcpProbe;
 use tokio::time::MissedTickBehavior;
 
 use crate::api_security::{ApiSecurity, ServerLimits};
@@ -554,7 +555,8 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunSummary> {
     let wake = LoopWake::new();
     let authorization = security.client_authorization();
     if let Some(trigger) = start_coordinator(&cfg, store.clone(), Some(events.clone()), authorization, wake.clone()).await? {
-        runtime = runtime.with_trigger(trigger);
+        // A replica that finds the primary's agent port refusing connections asks at once.
+        runtime = runtime.with_trigger(trigger).with_agent_probe(Arc::new(TcpProbe::default()));
     }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(cluster = %cfg.cluster, member = %cfg.node.name, store = store.backend(), version = VERSION, "agent starting");

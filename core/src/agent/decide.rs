@@ -7,6 +7,7 @@ use super::heartbeat;
 use super::input::{AgentInput, PrimaryStartFailure, RejoinMethod, StoreRead};
 use super::sync::{self, SyncInput, SyncStep};
 use crate::config::DynamicConfig;
+use crate::coordinator::AgentReach;
 use crate::lease::{HeldLease, LeaseState};
 use crate::model::{ClusterRecord, ClusterView, LeaderLease, LeaseSighting, MemberStatus, Role};
 use crate::pg::{slot_name, DataDirState, PrimaryTarget, SyncStandbys};
@@ -610,6 +611,9 @@ impl<'a> Decider<'a> {
     /// schedule (the simulation's longest write outages). Asking is rate-limited to once a lease.
     fn fast_path(&mut self) {
         let input = self.input;
+        if input.primary_agent == Some(AgentReach::Refused) {
+            return self.primary_agent_gone();
+        }
         let (lease, why) = match &input.lease_state {
             Some(LeaseState::Expired(lease)) => (lease, "unchanged for"),
             Some(LeaseState::Free(lease)) if self.released_by_designated_primary(lease) => {
@@ -637,6 +641,27 @@ impl<'a> Decider<'a> {
         });
         self.why(format!("leader lease of {} (term {}) {why} {} ms", lease.owner, lease.term, evidence.unchanged_ms));
         if due {
+            self.push(AgentAction::RequestCoordinatorRun { evidence });
+        }
+    }
+
+    /// The designated primary's agent refused this loop's connection (its process is gone):
+    /// ask for a coordinator run, which probes it itself and may fail over without waiting for
+    /// the lease (docs/design.md section 4, "Early failover on evidence"). At most once a loop
+    /// interval: the coordinator needs two refusals a second apart, and a Lambda remembers
+    /// the first only while it stays warm.
+    fn primary_agent_gone(&mut self) {
+        let input = self.input;
+        let Some(lease) = input.lease_state.as_ref().and_then(LeaseState::lease).filter(|l| !l.is_free()) else { return };
+        if lease.owner == input.identity.member {
+            return;
+        }
+        let interval = Duration::from_millis(input.config.probe_interval_ms);
+        let due = input.last_run_request.is_none_or(|at| input.now.saturating_sub(at) >= interval);
+        self.why(format!("the agent of {} (leader lease term {}) refuses connections", lease.owner, lease.term));
+        if due {
+            let evidence =
+                input.leader_seen.clone().unwrap_or(LeaseSighting { term: lease.term, rvn: lease.rvn.clone(), unchanged_ms: 0 });
             self.push(AgentAction::RequestCoordinatorRun { evidence });
         }
     }
@@ -759,6 +784,7 @@ mod tests {
             primary_start_failure: None,
             last_run_request: None,
             leader_seen: None,
+            primary_agent: None,
             failsafe: FailsafeInput::default(),
             departed_slots: Vec::new(),
             bootstrap: BootstrapPolicy::default(),
@@ -1007,6 +1033,41 @@ mod tests {
             },
             expect: vec!["publish_heartbeat", "request_coordinator_run"],
             reason_has: "free while a transition is open",
+        });
+        v.push(Case {
+            name: "the primary's agent refusing connections asks for a run at once (early failover)",
+            input: {
+                let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None);
+                i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
+                i.primary_agent = Some(AgentReach::Refused);
+                i.last_run_request = Some(MS(19_000));
+                i
+            },
+            expect: vec!["publish_heartbeat", "request_coordinator_run"],
+            reason_has: "the agent of n1 (leader lease term 3) refuses connections",
+        });
+        v.push(Case {
+            name: "asking on a refusal is limited to once a loop interval",
+            input: {
+                let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None);
+                i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
+                i.primary_agent = Some(AgentReach::Refused);
+                i.last_run_request = Some(MS(19_500));
+                i
+            },
+            expect: vec!["publish_heartbeat"],
+            reason_has: "refuses connections",
+        });
+        v.push(Case {
+            name: "a primary's agent that answers or times out asks for nothing",
+            input: {
+                let mut i = input("n2", replica_probe(5001), StoreRead::Ok(view(3, "n1", Some(lease("n1", 3, "r")))), None);
+                i.probe.upstream.as_mut().unwrap().slot = Some("n2".into());
+                i.primary_agent = Some(AgentReach::NoAnswer);
+                i
+            },
+            expect: vec!["publish_heartbeat"],
+            reason_has: "",
         });
         v.push(Case {
             name: "a released lease of an older term is not the designated primary's",

@@ -426,6 +426,7 @@ mod tests {
                 primary_start_failure: None,
                 last_run_request: None,
                 leader_seen: None,
+                primary_agent: None,
                 failsafe: FailsafeInput::default(),
                 departed_slots: Vec::new(),
                 bootstrap: Default::default(),

@@ -91,6 +91,9 @@ pub struct AgentInput {
     pub last_run_request: Option<Duration>,
     /// What this agent has seen of the leader lease (for the heartbeat and the fast path).
     pub leader_seen: Option<LeaseSighting>,
+    /// This loop's probe of the designated primary's agent (replicas only; `None`: not probed),
+    /// for the fast path (docs/design.md section 4, "Early failover on evidence").
+    pub primary_agent: Option<crate::coordinator::AgentReach>,
     /// Failsafe acknowledgements held and promises given (docs/failsafe.md).
     pub failsafe: FailsafeInput,
     /// Slots of members gone for longer than the retention ([`super::DepartedSlots`]).

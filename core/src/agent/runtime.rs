@@ -15,6 +15,7 @@ use super::input::{AgentIdentity, AgentInput, PrimaryStartFailure, PublishedHear
 use super::slots::{DepartedSlots, DEFAULT_DEPARTED_SLOT_RETENTION};
 use crate::clock::Clock;
 use crate::config::DynamicConfig;
+use crate::coordinator::AgentProbe;
 use crate::events::{Event, EventEmitter, EventKind};
 use crate::lease::{HeldLease, LeaseObserver, LeaseState};
 use crate::model::{LeaseSighting, Role};
@@ -99,6 +100,10 @@ pub struct AgentRuntime<S, P, C> {
     clock: C,
     identity: AgentIdentity,
     trigger: Option<Arc<dyn CoordinatorTrigger>>,
+    /// Probes the designated primary's agent each loop (replicas; fast path on a refusal).
+    agent_probe: Option<Arc<dyn AgentProbe>>,
+    /// The designated primary's agent API URL, from the last view, while it is another member.
+    primary_agent_url: Option<String>,
     config: DynamicConfig,
     observer: LeaseObserver,
     held: Option<HeldLease>,
@@ -151,6 +156,8 @@ where
             clock,
             identity,
             trigger: None,
+            agent_probe: None,
+            primary_agent_url: None,
             config,
             observer: LeaseObserver::new(),
             held: None,
@@ -207,6 +214,15 @@ where
         self
     }
 
+    /// Probes the designated primary's agent in every loop, beside the Postgres probe; a refused
+    /// connection (its process is gone) asks for a coordinator run at once, so the coordinator
+    /// can fail over on that evidence without waiting for the lease (a Lambda runs only when
+    /// asked). Without it only the coordinator's own probes see it.
+    pub fn with_agent_probe(mut self, probe: Arc<dyn AgentProbe>) -> Self {
+        self.agent_probe = Some(probe);
+        self
+    }
+
     /// Where fast-path coordinator requests go (none: only the schedule triggers runs).
     pub fn with_trigger(mut self, trigger: Arc<dyn CoordinatorTrigger>) -> Self {
         self.trigger = Some(trigger);
@@ -243,7 +259,14 @@ where
     pub async fn tick(&mut self) -> TickReport {
         let started = self.clock.monotonic();
         let fenced_through = self.shared.fenced_through();
-        let probe = self.pg.probe().await;
+        // The primary's agent beside Postgres, at the URL the last view gave: no added latency.
+        let primary_agent = async {
+            match (&self.agent_probe, &self.primary_agent_url) {
+                (Some(p), Some(url)) => Some(p.probe(url).await),
+                _ => None,
+            }
+        };
+        let (probe, primary_agent) = futures::join!(self.pg.probe(), primary_agent);
         let read = self.store.read_view(&self.identity.cluster).await;
         let after_read = self.clock.monotonic();
         let mut store_error = None;
@@ -258,6 +281,7 @@ where
                         }
                     }
                 }
+                self.primary_agent_url = primary_agent_url(&view, &self.identity.member);
                 if let Some(own) = view.members.get(&self.identity.member) {
                     // Continue the sequence across agent restarts: observers look for change.
                     self.seq = self.seq.max(own.seq);
@@ -318,6 +342,7 @@ where
             primary_start_failure: self.primary_start_failure.clone(),
             last_run_request: self.last_run_request,
             leader_seen,
+            primary_agent,
             failsafe: self.shared.failsafe.lock().unwrap_or_else(PoisonError::into_inner).input(
                 after_read,
                 self.config.failsafe_mode,
@@ -514,6 +539,14 @@ where
         s.counters = self.counters.clone();
         s.counters.demotions += self.shared.external_demotions.load(Ordering::Relaxed);
     }
+}
+
+/// The designated primary's agent API URL in `view`, when that is another member's and no
+/// transition is under way (then the coordinator already acts).
+fn primary_agent_url(view: &crate::model::ClusterView, me: &str) -> Option<String> {
+    let record = view.cluster.as_ref().filter(|r| r.transition.is_none())?;
+    let primary = record.primary.as_deref().filter(|p| *p != me)?;
+    view.members.get(primary).map(|m| m.api_url.clone()).filter(|u| !u.is_empty())
 }
 
 mod execute;
@@ -1121,5 +1154,18 @@ mod tests {
         assert!(total <= 90, "{total} writes in a minute: {writes:?}");
         assert!(writes.get("renew_lease").copied().unwrap_or(0) >= 15, "the lease is still renewed: {writes:?}");
         assert!(writes.get("publish_heartbeat").copied().unwrap_or(0) >= 45, "every member still beats: {writes:?}");
+    }
+
+    #[test]
+    fn only_another_designated_primary_outside_a_transition_is_probed() {
+        let mut view =
+            crate::model::ClusterView { cluster: Some(ClusterRecord::bootstrap("n1", config())), ..Default::default() };
+        let mut n1 = MemberStatus::new("n1");
+        n1.api_url = "http://127.0.0.1:8008".into();
+        view.members.insert("n1".into(), n1);
+        assert_eq!(primary_agent_url(&view, "n2").as_deref(), Some("http://127.0.0.1:8008"));
+        assert_eq!(primary_agent_url(&view, "n1"), None, "not itself");
+        view.cluster.as_mut().unwrap().transition = Some(crate::model::Transition::fenced_failover("n1", "n2", 2));
+        assert_eq!(primary_agent_url(&view, "n2"), None, "the coordinator is acting already");
     }
 }

@@ -15,7 +15,7 @@ use super::decide::{apply, evaluate, Action, Verdict};
 use super::fencing::{self, FenceAnswer};
 use super::observe::{Liveness, LockStatus, Observations, Watch};
 use super::probe::{hosting_member, AgentProbe, NoProbe};
-use super::wake::{wake_targets, AgentWaker, NoWaker};
+use super::wake::{wake_targets, AgentWaker, NoWaker, WakeTarget};
 use super::CoordinatorConfig;
 
 /// How a run ended.
@@ -346,13 +346,16 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
         let record = view.cluster.as_ref().expect("actions are only decided from a record");
         let now_ms = self.clock.wall_ms();
         match action {
-            Action::Fence { member, term, kind, reason: why, skip, pending } => {
-                let status = view.members.get(&member);
-                let mut target = FenceTarget::new(cluster, &member, status, term, kind, &why);
-                target.skip = skip;
+            Action::Fence { ref member, term, kind, reason: ref why, ref skip, ref pending } => {
+                let status = view.members.get(member);
+                let mut target = FenceTarget::new(cluster, member, status, term, kind, why);
+                target.skip = skip.clone();
                 let answer = self.fencer.fence(&target, pending.as_ref()).await;
-                match fencing::handle_answer(record, &member, status, answer, now_ms) {
-                    FenceAnswer::Fenced { record: next, step } => self.write(cluster, view, next, step).await,
+                match fencing::handle_answer(record, member, status, answer, now_ms) {
+                    FenceAnswer::Fenced { record: next, step } => {
+                        let woken = wake_targets(cluster, view, &action, &next);
+                        self.write_and_wake(cluster, view, next, step, &woken).await
+                    }
                     FenceAnswer::Pending { record: next, reason } => {
                         if let Some(next) = next {
                             if let StepResult::Stop(o, r) = self.write(cluster, view, next, String::new()).await {
@@ -391,17 +394,29 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
             other => {
                 let next = apply(record, &other, now_ms).expect("record-only action");
                 let woken = wake_targets(cluster, view, &other, &next);
-                let result = self.write(cluster, view, next, reason.to_string()).await;
-                // Only once the record is written: a woken agent must find what it is woken for.
-                if matches!(result, StepResult::Progressed(_)) {
-                    for target in &woken {
-                        tracing::debug!(cluster, member = %target.member, reason = %target.reason, "waking the agent");
-                        self.waker.wake(target);
-                    }
-                }
-                result
+                self.write_and_wake(cluster, view, next, reason.to_string(), &woken).await
             }
         }
+    }
+
+    /// Writes `next` and, once it is written (a woken agent must find what it is woken for),
+    /// wakes `woken`.
+    async fn write_and_wake(
+        &self,
+        cluster: &str,
+        view: &ClusterView,
+        next: ClusterRecord,
+        step: String,
+        woken: &[WakeTarget],
+    ) -> StepResult {
+        let result = self.write(cluster, view, next, step).await;
+        if matches!(result, StepResult::Progressed(_)) {
+            for target in woken {
+                tracing::debug!(cluster, member = %target.member, reason = %target.reason, "waking the agent");
+                self.waker.wake(target);
+            }
+        }
+        result
     }
 }
 

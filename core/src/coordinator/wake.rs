@@ -13,7 +13,7 @@
 //! [`wake_targets`] is the pure part (who, after which action); the driver calls an
 //! [`AgentWaker`] with each target once the record is written.
 
-use crate::model::{ClusterRecord, ClusterView};
+use crate::model::{ClusterRecord, ClusterView, TransitionStep};
 
 use super::action::Action;
 
@@ -86,7 +86,9 @@ impl<W: AgentWaker + ?Sized> AgentWaker for std::sync::Arc<W> {
 }
 
 /// Who to wake once `action` has been recorded as `next` (the record just written over `view`):
-/// after [`Action::Designate`] the candidate first, then every other member with a heartbeat;
+/// after the fence is recorded ([`Action::MarkFenced`], or a fencer's confirmation of
+/// [`Action::Fence`]) every member but the old primary; after [`Action::Designate`] the
+/// candidate first, then every other member with a heartbeat;
 /// after [`Action::MarkPromoted`] every member with a heartbeat but the candidate; nobody after
 /// any other step. Pure.
 pub fn wake_targets(cluster: &str, view: &ClusterView, action: &Action, next: &ClusterRecord) -> Vec<WakeTarget> {
@@ -103,8 +105,9 @@ pub fn wake_targets(cluster: &str, view: &ClusterView, action: &Action, next: &C
             .chain(view.members.keys().filter(|m| **m != t.candidate).map(|m| target(m, WakeReason::Designated)))
             .collect(),
         // The fenced old primary writes no more: every replica's next heartbeat carries its final
-        // position, which the designation waits for (S4).
-        Action::MarkFenced { .. } => view
+        // position, which the designation waits for (S4). `Fence` counts only once its
+        // confirmation is what was recorded.
+        Action::MarkFenced { .. } | Action::Fence { .. } if t.step == TransitionStep::Fenced => view
             .members
             .keys()
             .filter(|m| Some(m.as_str()) != t.old_primary.as_deref())
@@ -175,6 +178,29 @@ mod tests {
         let woken = wake_targets("c", &v, &action, &next);
         assert!(!woken.is_empty() && woken.iter().all(|t| t.reason == WakeReason::Fenced && Some(&t.member) != old.as_ref()));
         assert_eq!(woken.len(), v.members.len() - usize::from(old.is_some()));
+    }
+
+    #[test]
+    fn a_fencers_confirmation_wakes_like_the_fence_and_a_pending_answer_wakes_nobody() {
+        let v = view();
+        let record = v.cluster.clone().unwrap();
+        let t = record.transition.clone().unwrap();
+        let fence = Action::Fence {
+            member: t.old_primary.clone().unwrap_or_default(),
+            term: t.term,
+            kind: t.kind,
+            reason: t.reason.clone(),
+            skip: vec![],
+            pending: None,
+        };
+        let confirmed = apply(&record, &Action::MarkFenced { by: "command".into(), final_lsn: None }, 1).unwrap();
+        let woken = wake_targets("c", &v, &fence, &confirmed);
+        assert_eq!(woken, wake_targets("c", &v, &Action::MarkFenced { by: String::new(), final_lsn: None }, &confirmed));
+        assert!(!woken.is_empty());
+        // A pending fencer's handle recorded: the step is still the term bump.
+        let mut pending = record.clone();
+        pending.transition.as_mut().unwrap().step = TransitionStep::TermBumped;
+        assert!(wake_targets("c", &v, &fence, &pending).is_empty());
     }
 
     #[test]

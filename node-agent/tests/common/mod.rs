@@ -87,7 +87,8 @@ impl Host {
         rt.spawn(hosted_loop(coordinator, cluster.to_string(), rx, Duration::from_millis(500)));
         let runtime =
             AgentRuntime::new(store.clone(), LocalPostgres::new(pg_settings(pg, node)), SystemClock::new(), identity, config)
-                .with_trigger(Arc::new(trigger));
+                .with_trigger(Arc::new(trigger))
+                .with_agent_probe(Arc::new(TcpProbe::default()));
         rt.spawn(async move {
             let (security, limits, device) =
                 (ApiSecurity::insecure(), ServerLimits::default(), Watchdog::new(WatchdogConfig::default()));
