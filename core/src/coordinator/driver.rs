@@ -299,11 +299,12 @@ impl<S: Store + Clone, F: Fencer, C: Clock + Clone> Coordinator<S, F, C> {
         if let Some(held) = state.held.take() {
             let now = self.clock.monotonic();
             if held.is_valid(now, self.config.lock_margin()) {
-                // Renewed once a third of the lock's lease has passed, not on every run: a
-                // hosted coordinator runs every second (every 200 ms during a transition), and a
-                // renewal per run was 60 store writes a minute for nothing. Acting still needs
-                // the lock valid by our clock (checked before each write).
-                if now.saturating_sub(held.written_from) < std::time::Duration::from_millis(self.config.lock_lease_ms / 3) {
+                // Renewed once half of the lock's lease has passed, not on every run: a hosted
+                // coordinator runs every second (every 100 ms during a transition), and a
+                // renewal per run was 60 store writes a minute for nothing. Half leaves the
+                // runs until the margin (a fifth) several tries. Acting still needs the lock
+                // valid by our clock (checked before each write).
+                if now.saturating_sub(held.written_from) < std::time::Duration::from_millis(self.config.lock_lease_ms / 2) {
                     state.held = Some(held);
                     return Ok(LockStatus::Held);
                 }
