@@ -687,14 +687,14 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
         Begin { kind: FO, candidate: "n2", old: Some("n1"), reason: "n1's agent refused 2 connections in a row over 1000 ms" },
     ));
     rows.push((
-        "one refusal is no evidence yet",
+        "one refusal is no evidence yet: keep watching",
         World::healthy().probed("n1", AgentReach::Refused, 1, 0),
-        Idle("primary n1 healthy"),
+        Wait("n1's agent refused 1 connection(s) over 0 ms; failing over once that lasts 1000 ms"),
     ));
     rows.push((
         "refusals for less than agent_down_after_ms are no evidence yet (an agent restart)",
         World::healthy().probed("n1", AgentReach::Refused, 3, 999),
-        Idle("primary n1 healthy"),
+        Wait("n1's agent refused 3 connection(s) over 999 ms"),
     ));
     rows.push((
         "an agent that does not answer (timeout, partition) is no evidence",

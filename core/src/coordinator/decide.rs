@@ -314,7 +314,21 @@ fn check_primary(view: &ClusterView, record: &ClusterRecord, obs: &Observations,
                         a.refused_probes,
                         a.refused_for.as_millis()
                     )),
-                    (None, None) => return Decision::idle(format!("primary {p} healthy (term {}, lease held)", record.term)),
+                    (None, None) => {
+                        if let (Some(after), Some(a)) = (config.agent_down_after(), obs.agent.as_ref()) {
+                            if a.refused_now(&p) {
+                                // Keep the runs coming (a hosted coordinator polls, a Lambda
+                                // stays) until the refusals span `after` or stop.
+                                return Decision::wait(format!(
+                                    "{p}'s agent refused {} connection(s) over {} ms; failing over once that lasts {} ms",
+                                    a.refused_probes,
+                                    a.refused_for.as_millis(),
+                                    after.as_millis()
+                                ));
+                            }
+                        }
+                        return Decision::idle(format!("primary {p} healthy (term {}, lease held)", record.term));
+                    }
                 }
             }
         }
