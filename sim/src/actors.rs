@@ -9,13 +9,13 @@ use async_trait::async_trait;
 use pgdaemon_core::agent::{
     AgentHandle, AgentRuntime, CoordinatorTrigger, FailsafePeers, FailsafeReply, FailsafeRequest, RoundOutcome, TriggerError,
 };
-use pgdaemon_core::coordinator::{run_until_settled, AgentWaker, Coordinator, WakeTarget};
+use pgdaemon_core::coordinator::{run_until_settled, AgentProbe, AgentReach, AgentWaker, Coordinator, WakeTarget};
 use pgdaemon_core::fence::{FenceChain, FenceStatus, FenceTarget, Fencer, PendingHandle};
 use pgdaemon_core::LeaseSighting;
 
-use crate::pgctl::SimPgControl;
+use crate::pgctl::{stop_server, SimPgControl};
 use crate::store::SimStore;
-use crate::world::{Actor, Broken, Event, SimClock, StepEnd, Task, World, MS, SEC};
+use crate::world::{Actor, Broken, Event, SimClock, StepEnd, Task, Us, World, MS, SEC};
 
 pub type SimAgent = AgentRuntime<SimStore, SimPgControl, SimClock>;
 pub type SimCoordinator = Coordinator<SimStore, FenceChain, SimClock>;
@@ -176,7 +176,7 @@ impl FailsafePeers for SimFailsafePeers {
             let mut w = self.world.lock();
             let start = w.now;
             let deadline = start + timeout.as_micros() as u64;
-            let target = w.nodes.iter().position(|n| format!("http://{}:8008", n.name) == api_url);
+            let target = w.node_by_api_url(api_url);
             let there = w.rng.range(MS, 20 * MS) + w.msg_delay;
             let back = w.rng.range(MS, 20 * MS) + w.msg_delay;
             (start, deadline, target, there, back)
@@ -241,6 +241,9 @@ pub struct CoordActor {
     pub cluster: String,
     pub budget: Duration,
     pub poll: Duration,
+    /// A long-lived (hosted) coordinator keeps its lock between runs, renewing it as it goes; a
+    /// Lambda invocation releases it at the end.
+    pub keeps_lock: bool,
 }
 
 impl Actor for CoordActor {
@@ -252,10 +255,11 @@ impl Actor for CoordActor {
             let report = run_until_settled(&mut self.coord, &cluster, self.budget, self.poll, sleep).await;
             // As the Lambda's handler does: the next invocation (a new owner after a cold start)
             // need not wait out this one's lock. A killed run never gets here.
-            let released = self.coord.release(&cluster).await;
+            let released = if self.keeps_lock { Ok(()) } else { self.coord.release(&cluster).await };
             {
                 let mut w = self.world.lock();
                 let slot = self.slot;
+                w.counters.lease_breaks += report.steps.iter().filter(|s| s.starts_with("released ")).count() as u64;
                 if !report.steps.is_empty() || !matches!(report.outcome, pgdaemon_core::coordinator::Outcome::Idle) {
                     w.log(format!("coord{slot}: {:?} steps {:?} ({})", report.outcome, report.steps, report.reason));
                 }
@@ -442,10 +446,123 @@ pub fn instance_id(node: &str) -> String {
     format!("i-{node}")
 }
 
-pub fn fence_chain(world: &World) -> FenceChain {
-    FenceChain::new(vec![Box::new(SimHttpFencer { world: world.clone() }), Box::new(SimEc2Fencer { world: world.clone() })])
+/// The coordinator's fence chain: `http`, then (`command`) the command fencer, then `ec2`.
+/// `slot`: the coordinator slot whose network the fencers use.
+pub fn fence_chain(world: &World, slot: usize, command: bool) -> FenceChain {
+    let mut fencers: Vec<Box<dyn Fencer>> = vec![Box::new(SimHttpFencer { world: world.clone() })];
+    if command {
+        fencers.push(Box::new(SimCommandFencer { world: world.clone(), slot }));
+    }
+    fencers.push(Box::new(SimEc2Fencer { world: world.clone() }));
+    FenceChain::new(fencers)
 }
 
 pub fn trigger(world: &World, node: usize) -> Arc<dyn CoordinatorTrigger> {
     Arc::new(SimTrigger { world: world.clone(), node })
+}
+
+/// The probe's connect timeout: a slower answer counts as none.
+const PROBE_TIMEOUT: Us = 300 * MS;
+
+/// The coordinator's [`AgentProbe`] over the simulated network: a TCP connect to the agent's API
+/// port from coordinator slot `slot`. Refused when the node is up and reachable and no agent
+/// process listens (crashed, not yet restarted); answered by a live agent, hung or not (the
+/// kernel accepts); no answer when the node is down or cut off from the coordinator (see
+/// [`crate::world::Shared::coord_reaches`]), when messages are delayed past the connect timeout,
+/// and one in a hundred times otherwise. 1-5 ms each way plus any injected message delay.
+pub struct SimProbe {
+    pub world: World,
+    pub slot: usize,
+}
+
+#[async_trait]
+impl AgentProbe for SimProbe {
+    async fn probe(&self, api_url: &str) -> AgentReach {
+        let (node, there, back) = {
+            let mut w = self.world.lock();
+            let there = w.rng.range(MS, 5 * MS) + w.msg_delay;
+            let back = w.rng.range(MS, 5 * MS) + w.msg_delay;
+            (w.node_by_api_url(api_url), there, back)
+        };
+        let Some(node) = node.filter(|_| there + back <= PROBE_TIMEOUT) else {
+            self.world.sleep(PROBE_TIMEOUT).await;
+            return AgentReach::NoAnswer;
+        };
+        self.world.sleep(there).await;
+        let reach = {
+            let mut w = self.world.lock();
+            if !w.coord_reaches(self.slot, node) || w.rng.chance(0.01) {
+                AgentReach::NoAnswer
+            } else if w.agent_handles[node].is_none() {
+                w.counters.probes_refused += 1;
+                AgentReach::Refused
+            } else {
+                AgentReach::Answered
+            }
+        };
+        if reach == AgentReach::NoAnswer {
+            self.world.sleep(PROBE_TIMEOUT - there).await;
+        } else {
+            self.world.sleep(back).await;
+        }
+        reach
+    }
+}
+
+pub fn probe(world: &World, slot: usize) -> Arc<dyn AgentProbe> {
+    Arc::new(SimProbe { world: world.clone(), slot })
+}
+
+/// A fence command run against the target's host (SSM RunCommand, a local command over ssh):
+/// stops its Postgres at once (an immediate stop, WAL kept) and confirms "stopped" once Postgres
+/// is not running. Fails when the node is down or cut off from the coordinator, and three times in
+/// a hundred anyway. The agent is not told: a live agent may start its Postgres again (a start
+/// already in flight fails, see [`crate::simpg::SimPg::killed`]); the checker judges what follows.
+pub struct SimCommandFencer {
+    pub world: World,
+    pub slot: usize,
+}
+
+#[async_trait]
+impl Fencer for SimCommandFencer {
+    fn name(&self) -> &str {
+        "command"
+    }
+
+    async fn fence(&self, target: &FenceTarget, _pending: Option<&PendingHandle>) -> FenceStatus {
+        let (node, run, verify) = {
+            let mut w = self.world.lock();
+            let Some(node) = w.node_index(&target.member) else {
+                return FenceStatus::Refused { detail: "unknown member".into() };
+            };
+            if w.broken == Broken::FenceLies {
+                return FenceStatus::Confirmed { detail: "simulated lie".into(), lsn: None };
+            }
+            (node, w.rng.range(50 * MS, 300 * MS) + w.msg_delay, w.rng.range(10 * MS, 100 * MS) + w.msg_delay)
+        };
+        self.world.sleep(run).await;
+        {
+            let mut w = self.world.lock();
+            if !w.coord_reaches(self.slot, node) {
+                return FenceStatus::Failed { detail: "fence command failed: host unreachable".into() };
+            }
+            if w.rng.chance(0.03) {
+                return FenceStatus::Failed { detail: "fence command failed: simulated error".into() };
+            }
+            w.nodes[node].pg.killed += 1;
+            w.counters.command_stops += 1;
+            let why = format!("fence command for term {}", target.term);
+            stop_server(&mut w, node, &why, false);
+        }
+        // The command verifies before it answers: nothing may run on the port.
+        self.world.sleep(verify).await;
+        let w = self.world.lock();
+        if !w.coord_reaches(self.slot, node) {
+            return FenceStatus::Failed { detail: "fence command failed: no answer from the host".into() };
+        }
+        if w.nodes[node].pg.running {
+            return FenceStatus::Failed { detail: "fence command failed: postgres running again".into() };
+        }
+        FenceStatus::Confirmed { detail: "fence command succeeded: stopped".into(), lsn: None }
+    }
 }

@@ -20,6 +20,10 @@ pub struct Checker {
     pub write_outages: Vec<(Us, Us)>,
     /// Failover durations in µs: the candidate designated (record written) to it writable.
     pub designate_to_writable: Vec<Us>,
+    /// `detect_to_writable` and the write outages of the failovers started early, on the
+    /// evidence that the primary's agent process was gone (its connections refused).
+    pub early_detect_to_writable: Vec<Us>,
+    pub early_write_outages: Vec<Us>,
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +35,10 @@ pub struct Transition {
     /// When the record first named the candidate primary (step `Designated`).
     pub designated: Option<Us>,
     pub ended: Option<Us>,
+    /// Started because the primary's agent refused connections (early failover on evidence).
+    pub early: bool,
+    /// The fencer that confirmed, once the record names one.
+    pub fenced_by: Option<String>,
 }
 
 impl Checker {
@@ -84,6 +92,8 @@ impl Checker {
         w.log(format!("record v{}: {}", r.version, describe_record(&r)));
         match &r.transition {
             Some(t) if !self.transitions.iter().any(|x| x.term == t.term && x.ended.is_none()) => {
+                let early = t.reason.contains("agent refused");
+                w.counters.early_failovers += u64::from(early);
                 self.transitions.push(Transition {
                     term: t.term,
                     kind: t.kind,
@@ -91,9 +101,20 @@ impl Checker {
                     started: now,
                     designated: None,
                     ended: None,
+                    early,
+                    fenced_by: None,
                 });
             }
             _ => {}
+        }
+        if let Some((t, by)) = r.transition.as_ref().and_then(|t| Some((t, t.fenced_by.as_deref()?))) {
+            if let Some(x) = self.transitions.iter_mut().find(|x| x.term == t.term && x.ended.is_none() && x.fenced_by.is_none())
+            {
+                // "<fencer>: <its evidence>", as the fence chain words a confirmation.
+                let fencer = by.split(':').next().unwrap_or(by).to_string();
+                *w.counters.fenced_by.entry(fencer.clone()).or_default() += 1;
+                x.fenced_by = Some(fencer);
+            }
         }
         if let Some(t) = r.transition.as_ref().filter(|t| t.step == TransitionStep::Designated) {
             if let Some(x) = self.transitions.iter_mut().find(|x| x.term == t.term && x.ended.is_none()) {
@@ -109,14 +130,25 @@ impl Checker {
         self.last_record = Some(r);
     }
 
-    /// A server became writable by promotion: close the timing windows.
-    pub fn on_promotion(&mut self, now: Us, node_name: &str) {
-        if let Some(t) = self.transitions.iter().rev().find(|t| t.ended.is_none() && t.kind == TransitionKind::Failover) {
-            if t.candidate == node_name {
-                self.detect_to_writable.push(now - t.started);
-                if let Some(d) = t.designated {
-                    self.designate_to_writable.push(now - d);
-                }
+    /// A server became writable by promotion: close the timing windows. `outage`: since when no
+    /// server accepted writes, if one did before.
+    pub fn on_promotion(&mut self, now: Us, node_name: &str, outage: Option<Us>) {
+        let open = self.transitions.iter().rev().find(|t| t.ended.is_none() && t.kind == TransitionKind::Failover);
+        let mut early = false;
+        if let Some(t) = open.filter(|t| t.candidate == node_name) {
+            early = t.early;
+            self.detect_to_writable.push(now - t.started);
+            if early {
+                self.early_detect_to_writable.push(now - t.started);
+            }
+            if let Some(d) = t.designated {
+                self.designate_to_writable.push(now - d);
+            }
+        }
+        if let Some(since) = outage {
+            self.write_outages.push((since, now - since));
+            if early {
+                self.early_write_outages.push(now - since);
             }
         }
     }

@@ -30,6 +30,17 @@ enum OffOnRandom {
     Random,
 }
 
+impl OffOnRandom {
+    /// The option's value (`None`: drawn per seed).
+    fn pick(self) -> Option<bool> {
+        match self {
+            OffOnRandom::Off => Some(false),
+            OffOnRandom::On => Some(true),
+            OffOnRandom::Random => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum OnOff {
     On,
@@ -82,6 +93,12 @@ struct Cli {
     /// to compare with the agents waiting for their next tick.
     #[arg(long, value_enum, default_value = "on")]
     wake: OnOff,
+    /// The coordinator also runs every second, as the agent-hosted one (random: drawn per seed).
+    #[arg(long, value_enum, default_value = "random")]
+    hosted: OffOnRandom,
+    /// The fence chain is http, command, ec2 instead of http, ec2 (random: drawn per seed).
+    #[arg(long, value_enum, default_value = "random")]
+    command_fencer: OffOnRandom,
     /// Print the trace of the first failing seed.
     #[arg(long)]
     show_trace: bool,
@@ -106,16 +123,10 @@ fn options(cli: &Cli) -> Options {
         SyncArg::On => SyncMode::On,
         SyncArg::Strict => SyncMode::Strict,
     };
-    o.failsafe = match cli.failsafe {
-        OffOnRandom::Off => Some(false),
-        OffOnRandom::On => Some(true),
-        OffOnRandom::Random => None,
-    };
-    o.bootstrap = match cli.bootstrap {
-        OffOnRandom::Off => Some(false),
-        OffOnRandom::On => Some(true),
-        OffOnRandom::Random => None,
-    };
+    o.failsafe = cli.failsafe.pick();
+    o.bootstrap = cli.bootstrap.pick();
+    o.hosted = cli.hosted.pick();
+    o.command_fencer = cli.command_fencer.pick();
     o.nodes = cli.nodes.map(|n| n as usize);
     o.wake = matches!(cli.wake, OnOff::On);
     o
@@ -158,7 +169,7 @@ fn real_main() -> Result<()> {
             println!("\ntrace of seed {}:\n{}", first.seed, first.trace);
         } else {
             println!(
-                "replay one: pgdaemon-sim --seed {} (add the same --broken/--fencing/--sync/--failsafe/--bootstrap/--nodes)",
+                "replay one: pgdaemon-sim --seed {} (add the same --broken/--fencing/--sync/--failsafe/--bootstrap/--nodes/--hosted/--command-fencer)",
                 first.seed
             );
         }

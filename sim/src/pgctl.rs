@@ -55,30 +55,6 @@ impl SimPgControl {
         Ok(())
     }
 
-    fn stop_now(&self, w: &mut Shared, why: &str, clean: bool) {
-        if clean && w.nodes[self.node].up && w.nodes[self.node].pg.writable() {
-            // A clean shutdown writes a checkpoint record and its walsenders ship everything to
-            // the standbys streaming from it before exiting (what makes a switchover lossless).
-            let id = w.fresh_id();
-            w.nodes[self.node].pg.wal.push(id);
-            let wal = w.nodes[self.node].pg.wal.clone();
-            for j in 0..w.nodes.len() {
-                let ok = j != self.node && w.nodes[j].up && !w.cut_between(j, self.node);
-                let r = &mut w.nodes[j].pg;
-                if ok && r.running && r.streaming && r.upstream == Some(self.node) && r.is_prefix_of(&wal) {
-                    r.wal = wal.clone();
-                }
-            }
-        }
-        let n = &mut w.nodes[self.node];
-        if n.pg.running {
-            let was = if n.pg.writable() { "primary" } else { "replica" };
-            n.pg.crash();
-            let name = n.name.clone();
-            w.log(format!("pg {name}: stopped ({why}, was {was})"));
-        }
-    }
-
     fn start_now(&self, w: &mut Shared) {
         let n = &mut w.nodes[self.node];
         if !n.pg.running {
@@ -97,13 +73,20 @@ impl SimPgControl {
         };
         self.take(lo, hi).await;
         let mut w = self.world.lock();
-        self.stop_now(&mut w, why, mode != StopMode::Immediate);
+        stop_server(&mut w, self.node, why, mode != StopMode::Immediate);
         Ok(())
     }
 
     async fn start_impl(&self) -> Result<(), PgError> {
+        let killed = self.world.lock().nodes[self.node].pg.killed;
         self.take(300 * MS, 2500 * MS).await;
         let mut w = self.world.lock();
+        if w.nodes[self.node].pg.killed != killed {
+            return Err(PgError::Tool {
+                tool: "pg_ctl".into(),
+                output: "simulated: the server was stopped while starting".into(),
+            });
+        }
         if w.now < w.nodes[self.node].pg.start_fails_until {
             return Err(PgError::Tool {
                 tool: "pg_ctl".into(),
@@ -118,6 +101,31 @@ impl SimPgControl {
         }
         self.start_now(&mut w);
         Ok(())
+    }
+}
+
+/// Stops node `node`'s Postgres now, if it runs. `clean`: a clean shutdown writes a checkpoint
+/// record and its walsenders ship everything to the standbys streaming from it before exiting
+/// (what makes a switchover lossless); otherwise an immediate stop or a kill (WAL stays as it is).
+pub fn stop_server(w: &mut Shared, node: usize, why: &str, clean: bool) {
+    if clean && w.nodes[node].up && w.nodes[node].pg.writable() {
+        let id = w.fresh_id();
+        w.nodes[node].pg.wal.push(id);
+        let wal = w.nodes[node].pg.wal.clone();
+        for j in 0..w.nodes.len() {
+            let ok = j != node && w.nodes[j].up && !w.cut_between(j, node);
+            let r = &mut w.nodes[j].pg;
+            if ok && r.running && r.streaming && r.upstream == Some(node) && r.is_prefix_of(&wal) {
+                r.wal = wal.clone();
+            }
+        }
+    }
+    let n = &mut w.nodes[node];
+    if n.pg.running {
+        let was = if n.pg.writable() { "primary" } else { "replica" };
+        n.pg.crash();
+        let name = n.name.clone();
+        w.log(format!("pg {name}: stopped ({why}, was {was})"));
     }
 }
 
@@ -271,7 +279,7 @@ impl PgControl for SimPgControl {
         // of a former primary comes back writable, exactly the hazard a real server has.
         self.take(50 * MS, 1000 * MS).await;
         let mut w = self.world.lock();
-        self.stop_now(&mut w, "demote", true);
+        stop_server(&mut w, self.node, "demote", true);
         Ok(())
     }
 

@@ -40,6 +40,19 @@ pub struct Summary {
     pub bootstrap_initialisations: u64,
     /// Failover times of the failsafe runs alone.
     pub failsafe_detect_to_writable: Vec<Us>,
+    /// Runs whose coordinator also ran every second, and runs whose fence chain held the
+    /// command fencer.
+    pub hosted_runs: u64,
+    pub command_fencer_runs: u64,
+    /// Early failover on evidence (see [`crate::world::Counters`]), and its timings.
+    pub early_failovers: u64,
+    pub lease_breaks: u64,
+    pub probes_refused: u64,
+    pub command_stops: u64,
+    pub early_detect_to_writable: Vec<Us>,
+    pub early_write_outages: Vec<Us>,
+    /// Transitions by the fencer that confirmed them.
+    pub fenced_by: BTreeMap<String, u64>,
 }
 
 impl Summary {
@@ -75,6 +88,17 @@ impl Summary {
             self.failsafe_acks += r.counters.failsafe_acks;
             self.failsafe_detect_to_writable.extend(&r.detect_to_writable);
         }
+        self.hosted_runs += u64::from(r.hosted);
+        self.command_fencer_runs += u64::from(r.command_fencer);
+        self.early_failovers += r.counters.early_failovers;
+        self.lease_breaks += r.counters.lease_breaks;
+        self.probes_refused += r.counters.probes_refused;
+        self.command_stops += r.counters.command_stops;
+        self.early_detect_to_writable.extend(&r.early_detect_to_writable);
+        self.early_write_outages.extend(&r.early_write_outages);
+        for (k, v) in &r.counters.fenced_by {
+            *self.fenced_by.entry(k.clone()).or_default() += v;
+        }
         if r.bootstrap {
             self.bootstrap_runs += 1;
             self.bootstrap_initialisations += r.counters.initialisations;
@@ -101,6 +125,23 @@ impl Summary {
             s,
             "agent wakes:          {} sent, {} lost, {} early agent loops",
             self.wakes_sent, self.wakes_lost, self.woken_ticks
+        );
+        let fenced: Vec<String> = self
+            .fenced_by
+            .iter()
+            .map(|(k, v)| if k == "fencing off" { format!("none (fencing off) {v}") } else { format!("{k} {v}") })
+            .collect();
+        let _ = writeln!(
+            s,
+            "fence chain http, command, ec2 in {} runs (http, ec2 in the others); confirmed by: {}; postgres stopped by the command fencer: {}",
+            self.command_fencer_runs,
+            fenced.join(", "),
+            self.command_stops
+        );
+        let _ = writeln!(
+            s,
+            "coordinator also ran every second in {} runs; early failover on evidence: {} failovers started on refused connections, {} old primaries' leases released by the coordinator, {} probes refused",
+            self.hosted_runs, self.early_failovers, self.lease_breaks, self.probes_refused
         );
         let _ = writeln!(s, "ended blocked by maximum_lag_on_failover (by design, not a violation): {}", self.blocked_by_lag);
         if self.failsafe_runs > 0 {
@@ -152,11 +193,13 @@ impl Summary {
         if self.failsafe_runs > 0 && self.failsafe_runs < self.seeds {
             let _ = writeln!(s, "  of which failsafe runs: {}", dist(&self.failsafe_detect_to_writable));
         }
+        let _ = writeln!(s, "  of which started early (agent refused): {}", dist(&self.early_detect_to_writable));
         let _ = writeln!(
             s,
             "write outage, last write on the old primary's watch -> new primary writable: {}",
             dist(&self.write_outages)
         );
+        let _ = writeln!(s, "  of which failovers started early (agent refused): {}", dist(&self.early_write_outages));
         let longest: Vec<String> = self
             .longest_outages
             .iter()

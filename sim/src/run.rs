@@ -12,7 +12,7 @@ use pgdaemon_core::{
 };
 
 use crate::actors::{
-    fence_chain, instance_id, trigger, waker, AgentActor, CoordActor, FailsafeActor, SimFailsafePeers, WatchdogActor,
+    fence_chain, instance_id, probe, trigger, waker, AgentActor, CoordActor, FailsafeActor, SimFailsafePeers, WatchdogActor,
     FAILSAFE_EVERY, WATCHDOG_EVERY,
 };
 use crate::check::Checker;
@@ -22,111 +22,24 @@ use crate::rng::Rng;
 use crate::simpg::SimPg;
 use crate::store::{Caller, SimStore};
 use crate::world::{
-    run_now, Actor, ActorId, Broken, Counters, Event, Heal, Node, Shared, SimClock, StepEnd, Task, Us, World, MS, SEC,
+    api_url, run_now, Actor, ActorId, Broken, Event, Heal, Node, Shared, SimClock, StepEnd, Task, Us, World, MS, SEC,
 };
 
 mod checks;
 mod cluster;
 mod inject;
+mod options;
 mod wake;
+
+pub use options::{Options, RunResult};
 
 pub const CLUSTER: &str = "sim";
 /// Coordinator slots: the usual one and a concurrent second invocation.
 const COORD_SLOTS: usize = 2;
 /// EventBridge fires the coordinator once a minute.
 const SCHEDULE_EVERY: Us = 60 * SEC;
-
-/// What to simulate.
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub seed: u64,
-    pub broken: Broken,
-    /// Cluster size (default: drawn from the seed, 2 to 5).
-    pub nodes: Option<usize>,
-    /// Fencing policy (default: drawn from the seed, mostly `Required`).
-    pub fencing: Option<FencingPolicy>,
-    pub sync_mode: SyncMode,
-    /// Failsafe mode (docs/failsafe.md) in the dynamic configuration (default: off; `None`:
-    /// drawn from the seed, half the seeds).
-    pub failsafe: Option<bool>,
-    /// The cluster starts with empty data directories and no record, the agents bootstrap it
-    /// (agent::bootstrap); default off, `None`: drawn from the seed, half the seeds.
-    pub bootstrap: Option<bool>,
-    /// Number of faults (default: drawn from the seed, 1 to 10).
-    pub faults: Option<usize>,
-    /// After the last fault heals, a writable designated primary must exist within this long.
-    pub liveness_bound: Us,
-    /// Largest clock rate error injected (ppm). The design assumes < 1 %.
-    pub max_drift_ppm: i64,
-    pub trace_lines: usize,
-    /// The coordinator wakes agents (and `/demote` its agent's loop); off: as before the wake.
-    pub wake: bool,
-}
-
-impl Options {
-    pub fn new(seed: u64) -> Self {
-        Options {
-            seed,
-            broken: Broken::None,
-            nodes: None,
-            fencing: None,
-            sync_mode: SyncMode::Off,
-            failsafe: Some(false),
-            bootstrap: Some(false),
-            faults: None,
-            liveness_bound: 180 * SEC,
-            max_drift_ppm: 10_000,
-            trace_lines: 4000,
-            wake: true,
-        }
-    }
-}
-
-/// What a run found.
-#[derive(Debug, Clone)]
-pub struct RunResult {
-    pub seed: u64,
-    pub nodes: usize,
-    pub fencing: FencingPolicy,
-    pub failsafe: bool,
-    /// Started from empty data directories (automatic bootstrap).
-    pub bootstrap: bool,
-    pub violation: Option<String>,
-    /// The simulator itself failed (e.g. a future pending on something that is not virtual time).
-    pub sim_error: Option<String>,
-    pub trace: String,
-    pub counters: Counters,
-    /// Failover transition recorded (detection) to the candidate accepting writes, µs.
-    pub detect_to_writable: Vec<Us>,
-    /// No server accepted writes, until a different one did (the outage a client sees):
-    /// (started at, lasted), µs.
-    pub write_outages: Vec<(Us, Us)>,
-    /// The candidate designated (record written) to it accepting writes, µs.
-    pub designate_to_writable: Vec<Us>,
-    /// Last fault healed to a writable primary, µs.
-    pub recovery_after_heal: Option<Us>,
-    pub sim_time: Us,
-}
-
-impl RunResult {
-    pub fn failed(&self) -> bool {
-        self.violation.is_some() || self.sim_error.is_some()
-    }
-
-    /// A safety invariant was violated (S1/S2, terms, S4, lost writes), as opposed to liveness
-    /// (S5, no writable primary after the faults healed).
-    pub fn safety_violation(&self) -> Option<&str> {
-        self.violation.as_deref().filter(|v| !is_liveness(v))
-    }
-
-    pub fn liveness_violation(&self) -> Option<&str> {
-        self.violation.as_deref().filter(|v| is_liveness(v))
-    }
-}
-
-fn is_liveness(v: &str) -> bool {
-    v.starts_with("S5") || v.starts_with("liveness")
-}
+/// The hosted coordinator runs every second (docs/design.md section 4).
+const HOSTED_EVERY: Us = SEC;
 
 enum SlotState {
     Down,
@@ -181,6 +94,9 @@ struct Sim {
     hard_end: Us,
     /// The agents initialise the cluster themselves (Options::bootstrap, drawn once).
     bootstrap: bool,
+    /// Options::hosted and Options::command_fencer, drawn once.
+    hosted: bool,
+    command_fencer: bool,
 }
 
 /// Runs one seed.
@@ -214,6 +130,9 @@ impl Sim {
         let script = script(&mut rng, n, &plan);
         // Drawn from its own stream so that adding the option left every other draw unchanged.
         let failsafe_mode = opts.failsafe.unwrap_or_else(|| Rng::new(opts.seed ^ 0xfa11_5afe).chance(0.5));
+        // Each drawn from its own stream, as the failsafe mode.
+        let hosted = opts.hosted.unwrap_or_else(|| Rng::new(opts.seed ^ 0x4057_ed01).chance(0.5));
+        let command_fencer = opts.command_fencer.unwrap_or_else(|| Rng::new(opts.seed ^ 0xc0de_fe4c).chance(0.5));
         let config = DynamicConfig { synchronous_mode: opts.sync_mode, failsafe_mode, ..DynamicConfig::default() };
         let coord_config = CoordinatorConfig { fencing, ..CoordinatorConfig::default() };
 
@@ -297,21 +216,25 @@ impl Sim {
 
             hard_end: end_at + 3600 * SEC,
             bootstrap,
+            hosted,
+            command_fencer,
         };
         {
             let mut w = sim.world.lock();
             let names: Vec<String> =
                 w.nodes.iter().map(|x| format!("{}{}", x.name, if x.nofailover { "(nofailover)" } else { "" })).collect();
             let line = format!(
-                "seed {}: {} nodes {:?}, fencing {:?}, sync {:?}, failsafe {}, {} faults, coordinator kill after write p={}",
+                "seed {}: {} nodes {:?}, fencing {:?} ({}), sync {:?}, failsafe {}, {} faults, coordinator kill after write p={}{}",
                 sim.opts.seed,
                 n,
                 names,
                 fencing,
+                if command_fencer { "http, command, ec2" } else { "http, ec2" },
                 sim.opts.sync_mode,
                 sim.config.failsafe_mode,
                 sim.script.len(),
-                w.coord_kill_after_write
+                w.coord_kill_after_write,
+                if hosted { ", coordinator also runs every second" } else { "" }
             );
             w.log(line);
             for i in 0..n {
@@ -320,6 +243,10 @@ impl Sim {
             }
             let first = w.rng.range(1, 60) * SEC;
             w.schedule(first, Event::Schedule);
+            if hosted {
+                let at = w.rng.range(0, HOSTED_EVERY);
+                w.schedule(at, Event::HostedTick);
+            }
             w.schedule(100 * MS, Event::Replicate);
             w.schedule(200 * MS, Event::ClientWrite);
             for (k, (at, _)) in sim.script.iter().enumerate() {
@@ -354,7 +281,7 @@ impl Sim {
             member: name.clone(),
             pg_host: name.clone(),
             pg_port: PG_PORT,
-            api_url: format!("http://{name}:8008"),
+            api_url: api_url(&name),
             instance_id: Some(instance_id(&name)),
             availability_zone: None,
             tags: MemberTags { nofailover, priority: 0 },
@@ -472,8 +399,10 @@ impl Sim {
         let clock = SimClock::new(self.world.clone(), s, 100);
         let store = SimStore::new(self.world.clone(), self.store.clone(), Caller::Coordinator(k));
         let owner = format!("coord{k}-{}", self.slots[s].inc);
-        let coord = Coordinator::new(store, fence_chain(&self.world), clock, self.coord_config.clone(), owner)
-            .with_waker(waker(&self.world));
+        let fencer = fence_chain(&self.world, k, self.command_fencer);
+        let coord = Coordinator::new(store, fencer, clock, self.coord_config.clone(), owner)
+            .with_waker(waker(&self.world))
+            .with_probe(probe(&self.world, k));
         Box::new(CoordActor {
             coord,
             world: self.world.clone(),
@@ -482,16 +411,25 @@ impl Sim {
             budget: Duration::from_secs(50),
             // The Lambda's default PGDAEMON_POLL_MS.
             poll: Duration::from_millis(100),
+            keeps_lock: self.is_hosted(k),
         })
     }
 
-    /// Invokes coordinator slot `k` now unless it is already running; a cold start sometimes.
+    /// Coordinator slot `k` is the long-lived hosted coordinator (Options::hosted): it keeps its
+    /// lock and its observations between runs and never starts cold unless it was killed.
+    fn is_hosted(&self, k: usize) -> bool {
+        self.hosted && k == 0
+    }
+
+    /// Invokes coordinator slot `k` now unless it is already running; a cold start sometimes
+    /// (a new process: its lock and its observations start over), always when it is down.
     fn invoke_coordinator(&mut self, k: usize) -> bool {
         let s = self.n + k;
         if matches!(self.slots[s].state, SlotState::Busy(_)) {
             return false;
         }
-        let cold = matches!(self.slots[s].state, SlotState::Down) || self.world.lock().rng.chance(0.1);
+        let cold_chance = if self.is_hosted(k) { 0.0 } else { 0.1 };
+        let cold = matches!(self.slots[s].state, SlotState::Down) || self.world.lock().rng.chance(cold_chance);
         if cold {
             self.slots[s].inc += 1;
             let actor = self.new_coordinator(k);
@@ -678,6 +616,13 @@ impl Sim {
                     w.schedule(at, Event::Schedule);
                 }
                 Event::WakeAgent { node } => self.wake_agent(node),
+                Event::HostedTick => {
+                    // A tick while it runs is skipped.
+                    self.invoke_coordinator(0);
+                    let mut w = self.world.lock();
+                    let at = w.now + HOSTED_EVERY;
+                    w.schedule(at, Event::HostedTick);
+                }
                 Event::Trigger => {
                     let started = self.invoke_coordinator(0);
                     if !started || self.two_coordinators {
@@ -718,6 +663,8 @@ impl Sim {
             fencing: self.coord_config.fencing,
             failsafe: self.config.failsafe_mode,
             bootstrap: self.bootstrap,
+            hosted: self.hosted,
+            command_fencer: self.command_fencer,
             violation: w.violation.clone(),
             sim_error: w.sim_error.clone(),
             trace: w.trace.render(),
@@ -725,6 +672,8 @@ impl Sim {
             detect_to_writable: self.checker.detect_to_writable.clone(),
             write_outages: self.checker.write_outages.clone(),
             designate_to_writable: self.checker.designate_to_writable.clone(),
+            early_detect_to_writable: self.checker.early_detect_to_writable.clone(),
+            early_write_outages: self.checker.early_write_outages.clone(),
             recovery_after_heal: self.recovered_at.map(|r| r.saturating_sub(w.last_heal)),
             sim_time: w.now,
         }

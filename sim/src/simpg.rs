@@ -53,6 +53,10 @@ pub struct SimPg {
     pub pending: Vec<(u64, usize)>,
     /// Bumps on every start, so an operation begun before a crash knows it was interrupted.
     pub generation: u64,
+    /// Bumps when something outside the agent stops the server (the `command` fencer): a start
+    /// in flight then fails, as `pg_ctl start -w` does when its postmaster is killed. A start
+    /// begun afterwards succeeds.
+    pub killed: u64,
     /// Physical replication slots (primary).
     pub slots: Vec<String>,
     /// Starts fail until then (sim time): a crashed postmaster nobody reaped still holds the
@@ -78,6 +82,7 @@ impl SimPg {
             sync: SyncNames::default(),
             pending: Vec::new(),
             generation: 1,
+            killed: 0,
             slots: Vec::new(),
             start_fails_until: 0,
             empty: false,

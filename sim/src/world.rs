@@ -79,6 +79,8 @@ pub enum Event {
     Trigger,
     /// The coordinator's `POST /wake` reaches node `node`'s agent (sim/src/run/wake.rs).
     WakeAgent { node: usize },
+    /// The hosted coordinator's one-second run (seeds with the hosted schedule).
+    HostedTick,
     /// End of the run.
     End,
 }
@@ -188,6 +190,15 @@ pub struct Counters {
     pub wakes_sent: u64,
     pub wakes_lost: u64,
     pub woken_ticks: u64,
+    /// Early failover on evidence: failovers started because the primary's agent refused
+    /// connections, old primaries' leases released by the coordinator (`BreakLease`), probes of
+    /// an agent answered "refused", and Postgres servers stopped by the `command` fencer.
+    pub early_failovers: u64,
+    pub lease_breaks: u64,
+    pub probes_refused: u64,
+    pub command_stops: u64,
+    /// Failovers and switchovers by the fencer that confirmed them (`http`, `command`, `ec2`).
+    pub fenced_by: BTreeMap<String, u64>,
 }
 
 /// Rules of the game that a test may deliberately break to prove the checker can fail.
@@ -332,6 +343,18 @@ impl Shared {
         self.nodes.iter().position(|n| n.name == name)
     }
 
+    /// The node an agent API URL (`http://<node>:8008`, as the sim's agents publish) names.
+    pub fn node_by_api_url(&self, url: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| api_url(&n.name) == url)
+    }
+
+    /// Coordinator slot `slot` can reach node `node` over the network (its API port, the SSM
+    /// agent): the node is up, neither is cut off (a node cut off from the store is cut off from
+    /// the AWS side the coordinator runs on, as for its wakes).
+    pub fn coord_reaches(&self, slot: usize, node: usize) -> bool {
+        self.nodes[node].up && !self.nodes[node].store_cut && !self.coord_cut[slot]
+    }
+
     pub fn cut_between(&self, a: usize, b: usize) -> bool {
         a != b && self.net_cut.contains(&(a.min(b), a.max(b)))
     }
@@ -340,6 +363,11 @@ impl Shared {
     pub fn writable(&self) -> Vec<usize> {
         (0..self.nodes.len()).filter(|&i| self.nodes[i].up && self.nodes[i].pg.writable()).collect()
     }
+}
+
+/// The agent API base URL of node `name` (its heartbeat's `api_url`).
+pub fn api_url(name: &str) -> String {
+    format!("http://{name}:8008")
 }
 
 /// The shared world, locked briefly by each handle. Never held across an `.await` or a call

@@ -16,9 +16,10 @@ fn describe(r: &RunResult) -> String {
     format!("seed {}: {what}\n--- last trace lines ---\n{}", r.seed, tail.join("\n"))
 }
 
-/// The default 300 seeds, run once and judged by both tests below. Failsafe mode and automatic
-/// bootstrap (empty data directories, no record, faults from the first second) are drawn per
-/// seed (about half the runs each).
+/// The default 300 seeds, run once and judged by both tests below. Failsafe mode, automatic
+/// bootstrap (empty data directories, no record, faults from the first second), the hosted
+/// coordinator's one-second schedule and the command fencer are drawn per seed (about half the
+/// runs each).
 fn default_seeds() -> &'static Summary {
     static SUMMARY: OnceLock<Summary> = OnceLock::new();
     SUMMARY.get_or_init(|| {
@@ -40,6 +41,12 @@ fn seeds_keep_every_safety_invariant() {
     assert!(summary.failsafe_runs > 100 && summary.failsafe_kept_runs > 10, "{}", summary.render());
     // Bootstrapped runs really initialise (a record at the end is checked as liveness).
     assert!(summary.bootstrap_runs > 100 && summary.bootstrap_initialisations >= summary.bootstrap_runs, "{}", summary.render());
+    // Early failover on evidence really happens (the hosted schedule and the command fencer are
+    // drawn per seed, about half the runs each): failovers started on refused connections, old
+    // primaries' leases released by the coordinator, fences confirmed by the command fencer.
+    assert!(summary.hosted_runs > 100 && summary.command_fencer_runs > 100, "{}", summary.render());
+    assert!(summary.early_failovers > 3 && summary.lease_breaks > 3, "{}", summary.render());
+    assert!(summary.fenced_by.get("command").is_some_and(|n| *n > 10), "{}", summary.render());
     let bad: Vec<&RunResult> =
         summary.failures.iter().filter(|r| r.sim_error.is_some() || r.safety_violation().is_some()).collect();
     assert!(bad.is_empty(), "{} seeds broke safety; first:\n{}", bad.len(), describe(bad[0]));

@@ -18,15 +18,12 @@ impl Sim {
                 }
             }
             Some(&p) => {
-                if let Some(since) = self.unwritable_since.take() {
-                    // A first primary (a bootstrapped cluster forming) ends no outage: nobody wrote before.
-                    if self.last_writer.is_some_and(|last| last != p) {
-                        self.checker.write_outages.push((since, now - since));
-                    }
-                }
+                // A first primary (a bootstrapped cluster forming) ends no outage: nobody wrote before.
+                let changed = self.last_writer.is_some_and(|last| last != p);
+                let outage = self.unwritable_since.take().filter(|_| changed);
                 if self.last_writer != Some(p) {
                     let name = w.nodes[p].name.clone();
-                    self.checker.on_promotion(now, &name);
+                    self.checker.on_promotion(now, &name, outage);
                 }
                 self.last_writer = Some(p);
             }
