@@ -464,15 +464,23 @@ pub fn trigger(world: &World, node: usize) -> Arc<dyn CoordinatorTrigger> {
 /// The probe's connect timeout: a slower answer counts as none.
 const PROBE_TIMEOUT: Us = 300 * MS;
 
-/// The coordinator's [`AgentProbe`] over the simulated network: a TCP connect to the agent's API
-/// port from coordinator slot `slot`. Refused when the node is up and reachable and no agent
-/// process listens (crashed, not yet restarted); answered by a live agent, hung or not (the
-/// kernel accepts); no answer when the node is down or cut off from the coordinator (see
-/// [`crate::world::Shared::coord_reaches`]), when messages are delayed past the connect timeout,
-/// and one in a hundred times otherwise. 1-5 ms each way plus any injected message delay.
+/// Where a probe is made from.
+#[derive(Debug, Clone, Copy)]
+pub enum ProbeFrom {
+    /// Coordinator slot `k` (see [`crate::world::Shared::coord_reaches`]).
+    Coordinator(usize),
+    /// Node `i`'s agent (a replica probing the primary's agent): both nodes up, no cut between.
+    Node(usize),
+}
+
+/// An [`AgentProbe`] over the simulated network: a TCP connect to the agent's API port from
+/// `from`. Refused when the node is up and reachable and no agent process listens (crashed, not
+/// yet restarted); answered by a live agent, hung or not (the kernel accepts); no answer when the
+/// node is down or cut off, when messages are delayed past the connect timeout, and one in a
+/// hundred times otherwise. 1-5 ms each way plus any injected message delay.
 pub struct SimProbe {
     pub world: World,
-    pub slot: usize,
+    pub from: ProbeFrom,
 }
 
 #[async_trait]
@@ -491,7 +499,11 @@ impl AgentProbe for SimProbe {
         self.world.sleep(there).await;
         let reach = {
             let mut w = self.world.lock();
-            if !w.coord_reaches(self.slot, node) || w.rng.chance(0.01) {
+            let reaches = match self.from {
+                ProbeFrom::Coordinator(slot) => w.coord_reaches(slot, node),
+                ProbeFrom::Node(i) => w.nodes[i].up && w.nodes[node].up && !w.cut_between(i, node),
+            };
+            if !reaches || w.rng.chance(0.01) {
                 AgentReach::NoAnswer
             } else if w.agent_handles[node].is_none() {
                 w.counters.probes_refused += 1;
@@ -509,8 +521,8 @@ impl AgentProbe for SimProbe {
     }
 }
 
-pub fn probe(world: &World, slot: usize) -> Arc<dyn AgentProbe> {
-    Arc::new(SimProbe { world: world.clone(), slot })
+pub fn probe(world: &World, from: ProbeFrom) -> Arc<dyn AgentProbe> {
+    Arc::new(SimProbe { world: world.clone(), from })
 }
 
 /// A fence command run against the target's host (SSM RunCommand, a local command over ssh):

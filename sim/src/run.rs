@@ -12,8 +12,8 @@ use pgdaemon_core::{
 };
 
 use crate::actors::{
-    fence_chain, instance_id, probe, trigger, waker, AgentActor, CoordActor, FailsafeActor, SimFailsafePeers, WatchdogActor,
-    FAILSAFE_EVERY, WATCHDOG_EVERY,
+    fence_chain, instance_id, probe, trigger, waker, AgentActor, CoordActor, FailsafeActor, ProbeFrom, SimFailsafePeers,
+    WatchdogActor, FAILSAFE_EVERY, WATCHDOG_EVERY,
 };
 use crate::check::Checker;
 use crate::faults::{script, FaultKind, FaultPlan, Target};
@@ -293,7 +293,9 @@ impl Sim {
         let clock = SimClock::new(self.world.clone(), i, slow);
         let store = SimStore::new(self.world.clone(), self.store.clone(), Caller::Node(i));
         let pg = SimPgControl::new(self.world.clone(), i);
-        let mut rt = AgentRuntime::new(store, pg, clock, identity, self.config.clone()).with_trigger(trigger(&self.world, i));
+        let mut rt = AgentRuntime::new(store, pg, clock, identity, self.config.clone())
+            .with_trigger(trigger(&self.world, i))
+            .with_agent_probe(probe(&self.world, ProbeFrom::Node(i)));
         if self.bootstrap {
             rt = rt.with_bootstrap(BootstrapPolicy { enabled: true, lock: Duration::from_secs(30) });
         }
@@ -402,7 +404,7 @@ impl Sim {
         let fencer = fence_chain(&self.world, k, self.command_fencer);
         let coord = Coordinator::new(store, fencer, clock, self.coord_config.clone(), owner)
             .with_waker(waker(&self.world))
-            .with_probe(probe(&self.world, k));
+            .with_probe(probe(&self.world, ProbeFrom::Coordinator(k)));
         Box::new(CoordActor {
             coord,
             world: self.world.clone(),

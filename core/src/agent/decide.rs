@@ -10,7 +10,7 @@ use crate::config::DynamicConfig;
 use crate::coordinator::AgentReach;
 use crate::lease::{HeldLease, LeaseState};
 use crate::model::{ClusterRecord, ClusterView, LeaderLease, LeaseSighting, MemberStatus, Role};
-use crate::pg::{slot_name, DataDirState, PrimaryTarget, SyncStandbys};
+use crate::pg::{slot_name, DataDirState, PgProbe, PrimaryTarget, SyncStandbys};
 
 /// One thing to do. The runtime executes them in order; see [`super::AgentRuntime::tick`] for what
 /// a failure skips.
@@ -363,6 +363,14 @@ impl<'a> Decider<'a> {
             }
             self.sync_replication(view);
         } else if probe.is_replica() {
+            if let Some(why) = overtaken(view, me, probe, &input.config) {
+                // S4 after the designation: a replica whose position reached the store only now
+                // (its agent was cut off or hung) is further ahead than the coordinator knew.
+                // Promoting would lose what it holds; the coordinator replaces a candidate that
+                // does not promote within its promote timeout, judging the new positions.
+                self.why(format!("not promoting for term {term}: {why}"));
+                return;
+            }
             if let Some(names) = sync::before_promote(me, input.config.synchronous_mode, &view.members) {
                 // Strict: no commit of the new term is acknowledged before a standby has it.
                 self.push(AgentAction::SetSyncStandbys(names));
@@ -681,6 +689,33 @@ impl<'a> Decider<'a> {
     }
 }
 
+/// Another replica on this member's timeline or later reports a WAL position more than
+/// `maximum_lag_on_failover` ahead of this member's own (received or replayed): the reason, for
+/// a designated candidate that must not promote (S4). A forced transition (an operator's choice
+/// of a lagging candidate) is not checked.
+fn overtaken(view: &ClusterView, me: &str, probe: &PgProbe, config: &DynamicConfig) -> Option<String> {
+    if view.cluster.as_ref().and_then(|r| r.transition.as_ref()).is_some_and(|t| t.forced) {
+        return None;
+    }
+    let own = match (probe.receive_lsn, probe.replay_lsn) {
+        (Some(a), Some(b)) => a.max(b),
+        (a, b) => a.or(b)?,
+    };
+    view.members
+        .values()
+        .filter(|m| m.name != me && m.pg_running && m.role == Role::Replica && m.timeline >= probe.timeline)
+        .filter_map(|m| m.wal_position().map(|pos| (m, pos)))
+        .map(|(m, pos)| (m, pos, pos.bytes_ahead_of(own)))
+        .filter(|(_, _, ahead)| *ahead > config.maximum_lag_on_failover)
+        .max_by_key(|(_, _, ahead)| *ahead)
+        .map(|(m, pos, ahead)| {
+            format!(
+                "{} reports {pos}, {ahead} bytes ahead of this member's {own} (maximum_lag_on_failover {})",
+                m.name, config.maximum_lag_on_failover
+            )
+        })
+}
+
 /// How long a primary whose Postgres did not restart in place leaves its lease to a replica
 /// before it claims it again: two leases, time for a coordinator to notice and fail over.
 pub fn handover_window(config: &DynamicConfig) -> Duration {
@@ -693,6 +728,7 @@ mod tests {
     use crate::agent::bootstrap::BootstrapPolicy;
     use crate::agent::failsafe::FailsafeInput;
     use crate::agent::input::{AgentIdentity, PublishedHeartbeat, RejoinFailure};
+    use crate::lsn::Lsn;
     use crate::model::ClusterRecord;
     use crate::pg::{PgProbe, UpstreamConfig};
 
@@ -1105,6 +1141,33 @@ mod tests {
                 i.lease_state = Some(LeaseState::Expired(lease("n1", 3, "r")));
                 i
             },
+            expect: vec!["acquire_lease", "promote", "ensure_slots", "publish_heartbeat"],
+            reason_has: "promoting",
+        });
+        let overtaken = |forced: bool| {
+            let mut v = view(4, "n2", Some(lease("n1", 3, "r")));
+            let n3 = v.members.get_mut("n3").unwrap();
+            n3.pg_running = true;
+            n3.receive_lsn = Some(Lsn(0x0300_0000));
+            if forced {
+                let mut t = crate::model::Transition::fenced_failover("n1", "n2", 4);
+                t.forced = true;
+                v.cluster.as_mut().unwrap().transition = Some(t);
+            }
+            let mut i = input("n2", replica_probe(5001), StoreRead::Ok(v), None);
+            i.probe.receive_lsn = Some(Lsn(0x0100_0000));
+            i.lease_state = Some(LeaseState::Expired(lease("n1", 3, "r")));
+            i
+        };
+        v.push(Case {
+            name: "a designated replica overtaken after its designation does not promote (S4)",
+            input: overtaken(false),
+            expect: vec!["acquire_lease", "publish_heartbeat"],
+            reason_has: "not promoting for term 4: n3 reports 0/3000000, 33554432 bytes ahead of this member's 0/1000000",
+        });
+        v.push(Case {
+            name: "a forced candidate promotes however far behind (the operator chose it)",
+            input: overtaken(true),
             expect: vec!["acquire_lease", "promote", "ensure_slots", "publish_heartbeat"],
             reason_has: "promoting",
         });
