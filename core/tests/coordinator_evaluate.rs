@@ -786,6 +786,35 @@ fn situations() -> Vec<(&'static str, World, Expect)> {
     ));
 
     rows.push((
+        "in progress: a live candidate overtaken after its designation -> new failover from it (S4)",
+        {
+            let mut w = World::primary_dead().in_transition(FO, Designated);
+            w.obs.leader = LeaseState::Absent;
+            w.obs.step_age = Some(MS(31_000));
+            // n3's position reached the store late: 2 MiB beyond n2's.
+            w.member("n3").receive_lsn = lsn(0x5000 + 0x20_0000);
+            w
+        },
+        Begin {
+            kind: FO,
+            candidate: "n3",
+            old: Some("n2"),
+            reason: "did not report read-write within 31000 ms and is 2101248 bytes behind",
+        },
+    ));
+    rows.push((
+        "in progress: a live candidate overtaken, within the promote timeout -> wait",
+        {
+            let mut w = World::primary_dead().in_transition(FO, Designated);
+            w.obs.leader = LeaseState::Absent;
+            w.obs.step_age = Some(MS(5_000));
+            w.member("n3").receive_lsn = lsn(0x5000 + 0x20_0000);
+            w
+        },
+        Wait("waiting for n2 to report read-write in term 6"),
+    ));
+
+    rows.push((
         "in progress: designated candidate died -> new failover from it",
         {
             let mut w = World::primary_dead().in_transition(FO, Designated);

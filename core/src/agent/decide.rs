@@ -316,6 +316,17 @@ impl<'a> Decider<'a> {
             ));
             return;
         }
+        if probe.is_replica() {
+            if let Some(why) = overtaken(view, me, probe, &input.config) {
+                // S4 after the designation: a replica whose position reached the store only now
+                // (its agent was cut off or hung) is further ahead than the coordinator knew.
+                // Promoting would lose what it holds, so neither the lease nor the promotion;
+                // the coordinator replaces a candidate that has not promoted within its promote
+                // timeout, judging the new positions.
+                self.why(format!("not promoting for term {term}: {why}"));
+                return;
+            }
+        }
         let will_hold = match &held {
             Some(h) if h.lease.term == term => {
                 self.renew_when_due(h);
@@ -363,14 +374,6 @@ impl<'a> Decider<'a> {
             }
             self.sync_replication(view);
         } else if probe.is_replica() {
-            if let Some(why) = overtaken(view, me, probe, &input.config) {
-                // S4 after the designation: a replica whose position reached the store only now
-                // (its agent was cut off or hung) is further ahead than the coordinator knew.
-                // Promoting would lose what it holds; the coordinator replaces a candidate that
-                // does not promote within its promote timeout, judging the new positions.
-                self.why(format!("not promoting for term {term}: {why}"));
-                return;
-            }
             if let Some(names) = sync::before_promote(me, input.config.synchronous_mode, &view.members) {
                 // Strict: no commit of the new term is acknowledged before a standby has it.
                 self.push(AgentAction::SetSyncStandbys(names));
@@ -1160,9 +1163,9 @@ mod tests {
             i
         };
         v.push(Case {
-            name: "a designated replica overtaken after its designation does not promote (S4)",
+            name: "a designated replica overtaken after its designation neither takes the lease nor promotes (S4)",
             input: overtaken(false),
-            expect: vec!["acquire_lease", "publish_heartbeat"],
+            expect: vec!["publish_heartbeat"],
             reason_has: "not promoting for term 4: n3 reports 0/3000000, 33554432 bytes ahead of this member's 0/1000000",
         });
         v.push(Case {

@@ -647,20 +647,26 @@ fn promoted_step(
     let o = obs.member(&t.candidate);
     let gone =
         matches!(o.liveness, Liveness::Stale { .. }) || o.pg_down_for.is_some_and(|d| d >= config.pg_down_after(&record.config));
-    if age >= config.promote_timeout() && gone {
-        // The designated candidate died before promoting: it may have promoted unseen, so it
-        // becomes the old primary of a new transition (fenced like any other).
+    // A live candidate still in recovery that a later report left too far behind: its agent
+    // will not promote (S4, `overtaken` in agent::decide), so it is replaced like a dead one.
+    let exclude: Vec<&str> = t.old_primary.iter().map(String::as_str).collect();
+    let overtaken = status
+        .filter(|s| !t.forced && s.pg_running && s.role == Role::Replica)
+        .and_then(|s| Eligibility::new(view, record, obs, config, t.from_term, &exclude).overtaken(s));
+    if age >= config.promote_timeout() && (gone || overtaken.is_some()) {
+        // It may have promoted unseen, so it becomes the old primary of a new transition
+        // (fenced like any other).
+        let why = match &overtaken {
+            Some(lag) if !gone => format!("is {lag}"),
+            _ => "looks down".to_string(),
+        };
         return start_failover(
             view,
             record,
             obs,
             config,
             Some(t.candidate.clone()),
-            format!(
-                "designated candidate {} did not report read-write within {} ms and looks down",
-                t.candidate,
-                age.as_millis()
-            ),
+            format!("designated candidate {} did not report read-write within {} ms and {why}", t.candidate, age.as_millis()),
         );
     }
     Decision::wait(format!(

@@ -100,16 +100,22 @@ impl<'a> Eligibility<'a> {
                 return Err(format!("synchronous mode: not a synchronous standby of term {}", self.sync_term));
             }
         }
-        let Some(pos) = m.wal_position() else { return Err("reports no WAL position".into()) };
-        if let Some(best) = self.most_advanced {
-            let behind = best.bytes_ahead_of(pos);
-            let max = self.record.config.maximum_lag_on_failover;
-            if behind > max {
-                return Err(format!("{behind} bytes behind the most advanced replica (maximum_lag_on_failover {max})"));
-            }
+        if m.wal_position().is_none() {
+            return Err("reports no WAL position".into());
+        }
+        if let Some(why) = self.overtaken(m) {
+            return Err(why);
         }
         let _ = self.config;
         Ok(())
+    }
+
+    /// `m` is further behind the most advanced replica than `maximum_lag_on_failover` (S4).
+    pub fn overtaken(&self, m: &MemberStatus) -> Option<String> {
+        let (pos, best) = (m.wal_position()?, self.most_advanced?);
+        let behind = best.bytes_ahead_of(pos);
+        let max = self.record.config.maximum_lag_on_failover;
+        (behind > max).then(|| format!("{behind} bytes behind the most advanced replica (maximum_lag_on_failover {max})"))
     }
 
     /// The best eligible member (S4 ties: received LSN, replayed LSN, priority, name), or why
