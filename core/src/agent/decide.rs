@@ -700,10 +700,8 @@ fn overtaken(view: &ClusterView, me: &str, probe: &PgProbe, config: &DynamicConf
     if view.cluster.as_ref().and_then(|r| r.transition.as_ref()).is_some_and(|t| t.forced) {
         return None;
     }
-    let own = match (probe.receive_lsn, probe.replay_lsn) {
-        (Some(a), Some(b)) => a.max(b),
-        (a, b) => a.or(b)?,
-    };
+    // `None` orders below any position: the later of the two, if either is known.
+    let own = probe.receive_lsn.max(probe.replay_lsn)?;
     view.members
         .values()
         .filter(|m| m.name != me && m.pg_running && m.role == Role::Replica && m.timeline >= probe.timeline)

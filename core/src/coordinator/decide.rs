@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::lease::LeaseState;
 use crate::model::{
-    ClusterRecord, ClusterView, HistoryEntry, ManualRequest, MemberStatus, RequestAction, RequestOutcome, Role, Transition,
-    TransitionKind, TransitionStep,
+    ClusterRecord, ClusterView, HistoryEntry, LeaderLease, ManualRequest, MemberStatus, RequestAction, RequestOutcome, Role,
+    Transition, TransitionKind, TransitionStep,
 };
 
 pub use super::action::{apply, step_name, Action};
@@ -303,32 +303,28 @@ fn check_primary(view: &ClusterView, record: &ClusterRecord, obs: &Observations,
             } else {
                 let o = obs.member(&p);
                 let down_for = o.pg_down_for.filter(|d| o.is_fresh() && *d >= config.pg_down_after(&record.config));
-                let agent_gone =
-                    config.agent_down_after().and_then(|after| obs.agent.as_ref().filter(|a| a.refused_for_at_least(&p, after)));
-                match (down_for, agent_gone) {
+                // This run's refused probe of the primary's agent, with early failover on.
+                let refused = config.agent_down_after().zip(obs.agent.as_ref()).filter(|(_, a)| a.refused_now(&p));
+                match (down_for, refused) {
                     (Some(d), _) => Some(format!("{p} reports Postgres down for {} ms", d.as_millis())),
                     // Early failover on evidence: the fence must still confirm before anyone is
                     // promoted (S3); this only starts the transition before the lease runs out.
-                    (None, Some(a)) => Some(format!(
+                    (None, Some((after, a))) if a.refused_for_at_least(&p, after) => Some(format!(
                         "{p}'s agent refused {} connections in a row over {} ms (its process is gone)",
                         a.refused_probes,
                         a.refused_for.as_millis()
                     )),
-                    (None, None) => {
-                        if let (Some(after), Some(a)) = (config.agent_down_after(), obs.agent.as_ref()) {
-                            if a.refused_now(&p) {
-                                // Keep the runs coming (a hosted coordinator polls, a Lambda
-                                // stays) until the refusals span `after` or stop.
-                                return Decision::wait(format!(
-                                    "{p}'s agent refused {} connection(s) over {} ms; failing over once that lasts {} ms",
-                                    a.refused_probes,
-                                    a.refused_for.as_millis(),
-                                    after.as_millis()
-                                ));
-                            }
-                        }
-                        return Decision::idle(format!("primary {p} healthy (term {}, lease held)", record.term));
+                    // Keep the runs coming (a hosted coordinator polls, a Lambda stays) until
+                    // the refusals span `after` or stop.
+                    (None, Some((after, a))) => {
+                        return Decision::wait(format!(
+                            "{p}'s agent refused {} connection(s) over {} ms; failing over once that lasts {} ms",
+                            a.refused_probes,
+                            a.refused_for.as_millis(),
+                            after.as_millis()
+                        ))
                     }
+                    (None, None) => return Decision::idle(format!("primary {p} healthy (term {}, lease held)", record.term)),
                 }
             }
         }
@@ -617,11 +613,7 @@ fn designate_step(
 /// process to start it again. An agent started later reads the raised term first and will not
 /// start Postgres as primary (S7); one that re-took this lease in between changed its `rvn`,
 /// so the release, conditional on the `rvn` observed here, fails.
-fn breakable_lease<'a>(
-    t: &Transition,
-    obs: &'a Observations,
-    config: &CoordinatorConfig,
-) -> Option<&'a crate::model::LeaderLease> {
+fn breakable_lease<'a>(t: &Transition, obs: &'a Observations, config: &CoordinatorConfig) -> Option<&'a LeaderLease> {
     let old = t.old_primary.as_deref()?;
     config.agent_down_after()?;
     let LeaseState::Held { lease, .. } = &obs.leader else { return None };
